@@ -1,0 +1,6 @@
+//! Normalized chat types, provider wire formats (OpenAI, Anthropic) in both directions, and the
+//! provider and verifier traits.
+
+mod error;
+
+pub use error::{Error, Result};

@@ -1,0 +1,1 @@
+//! Tandem gateway library: config, HTTP server, middleware and request orchestration.

@@ -1,0 +1,5 @@
+//! The `tandem` command line.
+
+fn main() -> anyhow::Result<()> {
+    Ok(())
+}

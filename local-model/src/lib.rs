@@ -1,0 +1,6 @@
+//! The in-process local model: GGUF weights, tokenizer, chat template, sampling and the engine
+//! thread with its prefix cache.
+
+mod error;
+
+pub use error::{Error, Result};
