@@ -3,4 +3,6 @@
 
 mod error;
 
+pub mod verify;
+
 pub use error::{Error, Result};

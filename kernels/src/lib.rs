@@ -3,4 +3,6 @@
 
 mod error;
 
+pub mod spec;
+
 pub use error::{Error, Result};

@@ -3,4 +3,7 @@
 
 mod error;
 
+pub mod draft;
+pub mod fetch;
+
 pub use error::{Error, Result};

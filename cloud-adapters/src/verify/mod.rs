@@ -1,0 +1,1 @@
+//! Verify protocols: remote targets that score draft tokens after a prefix (vLLM, SGLang, Tandem).

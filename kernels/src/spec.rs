@@ -1,0 +1,1 @@
+//! Speculative acceptance arithmetic: greedy prefix match and rejection sampling with the residual.
