@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Runs Tandem's whole test suite on a fresh machine: installs Redis, fetches the models and the
+# ONNX Runtime library into the cache, starts Redis on loopback, then runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+# Redis: the Debian package, started on loopback for the tests that use the real server.
+if ! command -v redis-server >/dev/null 2>&1; then
+    log "installing redis-server"
+    sudo_cmd=""
+    [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq redis-server >/dev/null
+fi
+redis_dir=$(mktemp -d)
+redis_port=$(( 20000 + RANDOM % 20000 ))
+redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no \
+    --dir "$redis_dir" --daemonize yes --pidfile "$redis_dir/redis.pid" --logfile "$redis_dir/redis.log"
+cleanup() {
+    if [ -f "$redis_dir/redis.pid" ]; then kill "$(cat "$redis_dir/redis.pid")" 2>/dev/null || true; fi
+    rm -rf "$redis_dir"
+}
+trap cleanup EXIT
+export TANDEM_TEST_REDIS_URL="redis://127.0.0.1:$redis_port/"
+log "redis on 127.0.0.1:$redis_port"
+
+# Models and the ONNX Runtime library, through Tandem's own fetcher (sha256-checked, cached).
+log "building tandem"
+cargo build --locked -p tandem-gateway --bin tandem
+log "fetching models"
+target/debug/tandem models fetch --all
+
+# The whole suite.
+log "running tests"
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --locked --workspace --no-fail-fast
+else
+    cargo test --locked --workspace --no-fail-fast
+fi
