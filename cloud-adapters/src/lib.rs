@@ -3,6 +3,13 @@
 
 mod error;
 
+pub mod anthropic;
+pub mod openai;
+pub mod provider;
+pub mod sse;
+pub mod types;
 pub mod verify;
 
-pub use error::{Error, Result};
+pub use error::{Error, Result, WireError};
+pub use provider::{EventStream, Provider, ProviderError, ProviderErrorKind};
+pub use types::*;
