@@ -2,6 +2,7 @@
 //! provider and verifier traits.
 
 mod error;
+mod json;
 
 pub mod anthropic;
 pub mod openai;

@@ -1,0 +1,154 @@
+//! Small helpers for walking decoded JSON with errors that name the parameter.
+
+use serde_json::{Map, Value};
+
+use crate::error::WireError;
+
+/// Parses a request body that must be a JSON object.
+pub(crate) fn parse_object(body: &[u8]) -> Result<Map<String, Value>, WireError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(WireError::new(
+            "invalid_json",
+            None,
+            "the request body must be a JSON object",
+        )),
+        Err(e) => Err(WireError::new(
+            "invalid_json",
+            None,
+            format!("could not parse the JSON body of the request: {e}"),
+        )),
+    }
+}
+
+/// A field that may be absent or `null`.
+pub(crate) fn opt<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+    obj.get(key).filter(|v| !v.is_null())
+}
+
+pub(crate) fn opt_str(
+    obj: &Map<String, Value>,
+    key: &str,
+    param: &str,
+) -> Result<Option<String>, WireError> {
+    match opt(obj, key) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(WireError::invalid_type(param, "a string")),
+    }
+}
+
+pub(crate) fn opt_bool(
+    obj: &Map<String, Value>,
+    key: &str,
+    param: &str,
+) -> Result<Option<bool>, WireError> {
+    match opt(obj, key) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(WireError::invalid_type(param, "a boolean")),
+    }
+}
+
+pub(crate) fn opt_f32(
+    obj: &Map<String, Value>,
+    key: &str,
+    param: &str,
+) -> Result<Option<f32>, WireError> {
+    match opt(obj, key) {
+        None => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_f64()
+            .map(|f| Some(f as f32))
+            .ok_or_else(|| WireError::invalid_type(param, "a number")),
+        Some(_) => Err(WireError::invalid_type(param, "a number")),
+    }
+}
+
+pub(crate) fn opt_u64(
+    obj: &Map<String, Value>,
+    key: &str,
+    param: &str,
+) -> Result<Option<u64>, WireError> {
+    match opt(obj, key) {
+        None => Ok(None),
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(v) => Ok(Some(v)),
+            None if n.as_i64().is_some() => Err(WireError::invalid_value(
+                param,
+                format!("'{param}' must not be negative"),
+            )),
+            None => Err(WireError::invalid_type(param, "an integer")),
+        },
+        Some(_) => Err(WireError::invalid_type(param, "an integer")),
+    }
+}
+
+pub(crate) fn opt_u32(
+    obj: &Map<String, Value>,
+    key: &str,
+    param: &str,
+) -> Result<Option<u32>, WireError> {
+    match opt_u64(obj, key, param)? {
+        None => Ok(None),
+        Some(v) => u32::try_from(v)
+            .map(Some)
+            .map_err(|_| WireError::invalid_value(param, format!("'{param}' is too large"))),
+    }
+}
+
+/// `stop`: a string or an array of strings.
+pub(crate) fn stop_list(
+    obj: &Map<String, Value>,
+    key: &str,
+    param: &str,
+) -> Result<Vec<String>, WireError> {
+    match opt(obj, key) {
+        None => Ok(Vec::new()),
+        Some(Value::String(s)) => Ok(vec![s.clone()]),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                Value::String(s) => Ok(s.clone()),
+                _ => Err(WireError::invalid_type(
+                    &format!("{param}[{i}]"),
+                    "a string",
+                )),
+            })
+            .collect(),
+        Some(_) => Err(WireError::invalid_type(
+            param,
+            "a string or an array of strings",
+        )),
+    }
+}
+
+pub(crate) fn as_object<'a>(
+    value: &'a Value,
+    param: &str,
+) -> Result<&'a Map<String, Value>, WireError> {
+    value
+        .as_object()
+        .ok_or_else(|| WireError::invalid_type(param, "an object"))
+}
+
+pub(crate) fn as_array<'a>(value: &'a Value, param: &str) -> Result<&'a Vec<Value>, WireError> {
+    value
+        .as_array()
+        .ok_or_else(|| WireError::invalid_type(param, "an array"))
+}
+
+/// A required string field.
+pub(crate) fn req_str(
+    obj: &Map<String, Value>,
+    key: &str,
+    param: &str,
+) -> Result<String, WireError> {
+    opt_str(obj, key, param)?.ok_or_else(|| WireError::missing(param))
+}
+
+/// Serializes to a `String`; serializing our own plain structs cannot fail.
+pub(crate) fn to_string<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
