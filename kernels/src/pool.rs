@@ -1,0 +1,316 @@
+//! A persistent pool of kernel workers. Decode issues a couple of hundred small matvecs per
+//! token, so workers spin briefly between jobs and only then park; a job is one shared closure
+//! that every thread (the caller included) runs, pulling row chunks from an atomic counter so a
+//! preempted thread delays nobody.
+
+use crate::error::{Error, Result};
+use crate::matmul::{active, check_shapes, float_rows};
+use crate::qdot::QActs;
+use crate::quant::QMatrix;
+use std::cell::UnsafeCell;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::{JoinHandle, Thread};
+use std::time::{Duration, Instant};
+
+/// How long an idle worker spins before parking: long enough to cover the gaps between the
+/// matvecs of one decode step, short enough not to burn a core between requests.
+const SPIN: Duration = Duration::from_micros(200);
+
+type Job = *const (dyn Fn(usize) + Sync + 'static);
+
+struct Shared {
+    /// Bumped once per job; workers compare it with the last one they ran.
+    generation: AtomicUsize,
+    /// The current job; written only while no worker is running one.
+    job: UnsafeCell<Option<Job>>,
+    /// Workers that have not finished the current job.
+    pending: AtomicUsize,
+    /// Per worker: parked (or about to park) and needs an unpark.
+    sleeping: Vec<AtomicBool>,
+    /// Worker thread handles, for unpark.
+    threads: OnceLock<Vec<Thread>>,
+    shutdown: AtomicBool,
+    panicked: AtomicBool,
+}
+
+// SAFETY: `job` is written by the caller only while every worker is idle (pending == 0 and no
+// new generation published) and read by workers only after the generation bump that publishes it.
+unsafe impl Sync for Shared {}
+// SAFETY: see above; the raw job pointer is only dereferenced under that protocol.
+unsafe impl Send for Shared {}
+
+/// Pointer to an output buffer shared by the workers, which write disjoint rows.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32, usize);
+// SAFETY: each chunk writes a disjoint set of rows; the caller holds the exclusive borrow.
+unsafe impl Send for OutPtr {}
+// SAFETY: as above.
+unsafe impl Sync for OutPtr {}
+
+/// Persistent kernel workers with an explicit thread count; `Send + Sync`. Concurrent callers
+/// are served one after another.
+pub struct KernelPool {
+    shared: Arc<Shared>,
+    handles: Vec<JoinHandle<()>>,
+    threads: usize,
+    /// Serializes callers and holds the quantized activations of the running call.
+    acts: Mutex<QActs>,
+}
+
+impl std::fmt::Debug for KernelPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KernelPool")
+            .field("threads", &self.threads)
+            .finish()
+    }
+}
+
+impl KernelPool {
+    /// Starts `threads - 1` workers; the calling thread is the remaining one.
+    pub fn new(threads: usize) -> Result<Self> {
+        if threads == 0 {
+            return Err(Error::InvalidArgument(
+                "kernel pool needs at least one thread".into(),
+            ));
+        }
+        let shared = Arc::new(Shared {
+            generation: AtomicUsize::new(0),
+            job: UnsafeCell::new(None),
+            pending: AtomicUsize::new(0),
+            sleeping: (0..threads).map(|_| AtomicBool::new(false)).collect(),
+            threads: OnceLock::new(),
+            shutdown: AtomicBool::new(false),
+            panicked: AtomicBool::new(false),
+        });
+        let mut handles = Vec::with_capacity(threads - 1);
+        for idx in 1..threads {
+            let s = Arc::clone(&shared);
+            let h = std::thread::Builder::new()
+                .name(format!("tandem-kernel-{idx}"))
+                .spawn(move || worker(s, idx))
+                .map_err(|e| Error::Pool(format!("spawning worker {idx}: {e}")))?;
+            handles.push(h);
+        }
+        let _ = shared
+            .threads
+            .set(handles.iter().map(|h| h.thread().clone()).collect());
+        Ok(Self {
+            shared,
+            handles,
+            threads,
+            acts: Mutex::new(QActs::default()),
+        })
+    }
+
+    /// Total threads, the caller included.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Runs `f(task)` for every `task in 0..tasks` across the pool (the caller takes part) and
+    /// returns when all are done. Tasks are handed out dynamically, one at a time.
+    pub fn for_each(&self, tasks: usize, f: &(dyn Fn(usize) + Sync)) -> Result<()> {
+        let _serial = self.acts.lock().unwrap_or_else(|p| p.into_inner());
+        let next = AtomicUsize::new(0);
+        self.run(&|_| {
+            loop {
+                let t = next.fetch_add(1, Ordering::Relaxed);
+                if t >= tasks {
+                    break;
+                }
+                f(t);
+            }
+        })
+    }
+
+    /// `y = w · x` across the pool.
+    pub fn matvec(&self, w: &QMatrix, x: &[f32], y: &mut [f32]) -> Result<()> {
+        self.matmul_many(&[w], x, 1, &mut [y])
+    }
+
+    /// `y = x · wᵀ` for `n` input rows across the pool (shapes as [`crate::matmul`]).
+    pub fn matmul(&self, w: &QMatrix, x: &[f32], n: usize, y: &mut [f32]) -> Result<()> {
+        self.matmul_many(&[w], x, n, &mut [y])
+    }
+
+    /// Several matrices sharing one input (q/k/v, gate/up): `x` is quantized once and all
+    /// products run in one pool dispatch.
+    pub fn matvec_many(&self, ws: &[&QMatrix], x: &[f32], ys: &mut [&mut [f32]]) -> Result<()> {
+        self.matmul_many(ws, x, 1, ys)
+    }
+
+    /// [`KernelPool::matvec_many`] for `n` input rows.
+    pub fn matmul_many(
+        &self,
+        ws: &[&QMatrix],
+        x: &[f32],
+        n: usize,
+        ys: &mut [&mut [f32]],
+    ) -> Result<()> {
+        if ws.len() != ys.len() {
+            return Err(Error::InvalidShape(format!(
+                "{} matrices but {} outputs",
+                ws.len(),
+                ys.len()
+            )));
+        }
+        let Some(first) = ws.first() else {
+            return Ok(());
+        };
+        for (w, y) in ws.iter().zip(ys.iter()) {
+            if w.cols != first.cols {
+                return Err(Error::InvalidShape(format!(
+                    "matrices sharing an input need equal columns, got {} and {}",
+                    first.cols, w.cols
+                )));
+            }
+            check_shapes(w, x.len(), n, y.len())?;
+        }
+        let quantized = ws.iter().any(|w| w.ty.is_quantized());
+        let kern = active();
+        let mut acts = self.acts.lock().unwrap_or_else(|p| p.into_inner());
+        if quantized {
+            acts.quantize(kern.path, x, n, first.cols);
+        }
+        let acts = &*acts;
+        let outs: Vec<OutPtr> = ys
+            .iter_mut()
+            .map(|y| OutPtr(y.as_mut_ptr(), y.len()))
+            .collect();
+
+        // Row chunks over all matrices; multiples of 4 keep matmul tiles whole.
+        let parts = self.threads * if n == 1 { 16 } else { 8 };
+        let mut chunks: Vec<(usize, usize, usize)> = Vec::new();
+        for (mi, w) in ws.iter().enumerate() {
+            let min = if n == 1 { 16 } else { 4 };
+            let step = (w.rows.div_ceil(parts)).max(min).div_ceil(4) * 4;
+            let mut r = 0;
+            while r < w.rows {
+                let e = (r + step).min(w.rows);
+                chunks.push((mi, r, e));
+                r = e;
+            }
+        }
+        let next = AtomicUsize::new(0);
+        let job = |_: usize| {
+            loop {
+                let c = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&(mi, r0, r1)) = chunks.get(c) else {
+                    break;
+                };
+                let w = ws[mi];
+                let out = outs[mi];
+                if !w.ty.is_quantized() {
+                    float_rows(w, x, n, r0, r1, out.0);
+                } else if n == 1 {
+                    // SAFETY: chunks are disjoint row ranges of an output of `rows` floats.
+                    let y = unsafe { std::slice::from_raw_parts_mut(out.0.add(r0), r1 - r0) };
+                    (kern.matvec_rows)(w, acts, r0, r1, y);
+                } else {
+                    // SAFETY: as above; each chunk writes only its rows of every token.
+                    unsafe { (kern.matmul_rows)(w, acts, r0, r1, out.0) };
+                }
+                debug_assert!(out.1 == n * w.rows);
+            }
+        };
+        if chunks.len() == 1 {
+            job(0);
+            return Ok(());
+        }
+        self.run(&job)
+    }
+
+    /// Runs `f(thread_index)` on every thread of the pool, the caller as index 0. The caller
+    /// must hold `self.acts` (which serializes jobs).
+    fn run(&self, f: &(dyn Fn(usize) + Sync)) -> Result<()> {
+        let s = &*self.shared;
+        if self.threads == 1 {
+            f(0);
+            return Ok(());
+        }
+        let job: *const (dyn Fn(usize) + Sync + '_) = f;
+        // SAFETY: the pointer outlives every use: we wait below until all workers finished.
+        let job: Job = unsafe { std::mem::transmute(job) };
+        // SAFETY: no worker reads `job` until the generation bump below.
+        unsafe { *s.job.get() = Some(job) };
+        s.pending.store(self.threads - 1, Ordering::Relaxed);
+        s.generation.fetch_add(1, Ordering::SeqCst);
+        if let Some(threads) = s.threads.get() {
+            for (i, t) in threads.iter().enumerate() {
+                if s.sleeping[i + 1].load(Ordering::SeqCst) {
+                    t.unpark();
+                }
+            }
+        }
+        let mine = catch_unwind(AssertUnwindSafe(|| f(0)));
+        let start = Instant::now();
+        let mut spins = 0u32;
+        while s.pending.load(Ordering::Acquire) != 0 {
+            spins = spins.wrapping_add(1);
+            if spins.is_multiple_of(64) && start.elapsed() > SPIN {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        // SAFETY: every worker is done with the job.
+        unsafe { *s.job.get() = None };
+        if mine.is_err() || s.panicked.swap(false, Ordering::AcqRel) {
+            return Err(Error::Pool("a kernel task panicked".into()));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for KernelPool {
+    fn drop(&mut self) {
+        let s = &*self.shared;
+        s.shutdown.store(true, Ordering::SeqCst);
+        s.generation.fetch_add(1, Ordering::SeqCst);
+        for h in &self.handles {
+            h.thread().unpark();
+        }
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+fn worker(s: Arc<Shared>, idx: usize) {
+    let mut seen = 0usize;
+    loop {
+        let start = Instant::now();
+        let mut spins = 0u32;
+        loop {
+            let g = s.generation.load(Ordering::Acquire);
+            if g != seen {
+                seen = g;
+                break;
+            }
+            spins = spins.wrapping_add(1);
+            if !spins.is_multiple_of(64) || start.elapsed() < SPIN {
+                std::hint::spin_loop();
+                continue;
+            }
+            s.sleeping[idx].store(true, Ordering::SeqCst);
+            if s.generation.load(Ordering::SeqCst) == seen {
+                std::thread::park();
+            }
+            s.sleeping[idx].store(false, Ordering::SeqCst);
+        }
+        if s.shutdown.load(Ordering::Acquire) {
+            return;
+        }
+        // SAFETY: published by the generation bump; the caller keeps it alive until pending is 0.
+        if let Some(job) = unsafe { *s.job.get() } {
+            // SAFETY: as above.
+            let r = catch_unwind(AssertUnwindSafe(|| unsafe { (*job)(idx) }));
+            if r.is_err() {
+                s.panicked.store(true, Ordering::Release);
+            }
+        }
+        s.pending.fetch_sub(1, Ordering::Release);
+    }
+}

@@ -1,0 +1,136 @@
+//! Quantized dot-product machinery shared by every path: activations quantized to int8 blocks of
+//! 32, one uniform per-block view of every weight format, and the per-path kernel table.
+//!
+//! Every weight block of 32 elements is seen as unsigned (or, for Q8_0, signed) 8-bit values `q`,
+//! a scale for each 16-element half and an offset for each half, so that
+//! `w[i] = scale[h] * q[i] + offset[h]`. With activations `x[i] ≈ d * a[i]` the block dot is
+//! `d * (scale[0]·Σlo q·a + scale[1]·Σhi q·a) + offset[0]·s[0] + offset[1]·s[1]` where `s[h]` is
+//! `d·Σ a` over that half. One integer dot per block, whatever the format.
+
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod neon;
+pub(crate) mod scalar;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86;
+
+use crate::cpu::Path;
+use crate::quant::QMatrix;
+
+/// Elements per activation block.
+pub(crate) const QK: usize = 32;
+
+/// Activations of `n` rows of `cols` elements, quantized to int8 in blocks of 32.
+#[derive(Default)]
+pub(crate) struct QActs {
+    pub(crate) n: usize,
+    pub(crate) cols: usize,
+    /// `n * cols` int8 values in [-127, 127].
+    pub(crate) qs: Vec<i8>,
+    /// `n * cols/32` block scales.
+    pub(crate) d: Vec<f32>,
+    /// `n * cols/32 * 2` half sums, `d * Σ a` over each 16-element half.
+    pub(crate) s: Vec<f32>,
+}
+
+impl QActs {
+    pub(crate) fn nb(&self) -> usize {
+        self.cols / QK
+    }
+
+    /// Quantizes `x` (`n` rows of `cols`, `cols % 32 == 0`) with `path`'s quantizer.
+    pub(crate) fn quantize(&mut self, path: Path, x: &[f32], n: usize, cols: usize) {
+        let nb = cols / QK;
+        self.n = n;
+        self.cols = cols;
+        self.qs.resize(n * cols, 0);
+        self.d.resize(n * nb, 0.0);
+        self.s.resize(n * nb * 2, 0.0);
+        for t in 0..n {
+            let xs = &x[t * cols..(t + 1) * cols];
+            let qs = &mut self.qs[t * cols..(t + 1) * cols];
+            let d = &mut self.d[t * nb..(t + 1) * nb];
+            let s = &mut self.s[t * nb * 2..(t + 1) * nb * 2];
+            match path {
+                #[cfg(target_arch = "x86_64")]
+                Path::Avx2 | Path::AvxVnni | Path::Avx512 | Path::Avx512Vnni => {
+                    // SAFETY: these paths are only selected when AVX2 is detected.
+                    unsafe { x86::quantize_acts_avx2(xs, qs, d, s) }
+                }
+                _ => scalar::quantize_acts(xs, qs, d, s),
+            }
+        }
+    }
+}
+
+/// One weight block of 32 elements in the uniform view.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Block32 {
+    /// Values: unsigned unless `signed`.
+    pub(crate) q: [u8; 32],
+    /// Only Q8_0 has signed values.
+    pub(crate) signed: bool,
+    /// Scale of each 16-element half.
+    pub(crate) scale: [f32; 2],
+    /// Offset of each half.
+    pub(crate) off: [f32; 2],
+}
+
+/// Matrix–vector products over rows `r0..r1` with already-quantized activations; `y[i]` receives
+/// row `r0 + i`.
+pub(crate) type MatvecRowsFn = fn(w: &QMatrix, acts: &QActs, r0: usize, r1: usize, y: &mut [f32]);
+
+/// Matrix–matrix products over a row range: writes `y[t * w.rows + r]` for all tokens.
+///
+/// # Safety
+/// `y` must point to `acts.n * w.rows` writable floats; rows `r0..r1` of every token must not be
+/// written concurrently by anyone else.
+pub(crate) type MatmulRowsFn =
+    unsafe fn(w: &QMatrix, acts: &QActs, r0: usize, r1: usize, y: *mut f32);
+
+/// The kernels of one path.
+pub(crate) struct Kernels {
+    pub(crate) path: Path,
+    pub(crate) matvec_rows: MatvecRowsFn,
+    pub(crate) matmul_rows: MatmulRowsFn,
+}
+
+/// The kernel table for `path`.
+pub(crate) fn kernels(path: Path) -> Kernels {
+    match path {
+        Path::Scalar => Kernels {
+            path,
+            matvec_rows: scalar::matvec_rows,
+            matmul_rows: scalar::matmul_rows,
+        },
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx2 => Kernels {
+            path,
+            matvec_rows: x86::avx2::matvec_rows,
+            matmul_rows: x86::avx2::matmul_rows,
+        },
+        #[cfg(target_arch = "x86_64")]
+        Path::AvxVnni => Kernels {
+            path,
+            matvec_rows: x86::avxvnni::matvec_rows,
+            matmul_rows: x86::avxvnni::matmul_rows,
+        },
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx512 => Kernels {
+            path,
+            matvec_rows: x86::avx512::matvec_rows,
+            matmul_rows: x86::avx512::matmul_rows,
+        },
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx512Vnni => Kernels {
+            path,
+            matvec_rows: x86::avx512vnni::matvec_rows,
+            matmul_rows: x86::avx512vnni::matmul_rows,
+        },
+        #[cfg(target_arch = "aarch64")]
+        Path::Neon => Kernels {
+            path,
+            matvec_rows: neon::matvec_rows,
+            matmul_rows: neon::matmul_rows,
+        },
+    }
+}

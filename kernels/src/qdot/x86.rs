@@ -1,0 +1,625 @@
+//! x86-64 kernels. One macro body is compiled four times, for AVX2, AVX2 + AVX-VNNI, AVX-512
+//! (256-bit vectors, 32 registers) and AVX-512 + VNNI; the instantiations differ only in the
+//! target features, the int8 dot instruction and the register tile of the matmul microkernel.
+
+use std::arch::x86_64::*;
+
+/// Format codes used as const generic parameters so that each format gets its own loop.
+pub(crate) mod fmt {
+    pub(crate) const Q4_0: u8 = 0;
+    pub(crate) const Q4_1: u8 = 1;
+    pub(crate) const Q5_0: u8 = 2;
+    pub(crate) const Q5_1: u8 = 3;
+    pub(crate) const Q8_0: u8 = 4;
+    pub(crate) const Q4K: u8 = 5;
+    pub(crate) const Q5K: u8 = 6;
+    pub(crate) const Q6K: u8 = 7;
+}
+
+/// Quantizes one row of activations exactly like [`super::scalar::quantize_acts`].
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn quantize_acts_avx2(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+    let nb = x.len() / 32;
+    debug_assert!(qs.len() >= nb * 32 && d.len() >= nb && s.len() >= 2 * nb);
+    let sign = _mm256_set1_ps(-0.0);
+    let perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for k in 0..nb {
+        // SAFETY: k < nb keeps every access inside the slices checked above.
+        unsafe {
+            let p = x.as_ptr().add(k * 32);
+            let v = [
+                _mm256_loadu_ps(p),
+                _mm256_loadu_ps(p.add(8)),
+                _mm256_loadu_ps(p.add(16)),
+                _mm256_loadu_ps(p.add(24)),
+            ];
+            let m01 = _mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1]));
+            let m23 = _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3]));
+            let amax = hmax(_mm256_max_ps(m01, m23));
+            let dk = amax / 127.0;
+            let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+            let idv = _mm256_set1_ps(id);
+            let lim = _mm256_set1_epi32(127);
+            let nlim = _mm256_set1_epi32(-127);
+            let mut q = [_mm256_setzero_si256(); 4];
+            for i in 0..4 {
+                let r = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], idv));
+                q[i] = _mm256_max_epi32(_mm256_min_epi32(r, lim), nlim);
+            }
+            let lo = hsum_i32(_mm256_add_epi32(q[0], q[1]));
+            let hi = hsum_i32(_mm256_add_epi32(q[2], q[3]));
+            let p01 = _mm256_packs_epi32(q[0], q[1]);
+            let p23 = _mm256_packs_epi32(q[2], q[3]);
+            let b = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(p01, p23), perm);
+            _mm256_storeu_si256(qs.as_mut_ptr().add(k * 32) as *mut __m256i, b);
+            *d.get_unchecked_mut(k) = dk;
+            *s.get_unchecked_mut(2 * k) = dk * lo as f32;
+            *s.get_unchecked_mut(2 * k + 1) = dk * hi as f32;
+        }
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn hmax(v: __m256) -> f32 {
+    let m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    let m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
+    _mm_cvtss_f32(m)
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    _mm_cvtss_f32(s)
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn hsum_i32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+    _mm_cvtsi128_si32(s)
+}
+
+macro_rules! x86_path {
+    ($name:ident, $feat:literal, tile = ($tr:literal, $tt:literal),
+     dot = |$w:ident, $a:ident| $dot:block) => {
+        /// Kernels compiled for one x86 feature set.
+        pub(crate) mod $name {
+            use super::fmt::*;
+            use super::hsum;
+            use crate::qdot::{QActs, QK};
+            use crate::quant::{QMatrix, QuantType, scale_min_k4};
+            use std::arch::x86_64::*;
+            use std::cell::RefCell;
+
+            /// Rows decoded together by the matmul microkernel.
+            const TILE_R: usize = $tr;
+            /// Tokens processed together by the matmul microkernel.
+            const TILE_T: usize = $tt;
+
+            /// Σ over 4-byte groups of unsigned `w` times signed `a`, as 8 int32 lanes.
+            #[inline]
+            #[target_feature(enable = $feat)]
+            fn dot_u8i8($w: __m256i, $a: __m256i) -> __m256i $dot
+
+            /// Σ over 4-byte groups of signed `w` times signed `a` (|a| ≤ 127).
+            #[inline]
+            #[target_feature(enable = $feat)]
+            fn dot_i8i8(w: __m256i, a: __m256i) -> __m256i {
+                dot_u8i8(_mm256_abs_epi8(w), _mm256_sign_epi8(a, w))
+            }
+
+            #[inline]
+            #[target_feature(enable = $feat)]
+            unsafe fn f16(p: *const u8) -> f32 {
+                // SAFETY: the caller passes a pointer to two readable bytes.
+                let bits = unsafe { std::ptr::read_unaligned(p as *const u16) };
+                _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+            }
+
+            /// 16 bytes of packed nibbles to 32 values: low nibbles first, then high nibbles.
+            #[inline]
+            #[target_feature(enable = $feat)]
+            unsafe fn nibbles(p: *const u8) -> __m256i {
+                // SAFETY: the caller passes a pointer to 16 readable bytes.
+                let lo = unsafe { _mm_loadu_si128(p as *const __m128i) };
+                let hi = _mm_srli_epi16(lo, 4);
+                _mm256_and_si256(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(0x0F))
+            }
+
+            /// Byte i is 0x10 where bit i of `qh` is set.
+            #[inline]
+            #[target_feature(enable = $feat)]
+            fn high_bits(qh: u32) -> __m256i {
+                let v = _mm256_set1_epi32(qh as i32);
+                let shuf = _mm256_setr_epi8(
+                    0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3,
+                    3, 3, 3, 3, 3, 3,
+                );
+                let b = _mm256_shuffle_epi8(v, shuf);
+                let m = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+                let sel = _mm256_cmpeq_epi8(_mm256_and_si256(b, m), m);
+                _mm256_and_si256(sel, _mm256_set1_epi8(0x10))
+            }
+
+            /// One block of 32 in the uniform view (see the module docs of `qdot`).
+            struct Dec {
+                q: __m256i,
+                sv: __m256,
+                off0: f32,
+                off1: f32,
+            }
+
+            /// Decodes block `k` of a row of format `F`.
+            #[inline]
+            #[target_feature(enable = $feat)]
+            unsafe fn decode<const F: u8>(row: *const u8, k: usize) -> Dec {
+                // SAFETY: the caller passes a row pointer with at least k+1 blocks of 32.
+                unsafe {
+                    match F {
+                        Q4_0 => {
+                            let b = row.add(k * 18);
+                            let d = f16(b);
+                            Dec { q: nibbles(b.add(2)), sv: _mm256_set1_ps(d), off0: -8.0 * d, off1: -8.0 * d }
+                        }
+                        Q4_1 => {
+                            let b = row.add(k * 20);
+                            let (d, m) = (f16(b), f16(b.add(2)));
+                            Dec { q: nibbles(b.add(4)), sv: _mm256_set1_ps(d), off0: m, off1: m }
+                        }
+                        Q5_0 => {
+                            let b = row.add(k * 22);
+                            let d = f16(b);
+                            let qh = std::ptr::read_unaligned(b.add(2) as *const u32);
+                            let q = _mm256_or_si256(nibbles(b.add(6)), high_bits(qh));
+                            Dec { q, sv: _mm256_set1_ps(d), off0: -16.0 * d, off1: -16.0 * d }
+                        }
+                        Q5_1 => {
+                            let b = row.add(k * 24);
+                            let (d, m) = (f16(b), f16(b.add(2)));
+                            let qh = std::ptr::read_unaligned(b.add(4) as *const u32);
+                            let q = _mm256_or_si256(nibbles(b.add(8)), high_bits(qh));
+                            Dec { q, sv: _mm256_set1_ps(d), off0: m, off1: m }
+                        }
+                        Q8_0 => {
+                            let b = row.add(k * 34);
+                            let q = _mm256_loadu_si256(b.add(2) as *const __m256i);
+                            Dec { q, sv: _mm256_set1_ps(f16(b)), off0: 0.0, off1: 0.0 }
+                        }
+                        Q4K | Q5K => {
+                            let bb = if F == Q4K { 144 } else { 176 };
+                            let (sb, j) = (k / 8, k % 8);
+                            let b = row.add(sb * bb);
+                            let (d, dmin) = (f16(b), f16(b.add(2)));
+                            let (sc, m) = scale_min_k4(j, std::slice::from_raw_parts(b.add(4), 12));
+                            let qs_at = if F == Q4K { 16 } else { 48 };
+                            let raw = _mm256_loadu_si256(b.add(qs_at + 32 * (j / 2)) as *const __m256i);
+                            let raw = if j % 2 == 0 { raw } else { _mm256_srli_epi16(raw, 4) };
+                            let mut q = _mm256_and_si256(raw, _mm256_set1_epi8(0x0F));
+                            if F == Q5K {
+                                let qh = _mm256_loadu_si256(b.add(16) as *const __m256i);
+                                let bit = _mm256_set1_epi8((1u8 << j) as i8);
+                                let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, bit), bit);
+                                q = _mm256_or_si256(q, _mm256_and_si256(set, _mm256_set1_epi8(0x10)));
+                            }
+                            let o = -dmin * m as f32;
+                            Dec { q, sv: _mm256_set1_ps(d * sc as f32), off0: o, off1: o }
+                        }
+                        _ => {
+                            // Q6_K
+                            let (sb, j) = (k / 8, k % 8);
+                            let (half, jj) = (j / 4, j % 4);
+                            let b = row.add(sb * 210);
+                            let ql = _mm256_loadu_si256(b.add(64 * half + 32 * (jj % 2)) as *const __m256i);
+                            let ql = if jj < 2 { ql } else { _mm256_srli_epi16(ql, 4) };
+                            let lo = _mm256_and_si256(ql, _mm256_set1_epi8(0x0F));
+                            let qh = _mm256_loadu_si256(b.add(128 + 32 * half) as *const __m256i);
+                            let qh = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * jj as i32));
+                            let qh = _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(3)), 4);
+                            let d = f16(b.add(208));
+                            let sc = b.add(192 + 8 * half + 2 * jj);
+                            let s0 = d * (*sc as i8) as f32;
+                            let s1 = d * (*sc.add(1) as i8) as f32;
+                            let sv = _mm256_set_m128(_mm_set1_ps(s1), _mm_set1_ps(s0));
+                            Dec { q: _mm256_or_si256(lo, qh), sv, off0: -32.0 * s0, off1: -32.0 * s1 }
+                        }
+                    }
+                }
+            }
+
+            #[target_feature(enable = $feat)]
+            unsafe fn matvec_rows_f<const F: u8>(
+                w: &QMatrix,
+                acts: &QActs,
+                r0: usize,
+                r1: usize,
+                y: &mut [f32],
+            ) {
+                let nb = acts.nb();
+                let rb = w.row_bytes();
+                let aq = acts.qs.as_ptr();
+                let ad = acts.d.as_ptr();
+                let asum = acts.s.as_ptr();
+                for r in r0..r1 {
+                    // SAFETY: r < rows and k < nb keep every pointer inside `w.data` and `acts`.
+                    unsafe {
+                        let row = w.data.as_ptr().add(r * rb);
+                        let mut acc0 = _mm256_setzero_ps();
+                        let mut acc1 = _mm256_setzero_ps();
+                        let mut off = 0.0f32;
+                        let mut k = 0;
+                        while k + 2 <= nb {
+                            let d0 = decode::<F>(row, k);
+                            let d1 = decode::<F>(row, k + 1);
+                            let a0 = _mm256_loadu_si256(aq.add(k * QK) as *const __m256i);
+                            let a1 = _mm256_loadu_si256(aq.add(k * QK + QK) as *const __m256i);
+                            let (p0, p1) = if F == Q8_0 {
+                                (dot_i8i8(d0.q, a0), dot_i8i8(d1.q, a1))
+                            } else {
+                                (dot_u8i8(d0.q, a0), dot_u8i8(d1.q, a1))
+                            };
+                            let s0 = _mm256_mul_ps(d0.sv, _mm256_set1_ps(*ad.add(k)));
+                            let s1 = _mm256_mul_ps(d1.sv, _mm256_set1_ps(*ad.add(k + 1)));
+                            acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), s0, acc0);
+                            acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), s1, acc1);
+                            if F != Q8_0 {
+                                off += d0.off0 * *asum.add(2 * k) + d0.off1 * *asum.add(2 * k + 1);
+                                off += d1.off0 * *asum.add(2 * k + 2) + d1.off1 * *asum.add(2 * k + 3);
+                            }
+                            k += 2;
+                        }
+                        if k < nb {
+                            let d0 = decode::<F>(row, k);
+                            let a0 = _mm256_loadu_si256(aq.add(k * QK) as *const __m256i);
+                            let p0 = if F == Q8_0 { dot_i8i8(d0.q, a0) } else { dot_u8i8(d0.q, a0) };
+                            let s0 = _mm256_mul_ps(d0.sv, _mm256_set1_ps(*ad.add(k)));
+                            acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), s0, acc0);
+                            off += d0.off0 * *asum.add(2 * k) + d0.off1 * *asum.add(2 * k + 1);
+                        }
+                        *y.get_unchecked_mut(r - r0) = hsum(_mm256_add_ps(acc0, acc1)) + off;
+                    }
+                }
+            }
+
+            /// `R` decoded rows times `T` tokens; returns the int8 part of each dot.
+            #[inline]
+            #[target_feature(enable = $feat)]
+            unsafe fn micro<const R: usize, const T: usize, const SIGNED: bool>(
+                wq: *const u8,
+                wsv: *const f32,
+                nb: usize,
+                aq: *const i8,
+                ad: *const f32,
+                cols: usize,
+                out: &mut [[f32; T]; R],
+            ) {
+                let mut acc = [[_mm256_setzero_ps(); T]; R];
+                for k in 0..nb {
+                    // SAFETY: the caller passes tiles of R rows and T tokens of nb blocks each.
+                    unsafe {
+                        let mut wv = [_mm256_setzero_si256(); R];
+                        let mut wa = [_mm256_setzero_si256(); R];
+                        let mut sv = [_mm256_setzero_ps(); R];
+                        for r in 0..R {
+                            wv[r] = _mm256_loadu_si256(wq.add(r * cols + k * QK) as *const __m256i);
+                            wa[r] = if SIGNED { _mm256_abs_epi8(wv[r]) } else { wv[r] };
+                            sv[r] = _mm256_loadu_ps(wsv.add((r * nb + k) * 8));
+                        }
+                        for t in 0..T {
+                            let a = _mm256_loadu_si256(aq.add(t * cols + k * QK) as *const __m256i);
+                            let da = _mm256_set1_ps(*ad.add(t * nb + k));
+                            for r in 0..R {
+                                let p = if SIGNED {
+                                    dot_u8i8(wa[r], _mm256_sign_epi8(a, wv[r]))
+                                } else {
+                                    dot_u8i8(wv[r], a)
+                                };
+                                let sc = _mm256_mul_ps(sv[r], da);
+                                acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sc, acc[r][t]);
+                            }
+                        }
+                    }
+                }
+                for r in 0..R {
+                    for t in 0..T {
+                        out[r][t] = hsum(acc[r][t]);
+                    }
+                }
+            }
+
+            #[inline]
+            #[target_feature(enable = $feat)]
+            unsafe fn dotf(a: *const f32, b: *const f32, n: usize) -> f32 {
+                let mut acc = _mm256_setzero_ps();
+                let mut i = 0;
+                let mut tail = 0.0;
+                // SAFETY: the caller passes n readable floats behind both pointers.
+                unsafe {
+                    while i + 8 <= n {
+                        acc = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(i)), _mm256_loadu_ps(b.add(i)), acc);
+                        i += 8;
+                    }
+                    while i < n {
+                        tail += *a.add(i) * *b.add(i);
+                        i += 1;
+                    }
+                }
+                hsum(acc) + tail
+            }
+
+            #[target_feature(enable = $feat)]
+            unsafe fn tile_run<const R: usize, const T: usize, const SIGNED: bool>(
+                w: &QMatrix,
+                acts: &QActs,
+                sc: &Scratch,
+                r0: usize,
+                y: *mut f32,
+            ) {
+                let (nb, cols) = (acts.nb(), acts.cols);
+                let mut out = [[0.0f32; T]; R];
+                let mut t = 0;
+                while t + T <= acts.n {
+                    // SAFETY: r0..r0+R are decoded in `sc`; t..t+T are tokens of `acts`; the
+                    // caller owns rows r0..r0+R of every token in `y`.
+                    unsafe {
+                        micro::<R, T, SIGNED>(
+                            sc.q.as_ptr(),
+                            sc.sv.as_ptr(),
+                            nb,
+                            acts.qs.as_ptr().add(t * cols),
+                            acts.d.as_ptr().add(t * nb),
+                            cols,
+                            &mut out,
+                        );
+                        for r in 0..R {
+                            for tt in 0..T {
+                                let off = if SIGNED {
+                                    0.0
+                                } else {
+                                    dotf(
+                                        sc.off.as_ptr().add(r * 2 * nb),
+                                        acts.s.as_ptr().add((t + tt) * 2 * nb),
+                                        2 * nb,
+                                    )
+                                };
+                                *y.add((t + tt) * w.rows + r0 + r) = out[r][tt] + off;
+                            }
+                        }
+                    }
+                    t += T;
+                }
+                if t < acts.n && T > 1 {
+                    // SAFETY: as above, for the remaining tokens one at a time.
+                    unsafe { tile_tail::<R, SIGNED>(w, acts, sc, r0, t, y) };
+                }
+            }
+
+            #[target_feature(enable = $feat)]
+            unsafe fn tile_tail<const R: usize, const SIGNED: bool>(
+                w: &QMatrix,
+                acts: &QActs,
+                sc: &Scratch,
+                r0: usize,
+                t0: usize,
+                y: *mut f32,
+            ) {
+                let (nb, cols) = (acts.nb(), acts.cols);
+                let mut out = [[0.0f32; 1]; R];
+                for t in t0..acts.n {
+                    // SAFETY: see `tile_run`.
+                    unsafe {
+                        micro::<R, 1, SIGNED>(
+                            sc.q.as_ptr(),
+                            sc.sv.as_ptr(),
+                            nb,
+                            acts.qs.as_ptr().add(t * cols),
+                            acts.d.as_ptr().add(t * nb),
+                            cols,
+                            &mut out,
+                        );
+                        for r in 0..R {
+                            let off = if SIGNED {
+                                0.0
+                            } else {
+                                dotf(sc.off.as_ptr().add(r * 2 * nb), acts.s.as_ptr().add(t * 2 * nb), 2 * nb)
+                            };
+                            *y.add(t * w.rows + r0 + r) = out[r][0] + off;
+                        }
+                    }
+                }
+            }
+
+            /// Decoded weights of one row tile.
+            #[derive(Default)]
+            struct Scratch {
+                q: Vec<u8>,
+                sv: Vec<f32>,
+                off: Vec<f32>,
+            }
+
+            thread_local! {
+                static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+            }
+
+            #[target_feature(enable = $feat)]
+            unsafe fn decode_tile<const F: u8>(w: &QMatrix, r0: usize, rr: usize, sc: &mut Scratch) {
+                let nb = w.cols / QK;
+                let rb = w.row_bytes();
+                for r in 0..rr {
+                    // SAFETY: r0 + r < rows; the scratch holds TILE_R rows of nb blocks.
+                    unsafe {
+                        let row = w.data.as_ptr().add((r0 + r) * rb);
+                        for k in 0..nb {
+                            let dec = decode::<F>(row, k);
+                            _mm256_storeu_si256(sc.q.as_mut_ptr().add(r * w.cols + k * QK) as *mut __m256i, dec.q);
+                            _mm256_storeu_ps(sc.sv.as_mut_ptr().add((r * nb + k) * 8), dec.sv);
+                            *sc.off.get_unchecked_mut(r * 2 * nb + 2 * k) = dec.off0;
+                            *sc.off.get_unchecked_mut(r * 2 * nb + 2 * k + 1) = dec.off1;
+                        }
+                    }
+                }
+            }
+
+            #[target_feature(enable = $feat)]
+            unsafe fn matmul_rows_f<const F: u8>(
+                w: &QMatrix,
+                acts: &QActs,
+                r0: usize,
+                r1: usize,
+                y: *mut f32,
+                sc: &mut Scratch,
+            ) {
+                let nb = w.cols / QK;
+                sc.q.resize(TILE_R * w.cols, 0);
+                sc.sv.resize(TILE_R * nb * 8, 0.0);
+                sc.off.resize(TILE_R * nb * 2, 0.0);
+                let signed = F == Q8_0;
+                let mut r = r0;
+                while r < r1 {
+                    let rr = TILE_R.min(r1 - r);
+                    // SAFETY: rows r..r+rr are in range and owned by the caller.
+                    unsafe {
+                        decode_tile::<F>(w, r, rr, sc);
+                        if rr == TILE_R {
+                            if signed {
+                                tile_run::<TILE_R, TILE_T, true>(w, acts, sc, r, y);
+                            } else {
+                                tile_run::<TILE_R, TILE_T, false>(w, acts, sc, r, y);
+                            }
+                        } else {
+                            // Fewer rows than a tile: one row at a time from the same scratch.
+                            for i in 0..rr {
+                                let sub = SubTile { sc, row: i, nb, cols: w.cols };
+                                sub.run(w, acts, r + i, y, signed);
+                            }
+                        }
+                    }
+                    r += rr;
+                }
+            }
+
+            /// One decoded row of a partial tile.
+            struct SubTile<'s> {
+                sc: &'s Scratch,
+                row: usize,
+                nb: usize,
+                cols: usize,
+            }
+
+            impl SubTile<'_> {
+                #[target_feature(enable = $feat)]
+                unsafe fn run(&self, w: &QMatrix, acts: &QActs, r: usize, y: *mut f32, signed: bool) {
+                    let (nb, cols) = (self.nb, self.cols);
+                    let mut out = [[0.0f32; 1]; 1];
+                    for t in 0..acts.n {
+                        // SAFETY: see `tile_run`; the row lives at index `self.row` of the scratch.
+                        unsafe {
+                            let wq = self.sc.q.as_ptr().add(self.row * cols);
+                            let wsv = self.sc.sv.as_ptr().add(self.row * nb * 8);
+                            let aq = acts.qs.as_ptr().add(t * cols);
+                            let ad = acts.d.as_ptr().add(t * nb);
+                            if signed {
+                                micro::<1, 1, true>(wq, wsv, nb, aq, ad, cols, &mut out);
+                            } else {
+                                micro::<1, 1, false>(wq, wsv, nb, aq, ad, cols, &mut out);
+                            }
+                            let off = if signed {
+                                0.0
+                            } else {
+                                dotf(
+                                    self.sc.off.as_ptr().add(self.row * 2 * nb),
+                                    acts.s.as_ptr().add(t * 2 * nb),
+                                    2 * nb,
+                                )
+                            };
+                            *y.add(t * w.rows + r) = out[0][0] + off;
+                        }
+                    }
+                }
+            }
+
+            /// Matvec over rows `r0..r1` (see [`crate::qdot::MatvecRowsFn`]).
+            pub(crate) fn matvec_rows(w: &QMatrix, acts: &QActs, r0: usize, r1: usize, y: &mut [f32]) {
+                debug_assert!(crate::cpu::Path::available().contains(&crate::cpu::selected()));
+                // SAFETY: this table entry is only handed out when the CPU has `$feat`.
+                unsafe {
+                    match w.ty {
+                        QuantType::Q4_0 => matvec_rows_f::<Q4_0>(w, acts, r0, r1, y),
+                        QuantType::Q4_1 => matvec_rows_f::<Q4_1>(w, acts, r0, r1, y),
+                        QuantType::Q5_0 => matvec_rows_f::<Q5_0>(w, acts, r0, r1, y),
+                        QuantType::Q5_1 => matvec_rows_f::<Q5_1>(w, acts, r0, r1, y),
+                        QuantType::Q8_0 => matvec_rows_f::<Q8_0>(w, acts, r0, r1, y),
+                        QuantType::Q4K => matvec_rows_f::<Q4K>(w, acts, r0, r1, y),
+                        QuantType::Q5K => matvec_rows_f::<Q5K>(w, acts, r0, r1, y),
+                        QuantType::Q6K => matvec_rows_f::<Q6K>(w, acts, r0, r1, y),
+                        QuantType::F32 | QuantType::F16 => {
+                            crate::qdot::scalar::matvec_rows(w, acts, r0, r1, y)
+                        }
+                    }
+                }
+            }
+
+            /// Matmul over rows `r0..r1` (see [`crate::qdot::MatmulRowsFn`]).
+            ///
+            /// # Safety
+            /// As [`crate::qdot::MatmulRowsFn`].
+            pub(crate) unsafe fn matmul_rows(w: &QMatrix, acts: &QActs, r0: usize, r1: usize, y: *mut f32) {
+                SCRATCH.with(|cell| {
+                    let mut guard = cell.borrow_mut();
+                    let sc = &mut *guard;
+                    // SAFETY: this table entry is only handed out when the CPU has `$feat`; the
+                    // caller upholds the output contract.
+                    unsafe {
+                        match w.ty {
+                            QuantType::Q4_0 => matmul_rows_f::<Q4_0>(w, acts, r0, r1, y, sc),
+                            QuantType::Q4_1 => matmul_rows_f::<Q4_1>(w, acts, r0, r1, y, sc),
+                            QuantType::Q5_0 => matmul_rows_f::<Q5_0>(w, acts, r0, r1, y, sc),
+                            QuantType::Q5_1 => matmul_rows_f::<Q5_1>(w, acts, r0, r1, y, sc),
+                            QuantType::Q8_0 => matmul_rows_f::<Q8_0>(w, acts, r0, r1, y, sc),
+                            QuantType::Q4K => matmul_rows_f::<Q4K>(w, acts, r0, r1, y, sc),
+                            QuantType::Q5K => matmul_rows_f::<Q5K>(w, acts, r0, r1, y, sc),
+                            QuantType::Q6K => matmul_rows_f::<Q6K>(w, acts, r0, r1, y, sc),
+                            QuantType::F32 | QuantType::F16 => {
+                                crate::qdot::scalar::matmul_rows(w, acts, r0, r1, y)
+                            }
+                        }
+                    }
+                })
+            }
+        }
+    };
+}
+
+x86_path!(
+    avx2,
+    "avx2,fma,f16c",
+    tile = (4, 2),
+    dot = |w, a| { _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1)) }
+);
+x86_path!(
+    avxvnni,
+    "avx2,fma,f16c,avxvnni",
+    tile = (4, 2),
+    dot = |w, a| { _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), w, a) }
+);
+x86_path!(
+    avx512,
+    "avx2,fma,f16c,avx512f,avx512bw,avx512vl",
+    tile = (4, 4),
+    dot = |w, a| { _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1)) }
+);
+x86_path!(
+    avx512vnni,
+    "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
+    tile = (4, 4),
+    dot = |w, a| { _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, a) }
+);
