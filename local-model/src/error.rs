@@ -7,6 +7,41 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 
+    // ----- model engine -----
+    /// Reading a model file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A GGUF file is malformed, truncated or lacks something the model needs.
+    #[error("gguf: {0}")]
+    Gguf(String),
+    /// The model's architecture or a tensor type is not supported.
+    #[error("unsupported model: {0}")]
+    Unsupported(String),
+    /// The tokenizer could not be built or could not encode or decode.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// The chat template failed to parse or render.
+    #[error("chat template: {0}")]
+    Template(String),
+    /// A kernel reported an error.
+    #[error("kernel: {0}")]
+    Kernel(String),
+    /// The engine thread has stopped or could not be started.
+    #[error("engine stopped: {0}")]
+    EngineStopped(String),
+    /// A request exceeded the context window or the KV cache.
+    #[error("context overflow: {0}")]
+    ContextOverflow(String),
+    /// A drafting session id is unknown (closed or never opened).
+    #[error("unknown session {0}")]
+    UnknownSession(u64),
+
     // ----- artifact fetcher (src/fetch) -----
     /// A name that is neither a known artifact nor a path to a GGUF file.
     #[error("unknown model or artifact `{name}` (known: {known})")]
@@ -30,8 +65,8 @@ pub enum Error {
         /// Each source tried and why it failed.
         tried: String,
     },
-    /// A file did not have the sha256 it should have; the bad file was removed.
-    #[error("sha256 mismatch for {path}: expected {expected}, got {actual} (file removed)")]
+    /// A file did not have the sha256 it should have (a freshly downloaded one is removed).
+    #[error("sha256 mismatch for {path}: expected {expected}, got {actual}")]
     Sha256Mismatch {
         /// The file that was checked.
         path: std::path::PathBuf,

@@ -1,0 +1,1181 @@
+//! The engine: one OS thread that owns the model, the KV/prefix cache and the drafting sessions.
+//! Requests arrive over a channel; each generation streams events through its own
+//! `tokio::sync::mpsc` sender, and dropping the receiver cancels it within one step.
+//!
+//! Each step batches one decode token of every running generation with prefill chunks of new
+//! prompts, so short requests are not stuck behind long ones.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc as std_mpsc;
+use std::thread::JoinHandle;
+
+use serde::{Deserialize, Serialize};
+use tandem_kernels::KernelPool;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::chat::{CHATML_TEMPLATE, ChatMessage, ChatTemplate, GEMMA_TEMPLATE};
+use crate::error::{Error, Result};
+use crate::gguf::GgufFile;
+use crate::model::{Arch, BatchItem, Model, Scratch, SeqKv};
+use crate::sampling::{
+    LogNorm, Sampler, SamplingParams, StopBuffer, TokenLogprob, TopLogprob, entropy, top_k_logits,
+};
+use crate::tokenizer::Tokenizer;
+
+/// Engine settings. `EngineConfig::new(path)` gives defaults; the builder methods adjust them.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The GGUF file.
+    pub model_path: PathBuf,
+    /// Kernel threads (0 = all available cores).
+    pub threads: usize,
+    /// Upper bound on tokens held in KV storage: running requests, sessions and the prefix cache
+    /// together. Least recently used cached prefixes are evicted first.
+    pub kv_cache_tokens: usize,
+    /// Most generations decoded together; more wait in a queue.
+    pub max_batch: usize,
+    /// Longest sequence (prompt + completion); defaults to the model's context length capped by
+    /// `kv_cache_tokens`.
+    pub max_context: Option<usize>,
+    /// Tokens of prompt prefill per step, shared between waiting prompts.
+    pub prefill_chunk: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            model_path: PathBuf::new(),
+            threads: 0,
+            kv_cache_tokens: 8192,
+            max_batch: 8,
+            max_context: None,
+            prefill_chunk: 256,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// Defaults for a model file.
+    pub fn new(model_path: impl Into<PathBuf>) -> Self {
+        Self {
+            model_path: model_path.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Sets the kernel thread count (0 = all cores).
+    pub fn threads(mut self, threads: usize) -> Self {
+        self.threads = threads;
+        self
+    }
+
+    /// Sets the KV token budget.
+    pub fn kv_cache_tokens(mut self, tokens: usize) -> Self {
+        self.kv_cache_tokens = tokens;
+        self
+    }
+
+    /// Sets the batch size.
+    pub fn max_batch(mut self, n: usize) -> Self {
+        self.max_batch = n;
+        self
+    }
+
+    /// Sets the longest sequence.
+    pub fn max_context(mut self, n: usize) -> Self {
+        self.max_context = Some(n);
+        self
+    }
+
+    /// Sets the prefill chunk.
+    pub fn prefill_chunk(mut self, n: usize) -> Self {
+        self.prefill_chunk = n;
+        self
+    }
+}
+
+/// What the loaded model is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// Short id: the file name without `.gguf`.
+    pub id: String,
+    /// `general.name` from the file, or the id.
+    pub name: String,
+    /// Architecture (`llama`, `qwen2`, `qwen3`, `gemma3`).
+    pub arch: String,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Longest sequence this engine accepts.
+    pub context_length: usize,
+    /// Tokens that end generation (EOS and end-of-turn).
+    pub eos_token_ids: Vec<u32>,
+    /// BOS token, if any.
+    pub bos_token_id: Option<u32>,
+    /// sha256 over the vocabulary: equal hashes mean the same tokenizer.
+    pub vocab_hash: String,
+    /// Decoder layers.
+    pub n_layers: usize,
+    /// Hidden size.
+    pub hidden_size: usize,
+    /// KV bytes per cached token.
+    pub kv_bytes_per_token: usize,
+}
+
+/// A generation request.
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    /// Prompt token ids (already templated and tokenized).
+    pub prompt: Vec<u32>,
+    /// Sampling parameters.
+    pub params: SamplingParams,
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// An end-of-sequence token or a stop string.
+    Stop,
+    /// `max_tokens` or the context limit.
+    Length,
+    /// The receiver was dropped.
+    Cancelled,
+}
+
+/// One streamed event of a generation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GenerateEvent {
+    /// A sampled token. `text` is the stop-safe text delta (possibly empty while text that may
+    /// start a stop string or an incomplete UTF-8 character is held back). An end-of-sequence
+    /// token is reported too, with empty text plus anything still held back.
+    Token {
+        /// Token id.
+        id: u32,
+        /// Text delta to show.
+        text: String,
+        /// Log-probabilities and entropy, when `params.logprobs` was set.
+        logprob: Option<TokenLogprob>,
+    },
+    /// The last event of a successful generation.
+    Finished {
+        /// Why it ended.
+        reason: FinishReason,
+        /// Prompt length in tokens.
+        prompt_tokens: usize,
+        /// Tokens generated (each reported by a `Token` event).
+        completion_tokens: usize,
+        /// Prompt tokens whose KV came from the prefix cache.
+        cached_prompt_tokens: usize,
+    },
+    /// The generation failed; no more events follow.
+    Error(String),
+}
+
+/// Scores of one position of a scored token sequence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PositionScores {
+    /// The token at this position.
+    pub token: u32,
+    /// Its log-probability given everything before it.
+    pub logprob: f32,
+    /// Entropy (nats) of the distribution it was drawn from.
+    pub entropy: f32,
+    /// The `top_k` most likely tokens at this position: (id, logprob), best first.
+    pub top: Vec<(u32, f32)>,
+}
+
+/// Result of scoring tokens after a prefix.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Scores {
+    /// One entry per scored token.
+    pub positions: Vec<PositionScores>,
+    /// The distribution after the last token (the "bonus" position of speculative decoding):
+    /// (id, logprob), best first.
+    pub next_top: Vec<(u32, f32)>,
+    /// Entropy of that distribution.
+    pub next_entropy: f32,
+    /// Tokens whose KV came from the prefix cache.
+    pub cached_tokens: usize,
+}
+
+/// A drafting session's id.
+pub type SessionId = u64;
+
+/// One drafted token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DraftToken {
+    /// Token id.
+    pub id: u32,
+    /// Its probability under the sampling distribution it was drawn from (1 for greedy).
+    pub prob: f32,
+    /// Its log-probability under the model (temperature 1).
+    pub logprob: f32,
+    /// The sampling distribution's most likely tokens (id, prob), best first; at most
+    /// `params.logprobs` (default 8) entries.
+    pub dist: Vec<(u32, f32)>,
+}
+
+/// Counters of the engine's cache.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheStats {
+    /// Sequences held in the prefix cache.
+    pub entries: usize,
+    /// Tokens held in the prefix cache.
+    pub cached_tokens: usize,
+    /// Tokens held by running generations and sessions.
+    pub active_tokens: usize,
+    /// Running generations.
+    pub running: usize,
+    /// Generations waiting for a batch slot.
+    pub waiting: usize,
+    /// Open sessions.
+    pub sessions: usize,
+}
+
+type Reply<T> = oneshot::Sender<Result<T>>;
+
+enum Command {
+    Generate(GenerateRequest, mpsc::Sender<GenerateEvent>),
+    Score {
+        prefix: Vec<u32>,
+        tokens: Vec<u32>,
+        top_k: usize,
+        reply: Reply<Scores>,
+    },
+    OpenSession(Vec<u32>, Reply<SessionId>),
+    Draft(SessionId, usize, SamplingParams, Reply<Vec<DraftToken>>),
+    Append(SessionId, Vec<u32>, usize, Reply<Scores>),
+    Rollback(SessionId, usize, Reply<()>),
+    CloseSession(SessionId),
+    ClearCache(Reply<()>),
+    Stats(Reply<CacheStats>),
+    Shutdown,
+}
+
+struct Inner {
+    tx: std_mpsc::Sender<Command>,
+    info: ModelInfo,
+    tokenizer: Arc<Tokenizer>,
+    template: ChatTemplate,
+    thread: parking_lot::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Command::Shutdown);
+        if let Some(h) = self.thread.lock().take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Handle to a running engine. Cheap to clone; the engine stops when the last clone drops.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("info", &self.inner.info)
+            .finish()
+    }
+}
+
+struct Ready {
+    info: ModelInfo,
+    tokenizer: Arc<Tokenizer>,
+    template_src: String,
+}
+
+impl Engine {
+    /// Loads the model on a new engine thread and returns once it is ready to serve.
+    pub fn start(cfg: EngineConfig) -> Result<Engine> {
+        let (tx, rx) = std_mpsc::channel::<Command>();
+        let (ready_tx, ready_rx) = std_mpsc::channel::<Result<Ready>>();
+        let thread = std::thread::Builder::new()
+            .name("tandem-engine".into())
+            .spawn(move || match Worker::load(&cfg) {
+                Ok((worker, ready)) => {
+                    if ready_tx.send(Ok(ready)).is_ok() {
+                        worker.run(rx);
+                    }
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            })
+            .map_err(|e| Error::EngineStopped(format!("cannot spawn engine thread: {e}")))?;
+        let ready = match ready_rx.recv() {
+            Ok(r) => r,
+            Err(_) => {
+                let _ = thread.join();
+                return Err(Error::EngineStopped(
+                    "engine thread exited while loading".into(),
+                ));
+            }
+        };
+        let ready = match ready {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = thread.join();
+                return Err(e);
+            }
+        };
+        let tok = &ready.tokenizer;
+        let text_of = |id: Option<u32>| id.map(|i| tok.token_text(i)).unwrap_or_default();
+        let template = ChatTemplate::new(
+            &ready.template_src,
+            &text_of(tok.bos_id()),
+            &text_of(tok.eos_id()),
+        )?;
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                tx,
+                info: ready.info,
+                tokenizer: ready.tokenizer,
+                template,
+                thread: parking_lot::Mutex::new(Some(thread)),
+            }),
+        })
+    }
+
+    /// What the model is.
+    pub fn info(&self) -> &ModelInfo {
+        &self.inner.info
+    }
+
+    /// The model's tokenizer.
+    pub fn tokenizer(&self) -> &Arc<Tokenizer> {
+        &self.inner.tokenizer
+    }
+
+    /// Renders messages with the model's chat template (special tokens as text).
+    pub fn render_chat(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        self.inner.template.render(messages, add_generation_prompt)
+    }
+
+    /// Renders and tokenizes a chat prompt: specials parsed, BOS added unless the template
+    /// already wrote it.
+    pub fn chat_prompt(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>> {
+        let text = self.render_chat(messages, add_generation_prompt)?;
+        let tok = &self.inner.tokenizer;
+        let has_bos = tok
+            .bos_id()
+            .is_some_and(|b| !tok.token_text(b).is_empty() && text.starts_with(&tok.token_text(b)));
+        Ok(tok.encode(&text, !has_bos))
+    }
+
+    fn send(&self, cmd: Command) -> Result<()> {
+        self.inner
+            .tx
+            .send(cmd)
+            .map_err(|_| Error::EngineStopped("engine thread is gone".into()))
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.send(make(tx))?;
+        rx.await
+            .map_err(|_| Error::EngineStopped("engine dropped the request".into()))?
+    }
+
+    /// Starts a generation; events stream on the returned receiver. Drop it to cancel.
+    pub fn generate(&self, req: GenerateRequest) -> Result<mpsc::Receiver<GenerateEvent>> {
+        if req.prompt.is_empty() {
+            return Err(Error::InvalidArgument("prompt is empty".into()));
+        }
+        let cap = req.params.max_tokens.clamp(1, 1 << 16) + 4;
+        let (tx, rx) = mpsc::channel(cap);
+        self.send(Command::Generate(req, tx))?;
+        Ok(rx)
+    }
+
+    /// Scores `tokens` after `prefix` in one forward pass over `tokens` (the prefix's KV comes
+    /// from the prefix cache when it can): each token's log-probability and the `top_k`
+    /// alternatives per position, plus the distribution after the last token.
+    pub async fn score(&self, prefix: &[u32], tokens: &[u32], top_k: usize) -> Result<Scores> {
+        let (prefix, tokens) = (prefix.to_vec(), tokens.to_vec());
+        self.call(|reply| Command::Score {
+            prefix,
+            tokens,
+            top_k,
+            reply,
+        })
+        .await
+    }
+
+    /// Opens a persistent sequence over `prompt` for drafting or verification.
+    pub async fn open_session(&self, prompt: &[u32]) -> Result<SessionId> {
+        let p = prompt.to_vec();
+        self.call(|r| Command::OpenSession(p, r)).await
+    }
+
+    /// Proposes `k` tokens continuing the session, appending them to its KV.
+    pub async fn draft(
+        &self,
+        session: SessionId,
+        k: usize,
+        params: &SamplingParams,
+    ) -> Result<Vec<DraftToken>> {
+        let p = params.clone();
+        self.call(|r| Command::Draft(session, k, p, r)).await
+    }
+
+    /// Feeds tokens into the session and returns their scores (and the next distribution).
+    pub async fn append(&self, session: SessionId, tokens: &[u32], top_k: usize) -> Result<Scores> {
+        let t = tokens.to_vec();
+        self.call(|r| Command::Append(session, t, top_k, r)).await
+    }
+
+    /// Drops the last `n` tokens of the session.
+    pub async fn rollback(&self, session: SessionId, n: usize) -> Result<()> {
+        self.call(|r| Command::Rollback(session, n, r)).await
+    }
+
+    /// Closes a session; its KV goes to the prefix cache.
+    pub async fn close_session(&self, session: SessionId) {
+        let _ = self.send(Command::CloseSession(session));
+    }
+
+    /// Empties the prefix cache.
+    pub async fn clear_cache(&self) -> Result<()> {
+        self.call(Command::ClearCache).await
+    }
+
+    /// Cache and queue counters.
+    pub async fn stats(&self) -> Result<CacheStats> {
+        self.call(Command::Stats).await
+    }
+}
+
+// ===== the engine thread =====
+
+struct Running {
+    tokens: Vec<u32>,
+    kv: SeqKv,
+    prompt_len: usize,
+    cached: usize,
+    completion: usize,
+    params: SamplingParams,
+    sampler: Sampler,
+    stop: StopBuffer,
+    tx: mpsc::Sender<GenerateEvent>,
+}
+
+struct Session {
+    tokens: Vec<u32>,
+    kv: SeqKv,
+    /// Logits after the last token in `kv`, when current.
+    logits: Option<Vec<f32>>,
+    sampler: Option<Sampler>,
+}
+
+struct CacheEntry {
+    tokens: Vec<u32>,
+    kv: SeqKv,
+    last_used: u64,
+}
+
+struct Worker {
+    model: Model,
+    pool: KernelPool,
+    tok: Arc<Tokenizer>,
+    eos: Vec<u32>,
+    max_context: usize,
+    kv_budget: usize,
+    max_batch: usize,
+    chunk: usize,
+    scratch: Scratch,
+    logits: Vec<f32>,
+    running: Vec<Running>,
+    waiting: VecDeque<(GenerateRequest, mpsc::Sender<GenerateEvent>)>,
+    sessions: HashMap<SessionId, Session>,
+    next_session: SessionId,
+    cache: Vec<CacheEntry>,
+    clock: u64,
+}
+
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+impl Worker {
+    fn load(cfg: &EngineConfig) -> Result<(Self, Ready)> {
+        let gguf = Arc::new(GgufFile::open(&cfg.model_path)?);
+        let tok = Arc::new(Tokenizer::from_gguf(&gguf)?);
+        let model = Model::load(gguf.clone())?;
+        let mc = &model.cfg;
+        if tok.vocab_size() > mc.vocab {
+            return Err(Error::Gguf(format!(
+                "tokenizer has {} tokens but the output head {}",
+                tok.vocab_size(),
+                mc.vocab
+            )));
+        }
+        let threads = if cfg.threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            cfg.threads
+        };
+        let pool = KernelPool::new(threads).map_err(|e| Error::Kernel(e.to_string()))?;
+        let kv_budget = cfg.kv_cache_tokens.max(16);
+        let max_context = cfg
+            .max_context
+            .unwrap_or(mc.context_length)
+            .min(mc.context_length.max(1))
+            .min(kv_budget);
+        let mut eos: Vec<u32> = tok.eos_id().into_iter().collect();
+        for name in ["<|im_end|>", "<|endoftext|>", "<end_of_turn>", "<|eot_id|>"] {
+            if let Some(id) = tok.token_id(name) {
+                if !eos.contains(&id) {
+                    eos.push(id);
+                }
+            }
+        }
+        if let Some(id) = gguf
+            .get("tokenizer.ggml.eot_token_id")
+            .and_then(|v| v.as_u64())
+        {
+            if !eos.contains(&(id as u32)) && (id as usize) < tok.vocab_size() {
+                eos.push(id as u32);
+            }
+        }
+        let template_src = match gguf.get("tokenizer.chat_template").and_then(|v| v.as_str()) {
+            Some(t) => t.to_owned(),
+            None if mc.arch == Arch::Gemma3 || tok.token_id("<start_of_turn>").is_some() => {
+                GEMMA_TEMPLATE.to_owned()
+            }
+            None => CHATML_TEMPLATE.to_owned(),
+        };
+        let id = cfg
+            .model_path
+            .file_name()
+            .map(|f| f.to_string_lossy().trim_end_matches(".gguf").to_owned())
+            .unwrap_or_else(|| "local".into());
+        let info = ModelInfo {
+            name: gguf
+                .get("general.name")
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+                .unwrap_or_else(|| id.clone()),
+            id,
+            arch: mc.arch.as_str().to_owned(),
+            vocab_size: tok.vocab_size(),
+            context_length: max_context,
+            eos_token_ids: eos.clone(),
+            bos_token_id: tok.bos_id(),
+            vocab_hash: tok.vocab_hash().to_owned(),
+            n_layers: mc.n_layers,
+            hidden_size: mc.hidden,
+            kv_bytes_per_token: mc.kv_bytes_per_token(),
+        };
+        let chunk = cfg.prefill_chunk.clamp(16, 4096);
+        let max_batch = cfg.max_batch.max(1);
+        let scratch = Scratch::new(mc, chunk + max_batch, max_context + 1);
+        let worker = Worker {
+            model,
+            pool,
+            tok: tok.clone(),
+            eos,
+            max_context,
+            kv_budget,
+            max_batch,
+            chunk,
+            scratch,
+            logits: Vec::new(),
+            running: Vec::new(),
+            waiting: VecDeque::new(),
+            sessions: HashMap::new(),
+            next_session: 1,
+            cache: Vec::new(),
+            clock: 0,
+        };
+        Ok((
+            worker,
+            Ready {
+                info,
+                tokenizer: tok,
+                template_src,
+            },
+        ))
+    }
+
+    fn run(mut self, rx: std_mpsc::Receiver<Command>) {
+        loop {
+            // Block only when idle; otherwise take what has arrived and step.
+            if self.running.is_empty() && self.waiting.is_empty() {
+                match rx.recv() {
+                    Ok(cmd) => {
+                        if !self.handle(cmd) {
+                            return;
+                        }
+                    }
+                    Err(_) => return,
+                }
+            }
+            loop {
+                match rx.try_recv() {
+                    Ok(cmd) => {
+                        if !self.handle(cmd) {
+                            return;
+                        }
+                    }
+                    Err(std_mpsc::TryRecvError::Empty) => break,
+                    Err(std_mpsc::TryRecvError::Disconnected) => return,
+                }
+            }
+            self.admit();
+            if !self.running.is_empty() {
+                self.step();
+            }
+        }
+    }
+
+    /// Handles one command; false on shutdown.
+    fn handle(&mut self, cmd: Command) -> bool {
+        match cmd {
+            Command::Generate(req, tx) => self.waiting.push_back((req, tx)),
+            Command::Score {
+                prefix,
+                tokens,
+                top_k,
+                reply,
+            } => {
+                let _ = reply.send(self.score(&prefix, &tokens, top_k));
+            }
+            Command::OpenSession(prompt, reply) => {
+                let _ = reply.send(self.open_session(prompt));
+            }
+            Command::Draft(id, k, params, reply) => {
+                let _ = reply.send(self.draft(id, k, &params));
+            }
+            Command::Append(id, tokens, top_k, reply) => {
+                let _ = reply.send(self.append(id, &tokens, top_k));
+            }
+            Command::Rollback(id, n, reply) => {
+                let r = match self.sessions.get_mut(&id) {
+                    None => Err(Error::UnknownSession(id)),
+                    Some(s) if n > s.kv.len => Err(Error::InvalidArgument(format!(
+                        "cannot roll back {n} tokens of a {}-token session",
+                        s.kv.len
+                    ))),
+                    Some(s) => {
+                        if n > 0 {
+                            s.kv.truncate(s.kv.len - n);
+                            s.tokens.truncate(s.kv.len);
+                            s.logits = None;
+                        }
+                        Ok(())
+                    }
+                };
+                let _ = reply.send(r);
+            }
+            Command::CloseSession(id) => {
+                if let Some(s) = self.sessions.remove(&id) {
+                    self.cache_insert(s.tokens, s.kv);
+                }
+            }
+            Command::ClearCache(reply) => {
+                self.cache.clear();
+                let _ = reply.send(Ok(()));
+            }
+            Command::Stats(reply) => {
+                let _ = reply.send(Ok(self.stats()));
+            }
+            Command::Shutdown => return false,
+        }
+        true
+    }
+
+    fn stats(&self) -> CacheStats {
+        CacheStats {
+            entries: self.cache.len(),
+            cached_tokens: self.cache.iter().map(|e| e.kv.len).sum(),
+            active_tokens: self.active_tokens(),
+            running: self.running.len(),
+            waiting: self.waiting.len(),
+            sessions: self.sessions.len(),
+        }
+    }
+
+    fn active_tokens(&self) -> usize {
+        self.running.iter().map(|r| r.tokens.len()).sum::<usize>()
+            + self
+                .sessions
+                .values()
+                .map(|s| s.tokens.len())
+                .sum::<usize>()
+    }
+
+    // ----- prefix cache -----
+
+    /// Takes the cached sequence sharing the longest prefix with `tokens`, truncated to at most
+    /// `limit` tokens; a fresh sequence if none shares anything.
+    fn cache_take(&mut self, tokens: &[u32], limit: usize) -> (SeqKv, usize) {
+        let best = self
+            .cache
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (i, common_prefix(&e.tokens[..e.kv.len], tokens).min(limit)))
+            .max_by_key(|&(_, n)| n);
+        match best {
+            Some((i, n)) if n > 0 => {
+                let mut e = self.cache.swap_remove(i);
+                e.kv.truncate(n);
+                (e.kv, n)
+            }
+            _ => (SeqKv::new(&self.model.cfg), 0),
+        }
+    }
+
+    fn cache_insert(&mut self, mut tokens: Vec<u32>, mut kv: SeqKv) {
+        tokens.truncate(kv.len);
+        if tokens.is_empty() {
+            return;
+        }
+        // A cached sequence that is a prefix of this one is redundant, and vice versa.
+        self.cache
+            .retain(|e| common_prefix(&e.tokens, &tokens) < e.tokens.len().min(tokens.len()));
+        kv.shrink(&self.model.cfg);
+        self.clock += 1;
+        self.cache.push(CacheEntry {
+            tokens,
+            kv,
+            last_used: self.clock,
+        });
+        self.evict(0);
+    }
+
+    /// Evicts least recently used entries until `extra` more tokens fit the budget.
+    fn evict(&mut self, extra: usize) {
+        let active = self.active_tokens();
+        loop {
+            let cached: usize = self.cache.iter().map(|e| e.kv.len).sum();
+            if active + cached + extra <= self.kv_budget || self.cache.is_empty() {
+                break;
+            }
+            if let Some((i, _)) = self
+                .cache
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, e)| e.last_used)
+            {
+                self.cache.swap_remove(i);
+            }
+        }
+    }
+
+    // ----- forward helpers -----
+
+    /// Runs `tokens` through `kv` in prefill-sized chunks, returning logits for
+    /// `tokens[logits_from..]` (all produced by the last chunk when they fit).
+    fn run_tokens(
+        &mut self,
+        kv: &mut SeqKv,
+        tokens: &[u32],
+        logits_from: usize,
+    ) -> Result<Vec<f32>> {
+        if kv.len + tokens.len() > self.max_context {
+            return Err(Error::ContextOverflow(format!(
+                "{} tokens exceed the context of {}",
+                kv.len + tokens.len(),
+                self.max_context
+            )));
+        }
+        let vocab = self.model.cfg.vocab;
+        let mut out = Vec::with_capacity(tokens.len().saturating_sub(logits_from) * vocab);
+        let mut start = 0;
+        while start < tokens.len() {
+            let end = (start + self.chunk).min(tokens.len());
+            let chunk = &tokens[start..end];
+            let from = logits_from.saturating_sub(start).min(chunk.len());
+            let mut items = [BatchItem {
+                kv: &mut *kv,
+                tokens: chunk,
+                logits_from: from,
+            }];
+            self.model
+                .forward(&self.pool, &mut items, &mut self.scratch, &mut self.logits)?;
+            out.extend_from_slice(&self.logits);
+            start = end;
+        }
+        Ok(out)
+    }
+
+    fn scores_from(&self, tokens: &[u32], rows: &[f32], top_k: usize, cached: usize) -> Scores {
+        let vocab = self.model.cfg.vocab;
+        let n = tokens.len();
+        let mut positions = Vec::with_capacity(n);
+        for (i, &t) in tokens.iter().enumerate() {
+            let row = &rows[i * vocab..(i + 1) * vocab];
+            let norm = LogNorm::of(row);
+            positions.push(PositionScores {
+                token: t,
+                logprob: norm.logprob(row[t as usize]),
+                entropy: entropy(row, &norm),
+                top: top_k_logits(row, top_k)
+                    .into_iter()
+                    .map(|(id, l)| (id, norm.logprob(l)))
+                    .collect(),
+            });
+        }
+        let last = &rows[n * vocab..(n + 1) * vocab];
+        let norm = LogNorm::of(last);
+        Scores {
+            positions,
+            next_top: top_k_logits(last, top_k)
+                .into_iter()
+                .map(|(id, l)| (id, norm.logprob(l)))
+                .collect(),
+            next_entropy: entropy(last, &norm),
+            cached_tokens: cached,
+        }
+    }
+
+    fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
+        let v = self.model.cfg.vocab;
+        match tokens.iter().find(|&&t| t as usize >= v) {
+            Some(t) => Err(Error::InvalidArgument(format!(
+                "token id {t} outside vocabulary of {v}"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    // ----- scoring and sessions -----
+
+    fn score(&mut self, prefix: &[u32], tokens: &[u32], top_k: usize) -> Result<Scores> {
+        if prefix.is_empty() {
+            return Err(Error::InvalidArgument(
+                "score needs a non-empty prefix".into(),
+            ));
+        }
+        self.check_tokens(prefix)?;
+        self.check_tokens(tokens)?;
+        let mut full = prefix.to_vec();
+        full.extend_from_slice(tokens);
+        self.evict(full.len());
+        // Keep the last prefix token to recompute: its row predicts tokens[0].
+        let (mut kv, cached) = self.cache_take(&full, prefix.len() - 1);
+        let feed = &full[kv.len..];
+        let from = prefix.len() - 1 - kv.len;
+        let rows = self.run_tokens(&mut kv, feed, from);
+        let rows = match rows {
+            Ok(r) => r,
+            Err(e) => {
+                self.cache_insert(full, kv);
+                return Err(e);
+            }
+        };
+        let s = self.scores_from(tokens, &rows, top_k, cached);
+        self.cache_insert(full, kv);
+        Ok(s)
+    }
+
+    fn open_session(&mut self, prompt: Vec<u32>) -> Result<SessionId> {
+        if prompt.is_empty() {
+            return Err(Error::InvalidArgument("session prompt is empty".into()));
+        }
+        self.check_tokens(&prompt)?;
+        self.evict(prompt.len());
+        let (mut kv, _) = self.cache_take(&prompt, prompt.len() - 1);
+        let feed = prompt[kv.len..].to_vec();
+        let logits = match self.run_tokens(&mut kv, &feed, feed.len() - 1) {
+            Ok(l) => l,
+            Err(e) => {
+                self.cache_insert(prompt, kv);
+                return Err(e);
+            }
+        };
+        let id = self.next_session;
+        self.next_session += 1;
+        self.sessions.insert(
+            id,
+            Session {
+                tokens: prompt,
+                kv,
+                logits: Some(logits),
+                sampler: None,
+            },
+        );
+        Ok(id)
+    }
+
+    /// Feeds `tokens` into a session; returns logits rows for the position before each token
+    /// and after the last (`tokens.len() + 1` rows).
+    fn session_feed(&mut self, id: SessionId, tokens: &[u32]) -> Result<Vec<f32>> {
+        let mut s = self.sessions.remove(&id).ok_or(Error::UnknownSession(id))?;
+        let vocab = self.model.cfg.vocab;
+        let res = (|| {
+            let mut rows = Vec::with_capacity((tokens.len() + 1) * vocab);
+            let feed: Vec<u32> = match s.logits.take() {
+                Some(l) => {
+                    rows.extend_from_slice(&l);
+                    tokens.to_vec()
+                }
+                None => {
+                    // Stale after a rollback: recompute the last position with the new tokens.
+                    let last = *s.tokens.last().ok_or_else(|| {
+                        Error::InvalidArgument(
+                            "session is empty; append to a non-empty session".into(),
+                        )
+                    })?;
+                    s.kv.truncate(s.kv.len - 1);
+                    let mut f = vec![last];
+                    f.extend_from_slice(tokens);
+                    f
+                }
+            };
+            let out = self.run_tokens(&mut s.kv, &feed, 0)?;
+            rows.extend_from_slice(&out);
+            s.tokens.extend_from_slice(tokens);
+            Ok(rows)
+        })();
+        match res {
+            Ok(rows) => {
+                s.logits = Some(rows[tokens.len() * vocab..].to_vec());
+                self.sessions.insert(id, s);
+                Ok(rows)
+            }
+            Err(e) => {
+                s.tokens.truncate(s.kv.len);
+                s.logits = None;
+                self.sessions.insert(id, s);
+                Err(e)
+            }
+        }
+    }
+
+    fn append(&mut self, id: SessionId, tokens: &[u32], top_k: usize) -> Result<Scores> {
+        self.check_tokens(tokens)?;
+        let rows = self.session_feed(id, tokens)?;
+        Ok(self.scores_from(tokens, &rows, top_k, 0))
+    }
+
+    fn draft(
+        &mut self,
+        id: SessionId,
+        k: usize,
+        params: &SamplingParams,
+    ) -> Result<Vec<DraftToken>> {
+        let vocab = self.model.cfg.vocab;
+        let keep = params.logprobs.unwrap_or(8);
+        let mut out = Vec::with_capacity(k);
+        for _ in 0..k {
+            let logits = match self.sessions.get_mut(&id) {
+                None => return Err(Error::UnknownSession(id)),
+                Some(s) => s.logits.clone(),
+            };
+            let logits = match logits {
+                Some(l) => l,
+                None => {
+                    let rows = self.session_feed(id, &[])?;
+                    rows[..vocab].to_vec()
+                }
+            };
+            let s = self
+                .sessions
+                .get_mut(&id)
+                .ok_or(Error::UnknownSession(id))?;
+            let sampler = s.sampler.get_or_insert_with(|| Sampler::new(params));
+            let dist = sampler.distribution(&logits);
+            let choice = sampler.sample(&logits);
+            let norm = LogNorm::of(&logits);
+            out.push(DraftToken {
+                id: choice.id,
+                prob: choice.prob,
+                logprob: norm.logprob(logits[choice.id as usize]),
+                dist: dist.into_iter().take(keep.max(1)).collect(),
+            });
+            self.session_feed(id, &[choice.id])?;
+        }
+        Ok(out)
+    }
+
+    // ----- generation -----
+
+    fn admit(&mut self) {
+        while self.running.len() < self.max_batch {
+            let Some((req, tx)) = self.waiting.pop_front() else {
+                break;
+            };
+            if tx.is_closed() {
+                continue;
+            }
+            if let Err(e) = self.check_tokens(&req.prompt) {
+                let _ = tx.blocking_send(GenerateEvent::Error(e.to_string()));
+                continue;
+            }
+            if req.prompt.len() >= self.max_context {
+                let _ = tx.blocking_send(GenerateEvent::Error(
+                    Error::ContextOverflow(format!(
+                        "prompt of {} tokens leaves no room in the context of {}",
+                        req.prompt.len(),
+                        self.max_context
+                    ))
+                    .to_string(),
+                ));
+                continue;
+            }
+            let reserve = (req.prompt.len() + req.params.max_tokens).min(self.max_context);
+            if !self.running.is_empty() && self.active_tokens() + reserve > self.kv_budget {
+                // Wait for running generations to free KV space.
+                self.waiting.push_front((req, tx));
+                break;
+            }
+            self.evict(reserve);
+            let (kv, cached) = self.cache_take(&req.prompt, req.prompt.len() - 1);
+            let sampler = Sampler::new(&req.params);
+            self.running.push(Running {
+                prompt_len: req.prompt.len(),
+                tokens: req.prompt,
+                kv,
+                cached,
+                completion: 0,
+                stop: StopBuffer::new(&req.params.stop),
+                params: req.params,
+                sampler,
+                tx,
+            });
+        }
+    }
+
+    fn step(&mut self) {
+        // Cancelled requests free their slot now.
+        let mut i = 0;
+        while i < self.running.len() {
+            if self.running[i].tx.is_closed() {
+                let r = self.running.swap_remove(i);
+                self.cache_insert(r.tokens, r.kv);
+            } else {
+                i += 1;
+            }
+        }
+        if self.running.is_empty() {
+            return;
+        }
+        // Decode tokens first, then prefill chunks within the step's budget.
+        let decoding = self
+            .running
+            .iter()
+            .filter(|r| r.tokens.len() - r.kv.len == 1)
+            .count();
+        let mut budget = self.chunk.saturating_sub(decoding).max(self.chunk / 4);
+        let mut plan: Vec<(usize, usize)> = Vec::with_capacity(self.running.len());
+        for (i, r) in self.running.iter().enumerate() {
+            let pending = r.tokens.len() - r.kv.len;
+            if pending == 1 {
+                plan.push((i, 1));
+            } else if budget > 0 {
+                let take = pending.min(budget);
+                budget -= take;
+                plan.push((i, take));
+            }
+        }
+        let kv_lens: Vec<usize> = self.running.iter().map(|r| r.kv.len).collect();
+        let result = {
+            let mut items: Vec<BatchItem<'_>> = Vec::with_capacity(plan.len());
+            let mut by_index: Vec<Option<&mut Running>> =
+                self.running.iter_mut().map(Some).collect();
+            for &(i, take) in &plan {
+                if let Some(r) = by_index[i].take() {
+                    let start = r.kv.len;
+                    let done = start + take == r.tokens.len();
+                    items.push(BatchItem {
+                        kv: &mut r.kv,
+                        tokens: &r.tokens[start..start + take],
+                        logits_from: if done { take - 1 } else { take },
+                    });
+                }
+            }
+            self.model
+                .forward(&self.pool, &mut items, &mut self.scratch, &mut self.logits)
+        };
+        if let Err(e) = result {
+            for r in self.running.drain(..) {
+                let _ = r.tx.blocking_send(GenerateEvent::Error(e.to_string()));
+            }
+            return;
+        }
+        let vocab = self.model.cfg.vocab;
+        let mut row = 0;
+        let mut finished: Vec<(usize, FinishReason)> = Vec::new();
+        for &(i, take) in &plan {
+            let r = &mut self.running[i];
+            if kv_lens[i] + take < r.tokens.len() {
+                continue; // mid-prefill, no logits
+            }
+            let logits = &self.logits[row * vocab..(row + 1) * vocab];
+            row += 1;
+            let choice = r.sampler.sample(logits);
+            let id = choice.id;
+            let logprob = r.params.logprobs.map(|n| {
+                let norm = LogNorm::of(logits);
+                let tok = &self.tok;
+                TokenLogprob {
+                    token: tok.token_text(id),
+                    logprob: norm.logprob(logits[id as usize]),
+                    bytes: tok.token_bytes(id).to_vec(),
+                    entropy: entropy(logits, &norm),
+                    top_logprobs: top_k_logits(logits, n)
+                        .into_iter()
+                        .map(|(t, l)| TopLogprob {
+                            id: t,
+                            token: tok.token_text(t),
+                            logprob: norm.logprob(l),
+                            bytes: tok.token_bytes(t).to_vec(),
+                        })
+                        .collect(),
+                }
+            });
+            r.completion += 1;
+            r.tokens.push(id);
+            let is_eos = !r.params.ignore_eos && self.eos.contains(&id);
+            let (mut text, mut reason) = if is_eos {
+                (r.stop.flush(), Some(FinishReason::Stop))
+            } else if self.tok.is_control(id) {
+                (String::new(), None)
+            } else {
+                let st = r.stop.push(self.tok.token_bytes(id));
+                (st.text, st.stopped.then_some(FinishReason::Stop))
+            };
+            if reason.is_none()
+                && (r.completion >= r.params.max_tokens || r.tokens.len() >= self.max_context)
+            {
+                text.push_str(&r.stop.flush());
+                reason = Some(FinishReason::Length);
+            }
+            let sent =
+                r.tx.blocking_send(GenerateEvent::Token { id, text, logprob });
+            if sent.is_err() {
+                reason = Some(FinishReason::Cancelled);
+            }
+            if let Some(reason) = reason {
+                finished.push((i, reason));
+            }
+        }
+        finished.sort_by(|a, b| b.0.cmp(&a.0));
+        for (i, reason) in finished {
+            let r = self.running.swap_remove(i);
+            let _ = r.tx.blocking_send(GenerateEvent::Finished {
+                reason,
+                prompt_tokens: r.prompt_len,
+                completion_tokens: r.completion,
+                cached_prompt_tokens: r.cached,
+            });
+            self.cache_insert(r.tokens, r.kv);
+        }
+    }
+}
