@@ -1,0 +1,523 @@
+//! Offline evaluation with RouteLLM's protocol: drop contaminated prompts, fit each router on
+//! training folds only (MMLU: grouped K-fold, a subject never in both; others: K-fold), score the
+//! held-out prompts, sweep the threshold, and report APGR, CPT(50%), CPT(80%) with bootstrap
+//! confidence intervals, next to the random and oracle routers.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::dataset::{Dataset, ROUTELLM_STRONG, ROUTELLM_WEAK, discover};
+use crate::embed_store::EmbeddingStore;
+use crate::encoder::{EMBEDDING_DIM, Encoder, EncoderConfig, default_cache_root};
+use crate::features::RequestFeatures;
+use crate::metrics::{Curve, Summary};
+use crate::model::{Example, ModelSpec, QualityModel, TrainSet};
+use crate::{Error, Result};
+
+/// RouteLLM's best published numbers on its MMLU and GSM8K tables: (APGR, CPT(50%)).
+pub const ROUTELLM_BEST: [(&str, f32, f32); 2] =
+    [("mmlu", 0.603, 0.3540), ("gsm8k", 0.622, 0.3364)];
+
+/// Arguments of [`eval`] (`tandem router eval`).
+#[derive(Debug, Clone)]
+pub struct EvalArgs {
+    /// A CSV file, a directory of CSVs, or a directory of such directories.
+    pub data: PathBuf,
+    /// Where to write the report, JSON and plots (none: no files).
+    pub out: Option<PathBuf>,
+    /// Weak model column (default: RouteLLM's Mixtral column, else the first).
+    pub weak: Option<String>,
+    /// Strong model column (default: RouteLLM's GPT-4 column, else the second).
+    pub strong: Option<String>,
+    /// Cross-validation folds.
+    pub folds: usize,
+    /// Bootstrap resamples for the confidence intervals.
+    pub bootstrap: usize,
+    /// Seed for folds, training and the bootstrap.
+    pub seed: u64,
+    /// Use MiniLM embeddings (needs the encoder files); false: cheap features only.
+    pub use_embeddings: bool,
+    /// Cache root (encoder files and embedding cache); default: the standard one.
+    pub cache_root: Option<PathBuf>,
+    /// Routers to train; empty: [`ModelSpec::defaults`].
+    pub models: Vec<ModelSpec>,
+    /// Strong-call share the threshold is calibrated for on training folds.
+    pub target_share: f32,
+}
+
+impl Default for EvalArgs {
+    fn default() -> Self {
+        Self {
+            data: PathBuf::new(),
+            out: None,
+            weak: None,
+            strong: None,
+            folds: 5,
+            bootstrap: 200,
+            seed: 17,
+            use_embeddings: true,
+            cache_root: None,
+            models: Vec::new(),
+            target_share: 0.5,
+        }
+    }
+}
+
+/// A number with its bootstrap 95% interval.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct WithCi {
+    /// The point estimate on the full test set.
+    pub value: f32,
+    /// 2.5th percentile over resamples.
+    pub lo: f32,
+    /// 97.5th percentile over resamples.
+    pub hi: f32,
+}
+
+/// One router's row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouterRow {
+    /// Router name.
+    pub router: String,
+    /// APGR.
+    pub apgr: WithCi,
+    /// CPT(50%) as a share (1.0 when never reached).
+    pub cpt50: WithCi,
+    /// CPT(80%) as a share (1.0 when never reached).
+    pub cpt80: WithCi,
+    /// Strong-call share realised on test folds by a threshold calibrated on training folds for
+    /// [`EvalArgs::target_share`] (learned routers only).
+    pub realised_share: Option<f32>,
+    /// The accuracy-against-share curve.
+    #[serde(skip_serializing)]
+    pub curve: Curve,
+}
+
+/// One dataset's results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatasetReport {
+    /// Dataset name.
+    pub dataset: String,
+    /// Prompts evaluated.
+    pub prompts: usize,
+    /// Prompts dropped as contaminated.
+    pub dropped_contaminated: usize,
+    /// How the folds were made.
+    pub split: String,
+    /// Weak model column.
+    pub weak: String,
+    /// Strong model column.
+    pub strong: String,
+    /// Weak-only accuracy.
+    pub weak_accuracy: f32,
+    /// Strong-only accuracy.
+    pub strong_accuracy: f32,
+    /// Rows: random, learned routers, oracle.
+    pub rows: Vec<RouterRow>,
+    /// The plot written, if any.
+    pub plot: Option<PathBuf>,
+}
+
+/// The whole evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    /// One report per dataset.
+    pub datasets: Vec<DatasetReport>,
+    /// Whether embeddings were used.
+    pub embeddings: bool,
+    /// Bootstrap resamples.
+    pub bootstrap: usize,
+    /// Requested strong-call share for the calibration check.
+    pub target_share: f32,
+}
+
+/// Runs the evaluation on every dataset under `args.data`.
+pub fn eval(args: &EvalArgs) -> Result<EvalReport> {
+    if args.folds < 2 {
+        return Err(Error::InvalidArgument("folds must be at least 2".into()));
+    }
+    if !(0.0..=1.0).contains(&args.target_share) {
+        return Err(Error::InvalidArgument(
+            "target share must be within 0..=1".into(),
+        ));
+    }
+    let specs = if args.models.is_empty() {
+        ModelSpec::defaults().to_vec()
+    } else {
+        args.models.clone()
+    };
+    let embedder = if args.use_embeddings {
+        Some(Embedder::open(args.cache_root.as_deref())?)
+    } else {
+        None
+    };
+    let mut datasets = Vec::new();
+    for path in discover(&args.data)? {
+        let data = Dataset::load(&path)?;
+        let mut report = eval_dataset(&data, args, &specs, embedder.as_ref())?;
+        if let Some(out) = &args.out {
+            std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+            let png = out.join(format!("{}_accuracy_vs_share.png", report.dataset));
+            crate::plot::plot_report(&report, &png)?;
+            report.plot = Some(png);
+        }
+        datasets.push(report);
+    }
+    let report = EvalReport {
+        datasets,
+        embeddings: args.use_embeddings,
+        bootstrap: args.bootstrap,
+        target_share: args.target_share,
+    };
+    if let Some(out) = &args.out {
+        let json = serde_json::to_string_pretty(&report)
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let path = out.join("router_eval.json");
+        std::fs::write(&path, json).map_err(|e| Error::io(&path, e))?;
+        let path = out.join("router_eval.txt");
+        std::fs::write(&path, report.to_string()).map_err(|e| Error::io(&path, e))?;
+    }
+    Ok(report)
+}
+
+/// The encoder plus its on-disk embedding store.
+pub(crate) struct Embedder {
+    encoder: Encoder,
+    store: parking_lot::Mutex<EmbeddingStore>,
+}
+
+impl Embedder {
+    pub(crate) fn open(cache_root: Option<&Path>) -> Result<Self> {
+        let root = cache_root
+            .map(Path::to_path_buf)
+            .unwrap_or_else(default_cache_root);
+        let encoder = Encoder::with_config(EncoderConfig {
+            pool_size: 2,
+            cache_capacity: 0,
+            ..EncoderConfig::from_cache_root(&root)
+        })?;
+        let store = EmbeddingStore::in_cache(&root, encoder.model_id(), EMBEDDING_DIM)?;
+        Ok(Self {
+            encoder,
+            store: parking_lot::Mutex::new(store),
+        })
+    }
+
+    pub(crate) fn model_id(&self) -> &str {
+        self.encoder.model_id()
+    }
+
+    pub(crate) fn embed_all(&self, texts: &[&str]) -> Result<Vec<Arc<[f32]>>> {
+        let mut store = self.store.lock();
+        let mut last = std::time::Instant::now();
+        store.embed_all(&self.encoder, texts, 2, |done, total| {
+            if last.elapsed().as_secs() >= 10 {
+                last = std::time::Instant::now();
+                tracing::info!(done, total, "embedding prompts");
+            }
+        })
+    }
+}
+
+/// Feature vectors of all rows (embeddings computed from the text alone, never from labels).
+pub(crate) fn featurize(data: &Dataset, embedder: Option<&Embedder>) -> Result<Vec<Vec<f32>>> {
+    let embeddings = match embedder {
+        Some(e) => {
+            let texts: Vec<&str> = data.rows.iter().map(|r| r.prompt.as_str()).collect();
+            e.embed_all(&texts)?.into_iter().map(Some).collect()
+        }
+        None => vec![None; data.rows.len()],
+    };
+    Ok(data
+        .rows
+        .iter()
+        .zip(embeddings)
+        .map(|(r, e)| RequestFeatures::from_prompt(&r.prompt, e).to_vector())
+        .collect())
+}
+
+pub(crate) fn pick_models(
+    data: &Dataset,
+    weak: Option<&str>,
+    strong: Option<&str>,
+) -> Result<(usize, usize)> {
+    let pick = |flag: Option<&str>, default: &str, fallback: usize| match flag {
+        Some(name) => data.model_index(name),
+        None => Ok(data.model_index(default).unwrap_or(fallback)),
+    };
+    let w = pick(weak, ROUTELLM_WEAK, 0)?;
+    let s = pick(strong, ROUTELLM_STRONG, 1)?;
+    if w == s {
+        return Err(Error::InvalidArgument(
+            "weak and strong columns must differ".into(),
+        ));
+    }
+    Ok((w, s))
+}
+
+/// Fold index per row: grouped (whole groups per fold, balanced by size) when the dataset has at
+/// least as many groups as folds, else shuffled rows.
+fn make_folds(data: &Dataset, k: usize, seed: u64) -> (Vec<usize>, String) {
+    let groups = data.groups();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    if groups.len() >= k {
+        let mut sizes: Vec<(String, usize)> = groups
+            .iter()
+            .map(|g| {
+                (
+                    g.clone(),
+                    data.rows.iter().filter(|r| &r.group == g).count(),
+                )
+            })
+            .collect();
+        sizes.shuffle(&mut rng);
+        sizes.sort_by(|a, b| b.1.cmp(&a.1));
+        let mut load = vec![0usize; k];
+        let mut fold_of = std::collections::HashMap::new();
+        for (g, n) in sizes {
+            let f = (0..k).min_by_key(|&f| load[f]).unwrap_or(0);
+            load[f] += n;
+            fold_of.insert(g, f);
+        }
+        let folds = data
+            .rows
+            .iter()
+            .map(|r| fold_of.get(&r.group).copied().unwrap_or(0))
+            .collect();
+        (
+            folds,
+            format!("grouped {k}-fold over {} groups", groups.len()),
+        )
+    } else {
+        let mut idx: Vec<usize> = (0..data.rows.len()).collect();
+        idx.shuffle(&mut rng);
+        let mut folds = vec![0; data.rows.len()];
+        for (pos, &i) in idx.iter().enumerate() {
+            folds[i] = pos % k;
+        }
+        (folds, format!("{k}-fold"))
+    }
+}
+
+fn eval_dataset(
+    data: &Dataset,
+    args: &EvalArgs,
+    specs: &[ModelSpec],
+    embedder: Option<&Embedder>,
+) -> Result<DatasetReport> {
+    let (wi, si) = pick_models(data, args.weak.as_deref(), args.strong.as_deref())?;
+    let n = data.rows.len();
+    if n < args.folds {
+        return Err(Error::InvalidArgument(format!(
+            "dataset {} has {n} rows, fewer than the folds",
+            data.name
+        )));
+    }
+    let weak: Vec<f32> = data.rows.iter().map(|r| r.scores[wi]).collect();
+    let strong: Vec<f32> = data.rows.iter().map(|r| r.scores[si]).collect();
+    let xs = featurize(data, embedder)?;
+    let (folds, split) = make_folds(data, args.folds, args.seed);
+
+    let mut rows = Vec::new();
+    rows.push(summarize(
+        "random",
+        &vec![0.0; n],
+        &weak,
+        &strong,
+        None,
+        args,
+    ));
+    for spec in specs {
+        let mut oof = vec![0f32; n];
+        let mut routed_strong = 0usize;
+        for f in 0..args.folds {
+            let train: Vec<usize> = (0..n).filter(|&i| folds[i] != f).collect();
+            let test: Vec<usize> = (0..n).filter(|&i| folds[i] == f).collect();
+            if test.is_empty() {
+                continue;
+            }
+            let set = TrainSet {
+                models: data.models.clone(),
+                examples: train
+                    .iter()
+                    .map(|&i| Example {
+                        x: xs[i].clone(),
+                        scores: data.rows[i].scores.clone(),
+                    })
+                    .collect(),
+            };
+            let model = QualityModel::train(spec, &set, si, wi, args.seed + f as u64)?;
+            for &i in &test {
+                oof[i] = model.predict(&xs[i]);
+            }
+            // Share calibration on training folds only: an inner model fit on 80% of them sets
+            // the threshold on its held-out 20% and is then applied to the test fold.
+            let (inner_fit, inner_cal): (Vec<usize>, Vec<usize>) =
+                (0..set.examples.len()).partition(|k| k % 5 != 4);
+            let inner_set = TrainSet {
+                models: set.models.clone(),
+                examples: inner_fit.iter().map(|&k| set.examples[k].clone()).collect(),
+            };
+            let inner = QualityModel::train(spec, &inner_set, si, wi, args.seed + 100 + f as u64)?;
+            let cal_scores: Vec<f32> = inner_cal
+                .iter()
+                .map(|&k| inner.predict(&set.examples[k].x))
+                .collect();
+            let threshold = crate::calibration::threshold_for_share(&cal_scores, args.target_share);
+            routed_strong += test
+                .iter()
+                .filter(|&&i| inner.predict(&xs[i]) >= threshold)
+                .count();
+        }
+        let realised = routed_strong as f32 / n as f32;
+        rows.push(summarize(
+            spec.name(),
+            &oof,
+            &weak,
+            &strong,
+            Some(realised),
+            args,
+        ));
+    }
+    let gain: Vec<f32> = strong.iter().zip(&weak).map(|(s, w)| s - w).collect();
+    rows.push(summarize("oracle", &gain, &weak, &strong, None, args));
+    let first = &rows[0].curve;
+    Ok(DatasetReport {
+        dataset: data.name.clone(),
+        prompts: n,
+        dropped_contaminated: data.dropped_contaminated,
+        split,
+        weak: data.models[wi].clone(),
+        strong: data.models[si].clone(),
+        weak_accuracy: first.weak_accuracy,
+        strong_accuracy: first.strong_accuracy,
+        rows,
+        plot: None,
+    })
+}
+
+fn summarize(
+    name: &str,
+    scores: &[f32],
+    weak: &[f32],
+    strong: &[f32],
+    realised_share: Option<f32>,
+    args: &EvalArgs,
+) -> RouterRow {
+    let curve = Curve::from_scores(scores, weak, strong);
+    let point = curve.summary();
+    let n = scores.len();
+    let mut rng = ChaCha8Rng::seed_from_u64(args.seed ^ 0xb007);
+    let mut samples: Vec<Summary> = Vec::with_capacity(args.bootstrap);
+    let (mut s, mut w, mut st) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+    for _ in 0..args.bootstrap {
+        for k in 0..n {
+            let i = rng.random_range(0..n);
+            s[k] = scores[i];
+            w[k] = weak[i];
+            st[k] = strong[i];
+        }
+        samples.push(Curve::from_scores(&s, &w, &st).summary());
+    }
+    let ci = |value: f32, get: &dyn Fn(&Summary) -> f32| {
+        let mut v: Vec<f32> = samples.iter().map(get).collect();
+        v.sort_by(f32::total_cmp);
+        let at = |q: f32| {
+            v.get(((v.len() as f32 - 1.0) * q).round() as usize)
+                .copied()
+                .unwrap_or(value)
+        };
+        WithCi {
+            value,
+            lo: at(0.025),
+            hi: at(0.975),
+        }
+    };
+    RouterRow {
+        router: name.to_string(),
+        apgr: ci(point.apgr, &|s| s.apgr),
+        cpt50: ci(point.cpt50.unwrap_or(1.0), &|s| s.cpt50.unwrap_or(1.0)),
+        cpt80: ci(point.cpt80.unwrap_or(1.0), &|s| s.cpt80.unwrap_or(1.0)),
+        realised_share,
+        curve,
+    }
+}
+
+impl fmt::Display for EvalReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for d in &self.datasets {
+            writeln!(
+                f,
+                "{}: {} prompts ({} contaminated dropped), {}; weak {} acc {:.4}, strong {} acc {:.4}",
+                d.dataset,
+                d.prompts,
+                d.dropped_contaminated,
+                d.split,
+                d.weak,
+                d.weak_accuracy,
+                d.strong,
+                d.strong_accuracy
+            )?;
+            writeln!(
+                f,
+                "{:<22} {:>22} {:>24} {:>24} {:>10}",
+                "router", "APGR [95% CI]", "CPT(50%) [95% CI]", "CPT(80%) [95% CI]", "share@cal"
+            )?;
+            let pct = |w: &WithCi| {
+                format!(
+                    "{:.2}% [{:.2}, {:.2}]",
+                    100.0 * w.value,
+                    100.0 * w.lo,
+                    100.0 * w.hi
+                )
+            };
+            for r in &d.rows {
+                writeln!(
+                    f,
+                    "{:<22} {:>22} {:>24} {:>24} {:>10}",
+                    r.router,
+                    format!("{:.3} [{:.3}, {:.3}]", r.apgr.value, r.apgr.lo, r.apgr.hi),
+                    pct(&r.cpt50),
+                    pct(&r.cpt80),
+                    r.realised_share
+                        .map_or("-".into(), |s| format!("{:.1}%", 100.0 * s)),
+                )?;
+            }
+            if let Some((_, apgr, c50)) = ROUTELLM_BEST
+                .iter()
+                .find(|(name, ..)| d.dataset.contains(name))
+            {
+                writeln!(
+                    f,
+                    "{:<22} {:>22} {:>24} {:>24} {:>10}",
+                    "RouteLLM best (paper)",
+                    format!("{apgr:.3}"),
+                    format!("{:.2}%", 100.0 * c50),
+                    "-",
+                    "-"
+                )?;
+            }
+            if let Some(p) = &d.plot {
+                writeln!(f, "plot: {}", p.display())?;
+            }
+            writeln!(f)?;
+        }
+        writeln!(
+            f,
+            "embeddings: {}; bootstrap: {} resamples; share@cal: strong-call share realised on test folds by a threshold set on training folds for {:.0}%",
+            if self.embeddings {
+                "MiniLM-L6-v2 int8"
+            } else {
+                "off (cheap features only)"
+            },
+            self.bootstrap,
+            100.0 * self.target_share
+        )
+    }
+}

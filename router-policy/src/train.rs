@@ -1,0 +1,159 @@
+//! Offline training (`tandem router train`): fit one predictor on every dataset under a path,
+//! calibrate the share thresholds on out-of-fold predictions, and write a [`ModelFile`].
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::calibration::threshold_for_share;
+use crate::dataset::{Dataset, discover};
+use crate::eval::{Embedder, featurize, pick_models};
+use crate::model::{Example, ModelSpec, QualityModel, TrainSet};
+use crate::router::ModelFile;
+use crate::{Error, Result};
+
+/// Arguments of [`train`].
+#[derive(Debug, Clone)]
+pub struct TrainArgs {
+    /// A CSV file or a directory (of directories) of them, as for eval.
+    pub data: PathBuf,
+    /// Where to write the model file (JSON).
+    pub out: PathBuf,
+    /// Weak model column (default: RouteLLM's Mixtral column, else the first).
+    pub weak: Option<String>,
+    /// Strong model column (default: RouteLLM's GPT-4 column, else the second).
+    pub strong: Option<String>,
+    /// The predictor.
+    pub spec: ModelSpec,
+    /// Use MiniLM embeddings; false: cheap features only.
+    pub use_embeddings: bool,
+    /// Cache root; default: the standard one.
+    pub cache_root: Option<PathBuf>,
+    /// Folds for the out-of-fold share calibration.
+    pub folds: usize,
+    /// Seed.
+    pub seed: u64,
+}
+
+impl Default for TrainArgs {
+    fn default() -> Self {
+        Self {
+            data: PathBuf::new(),
+            out: PathBuf::from("router-policy/models/default.json"),
+            weak: None,
+            strong: None,
+            spec: ModelSpec::defaults()[0],
+            use_embeddings: true,
+            cache_root: None,
+            folds: 5,
+            seed: 17,
+        }
+    }
+}
+
+/// What [`train`] did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainReport {
+    /// The model file written.
+    pub path: PathBuf,
+    /// Training prompts (after dropping contaminated ones).
+    pub prompts: usize,
+    /// The predictor kind.
+    pub model: String,
+    /// Out-of-fold (share, threshold) table stored in the file.
+    pub share_thresholds: Vec<(f32, f32)>,
+    /// File size in bytes.
+    pub bytes: u64,
+}
+
+impl fmt::Display for TrainReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "wrote {} ({} bytes): {} on {} prompts",
+            self.path.display(),
+            self.bytes,
+            self.model,
+            self.prompts
+        )?;
+        write!(f, "held-out thresholds:")?;
+        for (s, t) in self.share_thresholds.iter().step_by(2) {
+            write!(f, " {:.0}%→{t:.3}", 100.0 * s)?;
+        }
+        Ok(())
+    }
+}
+
+/// Trains a predictor on all datasets under `args.data` and writes the model file.
+pub fn train(args: &TrainArgs) -> Result<TrainReport> {
+    if args.folds < 2 {
+        return Err(Error::InvalidArgument("folds must be at least 2".into()));
+    }
+    let embedder = if args.use_embeddings {
+        Some(Embedder::open(args.cache_root.as_deref())?)
+    } else {
+        None
+    };
+    let encoder_id = embedder
+        .as_ref()
+        .map_or_else(|| "none".to_string(), |e| e.model_id().to_string());
+    let mut examples = Vec::new();
+    let mut names = Vec::new();
+    let canonical = vec!["weak".to_string(), "strong".to_string()];
+    for path in discover(&args.data)? {
+        let data = Dataset::load(&path)?;
+        let (wi, si) = pick_models(&data, args.weak.as_deref(), args.strong.as_deref())?;
+        let xs = featurize(&data, embedder.as_ref())?;
+        // Datasets may name their models differently; training sees them as weak and strong.
+        examples.extend(xs.into_iter().zip(&data.rows).map(|(x, r)| Example {
+            x,
+            scores: vec![r.scores[wi], r.scores[si]],
+        }));
+        names.push(data.name.clone());
+    }
+    let set = TrainSet {
+        models: canonical,
+        examples,
+    };
+    let n = set.examples.len();
+    // Out-of-fold predictions for the share table (every 5%).
+    let mut oof = vec![0f32; n];
+    for f in 0..args.folds {
+        let train_set = TrainSet {
+            models: set.models.clone(),
+            examples: set
+                .examples
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % args.folds != f)
+                .map(|(_, e)| e.clone())
+                .collect(),
+        };
+        let m = QualityModel::train(&args.spec, &train_set, 1, 0, args.seed + f as u64)?;
+        for i in (0..n).filter(|i| i % args.folds == f) {
+            oof[i] = m.predict(&set.examples[i].x);
+        }
+    }
+    let share_thresholds: Vec<(f32, f32)> = (0..=20)
+        .map(|k| k as f32 / 20.0)
+        .map(|s| (s, threshold_for_share(&oof, s).min(1.0)))
+        .collect();
+    let model = QualityModel::train(&args.spec, &set, 1, 0, args.seed)?;
+    let file = ModelFile {
+        version: 1,
+        encoder: encoder_id,
+        trained_on: format!("{} ({} prompts, contaminated dropped)", names.join("+"), n),
+        share_thresholds: share_thresholds.clone(),
+        model,
+    };
+    file.save(&args.out)?;
+    let bytes = std::fs::metadata(&args.out).map(|m| m.len()).unwrap_or(0);
+    Ok(TrainReport {
+        path: args.out.clone(),
+        prompts: n,
+        model: file.model_name(),
+        share_thresholds,
+        bytes,
+    })
+}
