@@ -52,7 +52,11 @@ pub(crate) fn spec_or_err(name: &str) -> Result<&'static ArtifactSpec> {
 
 /// The artifact's paths if every file is present with the right size (no hashing; see [`verify`]).
 pub fn locate(cache_root: &Path, name: &str) -> Option<ArtifactPaths> {
-    let spec = find_artifact(name)?;
+    locate_spec(cache_root, find_artifact(name)?)
+}
+
+/// [`locate`] for an artifact described by the caller.
+pub fn locate_spec(cache_root: &Path, spec: &ArtifactSpec) -> Option<ArtifactPaths> {
     let paths = ArtifactPaths::of(cache_root, spec);
     spec.files
         .iter()
@@ -77,7 +81,11 @@ pub(crate) fn size_ok(spec: &FileSpec, path: &Path) -> bool {
 /// Files without a pinned hash (the runtime library off x86-64) are checked against the hash
 /// recorded beside them at install time (`<file>.sha256`).
 pub fn verify(cache_root: &Path, name: &str) -> Result<ArtifactPaths> {
-    let spec = spec_or_err(name)?;
+    verify_spec(cache_root, spec_or_err(name)?)
+}
+
+/// [`verify`] for an artifact described by the caller.
+pub fn verify_spec(cache_root: &Path, spec: &ArtifactSpec) -> Result<ArtifactPaths> {
     let paths = ArtifactPaths::of(cache_root, spec);
     let mut missing = Vec::new();
     for (file, path) in spec.files.iter().zip(&paths.files) {

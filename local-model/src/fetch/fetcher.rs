@@ -123,9 +123,13 @@ impl<'a> Fetcher<'a> {
                 // A local disk problem will not go away with another source.
                 Err(e @ Error::CacheIo { .. }) => return Err(e),
                 Err(e) => {
+                    let removed = match e {
+                        Error::Sha256Mismatch { .. } => " (bad file removed)",
+                        _ => "",
+                    };
                     self.mode
-                        .note(&format!("{}: {what} failed: {e}", spec.name));
-                    tried.push(format!("{what}: {e}"));
+                        .note(&format!("{}: {what} failed: {e}{removed}", spec.name));
+                    tried.push(format!("{what}: {e}{removed}"));
                 }
             }
         }

