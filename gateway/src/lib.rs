@@ -1,1 +1,16 @@
-//! Tandem gateway library: config, HTTP server, middleware and request orchestration.
+//! Tandem gateway library: config, the HTTP server and its middleware, ingress/egress through the
+//! cloud adapters' wire formats, executors (local model, cloud providers), metrics and benches.
+
+pub mod config;
+pub mod dispatch;
+pub mod error;
+pub mod executor;
+pub mod handlers;
+pub mod metrics;
+pub mod middleware;
+pub mod providers;
+pub mod server;
+pub mod state;
+
+pub use error::{Error, Result};
+pub use server::{Gateway, GatewayOptions, LocalLoad};

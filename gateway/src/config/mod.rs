@@ -1,0 +1,786 @@
+//! `tandem.toml`: parsed into raw structs, overridden from `TANDEM__SECTION__KEY` variables, then
+//! validated into the runtime [`Config`]. Every error names the path it is about.
+
+mod env;
+pub mod raw;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+pub use env::{EnvSource, MapEnv, ProcessEnv};
+use raw::{RawBackend, RawConfig};
+
+/// Prefix of environment variables that override config keys.
+pub const ENV_PREFIX: &str = "TANDEM__";
+/// Default local model name.
+pub const DEFAULT_LOCAL_MODEL: &str = "smollm2-135m";
+/// Model id the local model always answers to.
+pub const LOCAL_MODEL_ID: &str = "local";
+
+/// A config that cannot be used, with the path of the offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TOML syntax error.
+    #[error("{0}")]
+    Syntax(String),
+    /// A key has the wrong type, is unknown, or has an invalid value.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// Dotted path (`backends.openai.base_url`).
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn invalid(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+/// What a backend is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// The in-process model.
+    Local,
+    /// api.openai.com.
+    OpenAi,
+    /// Any server speaking the OpenAI chat completions API (vLLM, another Tandem, ...).
+    OpenAiCompatible,
+    /// Azure OpenAI (deployment URLs, `api-key` header).
+    Azure,
+    /// The Anthropic Messages API.
+    Anthropic,
+}
+
+impl BackendKind {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "local" => Self::Local,
+            "openai" => Self::OpenAi,
+            "openai-compatible" => Self::OpenAiCompatible,
+            "azure" => Self::Azure,
+            "anthropic" => Self::Anthropic,
+            _ => return None,
+        })
+    }
+
+    /// The name used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::OpenAi => "openai",
+            Self::OpenAiCompatible => "openai-compatible",
+            Self::Azure => "azure",
+            Self::Anthropic => "anthropic",
+        }
+    }
+}
+
+/// Dollars per million tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Price {
+    /// Prompt tokens.
+    pub input: f64,
+    /// Completion tokens.
+    pub output: f64,
+    /// Prompt tokens served from the provider's cache.
+    pub cached_input: f64,
+}
+
+impl Price {
+    /// Cost in dollars of one request's usage.
+    pub fn cost(&self, prompt: u64, completion: u64, cached_prompt: u64) -> f64 {
+        let uncached = prompt.saturating_sub(cached_prompt) as f64;
+        (uncached * self.input
+            + cached_prompt as f64 * self.cached_input
+            + completion as f64 * self.output)
+            / 1_000_000.0
+    }
+}
+
+/// One validated backend.
+#[derive(Debug, Clone)]
+pub struct BackendConfig {
+    /// Config name (`[backends.NAME]`).
+    pub name: String,
+    /// What it is.
+    pub kind: BackendKind,
+    /// Base URL (not for `local`).
+    pub base_url: Option<String>,
+    /// The env variable named by `api_key_env`.
+    pub api_key_env: Option<String>,
+    /// Its value, read at load time (absent when unset).
+    pub api_key: Option<String>,
+    /// Azure API version.
+    pub api_version: Option<String>,
+    /// Client model id -> upstream model id.
+    pub models: BTreeMap<String, String>,
+    /// Prices.
+    pub price: Price,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Whole-request timeout.
+    pub request_timeout: Duration,
+}
+
+impl BackendConfig {
+    /// The upstream's model id for a client model id.
+    pub fn upstream_model<'a>(&'a self, model: &'a str) -> &'a str {
+        self.models.get(model).map(String::as_str).unwrap_or(model)
+    }
+}
+
+/// One model id and the backends that serve it.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Backend names in order of preference.
+    pub backends: Vec<String>,
+    /// Move on to the next backend on a retryable error.
+    pub fallback: bool,
+}
+
+/// Request limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request body in bytes.
+    pub max_body_bytes: usize,
+    /// Requests in flight at once.
+    pub max_concurrency: usize,
+    /// Total time per request.
+    pub request_timeout: Duration,
+    /// Time to a stream's first event.
+    pub first_token_timeout: Duration,
+    /// Seconds advertised in `retry-after` when shedding load.
+    pub retry_after_secs: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 4 * 1024 * 1024,
+            max_concurrency: 512,
+            request_timeout: Duration::from_secs(600),
+            first_token_timeout: Duration::from_secs(60),
+            retry_after_secs: 1,
+        }
+    }
+}
+
+/// The in-process model.
+#[derive(Debug, Clone)]
+pub struct LocalConfig {
+    /// Model name or `.gguf` path.
+    pub model: String,
+    /// Compute threads.
+    pub threads: usize,
+    /// KV cache size in tokens.
+    pub kv_cache_tokens: usize,
+    /// Model ids it answers to besides `local`.
+    pub aliases: Vec<String>,
+}
+
+impl Default for LocalConfig {
+    fn default() -> Self {
+        Self {
+            model: DEFAULT_LOCAL_MODEL.into(),
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            kv_cache_tokens: 4096,
+            aliases: vec![DEFAULT_LOCAL_MODEL.into()],
+        }
+    }
+}
+
+/// The validated runtime configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// sha256 digests of accepted API keys; empty means no auth.
+    pub api_key_hashes: Vec<[u8; 32]>,
+    /// Limits.
+    pub limits: Limits,
+    /// The local model, when a `local` backend exists.
+    pub local: Option<LocalConfig>,
+    /// Backends by name.
+    pub backends: BTreeMap<String, BackendConfig>,
+    /// Routes by model id.
+    pub routes: BTreeMap<String, RouteConfig>,
+    /// The `[router]` section, as written.
+    pub router: Option<toml::Table>,
+    /// Artifact cache directory override.
+    pub cache_dir: Option<PathBuf>,
+    /// Redis URL for shared state.
+    pub redis_url: Option<String>,
+}
+
+impl Config {
+    /// The embedded default: the local model only, on 127.0.0.1:8080, as `local` and `smollm2-135m`.
+    pub fn default_local() -> Self {
+        // An empty file validates to exactly the default.
+        match Self::from_raw(RawConfig::default(), &MapEnv::default()) {
+            Ok(c) => c,
+            Err(_) => unreachable_default(),
+        }
+    }
+
+    /// Reads, overrides from `env` and validates a file.
+    pub fn load(path: &Path, env: &dyn EnvSource) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml_str(&text, env)
+    }
+
+    /// Parses, overrides from `env` and validates TOML text.
+    pub fn from_toml_str(text: &str, env: &dyn EnvSource) -> Result<Self, ConfigError> {
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Syntax(e.to_string()))?;
+        apply_env_overrides(&mut table, env)?;
+        let raw: RawConfig =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let path = e.path().to_string();
+                invalid(
+                    if path == "." { "(root)".into() } else { path },
+                    e.into_inner().to_string(),
+                )
+            })?;
+        Self::from_raw(raw, env)
+    }
+
+    /// Validates raw structs into the runtime config.
+    pub fn from_raw(raw: RawConfig, env: &dyn EnvSource) -> Result<Self, ConfigError> {
+        let listen_text = raw.server.listen.as_deref().unwrap_or("127.0.0.1:8080");
+        let listen: SocketAddr = listen_text.parse().map_err(|e| {
+            invalid(
+                "server.listen",
+                format!("`{listen_text}` is not host:port ({e})"),
+            )
+        })?;
+
+        let mut api_key_hashes = Vec::new();
+        for (i, h) in raw.server.api_key_hashes.iter().enumerate() {
+            let bytes = hex::decode(h.trim()).ok().and_then(|b| <[u8; 32]>::try_from(b).ok()).ok_or_else(|| {
+                invalid(
+                    format!("server.api_key_hashes[{i}]"),
+                    "expected 64 hex characters (a sha256 digest; `tandem config hash-key KEY` prints one)",
+                )
+            })?;
+            api_key_hashes.push(bytes);
+        }
+
+        let defaults = Limits::default();
+        let positive = |v: Option<u64>, path: &str, default: u64| -> Result<u64, ConfigError> {
+            match v {
+                Some(0) => Err(invalid(path, "must be greater than 0")),
+                Some(v) => Ok(v),
+                None => Ok(default),
+            }
+        };
+        let limits = Limits {
+            max_body_bytes: positive(
+                raw.limits.max_body_bytes,
+                "limits.max_body_bytes",
+                defaults.max_body_bytes as u64,
+            )? as usize,
+            max_concurrency: positive(
+                raw.limits.max_concurrency,
+                "limits.max_concurrency",
+                defaults.max_concurrency as u64,
+            )? as usize,
+            request_timeout: Duration::from_millis(positive(
+                raw.limits.request_timeout_ms,
+                "limits.request_timeout_ms",
+                defaults.request_timeout.as_millis() as u64,
+            )?),
+            first_token_timeout: Duration::from_millis(positive(
+                raw.limits.first_token_timeout_ms,
+                "limits.first_token_timeout_ms",
+                defaults.first_token_timeout.as_millis() as u64,
+            )?),
+            retry_after_secs: raw
+                .limits
+                .retry_after_secs
+                .unwrap_or(defaults.retry_after_secs),
+        };
+
+        let mut backends = BTreeMap::new();
+        let no_backends = raw.backends.is_empty();
+        for (name, b) in raw.backends {
+            let backend = validate_backend(&name, b, env)?;
+            backends.insert(name, backend);
+        }
+        // With no backends at all the gateway serves the local model alone.
+        if no_backends {
+            backends.insert(LOCAL_MODEL_ID.into(), local_backend(LOCAL_MODEL_ID));
+        }
+
+        let has_local = backends.values().any(|b| b.kind == BackendKind::Local);
+        if backends
+            .values()
+            .filter(|b| b.kind == BackendKind::Local)
+            .count()
+            > 1
+        {
+            return Err(invalid(
+                "backends",
+                "at most one backend may have kind = \"local\"",
+            ));
+        }
+        let local = match (raw.local, has_local) {
+            (Some(l), _) => Some(validate_local(l)?),
+            (None, true) => Some(LocalConfig::default()),
+            (None, false) => None,
+        };
+
+        let mut routes = BTreeMap::new();
+        for (model, r) in raw.routes {
+            if r.backends.is_empty() {
+                return Err(invalid(
+                    format!("routes.{model}.backends"),
+                    "must name at least one backend",
+                ));
+            }
+            for (i, b) in r.backends.iter().enumerate() {
+                if !backends.contains_key(b) {
+                    return Err(invalid(
+                        format!("routes.{model}.backends[{i}]"),
+                        format!("no backend named `{b}` (declared: {})", names(&backends)),
+                    ));
+                }
+            }
+            routes.insert(
+                model,
+                RouteConfig {
+                    backends: r.backends,
+                    fallback: r.fallback.unwrap_or(true),
+                },
+            );
+        }
+        // Implicit routes: the local model's ids, and every model a backend maps.
+        if let Some(local_name) = backends
+            .values()
+            .find(|b| b.kind == BackendKind::Local)
+            .map(|b| b.name.clone())
+        {
+            let mut ids = vec![LOCAL_MODEL_ID.to_owned()];
+            ids.extend(local.iter().flat_map(|l| l.aliases.iter().cloned()));
+            for id in ids {
+                routes.entry(id).or_insert_with(|| RouteConfig {
+                    backends: vec![local_name.clone()],
+                    fallback: false,
+                });
+            }
+        }
+        for b in backends.values() {
+            for model in b.models.keys() {
+                routes.entry(model.clone()).or_insert_with(|| RouteConfig {
+                    backends: vec![b.name.clone()],
+                    fallback: false,
+                });
+            }
+        }
+
+        let redis_url = match raw.redis_url {
+            Some(u)
+                if !(u.starts_with("redis://")
+                    || u.starts_with("rediss://")
+                    || u.starts_with("unix://")) =>
+            {
+                return Err(invalid(
+                    "redis_url",
+                    format!("`{u}` is not a redis:// or rediss:// URL"),
+                ));
+            }
+            other => other,
+        };
+
+        Ok(Self {
+            listen,
+            api_key_hashes,
+            limits,
+            local,
+            backends,
+            routes,
+            router: raw.router,
+            cache_dir: raw.cache_dir.map(PathBuf::from),
+            redis_url,
+        })
+    }
+
+    /// A human summary, printed by `tandem config check`.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "listen: {}", self.listen);
+        let _ = writeln!(
+            s,
+            "auth: {}",
+            if self.api_key_hashes.is_empty() {
+                "off".to_owned()
+            } else {
+                format!("{} key(s)", self.api_key_hashes.len())
+            }
+        );
+        let l = &self.limits;
+        let _ = writeln!(
+            s,
+            "limits: body {} B, concurrency {}, timeout {} ms, first token {} ms",
+            l.max_body_bytes,
+            l.max_concurrency,
+            l.request_timeout.as_millis(),
+            l.first_token_timeout.as_millis()
+        );
+        if let Some(local) = &self.local {
+            let _ = writeln!(
+                s,
+                "local model: {} ({} threads, kv cache {} tokens)",
+                local.model, local.threads, local.kv_cache_tokens
+            );
+        }
+        let _ = writeln!(s, "backends:");
+        for b in self.backends.values() {
+            let key = match (&b.api_key_env, &b.api_key) {
+                (Some(var), Some(_)) => format!(", key from ${var}"),
+                (Some(var), None) => format!(", key from ${var} (NOT SET)"),
+                _ => String::new(),
+            };
+            let _ = writeln!(
+                s,
+                "  {} [{}] {}{}",
+                b.name,
+                b.kind.as_str(),
+                b.base_url.as_deref().unwrap_or("in-process"),
+                key
+            );
+        }
+        let _ = writeln!(s, "routes:");
+        for (model, r) in &self.routes {
+            let _ = writeln!(
+                s,
+                "  {model} -> {}{}",
+                r.backends.join(", "),
+                if r.fallback && r.backends.len() > 1 {
+                    " (fallback)"
+                } else {
+                    ""
+                }
+            );
+        }
+        if let Some(u) = &self.redis_url {
+            let _ = writeln!(s, "redis: {u}");
+        }
+        s
+    }
+}
+
+#[cold]
+fn unreachable_default() -> Config {
+    // The empty config always validates; this keeps `default_local` free of panics anyway.
+    Config {
+        listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        api_key_hashes: Vec::new(),
+        limits: Limits::default(),
+        local: Some(LocalConfig::default()),
+        backends: BTreeMap::from([(LOCAL_MODEL_ID.to_owned(), local_backend(LOCAL_MODEL_ID))]),
+        routes: BTreeMap::new(),
+        router: None,
+        cache_dir: None,
+        redis_url: None,
+    }
+}
+
+fn names(backends: &BTreeMap<String, BackendConfig>) -> String {
+    backends.keys().cloned().collect::<Vec<_>>().join(", ")
+}
+
+fn local_backend(name: &str) -> BackendConfig {
+    BackendConfig {
+        name: name.into(),
+        kind: BackendKind::Local,
+        base_url: None,
+        api_key_env: None,
+        api_key: None,
+        api_version: None,
+        models: BTreeMap::new(),
+        price: Price::default(),
+        connect_timeout: Duration::from_secs(10),
+        request_timeout: Duration::from_secs(600),
+    }
+}
+
+fn validate_local(l: raw::RawLocal) -> Result<LocalConfig, ConfigError> {
+    let d = LocalConfig::default();
+    let model = l.model.unwrap_or(d.model);
+    if model.trim().is_empty() {
+        return Err(invalid(
+            "local.model",
+            "must be a model name or a .gguf path",
+        ));
+    }
+    let threads = match l.threads {
+        Some(0) => return Err(invalid("local.threads", "must be greater than 0")),
+        Some(t) => t as usize,
+        None => d.threads,
+    };
+    let kv_cache_tokens = match l.kv_cache_tokens {
+        Some(t) if t < 64 => return Err(invalid("local.kv_cache_tokens", "must be at least 64")),
+        Some(t) => t as usize,
+        None => d.kv_cache_tokens,
+    };
+    let mut aliases: BTreeSet<String> = l.aliases.into_iter().collect();
+    if !model.ends_with(".gguf") {
+        aliases.insert(model.clone());
+    }
+    Ok(LocalConfig {
+        model,
+        threads,
+        kv_cache_tokens,
+        aliases: aliases.into_iter().collect(),
+    })
+}
+
+fn validate_backend(
+    name: &str,
+    b: RawBackend,
+    env: &dyn EnvSource,
+) -> Result<BackendConfig, ConfigError> {
+    let path = |key: &str| format!("backends.{name}.{key}");
+    let kind = BackendKind::parse(&b.kind).ok_or_else(|| {
+        invalid(
+            path("kind"),
+            format!(
+                "unknown kind `{}` (expected local, openai, openai-compatible, azure or anthropic)",
+                b.kind
+            ),
+        )
+    })?;
+    let base_url = match (kind, b.base_url) {
+        (BackendKind::Local, Some(_)) => {
+            return Err(invalid(path("base_url"), "a local backend has no base_url"));
+        }
+        (BackendKind::Local, None) => None,
+        (BackendKind::OpenAi, None) => Some("https://api.openai.com/v1".to_owned()),
+        (BackendKind::Anthropic, None) => Some("https://api.anthropic.com/v1".to_owned()),
+        (_, None) => return Err(invalid(path("base_url"), "required for this kind")),
+        (_, Some(u)) => {
+            let uri: http::Uri = u
+                .parse()
+                .map_err(|e| invalid(path("base_url"), format!("`{u}` is not a URL ({e})")))?;
+            match uri.scheme_str() {
+                Some("http" | "https") if uri.host().is_some() => {}
+                _ => {
+                    return Err(invalid(
+                        path("base_url"),
+                        format!("`{u}` must be an http:// or https:// URL"),
+                    ));
+                }
+            }
+            Some(u.trim_end_matches('/').to_owned())
+        }
+    };
+    if kind == BackendKind::Azure && b.api_version.is_none() {
+        return Err(invalid(path("api_version"), "required for azure backends"));
+    }
+    let api_key_env = b.api_key_env;
+    if let Some(var) = &api_key_env
+        && (var.is_empty() || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+    {
+        return Err(invalid(
+            path("api_key_env"),
+            format!("`{var}` is not an environment variable name"),
+        ));
+    }
+    let api_key = api_key_env.as_deref().and_then(|v| env.var(v));
+    let price_field = |v: Option<f64>, key: &str| -> Result<f64, ConfigError> {
+        match v {
+            Some(p) if !(p.is_finite() && p >= 0.0) => {
+                Err(invalid(path(&format!("price.{key}")), "must be >= 0"))
+            }
+            Some(p) => Ok(p),
+            None => Ok(0.0),
+        }
+    };
+    let input = price_field(b.price.input, "input")?;
+    let price = Price {
+        input,
+        output: price_field(b.price.output, "output")?,
+        cached_input: match b.price.cached_input {
+            None => input,
+            v => price_field(v, "cached_input")?,
+        },
+    };
+    let ms = |v: Option<u64>, key: &str, default: u64| -> Result<Duration, ConfigError> {
+        match v {
+            Some(0) => Err(invalid(path(key), "must be greater than 0")),
+            v => Ok(Duration::from_millis(v.unwrap_or(default))),
+        }
+    };
+    Ok(BackendConfig {
+        name: name.to_owned(),
+        kind,
+        base_url,
+        api_key_env,
+        api_key,
+        api_version: b.api_version,
+        models: b.models,
+        price,
+        connect_timeout: ms(b.connect_timeout_ms, "connect_timeout_ms", 10_000)?,
+        request_timeout: ms(b.request_timeout_ms, "request_timeout_ms", 600_000)?,
+    })
+}
+
+/// Applies `TANDEM__A__B=value` as `a.b = value`. Values that parse as TOML (numbers, booleans,
+/// arrays, quoted strings) keep their type; anything else is a string.
+fn apply_env_overrides(table: &mut toml::Table, env: &dyn EnvSource) -> Result<(), ConfigError> {
+    for (name, value) in env.vars_with_prefix(ENV_PREFIX) {
+        let keys: Vec<String> = name[ENV_PREFIX.len()..]
+            .split("__")
+            .map(str::to_ascii_lowercase)
+            .collect();
+        if keys.iter().any(String::is_empty) {
+            return Err(invalid(name, "empty key segment"));
+        }
+        let parsed = format!("v = {value}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(value.clone()));
+        let mut cursor = &mut *table;
+        let (last, parents) = match keys.split_last() {
+            Some(x) => x,
+            None => continue,
+        };
+        for (i, k) in parents.iter().enumerate() {
+            let entry = cursor
+                .entry(k.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            cursor = match entry {
+                toml::Value::Table(t) => t,
+                _ => {
+                    return Err(invalid(
+                        keys[..=i].join("."),
+                        format!("{name} overrides a key inside a non-table value"),
+                    ));
+                }
+            };
+        }
+        cursor.insert(last.clone(), parsed);
+    }
+    Ok(())
+}
+
+/// The sha256 hex digest of an API key, as stored in `server.api_key_hashes`.
+pub fn hash_api_key(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        Config::from_toml_str(text, &MapEnv::default())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn empty_file_is_the_local_default() {
+        let c = Config::from_toml_str("", &MapEnv::default()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert!(c.local.is_some());
+        assert_eq!(c.routes["local"].backends, ["local"]);
+        assert_eq!(c.routes["smollm2-135m"].backends, ["local"]);
+        assert_eq!(Config::default_local().routes.len(), 2);
+    }
+
+    #[test]
+    fn errors_name_the_path() {
+        let e = err("[backends.openai]\nkind = \"openai\"\nbase_url = \"ftp://x\"\n");
+        assert!(e.starts_with("backends.openai.base_url: "), "{e}");
+        let e = err("[backends.openai]\nkind = \"openai\"\nbsae_url = \"http://x\"\n");
+        assert!(
+            e.starts_with("backends.openai: unknown field `bsae_url`"),
+            "{e}"
+        );
+        let e = err("[limits]\nmax_body_bytes = \"big\"\n");
+        assert!(e.starts_with("limits.max_body_bytes: invalid type"), "{e}");
+        let e = err("[routes.m]\nbackends = [\"nope\"]\n");
+        assert!(
+            e.starts_with("routes.m.backends[0]: no backend named `nope`"),
+            "{e}"
+        );
+        let e = err("[server]\napi_key_hashes = [\"abc\"]\n");
+        assert!(e.starts_with("server.api_key_hashes[0]: "), "{e}");
+        let e = err("[backends.x]\nkind = \"grpc\"\nbase_url = \"http://x\"\n");
+        assert!(e.starts_with("backends.x.kind: unknown kind"), "{e}");
+    }
+
+    #[test]
+    fn env_overrides_with_types() {
+        let env = MapEnv::from_pairs([
+            ("TANDEM__SERVER__LISTEN", "127.0.0.1:9999"),
+            ("TANDEM__LIMITS__MAX_CONCURRENCY", "7"),
+            ("TANDEM__BACKENDS__OAI__BASE_URL", "http://127.0.0.1:1/v1"),
+            ("OAI_KEY", "sk-test"),
+        ]);
+        let text = "[backends.oai]\nkind = \"openai-compatible\"\nbase_url = \"http://example.com/v1\"\napi_key_env = \"OAI_KEY\"\nmodels = { gpt = \"gpt-4o\" }\n";
+        let c = Config::from_toml_str(text, &env).unwrap();
+        assert_eq!(c.listen.port(), 9999);
+        assert_eq!(c.limits.max_concurrency, 7);
+        assert_eq!(
+            c.backends["oai"].base_url.as_deref(),
+            Some("http://127.0.0.1:1/v1")
+        );
+        assert_eq!(c.backends["oai"].api_key.as_deref(), Some("sk-test"));
+        assert_eq!(c.routes["gpt"].backends, ["oai"]);
+        assert_eq!(c.backends["oai"].upstream_model("gpt"), "gpt-4o");
+        assert!(c.local.is_none());
+    }
+
+    #[test]
+    fn hash_matches_sha256() {
+        assert_eq!(
+            hash_api_key("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn price_cost() {
+        let p = Price {
+            input: 1.0,
+            output: 2.0,
+            cached_input: 0.5,
+        };
+        assert!((p.cost(1_000_000, 1_000_000, 500_000) - 2.75).abs() < 1e-9);
+    }
+
+    #[test]
+    fn example_file_validates() {
+        let text = include_str!("../../../tandem.example.toml");
+        let env = MapEnv::default();
+        let c = Config::from_toml_str(text, &env).unwrap();
+        assert!(!c.routes.is_empty());
+    }
+}

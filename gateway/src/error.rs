@@ -1,0 +1,361 @@
+//! The gateway's one edge error: every failure a client can see, with its HTTP status, its
+//! OpenAI- or Anthropic-shaped body and a low-cardinality metric label decided in one place.
+
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode, header};
+use serde_json::{Value, json};
+
+/// Result with the gateway's edge error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Which wire shape an error body takes, chosen by the endpoint the client called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiFlavor {
+    /// `{"error":{"message","type","param","code"}}` (OpenAI endpoints and everything else).
+    OpenAi,
+    /// `{"type":"error","error":{"type","message"}}` (`/v1/messages`).
+    Anthropic,
+}
+
+impl ApiFlavor {
+    /// The flavour of the endpoint at `path`.
+    pub fn from_path(path: &str) -> Self {
+        if path.starts_with("/v1/messages") {
+            Self::Anthropic
+        } else {
+            Self::OpenAi
+        }
+    }
+}
+
+/// An upstream failure as the gateway keeps it: status, meaning and whether another backend may help.
+#[derive(Debug, Clone)]
+pub struct UpstreamError {
+    /// The backend that failed (config name).
+    pub backend: String,
+    /// The upstream HTTP status, when it answered with one.
+    pub status: Option<u16>,
+    /// What went wrong, in the upstream's words where it gave any.
+    pub message: String,
+    /// Short kind (`connect`, `timeout`, `status`, `decode`, `stream_cut`, ...), used as a metric label.
+    pub kind: &'static str,
+    /// Whether trying the same request on another backend may succeed.
+    pub retryable: bool,
+    /// The upstream's own error `type`/`code`, passed on to the client where known.
+    pub upstream_type: Option<String>,
+}
+
+/// Every error the gateway answers a client with.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// The body is not valid JSON or does not have the expected shape.
+    #[error("{message}")]
+    InvalidRequest {
+        /// Human-readable reason.
+        message: String,
+        /// The offending parameter, when one is known.
+        param: Option<String>,
+        /// Machine-readable code.
+        code: Option<&'static str>,
+    },
+    /// A parameter the gateway does not support (for example `n` > 1).
+    #[error("{message}")]
+    Unsupported {
+        /// Human-readable reason.
+        message: String,
+        /// The parameter.
+        param: String,
+    },
+    /// The requested model is served by no route.
+    #[error("the model `{0}` does not exist or you do not have access to it")]
+    ModelNotFound(String),
+    /// No endpoint at this path.
+    #[error("unknown endpoint {0}")]
+    EndpointNotFound(String),
+    /// The feedback names a request id the gateway does not know.
+    #[error("unknown request id `{0}`")]
+    UnknownRequestId(String),
+    /// Missing or wrong API key.
+    #[error("invalid or missing api key")]
+    Unauthorized,
+    /// The request body is larger than the configured limit.
+    #[error("request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// Too many requests in flight: load shed.
+    #[error("the gateway is at its concurrency limit of {limit} requests, retry later")]
+    Overloaded {
+        /// The concurrency limit.
+        limit: usize,
+        /// Seconds the client should wait.
+        retry_after_secs: u64,
+    },
+    /// The whole request took longer than the configured total timeout.
+    #[error("request timed out after {0} ms")]
+    Timeout(u64),
+    /// A stream's first event did not arrive in time.
+    #[error("no first token within {0} ms")]
+    FirstTokenTimeout(u64),
+    /// A backend exists but cannot answer yet (model still loading, engine not built in).
+    #[error("{0}")]
+    NotReady(String),
+    /// An upstream failed.
+    #[error("upstream `{}` failed: {}", .0.backend, .0.message)]
+    Upstream(Box<UpstreamError>),
+    /// The local model failed.
+    #[error("local model error: {0}")]
+    LocalModel(String),
+    /// A bug or an unexpected state inside the gateway.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// A 400 with a message and the parameter it is about.
+    pub fn invalid(message: impl Into<String>, param: Option<&str>) -> Self {
+        Self::InvalidRequest {
+            message: message.into(),
+            param: param.map(str::to_owned),
+            code: None,
+        }
+    }
+
+    /// The HTTP status this error answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidRequest { .. } | Self::Unsupported { .. } => StatusCode::BAD_REQUEST,
+            Self::ModelNotFound(_) | Self::EndpointNotFound(_) | Self::UnknownRequestId(_) => {
+                StatusCode::NOT_FOUND
+            }
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Timeout(_) | Self::FirstTokenTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Upstream(e) => e
+                .status
+                .and_then(|s| StatusCode::from_u16(s).ok())
+                .filter(|s| s.is_client_error() || s.is_server_error())
+                .unwrap_or(match e.kind {
+                    "timeout" => StatusCode::GATEWAY_TIMEOUT,
+                    _ => StatusCode::BAD_GATEWAY,
+                }),
+            Self::LocalModel(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A low-cardinality label for the `errors` metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest { .. } => "invalid_request",
+            Self::Unsupported { .. } => "unsupported_parameter",
+            Self::ModelNotFound(_) => "model_not_found",
+            Self::EndpointNotFound(_) => "endpoint_not_found",
+            Self::UnknownRequestId(_) => "unknown_request_id",
+            Self::Unauthorized => "unauthorized",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::Overloaded { .. } => "overloaded",
+            Self::Timeout(_) => "timeout",
+            Self::FirstTokenTimeout(_) => "first_token_timeout",
+            Self::NotReady(_) => "not_ready",
+            Self::Upstream(_) => "upstream",
+            Self::LocalModel(_) => "local_model",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    /// Whether another backend may succeed where this one failed.
+    pub fn retryable(&self) -> bool {
+        match self {
+            Self::Upstream(e) => e.retryable,
+            Self::NotReady(_) => true,
+            _ => false,
+        }
+    }
+
+    /// The OpenAI `error.type`.
+    fn openai_type(&self) -> String {
+        match self {
+            Self::InvalidRequest { .. }
+            | Self::Unsupported { .. }
+            | Self::ModelNotFound(_)
+            | Self::EndpointNotFound(_)
+            | Self::UnknownRequestId(_)
+            | Self::PayloadTooLarge { .. } => "invalid_request_error".into(),
+            Self::Unauthorized => "authentication_error".into(),
+            Self::Overloaded { .. } => "rate_limit_error".into(),
+            Self::Upstream(e) => e
+                .upstream_type
+                .clone()
+                .unwrap_or_else(|| "upstream_error".into()),
+            Self::Timeout(_) | Self::FirstTokenTimeout(_) => "timeout_error".into(),
+            Self::NotReady(_) | Self::LocalModel(_) | Self::Internal(_) => "server_error".into(),
+        }
+    }
+
+    /// The Anthropic `error.type`.
+    fn anthropic_type(&self) -> &'static str {
+        match self.status().as_u16() {
+            400 => "invalid_request_error",
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            503 | 529 => "overloaded_error",
+            504 => "timeout_error",
+            _ => "api_error",
+        }
+    }
+
+    /// The OpenAI `error.param`.
+    fn param(&self) -> Option<String> {
+        match self {
+            Self::InvalidRequest { param, .. } => param.clone(),
+            Self::Unsupported { param, .. } => Some(param.clone()),
+            Self::ModelNotFound(_) => Some("model".into()),
+            _ => None,
+        }
+    }
+
+    /// The OpenAI `error.code`.
+    fn code(&self) -> Option<&'static str> {
+        match self {
+            Self::InvalidRequest { code, .. } => *code,
+            Self::Unsupported { .. } => Some("unsupported_parameter"),
+            Self::ModelNotFound(_) => Some("model_not_found"),
+            Self::UnknownRequestId(_) => Some("unknown_request_id"),
+            Self::Unauthorized => Some("invalid_api_key"),
+            Self::PayloadTooLarge { .. } => Some("request_too_large"),
+            Self::Overloaded { .. } => Some("overloaded"),
+            Self::Timeout(_) => Some("timeout"),
+            Self::FirstTokenTimeout(_) => Some("first_token_timeout"),
+            Self::NotReady(_) => Some("not_ready"),
+            Self::Upstream(e) => Some(e.kind),
+            Self::EndpointNotFound(_) => Some("unknown_url"),
+            Self::LocalModel(_) | Self::Internal(_) => None,
+        }
+    }
+
+    /// The JSON body in the given flavour.
+    pub fn body(&self, flavor: ApiFlavor) -> Value {
+        let message = self.to_string();
+        match flavor {
+            ApiFlavor::OpenAi => json!({"error": {
+                "message": message,
+                "type": self.openai_type(),
+                "param": self.param(),
+                "code": self.code(),
+            }}),
+            ApiFlavor::Anthropic => json!({"type": "error", "error": {
+                "type": self.anthropic_type(),
+                "message": message,
+            }}),
+        }
+    }
+
+    /// The error as one server-sent event, for a stream that has already started.
+    pub fn sse_frame(&self, flavor: ApiFlavor) -> Bytes {
+        let body = self.body(flavor);
+        match flavor {
+            ApiFlavor::OpenAi => Bytes::from(format!("data: {body}\n\n")),
+            ApiFlavor::Anthropic => Bytes::from(format!("event: error\ndata: {body}\n\n")),
+        }
+    }
+
+    /// The full HTTP response in the given flavour.
+    pub fn into_response_for(self, flavor: ApiFlavor) -> Response {
+        let status = self.status();
+        let body = self.body(flavor).to_string();
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Self::Overloaded {
+            retry_after_secs, ..
+        } = &self
+        {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+        }
+        response
+            .extensions_mut()
+            .insert(ErrorLabel(self.metric_label()));
+        response
+    }
+}
+
+/// Response extension naming the error an answer carries, read by the metrics layer.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorLabel(pub &'static str);
+
+/// An error with the flavour it must be rendered in; what handlers return.
+#[derive(Debug)]
+pub struct FlavoredError(pub Error, pub ApiFlavor);
+
+impl IntoResponse for FlavoredError {
+    fn into_response(self) -> Response {
+        self.0.into_response_for(self.1)
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        self.into_response_for(ApiFlavor::OpenAi)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_not_found_is_openai_shaped_404() {
+        let e = Error::ModelNotFound("gpt-9".into());
+        assert_eq!(e.status(), StatusCode::NOT_FOUND);
+        let b = e.body(ApiFlavor::OpenAi);
+        assert_eq!(b["error"]["code"], "model_not_found");
+        assert_eq!(b["error"]["type"], "invalid_request_error");
+        assert_eq!(b["error"]["param"], "model");
+    }
+
+    #[test]
+    fn anthropic_shape_has_type_error() {
+        let b = Error::PayloadTooLarge { limit: 10 }.body(ApiFlavor::Anthropic);
+        assert_eq!(b["type"], "error");
+        assert_eq!(b["error"]["type"], "request_too_large");
+    }
+
+    #[test]
+    fn upstream_status_is_passed_on() {
+        let e = Error::Upstream(Box::new(UpstreamError {
+            backend: "openai".into(),
+            status: Some(429),
+            message: "slow down".into(),
+            kind: "status",
+            retryable: true,
+            upstream_type: Some("rate_limit_error".into()),
+        }));
+        assert_eq!(e.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(e.retryable());
+        assert_eq!(
+            e.body(ApiFlavor::OpenAi)["error"]["type"],
+            "rate_limit_error"
+        );
+    }
+
+    #[test]
+    fn overloaded_carries_retry_after() {
+        let r = Error::Overloaded {
+            limit: 1,
+            retry_after_secs: 1,
+        }
+        .into_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+    }
+}

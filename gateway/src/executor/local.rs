@@ -1,0 +1,285 @@
+//! The local executor: renders the chat template, generates on the in-process engine (its own
+//! thread) and streams tokens as [`ChatEvent`]s with usage from the tokenizer.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use parking_lot::RwLock;
+use tandem_cloud_adapters::{
+    ChatEvent, ChatRequest, ContentPart, EventStream, FinishReason, TokenLogprob, Usage, unix_now,
+};
+use tandem_local_model::{ChatMessage, Engine, GenerateEvent, GenerateRequest, SamplingParams};
+
+use super::Executor;
+use crate::config::{BackendConfig, BackendKind, Price};
+use crate::error::Error;
+
+/// Default completion length when the client gives none.
+pub const DEFAULT_MAX_TOKENS: u32 = 256;
+
+/// Where the local model is in its life.
+#[derive(Clone)]
+pub enum LocalState {
+    /// Being fetched or loaded.
+    Loading(String),
+    /// Serving.
+    Ready(Engine),
+    /// Failed to load; the message says why.
+    Failed(String),
+}
+
+/// The in-process model, shared by the executor, the completions endpoint and readiness.
+pub struct LocalModel {
+    state: RwLock<LocalState>,
+}
+
+impl LocalModel {
+    /// A model in the given state.
+    pub fn new(state: LocalState) -> Self {
+        Self {
+            state: RwLock::new(state),
+        }
+    }
+
+    /// Moves to a new state (loading finished or failed).
+    pub fn set(&self, state: LocalState) {
+        *self.state.write() = state;
+    }
+
+    /// Whether the engine is serving.
+    pub fn is_ready(&self) -> bool {
+        matches!(*self.state.read(), LocalState::Ready(_))
+    }
+
+    /// A line for `/readyz`.
+    pub fn describe(&self) -> String {
+        match &*self.state.read() {
+            LocalState::Loading(what) => format!("loading: {what}"),
+            LocalState::Ready(e) => format!("ready: {}", e.info().name),
+            LocalState::Failed(why) => format!("failed: {why}"),
+        }
+    }
+
+    /// The engine, or a 503 saying why there is none.
+    pub fn engine(&self) -> Result<Engine, Error> {
+        match &*self.state.read() {
+            LocalState::Ready(e) => Ok(e.clone()),
+            LocalState::Loading(what) => Err(Error::NotReady(format!(
+                "the local model is not ready yet ({what})"
+            ))),
+            LocalState::Failed(why) => Err(Error::NotReady(format!(
+                "the local model failed to load: {why}"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Debug for LocalModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+/// Sampling parameters for a chat request.
+pub fn sampling_params(request: &ChatRequest) -> SamplingParams {
+    SamplingParams {
+        temperature: request.temperature.unwrap_or(1.0),
+        top_p: request.top_p.unwrap_or(1.0),
+        top_k: request.top_k.unwrap_or(0) as usize,
+        seed: request.seed,
+        max_tokens: request.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS) as usize,
+        stop: request.stop.clone(),
+        logprobs: request
+            .logprobs
+            .then(|| request.top_logprobs.unwrap_or(0) as usize),
+        ..SamplingParams::default()
+    }
+}
+
+/// The chat template's view of the conversation.
+fn template_messages(request: &ChatRequest) -> Vec<ChatMessage> {
+    request
+        .messages
+        .iter()
+        .map(|m| {
+            let mut content = String::new();
+            for part in &m.content {
+                match part {
+                    ContentPart::Text { text } => content.push_str(text),
+                    ContentPart::ToolResult { content: c, .. } => content.push_str(c),
+                    ContentPart::ToolUse { name, input, .. } => {
+                        content.push_str(&format!("{name}({input})"))
+                    }
+                    ContentPart::Image { .. } => {}
+                }
+            }
+            ChatMessage::new(m.role.as_str(), content)
+        })
+        .collect()
+}
+
+/// The normalized form of an engine token's log-probabilities.
+pub fn convert_logprob(lp: &tandem_local_model::TokenLogprob) -> TokenLogprob {
+    TokenLogprob {
+        token: lp.token.clone(),
+        logprob: lp.logprob,
+        bytes: Some(lp.bytes.clone()),
+        top: lp
+            .top_logprobs
+            .iter()
+            .map(|t| (t.token.clone(), t.logprob))
+            .collect(),
+    }
+}
+
+/// Turns engine events into chat events: `Start`, deltas, `Finish`, `Usage` (or `Error`).
+pub fn engine_events(
+    rx: tokio::sync::mpsc::Receiver<GenerateEvent>,
+    id: String,
+    model: String,
+    backend: String,
+) -> EventStream {
+    let start = ChatEvent::Start {
+        id,
+        model,
+        created: unix_now(),
+    };
+    let rest = futures::stream::unfold(Some(rx), move |rx| {
+        let backend = backend.clone();
+        async move {
+            let mut rx = rx?;
+            let event = match rx.recv().await {
+                Some(GenerateEvent::Token { text, logprob, .. }) => {
+                    let logprobs = logprob.as_ref().map(|lp| vec![convert_logprob(lp)]);
+                    vec![ChatEvent::TextDelta {
+                        index: 0,
+                        text,
+                        logprobs,
+                    }]
+                }
+                Some(GenerateEvent::Finished {
+                    reason,
+                    prompt_tokens,
+                    completion_tokens,
+                    cached_prompt_tokens,
+                }) => {
+                    let reason = match reason {
+                        tandem_local_model::FinishReason::Length => FinishReason::Length,
+                        _ => FinishReason::Stop,
+                    };
+                    let usage = Usage {
+                        prompt_tokens: prompt_tokens as u64,
+                        completion_tokens: completion_tokens as u64,
+                        cached_prompt_tokens: cached_prompt_tokens as u64,
+                        ..Usage::default()
+                    };
+                    return Some((
+                        vec![ChatEvent::Finish { reason }, ChatEvent::Usage(usage)],
+                        None,
+                    ));
+                }
+                Some(GenerateEvent::Error(message)) => {
+                    let e = tandem_cloud_adapters::ProviderError::new(
+                        tandem_cloud_adapters::ProviderErrorKind::Decode,
+                        backend,
+                        format!("local model: {message}"),
+                    );
+                    return Some((vec![ChatEvent::Error(e)], None));
+                }
+                None => {
+                    let e = tandem_cloud_adapters::ProviderError::new(
+                        tandem_cloud_adapters::ProviderErrorKind::StreamCut,
+                        backend,
+                        "local engine stopped mid-generation",
+                    );
+                    return Some((vec![ChatEvent::Error(e)], None));
+                }
+            };
+            Some((event, Some(rx)))
+        }
+    })
+    .flat_map(futures::stream::iter)
+    // Empty deltas (text held back at a possible stop string) carry nothing unless logprobs.
+    .filter(|e| {
+        std::future::ready(
+            !matches!(e, ChatEvent::TextDelta { text, logprobs: None, .. } if text.is_empty()),
+        )
+    });
+    futures::stream::once(std::future::ready(start))
+        .chain(rest)
+        .boxed()
+}
+
+/// Runs chat requests on the in-process model.
+pub struct LocalExecutor {
+    config: BackendConfig,
+    model: Arc<LocalModel>,
+}
+
+impl LocalExecutor {
+    /// An executor for the local backend `config`.
+    pub fn new(config: BackendConfig, model: Arc<LocalModel>) -> Self {
+        Self { config, model }
+    }
+}
+
+#[async_trait]
+impl Executor for LocalExecutor {
+    fn backend(&self) -> &str {
+        &self.config.name
+    }
+
+    fn kind(&self) -> BackendKind {
+        BackendKind::Local
+    }
+
+    fn price(&self) -> Price {
+        self.config.price
+    }
+
+    async fn chat_stream(&self, request: ChatRequest) -> Result<EventStream, Error> {
+        if !request.tools.is_empty()
+            && !matches!(
+                request.tool_choice,
+                Some(tandem_cloud_adapters::ToolChoice::None)
+            )
+        {
+            return Err(Error::Unsupported {
+                message: "the local model does not support tool calls; route this model to a cloud backend".into(),
+                param: "tools".into(),
+            });
+        }
+        if request.messages.is_empty() {
+            return Err(Error::invalid(
+                "messages must not be empty",
+                Some("messages"),
+            ));
+        }
+        let engine = self.model.engine()?;
+        let prompt = engine
+            .chat_prompt(&template_messages(&request), true)
+            .map_err(|e| Error::LocalModel(format!("chat template: {e}")))?;
+        let context = engine.info().context_length;
+        if prompt.len() >= context {
+            return Err(Error::invalid(
+                format!(
+                    "the prompt is {} tokens, more than the local model's context of {context}",
+                    prompt.len()
+                ),
+                Some("messages"),
+            ));
+        }
+        let params = sampling_params(&request);
+        let rx = engine
+            .generate(GenerateRequest { prompt, params })
+            .map_err(|e| Error::LocalModel(e.to_string()))?;
+        let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
+        Ok(engine_events(
+            rx,
+            id,
+            request.model.clone(),
+            self.config.name.clone(),
+        ))
+    }
+}

@@ -1,0 +1,69 @@
+//! Executors: what runs a normalized chat request on one backend and streams [`ChatEvent`]s back.
+//! The local model and cloud providers sit behind the one [`Executor`] trait, so cascade and
+//! speculative execution slot in beside them.
+
+pub mod cloud;
+pub mod local;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use tandem_cloud_adapters::{
+    ChatEvent, ChatRequest, ChatResponse, EventStream, ProviderError, ResponseBuilder,
+};
+
+use crate::config::{BackendKind, Price};
+use crate::error::{Error, UpstreamError};
+
+/// Runs chat requests on one backend.
+#[async_trait]
+pub trait Executor: Send + Sync {
+    /// The backend's config name.
+    fn backend(&self) -> &str;
+
+    /// What kind of backend it is.
+    fn kind(&self) -> BackendKind;
+
+    /// Its prices, for cost accounting.
+    fn price(&self) -> Price;
+
+    /// Starts the request and streams its events. Errors before the first event come back as
+    /// `Err` (and may be retried on another backend); later ones as a final [`ChatEvent::Error`].
+    /// Dropping the stream cancels the work.
+    async fn chat_stream(&self, request: ChatRequest) -> Result<EventStream, Error>;
+
+    /// Runs the request to completion.
+    async fn chat(&self, request: ChatRequest) -> Result<ChatResponse, Error> {
+        let mut stream = self.chat_stream(request).await?;
+        let mut builder = ResponseBuilder::new();
+        while let Some(event) = stream.next().await {
+            builder.push(event);
+        }
+        builder
+            .finish()
+            .map_err(|e| upstream_error(self.backend(), e))
+    }
+}
+
+/// A provider's error as the gateway's edge error.
+pub fn upstream_error(backend: &str, e: ProviderError) -> Error {
+    let upstream_type = e.upstream_body.as_ref().and_then(|b| {
+        let err = b.get("error")?;
+        err.get("type").and_then(|t| t.as_str()).map(str::to_owned)
+    });
+    Error::Upstream(Box::new(UpstreamError {
+        backend: backend.to_owned(),
+        status: e.status,
+        message: e.message,
+        kind: e.kind.as_str(),
+        retryable: e.retryable,
+        upstream_type,
+    }))
+}
+
+/// The edge error for a mid-stream [`ChatEvent::Error`].
+pub fn event_error(backend: &str, event: &ChatEvent) -> Option<Error> {
+    match event {
+        ChatEvent::Error(e) => Some(upstream_error(backend, e.clone())),
+        _ => None,
+    }
+}

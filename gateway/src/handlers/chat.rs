@@ -1,0 +1,293 @@
+//! `POST /v1/chat/completions` (OpenAI) and `POST /v1/messages` (Anthropic): decode into the
+//! normalized request, dispatch, and encode the answer in the client's format, streamed or whole.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant as StdInstant;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::Response;
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use tandem_cloud_adapters::{
+    ChatEvent, ChatRequest, ChatResponse, EventStream, ProviderError, Usage, WireFormat, anthropic,
+    openai,
+};
+
+use super::{json_response, mark_route, read_body, request_id, sse_response, wire_error};
+use crate::dispatch::{RouteInfo, run_chat, run_stream};
+use crate::error::{ApiFlavor, Error, FlavoredError};
+use crate::metrics::BackendLabels;
+use crate::middleware::first_token_timeout::FirstTokenDeadline;
+use crate::state::{AppState, RequestRecord};
+
+/// `POST /v1/chat/completions`.
+pub async fn chat_completions(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    handle(state, request, WireFormat::OpenAi).await
+}
+
+/// `POST /v1/messages`.
+pub async fn messages(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    handle(state, request, WireFormat::Anthropic).await
+}
+
+fn flavor(format: WireFormat) -> ApiFlavor {
+    match format {
+        WireFormat::OpenAi => ApiFlavor::OpenAi,
+        WireFormat::Anthropic => ApiFlavor::Anthropic,
+    }
+}
+
+async fn handle(state: Arc<AppState>, request: Request, format: WireFormat) -> Response {
+    let flavor = flavor(format);
+    let (parts, body) = request.into_parts();
+    let decoded = match read_body(&parts, body).await {
+        Ok(bytes) => match format {
+            WireFormat::OpenAi => openai::decode_chat_request(&bytes).map_err(wire_error),
+            WireFormat::Anthropic => anthropic::decode_messages_request(&bytes).map_err(wire_error),
+        },
+        Err(e) => Err(e),
+    };
+    let chat = match decoded.and_then(validate) {
+        Ok(c) => c,
+        Err(e) => return FlavoredError(e, flavor).into_response_with_route(None),
+    };
+    let id = request_id(&parts);
+    let model = chat.model.clone();
+    let (mut response, route) = if chat.stream {
+        let deadline = parts
+            .extensions
+            .get::<FirstTokenDeadline>()
+            .map(|d| (d.at, d.error()));
+        let include_usage = chat.include_usage;
+        let (result, route) = run_stream(&state, chat, deadline).await;
+        match result {
+            Ok(events) => {
+                let body = sse_body(
+                    state.clone(),
+                    events,
+                    format,
+                    include_usage,
+                    route.backend.clone(),
+                );
+                (sse_response(body), route)
+            }
+            Err(e) => (e.into_response_for(flavor), route),
+        }
+    } else {
+        let (result, route) = run_chat(&state, chat).await;
+        match result {
+            Ok(answer) => {
+                record_usage(&state, &route.backend, &answer.usage);
+                (json_response(&encode(format, &answer)), route)
+            }
+            Err(e) => (e.into_response_for(flavor), route),
+        }
+    };
+    mark_route(&mut response, &route);
+    if response.status().is_success() {
+        state.requests.insert(
+            id.0.clone(),
+            RequestRecord {
+                model,
+                backend: route.backend.clone(),
+            },
+        );
+    }
+    response
+}
+
+/// Refuses what the gateway cannot honour.
+fn validate(chat: ChatRequest) -> Result<ChatRequest, Error> {
+    if chat.n > 1 {
+        return Err(Error::Unsupported {
+            message: format!("n = {} is not supported; only n = 1", chat.n),
+            param: "n".into(),
+        });
+    }
+    if chat.model.is_empty() {
+        return Err(Error::invalid(
+            "missing required parameter: 'model'",
+            Some("model"),
+        ));
+    }
+    Ok(chat)
+}
+
+impl FlavoredError {
+    fn into_response_with_route(self, route: Option<&RouteInfo>) -> Response {
+        let mut response = self.0.into_response_for(self.1);
+        if let Some(r) = route {
+            mark_route(&mut response, r);
+        }
+        response
+    }
+}
+
+fn encode(format: WireFormat, answer: &ChatResponse) -> serde_json::Value {
+    match format {
+        WireFormat::OpenAi => openai::encode_chat_response(answer),
+        WireFormat::Anthropic => anthropic::encode_messages_response(answer),
+    }
+}
+
+/// Counts tokens and cost from what the backend reported.
+pub fn record_usage(state: &AppState, backend: &str, usage: &Usage) {
+    let cost = state.executors.get(backend).map_or(0.0, |e| {
+        e.price().cost(
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.cached_prompt_tokens,
+        )
+    });
+    state.metrics.record_usage(
+        backend,
+        usage.prompt_tokens,
+        usage.completion_tokens,
+        usage.cached_prompt_tokens,
+        cost,
+    );
+}
+
+/// One stream's encoder in the client's format.
+enum Encoder {
+    OpenAi(openai::ChunkEncoder),
+    Anthropic(anthropic::EventEncoder),
+}
+
+impl Encoder {
+    fn encode(&mut self, event: &ChatEvent) -> Bytes {
+        match self {
+            Self::OpenAi(e) => e.encode(event),
+            Self::Anthropic(e) => e.encode(event),
+        }
+    }
+
+    fn finish(&mut self) -> Bytes {
+        match self {
+            Self::OpenAi(e) => e.finish(),
+            Self::Anthropic(e) => e.finish(),
+        }
+    }
+}
+
+/// Records a stream's usage when it ends or is dropped (client gone).
+struct StreamAccounting {
+    state: Arc<AppState>,
+    backend: String,
+    usage: Option<Usage>,
+    started: StdInstant,
+    first_token_seen: bool,
+}
+
+impl StreamAccounting {
+    fn first_token(&mut self) {
+        if !self.first_token_seen {
+            self.first_token_seen = true;
+            self.state
+                .metrics
+                .first_token
+                .get_or_create(&BackendLabels {
+                    backend: self.backend.clone(),
+                })
+                .observe(self.started.elapsed().as_secs_f64());
+        }
+    }
+}
+
+impl Drop for StreamAccounting {
+    fn drop(&mut self) {
+        if let Some(usage) = self.usage.take() {
+            record_usage(&self.state, &self.backend, &usage);
+        }
+    }
+}
+
+/// The state of one SSE body.
+struct SseStream {
+    events: EventStream,
+    encoder: Encoder,
+    /// Frames held back until the first content event, so the first frame means a first token.
+    held: BytesMut,
+    finished: bool,
+    done: bool,
+    accounting: StreamAccounting,
+}
+
+/// Encodes a stream of events as SSE in the client's format. A stream that ends with neither a
+/// finish nor an error gets an error event: a client never sees a silent end.
+fn sse_body(
+    state: Arc<AppState>,
+    events: EventStream,
+    format: WireFormat,
+    include_usage: bool,
+    backend: String,
+) -> Body {
+    let encoder = match format {
+        WireFormat::OpenAi => Encoder::OpenAi(openai::ChunkEncoder::new(include_usage)),
+        WireFormat::Anthropic => Encoder::Anthropic(anthropic::EventEncoder::new()),
+    };
+    let stream = SseStream {
+        events,
+        encoder,
+        held: BytesMut::new(),
+        finished: false,
+        done: false,
+        accounting: StreamAccounting {
+            state,
+            backend,
+            usage: None,
+            started: StdInstant::now(),
+            first_token_seen: false,
+        },
+    };
+    let frames = futures::stream::unfold(stream, |mut s| async move {
+        loop {
+            if s.done {
+                return None;
+            }
+            let bytes = match s.events.next().await {
+                Some(start @ ChatEvent::Start { .. }) => {
+                    // Held back so the first frame the client gets carries content.
+                    let frame = s.encoder.encode(&start);
+                    s.held.extend_from_slice(&frame);
+                    continue;
+                }
+                Some(event) => {
+                    match &event {
+                        ChatEvent::Usage(u) => s.accounting.usage = Some(*u),
+                        ChatEvent::Finish { .. } => s.finished = true,
+                        ChatEvent::Error(_) => s.done = true,
+                        ChatEvent::TextDelta { .. } | ChatEvent::ToolCallDelta { .. } => {
+                            s.accounting.first_token()
+                        }
+                        ChatEvent::Start { .. } => {}
+                    }
+                    s.encoder.encode(&event)
+                }
+                None => {
+                    s.done = true;
+                    if s.finished {
+                        s.encoder.finish()
+                    } else {
+                        let cut = ProviderError::stream_cut(s.accounting.backend.clone());
+                        s.encoder.encode(&ChatEvent::Error(cut))
+                    }
+                }
+            };
+            let out = if s.held.is_empty() {
+                bytes
+            } else {
+                let mut all = std::mem::take(&mut s.held);
+                all.extend_from_slice(&bytes);
+                all.freeze()
+            };
+            if out.is_empty() {
+                continue;
+            }
+            return Some((Ok::<_, Infallible>(out), s));
+        }
+    });
+    Body::from_stream(frames)
+}

@@ -1,0 +1,694 @@
+//! `POST /v1/completions` on the local model: text or token-id prompts, `suffix` (fill in the
+//! middle), `echo`, `logprobs`, streaming, and the vLLM scoring form (`prompt_logprobs: k` with
+//! `max_tokens` 0 or 1) that lets one Tandem verify drafts for another.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::Response;
+use bytes::Bytes;
+use futures::StreamExt;
+use serde_json::{Map, Value, json};
+use tandem_cloud_adapters::{Usage, unix_now};
+use tandem_local_model::{Engine, GenerateEvent, GenerateRequest, SamplingParams};
+
+use super::chat::record_usage;
+use super::{json_response, mark_route, read_body, request_id, sse_response};
+use crate::config::BackendKind;
+use crate::dispatch::{RouteInfo, route_for};
+use crate::error::{ApiFlavor, Error};
+use crate::state::{AppState, RequestRecord};
+
+/// OpenAI's default `max_tokens` for legacy completions.
+const DEFAULT_COMPLETION_TOKENS: u32 = 16;
+/// Most alternatives per position the endpoint returns.
+const MAX_LOGPROBS: u32 = 20;
+
+/// The prompt as the client gave it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prompt {
+    /// Text.
+    Text(String),
+    /// Token ids.
+    Tokens(Vec<u32>),
+}
+
+/// A decoded `/v1/completions` request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompletionRequest {
+    /// Model id.
+    pub model: String,
+    /// The prompt.
+    pub prompt: Prompt,
+    /// Text after the insertion point (fill in the middle).
+    pub suffix: Option<String>,
+    /// Most tokens to generate (0: score only).
+    pub max_tokens: u32,
+    /// Sampling temperature.
+    pub temperature: Option<f32>,
+    /// Nucleus sampling.
+    pub top_p: Option<f32>,
+    /// Top-k sampling.
+    pub top_k: Option<u32>,
+    /// Seed.
+    pub seed: Option<u64>,
+    /// Stop strings.
+    pub stop: Vec<String>,
+    /// Stream the answer.
+    pub stream: bool,
+    /// Send a usage chunk at the end of a stream.
+    pub include_usage: bool,
+    /// Alternatives per generated token (OpenAI `logprobs`).
+    pub logprobs: Option<u32>,
+    /// Echo the prompt before the completion.
+    pub echo: bool,
+    /// Alternatives per prompt token (vLLM `prompt_logprobs`).
+    pub prompt_logprobs: Option<u32>,
+}
+
+fn bad(message: impl Into<String>, param: &str) -> Error {
+    Error::invalid(message, Some(param))
+}
+
+fn opt_u32(obj: &Map<String, Value>, key: &str) -> Result<Option<u32>, Error> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .map(Some)
+            .ok_or_else(|| {
+                bad(
+                    format!("invalid type for '{key}': expected a non-negative integer"),
+                    key,
+                )
+            }),
+    }
+}
+
+fn opt_f32(obj: &Map<String, Value>, key: &str) -> Result<Option<f32>, Error> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_f64()
+            .map(|f| Some(f as f32))
+            .ok_or_else(|| bad(format!("invalid type for '{key}': expected a number"), key)),
+    }
+}
+
+fn opt_bool(obj: &Map<String, Value>, key: &str) -> Result<bool, Error> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(bad(
+            format!("invalid type for '{key}': expected a boolean"),
+            key,
+        )),
+    }
+}
+
+/// Decodes a client's `/v1/completions` body.
+pub fn decode(bytes: &[u8]) -> Result<CompletionRequest, Error> {
+    let v: Value = serde_json::from_slice(bytes).map_err(|e| Error::InvalidRequest {
+        message: format!("invalid JSON: {e}"),
+        param: None,
+        code: Some("invalid_json"),
+    })?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| Error::invalid("the body must be a JSON object", None))?;
+    let model = match obj.get("model") {
+        Some(Value::String(m)) if !m.is_empty() => m.clone(),
+        Some(_) => return Err(bad("invalid type for 'model': expected a string", "model")),
+        None => return Err(bad("missing required parameter: 'model'", "model")),
+    };
+    let prompt = match obj.get("prompt") {
+        Some(Value::String(s)) => Prompt::Text(s.clone()),
+        Some(Value::Array(items)) if items.len() == 1 && items[0].is_string() => {
+            Prompt::Text(items[0].as_str().unwrap_or_default().to_owned())
+        }
+        Some(Value::Array(items)) if items.len() == 1 && items[0].is_array() => {
+            token_ids(items[0].as_array())?
+        }
+        Some(Value::Array(items)) if items.iter().all(Value::is_number) && !items.is_empty() => {
+            token_ids(Some(items))?
+        }
+        Some(Value::Array(items)) if items.len() > 1 => {
+            return Err(Error::Unsupported {
+                message: "batched prompts are not supported; send one prompt".into(),
+                param: "prompt".into(),
+            });
+        }
+        Some(_) => {
+            return Err(bad(
+                "'prompt' must be a string, a list of one string, or a list of token ids",
+                "prompt",
+            ));
+        }
+        None => return Err(bad("missing required parameter: 'prompt'", "prompt")),
+    };
+    let n = opt_u32(obj, "n")?.unwrap_or(1);
+    if n != 1 {
+        return Err(Error::Unsupported {
+            message: format!("n = {n} is not supported; only n = 1"),
+            param: "n".into(),
+        });
+    }
+    if opt_u32(obj, "best_of")?.is_some_and(|b| b > 1) {
+        return Err(Error::Unsupported {
+            message: "best_of > 1 is not supported".into(),
+            param: "best_of".into(),
+        });
+    }
+    let stop = match obj.get("stop") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|s| {
+                s.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| bad("'stop' must be a string or a list of strings", "stop"))
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(bad("'stop' must be a string or a list of strings", "stop")),
+    };
+    let suffix = match obj.get("suffix") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => {
+            return Err(bad(
+                "invalid type for 'suffix': expected a string",
+                "suffix",
+            ));
+        }
+    };
+    let include_usage = match obj.get("stream_options") {
+        Some(Value::Object(o)) => opt_bool(o, "include_usage")?,
+        _ => false,
+    };
+    let logprobs = opt_u32(obj, "logprobs")?;
+    let prompt_logprobs = opt_u32(obj, "prompt_logprobs")?;
+    for (key, value) in [("logprobs", logprobs), ("prompt_logprobs", prompt_logprobs)] {
+        if value.is_some_and(|k| k > MAX_LOGPROBS) {
+            return Err(bad(format!("'{key}' must be at most {MAX_LOGPROBS}"), key));
+        }
+    }
+    Ok(CompletionRequest {
+        model,
+        prompt,
+        suffix,
+        max_tokens: opt_u32(obj, "max_tokens")?.unwrap_or(DEFAULT_COMPLETION_TOKENS),
+        temperature: opt_f32(obj, "temperature")?,
+        top_p: opt_f32(obj, "top_p")?,
+        top_k: match obj.get("top_k") {
+            // vLLM uses -1 for "off".
+            Some(Value::Number(n)) if n.as_i64() == Some(-1) => None,
+            _ => opt_u32(obj, "top_k")?,
+        },
+        seed: obj.get("seed").and_then(Value::as_u64),
+        stop,
+        stream: opt_bool(obj, "stream")?,
+        include_usage,
+        logprobs,
+        echo: opt_bool(obj, "echo")?,
+        prompt_logprobs,
+    })
+}
+
+fn token_ids(items: Option<&Vec<Value>>) -> Result<Prompt, Error> {
+    let items = items.ok_or_else(|| bad("'prompt' must be a list of token ids", "prompt"))?;
+    if items.is_empty() {
+        return Err(bad("'prompt' must not be empty", "prompt"));
+    }
+    items
+        .iter()
+        .map(|t| {
+            t.as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| bad("'prompt' token ids must be non-negative integers", "prompt"))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Prompt::Tokens)
+}
+
+/// `POST /v1/completions`.
+pub async fn completions(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let id = request_id(&parts);
+    let result = async {
+        let bytes = read_body(&parts, body).await?;
+        let request = decode(&bytes)?;
+        let (executors, _) = route_for(&state, &request.model)?;
+        let local = executors
+            .iter()
+            .find(|e| e.kind() == BackendKind::Local)
+            .ok_or_else(|| Error::Unsupported {
+                message: format!(
+                    "model `{}` has no local backend; /v1/completions is served by the local model",
+                    request.model
+                ),
+                param: "model".into(),
+            })?;
+        let backend = local.backend().to_owned();
+        let engine = state
+            .local
+            .as_ref()
+            .ok_or_else(|| Error::NotReady("no local model configured".into()))?
+            .engine()?;
+        let route = RouteInfo {
+            explanation: format!("{backend}; route {}", request.model),
+            backend,
+        };
+        let response = run(&state, engine, request.clone(), &route).await?;
+        Ok::<_, Error>((response, route, request.model))
+    }
+    .await;
+    match result {
+        Ok((mut response, route, model)) => {
+            mark_route(&mut response, &route);
+            state.requests.insert(
+                id.0.clone(),
+                RequestRecord {
+                    model,
+                    backend: route.backend.clone(),
+                },
+            );
+            response
+        }
+        Err(e) => e.into_response_for(ApiFlavor::OpenAi),
+    }
+}
+
+/// The prompt as token ids, with fill-in-the-middle tokens when there is a suffix.
+fn prompt_tokens(engine: &Engine, request: &CompletionRequest) -> Result<Vec<u32>, Error> {
+    let tok = engine.tokenizer();
+    let vocab = tok.vocab_size() as u32;
+    let mut tokens = match (&request.prompt, &request.suffix) {
+        (Prompt::Text(text), None) => tok.encode(text, true),
+        (Prompt::Text(text), Some(suffix)) => {
+            let (Some(pre), Some(suf), Some(mid)) = (
+                tok.token_id("<fim_prefix>"),
+                tok.token_id("<fim_suffix>"),
+                tok.token_id("<fim_middle>"),
+            ) else {
+                return Err(Error::Unsupported {
+                    message: "this local model has no fill-in-the-middle tokens".into(),
+                    param: "suffix".into(),
+                });
+            };
+            let mut t = vec![pre];
+            t.extend(tok.encode_with(text, false, false));
+            t.push(suf);
+            t.extend(tok.encode_with(suffix, false, false));
+            t.push(mid);
+            t
+        }
+        (Prompt::Tokens(ids), None) => ids.clone(),
+        (Prompt::Tokens(_), Some(_)) => {
+            return Err(bad("'suffix' needs a text prompt", "suffix"));
+        }
+    };
+    if let Some(bad_id) = tokens.iter().find(|&&t| t >= vocab) {
+        return Err(bad(
+            format!("token id {bad_id} is outside the vocabulary (size {vocab})"),
+            "prompt",
+        ));
+    }
+    if tokens.is_empty() {
+        // An empty text prompt starts from BOS (or the first token) so there is something to condition on.
+        tokens.push(tok.bos_id().unwrap_or(0));
+    }
+    let context = engine.info().context_length;
+    if tokens.len() + request.max_tokens as usize > context {
+        return Err(bad(
+            format!(
+                "prompt ({} tokens) plus max_tokens ({}) exceeds the context of {context}",
+                tokens.len(),
+                request.max_tokens
+            ),
+            "max_tokens",
+        ));
+    }
+    Ok(tokens)
+}
+
+/// vLLM-style `prompt_logprobs`: `null` for the first token, then per position a map from token
+/// id to `{logprob, rank, decoded_token}` holding the actual token and the top alternatives.
+async fn score_prompt(
+    engine: &Engine,
+    tokens: &[u32],
+    k: u32,
+) -> Result<(Vec<Value>, Vec<Option<f32>>, Vec<Value>), Error> {
+    let tok = engine.tokenizer();
+    let mut prompt_logprobs = vec![Value::Null];
+    let mut token_logprobs = vec![None];
+    let mut top_logprobs = vec![Value::Null];
+    if tokens.len() > 1 {
+        let scores = engine
+            .score(&tokens[..1], &tokens[1..], k.max(1) as usize)
+            .await
+            .map_err(|e| Error::LocalModel(e.to_string()))?;
+        for p in scores.positions {
+            let mut entry = Map::new();
+            let rank = p
+                .top
+                .iter()
+                .position(|(id, _)| *id == p.token)
+                .map_or(p.top.len() + 1, |r| r + 1);
+            entry.insert(p.token.to_string(), json!({"logprob": p.logprob, "rank": rank, "decoded_token": tok.token_text(p.token)}));
+            let mut top = Map::new();
+            for (r, (id, lp)) in p.top.iter().take(k as usize).enumerate() {
+                entry.entry(id.to_string()).or_insert_with(
+                    || json!({"logprob": lp, "rank": r + 1, "decoded_token": tok.token_text(*id)}),
+                );
+                top.insert(tok.token_text(*id), json!(lp));
+            }
+            prompt_logprobs.push(Value::Object(entry));
+            token_logprobs.push(Some(p.logprob));
+            top_logprobs.push(Value::Object(top));
+        }
+    }
+    Ok((prompt_logprobs, token_logprobs, top_logprobs))
+}
+
+/// OpenAI legacy `logprobs` object over some tokens.
+#[derive(Default)]
+struct LegacyLogprobs {
+    tokens: Vec<String>,
+    token_logprobs: Vec<Option<f32>>,
+    top_logprobs: Vec<Value>,
+    text_offset: Vec<usize>,
+    offset: usize,
+}
+
+impl LegacyLogprobs {
+    fn push(&mut self, token: String, logprob: Option<f32>, top: Value) {
+        self.text_offset.push(self.offset);
+        self.offset += token.len();
+        self.tokens.push(token);
+        self.token_logprobs.push(logprob);
+        self.top_logprobs.push(top);
+    }
+
+    fn to_json(&self) -> Value {
+        json!({"tokens": self.tokens, "token_logprobs": self.token_logprobs,
+               "top_logprobs": self.top_logprobs, "text_offset": self.text_offset})
+    }
+}
+
+async fn run(
+    state: &Arc<AppState>,
+    engine: Engine,
+    request: CompletionRequest,
+    route: &RouteInfo,
+) -> Result<Response, Error> {
+    let tokens = prompt_tokens(&engine, &request)?;
+    let id = format!("cmpl-{}", uuid::Uuid::new_v4().simple());
+    let created = unix_now();
+    let tok = engine.tokenizer().clone();
+
+    let wants_prompt_scores =
+        request.prompt_logprobs.is_some() || (request.echo && request.logprobs.is_some());
+    let (prompt_lp, prompt_token_lp, prompt_top) = if wants_prompt_scores {
+        let k = request.prompt_logprobs.or(request.logprobs).unwrap_or(0);
+        score_prompt(&engine, &tokens, k).await?
+    } else {
+        (Vec::new(), Vec::new(), Vec::new())
+    };
+
+    let params = SamplingParams {
+        temperature: request.temperature.unwrap_or(1.0),
+        top_p: request.top_p.unwrap_or(1.0),
+        top_k: request.top_k.unwrap_or(0) as usize,
+        seed: request.seed,
+        max_tokens: request.max_tokens as usize,
+        stop: request.stop.clone(),
+        logprobs: request.logprobs.map(|k| k as usize),
+        ..SamplingParams::default()
+    };
+    let echo_text = if request.echo {
+        tok.decode(&tokens)
+    } else {
+        String::new()
+    };
+
+    if request.stream {
+        if request.max_tokens == 0 {
+            return Err(bad("a stream needs max_tokens > 0", "max_tokens"));
+        }
+        let rx = engine
+            .generate(GenerateRequest {
+                prompt: tokens,
+                params,
+            })
+            .map_err(|e| Error::LocalModel(e.to_string()))?;
+        return Ok(stream_response(
+            state.clone(),
+            rx,
+            id,
+            created,
+            request,
+            echo_text,
+            route.backend.clone(),
+        ));
+    }
+
+    let mut text = echo_text.clone();
+    let mut logprobs = LegacyLogprobs::default();
+    if request.echo && request.logprobs.is_some() {
+        for (i, t) in tokens.iter().enumerate() {
+            logprobs.push(
+                tok.token_text(*t),
+                prompt_token_lp.get(i).copied().flatten(),
+                prompt_top.get(i).cloned().unwrap_or(Value::Null),
+            );
+        }
+    }
+    let mut usage = Usage {
+        prompt_tokens: tokens.len() as u64,
+        ..Usage::default()
+    };
+    let mut finish = "length";
+    if request.max_tokens > 0 {
+        let mut rx = engine
+            .generate(GenerateRequest {
+                prompt: tokens,
+                params,
+            })
+            .map_err(|e| Error::LocalModel(e.to_string()))?;
+        loop {
+            match rx.recv().await {
+                Some(GenerateEvent::Token {
+                    text: t, logprob, ..
+                }) => {
+                    text.push_str(&t);
+                    if let Some(lp) = logprob {
+                        let top: Map<String, Value> = lp
+                            .top_logprobs
+                            .iter()
+                            .map(|a| (a.token.clone(), json!(a.logprob)))
+                            .collect();
+                        logprobs.push(lp.token.clone(), Some(lp.logprob), Value::Object(top));
+                    }
+                }
+                Some(GenerateEvent::Finished {
+                    reason,
+                    prompt_tokens,
+                    completion_tokens,
+                    cached_prompt_tokens,
+                }) => {
+                    finish = if reason == tandem_local_model::FinishReason::Length {
+                        "length"
+                    } else {
+                        "stop"
+                    };
+                    usage = Usage {
+                        prompt_tokens: prompt_tokens as u64,
+                        completion_tokens: completion_tokens as u64,
+                        cached_prompt_tokens: cached_prompt_tokens as u64,
+                        ..Usage::default()
+                    };
+                    break;
+                }
+                Some(GenerateEvent::Error(e)) => return Err(Error::LocalModel(e)),
+                None => {
+                    return Err(Error::LocalModel(
+                        "the engine stopped mid-generation".into(),
+                    ));
+                }
+            }
+        }
+    }
+    record_usage(state, &route.backend, &usage);
+    let mut choice = json!({
+        "index": 0,
+        "text": text,
+        "logprobs": if request.logprobs.is_some() { logprobs.to_json() } else { Value::Null },
+        "finish_reason": finish,
+    });
+    if request.prompt_logprobs.is_some() {
+        choice["prompt_logprobs"] = Value::Array(prompt_lp);
+    }
+    let mut usage_json = json!({"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+                                "total_tokens": usage.total_tokens()});
+    if usage.cached_prompt_tokens > 0 {
+        usage_json["prompt_tokens_details"] = json!({"cached_tokens": usage.cached_prompt_tokens});
+    }
+    Ok(json_response(&json!({
+        "id": id, "object": "text_completion", "created": created, "model": request.model,
+        "choices": [choice], "usage": usage_json,
+    })))
+}
+
+fn chunk(
+    id: &str,
+    created: u64,
+    model: &str,
+    text: &str,
+    logprobs: Value,
+    finish: Option<&str>,
+) -> Bytes {
+    let v = json!({"id": id, "object": "text_completion", "created": created, "model": model,
+                   "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}]});
+    Bytes::from(format!("data: {v}\n\n"))
+}
+
+fn stream_response(
+    state: Arc<AppState>,
+    rx: tokio::sync::mpsc::Receiver<GenerateEvent>,
+    id: String,
+    created: u64,
+    request: CompletionRequest,
+    echo_text: String,
+    backend: String,
+) -> Response {
+    struct S {
+        rx: Option<tokio::sync::mpsc::Receiver<GenerateEvent>>,
+        echo: Option<String>,
+        id: String,
+        created: u64,
+        model: String,
+        include_usage: bool,
+        state: Arc<AppState>,
+        backend: String,
+    }
+    let s = S {
+        rx: Some(rx),
+        echo: (!echo_text.is_empty()).then_some(echo_text),
+        id,
+        created,
+        model: request.model,
+        include_usage: request.include_usage,
+        state,
+        backend,
+    };
+    let frames = futures::stream::unfold(s, |mut s| async move {
+        loop {
+            if let Some(echo) = s.echo.take() {
+                return Some((
+                    Ok::<_, Infallible>(chunk(
+                        &s.id,
+                        s.created,
+                        &s.model,
+                        &echo,
+                        Value::Null,
+                        None,
+                    )),
+                    s,
+                ));
+            }
+            let rx = s.rx.as_mut()?;
+            let frame = match rx.recv().await {
+                Some(GenerateEvent::Token { text, logprob, .. }) => {
+                    if text.is_empty() && logprob.is_none() {
+                        continue;
+                    }
+                    let lp = logprob.map_or(Value::Null, |lp| {
+                        let top: Map<String, Value> = lp.top_logprobs.iter().map(|a| (a.token.clone(), json!(a.logprob))).collect();
+                        json!({"tokens": [lp.token], "token_logprobs": [lp.logprob], "top_logprobs": [top], "text_offset": [0]})
+                    });
+                    chunk(&s.id, s.created, &s.model, &text, lp, None)
+                }
+                Some(GenerateEvent::Finished {
+                    reason,
+                    prompt_tokens,
+                    completion_tokens,
+                    cached_prompt_tokens,
+                }) => {
+                    s.rx = None;
+                    let usage = Usage {
+                        prompt_tokens: prompt_tokens as u64,
+                        completion_tokens: completion_tokens as u64,
+                        cached_prompt_tokens: cached_prompt_tokens as u64,
+                        ..Usage::default()
+                    };
+                    record_usage(&s.state, &s.backend, &usage);
+                    let finish = if reason == tandem_local_model::FinishReason::Length {
+                        "length"
+                    } else {
+                        "stop"
+                    };
+                    let mut out =
+                        chunk(&s.id, s.created, &s.model, "", Value::Null, Some(finish)).to_vec();
+                    if s.include_usage {
+                        let u = json!({"id": s.id, "object": "text_completion", "created": s.created, "model": s.model, "choices": [],
+                                       "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens, "total_tokens": usage.total_tokens()}});
+                        out.extend_from_slice(format!("data: {u}\n\n").as_bytes());
+                    }
+                    out.extend_from_slice(b"data: [DONE]\n\n");
+                    Bytes::from(out)
+                }
+                Some(GenerateEvent::Error(e)) => {
+                    s.rx = None;
+                    Error::LocalModel(e).sse_frame(ApiFlavor::OpenAi)
+                }
+                None => {
+                    s.rx = None;
+                    Error::LocalModel("the engine stopped mid-generation".into())
+                        .sse_frame(ApiFlavor::OpenAi)
+                }
+            };
+            return Some((Ok(frame), s));
+        }
+    });
+    sse_response(Body::from_stream(frames.boxed()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_scoring_form() {
+        let r = decode(
+            br#"{"model":"local","prompt":[1,2,3],"prompt_logprobs":5,"echo":true,"max_tokens":0}"#,
+        )
+        .unwrap();
+        assert_eq!(r.prompt, Prompt::Tokens(vec![1, 2, 3]));
+        assert_eq!(
+            (r.prompt_logprobs, r.echo, r.max_tokens),
+            (Some(5), true, 0)
+        );
+        let r = decode(br#"{"model":"local","prompt":[[4,5]],"top_k":-1}"#).unwrap();
+        assert_eq!(r.prompt, Prompt::Tokens(vec![4, 5]));
+        assert_eq!(r.top_k, None);
+    }
+
+    #[test]
+    fn rejects_bad_requests() {
+        assert!(decode(b"{").is_err());
+        assert!(decode(br#"{"prompt":"x"}"#).is_err());
+        assert_eq!(
+            decode(br#"{"model":"m","prompt":"x","n":2}"#)
+                .unwrap_err()
+                .metric_label(),
+            "unsupported_parameter"
+        );
+        assert!(decode(br#"{"model":"m","prompt":[-1]}"#).is_err());
+        assert!(decode(br#"{"model":"m","prompt":"x","max_tokens":"ten"}"#).is_err());
+        assert!(decode(br#"{"model":"m","prompt":"x","logprobs":50}"#).is_err());
+    }
+}

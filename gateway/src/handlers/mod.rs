@@ -1,0 +1,88 @@
+//! HTTP handlers: ingress decode, dispatch, egress encode.
+
+pub mod chat;
+pub mod completions;
+pub mod ops;
+
+use axum::body::Body;
+use axum::response::Response;
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderValue, header};
+use tandem_cloud_adapters::WireError;
+
+use crate::dispatch::RouteInfo;
+use crate::error::Error;
+use crate::middleware::body_limit::BodyLimit;
+use crate::middleware::metrics::AnsweredBy;
+use crate::middleware::request_id::RequestId;
+
+/// The header that says which backend answered and why.
+pub const ROUTE_HEADER: &str = "x-tandem-route";
+
+/// Reads the whole body; a body over the limit is a 413.
+pub async fn read_body(parts: &Parts, body: Body) -> Result<Bytes, Error> {
+    axum::body::to_bytes(body, usize::MAX).await.map_err(|e| {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(s) = source {
+            if s.is::<http_body_util::LengthLimitError>() {
+                let limit = parts.extensions.get::<BodyLimit>().map_or(0, |l| l.0);
+                return Error::PayloadTooLarge { limit };
+            }
+            source = s.source();
+        }
+        Error::invalid(format!("could not read the request body: {e}"), None)
+    })
+}
+
+/// A decoding error as a 400.
+pub fn wire_error(e: WireError) -> Error {
+    Error::InvalidRequest {
+        message: e.message,
+        param: e.param,
+        code: Some(e.code),
+    }
+}
+
+/// The request's id.
+pub fn request_id(parts: &Parts) -> RequestId {
+    parts
+        .extensions
+        .get::<RequestId>()
+        .cloned()
+        .unwrap_or_else(RequestId::generate)
+}
+
+/// Adds the route header and the answering backend to a response.
+pub fn mark_route(response: &mut Response, route: &RouteInfo) {
+    response
+        .headers_mut()
+        .insert(ROUTE_HEADER, route.header_value());
+    if !route.backend.is_empty() {
+        response
+            .extensions_mut()
+            .insert(AnsweredBy(route.backend.as_str().into()));
+    }
+}
+
+/// A JSON response.
+pub fn json_response(value: &serde_json::Value) -> Response {
+    let mut response = Response::new(Body::from(value.to_string()));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// An event-stream response.
+pub fn sse_response(body: Body) -> Response {
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}

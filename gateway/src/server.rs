@@ -1,0 +1,264 @@
+//! The HTTP server: application state from config, the routes, the one middleware stack, the
+//! local model's background load, and serving with graceful shutdown.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post};
+use tandem_cloud_adapters::Provider;
+use tandem_local_model::fetch::{
+    FetchOptions, ProcessEnv as FetchEnv, fetch, find_artifact, resolve_model,
+};
+use tandem_local_model::{Engine, EngineConfig};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tower::ServiceBuilder;
+
+use crate::config::{BackendKind, Config, LocalConfig};
+use crate::executor::Executor;
+use crate::executor::cloud::CloudExecutor;
+use crate::executor::local::{LocalExecutor, LocalModel, LocalState};
+use crate::handlers::{chat, completions, ops};
+use crate::metrics::Metrics;
+use crate::middleware::{
+    auth::AuthLayer, body_limit::BodyLimitLayer, concurrency::LoadShedLayer,
+    first_token_timeout::FirstTokenTimeoutLayer, metrics::MetricsLayer, request_id::RequestIdLayer,
+    timeout::TimeoutLayer, trace,
+};
+use crate::providers::build_provider;
+use crate::state::{AppState, FeedbackSink, MemoryFeedback, RequestLog};
+
+/// How the local model gets loaded.
+#[derive(Clone, Default)]
+pub enum LocalLoad {
+    /// Fetch it if missing (unless offline), then load it in the background.
+    #[default]
+    FetchAndLoad,
+    /// Only load from the cache or a path; never use the network.
+    Offline,
+    /// Use this running engine.
+    Engine(Engine),
+}
+
+/// What [`Gateway::start`] needs besides the config.
+#[derive(Clone, Default)]
+pub struct GatewayOptions {
+    /// How to load the local model.
+    pub local: LocalLoad,
+    /// No progress bars.
+    pub quiet: bool,
+    /// Providers to use instead of building them from config, by backend name.
+    pub providers: BTreeMap<String, Arc<dyn Provider>>,
+    /// Where feedback goes (in memory when absent).
+    pub feedback: Option<Arc<dyn FeedbackSink>>,
+}
+
+/// Builds the shared state: one executor per backend, the local model (loading in the background
+/// unless given), metrics.
+pub fn build_state(config: Config, options: &GatewayOptions) -> Arc<AppState> {
+    let metrics = Arc::new(Metrics::new());
+    let local = config.local.as_ref().map(|local_cfg| {
+        let model = Arc::new(LocalModel::new(LocalState::Loading(format!(
+            "model {}",
+            local_cfg.model
+        ))));
+        match &options.local {
+            LocalLoad::Engine(engine) => model.set(LocalState::Ready(engine.clone())),
+            load => spawn_local_load(
+                model.clone(),
+                local_cfg.clone(),
+                config.cache_dir.clone(),
+                matches!(load, LocalLoad::Offline),
+                options.quiet,
+            ),
+        }
+        model
+    });
+    let mut executors: BTreeMap<String, Arc<dyn Executor>> = BTreeMap::new();
+    for (name, backend) in &config.backends {
+        let executor: Arc<dyn Executor> = match (backend.kind, &local) {
+            (BackendKind::Local, Some(model)) => {
+                Arc::new(LocalExecutor::new(backend.clone(), model.clone()))
+            }
+            (BackendKind::Local, None) => continue,
+            _ => {
+                let provider = options
+                    .providers
+                    .get(name)
+                    .cloned()
+                    .unwrap_or_else(|| build_provider(backend));
+                Arc::new(CloudExecutor::new(backend.clone(), provider))
+            }
+        };
+        executors.insert(name.clone(), executor);
+    }
+    Arc::new(AppState {
+        config: Arc::new(config),
+        executors,
+        local,
+        metrics,
+        requests: RequestLog::default(),
+        feedback: options
+            .feedback
+            .clone()
+            .unwrap_or_else(|| Arc::new(MemoryFeedback::default())),
+    })
+}
+
+/// Fetches (unless offline) and loads the local model on a background task; the engine's own
+/// thread does the loading work.
+fn spawn_local_load(
+    model: Arc<LocalModel>,
+    local: LocalConfig,
+    cache_dir: Option<PathBuf>,
+    offline: bool,
+    quiet: bool,
+) {
+    tokio::spawn(async move {
+        let mut opts = FetchOptions::from_env(&FetchEnv);
+        if let Some(dir) = cache_dir {
+            opts.cache_root = dir;
+        }
+        opts.offline |= offline;
+        opts.quiet = quiet;
+        if find_artifact(&local.model).is_some() && !opts.offline {
+            model.set(LocalState::Loading(format!("fetching {}", local.model)));
+            if let Err(e) = fetch(&opts, &local.model).await {
+                tracing::error!(error = %e, "fetching the local model failed");
+                model.set(LocalState::Failed(format!(
+                    "{e} (run `tandem models fetch {}`)",
+                    local.model
+                )));
+                return;
+            }
+        }
+        let path = match resolve_model(&opts, &local.model) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "the local model is not available");
+                model.set(LocalState::Failed(format!(
+                    "{e} (run `tandem models fetch {}`)",
+                    local.model
+                )));
+                return;
+            }
+        };
+        model.set(LocalState::Loading(format!("loading {}", path.display())));
+        let cfg = EngineConfig::new(path)
+            .threads(local.threads)
+            .kv_cache_tokens(local.kv_cache_tokens);
+        match tokio::task::spawn_blocking(move || Engine::start(cfg)).await {
+            Ok(Ok(engine)) => {
+                tracing::info!(model = %engine.info().name, "local model ready");
+                model.set(LocalState::Ready(engine));
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "loading the local model failed");
+                model.set(LocalState::Failed(e.to_string()));
+            }
+            Err(e) => model.set(LocalState::Failed(format!("loader task failed: {e}"))),
+        }
+    });
+}
+
+/// The routes and the middleware stack around them.
+pub fn router(state: Arc<AppState>) -> Router {
+    let limits = state.config.limits.clone();
+    let stack = ServiceBuilder::new()
+        .layer(RequestIdLayer) // x-request-id: taken or generated, echoed on the response
+        .layer(trace::layer()) // one tracing span per request, carrying the request id
+        .layer(MetricsLayer::new(state.metrics.clone())) // requests, latency, errors by endpoint and backend
+        .layer(AuthLayer::new(&state.config.api_key_hashes)) // 401 without a valid API key (when keys are set)
+        .layer(LoadShedLayer::new(
+            limits.max_concurrency,
+            limits.retry_after_secs,
+            Some(state.metrics.clone()),
+        )) // 429 + retry-after over the concurrency limit
+        .layer(TimeoutLayer::new(limits.request_timeout)) // total time: 504, or an error event mid-stream
+        .layer(FirstTokenTimeoutLayer::new(limits.first_token_timeout)) // a stream's first event must come in time
+        .layer(BodyLimitLayer::new(limits.max_body_bytes)); // 413 for bodies over the limit
+    Router::new()
+        .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/completions", post(completions::completions))
+        .route("/v1/messages", post(chat::messages))
+        .route("/v1/models", get(ops::models))
+        .route("/v1/feedback", post(ops::feedback))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(ops::not_found)
+        .with_state(state)
+        .layer(stack)
+}
+
+/// A running gateway.
+pub struct Gateway {
+    /// The bound address (port 0 resolved).
+    pub addr: SocketAddr,
+    /// Shared state (metrics, local model, feedback).
+    pub state: Arc<AppState>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Gateway {
+    /// Binds `config.listen` and serves in the background.
+    pub async fn start(config: Config, options: GatewayOptions) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(config.listen).await?;
+        Self::start_on(listener, config, options)
+    }
+
+    /// Serves on an already bound listener.
+    pub fn start_on(
+        listener: TcpListener,
+        config: Config,
+        options: GatewayOptions,
+    ) -> std::io::Result<Self> {
+        let addr = listener.local_addr()?;
+        let state = build_state(config, &options);
+        let app = router(state.clone());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.await;
+                })
+                .await
+        });
+        Ok(Self {
+            addr,
+            state,
+            shutdown: Some(tx),
+            task,
+        })
+    }
+
+    /// The base URL, `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting connections and waits for in-flight requests.
+    pub async fn shutdown(mut self) -> std::io::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match (&mut self.task).await {
+            Ok(r) => r,
+            Err(e) => Err(std::io::Error::other(e)),
+        }
+    }
+
+    /// Waits until the server stops (it runs until shutdown).
+    pub async fn wait(self) -> std::io::Result<()> {
+        let Self { task, shutdown, .. } = self;
+        let _keep_open = shutdown;
+        match task.await {
+            Ok(r) => r,
+            Err(e) => Err(std::io::Error::other(e)),
+        }
+    }
+}

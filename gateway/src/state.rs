@@ -1,0 +1,116 @@
+//! The application state every handler shares: config, executors by backend, the local model,
+//! metrics and the log of recent requests that feedback refers to.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::config::{BackendKind, Config};
+use crate::executor::Executor;
+use crate::executor::local::LocalModel;
+use crate::metrics::Metrics;
+
+/// How many answered requests feedback can still refer to.
+pub const REQUEST_LOG_CAPACITY: usize = 100_000;
+
+/// What the gateway remembers about an answered request.
+#[derive(Debug, Clone)]
+pub struct RequestRecord {
+    /// The model id the client asked for.
+    pub model: String,
+    /// The backend that answered.
+    pub backend: String,
+}
+
+/// Feedback a client sent about a request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Feedback {
+    /// The request it is about.
+    pub request_id: String,
+    /// A score in [0, 1] (thumbs up = 1, down = 0).
+    pub score: f64,
+    /// Whether the answer was correct, when known.
+    pub correct: Option<bool>,
+}
+
+/// A bounded map from request id to [`RequestRecord`], oldest evicted first.
+#[derive(Debug, Default)]
+pub struct RequestLog {
+    inner: Mutex<(HashMap<Arc<str>, RequestRecord>, VecDeque<Arc<str>>)>,
+}
+
+impl RequestLog {
+    /// Remembers a request.
+    pub fn insert(&self, id: Arc<str>, record: RequestRecord) {
+        let mut guard = self.inner.lock();
+        let (map, order) = &mut *guard;
+        if map.insert(id.clone(), record).is_none() {
+            order.push_back(id);
+        }
+        while order.len() > REQUEST_LOG_CAPACITY {
+            if let Some(old) = order.pop_front() {
+                map.remove(&old);
+            }
+        }
+    }
+
+    /// Looks a request up.
+    pub fn get(&self, id: &str) -> Option<RequestRecord> {
+        self.inner.lock().0.get(id).cloned()
+    }
+}
+
+/// Receives feedback (the router policy's learning hook).
+pub trait FeedbackSink: Send + Sync {
+    /// Takes one piece of feedback about a known request.
+    fn apply(&self, record: &RequestRecord, feedback: &Feedback);
+}
+
+/// Keeps the feedback in memory (for tests and when no policy learns from it).
+#[derive(Debug, Default)]
+pub struct MemoryFeedback(pub Mutex<Vec<Feedback>>);
+
+impl FeedbackSink for MemoryFeedback {
+    fn apply(&self, _record: &RequestRecord, feedback: &Feedback) {
+        self.0.lock().push(feedback.clone());
+    }
+}
+
+/// Everything handlers share.
+pub struct AppState {
+    /// The validated config.
+    pub config: Arc<Config>,
+    /// One executor per backend.
+    pub executors: BTreeMap<String, Arc<dyn Executor>>,
+    /// The local model, when a local backend is configured.
+    pub local: Option<Arc<LocalModel>>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Recently answered requests.
+    pub requests: RequestLog,
+    /// Where feedback goes.
+    pub feedback: Arc<dyn FeedbackSink>,
+}
+
+impl AppState {
+    /// Whether the gateway can serve: the local model is loaded, or none is configured.
+    pub fn ready(&self) -> bool {
+        self.local.as_ref().is_none_or(|l| l.is_ready())
+    }
+
+    /// Whether any backend is the local model.
+    pub fn has_local_backend(&self) -> bool {
+        self.executors
+            .values()
+            .any(|e| e.kind() == BackendKind::Local)
+    }
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("backends", &self.executors.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
