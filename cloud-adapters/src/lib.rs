@@ -5,8 +5,12 @@ mod error;
 mod json;
 
 pub mod anthropic;
+pub mod http;
+#[cfg(feature = "mock-server")]
+pub mod mock;
 pub mod openai;
 pub mod provider;
+pub mod providers;
 pub mod sse;
 pub mod types;
 pub mod verify;
