@@ -1,1 +1,278 @@
 //! Verify protocols: remote targets that score draft tokens after a prefix (vLLM, SGLang, Tandem).
+//!
+//! A [`Verifier`] sends the committed tokens plus a block of draft tokens to a target model and
+//! gets back, for each draft position and for the position after the draft (the bonus), the
+//! target's most likely tokens with their log probabilities. The speculative orchestrator turns
+//! those into accepted tokens with `tandem_kernels::spec`.
+//!
+//! | protocol | endpoint | prefix reuse |
+//! |---|---|---|
+//! | [`vllm::VllmVerifier`] | `POST /v1/completions` with `prompt_logprobs` | vLLM's prefix cache (when enabled for prompt logprobs) |
+//! | [`sglang::SglangVerifier`] | `POST /generate` with `logprob_start_len` | SGLang's radix cache keeps the prefix |
+//! | [`tandem::TandemVerifier`] | `POST /v1/tandem/verify` with a session id | the target keeps the session's KV between rounds |
+//!
+//! Hosted chat APIs (OpenAI, Anthropic) return no prompt log probabilities and are never offered
+//! to the speculative path: their backends are configured with [`VerifyProtocol::None`].
+
+pub mod sglang;
+pub mod tandem;
+pub mod vllm;
+
+use std::fmt;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::provider::{ProviderError, ProviderErrorKind};
+use crate::types::Usage;
+
+/// How a backend can verify draft tokens (the `verify` field of a backend's config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyProtocol {
+    /// vLLM's OpenAI-compatible `/v1/completions` with `prompt_logprobs`.
+    Vllm,
+    /// SGLang's native `/generate` with input log probabilities.
+    Sglang,
+    /// Another Tandem: session-aware `/v1/tandem/verify` (and the vLLM form on `/v1/completions`).
+    Tandem,
+    /// The backend cannot verify (hosted chat APIs); it is never a speculative target.
+    #[default]
+    None,
+}
+
+impl VerifyProtocol {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Vllm => "vllm",
+            Self::Sglang => "sglang",
+            Self::Tandem => "tandem",
+            Self::None => "none",
+        }
+    }
+
+    /// Whether a backend with this protocol may serve as a speculative target.
+    pub fn can_verify(self) -> bool {
+        self != Self::None
+    }
+}
+
+impl fmt::Display for VerifyProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for VerifyProtocol {
+    type Err = crate::Error;
+
+    fn from_str(s: &str) -> crate::Result<Self> {
+        match s {
+            "vllm" => Ok(Self::Vllm),
+            "sglang" => Ok(Self::Sglang),
+            "tandem" => Ok(Self::Tandem),
+            "none" => Ok(Self::None),
+            other => Err(crate::Error::InvalidArgument(format!(
+                "unknown verify protocol `{other}` (expected vllm, sglang, tandem or none)"
+            ))),
+        }
+    }
+}
+
+/// One verification round: score `draft` after `prefix`.
+#[derive(Debug, Clone, Copy)]
+pub struct VerifyRequest<'a> {
+    /// The target model's name as the backend knows it.
+    pub model: &'a str,
+    /// A stable id for the conversation, so a session-aware target can keep its KV cache.
+    pub session: Option<&'a str>,
+    /// Committed tokens (prompt plus accepted output), in the target's vocabulary.
+    pub prefix: &'a [u32],
+    /// Draft tokens to check, in the target's vocabulary.
+    pub draft: &'a [u32],
+    /// How many of the most likely tokens to return per position (at least 1).
+    pub top_k: u32,
+}
+
+/// The target's most likely tokens at one position: `(token id, logprob)`, best first.
+pub type TopLogprobs = Vec<(u32, f32)>;
+
+/// The target's answer to one round.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct VerifyResponse {
+    /// `draft.len() + 1` entries: the distribution predicting each draft token, then the one
+    /// after the whole draft (the bonus position). Each is best first and non-empty.
+    pub positions: Vec<TopLogprobs>,
+    /// What the backend billed for this round (input = prefix + draft, output = the bonus).
+    pub usage: Usage,
+}
+
+impl VerifyResponse {
+    /// The target's argmax at each position.
+    pub fn argmax(&self) -> Vec<u32> {
+        self.positions
+            .iter()
+            .filter_map(|p| p.first().map(|(id, _)| *id))
+            .collect()
+    }
+
+    /// Checks the shape against the request: `draft_len + 1` non-empty positions.
+    pub fn check(self, draft_len: usize, provider: &str) -> Result<Self, ProviderError> {
+        if self.positions.len() != draft_len + 1 {
+            return Err(decode_error(
+                provider,
+                format!(
+                    "verify response has {} positions, expected {}",
+                    self.positions.len(),
+                    draft_len + 1
+                ),
+            ));
+        }
+        if self.positions.iter().any(Vec::is_empty) {
+            return Err(decode_error(
+                provider,
+                "verify response has a position without log probabilities",
+            ));
+        }
+        Ok(self)
+    }
+}
+
+/// A target that scores draft tokens.
+#[async_trait]
+pub trait Verifier: Send + Sync {
+    /// The backend's configured name (for errors and metrics).
+    fn name(&self) -> &str;
+    /// The protocol spoken.
+    fn protocol(&self) -> VerifyProtocol;
+    /// Scores one block of draft tokens.
+    async fn verify(&self, req: &VerifyRequest<'_>) -> Result<VerifyResponse, ProviderError>;
+    /// Tells the target a session is over so it can free its state (default: nothing to do).
+    async fn end_session(&self, _session: &str) {}
+}
+
+/// Sorts `(id, logprob)` pairs best first; NaNs last.
+pub(crate) fn sort_best_first(top: &mut TopLogprobs) {
+    top.sort_by(|a, b| b.1.total_cmp(&a.1));
+}
+
+pub(crate) fn decode_error(provider: &str, message: impl Into<String>) -> ProviderError {
+    ProviderError::new(ProviderErrorKind::Decode, provider, message)
+}
+
+/// Turns a reqwest failure into a provider error (connect and timeout are retryable).
+pub(crate) fn transport_error(provider: &str, err: &reqwest::Error) -> ProviderError {
+    let kind = if err.is_timeout() {
+        ProviderErrorKind::Timeout
+    } else if err.is_connect() {
+        ProviderErrorKind::Connect
+    } else if err.is_decode() || err.is_body() {
+        ProviderErrorKind::Decode
+    } else {
+        ProviderErrorKind::Connect
+    };
+    ProviderError::new(kind, provider, err.to_string())
+}
+
+/// Posts `body` as JSON to `url` and returns the JSON answer, mapping failures to
+/// [`ProviderError`]s.
+pub(crate) async fn post_json(
+    client: &reqwest::Client,
+    provider: &str,
+    url: &str,
+    api_key: Option<&str>,
+    body: &serde_json::Value,
+) -> Result<(u16, serde_json::Value), ProviderError> {
+    let mut req = client.post(url).json(body);
+    if let Some(key) = api_key {
+        req = req.bearer_auth(key);
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| transport_error(provider, &e))?;
+    let status = resp.status().as_u16();
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| transport_error(provider, &e))?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+        if status >= 400 {
+            ProviderError::status(
+                status,
+                provider,
+                String::from_utf8_lossy(&bytes).into_owned(),
+            )
+        } else {
+            decode_error(provider, format!("verify response is not JSON: {e}"))
+        }
+    })?;
+    if status >= 400 {
+        let message = value
+            .pointer("/error/message")
+            .or_else(|| value.get("message"))
+            .or_else(|| value.get("error"))
+            .and_then(|m| m.as_str())
+            .unwrap_or("verify request failed")
+            .to_owned();
+        let mut err = ProviderError::status(status, provider, message);
+        err.upstream_body = Some(value);
+        return Err(err);
+    }
+    Ok((status, value))
+}
+
+/// Joins a base URL and a path without doubling the slash.
+pub(crate) fn join_url(base: &str, path: &str) -> String {
+    format!(
+        "{}/{}",
+        base.trim_end_matches('/'),
+        path.trim_start_matches('/')
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocol_parses_and_prints() {
+        for p in [
+            VerifyProtocol::Vllm,
+            VerifyProtocol::Sglang,
+            VerifyProtocol::Tandem,
+            VerifyProtocol::None,
+        ] {
+            assert_eq!(p.as_str().parse::<VerifyProtocol>().unwrap(), p);
+        }
+        assert!("openai".parse::<VerifyProtocol>().is_err());
+        assert!(!VerifyProtocol::None.can_verify());
+        assert!(VerifyProtocol::Vllm.can_verify());
+    }
+
+    #[test]
+    fn response_shape_is_checked() {
+        let ok = VerifyResponse {
+            positions: vec![vec![(1, -0.1)], vec![(2, -0.2)]],
+            usage: Usage::default(),
+        };
+        assert_eq!(ok.clone().check(1, "t").unwrap().argmax(), vec![1, 2]);
+        assert!(ok.clone().check(2, "t").is_err());
+        let hole = VerifyResponse {
+            positions: vec![vec![], vec![(2, -0.2)]],
+            usage: Usage::default(),
+        };
+        assert!(hole.check(1, "t").is_err());
+    }
+
+    #[test]
+    fn urls_join_cleanly() {
+        assert_eq!(join_url("http://h:1/", "/v1/x"), "http://h:1/v1/x");
+        assert_eq!(
+            join_url("http://h:1/v1", "completions"),
+            "http://h:1/v1/completions"
+        );
+    }
+}

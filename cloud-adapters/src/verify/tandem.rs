@@ -1,0 +1,223 @@
+//! Another Tandem as the target: the session-aware `POST /v1/tandem/verify`, and the vLLM
+//! scoring form on `/v1/completions` for calls without a session.
+//!
+//! The session form keeps the target's KV cache between rounds. Each request names the session
+//! and sends only the tokens after `base_len` (the length of the sequence both sides agree on);
+//! the target truncates its session to `base_len`, appends the new tokens, and scores the last
+//! `draft_len` of them plus the position after. When the target no longer holds `base_len` tokens
+//! for the session (restart, eviction) it answers 409 with code `session_mismatch`, and the client
+//! sends the whole sequence again.
+//!
+//! Request: `{"model", "session_id", "base_len", "tokens", "draft_len", "top_k"}`, or
+//! `{"session_id", "close": true}` to end a session.
+//! Answer: `{"session_id", "positions": [[[id, logprob], ...], ...], "usage": {...}}`.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use super::vllm::VllmVerifier;
+use super::{
+    TopLogprobs, Verifier, VerifyProtocol, VerifyRequest, VerifyResponse, decode_error, join_url,
+    post_json,
+};
+use crate::provider::ProviderError;
+use crate::types::Usage;
+
+/// The error code a target answers when it cannot continue a session from `base_len`.
+pub const SESSION_MISMATCH: &str = "session_mismatch";
+
+/// The path of the session-aware verify endpoint.
+pub const VERIFY_PATH: &str = "/v1/tandem/verify";
+
+/// A request to `/v1/tandem/verify`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TandemVerifyRequest {
+    /// The target model's name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub model: String,
+    /// The session.
+    pub session_id: String,
+    /// How many leading tokens of the session's sequence to keep.
+    #[serde(default)]
+    pub base_len: usize,
+    /// The tokens after `base_len`: newly committed ones, then the draft.
+    #[serde(default)]
+    pub tokens: Vec<u32>,
+    /// How many of `tokens` are draft tokens (at the end).
+    #[serde(default)]
+    pub draft_len: usize,
+    /// Alternatives per position (at least 1).
+    #[serde(default = "one")]
+    pub top_k: u32,
+    /// End the session instead of verifying.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub close: bool,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Usage as the target reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TandemVerifyUsage {
+    /// Tokens processed as input this round (the new tokens).
+    pub prompt_tokens: u64,
+    /// The bonus position (1).
+    pub completion_tokens: u64,
+    /// Tokens served from the session's KV.
+    pub cached_tokens: u64,
+}
+
+/// The answer of `/v1/tandem/verify`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TandemVerifyResponse {
+    /// The session.
+    pub session_id: String,
+    /// `draft_len + 1` lists of `(id, logprob)`, best first.
+    pub positions: Vec<TopLogprobs>,
+    /// What the round cost.
+    pub usage: TandemVerifyUsage,
+}
+
+/// Another Tandem as a verifier.
+#[derive(Debug)]
+pub struct TandemVerifier {
+    name: String,
+    base_url: String,
+    api_key: Option<String>,
+    client: reqwest::Client,
+    stateless: VllmVerifier,
+    /// The full sequence last sent per session, to send only what is new.
+    sent: Mutex<HashMap<String, Vec<u32>>>,
+}
+
+impl TandemVerifier {
+    /// A verifier for the Tandem at `base_url` (the server root, without `/v1`).
+    pub fn new(
+        name: impl Into<String>,
+        base_url: impl Into<String>,
+        api_key: Option<String>,
+        client: reqwest::Client,
+    ) -> Self {
+        let name = name.into();
+        let base_url = base_url.into();
+        let stateless = VllmVerifier::new(
+            name.clone(),
+            join_url(&base_url, "v1"),
+            api_key.clone(),
+            client.clone(),
+        );
+        Self {
+            name,
+            base_url,
+            api_key,
+            client,
+            stateless,
+            sent: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn post(&self, body: &TandemVerifyRequest) -> Result<serde_json::Value, ProviderError> {
+        let value =
+            serde_json::to_value(body).map_err(|e| decode_error(&self.name, e.to_string()))?;
+        let url = join_url(&self.base_url, VERIFY_PATH);
+        let (_, answer) = post_json(
+            &self.client,
+            &self.name,
+            &url,
+            self.api_key.as_deref(),
+            &value,
+        )
+        .await?;
+        Ok(answer)
+    }
+}
+
+fn is_session_mismatch(err: &ProviderError) -> bool {
+    err.status == Some(409)
+        && err
+            .upstream_body
+            .as_ref()
+            .and_then(|b| b.pointer("/error/code"))
+            .and_then(|c| c.as_str())
+            == Some(SESSION_MISMATCH)
+}
+
+#[async_trait]
+impl Verifier for TandemVerifier {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn protocol(&self) -> VerifyProtocol {
+        VerifyProtocol::Tandem
+    }
+
+    async fn verify(&self, req: &VerifyRequest<'_>) -> Result<VerifyResponse, ProviderError> {
+        let Some(session) = req.session else {
+            return self.stateless.verify(req).await;
+        };
+        let mut full = Vec::with_capacity(req.prefix.len() + req.draft.len());
+        full.extend_from_slice(req.prefix);
+        full.extend_from_slice(req.draft);
+        let base_len = {
+            let sent = self.sent.lock();
+            sent.get(session).map_or(0, |prev| {
+                prev.iter().zip(&full).take_while(|(a, b)| a == b).count()
+            })
+        };
+        // Never send an empty block: the target needs at least one token to score from.
+        let base_len = base_len.min(full.len().saturating_sub(req.draft.len().max(1)));
+        let mut body = TandemVerifyRequest {
+            model: req.model.to_owned(),
+            session_id: session.to_owned(),
+            base_len,
+            tokens: full[base_len..].to_vec(),
+            draft_len: req.draft.len(),
+            top_k: req.top_k.max(1),
+            close: false,
+        };
+        let answer = match self.post(&body).await {
+            Err(e) if is_session_mismatch(&e) && base_len > 0 => {
+                body.base_len = 0;
+                body.tokens = full.clone();
+                self.post(&body).await?
+            }
+            other => other?,
+        };
+        let parsed: TandemVerifyResponse = serde_json::from_value(answer)
+            .map_err(|e| decode_error(&self.name, format!("tandem verify response: {e}")))?;
+        self.sent.lock().insert(session.to_owned(), full);
+        let response = VerifyResponse {
+            positions: parsed.positions,
+            usage: Usage {
+                prompt_tokens: parsed.usage.prompt_tokens + parsed.usage.cached_tokens,
+                completion_tokens: parsed.usage.completion_tokens,
+                cached_prompt_tokens: parsed.usage.cached_tokens,
+                ..Usage::default()
+            },
+        };
+        response.check(req.draft.len(), &self.name)
+    }
+
+    async fn end_session(&self, session: &str) {
+        self.sent.lock().remove(session);
+        let body = TandemVerifyRequest {
+            model: String::new(),
+            session_id: session.to_owned(),
+            base_len: 0,
+            tokens: Vec::new(),
+            draft_len: 0,
+            top_k: 1,
+            close: true,
+        };
+        if let Err(e) = self.post(&body).await {
+            tracing::debug!(error = %e, "closing a verify session failed");
+        }
+    }
+}
