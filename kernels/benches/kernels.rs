@@ -1,6 +1,335 @@
-//! Kernel benchmarks (filled in below).
-#![allow(missing_docs)]
-use criterion::{Criterion, criterion_group, criterion_main};
-fn noop(_c: &mut Criterion) {}
-criterion_group!(benches, noop);
-criterion_main!(benches);
+//! Kernel benchmarks: quantized matvec per format at the SmolLM2 shapes, matmul for n = 1..256,
+//! pooled (2-thread) variants and the float ops, plus a measurement of this machine's DRAM
+//! bandwidth and FMA peak so the summary table shows each kernel as a share of the limit.
+#![allow(
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout
+)]
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+use tandem_kernels::quant::{QMatrix, QuantType, f32_to_f16};
+use tandem_kernels::{KernelPool, matmul, matvec, ops, selected_path};
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn f(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+}
+
+fn random_matrix(ty: QuantType, rows: usize, cols: usize) -> Vec<u8> {
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let bb = ty.block_bytes();
+    let mut data: Vec<u8> = (0..rows * cols / ty.block_elems() * bb)
+        .map(|_| rng.next() as u8)
+        .collect();
+    let fields: &[usize] = match ty {
+        QuantType::Q4_0 | QuantType::Q5_0 | QuantType::Q8_0 => &[0],
+        QuantType::Q6K => &[208],
+        _ => &[0, 2],
+    };
+    for b in data.chunks_exact_mut(bb) {
+        for &at in fields {
+            b[at..at + 2].copy_from_slice(&f32_to_f16(rng.f() * 0.01).to_le_bytes());
+        }
+    }
+    data
+}
+
+/// (label, rows, cols): SmolLM2-135M's matrices (rows = outputs).
+const SHAPES: [(&str, usize, usize); 4] = [
+    ("576x576", 576, 576),
+    ("576x1536", 1536, 576),
+    ("1536x576", 576, 1536),
+    ("49152x576", 49152, 576),
+];
+const FORMATS: [QuantType; 7] = [
+    QuantType::Q4_0,
+    QuantType::Q4_1,
+    QuantType::Q5_0,
+    QuantType::Q8_0,
+    QuantType::Q4K,
+    QuantType::Q5K,
+    QuantType::Q6K,
+];
+
+/// Machine limits measured in-process.
+struct Limits {
+    bw_gbs: f64,
+    peak_gflops: f64,
+}
+
+fn measure_bandwidth(pool: &KernelPool) -> f64 {
+    // 512 MiB, far beyond any cache; every page touched first.
+    let n = 128 << 20;
+    let buf = vec![1.0f32; n];
+    let parts = pool.threads();
+    let chunk = n / parts;
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let t = Instant::now();
+        pool.for_each(parts, &|p| {
+            let s = &buf[p * chunk..(p + 1) * chunk];
+            black_box(ops::dot_f32(s, s));
+        })
+        .unwrap();
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    (n * 4) as f64 / best / 1e9
+}
+
+#[cfg(target_arch = "x86_64")]
+fn measure_peak_1thread() -> f64 {
+    use std::arch::x86_64::*;
+    #[target_feature(enable = "avx512f")]
+    fn fma512(iters: usize) -> f32 {
+        let mut acc = [_mm512_set1_ps(0.0); 12];
+        let (a, b) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
+        for _ in 0..iters {
+            for v in acc.iter_mut() {
+                *v = _mm512_fmadd_ps(*v, a, b);
+            }
+        }
+        acc.iter().map(|v| _mm512_reduce_add_ps(*v)).sum()
+    }
+    #[target_feature(enable = "avx2,fma")]
+    fn fma256(iters: usize) -> f32 {
+        let mut acc = [_mm256_set1_ps(0.0); 12];
+        let (a, b) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
+        for _ in 0..iters {
+            for v in acc.iter_mut() {
+                *v = _mm256_fmadd_ps(*v, a, b);
+            }
+        }
+        let mut out = [0.0f32; 8];
+        for v in acc {
+            // SAFETY: out has 8 floats.
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr(), v) };
+        }
+        out.iter().sum()
+    }
+    let iters = 20_000_000;
+    if is_x86_feature_detected!("avx512f") {
+        let t = Instant::now();
+        // SAFETY: avx512f detected.
+        black_box(unsafe { fma512(iters) });
+        (iters * 12 * 32) as f64 / t.elapsed().as_secs_f64() / 1e9
+    } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        let t = Instant::now();
+        // SAFETY: avx2 and fma detected.
+        black_box(unsafe { fma256(iters) });
+        (iters * 12 * 16) as f64 / t.elapsed().as_secs_f64() / 1e9
+    } else {
+        1.0
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn measure_peak_1thread() -> f64 {
+    1.0
+}
+
+fn time_it(mut f: impl FnMut(), budget: Duration) -> f64 {
+    for _ in 0..3 {
+        f();
+    }
+    let mut iters = 0u32;
+    let t = Instant::now();
+    let mut best = f64::MAX;
+    while t.elapsed() < budget || iters < 5 {
+        let s = Instant::now();
+        f();
+        best = best.min(s.elapsed().as_secs_f64());
+        iters += 1;
+    }
+    best
+}
+
+fn summary(limits: &Limits, pool1: &KernelPool, pool2: &KernelPool) {
+    println!();
+    println!(
+        "kernel path {}; DRAM read {:.1} GB/s (2 threads), FMA peak {:.0} GFLOP/s (1 thread, fp32)",
+        selected_path(),
+        limits.bw_gbs,
+        limits.peak_gflops
+    );
+    println!("matvec (best of runs; weights streamed once per call)");
+    println!(
+        "{:<6} {:<10} {:>4} {:>9} {:>8} {:>7} {:>9} {:>7}",
+        "format", "shape", "thr", "µs", "GB/s", "%bw", "GFLOP/s", "%peak"
+    );
+    for ty in FORMATS {
+        for (label, rows, cols) in SHAPES {
+            if cols % ty.block_elems() != 0 {
+                continue;
+            }
+            let data = random_matrix(ty, rows, cols);
+            let w = QMatrix::new(ty, rows, cols, &data).unwrap();
+            let x: Vec<f32> = (0..cols).map(|i| (i as f32 * 0.37).sin()).collect();
+            let mut y = vec![0.0; rows];
+            for (thr, pool) in [(1, pool1), (2, pool2)] {
+                let s = time_it(
+                    || pool.matvec(&w, &x, &mut y).unwrap(),
+                    Duration::from_millis(300),
+                );
+                let gbs = data.len() as f64 / s / 1e9;
+                let gf = 2.0 * (rows * cols) as f64 / s / 1e9;
+                println!(
+                    "{:<6} {:<10} {:>4} {:>9.1} {:>8.2} {:>6.0}% {:>9.1} {:>6.1}%",
+                    format!("{ty:?}"),
+                    label,
+                    thr,
+                    s * 1e6,
+                    gbs,
+                    100.0 * gbs / limits.bw_gbs,
+                    gf,
+                    100.0 * gf / limits.peak_gflops
+                );
+            }
+        }
+    }
+    println!();
+    println!("matmul cost vs n (Q4_1 ffn_gate 576->1536 and Q8_0 head 576->49152, 2 threads)");
+    println!(
+        "{:<8} {:>5} {:>10} {:>9} {:>10} {:>8}",
+        "matrix", "n", "µs", "× n=1", "GFLOP/s", "%peak"
+    );
+    for (name, ty, rows, cols) in [
+        ("gate", QuantType::Q4_1, 1536, 576),
+        ("head", QuantType::Q8_0, 49152, 576),
+    ] {
+        let data = random_matrix(ty, rows, cols);
+        let w = QMatrix::new(ty, rows, cols, &data).unwrap();
+        let mut base = 0.0;
+        for n in [1usize, 2, 4, 8, 16, 64, 256] {
+            if name == "head" && n > 16 {
+                continue;
+            }
+            let x: Vec<f32> = (0..n * cols).map(|i| (i as f32 * 0.37).sin()).collect();
+            let mut y = vec![0.0; n * rows];
+            let s = time_it(
+                || pool2.matmul(&w, &x, n, &mut y).unwrap(),
+                Duration::from_millis(400),
+            );
+            if n == 1 {
+                base = s;
+            }
+            let gf = 2.0 * (n * rows * cols) as f64 / s / 1e9;
+            println!(
+                "{:<8} {:>5} {:>10.1} {:>9.2} {:>10.1} {:>7.1}%",
+                name,
+                n,
+                s * 1e6,
+                s / base,
+                gf,
+                100.0 * gf / limits.peak_gflops
+            );
+        }
+    }
+    println!();
+}
+
+fn benches(c: &mut Criterion) {
+    let pool1 = KernelPool::new(1).unwrap();
+    let pool2 = KernelPool::new(2).unwrap();
+    let limits = Limits {
+        bw_gbs: measure_bandwidth(&pool2),
+        peak_gflops: measure_peak_1thread(),
+    };
+    summary(&limits, &pool1, &pool2);
+
+    let mut g = c.benchmark_group("matvec");
+    g.sample_size(20)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1));
+    for ty in FORMATS {
+        for (label, rows, cols) in SHAPES {
+            if cols % ty.block_elems() != 0 {
+                continue;
+            }
+            let data = random_matrix(ty, rows, cols);
+            let w = QMatrix::new(ty, rows, cols, &data).unwrap();
+            let x: Vec<f32> = (0..cols).map(|i| (i as f32 * 0.37).sin()).collect();
+            let mut y = vec![0.0; rows];
+            g.throughput(Throughput::Bytes(data.len() as u64));
+            g.bench_function(BenchmarkId::new(format!("{ty:?}/1thr"), label), |b| {
+                b.iter(|| matvec(&w, black_box(&x), &mut y).unwrap())
+            });
+            g.bench_function(BenchmarkId::new(format!("{ty:?}/2thr"), label), |b| {
+                b.iter(|| pool2.matvec(&w, black_box(&x), &mut y).unwrap())
+            });
+        }
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("matmul");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1));
+    let (rows, cols) = (1536, 576);
+    let data = random_matrix(QuantType::Q4_1, rows, cols);
+    let w = QMatrix::new(QuantType::Q4_1, rows, cols, &data).unwrap();
+    for n in [1usize, 4, 8, 16, 256] {
+        let x: Vec<f32> = (0..n * cols).map(|i| (i as f32 * 0.37).sin()).collect();
+        let mut y = vec![0.0; n * rows];
+        g.throughput(Throughput::Elements((2 * n * rows * cols) as u64));
+        g.bench_function(BenchmarkId::new("Q4_1/576x1536/1thr", n), |b| {
+            b.iter(|| matmul(&w, black_box(&x), n, &mut y).unwrap())
+        });
+        g.bench_function(BenchmarkId::new("Q4_1/576x1536/2thr", n), |b| {
+            b.iter(|| pool2.matmul(&w, black_box(&x), n, &mut y).unwrap())
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("ops");
+    g.sample_size(20)
+        .warm_up_time(Duration::from_millis(200))
+        .measurement_time(Duration::from_millis(700));
+    for v in [49152usize, 262144] {
+        let logits: Vec<f32> = (0..v).map(|i| ((i * 7919) % 1000) as f32 * 0.01).collect();
+        g.throughput(Throughput::Bytes((v * 4) as u64));
+        g.bench_function(BenchmarkId::new("softmax", v), |b| {
+            b.iter(|| {
+                let mut l = logits.clone();
+                ops::softmax_inplace(&mut l);
+                black_box(l)
+            })
+        });
+        g.bench_function(BenchmarkId::new("argmax", v), |b| {
+            b.iter(|| ops::argmax(black_box(&logits)))
+        });
+        g.bench_function(BenchmarkId::new("top_k40", v), |b| {
+            b.iter(|| ops::top_k(black_box(&logits), 40))
+        });
+    }
+    let x: Vec<f32> = (0..576).map(|i| i as f32 * 0.01).collect();
+    let wgt = vec![1.0f32; 576];
+    let mut out = vec![0.0f32; 576];
+    g.throughput(Throughput::Bytes(576 * 4));
+    g.bench_function("rms_norm/576", |b| {
+        b.iter(|| ops::rms_norm(black_box(&x), &wgt, 1e-5, &mut out))
+    });
+    let mut q = vec![0.5f32; 576];
+    let table = ops::RopeTable::new(64, 10000.0, 4096, false, 1.0);
+    g.bench_function("rope_table/9x64", |b| {
+        b.iter(|| table.apply(black_box(&mut q), 9, 100))
+    });
+    g.bench_function("rope/9x64", |b| {
+        b.iter(|| ops::rope_inplace(black_box(&mut q), 9, 64, 100, 10000.0, false))
+    });
+    g.finish();
+}
+
+criterion_group!(kernel_benches, benches);
+criterion_main!(kernel_benches);

@@ -21,6 +21,8 @@ pub struct CpuFeatures {
     pub avx512vnni: bool,
     /// x86 AVX-VNNI (VEX-encoded 256-bit int8 dot products).
     pub avxvnni: bool,
+    /// x86 AVX-512 BF16 (bfloat16 dot products).
+    pub avx512bf16: bool,
     /// aarch64 Advanced SIMD.
     pub neon: bool,
     /// aarch64 int8 dot product instructions.
@@ -44,6 +46,9 @@ pub(crate) enum Path {
     /// AVX-512 BW/VL + AVX-512 VNNI `vpdpbusd` (32 registers).
     #[cfg(target_arch = "x86_64")]
     Avx512Vnni,
+    /// As `Avx512Vnni` for matvec; multi-row matmul in bf16 with `vdpbf16ps`.
+    #[cfg(target_arch = "x86_64")]
+    Avx512Bf16,
     /// aarch64 NEON.
     #[cfg(target_arch = "aarch64")]
     Neon,
@@ -61,6 +66,8 @@ impl Path {
             Path::Avx512 => "avx512",
             #[cfg(target_arch = "x86_64")]
             Path::Avx512Vnni => "avx512+vnni",
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512Bf16 => "avx512+vnni+bf16",
             #[cfg(target_arch = "aarch64")]
             Path::Neon => "neon",
         }
@@ -74,6 +81,9 @@ impl Path {
         {
             let base = f.avx2 && f.fma && f.f16c;
             let avx512 = base && f.avx512f && f.avx512bw && f.avx512vl;
+            if avx512 && f.avx512vnni && f.avx512bf16 {
+                v.push(Path::Avx512Bf16);
+            }
             if avx512 && f.avx512vnni {
                 v.push(Path::Avx512Vnni);
             }
@@ -114,6 +124,7 @@ fn detect() -> CpuFeatures {
         avx512vl: std::arch::is_x86_feature_detected!("avx512vl"),
         avx512vnni: std::arch::is_x86_feature_detected!("avx512vnni"),
         avxvnni: std::arch::is_x86_feature_detected!("avxvnni"),
+        avx512bf16: std::arch::is_x86_feature_detected!("avx512bf16"),
         neon: false,
         dotprod: false,
     }

@@ -9,7 +9,7 @@ use crate::qdot::QActs;
 use crate::quant::QMatrix;
 use std::cell::UnsafeCell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
@@ -21,12 +21,15 @@ const SPIN: Duration = Duration::from_micros(200);
 type Job = *const (dyn Fn(usize) + Sync + 'static);
 
 struct Shared {
-    /// Bumped once per job; workers compare it with the last one they ran.
-    generation: AtomicUsize,
-    /// The current job; written only while no worker is running one.
+    /// Generation (high 32 bits), closed flag (bit 31) and number of workers that entered the
+    /// job (low bits). A worker may enter only an open job; the caller closes it once every
+    /// chunk is claimed and then waits only for the workers that entered, so a worker that was
+    /// descheduled never delays a call.
+    state: AtomicU64,
+    /// The current job; written only while no worker is inside one.
     job: UnsafeCell<Option<Job>>,
-    /// Workers that have not finished the current job.
-    pending: AtomicUsize,
+    /// Workers that finished the current job.
+    done: AtomicUsize,
     /// Per worker: parked (or about to park) and needs an unpark.
     sleeping: Vec<AtomicBool>,
     /// Worker thread handles, for unpark.
@@ -35,8 +38,11 @@ struct Shared {
     panicked: AtomicBool,
 }
 
-// SAFETY: `job` is written by the caller only while every worker is idle (pending == 0 and no
-// new generation published) and read by workers only after the generation bump that publishes it.
+const CLOSED: u64 = 1 << 31;
+const ENTERED: u64 = CLOSED - 1;
+
+// SAFETY: `job` is written by the caller only while no worker is inside a job (all that entered
+// are done) and read by a worker only after entering the open job that publishes it.
 unsafe impl Sync for Shared {}
 // SAFETY: see above; the raw job pointer is only dereferenced under that protocol.
 unsafe impl Send for Shared {}
@@ -76,9 +82,9 @@ impl KernelPool {
             ));
         }
         let shared = Arc::new(Shared {
-            generation: AtomicUsize::new(0),
+            state: AtomicU64::new(CLOSED),
             job: UnsafeCell::new(None),
-            pending: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
             sleeping: (0..threads).map(|_| AtomicBool::new(false)).collect(),
             threads: OnceLock::new(),
             shutdown: AtomicBool::new(false),
@@ -222,8 +228,9 @@ impl KernelPool {
         self.run(&job)
     }
 
-    /// Runs `f(thread_index)` on every thread of the pool, the caller as index 0. The caller
-    /// must hold `self.acts` (which serializes jobs).
+    /// Runs `f(thread_index)` on the caller (index 0) and on every worker that wakes up in
+    /// time. `f` must be a work-stealing loop: any subset of threads completes the work. The
+    /// caller must hold `self.acts` (which serializes jobs).
     fn run(&self, f: &(dyn Fn(usize) + Sync)) -> Result<()> {
         let s = &*self.shared;
         if self.threads == 1 {
@@ -231,12 +238,14 @@ impl KernelPool {
             return Ok(());
         }
         let job: *const (dyn Fn(usize) + Sync + '_) = f;
-        // SAFETY: the pointer outlives every use: we wait below until all workers finished.
+        // SAFETY: the pointer outlives every use: workers enter only until the job is closed
+        // below, and we wait for all that entered.
         let job: Job = unsafe { std::mem::transmute(job) };
-        // SAFETY: no worker reads `job` until the generation bump below.
+        // SAFETY: the previous job is closed and every worker that entered it is done.
         unsafe { *s.job.get() = Some(job) };
-        s.pending.store(self.threads - 1, Ordering::Relaxed);
-        s.generation.fetch_add(1, Ordering::SeqCst);
+        s.done.store(0, Ordering::Relaxed);
+        let generation = (s.state.load(Ordering::Relaxed) >> 32).wrapping_add(1) & 0xFFFF_FFFF;
+        s.state.store(generation << 32, Ordering::SeqCst);
         if let Some(threads) = s.threads.get() {
             for (i, t) in threads.iter().enumerate() {
                 if s.sleeping[i + 1].load(Ordering::SeqCst) {
@@ -245,9 +254,10 @@ impl KernelPool {
             }
         }
         let mine = catch_unwind(AssertUnwindSafe(|| f(0)));
+        let entered = (s.state.fetch_or(CLOSED, Ordering::AcqRel) & ENTERED) as usize;
         let start = Instant::now();
         let mut spins = 0u32;
-        while s.pending.load(Ordering::Acquire) != 0 {
+        while s.done.load(Ordering::Acquire) < entered {
             spins = spins.wrapping_add(1);
             if spins.is_multiple_of(64) && start.elapsed() > SPIN {
                 std::thread::yield_now();
@@ -255,7 +265,7 @@ impl KernelPool {
                 std::hint::spin_loop();
             }
         }
-        // SAFETY: every worker is done with the job.
+        // SAFETY: every worker that entered is done; no other can enter a closed job.
         unsafe { *s.job.get() = None };
         if mine.is_err() || s.panicked.swap(false, Ordering::AcqRel) {
             return Err(Error::Pool("a kernel task panicked".into()));
@@ -268,7 +278,8 @@ impl Drop for KernelPool {
     fn drop(&mut self) {
         let s = &*self.shared;
         s.shutdown.store(true, Ordering::SeqCst);
-        s.generation.fetch_add(1, Ordering::SeqCst);
+        let generation = (s.state.load(Ordering::Relaxed) >> 32).wrapping_add(1) & 0xFFFF_FFFF;
+        s.state.store(generation << 32, Ordering::SeqCst);
         for h in &self.handles {
             h.thread().unpark();
         }
@@ -279,38 +290,51 @@ impl Drop for KernelPool {
 }
 
 fn worker(s: Arc<Shared>, idx: usize) {
-    let mut seen = 0usize;
+    let mut seen = 0u64;
+    let mut start = Instant::now();
+    let mut spins = 0u32;
     loop {
-        let start = Instant::now();
-        let mut spins = 0u32;
-        loop {
-            let g = s.generation.load(Ordering::Acquire);
-            if g != seen {
-                seen = g;
-                break;
+        let st = s.state.load(Ordering::Acquire);
+        let generation = st >> 32;
+        if generation != seen {
+            if s.shutdown.load(Ordering::Acquire) {
+                return;
             }
-            spins = spins.wrapping_add(1);
-            if !spins.is_multiple_of(64) || start.elapsed() < SPIN {
-                std::hint::spin_loop();
+            if st & CLOSED != 0 {
+                // Finished without us.
+                seen = generation;
                 continue;
             }
-            s.sleeping[idx].store(true, Ordering::SeqCst);
-            if s.generation.load(Ordering::SeqCst) == seen {
-                std::thread::park();
+            if s.state
+                .compare_exchange_weak(st, st + 1, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+            {
+                continue;
             }
-            s.sleeping[idx].store(false, Ordering::SeqCst);
-        }
-        if s.shutdown.load(Ordering::Acquire) {
-            return;
-        }
-        // SAFETY: published by the generation bump; the caller keeps it alive until pending is 0.
-        if let Some(job) = unsafe { *s.job.get() } {
-            // SAFETY: as above.
-            let r = catch_unwind(AssertUnwindSafe(|| unsafe { (*job)(idx) }));
-            if r.is_err() {
-                s.panicked.store(true, Ordering::Release);
+            seen = generation;
+            // SAFETY: published before the job was opened; the caller keeps it alive until
+            // `done` counts us.
+            if let Some(job) = unsafe { *s.job.get() } {
+                // SAFETY: as above.
+                let r = catch_unwind(AssertUnwindSafe(|| unsafe { (*job)(idx) }));
+                if r.is_err() {
+                    s.panicked.store(true, Ordering::Release);
+                }
             }
+            s.done.fetch_add(1, Ordering::Release);
+            start = Instant::now();
+            spins = 0;
+            continue;
         }
-        s.pending.fetch_sub(1, Ordering::Release);
+        spins = spins.wrapping_add(1);
+        if !spins.is_multiple_of(64) || start.elapsed() < SPIN {
+            std::hint::spin_loop();
+            continue;
+        }
+        s.sleeping[idx].store(true, Ordering::SeqCst);
+        if s.state.load(Ordering::SeqCst) >> 32 == seen {
+            std::thread::park();
+        }
+        s.sleeping[idx].store(false, Ordering::SeqCst);
     }
 }

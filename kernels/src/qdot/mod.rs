@@ -30,6 +30,8 @@ pub(crate) struct QActs {
     pub(crate) d: Vec<f32>,
     /// `n * cols/32 * 2` half sums, `d * Σ a` over each 16-element half.
     pub(crate) s: Vec<f32>,
+    /// `n * cols` bf16 activations, filled instead of the int8 ones by the BF16 matmul path.
+    pub(crate) bf: Vec<u16>,
 }
 
 impl QActs {
@@ -42,6 +44,14 @@ impl QActs {
         let nb = cols / QK;
         self.n = n;
         self.cols = cols;
+        #[cfg(target_arch = "x86_64")]
+        if path == Path::Avx512Bf16 && n > 1 {
+            self.bf.resize(n * cols, 0);
+            // SAFETY: this path is only selected with AVX-512 F/BW/VL and BF16.
+            unsafe { x86::bf16::acts_to_bf16(&x[..n * cols], &mut self.bf) };
+            return;
+        }
+        self.bf.clear();
         self.qs.resize(n * cols, 0);
         self.d.resize(n * nb, 0.0);
         self.s.resize(n * nb * 2, 0.0);
@@ -52,7 +62,7 @@ impl QActs {
             let s = &mut self.s[t * nb * 2..(t + 1) * nb * 2];
             match path {
                 #[cfg(target_arch = "x86_64")]
-                Path::Avx2 | Path::AvxVnni | Path::Avx512 | Path::Avx512Vnni => {
+                Path::Avx2 | Path::AvxVnni | Path::Avx512 | Path::Avx512Vnni | Path::Avx512Bf16 => {
                     // SAFETY: these paths are only selected when AVX2 is detected.
                     unsafe { x86::quantize_acts_avx2(xs, qs, d, s) }
                 }
@@ -119,6 +129,12 @@ pub(crate) fn kernels(path: Path) -> Kernels {
             path,
             matvec_rows: x86::avx512::matvec_rows,
             matmul_rows: x86::avx512::matmul_rows,
+        },
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx512Bf16 => Kernels {
+            path,
+            matvec_rows: x86::avx512vnni::matvec_rows,
+            matmul_rows: x86::bf16::matmul_rows,
         },
         #[cfg(target_arch = "x86_64")]
         Path::Avx512Vnni => Kernels {
