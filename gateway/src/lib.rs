@@ -1,6 +1,7 @@
 //! Tandem gateway library: config, the HTTP server and its middleware, ingress/egress through the
 //! cloud adapters' wire formats, executors (local model, cloud providers), metrics and benches.
 
+pub mod bench;
 pub mod config;
 pub mod dispatch;
 pub mod error;
@@ -10,6 +11,7 @@ pub mod metrics;
 pub mod middleware;
 pub mod providers;
 pub mod server;
+pub mod speculative;
 pub mod state;
 
 pub use error::{Error, Result};

@@ -1,31 +1,143 @@
-//! Builds the cloud provider for each configured backend.
+//! Builds the cloud provider for each configured backend from the cloud adapters: OpenAI and
+//! OpenAI-compatible servers, Azure (one deployment per mapped model) and Anthropic.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use tandem_cloud_adapters::http::{HttpConfig, build_client};
+use tandem_cloud_adapters::providers::anthropic::{Anthropic, AnthropicConfig};
+use tandem_cloud_adapters::providers::openai_compatible::{
+    Flavour, OpenAiCompatible, OpenAiCompatibleConfig,
+};
 use tandem_cloud_adapters::{
     ChatRequest, ChatResponse, EventStream, Provider, ProviderError, ProviderErrorKind, WireFormat,
 };
 
 use crate::config::{BackendConfig, BackendKind};
 
-/// The provider for a cloud backend.
+/// The provider for a cloud backend. A backend whose client cannot be built gets a provider
+/// that fails every call with the reason, so one bad backend does not stop the others.
 pub fn build_provider(config: &BackendConfig) -> Arc<dyn Provider> {
-    let format = match config.kind {
-        BackendKind::Anthropic => WireFormat::Anthropic,
-        _ => WireFormat::OpenAi,
-    };
-    Arc::new(Unavailable {
-        name: config.name.clone(),
-        format,
-    })
+    match try_build(config) {
+        Ok(p) => p,
+        Err(message) => {
+            tracing::error!(backend = %config.name, %message, "backend unusable");
+            Arc::new(Unavailable {
+                name: config.name.clone(),
+                format: format_of(config.kind),
+                message,
+            })
+        }
+    }
 }
 
-/// A provider that cannot be reached from this build; every call fails with a clear error.
+fn format_of(kind: BackendKind) -> WireFormat {
+    match kind {
+        BackendKind::Anthropic => WireFormat::Anthropic,
+        _ => WireFormat::OpenAi,
+    }
+}
+
+fn try_build(config: &BackendConfig) -> Result<Arc<dyn Provider>, String> {
+    let http = HttpConfig {
+        connect_timeout: config.connect_timeout,
+        read_timeout: config.request_timeout,
+        ..HttpConfig::default()
+    };
+    let client = build_client(&http).map_err(|e| e.to_string())?;
+    let base_url = config
+        .base_url
+        .clone()
+        .ok_or_else(|| "no base_url".to_owned())?;
+    match config.kind {
+        BackendKind::Local => Err("a local backend has no provider".into()),
+        BackendKind::OpenAi | BackendKind::OpenAiCompatible => {
+            let mut c = OpenAiCompatibleConfig::new(config.name.clone(), base_url);
+            c.api_key = config.api_key.clone();
+            c.http = http;
+            Ok(Arc::new(
+                OpenAiCompatible::with_client(c, client).map_err(|e| e.to_string())?,
+            ))
+        }
+        BackendKind::Azure => {
+            let api_version = config.api_version.clone().unwrap_or_default();
+            let mut deployments = BTreeMap::new();
+            for deployment in config.models.values() {
+                let mut c = OpenAiCompatibleConfig::new(config.name.clone(), base_url.clone());
+                c.api_key = config.api_key.clone();
+                c.http = http.clone();
+                c.flavour = Flavour::Azure {
+                    deployment: deployment.clone(),
+                    api_version: api_version.clone(),
+                };
+                let p =
+                    OpenAiCompatible::with_client(c, client.clone()).map_err(|e| e.to_string())?;
+                deployments.insert(deployment.clone(), Arc::new(p) as Arc<dyn Provider>);
+            }
+            Ok(Arc::new(AzureDeployments {
+                name: config.name.clone(),
+                deployments,
+            }))
+        }
+        BackendKind::Anthropic => {
+            let mut c = AnthropicConfig::new(config.name.clone(), base_url);
+            c.api_key = config.api_key.clone();
+            c.http = http;
+            Ok(Arc::new(
+                Anthropic::with_client(c, client).map_err(|e| e.to_string())?,
+            ))
+        }
+    }
+}
+
+/// Azure serves each model from its own deployment URL: one provider per deployment, picked by
+/// the (already mapped) model name.
+struct AzureDeployments {
+    name: String,
+    deployments: BTreeMap<String, Arc<dyn Provider>>,
+}
+
+impl AzureDeployments {
+    fn pick(&self, req: &ChatRequest) -> Result<&Arc<dyn Provider>, ProviderError> {
+        self.deployments.get(&req.model).ok_or_else(|| {
+            ProviderError::new(
+                ProviderErrorKind::Unsupported,
+                self.name.clone(),
+                format!(
+                    "no Azure deployment is mapped for model `{}` (add it to the backend's models)",
+                    req.model
+                ),
+            )
+        })
+    }
+}
+
+#[async_trait]
+impl Provider for AzureDeployments {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn format(&self) -> WireFormat {
+        WireFormat::OpenAi
+    }
+
+    async fn chat(&self, req: &ChatRequest) -> Result<ChatResponse, ProviderError> {
+        self.pick(req)?.chat(req).await
+    }
+
+    async fn chat_stream(&self, req: &ChatRequest) -> Result<EventStream, ProviderError> {
+        self.pick(req)?.chat_stream(req).await
+    }
+}
+
+/// A backend that cannot be used; every call fails with the reason.
 #[derive(Debug)]
 struct Unavailable {
     name: String,
     format: WireFormat,
+    message: String,
 }
 
 impl Unavailable {
@@ -33,7 +145,7 @@ impl Unavailable {
         ProviderError::new(
             ProviderErrorKind::Unsupported,
             self.name.clone(),
-            "no client for this backend kind in this build",
+            self.message.clone(),
         )
     }
 }

@@ -1,0 +1,7 @@
+//! `tandem bench ...`: benchmarks that print a table with their peer and the ratio. Not tests.
+
+mod local;
+mod overhead;
+
+pub use local::run_local;
+pub use overhead::{OverheadArgs, run_overhead};

@@ -1,0 +1,343 @@
+//! The speculative decoding loop: draft, verify remotely, accept, stream, adapt.
+//!
+//! Each round the policy picks a draft length `k`; the drafter proposes up to `k` tokens after
+//! the committed sequence; the verifier scores them in one call; `tandem_kernels::spec` decides
+//! how many survive and which token the target adds. While a verification is in flight the
+//! drafter already drafts the block after the current draft, assuming it is accepted; that block
+//! is used when the target's bonus token equals its first token and discarded otherwise. When
+//! the policy finds that plain streaming from the target is faster (high round trip, low
+//! acceptance), the rest of the answer is streamed plainly.
+
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use tandem_cloud_adapters::ProviderError;
+use tandem_cloud_adapters::verify::{Verifier, VerifyRequest};
+use tandem_kernels::spec::{self, Exactness, SamplingParams, SparseDist};
+use tandem_local_model::draft::Drafter;
+
+use super::policy::DraftPolicy;
+use crate::error::{Error, Result};
+
+/// A target that can also stream plainly (the fallback when speculation does not pay).
+#[async_trait]
+pub trait PlainStreamer: Send + Sync {
+    /// Streams up to `max_tokens` greedy tokens after `context`, in the target's ids.
+    async fn stream(
+        &self,
+        context: &[u32],
+        max_tokens: usize,
+    ) -> std::result::Result<
+        BoxStream<'static, std::result::Result<u32, ProviderError>>,
+        ProviderError,
+    >;
+}
+
+/// Per-request settings.
+#[derive(Debug, Clone)]
+pub struct SpecOptions {
+    /// The target model's name.
+    pub model: String,
+    /// Session id for session-aware targets.
+    pub session: Option<String>,
+    /// Most tokens to generate.
+    pub max_tokens: usize,
+    /// Tokens that end the answer (included in the output, as the target emits them).
+    pub eos: Vec<u32>,
+    /// Alternatives per position asked of the target.
+    pub top_k: u32,
+    /// Draft the next block while a verification is in flight.
+    pub pipeline: bool,
+    /// The target's sampling settings (greedy by default).
+    pub sampling: SamplingParams,
+    /// Seed of the acceptance sampler.
+    pub seed: u64,
+    /// Accept distributions truncated to the returned top-k (not lossless) instead of failing.
+    pub allow_truncated: bool,
+}
+
+impl SpecOptions {
+    /// Greedy decoding of `max_tokens` tokens with `model`.
+    pub fn greedy(model: impl Into<String>, max_tokens: usize) -> Self {
+        Self {
+            model: model.into(),
+            session: None,
+            max_tokens,
+            eos: Vec::new(),
+            top_k: 1,
+            pipeline: true,
+            sampling: SamplingParams::GREEDY,
+            seed: 0,
+            allow_truncated: false,
+        }
+    }
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpecFinish {
+    /// An end token.
+    Stop,
+    /// `max_tokens`.
+    Length,
+}
+
+/// What one request did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SpecReport {
+    /// The generated tokens.
+    pub tokens: Vec<u32>,
+    /// Why it ended (`None` only for an empty request).
+    pub finish: Option<SpecFinish>,
+    /// Verify rounds.
+    pub rounds: u64,
+    /// Draft tokens sent for verification.
+    pub drafted: u64,
+    /// Draft tokens accepted.
+    pub accepted: u64,
+    /// Blocks drafted while a verification was in flight and then used.
+    pub pipelined_hits: u64,
+    /// Tokens streamed plainly after falling back.
+    pub plain_tokens: u64,
+    /// Target input tokens billed (cached ones included).
+    pub target_input_tokens: u64,
+    /// Target input tokens served from its cache.
+    pub target_cached_input_tokens: u64,
+    /// Target output tokens billed.
+    pub target_output_tokens: u64,
+    /// Whether the policy switched to plain streaming.
+    pub fell_back: bool,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+impl SpecReport {
+    /// Accepted over drafted.
+    pub fn acceptance_rate(&self) -> f64 {
+        ratio(self.accepted, self.drafted)
+    }
+
+    /// Draft tokens accepted per round.
+    pub fn mean_accepted(&self) -> f64 {
+        ratio(self.accepted, self.rounds)
+    }
+
+    /// Draft tokens sent per round (the chosen draft length).
+    pub fn mean_draft_len(&self) -> f64 {
+        ratio(self.drafted, self.rounds)
+    }
+}
+
+fn ratio(a: u64, b: u64) -> f64 {
+    if b == 0 { 0.0 } else { a as f64 / b as f64 }
+}
+
+/// A splitmix64 stream of uniforms for the acceptance sampler.
+struct Uniforms(u64);
+
+impl Uniforms {
+    fn next(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Maps a verifier or streamer failure to the gateway's error.
+pub(crate) fn upstream(e: ProviderError) -> Error {
+    Error::Upstream(Box::new(crate::error::UpstreamError {
+        backend: e.provider.clone(),
+        status: e.status,
+        message: e.message.clone(),
+        kind: e.kind.as_str(),
+        retryable: e.retryable,
+        upstream_type: None,
+    }))
+}
+
+fn local(e: tandem_local_model::Error) -> Error {
+    Error::LocalModel(e.to_string())
+}
+
+/// Runs speculative decoding for one request; `on_tokens` sees each confirmed block.
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    drafter: &mut dyn Drafter,
+    verifier: &dyn Verifier,
+    plain: Option<&dyn PlainStreamer>,
+    policy: &mut DraftPolicy,
+    prompt: &[u32],
+    opts: &SpecOptions,
+    on_tokens: &mut (dyn FnMut(&[u32]) + Send),
+) -> Result<SpecReport> {
+    let start = Instant::now();
+    let mut report = SpecReport::default();
+    if prompt.is_empty() {
+        return Err(Error::invalid("prompt is empty", Some("prompt")));
+    }
+    let mut context = prompt.to_vec();
+    let mut uniforms = Uniforms(opts.seed ^ 0x5EED);
+    let mut ready_draft: Option<Vec<u32>> = None;
+    while report.tokens.len() < opts.max_tokens && report.finish.is_none() {
+        let remaining = opts.max_tokens - report.tokens.len();
+        let mut k = policy.choose(remaining);
+        if k == 0 {
+            if let Some(plain) = plain {
+                report.fell_back = true;
+                stream_plainly(plain, policy, &mut context, opts, &mut report, on_tokens).await?;
+                break;
+            }
+            k = 1;
+        }
+        let draft = match ready_draft.take() {
+            Some(mut d) => {
+                d.truncate(k);
+                d
+            }
+            None => {
+                let t = Instant::now();
+                let d = drafter.draft(&context, k).await.map_err(local)?;
+                policy.observe_draft(d.len(), t.elapsed());
+                d
+            }
+        };
+        let request = VerifyRequest {
+            model: &opts.model,
+            session: opts.session.as_deref(),
+            prefix: &context,
+            draft: &draft,
+            top_k: opts.top_k.max(1),
+        };
+        let verify_start = Instant::now();
+        let mut extended = Vec::new();
+        let (verified, next) = if opts.pipeline && !draft.is_empty() && draft.len() < remaining {
+            extended.extend_from_slice(&context);
+            extended.extend_from_slice(&draft);
+            let next_k = k + 1;
+            let ahead = async {
+                let t = Instant::now();
+                let r = drafter.draft(&extended, next_k).await;
+                (r, t.elapsed())
+            };
+            let (v, (d, dt)) = tokio::join!(verifier.verify(&request), ahead);
+            if let Ok(d) = &d {
+                policy.observe_draft(d.len(), dt);
+            }
+            (v, d.ok())
+        } else {
+            (verifier.verify(&request).await, None)
+        };
+        let verified = verified.map_err(upstream)?;
+        policy.observe_verify(verify_start.elapsed());
+        let acceptance = if opts.sampling.is_greedy() {
+            spec::accept_greedy(&draft, &verified.argmax())
+        } else {
+            let mut targets = Vec::with_capacity(verified.positions.len());
+            for top in &verified.positions {
+                let (dist, exactness) =
+                    spec::target_dist(top, &opts.sampling, opts.top_k as usize)
+                        .map_err(|e| Error::Internal(e.to_string()))?;
+                if exactness == Exactness::Truncated && !opts.allow_truncated {
+                    return Err(Error::invalid(
+                        "speculative sampling is lossless only with top_k at most the verifier's returned top-k; set top_k or use greedy decoding",
+                        Some("top_k"),
+                    ));
+                }
+                targets.push(dist);
+            }
+            let proposals: Vec<SparseDist> = draft.iter().map(|&t| SparseDist::point(t)).collect();
+            spec::accept_sampled(&draft, &proposals, &targets, &mut || uniforms.next())
+        }
+        .map_err(|e| Error::Internal(e.to_string()))?;
+        report.rounds += 1;
+        report.drafted += draft.len() as u64;
+        report.accepted += acceptance.accepted as u64;
+        report.target_input_tokens += verified.usage.prompt_tokens;
+        report.target_cached_input_tokens += verified.usage.cached_prompt_tokens;
+        report.target_output_tokens += verified.usage.completion_tokens;
+        policy.observe_round(draft.len(), acceptance.accepted);
+
+        let mut block: Vec<u32> = draft[..acceptance.accepted].to_vec();
+        block.push(acceptance.next_token);
+        let all_accepted = acceptance.all_accepted(draft.len());
+        commit(&mut block, &mut context, opts, &mut report, on_tokens);
+        // The block drafted ahead is valid only if the target's bonus is its first token.
+        if all_accepted && report.finish.is_none() {
+            if let Some(ahead) = next {
+                if ahead.first() == Some(&acceptance.next_token) && ahead.len() > 1 {
+                    report.pipelined_hits += 1;
+                    ready_draft = Some(ahead[1..].to_vec());
+                }
+            }
+        }
+    }
+    drafter.close().await;
+    if let Some(session) = &opts.session {
+        verifier.end_session(session).await;
+    }
+    report.elapsed = start.elapsed();
+    Ok(report)
+}
+
+/// Appends a confirmed block, stopping at an end token or the length limit.
+fn commit(
+    block: &mut Vec<u32>,
+    context: &mut Vec<u32>,
+    opts: &SpecOptions,
+    report: &mut SpecReport,
+    on_tokens: &mut (dyn FnMut(&[u32]) + Send),
+) {
+    let remaining = opts.max_tokens - report.tokens.len();
+    if let Some(pos) = block.iter().position(|t| opts.eos.contains(t)) {
+        if pos < remaining {
+            block.truncate(pos + 1);
+            report.finish = Some(SpecFinish::Stop);
+        }
+    }
+    if block.len() >= remaining {
+        block.truncate(remaining);
+        report.finish.get_or_insert(SpecFinish::Length);
+    }
+    context.extend_from_slice(block);
+    report.tokens.extend_from_slice(block);
+    on_tokens(block);
+}
+
+async fn stream_plainly(
+    plain: &dyn PlainStreamer,
+    policy: &mut DraftPolicy,
+    context: &mut Vec<u32>,
+    opts: &SpecOptions,
+    report: &mut SpecReport,
+    on_tokens: &mut (dyn FnMut(&[u32]) + Send),
+) -> Result<()> {
+    let remaining = opts.max_tokens - report.tokens.len();
+    let mut stream = plain.stream(context, remaining).await.map_err(upstream)?;
+    report.target_input_tokens += context.len() as u64;
+    let mut last = Instant::now();
+    while let Some(token) = stream.next().await {
+        let token = token.map_err(upstream)?;
+        policy.observe_plain(last.elapsed());
+        last = Instant::now();
+        report.plain_tokens += 1;
+        report.target_output_tokens += 1;
+        let mut block = vec![token];
+        commit(&mut block, context, opts, report, on_tokens);
+        if report.finish.is_some() {
+            break;
+        }
+    }
+    if report.finish.is_none() {
+        report.finish = Some(if report.tokens.len() >= opts.max_tokens {
+            SpecFinish::Length
+        } else {
+            SpecFinish::Stop
+        });
+    }
+    Ok(())
+}

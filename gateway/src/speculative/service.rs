@@ -1,0 +1,397 @@
+//! The target side of the Tandem verify protocol: `POST /v1/tandem/verify` over an engine's
+//! sessions (the KV cache stays between rounds, so each round runs only the new tokens), and
+//! `POST /v1/tandem/generate`, plain greedy streaming of token ids (the fallback and the
+//! target-only baseline).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt};
+use parking_lot::Mutex;
+use serde::Deserialize;
+use serde_json::json;
+use tandem_cloud_adapters::ProviderError;
+use tandem_cloud_adapters::provider::ProviderErrorKind;
+use tandem_cloud_adapters::verify::tandem::{
+    SESSION_MISMATCH, TandemVerifyRequest, TandemVerifyResponse, TandemVerifyUsage, VERIFY_PATH,
+};
+use tandem_local_model::{Engine, GenerateEvent, GenerateRequest, SamplingParams, SessionId};
+
+use super::decoder::PlainStreamer;
+
+/// The path of the plain token stream.
+pub const GENERATE_PATH: &str = "/v1/tandem/generate";
+
+struct SessionEntry {
+    id: SessionId,
+    tokens: Vec<u32>,
+    last_used: Instant,
+}
+
+/// Verify sessions over one engine.
+pub struct VerifyState {
+    engine: Engine,
+    sessions: Mutex<HashMap<String, SessionEntry>>,
+    max_sessions: usize,
+}
+
+impl std::fmt::Debug for VerifyState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifyState")
+            .field("sessions", &self.sessions.lock().len())
+            .finish()
+    }
+}
+
+/// Why a verify call was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VerifyFailure {
+    /// The request is malformed (400).
+    Invalid(String),
+    /// The session does not hold `base_len` tokens (409, `session_mismatch`).
+    SessionMismatch(String),
+    /// The engine failed (500).
+    Engine(String),
+}
+
+impl IntoResponse for VerifyFailure {
+    fn into_response(self) -> Response {
+        let (status, kind, code, message) = match self {
+            Self::Invalid(m) => (StatusCode::BAD_REQUEST, "invalid_request_error", None, m),
+            Self::SessionMismatch(m) => (
+                StatusCode::CONFLICT,
+                "invalid_request_error",
+                Some(SESSION_MISMATCH),
+                m,
+            ),
+            Self::Engine(m) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", None, m),
+        };
+        let body =
+            json!({"error": {"message": message, "type": kind, "param": null, "code": code}});
+        (status, Json(body)).into_response()
+    }
+}
+
+fn engine_failure(e: tandem_local_model::Error) -> VerifyFailure {
+    match e {
+        tandem_local_model::Error::InvalidArgument(m) => VerifyFailure::Invalid(m),
+        other => VerifyFailure::Engine(other.to_string()),
+    }
+}
+
+impl VerifyState {
+    /// Sessions over `engine`, at most `max_sessions` at once (least recently used go first).
+    pub fn new(engine: Engine, max_sessions: usize) -> Self {
+        Self {
+            engine,
+            sessions: Mutex::new(HashMap::new()),
+            max_sessions: max_sessions.max(1),
+        }
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Handles one verify (or close) request.
+    pub async fn verify(
+        &self,
+        req: TandemVerifyRequest,
+    ) -> Result<TandemVerifyResponse, VerifyFailure> {
+        let taken = self.sessions.lock().remove(&req.session_id);
+        if req.close {
+            if let Some(entry) = taken {
+                self.engine.close_session(entry.id).await;
+            }
+            return Ok(TandemVerifyResponse {
+                session_id: req.session_id,
+                positions: Vec::new(),
+                usage: TandemVerifyUsage::default(),
+            });
+        }
+        if req.tokens.is_empty() || req.draft_len > req.tokens.len() {
+            return Err(VerifyFailure::Invalid(format!(
+                "tokens must hold at least one token and all {} draft tokens",
+                req.draft_len
+            )));
+        }
+        let top_k = req.top_k.max(1) as usize;
+        let (mut entry, new_tokens, cached) = match taken {
+            Some(mut entry) if req.base_len > 0 && entry.tokens.len() >= req.base_len => {
+                let extra = entry.tokens.len() - req.base_len;
+                if extra > 0 {
+                    self.engine
+                        .rollback(entry.id, extra)
+                        .await
+                        .map_err(engine_failure)?;
+                    entry.tokens.truncate(req.base_len);
+                }
+                (entry, req.tokens.as_slice(), req.base_len)
+            }
+            other => {
+                if let Some(stale) = other {
+                    self.engine.close_session(stale.id).await;
+                }
+                if req.base_len > 0 {
+                    return Err(VerifyFailure::SessionMismatch(format!(
+                        "session `{}` does not hold {} tokens; send the whole sequence",
+                        req.session_id, req.base_len
+                    )));
+                }
+                // Open on everything before the scored block; at least one token is scored.
+                let split = (req.tokens.len() - req.draft_len).min(req.tokens.len() - 1);
+                let (head, tail) = req.tokens.split_at(split);
+                if head.is_empty() {
+                    return Err(VerifyFailure::Invalid(
+                        "a new session needs at least one committed token before the draft".into(),
+                    ));
+                }
+                let id = self
+                    .engine
+                    .open_session(head)
+                    .await
+                    .map_err(engine_failure)?;
+                let entry = SessionEntry {
+                    id,
+                    tokens: head.to_vec(),
+                    last_used: Instant::now(),
+                };
+                (entry, tail, 0)
+            }
+        };
+        let scores = match self.engine.append(entry.id, new_tokens, top_k).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.engine.close_session(entry.id).await;
+                return Err(engine_failure(e));
+            }
+        };
+        entry.tokens.extend_from_slice(new_tokens);
+        entry.last_used = Instant::now();
+        let scored = scores.positions.len();
+        let mut positions: Vec<Vec<(u32, f32)>> = scores.positions[scored - req.draft_len..]
+            .iter()
+            .map(|p| p.top.clone())
+            .collect();
+        positions.push(scores.next_top);
+        self.insert(req.session_id.clone(), entry).await;
+        Ok(TandemVerifyResponse {
+            session_id: req.session_id,
+            positions,
+            usage: TandemVerifyUsage {
+                prompt_tokens: req.tokens.len() as u64,
+                completion_tokens: 1,
+                cached_tokens: cached as u64,
+            },
+        })
+    }
+
+    async fn insert(&self, key: String, entry: SessionEntry) {
+        let evicted = {
+            let mut sessions = self.sessions.lock();
+            sessions.insert(key, entry);
+            let mut evicted = Vec::new();
+            while sessions.len() > self.max_sessions {
+                let oldest = sessions
+                    .iter()
+                    .min_by_key(|(_, e)| e.last_used)
+                    .map(|(k, _)| k.clone());
+                match oldest.and_then(|k| sessions.remove(&k)) {
+                    Some(e) => evicted.push(e.id),
+                    None => break,
+                }
+            }
+            evicted
+        };
+        for id in evicted {
+            self.engine.close_session(id).await;
+        }
+    }
+
+    /// Open sessions.
+    pub fn session_count(&self) -> usize {
+        self.sessions.lock().len()
+    }
+}
+
+/// A request to `/v1/tandem/generate`.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateBody {
+    /// The context, in token ids.
+    pub tokens: Vec<u32>,
+    /// Most tokens to stream.
+    pub max_tokens: usize,
+}
+
+async fn verify_handler(
+    State(state): State<Arc<VerifyState>>,
+    Json(req): Json<TandemVerifyRequest>,
+) -> Result<Json<TandemVerifyResponse>, VerifyFailure> {
+    state.verify(req).await.map(Json)
+}
+
+async fn generate_handler(
+    State(state): State<Arc<VerifyState>>,
+    Json(body): Json<GenerateBody>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, VerifyFailure> {
+    let mut params = SamplingParams::greedy(body.max_tokens.max(1));
+    params.ignore_eos = false;
+    let rx = state
+        .engine
+        .generate(GenerateRequest {
+            prompt: body.tokens,
+            params,
+        })
+        .map_err(engine_failure)?;
+    let tokens = tokio_stream_from(rx).filter_map(|ev| async move {
+        match ev {
+            GenerateEvent::Token { id, .. } => Some(Event::default().data(id.to_string())),
+            GenerateEvent::Finished { .. } => Some(Event::default().data("[DONE]")),
+            GenerateEvent::Error(m) => Some(Event::default().event("error").data(m)),
+        }
+    });
+    Ok(Sse::new(tokens.map(Ok)))
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl Stream<Item = T> + Send {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// The routes of the target side: `/v1/tandem/verify` and `/v1/tandem/generate`.
+pub fn router(state: Arc<VerifyState>) -> axum::Router {
+    axum::Router::new()
+        .route(VERIFY_PATH, post(verify_handler))
+        .route(GENERATE_PATH, post(generate_handler))
+        .with_state(state)
+}
+
+/// The client of `/v1/tandem/generate`: plain streaming from a Tandem target.
+#[derive(Debug, Clone)]
+pub struct TandemStreamer {
+    name: String,
+    base_url: String,
+    client: reqwest::Client,
+}
+
+impl TandemStreamer {
+    /// A streamer for the Tandem at `base_url` (the server root).
+    pub fn new(
+        name: impl Into<String>,
+        base_url: impl Into<String>,
+        client: reqwest::Client,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            base_url: base_url.into(),
+            client,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl PlainStreamer for TandemStreamer {
+    async fn stream(
+        &self,
+        context: &[u32],
+        max_tokens: usize,
+    ) -> Result<BoxStream<'static, Result<u32, ProviderError>>, ProviderError> {
+        let url = format!("{}{GENERATE_PATH}", self.base_url.trim_end_matches('/'));
+        let name = self.name.clone();
+        let resp = self
+            .client
+            .post(url)
+            .json(&GenerateBody {
+                tokens: context.to_vec(),
+                max_tokens,
+            })
+            .send()
+            .await
+            .map_err(|e| ProviderError::new(ProviderErrorKind::Connect, &name, e.to_string()))?;
+        if !resp.status().is_success() {
+            let status = resp.status().as_u16();
+            let text = resp.text().await.unwrap_or_default();
+            return Err(ProviderError::status(status, name, text));
+        }
+        let mut bytes = resp.bytes_stream();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut buf = Vec::<u8>::new();
+            loop {
+                let chunk = match bytes.next().await {
+                    Some(Ok(chunk)) => chunk,
+                    Some(Err(e)) => {
+                        let err =
+                            ProviderError::new(ProviderErrorKind::StreamCut, &name, e.to_string());
+                        let _ = tx.send(Err(err)).await;
+                        return;
+                    }
+                    None => {
+                        let _ = tx.send(Err(ProviderError::stream_cut(&name))).await;
+                        return;
+                    }
+                };
+                buf.extend_from_slice(&chunk);
+                while let Some(pos) = buf.windows(2).position(|w| w == b"\n\n") {
+                    let frame: Vec<u8> = buf.drain(..pos + 2).collect();
+                    match parse_frame(&name, &String::from_utf8_lossy(&frame)) {
+                        Frame::Token(id) => {
+                            if tx.send(Ok(id)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Frame::Done => return,
+                        Frame::Skip => {}
+                        Frame::Fail(err) => {
+                            let _ = tx.send(Err(err)).await;
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(tokio_stream_from(rx).boxed())
+    }
+}
+
+enum Frame {
+    Token(u32),
+    Done,
+    Skip,
+    Fail(ProviderError),
+}
+
+/// One SSE frame of `/v1/tandem/generate`: `data: <id>`, `data: [DONE]` or an `error` event.
+fn parse_frame(name: &str, frame: &str) -> Frame {
+    let is_error = frame.lines().any(|l| l.trim() == "event: error");
+    let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data:")) else {
+        return Frame::Skip;
+    };
+    let data = data.trim();
+    if is_error {
+        return Frame::Fail(ProviderError::new(ProviderErrorKind::Status, name, data));
+    }
+    if data == "[DONE]" {
+        return Frame::Done;
+    }
+    match data.parse() {
+        Ok(id) => Frame::Token(id),
+        Err(_) => Frame::Fail(ProviderError::new(
+            ProviderErrorKind::Decode,
+            name,
+            format!("bad token frame `{data}`"),
+        )),
+    }
+}
