@@ -23,12 +23,8 @@ fn main() -> anyhow::Result<()> {
             .cloned()
     };
     let has = |name: &str| args.iter().any(|a| a == name);
-    let spec_named = |name: &str| {
-        ModelSpec::defaults()
-            .into_iter()
-            .find(|s| s.name() == name)
-            .with_context(|| format!("unknown model {name}"))
-    };
+    let spec_named =
+        |name: &str| ModelSpec::by_name(name).with_context(|| format!("unknown model {name}"));
     match cmd.as_str() {
         "eval" => {
             let mut a = EvalArgs {

@@ -17,6 +17,9 @@ use crate::{Error, Result};
 
 const MAGIC: &[u8; 4] = b"TRE1";
 
+/// An embedding with its text key.
+type Keyed = (u128, Arc<[f32]>);
+
 /// Embeddings by text key, backed by one file.
 #[derive(Debug)]
 pub struct EmbeddingStore {
@@ -139,7 +142,7 @@ impl EmbeddingStore {
         let batches: Vec<&[&str]> = missing.chunks(8).collect();
         let total = missing.len();
         let next = Mutex::new(0usize);
-        let done: Mutex<(Vec<(u128, Arc<[f32]>)>, usize)> = Mutex::new((Vec::new(), 0));
+        let done: Mutex<(Vec<Keyed>, usize)> = Mutex::new((Vec::new(), 0));
         let failure: Mutex<Option<Error>> = Mutex::new(None);
         let store = Mutex::new(&mut *self);
         let progress = Mutex::new(&mut progress);

@@ -277,7 +277,7 @@ fn make_folds(data: &Dataset, k: usize, seed: u64) -> (Vec<usize>, String) {
             })
             .collect();
         sizes.shuffle(&mut rng);
-        sizes.sort_by(|a, b| b.1.cmp(&a.1));
+        sizes.sort_by_key(|s| std::cmp::Reverse(s.1));
         let mut load = vec![0usize; k];
         let mut fold_of = std::collections::HashMap::new();
         for (g, n) in sizes {

@@ -1,5 +1,41 @@
 //! Routing policy: prompt features, learned quality predictors, cost and latency model, and
 //! offline training and evaluation.
+//!
+//! # What the gateway calls
+//!
+//! Start-up (one line each):
+//! - `let encoder = Arc::new(Encoder::from_cache_root(&cache_root, 2)?);` MiniLM-L6-v2 int8 on
+//!   ONNX Runtime, a pool of 2 sessions with one intra-op thread each and an LRU of 4096 prompts.
+//!   A missing file is [`Error::MissingArtifact`], whose message names `tandem models fetch`.
+//! - `let router = Arc::new(Router::load(&path, config)?);` or [`Router::load_default`] for the
+//!   model shipped in `router-policy/models/default.json`; then
+//!   `router.restore_bandit(&FileBanditStore::new(path))?` (or the gateway's Redis store, an
+//!   implementation of [`BanditStore`]).
+//! - One [`BackendState`] per backend (`BackendState::new(profile, 0.2)`).
+//!
+//! Per request (model compute blocks: call `embed` from `spawn_blocking` or the gateway's worker):
+//! - `let e = encoder.embed(&last_user_text)?;` (an LRU hit costs microseconds, no model run);
+//! - `let mut f = RequestFeatures::from_prompt(&last_user_text, Some(e));` then set
+//!   `f.cheap = f.cheap.with_request(turns, max_tokens, tools_present)`,
+//!   `f.expected_output_tokens`, `f.input_tokens`, and `f.local_confidence` when known;
+//! - `let d = router.decide(&f, &snapshots, &rules);` where `snapshots` are
+//!   [`BackendState::snapshot`]s and `rules` is a [`RouteRules`] merged from route, API key and
+//!   header ([`Placement::parse`] reads `local-only` / `cloud-only`);
+//! - header `x-tandem-route: d.explanation.header_value()`, log line `d.log_line(&request_id)`;
+//! - `router.remember(&request_id, &d);` so feedback can find it;
+//! - [`Choice::Reject`] means no backend may serve the request under its rules (403/503).
+//! - Cascade: [`CascadePolicy::decide`] on the local model's first-token [`LocalConfidence`];
+//!   [`calibrate_cascade`] sets the threshold from labelled samples.
+//! - After each call: `state.record_success(ttft_ms, Some(itl_ms))` or `state.record_error()`;
+//!   `let _guard = state.enter();` counts queue depth while a request runs.
+//!
+//! `POST /v1/feedback`: `apply_feedback(&router, body_bytes)` returns a [`FeedbackOutcome`] or an
+//! error whose [`Error::is_client_error`] is true for an unknown request id
+//! ([`Error::UnknownRequest`], 404) or bad values ([`Error::InvalidFeedback`], 400).
+//!
+//! CLI: `tandem router eval` → [`eval()`] with [`EvalArgs`] (the report implements `Display`),
+//! `tandem router train` → [`train()`] with [`TrainArgs`], `tandem bench router` →
+//! [`bench::bench_decide`] with [`bench::BenchArgs`] (its report implements `Display`).
 
 mod error;
 
@@ -23,7 +59,7 @@ pub mod train;
 
 pub use backend::{BackendCandidate, BackendKind, BackendProfile, BackendState, Price};
 pub use bandit::{BanditState, BanditStore, FileBanditStore, MemoryBanditStore};
-pub use cascade::{CascadeAction, CascadePolicy, calibrate_cascade};
+pub use cascade::{CascadeAction, CascadePolicy, CascadeSample, CascadeTarget, calibrate_cascade};
 pub use decision::{Choice, Decision, Explanation};
 pub use encoder::{Encoder, EncoderConfig};
 pub use error::{Error, Result};

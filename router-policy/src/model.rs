@@ -17,6 +17,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::encoder::EMBEDDING_DIM;
 use crate::{Error, Result};
 
 /// One training example.
@@ -66,6 +67,14 @@ pub enum ModelSpec {
         /// Mini-batch epochs.
         epochs: usize,
     },
+    /// Mean label of the k nearest training prompts by embedding cosine (stores the training
+    /// embeddings, so for evaluation rather than shipping).
+    Knn {
+        /// Neighbours.
+        k: usize,
+    },
+    /// Mean of logistic, matrix factorization and kNN with their default settings.
+    Ensemble,
 }
 
 impl ModelSpec {
@@ -75,7 +84,17 @@ impl ModelSpec {
             Self::Logistic { .. } => "logistic",
             Self::Mlp { .. } => "mlp",
             Self::MatrixFactorization { .. } => "mf",
+            Self::Knn { .. } => "knn",
+            Self::Ensemble => "ensemble",
         }
+    }
+
+    /// Every kind `eval` can run, by name.
+    pub fn by_name(name: &str) -> Option<Self> {
+        Self::defaults()
+            .into_iter()
+            .chain([Self::Knn { k: 100 }, Self::Ensemble])
+            .find(|s| s.name() == name)
     }
 
     /// The defaults used by `train` and `eval`.
@@ -194,6 +213,44 @@ pub enum QualityModel {
     Mlp(Mlp),
     /// Matrix factorization.
     MatrixFactorization(MatrixFactorization),
+    /// Nearest neighbours.
+    Knn(Knn),
+    /// Mean of several models.
+    Ensemble(Vec<QualityModel>),
+}
+
+/// Nearest-neighbour predictor over normalized prompt embeddings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Knn {
+    /// Full input width (the embedding is its head).
+    pub input_dim: usize,
+    /// Neighbours.
+    pub k: usize,
+    /// Training embeddings, each L2-normalized.
+    pub xs: Vec<Vec<f32>>,
+    /// Their soft labels.
+    pub ts: Vec<f32>,
+    /// Mean label, the prior the neighbours are shrunk toward.
+    pub prior: f32,
+}
+
+impl Knn {
+    fn predict(&self, x: &[f32]) -> f32 {
+        let e = &x[..EMBEDDING_DIM.min(x.len())];
+        let mut sims: Vec<(f32, f32)> = self
+            .xs
+            .iter()
+            .zip(&self.ts)
+            .map(|(v, t)| (dot(v, e), *t))
+            .collect();
+        let k = self.k.min(sims.len()).max(1);
+        if sims.len() > k {
+            sims.select_nth_unstable_by(k - 1, |a, b| b.0.total_cmp(&a.0));
+        }
+        let sum: f32 = sims[..k.min(sims.len())].iter().map(|s| s.1).sum();
+        // A few pseudo-counts of the prior keep small neighbourhoods from swinging to 0 or 1.
+        (sum + 5.0 * self.prior) / (k as f32 + 5.0)
+    }
 }
 
 fn sigmoid(z: f32) -> f32 {
@@ -211,6 +268,8 @@ impl QualityModel {
             Self::Logistic(m) => m.norm.mean.len(),
             Self::Mlp(m) => m.norm.mean.len(),
             Self::MatrixFactorization(m) => m.norm.mean.len(),
+            Self::Knn(m) => m.input_dim,
+            Self::Ensemble(ms) => ms.first().map_or(0, Self::input_dim),
         }
     }
 
@@ -243,6 +302,10 @@ impl QualityModel {
                         })
                         .sum();
                 sigmoid(z + m.b)
+            }
+            Self::Knn(m) => m.predict(x),
+            Self::Ensemble(ms) => {
+                ms.iter().map(|m| m.predict(x)).sum::<f32>() / ms.len().max(1) as f32
             }
         }
     }
@@ -323,6 +386,36 @@ impl QualityModel {
                 m.strong = strong;
                 m.weak = weak;
                 QualityModel::MatrixFactorization(m)
+            }
+            ModelSpec::Knn { k } => {
+                let xs = xs
+                    .iter()
+                    .map(|x| {
+                        let e = &x[..EMBEDDING_DIM.min(x.len())];
+                        let n = e.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+                        e.iter().map(|v| v / n).collect()
+                    })
+                    .collect();
+                let prior = ts.iter().sum::<f32>() / ts.len() as f32;
+                QualityModel::Knn(Knn {
+                    input_dim: norm.mean.len(),
+                    k: k.max(1),
+                    xs,
+                    ts,
+                    prior,
+                })
+            }
+            ModelSpec::Ensemble => {
+                let members = [
+                    ModelSpec::defaults()[0],
+                    ModelSpec::defaults()[2],
+                    ModelSpec::Knn { k: 100 },
+                ];
+                let ms = members
+                    .iter()
+                    .map(|m| Self::train(m, data, strong, weak, seed))
+                    .collect::<Result<Vec<_>>>()?;
+                QualityModel::Ensemble(ms)
             }
         })
     }

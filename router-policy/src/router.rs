@@ -235,12 +235,12 @@ impl Router {
 
     /// A router around an in-memory model file.
     pub fn new(file: ModelFile, config: RouterConfig) -> Result<Self> {
-        if let Some(s) = config.target_cloud_share {
-            if !(0.0..=1.0).contains(&s) {
-                return Err(Error::InvalidArgument(
-                    "target_cloud_share must be within 0..=1".into(),
-                ));
-            }
+        if let Some(s) = config.target_cloud_share
+            && !(0.0..=1.0).contains(&s)
+        {
+            return Err(Error::InvalidArgument(
+                "target_cloud_share must be within 0..=1".into(),
+            ));
         }
         Ok(Self {
             bandit: LinUcb::new(config.bandit_alpha),
@@ -435,15 +435,16 @@ impl Router {
         };
         if let (Some(l), Some(c)) = (best_local, best_cloud) {
             // Cascade when the two are too close to call: try local, escalate if unsure.
-            if let Some(band) = self.config.cascade_band {
-                if rules.placement.is_none() && (c.utility - l.utility).abs() <= f64::from(band) {
-                    choice = Choice::Cascade {
-                        local: l.cand.name().to_string(),
-                        cloud: c.cand.name().to_string(),
-                        threshold: self.config.cascade_threshold,
-                    };
-                    reason = "cascade-band".into();
-                }
+            if let Some(band) = self.config.cascade_band
+                && rules.placement.is_none()
+                && (c.utility - l.utility).abs() <= f64::from(band)
+            {
+                choice = Choice::Cascade {
+                    local: l.cand.name().to_string(),
+                    cloud: c.cand.name().to_string(),
+                    threshold: self.config.cascade_threshold,
+                };
+                reason = "cascade-band".into();
             }
             // Speculative keeps the target's output exactly and cuts its latency.
             if self.config.speculative
@@ -585,6 +586,8 @@ impl ModelFile {
             QualityModel::Logistic(_) => "logistic",
             QualityModel::Mlp(_) => "mlp",
             QualityModel::MatrixFactorization(_) => "mf",
+            QualityModel::Knn(_) => "knn",
+            QualityModel::Ensemble(_) => "ensemble",
         }
         .to_string()
     }

@@ -82,30 +82,29 @@ impl RouteRules {
 
     /// Checks the values are usable.
     pub fn validate(&self) -> Result<()> {
-        if let Some(slo) = self.latency_slo_ms {
-            if !(slo.is_finite() && slo > 0.0) {
-                return Err(Error::InvalidArgument(
-                    "latency_slo_ms must be positive".into(),
-                ));
-            }
+        if let Some(slo) = self.latency_slo_ms
+            && !(slo.is_finite() && slo > 0.0)
+        {
+            return Err(Error::InvalidArgument(
+                "latency_slo_ms must be positive".into(),
+            ));
         }
-        if let Some(w) = self.weights {
-            if !(w.lambda_per_usd.is_finite()
+        if let Some(w) = self.weights
+            && !(w.lambda_per_usd.is_finite()
                 && w.lambda_per_usd >= 0.0
                 && w.mu_per_s.is_finite()
                 && w.mu_per_s >= 0.0)
-            {
-                return Err(Error::InvalidArgument(
-                    "weights must be finite and non-negative".into(),
-                ));
-            }
+        {
+            return Err(Error::InvalidArgument(
+                "weights must be finite and non-negative".into(),
+            ));
         }
-        if let Some(s) = self.target_cloud_share {
-            if !(0.0..=1.0).contains(&s) {
-                return Err(Error::InvalidArgument(
-                    "target_cloud_share must be within 0..=1".into(),
-                ));
-            }
+        if let Some(s) = self.target_cloud_share
+            && !(0.0..=1.0).contains(&s)
+        {
+            return Err(Error::InvalidArgument(
+                "target_cloud_share must be within 0..=1".into(),
+            ));
         }
         Ok(())
     }

@@ -1,4 +1,5 @@
 //! The ONNX encoder against reference vectors made by the Python ONNX Runtime from the same model
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! and tokenizer (see `tests/fixtures/make_reference_embeddings.py`).
 
 use std::path::PathBuf;

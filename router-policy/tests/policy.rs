@@ -1,4 +1,5 @@
 //! Policy behaviour on small fixtures: hard rules, share calibration, cascade, bandit feedback,
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! feedback errors, backend state, and the shipped default model.
 
 use std::path::PathBuf;
