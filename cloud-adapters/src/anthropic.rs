@@ -435,14 +435,50 @@ pub fn error_type_for_status(status: u16) -> &'static str {
     }
 }
 
-/// The Anthropic error body for an upstream failure: `{"type":"error","error":{"type","message"}}`.
-pub fn error_body(err: &ProviderError) -> Value {
-    let kind = match err.status {
+fn error_type(err: &ProviderError) -> &'static str {
+    match err.status {
         Some(s) => error_type_for_status(s),
         None if err.kind == ProviderErrorKind::Unsupported => "invalid_request_error",
         None => "api_error",
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorOut<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    error: ErrorInner<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorInner<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    message: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum DeltaOut<'a> {
+    TextDelta { text: &'a str },
+    InputJsonDelta { partial_json: &'a str },
+}
+
+/// The Anthropic error body for an upstream failure: `{"type":"error","error":{"type","message"}}`.
+pub fn error_body(err: &ProviderError) -> Value {
+    serde_json::json!({"type": "error", "error": {"type": error_type(err), "message": err.message}})
+}
+
+/// [`error_body`] as bytes with the fields in Anthropic's order.
+pub fn error_body_bytes(err: &ProviderError) -> Bytes {
+    let body = ErrorOut {
+        kind: "error",
+        error: ErrorInner {
+            kind: error_type(err),
+            message: &err.message,
+        },
     };
-    serde_json::json!({"type": "error", "error": {"type": kind, "message": err.message}})
+    Bytes::from(json::to_string(&body))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -531,25 +567,36 @@ impl EventEncoder {
         }
     }
 
-    fn open_block(&mut self, kind: OpenBlock, block: Value, out: &mut BytesMut) -> u32 {
+    fn open_block(&mut self, kind: OpenBlock, block: BlockOut<'_>, out: &mut BytesMut) -> u32 {
         self.close_block(out);
         let index = self.next_block;
         self.next_block += 1;
         self.open = Some((index, kind));
-        let data = serde_json::json!({"type": "content_block_start", "index": index, "content_block": block});
-        sse::write_event(out, Some("content_block_start"), &json::to_string(&data));
-        index
-    }
-
-    fn delta(&self, index: u32, delta: Value, out: &mut BytesMut) {
         #[derive(Serialize)]
-        struct DeltaOut {
+        struct BlockStartOut<'a> {
             #[serde(rename = "type")]
             kind: &'static str,
             index: u32,
-            delta: Value,
+            content_block: BlockOut<'a>,
         }
-        let d = DeltaOut {
+        let start = BlockStartOut {
+            kind: "content_block_start",
+            index,
+            content_block: block,
+        };
+        sse::write_event(out, Some("content_block_start"), &json::to_string(&start));
+        index
+    }
+
+    fn delta(&self, index: u32, delta: DeltaOut<'_>, out: &mut BytesMut) {
+        #[derive(Serialize)]
+        struct BlockDeltaOut<'a> {
+            #[serde(rename = "type")]
+            kind: &'static str,
+            index: u32,
+            delta: DeltaOut<'a>,
+        }
+        let d = BlockDeltaOut {
             kind: "content_block_delta",
             index,
             delta,
@@ -575,17 +622,9 @@ impl EventEncoder {
                 self.ensure_started(&mut out);
                 let index = match self.open {
                     Some((index, OpenBlock::Text)) => index,
-                    _ => self.open_block(
-                        OpenBlock::Text,
-                        serde_json::json!({"type": "text", "text": ""}),
-                        &mut out,
-                    ),
+                    _ => self.open_block(OpenBlock::Text, BlockOut::Text { text: "" }, &mut out),
                 };
-                self.delta(
-                    index,
-                    serde_json::json!({"type": "text_delta", "text": text}),
-                    &mut out,
-                );
+                self.delta(index, DeltaOut::TextDelta { text }, &mut out);
             }
             ChatEvent::ToolCallDelta {
                 index: tool,
@@ -600,18 +639,18 @@ impl EventEncoder {
                         let id = id
                             .clone()
                             .unwrap_or_else(|| format!("toolu_{}", uuid::Uuid::new_v4().simple()));
-                        let block = serde_json::json!({
-                            "type": "tool_use",
-                            "id": id,
-                            "name": name.as_deref().unwrap_or(""),
-                            "input": {},
-                        });
+                        let block = BlockOut::ToolUse {
+                            id: &id,
+                            name: name.as_deref().unwrap_or(""),
+                            input: Value::Object(Map::new()),
+                        };
                         self.open_block(OpenBlock::Tool(*tool), block, &mut out)
                     }
                 };
                 if !arguments.is_empty() {
-                    let delta =
-                        serde_json::json!({"type": "input_json_delta", "partial_json": arguments});
+                    let delta = DeltaOut::InputJsonDelta {
+                        partial_json: arguments,
+                    };
                     self.delta(index, delta, &mut out);
                 }
             }
@@ -623,7 +662,14 @@ impl EventEncoder {
             }
             ChatEvent::Error(err) => {
                 self.failed = true;
-                sse::write_event(&mut out, Some("error"), &json::to_string(&error_body(err)));
+                let body = ErrorOut {
+                    kind: "error",
+                    error: ErrorInner {
+                        kind: error_type(err),
+                        message: &err.message,
+                    },
+                };
+                sse::write_event(&mut out, Some("error"), &json::to_string(&body));
             }
         }
         out.freeze()
@@ -826,10 +872,10 @@ impl<'a> MessagesRequest<'a> {
         for m in &req.messages {
             if m.role == Role::System {
                 for part in &m.content {
-                    if let ContentPart::Text { text } = part {
-                        if !text.is_empty() {
-                            system.push(TextBlock { kind: "text", text });
-                        }
+                    if let ContentPart::Text { text } = part
+                        && !text.is_empty()
+                    {
+                        system.push(TextBlock { kind: "text", text });
                     }
                 }
                 continue;
@@ -929,10 +975,11 @@ impl<'a> MessagesRequest<'a> {
 }
 
 fn image_source(url: &str) -> ImageSource<'_> {
-    if let Some(rest) = url.strip_prefix("data:") {
-        if let Some((media_type, data)) = rest.split_once(";base64,") {
-            return ImageSource::Base64 { media_type, data };
-        }
+    if let Some((media_type, data)) = url
+        .strip_prefix("data:")
+        .and_then(|rest| rest.split_once(";base64,"))
+    {
+        return ImageSource::Base64 { media_type, data };
     }
     ImageSource::Url { url }
 }

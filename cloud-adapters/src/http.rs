@@ -55,7 +55,14 @@ pub fn build_client(config: &HttpConfig) -> Result<reqwest::Client> {
         .map_err(|e| Error::HttpClient(e.to_string()))
 }
 
+/// Installs ring as the process-wide rustls crypto provider (once; later calls do nothing), so
+/// that clients built elsewhere with `reqwest::Client::new()` work too.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 fn tls_config() -> Result<rustls::ClientConfig> {
+    install_crypto_provider();
     let mut roots = rustls::RootCertStore::empty();
     let found = rustls_native_certs::load_native_certs();
     for err in &found.errors {

@@ -468,7 +468,13 @@ async fn handle(
     if model.contains("overloaded") {
         return Ok(respond(&state, &error_fixture(529), Behaviour::Plain));
     }
-    if model.contains("flaky") && state.counters.flaky.fetch_add(1, Ordering::Relaxed) % 2 == 0 {
+    if model.contains("flaky")
+        && state
+            .counters
+            .flaky
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(2)
+    {
         return Ok(respond(&state, &error_fixture(503), Behaviour::Plain));
     }
     let behaviour = if model.contains("slow") {

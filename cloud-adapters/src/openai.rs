@@ -528,8 +528,31 @@ pub fn encode_chat_response_bytes(response: &ChatResponse) -> Bytes {
     Bytes::from(serde_json::to_vec(&response_out(response)).unwrap_or_default())
 }
 
+#[derive(Serialize)]
+struct ErrorOut<'a> {
+    error: ErrorInner<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorInner<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    param: Option<()>,
+    code: &'static str,
+}
+
 /// The OpenAI error body for an upstream failure: `{"error":{"message","type","param","code"}}`.
 pub fn error_body(err: &ProviderError) -> Value {
+    serde_json::to_value(error_out(err)).unwrap_or(Value::Null)
+}
+
+/// [`error_body`] as bytes with the fields in OpenAI's order.
+pub fn error_body_bytes(err: &ProviderError) -> Bytes {
+    Bytes::from(json::to_string(&error_out(err)))
+}
+
+fn error_out(err: &ProviderError) -> ErrorOut<'_> {
     let kind = match (err.kind, err.status) {
         (_, Some(429)) => "rate_limit_error",
         (_, Some(400 | 404 | 422)) => "invalid_request_error",
@@ -538,14 +561,14 @@ pub fn error_body(err: &ProviderError) -> Value {
         (ProviderErrorKind::Unsupported, _) => "invalid_request_error",
         _ => "server_error",
     };
-    serde_json::json!({
-        "error": {
-            "message": err.message,
-            "type": kind,
-            "param": null,
-            "code": err.kind.as_str(),
-        }
-    })
+    ErrorOut {
+        error: ErrorInner {
+            message: &err.message,
+            kind,
+            param: None,
+            code: err.kind.as_str(),
+        },
+    }
 }
 
 #[derive(Serialize)]
@@ -746,7 +769,7 @@ impl ChunkEncoder {
             }
             ChatEvent::Error(err) => {
                 self.failed = true;
-                sse::write_event(&mut out, None, &json::to_string(&error_body(err)));
+                sse::write_event(&mut out, None, &json::to_string(&error_out(err)));
             }
         }
         out.freeze()
@@ -1771,7 +1794,7 @@ impl CompletionChunkEncoder {
             ChatEvent::Finish { reason } => self.chunk("", None, Some(*reason), &mut out),
             ChatEvent::Error(err) => {
                 self.failed = true;
-                sse::write_event(&mut out, None, &json::to_string(&error_body(err)));
+                sse::write_event(&mut out, None, &json::to_string(&error_out(err)));
             }
         }
         out.freeze()

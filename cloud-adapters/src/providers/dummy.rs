@@ -23,7 +23,7 @@ pub enum Behaviour {
     Slow,
     /// Fail with a retryable 500.
     Error,
-    /// Fail on the 1st, 3rd, 5th... call; echo otherwise.
+    /// Fail on the 1st, 3rd, 5th... `flaky` call; echo otherwise.
     Flaky,
     /// Start echoing, then cut the stream.
     Cut,
@@ -58,6 +58,7 @@ pub struct DummyProvider {
     format: WireFormat,
     slow_delay: Duration,
     calls: AtomicU64,
+    flaky_calls: AtomicU64,
 }
 
 impl DummyProvider {
@@ -68,6 +69,7 @@ impl DummyProvider {
             format: WireFormat::OpenAi,
             slow_delay: Duration::from_millis(25),
             calls: AtomicU64::new(0),
+            flaky_calls: AtomicU64::new(0),
         }
     }
 
@@ -100,7 +102,12 @@ impl DummyProvider {
                     "dummy upstream error",
                 ));
             }
-            Behaviour::Flaky if call % 2 == 0 => {
+            Behaviour::Flaky
+                if self
+                    .flaky_calls
+                    .fetch_add(1, Ordering::Relaxed)
+                    .is_multiple_of(2) =>
+            {
                 return Err(ProviderError::status(
                     503,
                     &*self.name,
@@ -221,10 +228,8 @@ impl Provider for DummyProvider {
         let (behaviour, events) = self.plan(req)?;
         let delay = (behaviour == Behaviour::Slow).then_some(self.slow_delay);
         let stream = futures::stream::iter(events).then(move |event| async move {
-            if let Some(delay) = delay {
-                if !matches!(event, ChatEvent::Start { .. }) {
-                    tokio::time::sleep(delay).await;
-                }
+            if let (Some(delay), false) = (delay, matches!(event, ChatEvent::Start { .. })) {
+                tokio::time::sleep(delay).await;
             }
             event
         });

@@ -1,0 +1,55 @@
+//! Wire formats, SSE, translation and providers against recorded fixtures and a loopback mock.
+
+mod anthropic_wire;
+mod openai_wire;
+mod providers;
+mod sse;
+mod translation;
+
+use tandem_cloud_adapters::sse::SseParser;
+use tandem_cloud_adapters::{ChatEvent, anthropic, openai};
+
+/// A fixture file's bytes.
+pub fn fixture(path: &str) -> Vec<u8> {
+    let full = format!("{}/tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
+}
+
+/// Feeds `bytes` to a parser in pieces of `step` bytes and decodes with the OpenAI decoder.
+pub fn openai_events(bytes: &[u8], step: usize) -> (Vec<ChatEvent>, bool) {
+    let mut parser = SseParser::new();
+    let mut decoder = openai::ChunkDecoder::new("test");
+    let mut out = Vec::new();
+    for piece in bytes.chunks(step) {
+        parser.push(piece);
+        while let Some(ev) = parser.next_event() {
+            decoder.decode(&ev, &mut out);
+        }
+    }
+    (out, decoder.is_complete())
+}
+
+/// Like [`openai_events`] for Anthropic streams.
+pub fn anthropic_events(bytes: &[u8], step: usize) -> (Vec<ChatEvent>, bool) {
+    let mut parser = SseParser::new();
+    let mut decoder = anthropic::EventDecoder::new("test");
+    let mut out = Vec::new();
+    for piece in bytes.chunks(step) {
+        parser.push(piece);
+        while let Some(ev) = parser.next_event() {
+            decoder.decode(&ev, &mut out);
+        }
+    }
+    (out, decoder.is_complete())
+}
+
+/// The concatenated text deltas.
+pub fn text_of(events: &[ChatEvent]) -> String {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            ChatEvent::TextDelta { text, .. } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect()
+}
