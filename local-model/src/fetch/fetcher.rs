@@ -89,7 +89,7 @@ impl<'a> Fetcher<'a> {
                         "{}/{repo}/resolve/main/{path}",
                         self.opts.hub_base.trim_end_matches('/')
                     );
-                    let what = format!("huggingface hub ({url})");
+                    let what = "huggingface hub".to_string();
                     if let Some(reason) = &self.hub_unreachable {
                         tried.push(format!("{what}: skipped, {reason}"));
                         continue;

@@ -61,14 +61,23 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
+/// reqwest's message and causes without the URL it repeats ("... for url (...)").
+fn reqwest_chain(e: &reqwest::Error) -> String {
+    let text = error_chain(e);
+    match e.url() {
+        Some(url) => text.replace(&format!(" for url ({url})"), ""),
+        None => text,
+    }
+}
+
 fn request_error(url: &str, e: &reqwest::Error) -> Error {
     if e.is_connect() {
         Error::Unreachable {
             url: url.to_string(),
-            reason: error_chain(e),
+            reason: reqwest_chain(e),
         }
     } else {
-        Error::Fetch(format!("{url}: {}", error_chain(e)))
+        Error::Fetch(format!("{url}: {}", reqwest_chain(e)))
     }
 }
 
@@ -203,7 +212,7 @@ async fn download_attempt(
         if e.is_connect() {
             Attempt::Fail(request_error(url, &e))
         } else {
-            Attempt::Retry(error_chain(&e))
+            Attempt::Retry(reqwest_chain(&e))
         }
     })?;
 
@@ -271,7 +280,7 @@ async fn download_attempt(
             Err(e) => {
                 break Err(Attempt::Retry(format!(
                     "download interrupted: {}",
-                    error_chain(&e)
+                    reqwest_chain(&e)
                 )));
             }
         }

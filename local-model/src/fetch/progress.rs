@@ -74,20 +74,18 @@ impl Progress {
                 Kind::Lines
             }
             ProgressMode::Bar => {
-                let bar = match total {
-                    Some(t) => ProgressBar::with_draw_target(Some(t), ProgressDrawTarget::stderr()),
-                    None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),
-                };
+                // The message goes last and is cut to fit, so the bar stays on one line.
                 let template = if total.is_some() {
-                    "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}"
+                    "[{bar:25}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta} {wide_msg}"
                 } else {
-                    "{msg} {spinner} {bytes} {binary_bytes_per_sec}"
+                    "{spinner} {bytes} {binary_bytes_per_sec} {wide_msg}"
                 };
+                let mut bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr())
+                    .with_message(label.to_string())
+                    .with_position(already);
                 if let Ok(style) = ProgressStyle::with_template(template) {
-                    bar.set_style(style.progress_chars("=> "));
+                    bar = bar.with_style(style.progress_chars("=> "));
                 }
-                bar.set_message(label.to_string());
-                bar.set_position(already);
                 bar.reset_eta();
                 Kind::Bar(bar)
             }
@@ -132,20 +130,25 @@ impl Progress {
     /// The download ended (well or not).
     pub(crate) fn finish(self, ok: bool) {
         let secs = self.start.elapsed().as_secs_f64();
+        let rate = self.rate();
         match self.kind {
             Kind::Quiet => {}
             Kind::Bar(bar) => {
+                bar.finish_and_clear();
                 if ok {
-                    bar.finish();
-                } else {
-                    bar.abandon();
+                    eprintln!(
+                        "fetched {} ({} in {secs:.1} s, {}/s)",
+                        self.label,
+                        human_bytes(self.done - self.started_at),
+                        human_bytes(rate)
+                    );
                 }
             }
             Kind::Lines if ok => eprintln!(
                 "  {}: done, {} in {secs:.1} s ({}/s)",
                 self.label,
                 human_bytes(self.done - self.started_at),
-                human_bytes(self.rate())
+                human_bytes(rate)
             ),
             Kind::Lines => {}
         }
