@@ -1,1 +1,204 @@
-//! Shared helpers for the end-to-end tests: starting Tandem, mock upstreams and Redis.
+//! Shared helpers for the end-to-end tests: starting Tandem in-process on port 0 in front of the
+//! mock upstream, an HTTP client, and SSE reading.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::Value;
+use tandem_cloud_adapters::http::{HttpConfig, build_client};
+use tandem_cloud_adapters::mock::{Fixtures, MockConfig, MockHandle, MockUpstream};
+use tandem_gateway::config::{Config, MapEnv};
+use tandem_gateway::{Gateway, GatewayOptions, LocalLoad};
+
+/// Tandem in front of a mock upstream.
+pub struct Harness {
+    /// The gateway.
+    pub gateway: Gateway,
+    /// The mock upstream (OpenAI and Anthropic wire formats).
+    pub mock: MockHandle,
+    /// A client for requests to the gateway.
+    pub client: reqwest::Client,
+}
+
+/// The config used by most tests: an OpenAI-compatible and an Anthropic backend on the mock,
+/// plus `extra` TOML (limits, server, routes).
+pub fn config_text(mock_base: &str, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+{extra}
+
+[backends.openai]
+kind = "openai-compatible"
+base_url = "{mock_base}"
+api_key_env = "MOCK_OPENAI_KEY"
+models = {{ "gpt" = "gpt-4o-mini", "gpt-tool" = "tool", "gpt-cut" = "cut", "gpt-error" = "error", "gpt-ratelimit" = "ratelimit", "gpt-slow" = "slow", "gpt-stall" = "stall", "gpt-delay" = "delay-3000", "gpt-flaky" = "flaky", "gpt-400" = "status-400" }}
+price = {{ input = 1.0, output = 2.0, cached_input = 0.5 }}
+
+[backends.anthropic]
+kind = "anthropic"
+base_url = "{mock_base}"
+api_key_env = "MOCK_ANTHROPIC_KEY"
+models = {{ "claude" = "claude-3-5-haiku", "claude-tool" = "tool", "claude-cut" = "cut", "claude-overloaded" = "overloaded" }}
+
+[backends.down]
+kind = "openai-compatible"
+base_url = "http://127.0.0.1:9/v1"
+connect_timeout_ms = 500
+models = {{ "down-only" = "x" }}
+
+[routes."with-fallback"]
+backends = ["down", "openai"]
+fallback = true
+
+[routes."error-then-anthropic"]
+backends = ["openai", "anthropic"]
+fallback = true
+"#
+    )
+}
+
+/// The environment the tests' config reads (no process env is touched).
+pub fn test_env() -> MapEnv {
+    MapEnv::from_pairs([
+        ("MOCK_OPENAI_KEY", "sk-mock"),
+        ("MOCK_ANTHROPIC_KEY", "ak-mock"),
+    ])
+}
+
+/// A client that keeps no connection pool surprises: plain HTTP on loopback.
+pub fn client() -> reqwest::Client {
+    match build_client(&HttpConfig {
+        read_timeout: Duration::from_secs(30),
+        ..HttpConfig::default()
+    }) {
+        Ok(c) => c,
+        Err(e) => panic!("http client: {e}"),
+    }
+}
+
+impl Harness {
+    /// Starts a mock upstream and Tandem with [`config_text`] plus `extra`.
+    pub async fn start(extra: &str) -> anyhow::Result<Self> {
+        Self::start_with(extra, MockConfig::default()).await
+    }
+
+    /// Like [`Harness::start`] with mock settings.
+    pub async fn start_with(extra: &str, mock_config: MockConfig) -> anyhow::Result<Self> {
+        let (_addr, mock) = MockUpstream::start_with(Fixtures::builtin(), mock_config).await?;
+        let text = config_text(&mock.base_url(), extra);
+        let config = Config::from_toml_str(&text, &test_env())?;
+        let options = GatewayOptions {
+            local: LocalLoad::Offline,
+            quiet: true,
+            ..GatewayOptions::default()
+        };
+        let gateway = Gateway::start(config, options).await?;
+        Ok(Self {
+            gateway,
+            mock,
+            client: client(),
+        })
+    }
+
+    /// `http://127.0.0.1:PORT{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.gateway.url())
+    }
+
+    /// POSTs JSON and returns status, headers and the body as JSON (or a string value).
+    pub async fn post(
+        &self,
+        path: &str,
+        body: &Value,
+    ) -> anyhow::Result<(u16, reqwest::header::HeaderMap, Value)> {
+        let r = self.client.post(self.url(path)).json(body).send().await?;
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let text = r.text().await?;
+        let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Ok((status, headers, json))
+    }
+
+    /// POSTs raw bytes with a content type.
+    pub async fn post_raw(&self, path: &str, body: &'static str) -> anyhow::Result<(u16, Value)> {
+        let r = self
+            .client
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        let text = r.text().await?;
+        Ok((
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        ))
+    }
+
+    /// POSTs a streaming request and returns status, headers and the SSE events (event name, data).
+    pub async fn post_stream(
+        &self,
+        path: &str,
+        body: &Value,
+    ) -> anyhow::Result<(u16, reqwest::header::HeaderMap, Vec<SseEvent>)> {
+        let r = self.client.post(self.url(path)).json(body).send().await?;
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let text = r.text().await?;
+        Ok((status, headers, parse_sse(&text)))
+    }
+}
+
+/// One server-sent event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SseEvent {
+    /// `event:` name, if any.
+    pub event: Option<String>,
+    /// `data:` payload.
+    pub data: String,
+}
+
+impl SseEvent {
+    /// The data as JSON (`Null` when it is not JSON, like `[DONE]`).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.data).unwrap_or(Value::Null)
+    }
+}
+
+/// Splits an SSE body into events.
+pub fn parse_sse(text: &str) -> Vec<SseEvent> {
+    text.split("\n\n")
+        .filter(|block| !block.trim().is_empty())
+        .filter_map(|block| {
+            let mut event = None;
+            let mut data = Vec::new();
+            for line in block.lines() {
+                if let Some(e) = line.strip_prefix("event:") {
+                    event = Some(e.trim().to_owned());
+                } else if let Some(d) = line.strip_prefix("data:") {
+                    data.push(d.strip_prefix(' ').unwrap_or(d).to_owned());
+                }
+            }
+            (!data.is_empty() || event.is_some()).then(|| SseEvent {
+                event,
+                data: data.join("\n"),
+            })
+        })
+        .collect()
+}
+
+/// Reads a streaming response's first chunk and then drops it (a client going away).
+pub async fn read_first_chunk_and_drop(
+    response: reqwest::Response,
+) -> anyhow::Result<bytes::Bytes> {
+    let mut stream = response.bytes_stream();
+    let first = stream
+        .next()
+        .await
+        .ok_or_else(|| anyhow::anyhow!("empty stream"))??;
+    drop(stream);
+    Ok(first)
+}

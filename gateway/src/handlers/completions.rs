@@ -66,6 +66,8 @@ pub struct CompletionRequest {
     pub echo: bool,
     /// Alternatives per prompt token (vLLM `prompt_logprobs`).
     pub prompt_logprobs: Option<u32>,
+    /// Name generated tokens `token_id:<id>` instead of by text (vLLM extension).
+    pub return_tokens_as_token_ids: bool,
 }
 
 fn bad(message: impl Into<String>, param: &str) -> Error {
@@ -215,6 +217,7 @@ pub fn decode(bytes: &[u8]) -> Result<CompletionRequest, Error> {
         logprobs,
         echo: opt_bool(obj, "echo")?,
         prompt_logprobs,
+        return_tokens_as_token_ids: opt_bool(obj, "return_tokens_as_token_ids")?,
     })
 }
 
@@ -482,16 +485,30 @@ async fn run(
         loop {
             match rx.recv().await {
                 Some(GenerateEvent::Token {
-                    text: t, logprob, ..
+                    id: token_id,
+                    text: t,
+                    logprob,
                 }) => {
-                    text.push_str(&t);
+                    let as_ids = request.return_tokens_as_token_ids;
+                    let name = |id: u32, token: &str| {
+                        if as_ids {
+                            format!("token_id:{id}")
+                        } else {
+                            token.to_owned()
+                        }
+                    };
+                    text.push_str(&if as_ids { name(token_id, "") } else { t });
                     if let Some(lp) = logprob {
                         let top: Map<String, Value> = lp
                             .top_logprobs
                             .iter()
-                            .map(|a| (a.token.clone(), json!(a.logprob)))
+                            .map(|a| (name(a.id, &a.token), json!(a.logprob)))
                             .collect();
-                        logprobs.push(lp.token.clone(), Some(lp.logprob), Value::Object(top));
+                        logprobs.push(
+                            name(token_id, &lp.token),
+                            Some(lp.logprob),
+                            Value::Object(top),
+                        );
                     }
                 }
                 Some(GenerateEvent::Finished {

@@ -20,10 +20,12 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::json;
 use tandem_cloud_adapters::ProviderError;
+use tandem_cloud_adapters::Usage;
 use tandem_cloud_adapters::provider::ProviderErrorKind;
 use tandem_cloud_adapters::verify::tandem::{
     SESSION_MISMATCH, TandemVerifyRequest, TandemVerifyResponse, TandemVerifyUsage, VERIFY_PATH,
 };
+use tandem_cloud_adapters::verify::{Verifier, VerifyProtocol, VerifyRequest, VerifyResponse};
 use tandem_local_model::{Engine, GenerateEvent, GenerateRequest, SamplingParams, SessionId};
 
 use super::decoder::PlainStreamer;
@@ -393,5 +395,131 @@ fn parse_frame(name: &str, frame: &str) -> Frame {
             name,
             format!("bad token frame `{data}`"),
         )),
+    }
+}
+
+/// The verify protocol without HTTP: a [`Verifier`] calling a [`VerifyState`] in this process
+/// (tests, benches, and a gateway that hosts the target itself).
+#[derive(Debug, Clone)]
+pub struct InProcessVerifier {
+    state: Arc<VerifyState>,
+    sent: Arc<Mutex<HashMap<String, Vec<u32>>>>,
+}
+
+impl InProcessVerifier {
+    /// A verifier over `state`.
+    pub fn new(state: Arc<VerifyState>) -> Self {
+        Self {
+            state,
+            sent: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Verifier for InProcessVerifier {
+    fn name(&self) -> &str {
+        "in-process"
+    }
+
+    fn protocol(&self) -> VerifyProtocol {
+        VerifyProtocol::Tandem
+    }
+
+    async fn verify(&self, req: &VerifyRequest<'_>) -> Result<VerifyResponse, ProviderError> {
+        let session = req.session.unwrap_or("in-process").to_owned();
+        let mut full = req.prefix.to_vec();
+        full.extend_from_slice(req.draft);
+        let base_len = self.sent.lock().get(&session).map_or(0, |prev| {
+            prev.iter().zip(&full).take_while(|(a, b)| a == b).count()
+        });
+        let base_len = base_len.min(full.len().saturating_sub(req.draft.len().max(1)));
+        let answer = self
+            .state
+            .verify(TandemVerifyRequest {
+                model: req.model.to_owned(),
+                session_id: session.clone(),
+                base_len,
+                tokens: full[base_len..].to_vec(),
+                draft_len: req.draft.len(),
+                top_k: req.top_k,
+                close: false,
+            })
+            .await
+            .map_err(|f| {
+                ProviderError::new(ProviderErrorKind::Status, "in-process", format!("{f:?}"))
+            })?;
+        self.sent.lock().insert(session, full);
+        VerifyResponse {
+            positions: answer.positions,
+            usage: Usage {
+                prompt_tokens: answer.usage.prompt_tokens + answer.usage.cached_tokens,
+                completion_tokens: answer.usage.completion_tokens,
+                cached_prompt_tokens: answer.usage.cached_tokens,
+                ..Usage::default()
+            },
+        }
+        .check(req.draft.len(), "in-process")
+    }
+
+    async fn end_session(&self, session: &str) {
+        self.sent.lock().remove(session);
+        let _ = self
+            .state
+            .verify(TandemVerifyRequest {
+                model: String::new(),
+                session_id: session.to_owned(),
+                base_len: 0,
+                tokens: Vec::new(),
+                draft_len: 0,
+                top_k: 1,
+                close: true,
+            })
+            .await;
+    }
+}
+
+/// Plain greedy streaming from an engine in this process.
+#[derive(Debug, Clone)]
+pub struct InProcessStreamer {
+    engine: Engine,
+}
+
+impl InProcessStreamer {
+    /// A streamer over `engine`.
+    pub fn new(engine: Engine) -> Self {
+        Self { engine }
+    }
+}
+
+#[async_trait::async_trait]
+impl PlainStreamer for InProcessStreamer {
+    async fn stream(
+        &self,
+        context: &[u32],
+        max_tokens: usize,
+    ) -> Result<BoxStream<'static, Result<u32, ProviderError>>, ProviderError> {
+        let rx = self
+            .engine
+            .generate(GenerateRequest {
+                prompt: context.to_vec(),
+                params: SamplingParams::greedy(max_tokens.max(1)),
+            })
+            .map_err(|e| {
+                ProviderError::new(ProviderErrorKind::Status, "in-process", e.to_string())
+            })?;
+        Ok(tokio_stream_from(rx)
+            .filter_map(|ev| async move {
+                match ev {
+                    GenerateEvent::Token { id, .. } => Some(Ok(id)),
+                    GenerateEvent::Finished { .. } => None,
+                    GenerateEvent::Error(m) => Some(Err(ProviderError::new(
+                        ProviderErrorKind::Status,
+                        "in-process",
+                        m,
+                    ))),
+                }
+            })
+            .boxed())
     }
 }

@@ -1,0 +1,286 @@
+//! Speculative decoding end to end with the real models: greedy output is token for token the
+//! target's own, on the same-tokenizer path (SmolLM2 drafts for SmolLM2) and the cross-tokenizer
+//! path (SmolLM2 drafts for Gemma 3 270M), in process and over loopback HTTP with the delay layer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tandem_cloud_adapters::verify::tandem::TandemVerifier;
+use tandem_gateway::speculative::{
+    DelayConfig, DelayLayer, DraftPolicy, InProcessStreamer, InProcessVerifier, PolicyConfig,
+    SpecOptions, TandemStreamer, VerifyState, router, run,
+};
+use tandem_local_model::draft::{CrossTokenizerDrafter, Drafter, EngineDrafter, NgramDrafter};
+use tandem_local_model::fetch::{ProcessEnv, default_cache_root, locate};
+use tandem_local_model::{
+    ChatMessage, Engine, EngineConfig, GenerateEvent, GenerateRequest, SamplingParams,
+};
+
+const MAX_TOKENS: usize = 16;
+
+fn engine(artifact: &str) -> Engine {
+    let root = default_cache_root(&ProcessEnv);
+    let path = locate(&root, artifact)
+        .unwrap_or_else(|| {
+            panic!(
+                "{artifact} is not in the cache at {}; run `tandem models fetch {artifact}`",
+                root.display()
+            )
+        })
+        .primary()
+        .to_path_buf();
+    Engine::start(EngineConfig::new(path).threads(1)).expect("engine starts")
+}
+
+fn prompts() -> Vec<String> {
+    let chat = [
+        "What is the capital of France?",
+        "Give me three tips for better sleep.",
+        "Explain photosynthesis in one sentence.",
+        "What is 12 times 7?",
+        "Write a haiku about the sea.",
+        "Who wrote Romeo and Juliet?",
+        "What does a CPU do?",
+        "Name the planets of the solar system.",
+        "How do I boil an egg?",
+        "What is the boiling point of water?",
+        "Translate 'good morning' into Spanish.",
+        "Why is the sky blue?",
+        "Suggest a name for a pet cat.",
+        "What is machine learning?",
+        "List three primary colors.",
+        "How many days are in a leap year?",
+        "What is the largest ocean on Earth?",
+        "Describe a rainbow to a child.",
+        "What is the speed of light?",
+        "Give an example of a mammal that can fly.",
+        "What language is spoken in Brazil?",
+        "Summarize the story of Cinderella.",
+        "What is an atom?",
+        "How do vaccines work?",
+        "What is the tallest mountain in the world?",
+        "Recommend a good habit for students.",
+    ];
+    let code = [
+        "Write a Python function that reverses a string.",
+        "Write a Python function to compute the factorial of n.",
+        "Write a JavaScript function that adds two numbers.",
+        "Write a SQL query that selects all rows from a table named users.",
+        "Write a Python loop that prints the numbers 1 to 10.",
+        "Write a C function that returns the maximum of two integers.",
+        "Write a Python function that checks whether a number is prime.",
+        "Write a Rust function that squares an i32.",
+        "Write a bash command that counts the lines in a file.",
+        "Write a Python list comprehension for the squares of 0 to 9.",
+        "Fix this Python code: def add(a, b) return a + b",
+        "Write a Python class named Point with x and y attributes.",
+        "Write a JavaScript arrow function that doubles a number.",
+        "Write a Python function that sums a list of numbers.",
+        "Write a regular expression that matches an email address.",
+        "Write a Python function that returns the Fibonacci numbers up to n.",
+        "Write HTML for a button that says Click me.",
+        "Write a Python function that reads a file and returns its lines.",
+        "Write a Go function that returns hello world.",
+        "Write a Python dictionary mapping three fruits to their colors.",
+        "Write a Python function that removes duplicates from a list.",
+        "Write a Java method that returns the length of a string.",
+        "Write a Python function that converts Celsius to Fahrenheit.",
+        "Write a JSON object describing a book with a title and an author.",
+        "Write a Python function that sorts a list of tuples by the second item.",
+        "Write a shell command that lists all files in the current directory.",
+    ];
+    chat.iter()
+        .chain(code.iter())
+        .map(|s| s.to_string())
+        .collect()
+}
+
+/// The target alone, greedy.
+async fn target_only(target: &Engine, prompt: &[u32]) -> Vec<u32> {
+    let mut rx = target
+        .generate(GenerateRequest {
+            prompt: prompt.to_vec(),
+            params: SamplingParams::greedy(MAX_TOKENS),
+        })
+        .unwrap();
+    let mut out = Vec::new();
+    while let Some(ev) = rx.recv().await {
+        match ev {
+            GenerateEvent::Token { id, .. } => out.push(id),
+            GenerateEvent::Finished { .. } => break,
+            GenerateEvent::Error(e) => panic!("target failed: {e}"),
+        }
+    }
+    out
+}
+
+fn options(target: &Engine, session: &str) -> SpecOptions {
+    let mut opts = SpecOptions::greedy("target", MAX_TOKENS);
+    opts.eos = target.info().eos_token_ids.clone();
+    opts.session = Some(session.to_owned());
+    opts
+}
+
+/// A policy that never falls back, so every token goes through verification.
+fn always_speculate() -> DraftPolicy {
+    DraftPolicy::new(PolicyConfig {
+        plain_token_time: Duration::from_secs(10),
+        max_draft: 6,
+        ..PolicyConfig::default()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greedy_output_is_the_targets_on_both_paths() {
+    let smol = engine("smollm2-135m");
+    let smol_target = engine("smollm2-135m");
+    let gemma = engine("gemma3-270m");
+    let prompts = prompts();
+    assert!(prompts.len() >= 50);
+
+    for (path, target) in [
+        ("same-tokenizer", &smol_target),
+        ("cross-tokenizer", &gemma),
+    ] {
+        let state = Arc::new(VerifyState::new(target.clone(), 8));
+        let verifier = InProcessVerifier::new(state.clone());
+        let (mut drafted, mut accepted, mut rounds, mut tokens) = (0, 0, 0, 0);
+        for (i, text) in prompts.iter().enumerate() {
+            let messages = [ChatMessage::user(text.as_str())];
+            let prompt = target.chat_prompt(&messages, true).unwrap();
+            let expected = target_only(target, &prompt).await;
+            let mut drafter: Box<dyn Drafter> = if path == "same-tokenizer" {
+                Box::new(EngineDrafter::new(smol.clone(), &target.info().vocab_hash).unwrap())
+            } else {
+                let draft_prompt = smol.chat_prompt(&messages, true).unwrap();
+                Box::new(CrossTokenizerDrafter::new(
+                    smol.clone(),
+                    target.tokenizer().clone(),
+                    draft_prompt,
+                    prompt.len(),
+                ))
+            };
+            let mut policy = always_speculate();
+            let report = run(
+                drafter.as_mut(),
+                &verifier,
+                None,
+                &mut policy,
+                &prompt,
+                &options(target, &format!("{path}-{i}")),
+                &mut |_| {},
+            )
+            .await
+            .unwrap();
+            assert_eq!(
+                report.tokens, expected,
+                "{path}: prompt {i} ({text:?}) differs from the target's own greedy output"
+            );
+            drafted += report.drafted;
+            accepted += report.accepted;
+            rounds += report.rounds;
+            tokens += report.tokens.len();
+        }
+        eprintln!(
+            "{path}: {} prompts, {tokens} tokens in {rounds} rounds, acceptance {:.2}",
+            prompts.len(),
+            accepted as f64 / drafted.max(1) as f64
+        );
+        assert_eq!(state.session_count(), 0, "sessions are closed at the end");
+        // Fewer target rounds than tokens: speculation did something.
+        assert!(
+            rounds < tokens as u64,
+            "{path}: {rounds} rounds for {tokens} tokens"
+        );
+    }
+    assert!(EngineDrafter::new(smol.clone(), &gemma.info().vocab_hash).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loopback_target_with_delay_layer_and_fallback_keeps_output() {
+    let smol = engine("smollm2-135m");
+    let target = engine("smollm2-135m");
+    let state = Arc::new(VerifyState::new(target.clone(), 8));
+    let app = router(state.clone()).layer(DelayLayer::new(DelayConfig {
+        rtt: Duration::from_millis(10),
+        step: Duration::from_millis(5),
+    }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    tandem_cloud_adapters::http::install_crypto_provider();
+    let client = reqwest::Client::new();
+    let verifier = TandemVerifier::new("cloud", base.clone(), None, client.clone());
+    let streamer = TandemStreamer::new("cloud", base, client);
+
+    for (i, text) in prompts().iter().take(4).enumerate() {
+        let prompt = target
+            .chat_prompt(&[ChatMessage::user(text.as_str())], true)
+            .unwrap();
+        let expected = target_only(&target, &prompt).await;
+        // Speculative over HTTP.
+        let mut drafter = EngineDrafter::new(smol.clone(), &target.info().vocab_hash).unwrap();
+        let mut policy = always_speculate();
+        let mut streamed = Vec::new();
+        let report = run(
+            &mut drafter,
+            &verifier,
+            Some(&streamer),
+            &mut policy,
+            &prompt,
+            &options(&target, &format!("http-{i}")),
+            &mut |block| streamed.extend_from_slice(block),
+        )
+        .await
+        .unwrap();
+        assert_eq!(report.tokens, expected, "prompt {i} over http");
+        assert_eq!(streamed, expected, "streamed blocks add up to the answer");
+        assert!(!report.fell_back);
+        assert!(
+            report.target_cached_input_tokens > 0,
+            "the session kept the target's KV"
+        );
+
+        // A policy that finds plain streaming faster falls back at once, with the same output.
+        let mut ngram = NgramDrafter::default();
+        let mut slow = DraftPolicy::new(PolicyConfig {
+            plain_token_time: Duration::from_micros(1),
+            ..PolicyConfig::default()
+        });
+        let fallback = run(
+            &mut ngram,
+            &verifier,
+            Some(&streamer),
+            &mut slow,
+            &prompt,
+            &options(&target, &format!("plain-{i}")),
+            &mut |_| {},
+        )
+        .await
+        .unwrap();
+        assert!(fallback.fell_back);
+        assert_eq!(fallback.tokens, expected, "prompt {i} streamed plainly");
+    }
+
+    // The in-process streamer gives the same plain stream.
+    let prompt = target
+        .chat_prompt(&[ChatMessage::user("Hi")], true)
+        .unwrap();
+    let mut ngram = NgramDrafter::default();
+    let mut slow = DraftPolicy::new(PolicyConfig {
+        plain_token_time: Duration::from_micros(1),
+        ..PolicyConfig::default()
+    });
+    let local = run(
+        &mut ngram,
+        &InProcessVerifier::new(state),
+        Some(&InProcessStreamer::new(target.clone())),
+        &mut slow,
+        &prompt,
+        &options(&target, "local-plain"),
+        &mut |_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(local.tokens, target_only(&target, &prompt).await);
+}

@@ -1,0 +1,727 @@
+//! End to end through Tandem to the mock upstream: both wire formats and the translations between
+//! them, tools, streamed usage, every error path, auth, limits, timeouts and cancellation.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tandem_cloud_adapters::mock::MockConfig;
+use tandem_tests::{Harness, read_first_chunk_and_drop};
+
+fn chat(model: &str, stream: bool) -> Value {
+    json!({"model": model, "stream": stream, "stream_options": {"include_usage": true},
+           "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there"}]})
+}
+
+fn message(model: &str, stream: bool) -> Value {
+    json!({"model": model, "stream": stream, "max_tokens": 64, "system": "Be brief.",
+           "messages": [{"role": "user", "content": "Hello there"}]})
+}
+
+#[tokio::test]
+async fn openai_chat_to_openai_backend() {
+    let h = Harness::start("").await.unwrap();
+    let (status, headers, body) = h
+        .post("/v1/chat/completions", &chat("gpt", false))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["object"], "chat.completion");
+    assert!(
+        body["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .len()
+            > 0
+    );
+    assert!(body["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
+    assert!(
+        headers["x-tandem-route"]
+            .to_str()
+            .unwrap()
+            .starts_with("openai; route gpt")
+    );
+    assert!(headers.contains_key("x-request-id"));
+    // The upstream got the mapped model and the key from the env source.
+    let upstream = h.mock.requests().into_iter().last().unwrap();
+    assert_eq!(upstream.json().unwrap()["model"], "gpt-4o-mini");
+    assert_eq!(upstream.header("authorization"), Some("Bearer sk-mock"));
+}
+
+#[tokio::test]
+async fn openai_stream_with_usage_and_cached_tokens() {
+    let h = Harness::start("").await.unwrap();
+    let (status, headers, events) = h
+        .post_stream("/v1/chat/completions", &chat("gpt", true))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    assert_eq!(events.last().unwrap().data, "[DONE]");
+    let text: String = events
+        .iter()
+        .filter_map(|e| {
+            e.json()["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert!(!text.is_empty());
+    let usage = events
+        .iter()
+        .map(|e| e.json())
+        .find(|v| v["usage"].is_object())
+        .expect("usage chunk");
+    assert!(usage["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+    assert!(
+        usage["usage"]["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "{usage}"
+    );
+    // Usage and cost were counted from the stream.
+    let metrics = h
+        .client
+        .get(h.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"tandem_tokens_total{backend="openai",kind="cached_prompt"}"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"tandem_cost_dollars_total{backend="openai"}"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn openai_client_to_anthropic_backend() {
+    let h = Harness::start("").await.unwrap();
+    let (status, headers, body) = h
+        .post("/v1/chat/completions", &chat("claude", false))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["object"], "chat.completion");
+    assert!(
+        body["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .len()
+            > 0
+    );
+    assert!(
+        headers["x-tandem-route"]
+            .to_str()
+            .unwrap()
+            .starts_with("anthropic")
+    );
+    let upstream = h.mock.requests().into_iter().last().unwrap();
+    assert!(upstream.path.ends_with("/messages"), "{}", upstream.path);
+    assert_eq!(upstream.header("x-api-key"), Some("ak-mock"));
+    let sent = upstream.json().unwrap();
+    assert_eq!(sent["model"], "claude-3-5-haiku");
+    assert!(sent["system"].to_string().contains("Be brief."), "{sent}");
+
+    let (status, _, events) = h
+        .post_stream("/v1/chat/completions", &chat("claude", true))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(events.last().unwrap().data, "[DONE]");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.json()["choices"][0]["delta"]["content"].is_string())
+    );
+}
+
+#[tokio::test]
+async fn anthropic_client_to_openai_backend() {
+    let h = Harness::start("").await.unwrap();
+    let (status, _, body) = h
+        .post("/v1/messages", &message("gpt", false))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["type"], "message");
+    assert_eq!(body["content"][0]["type"], "text");
+    assert!(body["usage"]["input_tokens"].as_u64().is_some());
+    let upstream = h.mock.requests().into_iter().last().unwrap();
+    assert!(upstream.path.ends_with("/chat/completions"));
+    assert_eq!(upstream.json().unwrap()["messages"][0]["role"], "system");
+
+    let (status, _, events) = h
+        .post_stream("/v1/messages", &message("gpt", true))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let names: Vec<_> = events.iter().filter_map(|e| e.event.clone()).collect();
+    assert_eq!(names.first().map(String::as_str), Some("message_start"));
+    assert_eq!(names.last().map(String::as_str), Some("message_stop"));
+    for expected in [
+        "content_block_start",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+    ] {
+        assert!(names.iter().any(|n| n == expected), "{names:?}");
+    }
+}
+
+#[tokio::test]
+async fn anthropic_to_anthropic_stream() {
+    let h = Harness::start("").await.unwrap();
+    let (status, _, events) = h
+        .post_stream("/v1/messages", &message("claude", true))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        events.first().unwrap().event.as_deref(),
+        Some("message_start")
+    );
+    assert_eq!(
+        events.last().unwrap().event.as_deref(),
+        Some("message_stop")
+    );
+}
+
+#[tokio::test]
+async fn tool_calls_both_ways() {
+    let h = Harness::start("").await.unwrap();
+    let tools = json!([{"type": "function", "function": {"name": "get_weather", "description": "Weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]);
+    let mut req = chat("gpt-tool", false);
+    req["tools"] = tools.clone();
+    req["tool_choice"] = json!("auto");
+    let (status, _, body) = h.post("/v1/chat/completions", &req).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["choices"][0]["finish_reason"], "tool_calls");
+    let call = &body["choices"][0]["message"]["tool_calls"][0];
+    assert_eq!(call["type"], "function");
+    assert!(call["function"]["name"].is_string());
+    let upstream = h
+        .mock
+        .requests()
+        .into_iter()
+        .last()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(upstream["tools"][0]["function"]["name"], "get_weather");
+
+    // OpenAI client, Anthropic backend: tool_use comes back as tool_calls.
+    let mut req = chat("claude-tool", true);
+    req["tools"] = tools;
+    let (status, _, events) = h.post_stream("/v1/chat/completions", &req).await.unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        events
+            .iter()
+            .any(|e| e.json()["choices"][0]["delta"]["tool_calls"].is_array()),
+        "{events:?}"
+    );
+    let upstream = h
+        .mock
+        .requests()
+        .into_iter()
+        .last()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(upstream["tools"][0]["name"], "get_weather");
+
+    // Anthropic client, OpenAI backend: tool_calls come back as tool_use blocks.
+    let mut req = message("gpt-tool", false);
+    req["tools"] = json!([{"name": "get_weather", "description": "Weather", "input_schema": {"type": "object"}}]);
+    let (status, _, body) = h.post("/v1/messages", &req).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["stop_reason"], "tool_use");
+    assert!(
+        body["content"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["type"] == "tool_use")
+    );
+}
+
+#[tokio::test]
+async fn client_errors_are_shaped_and_never_panic() {
+    let h = Harness::start("").await.unwrap();
+    let (status, body) = h
+        .post_raw("/v1/chat/completions", "{not json")
+        .await
+        .unwrap();
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    let (status, body) = h
+        .post_raw("/v1/chat/completions", r#"{"model":"gpt","messages":"hi"}"#)
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["param"]
+            .as_str()
+            .unwrap()
+            .starts_with("messages"),
+        "{body}"
+    );
+    let (status, _, body) = h
+        .post("/v1/chat/completions", &chat("no-such-model", false))
+        .await
+        .unwrap();
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["code"], "model_not_found");
+    let mut n2 = chat("gpt", false);
+    n2["n"] = json!(2);
+    let (status, _, body) = h.post("/v1/chat/completions", &n2).await.unwrap();
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["param"], "n");
+    // Anthropic-shaped on /v1/messages.
+    let (status, _, body) = h
+        .post("/v1/messages", &message("no-such-model", false))
+        .await
+        .unwrap();
+    assert_eq!(status, 404);
+    assert_eq!(body["type"], "error");
+    assert_eq!(body["error"]["type"], "not_found_error");
+    let (status, body) = h.post_raw("/v1/messages", "[]").await.unwrap();
+    assert_eq!(status, 400);
+    assert_eq!(body["type"], "error");
+    // Unknown path.
+    let r = h.client.get(h.url("/v1/nothing")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    // The gateway still serves.
+    let (status, _, _) = h
+        .post("/v1/chat/completions", &chat("gpt", false))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn upstream_errors_pass_on_and_fallback() {
+    let h = Harness::start("").await.unwrap();
+    let (status, headers, body) = h
+        .post("/v1/chat/completions", &chat("gpt-ratelimit", false))
+        .await
+        .unwrap();
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        headers["x-tandem-route"]
+            .to_str()
+            .unwrap()
+            .contains("failed")
+    );
+    let (status, _, body) = h
+        .post("/v1/chat/completions", &chat("gpt-400", false))
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{body}");
+    let (status, _, body) = h
+        .post("/v1/messages", &message("claude-overloaded", false))
+        .await
+        .unwrap();
+    assert_eq!(status, 529, "{body}");
+    assert_eq!(body["type"], "error");
+
+    // Connect refused on the first backend: the second answers.
+    let (status, headers, body) = h
+        .post("/v1/chat/completions", &chat("with-fallback", false))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let route = headers["x-tandem-route"].to_str().unwrap();
+    assert!(
+        route.starts_with("openai;") && route.contains("fallback after down"),
+        "{route}"
+    );
+    let metrics = h
+        .client
+        .get(h.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"tandem_fallbacks_total{backend="down"} 1"#),
+        "{metrics}"
+    );
+
+    // A route without fallback passes the connect error on.
+    let (status, _, body) = h
+        .post("/v1/chat/completions", &chat("down-only", false))
+        .await
+        .unwrap();
+    assert_eq!(status, 502, "{body}");
+}
+
+#[tokio::test]
+async fn cut_stream_ends_with_error_event() {
+    let h = Harness::start("").await.unwrap();
+    let (status, _, events) = h
+        .post_stream("/v1/chat/completions", &chat("gpt-cut", true))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let last = events.last().unwrap().json();
+    assert!(last["error"].is_object(), "{events:?}");
+    let (status, _, events) = h
+        .post_stream("/v1/messages", &message("claude-cut", true))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        events.last().unwrap().event.as_deref(),
+        Some("error"),
+        "{events:?}"
+    );
+}
+
+#[tokio::test]
+async fn auth_with_hashed_keys() {
+    let hash = tandem_gateway::config::hash_api_key("secret-key");
+    let h = Harness::start(&format!("api_key_hashes = [\"{hash}\"]"))
+        .await
+        .unwrap();
+    let r = h
+        .client
+        .post(h.url("/v1/chat/completions"))
+        .json(&chat("gpt", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "authentication_error");
+    let r = h
+        .client
+        .post(h.url("/v1/chat/completions"))
+        .bearer_auth("wrong")
+        .json(&chat("gpt", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = h
+        .client
+        .post(h.url("/v1/chat/completions"))
+        .bearer_auth("secret-key")
+        .json(&chat("gpt", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = h
+        .client
+        .post(h.url("/v1/messages"))
+        .header("x-api-key", "secret-key")
+        .json(&message("claude", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = h
+        .client
+        .post(h.url("/v1/messages"))
+        .json(&message("claude", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.json::<Value>().await.unwrap()["type"], "error");
+    assert_eq!(
+        h.client
+            .get(h.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn body_limit_is_413() {
+    let h = Harness::start("[limits]\nmax_body_bytes = 1024")
+        .await
+        .unwrap();
+    let mut req = chat("gpt", false);
+    req["messages"][1]["content"] = json!("x".repeat(4096));
+    let (status, _, body) = h.post("/v1/chat/completions", &req).await.unwrap();
+    assert_eq!(status, 413);
+    assert_eq!(body["error"]["code"], "request_too_large");
+    // Chunked (no content-length) is caught while reading.
+    let stream = futures::stream::iter(vec![Ok::<_, std::io::Error>(bytes::Bytes::from(
+        req.to_string(),
+    ))]);
+    let r = h
+        .client
+        .post(h.url("/v1/chat/completions"))
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+}
+
+#[tokio::test]
+async fn concurrency_limit_sheds_with_retry_after() {
+    let h = Harness::start("[limits]\nmax_concurrency = 1\nretry_after_secs = 2")
+        .await
+        .unwrap();
+    let slow = h
+        .client
+        .post(h.url("/v1/chat/completions"))
+        .json(&chat("gpt-delay", false))
+        .send();
+    let slow = tokio::spawn(slow);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = h
+        .client
+        .post(h.url("/v1/chat/completions"))
+        .json(&chat("gpt", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "2");
+    // Probes are not shed.
+    assert_eq!(
+        h.client
+            .get(h.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(slow.await.unwrap().unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn total_timeout_is_504() {
+    let h = Harness::start("[limits]\nrequest_timeout_ms = 300")
+        .await
+        .unwrap();
+    let (status, _, body) = h
+        .post("/v1/chat/completions", &chat("gpt-delay", false))
+        .await
+        .unwrap();
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(body["error"]["code"], "timeout");
+    let (status, _, body) = h
+        .post("/v1/messages", &message("gpt-delay", false))
+        .await
+        .unwrap();
+    assert_eq!(status, 504);
+    assert_eq!(body["type"], "error");
+}
+
+#[tokio::test]
+async fn first_token_timeout() {
+    let h = Harness::start("[limits]\nfirst_token_timeout_ms = 300")
+        .await
+        .unwrap();
+    // No headers from the upstream in time.
+    let (status, _, body) = h
+        .post("/v1/chat/completions", &chat("gpt-delay", true))
+        .await
+        .unwrap();
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(body["error"]["code"], "first_token_timeout");
+    // Non-streaming requests are not bound by it.
+    let h = Harness::start("[limits]\nfirst_token_timeout_ms = 100")
+        .await
+        .unwrap();
+    let (status, _, _) = h
+        .post("/v1/chat/completions", &chat("gpt-slow", false))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn stalled_stream_is_cut_by_total_timeout_with_error_event() {
+    let h = Harness::start("[limits]\nrequest_timeout_ms = 1000")
+        .await
+        .unwrap();
+    let (status, _, events) = h
+        .post_stream("/v1/chat/completions", &chat("gpt-stall", true))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let last = events.last().unwrap().json();
+    assert!(last["error"].is_object(), "{events:?}");
+}
+
+#[tokio::test]
+async fn client_disconnect_cancels_upstream() {
+    let h = Harness::start_with(
+        "",
+        MockConfig {
+            record: true,
+            slow_delay: Duration::from_millis(100),
+        },
+    )
+    .await
+    .unwrap();
+    let r = h
+        .client
+        .post(h.url("/v1/chat/completions"))
+        .json(&chat("gpt-slow", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    read_first_chunk_and_drop(r).await.unwrap();
+    let mut cancelled = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if h.mock.disconnect_count() > 0 {
+            cancelled = true;
+            break;
+        }
+    }
+    assert!(cancelled, "the upstream stream was not dropped");
+    assert_eq!(h.mock.completed_count(), 0);
+}
+
+#[tokio::test]
+async fn models_health_ready_metrics() {
+    let h = Harness::start("").await.unwrap();
+    let models: Value = h
+        .client
+        .get(h.url("/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<_> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        ids.contains(&"gpt".to_owned())
+            && ids.contains(&"claude".to_owned())
+            && ids.contains(&"with-fallback".to_owned())
+    );
+    assert_eq!(
+        h.client
+            .get(h.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // No local backend configured: ready at once.
+    assert_eq!(
+        h.client
+            .get(h.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let _ = h
+        .post("/v1/chat/completions", &chat("gpt", false))
+        .await
+        .unwrap();
+    let _ = h
+        .post("/v1/chat/completions", &chat("nope", false))
+        .await
+        .unwrap();
+    let text = h
+        .client
+        .get(h.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(r#"tandem_requests_total{endpoint="chat",backend="openai",status="2xx"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"tandem_errors_total{endpoint="chat",kind="model_not_found"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains("tandem_request_duration_seconds_bucket"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn request_ids_and_feedback() {
+    let h = Harness::start("").await.unwrap();
+    let r = h
+        .client
+        .post(h.url("/v1/chat/completions"))
+        .header("x-request-id", "req-123")
+        .json(&chat("gpt", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "req-123");
+    let (status, _, body) = h
+        .post(
+            "/v1/feedback",
+            &json!({"request_id": "req-123", "thumbs": "up", "correct": true}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["backend"], "openai");
+    let (status, _, body) = h
+        .post(
+            "/v1/feedback",
+            &json!({"request_id": "unknown", "score": 1}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 404, "{body}");
+    let (status, _) = h.post_raw("/v1/feedback", "{oops").await.unwrap();
+    assert_eq!(status, 400);
+    let (status, _, _) = h
+        .post(
+            "/v1/feedback",
+            &json!({"request_id": "req-123", "score": "high"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn completions_need_a_local_backend() {
+    let h = Harness::start("").await.unwrap();
+    let (status, _, body) = h
+        .post("/v1/completions", &json!({"model": "gpt", "prompt": "Hi"}))
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "model");
+}
