@@ -65,4 +65,24 @@ impl WireError {
     pub fn invalid_value(param: &str, message: impl Into<String>) -> Self {
         Self::new("invalid_value", Some(param), message)
     }
+
+    /// The OpenAI 400 body: `{"error":{"message","type":"invalid_request_error","param","code"}}`.
+    pub fn openai_body(&self) -> serde_json::Value {
+        serde_json::json!({
+            "error": {
+                "message": self.message,
+                "type": "invalid_request_error",
+                "param": self.param,
+                "code": self.code,
+            }
+        })
+    }
+
+    /// The Anthropic 400 body: `{"type":"error","error":{"type":"invalid_request_error","message"}}`.
+    pub fn anthropic_body(&self) -> serde_json::Value {
+        serde_json::json!({
+            "type": "error",
+            "error": {"type": "invalid_request_error", "message": self.message},
+        })
+    }
 }

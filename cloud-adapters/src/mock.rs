@@ -666,13 +666,11 @@ impl Body for MockBody {
 
 impl Drop for MockBody {
     fn drop(&mut self) {
-        if !self.finished && self.next < self.end {
-            if let Some(state) = &self.state {
-                state
-                    .counters
-                    .dropped_bodies
-                    .fetch_add(1, Ordering::Relaxed);
-            }
+        if let (false, Some(state)) = (self.finished, &self.state) {
+            state
+                .counters
+                .dropped_bodies
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
 }

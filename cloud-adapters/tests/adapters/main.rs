@@ -1,5 +1,8 @@
 //! Wire formats, SSE, translation and providers against recorded fixtures and a loopback mock.
 
+// Helpers outside `#[test]` functions may fail loudly too.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod anthropic_wire;
 mod openai_wire;
 mod providers;
