@@ -165,12 +165,16 @@ pub fn bench_decide(args: &BenchArgs) -> Result<BenchReport> {
     };
 
     let mut us = Vec::with_capacity(args.iterations);
-    for i in 0..args.iterations {
+    // The first rounds warm caches and the allocator; they are not counted.
+    for i in 0..args.iterations + 200 {
         let prompt = PROMPTS[i % PROMPTS.len()];
-        us.push(time(&mut || {
+        let t = time(&mut || {
             let f = RequestFeatures::from_prompt(prompt, None);
             std::hint::black_box(router.decide(&f, &candidates, &rules));
-        }));
+        });
+        if i >= 200 {
+            us.push(t);
+        }
     }
     rows.push(row("features + decide, no embedding (peer)", us));
 
@@ -212,8 +216,9 @@ pub fn bench_decide(args: &BenchArgs) -> Result<BenchReport> {
         };
         let mut us = Vec::with_capacity(args.encoder_iterations);
         for i in 0..args.encoder_iterations {
-            // A fresh suffix defeats every cache; the long prompt reaches the truncation length.
-            let prompt = format!("{} (case {i})", PROMPTS[(i % 3) + 3]);
+            // A fresh prefix defeats every cache; three prompts joined exceed 128 tokens, so the
+            // truncation length is what is measured.
+            let prompt = format!("case {i}: {} {} {}", PROMPTS[3], PROMPTS[5], PROMPTS[1]);
             let mut failed = None;
             us.push(time(&mut || match enc.embed(&prompt) {
                 Ok(e) => {

@@ -273,6 +273,17 @@ impl QualityModel {
         }
     }
 
+    /// Mean of the training inputs, where the model keeps one.
+    pub fn input_mean(&self) -> Option<&[f32]> {
+        match self {
+            Self::Logistic(m) => Some(&m.norm.mean),
+            Self::Mlp(m) => Some(&m.norm.mean),
+            Self::MatrixFactorization(m) => Some(&m.norm.mean),
+            Self::Knn(_) => None,
+            Self::Ensemble(ms) => ms.iter().find_map(Self::input_mean),
+        }
+    }
+
     /// P(strong model answers better) for one feature vector.
     pub fn predict(&self, x: &[f32]) -> f32 {
         if x.len() != self.input_dim() {

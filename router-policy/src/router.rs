@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::backend::{BackendCandidate, BackendKind};
 use crate::bandit::{self, BanditState, BanditStore, LinUcb};
 use crate::decision::{Choice, Decision, Explanation};
+use crate::encoder::EMBEDDING_DIM;
 use crate::features::{FEATURE_DIM, RequestFeatures};
 use crate::model::QualityModel;
 use crate::rules::{Placement, RouteRules, Weights};
@@ -282,9 +283,18 @@ impl Router {
         &self.config
     }
 
-    /// The predictor's P(strong model answers better) for these features.
+    /// The predictor's P(strong model answers better) for these features. Without an embedding
+    /// (not cached and not worth waiting for) the embedding slots take the training mean, so the
+    /// prediction rests on the cheap features alone instead of on an out-of-range zero vector.
     pub fn predict(&self, features: &RequestFeatures) -> f32 {
-        self.file.model.predict(&features.to_vector())
+        let mut x = features.to_vector();
+        if features.embedding.is_none()
+            && let Some(mean) = self.file.model.input_mean()
+        {
+            let n = EMBEDDING_DIM.min(mean.len()).min(x.len());
+            x[..n].copy_from_slice(&mean[..n]);
+        }
+        self.file.model.predict(&x)
     }
 
     fn quality(&self, cand: &BackendCandidate, p_strong: f32, ctx: &[f32]) -> f32 {
