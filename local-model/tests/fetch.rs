@@ -432,6 +432,35 @@ async fn restarts_from_zero_when_the_server_ignores_range() {
 }
 
 #[tokio::test]
+async fn a_stale_partial_that_resumes_to_the_wrong_hash_is_downloaded_again() {
+    let (hub, hub_addr) = Server::start().await;
+    let data = payload(12, 90_000);
+    hub.route("/org/repo/resolve/main/f.bin", Route::file(data.clone()));
+    let spec = spec(
+        "stale",
+        vec![FileSpec {
+            name: "f.bin",
+            size: Some(data.len() as u64),
+            sha256: Some(leak(sha256_hex(&data))),
+            sources: sources(vec![Source::Hub {
+                repo: "org/repo",
+                path: "f.bin",
+            }]),
+        }],
+    );
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("stale");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("f.bin.part"), vec![0x55; 30_000]).unwrap();
+    let mut opts = options(root.path(), closed_port().await).await;
+    opts.hub_base = format!("http://{hub_addr}");
+    let paths = fetch_spec(&opts, spec).await.unwrap();
+    assert_eq!(std::fs::read(paths.primary()).unwrap(), data);
+    let ranges: Vec<_> = hub.seen().into_iter().map(|s| s.range).collect();
+    assert_eq!(ranges, vec![Some("bytes=30000-".to_string()), None]);
+}
+
+#[tokio::test]
 async fn an_interrupted_download_is_retried_and_resumed() {
     let (server, addr) = Server::start().await;
     let data = payload(5, 400_000);

@@ -122,11 +122,59 @@ pub(crate) async fn download(
     mode: ProgressMode,
 ) -> Result<String> {
     let part = with_suffix(dest, ".part");
+    // A partial file left by an earlier run may belong to other bytes (the file changed on the
+    // server, or the disk was damaged); if the resumed result is wrong, start over once.
+    let mut resumed = part.is_file();
+    loop {
+        fetch_to_part(client, url, &part, expect, label, mode).await?;
+        let actual = hash_blocking(&part).await?;
+        match expect.sha256 {
+            Some(expected) if !actual.eq_ignore_ascii_case(expected) => {
+                remove_quietly(&part);
+                if resumed {
+                    resumed = false;
+                    mode.note(&format!(
+                        "  {label}: resumed file has the wrong sha256; downloading it again"
+                    ));
+                    continue;
+                }
+                return Err(Error::Sha256Mismatch {
+                    path: dest.to_path_buf(),
+                    expected: expected.to_ascii_lowercase(),
+                    actual,
+                });
+            }
+            _ => {
+                install_part(&part, dest)?;
+                return Ok(actual);
+            }
+        }
+    }
+}
+
+fn install_part(part: &Path, dest: &Path) -> Result<()> {
+    std::fs::rename(part, dest).map_err(|e| {
+        io_err(
+            format!("moving {} to {}", part.display(), dest.display()),
+            e,
+        )
+    })
+}
+
+/// Bring `<dest>.part` to the full length, resuming and retrying on dropped connections.
+async fn fetch_to_part(
+    client: &Client,
+    url: &str,
+    part: &Path,
+    expect: Expect<'_>,
+    label: &str,
+    mode: ProgressMode,
+) -> Result<()> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match download_attempt(client, url, &part, expect, label, mode).await {
-            Ok(()) => break,
+        match download_attempt(client, url, part, expect, label, mode).await {
+            Ok(()) => return Ok(()),
             Err(Attempt::Retry(reason)) if attempt < MAX_ATTEMPTS => {
                 let wait = Duration::from_secs(1 << (attempt - 1));
                 mode.note(&format!(
@@ -143,25 +191,6 @@ pub(crate) async fn download(
             Err(Attempt::Fail(e)) => return Err(e),
         }
     }
-
-    let actual = hash_blocking(&part).await?;
-    if let Some(expected) = expect.sha256
-        && !actual.eq_ignore_ascii_case(expected)
-    {
-        remove_quietly(&part);
-        return Err(Error::Sha256Mismatch {
-            path: dest.to_path_buf(),
-            expected: expected.to_ascii_lowercase(),
-            actual,
-        });
-    }
-    std::fs::rename(&part, dest).map_err(|e| {
-        io_err(
-            format!("moving {} to {}", part.display(), dest.display()),
-            e,
-        )
-    })?;
-    Ok(actual)
 }
 
 /// sha256 of a file on the blocking pool.
