@@ -87,3 +87,13 @@ fn missing_files_name_the_fetch_command() {
     let err = Encoder::with_config(config).unwrap_err().to_string();
     assert!(err.contains("tandem models fetch"), "{err}");
 }
+
+#[test]
+fn empty_and_odd_prompts_embed() {
+    let Some(enc) = encoder(1) else { return };
+    for text in ["", " ", "\u{0}", "🙂🙂🙂", &"long ".repeat(2000)] {
+        let e = enc.embed(text).unwrap();
+        assert_eq!(e.len(), 384);
+        assert!(e.iter().all(|v| v.is_finite()));
+    }
+}

@@ -450,3 +450,18 @@ fn default_model_ships_and_decides() {
     assert!((0.0..=1.0).contains(&d.explanation.p_strong));
     assert_ne!(d.choice, Choice::Reject);
 }
+
+#[test]
+fn missing_embedding_falls_back_to_the_training_mean() {
+    let router = Router::load_default(RouterConfig::default()).unwrap();
+    let QualityModel::MatrixFactorization(_) = &router.model_file().model else {
+        return;
+    };
+    let mean: Vec<f32> = router.model_file().model.input_mean().unwrap()[..384].to_vec();
+    let without = router.predict(&RequestFeatures::from_prompt(MATH, None));
+    let with_mean = router.predict(&RequestFeatures::from_prompt(MATH, Some(Arc::from(mean))));
+    assert!(
+        (without - with_mean).abs() < 1e-6,
+        "{without} vs {with_mean}"
+    );
+}
