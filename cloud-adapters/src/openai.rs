@@ -1175,6 +1175,9 @@ struct WireResponse {
 struct WireChoice {
     #[serde(default)]
     message: WireMessage,
+    /// Legacy `text_completion` choices carry `text` instead of a message.
+    #[serde(default)]
+    text: Option<String>,
     #[serde(default)]
     finish_reason: Option<String>,
     #[serde(default)]
@@ -1225,6 +1228,7 @@ pub fn parse_chat_response(body: &[u8], provider: &str) -> Result<ChatResponse, 
         .message
         .content
         .or(choice.message.refusal)
+        .or(choice.text)
         .unwrap_or_default();
     let tool_calls = choice
         .message
@@ -1279,6 +1283,9 @@ struct WireChunkChoice {
     index: u32,
     #[serde(default)]
     delta: WireDelta,
+    /// Legacy `text_completion` chunks carry `text` instead of a delta.
+    #[serde(default)]
+    text: Option<String>,
     #[serde(default)]
     finish_reason: Option<String>,
     #[serde(default)]
@@ -1359,7 +1366,11 @@ impl ChunkDecoder {
             });
         }
         for choice in chunk.choices {
-            let text = choice.delta.content.or(choice.delta.refusal);
+            let text = choice
+                .delta
+                .content
+                .or(choice.delta.refusal)
+                .or(choice.text);
             let logprobs = convert_logprobs(choice.logprobs);
             if text.as_deref().is_some_and(|t| !t.is_empty()) || logprobs.is_some() {
                 out.push(ChatEvent::TextDelta {

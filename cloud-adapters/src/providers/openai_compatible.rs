@@ -2,6 +2,7 @@
 //! Together), with Azure OpenAI's path and header style as a flavour.
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 
 use super::{header_map, trim_base};
@@ -68,6 +69,7 @@ pub struct OpenAiCompatible {
     name: String,
     model: Option<String>,
     url: String,
+    completions_url: String,
     headers: HeaderMap,
     client: reqwest::Client,
 }
@@ -88,15 +90,17 @@ impl OpenAiCompatible {
                 config.name, config.base_url
             )));
         }
-        let url = match &config.flavour {
-            Flavour::OpenAi => format!("{base}/chat/completions"),
+        let url_for = |endpoint: &str| match &config.flavour {
+            Flavour::OpenAi => format!("{base}/{endpoint}"),
             Flavour::Azure {
                 deployment,
                 api_version,
             } => format!(
-                "{base}/openai/deployments/{deployment}/chat/completions?api-version={api_version}"
+                "{base}/openai/deployments/{deployment}/{endpoint}?api-version={api_version}"
             ),
         };
+        let url = url_for("chat/completions");
+        let completions_url = url_for("completions");
         let mut headers = header_map(&config.name, &config.extra_headers)?;
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Some(key) = &config.api_key {
@@ -120,6 +124,7 @@ impl OpenAiCompatible {
             name: config.name,
             model: config.model,
             url,
+            completions_url,
             headers,
             client,
         })
@@ -128,6 +133,36 @@ impl OpenAiCompatible {
     /// The chat completions URL requests go to.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// Sends a legacy `/completions` body as it is (the client's bytes, model already set) and
+    /// waits for the whole answer (a `text_completion`, folded into a [`ChatResponse`]).
+    pub async fn completions(&self, body: Bytes) -> Result<ChatResponse, ProviderError> {
+        let request = self
+            .client
+            .post(&self.completions_url)
+            .headers(self.headers.clone())
+            .body(body);
+        let response = http::send(request, &self.name, openai::parse_error_body).await?;
+        let body = http::read_body(response, &self.name).await?;
+        openai::parse_chat_response(&body, &self.name)
+    }
+
+    /// Sends a legacy `/completions` body with `"stream": true` as it is and streams the answer.
+    pub async fn completions_stream(&self, body: Bytes) -> Result<EventStream, ProviderError> {
+        let request = self
+            .client
+            .post(&self.completions_url)
+            .headers(self.headers.clone())
+            .header("accept", "text/event-stream")
+            .body(body);
+        let response = http::send(request, &self.name, openai::parse_error_body).await?;
+        let body = http::body_stream(response, &self.name);
+        Ok(http::decode_sse(
+            body,
+            ChunkDecoder::new(&*self.name),
+            &*self.name,
+        ))
     }
 
     fn request(

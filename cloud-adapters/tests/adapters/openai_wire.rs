@@ -412,3 +412,20 @@ fn legacy_completions_decode_and_encode() {
         "data: {\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"created\":1,\"model\":\"m\",\"choices\":[{\"text\":\"x\",\"index\":0,\"logprobs\":null,\"finish_reason\":null}]}\n\n"
     );
 }
+
+#[test]
+fn an_error_inside_a_stream_becomes_an_error_event() {
+    let stream = concat!(
+        "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"},\"finish_reason\":null}]}\n\n",
+        "data: {\"error\":{\"message\":\"The server had an error while processing your request.\",\"type\":\"server_error\",\"param\":null,\"code\":null}}\n\n",
+    );
+    let (events, complete) = openai_events(stream.as_bytes(), 9);
+    assert!(complete);
+    match events.last() {
+        Some(ChatEvent::Error(e)) => {
+            assert!(e.retryable);
+            assert!(e.message.starts_with("The server had an error"));
+        }
+        other => panic!("expected an error event, got {other:?}"),
+    }
+}

@@ -291,3 +291,31 @@ async fn dummy_behaviours_follow_the_model_name() {
     assert_eq!(r.finish_reason, FinishReason::ToolCalls);
     assert_eq!(r.tool_calls[0].arguments, "{\"location\": \"Paris\"}");
 }
+
+#[tokio::test]
+async fn legacy_completions_pass_through_and_parse() {
+    let mock = mock().await;
+    let p = openai(&mock);
+    let r = p
+        .completions(bytes::Bytes::from_static(
+            br#"{"model":"gpt-3.5-turbo-instruct","prompt":"Say this is a test"}"#,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(r.text, "\n\nThis is indeed a test");
+    assert_eq!(r.finish_reason, FinishReason::Length);
+    assert_eq!(r.usage.total_tokens(), 12);
+    let events: Vec<ChatEvent> = p
+        .completions_stream(bytes::Bytes::from_static(
+            br#"{"model":"gpt-3.5-turbo-instruct","prompt":"x","stream":true}"#,
+        ))
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    assert_eq!(text_of(&events), "\n\nThis is indeed a test");
+    assert!(events.contains(&ChatEvent::Finish {
+        reason: FinishReason::Length
+    }));
+    assert_eq!(mock.requests()[1].path, "/v1/completions");
+}
