@@ -45,7 +45,7 @@ pub struct EvalArgs {
     pub use_embeddings: bool,
     /// Cache root (encoder files and embedding cache); default: the standard one.
     pub cache_root: Option<PathBuf>,
-    /// Routers to train; empty: [`ModelSpec::defaults`].
+    /// Routers to train; empty: [`ModelSpec::all`].
     pub models: Vec<ModelSpec>,
     /// Strong-call share the threshold is calibrated for on training folds.
     pub target_share: f32,
@@ -148,7 +148,7 @@ pub fn eval(args: &EvalArgs) -> Result<EvalReport> {
         ));
     }
     let specs = if args.models.is_empty() {
-        ModelSpec::defaults().to_vec()
+        ModelSpec::all().to_vec()
     } else {
         args.models.clone()
     };

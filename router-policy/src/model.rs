@@ -91,13 +91,16 @@ impl ModelSpec {
 
     /// Every kind `eval` can run, by name.
     pub fn by_name(name: &str) -> Option<Self> {
-        Self::defaults()
-            .into_iter()
-            .chain([Self::Knn { k: 100 }, Self::Ensemble])
-            .find(|s| s.name() == name)
+        Self::all().into_iter().find(|s| s.name() == name)
     }
 
-    /// The defaults used by `train` and `eval`.
+    /// Every kind with its default settings (what `eval` runs by default).
+    pub fn all() -> [ModelSpec; 5] {
+        let [l, m, f] = Self::defaults();
+        [l, m, f, Self::Knn { k: 100 }, Self::Ensemble]
+    }
+
+    /// The three parametric kinds with their default settings.
     pub fn defaults() -> [ModelSpec; 3] {
         [
             Self::Logistic {

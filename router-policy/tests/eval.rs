@@ -74,7 +74,12 @@ fn eval_reports_random_and_oracle_rows_and_writes_files() {
     assert_eq!((d.prompts, d.dropped_contaminated), (8, 1));
     assert!(close(d.weak_accuracy, 0.5) && close(d.strong_accuracy, 0.75));
     let names: Vec<&str> = d.rows.iter().map(|r| r.router.as_str()).collect();
-    assert_eq!(names, ["random", "logistic", "mlp", "mf", "oracle"]);
+    assert_eq!(
+        names,
+        [
+            "random", "logistic", "mlp", "mf", "knn", "ensemble", "oracle"
+        ]
+    );
     let random = &d.rows[0];
     assert!(close(random.apgr.value, 0.5));
     assert!(close(random.cpt50.value, 0.5) && close(random.cpt80.value, 0.875));
@@ -82,7 +87,7 @@ fn eval_reports_random_and_oracle_rows_and_writes_files() {
     assert!(close(oracle.apgr.value, 1.1875));
     assert!(close(oracle.cpt50.value, 0.125) && close(oracle.cpt80.value, 0.25));
     assert!(oracle.apgr.lo <= oracle.apgr.value && oracle.apgr.value <= oracle.apgr.hi);
-    for r in &d.rows[1..4] {
+    for r in &d.rows[1..6] {
         assert!(r.realised_share.is_some());
         assert!((0.0..=1.5).contains(&r.apgr.value));
     }
