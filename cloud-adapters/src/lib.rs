@@ -1,5 +1,14 @@
 //! Normalized chat types, provider wire formats (OpenAI, Anthropic) in both directions, and the
 //! provider and verifier traits.
+//!
+//! - [`types`]: `ChatRequest`, `ChatEvent`, `ChatResponse`, `Usage` and the stream folder.
+//! - [`openai`], [`anthropic`]: ingress decoding, egress encoding (JSON and SSE), upstream
+//!   request structs and response/stream parsing; one translation serves both directions.
+//! - [`sse`]: the incremental SSE parser and encoder.
+//! - [`provider`]: the `Provider` trait and `ProviderError` (with retryability).
+//! - [`providers`]: OpenAI-compatible (and Azure), Anthropic, and the dummy for tests.
+//! - [`http`]: the pooled rustls client and SSE-to-event plumbing.
+//! - `mock` (feature `mock-server`): a loopback upstream replaying recorded fixtures.
 
 mod error;
 mod json;
