@@ -864,3 +864,21 @@ fn the_real_cache_has_the_default_model() {
         }
     }
 }
+
+#[tokio::test]
+async fn fetch_all_offline_reports_every_missing_artifact() {
+    let root = tempfile::tempdir().unwrap();
+    let mut opts = options(root.path(), closed_port().await).await;
+    opts.offline = true;
+    let text = tandem_local_model::fetch::fetch_all(&opts)
+        .await
+        .unwrap_err()
+        .to_string();
+    for spec in tandem_local_model::fetch::known_artifacts() {
+        assert!(
+            text.contains(&format!("tandem models fetch {}", spec.name)),
+            "{text}"
+        );
+    }
+    assert!(text.contains("4 of 4"), "{text}");
+}

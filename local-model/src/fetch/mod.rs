@@ -293,6 +293,24 @@ mod tests {
     }
 
     #[test]
+    fn pinned_hashes_are_lowercase_sha256() {
+        for spec in known_artifacts() {
+            for file in spec.files {
+                if let Some(h) = file.sha256 {
+                    assert!(
+                        h.len() == 64
+                            && h.bytes()
+                                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+                        "{}/{}",
+                        spec.name,
+                        file.name
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn resolve_model_rejects_bad_input() {
         let opts = FetchOptions::new("/nonexistent-tandem-cache");
         assert!(matches!(
