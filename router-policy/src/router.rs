@@ -508,6 +508,82 @@ impl Router {
         }
     }
 
+    /// The smallest cost weight λ (per US dollar) whose decisions keep the mean predicted cost of
+    /// `sample` (e.g. recent requests) within `budget_usd` per request, found by bisection on
+    /// log λ; μ stays as given. Returns None when even a prohibitive λ cannot meet the budget.
+    pub fn lambda_for_budget(
+        &self,
+        sample: &[RequestFeatures],
+        candidates: &[BackendCandidate],
+        rules: &RouteRules,
+        budget_usd: f64,
+    ) -> Option<f64> {
+        if sample.is_empty() || !(budget_usd.is_finite() && budget_usd >= 0.0) {
+            return None;
+        }
+        let mu = rules.weights.unwrap_or(self.config.weights).mu_per_s;
+        let mean_cost = |lambda: f64| {
+            let r = RouteRules {
+                weights: Some(Weights {
+                    lambda_per_usd: lambda,
+                    mu_per_s: mu,
+                }),
+                target_cloud_share: None,
+                ..rules.clone()
+            };
+            let total: f64 = sample
+                .iter()
+                .map(|f| {
+                    self.decide_without_share(f, candidates, &r)
+                        .explanation
+                        .cost_usd
+                })
+                .sum();
+            total / sample.len() as f64
+        };
+        if mean_cost(0.0) <= budget_usd {
+            return Some(0.0);
+        }
+        let (mut lo, mut hi) = (-3.0f64, 9.0f64);
+        if mean_cost(10f64.powf(hi)) > budget_usd {
+            return None;
+        }
+        for _ in 0..40 {
+            let mid = (lo + hi) / 2.0;
+            if mean_cost(10f64.powf(mid)) > budget_usd {
+                lo = mid
+            } else {
+                hi = mid
+            }
+        }
+        Some(10f64.powf(hi))
+    }
+
+    fn decide_without_share(
+        &self,
+        f: &RequestFeatures,
+        candidates: &[BackendCandidate],
+        rules: &RouteRules,
+    ) -> Decision {
+        if self.config.target_cloud_share.is_none() {
+            return self.decide(f, candidates, rules);
+        }
+        let plain = Router {
+            file: self.file.clone(),
+            config: RouterConfig {
+                target_cloud_share: None,
+                ..self.config.clone()
+            },
+            bandit: LinUcb::new(self.config.bandit_alpha),
+            recent: Mutex::new(Recent {
+                capacity: 1,
+                order: VecDeque::new(),
+                map: HashMap::new(),
+            }),
+        };
+        plain.decide(f, candidates, rules)
+    }
+
     /// Remembers a decision under its request id so feedback can reach the bandit.
     pub fn remember(&self, request_id: &str, decision: &Decision) {
         let Some(backend) = decision.choice.first_backend() else {

@@ -465,3 +465,46 @@ fn missing_embedding_falls_back_to_the_training_mean() {
         "{without} vs {with_mean}"
     );
 }
+
+#[test]
+fn lambda_from_a_budget_meets_it() {
+    let router = Router::new(math_model(), cheap_config()).unwrap();
+    let sample: Vec<RequestFeatures> = (0..40)
+        .map(|i| RequestFeatures::from_prompt(&format!("{MATH} variant {i}"), None))
+        .collect();
+    let rules = RouteRules {
+        weights: Some(Weights {
+            lambda_per_usd: 0.0,
+            mu_per_s: 0.0,
+        }),
+        ..RouteRules::default()
+    };
+    let cost_at = |lambda: f64| {
+        let r = RouteRules {
+            weights: Some(Weights {
+                lambda_per_usd: lambda,
+                mu_per_s: 0.0,
+            }),
+            ..RouteRules::default()
+        };
+        sample
+            .iter()
+            .map(|f| router.decide(f, &backends(), &r).explanation.cost_usd)
+            .sum::<f64>()
+            / 40.0
+    };
+    let free = cost_at(0.0);
+    assert!(
+        free > 0.0,
+        "math prompts go to the paid cloud when cost is free"
+    );
+    let budget = free / 2.0;
+    let lambda = router
+        .lambda_for_budget(&sample, &backends(), &rules, budget)
+        .unwrap();
+    assert!(cost_at(lambda) <= budget + 1e-12);
+    assert_eq!(
+        router.lambda_for_budget(&sample, &backends(), &rules, free * 2.0),
+        Some(0.0)
+    );
+}
