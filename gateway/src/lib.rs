@@ -10,6 +10,7 @@ pub mod handlers;
 pub mod metrics;
 pub mod middleware;
 pub mod providers;
+pub mod redis_store;
 pub mod server;
 pub mod speculative;
 pub mod state;
