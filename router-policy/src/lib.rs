@@ -23,6 +23,9 @@
 //!   header ([`Placement::parse`] reads `local-only` / `cloud-only`);
 //! - header `x-tandem-route: d.explanation.header_value()`, log line `d.log_line(&request_id)`;
 //! - `router.remember(&request_id, &d);` so feedback can find it;
+//! - weights come from [`RouterConfig::weights`], per route or key from [`RouteRules::weights`],
+//!   from a cloud share ([`RouterConfig::target_cloud_share`], held-out thresholds in the model
+//!   file) or from a budget ([`Router::lambda_for_budget`] over recent requests);
 //! - [`Choice::Reject`] means no backend may serve the request under its rules (403/503).
 //! - Cascade: [`CascadePolicy::decide`] on the local model's first-token [`LocalConfidence`];
 //!   [`calibrate_cascade`] sets the threshold from labelled samples.
