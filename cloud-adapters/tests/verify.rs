@@ -35,6 +35,7 @@ fn request() -> VerifyRequest<'static> {
         prefix: &PREFIX,
         draft: &DRAFT,
         top_k: 3,
+        greedy: false,
     }
 }
 

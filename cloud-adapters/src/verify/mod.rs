@@ -94,6 +94,9 @@ pub struct VerifyRequest<'a> {
     pub draft: &'a [u32],
     /// How many of the most likely tokens to return per position (at least 1).
     pub top_k: u32,
+    /// Greedy verification: a target may stop scoring at the first position whose argmax
+    /// differs from the draft (later positions cannot matter).
+    pub greedy: bool,
 }
 
 /// The target's most likely tokens at one position: `(token id, logprob)`, best first.
@@ -103,7 +106,9 @@ pub type TopLogprobs = Vec<(u32, f32)>;
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct VerifyResponse {
     /// `draft.len() + 1` entries: the distribution predicting each draft token, then the one
-    /// after the whole draft (the bonus position). Each is best first and non-empty.
+    /// after the whole draft (the bonus position). Each is best first and non-empty. For a
+    /// greedy request a target may stop early: then the last entry is the first position whose
+    /// argmax differs from the draft.
     pub positions: Vec<TopLogprobs>,
     /// What the backend billed for this round (input = prefix + draft, output = the bonus).
     pub usage: Usage,
@@ -118,9 +123,10 @@ impl VerifyResponse {
             .collect()
     }
 
-    /// Checks the shape against the request: `draft_len + 1` non-empty positions.
+    /// Checks the shape against the request: `draft_len + 1` non-empty positions (fewer when
+    /// the target stopped at a greedy mismatch, which [`Self::check_early_exit`] verifies).
     pub fn check(self, draft_len: usize, provider: &str) -> Result<Self, ProviderError> {
-        if self.positions.len() != draft_len + 1 {
+        if self.positions.is_empty() || self.positions.len() > draft_len + 1 {
             return Err(decode_error(
                 provider,
                 format!(
@@ -137,6 +143,27 @@ impl VerifyResponse {
             ));
         }
         Ok(self)
+    }
+
+    /// Whether a short answer ends at a real mismatch with `draft` (so stopping was allowed).
+    pub fn check_early_exit(&self, draft: &[u32], provider: &str) -> Result<(), ProviderError> {
+        let n = self.positions.len();
+        if n == draft.len() + 1 {
+            return Ok(());
+        }
+        let argmax = self.argmax();
+        let agrees = argmax[..n - 1].iter().zip(draft).all(|(a, d)| a == d);
+        if agrees && argmax.get(n - 1) != draft.get(n - 1) {
+            Ok(())
+        } else {
+            Err(decode_error(
+                provider,
+                format!(
+                    "verify response stopped after {n} of {} positions without a mismatch",
+                    draft.len() + 1
+                ),
+            ))
+        }
     }
 }
 
@@ -259,7 +286,11 @@ mod tests {
             usage: Usage::default(),
         };
         assert_eq!(ok.clone().check(1, "t").unwrap().argmax(), vec![1, 2]);
-        assert!(ok.clone().check(2, "t").is_err());
+        assert!(ok.clone().check(0, "t").is_err());
+        // A greedy early exit: position 1 disagrees with the draft's second token.
+        let short = ok.clone().check(3, "t").unwrap();
+        assert!(short.check_early_exit(&[1, 5, 6], "t").is_ok());
+        assert!(short.check_early_exit(&[1, 2, 6], "t").is_err());
         let hole = VerifyResponse {
             positions: vec![vec![], vec![(2, -0.2)]],
             usage: Usage::default(),

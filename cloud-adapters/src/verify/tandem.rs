@@ -53,6 +53,9 @@ pub struct TandemVerifyRequest {
     /// Alternatives per position (at least 1).
     #[serde(default = "one")]
     pub top_k: u32,
+    /// Greedy verification: the target may stop at the first mismatch.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub greedy: bool,
     /// End the session instead of verifying.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub close: bool,
@@ -180,6 +183,7 @@ impl Verifier for TandemVerifier {
             tokens: full[base_len..].to_vec(),
             draft_len: req.draft.len(),
             top_k: req.top_k.max(1),
+            greedy: req.greedy,
             close: false,
         };
         let answer = match self.post(&body).await {
@@ -202,7 +206,9 @@ impl Verifier for TandemVerifier {
                 ..Usage::default()
             },
         };
-        response.check(req.draft.len(), &self.name)
+        let response = response.check(req.draft.len(), &self.name)?;
+        response.check_early_exit(req.draft, &self.name)?;
+        Ok(response)
     }
 
     async fn end_session(&self, session: &str) {
@@ -214,6 +220,7 @@ impl Verifier for TandemVerifier {
             tokens: Vec::new(),
             draft_len: 0,
             top_k: 1,
+            greedy: false,
             close: true,
         };
         if let Err(e) = self.post(&body).await {
