@@ -6,6 +6,10 @@ Dependency (once, about 10 minutes on 2 cores; AMX must stay off, it crashes on 
   CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
     -DGGML_AVX512=ON -DGGML_AVX_VNNI=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DLLAMA_CURL=OFF" \
     /work/venv-llama/bin/pip install llama-cpp-python==0.3.36
+On a CPU without AVX-VNNI (e.g. AMD Zen 4, which has AVX-512 VNNI instead) that build dies with
+SIGILL; build for the host instead (still with AMX off):
+  CMAKE_ARGS="-DGGML_NATIVE=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAMA_CURL=OFF" \
+    /work/venv-llama/bin/pip install --force-reinstall --no-deps llama-cpp-python==0.3.36
 
 Run: /work/venv-llama/bin/python benches/llama_cpp_peer.py [--model PATH] [--threads 2]
 Benchmark only; never run in CI.

@@ -11,8 +11,9 @@
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
+use tandem_kernels::matmul::matmul_on_path;
 use tandem_kernels::quant::{QMatrix, QuantType, f32_to_f16};
-use tandem_kernels::{KernelPool, matmul, matvec, ops, selected_path};
+use tandem_kernels::{KernelPool, available_paths, matmul, matvec, ops, selected_path};
 
 struct Rng(u64);
 impl Rng {
@@ -163,49 +164,167 @@ fn summary(limits: &Limits, pool1: &KernelPool, pool2: &KernelPool) {
         limits.bw_gbs,
         limits.peak_gflops
     );
-    println!("matvec (best of runs; weights streamed once per call)");
-    println!(
-        "{:<6} {:<10} {:>4} {:>9} {:>8} {:>7} {:>9} {:>7}",
-        "format", "shape", "thr", "µs", "GB/s", "%bw", "GFLOP/s", "%peak"
-    );
-    for ty in FORMATS {
-        for (label, rows, cols) in SHAPES {
-            if cols % ty.block_elems() != 0 {
-                continue;
-            }
-            let data = random_matrix(ty, rows, cols);
-            let w = QMatrix::new(ty, rows, cols, &data).unwrap();
-            let x: Vec<f32> = (0..cols).map(|i| (i as f32 * 0.37).sin()).collect();
-            let mut y = vec![0.0; rows];
-            for (thr, pool) in [(1, pool1), (2, pool2)] {
-                let s = time_it(
-                    || pool.matvec(&w, &x, &mut y).unwrap(),
-                    Duration::from_millis(300),
-                );
-                let gbs = data.len() as f64 / s / 1e9;
-                let gf = 2.0 * (rows * cols) as f64 / s / 1e9;
-                println!(
-                    "{:<6} {:<10} {:>4} {:>9.1} {:>8.2} {:>6.0}% {:>9.1} {:>6.1}%",
-                    format!("{ty:?}"),
-                    label,
-                    thr,
-                    s * 1e6,
-                    gbs,
-                    100.0 * gbs / limits.bw_gbs,
-                    gf,
-                    100.0 * gf / limits.peak_gflops
-                );
+    let sections =
+        std::env::var("KERNELS_SUMMARY").unwrap_or_else(|_| "matvec,matmul,model".into());
+    if sections.contains("matvec") {
+        println!("matvec (best of runs; weights streamed once per call)");
+        println!(
+            "{:<6} {:<10} {:>4} {:>9} {:>8} {:>7} {:>9} {:>7}",
+            "format", "shape", "thr", "µs", "GB/s", "%bw", "GFLOP/s", "%peak"
+        );
+        for ty in FORMATS {
+            for (label, rows, cols) in SHAPES {
+                if cols % ty.block_elems() != 0 {
+                    continue;
+                }
+                let data = random_matrix(ty, rows, cols);
+                let w = QMatrix::new(ty, rows, cols, &data).unwrap();
+                let x: Vec<f32> = (0..cols).map(|i| (i as f32 * 0.37).sin()).collect();
+                let mut y = vec![0.0; rows];
+                for (thr, pool) in [(1, pool1), (2, pool2)] {
+                    let s = time_it(
+                        || pool.matvec(&w, &x, &mut y).unwrap(),
+                        Duration::from_millis(300),
+                    );
+                    let gbs = data.len() as f64 / s / 1e9;
+                    let gf = 2.0 * (rows * cols) as f64 / s / 1e9;
+                    println!(
+                        "{:<6} {:<10} {:>4} {:>9.1} {:>8.2} {:>6.0}% {:>9.1} {:>6.1}%",
+                        format!("{ty:?}"),
+                        label,
+                        thr,
+                        s * 1e6,
+                        gbs,
+                        100.0 * gbs / limits.bw_gbs,
+                        gf,
+                        100.0 * gf / limits.peak_gflops
+                    );
+                }
             }
         }
     }
-    println!();
-    println!("matmul cost vs n (Q4_1 ffn_gate 576->1536 and Q8_0 head 576->49152, 2 threads)");
+    if sections.contains("matmul") {
+        matmul_table(limits, pool2);
+    }
+    if sections.contains("model") {
+        model_step_table(limits, pool1, pool2);
+    }
+}
+
+/// All weight matmuls of one SmolLM2-135M forward step (30 layers of Q4_1 q/k/v/o/gate/up/down
+/// and the Q8_0 49152×576 head: 98 MB, so weights stream from DRAM) for `n` tokens, fused the
+/// way an engine calls them. Shows what batched verification costs next to one decode step.
+fn model_step_table(limits: &Limits, pool1: &KernelPool, pool2: &KernelPool) {
+    let layer_shapes = [
+        (576, 576),
+        (192, 576),
+        (192, 576),
+        (576, 576),
+        (1536, 576),
+        (1536, 576),
+        (576, 1536),
+    ];
+    let layers: Vec<Vec<Vec<u8>>> = (0..30)
+        .map(|_| {
+            layer_shapes
+                .iter()
+                .map(|&(r, c)| random_matrix(QuantType::Q4_1, r, c))
+                .collect()
+        })
+        .collect();
+    let head = random_matrix(QuantType::Q8_0, 49152, 576);
+    let bytes: usize = layers.iter().flatten().map(Vec::len).sum::<usize>() + head.len();
+    let flops_per_token =
+        2.0 * (bytes as f64 - head.len() as f64) / 20.0 * 32.0 + 2.0 * 49152.0 * 576.0;
     println!(
-        "{:<8} {:>5} {:>10} {:>9} {:>10} {:>8}",
-        "matrix", "n", "µs", "× n=1", "GFLOP/s", "%peak"
+        "one forward step of SmolLM2-135M's weight matmuls ({:.1} MB, {:.0} MFLOP/token), best of runs",
+        bytes as f64 / 1e6,
+        flops_per_token / 1e6
+    );
+    println!(
+        "{:>4} {:>4} {:>10} {:>8} {:>10} {:>9} {:>7} {:>8}",
+        "thr", "n", "ms", "× n=1", "tok/s", "GFLOP/s", "%peak", "GB/s"
+    );
+    for (thr, pool) in [(1, pool1), (2, pool2)] {
+        let mut base = 0.0;
+        for n in [1usize, 2, 4, 8, 16, 64, 256] {
+            let x: Vec<f32> = (0..n * 1536).map(|i| (i as f32 * 0.37).sin()).collect();
+            let mut q = vec![0.0; n * 576];
+            let mut k = vec![0.0; n * 192];
+            let mut v = vec![0.0; n * 192];
+            let mut o = vec![0.0; n * 576];
+            let mut g = vec![0.0; n * 1536];
+            let mut u = vec![0.0; n * 1536];
+            let mut logits = vec![0.0; n.min(16) * 49152];
+            let mut step = || {
+                for l in &layers {
+                    let m: Vec<QMatrix> = l
+                        .iter()
+                        .zip(layer_shapes)
+                        .map(|(d, (r, c))| QMatrix::new(QuantType::Q4_1, r, c, d).unwrap())
+                        .collect();
+                    let x576 = &x[..n * 576];
+                    pool.matmul_many(
+                        &[&m[0], &m[1], &m[2]],
+                        x576,
+                        n,
+                        &mut [&mut q, &mut k, &mut v],
+                    )
+                    .unwrap();
+                    pool.matmul(&m[3], x576, n, &mut o).unwrap();
+                    pool.matmul_many(&[&m[4], &m[5]], x576, n, &mut [&mut g, &mut u])
+                        .unwrap();
+                    pool.matmul(&m[6], &x[..n * 1536], n, &mut o).unwrap();
+                }
+                // Prefill needs logits of the last token only; verification needs all.
+                let h = QMatrix::new(QuantType::Q8_0, 49152, 576, &head).unwrap();
+                let nh = if n > 16 { 1 } else { n };
+                pool.matmul(&h, &x[..nh * 576], nh, &mut logits[..nh * 49152])
+                    .unwrap();
+            };
+            let s = time_it(
+                &mut step,
+                Duration::from_millis(if n >= 64 { 2000 } else { 800 }),
+            );
+            if n == 1 {
+                base = s;
+            }
+            let gf = flops_per_token * n as f64 / s / 1e9;
+            println!(
+                "{:>4} {:>4} {:>10.2} {:>8.2} {:>10.1} {:>9.1} {:>6.1}% {:>8.2}",
+                thr,
+                n,
+                s * 1e3,
+                s / base,
+                n as f64 / s,
+                gf,
+                100.0 * gf / limits.peak_gflops,
+                bytes as f64 / s / 1e9
+            );
+        }
+    }
+    println!();
+}
+
+fn matmul_table(limits: &Limits, pool2: &KernelPool) {
+    let paths = available_paths();
+    println!();
+    println!(
+        "matmul cost vs n: 1-thread µs per kernel path, then the selected path on the 2-thread pool"
+    );
+    print!("{:<6} {:>4}", "matrix", "n");
+    for p in &paths {
+        if *p != "scalar" {
+            print!(" {:>17}", p);
+        }
+    }
+    println!(
+        " {:>11} {:>8} {:>9} {:>7}",
+        "pool(2thr)", "× n=1", "GFLOP/s", "%peak"
     );
     for (name, ty, rows, cols) in [
         ("gate", QuantType::Q4_1, 1536, 576),
+        ("down", QuantType::Q4_1, 576, 1536),
         ("head", QuantType::Q8_0, 49152, 576),
     ] {
         let data = random_matrix(ty, rows, cols);
@@ -215,20 +334,23 @@ fn summary(limits: &Limits, pool1: &KernelPool, pool2: &KernelPool) {
             if name == "head" && n > 16 {
                 continue;
             }
+            let budget = Duration::from_millis(if n >= 64 { 600 } else { 250 });
             let x: Vec<f32> = (0..n * cols).map(|i| (i as f32 * 0.37).sin()).collect();
             let mut y = vec![0.0; n * rows];
-            let s = time_it(
-                || pool2.matmul(&w, &x, n, &mut y).unwrap(),
-                Duration::from_millis(400),
-            );
+            print!("{:<6} {:>4}", name, n);
+            for p in &paths {
+                if *p != "scalar" {
+                    let s = time_it(|| matmul_on_path(p, &w, &x, n, &mut y).unwrap(), budget);
+                    print!(" {:>17.1}", s * 1e6);
+                }
+            }
+            let s = time_it(|| pool2.matmul(&w, &x, n, &mut y).unwrap(), budget);
             if n == 1 {
                 base = s;
             }
             let gf = 2.0 * (n * rows * cols) as f64 / s / 1e9;
             println!(
-                "{:<8} {:>5} {:>10.1} {:>9.2} {:>10.1} {:>7.1}%",
-                name,
-                n,
+                " {:>11.1} {:>8.2} {:>9.1} {:>6.1}%",
                 s * 1e6,
                 s / base,
                 gf,

@@ -19,6 +19,10 @@ use crate::quant::QMatrix;
 /// Elements per activation block.
 pub(crate) const QK: usize = 32;
 
+/// From this many input rows on, the BF16 path dequantizes weight tiles to bf16 (the tile
+/// decode costs more than it saves below it, measured on Zen 4).
+pub const BF16_MIN_ROWS: usize = 16;
+
 /// Activations of `n` rows of `cols` elements, quantized to int8 in blocks of 32.
 #[derive(Default)]
 pub(crate) struct QActs {
@@ -45,7 +49,7 @@ impl QActs {
         self.n = n;
         self.cols = cols;
         #[cfg(target_arch = "x86_64")]
-        if path == Path::Avx512Bf16 && n > 1 {
+        if path == Path::Avx512Bf16 && n >= BF16_MIN_ROWS {
             self.bf.resize(n * cols, 0);
             // SAFETY: this path is only selected with AVX-512 F/BW/VL and BF16.
             unsafe { x86::bf16::acts_to_bf16(&x[..n * cols], &mut self.bf) };

@@ -93,6 +93,7 @@ macro_rules! x86_path {
     ($name:ident, $feat:literal, tile = ($tr:literal, $tt:literal),
      dot = |$w:ident, $a:ident| $dot:block) => {
         /// Kernels compiled for one x86 feature set.
+        #[allow(clippy::needless_range_loop)] // const-size register tiles read clearer indexed
         pub(crate) mod $name {
             use super::fmt::*;
             use super::hsum;
@@ -628,6 +629,7 @@ x86_path!(
 /// (scales and minimums applied) and multiplied with bf16 activations by `vdpbf16ps`, one
 /// instruction per 32 multiply-adds with no per-block scale work. Numerically closer to f32 than
 /// the int8 path (both operands keep 8 significant bits).
+#[allow(clippy::needless_range_loop)] // const-size register tiles read clearer indexed
 pub(crate) mod bf16 {
     use super::avx512::{Dec, decode};
     use super::fmt::*;
@@ -646,7 +648,7 @@ pub(crate) mod bf16 {
     /// The CPU must support AVX-512 F/BW/VL and BF16; `x.len() % 32 == 0`, `out.len() >= x.len()`.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512bf16")]
     pub(crate) unsafe fn acts_to_bf16(x: &[f32], out: &mut [u16]) {
-        debug_assert!(out.len() >= x.len() && x.len() % 16 == 0);
+        debug_assert!(out.len() >= x.len() && x.len().is_multiple_of(16));
         let _ = FEAT_DOC;
         for i in (0..x.len()).step_by(16) {
             // SAFETY: i + 16 <= len of both slices.
@@ -827,8 +829,8 @@ pub(crate) mod bf16 {
     /// # Safety
     /// As [`crate::qdot::MatmulRowsFn`]; the CPU must support AVX-512 BF16.
     pub(crate) unsafe fn matmul_rows(w: &QMatrix, acts: &QActs, r0: usize, r1: usize, y: *mut f32) {
-        if acts.n == 1 || acts.bf.len() < acts.n * acts.cols {
-            // Single tokens are quantized to int8 (matvec path).
+        if acts.n < crate::qdot::BF16_MIN_ROWS || acts.bf.len() < acts.n * acts.cols {
+            // Few rows were quantized to int8.
             // SAFETY: forwarded contract.
             return unsafe { super::avx512vnni::matmul_rows(w, acts, r0, r1, y) };
         }
