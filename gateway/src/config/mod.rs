@@ -720,7 +720,7 @@ mod tests {
         assert!(e.starts_with("backends.openai.base_url: "), "{e}");
         let e = err("[backends.openai]\nkind = \"openai\"\nbsae_url = \"http://x\"\n");
         assert!(
-            e.starts_with("backends.openai: unknown field `bsae_url`"),
+            e.starts_with("backends.openai.bsae_url: unknown field `bsae_url`"),
             "{e}"
         );
         let e = err("[limits]\nmax_body_bytes = \"big\"\n");

@@ -463,8 +463,13 @@ async fn run(
     let mut logprobs = LegacyLogprobs::default();
     if request.echo && request.logprobs.is_some() {
         for (i, t) in tokens.iter().enumerate() {
+            let name = if request.return_tokens_as_token_ids {
+                format!("token_id:{t}")
+            } else {
+                tok.token_text(*t)
+            };
             logprobs.push(
-                tok.token_text(*t),
+                name,
                 prompt_token_lp.get(i).copied().flatten(),
                 prompt_top.get(i).cloned().unwrap_or(Value::Null),
             );

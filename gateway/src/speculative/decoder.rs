@@ -212,6 +212,7 @@ pub async fn run(
             prefix: &context,
             draft: &draft,
             top_k: opts.top_k.max(1),
+            greedy: opts.sampling.is_greedy(),
         };
         let verify_start = Instant::now();
         let mut extended = Vec::new();
@@ -235,7 +236,9 @@ pub async fn run(
         let verified = verified.map_err(upstream)?;
         policy.observe_verify(verify_start.elapsed());
         let acceptance = if opts.sampling.is_greedy() {
-            spec::accept_greedy(&draft, &verified.argmax())
+            // A target may stop at the first mismatch: score the draft up to it.
+            let argmax = verified.argmax();
+            spec::accept_greedy(&draft[..argmax.len() - 1], &argmax)
         } else {
             let mut targets = Vec::with_capacity(verified.positions.len());
             for top in &verified.positions {
@@ -255,6 +258,7 @@ pub async fn run(
         }
         .map_err(|e| Error::Internal(e.to_string()))?;
         report.rounds += 1;
+        let tested = verified.positions.len().min(draft.len() + 1) - 1;
         report.drafted += draft.len() as u64;
         report.accepted += acceptance.accepted as u64;
         report.target_input_tokens += verified.usage.prompt_tokens;
@@ -264,7 +268,7 @@ pub async fn run(
 
         let mut block: Vec<u32> = draft[..acceptance.accepted].to_vec();
         block.push(acceptance.next_token);
-        let all_accepted = acceptance.all_accepted(draft.len());
+        let all_accepted = tested == draft.len() && acceptance.all_accepted(draft.len());
         commit(&mut block, &mut context, opts, &mut report, on_tokens);
         // The block drafted ahead is valid only if the target's bonus is its first token.
         if all_accepted && report.finish.is_none() {

@@ -20,4 +20,6 @@ pub use bench::{BenchArgs, BenchReport, bench_speculative};
 pub use decoder::{PlainStreamer, SpecFinish, SpecOptions, SpecReport, run};
 pub use delay::{DelayConfig, DelayLayer};
 pub use policy::{DraftPolicy, PolicyConfig};
-pub use service::{InProcessStreamer, InProcessVerifier, TandemStreamer, VerifyState, router};
+pub use service::{
+    InProcessStreamer, InProcessVerifier, ScoringMode, TandemStreamer, VerifyState, router,
+};

@@ -37,6 +37,21 @@ struct SessionEntry {
     id: SessionId,
     tokens: Vec<u32>,
     last_used: Instant,
+    /// Rolled back: the engine recomputes the last kept token on the next append.
+    stale: bool,
+}
+
+/// How the target scores a block of new tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ScoringMode {
+    /// One token per forward pass, exactly as plain decoding computes them. Use it when the
+    /// engine's kernels round differently for one row than for several (output then stays
+    /// bit-identical to the engine's own greedy decoding); costs one pass per token.
+    #[default]
+    Stepwise,
+    /// One forward pass over the whole block: the cheap form, identical to plain decoding only
+    /// when the engine's kernels are batch-invariant.
+    Batched,
 }
 
 /// Verify sessions over one engine.
@@ -44,6 +59,7 @@ pub struct VerifyState {
     engine: Engine,
     sessions: Mutex<HashMap<String, SessionEntry>>,
     max_sessions: usize,
+    mode: ScoringMode,
 }
 
 impl std::fmt::Debug for VerifyState {
@@ -97,7 +113,14 @@ impl VerifyState {
             engine,
             sessions: Mutex::new(HashMap::new()),
             max_sessions: max_sessions.max(1),
+            mode: ScoringMode::default(),
         }
+    }
+
+    /// The same state scoring blocks with `mode`.
+    pub fn with_mode(mut self, mode: ScoringMode) -> Self {
+        self.mode = mode;
+        self
     }
 
     /// The engine.
@@ -137,6 +160,7 @@ impl VerifyState {
                         .await
                         .map_err(engine_failure)?;
                     entry.tokens.truncate(req.base_len);
+                    entry.stale = true;
                 }
                 (entry, req.tokens.as_slice(), req.base_len)
             }
@@ -167,25 +191,29 @@ impl VerifyState {
                     id,
                     tokens: head.to_vec(),
                     last_used: Instant::now(),
+                    stale: false,
                 };
                 (entry, tail, 0)
             }
         };
-        let scores = match self.engine.append(entry.id, new_tokens, top_k).await {
-            Ok(s) => s,
-            Err(e) => {
-                self.engine.close_session(entry.id).await;
-                return Err(engine_failure(e));
+        let scored = match self.mode {
+            ScoringMode::Batched => {
+                self.score_batched(&mut entry, new_tokens, &req, top_k)
+                    .await
+            }
+            ScoringMode::Stepwise => {
+                self.score_stepwise(&mut entry, new_tokens, &req, top_k)
+                    .await
             }
         };
-        entry.tokens.extend_from_slice(new_tokens);
         entry.last_used = Instant::now();
-        let scored = scores.positions.len();
-        let mut positions: Vec<Vec<(u32, f32)>> = scores.positions[scored - req.draft_len..]
-            .iter()
-            .map(|p| p.top.clone())
-            .collect();
-        positions.push(scores.next_top);
+        let positions = match scored {
+            Ok(p) => p,
+            Err(e) => {
+                self.engine.close_session(entry.id).await;
+                return Err(e);
+            }
+        };
         self.insert(req.session_id.clone(), entry).await;
         Ok(TandemVerifyResponse {
             session_id: req.session_id,
@@ -196,6 +224,91 @@ impl VerifyState {
                 cached_tokens: cached as u64,
             },
         })
+    }
+
+    /// One forward pass over the new tokens.
+    async fn score_batched(
+        &self,
+        entry: &mut SessionEntry,
+        new_tokens: &[u32],
+        req: &TandemVerifyRequest,
+        top_k: usize,
+    ) -> Result<Vec<Vec<(u32, f32)>>, VerifyFailure> {
+        let scores = self
+            .engine
+            .append(entry.id, new_tokens, top_k)
+            .await
+            .map_err(engine_failure)?;
+        entry.tokens.extend_from_slice(new_tokens);
+        let scored = scores.positions.len();
+        let mut positions: Vec<Vec<(u32, f32)>> = scores.positions[scored - req.draft_len..]
+            .iter()
+            .map(|p| p.top.clone())
+            .collect();
+        positions.push(scores.next_top);
+        Ok(positions)
+    }
+
+    /// One token per forward pass, as plain decoding runs them, stopping at the first greedy
+    /// mismatch without feeding the wrong token.
+    async fn score_stepwise(
+        &self,
+        entry: &mut SessionEntry,
+        new_tokens: &[u32],
+        req: &TandemVerifyRequest,
+        top_k: usize,
+    ) -> Result<Vec<Vec<(u32, f32)>>, VerifyFailure> {
+        let id = entry.id;
+        let draft_start = new_tokens.len() - req.draft_len;
+        if entry.stale {
+            // After a rollback the last kept token is recomputed alone, as decoding did.
+            self.engine
+                .append(id, &[], 1)
+                .await
+                .map_err(engine_failure)?;
+            entry.stale = false;
+        }
+        let mut positions = Vec::with_capacity(req.draft_len + 1);
+        let mut predicted: Option<Vec<(u32, f32)>> = None;
+        for (j, &token) in new_tokens.iter().enumerate() {
+            let in_draft = j >= draft_start;
+            if in_draft && req.greedy {
+                if let Some(top) = &predicted {
+                    if top.first().map(|t| t.0) != Some(token) {
+                        positions.push(top.clone());
+                        return Ok(positions);
+                    }
+                }
+            }
+            let scores = self
+                .engine
+                .append(id, &[token], top_k)
+                .await
+                .map_err(engine_failure)?;
+            entry.tokens.push(token);
+            let top = scores
+                .positions
+                .first()
+                .map(|p| p.top.clone())
+                .unwrap_or_default();
+            if in_draft {
+                let mismatch = req.greedy && top.first().map(|t| t.0) != Some(token);
+                positions.push(top);
+                if mismatch {
+                    // Only the first token of a fresh block gets here: take it back out.
+                    self.engine.rollback(id, 1).await.map_err(engine_failure)?;
+                    entry.tokens.pop();
+                    self.engine
+                        .append(id, &[], 1)
+                        .await
+                        .map_err(engine_failure)?;
+                    return Ok(positions);
+                }
+            }
+            predicted = Some(scores.next_top);
+        }
+        positions.push(predicted.unwrap_or_default());
+        Ok(positions)
     }
 
     async fn insert(&self, key: String, entry: SessionEntry) {
@@ -443,6 +556,7 @@ impl Verifier for InProcessVerifier {
                 tokens: full[base_len..].to_vec(),
                 draft_len: req.draft.len(),
                 top_k: req.top_k,
+                greedy: req.greedy,
                 close: false,
             })
             .await
@@ -460,6 +574,7 @@ impl Verifier for InProcessVerifier {
             },
         }
         .check(req.draft.len(), "in-process")
+        .and_then(|r| r.check_early_exit(req.draft, "in-process").map(|()| r))
     }
 
     async fn end_session(&self, session: &str) {
@@ -473,6 +588,7 @@ impl Verifier for InProcessVerifier {
                 tokens: Vec::new(),
                 draft_len: 0,
                 top_k: 1,
+                greedy: false,
                 close: true,
             })
             .await;
