@@ -1166,7 +1166,7 @@ impl Worker {
                 finished.push((i, reason));
             }
         }
-        finished.sort_by(|a, b| b.0.cmp(&a.0));
+        finished.sort_by_key(|f| std::cmp::Reverse(f.0));
         for (i, reason) in finished {
             let r = self.running.swap_remove(i);
             let _ = r.tx.blocking_send(GenerateEvent::Finished {

@@ -216,7 +216,7 @@ impl<'a> Cursor<'a> {
                 // Every item takes at least one byte: bound the allocation by what is left.
                 if n > self.buf.len().saturating_sub(self.pos) {
                     return Err(Error::Gguf(format!(
-                        "array of {n} items runs past end of file"
+                        "file truncated: array of {n} items runs past the end"
                     )));
                 }
                 let mut items = Vec::with_capacity(n);

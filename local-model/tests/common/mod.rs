@@ -1,4 +1,5 @@
 //! Shared helpers for tests that run the real models from the artifact cache.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code)]
 
 use std::path::PathBuf;
