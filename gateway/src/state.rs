@@ -37,8 +37,11 @@ pub struct Feedback {
 /// A bounded map from request id to [`RequestRecord`], oldest evicted first.
 #[derive(Debug, Default)]
 pub struct RequestLog {
-    inner: Mutex<(HashMap<Arc<str>, RequestRecord>, VecDeque<Arc<str>>)>,
+    inner: Mutex<LogInner>,
 }
+
+/// Records by id, and ids in arrival order for eviction.
+type LogInner = (HashMap<Arc<str>, RequestRecord>, VecDeque<Arc<str>>);
 
 impl RequestLog {
     /// Remembers a request.

@@ -27,11 +27,10 @@ async fn openai_chat_to_openai_backend() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["object"], "chat.completion");
     assert!(
-        body["choices"][0]["message"]["content"]
+        !body["choices"][0]["message"]["content"]
             .as_str()
             .unwrap()
-            .len()
-            > 0
+            .is_empty()
     );
     assert!(body["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
     assert!(
@@ -114,11 +113,10 @@ async fn openai_client_to_anthropic_backend() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["object"], "chat.completion");
     assert!(
-        body["choices"][0]["message"]["content"]
+        !body["choices"][0]["message"]["content"]
             .as_str()
             .unwrap()
-            .len()
-            > 0
+            .is_empty()
     );
     assert!(
         headers["x-tandem-route"]

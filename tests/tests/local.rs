@@ -2,6 +2,9 @@
 //! the middle) and the vLLM scoring form over `Engine::score`. Skipped, with a message, when the
 //! model is not in the cache.
 
+// The helpers below are test code too.
+#![allow(clippy::unwrap_used)]
+
 use serde_json::{Value, json};
 use tandem_gateway::config::{Config, MapEnv};
 use tandem_gateway::{Gateway, GatewayOptions, LocalLoad};

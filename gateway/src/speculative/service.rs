@@ -153,16 +153,24 @@ impl VerifyState {
         let top_k = req.top_k.max(1) as usize;
         let (mut entry, new_tokens, cached) = match taken {
             Some(mut entry) if req.base_len > 0 && entry.tokens.len() >= req.base_len => {
-                let extra = entry.tokens.len() - req.base_len;
+                // Tokens this side already fed past `base_len` (its own greedy choices) that
+                // the request repeats are kept, not recomputed.
+                let already = entry.tokens[req.base_len..]
+                    .iter()
+                    .zip(&req.tokens[..req.tokens.len() - req.draft_len])
+                    .take_while(|(a, b)| a == b)
+                    .count();
+                let keep = req.base_len + already;
+                let extra = entry.tokens.len() - keep;
                 if extra > 0 {
                     self.engine
                         .rollback(entry.id, extra)
                         .await
                         .map_err(engine_failure)?;
-                    entry.tokens.truncate(req.base_len);
+                    entry.tokens.truncate(keep);
                     entry.stale = true;
                 }
-                (entry, req.tokens.as_slice(), req.base_len)
+                (entry, &req.tokens[already..], keep)
             }
             other => {
                 if let Some(stale) = other {
@@ -175,7 +183,13 @@ impl VerifyState {
                     )));
                 }
                 // Open on everything before the scored block; at least one token is scored.
-                let split = (req.tokens.len() - req.draft_len).min(req.tokens.len() - 1);
+                let committed = req.tokens.len() - req.draft_len;
+                let split = if self.mode == ScoringMode::Stepwise && req.greedy {
+                    // The whole committed sequence in one prefill, as plain decoding does.
+                    committed
+                } else {
+                    committed.min(req.tokens.len() - 1)
+                };
                 let (head, tail) = req.tokens.split_at(split);
                 if head.is_empty() {
                     return Err(VerifyFailure::Invalid(
@@ -269,6 +283,35 @@ impl VerifyState {
             entry.stale = false;
         }
         let mut positions = Vec::with_capacity(req.draft_len + 1);
+        if req.greedy {
+            // Committed tokens first, one per pass.
+            for &token in &new_tokens[..draft_start] {
+                self.engine
+                    .append(id, &[token], 1)
+                    .await
+                    .map_err(engine_failure)?;
+                entry.tokens.push(token);
+            }
+            // Then decode greedily, step by step, while the draft agrees: each step feeds the
+            // target's own choice, so a mismatch leaves the correction already in place.
+            let greedy = SamplingParams::greedy(1);
+            for j in 0..=req.draft_len {
+                let step = self
+                    .engine
+                    .draft(id, 1, &greedy)
+                    .await
+                    .map_err(engine_failure)?;
+                let Some(choice) = step.first() else {
+                    return Err(VerifyFailure::Engine("engine drafted nothing".into()));
+                };
+                entry.tokens.push(choice.id);
+                positions.push(vec![(choice.id, choice.logprob)]);
+                if new_tokens.get(draft_start + j) != Some(&choice.id) {
+                    break;
+                }
+            }
+            return Ok(positions);
+        }
         let mut predicted: Option<Vec<(u32, f32)>> = None;
         for (j, &token) in new_tokens.iter().enumerate() {
             let in_draft = j >= draft_start;
