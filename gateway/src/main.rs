@@ -115,6 +115,15 @@ enum BenchCommand {
     },
     /// Routing decision latency.
     Router,
+    /// Speculative decoding against plain target streaming, over emulated round trips.
+    Speculative {
+        /// The drafting model.
+        #[arg(long)]
+        drafter: Option<String>,
+        /// The target model.
+        #[arg(long)]
+        target: Option<String>,
+    },
 }
 
 fn out(text: &str) {
@@ -209,6 +218,19 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Bench(BenchCommand::Local { model, threads }) => {
             out(&tandem_gateway::bench::run_local(&model, threads)?);
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Speculative { drafter, target }) => {
+            let mut args = tandem_gateway::speculative::BenchArgs::default();
+            if let Some(d) = drafter {
+                args.drafter = d;
+            }
+            if let Some(t) = target {
+                args.target = t;
+            }
+            let report =
+                runtime()?.block_on(tandem_gateway::speculative::bench_speculative(args))?;
+            out(&report.to_string());
             Ok(())
         }
         Command::Bench(BenchCommand::Router) => {
