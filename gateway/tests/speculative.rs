@@ -246,7 +246,8 @@ async fn loopback_target_with_delay_layer_and_fallback_keeps_output() {
             "the session kept the target's KV"
         );
 
-        // A policy that finds plain streaming faster falls back at once, with the same output.
+        // A policy that finds plain streaming faster falls back after its exploration rounds,
+        // continuing the target's session, with the same output.
         target.clear_cache().await.unwrap();
         let mut ngram = NgramDrafter::default();
         let mut slow = DraftPolicy::new(PolicyConfig {

@@ -264,7 +264,7 @@ pub async fn bench_speculative(args: BenchArgs) -> Result<BenchReport> {
                 clear(&target).await?;
                 let t = Instant::now();
                 let mut stream = streamer
-                    .stream(&prompt, args.max_tokens)
+                    .stream(&prompt, args.max_tokens, None)
                     .await
                     .map_err(upstream)?;
                 let mut expected = Vec::new();

@@ -24,11 +24,13 @@ use crate::error::{Error, Result};
 /// A target that can also stream plainly (the fallback when speculation does not pay).
 #[async_trait]
 pub trait PlainStreamer: Send + Sync {
-    /// Streams up to `max_tokens` greedy tokens after `context`, in the target's ids.
+    /// Streams up to `max_tokens` greedy tokens after `context`, in the target's ids,
+    /// continuing `session`'s state on the target when it holds one.
     async fn stream(
         &self,
         context: &[u32],
         max_tokens: usize,
+        session: Option<&str>,
     ) -> std::result::Result<
         BoxStream<'static, std::result::Result<u32, ProviderError>>,
         ProviderError,
@@ -321,7 +323,10 @@ async fn stream_plainly(
     on_tokens: &mut (dyn FnMut(&[u32]) + Send),
 ) -> Result<()> {
     let remaining = opts.max_tokens - report.tokens.len();
-    let mut stream = plain.stream(context, remaining).await.map_err(upstream)?;
+    let mut stream = plain
+        .stream(context, remaining, opts.session.as_deref())
+        .await
+        .map_err(upstream)?;
     report.target_input_tokens += context.len() as u64;
     let mut last = Instant::now();
     while let Some(token) = stream.next().await {

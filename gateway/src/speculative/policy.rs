@@ -36,13 +36,15 @@ pub struct PolicyConfig {
     pub smoothing: f64,
     /// Speculation must beat plain streaming by this factor before it is chosen.
     pub margin: f64,
+    /// Rounds measured before the policy may fall back (priors alone never decide).
+    pub explore_rounds: u64,
 }
 
 impl Default for PolicyConfig {
     fn default() -> Self {
         Self {
             max_draft: 12,
-            prior_acceptance: 0.6,
+            prior_acceptance: 0.8,
             prior_weight: 8.0,
             prior_draft_time: Duration::from_millis(10),
             prior_verify_time: Duration::from_millis(60),
@@ -52,6 +54,7 @@ impl Default for PolicyConfig {
             seconds_per_price: 0.0,
             smoothing: 0.3,
             margin: 1.05,
+            explore_rounds: 3,
         }
     }
 }
@@ -65,6 +68,7 @@ pub struct DraftPolicy {
     draft_time: f64,
     verify_time: f64,
     plain_time: f64,
+    rounds: u64,
 }
 
 impl DraftPolicy {
@@ -76,6 +80,7 @@ impl DraftPolicy {
             plain_time: cfg.plain_token_time.as_secs_f64(),
             drafted: 0.0,
             accepted: 0.0,
+            rounds: 0,
             cfg,
         }
     }
@@ -94,6 +99,7 @@ impl DraftPolicy {
         } else {
             drafted
         };
+        self.rounds += 1;
         self.drafted += tested as f64;
         self.accepted += accepted as f64;
     }
@@ -136,7 +142,8 @@ impl DraftPolicy {
         let (best_k, best_rate) = (1..=max)
             .map(|k| (k, self.speculative_rate(k)))
             .fold((1, f64::MIN), |a, b| if b.1 > a.1 { b } else { a });
-        if best_rate < self.plain_rate() * self.cfg.margin {
+        if self.rounds >= self.cfg.explore_rounds && best_rate < self.plain_rate() * self.cfg.margin
+        {
             0
         } else {
             best_k
@@ -226,10 +233,11 @@ mod tests {
 
     #[test]
     fn output_price_favours_speculation() {
-        // Equal speed, but output tokens cost 4x input: speculation wins on price.
+        // Plain streaming is faster, but output tokens cost 16x (cached) input: speculation
+        // wins on price.
         let mut cfg = PolicyConfig {
             plain_token_time: Duration::from_millis(20),
-            input_price: 1.0,
+            input_price: 0.25,
             output_price: 4.0,
             seconds_per_price: 0.01,
             ..PolicyConfig::default()
@@ -242,5 +250,13 @@ mod tests {
             p.observe_verify(Duration::from_millis(30));
         }
         assert!(p.choose(100) > 0);
+        let free = DraftPolicy {
+            cfg: PolicyConfig {
+                seconds_per_price: 0.0,
+                ..p.cfg.clone()
+            },
+            ..p
+        };
+        assert_eq!(free.choose(100), 0, "on time alone plain streaming wins");
     }
 }

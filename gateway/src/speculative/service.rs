@@ -354,6 +354,83 @@ impl VerifyState {
         Ok(positions)
     }
 
+    /// Streams greedy tokens continuing a session (opened on `tokens` when it is not held),
+    /// one pass per token; `Ok(None)` marks the end.
+    pub async fn stream_session(
+        self: &Arc<Self>,
+        session_id: String,
+        tokens: Vec<u32>,
+        max_tokens: usize,
+    ) -> Result<tokio::sync::mpsc::Receiver<Result<Option<u32>, String>>, VerifyFailure> {
+        if tokens.is_empty() {
+            return Err(VerifyFailure::Invalid("tokens is empty".into()));
+        }
+        let taken = self.sessions.lock().remove(&session_id);
+        let mut entry = match taken {
+            Some(mut e) if tokens.starts_with(&e.tokens) => {
+                if e.stale {
+                    self.engine
+                        .append(e.id, &[], 1)
+                        .await
+                        .map_err(engine_failure)?;
+                    e.stale = false;
+                }
+                for &t in &tokens[e.tokens.len()..] {
+                    self.engine
+                        .append(e.id, &[t], 1)
+                        .await
+                        .map_err(engine_failure)?;
+                    e.tokens.push(t);
+                }
+                e
+            }
+            other => {
+                if let Some(old) = other {
+                    self.engine.close_session(old.id).await;
+                }
+                let id = self
+                    .engine
+                    .open_session(&tokens)
+                    .await
+                    .map_err(engine_failure)?;
+                SessionEntry {
+                    id,
+                    tokens,
+                    last_used: Instant::now(),
+                    stale: false,
+                }
+            }
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let state = Arc::clone(self);
+        let eos = self.engine.info().eos_token_ids.clone();
+        tokio::spawn(async move {
+            let greedy = SamplingParams::greedy(1);
+            for _ in 0..max_tokens {
+                match state.engine.draft(entry.id, 1, &greedy).await {
+                    Ok(step) => {
+                        let Some(choice) = step.first() else { break };
+                        entry.tokens.push(choice.id);
+                        if tx.send(Ok(Some(choice.id))).await.is_err() {
+                            break;
+                        }
+                        if eos.contains(&choice.id) {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string())).await;
+                        break;
+                    }
+                }
+            }
+            let _ = tx.send(Ok(None)).await;
+            entry.last_used = Instant::now();
+            state.insert(session_id, entry).await;
+        });
+        Ok(rx)
+    }
+
     async fn insert(&self, key: String, entry: SessionEntry) {
         let evicted = {
             let mut sessions = self.sessions.lock();
@@ -390,6 +467,10 @@ pub struct GenerateBody {
     pub tokens: Vec<u32>,
     /// Most tokens to stream.
     pub max_tokens: usize,
+    /// Continue this verify session's KV instead of starting fresh (the fallback from
+    /// speculation: the same passes plain decoding would have run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
 }
 
 async fn verify_handler(
@@ -399,10 +480,25 @@ async fn verify_handler(
     state.verify(req).await.map(Json)
 }
 
+type EventStream = BoxStream<'static, Result<Event, Infallible>>;
+
 async fn generate_handler(
     State(state): State<Arc<VerifyState>>,
     Json(body): Json<GenerateBody>,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, VerifyFailure> {
+) -> Result<Sse<EventStream>, VerifyFailure> {
+    if let Some(session_id) = body.session_id.clone() {
+        let rx = state
+            .stream_session(session_id, body.tokens, body.max_tokens)
+            .await?;
+        let events = tokio_stream_from(rx).map(|item| {
+            Ok(match item {
+                Ok(Some(id)) => Event::default().data(id.to_string()),
+                Ok(None) => Event::default().data("[DONE]"),
+                Err(m) => Event::default().event("error").data(m),
+            })
+        });
+        return Ok(Sse::new(events.boxed()));
+    }
     let mut params = SamplingParams::greedy(body.max_tokens.max(1));
     params.ignore_eos = false;
     let rx = state
@@ -419,7 +515,7 @@ async fn generate_handler(
             GenerateEvent::Error(m) => Some(Event::default().event("error").data(m)),
         }
     });
-    Ok(Sse::new(tokens.map(Ok)))
+    Ok(Sse::new(tokens.map(Ok).boxed()))
 }
 
 fn tokio_stream_from<T: Send + 'static>(
@@ -465,6 +561,7 @@ impl PlainStreamer for TandemStreamer {
         &self,
         context: &[u32],
         max_tokens: usize,
+        session: Option<&str>,
     ) -> Result<BoxStream<'static, Result<u32, ProviderError>>, ProviderError> {
         let url = format!("{}{GENERATE_PATH}", self.base_url.trim_end_matches('/'));
         let name = self.name.clone();
@@ -474,6 +571,7 @@ impl PlainStreamer for TandemStreamer {
             .json(&GenerateBody {
                 tokens: context.to_vec(),
                 max_tokens,
+                session_id: session.map(str::to_owned),
             })
             .send()
             .await
@@ -657,6 +755,7 @@ impl PlainStreamer for InProcessStreamer {
         &self,
         context: &[u32],
         max_tokens: usize,
+        _session: Option<&str>,
     ) -> Result<BoxStream<'static, Result<u32, ProviderError>>, ProviderError> {
         let rx = self
             .engine
