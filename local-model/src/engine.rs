@@ -41,6 +41,8 @@ pub struct EngineConfig {
     pub max_context: Option<usize>,
     /// Tokens of prompt prefill per step, shared between waiting prompts.
     pub prefill_chunk: usize,
+    /// Steps of at most this many tokens run on one kernel thread (0 = always use `threads`).
+    pub small_step_rows: usize,
 }
 
 impl Default for EngineConfig {
@@ -52,6 +54,7 @@ impl Default for EngineConfig {
             max_batch: 8,
             max_context: None,
             prefill_chunk: 256,
+            small_step_rows: 4,
         }
     }
 }
@@ -92,6 +95,12 @@ impl EngineConfig {
     /// Sets the prefill chunk.
     pub fn prefill_chunk(mut self, n: usize) -> Self {
         self.prefill_chunk = n;
+        self
+    }
+
+    /// Sets the largest step that runs on one kernel thread.
+    pub fn small_step_rows(mut self, n: usize) -> Self {
+        self.small_step_rows = n;
         self
     }
 }
@@ -491,6 +500,10 @@ struct CacheEntry {
 struct Worker {
     model: Model,
     pool: KernelPool,
+    /// One-thread pool for small steps (decode): on two hyperthreads of one core, a second
+    /// thread's spinning between the many small matmuls of a decode step costs more than it adds.
+    small_pool: Option<KernelPool>,
+    small_rows: usize,
     tok: Arc<Tokenizer>,
     eos: Vec<u32>,
     max_context: usize,
@@ -505,6 +518,18 @@ struct Worker {
     next_session: SessionId,
     cache: Vec<CacheEntry>,
     clock: u64,
+}
+
+fn pick_pool<'a>(
+    pool: &'a KernelPool,
+    small: &'a Option<KernelPool>,
+    small_rows: usize,
+    rows: usize,
+) -> &'a KernelPool {
+    match small {
+        Some(p) if rows <= small_rows => p,
+        _ => pool,
+    }
 }
 
 fn common_prefix(a: &[u32], b: &[u32]) -> usize {
@@ -530,6 +555,11 @@ impl Worker {
             cfg.threads
         };
         let pool = KernelPool::new(threads).map_err(|e| Error::Kernel(e.to_string()))?;
+        let small_pool = if threads > 1 && cfg.small_step_rows > 0 {
+            Some(KernelPool::new(1).map_err(|e| Error::Kernel(e.to_string()))?)
+        } else {
+            None
+        };
         let kv_budget = cfg.kv_cache_tokens.max(16);
         let max_context = cfg
             .max_context
@@ -587,6 +617,8 @@ impl Worker {
         let worker = Worker {
             model,
             pool,
+            small_pool,
+            small_rows: cfg.small_step_rows,
             tok: tok.clone(),
             eos,
             max_context,
@@ -806,8 +838,9 @@ impl Worker {
                 tokens: chunk,
                 logits_from: from,
             }];
+            let pool = pick_pool(&self.pool, &self.small_pool, self.small_rows, chunk.len());
             self.model
-                .forward(&self.pool, &mut items, &mut self.scratch, &mut self.logits)?;
+                .forward(pool, &mut items, &mut self.scratch, &mut self.logits)?;
             out.extend_from_slice(&self.logits);
             start = end;
         }
@@ -1100,8 +1133,10 @@ impl Worker {
                     });
                 }
             }
+            let rows: usize = items.iter().map(|it| it.tokens.len()).sum();
+            let pool = pick_pool(&self.pool, &self.small_pool, self.small_rows, rows);
             self.model
-                .forward(&self.pool, &mut items, &mut self.scratch, &mut self.logits)
+                .forward(pool, &mut items, &mut self.scratch, &mut self.logits)
         };
         if let Err(e) = result {
             for r in self.running.drain(..) {

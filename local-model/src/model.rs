@@ -501,7 +501,7 @@ impl Model {
             if cfg.gelu {
                 ops::gelu_tanh_mul_inplace(&mut s.gate[..n * f], &s.up[..n * f]);
             } else {
-                ops::silu_mul_inplace(&mut s.gate[..n * f], &s.up[..n * f]);
+                silu_mul(&mut s.gate[..n * f], &s.up[..n * f]);
             }
             pool.matmul(
                 &layer.down.matrix(map),
@@ -545,6 +545,14 @@ impl Model {
                 .map_err(kerr)?;
         }
         Ok(())
+    }
+}
+
+/// `gate = silu(gate) * up`, written without `mul_add` so a portable build does not fall back
+/// to a software fma per element.
+fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    for (g, u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
     }
 }
 
