@@ -1,4 +1,6 @@
 //! Verify protocols against recorded wire fixtures and a loopback server speaking their format.
+// Helpers outside `#[test]` functions panic on failure like the tests themselves.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 

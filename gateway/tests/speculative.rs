@@ -1,6 +1,8 @@
 //! Speculative decoding end to end with the real models: greedy output is token for token the
 //! target's own, on the same-tokenizer path (SmolLM2 drafts for SmolLM2) and the cross-tokenizer
 //! path (SmolLM2 drafts for Gemma 3 270M), in process and over loopback HTTP with the delay layer.
+// Helpers outside `#[test]` functions panic on failure like the tests themselves.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -273,13 +273,14 @@ pub async fn run(
         let all_accepted = tested == draft.len() && acceptance.all_accepted(draft.len());
         commit(&mut block, &mut context, opts, &mut report, on_tokens);
         // The block drafted ahead is valid only if the target's bonus is its first token.
-        if all_accepted && report.finish.is_none() {
-            if let Some(ahead) = next {
-                if ahead.first() == Some(&acceptance.next_token) && ahead.len() > 1 {
-                    report.pipelined_hits += 1;
-                    ready_draft = Some(ahead[1..].to_vec());
-                }
-            }
+        if all_accepted
+            && report.finish.is_none()
+            && let Some(ahead) = next
+            && ahead.first() == Some(&acceptance.next_token)
+            && ahead.len() > 1
+        {
+            report.pipelined_hits += 1;
+            ready_draft = Some(ahead[1..].to_vec());
         }
     }
     drafter.close().await;
@@ -299,11 +300,11 @@ fn commit(
     on_tokens: &mut (dyn FnMut(&[u32]) + Send),
 ) {
     let remaining = opts.max_tokens - report.tokens.len();
-    if let Some(pos) = block.iter().position(|t| opts.eos.contains(t)) {
-        if pos < remaining {
-            block.truncate(pos + 1);
-            report.finish = Some(SpecFinish::Stop);
-        }
+    if let Some(pos) = block.iter().position(|t| opts.eos.contains(t))
+        && pos < remaining
+    {
+        block.truncate(pos + 1);
+        report.finish = Some(SpecFinish::Stop);
     }
     if block.len() >= remaining {
         block.truncate(remaining);

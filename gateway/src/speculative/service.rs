@@ -315,13 +315,13 @@ impl VerifyState {
         let mut predicted: Option<Vec<(u32, f32)>> = None;
         for (j, &token) in new_tokens.iter().enumerate() {
             let in_draft = j >= draft_start;
-            if in_draft && req.greedy {
-                if let Some(top) = &predicted {
-                    if top.first().map(|t| t.0) != Some(token) {
-                        positions.push(top.clone());
-                        return Ok(positions);
-                    }
-                }
+            if in_draft
+                && req.greedy
+                && let Some(top) = &predicted
+                && top.first().map(|t| t.0) != Some(token)
+            {
+                positions.push(top.clone());
+                return Ok(positions);
             }
             let scores = self
                 .engine
