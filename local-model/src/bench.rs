@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::chat::ChatMessage;
 use crate::engine::{Engine, EngineConfig, GenerateEvent, GenerateRequest};
 use crate::error::{Error, Result};
 use crate::sampling::SamplingParams;
@@ -26,7 +25,7 @@ pub struct BenchReport {
     pub prefill_1024_tok_s: f64,
     /// Decode throughput after a short prompt (tokens/s).
     pub decode_tok_s: f64,
-    /// Time to first token of a short chat prompt, cold cache (ms).
+    /// Time to first token of a 256-token prompt, cold cache (ms).
     pub ttft_ms: f64,
     /// Time to first token of the same prompt with its prefix cached (ms).
     pub ttft_cached_ms: f64,
@@ -150,10 +149,11 @@ pub fn bench_local(model_path: &Path, threads: usize) -> Result<BenchReport> {
         _ => 0.0,
     };
 
-    let chat = engine.chat_prompt(&[ChatMessage::user("Write a haiku about the sea.")], true)?;
+    // The same 256-token prompt the llama.cpp peer times, cold and then with its prefix cached.
+    let ttft_prompt = prompt_of(&engine, 256);
     engine_clear(&engine)?;
-    let (cold, _) = timed(&engine, chat.clone(), SamplingParams::greedy(1))?;
-    let (warm, _) = timed(&engine, chat, SamplingParams::greedy(1))?;
+    let (cold, _) = timed(&engine, ttft_prompt.clone(), SamplingParams::greedy(1))?;
+    let (warm, _) = timed(&engine, ttft_prompt, SamplingParams::greedy(1))?;
     let (rss, peak) = rss_mb();
     Ok(BenchReport {
         model: engine.info().id.clone(),

@@ -25,13 +25,13 @@ pub fn run_local(model: &str, threads: usize) -> anyhow::Result<String> {
             for (label, key, ours_value, higher_is_better) in [
                 (
                     "prefill 256 (tok/s)",
-                    "prefill_256_tok_s",
+                    "prefill_tok_s/256",
                     ours.prefill_256_tok_s,
                     true,
                 ),
                 (
                     "prefill 1024 (tok/s)",
-                    "prefill_1024_tok_s",
+                    "prefill_tok_s/1024",
                     ours.prefill_1024_tok_s,
                     true,
                 ),
@@ -39,7 +39,9 @@ pub fn run_local(model: &str, threads: usize) -> anyhow::Result<String> {
                 ("ttft cold (ms)", "ttft_ms", ours.ttft_ms, false),
                 ("peak rss (MB)", "peak_rss_mb", ours.peak_rss_mb, false),
             ] {
-                let Some(theirs) = v.get(key).and_then(serde_json::Value::as_f64) else {
+                // Keys with a `/` name a nested field (the peer groups prefill by length).
+                let pointer = format!("/{key}");
+                let Some(theirs) = v.pointer(&pointer).and_then(serde_json::Value::as_f64) else {
                     continue;
                 };
                 // Ratio > 1 means Tandem is better.
