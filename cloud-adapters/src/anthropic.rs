@@ -368,7 +368,7 @@ enum BlockOut<'a> {
 
 #[derive(Serialize)]
 struct MessageOut<'a> {
-    id: &'a str,
+    id: std::borrow::Cow<'a, str>,
     #[serde(rename = "type")]
     kind: &'static str,
     role: &'static str,
@@ -392,7 +392,7 @@ fn message_out(r: &ChatResponse) -> MessageOut<'_> {
         });
     }
     MessageOut {
-        id: &r.id,
+        id: message_id(&r.id),
         kind: "message",
         role: "assistant",
         model: &r.model,
@@ -400,6 +400,19 @@ fn message_out(r: &ChatResponse) -> MessageOut<'_> {
         stop_reason: Some(stop_reason_str(r.finish_reason)),
         stop_sequence: None,
         usage: WireUsage::from(&r.usage),
+    }
+}
+
+/// The id as Anthropic clients expect it (`msg_…`), whichever backend answered: an OpenAI-style
+/// `chatcmpl-` id keeps its unique part.
+fn message_id(id: &str) -> std::borrow::Cow<'_, str> {
+    if id.starts_with("msg_") {
+        std::borrow::Cow::Borrowed(id)
+    } else {
+        std::borrow::Cow::Owned(format!(
+            "msg_{}",
+            id.strip_prefix("chatcmpl-").unwrap_or(id)
+        ))
     }
 }
 
@@ -547,7 +560,7 @@ impl EventEncoder {
         let start = MessageStartOut {
             kind: "message_start",
             message: MessageOut {
-                id: &self.id,
+                id: message_id(&self.id),
                 kind: "message",
                 role: "assistant",
                 model: &self.model,

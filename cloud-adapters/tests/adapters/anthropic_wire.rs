@@ -3,7 +3,8 @@
 use serde_json::json;
 use tandem_cloud_adapters::anthropic::{self, EventEncoder, MessagesRequest};
 use tandem_cloud_adapters::{
-    ChatEvent, ChatRequest, ContentPart, FinishReason, Message, Role, ToolChoice, Usage, WireFormat,
+    ChatEvent, ChatRequest, ChatResponse, ContentPart, FinishReason, Message, Role, ToolChoice,
+    Usage, WireFormat,
 };
 
 use crate::{anthropic_events, fixture, text_of};
@@ -304,4 +305,44 @@ fn encodes_a_message_response() {
         json!({"input_tokens": 472, "cache_creation_input_tokens": 1536, "cache_read_input_tokens": 0, "output_tokens": 89})
     );
     let _ = ChatRequest::default();
+}
+
+#[test]
+fn answers_from_openai_style_backends_get_anthropic_message_ids() {
+    let r = ChatResponse {
+        id: "chatcmpl-abc123".into(),
+        model: "m".into(),
+        created: 0,
+        text: "Hi".into(),
+        tool_calls: Vec::new(),
+        finish_reason: FinishReason::Stop,
+        logprobs: None,
+        usage: Usage::default(),
+    };
+    assert_eq!(anthropic::encode_messages_response(&r)["id"], "msg_abc123");
+
+    let mut enc = EventEncoder::new();
+    let start = enc.encode(&ChatEvent::Start {
+        id: "chatcmpl-abc123".into(),
+        model: "m".into(),
+        created: 0,
+    });
+    let mut out = start.to_vec();
+    out.extend_from_slice(&enc.encode(&ChatEvent::TextDelta {
+        index: 0,
+        text: "Hi".into(),
+        logprobs: None,
+    }));
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains("\"id\":\"msg_abc123\""), "{text}");
+
+    // An id that is already Anthropic's stays as it is.
+    let native = ChatResponse {
+        id: "msg_01XFDUDYJgAACzvnptvVoYEL".into(),
+        ..r
+    };
+    assert_eq!(
+        anthropic::encode_messages_response(&native)["id"],
+        "msg_01XFDUDYJgAACzvnptvVoYEL"
+    );
 }
