@@ -107,6 +107,33 @@ pub fn transport_error(err: &reqwest::Error, provider: &str) -> ProviderError {
     ProviderError::new(kind, provider, message)
 }
 
+/// A JSON POST of `body` to `url` for `req`, after the checks every provider shares (one choice
+/// per request: `n>1` is refused before anything is sent).
+pub(crate) fn post_json<T: serde::Serialize>(
+    client: &reqwest::Client,
+    url: &str,
+    headers: &reqwest::header::HeaderMap,
+    provider: &str,
+    req: &crate::types::ChatRequest,
+    body: &T,
+) -> Result<reqwest::RequestBuilder, ProviderError> {
+    if req.n > 1 {
+        return Err(ProviderError::new(
+            ProviderErrorKind::Unsupported,
+            provider,
+            "n>1 is not supported",
+        ));
+    }
+    let body = serde_json::to_vec(body).map_err(|e| {
+        ProviderError::new(
+            ProviderErrorKind::Unsupported,
+            provider,
+            format!("cannot encode request: {e}"),
+        )
+    })?;
+    Ok(client.post(url).headers(headers.clone()).body(body))
+}
+
 /// Sends a prepared request; error statuses come back as `Err` with the upstream's error body
 /// parsed by `parse_error`.
 pub(crate) async fn send(

@@ -7,7 +7,7 @@ use super::{header_map, trim_base};
 use crate::anthropic::{self as wire, EventDecoder, MessagesRequest};
 use crate::error::{Error, Result};
 use crate::http::{self, HttpConfig};
-use crate::provider::{EventStream, Provider, ProviderError, ProviderErrorKind};
+use crate::provider::{EventStream, Provider, ProviderError};
 use crate::types::{ChatRequest, ChatResponse, WireFormat};
 
 /// Configuration of an Anthropic upstream.
@@ -120,27 +120,16 @@ impl Anthropic {
         req: &ChatRequest,
         stream: bool,
     ) -> Result<reqwest::RequestBuilder, ProviderError> {
-        if req.n > 1 {
-            return Err(ProviderError::new(
-                ProviderErrorKind::Unsupported,
-                &*self.name,
-                "n>1 is not supported",
-            ));
-        }
         let model = self.model.as_deref().unwrap_or(&req.model);
         let body = MessagesRequest::new(req, model, stream, self.default_max_tokens);
-        let body = serde_json::to_vec(&body).map_err(|e| {
-            ProviderError::new(
-                ProviderErrorKind::Unsupported,
-                &*self.name,
-                format!("cannot encode request: {e}"),
-            )
-        })?;
-        Ok(self
-            .client
-            .post(&self.url)
-            .headers(self.headers.clone())
-            .body(body))
+        http::post_json(
+            &self.client,
+            &self.url,
+            &self.headers,
+            &self.name,
+            req,
+            &body,
+        )
     }
 }
 

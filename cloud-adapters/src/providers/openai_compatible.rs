@@ -9,7 +9,7 @@ use super::{header_map, trim_base};
 use crate::error::{Error, Result};
 use crate::http::{self, HttpConfig};
 use crate::openai::{self, ChatCompletionsRequest, ChunkDecoder};
-use crate::provider::{EventStream, Provider, ProviderError, ProviderErrorKind};
+use crate::provider::{EventStream, Provider, ProviderError};
 use crate::types::{ChatRequest, ChatResponse, WireFormat};
 
 /// How the upstream lays out its URL and key header.
@@ -170,27 +170,16 @@ impl OpenAiCompatible {
         req: &ChatRequest,
         stream: bool,
     ) -> Result<reqwest::RequestBuilder, ProviderError> {
-        if req.n > 1 {
-            return Err(ProviderError::new(
-                ProviderErrorKind::Unsupported,
-                &*self.name,
-                "n>1 is not supported",
-            ));
-        }
         let model = self.model.as_deref().unwrap_or(&req.model);
-        let body =
-            serde_json::to_vec(&ChatCompletionsRequest::new(req, model, stream)).map_err(|e| {
-                ProviderError::new(
-                    ProviderErrorKind::Unsupported,
-                    &*self.name,
-                    format!("cannot encode request: {e}"),
-                )
-            })?;
-        Ok(self
-            .client
-            .post(&self.url)
-            .headers(self.headers.clone())
-            .body(body))
+        let body = ChatCompletionsRequest::new(req, model, stream);
+        http::post_json(
+            &self.client,
+            &self.url,
+            &self.headers,
+            &self.name,
+            req,
+            &body,
+        )
     }
 }
 
