@@ -46,9 +46,6 @@ pub(crate) enum Path {
     /// AVX-512 BW/VL + AVX-512 VNNI `vpdpbusd` (32 registers).
     #[cfg(target_arch = "x86_64")]
     Avx512Vnni,
-    /// As `Avx512Vnni` for matvec; multi-row matmul in bf16 with `vdpbf16ps`.
-    #[cfg(target_arch = "x86_64")]
-    Avx512Bf16,
     /// aarch64 NEON.
     #[cfg(target_arch = "aarch64")]
     Neon,
@@ -66,8 +63,6 @@ impl Path {
             Path::Avx512 => "avx512",
             #[cfg(target_arch = "x86_64")]
             Path::Avx512Vnni => "avx512+vnni",
-            #[cfg(target_arch = "x86_64")]
-            Path::Avx512Bf16 => "avx512+vnni+bf16",
             #[cfg(target_arch = "aarch64")]
             Path::Neon => "neon",
         }
@@ -81,9 +76,6 @@ impl Path {
         {
             let base = f.avx2 && f.fma && f.f16c;
             let avx512 = base && f.avx512f && f.avx512bw && f.avx512vl;
-            if avx512 && f.avx512vnni && f.avx512bf16 {
-                v.push(Path::Avx512Bf16);
-            }
             if avx512 && f.avx512vnni {
                 v.push(Path::Avx512Vnni);
             }

@@ -68,15 +68,14 @@ async fn greedy_generation_is_deterministic() {
     let c = run(&engine, prompt, SamplingParams::greedy(16)).await;
     assert!(!a.text.trim().is_empty());
     assert_eq!(a.ids, b.ids);
-    // A cached prompt recomputes only its last token, on the kernels' single-token path, whose
-    // rounding differs slightly from the multi-token path; this prompt's first step is a near tie
-    // (margin 0.1), so only the cache hit is asserted here (bit-identity of cached scoring is
-    // `prefix_reuse_gives_identical_scores`).
-    assert_eq!(c.ids.len(), 16);
+    // A cached prompt recomputes only its last token, alone; the forward pass is batch
+    // invariant, so generation after the cache hit is identical (this prompt's first step is a
+    // near tie, margin 0.1, which any rounding difference would flip).
     assert!(
         c.cached > 0,
         "second identical prompt should hit the prefix cache"
     );
+    assert_eq!(c.ids, a.ids);
 }
 
 #[tokio::test]
@@ -219,11 +218,9 @@ async fn concurrent_requests_match_sequential_ones() {
     }
     engine.clear_cache().await.unwrap();
     let runs = futures_join(&engine, &prompts).await;
-    // Batched and lone decode steps take different kernel paths whose float rounding differs
-    // slightly, so a near-tie late in a sequence may flip; the opening tokens must agree.
+    // Batched and lone decode steps round identically (batch-invariant forward).
     for (batched, lone) in runs.iter().zip(&alone) {
-        assert_eq!(batched.len(), 12);
-        assert_eq!(batched[..6], lone[..6]);
+        assert_eq!(batched, lone);
     }
 }
 
@@ -303,8 +300,7 @@ async fn sessions_draft_append_and_rollback_agree_with_generation() {
 
 #[tokio::test]
 async fn seeded_sampling_reproduces() {
-    // Own engine and a cold cache each time: the kernels' single- and multi-token paths round
-    // differently, so a run is reproducible given the same cache state and batch shape.
+    // Own engine; the cold second run and the warm third run must reproduce the first.
     let Some(engine) = common::engine_with("smollm2-135m", |c| c) else {
         return;
     };
@@ -321,6 +317,9 @@ async fn seeded_sampling_reproduces() {
     engine.clear_cache().await.unwrap();
     let b = run(&engine, prompt.clone(), params.clone()).await;
     assert_eq!(a.ids, b.ids);
+    let warm = run(&engine, prompt.clone(), params.clone()).await;
+    assert!(warm.cached > 0);
+    assert_eq!(warm.ids, a.ids);
     let other = SamplingParams {
         seed: Some(99),
         ..params

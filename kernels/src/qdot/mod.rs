@@ -19,10 +19,6 @@ use crate::quant::QMatrix;
 /// Elements per activation block.
 pub(crate) const QK: usize = 32;
 
-/// From this many input rows on, the BF16 path dequantizes weight tiles to bf16 (the tile
-/// decode costs more than it saves below it, measured on Zen 4).
-pub const BF16_MIN_ROWS: usize = 16;
-
 /// Activations of `n` rows of `cols` elements, quantized to int8 in blocks of 32.
 #[derive(Default)]
 pub(crate) struct QActs {
@@ -34,8 +30,6 @@ pub(crate) struct QActs {
     pub(crate) d: Vec<f32>,
     /// `n * cols/32 * 2` half sums, `d * Σ a` over each 16-element half.
     pub(crate) s: Vec<f32>,
-    /// `n * cols` bf16 activations, filled instead of the int8 ones by the BF16 matmul path.
-    pub(crate) bf: Vec<u16>,
 }
 
 impl QActs {
@@ -48,14 +42,6 @@ impl QActs {
         let nb = cols / QK;
         self.n = n;
         self.cols = cols;
-        #[cfg(target_arch = "x86_64")]
-        if path == Path::Avx512Bf16 && n >= BF16_MIN_ROWS {
-            self.bf.resize(n * cols, 0);
-            // SAFETY: this path is only selected with AVX-512 F/BW/VL and BF16.
-            unsafe { x86::bf16::acts_to_bf16(&x[..n * cols], &mut self.bf) };
-            return;
-        }
-        self.bf.clear();
         self.qs.resize(n * cols, 0);
         self.d.resize(n * nb, 0.0);
         self.s.resize(n * nb * 2, 0.0);
@@ -66,7 +52,7 @@ impl QActs {
             let s = &mut self.s[t * nb * 2..(t + 1) * nb * 2];
             match path {
                 #[cfg(target_arch = "x86_64")]
-                Path::Avx2 | Path::AvxVnni | Path::Avx512 | Path::Avx512Vnni | Path::Avx512Bf16 => {
+                Path::Avx2 | Path::AvxVnni | Path::Avx512 | Path::Avx512Vnni => {
                     // SAFETY: these paths are only selected when AVX2 is detected.
                     unsafe { x86::quantize_acts_avx2(xs, qs, d, s) }
                 }
@@ -133,12 +119,6 @@ pub(crate) fn kernels(path: Path) -> Kernels {
             path,
             matvec_rows: x86::avx512::matvec_rows,
             matmul_rows: x86::avx512::matmul_rows,
-        },
-        #[cfg(target_arch = "x86_64")]
-        Path::Avx512Bf16 => Kernels {
-            path,
-            matvec_rows: x86::avx512vnni::matvec_rows,
-            matmul_rows: x86::bf16::matmul_rows,
         },
         #[cfg(target_arch = "x86_64")]
         Path::Avx512Vnni => Kernels {

@@ -1,6 +1,8 @@
 //! x86-64 kernels. One macro body is compiled four times, for AVX2, AVX2 + AVX-VNNI, AVX-512
 //! (256-bit vectors, 32 registers) and AVX-512 + VNNI; the instantiations differ only in the
 //! target features, the int8 dot instruction and the register tile of the matmul microkernel.
+//! Within a path, matvec and matmul run the same float operations per output (see
+//! `rows_direct`), so results do not depend on how many tokens share a call.
 
 use std::arch::x86_64::*;
 
@@ -245,48 +247,83 @@ macro_rules! x86_path {
                 r1: usize,
                 y: &mut [f32],
             ) {
-                let nb = acts.nb();
                 let rb = w.row_bytes();
+                let mut r = r0;
+                // SAFETY: r..r+R < rows; `y` holds r1 - r0 floats.
+                unsafe {
+                    while r + 4 <= r1 {
+                        rows_direct::<F, 4>(w.data.as_ptr().add(r * rb), rb, acts, y.as_mut_ptr().add(r - r0));
+                        r += 4;
+                    }
+                    while r < r1 {
+                        rows_direct::<F, 1>(w.data.as_ptr().add(r * rb), rb, acts, y.as_mut_ptr().add(r - r0));
+                        r += 1;
+                    }
+                }
+            }
+
+            /// `R` rows (decoded block by block, straight from the weights) times token 0 of
+            /// `acts`, written to `y[0..R]`.
+            ///
+            /// Batch invariance: each row runs exactly the float operations of `micro` followed
+            /// by `dotf` over its offsets (one accumulator in block order, then `hsum`; offsets in
+            /// chunks of 8 then a serial tail), so a row's result is bit-identical whether it is
+            /// computed here or by the multi-token kernel.
+            #[inline]
+            #[target_feature(enable = $feat)]
+            unsafe fn rows_direct<const F: u8, const R: usize>(
+                row0: *const u8,
+                rb: usize,
+                acts: &QActs,
+                y: *mut f32,
+            ) {
+                let signed = F == Q8_0;
+                let nb = acts.nb();
                 let aq = acts.qs.as_ptr();
                 let ad = acts.d.as_ptr();
                 let asum = acts.s.as_ptr();
-                for r in r0..r1 {
-                    // SAFETY: r < rows and k < nb keep every pointer inside `w.data` and `acts`.
-                    unsafe {
-                        let row = w.data.as_ptr().add(r * rb);
-                        let mut acc0 = _mm256_setzero_ps();
-                        let mut acc1 = _mm256_setzero_ps();
-                        let mut off = 0.0f32;
-                        let mut k = 0;
-                        while k + 2 <= nb {
-                            let d0 = decode::<F>(row, k);
-                            let d1 = decode::<F>(row, k + 1);
-                            let a0 = _mm256_loadu_si256(aq.add(k * QK) as *const __m256i);
-                            let a1 = _mm256_loadu_si256(aq.add(k * QK + QK) as *const __m256i);
-                            let (p0, p1) = if F == Q8_0 {
-                                (dot_i8i8(d0.q, a0), dot_i8i8(d1.q, a1))
+                let mut acc = [_mm256_setzero_ps(); R];
+                let mut offacc = [_mm256_setzero_ps(); R];
+                let mut obuf = [[0.0f32; 8]; R];
+                let full = nb / 4 * 4;
+                // SAFETY: the caller passes R rows of nb blocks; k < nb keeps the activations in
+                // bounds.
+                unsafe {
+                    for k in 0..nb {
+                        let a = _mm256_loadu_si256(aq.add(k * QK) as *const __m256i);
+                        let da = _mm256_set1_ps(*ad.add(k));
+                        for r in 0..R {
+                            let dec = decode::<F>(row0.add(r * rb), k);
+                            let p = if signed {
+                                dot_i8i8(dec.q, a)
                             } else {
-                                (dot_u8i8(d0.q, a0), dot_u8i8(d1.q, a1))
+                                dot_u8i8(dec.q, a)
                             };
-                            let s0 = _mm256_mul_ps(d0.sv, _mm256_set1_ps(*ad.add(k)));
-                            let s1 = _mm256_mul_ps(d1.sv, _mm256_set1_ps(*ad.add(k + 1)));
-                            acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), s0, acc0);
-                            acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), s1, acc1);
-                            if F != Q8_0 {
-                                off += d0.off0 * *asum.add(2 * k) + d0.off1 * *asum.add(2 * k + 1);
-                                off += d1.off0 * *asum.add(2 * k + 2) + d1.off1 * *asum.add(2 * k + 3);
+                            let sc = _mm256_mul_ps(dec.sv, da);
+                            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sc, acc[r]);
+                            if !signed {
+                                let j = 2 * (k % 4);
+                                obuf[r][j] = dec.off0;
+                                obuf[r][j + 1] = dec.off1;
+                                if k % 4 == 3 {
+                                    let o = _mm256_loadu_ps(obuf[r].as_ptr());
+                                    let s = _mm256_loadu_ps(asum.add(2 * (k - 3)));
+                                    offacc[r] = _mm256_fmadd_ps(o, s, offacc[r]);
+                                }
                             }
-                            k += 2;
                         }
-                        if k < nb {
-                            let d0 = decode::<F>(row, k);
-                            let a0 = _mm256_loadu_si256(aq.add(k * QK) as *const __m256i);
-                            let p0 = if F == Q8_0 { dot_i8i8(d0.q, a0) } else { dot_u8i8(d0.q, a0) };
-                            let s0 = _mm256_mul_ps(d0.sv, _mm256_set1_ps(*ad.add(k)));
-                            acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), s0, acc0);
-                            off += d0.off0 * *asum.add(2 * k) + d0.off1 * *asum.add(2 * k + 1);
-                        }
-                        *y.get_unchecked_mut(r - r0) = hsum(_mm256_add_ps(acc0, acc1)) + off;
+                    }
+                    for r in 0..R {
+                        let off = if signed {
+                            0.0
+                        } else {
+                            let mut tail = 0.0f32;
+                            for i in 0..2 * (nb - full) {
+                                tail += obuf[r][i] * *asum.add(2 * full + i);
+                            }
+                            hsum(offacc[r]) + tail
+                        };
+                        *y.add(r) = hsum(acc[r]) + off;
                     }
                 }
             }
@@ -624,234 +661,3 @@ x86_path!(
     tile = (4, 4),
     dot = |w, a| { _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, a) }
 );
-
-/// Prefill/verification matmul on AVX-512 BF16: each row tile is dequantized once to bf16
-/// (scales and minimums applied) and multiplied with bf16 activations by `vdpbf16ps`, one
-/// instruction per 32 multiply-adds with no per-block scale work. Numerically closer to f32 than
-/// the int8 path (both operands keep 8 significant bits).
-#[allow(clippy::needless_range_loop)] // const-size register tiles read clearer indexed
-pub(crate) mod bf16 {
-    use super::avx512::{Dec, decode};
-    use super::fmt::*;
-    use crate::qdot::{QActs, QK};
-    use crate::quant::{QMatrix, QuantType};
-    use std::arch::x86_64::*;
-    use std::cell::RefCell;
-
-    const FEAT_DOC: &str = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512bf16";
-    const TILE_R: usize = 4;
-    const TILE_T: usize = 4;
-
-    /// Converts one row of activations to bf16 (round to nearest even).
-    ///
-    /// # Safety
-    /// The CPU must support AVX-512 F/BW/VL and BF16; `x.len() % 32 == 0`, `out.len() >= x.len()`.
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512bf16")]
-    pub(crate) unsafe fn acts_to_bf16(x: &[f32], out: &mut [u16]) {
-        debug_assert!(out.len() >= x.len() && x.len().is_multiple_of(16));
-        let _ = FEAT_DOC;
-        for i in (0..x.len()).step_by(16) {
-            // SAFETY: i + 16 <= len of both slices.
-            unsafe {
-                let v = _mm512_cvtneps_pbh(_mm512_loadu_ps(x.as_ptr().add(i)));
-                _mm256_storeu_si256(
-                    out.as_mut_ptr().add(i) as *mut __m256i,
-                    std::mem::transmute::<__m256bh, __m256i>(v),
-                );
-            }
-        }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512bf16")]
-    unsafe fn store_block<const SIGNED: bool>(dec: &Dec, out: *mut u16) {
-        let q = dec.q;
-        let lo = _mm256_castsi256_si128(q);
-        let hi = _mm256_extracti128_si256(q, 1);
-        let (ilo, ihi) = if SIGNED {
-            (_mm512_cvtepi8_epi32(lo), _mm512_cvtepi8_epi32(hi))
-        } else {
-            (_mm512_cvtepu8_epi32(lo), _mm512_cvtepu8_epi32(hi))
-        };
-        let s0 = _mm512_set1_ps(_mm256_cvtss_f32(dec.sv));
-        let s1 = _mm512_set1_ps(_mm_cvtss_f32(_mm256_extractf128_ps(dec.sv, 1)));
-        let v0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ilo), s0, _mm512_set1_ps(dec.off0));
-        let v1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ihi), s1, _mm512_set1_ps(dec.off1));
-        // SAFETY: the caller passes 32 writable bf16 slots.
-        unsafe {
-            _mm256_storeu_si256(
-                out as *mut __m256i,
-                std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(v0)),
-            );
-            _mm256_storeu_si256(
-                out.add(16) as *mut __m256i,
-                std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(v1)),
-            );
-        }
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512bf16")]
-    unsafe fn decode_tile<const F: u8>(w: &QMatrix, r0: usize, rr: usize, tile: &mut [u16]) {
-        let nb = w.cols / QK;
-        let rb = w.row_bytes();
-        for r in 0..rr {
-            // SAFETY: r0 + r < rows; `tile` holds TILE_R rows of `cols` values.
-            unsafe {
-                let row = w.data.as_ptr().add((r0 + r) * rb);
-                for k in 0..nb {
-                    let dec = decode::<F>(row, k);
-                    let out = tile.as_mut_ptr().add(r * w.cols + k * QK);
-                    if F == Q8_0 {
-                        store_block::<true>(&dec, out);
-                    } else {
-                        store_block::<false>(&dec, out);
-                    }
-                }
-            }
-        }
-    }
-
-    /// `R` rows × `T` tokens of bf16 dots over `cols` (a multiple of 32).
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512bf16")]
-    unsafe fn micro<const R: usize, const T: usize>(
-        w: *const u16,
-        a: *const u16,
-        cols: usize,
-        out: &mut [[f32; T]; R],
-    ) {
-        let mut acc = [[_mm512_setzero_ps(); T]; R];
-        let mut c = 0;
-        while c < cols {
-            // SAFETY: the caller passes R weight rows and T activation rows of `cols` values.
-            unsafe {
-                let mut wv = [_mm512_setzero_si512(); R];
-                for r in 0..R {
-                    wv[r] = _mm512_loadu_si512(w.add(r * cols + c) as *const __m512i);
-                }
-                for t in 0..T {
-                    let av: __m512bh = std::mem::transmute(_mm512_loadu_si512(
-                        a.add(t * cols + c) as *const __m512i
-                    ));
-                    for r in 0..R {
-                        let wb: __m512bh = std::mem::transmute(wv[r]);
-                        acc[r][t] = _mm512_dpbf16_ps(acc[r][t], wb, av);
-                    }
-                }
-            }
-            c += 32;
-        }
-        for r in 0..R {
-            for t in 0..T {
-                out[r][t] = _mm512_reduce_add_ps(acc[r][t]);
-            }
-        }
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512bf16")]
-    unsafe fn run_tile<const R: usize>(
-        w: &QMatrix,
-        acts: &QActs,
-        tile: &[u16],
-        r0: usize,
-        y: *mut f32,
-    ) {
-        let cols = w.cols;
-        let mut t = 0;
-        // SAFETY: R decoded rows in `tile`; tokens in range; the caller owns rows r0..r0+R.
-        unsafe {
-            while t + TILE_T <= acts.n {
-                let mut out = [[0.0f32; TILE_T]; R];
-                micro::<R, TILE_T>(
-                    tile.as_ptr(),
-                    acts.bf.as_ptr().add(t * cols),
-                    cols,
-                    &mut out,
-                );
-                for r in 0..R {
-                    for tt in 0..TILE_T {
-                        *y.add((t + tt) * w.rows + r0 + r) = out[r][tt];
-                    }
-                }
-                t += TILE_T;
-            }
-            while t < acts.n {
-                let mut out = [[0.0f32; 1]; R];
-                micro::<R, 1>(
-                    tile.as_ptr(),
-                    acts.bf.as_ptr().add(t * cols),
-                    cols,
-                    &mut out,
-                );
-                for r in 0..R {
-                    *y.add(t * w.rows + r0 + r) = out[r][0];
-                }
-                t += 1;
-            }
-        }
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512bf16")]
-    unsafe fn matmul_rows_f<const F: u8>(
-        w: &QMatrix,
-        acts: &QActs,
-        r0: usize,
-        r1: usize,
-        y: *mut f32,
-        tile: &mut Vec<u16>,
-    ) {
-        tile.resize(TILE_R * w.cols, 0);
-        let mut r = r0;
-        while r < r1 {
-            let rr = TILE_R.min(r1 - r);
-            // SAFETY: rows r..r+rr are in range and owned by the caller.
-            unsafe {
-                decode_tile::<F>(w, r, rr, tile);
-                if rr == TILE_R {
-                    run_tile::<TILE_R>(w, acts, tile, r, y);
-                } else {
-                    for i in 0..rr {
-                        run_tile::<1>(w, acts, &tile[i * w.cols..], r + i, y);
-                    }
-                }
-            }
-            r += rr;
-        }
-    }
-
-    thread_local! {
-        static TILE: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
-    }
-
-    /// Matmul over rows `r0..r1` with bf16 activations in `acts.bf` (see
-    /// [`crate::qdot::MatmulRowsFn`]).
-    ///
-    /// # Safety
-    /// As [`crate::qdot::MatmulRowsFn`]; the CPU must support AVX-512 BF16.
-    pub(crate) unsafe fn matmul_rows(w: &QMatrix, acts: &QActs, r0: usize, r1: usize, y: *mut f32) {
-        if acts.n < crate::qdot::BF16_MIN_ROWS || acts.bf.len() < acts.n * acts.cols {
-            // Few rows were quantized to int8.
-            // SAFETY: forwarded contract.
-            return unsafe { super::avx512vnni::matmul_rows(w, acts, r0, r1, y) };
-        }
-        TILE.with(|cell| {
-            let mut tile = cell.borrow_mut();
-            // SAFETY: this table entry is only handed out with AVX-512 BF16 present.
-            unsafe {
-                match w.ty {
-                    QuantType::Q4_0 => matmul_rows_f::<Q4_0>(w, acts, r0, r1, y, &mut tile),
-                    QuantType::Q4_1 => matmul_rows_f::<Q4_1>(w, acts, r0, r1, y, &mut tile),
-                    QuantType::Q5_0 => matmul_rows_f::<Q5_0>(w, acts, r0, r1, y, &mut tile),
-                    QuantType::Q5_1 => matmul_rows_f::<Q5_1>(w, acts, r0, r1, y, &mut tile),
-                    QuantType::Q8_0 => matmul_rows_f::<Q8_0>(w, acts, r0, r1, y, &mut tile),
-                    QuantType::Q4K => matmul_rows_f::<Q4K>(w, acts, r0, r1, y, &mut tile),
-                    QuantType::Q5K => matmul_rows_f::<Q5K>(w, acts, r0, r1, y, &mut tile),
-                    QuantType::Q6K => matmul_rows_f::<Q6K>(w, acts, r0, r1, y, &mut tile),
-                    QuantType::F32 | QuantType::F16 => {
-                        crate::qdot::scalar::matmul_rows(w, acts, r0, r1, y)
-                    }
-                }
-            }
-        })
-    }
-}
