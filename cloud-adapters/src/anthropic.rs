@@ -349,6 +349,7 @@ impl From<WireUsage> for Usage {
             cached_prompt_tokens: w.cache_read_input_tokens,
             cache_creation_tokens: w.cache_creation_input_tokens,
             reasoning_tokens: 0,
+            speculative: None,
         }
     }
 }

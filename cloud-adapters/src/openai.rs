@@ -345,6 +345,22 @@ struct WireUsageOut {
     total_tokens: u64,
     prompt_tokens_details: CachedOut,
     completion_tokens_details: ReasoningOut,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    speculative: Option<SpeculativeOut>,
+}
+
+/// `usage.speculative`: Tandem's extension for speculatively decoded answers.
+#[derive(Serialize)]
+struct SpeculativeOut {
+    rounds: u64,
+    drafted: u64,
+    accepted: u64,
+    acceptance_rate: f64,
+    draft_length: f64,
+    plain_tokens: u64,
+    target_input_tokens: u64,
+    target_cached_input_tokens: u64,
+    target_output_tokens: u64,
 }
 
 #[derive(Serialize)]
@@ -369,6 +385,17 @@ impl From<&Usage> for WireUsageOut {
             completion_tokens_details: ReasoningOut {
                 reasoning_tokens: u.reasoning_tokens,
             },
+            speculative: u.speculative.map(|s| SpeculativeOut {
+                rounds: s.rounds,
+                drafted: s.drafted,
+                accepted: s.accepted,
+                acceptance_rate: s.acceptance_rate(),
+                draft_length: s.draft_length(),
+                plain_tokens: s.plain_tokens,
+                target_input_tokens: s.target_input_tokens,
+                target_cached_input_tokens: s.target_cached_input_tokens,
+                target_output_tokens: s.target_output_tokens,
+            }),
         }
     }
 }
@@ -1112,6 +1139,7 @@ impl From<WireUsage> for Usage {
                 .completion_tokens_details
                 .and_then(|d| d.reasoning_tokens)
                 .unwrap_or(0),
+            speculative: None,
         }
     }
 }
@@ -1592,7 +1620,11 @@ pub fn decode_completion_request(body: &[u8]) -> Result<CompletionRequest, WireE
         stop: json::stop_list(&obj, "stop", "stop")?,
         temperature: json::opt_f32(&obj, "temperature", "temperature")?,
         top_p: json::opt_f32(&obj, "top_p", "top_p")?,
-        top_k: json::opt_u32(&obj, "top_k", "top_k")?,
+        top_k: match opt(&obj, "top_k") {
+            // vLLM's "off".
+            Some(Value::Number(n)) if n.as_i64() == Some(-1) => None,
+            _ => json::opt_u32(&obj, "top_k", "top_k")?,
+        },
         seed: json::opt_u64(&obj, "seed", "seed")?,
         stream,
         include_usage: stream && include_usage,

@@ -1,6 +1,7 @@
 //! The provider trait every cloud backend implements, and the upstream error it reports.
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures::stream::BoxStream;
 
 use crate::types::{ChatEvent, ChatRequest, ChatResponse, WireFormat};
@@ -132,4 +133,31 @@ pub trait Provider: Send + Sync {
     /// Sends `req` and streams the answer. Errors before the first byte come back as `Err`;
     /// later ones as a final [`ChatEvent::Error`].
     async fn chat_stream(&self, req: &ChatRequest) -> Result<EventStream, ProviderError>;
+
+    /// Sends a legacy `/completions` body as the client wrote it (`model` already mapped to the
+    /// upstream's id, `stream` false) and folds the `text_completion` into a [`ChatResponse`].
+    /// Providers without that API answer [`ProviderErrorKind::Unsupported`].
+    async fn completions(&self, model: &str, body: Bytes) -> Result<ChatResponse, ProviderError> {
+        let _ = (model, body);
+        Err(self.no_legacy_completions())
+    }
+
+    /// Like [`Provider::completions`] for a body with `"stream": true`, streaming the answer.
+    async fn completions_stream(
+        &self,
+        model: &str,
+        body: Bytes,
+    ) -> Result<EventStream, ProviderError> {
+        let _ = (model, body);
+        Err(self.no_legacy_completions())
+    }
+
+    /// The error of a provider without the legacy completions API.
+    fn no_legacy_completions(&self) -> ProviderError {
+        ProviderError::new(
+            ProviderErrorKind::Unsupported,
+            self.name(),
+            "this provider has no legacy /completions API",
+        )
+    }
 }

@@ -246,6 +246,48 @@ pub struct Usage {
     pub cache_creation_tokens: u64,
     /// Output tokens spent on hidden reasoning.
     pub reasoning_tokens: u64,
+    /// What speculative decoding did, when the answer was decoded speculatively.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speculative: Option<SpeculativeUsage>,
+}
+
+/// The `usage.speculative` extension: what speculative decoding did for one answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpeculativeUsage {
+    /// Verify rounds.
+    pub rounds: u64,
+    /// Draft tokens sent for verification.
+    pub drafted: u64,
+    /// Draft tokens the target accepted.
+    pub accepted: u64,
+    /// Tokens streamed plainly from the target after speculation stopped paying.
+    pub plain_tokens: u64,
+    /// Input tokens the target billed (cached ones included).
+    pub target_input_tokens: u64,
+    /// Of those, tokens the target served from its cache.
+    pub target_cached_input_tokens: u64,
+    /// Output tokens the target billed.
+    pub target_output_tokens: u64,
+}
+
+impl SpeculativeUsage {
+    /// Accepted over drafted.
+    pub fn acceptance_rate(&self) -> f64 {
+        if self.drafted == 0 {
+            0.0
+        } else {
+            self.accepted as f64 / self.drafted as f64
+        }
+    }
+
+    /// Draft tokens per round (the chosen draft length).
+    pub fn draft_length(&self) -> f64 {
+        if self.rounds == 0 {
+            0.0
+        } else {
+            self.drafted as f64 / self.rounds as f64
+        }
+    }
 }
 
 impl Usage {

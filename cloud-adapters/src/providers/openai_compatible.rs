@@ -135,34 +135,12 @@ impl OpenAiCompatible {
         &self.url
     }
 
-    /// Sends a legacy `/completions` body as it is (the client's bytes, model already set) and
-    /// waits for the whole answer (a `text_completion`, folded into a [`ChatResponse`]).
-    pub async fn completions(&self, body: Bytes) -> Result<ChatResponse, ProviderError> {
-        let request = self
-            .client
+    /// A POST of a legacy `/completions` body, sent as it is.
+    fn legacy_request(&self, body: Bytes) -> reqwest::RequestBuilder {
+        self.client
             .post(&self.completions_url)
             .headers(self.headers.clone())
-            .body(body);
-        let response = http::send(request, &self.name, openai::parse_error_body).await?;
-        let body = http::read_body(response, &self.name).await?;
-        openai::parse_chat_response(&body, &self.name)
-    }
-
-    /// Sends a legacy `/completions` body with `"stream": true` as it is and streams the answer.
-    pub async fn completions_stream(&self, body: Bytes) -> Result<EventStream, ProviderError> {
-        let request = self
-            .client
-            .post(&self.completions_url)
-            .headers(self.headers.clone())
-            .header("accept", "text/event-stream")
-            .body(body);
-        let response = http::send(request, &self.name, openai::parse_error_body).await?;
-        let body = http::body_stream(response, &self.name);
-        Ok(http::decode_sse(
-            body,
-            ChunkDecoder::new(&*self.name),
-            &*self.name,
-        ))
+            .body(body)
     }
 
     fn request(
@@ -203,6 +181,30 @@ impl Provider for OpenAiCompatible {
     async fn chat_stream(&self, req: &ChatRequest) -> Result<EventStream, ProviderError> {
         let request = self
             .request(req, true)?
+            .header("accept", "text/event-stream");
+        let response = http::send(request, &self.name, openai::parse_error_body).await?;
+        let body = http::body_stream(response, &self.name);
+        Ok(http::decode_sse(
+            body,
+            ChunkDecoder::new(&*self.name),
+            &*self.name,
+        ))
+    }
+
+    async fn completions(&self, _model: &str, body: Bytes) -> Result<ChatResponse, ProviderError> {
+        let request = self.legacy_request(body);
+        let response = http::send(request, &self.name, openai::parse_error_body).await?;
+        let body = http::read_body(response, &self.name).await?;
+        openai::parse_chat_response(&body, &self.name)
+    }
+
+    async fn completions_stream(
+        &self,
+        _model: &str,
+        body: Bytes,
+    ) -> Result<EventStream, ProviderError> {
+        let request = self
+            .legacy_request(body)
             .header("accept", "text/event-stream");
         let response = http::send(request, &self.name, openai::parse_error_body).await?;
         let body = http::body_stream(response, &self.name);

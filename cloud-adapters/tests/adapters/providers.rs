@@ -297,18 +297,24 @@ async fn legacy_completions_pass_through_and_parse() {
     let mock = mock().await;
     let p = openai(&mock);
     let r = p
-        .completions(bytes::Bytes::from_static(
-            br#"{"model":"gpt-3.5-turbo-instruct","prompt":"Say this is a test"}"#,
-        ))
+        .completions(
+            "gpt-3.5-turbo-instruct",
+            bytes::Bytes::from_static(
+                br#"{"model":"gpt-3.5-turbo-instruct","prompt":"Say this is a test"}"#,
+            ),
+        )
         .await
         .unwrap();
     assert_eq!(r.text, "\n\nThis is indeed a test");
     assert_eq!(r.finish_reason, FinishReason::Length);
     assert_eq!(r.usage.total_tokens(), 12);
     let events: Vec<ChatEvent> = p
-        .completions_stream(bytes::Bytes::from_static(
-            br#"{"model":"gpt-3.5-turbo-instruct","prompt":"x","stream":true}"#,
-        ))
+        .completions_stream(
+            "gpt-3.5-turbo-instruct",
+            bytes::Bytes::from_static(
+                br#"{"model":"gpt-3.5-turbo-instruct","prompt":"x","stream":true}"#,
+            ),
+        )
         .await
         .unwrap()
         .collect()
