@@ -27,6 +27,11 @@
 //!   [`Engine::close_session`].
 //! - [`ModelInfo::vocab_hash`] identifies the tokenizer, to check a drafter matches a target.
 //! - [`bench::bench_local`] measures prefill, decode, time to first token and RSS.
+//! - [`EngineConfig::weight_format`] converts the matrices at load ([`WeightFormat`]: Q8_0, f16
+//!   or f32), e.g. a higher-precision target from a 4-bit file; the default keeps them as stored.
+//! - The forward pass is batch invariant: a token's logits and keys/values are bit-identical
+//!   whether it runs alone, in a verification block or inside a prefill chunk, so scoring a
+//!   draft block in one pass equals scoring it token by token.
 
 mod error;
 
@@ -46,5 +51,6 @@ pub use engine::{
     ModelInfo, PositionScores, Scores, SessionId,
 };
 pub use error::{Error, Result};
+pub use model::WeightFormat;
 pub use sampling::{SamplingParams, TokenLogprob, TopLogprob};
 pub use tokenizer::Tokenizer;

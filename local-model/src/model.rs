@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use tandem_kernels::{KernelPool, QMatrix, QuantType, dequantize_row, ops};
+use tandem_kernels::{KernelPool, QMatrix, QuantType, dequantize_row, ops, quantize_row};
 
 use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, TensorInfo};
@@ -143,18 +143,78 @@ impl Config {
     }
 }
 
-/// A weight matrix: its bytes stay in the memory map.
+/// How the decoder's matrix weights (attention, MLP and output head) are held at run time.
+/// The token embedding always stays as stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightFormat {
+    /// As stored in the file, read straight from the memory map (no extra memory).
+    #[default]
+    AsStored,
+    /// Requantized to Q8_0 at load: 8-bit blocks of 32 with an f16 scale (about 1.06 bytes per
+    /// weight held in memory). Matrices already in Q8_0 stay mapped.
+    Q8_0,
+    /// Dequantized to f16 at load (2 bytes per weight); float dots, no activation quantization.
+    F16,
+    /// Dequantized to f32 at load (4 bytes per weight); float dots, no activation quantization.
+    F32,
+}
+
+impl WeightFormat {
+    /// The names accepted by [`WeightFormat::parse`]: `as_stored`, `q8_0`, `f16`, `f32`.
+    pub const NAMES: [&'static str; 4] = ["as_stored", "q8_0", "f16", "f32"];
+
+    /// Parses a name from [`WeightFormat::NAMES`] (case-insensitive).
+    pub fn parse(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "as_stored" => Ok(Self::AsStored),
+            "q8_0" => Ok(Self::Q8_0),
+            "f16" => Ok(Self::F16),
+            "f32" => Ok(Self::F32),
+            other => Err(Error::InvalidArgument(format!(
+                "weight format {other:?}, expected one of {}",
+                Self::NAMES.join(", ")
+            ))),
+        }
+    }
+
+    /// The name of this format, as accepted by [`WeightFormat::parse`].
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AsStored => "as_stored",
+            Self::Q8_0 => "q8_0",
+            Self::F16 => "f16",
+            Self::F32 => "f32",
+        }
+    }
+
+    fn target(self) -> Option<QuantType> {
+        match self {
+            Self::AsStored => None,
+            Self::Q8_0 => Some(QuantType::Q8_0),
+            Self::F16 => Some(QuantType::F16),
+            Self::F32 => Some(QuantType::F32),
+        }
+    }
+}
+
+/// A weight matrix: its bytes stay in the memory map unless converted at load.
 struct Weight {
     ty: QuantType,
     rows: usize,
     cols: usize,
     offset: usize,
     len: usize,
+    /// Converted bytes (see [`WeightFormat`]); `None` reads the memory map.
+    owned: Option<Vec<u8>>,
 }
 
 impl Weight {
-    fn matrix<'a>(&self, map: &'a [u8]) -> QMatrix<'a> {
-        let data = &map[self.offset..self.offset + self.len];
+    fn matrix<'a>(&'a self, map: &'a [u8]) -> QMatrix<'a> {
+        let data = match &self.owned {
+            Some(bytes) => &bytes[..],
+            None => &map[self.offset..self.offset + self.len],
+        };
         QMatrix {
             ty: self.ty,
             rows: self.rows,
@@ -194,6 +254,7 @@ pub struct Model {
     output: Weight,
     output_norm: Vec<f32>,
     layers: Vec<Layer>,
+    format: WeightFormat,
 }
 
 impl std::fmt::Debug for Model {
@@ -236,12 +297,81 @@ fn weight(info: &TensorInfo, name: &str, rows: usize, cols: usize) -> Result<Wei
         cols,
         offset: info.offset,
         len: info.len,
+        owned: None,
     })
 }
 
+/// Converts a matrix to `to` row by row (dequantize, then quantize) into owned bytes.
+fn convert(w: &mut Weight, map: &[u8], to: QuantType, name: &str) -> Result<()> {
+    if w.ty == to {
+        return Ok(());
+    }
+    let row_bytes = to
+        .row_bytes(w.cols)
+        .map_err(|e| Error::Unsupported(format!("tensor {name} as {to:?}: {e}")))?;
+    let mut out = Vec::with_capacity(row_bytes * w.rows);
+    let mut row = vec![0.0f32; w.cols];
+    let m = w.matrix(map);
+    for r in 0..w.rows {
+        dequantize_row(m.ty, m.row(r), &mut row)
+            .and_then(|()| quantize_row(to, &row, &mut out))
+            .map_err(|e| Error::Kernel(format!("tensor {name}: {e}")))?;
+    }
+    w.ty = to;
+    w.len = out.len();
+    w.owned = Some(out);
+    Ok(())
+}
+
 impl Model {
-    /// Loads a model's weights from a parsed GGUF file.
+    /// Loads a model's weights from a parsed GGUF file, as stored.
     pub fn load(gguf: Arc<GgufFile>) -> Result<Self> {
+        Self::load_with(gguf, WeightFormat::AsStored)
+    }
+
+    /// Loads a model's weights, converting the matrices to `format` (see [`WeightFormat`]).
+    pub fn load_with(gguf: Arc<GgufFile>, format: WeightFormat) -> Result<Self> {
+        let mut model = Self::load_mapped(gguf)?;
+        if let Some(to) = format.target() {
+            let gguf = model.gguf.clone();
+            let map = gguf.map();
+            convert(&mut model.output, map, to, "output")?;
+            for (i, l) in model.layers.iter_mut().enumerate() {
+                for (w, name) in [
+                    (&mut l.wq, "attn_q"),
+                    (&mut l.wk, "attn_k"),
+                    (&mut l.wv, "attn_v"),
+                    (&mut l.wo, "attn_output"),
+                    (&mut l.gate, "ffn_gate"),
+                    (&mut l.up, "ffn_up"),
+                    (&mut l.down, "ffn_down"),
+                ] {
+                    convert(w, map, to, &format!("blk.{i}.{name}"))?;
+                }
+            }
+        }
+        model.format = format;
+        Ok(model)
+    }
+
+    /// How the matrices are held (see [`WeightFormat`]).
+    pub fn weight_format(&self) -> WeightFormat {
+        self.format
+    }
+
+    /// Bytes of converted weights held in memory besides the memory map.
+    pub fn converted_bytes(&self) -> usize {
+        let layer = |l: &Layer| {
+            [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down]
+                .iter()
+                .map(|w| w.owned.as_ref().map_or(0, Vec::len))
+                .sum::<usize>()
+        };
+        self.output.owned.as_ref().map_or(0, Vec::len)
+            + self.layers.iter().map(layer).sum::<usize>()
+    }
+
+    fn load_mapped(gguf: Arc<GgufFile>) -> Result<Self> {
         let g = &*gguf;
         let cfg = Config::from_gguf(g)?;
         let (h, hd) = (cfg.hidden, cfg.head_dim);
@@ -318,6 +448,7 @@ impl Model {
             output,
             output_norm,
             layers,
+            format: WeightFormat::AsStored,
         })
     }
 

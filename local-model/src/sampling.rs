@@ -294,11 +294,11 @@ impl Sampler {
                     .sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
             }
         }
-        if p.min_p > 0.0 {
-            if let Some(&(_, best)) = self.cand.first() {
-                let floor = best * p.min_p;
-                self.cand.retain(|c| c.1 >= floor);
-            }
+        if p.min_p > 0.0
+            && let Some(&(_, best)) = self.cand.first()
+        {
+            let floor = best * p.min_p;
+            self.cand.retain(|c| c.1 >= floor);
         }
         if p.top_p < 1.0 {
             let mut acc = 0f32;

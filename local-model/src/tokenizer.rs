@@ -206,16 +206,15 @@ impl Tokenizer {
                 let mut byte_ids = vec![None; 256];
                 let mut bytes = Vec::with_capacity(n);
                 for (i, (t, &ty)) in tokens.iter().zip(&token_types).enumerate() {
-                    if ty == TYPE_BYTE {
-                        if let Some(b) = t
+                    if ty == TYPE_BYTE
+                        && let Some(b) = t
                             .strip_prefix("<0x")
                             .and_then(|s| s.strip_suffix('>'))
                             .and_then(|h| u8::from_str_radix(h, 16).ok())
-                        {
-                            byte_ids[b as usize] = Some(i as u32);
-                            bytes.push(vec![b]);
-                            continue;
-                        }
+                    {
+                        byte_ids[b as usize] = Some(i as u32);
+                        bytes.push(vec![b]);
+                        continue;
                     }
                     bytes.push(t.replace('\u{2581}', " ").into_bytes());
                 }
@@ -312,10 +311,11 @@ impl Tokenizer {
     /// Encodes text; with `parse_special = false`, control tokens in the text are plain text.
     pub fn encode_with(&self, text: &str, add_special: bool, parse_special: bool) -> Vec<u32> {
         let mut out = Vec::with_capacity(text.len() / 3 + 2);
-        if add_special && self.add_bos {
-            if let Some(b) = self.bos {
-                out.push(b);
-            }
+        if add_special
+            && self.add_bos
+            && let Some(b) = self.bos
+        {
+            out.push(b);
         }
         let mut rest = text;
         let mut first_fragment = true;
@@ -351,10 +351,11 @@ impl Tokenizer {
             }
             first_fragment = false;
         }
-        if add_special && self.add_eos {
-            if let Some(e) = self.eos {
-                out.push(e);
-            }
+        if add_special
+            && self.add_eos
+            && let Some(e) = self.eos
+        {
+            out.push(e);
         }
         out
     }
@@ -551,10 +552,12 @@ fn gpt2_split<'a>(pattern: &Regex, text: &'a str) -> Vec<&'a str> {
             pos = m.start();
         }
         let s = &text[pos..end];
-        if end < text.len() && s.chars().all(char::is_whitespace) && s.chars().count() > 1 {
-            if let Some((last, _)) = s.char_indices().next_back() {
-                end = pos + last;
-            }
+        if end < text.len()
+            && s.chars().all(char::is_whitespace)
+            && s.chars().count() > 1
+            && let Some((last, _)) = s.char_indices().next_back()
+        {
+            end = pos + last;
         }
         pieces.push(&text[pos..end]);
         pos = end;
@@ -573,10 +576,10 @@ fn bpe_word(
     loop {
         let mut best: Option<(u32, usize, u32)> = None;
         for i in 0..syms.len().saturating_sub(1) {
-            if let Some(&(rank, merged)) = merges.get(&(syms[i], syms[i + 1])) {
-                if best.is_none_or(|(r, _, _)| rank < r) {
-                    best = Some((rank, i, merged));
-                }
+            if let Some(&(rank, merged)) = merges.get(&(syms[i], syms[i + 1]))
+                && best.is_none_or(|(r, _, _)| rank < r)
+            {
+                best = Some((rank, i, merged));
             }
         }
         let Some((_, i, merged)) = best else { break };

@@ -12,6 +12,7 @@
 mod cross;
 mod engine;
 mod ngram;
+mod target;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,6 +20,7 @@ use std::pin::Pin;
 pub use cross::CrossTokenizerDrafter;
 pub use engine::EngineDrafter;
 pub use ngram::NgramDrafter;
+pub use target::TargetTokenizer;
 
 use crate::Result;
 
