@@ -1,5 +1,6 @@
 //! Runs the router's offline commands without the gateway binary:
-//! `router eval --data DIR [--out DIR] [--no-embed] [--folds K] [--bootstrap B]`,
+//! `router eval --data DIR [--out DIR] [--no-embed] [--embedding minilm|static] [--max-tokens N]
+//! [--folds K] [--bootstrap B] [--models a,b]`,
 //! `router train --data DIR --out FILE [--model logistic|mlp|mf] [--no-embed]`,
 //! `router bench [--iters N]`.
 #![allow(clippy::print_stdout)]
@@ -8,7 +9,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use tandem_router_policy::model::ModelSpec;
-use tandem_router_policy::{EvalArgs, TrainArgs};
+use tandem_router_policy::{EmbeddingKind, EvalArgs, TrainArgs};
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber_init();
@@ -35,6 +36,9 @@ fn main() -> anyhow::Result<()> {
                 use_embeddings: !has("--no-embed"),
                 ..EvalArgs::default()
             };
+            if let Some(e) = flag("--embedding") {
+                a.embedding = embedding_named(&e, flag("--max-tokens"))?;
+            }
             if let Some(k) = flag("--folds") {
                 a.folds = k.parse()?;
             }
@@ -56,6 +60,9 @@ fn main() -> anyhow::Result<()> {
                 use_embeddings: !has("--no-embed"),
                 ..TrainArgs::default()
             };
+            if let Some(e) = flag("--embedding") {
+                a.embedding = embedding_named(&e, flag("--max-tokens"))?;
+            }
             if let Some(o) = flag("--out") {
                 a.out = PathBuf::from(o);
             }
@@ -83,3 +90,13 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn tracing_subscriber_init() {}
+
+fn embedding_named(name: &str, max_tokens: Option<String>) -> anyhow::Result<EmbeddingKind> {
+    Ok(match name {
+        "static" => EmbeddingKind::Static,
+        "minilm" => EmbeddingKind::MiniLm {
+            max_tokens: max_tokens.map_or(Ok(128), |m| m.parse())?,
+        },
+        other => bail!("unknown embedding {other} (minilm or static)"),
+    })
+}

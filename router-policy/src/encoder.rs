@@ -1,16 +1,20 @@
 //! Prompt embeddings from all-MiniLM-L6-v2 (int8 ONNX) on ONNX Runtime, with a session pool and an
 //! LRU cache of recent prompts.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, OnceLock};
 
 use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
 use ort::value::Tensor;
 use parking_lot::{Condvar, Mutex};
 use sha2::{Digest, Sha256};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
+use crate::features::EmbeddingSource;
+use crate::static_embed::{STATIC_MAX_TOKENS, StaticEmbedder};
 use crate::{Error, Result};
 
 /// Width of a MiniLM-L6-v2 embedding.
@@ -186,13 +190,25 @@ impl SessionPool {
     }
 }
 
+/// What the caller and the background filler share: the tokenizer, the sessions and the cache.
+struct Shared {
+    tokenizer: Tokenizer,
+    pool: SessionPool,
+    cache: Mutex<Lru>,
+    /// Prompts queued for the background filler, so a repeated miss is queued once.
+    pending: Mutex<HashSet<u128>>,
+}
+
+/// Prompts waiting for a full embedding in the background (beyond this, misses are not queued).
+const BACKGROUND_QUEUE: usize = 256;
+
 /// Sentence embeddings for routing: MiniLM-L6-v2, mean-pooled over the attention mask and
 /// L2-normalized. Cheap to share (`&self` everywhere); calls block the calling thread, so run them
 /// off async workers.
 pub struct Encoder {
-    tokenizer: Tokenizer,
-    pool: SessionPool,
-    cache: Mutex<Lru>,
+    shared: Arc<Shared>,
+    fast: StaticEmbedder,
+    background: Mutex<Option<SyncSender<(u128, String)>>>,
     config: EncoderConfig,
     model_id: String,
 }
@@ -251,7 +267,12 @@ impl Encoder {
                         .map_err(Into::into)
                 })
                 .and_then(|b| b.with_inter_threads(1).map_err(Into::into))
+                // Spinning threads would steal the core from the gateway between requests.
                 .and_then(|b| b.with_intra_op_spinning(false).map_err(Into::into))
+                .and_then(|b| {
+                    b.with_optimization_level(GraphOptimizationLevel::All)
+                        .map_err(Into::into)
+                })
                 .and_then(|mut b| b.commit_from_file(&config.model_path))
                 .map_err(|e| Error::Onnx(format!("{}: {e}", config.model_path.display())))?;
             sessions.push(session);
@@ -269,13 +290,23 @@ impl Encoder {
             ..Default::default()
         }));
         let model_id = model_identity(&config.model_path, config.max_tokens)?;
+        let fast = StaticEmbedder::load(
+            &config.model_path,
+            &config.tokenizer_path,
+            STATIC_MAX_TOKENS,
+        )?;
         Ok(Self {
-            tokenizer,
-            pool: SessionPool {
-                free: Mutex::new(sessions),
-                returned: Condvar::new(),
-            },
-            cache: Mutex::new(Lru::new(config.cache_capacity)),
+            shared: Arc::new(Shared {
+                tokenizer,
+                pool: SessionPool {
+                    free: Mutex::new(sessions),
+                    returned: Condvar::new(),
+                },
+                cache: Mutex::new(Lru::new(config.cache_capacity)),
+                pending: Mutex::new(HashSet::new()),
+            }),
+            fast,
+            background: Mutex::new(None),
             config,
             model_id,
         })
@@ -293,7 +324,77 @@ impl Encoder {
 
     /// The embedding of `text`, from the in-memory cache when this prompt was seen recently.
     pub fn embed(&self, text: &str) -> Result<Arc<[f32]>> {
+        self.shared.embed_cached(text_key(text), text)
+    }
+
+    /// The cached embedding of `text` if there is one; never runs the model.
+    pub fn cached(&self, text: &str) -> Option<Arc<[f32]>> {
+        self.shared.cache.lock().get(text_key(text))
+    }
+
+    /// An embedding for a routing decision without waiting for the transformer: the cached full
+    /// embedding when there is one, else the static embedding (microseconds), while the full
+    /// embedding is computed on a background thread and cached for the prompt's next request.
+    pub fn embed_for_decision(&self, text: &str) -> Result<(Arc<[f32]>, EmbeddingSource)> {
         let key = text_key(text);
+        if let Some(hit) = self.shared.cache.lock().get(key) {
+            return Ok((hit, EmbeddingSource::Full));
+        }
+        let fast: Arc<[f32]> = self.fast.embed(text)?.into();
+        if self.config.cache_capacity > 0 && self.shared.pending.lock().insert(key) {
+            let queued = self
+                .background_sender()
+                .is_some_and(|tx| tx.try_send((key, text.to_owned())).is_ok());
+            if !queued {
+                self.shared.pending.lock().remove(&key);
+            }
+        }
+        Ok((fast, EmbeddingSource::Static))
+    }
+
+    /// The static embedding of `text` (see [`crate::static_embed`]); never runs the transformer.
+    pub fn embed_static(&self, text: &str) -> Result<Arc<[f32]>> {
+        Ok(self.fast.embed(text)?.into())
+    }
+
+    /// Prompts queued for a background full embedding and not finished yet.
+    pub fn pending_background(&self) -> usize {
+        self.shared.pending.lock().len()
+    }
+
+    /// The background filler's queue, started on first use (one thread, ended when the encoder is
+    /// dropped).
+    fn background_sender(&self) -> Option<SyncSender<(u128, String)>> {
+        let mut slot = self.background.lock();
+        if slot.is_none() {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<(u128, String)>(BACKGROUND_QUEUE);
+            let shared = Arc::clone(&self.shared);
+            let spawned = std::thread::Builder::new()
+                .name("tandem-encoder-fill".into())
+                .spawn(move || {
+                    while let Ok((key, text)) = rx.recv() {
+                        if let Err(e) = shared.embed_cached(key, &text) {
+                            tracing::debug!(error = %e, "background embedding failed");
+                        }
+                        shared.pending.lock().remove(&key);
+                    }
+                });
+            match spawned {
+                Ok(_) => *slot = Some(tx),
+                Err(e) => tracing::warn!(error = %e, "cannot start the embedding filler"),
+            }
+        }
+        slot.clone()
+    }
+
+    /// Embeds a batch in one model run (padded to the longest), bypassing the cache.
+    pub fn embed_uncached(&self, texts: &[&str]) -> Result<Vec<Arc<[f32]>>> {
+        self.shared.embed_uncached(texts)
+    }
+}
+
+impl Shared {
+    fn embed_cached(&self, key: u128, text: &str) -> Result<Arc<[f32]>> {
         if let Some(hit) = self.cache.lock().get(key) {
             return Ok(hit);
         }
@@ -305,13 +406,7 @@ impl Encoder {
         Ok(embedding)
     }
 
-    /// The cached embedding of `text` if there is one; never runs the model.
-    pub fn cached(&self, text: &str) -> Option<Arc<[f32]>> {
-        self.cache.lock().get(text_key(text))
-    }
-
-    /// Embeds a batch in one model run (padded to the longest), bypassing the cache.
-    pub fn embed_uncached(&self, texts: &[&str]) -> Result<Vec<Arc<[f32]>>> {
+    fn embed_uncached(&self, texts: &[&str]) -> Result<Vec<Arc<[f32]>>> {
         if texts.is_empty() {
             return Ok(Vec::new());
         }

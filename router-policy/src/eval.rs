@@ -18,6 +18,7 @@ use crate::encoder::{EMBEDDING_DIM, Encoder, EncoderConfig, default_cache_root};
 use crate::features::RequestFeatures;
 use crate::metrics::{Curve, Summary};
 use crate::model::{Example, ModelSpec, QualityModel, TrainSet};
+use crate::static_embed::{STATIC_MAX_TOKENS, StaticEmbedder};
 use crate::{Error, Result};
 
 /// RouteLLM's best published numbers on its MMLU and GSM8K tables: (APGR, CPT(50%)).
@@ -49,6 +50,8 @@ pub struct EvalArgs {
     pub models: Vec<ModelSpec>,
     /// Strong-call share the threshold is calibrated for on training folds.
     pub target_share: f32,
+    /// Which embedding the routers see (when `use_embeddings`).
+    pub embedding: EmbeddingKind,
 }
 
 impl Default for EvalArgs {
@@ -65,6 +68,7 @@ impl Default for EvalArgs {
             cache_root: None,
             models: Vec::new(),
             target_share: 0.5,
+            embedding: EmbeddingKind::default(),
         }
     }
 }
@@ -131,6 +135,9 @@ pub struct EvalReport {
     pub datasets: Vec<DatasetReport>,
     /// Whether embeddings were used.
     pub embeddings: bool,
+    /// Which embedding, when used.
+    #[serde(default)]
+    pub embedding: EmbeddingKind,
     /// Bootstrap resamples.
     pub bootstrap: usize,
     /// Requested strong-call share for the calibration check.
@@ -153,7 +160,7 @@ pub fn eval(args: &EvalArgs) -> Result<EvalReport> {
         args.models.clone()
     };
     let embedder = if args.use_embeddings {
-        Some(Embedder::open(args.cache_root.as_deref())?)
+        Some(Embedder::open(args.cache_root.as_deref(), args.embedding)?)
     } else {
         None
     };
@@ -172,6 +179,7 @@ pub fn eval(args: &EvalArgs) -> Result<EvalReport> {
     let report = EvalReport {
         datasets,
         embeddings: args.use_embeddings,
+        embedding: args.embedding,
         bootstrap: args.bootstrap,
         target_share: args.target_share,
     };
@@ -186,42 +194,110 @@ pub fn eval(args: &EvalArgs) -> Result<EvalReport> {
     Ok(report)
 }
 
-/// The encoder plus its on-disk embedding store.
-pub(crate) struct Embedder {
-    encoder: Encoder,
-    store: parking_lot::Mutex<EmbeddingStore>,
+/// Which prompt embedding the routers see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EmbeddingKind {
+    /// MiniLM-L6-v2 sentence embeddings of the first `max_tokens` tokens.
+    MiniLm {
+        /// Truncation length.
+        max_tokens: usize,
+    },
+    /// Mean-pooled static token vectors from MiniLM's word-embedding table
+    /// ([`crate::static_embed`]), no transformer layers.
+    Static,
+}
+
+impl Default for EmbeddingKind {
+    fn default() -> Self {
+        Self::MiniLm {
+            max_tokens: crate::encoder::DEFAULT_MAX_TOKENS,
+        }
+    }
+}
+
+impl fmt::Display for EmbeddingKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::MiniLm { max_tokens } => {
+                write!(f, "MiniLM-L6-v2 int8, first {max_tokens} tokens")
+            }
+            Self::Static => write!(f, "static MiniLM token vectors, mean-pooled"),
+        }
+    }
+}
+
+/// The encoder plus its on-disk embedding store, or the static embedder.
+// One per evaluation run, so the size gap between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Embedder {
+    Onnx {
+        encoder: Encoder,
+        store: parking_lot::Mutex<EmbeddingStore>,
+    },
+    Static {
+        embedder: StaticEmbedder,
+        id: String,
+    },
 }
 
 impl Embedder {
-    pub(crate) fn open(cache_root: Option<&Path>) -> Result<Self> {
+    pub(crate) fn open(cache_root: Option<&Path>, kind: EmbeddingKind) -> Result<Self> {
         let root = cache_root
             .map(Path::to_path_buf)
             .unwrap_or_else(default_cache_root);
-        let encoder = Encoder::with_config(EncoderConfig {
-            pool_size: 2,
-            cache_capacity: 0,
-            ..EncoderConfig::from_cache_root(&root)
-        })?;
-        let store = EmbeddingStore::in_cache(&root, encoder.model_id(), EMBEDDING_DIM)?;
-        Ok(Self {
-            encoder,
-            store: parking_lot::Mutex::new(store),
-        })
+        let config = EncoderConfig::from_cache_root(&root);
+        match kind {
+            EmbeddingKind::MiniLm { max_tokens } => {
+                let encoder = Encoder::with_config(EncoderConfig {
+                    pool_size: 2,
+                    cache_capacity: 0,
+                    max_tokens,
+                    ..config
+                })?;
+                let store = EmbeddingStore::in_cache(&root, encoder.model_id(), EMBEDDING_DIM)?;
+                Ok(Self::Onnx {
+                    encoder,
+                    store: parking_lot::Mutex::new(store),
+                })
+            }
+            EmbeddingKind::Static => {
+                config.check_files()?;
+                let embedder = StaticEmbedder::load(
+                    &config.model_path,
+                    &config.tokenizer_path,
+                    STATIC_MAX_TOKENS,
+                )?;
+                let id = format!("static-{}", embedder.model_id());
+                Ok(Self::Static { embedder, id })
+            }
+        }
     }
 
     pub(crate) fn model_id(&self) -> &str {
-        self.encoder.model_id()
+        match self {
+            Self::Onnx { encoder, .. } => encoder.model_id(),
+            Self::Static { id, .. } => id,
+        }
     }
 
     pub(crate) fn embed_all(&self, texts: &[&str]) -> Result<Vec<Arc<[f32]>>> {
-        let mut store = self.store.lock();
-        let mut last = std::time::Instant::now();
-        store.embed_all(&self.encoder, texts, 2, |done, total| {
-            if last.elapsed().as_secs() >= 10 {
-                last = std::time::Instant::now();
-                tracing::info!(done, total, "embedding prompts");
+        match self {
+            Self::Onnx { encoder, store } => {
+                let mut store = store.lock();
+                let mut last = std::time::Instant::now();
+                store.embed_all(encoder, texts, 2, |done, total| {
+                    if last.elapsed().as_secs() >= 10 {
+                        last = std::time::Instant::now();
+                        tracing::info!(done, total, "embedding prompts");
+                    }
+                })
             }
-        })
+            Self::Static { embedder, .. } => texts
+                .iter()
+                .map(|t| embedder.embed(t).map(Arc::from))
+                .collect(),
+        }
     }
 }
 
@@ -512,9 +588,9 @@ impl fmt::Display for EvalReport {
             f,
             "embeddings: {}; bootstrap: {} resamples; share@cal: strong-call share realised on test folds by a threshold set on training folds for {:.0}%",
             if self.embeddings {
-                "MiniLM-L6-v2 int8"
+                self.embedding.to_string()
             } else {
-                "off (cheap features only)"
+                "off (cheap features only)".to_string()
             },
             self.bootstrap,
             100.0 * self.target_share

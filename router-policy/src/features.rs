@@ -152,6 +152,22 @@ pub struct RequestFeatures {
     pub cached_input_tokens: u32,
     /// Expected output tokens (for cost and latency); `max_tokens` or a default.
     pub expected_output_tokens: u32,
+    /// Which encoder produced `embedding`; the router reads a static embedding with the model
+    /// trained on static embeddings.
+    #[serde(default)]
+    pub embedding_source: EmbeddingSource,
+}
+
+/// Where a prompt embedding came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EmbeddingSource {
+    /// MiniLM's sentence embedding (the encoder ran, now or earlier).
+    #[default]
+    Full,
+    /// Mean of MiniLM's static token vectors ([`crate::static_embed`]), computed in microseconds
+    /// while the full embedding is not cached yet.
+    Static,
 }
 
 impl RequestFeatures {
@@ -167,7 +183,15 @@ impl RequestFeatures {
             input_tokens,
             cached_input_tokens: 0,
             expected_output_tokens: 256,
+            embedding_source: EmbeddingSource::Full,
         }
+    }
+
+    /// These features with an embedding from `source` (see [`crate::Encoder::embed_for_decision`]).
+    pub fn with_embedding(mut self, embedding: Arc<[f32]>, source: EmbeddingSource) -> Self {
+        self.embedding = Some(embedding);
+        self.embedding_source = source;
+        self
     }
 
     /// The model input: embedding (zeros when absent), cheap features, confidence features.

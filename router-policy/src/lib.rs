@@ -58,6 +58,7 @@ pub mod model;
 pub mod plot;
 pub mod router;
 pub mod rules;
+pub mod static_embed;
 pub mod train;
 
 pub use backend::{BackendCandidate, BackendKind, BackendProfile, BackendState, Price};
@@ -66,8 +67,8 @@ pub use cascade::{CascadeAction, CascadePolicy, CascadeSample, CascadeTarget, ca
 pub use decision::{Choice, Decision, Explanation};
 pub use encoder::{Encoder, EncoderConfig};
 pub use error::{Error, Result};
-pub use eval::{EvalArgs, EvalReport, eval};
-pub use features::{CheapFeatures, LocalConfidence, RequestFeatures};
+pub use eval::{EmbeddingKind, EvalArgs, EvalReport, eval};
+pub use features::{CheapFeatures, EmbeddingSource, LocalConfidence, RequestFeatures};
 pub use router::{Feedback, FeedbackOutcome, ModelFile, Router, RouterConfig, apply_feedback};
 pub use rules::{Placement, RouteRules, Weights};
 pub use train::{TrainArgs, TrainReport, train};

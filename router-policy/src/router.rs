@@ -12,7 +12,7 @@ use crate::backend::{BackendCandidate, BackendKind};
 use crate::bandit::{self, BanditState, BanditStore, LinUcb};
 use crate::decision::{Choice, Decision, Explanation};
 use crate::encoder::EMBEDDING_DIM;
-use crate::features::{FEATURE_DIM, RequestFeatures};
+use crate::features::{EmbeddingSource, FEATURE_DIM, RequestFeatures};
 use crate::model::QualityModel;
 use crate::rules::{Placement, RouteRules, Weights};
 use crate::{Error, Result};
@@ -60,6 +60,33 @@ impl ModelFile {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
         std::fs::write(path, json).map_err(|e| Error::io(path, e))
+    }
+
+    /// The inverse of [`ModelFile::threshold_for_share`]: the share of strong calls a threshold of
+    /// `p` gives, by linear interpolation in the held-out table (thresholds fall as shares rise).
+    pub fn share_for_threshold(&self, p: f32) -> f32 {
+        let t = &self.share_thresholds;
+        let Some((&(first_s, first_t), &(last_s, last_t))) = t.first().zip(t.last()) else {
+            return 0.5;
+        };
+        if p >= first_t {
+            return first_s;
+        }
+        if p <= last_t {
+            return last_s;
+        }
+        for w in t.windows(2) {
+            let ((s0, t0), (s1, t1)) = (w[0], w[1]);
+            if p <= t0 && p >= t1 {
+                let f = if (t0 - t1).abs() < 1e-9 {
+                    0.0
+                } else {
+                    (t0 - p) / (t0 - t1)
+                };
+                return s0 + f * (s1 - s0);
+            }
+        }
+        0.5
     }
 
     /// The threshold on P(strong better) that sends `share` of traffic to the strong side, by
@@ -198,6 +225,8 @@ struct Recent {
 /// The routing policy. Share it behind an `Arc`; every method takes `&self`.
 pub struct Router {
     file: ModelFile,
+    /// The predictor for static embeddings, used while a prompt's full embedding is not cached.
+    fast: Option<ModelFile>,
     config: RouterConfig,
     bandit: LinUcb,
     recent: Mutex<Recent>,
@@ -225,13 +254,30 @@ impl Router {
         Self::new(ModelFile::load(path)?, config)
     }
 
-    /// The model file shipped in the repository (`router-policy/models/default.json`).
+    /// The model files shipped in the repository: `router-policy/models/default.json` for full
+    /// embeddings and `router-policy/models/static.json` for static ones.
     pub fn load_default(config: RouterConfig) -> Result<Self> {
-        let file: ModelFile = serde_json::from_str(DEFAULT_MODEL).map_err(|e| Error::Format {
-            path: "models/default.json".into(),
-            message: e.to_string(),
-        })?;
-        Self::new(file, config)
+        let parse = |text: &str, path: &str| -> Result<ModelFile> {
+            serde_json::from_str(text).map_err(|e| Error::Format {
+                path: path.into(),
+                message: e.to_string(),
+            })
+        };
+        let file = parse(DEFAULT_MODEL, "models/default.json")?;
+        let fast = parse(STATIC_MODEL, "models/static.json")?;
+        Ok(Self::new(file, config)?.with_static_model(fast))
+    }
+
+    /// Adds the predictor for static embeddings ([`crate::EmbeddingSource::Static`]); without one,
+    /// a static embedding counts as no embedding.
+    pub fn with_static_model(mut self, file: ModelFile) -> Self {
+        self.fast = Some(file);
+        self
+    }
+
+    /// The predictor for static embeddings, if loaded.
+    pub fn static_model_file(&self) -> Option<&ModelFile> {
+        self.fast.as_ref()
     }
 
     /// A router around an in-memory model file.
@@ -251,6 +297,7 @@ impl Router {
                 map: HashMap::new(),
             }),
             file,
+            fast: None,
             config,
         })
     }
@@ -286,8 +333,26 @@ impl Router {
     /// The predictor's P(strong model answers better) for these features. Without an embedding
     /// (not cached and not worth waiting for) the embedding slots take the training mean, so the
     /// prediction rests on the cheap features alone instead of on an out-of-range zero vector.
+    ///
+    /// A static embedding goes to the static model, whose output is then mapped onto the main
+    /// model's scale through the two held-out share tables (same share of strong calls, same
+    /// threshold), so thresholds and utilities read it as they read the main model.
     pub fn predict(&self, features: &RequestFeatures) -> f32 {
         let mut x = features.to_vector();
+        if features.embedding.is_some() && features.embedding_source == EmbeddingSource::Static {
+            if let Some(fast) = &self.fast
+                && fast.model.input_dim() == x.len()
+            {
+                let p = fast.model.predict(&x);
+                return self.file.threshold_for_share(fast.share_for_threshold(p));
+            }
+            // No static predictor: rest on the cheap features, as without an embedding.
+            if let Some(mean) = self.file.model.input_mean() {
+                let n = EMBEDDING_DIM.min(mean.len()).min(x.len());
+                x[..n].copy_from_slice(&mean[..n]);
+            }
+            return self.file.model.predict(&x);
+        }
         if features.embedding.is_none()
             && let Some(mean) = self.file.model.input_mean()
         {
@@ -570,6 +635,7 @@ impl Router {
         }
         let plain = Router {
             file: self.file.clone(),
+            fast: self.fast.clone(),
             config: RouterConfig {
                 target_cloud_share: None,
                 ..self.config.clone()
@@ -681,6 +747,10 @@ impl ModelFile {
 
 /// The default model shipped with the crate.
 pub const DEFAULT_MODEL: &str = include_str!("../models/default.json");
+
+/// The model for static embeddings shipped with the crate (`tandem router train --embedding
+/// static`).
+pub const STATIC_MODEL: &str = include_str!("../models/static.json");
 
 /// Convenience: shares an [`Arc`]'d router.
 pub type SharedRouter = Arc<Router>;

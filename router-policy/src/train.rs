@@ -34,6 +34,8 @@ pub struct TrainArgs {
     pub folds: usize,
     /// Seed.
     pub seed: u64,
+    /// Which embedding the model is trained on (when `use_embeddings`).
+    pub embedding: crate::eval::EmbeddingKind,
 }
 
 impl Default for TrainArgs {
@@ -49,6 +51,7 @@ impl Default for TrainArgs {
             cache_root: None,
             folds: 5,
             seed: 17,
+            embedding: crate::eval::EmbeddingKind::default(),
         }
     }
 }
@@ -92,7 +95,7 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
         return Err(Error::InvalidArgument("folds must be at least 2".into()));
     }
     let embedder = if args.use_embeddings {
-        Some(Embedder::open(args.cache_root.as_deref())?)
+        Some(Embedder::open(args.cache_root.as_deref(), args.embedding)?)
     } else {
         None
     };
