@@ -1,15 +1,25 @@
 //! Dispatch: picks the backends for a request's model and runs it on them in order, moving to the
-//! next one on a retryable error when the route allows fallback. Every answer says which backend
-//! answered and why (`x-tandem-route`).
+//! next one on a retryable error when the route allows fallback. Fixed routes keep config order;
+//! learned routes ask the routing policy (hard rules first, then predicted quality, cost and
+//! latency) and run its choice first, a cascade included. Every answer says which backend
+//! answered and why (`x-tandem-route`), and every policy decision is logged.
 
 use std::sync::Arc;
+use std::time::Instant as StdInstant;
 
-use tandem_cloud_adapters::{ChatRequest, ChatResponse, EventStream};
+use futures::StreamExt;
+use serde_json::json;
+use tandem_cloud_adapters::{ChatEvent, ChatRequest, ChatResponse, EventStream};
+use tandem_router_policy::{Choice, Feedback};
 use tokio::time::Instant;
 
+use crate::config::{BackendKind, RoutePolicy};
 use crate::error::Error;
 use crate::executor::Executor;
+use crate::executor::local::LocalExecutor;
 use crate::metrics::BackendLabels;
+use crate::routing::cascade::{CascadeExecutor, CascadeOutcome};
+use crate::routing::{LiveBackend, Planned, RequestHints};
 use crate::state::AppState;
 
 /// Which backend answered and why.
@@ -61,36 +71,30 @@ pub fn route_for(state: &AppState, model: &str) -> Result<(Vec<Arc<dyn Executor>
     Ok((executors, route.fallback))
 }
 
-/// Runs `attempt` on each backend of the model's route until one succeeds or fails for good.
+/// Runs `attempt` on each of `executors` until one succeeds or fails for good.
 async fn with_fallback<T, F, Fut>(
     state: &AppState,
-    model: &str,
+    executors: Vec<Arc<dyn Executor>>,
+    fallback: bool,
+    mut reason: String,
+    decided: bool,
     mut attempt: F,
 ) -> (Result<T, Error>, RouteInfo)
 where
     F: FnMut(Arc<dyn Executor>) -> Fut,
     Fut: std::future::Future<Output = Result<T, Error>>,
 {
-    let (executors, fallback) = match route_for(state, model) {
-        Ok(r) => r,
-        Err(e) => {
-            return (
-                Err(e),
-                RouteInfo {
-                    backend: String::new(),
-                    explanation: "no route".into(),
-                },
-            );
-        }
-    };
-    let mut reason = format!("route {model}");
     let count = executors.len();
     let mut last_error = Error::Internal("route has no backends".into());
     for (i, executor) in executors.into_iter().enumerate() {
         let backend = executor.backend().to_owned();
         match attempt(executor).await {
             Ok(value) => {
-                let explanation = format!("{backend}; {reason}");
+                let explanation = if decided {
+                    format!("{reason}; backend={backend}")
+                } else {
+                    format!("{backend}; {reason}")
+                };
                 return (
                     Ok(value),
                     RouteInfo {
@@ -115,7 +119,11 @@ where
                 last_error = e;
             }
             Err(e) => {
-                let explanation = format!("{backend}; {reason}; failed ({})", e.metric_label());
+                let explanation = if decided {
+                    format!("{reason}; backend={backend}; failed ({})", e.metric_label())
+                } else {
+                    format!("{backend}; {reason}; failed ({})", e.metric_label())
+                };
                 return (
                     Err(e),
                     RouteInfo {
@@ -135,37 +143,345 @@ where
     )
 }
 
-/// Runs a non-streaming request.
+/// How one request will be run: the executors in order, and the policy's decision when the
+/// route is learned.
+struct Plan {
+    executors: Vec<Arc<dyn Executor>>,
+    fallback: bool,
+    reason: String,
+    planned: Option<Planned>,
+    cascade: Option<Arc<CascadeExecutor>>,
+}
+
+fn no_route(e: Error) -> (Error, RouteInfo) {
+    (
+        e,
+        RouteInfo {
+            backend: String::new(),
+            explanation: "no route".into(),
+        },
+    )
+}
+
+async fn plan(
+    state: &AppState,
+    request: &ChatRequest,
+    hints: &RequestHints,
+) -> Result<Plan, (Error, RouteInfo)> {
+    let model = request.model.as_str();
+    let route = state
+        .config
+        .routes
+        .get(model)
+        .ok_or_else(|| no_route(Error::ModelNotFound(model.to_owned())))?;
+    let policy = match (&state.policy, route.policy) {
+        (Some(p), RoutePolicy::Learned) => p,
+        _ => {
+            let (executors, fallback) = route_for(state, model).map_err(no_route)?;
+            return Ok(Plan {
+                executors,
+                fallback,
+                reason: format!("route {model}"),
+                planned: None,
+                cascade: None,
+            });
+        }
+    };
+    let local_ready = state.local.as_ref().is_some_and(|l| l.is_ready());
+    let planned = policy.plan(model, route, request, hints, local_ready).await;
+    let header = planned.decision.explanation.header_value();
+    if planned.decision.choice == Choice::Reject {
+        policy.log(
+            &hints.request_id,
+            &planned.decision,
+            json!({"model": model, "status": "rejected"}),
+        );
+        count_decision(state, "reject");
+        let excluded = planned.decision.explanation.excluded.join(", ");
+        return Err((
+            Error::InvalidRequest {
+                message: format!(
+                    "no backend of model `{model}` may serve this request under its routing rules (excluded: {excluded})"
+                ),
+                param: None,
+                code: Some("no_backend_allowed"),
+            },
+            RouteInfo {
+                backend: String::new(),
+                explanation: header,
+            },
+        ));
+    }
+    let executor =
+        |name: &str| {
+            state.executors.get(name).cloned().ok_or_else(|| {
+                no_route(Error::Internal(format!("backend `{name}` has no executor")))
+            })
+        };
+    let mut executors = Vec::new();
+    let mut cascade = None;
+    if let Choice::Cascade {
+        local,
+        cloud,
+        threshold,
+    } = &planned.decision.choice
+    {
+        let local_config = state.config.backends.get(local);
+        match (local_config, &state.local) {
+            (Some(cfg), Some(model)) if cfg.kind == BackendKind::Local => {
+                let run = Arc::new(CascadeExecutor::new(
+                    LocalExecutor::new(cfg.clone(), model.clone()),
+                    executor(cloud)?,
+                    *threshold,
+                    policy.settings().cascade_tokens,
+                ));
+                cascade = Some(run.clone());
+                executors.push(run as Arc<dyn Executor>);
+            }
+            _ => executors.push(executor(local)?),
+        }
+        for name in planned.order.iter().skip(1) {
+            if name != cloud {
+                executors.push(executor(name)?);
+            }
+        }
+    } else {
+        for name in &planned.order {
+            executors.push(executor(name)?);
+        }
+    }
+    Ok(Plan {
+        executors,
+        fallback: route.fallback,
+        reason: header,
+        planned: Some(planned),
+        cascade,
+    })
+}
+
+fn count_decision(state: &AppState, choice: &'static str) {
+    state
+        .metrics
+        .route_decisions
+        .get_or_create(&crate::routing::DecisionLabels { choice })
+        .inc();
+}
+
+/// After a learned decision ran: the header, the log line, the metric and, for an escalated
+/// cascade, the implicit feedback.
+fn finish_plan<T>(
+    state: &AppState,
+    plan: &Plan,
+    hints: &RequestHints,
+    model: &str,
+    result: &Result<T, Error>,
+    route: &mut RouteInfo,
+) {
+    let (Some(planned), Some(policy)) = (&plan.planned, &state.policy) else {
+        return;
+    };
+    let outcome: Option<CascadeOutcome> = plan.cascade.as_ref().and_then(|c| c.outcome());
+    let kind = match &planned.decision.choice {
+        Choice::Local { .. } => "local",
+        Choice::Cloud { .. } => "cloud",
+        Choice::Cascade { .. } => "cascade",
+        Choice::Speculative { .. } => "speculative",
+        Choice::Reject => "reject",
+    };
+    count_decision(state, kind);
+    if let Some(o) = &outcome {
+        if !route.backend.is_empty() {
+            route.backend = o.answered_by.clone();
+        }
+        let conf = o
+            .confidence
+            .map(|c| format!("{:.3}", c.score()))
+            .unwrap_or_else(|| "none".into());
+        route.explanation = format!(
+            "{}; escalated={}; confidence={conf}",
+            route.explanation, o.escalated
+        );
+        if o.escalated {
+            let feedback = Feedback {
+                request_id: hints.request_id.to_string(),
+                escalated: true,
+                ..Feedback::default()
+            };
+            if policy.router.apply_feedback(&feedback).is_ok() {
+                policy.note_update();
+            }
+        }
+    }
+    let mut line = json!({
+        "model": model,
+        "answered_by": route.backend,
+        "status": if result.is_ok() { "ok" } else { "error" },
+    });
+    if let Some(o) = &outcome {
+        line["escalated"] = o.escalated.into();
+        line["confidence"] = json!(o.confidence);
+        if let Some(e) = &o.local_error {
+            line["local_error"] = e.clone().into();
+        }
+    }
+    if let Err(e) = result {
+        line["error"] = e.metric_label().into();
+    }
+    policy.log(&hints.request_id, &planned.decision, line);
+}
+
+/// Records a backend's timings (and errors) as the policy's live state, and counts the request
+/// on it while its stream runs.
+fn measured(events: EventStream, live: Arc<LiveBackend>, started: StdInstant) -> EventStream {
+    struct Timing {
+        live: Arc<LiveBackend>,
+        _in_flight: crate::routing::InFlight,
+        started: StdInstant,
+        first: Option<StdInstant>,
+        tokens: u32,
+        done: bool,
+    }
+    let mut t = Timing {
+        _in_flight: live.enter(),
+        live,
+        started,
+        first: None,
+        tokens: 0,
+        done: false,
+    };
+    events
+        .inspect(move |event| match event {
+            ChatEvent::TextDelta { .. } | ChatEvent::ToolCallDelta { .. } => {
+                t.first.get_or_insert_with(StdInstant::now);
+                t.tokens += 1;
+            }
+            ChatEvent::Finish { .. } if !t.done => {
+                t.done = true;
+                let now = StdInstant::now();
+                let first = t.first.unwrap_or(now);
+                let ttft = (first - t.started).as_secs_f64() * 1000.0;
+                let itl = (t.tokens > 1)
+                    .then(|| (now - first).as_secs_f64() * 1000.0 / f64::from(t.tokens - 1));
+                t.live.state.record_success(ttft, itl);
+            }
+            ChatEvent::Error(_) if !t.done => {
+                t.done = true;
+                t.live.state.record_error();
+            }
+            _ => {}
+        })
+        .boxed()
+}
+
+fn record_chat(
+    state: &AppState,
+    backend: &str,
+    started: StdInstant,
+    result: &Result<ChatResponse, Error>,
+) {
+    let Some(live) = state.policy.as_ref().and_then(|p| p.backend(backend)) else {
+        return;
+    };
+    match result {
+        Ok(answer) => {
+            let total = started.elapsed().as_secs_f64() * 1000.0;
+            let n = answer.usage.completion_tokens.max(1) as f64;
+            let itl = live.snapshot().itl_ms;
+            live.state
+                .record_success((total - itl * (n - 1.0)).max(0.0), None);
+        }
+        Err(e) if e.retryable() => live.state.record_error(),
+        Err(_) => {}
+    }
+}
+
+/// Runs a non-streaming request (fixed route, or the policy's decision on a learned one).
 pub async fn run_chat(
     state: &AppState,
     request: ChatRequest,
+    hints: &RequestHints,
 ) -> (Result<ChatResponse, Error>, RouteInfo) {
     let model = request.model.clone();
-    with_fallback(state, &model, |executor| {
-        let request = request.clone();
-        async move { executor.chat(request).await }
-    })
-    .await
+    let plan = match plan(state, &request, hints).await {
+        Ok(p) => p,
+        Err((e, route)) => return (Err(e), route),
+    };
+    let measure = plan.cascade.is_none();
+    let (result, mut route) = with_fallback(
+        state,
+        plan.executors.clone(),
+        plan.fallback,
+        plan.reason.clone(),
+        plan.planned.is_some(),
+        |executor| {
+            let request = request.clone();
+            async move {
+                let started = StdInstant::now();
+                let _in_flight = state
+                    .policy
+                    .as_ref()
+                    .and_then(|p| p.backend(executor.backend()))
+                    .map(|l| l.enter());
+                let result = executor.chat(request).await;
+                if measure {
+                    record_chat(state, executor.backend(), started, &result);
+                }
+                result
+            }
+        },
+    )
+    .await;
+    finish_plan(state, &plan, hints, &model, &result, &mut route);
+    (result, route)
 }
 
 /// Starts a streaming request; waiting for the upstream stops at `first_token_deadline`.
 pub async fn run_stream(
     state: &AppState,
     request: ChatRequest,
+    hints: &RequestHints,
     first_token_deadline: Option<(Instant, Error)>,
 ) -> (Result<EventStream, Error>, RouteInfo) {
     let model = request.model.clone();
-    with_fallback(state, &model, |executor| {
-        let request = request.clone();
-        let deadline = first_token_deadline.clone();
-        async move {
-            match deadline {
-                Some((at, error)) => tokio::time::timeout_at(at, executor.chat_stream(request))
-                    .await
-                    .unwrap_or(Err(error)),
-                None => executor.chat_stream(request).await,
+    let plan = match plan(state, &request, hints).await {
+        Ok(p) => p,
+        Err((e, route)) => return (Err(e), route),
+    };
+    let measure = plan.cascade.is_none();
+    let (result, mut route) = with_fallback(
+        state,
+        plan.executors.clone(),
+        plan.fallback,
+        plan.reason.clone(),
+        plan.planned.is_some(),
+        |executor| {
+            let request = request.clone();
+            let deadline = first_token_deadline.clone();
+            async move {
+                let started = StdInstant::now();
+                let live = state
+                    .policy
+                    .as_ref()
+                    .and_then(|p| p.backend(executor.backend()))
+                    .cloned();
+                let result = match deadline {
+                    Some((at, error)) => tokio::time::timeout_at(at, executor.chat_stream(request))
+                        .await
+                        .unwrap_or(Err(error)),
+                    None => executor.chat_stream(request).await,
+                };
+                match (result, live) {
+                    (Ok(events), Some(live)) if measure => Ok(measured(events, live, started)),
+                    (Err(e), Some(live)) if measure && e.retryable() => {
+                        live.state.record_error();
+                        Err(e)
+                    }
+                    (other, _) => other,
+                }
             }
-        }
-    })
-    .await
+        },
+    )
+    .await;
+    finish_plan(state, &plan, hints, &model, &result, &mut route);
+    (result, route)
 }

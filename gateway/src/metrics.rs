@@ -47,6 +47,15 @@ pub struct BackendLabels {
     pub backend: String,
 }
 
+/// Labels of a speculative-decoding token count.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SpeculativeLabels {
+    /// The speculative backend's config name.
+    pub backend: String,
+    /// `drafted`, `accepted`, `plain`, `target_input` or `target_output`.
+    pub kind: &'static str,
+}
+
 /// Labels of an error.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
@@ -77,6 +86,14 @@ pub struct Metrics {
     pub in_flight: Gauge,
     /// Requests shed at the concurrency limit.
     pub shed: Counter,
+    /// Speculative decoding: draft, accepted, plainly streamed and target-billed tokens.
+    pub speculative_tokens: Family<SpeculativeLabels, Counter>,
+    /// Speculative decoding: verify rounds.
+    pub speculative_rounds: Family<BackendLabels, Counter>,
+    /// Speculative requests that switched to plain streaming from the target.
+    pub speculative_fallbacks: Family<BackendLabels, Counter>,
+    /// Routing policy decisions by choice (local, cloud, cascade, speculative, reject).
+    pub route_decisions: Family<crate::routing::DecisionLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -103,6 +120,24 @@ impl Metrics {
         let fallbacks = Family::<BackendLabels, Counter>::default();
         let in_flight = Gauge::default();
         let shed = Counter::default();
+        let speculative_tokens = Family::<SpeculativeLabels, Counter>::default();
+        let speculative_rounds = Family::<BackendLabels, Counter>::default();
+        let speculative_fallbacks = Family::<BackendLabels, Counter>::default();
+        registry.register(
+            "speculative_tokens",
+            "Speculative decoding tokens: drafted, accepted, plain, target_input, target_output",
+            speculative_tokens.clone(),
+        );
+        registry.register(
+            "speculative_rounds",
+            "Speculative decoding verify rounds",
+            speculative_rounds.clone(),
+        );
+        registry.register(
+            "speculative_fallbacks",
+            "Speculative requests that switched to plain streaming",
+            speculative_fallbacks.clone(),
+        );
         registry.register("requests", "Requests answered", requests.clone());
         registry.register(
             "request_duration_seconds",
@@ -136,7 +171,14 @@ impl Metrics {
             "Requests refused at the concurrency limit",
             shed.clone(),
         );
+        let route_decisions = Family::default();
+        registry.register(
+            "route_decisions",
+            "Routing policy decisions by choice",
+            route_decisions.clone(),
+        );
         Self {
+            route_decisions,
             registry: Mutex::new(registry),
             requests,
             latency,
@@ -147,6 +189,36 @@ impl Metrics {
             fallbacks,
             in_flight,
             shed,
+            speculative_tokens,
+            speculative_rounds,
+            speculative_fallbacks,
+        }
+    }
+
+    /// Records one speculative request's figures.
+    pub fn record_speculative(&self, backend: &str, report: &crate::speculative::SpecReport) {
+        for (kind, n) in [
+            ("drafted", report.drafted),
+            ("accepted", report.accepted),
+            ("plain", report.plain_tokens),
+            ("target_input", report.target_input_tokens),
+            ("target_output", report.target_output_tokens),
+        ] {
+            self.speculative_tokens
+                .get_or_create(&SpeculativeLabels {
+                    backend: backend.to_owned(),
+                    kind,
+                })
+                .inc_by(n);
+        }
+        let labels = BackendLabels {
+            backend: backend.to_owned(),
+        };
+        self.speculative_rounds
+            .get_or_create(&labels)
+            .inc_by(report.rounds);
+        if report.fell_back {
+            self.speculative_fallbacks.get_or_create(&labels).inc();
         }
     }
 
@@ -212,6 +284,7 @@ pub fn endpoint_label(path: &str) -> &'static str {
         "/v1/feedback" => "feedback",
         "/healthz" | "/readyz" => "health",
         "/metrics" => "metrics",
+        "/v1/tandem/verify" | "/v1/tandem/generate" => "verify",
         _ => "other",
     }
 }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use tandem_cloud_adapters::http::{HttpConfig, build_client};
 use tandem_cloud_adapters::providers::anthropic::{Anthropic, AnthropicConfig};
 use tandem_cloud_adapters::providers::openai_compatible::{
@@ -52,6 +53,7 @@ fn try_build(config: &BackendConfig) -> Result<Arc<dyn Provider>, String> {
         .ok_or_else(|| "no base_url".to_owned())?;
     match config.kind {
         BackendKind::Local => Err("a local backend has no provider".into()),
+        BackendKind::Speculative => Err("a speculative backend has no provider".into()),
         BackendKind::OpenAi | BackendKind::OpenAiCompatible => {
             let mut c = OpenAiCompatibleConfig::new(config.name.clone(), base_url);
             c.api_key = config.api_key.clone();
@@ -99,14 +101,14 @@ struct AzureDeployments {
 }
 
 impl AzureDeployments {
-    fn pick(&self, req: &ChatRequest) -> Result<&Arc<dyn Provider>, ProviderError> {
-        self.deployments.get(&req.model).ok_or_else(|| {
+    fn pick(&self, model: &str) -> Result<&Arc<dyn Provider>, ProviderError> {
+        self.deployments.get(model).ok_or_else(|| {
             ProviderError::new(
                 ProviderErrorKind::Unsupported,
                 self.name.clone(),
                 format!(
                     "no Azure deployment is mapped for model `{}` (add it to the backend's models)",
-                    req.model
+                    model
                 ),
             )
         })
@@ -124,11 +126,23 @@ impl Provider for AzureDeployments {
     }
 
     async fn chat(&self, req: &ChatRequest) -> Result<ChatResponse, ProviderError> {
-        self.pick(req)?.chat(req).await
+        self.pick(&req.model)?.chat(req).await
     }
 
     async fn chat_stream(&self, req: &ChatRequest) -> Result<EventStream, ProviderError> {
-        self.pick(req)?.chat_stream(req).await
+        self.pick(&req.model)?.chat_stream(req).await
+    }
+
+    async fn completions(&self, model: &str, body: Bytes) -> Result<ChatResponse, ProviderError> {
+        self.pick(model)?.completions(model, body).await
+    }
+
+    async fn completions_stream(
+        &self,
+        model: &str,
+        body: Bytes,
+    ) -> Result<EventStream, ProviderError> {
+        self.pick(model)?.completions_stream(model, body).await
     }
 }
 

@@ -17,10 +17,11 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tower::ServiceBuilder;
 
-use crate::config::{BackendKind, Config, LocalConfig};
+use crate::config::{BackendConfig, BackendKind, Config, LocalConfig};
 use crate::executor::Executor;
 use crate::executor::cloud::CloudExecutor;
 use crate::executor::local::{LocalExecutor, LocalModel, LocalState};
+use crate::executor::speculative::SpeculativeExecutor;
 use crate::handlers::{chat, completions, ops};
 use crate::metrics::Metrics;
 use crate::middleware::{
@@ -29,6 +30,8 @@ use crate::middleware::{
     timeout::TimeoutLayer, trace,
 };
 use crate::providers::build_provider;
+use crate::routing::{self, Policy};
+use crate::speculative::service::gateway_routes as verify_routes;
 use crate::state::{AppState, FeedbackSink, MemoryFeedback, RequestLog};
 
 /// How the local model gets loaded.
@@ -84,6 +87,15 @@ pub fn build_state(config: Config, options: &GatewayOptions) -> Arc<AppState> {
                 Arc::new(LocalExecutor::new(backend.clone(), model.clone()))
             }
             (BackendKind::Local, None) => continue,
+            (BackendKind::Speculative, _) => {
+                match speculative_executor(&config, backend, &local, &metrics) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        tracing::error!(backend = %name, error = %e, "speculative backend unusable");
+                        continue;
+                    }
+                }
+            }
             _ => {
                 let provider = options
                     .providers
@@ -95,7 +107,19 @@ pub fn build_state(config: Config, options: &GatewayOptions) -> Arc<AppState> {
         };
         executors.insert(name.clone(), executor);
     }
+    let policy = match Policy::new(&config) {
+        Ok(p) => {
+            let p = Arc::new(p);
+            routing::spawn_persistence(p.clone());
+            Some(p)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "the routing policy is unavailable; learned routes run in config order");
+            None
+        }
+    };
     Arc::new(AppState {
+        policy,
         config: Arc::new(config),
         executors,
         local,
@@ -106,6 +130,27 @@ pub fn build_state(config: Config, options: &GatewayOptions) -> Arc<AppState> {
             .clone()
             .unwrap_or_else(|| Arc::new(MemoryFeedback::default())),
     })
+}
+
+/// The executor of a `speculative` backend: its target's verify protocol, the local drafter.
+fn speculative_executor(
+    config: &Config,
+    backend: &BackendConfig,
+    local: &Option<Arc<LocalModel>>,
+    metrics: &Arc<Metrics>,
+) -> Result<Arc<dyn Executor>, crate::error::Error> {
+    let target = backend
+        .speculative
+        .as_ref()
+        .and_then(|s| config.backends.get(&s.target))
+        .ok_or_else(|| crate::error::Error::Internal("speculative target missing".into()))?;
+    Ok(Arc::new(SpeculativeExecutor::new(
+        backend.clone(),
+        target.clone(),
+        local.clone(),
+        config.cache_dir.clone(),
+        metrics.clone(),
+    )?))
 }
 
 /// Fetches (unless offline) and loads the local model on a background task; the engine's own
@@ -167,6 +212,10 @@ fn spawn_local_load(
 /// The routes and the middleware stack around them.
 pub fn router(state: Arc<AppState>) -> Router {
     let limits = state.config.limits.clone();
+    let verify = match (&state.local, &state.config.local) {
+        (Some(model), Some(cfg)) => verify_routes(model.clone(), &cfg.verify),
+        _ => Router::new(),
+    };
     let stack = ServiceBuilder::new()
         .layer(RequestIdLayer) // x-request-id: taken or generated, echoed on the response
         .layer(trace::layer()) // one tracing span per request, carrying the request id
@@ -191,6 +240,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(ops::metrics))
         .fallback(ops::not_found)
         .with_state(state)
+        .merge(verify) // /v1/tandem/verify and /generate: this model as a speculative target
         .layer(stack)
 }
 
@@ -246,10 +296,15 @@ impl Gateway {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        match (&mut self.task).await {
+        let served = match (&mut self.task).await {
             Ok(r) => r,
             Err(e) => Err(std::io::Error::other(e)),
+        };
+        // The bandit's last lessons survive a restart.
+        if let Some(policy) = self.state.policy.clone() {
+            let _ = tokio::task::spawn_blocking(move || policy.persist()).await;
         }
+        served
     }
 
     /// Waits until the server stops (it runs until shutdown).

@@ -10,6 +10,7 @@ use crate::config::{BackendKind, Config};
 use crate::executor::Executor;
 use crate::executor::local::LocalModel;
 use crate::metrics::Metrics;
+use crate::routing::Policy;
 
 /// How many answered requests feedback can still refer to.
 pub const REQUEST_LOG_CAPACITY: usize = 100_000;
@@ -92,8 +93,11 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Recently answered requests.
     pub requests: RequestLog,
-    /// Where feedback goes.
+    /// Where feedback goes for requests the routing policy did not decide.
     pub feedback: Arc<dyn FeedbackSink>,
+    /// The learned routing policy (None when it could not be loaded; learned routes then run
+    /// in config order).
+    pub policy: Option<Arc<Policy>>,
 }
 
 impl AppState {

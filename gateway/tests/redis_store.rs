@@ -27,7 +27,9 @@ fn trained_bandit(arm: &str, rounds: usize) -> LinUcb {
     let features = RequestFeatures::from_prompt("What is the capital of France?", None);
     let x = context(&features, 0.3);
     for _ in 0..rounds {
-        bandit.update(arm, &x, 1.0).unwrap();
+        if let Err(e) = bandit.update(arm, &x, 1.0) {
+            panic!("bandit update failed: {e}");
+        }
     }
     bandit
 }

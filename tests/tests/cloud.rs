@@ -714,12 +714,116 @@ async fn request_ids_and_feedback() {
 }
 
 #[tokio::test]
-async fn completions_need_a_local_backend() {
-    let h = Harness::start("").await.unwrap();
+async fn legacy_completions_go_to_openai_backends() {
+    let extra = r#"
+[routes."claude-then-gpt"]
+backends = ["anthropic", "openai"]
+[routes."instruct-fallback"]
+backends = ["down", "openai"]
+fallback = true
+"#;
+    let h = Harness::start(extra).await.unwrap();
+    let (status, headers, body) = h
+        .post(
+            "/v1/completions",
+            &json!({"model": "gpt", "prompt": "Say this is a test", "max_tokens": 7, "user": "u-1"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["object"], "text_completion");
+    assert_eq!(body["choices"][0]["text"], "\n\nThis is indeed a test");
+    assert_eq!(body["choices"][0]["finish_reason"], "length");
+    assert_eq!(body["usage"]["total_tokens"], 12);
+    assert!(
+        headers["x-tandem-route"]
+            .to_str()
+            .unwrap()
+            .starts_with("openai; route gpt")
+    );
+    // The upstream got the client's body as it was, with the model mapped.
+    let upstream = h.mock.requests().into_iter().last().unwrap();
+    assert_eq!(upstream.path, "/v1/completions");
+    let sent = upstream.json().unwrap();
+    assert_eq!(sent["model"], "gpt-4o-mini");
+    assert_eq!(
+        (sent["max_tokens"].clone(), sent["user"].clone()),
+        (json!(7), json!("u-1"))
+    );
+
+    let (status, _, events) = h
+        .post_stream(
+            "/v1/completions",
+            &json!({"model": "gpt", "prompt": "x", "stream": true, "stream_options": {"include_usage": true}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(events.last().unwrap().data, "[DONE]");
+    let text: String = events
+        .iter()
+        .filter_map(|e| e.json()["choices"][0]["text"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(text, "\n\nThis is indeed a test");
+    assert!(
+        events
+            .iter()
+            .all(|e| e.data == "[DONE]" || e.json()["object"] == "text_completion")
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.data != "[DONE]" && e.json()["usage"]["total_tokens"].is_u64())
+    );
+
+    // Anthropic has no legacy API: the route moves on to the next backend.
+    let (status, headers, body) = h
+        .post(
+            "/v1/completions",
+            &json!({"model": "claude-then-gpt", "prompt": "Hi"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        headers["x-tandem-route"]
+            .to_str()
+            .unwrap()
+            .starts_with("openai;")
+    );
+    // A connect failure falls back.
+    let (status, headers, body) = h
+        .post(
+            "/v1/completions",
+            &json!({"model": "instruct-fallback", "prompt": "Hi"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        headers["x-tandem-route"]
+            .to_str()
+            .unwrap()
+            .contains("fallback after down")
+    );
+    // Only Anthropic: a clear 400 naming the model.
     let (status, _, body) = h
-        .post("/v1/completions", &json!({"model": "gpt", "prompt": "Hi"}))
+        .post(
+            "/v1/completions",
+            &json!({"model": "claude", "prompt": "Hi"}),
+        )
         .await
         .unwrap();
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["param"], "model");
+    // Upstream errors keep their status and shape.
+    let (status, _, body) = h
+        .post(
+            "/v1/completions",
+            &json!({"model": "gpt-400", "prompt": "Hi"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"].is_string());
 }

@@ -128,14 +128,17 @@ async fn load(
 pub fn run_overhead(args: &OverheadArgs) -> anyhow::Result<String> {
     // Three runtimes, so the mock, the gateway and the load generator do not share workers.
     let mock_rt = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("bench-mock")
         .worker_threads(1)
         .enable_all()
         .build()?;
     let gateway_rt = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("gateway")
         .worker_threads(args.gateway_threads.max(1))
         .enable_all()
         .build()?;
     let load_rt = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("bench-load")
         .worker_threads(1)
         .enable_all()
         .build()?;

@@ -3,6 +3,7 @@
 
 mod env;
 pub mod raw;
+pub mod router;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -11,9 +12,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
+use tandem_cloud_adapters::verify::VerifyProtocol;
+
+use crate::speculative::{DelayConfig, ScoringMode};
 
 pub use env::{EnvSource, MapEnv, ProcessEnv};
 use raw::{RawBackend, RawConfig};
+pub use router::{BackendProfileConfig, PolicyRules, RoutePolicy, RouterSettings};
 
 /// Prefix of environment variables that override config keys.
 pub const ENV_PREFIX: &str = "TANDEM__";
@@ -66,6 +71,8 @@ pub enum BackendKind {
     Azure,
     /// The Anthropic Messages API.
     Anthropic,
+    /// Speculative decoding: a drafter here, a verifying `target` backend upstream.
+    Speculative,
 }
 
 impl BackendKind {
@@ -76,6 +83,7 @@ impl BackendKind {
             "openai-compatible" => Self::OpenAiCompatible,
             "azure" => Self::Azure,
             "anthropic" => Self::Anthropic,
+            "speculative" => Self::Speculative,
             _ => return None,
         })
     }
@@ -88,6 +96,7 @@ impl BackendKind {
             Self::OpenAiCompatible => "openai-compatible",
             Self::Azure => "azure",
             Self::Anthropic => "anthropic",
+            Self::Speculative => "speculative",
         }
     }
 }
@@ -137,6 +146,58 @@ pub struct BackendConfig {
     pub connect_timeout: Duration,
     /// Whole-request timeout.
     pub request_timeout: Duration,
+    /// How it verifies draft tokens (`none`: never a speculative target).
+    pub verify: VerifyProtocol,
+    /// For `speculative` backends: the target and the drafter.
+    pub speculative: Option<SpeculativeBackend>,
+    /// What the router policy assumes about it.
+    pub profile: BackendProfileConfig,
+}
+
+/// Which drafter a speculative backend uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrafterKind {
+    /// The in-process model (across tokenizers when its vocabulary differs from the target's).
+    Local,
+    /// Prompt lookup: n-grams of the context, no model.
+    Ngram,
+}
+
+/// A `speculative` backend's settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpeculativeBackend {
+    /// The verifying backend's name.
+    pub target: String,
+    /// The drafter.
+    pub drafter: DrafterKind,
+    /// The target's tokenizer (model name or `.gguf` path); the local model's when absent.
+    pub tokenizer: Option<String>,
+    /// The longest draft per round.
+    pub max_draft: usize,
+}
+
+/// The target side: this process's model answering `/v1/tandem/verify` and `/generate`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifyEndpoints {
+    /// Whether the endpoints are mounted.
+    pub enabled: bool,
+    /// How a draft block is scored.
+    pub scoring: ScoringMode,
+    /// Sessions kept at once.
+    pub sessions: usize,
+    /// Emulated network and large-model timing (test beds only).
+    pub delay: Option<DelayConfig>,
+}
+
+impl Default for VerifyEndpoints {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            scoring: ScoringMode::default(),
+            sessions: 64,
+            delay: None,
+        }
+    }
 }
 
 impl BackendConfig {
@@ -153,6 +214,25 @@ pub struct RouteConfig {
     pub backends: Vec<String>,
     /// Move on to the next backend on a retryable error.
     pub fallback: bool,
+    /// Config order or the learned policy.
+    pub policy: RoutePolicy,
+    /// Hard rules and weights for requests on this route.
+    pub rules: PolicyRules,
+    /// Cascade confidence threshold replacing the router's.
+    pub cascade_threshold: Option<f32>,
+}
+
+impl RouteConfig {
+    /// A fixed-order route without fallback.
+    pub fn fixed(backends: Vec<String>) -> Self {
+        Self {
+            backends,
+            fallback: false,
+            policy: RoutePolicy::Fixed,
+            rules: PolicyRules::default(),
+            cascade_threshold: None,
+        }
+    }
 }
 
 /// Request limits.
@@ -193,6 +273,8 @@ pub struct LocalConfig {
     pub kv_cache_tokens: usize,
     /// Model ids it answers to besides `local`.
     pub aliases: Vec<String>,
+    /// The verify endpoints over this model.
+    pub verify: VerifyEndpoints,
 }
 
 impl Default for LocalConfig {
@@ -204,6 +286,7 @@ impl Default for LocalConfig {
                 .unwrap_or(2),
             kv_cache_tokens: 4096,
             aliases: vec![DEFAULT_LOCAL_MODEL.into()],
+            verify: VerifyEndpoints::default(),
         }
     }
 }
@@ -223,8 +306,8 @@ pub struct Config {
     pub backends: BTreeMap<String, BackendConfig>,
     /// Routes by model id.
     pub routes: BTreeMap<String, RouteConfig>,
-    /// The `[router]` section, as written.
-    pub router: Option<toml::Table>,
+    /// The `[router]` section.
+    pub router: RouterSettings,
     /// Artifact cache directory override.
     pub cache_dir: Option<PathBuf>,
     /// Redis URL for shared state.
@@ -351,7 +434,9 @@ impl Config {
             (None, true) => Some(LocalConfig::default()),
             (None, false) => None,
         };
+        check_speculative_targets(&backends, local.is_some())?;
 
+        let router_settings = router::validate_router(raw.router)?;
         let mut routes = BTreeMap::new();
         for (model, r) in raw.routes {
             if r.backends.is_empty() {
@@ -368,11 +453,52 @@ impl Config {
                     ));
                 }
             }
+            let policy = match r.policy.as_deref() {
+                None | Some("fixed") => RoutePolicy::Fixed,
+                Some("learned") => RoutePolicy::Learned,
+                Some(other) => {
+                    return Err(invalid(
+                        format!("routes.{model}.policy"),
+                        format!("unknown policy `{other}` (expected fixed or learned)"),
+                    ));
+                }
+            };
+            let rules = router::validate_rules(
+                &format!("routes.{model}"),
+                raw::RawPolicyRules {
+                    placement: r.placement,
+                    lambda_per_usd: r.lambda_per_usd,
+                    mu_per_s: r.mu_per_s,
+                    target_cloud_share: r.target_cloud_share,
+                    latency_slo_ms: r.latency_slo_ms,
+                },
+                router_settings.policy.weights,
+            )?;
+            let cascade_threshold = match r.cascade_threshold {
+                Some(t) if !(t.is_finite() && (0.0..=1.0).contains(&t)) => {
+                    return Err(invalid(
+                        format!("routes.{model}.cascade_threshold"),
+                        "must be within 0..=1",
+                    ));
+                }
+                t => t,
+            };
+            if policy == RoutePolicy::Fixed
+                && (rules != PolicyRules::default() || cascade_threshold.is_some())
+            {
+                return Err(invalid(
+                    format!("routes.{model}"),
+                    "placement, weights, target_cloud_share, latency_slo_ms and cascade_threshold need policy = \"learned\"",
+                ));
+            }
             routes.insert(
                 model,
                 RouteConfig {
                     backends: r.backends,
                     fallback: r.fallback.unwrap_or(true),
+                    policy,
+                    rules,
+                    cascade_threshold,
                 },
             );
         }
@@ -385,18 +511,16 @@ impl Config {
             let mut ids = vec![LOCAL_MODEL_ID.to_owned()];
             ids.extend(local.iter().flat_map(|l| l.aliases.iter().cloned()));
             for id in ids {
-                routes.entry(id).or_insert_with(|| RouteConfig {
-                    backends: vec![local_name.clone()],
-                    fallback: false,
-                });
+                routes
+                    .entry(id)
+                    .or_insert_with(|| RouteConfig::fixed(vec![local_name.clone()]));
             }
         }
         for b in backends.values() {
             for model in b.models.keys() {
-                routes.entry(model.clone()).or_insert_with(|| RouteConfig {
-                    backends: vec![b.name.clone()],
-                    fallback: false,
-                });
+                routes
+                    .entry(model.clone())
+                    .or_insert_with(|| RouteConfig::fixed(vec![b.name.clone()]));
             }
         }
 
@@ -421,7 +545,7 @@ impl Config {
             local,
             backends,
             routes,
-            router: raw.router,
+            router: router_settings,
             cache_dir: raw.cache_dir.map(PathBuf::from),
             redis_url,
         })
@@ -502,7 +626,7 @@ fn unreachable_default() -> Config {
         local: Some(LocalConfig::default()),
         backends: BTreeMap::from([(LOCAL_MODEL_ID.to_owned(), local_backend(LOCAL_MODEL_ID))]),
         routes: BTreeMap::new(),
-        router: None,
+        router: RouterSettings::default(),
         cache_dir: None,
         redis_url: None,
     }
@@ -524,6 +648,9 @@ fn local_backend(name: &str) -> BackendConfig {
         price: Price::default(),
         connect_timeout: Duration::from_secs(10),
         request_timeout: Duration::from_secs(600),
+        verify: VerifyProtocol::None,
+        speculative: None,
+        profile: BackendProfileConfig::default_for(BackendKind::Local),
     }
 }
 
@@ -550,11 +677,55 @@ fn validate_local(l: raw::RawLocal) -> Result<LocalConfig, ConfigError> {
     if !model.ends_with(".gguf") {
         aliases.insert(model.clone());
     }
+    let verify = validate_verify_endpoints(
+        l.verify_endpoints,
+        l.verify_scoring,
+        l.verify_sessions,
+        l.emulate_rtt_ms,
+        l.emulate_step_ms,
+    )?;
     Ok(LocalConfig {
         model,
         threads,
         kv_cache_tokens,
         aliases: aliases.into_iter().collect(),
+        verify,
+    })
+}
+
+fn validate_verify_endpoints(
+    enabled: Option<bool>,
+    scoring: Option<String>,
+    sessions: Option<u64>,
+    rtt_ms: Option<u64>,
+    step_ms: Option<u64>,
+) -> Result<VerifyEndpoints, ConfigError> {
+    let d = VerifyEndpoints::default();
+    let scoring = match scoring.as_deref() {
+        None => d.scoring,
+        Some("batched") => ScoringMode::Batched,
+        Some("stepwise") => ScoringMode::Stepwise,
+        Some(other) => {
+            return Err(invalid(
+                "local.verify_scoring",
+                format!("unknown scoring `{other}` (expected batched or stepwise)"),
+            ));
+        }
+    };
+    let sessions = match sessions {
+        Some(0) => return Err(invalid("local.verify_sessions", "must be greater than 0")),
+        Some(n) => n as usize,
+        None => d.sessions,
+    };
+    let delay = (rtt_ms.is_some() || step_ms.is_some()).then(|| DelayConfig {
+        rtt: Duration::from_millis(rtt_ms.unwrap_or(0)),
+        step: Duration::from_millis(step_ms.unwrap_or(0)),
+    });
+    Ok(VerifyEndpoints {
+        enabled: enabled.unwrap_or(d.enabled),
+        scoring,
+        sessions,
+        delay,
     })
 }
 
@@ -568,16 +739,24 @@ fn validate_backend(
         invalid(
             path("kind"),
             format!(
-                "unknown kind `{}` (expected local, openai, openai-compatible, azure or anthropic)",
+                "unknown kind `{}` (expected local, openai, openai-compatible, azure, anthropic or speculative)",
                 b.kind
             ),
         )
     })?;
+    let speculative = validate_speculative(name, kind, &b)?;
     let base_url = match (kind, b.base_url) {
         (BackendKind::Local, Some(_)) => {
             return Err(invalid(path("base_url"), "a local backend has no base_url"));
         }
         (BackendKind::Local, None) => None,
+        (BackendKind::Speculative, Some(_)) => {
+            return Err(invalid(
+                path("base_url"),
+                "a speculative backend has no base_url (its target has one)",
+            ));
+        }
+        (BackendKind::Speculative, None) => None,
         (BackendKind::OpenAi, None) => Some("https://api.openai.com/v1".to_owned()),
         (BackendKind::Anthropic, None) => Some("https://api.anthropic.com/v1".to_owned()),
         (_, None) => return Err(invalid(path("base_url"), "required for this kind")),
@@ -619,6 +798,33 @@ fn validate_backend(
             None => Ok(0.0),
         }
     };
+    let profile_defaults = BackendProfileConfig::default_for(kind);
+    let strength = match b.strength {
+        Some(s) if !(s.is_finite() && (0.0..=1.0).contains(&s)) => {
+            return Err(invalid(path("strength"), "must be within 0..=1"));
+        }
+        Some(s) => s as f32,
+        None => profile_defaults.strength,
+    };
+    let prior = |v: Option<f64>, key: &str, default: f64| -> Result<f64, ConfigError> {
+        match v {
+            Some(x) if !(x.is_finite() && x >= 0.0) => Err(invalid(path(key), "must be >= 0")),
+            v => Ok(v.unwrap_or(default)),
+        }
+    };
+    let profile = BackendProfileConfig {
+        strength,
+        prior_ttft_ms: prior(
+            b.prior_ttft_ms,
+            "prior_ttft_ms",
+            profile_defaults.prior_ttft_ms,
+        )?,
+        prior_itl_ms: prior(
+            b.prior_itl_ms,
+            "prior_itl_ms",
+            profile_defaults.prior_itl_ms,
+        )?,
+    };
     let input = price_field(b.price.input, "input")?;
     let price = Price {
         input,
@@ -634,6 +840,27 @@ fn validate_backend(
             v => Ok(Duration::from_millis(v.unwrap_or(default))),
         }
     };
+    let verify = match b.verify.as_deref() {
+        None => VerifyProtocol::None,
+        Some(v) => {
+            let protocol: VerifyProtocol = v.parse().map_err(|_| {
+                invalid(
+                    path("verify"),
+                    format!("unknown protocol `{v}` (expected vllm, sglang, tandem or none)"),
+                )
+            })?;
+            if protocol.can_verify() && kind != BackendKind::OpenAiCompatible {
+                return Err(invalid(
+                    path("verify"),
+                    format!(
+                        "a {} backend cannot verify draft tokens (hosted chat APIs return no prompt log probabilities); only openai-compatible backends take `verify`",
+                        kind.as_str()
+                    ),
+                ));
+            }
+            protocol
+        }
+    };
     Ok(BackendConfig {
         name: name.to_owned(),
         kind,
@@ -645,7 +872,126 @@ fn validate_backend(
         price,
         connect_timeout: ms(b.connect_timeout_ms, "connect_timeout_ms", 10_000)?,
         request_timeout: ms(b.request_timeout_ms, "request_timeout_ms", 600_000)?,
+        verify,
+        speculative,
+        profile,
     })
+}
+
+/// The speculative keys of one backend: required on `speculative`, refused elsewhere.
+fn validate_speculative(
+    name: &str,
+    kind: BackendKind,
+    b: &RawBackend,
+) -> Result<Option<SpeculativeBackend>, ConfigError> {
+    let path = |key: &str| format!("backends.{name}.{key}");
+    if kind != BackendKind::Speculative {
+        for (key, set) in [
+            ("target", b.target.is_some()),
+            ("drafter", b.drafter.is_some()),
+            ("tokenizer", b.tokenizer.is_some()),
+            ("max_draft", b.max_draft.is_some()),
+        ] {
+            if set {
+                return Err(invalid(
+                    path(key),
+                    "only speculative backends take this key",
+                ));
+            }
+        }
+        return Ok(None);
+    }
+    if b.verify.is_some() {
+        return Err(invalid(
+            path("verify"),
+            "a speculative backend does not verify; set it on its target",
+        ));
+    }
+    let target = b
+        .target
+        .clone()
+        .ok_or_else(|| invalid(path("target"), "required for speculative backends"))?;
+    let drafter = match b.drafter.as_deref().unwrap_or("local") {
+        "local" => DrafterKind::Local,
+        "ngram" => DrafterKind::Ngram,
+        other => {
+            return Err(invalid(
+                path("drafter"),
+                format!("unknown drafter `{other}` (expected local or ngram)"),
+            ));
+        }
+    };
+    let max_draft = match b.max_draft {
+        Some(0) => return Err(invalid(path("max_draft"), "must be greater than 0")),
+        Some(n) if n > 64 => return Err(invalid(path("max_draft"), "must be at most 64")),
+        Some(n) => n as usize,
+        None => 12,
+    };
+    if let Some(t) = &b.tokenizer
+        && t.trim().is_empty()
+    {
+        return Err(invalid(
+            path("tokenizer"),
+            "must be a model name or a .gguf path",
+        ));
+    }
+    Ok(Some(SpeculativeBackend {
+        target,
+        drafter,
+        tokenizer: b.tokenizer.clone(),
+        max_draft,
+    }))
+}
+
+/// Cross-backend checks of speculative backends: the target exists and can verify, and a local
+/// drafter has a local model.
+fn check_speculative_targets(
+    backends: &BTreeMap<String, BackendConfig>,
+    has_local_model: bool,
+) -> Result<(), ConfigError> {
+    for b in backends.values() {
+        let Some(spec) = &b.speculative else { continue };
+        let path = |key: &str| format!("backends.{}.{key}", b.name);
+        let target = backends.get(&spec.target).ok_or_else(|| {
+            invalid(
+                path("target"),
+                format!(
+                    "no backend named `{}` (declared: {})",
+                    spec.target,
+                    names(backends)
+                ),
+            )
+        })?;
+        match target.kind {
+            BackendKind::OpenAi | BackendKind::Anthropic | BackendKind::Azure => {
+                return Err(invalid(
+                    path("target"),
+                    format!(
+                        "`{}` is a hosted {} backend, which cannot verify draft tokens; point it at an openai-compatible backend with `verify` set",
+                        target.name,
+                        target.kind.as_str()
+                    ),
+                ));
+            }
+            BackendKind::OpenAiCompatible if target.verify.can_verify() => {}
+            _ => {
+                return Err(invalid(
+                    path("target"),
+                    format!(
+                        "`{}` cannot verify: set backends.{}.verify to vllm, sglang or tandem",
+                        target.name, target.name
+                    ),
+                ));
+            }
+        }
+        if spec.drafter == DrafterKind::Local && !has_local_model {
+            return Err(invalid(
+                path("drafter"),
+                "`local` needs the local model (a [local] section or a local backend)",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Applies `TANDEM__A__B=value` as `a.b = value`. Values that parse as TOML (numbers, booleans,

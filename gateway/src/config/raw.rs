@@ -22,8 +22,9 @@ pub struct RawConfig {
     /// `[routes."MODEL"]`.
     #[serde(default)]
     pub routes: BTreeMap<String, RawRoute>,
-    /// `[router]`: the routing policy section, read by the router policy.
-    pub router: Option<toml::Table>,
+    /// `[router]`: the learned routing policy.
+    #[serde(default)]
+    pub router: RawRouter,
     /// Where models and other artifacts are cached.
     pub cache_dir: Option<String>,
     /// Redis for shared state; in-memory when absent.
@@ -70,6 +71,16 @@ pub struct RawLocal {
     /// Extra model ids this model answers to.
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// Serve `/v1/tandem/verify` and `/v1/tandem/generate` (this process as a speculative target).
+    pub verify_endpoints: Option<bool>,
+    /// How verify scores a draft block: `batched` (one pass) or `stepwise` (one pass per token).
+    pub verify_scoring: Option<String>,
+    /// Verify sessions kept at once (least recently used evicted first).
+    pub verify_sessions: Option<u64>,
+    /// Test beds: network round trip emulated on the verify endpoints, ms.
+    pub emulate_rtt_ms: Option<u64>,
+    /// Test beds: large-model step time emulated on the verify endpoints, ms.
+    pub emulate_step_ms: Option<u64>,
 }
 
 /// `[backends.NAME]`.
@@ -94,6 +105,24 @@ pub struct RawBackend {
     pub connect_timeout_ms: Option<u64>,
     /// Whole-request timeout for this backend.
     pub request_timeout_ms: Option<u64>,
+    /// How this backend verifies draft tokens: `vllm`, `sglang`, `tandem` or `none`
+    /// (`openai-compatible` only).
+    pub verify: Option<String>,
+    /// `speculative`: the backend that verifies (one with `verify` set).
+    pub target: Option<String>,
+    /// `speculative`: `local` (the in-process model) or `ngram`.
+    pub drafter: Option<String>,
+    /// `speculative`: the target's tokenizer (model name or `.gguf` path) when it differs from
+    /// the local model's.
+    pub tokenizer: Option<String>,
+    /// `speculative`: the longest draft per round.
+    pub max_draft: Option<u64>,
+    /// Router profile: where the model sits between weak (0) and strong (1).
+    pub strength: Option<f64>,
+    /// Router profile: time to first token assumed before any call was measured.
+    pub prior_ttft_ms: Option<f64>,
+    /// Router profile: inter-token latency assumed before any call was measured.
+    pub prior_itl_ms: Option<f64>,
 }
 
 /// `[backends.NAME.price]`.
@@ -116,4 +145,77 @@ pub struct RawRoute {
     pub backends: Vec<String>,
     /// Try the next backend when one fails with a retryable error.
     pub fallback: Option<bool>,
+    /// `fixed` (config order, the default) or `learned` (the router policy decides).
+    pub policy: Option<String>,
+    /// `local-only` or `cloud-only` for every request on this route.
+    pub placement: Option<String>,
+    /// Quality given up per US dollar on this route.
+    pub lambda_per_usd: Option<f64>,
+    /// Quality given up per second of predicted latency on this route.
+    pub mu_per_s: Option<f64>,
+    /// Target cloud share on this route (0..=1).
+    pub target_cloud_share: Option<f32>,
+    /// Latency SLO on this route.
+    pub latency_slo_ms: Option<f64>,
+    /// Cascade confidence threshold for this route, replacing `router.cascade_threshold`.
+    pub cascade_threshold: Option<f32>,
+}
+
+/// Hard rules and weights, per route or per API key.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicyRules {
+    /// `local-only` or `cloud-only`.
+    pub placement: Option<String>,
+    /// Quality given up per US dollar.
+    pub lambda_per_usd: Option<f64>,
+    /// Quality given up per second of predicted latency.
+    pub mu_per_s: Option<f64>,
+    /// Target share of requests sent to the cloud (0..=1).
+    pub target_cloud_share: Option<f32>,
+    /// Backends predicted slower than this end to end are excluded.
+    pub latency_slo_ms: Option<f64>,
+}
+
+/// `[router]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouter {
+    /// Quality model file (JSON); the shipped model when absent.
+    pub model_path: Option<String>,
+    /// JSONL file every decision is appended to; none when absent.
+    pub decision_log: Option<String>,
+    /// Decisions queued for the log writer before new ones are dropped.
+    pub decision_log_queue: Option<u64>,
+    /// Bandit state file (JSON), restored at start and saved periodically and on shutdown.
+    pub bandit_path: Option<String>,
+    /// How often the bandit state is saved.
+    pub bandit_save_interval_ms: Option<u64>,
+    /// Key prefix of the bandit state in Redis (with the top-level `redis_url`).
+    pub redis_prefix: Option<String>,
+    /// Use the prompt encoder when its files are in the cache.
+    pub encoder: Option<bool>,
+    /// Longest wait for an uncached prompt embedding before deciding without it.
+    pub embed_timeout_ms: Option<u64>,
+    /// Default quality given up per US dollar.
+    pub lambda_per_usd: Option<f64>,
+    /// Default quality given up per second of predicted latency.
+    pub mu_per_s: Option<f64>,
+    /// Default target cloud share (0..=1).
+    pub target_cloud_share: Option<f32>,
+    /// Offer cascade when local and cloud utilities are within this margin.
+    pub cascade_band: Option<f32>,
+    /// Cascade confidence threshold (0..=1).
+    pub cascade_threshold: Option<f32>,
+    /// Local tokens whose confidence decides a cascade.
+    pub cascade_tokens: Option<u32>,
+    /// Bandit exploration weight.
+    pub bandit_alpha: Option<f32>,
+    /// Bandit updates at which an arm's estimate gets half the weight.
+    pub bandit_half_weight: Option<f32>,
+    /// Request ids remembered for feedback.
+    pub recent_requests: Option<u64>,
+    /// Per-API-key rules, keyed by the key's sha256 hex digest.
+    #[serde(default)]
+    pub keys: BTreeMap<String, RawPolicyRules>,
 }

@@ -4,9 +4,11 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use tandem_cloud_adapters::{ChatRequest, ChatResponse, EventStream, Provider};
+use bytes::Bytes;
+use serde_json::{Map, Value};
+use tandem_cloud_adapters::{ChatRequest, ChatResponse, EventStream, Provider, ProviderErrorKind};
 
-use super::{Executor, upstream_error};
+use super::{Executor, no_legacy_completions, upstream_error};
 use crate::config::{BackendConfig, BackendKind, Price};
 use crate::error::Error;
 
@@ -25,6 +27,27 @@ impl CloudExecutor {
     fn upstream_request(&self, mut request: ChatRequest) -> ChatRequest {
         request.model = self.config.upstream_model(&request.model).to_owned();
         request
+    }
+
+    /// A legacy completions body with the model mapped to the upstream's id.
+    fn upstream_body(&self, mut body: Map<String, Value>) -> (String, Bytes) {
+        let client_model = body
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let model = self.config.upstream_model(client_model).to_owned();
+        body.insert("model".into(), Value::String(model.clone()));
+        let bytes = serde_json::to_vec(&body).unwrap_or_default();
+        (model, Bytes::from(bytes))
+    }
+
+    /// A provider's "no such API" as the edge's unsupported error, others as upstream errors.
+    fn completions_error(&self, e: tandem_cloud_adapters::ProviderError) -> Error {
+        if e.kind == ProviderErrorKind::Unsupported && e.status.is_none() {
+            no_legacy_completions(&self.config.name)
+        } else {
+            upstream_error(&self.config.name, e)
+        }
     }
 }
 
@@ -64,5 +87,21 @@ impl Executor for CloudExecutor {
             .chat(&request)
             .await
             .map_err(|e| upstream_error(&self.config.name, e))
+    }
+
+    async fn completions(&self, body: Map<String, Value>) -> Result<ChatResponse, Error> {
+        let (model, body) = self.upstream_body(body);
+        self.provider
+            .completions(&model, body)
+            .await
+            .map_err(|e| self.completions_error(e))
+    }
+
+    async fn completions_stream(&self, body: Map<String, Value>) -> Result<EventStream, Error> {
+        let (model, body) = self.upstream_body(body);
+        self.provider
+            .completions_stream(&model, body)
+            .await
+            .map_err(|e| self.completions_error(e))
     }
 }

@@ -140,6 +140,22 @@ pub fn engine_events(
     model: String,
     backend: String,
 ) -> EventStream {
+    let events = futures::stream::unfold(rx, |mut rx| async move {
+        let event = rx.recv().await?;
+        Some((event, rx))
+    });
+    generate_events(events.boxed(), id, model, backend)
+}
+
+/// Like [`engine_events`] over any stream of engine events (e.g. some held back, then the rest of
+/// the engine's channel). A stream that ends without `Finished` or `Error` ends in an error event.
+pub fn generate_events(
+    events: futures::stream::BoxStream<'static, GenerateEvent>,
+    id: String,
+    model: String,
+    backend: String,
+) -> EventStream {
+    let rx = events;
     let start = ChatEvent::Start {
         id,
         model,
@@ -149,7 +165,7 @@ pub fn engine_events(
         let backend = backend.clone();
         async move {
             let mut rx = rx?;
-            let event = match rx.recv().await {
+            let event = match rx.next().await {
                 Some(GenerateEvent::Token { text, logprob, .. }) => {
                     let logprobs = logprob.as_ref().map(|lp| vec![convert_logprob(lp)]);
                     vec![ChatEvent::TextDelta {
@@ -239,6 +255,29 @@ impl Executor for LocalExecutor {
     }
 
     async fn chat_stream(&self, request: ChatRequest) -> Result<EventStream, Error> {
+        let (rx, id) = self.start(&request, None)?;
+        Ok(engine_events(
+            rx,
+            id,
+            request.model.clone(),
+            self.config.name.clone(),
+        ))
+    }
+}
+
+impl LocalExecutor {
+    /// The backend's config name.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Starts generating on the engine and returns its raw event channel and a completion id.
+    /// `logprobs` replaces the request's own setting (a cascade needs them to judge confidence).
+    pub fn start(
+        &self,
+        request: &ChatRequest,
+        logprobs: Option<usize>,
+    ) -> Result<(tokio::sync::mpsc::Receiver<GenerateEvent>, String), Error> {
         if !request.tools.is_empty()
             && !matches!(
                 request.tool_choice,
@@ -258,7 +297,7 @@ impl Executor for LocalExecutor {
         }
         let engine = self.model.engine()?;
         let prompt = engine
-            .chat_prompt(&template_messages(&request), true)
+            .chat_prompt(&template_messages(request), true)
             .map_err(|e| Error::LocalModel(format!("chat template: {e}")))?;
         let context = engine.info().context_length;
         if prompt.len() >= context {
@@ -270,16 +309,14 @@ impl Executor for LocalExecutor {
                 Some("messages"),
             ));
         }
-        let params = sampling_params(&request);
+        let mut params = sampling_params(request);
+        if logprobs.is_some() {
+            params.logprobs = logprobs;
+        }
         let rx = engine
             .generate(GenerateRequest { prompt, params })
             .map_err(|e| Error::LocalModel(e.to_string()))?;
         let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
-        Ok(engine_events(
-            rx,
-            id,
-            request.model.clone(),
-            self.config.name.clone(),
-        ))
+        Ok((rx, id))
     }
 }

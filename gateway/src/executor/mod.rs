@@ -4,6 +4,7 @@
 
 pub mod cloud;
 pub mod local;
+pub mod speculative;
 
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -41,6 +42,34 @@ pub trait Executor: Send + Sync {
         builder
             .finish()
             .map_err(|e| upstream_error(self.backend(), e))
+    }
+
+    /// Runs a legacy `/v1/completions` body (the client's JSON object) and waits for the answer.
+    /// Only backends speaking OpenAI's API upstream forward it; the others answer
+    /// [`Error::Unsupported`].
+    async fn completions(
+        &self,
+        body: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<ChatResponse, Error> {
+        let _ = body;
+        Err(no_legacy_completions(self.backend()))
+    }
+
+    /// Like [`Executor::completions`] for a streamed body.
+    async fn completions_stream(
+        &self,
+        body: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<EventStream, Error> {
+        let _ = body;
+        Err(no_legacy_completions(self.backend()))
+    }
+}
+
+/// The error of a backend that does not serve `/v1/completions`.
+pub fn no_legacy_completions(backend: &str) -> Error {
+    Error::Unsupported {
+        message: format!("backend `{backend}` does not serve /v1/completions"),
+        param: "model".into(),
     }
 }
 

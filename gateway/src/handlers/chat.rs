@@ -20,6 +20,7 @@ use crate::dispatch::{RouteInfo, run_chat, run_stream};
 use crate::error::{ApiFlavor, Error, FlavoredError};
 use crate::metrics::BackendLabels;
 use crate::middleware::first_token_timeout::FirstTokenDeadline;
+use crate::routing::RequestHints;
 use crate::state::{AppState, RequestRecord};
 
 /// `POST /v1/chat/completions`.
@@ -49,11 +50,14 @@ async fn handle(state: Arc<AppState>, request: Request, format: WireFormat) -> R
         },
         Err(e) => Err(e),
     };
-    let chat = match decoded.and_then(validate) {
+    let id = request_id(&parts);
+    let hints = decoded
+        .and_then(validate)
+        .and_then(|c| RequestHints::from_headers(id.0.clone(), &parts.headers).map(|h| (c, h)));
+    let (chat, hints) = match hints {
         Ok(c) => c,
         Err(e) => return FlavoredError(e, flavor).into_response_with_route(None),
     };
-    let id = request_id(&parts);
     let model = chat.model.clone();
     let (mut response, route) = if chat.stream {
         let deadline = parts
@@ -61,7 +65,7 @@ async fn handle(state: Arc<AppState>, request: Request, format: WireFormat) -> R
             .get::<FirstTokenDeadline>()
             .map(|d| (d.at, d.error()));
         let include_usage = chat.include_usage;
-        let (result, route) = run_stream(&state, chat, deadline).await;
+        let (result, route) = run_stream(&state, chat, &hints, deadline).await;
         match result {
             Ok(events) => {
                 let body = sse_body(
@@ -76,7 +80,7 @@ async fn handle(state: Arc<AppState>, request: Request, format: WireFormat) -> R
             Err(e) => (e.into_response_for(flavor), route),
         }
     } else {
-        let (result, route) = run_chat(&state, chat).await;
+        let (result, route) = run_chat(&state, chat, &hints).await;
         match result {
             Ok(answer) => {
                 record_usage(&state, &route.backend, &answer.usage);
@@ -151,9 +155,13 @@ pub fn record_usage(state: &AppState, backend: &str, usage: &Usage) {
 }
 
 /// One stream's encoder in the client's format.
-enum Encoder {
+pub(crate) enum Encoder {
+    /// OpenAI chat completion chunks.
     OpenAi(openai::ChunkEncoder),
+    /// Anthropic Messages events.
     Anthropic(anthropic::EventEncoder),
+    /// Legacy `text_completion` chunks.
+    Completion(openai::CompletionChunkEncoder),
 }
 
 impl Encoder {
@@ -161,6 +169,7 @@ impl Encoder {
         match self {
             Self::OpenAi(e) => e.encode(event),
             Self::Anthropic(e) => e.encode(event),
+            Self::Completion(e) => e.encode(event),
         }
     }
 
@@ -168,6 +177,7 @@ impl Encoder {
         match self {
             Self::OpenAi(e) => e.finish(),
             Self::Anthropic(e) => e.finish(),
+            Self::Completion(e) => e.finish(),
         }
     }
 }
@@ -228,6 +238,16 @@ fn sse_body(
         WireFormat::OpenAi => Encoder::OpenAi(openai::ChunkEncoder::new(include_usage)),
         WireFormat::Anthropic => Encoder::Anthropic(anthropic::EventEncoder::new()),
     };
+    encoded_sse_body(state, events, encoder, backend)
+}
+
+/// Encodes a stream of events as SSE with `encoder`, with the same guarantees as [`sse_body`].
+pub(crate) fn encoded_sse_body(
+    state: Arc<AppState>,
+    events: EventStream,
+    encoder: Encoder,
+    backend: String,
+) -> Body {
     let stream = SseStream {
         events,
         encoder,

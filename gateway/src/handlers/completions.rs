@@ -11,29 +11,24 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::{Map, Value, json};
+use tandem_cloud_adapters::openai::{
+    self, CompletionChunkEncoder, Prompt, encode_completion_response,
+};
 use tandem_cloud_adapters::{Usage, unix_now};
 use tandem_local_model::{Engine, GenerateEvent, GenerateRequest, SamplingParams};
 
-use super::chat::record_usage;
-use super::{json_response, mark_route, read_body, request_id, sse_response};
+use super::chat::{Encoder, encoded_sse_body, record_usage};
+use super::{json_response, mark_route, read_body, request_id, sse_response, wire_error};
 use crate::config::BackendKind;
 use crate::dispatch::{RouteInfo, route_for};
 use crate::error::{ApiFlavor, Error};
+use crate::executor::Executor;
 use crate::state::{AppState, RequestRecord};
 
 /// OpenAI's default `max_tokens` for legacy completions.
 const DEFAULT_COMPLETION_TOKENS: u32 = 16;
 /// Most alternatives per position the endpoint returns.
 const MAX_LOGPROBS: u32 = 20;
-
-/// The prompt as the client gave it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Prompt {
-    /// Text.
-    Text(String),
-    /// Token ids.
-    Tokens(Vec<u32>),
-}
 
 /// A decoded `/v1/completions` request.
 #[derive(Debug, Clone, PartialEq)]
@@ -74,199 +69,105 @@ fn bad(message: impl Into<String>, param: &str) -> Error {
     Error::invalid(message, Some(param))
 }
 
-fn opt_u32(obj: &Map<String, Value>, key: &str) -> Result<Option<u32>, Error> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .and_then(|n| u32::try_from(n).ok())
-            .map(Some)
-            .ok_or_else(|| {
-                bad(
-                    format!("invalid type for '{key}': expected a non-negative integer"),
-                    key,
-                )
-            }),
-    }
-}
-
-fn opt_f32(obj: &Map<String, Value>, key: &str) -> Result<Option<f32>, Error> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_f64()
-            .map(|f| Some(f as f32))
-            .ok_or_else(|| bad(format!("invalid type for '{key}': expected a number"), key)),
-    }
-}
-
-fn opt_bool(obj: &Map<String, Value>, key: &str) -> Result<bool, Error> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(false),
-        Some(Value::Bool(b)) => Ok(*b),
-        Some(_) => Err(bad(
-            format!("invalid type for '{key}': expected a boolean"),
-            key,
-        )),
-    }
-}
-
-/// Decodes a client's `/v1/completions` body.
+/// Decodes a client's `/v1/completions` body with the wire decoder, then applies what the
+/// gateway adds: the default `max_tokens`, the logprob limits and vLLM's token-id names.
 pub fn decode(bytes: &[u8]) -> Result<CompletionRequest, Error> {
-    let v: Value = serde_json::from_slice(bytes).map_err(|e| Error::InvalidRequest {
-        message: format!("invalid JSON: {e}"),
-        param: None,
-        code: Some("invalid_json"),
+    let wire = openai::decode_completion_request(bytes).map_err(|e| match e.code {
+        "unsupported_value" => Error::Unsupported {
+            message: e.message,
+            param: e.param.unwrap_or_default(),
+        },
+        _ => wire_error(e),
     })?;
-    let obj = v
-        .as_object()
-        .ok_or_else(|| Error::invalid("the body must be a JSON object", None))?;
-    let model = match obj.get("model") {
-        Some(Value::String(m)) if !m.is_empty() => m.clone(),
-        Some(_) => return Err(bad("invalid type for 'model': expected a string", "model")),
-        None => return Err(bad("missing required parameter: 'model'", "model")),
-    };
-    let prompt = match obj.get("prompt") {
-        Some(Value::String(s)) => Prompt::Text(s.clone()),
-        Some(Value::Array(items)) if items.len() == 1 && items[0].is_string() => {
-            Prompt::Text(items[0].as_str().unwrap_or_default().to_owned())
-        }
-        Some(Value::Array(items)) if items.len() == 1 && items[0].is_array() => {
-            token_ids(items[0].as_array())?
-        }
-        Some(Value::Array(items)) if items.iter().all(Value::is_number) && !items.is_empty() => {
-            token_ids(Some(items))?
-        }
-        Some(Value::Array(items)) if items.len() > 1 => {
-            return Err(Error::Unsupported {
-                message: "batched prompts are not supported; send one prompt".into(),
-                param: "prompt".into(),
-            });
-        }
-        Some(_) => {
-            return Err(bad(
-                "'prompt' must be a string, a list of one string, or a list of token ids",
-                "prompt",
-            ));
-        }
-        None => return Err(bad("missing required parameter: 'prompt'", "prompt")),
-    };
-    let n = opt_u32(obj, "n")?.unwrap_or(1);
-    if n != 1 {
-        return Err(Error::Unsupported {
-            message: format!("n = {n} is not supported; only n = 1"),
-            param: "n".into(),
-        });
+    if matches!(&wire.prompt, Prompt::Tokens(ids) if ids.is_empty()) {
+        return Err(bad("'prompt' must not be empty", "prompt"));
     }
-    if opt_u32(obj, "best_of")?.is_some_and(|b| b > 1) {
-        return Err(Error::Unsupported {
-            message: "best_of > 1 is not supported".into(),
-            param: "best_of".into(),
-        });
-    }
-    let stop = match obj.get("stop") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|s| {
-                s.as_str()
-                    .map(str::to_owned)
-                    .ok_or_else(|| bad("'stop' must be a string or a list of strings", "stop"))
-            })
-            .collect::<Result<_, _>>()?,
-        Some(_) => return Err(bad("'stop' must be a string or a list of strings", "stop")),
-    };
-    let suffix = match obj.get("suffix") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => {
-            return Err(bad(
-                "invalid type for 'suffix': expected a string",
-                "suffix",
-            ));
-        }
-    };
-    let include_usage = match obj.get("stream_options") {
-        Some(Value::Object(o)) => opt_bool(o, "include_usage")?,
-        _ => false,
-    };
-    let logprobs = opt_u32(obj, "logprobs")?;
-    let prompt_logprobs = opt_u32(obj, "prompt_logprobs")?;
-    for (key, value) in [("logprobs", logprobs), ("prompt_logprobs", prompt_logprobs)] {
+    for (key, value) in [
+        ("logprobs", wire.logprobs),
+        ("prompt_logprobs", wire.prompt_logprobs),
+    ] {
         if value.is_some_and(|k| k > MAX_LOGPROBS) {
             return Err(bad(format!("'{key}' must be at most {MAX_LOGPROBS}"), key));
         }
     }
+    let return_tokens_as_token_ids = match wire.extra.get("return_tokens_as_token_ids") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(bad(
+                "invalid type for 'return_tokens_as_token_ids': expected a boolean",
+                "return_tokens_as_token_ids",
+            ));
+        }
+    };
     Ok(CompletionRequest {
-        model,
-        prompt,
-        suffix,
-        max_tokens: opt_u32(obj, "max_tokens")?.unwrap_or(DEFAULT_COMPLETION_TOKENS),
-        temperature: opt_f32(obj, "temperature")?,
-        top_p: opt_f32(obj, "top_p")?,
-        top_k: match obj.get("top_k") {
-            // vLLM uses -1 for "off".
-            Some(Value::Number(n)) if n.as_i64() == Some(-1) => None,
-            _ => opt_u32(obj, "top_k")?,
-        },
-        seed: obj.get("seed").and_then(Value::as_u64),
-        stop,
-        stream: opt_bool(obj, "stream")?,
-        include_usage,
-        logprobs,
-        echo: opt_bool(obj, "echo")?,
-        prompt_logprobs,
-        return_tokens_as_token_ids: opt_bool(obj, "return_tokens_as_token_ids")?,
+        model: wire.model,
+        prompt: wire.prompt,
+        suffix: wire.suffix,
+        max_tokens: wire.max_tokens.unwrap_or(DEFAULT_COMPLETION_TOKENS),
+        temperature: wire.temperature,
+        top_p: wire.top_p,
+        top_k: wire.top_k,
+        seed: wire.seed,
+        stop: wire.stop,
+        stream: wire.stream,
+        include_usage: wire.include_usage,
+        logprobs: wire.logprobs,
+        echo: wire.echo,
+        prompt_logprobs: wire.prompt_logprobs,
+        return_tokens_as_token_ids,
     })
 }
 
-fn token_ids(items: Option<&Vec<Value>>) -> Result<Prompt, Error> {
-    let items = items.ok_or_else(|| bad("'prompt' must be a list of token ids", "prompt"))?;
-    if items.is_empty() {
-        return Err(bad("'prompt' must not be empty", "prompt"));
-    }
-    items
-        .iter()
-        .map(|t| {
-            t.as_u64()
-                .and_then(|n| u32::try_from(n).ok())
-                .ok_or_else(|| bad("'prompt' token ids must be non-negative integers", "prompt"))
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map(Prompt::Tokens)
-}
-
-/// `POST /v1/completions`.
+/// `POST /v1/completions`: the route's backends in order. The local model answers itself; a cloud
+/// backend speaking OpenAI's API gets the client's body as it is (model mapped); backends without
+/// the legacy API are skipped, and a retryable failure moves on when the route allows fallback.
 pub async fn completions(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let id = request_id(&parts);
     let result = async {
         let bytes = read_body(&parts, body).await?;
         let request = decode(&bytes)?;
-        let (executors, _) = route_for(&state, &request.model)?;
-        let local = executors
-            .iter()
-            .find(|e| e.kind() == BackendKind::Local)
-            .ok_or_else(|| Error::Unsupported {
-                message: format!(
-                    "model `{}` has no local backend; /v1/completions is served by the local model",
-                    request.model
-                ),
-                param: "model".into(),
-            })?;
-        let backend = local.backend().to_owned();
-        let engine = state
-            .local
-            .as_ref()
-            .ok_or_else(|| Error::NotReady("no local model configured".into()))?
-            .engine()?;
-        let route = RouteInfo {
-            explanation: format!("{backend}; route {}", request.model),
-            backend,
-        };
-        let response = run(&state, engine, request.clone(), &route).await?;
-        Ok::<_, Error>((response, route, request.model))
+        let (executors, fallback) = route_for(&state, &request.model)?;
+        let count = executors.len();
+        let mut reason = format!("route {}", request.model);
+        let mut skipped = Vec::new();
+        let mut last_error = None;
+        for (i, executor) in executors.into_iter().enumerate() {
+            let backend = executor.backend().to_owned();
+            let answer = if executor.kind() == BackendKind::Local {
+                run_local(&state, request.clone(), &backend).await
+            } else {
+                run_cloud(&state, executor.as_ref(), &bytes, &request).await
+            };
+            match answer {
+                Ok(response) => {
+                    let route = RouteInfo {
+                        explanation: format!("{backend}; {reason}"),
+                        backend,
+                    };
+                    return Ok((response, route, request.model));
+                }
+                // A cloud backend without the legacy API: the next one may have it.
+                Err(Error::Unsupported { .. }) if executor.kind() != BackendKind::Local => {
+                    skipped.push(backend);
+                }
+                Err(e) if fallback && e.retryable() && i + 1 < count => {
+                    tracing::warn!(backend = %backend, error = %e, "backend failed, trying the next one");
+                    reason = format!("{reason}; fallback after {backend} failed ({})", e.metric_label());
+                    last_error = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| Error::Unsupported {
+            message: format!(
+                "model `{}` has no backend that serves /v1/completions ({} cannot)",
+                request.model,
+                skipped.join(", ")
+            ),
+            param: "model".into(),
+        }))
     }
     .await;
     match result {
@@ -282,6 +183,49 @@ pub async fn completions(State(state): State<Arc<AppState>>, request: Request) -
             response
         }
         Err(e) => e.into_response_for(ApiFlavor::OpenAi),
+    }
+}
+
+/// Answers on the in-process model.
+async fn run_local(
+    state: &Arc<AppState>,
+    request: CompletionRequest,
+    backend: &str,
+) -> Result<Response, Error> {
+    let engine = state
+        .local
+        .as_ref()
+        .ok_or_else(|| Error::NotReady("no local model configured".into()))?
+        .engine()?;
+    run(state, engine, request, backend).await
+}
+
+/// Forwards the client's body to a cloud backend and encodes its answer as `text_completion`.
+async fn run_cloud(
+    state: &Arc<AppState>,
+    executor: &dyn Executor,
+    bytes: &[u8],
+    request: &CompletionRequest,
+) -> Result<Response, Error> {
+    let body = match serde_json::from_slice(bytes) {
+        Ok(Value::Object(body)) => body,
+        _ => return Err(Error::invalid("the body must be a JSON object", None)),
+    };
+    let backend = executor.backend().to_owned();
+    if request.stream {
+        let events = executor.completions_stream(body).await?;
+        let encoder = Encoder::Completion(CompletionChunkEncoder::new(request.include_usage));
+        let body = encoded_sse_body(state.clone(), events, encoder, backend);
+        Ok(sse_response(body))
+    } else {
+        let answer = executor.completions(body).await?;
+        record_usage(state, &backend, &answer.usage);
+        let mut response = Response::new(Body::from(encode_completion_response(&answer, None)));
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        Ok(response)
     }
 }
 
@@ -406,7 +350,7 @@ async fn run(
     state: &Arc<AppState>,
     engine: Engine,
     request: CompletionRequest,
-    route: &RouteInfo,
+    backend: &str,
 ) -> Result<Response, Error> {
     let tokens = prompt_tokens(&engine, &request)?;
     let id = format!("cmpl-{}", uuid::Uuid::new_v4().simple());
@@ -455,7 +399,7 @@ async fn run(
             created,
             request,
             echo_text,
-            route.backend.clone(),
+            backend.to_owned(),
         ));
     }
 
@@ -544,7 +488,7 @@ async fn run(
             }
         }
     }
-    record_usage(state, &route.backend, &usage);
+    record_usage(state, backend, &usage);
     let mut choice = json!({
         "index": 0,
         "text": text,

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use super::{json_response, read_body};
 use crate::error::{ApiFlavor, Error};
 use crate::state::{AppState, Feedback};
+use tandem_router_policy::Feedback as PolicyFeedback;
 
 /// `GET /v1/models`: every routed model id, with the first backend as owner.
 pub async fn models(State(state): State<Arc<AppState>>) -> Response {
@@ -53,14 +54,39 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     response
 }
 
-/// `POST /v1/feedback`: `{"request_id", "score" | "thumbs": "up"|"down", "correct"?}`.
+/// `POST /v1/feedback`: `{"request_id", "score"?, "thumbs": "up"|"down"?, "thumbs_up"?,
+/// "correct"?, "retried"?, "escalated"?}`. Requests the routing policy decided teach its bandit;
+/// others go to the feedback sink. An unknown id is a 404, a malformed body a 400.
 pub async fn feedback(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let result = async {
         let bytes = read_body(&parts, body).await?;
         let feedback = parse_feedback(&bytes)?;
-        let record = state.requests.get(&feedback.request_id).ok_or_else(|| Error::UnknownRequestId(feedback.request_id.clone()))?;
-        state.feedback.apply(&record, &feedback);
+        if let Some(policy) = &state.policy {
+            match policy.router.apply_feedback(&feedback) {
+                Ok(outcome) => {
+                    policy.note_update();
+                    return Ok(json!({"status": "accepted", "request_id": feedback.request_id,
+                                     "backend": outcome.backend, "reward": outcome.reward}));
+                }
+                Err(tandem_router_policy::Error::UnknownRequest(_)) => {}
+                Err(e) if e.is_client_error() => return Err(Error::invalid(e.to_string(), None)),
+                Err(e) => return Err(Error::Internal(e.to_string())),
+            }
+        }
+        let record = state
+            .requests
+            .get(&feedback.request_id)
+            .ok_or_else(|| Error::UnknownRequestId(feedback.request_id.clone()))?;
+        let score = sink_score(&feedback)?;
+        state.feedback.apply(
+            &record,
+            &Feedback {
+                request_id: feedback.request_id.clone(),
+                score,
+                correct: feedback.correct,
+            },
+        );
         Ok::<_, Error>(json!({"status": "accepted", "request_id": feedback.request_id, "backend": record.backend}))
     }
     .await;
@@ -70,7 +96,27 @@ pub async fn feedback(State(state): State<Arc<AppState>>, request: Request) -> R
     }
 }
 
-fn parse_feedback(bytes: &[u8]) -> Result<Feedback, Error> {
+/// One score in [0, 1] for the feedback sink.
+fn sink_score(f: &PolicyFeedback) -> Result<f64, Error> {
+    if let Some(s) = f.score {
+        return Ok(f64::from(s));
+    }
+    if let Some(up) = f.thumbs_up {
+        return Ok(if up { 1.0 } else { 0.0 });
+    }
+    if let Some(ok) = f.correct {
+        return Ok(if ok { 1.0 } else { 0.0 });
+    }
+    if f.retried || f.escalated {
+        return Ok(0.0);
+    }
+    Err(Error::invalid(
+        "one of 'score', 'thumbs', 'correct', 'retried' or 'escalated' is required",
+        Some("score"),
+    ))
+}
+
+fn parse_feedback(bytes: &[u8]) -> Result<PolicyFeedback, Error> {
     let v: Value = serde_json::from_slice(bytes).map_err(|e| Error::InvalidRequest {
         message: format!("invalid JSON: {e}"),
         param: None,
@@ -79,6 +125,21 @@ fn parse_feedback(bytes: &[u8]) -> Result<Feedback, Error> {
     let obj = v
         .as_object()
         .ok_or_else(|| Error::invalid("the body must be a JSON object", None))?;
+    const KNOWN: [&str; 7] = [
+        "request_id",
+        "score",
+        "thumbs",
+        "thumbs_up",
+        "correct",
+        "retried",
+        "escalated",
+    ];
+    if let Some(k) = obj.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        return Err(Error::invalid(
+            format!("unknown parameter '{k}'"),
+            Some(k.as_str()),
+        ));
+    }
     let request_id = match obj.get("request_id") {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
         Some(_) => {
@@ -94,9 +155,10 @@ fn parse_feedback(bytes: &[u8]) -> Result<Feedback, Error> {
             ));
         }
     };
-    let score = match (obj.get("score"), obj.get("thumbs")) {
-        (Some(Value::Number(n)), _) => match n.as_f64() {
-            Some(s) if (0.0..=1.0).contains(&s) => s,
+    let score = match obj.get("score") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(s) if (0.0..=1.0).contains(&s) => Some(s as f32),
             _ => {
                 return Err(Error::invalid(
                     "'score' must be a number between 0 and 1",
@@ -104,42 +166,58 @@ fn parse_feedback(bytes: &[u8]) -> Result<Feedback, Error> {
                 ));
             }
         },
-        (Some(_), _) => {
+        Some(_) => {
             return Err(Error::invalid(
                 "'score' must be a number between 0 and 1",
                 Some("score"),
             ));
         }
-        (None, Some(Value::String(t))) if t == "up" => 1.0,
-        (None, Some(Value::String(t))) if t == "down" => 0.0,
-        (None, Some(_)) => {
+    };
+    let thumbs_up = match (obj.get("thumbs"), obj.get("thumbs_up")) {
+        (Some(Value::String(t)), None) if t == "up" => Some(true),
+        (Some(Value::String(t)), None) if t == "down" => Some(false),
+        (None, Some(Value::Bool(b))) => Some(*b),
+        (None | Some(Value::Null), None | Some(Value::Null)) => None,
+        (Some(_), None) => {
             return Err(Error::invalid(
                 "'thumbs' must be \"up\" or \"down\"",
                 Some("thumbs"),
             ));
         }
-        (None, None) => {
+        (None, Some(_)) => {
             return Err(Error::invalid(
-                "one of 'score' or 'thumbs' is required",
-                Some("score"),
+                "'thumbs_up' must be a boolean",
+                Some("thumbs_up"),
+            ));
+        }
+        (Some(_), Some(_)) => {
+            return Err(Error::invalid(
+                "give 'thumbs' or 'thumbs_up', not both",
+                Some("thumbs"),
             ));
         }
     };
-    let correct = match obj.get("correct") {
-        None | Some(Value::Null) => None,
-        Some(Value::Bool(b)) => Some(*b),
-        Some(_) => {
-            return Err(Error::invalid(
-                "'correct' must be a boolean",
-                Some("correct"),
-            ));
+    let flag = |key: &str| -> Result<Option<bool>, Error> {
+        match obj.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(_) => Err(Error::invalid(
+                format!("'{key}' must be a boolean"),
+                Some(key),
+            )),
         }
     };
-    Ok(Feedback {
+    let feedback = PolicyFeedback {
         request_id,
         score,
-        correct,
-    })
+        thumbs_up,
+        correct: flag("correct")?,
+        retried: flag("retried")?.unwrap_or(false),
+        escalated: flag("escalated")?.unwrap_or(false),
+    };
+    // At least one signal.
+    sink_score(&feedback)?;
+    Ok(feedback)
 }
 
 /// Any other path: an OpenAI-shaped 404.
@@ -157,11 +235,17 @@ mod tests {
         assert_eq!(
             parse_feedback(br#"{"request_id":"a","thumbs":"up"}"#)
                 .unwrap()
-                .score,
-            1.0
+                .thumbs_up,
+            Some(true)
         );
         let f = parse_feedback(br#"{"request_id":"a","score":0.25,"correct":false}"#).unwrap();
-        assert_eq!((f.score, f.correct), (0.25, Some(false)));
+        assert_eq!((f.score, f.correct), (Some(0.25), Some(false)));
+        assert!(
+            parse_feedback(br#"{"request_id":"a","retried":true}"#)
+                .unwrap()
+                .retried
+        );
+        assert!(parse_feedback(br#"{"request_id":"a","score":1,"extra":1}"#).is_err());
         assert!(parse_feedback(b"{").is_err());
         assert!(parse_feedback(br#"{"request_id":"a","score":3}"#).is_err());
         assert!(parse_feedback(br#"{"request_id":"a"}"#).is_err());

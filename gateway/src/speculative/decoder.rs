@@ -8,6 +8,8 @@
 //! the policy finds that plain streaming from the target is faster (high round trip, low
 //! acceptance), the rest of the answer is streamed plainly.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -58,6 +60,16 @@ pub struct SpecOptions {
     pub seed: u64,
     /// Accept distributions truncated to the returned top-k (not lossless) instead of failing.
     pub allow_truncated: bool,
+    /// Set when the client went away: the loop stops after the current round.
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
+impl SpecOptions {
+    fn cancelled(&self) -> bool {
+        self.cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
+    }
 }
 
 impl SpecOptions {
@@ -73,6 +85,7 @@ impl SpecOptions {
             sampling: SamplingParams::GREEDY,
             seed: 0,
             allow_truncated: false,
+            cancel: None,
         }
     }
 }
@@ -185,7 +198,7 @@ pub async fn run(
     let mut context = prompt.to_vec();
     let mut uniforms = Uniforms(opts.seed ^ 0x5EED);
     let mut ready_draft: Option<Vec<u32>> = None;
-    while report.tokens.len() < opts.max_tokens && report.finish.is_none() {
+    while report.tokens.len() < opts.max_tokens && report.finish.is_none() && !opts.cancelled() {
         let remaining = opts.max_tokens - report.tokens.len();
         let mut k = policy.choose(remaining);
         if k == 0 {
@@ -338,7 +351,7 @@ async fn stream_plainly(
         report.target_output_tokens += 1;
         let mut block = vec![token];
         commit(&mut block, context, opts, report, on_tokens);
-        if report.finish.is_some() {
+        if report.finish.is_some() || opts.cancelled() {
             break;
         }
     }

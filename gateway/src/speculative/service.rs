@@ -29,6 +29,9 @@ use tandem_cloud_adapters::verify::{Verifier, VerifyProtocol, VerifyRequest, Ver
 use tandem_local_model::{Engine, GenerateEvent, GenerateRequest, SamplingParams, SessionId};
 
 use super::decoder::PlainStreamer;
+use super::delay::DelayLayer;
+use crate::config::VerifyEndpoints;
+use crate::executor::local::LocalModel;
 
 /// The path of the plain token stream.
 pub const GENERATE_PATH: &str = "/v1/tandem/generate";
@@ -44,13 +47,13 @@ struct SessionEntry {
 /// How the target scores a block of new tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ScoringMode {
-    /// One token per forward pass, exactly as plain decoding computes them. Use it when the
-    /// engine's kernels round differently for one row than for several (output then stays
-    /// bit-identical to the engine's own greedy decoding); costs one pass per token.
-    #[default]
+    /// One token per forward pass, exactly as plain decoding computes them: for engines whose
+    /// kernels round differently for one row than for several; costs one pass per token.
     Stepwise,
-    /// One forward pass over the whole block: the cheap form, identical to plain decoding only
-    /// when the engine's kernels are batch-invariant.
+    /// One forward pass over the whole block (the default): identical to plain decoding because
+    /// the engine's forward is batch-invariant (a row's logits do not depend on how many rows
+    /// share the pass).
+    #[default]
     Batched,
 }
 
@@ -79,6 +82,8 @@ pub enum VerifyFailure {
     SessionMismatch(String),
     /// The engine failed (500).
     Engine(String),
+    /// The model is not loaded (yet) (503).
+    NotReady(String),
 }
 
 impl IntoResponse for VerifyFailure {
@@ -92,6 +97,7 @@ impl IntoResponse for VerifyFailure {
                 m,
             ),
             Self::Engine(m) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", None, m),
+            Self::NotReady(m) => (StatusCode::SERVICE_UNAVAILABLE, "server_error", None, m),
         };
         let body =
             json!({"error": {"message": message, "type": kind, "param": null, "code": code}});
@@ -532,11 +538,77 @@ pub fn router(state: Arc<VerifyState>) -> axum::Router {
         .with_state(state)
 }
 
+/// The verify endpoints of a gateway whose local model may still be loading: the sessions are
+/// created over the engine once it is ready.
+struct LazyVerify {
+    model: Arc<LocalModel>,
+    endpoints: VerifyEndpoints,
+    state: std::sync::OnceLock<Arc<VerifyState>>,
+}
+
+impl LazyVerify {
+    fn state(&self) -> Result<Arc<VerifyState>, VerifyFailure> {
+        if let Some(s) = self.state.get() {
+            return Ok(s.clone());
+        }
+        let engine = self
+            .model
+            .engine()
+            .map_err(|e| VerifyFailure::NotReady(e.to_string()))?;
+        Ok(self
+            .state
+            .get_or_init(|| {
+                Arc::new(
+                    VerifyState::new(engine, self.endpoints.sessions)
+                        .with_mode(self.endpoints.scoring),
+                )
+            })
+            .clone())
+    }
+}
+
+async fn lazy_verify_handler(
+    State(lazy): State<Arc<LazyVerify>>,
+    Json(req): Json<TandemVerifyRequest>,
+) -> Result<Json<TandemVerifyResponse>, VerifyFailure> {
+    verify_handler(State(lazy.state()?), Json(req)).await
+}
+
+async fn lazy_generate_handler(
+    State(lazy): State<Arc<LazyVerify>>,
+    Json(body): Json<GenerateBody>,
+) -> Result<Sse<EventStream>, VerifyFailure> {
+    generate_handler(State(lazy.state()?), Json(body)).await
+}
+
+/// The target side mounted on a gateway: `/v1/tandem/verify` and `/v1/tandem/generate` over the
+/// gateway's local model, behind the delay emulation when `endpoints.delay` is set. Empty when
+/// the endpoints are switched off.
+pub fn gateway_routes(model: Arc<LocalModel>, endpoints: &VerifyEndpoints) -> axum::Router {
+    if !endpoints.enabled {
+        return axum::Router::new();
+    }
+    let lazy = Arc::new(LazyVerify {
+        model,
+        endpoints: endpoints.clone(),
+        state: std::sync::OnceLock::new(),
+    });
+    let routes = axum::Router::new()
+        .route(VERIFY_PATH, post(lazy_verify_handler))
+        .route(GENERATE_PATH, post(lazy_generate_handler))
+        .with_state(lazy);
+    match endpoints.delay {
+        Some(delay) => routes.layer(DelayLayer::new(delay)),
+        None => routes,
+    }
+}
+
 /// The client of `/v1/tandem/generate`: plain streaming from a Tandem target.
 #[derive(Debug, Clone)]
 pub struct TandemStreamer {
     name: String,
     base_url: String,
+    api_key: Option<String>,
     client: reqwest::Client,
 }
 
@@ -550,8 +622,15 @@ impl TandemStreamer {
         Self {
             name: name.into(),
             base_url: base_url.into(),
+            api_key: None,
             client,
         }
+    }
+
+    /// The same streamer sending `key` as a bearer token.
+    pub fn with_api_key(mut self, key: Option<String>) -> Self {
+        self.api_key = key;
+        self
     }
 }
 
@@ -565,9 +644,11 @@ impl PlainStreamer for TandemStreamer {
     ) -> Result<BoxStream<'static, Result<u32, ProviderError>>, ProviderError> {
         let url = format!("{}{GENERATE_PATH}", self.base_url.trim_end_matches('/'));
         let name = self.name.clone();
-        let resp = self
-            .client
-            .post(url)
+        let mut request = self.client.post(url);
+        if let Some(key) = &self.api_key {
+            request = request.bearer_auth(key);
+        }
+        let resp = request
             .json(&GenerateBody {
                 tokens: context.to_vec(),
                 max_tokens,

@@ -1,0 +1,100 @@
+//! The JSONL decision log: requests hand lines to a writer thread over a bounded channel, so a
+//! request never waits on file IO; when the channel is full the line is dropped and counted.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+
+/// A handle to the writer thread. Dropping every handle ends the thread after the queue drains.
+#[derive(Debug, Clone)]
+pub struct DecisionLog {
+    tx: SyncSender<String>,
+    dropped: Arc<AtomicU64>,
+    path: PathBuf,
+}
+
+impl DecisionLog {
+    /// Opens (appends to) `path` and starts the writer thread with room for `queue` lines.
+    pub fn open(path: &Path, queue: usize) -> std::io::Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        let (tx, rx) = sync_channel(queue.max(1));
+        std::thread::Builder::new()
+            .name("tandem-decision-log".into())
+            .spawn(move || write_lines(file, rx))?;
+        Ok(Self {
+            tx,
+            dropped: Arc::new(AtomicU64::new(0)),
+            path: path.to_owned(),
+        })
+    }
+
+    /// Queues one line (without its newline); false when it was dropped (queue full or writer
+    /// gone).
+    pub fn append(&self, line: String) -> bool {
+        match self.tx.try_send(line) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    /// Lines dropped so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// The file written to.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Writes lines as they come and flushes whenever the queue is empty, so readers see every
+/// decision soon after it was made.
+fn write_lines(file: std::fs::File, rx: Receiver<String>) {
+    let mut out = std::io::BufWriter::new(file);
+    while let Ok(line) = rx.recv() {
+        let mut result = writeln!(out, "{line}");
+        while let Ok(more) = rx.try_recv() {
+            result = result.and_then(|()| writeln!(out, "{more}"));
+        }
+        if let Err(e) = result.and_then(|()| out.flush()) {
+            tracing::warn!(error = %e, "writing the decision log failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_reach_the_file_and_overflow_is_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d/decisions.jsonl");
+        let log = DecisionLog::open(&path, 1024).unwrap();
+        for i in 0..10 {
+            assert!(log.append(format!("{{\"i\":{i}}}")));
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            if text.lines().count() == 10 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{text}");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(log.dropped(), 0);
+    }
+}

@@ -1,0 +1,531 @@
+//! The learned routing policy in the gateway: request hints from headers, features (cheap ones
+//! plus the prompt embedding when the encoder is loaded), live backend state, the decision, its
+//! log, feedback and the bandit state's persistence.
+
+pub mod cascade;
+pub mod log;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use http::HeaderMap;
+use tandem_cloud_adapters::{ChatRequest, ContentPart, Role};
+use tandem_router_policy::{
+    BackendCandidate, BackendProfile, BackendState, BanditStore, Choice, Decision, Encoder,
+    FileBanditStore, Placement, Price, RequestFeatures, RouteRules, Router,
+};
+
+use crate::config::{BackendKind, Config, RouteConfig, RouterSettings, hash_api_key};
+use crate::error::Error;
+use crate::redis_store::RedisBanditStore;
+
+pub use log::DecisionLog;
+
+/// Header forcing a placement for one request.
+pub const PLACEMENT_HEADER: &str = "x-tandem-placement";
+/// Header setting a latency SLO for one request, in ms.
+pub const LATENCY_SLO_HEADER: &str = "x-tandem-latency-slo-ms";
+
+/// What a request says about its own routing, from its headers.
+#[derive(Debug, Clone, Default)]
+pub struct RequestHints {
+    /// The request id (for `remember` and the decision log).
+    pub request_id: Arc<str>,
+    /// `x-tandem-placement`.
+    pub placement: Option<Placement>,
+    /// `x-tandem-latency-slo-ms`.
+    pub latency_slo_ms: Option<f64>,
+    /// sha256 hex digest of the API key the request carried.
+    pub key_hash: Option<String>,
+}
+
+impl RequestHints {
+    /// Reads the routing headers; a malformed value is a 400 naming the header.
+    pub fn from_headers(request_id: Arc<str>, headers: &HeaderMap) -> Result<Self, Error> {
+        let text = |name: &str| -> Result<Option<String>, Error> {
+            match headers.get(name) {
+                None => Ok(None),
+                Some(v) => v
+                    .to_str()
+                    .map(|s| Some(s.trim().to_ascii_lowercase()))
+                    .map_err(|_| bad_header(name, "is not ASCII text")),
+            }
+        };
+        let placement = match text(PLACEMENT_HEADER)?.as_deref() {
+            None => None,
+            Some("local-only") => Some(Placement::LocalOnly),
+            Some("cloud-only") => Some(Placement::CloudOnly),
+            Some(other) => {
+                return Err(bad_header(
+                    PLACEMENT_HEADER,
+                    &format!("`{other}` is not a placement (expected local-only or cloud-only)"),
+                ));
+            }
+        };
+        let latency_slo_ms = match text(LATENCY_SLO_HEADER)? {
+            None => None,
+            Some(v) => match v.parse::<f64>() {
+                Ok(ms) if ms.is_finite() && ms > 0.0 => Some(ms),
+                _ => {
+                    return Err(bad_header(
+                        LATENCY_SLO_HEADER,
+                        &format!("`{v}` is not a positive number of milliseconds"),
+                    ));
+                }
+            },
+        };
+        let key = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or(v.strip_prefix("bearer ")))
+            .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
+            .map(|k| hash_api_key(k.trim()));
+        Ok(Self {
+            request_id,
+            placement,
+            latency_slo_ms,
+            key_hash: key,
+        })
+    }
+}
+
+fn bad_header(name: &str, why: &str) -> Error {
+    Error::InvalidRequest {
+        message: format!("invalid {name} header: {why}"),
+        param: Some(name.to_owned()),
+        code: Some("invalid_header"),
+    }
+}
+
+/// Labels of the decisions counter: the choice's kind only (low cardinality).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// `local`, `cloud`, `cascade`, `speculative` or `reject`.
+    pub choice: &'static str,
+}
+
+/// One backend's live state: the policy's EWMAs and the gateway's count of requests on it.
+#[derive(Debug)]
+pub struct LiveBackend {
+    /// EWMAs of TTFT, inter-token latency and errors.
+    pub state: BackendState,
+    in_flight: AtomicU32,
+}
+
+/// Counts a request on a backend until dropped.
+#[derive(Debug)]
+pub struct InFlight(Arc<LiveBackend>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl LiveBackend {
+    /// Counts one more request until the guard drops.
+    pub fn enter(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// The snapshot the policy decides on.
+    pub fn snapshot(&self) -> BackendCandidate {
+        let mut c = self.state.snapshot();
+        c.queue_depth = self.in_flight.load(Ordering::Relaxed);
+        c
+    }
+}
+
+/// What the policy decided for one request, with the route's backends to run in order.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    /// The decision.
+    pub decision: Decision,
+    /// Backend names: the chosen one first, then the other allowed ones (fallback).
+    pub order: Vec<String>,
+}
+
+/// The learned policy and everything around it.
+pub struct Policy {
+    /// The router.
+    pub router: Arc<Router>,
+    settings: RouterSettings,
+    encoder: Arc<OnceLock<Arc<Encoder>>>,
+    backends: BTreeMap<String, Arc<LiveBackend>>,
+    log: Option<DecisionLog>,
+    file_store: Option<FileBanditStore>,
+    redis_store: Option<RedisBanditStore>,
+    /// Feedback applied since start (persistence saves when it moved).
+    updates: AtomicU64,
+    saved_updates: AtomicU64,
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("backends", &self.backends.keys().collect::<Vec<_>>())
+            .field("encoder", &self.encoder.get().is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Policy {
+    /// Loads the quality model, restores the bandit (Redis first, then the file), opens the
+    /// decision log and starts loading the encoder in the background.
+    pub fn new(config: &Config) -> Result<Self, Error> {
+        let settings = config.router.clone();
+        let mut router = match &settings.model_path {
+            Some(path) => Router::load(path, settings.policy.clone()),
+            None => Router::load_default(settings.policy.clone()),
+        }
+        .map_err(|e| Error::Internal(format!("router model: {e}")))?;
+        let file_store = settings.bandit_path.clone().map(FileBanditStore::new);
+        let redis_store = match &config.redis_url {
+            Some(url) => Some(
+                RedisBanditStore::new(url, &settings.redis_prefix)
+                    .map_err(|e| Error::Internal(format!("redis bandit store: {e}")))?,
+            ),
+            None => None,
+        };
+        let mut restored = false;
+        if let Some(store) = &redis_store {
+            match store.load() {
+                Ok(Some(_)) => {
+                    restored = router.restore_bandit(store).is_ok();
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot restore the bandit from redis"),
+            }
+        }
+        if !restored
+            && let Some(store) = &file_store
+            && let Err(e) = router.restore_bandit(store)
+        {
+            tracing::warn!(error = %e, "cannot restore the bandit from its file; starting fresh");
+        }
+        let log = match &settings.decision_log {
+            Some(path) => Some(
+                DecisionLog::open(path, settings.decision_log_queue).map_err(|e| {
+                    Error::Internal(format!("decision log {}: {e}", path.display()))
+                })?,
+            ),
+            None => None,
+        };
+        let backends = config
+            .backends
+            .values()
+            .map(|b| {
+                let profile = BackendProfile {
+                    name: b.name.clone(),
+                    kind: match b.kind {
+                        BackendKind::Local => tandem_router_policy::BackendKind::Local,
+                        _ => tandem_router_policy::BackendKind::Cloud,
+                    },
+                    strength: b.profile.strength,
+                    price: Price {
+                        input_per_mtok: b.price.input,
+                        output_per_mtok: b.price.output,
+                        cached_input_per_mtok: b.price.cached_input,
+                    },
+                    serial: b.kind == BackendKind::Local,
+                    verifies_drafts: false,
+                    drafts: false,
+                    prior_ttft_ms: b.profile.prior_ttft_ms,
+                    prior_itl_ms: b.profile.prior_itl_ms,
+                };
+                let live = LiveBackend {
+                    state: BackendState::new(profile, 0.2),
+                    in_flight: AtomicU32::new(0),
+                };
+                (b.name.clone(), Arc::new(live))
+            })
+            .collect();
+        let encoder = Arc::new(OnceLock::new());
+        let uses_policy = config
+            .routes
+            .values()
+            .any(|r| r.policy == crate::config::RoutePolicy::Learned);
+        if settings.encoder && uses_policy {
+            let root = config
+                .cache_dir
+                .clone()
+                .unwrap_or_else(tandem_router_policy::encoder::default_cache_root);
+            load_encoder_in_background(encoder.clone(), root);
+        }
+        Ok(Self {
+            router: Arc::new(router),
+            settings,
+            encoder,
+            backends,
+            log,
+            file_store,
+            redis_store,
+            updates: AtomicU64::new(0),
+            saved_updates: AtomicU64::new(0),
+        })
+    }
+
+    /// The settings it runs with.
+    pub fn settings(&self) -> &RouterSettings {
+        &self.settings
+    }
+
+    /// A backend's live state.
+    pub fn backend(&self, name: &str) -> Option<&Arc<LiveBackend>> {
+        self.backends.get(name)
+    }
+
+    /// The decision log, when one is configured.
+    pub fn decision_log(&self) -> Option<&DecisionLog> {
+        self.log.as_ref()
+    }
+
+    /// Whether the prompt encoder is loaded.
+    pub fn has_encoder(&self) -> bool {
+        self.encoder.get().is_some()
+    }
+
+    /// Features of a request: cheap ones always, the embedding when the encoder is loaded and
+    /// answers within the configured wait (it runs on the blocking pool, and its LRU keeps the
+    /// result for next time either way).
+    pub async fn features(&self, request: &ChatRequest) -> RequestFeatures {
+        let prompt = last_user_text(request);
+        let embedding = match self.encoder.get() {
+            Some(encoder) => match encoder.cached(&prompt) {
+                Some(e) => Some(e),
+                None => {
+                    let encoder = encoder.clone();
+                    let text = prompt.clone();
+                    let job = tokio::task::spawn_blocking(move || encoder.embed(&text));
+                    match tokio::time::timeout(self.settings.embed_timeout, job).await {
+                        Ok(Ok(Ok(e))) => Some(e),
+                        Ok(Ok(Err(e))) => {
+                            tracing::debug!(error = %e, "embedding failed; cheap features only");
+                            None
+                        }
+                        _ => None,
+                    }
+                }
+            },
+            None => None,
+        };
+        let mut f = RequestFeatures::from_prompt(&prompt, embedding);
+        f.cheap = f.cheap.clone().with_request(
+            request.messages.len(),
+            request.max_tokens,
+            !request.tools.is_empty(),
+        );
+        let all_chars: usize = request
+            .messages
+            .iter()
+            .flat_map(|m| m.content.iter())
+            .map(|p| match p {
+                ContentPart::Text { text } => text.chars().count(),
+                _ => 0,
+            })
+            .sum();
+        f.input_tokens = (all_chars as u32 / 4).max(1);
+        f.expected_output_tokens = request.max_tokens.unwrap_or(256).clamp(1, 4096);
+        f
+    }
+
+    /// The hard rules for one request: route, then API key, then header (local-only wins over
+    /// cloud-only wherever it comes from; the tightest SLO wins).
+    pub fn rules(&self, model: &str, route: &RouteConfig, hints: &RequestHints) -> RouteRules {
+        let mut rules = RouteRules {
+            weights: route.rules.weights,
+            target_cloud_share: route.rules.target_cloud_share,
+            latency_slo_ms: route.rules.latency_slo_ms,
+            ..RouteRules::default()
+        };
+        if let Some(p) = route.rules.placement {
+            rules = rules.with_placement(p, format!("route:{model}"));
+        }
+        if let Some(key) = hints
+            .key_hash
+            .as_ref()
+            .and_then(|h| self.settings.keys.get(h))
+        {
+            if let Some(p) = key.placement {
+                rules = rules.with_placement(p, "key");
+            }
+            rules.weights = key.weights.or(rules.weights);
+            rules.target_cloud_share = key.target_cloud_share.or(rules.target_cloud_share);
+            rules.latency_slo_ms = min_slo(rules.latency_slo_ms, key.latency_slo_ms);
+        }
+        if let Some(p) = hints.placement {
+            rules = rules.with_placement(p, "header");
+        }
+        rules.latency_slo_ms = min_slo(rules.latency_slo_ms, hints.latency_slo_ms);
+        rules
+    }
+
+    /// Decides for one request on a learned route. `local_ready` says whether the local model
+    /// can serve now (an unready one is left out like an unhealthy backend).
+    pub async fn plan(
+        &self,
+        model: &str,
+        route: &RouteConfig,
+        request: &ChatRequest,
+        hints: &RequestHints,
+        local_ready: bool,
+    ) -> Planned {
+        let features = self.features(request).await;
+        let rules = self.rules(model, route, hints);
+        let candidates: Vec<BackendCandidate> = route
+            .backends
+            .iter()
+            .filter_map(|name| {
+                let mut c = self.backends.get(name)?.snapshot();
+                if c.profile.kind == tandem_router_policy::BackendKind::Local && !local_ready {
+                    c.healthy = false;
+                }
+                Some(c)
+            })
+            .collect();
+        let mut decision = self.router.decide(&features, &candidates, &rules);
+        if let (Choice::Cascade { threshold, .. }, Some(t)) =
+            (&mut decision.choice, route.cascade_threshold)
+        {
+            *threshold = t;
+            decision.explanation.choice = decision.choice.compact();
+        }
+        let excluded: Vec<&str> = decision
+            .explanation
+            .excluded
+            .iter()
+            .filter_map(|e| e.split(':').next())
+            .collect();
+        let first: Vec<String> = match &decision.choice {
+            Choice::Local { backend } | Choice::Cloud { backend } => vec![backend.clone()],
+            Choice::Cascade { local, cloud, .. } => vec![local.clone(), cloud.clone()],
+            Choice::Speculative { target, .. } => vec![target.clone()],
+            Choice::Reject => Vec::new(),
+        };
+        let mut order = first.clone();
+        if !first.is_empty() {
+            for b in &route.backends {
+                if !order.contains(b) && !excluded.contains(&b.as_str()) {
+                    order.push(b.clone());
+                }
+            }
+        }
+        self.router.remember(&hints.request_id, &decision);
+        Planned { decision, order }
+    }
+
+    /// Appends a decision and its outcome to the decision log (never waits).
+    pub fn log(&self, request_id: &str, decision: &Decision, outcome: serde_json::Value) {
+        let Some(log) = &self.log else { return };
+        let mut line: serde_json::Value =
+            serde_json::from_str(&decision.log_line(request_id)).unwrap_or_default();
+        if let (Some(obj), serde_json::Value::Object(extra)) = (line.as_object_mut(), outcome) {
+            obj.insert("ts".into(), tandem_cloud_adapters::unix_now().into());
+            obj.extend(extra);
+        }
+        log.append(line.to_string());
+    }
+
+    /// Feedback reached the bandit.
+    pub fn note_update(&self) {
+        self.updates.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Saves the bandit to its file and to Redis when feedback moved it since the last save
+    /// (blocking IO: call from the blocking pool). Errors are logged, never raised.
+    pub fn persist(&self) {
+        let updates = self.updates.load(Ordering::Relaxed);
+        if updates == self.saved_updates.load(Ordering::Relaxed) {
+            return;
+        }
+        let stores: [Option<&dyn BanditStore>; 2] = [
+            self.file_store.as_ref().map(|s| s as &dyn BanditStore),
+            self.redis_store.as_ref().map(|s| s as &dyn BanditStore),
+        ];
+        let mut ok = true;
+        for store in stores.into_iter().flatten() {
+            if let Err(e) = self.router.save_bandit(store) {
+                ok = false;
+                tracing::warn!(error = %e, "saving the bandit state failed");
+            }
+        }
+        if ok {
+            self.saved_updates.store(updates, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether any store is configured.
+    pub fn persists(&self) -> bool {
+        self.file_store.is_some() || self.redis_store.is_some()
+    }
+
+    /// How often the bandit is saved.
+    pub fn save_interval(&self) -> Duration {
+        self.settings.bandit_save_interval
+    }
+}
+
+/// Saves the bandit every interval while the gateway runs.
+pub fn spawn_persistence(policy: Arc<Policy>) {
+    if !policy.persists() {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(policy.save_interval());
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let p = policy.clone();
+            let _ = tokio::task::spawn_blocking(move || p.persist()).await;
+        }
+    });
+}
+
+fn load_encoder_in_background(slot: Arc<OnceLock<Arc<Encoder>>>, root: PathBuf) {
+    let spawned = std::thread::Builder::new()
+        .name("tandem-encoder-load".into())
+        .spawn(move || match Encoder::from_cache_root(&root, 1) {
+            Ok(e) => {
+                tracing::info!("router encoder loaded");
+                let _ = slot.set(Arc::new(e));
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "router encoder unavailable; deciding on cheap features")
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the encoder loader");
+    }
+}
+
+fn min_slo(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, None) => x,
+        (None, y) => y,
+    }
+}
+
+/// The text of the last user message (what the predictor was trained on).
+pub fn last_user_text(request: &ChatRequest) -> String {
+    let last = request
+        .messages
+        .iter()
+        .rev()
+        .find(|m| m.role == Role::User)
+        .or(request.messages.last());
+    let mut text = String::new();
+    for part in last.map(|m| m.content.as_slice()).unwrap_or_default() {
+        if let ContentPart::Text { text: t } = part {
+            if !text.is_empty() {
+                text.push('\n');
+            }
+            text.push_str(t);
+        }
+    }
+    text
+}

@@ -1,0 +1,426 @@
+//! The learned routing policy end to end: Tandem with the real local model in front of the mock
+//! cloud upstream. Decisions and their `x-tandem-route` explanation, placement headers and
+//! rules, the JSONL decision log, feedback reaching the bandit, the bandit surviving a restart,
+//! and cascades (kept local and escalated, whole and streamed).
+
+// The helpers below are test code too.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tandem_cloud_adapters::mock::{Fixtures, MockConfig, MockHandle, MockUpstream};
+use tandem_gateway::config::{Config, MapEnv};
+use tandem_gateway::{Gateway, GatewayOptions, LocalLoad};
+use tandem_local_model::fetch::{ProcessEnv, default_cache_root, locate};
+use tandem_local_model::{Engine, EngineConfig};
+use tandem_tests::{client, parse_sse};
+
+async fn engine() -> Engine {
+    let root = default_cache_root(&ProcessEnv);
+    let paths = locate(&root, "smollm2-135m").unwrap_or_else(|| {
+        panic!(
+            "smollm2-135m is not in the cache at {} (run `tandem models fetch smollm2-135m`)",
+            root.display()
+        )
+    });
+    let path = paths.primary().to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        Engine::start(EngineConfig::new(path).threads(2).kv_cache_tokens(4096))
+    })
+    .await
+    .unwrap()
+    .unwrap()
+}
+
+fn scratch_dir(tag: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let dir = std::env::temp_dir().join(format!(
+        "tandem-routing-{tag}-{}-{nanos}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn env() -> MapEnv {
+    MapEnv::from_pairs([("MOCK_OPENAI_KEY", "sk-mock")])
+}
+
+/// Backends: the local model and an OpenAI-compatible cloud on the mock.
+fn config(mock: &MockHandle, extra: &str) -> Config {
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+
+[backends.local]
+kind = "local"
+
+[backends.openai]
+kind = "openai-compatible"
+base_url = "{}"
+api_key_env = "MOCK_OPENAI_KEY"
+models = {{ "gpt" = "gpt-4o-mini" }}
+price = {{ input = 1.0, output = 2.0 }}
+{extra}
+"#,
+        mock.base_url()
+    );
+    Config::from_toml_str(&text, &env()).unwrap()
+}
+
+async fn start(config: Config, engine: &Engine) -> Gateway {
+    let options = GatewayOptions {
+        local: LocalLoad::Engine(engine.clone()),
+        quiet: true,
+        ..GatewayOptions::default()
+    };
+    Gateway::start(config, options).await.unwrap()
+}
+
+struct Answer {
+    status: u16,
+    route: String,
+    request_id: String,
+    body: Value,
+    text: String,
+}
+
+async fn ask(gw: &Gateway, model: &str, headers: &[(&str, &str)], stream: bool) -> Answer {
+    let body = json!({"model": model, "stream": stream, "max_tokens": 12, "temperature": 0,
+                      "messages": [{"role": "user", "content": "What is the capital of France?"}]});
+    let mut r = client()
+        .post(format!("{}/v1/chat/completions", gw.url()))
+        .json(&body);
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    let r = r.send().await.unwrap();
+    let status = r.status().as_u16();
+    let header = |name: &str| {
+        r.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    let (route, request_id) = (header("x-tandem-route"), header("x-request-id"));
+    let raw = r.text().await.unwrap();
+    let (body, text) = if stream {
+        let events = parse_sse(&raw);
+        assert_eq!(
+            events.last().map(|e| e.data.as_str()),
+            Some("[DONE]"),
+            "{raw}"
+        );
+        let text: String = events
+            .iter()
+            .filter_map(|e| {
+                e.json()["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .collect();
+        (Value::String(raw), text)
+    } else {
+        let body: Value = serde_json::from_str(&raw).unwrap_or(Value::String(raw));
+        let text = body["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        (body, text)
+    };
+    Answer {
+        status,
+        route,
+        request_id,
+        body,
+        text,
+    }
+}
+
+/// The `q=` field of an `x-tandem-route` header.
+fn predicted_quality(route: &str) -> f64 {
+    route
+        .split("; ")
+        .find_map(|p| p.strip_prefix("q="))
+        .and_then(|q| q.parse().ok())
+        .unwrap_or_else(|| panic!("no q= in {route}"))
+}
+
+async fn post_feedback(gw: &Gateway, body: &str) -> (u16, Value) {
+    let r = client()
+        .post(format!("{}/v1/feedback", gw.url()))
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn wait_for_lines(path: &Path, n: usize) -> Vec<Value> {
+    for _ in 0..200 {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.lines().count() >= n {
+            return text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!(
+        "the decision log {} never reached {n} lines",
+        path.display()
+    );
+}
+
+/// Routes whose weights make the policy's choice certain: `prefer-cloud` ignores cost and
+/// latency (the stronger cloud wins), `prefer-local` prices the cloud out.
+const POLICY_ROUTES: &str = r#"
+[routes."prefer-cloud"]
+backends = ["local", "openai"]
+policy = "learned"
+lambda_per_usd = 0.0
+mu_per_s = 0.0
+
+[routes."prefer-local"]
+backends = ["local", "openai"]
+policy = "learned"
+lambda_per_usd = 1000000.0
+mu_per_s = 0.0
+"#;
+
+#[tokio::test]
+async fn learned_routes_rules_log_feedback_and_restart() {
+    let engine = engine().await;
+    let (_addr, mock) = MockUpstream::start_with(Fixtures::builtin(), MockConfig::default())
+        .await
+        .unwrap();
+    let dir = scratch_dir("policy");
+    let log_path = dir.join("decisions.jsonl");
+    let bandit_path = dir.join("bandit.json");
+    let extra = format!(
+        "{POLICY_ROUTES}\n[router]\nencoder = false\nbandit_half_weight = 1.0\ndecision_log = \"{}\"\nbandit_path = \"{}\"\n",
+        log_path.display(),
+        bandit_path.display()
+    );
+    let gw = start(config(&mock, &extra), &engine).await;
+
+    // The policy's own choices, explained.
+    let cloud = ask(&gw, "prefer-cloud", &[], false).await;
+    assert_eq!(cloud.status, 200, "{}", cloud.body);
+    assert!(
+        cloud.route.starts_with("cloud:openai; p="),
+        "{}",
+        cloud.route
+    );
+    assert!(cloud.route.contains("reason=utility"), "{}", cloud.route);
+    assert!(!cloud.text.is_empty());
+    let local = ask(&gw, "prefer-local", &[], false).await;
+    assert_eq!(local.status, 200, "{}", local.body);
+    assert!(local.route.starts_with("local:local; "), "{}", local.route);
+    assert!(!local.text.is_empty());
+
+    // Placement headers override the learned choice; a bad value is an OpenAI-shaped 400.
+    let forced = ask(
+        &gw,
+        "prefer-cloud",
+        &[("x-tandem-placement", "local-only")],
+        false,
+    )
+    .await;
+    assert_eq!(forced.status, 200, "{}", forced.body);
+    assert!(
+        forced.route.starts_with("local:local; "),
+        "{}",
+        forced.route
+    );
+    assert!(
+        forced.route.contains("rule:local-only(header)"),
+        "{}",
+        forced.route
+    );
+    let forced = ask(
+        &gw,
+        "prefer-local",
+        &[("x-tandem-placement", "cloud-only")],
+        true,
+    )
+    .await;
+    assert_eq!(forced.status, 200, "{}", forced.body);
+    assert!(
+        forced.route.starts_with("cloud:openai; "),
+        "{}",
+        forced.route
+    );
+    assert!(!forced.text.is_empty());
+    let bad = ask(
+        &gw,
+        "prefer-cloud",
+        &[("x-tandem-placement", "moon")],
+        false,
+    )
+    .await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(
+        bad.body["error"]["type"], "invalid_request_error",
+        "{}",
+        bad.body
+    );
+    assert_eq!(bad.body["error"]["param"], "x-tandem-placement");
+    let bad = ask(
+        &gw,
+        "prefer-cloud",
+        &[("x-tandem-latency-slo-ms", "-3")],
+        false,
+    )
+    .await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+
+    // One JSON line per decided request, naming its request id.
+    let lines = wait_for_lines(&log_path, 4).await;
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert_eq!(lines[0]["request_id"], cloud.request_id.as_str());
+    assert_eq!(lines[0]["choice"]["kind"], "cloud");
+    assert_eq!(lines[0]["answered_by"], "openai");
+    assert_eq!(lines[1]["choice"]["kind"], "local");
+    assert!(lines[0]["explanation"]["predicted_quality"].is_number());
+
+    // Feedback reaches the bandit: a zero reward lowers the cloud's predicted quality for the
+    // same prompt.
+    let q_before = predicted_quality(&cloud.route);
+    let (status, body) = post_feedback(
+        &gw,
+        &format!(r#"{{"request_id":"{}","score":0.0}}"#, cloud.request_id),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["backend"], "openai");
+    let again = ask(&gw, "prefer-cloud", &[], false).await;
+    let q_after = predicted_quality(&again.route);
+    assert!(q_after < q_before - 0.05, "{q_before} -> {q_after}");
+    let (status, body) = post_feedback(&gw, r#"{"request_id":"nope","thumbs":"up"}"#).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body["error"]["message"].is_string());
+    let (status, body) = post_feedback(&gw, "{not json").await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+
+    // The bandit is saved on shutdown and restored by the next start.
+    gw.shutdown().await.unwrap();
+    assert!(bandit_path.exists());
+    let gw = start(config(&mock, &extra), &engine).await;
+    let restored = ask(&gw, "prefer-cloud", &[], false).await;
+    let q_restored = predicted_quality(&restored.route);
+    assert!(
+        (q_restored - q_after).abs() < 1e-3,
+        "{q_after} before the restart, {q_restored} after"
+    );
+    gw.shutdown().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Every decision on these routes is a cascade (weights 0, a band wider than any utility gap);
+/// a threshold of 0 always keeps the local answer and 1 always escalates.
+const CASCADE_ROUTES: &str = r#"
+[routes."cascade-keep"]
+backends = ["local", "openai"]
+policy = "learned"
+lambda_per_usd = 0.0
+mu_per_s = 0.0
+cascade_threshold = 0.0
+
+[routes."cascade-escalate"]
+backends = ["local", "openai"]
+policy = "learned"
+lambda_per_usd = 0.0
+mu_per_s = 0.0
+cascade_threshold = 1.0
+
+[router]
+cascade_band = 1.0
+cascade_tokens = 4
+"#;
+
+#[tokio::test]
+async fn cascade_keeps_or_escalates_and_streams_no_retracted_tokens() {
+    let engine = engine().await;
+    let (_addr, mock) = MockUpstream::start_with(Fixtures::builtin(), MockConfig::default())
+        .await
+        .unwrap();
+    let gw = start(config(&mock, CASCADE_ROUTES), &engine).await;
+    let upstream_calls = || mock.requests().len();
+
+    // The cloud's answer and the local model's own greedy answer, for comparison.
+    let cloud_text = ask(&gw, "gpt", &[], false).await.text;
+    let local_text = ask(&gw, "local", &[], false).await.text;
+    assert!(!cloud_text.is_empty() && !local_text.is_empty());
+    assert_ne!(cloud_text, local_text);
+
+    let calls = upstream_calls();
+    let kept = ask(&gw, "cascade-keep", &[], false).await;
+    assert_eq!(kept.status, 200, "{}", kept.body);
+    assert!(
+        kept.route.starts_with("cascade:local>openai@0.00"),
+        "{}",
+        kept.route
+    );
+    assert!(kept.route.contains("escalated=false"), "{}", kept.route);
+    assert_eq!(kept.text, local_text);
+    assert_eq!(
+        upstream_calls(),
+        calls,
+        "a kept cascade never calls the cloud"
+    );
+
+    let escalated = ask(&gw, "cascade-escalate", &[], false).await;
+    assert_eq!(escalated.status, 200, "{}", escalated.body);
+    assert!(
+        escalated.route.contains("escalated=true"),
+        "{}",
+        escalated.route
+    );
+    assert_eq!(escalated.text, cloud_text);
+    assert_eq!(upstream_calls(), calls + 1);
+
+    // Streamed: the client sees only the answer that stands, never the held-back local tokens.
+    let streamed = ask(&gw, "cascade-escalate", &[], true).await;
+    assert_eq!(streamed.status, 200);
+    assert!(
+        streamed.route.contains("escalated=true"),
+        "{}",
+        streamed.route
+    );
+    assert_eq!(streamed.text, cloud_text);
+    // Every content delta came from the cloud: nothing of the local start was sent.
+    let streamed = ask(&gw, "cascade-keep", &[], true).await;
+    assert!(
+        streamed.route.contains("escalated=false"),
+        "{}",
+        streamed.route
+    );
+    assert_eq!(streamed.text, local_text);
+    assert!(!streamed.body.as_str().unwrap().contains("logprobs\":{"));
+
+    // Each cascade decision is counted by choice.
+    let metrics = client()
+        .get(format!("{}/metrics", gw.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"tandem_route_decisions_total{choice="cascade"} 4"#),
+        "{metrics}"
+    );
+    gw.shutdown().await.unwrap();
+}
