@@ -10,16 +10,16 @@ use std::time::Instant as StdInstant;
 use futures::StreamExt;
 use serde_json::json;
 use tandem_cloud_adapters::{ChatEvent, ChatRequest, ChatResponse, EventStream};
-use tandem_router_policy::{Choice, Feedback};
+use tandem_router_policy::{Choice, Feedback, Placement};
 use tokio::time::Instant;
 
-use crate::config::{BackendKind, RoutePolicy};
+use crate::config::{BackendKind, RoutePolicy, placement_allows};
 use crate::error::Error;
 use crate::executor::Executor;
 use crate::executor::local::LocalExecutor;
 use crate::metrics::BackendLabels;
 use crate::routing::cascade::{CascadeExecutor, CascadeOutcome};
-use crate::routing::{LiveBackend, Planned, RequestHints};
+use crate::routing::{LiveBackend, Planned, RequestHints, placement_for};
 use crate::state::AppState;
 
 /// Which backend answered and why.
@@ -50,25 +50,73 @@ impl RouteInfo {
     }
 }
 
-/// The executors a model id is routed to, with whether fallback is on.
-pub fn route_for(state: &AppState, model: &str) -> Result<(Vec<Arc<dyn Executor>>, bool), Error> {
+/// The executors a model id is routed to, in config order, with whether fallback is on. Backends
+/// the request's placement rules out are left out (all of them: a 400 naming the rule), and so are
+/// backends that could not start (all of them: a 503).
+pub fn route_for(
+    state: &AppState,
+    model: &str,
+    hints: &RequestHints,
+) -> Result<(Vec<Arc<dyn Executor>>, bool), Error> {
     let route = state
         .config
         .routes
         .get(model)
         .ok_or_else(|| Error::ModelNotFound(model.to_owned()))?;
-    let executors = route
+    let placement = placement_for(&state.config.router, model, route, hints);
+    let allowed: Vec<&String> = route
         .backends
         .iter()
-        .map(|b| {
-            state
-                .executors
-                .get(b)
-                .cloned()
-                .ok_or_else(|| Error::Internal(format!("backend `{b}` has no executor")))
+        .filter(|b| {
+            let kind = state.config.backends.get(b.as_str()).map(|c| c.kind);
+            match (&placement, kind) {
+                (Some((p, _)), Some(kind)) => placement_allows(*p, kind),
+                (_, kind) => kind.is_some(),
+            }
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect();
+    if allowed.is_empty()
+        && let Some((p, source)) = placement
+    {
+        return Err(placement_error(model, p, &source));
+    }
+    let executors = runnable(state, allowed.iter().map(|b| b.as_str()))?;
     Ok((executors, route.fallback))
+}
+
+/// The 400 for a placement none of a route's backends can keep.
+fn placement_error(model: &str, placement: Placement, source: &str) -> Error {
+    Error::InvalidRequest {
+        message: format!(
+            "no backend of model `{model}` may serve this request: placement {} (from {source}) rules them all out",
+            placement.as_str()
+        ),
+        param: None,
+        code: Some("no_backend_allowed"),
+    }
+}
+
+/// The executors of `names` that exist; one whose backend could not start is skipped (it was
+/// logged at startup), and none at all is a 503.
+fn runnable<'a>(
+    state: &AppState,
+    names: impl IntoIterator<Item = &'a str>,
+) -> Result<Vec<Arc<dyn Executor>>, Error> {
+    let mut missing = Vec::new();
+    let mut executors = Vec::new();
+    for name in names {
+        match state.executors.get(name) {
+            Some(e) => executors.push(e.clone()),
+            None => missing.push(name.to_owned()),
+        }
+    }
+    if executors.is_empty() {
+        return Err(Error::NotReady(format!(
+            "no backend of this route can serve now ({} not running)",
+            missing.join(", ")
+        )));
+    }
+    Ok(executors)
 }
 
 /// Runs `attempt` on each of `executors` until one succeeds or fails for good.
@@ -177,7 +225,7 @@ async fn plan(
     let policy = match (&state.policy, route.policy) {
         (Some(p), RoutePolicy::Learned) => p,
         _ => {
-            let (executors, fallback) = route_for(state, model).map_err(no_route)?;
+            let (executors, fallback) = route_for(state, model, hints).map_err(no_route)?;
             return Ok(Plan {
                 executors,
                 fallback,
@@ -197,27 +245,41 @@ async fn plan(
             json!({"model": model, "status": "rejected"}),
         );
         count_decision(state, "reject");
-        let excluded = planned.decision.explanation.excluded.join(", ");
+        // A placement nothing can keep is the client's (or its key's) rule: 400. Otherwise the
+        // allowed backends are down or too slow right now: 503, try again shortly.
+        let placement = placement_for(&state.config.router, model, route, hints);
+        let error = match placement {
+            Some((p, source))
+                if !route.backends.iter().any(|b| {
+                    state
+                        .config
+                        .backends
+                        .get(b)
+                        .is_some_and(|c| placement_allows(p, c.kind))
+                }) =>
+            {
+                placement_error(model, p, &source)
+            }
+            _ => Error::NotReady(format!(
+                "no backend of model `{model}` can serve this request now (excluded: {})",
+                planned.decision.explanation.excluded.join(", ")
+            )),
+        };
         return Err((
-            Error::InvalidRequest {
-                message: format!(
-                    "no backend of model `{model}` may serve this request under its routing rules (excluded: {excluded})"
-                ),
-                param: None,
-                code: Some("no_backend_allowed"),
-            },
+            error,
             RouteInfo {
                 backend: String::new(),
                 explanation: header,
             },
         ));
     }
-    let executor =
-        |name: &str| {
-            state.executors.get(name).cloned().ok_or_else(|| {
-                no_route(Error::Internal(format!("backend `{name}` has no executor")))
-            })
-        };
+    let executor = |name: &str| -> Option<Arc<dyn Executor>> {
+        let found = state.executors.get(name).cloned();
+        if found.is_none() {
+            tracing::warn!(backend = %name, "backend is not running; skipped");
+        }
+        found
+    };
     let mut executors = Vec::new();
     let mut cascade = None;
     if let Choice::Cascade {
@@ -227,28 +289,37 @@ async fn plan(
     } = &planned.decision.choice
     {
         let local_config = state.config.backends.get(local);
-        match (local_config, &state.local) {
-            (Some(cfg), Some(model)) if cfg.kind == BackendKind::Local => {
+        match (local_config, &state.local, executor(cloud)) {
+            (Some(cfg), Some(model), Some(cloud_executor)) if cfg.kind == BackendKind::Local => {
                 let run = Arc::new(CascadeExecutor::new(
                     LocalExecutor::new(cfg.clone(), model.clone()),
-                    executor(cloud)?,
+                    cloud_executor,
                     *threshold,
                     policy.settings().cascade_tokens,
+                    // Half the first-token budget to judge, half left for the cloud.
+                    state.config.limits.first_token_timeout / 2,
                 ));
                 cascade = Some(run.clone());
                 executors.push(run as Arc<dyn Executor>);
+                executors.extend(
+                    planned
+                        .order
+                        .iter()
+                        .skip(1)
+                        .filter(|name| *name != cloud)
+                        .filter_map(|name| executor(name)),
+                );
             }
-            _ => executors.push(executor(local)?),
-        }
-        for name in planned.order.iter().skip(1) {
-            if name != cloud {
-                executors.push(executor(name)?);
-            }
+            // No cascade to run: its two backends in turn, then the rest.
+            _ => executors.extend(planned.order.iter().filter_map(|name| executor(name))),
         }
     } else {
-        for name in &planned.order {
-            executors.push(executor(name)?);
-        }
+        executors.extend(planned.order.iter().filter_map(|name| executor(name)));
+    }
+    if executors.is_empty() {
+        return Err(no_route(Error::NotReady(format!(
+            "no backend of model `{model}` is running"
+        ))));
     }
     Ok(Plan {
         executors,
@@ -290,7 +361,12 @@ fn finish_plan<T>(
     };
     count_decision(state, kind);
     if let Some(o) = &outcome {
-        if !route.backend.is_empty() {
+        if !route.backend.is_empty() && route.backend != o.answered_by {
+            // The cascade ran under the local backend's name; the header names who answered.
+            route.explanation = route.explanation.replace(
+                &format!("; backend={}", route.backend),
+                &format!("; backend={}", o.answered_by),
+            );
             route.backend = o.answered_by.clone();
         }
         let conf = o
@@ -311,6 +387,10 @@ fn finish_plan<T>(
                 policy.note_update();
             }
         }
+    }
+    // Feedback on the answer teaches the arm of the backend that gave it.
+    if result.is_ok() && !route.backend.is_empty() {
+        policy.router.answered_by(&hints.request_id, &route.backend);
     }
     let mut line = json!({
         "model": model,

@@ -276,11 +276,17 @@ impl Error {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        if let Self::Overloaded {
-            retry_after_secs, ..
-        } = &self
-        {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+        match &self {
+            Self::Overloaded {
+                retry_after_secs, ..
+            } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            // A backend loading or down for a moment: worth a retry soon.
+            Self::NotReady(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(1u64));
+            }
+            _ => {}
         }
         response
             .extensions_mut()

@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 use tower::ServiceBuilder;
 
 use crate::config::{BackendConfig, BackendKind, Config, LocalConfig};
+use crate::error::Error;
 use crate::executor::Executor;
 use crate::executor::cloud::CloudExecutor;
 use crate::executor::local::{LocalExecutor, LocalModel, LocalState};
@@ -61,7 +62,12 @@ pub struct GatewayOptions {
 
 /// Builds the shared state: one executor per backend, the local model (loading in the background
 /// unless given), metrics.
-pub fn build_state(config: Config, options: &GatewayOptions) -> Arc<AppState> {
+/// Fails when a learned route's policy cannot start.
+pub fn build_state(config: Config, options: &GatewayOptions) -> Result<Arc<AppState>, Error> {
+    let uses_policy = config
+        .routes
+        .values()
+        .any(|r| r.policy == crate::config::RoutePolicy::Learned);
     let metrics = Arc::new(Metrics::new());
     let local = config.local.as_ref().map(|local_cfg| {
         let model = Arc::new(LocalModel::new(LocalState::Loading(format!(
@@ -113,12 +119,14 @@ pub fn build_state(config: Config, options: &GatewayOptions) -> Arc<AppState> {
             routing::spawn_persistence(p.clone());
             Some(p)
         }
+        // Learned routes would lose their placement and key rules without it: refuse to start.
+        Err(e) if uses_policy => return Err(e),
         Err(e) => {
-            tracing::error!(error = %e, "the routing policy is unavailable; learned routes run in config order");
+            tracing::warn!(error = %e, "the routing policy is unavailable (no route uses it)");
             None
         }
     };
-    Arc::new(AppState {
+    Ok(Arc::new(AppState {
         policy,
         config: Arc::new(config),
         executors,
@@ -129,7 +137,7 @@ pub fn build_state(config: Config, options: &GatewayOptions) -> Arc<AppState> {
             .feedback
             .clone()
             .unwrap_or_else(|| Arc::new(MemoryFeedback::default())),
-    })
+    }))
 }
 
 /// The executor of a `speculative` backend: its target's verify protocol, the local drafter.
@@ -268,7 +276,7 @@ impl Gateway {
         options: GatewayOptions,
     ) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
-        let state = build_state(config, &options);
+        let state = build_state(config, &options).map_err(std::io::Error::other)?;
         let app = router(state.clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -302,6 +310,7 @@ impl Gateway {
         };
         // The bandit's last lessons survive a restart.
         if let Some(policy) = self.state.policy.clone() {
+            policy.stop_persistence();
             let _ = tokio::task::spawn_blocking(move || policy.persist()).await;
         }
         served

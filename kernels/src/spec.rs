@@ -286,6 +286,9 @@ pub fn target_dist(
             "target returned no log probabilities".into(),
         ));
     }
+    if params.top_k == Some(0) && !params.is_greedy() {
+        return Err(Error::InvalidArgument("top_k must be at least 1".into()));
+    }
     let mut sorted: Vec<(u32, f32)> = top.to_vec();
     sorted.sort_by(|a, b| b.1.total_cmp(&a.1));
     if params.is_greedy() {
@@ -460,6 +463,13 @@ mod tests {
         let w9 = (-0.2f64 / 0.7).exp();
         let w4 = (-2.0f64 / 0.7).exp();
         assert!((f64::from(d.prob(9)) - w9 / (w9 + w4)).abs() < 1e-5);
+
+        // top_k 0 keeps nothing to sample from: an error, not a panic.
+        let zero_k = SamplingParams {
+            top_k: Some(0),
+            ..topk
+        };
+        assert!(target_dist(&top, &zero_k, 3).is_err());
 
         let wide_k = SamplingParams {
             top_k: Some(50),

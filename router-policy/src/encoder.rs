@@ -207,7 +207,8 @@ const BACKGROUND_QUEUE: usize = 256;
 /// off async workers.
 pub struct Encoder {
     shared: Arc<Shared>,
-    fast: StaticEmbedder,
+    /// Absent when its table could not be read: decisions then wait for the cache.
+    fast: Option<StaticEmbedder>,
     background: Mutex<Option<SyncSender<(u128, String)>>>,
     config: EncoderConfig,
     model_id: String,
@@ -290,11 +291,13 @@ impl Encoder {
             ..Default::default()
         }));
         let model_id = model_identity(&config.model_path, config.max_tokens)?;
+        // The full encoder stays usable without the static table.
         let fast = StaticEmbedder::load(
             &config.model_path,
             &config.tokenizer_path,
             STATIC_MAX_TOKENS,
-        )?;
+        )
+        .ok();
         Ok(Self {
             shared: Arc::new(Shared {
                 tokenizer,
@@ -334,13 +337,13 @@ impl Encoder {
 
     /// An embedding for a routing decision without waiting for the transformer: the cached full
     /// embedding when there is one, else the static embedding (microseconds), while the full
-    /// embedding is computed on a background thread and cached for the prompt's next request.
-    pub fn embed_for_decision(&self, text: &str) -> Result<(Arc<[f32]>, EmbeddingSource)> {
+    /// embedding is computed on a background thread (one, with a bounded queue) and cached for
+    /// the prompt's next request. None when neither is there yet (no static table).
+    pub fn embed_for_decision(&self, text: &str) -> Result<Option<(Arc<[f32]>, EmbeddingSource)>> {
         let key = text_key(text);
         if let Some(hit) = self.shared.cache.lock().get(key) {
-            return Ok((hit, EmbeddingSource::Full));
+            return Ok(Some((hit, EmbeddingSource::Full)));
         }
-        let fast: Arc<[f32]> = self.fast.embed(text)?.into();
         if self.config.cache_capacity > 0 && self.shared.pending.lock().insert(key) {
             let queued = self
                 .background_sender()
@@ -349,12 +352,25 @@ impl Encoder {
                 self.shared.pending.lock().remove(&key);
             }
         }
-        Ok((fast, EmbeddingSource::Static))
+        match &self.fast {
+            Some(fast) => Ok(Some((fast.embed(text)?.into(), EmbeddingSource::Static))),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether the static table loaded.
+    pub fn has_static(&self) -> bool {
+        self.fast.is_some()
     }
 
     /// The static embedding of `text` (see [`crate::static_embed`]); never runs the transformer.
     pub fn embed_static(&self, text: &str) -> Result<Arc<[f32]>> {
-        Ok(self.fast.embed(text)?.into())
+        match &self.fast {
+            Some(fast) => Ok(fast.embed(text)?.into()),
+            None => Err(Error::InvalidArgument(
+                "the static embedding table could not be read from the encoder model".into(),
+            )),
+        }
     }
 
     /// Prompts queued for a background full embedding and not finished yet.

@@ -50,6 +50,9 @@ pub enum Error {
     /// Feedback named a request id that is unknown or has expired from the recent-request window.
     #[error("unknown request id {0}")]
     UnknownRequest(String),
+    /// Feedback for this request id already reached the bandit (one update per answer).
+    #[error("feedback for request id {0} was already applied")]
+    FeedbackAlreadyApplied(String),
     /// Feedback carried a value outside what is accepted.
     #[error("invalid feedback: {0}")]
     InvalidFeedback(String),
@@ -74,7 +77,10 @@ impl Error {
     pub fn is_client_error(&self) -> bool {
         matches!(
             self,
-            Self::InvalidArgument(_) | Self::UnknownRequest(_) | Self::InvalidFeedback(_)
+            Self::InvalidArgument(_)
+                | Self::UnknownRequest(_)
+                | Self::FeedbackAlreadyApplied(_)
+                | Self::InvalidFeedback(_)
         )
     }
 }

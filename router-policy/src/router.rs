@@ -213,6 +213,8 @@ pub struct FeedbackOutcome {
 struct Remembered {
     backend: String,
     context: Vec<f32>,
+    /// Feedback already moved the bandit for this answer.
+    applied: bool,
 }
 
 /// Request ids of recent decisions, oldest evicted first.
@@ -650,6 +652,18 @@ impl Router {
         plain.decide(f, candidates, rules)
     }
 
+    /// Says another backend answered a remembered request (a fallback, or a cascade that
+    /// escalated): later feedback on the answer teaches that backend's arm. Unknown ids are
+    /// ignored.
+    pub fn answered_by(&self, request_id: &str, backend: &str) {
+        if let Some(r) = self.recent.lock().map.get_mut(request_id)
+            && r.backend != backend
+        {
+            r.backend = backend.to_owned();
+            r.applied = false;
+        }
+    }
+
     /// Remembers a decision under its request id so feedback can reach the bandit.
     pub fn remember(&self, request_id: &str, decision: &Decision) {
         let Some(backend) = decision.choice.first_backend() else {
@@ -664,6 +678,7 @@ impl Router {
             Remembered {
                 backend: backend.to_string(),
                 context: decision.context.clone(),
+                applied: false,
             },
         );
         recent.order.push_back(request_id.to_string());
@@ -680,11 +695,15 @@ impl Router {
     pub fn apply_feedback(&self, feedback: &Feedback) -> Result<FeedbackOutcome> {
         let reward = feedback_reward(feedback)?;
         let (backend, context) = {
-            let recent = self.recent.lock();
+            let mut recent = self.recent.lock();
             let r = recent
                 .map
-                .get(&feedback.request_id)
+                .get_mut(&feedback.request_id)
                 .ok_or_else(|| Error::UnknownRequest(feedback.request_id.clone()))?;
+            if r.applied {
+                return Err(Error::FeedbackAlreadyApplied(feedback.request_id.clone()));
+            }
+            r.applied = true;
             (r.backend.clone(), r.context.clone())
         };
         self.bandit.update(&backend, &context, reward)?;

@@ -350,11 +350,12 @@ fn positive_feedback_raises_quality() {
     let chat = RequestFeatures::from_prompt(CHAT, None);
     let d = router.decide(&chat, &backends(), &RouteRules::default());
     let q0 = d.explanation.predicted_quality;
-    router.remember("a", &d);
-    for _ in 0..50 {
+    for i in 0..50 {
+        let id = format!("a{i}");
+        router.remember(&id, &d);
         router
             .apply_feedback(&Feedback {
-                request_id: "a".into(),
+                request_id: id,
                 thumbs_up: Some(true),
                 ..Feedback::default()
             })
@@ -404,6 +405,17 @@ fn bad_feedback_is_a_clear_client_error() {
     }
     let ok = apply_feedback(&router, br#"{"request_id":"known","score":0.9}"#).unwrap();
     assert_eq!(ok.backend, "local");
+    // One update per answer: a repeat cannot pile onto the same arm.
+    let again = apply_feedback(&router, br#"{"request_id":"known","score":0.9}"#).unwrap_err();
+    assert!(
+        matches!(again, Error::FeedbackAlreadyApplied(ref id) if id == "known"),
+        "{again:?}"
+    );
+    assert!(again.is_client_error());
+    // A fallback answered instead: feedback teaches the backend that answered.
+    router.answered_by("known", "cloud");
+    let moved = apply_feedback(&router, br#"{"request_id":"known","score":0.2}"#).unwrap();
+    assert_eq!(moved.backend, "cloud");
 }
 
 #[test]

@@ -284,6 +284,28 @@ async fn learned_routes_rules_log_feedback_and_restart() {
     .await;
     assert_eq!(bad.status, 400, "{}", bad.body);
 
+    // Placement holds on fixed routes and on /v1/completions too: `gpt` is the cloud backend's
+    // own model, so local-only leaves nothing to serve it.
+    let kept = ask(&gw, "gpt", &[("x-tandem-placement", "local-only")], false).await;
+    assert_eq!(kept.status, 400, "{}", kept.body);
+    assert_eq!(
+        kept.body["error"]["code"], "no_backend_allowed",
+        "{}",
+        kept.body
+    );
+    let r = client()
+        .post(format!("{}/v1/completions", gw.url()))
+        .header("x-tandem-placement", "local-only")
+        .json(&json!({"model": "gpt", "prompt": "Hello", "max_tokens": 4}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "no_backend_allowed", "{body}");
+    let local_fixed = ask(&gw, "local", &[("x-tandem-placement", "local-only")], false).await;
+    assert_eq!(local_fixed.status, 200, "{}", local_fixed.body);
+
     // One JSON line per decided request, naming its request id.
     let lines = wait_for_lines(&log_path, 4).await;
     assert_eq!(lines.len(), 4, "{lines:?}");
@@ -303,6 +325,19 @@ async fn learned_routes_rules_log_feedback_and_restart() {
     .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["backend"], "openai");
+    // One update per answer: a repeat is refused, not piled onto the arm.
+    let (status, body) = post_feedback(
+        &gw,
+        &format!(r#"{{"request_id":"{}","score":0.0}}"#, cloud.request_id),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("already applied")),
+        "{body}"
+    );
     let again = ask(&gw, "prefer-cloud", &[], false).await;
     let q_after = predicted_quality(&again.route);
     assert!(q_after < q_before - 0.05, "{q_before} -> {q_after}");

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use tandem_cloud_adapters::verify::VerifyProtocol;
+use tandem_router_policy::Placement;
 
 use crate::speculative::{DelayConfig, ScoringMode};
 
@@ -192,7 +193,8 @@ pub struct VerifyEndpoints {
 impl Default for VerifyEndpoints {
     fn default() -> Self {
         Self {
-            enabled: true,
+            // Off unless asked for: they run the local model for any caller with a key.
+            enabled: false,
             scoring: ScoringMode::default(),
             sessions: 64,
             delay: None,
@@ -491,6 +493,26 @@ impl Config {
                     "placement, weights, target_cloud_share, latency_slo_ms and cascade_threshold need policy = \"learned\"",
                 ));
             }
+            if cascade_threshold.is_some() && router_settings.policy.cascade_band.is_none() {
+                return Err(invalid(
+                    format!("routes.{model}.cascade_threshold"),
+                    "has no effect without router.cascade_band (the policy never picks a cascade)",
+                ));
+            }
+            if let Some(p) = rules.placement
+                && !r
+                    .backends
+                    .iter()
+                    .any(|b| backends.get(b).is_some_and(|b| placement_allows(p, b.kind)))
+            {
+                return Err(invalid(
+                    format!("routes.{model}.placement"),
+                    format!(
+                        "{} leaves none of the route's backends to serve it",
+                        p.as_str()
+                    ),
+                ));
+            }
             routes.insert(
                 model,
                 RouteConfig {
@@ -521,6 +543,17 @@ impl Config {
                 routes
                     .entry(model.clone())
                     .or_insert_with(|| RouteConfig::fixed(vec![b.name.clone()]));
+            }
+        }
+
+        if !api_key_hashes.is_empty() {
+            for hash in router_settings.keys.keys() {
+                if !api_key_hashes.iter().any(|h| hex::encode(h) == *hash) {
+                    return Err(invalid(
+                        format!("router.keys.{hash}"),
+                        "is not one of server.api_key_hashes, so no request can carry that key",
+                    ));
+                }
             }
         }
 
@@ -1032,6 +1065,16 @@ fn apply_env_overrides(table: &mut toml::Table, env: &dyn EnvSource) -> Result<(
         cursor.insert(last.clone(), parsed);
     }
     Ok(())
+}
+
+/// Whether a backend of `kind` may serve a request placed `placement`: local-only keeps the
+/// prompt on this machine (a speculative backend sends it to its target), cloud-only leaves the
+/// local model out.
+pub fn placement_allows(placement: Placement, kind: BackendKind) -> bool {
+    match placement {
+        Placement::LocalOnly => kind == BackendKind::Local,
+        Placement::CloudOnly => kind != BackendKind::Local,
+    }
 }
 
 /// The sha256 hex digest of an API key, as stored in `server.api_key_hashes`.

@@ -195,8 +195,6 @@ pub struct RawRouter {
     pub redis_prefix: Option<String>,
     /// Use the prompt encoder when its files are in the cache.
     pub encoder: Option<bool>,
-    /// Longest wait for an uncached prompt embedding before deciding without it.
-    pub embed_timeout_ms: Option<u64>,
     /// Default quality given up per US dollar.
     pub lambda_per_usd: Option<f64>,
     /// Default quality given up per second of predicted latency.

@@ -91,8 +91,6 @@ pub struct RouterSettings {
     pub redis_prefix: String,
     /// Use the prompt encoder when its files are present.
     pub encoder: bool,
-    /// Longest wait for an uncached embedding.
-    pub embed_timeout: Duration,
     /// Local tokens whose confidence decides a cascade.
     pub cascade_tokens: u32,
     /// Rules per API key, by the key's sha256 hex digest.
@@ -110,7 +108,6 @@ impl Default for RouterSettings {
             bandit_save_interval: Duration::from_secs(30),
             redis_prefix: "tandem".into(),
             encoder: true,
-            embed_timeout: Duration::from_millis(100),
             cascade_tokens: 8,
             keys: BTreeMap::new(),
         }
@@ -285,11 +282,6 @@ pub fn validate_router(raw: RawRouter) -> Result<RouterSettings, ConfigError> {
         )?,
         redis_prefix,
         encoder: raw.encoder.unwrap_or(d.encoder),
-        embed_timeout: positive_ms(
-            raw.embed_timeout_ms,
-            "router.embed_timeout_ms",
-            d.embed_timeout,
-        )?,
         cascade_tokens,
         keys,
     })
@@ -357,6 +349,24 @@ mod tests {
         assert!(e.starts_with("router.keys.abc: "), "{e}");
         let e = err(&BACKENDS.replace("strength = 0.9", "strength = 3"));
         assert!(e.starts_with("backends.oai.strength: "), "{e}");
+        // Settings that could never take effect are refused, not silently ignored.
+        let e = err(&format!(
+            "{BACKENDS}[routes.auto]\nbackends = [\"local\", \"oai\"]\npolicy = \"learned\"\ncascade_threshold = 0.5\n"
+        ));
+        assert!(e.starts_with("routes.auto.cascade_threshold: "), "{e}");
+        let e = err(&format!(
+            "{BACKENDS}[routes.auto]\nbackends = [\"oai\"]\npolicy = \"learned\"\nplacement = \"local-only\"\n"
+        ));
+        assert!(e.starts_with("routes.auto.placement: local-only"), "{e}");
+        let e = err(&format!(
+            "[server]\napi_key_hashes = [\"{}\"]\n[router.keys.{}]\nplacement = \"local-only\"\n",
+            "b".repeat(64),
+            "a".repeat(64)
+        ));
+        assert!(
+            e.starts_with(&format!("router.keys.{}: ", "a".repeat(64))),
+            "{e}"
+        );
     }
 
     #[test]

@@ -37,6 +37,16 @@ impl CloudExecutor {
             .unwrap_or_default();
         let model = self.config.upstream_model(client_model).to_owned();
         body.insert("model".into(), Value::String(model.clone()));
+        // Usage is always asked for on streams, so metrics and cost count them; the client
+        // sees the usage chunk only when it asked for it.
+        if body.get("stream").and_then(Value::as_bool) == Some(true) {
+            let options = body
+                .entry("stream_options")
+                .or_insert_with(|| Value::Object(Map::new()));
+            if let Value::Object(options) = options {
+                options.insert("include_usage".into(), Value::Bool(true));
+            }
+        }
         let bytes = serde_json::to_vec(&body).unwrap_or_default();
         (model, Bytes::from(bytes))
     }

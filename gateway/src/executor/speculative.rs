@@ -303,10 +303,10 @@ fn sampling(request: &ChatRequest) -> Result<(SpecSampling, u32), Error> {
         return Ok((SpecSampling::GREEDY, 1));
     }
     match request.top_k {
-        Some(k) if k <= MAX_SAMPLED_TOP_K => Ok((params, k)),
+        Some(k) if (1..=MAX_SAMPLED_TOP_K).contains(&k) => Ok((params, k)),
         _ => Err(Error::invalid(
             format!(
-                "speculative decoding samples exactly the target's distribution only with temperature 0 or top_k at most {MAX_SAMPLED_TOP_K}"
+                "speculative decoding samples exactly the target's distribution only with temperature 0, or with top_k between 1 and {MAX_SAMPLED_TOP_K} (a request without temperature samples at 1.0)"
             ),
             Some("top_k"),
         )),
@@ -424,7 +424,12 @@ impl Executor for SpeculativeExecutor {
         let cancel = Arc::new(AtomicBool::new(false));
         let cancel_flag = cancel.clone();
         let opts = SpecOptions {
-            model: self.target.upstream_model(&request.model).to_owned(),
+            // This backend's own model map first (the route's model id), then the target's, so
+            // either may name the model the verifier serves.
+            model: self
+                .target
+                .upstream_model(self.config.upstream_model(&request.model))
+                .to_owned(),
             session: Some(format!("spec-{}", uuid::Uuid::new_v4().simple())),
             max_tokens: request.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS).max(1) as usize,
             eos: text.eos(),

@@ -53,7 +53,7 @@ async fn handle(state: Arc<AppState>, request: Request, format: WireFormat) -> R
     let id = request_id(&parts);
     let hints = decoded
         .and_then(validate)
-        .and_then(|c| RequestHints::from_headers(id.0.clone(), &parts.headers).map(|h| (c, h)));
+        .and_then(|c| RequestHints::from_parts(id.0.clone(), &parts).map(|h| (c, h)));
     let (chat, hints) = match hints {
         Ok(c) => c,
         Err(e) => return FlavoredError(e, flavor).into_response_with_route(None),

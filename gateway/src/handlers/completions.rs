@@ -23,6 +23,7 @@ use crate::config::BackendKind;
 use crate::dispatch::{RouteInfo, route_for};
 use crate::error::{ApiFlavor, Error};
 use crate::executor::Executor;
+use crate::routing::RequestHints;
 use crate::state::{AppState, RequestRecord};
 
 /// OpenAI's default `max_tokens` for legacy completions.
@@ -128,7 +129,8 @@ pub async fn completions(State(state): State<Arc<AppState>>, request: Request) -
     let result = async {
         let bytes = read_body(&parts, body).await?;
         let request = decode(&bytes)?;
-        let (executors, fallback) = route_for(&state, &request.model)?;
+        let hints = RequestHints::from_parts(id.0.clone(), &parts)?;
+        let (executors, fallback) = route_for(&state, &request.model, &hints)?;
         let count = executors.len();
         let mut reason = format!("route {}", request.model);
         let mut skipped = Vec::new();

@@ -1,5 +1,7 @@
 //! API-key auth: when keys are configured, a request must carry one in `Authorization: Bearer` or
 //! `x-api-key`; keys are compared by their sha256 digest, so the config never holds them in clear.
+//! The digest of the key a request presented goes into its extensions as [`ApiKeyDigest`], so the
+//! routing rules keyed by API key read exactly the key auth checked.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,6 +16,17 @@ use tower::{Layer, Service};
 
 use super::{error_response, is_operational_path};
 use crate::error::Error;
+
+/// The sha256 digest of the API key a request presented (set by [`AuthService`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiKeyDigest(pub [u8; 32]);
+
+impl ApiKeyDigest {
+    /// Lowercase hex, as `api_key_hashes` and `router.keys` spell it in the config.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
 
 /// The key a request presents, if any.
 fn presented_key<B>(request: &Request<B>) -> Option<&str> {
@@ -82,14 +95,18 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<ReqB>) -> Self::Future {
+    fn call(&mut self, mut request: Request<ReqB>) -> Self::Future {
+        let digest: Option<[u8; 32]> =
+            presented_key(&request).map(|key| Sha256::digest(key.as_bytes()).into());
         let allowed = self.hashes.is_empty()
             || is_operational_path(request.uri().path())
-            || presented_key(&request).is_some_and(|key| {
-                let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-                self.hashes.contains(&digest)
-            });
+            || digest.is_some_and(|d| self.hashes.contains(&d));
         if allowed {
+            match digest {
+                Some(d) => request.extensions_mut().insert(ApiKeyDigest(d)),
+                // Never trust a digest that did not come from this layer.
+                None => request.extensions_mut().remove::<ApiKeyDigest>(),
+            };
             ResponseFuture::Inner {
                 future: self.inner.call(request),
             }
@@ -181,6 +198,41 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["type"], "error");
         assert_eq!(v["error"]["type"], "authentication_error");
+    }
+
+    #[tokio::test]
+    async fn passes_on_the_digest_of_the_key_it_checked() {
+        let (mut service, mut handle) =
+            mock::spawn_layer::<Request<()>, Response<Body>, _>(layer());
+        // x-api-key is what auth reads first, whatever else the request carries; a digest put
+        // in by anything before auth is dropped.
+        let mut req = Request::builder()
+            .uri("/v1/chat/completions")
+            .header("x-api-key", "secret")
+            .header("authorization", "Bearer other")
+            .body(())
+            .unwrap();
+        req.extensions_mut().insert(ApiKeyDigest([7; 32]));
+        assert!(service.poll_ready().is_ready());
+        let fut = service.call(req);
+        let (seen, send) = handle.next_request().await.unwrap();
+        assert_eq!(
+            seen.extensions()
+                .get::<ApiKeyDigest>()
+                .map(ApiKeyDigest::to_hex),
+            Some(hash_api_key("secret"))
+        );
+        send.send_response(Response::new(Body::empty()));
+        assert_eq!(fut.await.unwrap().status(), 200);
+
+        let mut req = Request::builder().uri("/healthz").body(()).unwrap();
+        req.extensions_mut().insert(ApiKeyDigest([7; 32]));
+        assert!(service.poll_ready().is_ready());
+        let fut = service.call(req);
+        let (seen, send) = handle.next_request().await.unwrap();
+        assert!(seen.extensions().get::<ApiKeyDigest>().is_none());
+        send.send_response(Response::new(Body::empty()));
+        assert_eq!(fut.await.unwrap().status(), 200);
     }
 
     #[tokio::test]

@@ -4,6 +4,7 @@
 //! never sees an answer that is later retracted.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -36,22 +37,27 @@ pub struct CascadeExecutor {
     cloud: Arc<dyn Executor>,
     policy: CascadePolicy,
     tokens: u32,
+    judge_budget: Duration,
     outcome: Arc<Mutex<Option<CascadeOutcome>>>,
 }
 
 impl CascadeExecutor {
-    /// A cascade from `local` to `cloud`, judged on `tokens` tokens against `threshold`.
+    /// A cascade from `local` to `cloud`, judged on `tokens` tokens against `threshold`. A local
+    /// model that has not produced them within `judge_budget` is judged too slow: the request
+    /// escalates while there is still time for the cloud to answer.
     pub fn new(
         local: LocalExecutor,
         cloud: Arc<dyn Executor>,
         threshold: f32,
         tokens: u32,
+        judge_budget: Duration,
     ) -> Self {
         Self {
             local,
             cloud,
             policy: CascadePolicy { threshold },
             tokens: tokens.max(1),
+            judge_budget,
             outcome: Arc::new(Mutex::new(None)),
         }
     }
@@ -116,8 +122,18 @@ impl Executor for CascadeExecutor {
         let mut held = Vec::new();
         let (mut logprobs, mut entropies) = (Vec::new(), Vec::new());
         let mut failed = None;
+        let judge_by = tokio::time::Instant::now() + self.judge_budget;
         while logprobs.len() < self.tokens as usize {
-            match rx.recv().await {
+            let Ok(next) = tokio::time::timeout_at(judge_by, rx.recv()).await else {
+                failed = Some(format!(
+                    "local model too slow: {} of {} tokens in {} ms",
+                    logprobs.len(),
+                    self.tokens,
+                    self.judge_budget.as_millis()
+                ));
+                break;
+            };
+            match next {
                 Some(GenerateEvent::Token { id, text, logprob }) => {
                     if let Some(lp) = &logprob {
                         logprobs.push(lp.logprob);

@@ -18,8 +18,11 @@ use tandem_router_policy::{
     FileBanditStore, Placement, Price, RequestFeatures, RouteRules, Router,
 };
 
-use crate::config::{BackendKind, Config, RouteConfig, RouterSettings, hash_api_key};
+use crate::config::{
+    BackendKind, Config, PolicyRules, RouteConfig, RouterSettings, placement_allows,
+};
 use crate::error::Error;
+use crate::middleware::auth::ApiKeyDigest;
 use crate::redis_store::RedisBanditStore;
 
 pub use log::DecisionLog;
@@ -38,11 +41,22 @@ pub struct RequestHints {
     pub placement: Option<Placement>,
     /// `x-tandem-latency-slo-ms`.
     pub latency_slo_ms: Option<f64>,
-    /// sha256 hex digest of the API key the request carried.
+    /// sha256 hex digest of the API key the request carried, as auth read it.
     pub key_hash: Option<String>,
 }
 
 impl RequestHints {
+    /// Reads the routing headers, and the API key digest auth left in the extensions; a
+    /// malformed header is a 400 naming it.
+    pub fn from_parts(request_id: Arc<str>, parts: &http::request::Parts) -> Result<Self, Error> {
+        let mut hints = Self::from_headers(request_id, &parts.headers)?;
+        hints.key_hash = parts
+            .extensions
+            .get::<ApiKeyDigest>()
+            .map(ApiKeyDigest::to_hex);
+        Ok(hints)
+    }
+
     /// Reads the routing headers; a malformed value is a 400 naming the header.
     pub fn from_headers(request_id: Arc<str>, headers: &HeaderMap) -> Result<Self, Error> {
         let text = |name: &str| -> Result<Option<String>, Error> {
@@ -77,17 +91,11 @@ impl RequestHints {
                 }
             },
         };
-        let key = headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or(v.strip_prefix("bearer ")))
-            .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
-            .map(|k| hash_api_key(k.trim()));
         Ok(Self {
             request_id,
             placement,
             latency_slo_ms,
-            key_hash: key,
+            key_hash: None,
         })
     }
 }
@@ -110,6 +118,8 @@ pub struct DecisionLabels {
 /// One backend's live state: the policy's EWMAs and the gateway's count of requests on it.
 #[derive(Debug)]
 pub struct LiveBackend {
+    /// The backend's kind in the config.
+    pub kind: BackendKind,
     /// EWMAs of TTFT, inter-token latency and errors.
     pub state: BackendState,
     in_flight: AtomicU32,
@@ -162,6 +172,10 @@ pub struct Policy {
     /// Feedback applied since start (persistence saves when it moved).
     updates: AtomicU64,
     saved_updates: AtomicU64,
+    /// One save at a time: the periodic one and the one at shutdown share the temp file.
+    saving: parking_lot::Mutex<()>,
+    /// The periodic save task, stopped at shutdown.
+    persistence: parking_lot::Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 impl std::fmt::Debug for Policy {
@@ -238,6 +252,7 @@ impl Policy {
                     prior_itl_ms: b.profile.prior_itl_ms,
                 };
                 let live = LiveBackend {
+                    kind: b.kind,
                     state: BackendState::new(profile, 0.2),
                     in_flight: AtomicU32::new(0),
                 };
@@ -266,6 +281,8 @@ impl Policy {
             redis_store,
             updates: AtomicU64::new(0),
             saved_updates: AtomicU64::new(0),
+            saving: parking_lot::Mutex::new(()),
+            persistence: parking_lot::Mutex::new(None),
         })
     }
 
@@ -289,31 +306,23 @@ impl Policy {
         self.encoder.get().is_some()
     }
 
-    /// Features of a request: cheap ones always, the embedding when the encoder is loaded and
-    /// answers within the configured wait (it runs on the blocking pool, and its LRU keeps the
-    /// result for next time either way).
+    /// Features of a request: cheap ones always, plus the prompt embedding when the encoder is
+    /// loaded: the cached full embedding, else the static one (microseconds) while a background
+    /// thread computes the full one for next time. A decision never waits for the transformer.
     pub async fn features(&self, request: &ChatRequest) -> RequestFeatures {
         let prompt = last_user_text(request);
-        let embedding = match self.encoder.get() {
-            Some(encoder) => match encoder.cached(&prompt) {
-                Some(e) => Some(e),
-                None => {
-                    let encoder = encoder.clone();
-                    let text = prompt.clone();
-                    let job = tokio::task::spawn_blocking(move || encoder.embed(&text));
-                    match tokio::time::timeout(self.settings.embed_timeout, job).await {
-                        Ok(Ok(Ok(e))) => Some(e),
-                        Ok(Ok(Err(e))) => {
-                            tracing::debug!(error = %e, "embedding failed; cheap features only");
-                            None
-                        }
-                        _ => None,
-                    }
-                }
-            },
+        let embedding = match self.encoder.get().map(|e| e.embed_for_decision(&prompt)) {
+            Some(Ok(found)) => found,
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "embedding failed; cheap features only");
+                None
+            }
             None => None,
         };
-        let mut f = RequestFeatures::from_prompt(&prompt, embedding);
+        let mut f = RequestFeatures::from_prompt(&prompt, None);
+        if let Some((embedding, source)) = embedding {
+            f = f.with_embedding(embedding, source);
+        }
         f.cheap = f.cheap.clone().with_request(
             request.messages.len(),
             request.max_tokens,
@@ -342,23 +351,13 @@ impl Policy {
             latency_slo_ms: route.rules.latency_slo_ms,
             ..RouteRules::default()
         };
-        if let Some(p) = route.rules.placement {
-            rules = rules.with_placement(p, format!("route:{model}"));
-        }
-        if let Some(key) = hints
-            .key_hash
-            .as_ref()
-            .and_then(|h| self.settings.keys.get(h))
-        {
-            if let Some(p) = key.placement {
-                rules = rules.with_placement(p, "key");
-            }
+        if let Some(key) = key_rules(&self.settings, hints) {
             rules.weights = key.weights.or(rules.weights);
             rules.target_cloud_share = key.target_cloud_share.or(rules.target_cloud_share);
             rules.latency_slo_ms = min_slo(rules.latency_slo_ms, key.latency_slo_ms);
         }
-        if let Some(p) = hints.placement {
-            rules = rules.with_placement(p, "header");
+        if let Some((p, source)) = placement_for(&self.settings, model, route, hints) {
+            rules = rules.with_placement(p, source);
         }
         rules.latency_slo_ms = min_slo(rules.latency_slo_ms, hints.latency_slo_ms);
         rules
@@ -394,12 +393,7 @@ impl Policy {
             *threshold = t;
             decision.explanation.choice = decision.choice.compact();
         }
-        let excluded: Vec<&str> = decision
-            .explanation
-            .excluded
-            .iter()
-            .filter_map(|e| e.split(':').next())
-            .collect();
+        let placement = rules.placement;
         let first: Vec<String> = match &decision.choice {
             Choice::Local { backend } | Choice::Cloud { backend } => vec![backend.clone()],
             Choice::Cascade { local, cloud, .. } => vec![local.clone(), cloud.clone()],
@@ -409,7 +403,11 @@ impl Policy {
         let mut order = first.clone();
         if !first.is_empty() {
             for b in &route.backends {
-                if !order.contains(b) && !excluded.contains(&b.as_str()) {
+                let allowed = self
+                    .backends
+                    .get(b)
+                    .is_some_and(|live| placement.is_none_or(|p| placement_allows(p, live.kind)));
+                if allowed && !order.contains(b) {
                     order.push(b.clone());
                 }
             }
@@ -438,6 +436,7 @@ impl Policy {
     /// Saves the bandit to its file and to Redis when feedback moved it since the last save
     /// (blocking IO: call from the blocking pool). Errors are logged, never raised.
     pub fn persist(&self) {
+        let _one_at_a_time = self.saving.lock();
         let updates = self.updates.load(Ordering::Relaxed);
         if updates == self.saved_updates.load(Ordering::Relaxed) {
             return;
@@ -469,20 +468,33 @@ impl Policy {
     }
 }
 
-/// Saves the bandit every interval while the gateway runs.
+/// Saves the bandit every interval until [`Policy::stop_persistence`].
 pub fn spawn_persistence(policy: Arc<Policy>) {
     if !policy.persists() {
         return;
     }
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(policy.save_interval());
-        tick.tick().await;
-        loop {
+    let task = tokio::spawn({
+        let policy = policy.clone();
+        async move {
+            let mut tick = tokio::time::interval(policy.save_interval());
             tick.tick().await;
-            let p = policy.clone();
-            let _ = tokio::task::spawn_blocking(move || p.persist()).await;
+            loop {
+                tick.tick().await;
+                let p = policy.clone();
+                let _ = tokio::task::spawn_blocking(move || p.persist()).await;
+            }
         }
     });
+    *policy.persistence.lock() = Some(task.abort_handle());
+}
+
+impl Policy {
+    /// Stops the periodic save (the shutdown save follows it).
+    pub fn stop_persistence(&self) {
+        if let Some(task) = self.persistence.lock().take() {
+            task.abort();
+        }
+    }
 }
 
 fn load_encoder_in_background(slot: Arc<OnceLock<Arc<Encoder>>>, root: PathBuf) {
@@ -500,6 +512,35 @@ fn load_encoder_in_background(slot: Arc<OnceLock<Arc<Encoder>>>, root: PathBuf) 
     if let Err(e) = spawned {
         tracing::warn!(error = %e, "cannot start the encoder loader");
     }
+}
+
+/// The per-key rules of the key a request carried, if the config has any.
+fn key_rules<'a>(settings: &'a RouterSettings, hints: &RequestHints) -> Option<&'a PolicyRules> {
+    hints.key_hash.as_ref().and_then(|h| settings.keys.get(h))
+}
+
+/// The placement a request must keep, and where it came from: the route, then the API key, then
+/// the `x-tandem-placement` header; local-only wins over cloud-only wherever it comes from. Every
+/// route honours it, fixed or learned, on every endpoint.
+pub fn placement_for(
+    settings: &RouterSettings,
+    model: &str,
+    route: &RouteConfig,
+    hints: &RequestHints,
+) -> Option<(Placement, String)> {
+    let mut rules = RouteRules::default();
+    if let Some(p) = route.rules.placement {
+        rules = rules.with_placement(p, format!("route:{model}"));
+    }
+    if let Some(p) = key_rules(settings, hints).and_then(|k| k.placement) {
+        rules = rules.with_placement(p, "key");
+    }
+    if let Some(p) = hints.placement {
+        rules = rules.with_placement(p, "header");
+    }
+    rules
+        .placement
+        .map(|p| (p, rules.placement_source.unwrap_or_default()))
 }
 
 fn min_slo(a: Option<f64>, b: Option<f64>) -> Option<f64> {
