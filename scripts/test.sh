@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs Tandem's whole test suite on a fresh machine: installs Redis, fetches the models and the
-# ONNX Runtime library into the cache, starts Redis on loopback, then runs every test.
+# ONNX Runtime library into the cache, starts Redis on loopback, then runs every test (and the
+# kernel tests for aarch64 under qemu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,3 +40,6 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     cargo test --locked --workspace --no-fail-fast
 fi
+
+# The NEON kernels: cross-built for aarch64 and run under qemu (skipped where that cannot be set up).
+scripts/test-aarch64.sh

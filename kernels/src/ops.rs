@@ -220,8 +220,8 @@ pub fn log_softmax_inplace(x: &mut [f32]) {
         return;
     }
     let max = max_f32(x);
-    let sum: f32 = x.iter().map(|v| exp_approx(v - max)).sum();
-    let lse = max + sum.ln();
+    let sum: f64 = x.iter().map(|v| f64::from(exp_approx(v - max))).sum();
+    let lse = max + (sum as f32).ln();
     for v in x.iter_mut() {
         *v -= lse;
     }
@@ -250,12 +250,14 @@ fn exp_sub_sum(x: &mut [f32], max: f32) -> f32 {
         // SAFETY: AVX2 + FMA are present on non-scalar x86 paths.
         return unsafe { x86::exp_sub_sum(x, max) };
     }
-    let mut sum = 0.0;
+    // f64 accumulation: a long f32 running sum (a 49k-262k vocabulary) drifts by far more
+    // than the SIMD path's eight partial sums do.
+    let mut sum = 0.0f64;
     for v in x.iter_mut() {
         *v = exp_approx(*v - max);
-        sum += *v;
+        sum += f64::from(*v);
     }
-    sum
+    sum as f32
 }
 
 /// `exp(x)` for `x ≤ 0` to about 2 ulp, with the same polynomial as the SIMD version.

@@ -1,5 +1,6 @@
 //! Decision-latency benchmark (`tandem bench router`): the policy alone, the policy with a cached
-//! embedding, and the policy with a fresh embedding at two truncation lengths.
+//! embedding, the policy with a fresh static embedding (the gateway's path on a miss), and the
+//! policy with a fresh full embedding at two truncation lengths.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -204,6 +205,37 @@ pub fn bench_decide(args: &BenchArgs) -> Result<BenchReport> {
             }));
         }
         rows.push(row("embed (LRU hit) + features + decide", us));
+    }
+    // What the gateway does on a miss: the static embedding now, the full one later in the
+    // background (not queued here: no cache, so only the decision path is timed).
+    if let Ok(enc) = Encoder::with_config(EncoderConfig {
+        pool_size: 1,
+        cache_capacity: 0,
+        ..EncoderConfig::from_cache_root(&root)
+    }) && enc.has_static()
+    {
+        let mut us = Vec::with_capacity(args.iterations);
+        for i in 0..args.iterations {
+            let prompt = format!("case {i}: {} {} {}", PROMPTS[3], PROMPTS[5], PROMPTS[1]);
+            let mut failed = None;
+            us.push(time(&mut || match enc.embed_for_decision(&prompt) {
+                Ok(found) => {
+                    let mut f = RequestFeatures::from_prompt(&prompt, None);
+                    if let Some((e, source)) = found {
+                        f = f.with_embedding(e, source);
+                    }
+                    std::hint::black_box(router.decide(&f, &candidates, &rules));
+                }
+                Err(e) => failed = Some(e),
+            }));
+            if let Some(e) = failed {
+                return Err(e);
+            }
+        }
+        rows.push(row(
+            "static embedding (miss, gateway path) + features + decide",
+            us,
+        ));
     }
     for &max_tokens in &args.max_tokens {
         let Ok(enc) = Encoder::with_config(EncoderConfig {
