@@ -338,8 +338,9 @@ fn count_decision(state: &AppState, choice: &'static str) {
         .inc();
 }
 
-/// After a learned decision ran: the header, the log line, the metric and, for an escalated
-/// cascade, the implicit feedback.
+/// After a learned decision ran: the header, the metric and, for an escalated cascade, the
+/// implicit feedback. Returns the decision log line (its status as of now) for the caller to
+/// write: at once for a whole answer, when the stream ends for a stream.
 fn finish_plan<T>(
     state: &AppState,
     plan: &Plan,
@@ -347,9 +348,9 @@ fn finish_plan<T>(
     model: &str,
     result: &Result<T, Error>,
     route: &mut RouteInfo,
-) {
+) -> Option<serde_json::Value> {
     let (Some(planned), Some(policy)) = (&plan.planned, &state.policy) else {
-        return;
+        return None;
     };
     let outcome: Option<CascadeOutcome> = plan.cascade.as_ref().and_then(|c| c.outcome());
     let kind = match &planned.decision.choice {
@@ -407,7 +408,54 @@ fn finish_plan<T>(
     if let Err(e) = result {
         line["error"] = e.metric_label().into();
     }
-    policy.log(&hints.request_id, &planned.decision, line);
+    Some(line)
+}
+
+/// Writes a stream's decision log line when the stream ends: `ok` after its finish event,
+/// `error` after an error event, `cancelled` when the client left before either.
+fn logged_at_end(
+    events: EventStream,
+    policy: Arc<crate::routing::Policy>,
+    request_id: Arc<str>,
+    decision: tandem_router_policy::Decision,
+    line: serde_json::Value,
+) -> EventStream {
+    struct LogOnEnd {
+        policy: Arc<crate::routing::Policy>,
+        request_id: Arc<str>,
+        decision: tandem_router_policy::Decision,
+        line: serde_json::Value,
+        status: &'static str,
+        error: Option<String>,
+    }
+    impl Drop for LogOnEnd {
+        fn drop(&mut self) {
+            let mut line = std::mem::take(&mut self.line);
+            line["status"] = self.status.into();
+            if let Some(e) = self.error.take() {
+                line["error"] = e.into();
+            }
+            self.policy.log(&self.request_id, &self.decision, line);
+        }
+    }
+    let mut guard = LogOnEnd {
+        policy,
+        request_id,
+        decision,
+        line,
+        status: "cancelled",
+        error: None,
+    };
+    events
+        .inspect(move |event| match event {
+            ChatEvent::Finish { .. } if guard.status == "cancelled" => guard.status = "ok",
+            ChatEvent::Error(e) => {
+                guard.status = "error";
+                guard.error = Some(e.kind.as_str().to_owned());
+            }
+            _ => {}
+        })
+        .boxed()
 }
 
 /// Records a backend's timings (and errors) as the policy's live state, and counts the request
@@ -511,7 +559,13 @@ pub async fn run_chat(
         },
     )
     .await;
-    finish_plan(state, &plan, hints, &model, &result, &mut route);
+    if let (Some(line), Some(policy), Some(planned)) = (
+        finish_plan(state, &plan, hints, &model, &result, &mut route),
+        &state.policy,
+        &plan.planned,
+    ) {
+        policy.log(&hints.request_id, &planned.decision, line);
+    }
     (result, route)
 }
 
@@ -562,6 +616,20 @@ pub async fn run_stream(
         },
     )
     .await;
-    finish_plan(state, &plan, hints, &model, &result, &mut route);
+    let line = finish_plan(state, &plan, hints, &model, &result, &mut route);
+    let result = match (result, line, &state.policy, plan.planned) {
+        (Ok(events), Some(line), Some(policy), Some(planned)) => Ok(logged_at_end(
+            events,
+            policy.clone(),
+            hints.request_id.clone(),
+            planned.decision,
+            line,
+        )),
+        (result, Some(line), Some(policy), Some(planned)) => {
+            policy.log(&hints.request_id, &planned.decision, line);
+            result
+        }
+        (result, ..) => result,
+    };
     (result, route)
 }

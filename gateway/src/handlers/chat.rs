@@ -138,13 +138,24 @@ fn encode(format: WireFormat, answer: &ChatResponse) -> serde_json::Value {
 
 /// Counts tokens and cost from what the backend reported.
 pub fn record_usage(state: &AppState, backend: &str, usage: &Usage) {
-    let cost = state.executors.get(backend).map_or(0.0, |e| {
-        e.price().cost(
+    // A speculative answer is billed for what its target processed: every verify round's
+    // context (cached or not) and the target's own output, not the client-facing counts.
+    let (input, output, cached) = match &usage.speculative {
+        Some(spec) => (
+            spec.target_input_tokens,
+            spec.target_output_tokens,
+            spec.target_cached_input_tokens,
+        ),
+        None => (
             usage.prompt_tokens,
             usage.completion_tokens,
             usage.cached_prompt_tokens,
-        )
-    });
+        ),
+    };
+    let cost = state
+        .executors
+        .get(backend)
+        .map_or(0.0, |e| e.price().cost(input, output, cached));
     state.metrics.record_usage(
         backend,
         usage.prompt_tokens,

@@ -254,6 +254,7 @@ pub async fn bench_speculative(args: BenchArgs) -> Result<BenchReport> {
             let (mut base_time, mut base_tokens) = (Duration::ZERO, 0usize);
             let (mut spec_time, mut spec_tokens) = (Duration::ZERO, 0usize);
             let (mut drafted, mut accepted, mut rounds) = (0u64, 0u64, 0u64);
+            let mut plain_itl: Option<Duration> = None;
             for (i, text) in PROMPTS.iter().cycle().take(args.prompts).enumerate() {
                 let messages = [ChatMessage::user(*text)];
                 let prompt = target
@@ -268,14 +269,24 @@ pub async fn bench_speculative(args: BenchArgs) -> Result<BenchReport> {
                     .await
                     .map_err(upstream)?;
                 let mut expected = Vec::new();
+                let mut first_token_at = None;
                 while let Some(tok) = stream.next().await {
                     let tok = tok.map_err(upstream)?;
+                    first_token_at.get_or_insert_with(Instant::now);
                     expected.push(tok);
                     if eos.contains(&tok) || expected.len() >= args.max_tokens {
                         break;
                     }
                 }
                 drop(stream);
+                // The target's inter-token time as the gateway's live backend state measures it.
+                if let (Some(first), n @ 2..) = (first_token_at, expected.len()) {
+                    let itl = first.elapsed() / (n as u32 - 1);
+                    plain_itl = Some(match plain_itl {
+                        Some(prev) => (prev + itl) / 2,
+                        None => itl,
+                    });
+                }
                 base_time += t.elapsed();
                 base_tokens += expected.len();
                 row.input_tokens.1 += prompt.len() as u64;
@@ -301,8 +312,9 @@ pub async fn bench_speculative(args: BenchArgs) -> Result<BenchReport> {
                 };
                 let mut policy = DraftPolicy::new(PolicyConfig {
                     max_draft: args.max_draft,
-                    // What the gateway knows of this backend's streaming speed.
-                    plain_token_time: Duration::from_millis(step_ms),
+                    // What the gateway knows of this backend's streaming speed: its measured
+                    // inter-token time (the emulated step is only a floor under it).
+                    plain_token_time: plain_itl.unwrap_or(Duration::from_millis(step_ms)),
                     prior_verify_time: Duration::from_millis(rtt_ms + step_ms),
                     ..PolicyConfig::default()
                 });
@@ -321,6 +333,15 @@ pub async fn bench_speculative(args: BenchArgs) -> Result<BenchReport> {
                 )
                 .await?;
                 spec_time += t.elapsed();
+                tracing::debug!(
+                    rtt_ms,
+                    step_ms,
+                    policy = ?policy.snapshot(),
+                    rounds = report.rounds,
+                    plain_tokens = report.plain_tokens,
+                    elapsed_ms = t.elapsed().as_millis() as u64,
+                    "speculative request measured"
+                );
                 spec_tokens += report.tokens.len();
                 drafted += report.drafted;
                 accepted += report.accepted;
