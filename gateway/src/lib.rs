@@ -18,8 +18,4 @@ pub mod state;
 
 pub use error::{Error, Result};
 
-/// Every allocation of the gateway (request buffers, JSON trees, headers) goes through mimalloc:
-/// under load glibc's malloc spent a large share of the CPU on consolidation and locking.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 pub use server::{Gateway, GatewayOptions, LocalLoad};

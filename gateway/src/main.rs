@@ -11,6 +11,12 @@ use tandem_local_model::fetch::{
     FetchOptions, ProcessEnv as FetchEnv, fetch, fetch_all, known_artifacts, locate,
 };
 
+/// Every allocation of the binary (request buffers, JSON trees, headers) goes through mimalloc:
+/// under load glibc's malloc spent a large share of the CPU on consolidation and locking. Set
+/// here, not in the library, so programs embedding the gateway keep their own allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Tandem: a hybrid edge-cloud LLM gateway (OpenAI- and Anthropic-compatible).
 #[derive(Debug, Parser)]
 #[command(name = "tandem", version, about)]

@@ -28,6 +28,7 @@ fn main() -> Result<()> {
             .context("usage: encoder_profile <data> [samples]")?,
     );
     let samples: usize = args.next().map_or(Ok(150), |s| s.parse())?;
+    anyhow::ensure!(samples > 0, "samples must be at least 1");
     let mut prompts = Vec::new();
     for path in discover(&data)? {
         let d = Dataset::load(&path)?;
@@ -85,6 +86,10 @@ fn main() -> Result<()> {
                 .map_err(Into::into)
         }),
     ];
+    anyhow::ensure!(
+        !prompts.is_empty(),
+        "no prompts found in the data directory"
+    );
     println!("{} prompts", prompts.len());
     let lens: Vec<usize> = prompts
         .iter()

@@ -144,6 +144,13 @@ fn varint(b: &[u8], pos: &mut usize) -> Result<u64, String> {
     Err("varint too long".into())
 }
 
+/// The position `n` fixed-width bytes after `pos`, if the message holds them.
+fn skip(b: &[u8], pos: usize, n: usize) -> Result<usize, String> {
+    pos.checked_add(n)
+        .filter(|&e| e <= b.len())
+        .ok_or_else(|| "fixed-width field past the end of the message".to_owned())
+}
+
 /// The fields of one protobuf message, in order.
 fn fields(b: &[u8]) -> Result<Vec<Field<'_>>, String> {
     let mut out = Vec::new();
@@ -153,7 +160,7 @@ fn fields(b: &[u8]) -> Result<Vec<Field<'_>>, String> {
         let number = (key >> 3) as u32;
         match key & 7 {
             0 => out.push(Field::Varint(number, varint(b, &mut pos)?)),
-            1 => pos += 8,
+            1 => pos = skip(b, pos, 8)?,
             2 => {
                 let len = varint(b, &mut pos)? as usize;
                 let end = pos.checked_add(len).filter(|&e| e <= b.len());
@@ -161,7 +168,7 @@ fn fields(b: &[u8]) -> Result<Vec<Field<'_>>, String> {
                 out.push(Field::Bytes(number, &b[pos..end]));
                 pos = end;
             }
-            5 => pos += 4,
+            5 => pos = skip(b, pos, 4)?,
             w => return Err(format!("unsupported protobuf wire type {w}")),
         }
     }
@@ -222,7 +229,14 @@ fn read_word_table(model: &[u8]) -> Result<Table, String> {
     let find = |suffix: &str| inits.iter().find(|t| t.name.ends_with(suffix));
     let matrix = |t: &Initializer<'_>, elem: usize| -> Result<(usize, usize), String> {
         match t.dims[..] {
-            [rows, dim] if t.raw.len() == rows * dim * elem => Ok((rows, dim)),
+            [rows, dim]
+                if rows
+                    .checked_mul(dim)
+                    .and_then(|n| n.checked_mul(elem))
+                    .is_some_and(|n| n == t.raw.len()) =>
+            {
+                Ok((rows, dim))
+            }
             _ => Err(format!(
                 "initializer {} has dims {:?} and {} bytes",
                 t.name,

@@ -237,11 +237,14 @@ pub fn validate_router(raw: RawRouter) -> Result<RouterSettings, ConfigError> {
         Some(n) => n,
         None => d.cascade_tokens,
     };
+    // Lines wait in memory while the writer catches up: a bound keeps a stalled disk from
+    // growing the process without limit.
+    const MAX_LOG_QUEUE: u64 = 1 << 20;
     let decision_log_queue = match raw.decision_log_queue {
-        Some(0) => {
+        Some(n) if n == 0 || n > MAX_LOG_QUEUE => {
             return Err(invalid(
                 "router.decision_log_queue",
-                "must be greater than 0",
+                format!("must be within 1..={MAX_LOG_QUEUE}"),
             ));
         }
         Some(n) => n as usize,
