@@ -160,3 +160,30 @@ pub fn selected_path() -> &'static str {
 pub fn available_paths() -> Vec<&'static str> {
     Path::available().into_iter().map(Path::name).collect()
 }
+
+/// Physical cores among the CPUs this machine has online, from the Linux topology files; None
+/// where they cannot be read (other systems, restricted sandboxes).
+pub fn physical_cores() -> Option<usize> {
+    let mut cores = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir("/sys/devices/system/cpu").ok()?.flatten() {
+        let name = entry.file_name();
+        let Some(n) = name.to_str().and_then(|s| s.strip_prefix("cpu")) else {
+            continue;
+        };
+        if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let topology = entry.path().join("topology");
+        let read = |file: &str| std::fs::read_to_string(topology.join(file)).ok();
+        let core = read("core_id")?;
+        let package = read("physical_package_id").unwrap_or_default();
+        cores.insert((package.trim().to_owned(), core.trim().to_owned()));
+    }
+    (!cores.is_empty()).then_some(cores.len())
+}
+
+/// Whether `threads` kernel threads would have to share physical cores (SMT siblings). Unknown
+/// topology counts as shared, the cautious answer for small steps.
+pub fn threads_share_cores(threads: usize) -> bool {
+    physical_cores().is_none_or(|cores| threads > cores)
+}

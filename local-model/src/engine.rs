@@ -41,7 +41,8 @@ pub struct EngineConfig {
     pub max_context: Option<usize>,
     /// Tokens of prompt prefill per step, shared between waiting prompts.
     pub prefill_chunk: usize,
-    /// Steps of at most this many tokens run on one kernel thread (0 = always use `threads`).
+    /// Steps of at most this many tokens run on one kernel thread when the threads share
+    /// physical cores (0 = always use `threads`).
     pub small_step_rows: usize,
     /// How the matrix weights are held: as stored (default), or converted at load to Q8_0, f16
     /// or f32, e.g. a higher-precision target run from a 4-bit file (costs load time and memory:
@@ -511,8 +512,9 @@ struct CacheEntry {
 struct Worker {
     model: Model,
     pool: KernelPool,
-    /// One-thread pool for small steps (decode): on two hyperthreads of one core, a second
-    /// thread's spinning between the many small matmuls of a decode step costs more than it adds.
+    /// One-thread pool for small steps (decode), used when the pool's threads share physical
+    /// cores: on two hyperthreads of one core, a second thread's spinning between the many small
+    /// matmuls of a decode step costs more than it adds.
     small_pool: Option<KernelPool>,
     small_rows: usize,
     tok: Arc<Tokenizer>,
@@ -566,7 +568,12 @@ impl Worker {
             cfg.threads
         };
         let pool = KernelPool::new(threads).map_err(|e| Error::Kernel(e.to_string()))?;
-        let small_pool = if threads > 1 && cfg.small_step_rows > 0 {
+        // Only where the threads would be SMT siblings of one core: on separate cores a decode
+        // step gains from both.
+        let small_pool = if threads > 1
+            && cfg.small_step_rows > 0
+            && tandem_kernels::cpu::threads_share_cores(threads)
+        {
             Some(KernelPool::new(1).map_err(|e| Error::Kernel(e.to_string()))?)
         } else {
             None
