@@ -201,6 +201,25 @@ struct Plan {
     cascade: Option<Arc<CascadeExecutor>>,
 }
 
+impl Plan {
+    /// Runs `attempt` on the plan's executors in order, with its fallback rule and reason.
+    async fn run<T, F, Fut>(&self, state: &AppState, attempt: F) -> (Result<T, Error>, RouteInfo)
+    where
+        F: FnMut(Arc<dyn Executor>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Error>>,
+    {
+        with_fallback(
+            state,
+            self.executors.clone(),
+            self.fallback,
+            self.reason.clone(),
+            self.planned.is_some(),
+            attempt,
+        )
+        .await
+    }
+}
+
 fn no_route(e: Error) -> (Error, RouteInfo) {
     (
         e,
@@ -535,13 +554,8 @@ pub async fn run_chat(
         Err((e, route)) => return (Err(e), route),
     };
     let measure = plan.cascade.is_none();
-    let (result, mut route) = with_fallback(
-        state,
-        plan.executors.clone(),
-        plan.fallback,
-        plan.reason.clone(),
-        plan.planned.is_some(),
-        |executor| {
+    let (result, mut route) = plan
+        .run(state, |executor| {
             let request = request.clone();
             async move {
                 let started = StdInstant::now();
@@ -556,9 +570,8 @@ pub async fn run_chat(
                 }
                 result
             }
-        },
-    )
-    .await;
+        })
+        .await;
     if let (Some(line), Some(policy), Some(planned)) = (
         finish_plan(state, &plan, hints, &model, &result, &mut route),
         &state.policy,
@@ -582,13 +595,8 @@ pub async fn run_stream(
         Err((e, route)) => return (Err(e), route),
     };
     let measure = plan.cascade.is_none();
-    let (result, mut route) = with_fallback(
-        state,
-        plan.executors.clone(),
-        plan.fallback,
-        plan.reason.clone(),
-        plan.planned.is_some(),
-        |executor| {
+    let (result, mut route) = plan
+        .run(state, |executor| {
             let request = request.clone();
             let deadline = first_token_deadline.clone();
             async move {
@@ -613,9 +621,8 @@ pub async fn run_stream(
                     (other, _) => other,
                 }
             }
-        },
-    )
-    .await;
+        })
+        .await;
     let line = finish_plan(state, &plan, hints, &model, &result, &mut route);
     let result = match (result, line, &state.policy, plan.planned) {
         (Ok(events), Some(line), Some(policy), Some(planned)) => Ok(logged_at_end(

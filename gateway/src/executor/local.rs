@@ -97,8 +97,8 @@ pub fn sampling_params(request: &ChatRequest) -> SamplingParams {
     }
 }
 
-/// The chat template's view of the conversation.
-fn template_messages(request: &ChatRequest) -> Vec<ChatMessage> {
+/// The chat template's view of the conversation (text only; tool calls and results inline).
+pub(crate) fn template_messages(request: &ChatRequest) -> Vec<ChatMessage> {
     request
         .messages
         .iter()

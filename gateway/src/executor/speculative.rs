@@ -16,8 +16,8 @@ use tandem_cloud_adapters::verify::tandem::TandemVerifier;
 use tandem_cloud_adapters::verify::vllm::VllmVerifier;
 use tandem_cloud_adapters::verify::{Verifier, VerifyProtocol};
 use tandem_cloud_adapters::{
-    ChatEvent, ChatRequest, ContentPart, EventStream, FinishReason, ProviderError,
-    ProviderErrorKind, SpeculativeUsage, Usage, unix_now,
+    ChatEvent, ChatRequest, EventStream, FinishReason, ProviderError, ProviderErrorKind,
+    SpeculativeUsage, Usage, unix_now,
 };
 use tandem_kernels::spec::SamplingParams as SpecSampling;
 use tandem_local_model::draft::{
@@ -28,7 +28,7 @@ use tandem_local_model::{ChatMessage, Engine, Tokenizer};
 use tokio::sync::{OnceCell, mpsc};
 
 use super::Executor;
-use super::local::{DEFAULT_MAX_TOKENS, LocalModel};
+use super::local::{DEFAULT_MAX_TOKENS, LocalModel, template_messages};
 use crate::config::{BackendConfig, BackendKind, DrafterKind, Price, SpeculativeBackend};
 use crate::error::Error;
 use crate::metrics::Metrics;
@@ -268,28 +268,6 @@ impl SpeculativeExecutor {
         }
         DraftPolicy::new(cfg)
     }
-}
-
-/// The conversation as the chat templates see it (text only).
-fn template_messages(request: &ChatRequest) -> Vec<ChatMessage> {
-    request
-        .messages
-        .iter()
-        .map(|m| {
-            let mut content = String::new();
-            for part in &m.content {
-                match part {
-                    ContentPart::Text { text } => content.push_str(text),
-                    ContentPart::ToolResult { content: c, .. } => content.push_str(c),
-                    ContentPart::ToolUse { name, input, .. } => {
-                        content.push_str(&format!("{name}({input})"))
-                    }
-                    ContentPart::Image { .. } => {}
-                }
-            }
-            ChatMessage::new(m.role.as_str(), content)
-        })
-        .collect()
 }
 
 /// The target's sampling settings and the alternatives to ask for per position.
