@@ -20,26 +20,35 @@ redis_port=$(( 20000 + RANDOM % 20000 ))
 redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no \
     --dir "$redis_dir" --daemonize yes --pidfile "$redis_dir/redis.pid" --logfile "$redis_dir/redis.log"
 cleanup() {
-    if [ -f "$redis_dir/redis.pid" ]; then kill "$(cat "$redis_dir/redis.pid")" 2>/dev/null || true; fi
-    rm -rf "$redis_dir"
+    # Redis writes its log while it shuts down: wait for it before removing its folder.
+    redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true
+    for _ in $(seq 50); do
+        if ! redis-cli -p "$redis_port" ping >/dev/null 2>&1; then break; fi
+        sleep 0.1
+    done
+    rm -rf "$redis_dir" || true
 }
 trap cleanup EXIT
 export TANDEM_TEST_REDIS_URL="redis://127.0.0.1:$redis_port/"
 log "redis on 127.0.0.1:$redis_port"
 
+# One build of every test and of the `tandem` binary with the features the tests use, so no
+# crate is compiled twice.
+if cargo nextest --version >/dev/null 2>&1; then
+    run_tests() { cargo nextest run --locked --workspace --no-fail-fast "$@"; }
+else
+    run_tests() { cargo test --locked --workspace --no-fail-fast "$@"; }
+fi
+log "building tandem and the tests"
+run_tests --no-run
+
 # Models and the ONNX Runtime library, through Tandem's own fetcher (sha256-checked, cached).
-log "building tandem"
-cargo build --locked -p tandem-gateway --bin tandem
 log "fetching models"
 target/debug/tandem models fetch --all
 
 # The whole suite.
 log "running tests"
-if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --locked --workspace --no-fail-fast
-else
-    cargo test --locked --workspace --no-fail-fast
-fi
+run_tests
 
 # The NEON kernels: cross-built for aarch64 and run under qemu (skipped where that cannot be set up).
 scripts/test-aarch64.sh

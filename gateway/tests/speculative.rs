@@ -34,8 +34,9 @@ fn engine(artifact: &str) -> Engine {
     Engine::start(EngineConfig::new(path).threads(1)).expect("engine starts")
 }
 
-fn prompts() -> Vec<String> {
-    let chat = [
+/// 26 chat prompts.
+fn chat_prompts() -> Vec<String> {
+    [
         "What is the capital of France?",
         "Give me three tips for better sleep.",
         "Explain photosynthesis in one sentence.",
@@ -62,8 +63,14 @@ fn prompts() -> Vec<String> {
         "How do vaccines work?",
         "What is the tallest mountain in the world?",
         "Recommend a good habit for students.",
-    ];
-    let code = [
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// 26 code prompts.
+fn code_prompts() -> Vec<String> {
+    [
         "Write a Python function that reverses a string.",
         "Write a Python function to compute the factorial of n.",
         "Write a JavaScript function that adds two numbers.",
@@ -90,11 +97,16 @@ fn prompts() -> Vec<String> {
         "Write a JSON object describing a book with a title and an author.",
         "Write a Python function that sorts a list of tuples by the second item.",
         "Write a shell command that lists all files in the current directory.",
-    ];
-    chat.iter()
-        .chain(code.iter())
-        .map(|s| s.to_string())
-        .collect()
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// Every prompt: chat, then code.
+fn prompts() -> Vec<String> {
+    let mut all = chat_prompts();
+    all.extend(code_prompts());
+    all
 }
 
 /// The target alone, greedy. The prefix cache is emptied first: this engine's logits depend on
@@ -135,26 +147,54 @@ fn always_speculate() -> DraftPolicy {
     })
 }
 
-// The two paths are separate tests so the runner can verify them side by side.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn greedy_output_is_the_targets_same_tokenizer() {
-    let smol = engine("smollm2-135m");
-    let target = engine("smollm2-135m");
-    greedy_output_is_the_targets(&smol, &target, "same-tokenizer").await;
+// Each path checks chat and code prompts in separate tests so the runner can verify them side by
+// side; together they are all the prompts.
+#[test]
+fn the_greedy_checks_cover_fifty_prompts() {
+    assert!(prompts().len() >= 50);
+    assert_eq!(chat_prompts().len() + code_prompts().len(), prompts().len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn greedy_output_is_the_targets_cross_tokenizer() {
+async fn greedy_output_is_the_targets_same_tokenizer_chat() {
+    same_tokenizer(&chat_prompts(), "same-tokenizer chat").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greedy_output_is_the_targets_same_tokenizer_code() {
+    same_tokenizer(&code_prompts(), "same-tokenizer code").await;
+}
+
+async fn same_tokenizer(prompts: &[String], path: &str) {
+    let smol = engine("smollm2-135m");
+    let target = engine("smollm2-135m");
+    greedy_output_is_the_targets(&smol, &target, path, prompts).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greedy_output_is_the_targets_cross_tokenizer_chat() {
+    cross_tokenizer(&chat_prompts(), "cross-tokenizer chat").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greedy_output_is_the_targets_cross_tokenizer_code() {
+    cross_tokenizer(&code_prompts(), "cross-tokenizer code").await;
+}
+
+async fn cross_tokenizer(prompts: &[String], path: &str) {
     let smol = engine("smollm2-135m");
     let gemma = engine("gemma3-270m");
-    greedy_output_is_the_targets(&smol, &gemma, "cross-tokenizer").await;
+    greedy_output_is_the_targets(&smol, &gemma, path, prompts).await;
     assert!(EngineDrafter::new(smol.clone(), &gemma.info().vocab_hash).is_err());
 }
 
 /// Every prompt's speculative greedy output equals the target's own greedy output.
-async fn greedy_output_is_the_targets(smol: &Engine, target: &Engine, path: &str) {
-    let prompts = prompts();
-    assert!(prompts.len() >= 50);
+async fn greedy_output_is_the_targets(
+    smol: &Engine,
+    target: &Engine,
+    path: &str,
+    prompts: &[String],
+) {
     let state = Arc::new(VerifyState::new(target.clone(), 8));
     let verifier = InProcessVerifier::new(state.clone());
     let (mut drafted, mut accepted, mut rounds, mut tokens) = (0, 0, 0, 0);
@@ -163,7 +203,7 @@ async fn greedy_output_is_the_targets(smol: &Engine, target: &Engine, path: &str
         let prompt = target.chat_prompt(&messages, true).unwrap();
         let expected = target_only(target, &prompt).await;
         target.clear_cache().await.unwrap();
-        let mut drafter: Box<dyn Drafter> = if path == "same-tokenizer" {
+        let mut drafter: Box<dyn Drafter> = if path.starts_with("same-tokenizer") {
             Box::new(EngineDrafter::new(smol.clone(), &target.info().vocab_hash).unwrap())
         } else {
             let draft_prompt = smol.chat_prompt(&messages, true).unwrap();
