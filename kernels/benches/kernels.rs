@@ -12,8 +12,11 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 use tandem_kernels::matmul::matmul_on_path;
-use tandem_kernels::quant::{QMatrix, QuantType, f32_to_f16};
-use tandem_kernels::{KernelPool, available_paths, matmul, matvec, ops, selected_path};
+use tandem_kernels::pack::{can_interleave8, interleave8};
+use tandem_kernels::quant::{Layout, QMatrix, QuantType, f32_to_f16};
+use tandem_kernels::{
+    KernelPool, available_paths, matmul, matvec, ops, prefers_interleaved8, selected_path,
+};
 
 struct Rng(u64);
 impl Rng {
@@ -45,6 +48,35 @@ fn random_matrix(ty: QuantType, rows: usize, cols: usize) -> Vec<u8> {
         }
     }
     data
+}
+
+/// The layouts a `ty` matrix of `rows` rows can be held in on this machine's path.
+fn layouts(ty: QuantType, rows: usize) -> Vec<Layout> {
+    let mut v = vec![Layout::Rows];
+    if prefers_interleaved8(ty) && can_interleave8(ty, rows) {
+        v.push(Layout::Interleaved8);
+    }
+    v
+}
+
+/// `data` rearranged into `layout`.
+fn in_layout(ty: QuantType, rows: usize, cols: usize, data: &[u8], layout: Layout) -> Vec<u8> {
+    match layout {
+        Layout::Rows => data.to_vec(),
+        Layout::Interleaved8 => interleave8(&QMatrix::new(ty, rows, cols, data).unwrap()).unwrap(),
+    }
+}
+
+/// The layout the engine holds a `ty` matrix of `rows` rows in (interleaved where the path reads it).
+fn engine_layout(ty: QuantType, rows: usize) -> Layout {
+    *layouts(ty, rows).last().unwrap()
+}
+
+fn layout_name(layout: Layout) -> &'static str {
+    match layout {
+        Layout::Rows => "rows",
+        Layout::Interleaved8 => "i8",
+    }
 }
 
 /// (label, rows, cols): SmolLM2-135M's matrices (rows = outputs).
@@ -169,36 +201,40 @@ fn summary(limits: &Limits, pool1: &KernelPool, pool2: &KernelPool) {
     if sections.contains("matvec") {
         println!("matvec (best of runs; weights streamed once per call)");
         println!(
-            "{:<6} {:<10} {:>4} {:>9} {:>8} {:>7} {:>9} {:>7}",
-            "format", "shape", "thr", "µs", "GB/s", "%bw", "GFLOP/s", "%peak"
+            "{:<6} {:<6} {:<10} {:>4} {:>9} {:>8} {:>7} {:>9} {:>7}",
+            "format", "layout", "shape", "thr", "µs", "GB/s", "%bw", "GFLOP/s", "%peak"
         );
         for ty in FORMATS {
             for (label, rows, cols) in SHAPES {
                 if cols % ty.block_elems() != 0 {
                     continue;
                 }
-                let data = random_matrix(ty, rows, cols);
-                let w = QMatrix::new(ty, rows, cols, &data).unwrap();
-                let x: Vec<f32> = (0..cols).map(|i| (i as f32 * 0.37).sin()).collect();
-                let mut y = vec![0.0; rows];
-                for (thr, pool) in [(1, pool1), (2, pool2)] {
-                    let s = time_it(
-                        || pool.matvec(&w, &x, &mut y).unwrap(),
-                        Duration::from_millis(300),
-                    );
-                    let gbs = data.len() as f64 / s / 1e9;
-                    let gf = 2.0 * (rows * cols) as f64 / s / 1e9;
-                    println!(
-                        "{:<6} {:<10} {:>4} {:>9.1} {:>8.2} {:>6.0}% {:>9.1} {:>6.1}%",
-                        format!("{ty:?}"),
-                        label,
-                        thr,
-                        s * 1e6,
-                        gbs,
-                        100.0 * gbs / limits.bw_gbs,
-                        gf,
-                        100.0 * gf / limits.peak_gflops
-                    );
+                let rowwise = random_matrix(ty, rows, cols);
+                for layout in layouts(ty, rows) {
+                    let data = in_layout(ty, rows, cols, &rowwise, layout);
+                    let w = QMatrix::with_layout(ty, rows, cols, &data, layout).unwrap();
+                    let x: Vec<f32> = (0..cols).map(|i| (i as f32 * 0.37).sin()).collect();
+                    let mut y = vec![0.0; rows];
+                    for (thr, pool) in [(1, pool1), (2, pool2)] {
+                        let s = time_it(
+                            || pool.matvec(&w, &x, &mut y).unwrap(),
+                            Duration::from_millis(300),
+                        );
+                        let gbs = data.len() as f64 / s / 1e9;
+                        let gf = 2.0 * (rows * cols) as f64 / s / 1e9;
+                        println!(
+                            "{:<6} {:<6} {:<10} {:>4} {:>9.1} {:>8.2} {:>6.0}% {:>9.1} {:>6.1}%",
+                            format!("{ty:?}"),
+                            layout_name(layout),
+                            label,
+                            thr,
+                            s * 1e6,
+                            gbs,
+                            100.0 * gbs / limits.bw_gbs,
+                            gf,
+                            100.0 * gf / limits.peak_gflops
+                        );
+                    }
                 }
             }
         }
@@ -224,22 +260,26 @@ fn model_step_table(limits: &Limits, pool1: &KernelPool, pool2: &KernelPool) {
         (1536, 576),
         (576, 1536),
     ];
+    let held = |ty: QuantType, r: usize, c: usize| {
+        in_layout(ty, r, c, &random_matrix(ty, r, c), engine_layout(ty, r))
+    };
     let layers: Vec<Vec<Vec<u8>>> = (0..30)
         .map(|_| {
             layer_shapes
                 .iter()
-                .map(|&(r, c)| random_matrix(QuantType::Q4_1, r, c))
+                .map(|&(r, c)| held(QuantType::Q4_1, r, c))
                 .collect()
         })
         .collect();
-    let head = random_matrix(QuantType::Q8_0, 49152, 576);
+    let head = held(QuantType::Q8_0, 49152, 576);
     let bytes: usize = layers.iter().flatten().map(Vec::len).sum::<usize>() + head.len();
     let flops_per_token =
         2.0 * (bytes as f64 - head.len() as f64) / 20.0 * 32.0 + 2.0 * 49152.0 * 576.0;
     println!(
-        "one forward step of SmolLM2-135M's weight matmuls ({:.1} MB, {:.0} MFLOP/token), best of runs",
+        "one forward step of SmolLM2-135M's weight matmuls ({:.1} MB, {:.0} MFLOP/token, layout {}), best of runs",
         bytes as f64 / 1e6,
-        flops_per_token / 1e6
+        flops_per_token / 1e6,
+        layout_name(engine_layout(QuantType::Q4_1, 576))
     );
     println!(
         "{:>4} {:>4} {:>10} {:>8} {:>10} {:>9} {:>7} {:>8}",
@@ -261,7 +301,10 @@ fn model_step_table(limits: &Limits, pool1: &KernelPool, pool2: &KernelPool) {
                     let m: Vec<QMatrix> = l
                         .iter()
                         .zip(layer_shapes)
-                        .map(|(d, (r, c))| QMatrix::new(QuantType::Q4_1, r, c, d).unwrap())
+                        .map(|(d, (r, c))| {
+                            let layout = engine_layout(QuantType::Q4_1, r);
+                            QMatrix::with_layout(QuantType::Q4_1, r, c, d, layout).unwrap()
+                        })
                         .collect();
                     let x576 = &x[..n * 576];
                     pool.matmul_many(
@@ -277,7 +320,8 @@ fn model_step_table(limits: &Limits, pool1: &KernelPool, pool2: &KernelPool) {
                     pool.matmul(&m[6], &x[..n * 1536], n, &mut o).unwrap();
                 }
                 // Prefill needs logits of the last token only; verification needs all.
-                let h = QMatrix::new(QuantType::Q8_0, 49152, 576, &head).unwrap();
+                let layout = engine_layout(QuantType::Q8_0, 49152);
+                let h = QMatrix::with_layout(QuantType::Q8_0, 49152, 576, &head, layout).unwrap();
                 let nh = if n > 16 { 1 } else { n };
                 pool.matmul(&h, &x[..nh * 576], nh, &mut logits[..nh * 49152])
                     .unwrap();

@@ -17,6 +17,7 @@ mod error;
 pub mod cpu;
 pub mod matmul;
 pub mod ops;
+pub mod pack;
 pub mod pool;
 pub(crate) mod qdot;
 pub mod quant;
@@ -24,11 +25,11 @@ pub mod spec;
 
 pub use cpu::{CpuFeatures, available_paths, cpu_features, selected_path};
 pub use error::{Error, Result};
-pub use matmul::{matmul, matvec};
+pub use matmul::{matmul, matvec, prefers_interleaved8};
 pub use ops::{
     RopeTable, argmax, axpy_f16, axpy_f32, dot_f32, dot_f32_f16, gelu_tanh_mul_inplace,
     log_softmax_inplace, rms_norm, rms_norm_inplace, rope_inplace, silu_mul_inplace,
     softmax_inplace, top_k, top_p,
 };
 pub use pool::KernelPool;
-pub use quant::{QMatrix, QuantType, dequantize_row, quantize_row};
+pub use quant::{Layout, QMatrix, QuantType, dequantize_row, quantize_row};

@@ -61,7 +61,8 @@ pub(crate) fn matvec_with(k: &Kernels, w: &QMatrix, x: &[f32], y: &mut [f32]) ->
     ACTS.with(|cell| {
         let mut acts = cell.borrow_mut();
         acts.quantize(k.path, x, 1, w.cols);
-        (k.matvec_rows)(w, &acts, 0, w.rows, y);
+        // SAFETY: `y` holds rows floats (checked) and is exclusively borrowed here.
+        unsafe { k.rows(w, &acts, 0, w.rows, y.as_mut_ptr()) };
     });
     Ok(())
 }
@@ -85,7 +86,7 @@ pub(crate) fn matmul_with(
         let mut acts = cell.borrow_mut();
         acts.quantize(k.path, x, n, w.cols);
         // SAFETY: `y` holds n × rows floats (checked) and is exclusively borrowed here.
-        unsafe { (k.matmul_rows)(w, &acts, 0, w.rows, y.as_mut_ptr()) };
+        unsafe { k.rows(w, &acts, 0, w.rows, y.as_mut_ptr()) };
     });
     Ok(())
 }
@@ -121,6 +122,12 @@ pub(crate) fn float_rows(w: &QMatrix, x: &[f32], n: usize, r0: usize, r1: usize,
             unsafe { *y.add(t * w.rows + r) = v };
         }
     }
+}
+
+/// Whether matrices of `ty` are best held as [`crate::Layout::Interleaved8`] for the selected
+/// path (its kernels read that layout; see [`crate::pack::interleave8`]).
+pub fn prefers_interleaved8(ty: QuantType) -> bool {
+    active().interleaved8 && crate::pack::can_interleave8(ty, crate::pack::GROUP)
 }
 
 /// Runs `matvec` on a named path (`"scalar"`, `"avx2"`, ...) for testing and benchmarking;

@@ -186,12 +186,13 @@ impl KernelPool {
             .map(|y| OutPtr(y.as_mut_ptr(), y.len()))
             .collect();
 
-        // Row chunks over all matrices; multiples of 4 keep matmul tiles whole.
+        // Row chunks over all matrices; multiples of 8 keep matmul tiles and interleaved groups
+        // whole.
         let parts = self.threads * if n == 1 { 16 } else { 8 };
         let mut chunks: Vec<(usize, usize, usize)> = Vec::new();
         for (mi, w) in ws.iter().enumerate() {
             let min = if n == 1 { 16 } else { 4 };
-            let step = (w.rows.div_ceil(parts)).max(min).div_ceil(4) * 4;
+            let step = (w.rows.div_ceil(parts)).max(min).div_ceil(8) * 8;
             let mut r = 0;
             while r < w.rows {
                 let e = (r + step).min(w.rows);
@@ -210,13 +211,10 @@ impl KernelPool {
                 let out = outs[mi];
                 if !w.ty.is_quantized() {
                     float_rows(w, x, n, r0, r1, out.0);
-                } else if n == 1 {
-                    // SAFETY: chunks are disjoint row ranges of an output of `rows` floats.
-                    let y = unsafe { std::slice::from_raw_parts_mut(out.0.add(r0), r1 - r0) };
-                    (kern.matvec_rows)(w, acts, r0, r1, y);
                 } else {
-                    // SAFETY: as above; each chunk writes only its rows of every token.
-                    unsafe { (kern.matmul_rows)(w, acts, r0, r1, out.0) };
+                    // SAFETY: chunks are disjoint row ranges; each writes only its rows of every
+                    // token of an output of n × rows floats.
+                    unsafe { kern.rows(w, acts, r0, r1, out.0) };
                 }
                 debug_assert!(out.1 == n * w.rows);
             }

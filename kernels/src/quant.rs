@@ -104,8 +104,20 @@ impl QuantType {
     }
 }
 
-/// A row-major quantized matrix borrowed from GGUF bytes (rows = output features, cols = input
-/// features).
+/// How a matrix's blocks are laid out in memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Layout {
+    /// ggml rows one after another, as in GGUF files.
+    #[default]
+    Rows,
+    /// Groups of 8 rows with the blocks of the 8 rows interleaved (see [`crate::pack`]): the
+    /// SIMD kernels then hold 8 rows in the 8 lanes of a vector. Q4_0, Q4_1 and Q8_0 only; the
+    /// same number of bytes as [`Layout::Rows`].
+    Interleaved8,
+}
+
+/// A quantized matrix borrowed from GGUF bytes or from packed copies of them (rows = output
+/// features, cols = input features).
 #[derive(Clone, Copy, Debug)]
 pub struct QMatrix<'a> {
     /// Element format.
@@ -114,13 +126,32 @@ pub struct QMatrix<'a> {
     pub rows: usize,
     /// Number of columns (input features).
     pub cols: usize,
-    /// `rows * ty.row_bytes(cols)` bytes in ggml layout.
+    /// `rows * ty.row_bytes(cols)` bytes in `layout`.
     pub data: &'a [u8],
+    /// How `data` is arranged.
+    pub layout: Layout,
 }
 
 impl<'a> QMatrix<'a> {
-    /// Checks that `data` holds exactly `rows` rows of `cols` elements of `ty`.
+    /// Checks that `data` holds exactly `rows` ggml rows of `cols` elements of `ty`.
     pub fn new(ty: QuantType, rows: usize, cols: usize, data: &'a [u8]) -> Result<Self> {
+        Self::with_layout(ty, rows, cols, data, Layout::Rows)
+    }
+
+    /// As [`QMatrix::new`] for bytes in `layout`; errors when the format or the row count cannot
+    /// be held that way (see [`crate::pack::can_interleave8`]).
+    pub fn with_layout(
+        ty: QuantType,
+        rows: usize,
+        cols: usize,
+        data: &'a [u8],
+        layout: Layout,
+    ) -> Result<Self> {
+        if layout == Layout::Interleaved8 && !crate::pack::can_interleave8(ty, rows) {
+            return Err(Error::InvalidShape(format!(
+                "{ty:?} {rows}x{cols} cannot be interleaved by 8 rows"
+            )));
+        }
         let rb = ty.row_bytes(cols)?;
         let need = rb
             .checked_mul(rows)
@@ -136,6 +167,7 @@ impl<'a> QMatrix<'a> {
             rows,
             cols,
             data,
+            layout,
         })
     }
 
@@ -144,8 +176,10 @@ impl<'a> QMatrix<'a> {
         self.cols / self.ty.block_elems() * self.ty.block_bytes()
     }
 
-    /// The bytes of row `r`; panics if `r >= rows`.
+    /// The bytes of row `r` of a [`Layout::Rows`] matrix; panics if `r >= rows` (interleaved rows
+    /// are not contiguous: see [`crate::pack::row_of_interleaved8`]).
     pub fn row(&self, r: usize) -> &'a [u8] {
+        debug_assert_eq!(self.layout, Layout::Rows);
         let rb = self.row_bytes();
         &self.data[r * rb..(r + 1) * rb]
     }

@@ -5,7 +5,8 @@ mod common;
 
 use common::{QUANTIZED, Rng, random_matrix, zero_some_blocks};
 use tandem_kernels::matmul::{matmul_on_path, matvec_on_path};
-use tandem_kernels::quant::{QMatrix, QuantType, dequantize_row, quantize_row};
+use tandem_kernels::pack::interleave8;
+use tandem_kernels::quant::{Layout, QMatrix, QuantType, dequantize_row, quantize_row};
 use tandem_kernels::{KernelPool, available_paths, matmul, matvec, selected_path};
 
 fn dequant(w: &QMatrix) -> Vec<f32> {
@@ -297,6 +298,45 @@ fn bad_shapes_are_errors() {
     assert!(KernelPool::new(0).is_err());
     assert_eq!(QuantType::from_ggml_type_id(9), None);
     assert_eq!(QuantType::from_ggml_type_id(3), Some(QuantType::Q4_1));
+}
+
+/// Interleaved matrices give the row-major results within float reassociation on every path,
+/// stay batch invariant, and the pool's row split (groups of 8) does not change a bit.
+#[test]
+fn interleaved_matrices_match_rows_on_every_path() {
+    let mut rng = Rng(0x1A7E);
+    let pool = KernelPool::new(2).unwrap();
+    for ty in [QuantType::Q4_0, QuantType::Q4_1, QuantType::Q8_0] {
+        for cols in [32usize, 576, 1536] {
+            let rows = 40;
+            let mut data = random_matrix(&mut rng, ty, rows, cols, 0.2);
+            zero_some_blocks(ty, &mut data);
+            let w = QMatrix::new(ty, rows, cols, &data).unwrap();
+            let packed = interleave8(&w).unwrap();
+            let p = QMatrix::with_layout(ty, rows, cols, &packed, Layout::Interleaved8).unwrap();
+            let x = rng.vec(17 * cols, 1.5);
+            let wf = dequant(&w);
+            for n in [1usize, 2, 3, 4, 5, 8, 9, 17] {
+                let x = &x[..n * cols];
+                let mag = magnitude(&wf, x, rows, cols, n);
+                let mut want = vec![0.0; n * rows];
+                matmul_on_path("scalar", &w, x, n, &mut want).unwrap();
+                for path in available_paths() {
+                    let mut got = vec![0.0; n * rows];
+                    matmul_on_path(path, &p, x, n, &mut got).unwrap();
+                    let what = format!("interleaved {ty:?} {path} cols={cols} n={n}");
+                    check_close(&what, &got, &want, &mag, PATH_TOL);
+                    assert_rows_match_matvec(path, &p, x, n, &got, &what);
+                }
+                let mut a = vec![0.0; n * rows];
+                pool.matmul(&p, x, n, &mut a).unwrap();
+                let mut b = vec![0.0; n * rows];
+                matmul(&p, x, n, &mut b).unwrap();
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&a), bits(&b), "interleaved {ty:?} pool n={n}");
+            }
+        }
+    }
 }
 
 #[test]

@@ -366,6 +366,28 @@ impl GgufFile {
         &self.mmap
     }
 
+    /// Drops the resident pages of `len` bytes at `offset` of the map (a copy of them is held
+    /// elsewhere). The bytes stay readable: the next read loads them from the file again.
+    #[cfg_attr(not(unix), allow(unused_variables))]
+    pub fn release(&self, offset: usize, len: usize) {
+        // Only whole pages inside the range, so neighbouring tensors keep theirs.
+        const PAGE: usize = 4096;
+        let start = offset.div_ceil(PAGE) * PAGE;
+        let end = (offset + len) / PAGE * PAGE;
+        #[cfg(unix)]
+        if end > start && end <= self.mmap.len() {
+            // SAFETY: the map is read-only and backed by the file, so dropping its pages
+            // changes no byte any reader sees; they are faulted in again from the file.
+            let _ = unsafe {
+                self.mmap.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    start,
+                    end - start,
+                )
+            };
+        }
+    }
+
     /// A metadata value.
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.metadata.get(key)

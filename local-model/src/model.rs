@@ -6,7 +6,10 @@
 
 use std::sync::Arc;
 
-use tandem_kernels::{KernelPool, QMatrix, QuantType, dequantize_row, ops, quantize_row};
+use tandem_kernels::pack::{can_interleave8, interleave8};
+use tandem_kernels::{
+    KernelPool, Layout, QMatrix, QuantType, dequantize_row, ops, prefers_interleaved8, quantize_row,
+};
 
 use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, TensorInfo};
@@ -204,9 +207,14 @@ struct Weight {
     rows: usize,
     cols: usize,
     offset: usize,
+    /// Bytes of the tensor in the memory map.
     len: usize,
-    /// Converted bytes (see [`WeightFormat`]); `None` reads the memory map.
+    /// Converted or interleaved bytes; `None` reads the memory map.
     owned: Option<Vec<u8>>,
+    /// Whether `owned` holds another format than the file's (see [`WeightFormat`]).
+    converted: bool,
+    /// How the bytes are arranged.
+    layout: Layout,
 }
 
 impl Weight {
@@ -220,6 +228,7 @@ impl Weight {
             rows: self.rows,
             cols: self.cols,
             data,
+            layout: self.layout,
         }
     }
 }
@@ -298,6 +307,8 @@ fn weight(info: &TensorInfo, name: &str, rows: usize, cols: usize) -> Result<Wei
         offset: info.offset,
         len: info.len,
         owned: None,
+        converted: false,
+        layout: Layout::Rows,
     })
 }
 
@@ -318,8 +329,20 @@ fn convert(w: &mut Weight, map: &[u8], to: QuantType, name: &str) -> Result<()> 
             .map_err(|e| Error::Kernel(format!("tensor {name}: {e}")))?;
     }
     w.ty = to;
-    w.len = out.len();
     w.owned = Some(out);
+    w.converted = true;
+    Ok(())
+}
+
+/// Interleaves a matrix by 8 rows when the kernels' path reads that layout faster.
+fn interleave(w: &mut Weight, g: &GgufFile, name: &str) -> Result<()> {
+    if w.layout != Layout::Rows || !prefers_interleaved8(w.ty) || !can_interleave8(w.ty, w.rows) {
+        return Ok(());
+    }
+    let bytes = interleave8(&w.matrix(g.map()))
+        .map_err(|e| Error::Kernel(format!("tensor {name}: {e}")))?;
+    w.owned = Some(bytes);
+    w.layout = Layout::Interleaved8;
     Ok(())
 }
 
@@ -329,25 +352,33 @@ impl Model {
         Self::load_with(gguf, WeightFormat::AsStored)
     }
 
-    /// Loads a model's weights, converting the matrices to `format` (see [`WeightFormat`]).
+    /// Loads a model's weights, converting the matrices to `format` (see [`WeightFormat`]), and
+    /// interleaving those the kernels read faster that way.
     pub fn load_with(gguf: Arc<GgufFile>, format: WeightFormat) -> Result<Self> {
         let mut model = Self::load_mapped(gguf)?;
-        if let Some(to) = format.target() {
-            let gguf = model.gguf.clone();
-            let map = gguf.map();
-            convert(&mut model.output, map, to, "output")?;
-            for (i, l) in model.layers.iter_mut().enumerate() {
-                for (w, name) in [
-                    (&mut l.wq, "attn_q"),
-                    (&mut l.wk, "attn_k"),
-                    (&mut l.wv, "attn_v"),
-                    (&mut l.wo, "attn_output"),
-                    (&mut l.gate, "ffn_gate"),
-                    (&mut l.up, "ffn_up"),
-                    (&mut l.down, "ffn_down"),
-                ] {
-                    convert(w, map, to, &format!("blk.{i}.{name}"))?;
-                }
+        let gguf = model.gguf.clone();
+        let mut matrices = vec![(&mut model.output, "output".to_owned())];
+        for (i, l) in model.layers.iter_mut().enumerate() {
+            for (w, name) in [
+                (&mut l.wq, "attn_q"),
+                (&mut l.wk, "attn_k"),
+                (&mut l.wv, "attn_v"),
+                (&mut l.wo, "attn_output"),
+                (&mut l.gate, "ffn_gate"),
+                (&mut l.up, "ffn_up"),
+                (&mut l.down, "ffn_down"),
+            ] {
+                matrices.push((w, format!("blk.{i}.{name}")));
+            }
+        }
+        for (w, name) in matrices {
+            if let Some(to) = format.target() {
+                convert(w, gguf.map(), to, &name)?;
+            }
+            interleave(w, &gguf, &name)?;
+            // A held copy replaces the mapped pages, so memory stays about the file's size.
+            if w.owned.is_some() {
+                gguf.release(w.offset, w.len);
             }
         }
         model.format = format;
@@ -359,16 +390,20 @@ impl Model {
         self.format
     }
 
-    /// Bytes of converted weights held in memory besides the memory map.
+    /// Bytes of weights converted to another format than the file's (see [`WeightFormat`]).
+    /// Interleaved copies of stored weights are not counted: their mapped pages are released.
     pub fn converted_bytes(&self) -> usize {
+        let held = |w: &Weight| match &w.owned {
+            Some(bytes) if w.converted => bytes.len(),
+            _ => 0,
+        };
         let layer = |l: &Layer| {
             [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down]
                 .iter()
-                .map(|w| w.owned.as_ref().map_or(0, Vec::len))
+                .map(|w| held(w))
                 .sum::<usize>()
         };
-        self.output.owned.as_ref().map_or(0, Vec::len)
-            + self.layers.iter().map(layer).sum::<usize>()
+        held(&self.output) + self.layers.iter().map(layer).sum::<usize>()
     }
 
     fn load_mapped(gguf: Arc<GgufFile>) -> Result<Self> {

@@ -14,7 +14,8 @@ pub(crate) mod scalar;
 pub(crate) mod x86;
 
 use crate::cpu::Path;
-use crate::quant::QMatrix;
+use crate::pack::{GROUP, rows_of_interleaved8};
+use crate::quant::{Layout, QMatrix};
 
 /// Elements per activation block.
 pub(crate) const QK: usize = 32;
@@ -92,6 +93,63 @@ pub(crate) struct Kernels {
     pub(crate) path: Path,
     pub(crate) matvec_rows: MatvecRowsFn,
     pub(crate) matmul_rows: MatmulRowsFn,
+    /// Whether the row kernels take [`Layout::Interleaved8`] matrices (in whole groups).
+    pub(crate) interleaved8: bool,
+}
+
+impl Kernels {
+    /// Rows `r0..r1` of `w` times every token of `acts`, into `y[t * w.rows + r]`: the one entry
+    /// that picks matvec or matmul, and unpacks interleaved rows for kernels without them.
+    ///
+    /// # Safety
+    /// `y` must point to `acts.n * w.rows` writable floats; rows `r0..r1` of every token must not
+    /// be written concurrently by anyone else.
+    pub(crate) unsafe fn rows(&self, w: &QMatrix, acts: &QActs, r0: usize, r1: usize, y: *mut f32) {
+        let whole_groups = r0.is_multiple_of(GROUP) && r1.is_multiple_of(GROUP);
+        if w.layout == Layout::Interleaved8 && !(self.interleaved8 && whole_groups) {
+            // SAFETY: passed on from the caller.
+            unsafe { self.unpacked_rows(w, acts, r0, r1, y) };
+        } else if acts.n == 1 {
+            // SAFETY: the caller owns rows r0..r1 of the single token's output.
+            let y = unsafe { std::slice::from_raw_parts_mut(y.add(r0), r1 - r0) };
+            (self.matvec_rows)(w, acts, r0, r1, y);
+        } else {
+            // SAFETY: passed on from the caller.
+            unsafe { (self.matmul_rows)(w, acts, r0, r1, y) };
+        }
+    }
+
+    /// [`Kernels::rows`] for interleaved rows this path cannot read: they are copied back to
+    /// ggml rows first (tests and forced paths; the engine only interleaves for paths that read it).
+    unsafe fn unpacked_rows(&self, w: &QMatrix, acts: &QActs, r0: usize, r1: usize, y: *mut f32) {
+        UNPACKED.with(|cell| {
+            let (bytes, out) = &mut *cell.borrow_mut();
+            rows_of_interleaved8(w, r0, r1, bytes);
+            let m = QMatrix {
+                rows: r1 - r0,
+                data: bytes,
+                layout: Layout::Rows,
+                ..*w
+            };
+            out.clear();
+            out.resize(acts.n * m.rows, 0.0);
+            // SAFETY: `out` holds n × m.rows floats and is local to this thread.
+            unsafe { self.rows(&m, acts, 0, m.rows, out.as_mut_ptr()) };
+            for t in 0..acts.n {
+                for i in 0..m.rows {
+                    // SAFETY: the caller owns rows r0..r1 of every token in `y`.
+                    unsafe { *y.add(t * w.rows + r0 + i) = out[t * m.rows + i] };
+                }
+            }
+        });
+    }
+}
+
+thread_local! {
+    /// Unpacked rows and their outputs for [`Kernels::unpacked_rows`].
+    static UNPACKED: std::cell::RefCell<(Vec<u8>, Vec<f32>)> = const {
+        std::cell::RefCell::new((Vec::new(), Vec::new()))
+    };
 }
 
 /// The kernel table for `path`.
@@ -101,36 +159,42 @@ pub(crate) fn kernels(path: Path) -> Kernels {
             path,
             matvec_rows: scalar::matvec_rows,
             matmul_rows: scalar::matmul_rows,
+            interleaved8: false,
         },
         #[cfg(target_arch = "x86_64")]
         Path::Avx2 => Kernels {
             path,
             matvec_rows: x86::avx2::matvec_rows,
             matmul_rows: x86::avx2::matmul_rows,
+            interleaved8: true,
         },
         #[cfg(target_arch = "x86_64")]
         Path::AvxVnni => Kernels {
             path,
             matvec_rows: x86::avxvnni::matvec_rows,
             matmul_rows: x86::avxvnni::matmul_rows,
+            interleaved8: true,
         },
         #[cfg(target_arch = "x86_64")]
         Path::Avx512 => Kernels {
             path,
             matvec_rows: x86::avx512::matvec_rows,
             matmul_rows: x86::avx512::matmul_rows,
+            interleaved8: true,
         },
         #[cfg(target_arch = "x86_64")]
         Path::Avx512Vnni => Kernels {
             path,
             matvec_rows: x86::avx512vnni::matvec_rows,
             matmul_rows: x86::avx512vnni::matmul_rows,
+            interleaved8: true,
         },
         #[cfg(target_arch = "aarch64")]
         Path::Neon => Kernels {
             path,
             matvec_rows: neon::matvec_rows,
             matmul_rows: neon::matmul_rows,
+            interleaved8: false,
         },
     }
 }

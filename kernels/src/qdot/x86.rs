@@ -92,15 +92,16 @@ fn hsum_i32(v: __m256i) -> i32 {
 }
 
 macro_rules! x86_path {
-    ($name:ident, $feat:literal, tile = ($tr:literal, $tt:literal),
-     dot = |$w:ident, $a:ident| $dot:block) => {
+    ($name:ident, $feat:literal, tile = ($tr:literal, $tt:literal), interleaved_tokens = $it:literal,
+     dot = |$w:ident, $a:ident| $dot:block, sum16 = $sum16:literal) => {
         /// Kernels compiled for one x86 feature set.
         #[allow(clippy::needless_range_loop)] // const-size register tiles read clearer indexed
         pub(crate) mod $name {
             use super::fmt::*;
             use super::hsum;
             use crate::qdot::{QActs, QK};
-            use crate::quant::{QMatrix, QuantType, scale_min_k4};
+            use crate::pack::GROUP;
+            use crate::quant::{Layout, QMatrix, QuantType, scale_min_k4};
             use std::arch::x86_64::*;
             use std::cell::RefCell;
 
@@ -108,6 +109,11 @@ macro_rules! x86_path {
             const TILE_R: usize = $tr;
             /// Tokens processed together by the matmul microkernel.
             const TILE_T: usize = $tt;
+            /// Tokens processed together on an interleaved matrix.
+            const INTERLEAVED_T: usize = $it;
+            /// Whether 4-bit products may be summed in 16-bit lanes before widening (exact: 16
+            /// products of at most 15 × 127 fit) rather than widened one instruction at a time.
+            const SUM16: bool = $sum16;
 
             /// Σ over 4-byte groups of unsigned `w` times signed `a`, as 8 int32 lanes.
             #[inline]
@@ -585,11 +591,154 @@ macro_rules! x86_path {
                 }
             }
 
+            /// One group of 8 interleaved rows times tokens `t0..t0 + T`: lane `j` of each
+            /// accumulator is row `row0 + j`. Per lane and block the float operations are the
+            /// same whatever `T` is (the integer dot is exact), so a row's result does not depend
+            /// on how many tokens share the call.
+            #[inline]
+            #[target_feature(enable = $feat)]
+            unsafe fn interleaved_group<const F: u8, const T: usize>(
+                w: &QMatrix,
+                acts: &QActs,
+                row0: usize,
+                t0: usize,
+                y: *mut f32,
+            ) {
+                let (nb, cols) = (acts.nb(), acts.cols);
+                let gb = GROUP * w.ty.block_bytes();
+                let ones = _mm256_set1_epi16(1);
+                let low = _mm256_set1_epi8(0x0F);
+                let mut acc = [_mm256_setzero_ps(); T];
+                // SAFETY: the caller passes a whole group inside `w` and tokens inside `acts`;
+                // every pointer below stays inside one group block or one activation block.
+                unsafe {
+                    let group = w.data.as_ptr().add(row0 / GROUP * nb * gb);
+                    for k in 0..nb {
+                        let b = group.add(k * gb);
+                        let dw = _mm256_cvtph_ps(_mm_loadu_si128(b as *const __m128i));
+                        let off = match F {
+                            Q4_1 => _mm256_cvtph_ps(_mm_loadu_si128(b.add(16) as *const __m128i)),
+                            Q4_0 => _mm256_mul_ps(dw, _mm256_set1_ps(-8.0)),
+                            _ => _mm256_setzero_ps(),
+                        };
+                        let qs = b.add(if F == Q4_1 { 32 } else { 16 });
+                        let mut a = [std::ptr::null::<i8>(); T];
+                        for t in 0..T {
+                            a[t] = acts.qs.as_ptr().add((t0 + t) * cols + k * QK);
+                        }
+                        let chunk = |t: usize, c: usize| {
+                            _mm256_set1_epi32(std::ptr::read_unaligned(a[t].add(4 * c) as *const i32))
+                        };
+                        let mut isum = [_mm256_setzero_si256(); T];
+                        if F == Q8_0 {
+                            for c in 0..8 {
+                                let wq = _mm256_loadu_si256(qs.add(32 * c) as *const __m256i);
+                                let wa = _mm256_abs_epi8(wq);
+                                for t in 0..T {
+                                    let p = dot_u8i8(wa, _mm256_sign_epi8(chunk(t, c), wq));
+                                    isum[t] = _mm256_add_epi32(isum[t], p);
+                                }
+                            }
+                        } else if SUM16 {
+                            let mut s16 = [_mm256_setzero_si256(); T];
+                            for c in 0..4 {
+                                let p = _mm256_loadu_si256(qs.add(32 * c) as *const __m256i);
+                                let lo = _mm256_and_si256(p, low);
+                                let hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), low);
+                                for t in 0..T {
+                                    s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(lo, chunk(t, c)));
+                                    s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(hi, chunk(t, c + 4)));
+                                }
+                            }
+                            for t in 0..T {
+                                isum[t] = _mm256_madd_epi16(s16[t], ones);
+                            }
+                        } else {
+                            for c in 0..4 {
+                                let p = _mm256_loadu_si256(qs.add(32 * c) as *const __m256i);
+                                let lo = _mm256_and_si256(p, low);
+                                let hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), low);
+                                for t in 0..T {
+                                    isum[t] = _mm256_add_epi32(isum[t], dot_u8i8(lo, chunk(t, c)));
+                                    isum[t] = _mm256_add_epi32(isum[t], dot_u8i8(hi, chunk(t, c + 4)));
+                                }
+                            }
+                        }
+                        for t in 0..T {
+                            let tok = t0 + t;
+                            let da = *acts.d.get_unchecked(tok * nb + k);
+                            let df = _mm256_mul_ps(dw, _mm256_set1_ps(da));
+                            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), df, acc[t]);
+                            if F != Q8_0 {
+                                let s = acts.s.get_unchecked(tok * 2 * nb + 2 * k..);
+                                let sum = *s.get_unchecked(0) + *s.get_unchecked(1);
+                                acc[t] = _mm256_fmadd_ps(off, _mm256_set1_ps(sum), acc[t]);
+                            }
+                        }
+                    }
+                    for t in 0..T {
+                        // Wrapping: matvec passes `y` shifted back by its first row.
+                        _mm256_storeu_ps(y.wrapping_add((t0 + t) * w.rows + row0), acc[t]);
+                    }
+                }
+            }
+
+            /// Rows `r0..r1` (whole groups) of an interleaved matrix times every token.
+            #[target_feature(enable = $feat)]
+            unsafe fn interleaved_rows<const F: u8>(
+                w: &QMatrix,
+                acts: &QActs,
+                r0: usize,
+                r1: usize,
+                y: *mut f32,
+            ) {
+                let mut row0 = r0;
+                while row0 < r1 {
+                    let mut t = 0;
+                    // SAFETY: row0 starts a group inside `w`; t..t+T are tokens of `acts`; the
+                    // caller owns these rows of every token in `y`.
+                    unsafe {
+                        while t + INTERLEAVED_T <= acts.n {
+                            interleaved_group::<F, INTERLEAVED_T>(w, acts, row0, t, y);
+                            t += INTERLEAVED_T;
+                        }
+                        while t < acts.n {
+                            interleaved_group::<F, 1>(w, acts, row0, t, y);
+                            t += 1;
+                        }
+                    }
+                    row0 += GROUP;
+                }
+            }
+
+            /// Dispatches an interleaved matrix by format; `false` when it is not one.
+            #[target_feature(enable = $feat)]
+            unsafe fn interleaved(w: &QMatrix, acts: &QActs, r0: usize, r1: usize, y: *mut f32) -> bool {
+                if w.layout != Layout::Interleaved8 {
+                    return false;
+                }
+                debug_assert!(r0 % GROUP == 0 && r1 % GROUP == 0);
+                // SAFETY: passed on from the caller.
+                unsafe {
+                    match w.ty {
+                        QuantType::Q4_0 => interleaved_rows::<Q4_0>(w, acts, r0, r1, y),
+                        QuantType::Q4_1 => interleaved_rows::<Q4_1>(w, acts, r0, r1, y),
+                        QuantType::Q8_0 => interleaved_rows::<Q8_0>(w, acts, r0, r1, y),
+                        _ => return false,
+                    }
+                }
+                true
+            }
+
             /// Matvec over rows `r0..r1` (see [`crate::qdot::MatvecRowsFn`]).
             pub(crate) fn matvec_rows(w: &QMatrix, acts: &QActs, r0: usize, r1: usize, y: &mut [f32]) {
                 debug_assert!(crate::cpu::Path::available().contains(&crate::cpu::selected()));
-                // SAFETY: this table entry is only handed out when the CPU has `$feat`.
+                // SAFETY: this table entry is only handed out when the CPU has `$feat`; `y`
+                // holds rows r0..r1 of the one token.
                 unsafe {
+                    if interleaved(w, acts, r0, r1, y.as_mut_ptr().wrapping_sub(r0)) {
+                        return;
+                    }
                     match w.ty {
                         QuantType::Q4_0 => matvec_rows_f::<Q4_0>(w, acts, r0, r1, y),
                         QuantType::Q4_1 => matvec_rows_f::<Q4_1>(w, acts, r0, r1, y),
@@ -611,6 +760,10 @@ macro_rules! x86_path {
             /// # Safety
             /// As [`crate::qdot::MatmulRowsFn`].
             pub(crate) unsafe fn matmul_rows(w: &QMatrix, acts: &QActs, r0: usize, r1: usize, y: *mut f32) {
+                // SAFETY: as above.
+                if unsafe { interleaved(w, acts, r0, r1, y) } {
+                    return;
+                }
                 SCRATCH.with(|cell| {
                     let mut guard = cell.borrow_mut();
                     let sc = &mut *guard;
@@ -641,23 +794,31 @@ x86_path!(
     avx2,
     "avx2,fma,f16c",
     tile = (4, 2),
-    dot = |w, a| { _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1)) }
+    interleaved_tokens = 4,
+    dot = |w, a| { _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1)) },
+    sum16 = true
 );
 x86_path!(
     avxvnni,
     "avx2,fma,f16c,avxvnni",
     tile = (4, 2),
-    dot = |w, a| { _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), w, a) }
+    interleaved_tokens = 4,
+    dot = |w, a| { _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), w, a) },
+    sum16 = false
 );
 x86_path!(
     avx512,
     "avx2,fma,f16c,avx512f,avx512bw,avx512vl",
     tile = (4, 4),
-    dot = |w, a| { _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1)) }
+    interleaved_tokens = 8,
+    dot = |w, a| { _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1)) },
+    sum16 = true
 );
 x86_path!(
     avx512vnni,
     "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
     tile = (4, 4),
-    dot = |w, a| { _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, a) }
+    interleaved_tokens = 8,
+    dot = |w, a| { _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, a) },
+    sum16 = false
 );

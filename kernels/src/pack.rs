@@ -1,0 +1,143 @@
+//! The [`Layout::Interleaved8`] weight layout: rows in groups of 8, blocks in order within a
+//! group, and each block of the 8 rows stored field by field.
+//!
+//! A ggml block of Q4_0, Q4_1 or Q8_0 is a header of f16 fields (the scale, and for Q4_1 the
+//! minimum) followed by its values. In a group, block `k` of the 8 rows is stored as each header
+//! field of the 8 rows (8 × 2 bytes, so one load converts 8 scales), then the values in 4-byte
+//! chunks: chunk `c` of the 8 rows is 32 bytes, one vector whose lane `j` is row `j`'s chunk. A
+//! kernel broadcasts the matching 4 activation bytes and gets the 8 rows' partial dots in the 8
+//! lanes, with no horizontal sums. Nothing is added or dropped: the bytes are the same as in
+//! [`Layout::Rows`], in another order.
+
+use crate::error::{Error, Result};
+use crate::quant::{Layout, QMatrix, QuantType};
+
+/// Rows in one interleaved group.
+pub const GROUP: usize = 8;
+
+/// Bytes of a block's header (its f16 fields) for the formats that can be interleaved.
+fn header_bytes(ty: QuantType) -> Option<usize> {
+    match ty {
+        QuantType::Q4_0 | QuantType::Q8_0 => Some(2),
+        QuantType::Q4_1 => Some(4),
+        _ => None,
+    }
+}
+
+/// Whether a `ty` matrix of `rows` rows can be held as [`Layout::Interleaved8`].
+pub fn can_interleave8(ty: QuantType, rows: usize) -> bool {
+    header_bytes(ty).is_some() && rows.is_multiple_of(GROUP)
+}
+
+/// Where the bytes of row `j` (of 8) of a block land in its interleaved group block: calls
+/// `f(src, dst, len)` for each piece, `src` counted in the ggml block and `dst` in the group block.
+fn pieces(ty: QuantType, j: usize, mut f: impl FnMut(usize, usize, usize)) {
+    let (Some(head), bb) = (header_bytes(ty), ty.block_bytes()) else {
+        return;
+    };
+    for field in 0..head / 2 {
+        f(2 * field, field * 2 * GROUP + 2 * j, 2);
+    }
+    for c in 0..(bb - head) / 4 {
+        f(head + 4 * c, head * GROUP + c * 4 * GROUP + 4 * j, 4);
+    }
+}
+
+/// Rearranges a [`Layout::Rows`] matrix into [`Layout::Interleaved8`] bytes.
+pub fn interleave8(w: &QMatrix) -> Result<Vec<u8>> {
+    if w.layout != Layout::Rows || !can_interleave8(w.ty, w.rows) {
+        return Err(Error::Unsupported(format!(
+            "interleaving a {:?} {:?} matrix of {} rows",
+            w.layout, w.ty, w.rows
+        )));
+    }
+    let bb = w.ty.block_bytes();
+    let nb = w.cols / w.ty.block_elems();
+    let mut out = vec![0u8; w.data.len()];
+    for g in 0..w.rows / GROUP {
+        for j in 0..GROUP {
+            let row = w.row(g * GROUP + j);
+            for k in 0..nb {
+                let src = &row[k * bb..(k + 1) * bb];
+                let dst = &mut out[(g * nb + k) * GROUP * bb..(g * nb + k + 1) * GROUP * bb];
+                pieces(w.ty, j, |s, d, len| {
+                    dst[d..d + len].copy_from_slice(&src[s..s + len])
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Writes row `r` of a [`Layout::Interleaved8`] matrix into `out` in ggml layout (`out` holds
+/// one row).
+pub fn row_of_interleaved8(w: &QMatrix, r: usize, out: &mut [u8]) -> Result<()> {
+    if w.layout != Layout::Interleaved8 || r >= w.rows || out.len() != w.row_bytes() {
+        return Err(Error::InvalidShape(format!(
+            "row {r} of a {:?} matrix of {} rows into {} bytes",
+            w.layout,
+            w.rows,
+            out.len()
+        )));
+    }
+    let bb = w.ty.block_bytes();
+    let nb = w.cols / w.ty.block_elems();
+    let (g, j) = (r / GROUP, r % GROUP);
+    for k in 0..nb {
+        let src = &w.data[(g * nb + k) * GROUP * bb..(g * nb + k + 1) * GROUP * bb];
+        let dst = &mut out[k * bb..(k + 1) * bb];
+        pieces(w.ty, j, |s, d, len| {
+            dst[s..s + len].copy_from_slice(&src[d..d + len])
+        });
+    }
+    Ok(())
+}
+
+/// Rows `r0..r1` of an interleaved matrix as ggml rows, into `out` (replaced).
+pub(crate) fn rows_of_interleaved8(w: &QMatrix, r0: usize, r1: usize, out: &mut Vec<u8>) {
+    let rb = w.row_bytes();
+    out.clear();
+    out.resize((r1 - r0) * rb, 0);
+    for (i, chunk) in out.chunks_exact_mut(rb).enumerate() {
+        // Shapes come from a checked matrix and an in-range row span.
+        let _ = row_of_interleaved8(w, r0 + i, chunk);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_every_row_and_moves_the_scales_together() {
+        for ty in [QuantType::Q4_0, QuantType::Q4_1, QuantType::Q8_0] {
+            let (rows, cols) = (16, 64);
+            let len = rows * ty.row_bytes(cols).unwrap_or(0);
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 13) as u8).collect();
+            let w = QMatrix::new(ty, rows, cols, &data).unwrap();
+            let packed = interleave8(&w).unwrap();
+            assert_eq!(packed.len(), data.len());
+            let p = QMatrix::with_layout(ty, rows, cols, &packed, Layout::Interleaved8).unwrap();
+            let mut row = vec![0u8; w.row_bytes()];
+            for r in 0..rows {
+                row_of_interleaved8(&p, r, &mut row).unwrap();
+                assert_eq!(row, w.row(r), "{ty:?} row {r}");
+            }
+            // The first 16 bytes of a group block are the 8 rows' scales.
+            for j in 0..GROUP {
+                assert_eq!(&packed[2 * j..2 * j + 2], &data[j * w.row_bytes()..][..2]);
+            }
+        }
+    }
+
+    #[test]
+    fn other_formats_and_row_counts_are_refused() {
+        let data = vec![0u8; 8 * 144];
+        let w = QMatrix::new(QuantType::Q4K, 8, 256, &data).unwrap();
+        assert!(interleave8(&w).is_err());
+        let data = vec![0u8; 4 * 18];
+        let w = QMatrix::new(QuantType::Q4_0, 4, 32, &data).unwrap();
+        assert!(interleave8(&w).is_err());
+        assert!(QMatrix::with_layout(QuantType::Q4_0, 4, 32, &data, Layout::Interleaved8).is_err());
+    }
+}
