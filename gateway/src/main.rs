@@ -129,6 +129,10 @@ enum BenchCommand {
         /// The target model.
         #[arg(long)]
         target: Option<String>,
+        /// How the target holds its weights: as_stored, q8_0 (the default: a higher-precision
+        /// target than the Q4_1 drafter on the same file), f16 or f32.
+        #[arg(long)]
+        target_format: Option<String>,
     },
 }
 
@@ -226,8 +230,15 @@ fn main() -> anyhow::Result<()> {
             out(&tandem_gateway::bench::run_local(&model, threads)?);
             Ok(())
         }
-        Command::Bench(BenchCommand::Speculative { drafter, target }) => {
+        Command::Bench(BenchCommand::Speculative {
+            drafter,
+            target,
+            target_format,
+        }) => {
             let mut args = tandem_gateway::speculative::BenchArgs::default();
+            if let Some(f) = target_format {
+                args.target_format = tandem_local_model::WeightFormat::parse(&f)?;
+            }
             if let Some(d) = drafter {
                 args.drafter = d;
             }

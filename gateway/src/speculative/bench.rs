@@ -11,7 +11,7 @@ use futures::StreamExt;
 use tandem_cloud_adapters::verify::tandem::TandemVerifier;
 use tandem_local_model::draft::{CrossTokenizerDrafter, Drafter, EngineDrafter};
 use tandem_local_model::fetch::{FetchOptions, ProcessEnv, resolve_model};
-use tandem_local_model::{ChatMessage, Engine, EngineConfig};
+use tandem_local_model::{ChatMessage, Engine, EngineConfig, WeightFormat};
 
 use super::decoder::{PlainStreamer, SpecOptions, run, upstream};
 use super::delay::{DelayConfig, DelayLayer};
@@ -38,6 +38,9 @@ pub struct BenchArgs {
     pub threads: usize,
     /// Longest draft the policy may choose.
     pub max_draft: usize,
+    /// How the target holds its weights (Q8_0 by default: the same file as the Q4_1 drafter at
+    /// higher precision, so the drafter is not the target itself).
+    pub target_format: WeightFormat,
 }
 
 impl Default for BenchArgs {
@@ -51,6 +54,7 @@ impl Default for BenchArgs {
             max_tokens: 32,
             threads: 1,
             max_draft: 12,
+            target_format: WeightFormat::Q8_0,
         }
     }
 }
@@ -182,11 +186,15 @@ const PROMPTS: [&str; 12] = [
     "Give me a short recipe for pancakes.",
 ];
 
-fn load(name: &str, threads: usize) -> Result<Engine> {
+fn load(name: &str, threads: usize, format: WeightFormat) -> Result<Engine> {
     let path = resolve_model(&FetchOptions::from_env(&ProcessEnv), name)
         .map_err(|e| Error::LocalModel(e.to_string()))?;
-    Engine::start(EngineConfig::new(path).threads(threads))
-        .map_err(|e| Error::LocalModel(e.to_string()))
+    Engine::start(
+        EngineConfig::new(path)
+            .threads(threads)
+            .weight_format(format),
+    )
+    .map_err(|e| Error::LocalModel(e.to_string()))
 }
 
 /// Runs the grid and returns the table.
@@ -198,15 +206,16 @@ pub async fn bench_speculative(args: BenchArgs) -> Result<BenchReport> {
         ));
     }
     tandem_cloud_adapters::http::install_crypto_provider();
-    let drafter_engine = load(&args.drafter, args.threads)?;
-    let target = load(&args.target, args.threads)?;
+    let drafter_engine = load(&args.drafter, args.threads, WeightFormat::AsStored)?;
+    let target = load(&args.target, args.threads, args.target_format)?;
     let same_vocab = drafter_engine.info().vocab_hash == target.info().vocab_hash;
     let setup = format!(
-        "drafter {} ({}), target {} ({}), {} drafter, {} prompts x {} tokens",
+        "drafter {} ({}), target {} ({}, weights {}), {} drafter, {} prompts x {} tokens",
         drafter_engine.info().id,
         drafter_engine.info().arch,
         target.info().id,
         target.info().arch,
+        args.target_format.as_str(),
         if same_vocab {
             "same-tokenizer"
         } else {

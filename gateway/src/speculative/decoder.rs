@@ -198,6 +198,7 @@ pub async fn run(
     let mut context = prompt.to_vec();
     let mut uniforms = Uniforms(opts.seed ^ 0x5EED);
     let mut ready_draft: Option<Vec<u32>> = None;
+    policy.set_pipelined(opts.pipeline);
     while report.tokens.len() < opts.max_tokens && report.finish.is_none() && !opts.cancelled() {
         let remaining = opts.max_tokens - report.tokens.len();
         let mut k = policy.choose(remaining);
@@ -240,16 +241,22 @@ pub async fn run(
                 let r = drafter.draft(&extended, next_k).await;
                 (r, t.elapsed())
             };
-            let (v, (d, dt)) = tokio::join!(verifier.verify(&request), ahead);
+            let verify = async {
+                let v = verifier.verify(&request).await;
+                (v, verify_start.elapsed())
+            };
+            let ((v, vt), (d, dt)) = tokio::join!(verify, ahead);
             if let Ok(d) = &d {
                 policy.observe_draft(d.len(), dt);
             }
+            policy.observe_verify(vt);
             (v, d.ok())
         } else {
-            (verifier.verify(&request).await, None)
+            let v = verifier.verify(&request).await;
+            policy.observe_verify(verify_start.elapsed());
+            (v, None)
         };
         let verified = verified.map_err(upstream)?;
-        policy.observe_verify(verify_start.elapsed());
         let acceptance = if opts.sampling.is_greedy() {
             // A target may stop at the first mismatch: score the draft up to it.
             let argmax = verified.argmax();
