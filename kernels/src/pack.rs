@@ -1,9 +1,10 @@
 //! The [`Layout::Interleaved8`] weight layout: rows in groups of 8, blocks in order within a
 //! group, and each block of the 8 rows stored field by field.
 //!
-//! A ggml block of Q4_0, Q4_1 or Q8_0 is a header of f16 fields (the scale, and for Q4_1 the
-//! minimum) followed by its values. In a group, block `k` of the 8 rows is stored as each header
-//! field of the 8 rows (8 × 2 bytes, so one load converts 8 scales), then the values in 4-byte
+//! A ggml block of Q4_0, Q4_1, Q5_0, Q5_1 or Q8_0 is a header (the f16 scale; for Q4_1 and Q5_1
+//! the f16 minimum; for Q5_0 and Q5_1 the 32 high bits as one u32) followed by its values. In a
+//! group, block `k` of the 8 rows is stored as each header field of the 8 rows (8 scales in 16
+//! bytes, so one load converts them; 8 high-bit words in one vector), then the values in 4-byte
 //! chunks: chunk `c` of the 8 rows is 32 bytes, one vector whose lane `j` is row `j`'s chunk. A
 //! kernel broadcasts the matching 4 activation bytes and gets the 8 rows' partial dots in the 8
 //! lanes, with no horizontal sums. Nothing is added or dropped: the bytes are the same as in
@@ -15,31 +16,35 @@ use crate::quant::{Layout, QMatrix, QuantType};
 /// Rows in one interleaved group.
 pub const GROUP: usize = 8;
 
-/// Bytes of a block's header (its f16 fields) for the formats that can be interleaved.
-fn header_bytes(ty: QuantType) -> Option<usize> {
+/// The sizes of a block's header fields, in order, for the formats that can be interleaved.
+fn header_fields(ty: QuantType) -> Option<&'static [usize]> {
     match ty {
-        QuantType::Q4_0 | QuantType::Q8_0 => Some(2),
-        QuantType::Q4_1 => Some(4),
+        QuantType::Q4_0 | QuantType::Q8_0 => Some(&[2]),
+        QuantType::Q4_1 => Some(&[2, 2]),
+        QuantType::Q5_0 => Some(&[2, 4]),
+        QuantType::Q5_1 => Some(&[2, 2, 4]),
         _ => None,
     }
 }
 
 /// Whether a `ty` matrix of `rows` rows can be held as [`Layout::Interleaved8`].
 pub fn can_interleave8(ty: QuantType, rows: usize) -> bool {
-    header_bytes(ty).is_some() && rows.is_multiple_of(GROUP)
+    header_fields(ty).is_some() && rows.is_multiple_of(GROUP)
 }
 
 /// Where the bytes of row `j` (of 8) of a block land in its interleaved group block: calls
 /// `f(src, dst, len)` for each piece, `src` counted in the ggml block and `dst` in the group block.
 fn pieces(ty: QuantType, j: usize, mut f: impl FnMut(usize, usize, usize)) {
-    let (Some(head), bb) = (header_bytes(ty), ty.block_bytes()) else {
+    let Some(fields) = header_fields(ty) else {
         return;
     };
-    for field in 0..head / 2 {
-        f(2 * field, field * 2 * GROUP + 2 * j, 2);
+    let mut at = 0;
+    for &size in fields {
+        f(at, at * GROUP + size * j, size);
+        at += size;
     }
-    for c in 0..(bb - head) / 4 {
-        f(head + 4 * c, head * GROUP + c * 4 * GROUP + 4 * j, 4);
+    for c in 0..(ty.block_bytes() - at) / 4 {
+        f(at + 4 * c, at * GROUP + c * 4 * GROUP + 4 * j, 4);
     }
 }
 
@@ -110,7 +115,13 @@ mod tests {
 
     #[test]
     fn round_trips_every_row_and_moves_the_scales_together() {
-        for ty in [QuantType::Q4_0, QuantType::Q4_1, QuantType::Q8_0] {
+        for ty in [
+            QuantType::Q4_0,
+            QuantType::Q4_1,
+            QuantType::Q5_0,
+            QuantType::Q5_1,
+            QuantType::Q8_0,
+        ] {
             let (rows, cols) = (16, 64);
             let len = rows * ty.row_bytes(cols).unwrap_or(0);
             let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 13) as u8).collect();

@@ -111,8 +111,8 @@ pub enum Layout {
     #[default]
     Rows,
     /// Groups of 8 rows with the blocks of the 8 rows interleaved (see [`crate::pack`]): the
-    /// SIMD kernels then hold 8 rows in the 8 lanes of a vector. Q4_0, Q4_1 and Q8_0 only; the
-    /// same number of bytes as [`Layout::Rows`].
+    /// SIMD kernels then hold 8 rows in the 8 lanes of a vector. Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0
+    /// only; the same number of bytes as [`Layout::Rows`].
     Interleaved8,
 }
 

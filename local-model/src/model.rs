@@ -254,6 +254,29 @@ struct Layer {
     window: Option<usize>,
 }
 
+/// Attention work (scores × head width, over all heads) below which a step's attention runs on
+/// the engine thread alone: waking the pool costs more than small decode steps save.
+const PARALLEL_ATTENTION_WORK: usize = 1 << 18;
+
+thread_local! {
+    /// Attention scores of one (token, head) task on this thread.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The attention output shared by the pool's tasks, each writing its own disjoint part.
+#[derive(Clone, Copy)]
+struct RowsOut(*mut f32);
+
+// SAFETY: tasks write disjoint ranges behind the pointer (see its use in `forward`).
+unsafe impl Sync for RowsOut {}
+
+impl RowsOut {
+    /// The pointer `at` floats in.
+    fn at(self, at: usize) -> *mut f32 {
+        self.0.wrapping_add(at)
+    }
+}
+
 /// Loaded model weights.
 pub struct Model {
     gguf: Arc<GgufFile>,
@@ -600,37 +623,50 @@ impl Model {
                     r += 1;
                 }
             }
-            // Attention of each new token over its own sequence's cache (causal, windowed).
-            let mut r = 0;
+            // Attention of each new token over its own sequence's cache (causal, windowed): one
+            // task per (token, head), spread over the pool when there is enough of it.
             let group = cfg.n_heads / cfg.n_kv_heads;
-            for it in items.iter() {
-                let base = it.kv.len;
-                let lkv = &it.kv.layers[li];
+            s.spans.clear();
+            for (ii, it) in items.iter().enumerate() {
                 for j in 0..it.tokens.len() {
-                    let pos = base + j;
+                    let pos = it.kv.len + j;
                     let start = layer.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-                    let span = pos + 1 - start;
-                    let out = &mut s.attn[r * qd..(r + 1) * qd];
-                    out.fill(0.0);
-                    for head in 0..cfg.n_heads {
-                        let kvh = head / group;
-                        let q = &s.q[r * qd + head * hd..r * qd + (head + 1) * hd];
-                        let scores = &mut s.scores[..span];
-                        for (t, sc) in scores.iter_mut().enumerate() {
-                            let p = start + t;
-                            let kr = &lkv.k[p * kvd + kvh * hd..p * kvd + (kvh + 1) * hd];
-                            *sc = ops::dot_f32(q, kr) * cfg.attn_scale;
-                        }
-                        ops::softmax_inplace(scores);
-                        let o = &mut out[head * hd..(head + 1) * hd];
-                        for (t, &w) in scores.iter().enumerate() {
-                            let p = start + t;
-                            let vr = &lkv.v[p * kvd + kvh * hd..p * kvd + (kvh + 1) * hd];
-                            ops::axpy_f32(w, vr, o);
-                        }
-                    }
-                    r += 1;
+                    s.spans.push((ii, pos, start));
                 }
+            }
+            let out = RowsOut(s.attn.as_mut_ptr());
+            let (q_all, batch, rows) = (&s.q, &*items, &s.spans);
+            let task = |t: usize| {
+                let (r, head) = (t / cfg.n_heads, t % cfg.n_heads);
+                let (ii, pos, start) = rows[r];
+                let lkv = &batch[ii].kv.layers[li];
+                let kvh = head / group;
+                let q = &q_all[r * qd + head * hd..r * qd + (head + 1) * hd];
+                // SAFETY: each task writes only its own head of its own row of `s.attn`, which
+                // holds n rows of qd floats and is not read until every task is done.
+                let o = unsafe { std::slice::from_raw_parts_mut(out.at(r * qd + head * hd), hd) };
+                o.fill(0.0);
+                SCORES.with(|cell| {
+                    let mut scores = cell.borrow_mut();
+                    scores.clear();
+                    scores.extend((start..=pos).map(|p| {
+                        let kr = &lkv.k[p * kvd + kvh * hd..p * kvd + (kvh + 1) * hd];
+                        ops::dot_f32(q, kr) * cfg.attn_scale
+                    }));
+                    ops::softmax_inplace(&mut scores);
+                    for (t, &w) in scores.iter().enumerate() {
+                        let p = start + t;
+                        let vr = &lkv.v[p * kvd + kvh * hd..p * kvd + (kvh + 1) * hd];
+                        ops::axpy_f32(w, vr, o);
+                    }
+                });
+            };
+            let tasks = n * cfg.n_heads;
+            let work: usize = rows.iter().map(|&(_, pos, start)| pos + 1 - start).sum();
+            if pool.threads() > 1 && work * cfg.n_heads * hd >= PARALLEL_ATTENTION_WORK {
+                pool.for_each(tasks, &task).map_err(kerr)?;
+            } else {
+                (0..tasks).for_each(task);
             }
             pool.matmul(
                 &layer.wo.matrix(map),
@@ -819,7 +855,8 @@ pub struct Scratch {
     attn: Vec<f32>,
     gate: Vec<f32>,
     up: Vec<f32>,
-    scores: Vec<f32>,
+    /// The step's tokens for attention: (batch item, position, first position attended).
+    spans: Vec<(usize, usize, usize)>,
 }
 
 impl Scratch {
@@ -850,6 +887,6 @@ impl Scratch {
         self.attn.resize(rows * qd, 0.0);
         self.gate.resize(rows * cfg.ffn, 0.0);
         self.up.resize(rows * cfg.ffn, 0.0);
-        self.scores.resize(ctx, 0.0);
+        self.spans.reserve(rows);
     }
 }

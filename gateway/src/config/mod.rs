@@ -1082,16 +1082,20 @@ pub fn hash_api_key(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
 }
 
+/// The error a config text gives, as text (empty when it parses); for this module's tests.
+#[cfg(test)]
+pub(crate) fn config_error(text: &str) -> String {
+    Config::from_toml_str(text, &MapEnv::default())
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn err(text: &str) -> String {
-        Config::from_toml_str(text, &MapEnv::default())
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default()
-    }
+    use super::config_error as err;
 
     #[test]
     fn empty_file_is_the_local_default() {

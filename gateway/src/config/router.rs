@@ -292,14 +292,8 @@ pub fn validate_router(raw: RawRouter) -> Result<RouterSettings, ConfigError> {
 
 #[cfg(test)]
 mod tests {
+    use crate::config::config_error as err;
     use crate::config::{Config, MapEnv, RoutePolicy};
-
-    fn err(text: &str) -> String {
-        Config::from_toml_str(text, &MapEnv::default())
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default()
-    }
 
     const BACKENDS: &str = "[backends.local]\nkind = \"local\"\n[backends.oai]\nkind = \"openai-compatible\"\nbase_url = \"http://127.0.0.1:1/v1\"\nstrength = 0.9\n";
 

@@ -443,11 +443,14 @@ impl Executor for SpeculativeExecutor {
         let learned = self.learned.clone();
         tokio::spawn(async move {
             let mut start = Some(start);
+            // Tokens already streamed, so a failure mid-stream still reports what was served.
+            let mut streamed = 0u64;
             let result = {
                 let tx = &tx;
                 let start = &mut start;
                 let text_state = &mut text_state;
                 let cancel = &cancel;
+                let streamed = &mut streamed;
                 run(
                     drafter.as_mut(),
                     verifier.as_ref(),
@@ -459,6 +462,7 @@ impl Executor for SpeculativeExecutor {
                         if let Some(s) = start.take() {
                             let _ = tx.send(Ok(s));
                         }
+                        *streamed += block.len() as u64;
                         let delta = text_state.push(block);
                         if !delta.is_empty() {
                             let _ = tx.send(Ok(ChatEvent::TextDelta {
@@ -479,10 +483,16 @@ impl Executor for SpeculativeExecutor {
             let report = match result {
                 Ok(report) => report,
                 Err(e) => {
-                    let _ = tx.send(match start {
-                        Some(_) => Err(e),
-                        None => Ok(stream_error(&backend, &e)),
-                    });
+                    if start.is_some() {
+                        let _ = tx.send(Err(e));
+                    } else {
+                        let _ = tx.send(Ok(ChatEvent::Usage(Usage {
+                            prompt_tokens,
+                            completion_tokens: streamed,
+                            ..Usage::default()
+                        })));
+                        let _ = tx.send(Ok(stream_error(&backend, &e)));
+                    }
                     return;
                 }
             };

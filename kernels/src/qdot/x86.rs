@@ -591,6 +591,26 @@ macro_rules! x86_path {
                 }
             }
 
+            /// 0x10 in byte `i` of lane `j` where bit `4c + i` of lane `j` of `qh` is set: the fifth
+            /// bits of chunk `c` of 8 interleaved Q5 rows.
+            #[inline]
+            #[target_feature(enable = $feat)]
+            fn high_bits8(qh: __m256i, c: usize) -> __m256i {
+                // Byte c/2 of each 32-bit lane, four times; then bits 4(c%2)..4(c%2)+3 of it.
+                let byte = (c / 2) as i8;
+                let pick = _mm256_setr_epi8(
+                    byte, byte, byte, byte, 4 + byte, 4 + byte, 4 + byte, 4 + byte,
+                    8 + byte, 8 + byte, 8 + byte, 8 + byte, 12 + byte, 12 + byte, 12 + byte, 12 + byte,
+                    byte, byte, byte, byte, 4 + byte, 4 + byte, 4 + byte, 4 + byte,
+                    8 + byte, 8 + byte, 8 + byte, 8 + byte, 12 + byte, 12 + byte, 12 + byte, 12 + byte,
+                );
+                let shift = 4 * (c % 2) as u32;
+                let bits = i32::from_le_bytes([1u8 << shift, 2 << shift, 4 << shift, 8 << shift]);
+                let mask = _mm256_set1_epi32(bits);
+                let b = _mm256_and_si256(_mm256_shuffle_epi8(qh, pick), mask);
+                _mm256_and_si256(_mm256_cmpeq_epi8(b, mask), _mm256_set1_epi8(0x10))
+            }
+
             /// One group of 8 interleaved rows times tokens `t0..t0 + T`: lane `j` of each
             /// accumulator is row `row0 + j`. Per lane and block the float operations are the
             /// same whatever `T` is (the integer dot is exact), so a row's result does not depend
@@ -617,11 +637,25 @@ macro_rules! x86_path {
                         let b = group.add(k * gb);
                         let dw = _mm256_cvtph_ps(_mm_loadu_si128(b as *const __m128i));
                         let off = match F {
-                            Q4_1 => _mm256_cvtph_ps(_mm_loadu_si128(b.add(16) as *const __m128i)),
+                            Q4_1 | Q5_1 => _mm256_cvtph_ps(_mm_loadu_si128(b.add(16) as *const __m128i)),
                             Q4_0 => _mm256_mul_ps(dw, _mm256_set1_ps(-8.0)),
+                            Q5_0 => _mm256_mul_ps(dw, _mm256_set1_ps(-16.0)),
                             _ => _mm256_setzero_ps(),
                         };
-                        let qs = b.add(if F == Q4_1 { 32 } else { 16 });
+                        // Header: scales (16 bytes), minimums (16), high-bit words (32).
+                        let (qh_at, qs_at) = match F {
+                            Q4_1 => (0, 32),
+                            Q5_0 => (16, 48),
+                            Q5_1 => (32, 64),
+                            _ => (0, 16),
+                        };
+                        let five = F == Q5_0 || F == Q5_1;
+                        let qh = if five {
+                            _mm256_loadu_si256(b.add(qh_at) as *const __m256i)
+                        } else {
+                            _mm256_setzero_si256()
+                        };
+                        let qs = b.add(qs_at);
                         let mut a = [std::ptr::null::<i8>(); T];
                         for t in 0..T {
                             a[t] = acts.qs.as_ptr().add((t0 + t) * cols + k * QK);
@@ -637,6 +671,19 @@ macro_rules! x86_path {
                                 for t in 0..T {
                                     let p = dot_u8i8(wa, _mm256_sign_epi8(chunk(t, c), wq));
                                     isum[t] = _mm256_add_epi32(isum[t], p);
+                                }
+                            }
+                        } else if five {
+                            for c in 0..4 {
+                                let p = _mm256_loadu_si256(qs.add(32 * c) as *const __m256i);
+                                let lo = _mm256_or_si256(_mm256_and_si256(p, low), high_bits8(qh, c));
+                                let hi = _mm256_or_si256(
+                                    _mm256_and_si256(_mm256_srli_epi16(p, 4), low),
+                                    high_bits8(qh, c + 4),
+                                );
+                                for t in 0..T {
+                                    isum[t] = _mm256_add_epi32(isum[t], dot_u8i8(lo, chunk(t, c)));
+                                    isum[t] = _mm256_add_epi32(isum[t], dot_u8i8(hi, chunk(t, c + 4)));
                                 }
                             }
                         } else if SUM16 {
@@ -723,6 +770,8 @@ macro_rules! x86_path {
                     match w.ty {
                         QuantType::Q4_0 => interleaved_rows::<Q4_0>(w, acts, r0, r1, y),
                         QuantType::Q4_1 => interleaved_rows::<Q4_1>(w, acts, r0, r1, y),
+                        QuantType::Q5_0 => interleaved_rows::<Q5_0>(w, acts, r0, r1, y),
+                        QuantType::Q5_1 => interleaved_rows::<Q5_1>(w, acts, r0, r1, y),
                         QuantType::Q8_0 => interleaved_rows::<Q8_0>(w, acts, r0, r1, y),
                         _ => return false,
                     }
