@@ -35,9 +35,9 @@ log "redis on 127.0.0.1:$redis_port"
 # One build of every test and of the `tandem` binary with the features the tests use, so no
 # crate is compiled twice.
 if cargo nextest --version >/dev/null 2>&1; then
-    run_tests() { cargo nextest run --locked --workspace --no-fail-fast "$@"; }
+    run_tests() { cargo nextest run --locked --workspace "$@"; }
 else
-    run_tests() { cargo test --locked --workspace --no-fail-fast "$@"; }
+    run_tests() { cargo test --locked --workspace "$@"; }
 fi
 log "building tandem and the tests"
 run_tests --no-run
@@ -48,7 +48,7 @@ target/debug/tandem models fetch --all
 
 # The whole suite.
 log "running tests"
-run_tests
+run_tests --no-fail-fast
 
 # The NEON kernels: cross-built for aarch64 and run under qemu (skipped where that cannot be set up).
 scripts/test-aarch64.sh
