@@ -4,6 +4,9 @@
 //! # Using the kernels
 //! - Weights stay in their GGUF bytes: wrap a tensor as [`QMatrix`] (`rows` = output features).
 //!   Supported: F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K.
+//! - Where [`prefers_interleaved8`] says so, hold a matrix as [`pack::interleave8`] bytes
+//!   ([`Layout::Interleaved8`]: the same bytes with 8 rows interleaved) for much faster products;
+//!   every path reads both layouts.
 //! - Create one [`KernelPool`] per engine with an explicit thread count (the engine thread is one
 //!   of them) and call [`KernelPool::matvec_many`] for q/k/v and gate/up so the input is
 //!   quantized once; [`KernelPool::matmul`] for prefill and batched verification.
