@@ -136,7 +136,7 @@ impl KernelPool {
         self.matmul_many(&[w], x, 1, &mut [y])
     }
 
-    /// `y = x · wᵀ` for `n` input rows across the pool (shapes as [`crate::matmul`]).
+    /// `y = x · wᵀ` for `n` input rows across the pool (shapes as [`crate::matmul()`]).
     pub fn matmul(&self, w: &QMatrix, x: &[f32], n: usize, y: &mut [f32]) -> Result<()> {
         self.matmul_many(&[w], x, n, &mut [y])
     }
