@@ -151,7 +151,8 @@ impl Config {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WeightFormat {
-    /// As stored in the file, read straight from the memory map (no extra memory).
+    /// As stored in the file: read from the memory map, or held interleaved by 8 rows where the
+    /// kernels read that faster (the same bytes; the mapped pages are then released).
     #[default]
     AsStored,
     /// Requantized to Q8_0 at load: 8-bit blocks of 32 with an f16 scale (about 1.06 bytes per
