@@ -16,6 +16,15 @@ use crate::quant::{Layout, QMatrix, QuantType};
 /// Rows in one interleaved group.
 pub const GROUP: usize = 8;
 
+/// The formats that can be interleaved.
+pub const FORMATS: [QuantType; 5] = [
+    QuantType::Q4_0,
+    QuantType::Q4_1,
+    QuantType::Q5_0,
+    QuantType::Q5_1,
+    QuantType::Q8_0,
+];
+
 /// The sizes of a block's header fields, in order, for the formats that can be interleaved.
 fn header_fields(ty: QuantType) -> Option<&'static [usize]> {
     match ty {
@@ -115,13 +124,7 @@ mod tests {
 
     #[test]
     fn round_trips_every_row_and_moves_the_scales_together() {
-        for ty in [
-            QuantType::Q4_0,
-            QuantType::Q4_1,
-            QuantType::Q5_0,
-            QuantType::Q5_1,
-            QuantType::Q8_0,
-        ] {
+        for ty in FORMATS {
             let (rows, cols) = (16, 64);
             let len = rows * ty.row_bytes(cols).unwrap_or(0);
             let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 13) as u8).collect();
@@ -137,6 +140,15 @@ mod tests {
             // The first 16 bytes of a group block are the 8 rows' scales.
             for j in 0..GROUP {
                 assert_eq!(&packed[2 * j..2 * j + 2], &data[j * w.row_bytes()..][..2]);
+            }
+        }
+    }
+
+    #[test]
+    fn the_listed_formats_are_the_interleavable_ones() {
+        for id in 0..16 {
+            if let Some(ty) = QuantType::from_ggml_type_id(id) {
+                assert_eq!(can_interleave8(ty, GROUP), FORMATS.contains(&ty), "{ty:?}");
             }
         }
     }

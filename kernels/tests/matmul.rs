@@ -306,13 +306,7 @@ fn bad_shapes_are_errors() {
 fn interleaved_matrices_match_rows_on_every_path() {
     let mut rng = Rng(0x1A7E);
     let pool = KernelPool::new(2).unwrap();
-    for ty in [
-        QuantType::Q4_0,
-        QuantType::Q4_1,
-        QuantType::Q5_0,
-        QuantType::Q5_1,
-        QuantType::Q8_0,
-    ] {
+    for ty in tandem_kernels::pack::FORMATS {
         for cols in [32usize, 576, 1536] {
             let rows = 40;
             let mut data = random_matrix(&mut rng, ty, rows, cols, 0.2);

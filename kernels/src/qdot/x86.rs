@@ -673,20 +673,7 @@ macro_rules! x86_path {
                                     isum[t] = _mm256_add_epi32(isum[t], p);
                                 }
                             }
-                        } else if five {
-                            for c in 0..4 {
-                                let p = _mm256_loadu_si256(qs.add(32 * c) as *const __m256i);
-                                let lo = _mm256_or_si256(_mm256_and_si256(p, low), high_bits8(qh, c));
-                                let hi = _mm256_or_si256(
-                                    _mm256_and_si256(_mm256_srli_epi16(p, 4), low),
-                                    high_bits8(qh, c + 4),
-                                );
-                                for t in 0..T {
-                                    isum[t] = _mm256_add_epi32(isum[t], dot_u8i8(lo, chunk(t, c)));
-                                    isum[t] = _mm256_add_epi32(isum[t], dot_u8i8(hi, chunk(t, c + 4)));
-                                }
-                            }
-                        } else if SUM16 {
+                        } else if SUM16 && !five {
                             let mut s16 = [_mm256_setzero_si256(); T];
                             for c in 0..4 {
                                 let p = _mm256_loadu_si256(qs.add(32 * c) as *const __m256i);
@@ -701,10 +688,16 @@ macro_rules! x86_path {
                                 isum[t] = _mm256_madd_epi16(s16[t], ones);
                             }
                         } else {
+                            // 5-bit values (their products overflow 16-bit sums), or a path with
+                            // a 4-byte dot instruction.
                             for c in 0..4 {
                                 let p = _mm256_loadu_si256(qs.add(32 * c) as *const __m256i);
-                                let lo = _mm256_and_si256(p, low);
-                                let hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), low);
+                                let mut lo = _mm256_and_si256(p, low);
+                                let mut hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), low);
+                                if five {
+                                    lo = _mm256_or_si256(lo, high_bits8(qh, c));
+                                    hi = _mm256_or_si256(hi, high_bits8(qh, c + 4));
+                                }
                                 for t in 0..T {
                                     isum[t] = _mm256_add_epi32(isum[t], dot_u8i8(lo, chunk(t, c)));
                                     isum[t] = _mm256_add_epi32(isum[t], dot_u8i8(hi, chunk(t, c + 4)));
