@@ -796,6 +796,15 @@ impl ChunkEncoder {
             }
             ChatEvent::Error(err) => {
                 self.failed = true;
+                // What was served before the failure, when the client asked for usage and the
+                // backend reported it.
+                if let (true, Some(usage)) = (self.include_usage, self.usage) {
+                    self.chunk(
+                        None,
+                        UsageField::Counts(WireUsageOut::from(&usage)),
+                        &mut out,
+                    );
+                }
                 sse::write_event(&mut out, None, &json::to_string(&error_out(err)));
             }
         }
@@ -803,7 +812,8 @@ impl ChunkEncoder {
     }
 
     /// The closing frames: the usage chunk when asked for, then `data: [DONE]`. After an error
-    /// event nothing more is sent, so the client can tell the stream failed.
+    /// event nothing more is sent, so the client can tell the stream failed (a usage chunk the
+    /// backend reported before failing comes just before the error event).
     pub fn finish(&mut self) -> Bytes {
         if self.failed {
             return Bytes::new();

@@ -3,7 +3,8 @@
 //! Q4_1 as the drafter with speculative routes pointing at them. For chat and code prompts the
 //! edge's greedy answer is the target's own, on the same-tokenizer path (SmolLM2 verifies) and
 //! the cross-tokenizer path (Gemma 3 270M verifies); the usage extension and the speculative
-//! metrics report what happened.
+//! metrics report what happened. A target lost mid-answer ends the stream with the usage of what
+//! was served and an error event.
 // Helpers outside `#[test]` functions panic on failure like the tests themselves.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -270,5 +271,95 @@ async fn speculative_route_between_two_processes_answers_as_the_target() {
             "endpoint=\"verify\""
         ) > 0.0,
         "{cloud_metrics}"
+    );
+}
+
+/// A target that goes away mid-answer: the edge's stream ends with the usage of what it served
+/// and an error event, never silently and never with `[DONE]`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_lost_mid_stream_ends_it_with_its_usage_and_an_error() {
+    use futures::StreamExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    tandem_cloud_adapters::http::install_crypto_provider();
+    let client = reqwest::Client::new();
+    let mut cloud = start(dir.path(), "cloud-smol", &cloud_config("smollm2-135m"));
+    let edge_cfg = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\
+         [local]\nmodel = \"smollm2-135m\"\nthreads = 1\nkv_cache_tokens = 2048\n\
+         [backends.local]\nkind = \"local\"\n\
+         [backends.cloud-smol]\nkind = \"openai-compatible\"\nbase_url = \"{}/v1\"\nverify = \"tandem\"\n\
+         [backends.spec-smol]\nkind = \"speculative\"\ntarget = \"cloud-smol\"\ndrafter = \"local\"\n\
+         max_draft = 4\nmodels = {{ \"smol-spec\" = \"local\" }}\n",
+        cloud.url
+    );
+    let edge = start(dir.path(), "edge", &edge_cfg);
+    for s in [&cloud, &edge] {
+        wait_ready(&client, s).await;
+    }
+    let body = json!({"model": "smol-spec", "temperature": 0, "max_tokens": 400, "stream": true,
+                      "stream_options": {"include_usage": true},
+                      "messages": [{"role": "user", "content": "Write a long story about a dragon who learns to bake bread."}]});
+    let r = client
+        .post(format!("{}/v1/chat/completions", edge.url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut frames = r.bytes_stream();
+    let mut text = String::new();
+    // The first content, then the target goes away.
+    while !text.contains("\"content\"") {
+        let chunk = frames
+            .next()
+            .await
+            .expect("stream ended before any content")
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let _ = cloud.child.kill();
+    let _ = cloud.child.wait();
+    while let Some(chunk) = frames.next().await {
+        text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+    }
+    let events: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert!(
+        !text.contains("[DONE]"),
+        "a failed stream ends without [DONE]: {text}"
+    );
+    let last = events.last().unwrap();
+    assert!(
+        last.get("error").is_some(),
+        "ends with an error event: {text}"
+    );
+    let usage = events
+        .iter()
+        .find(|v| !v["usage"].is_null())
+        .unwrap_or_else(|| panic!("no usage before the error: {text}"));
+    let served = usage["usage"]["completion_tokens"].as_u64().unwrap();
+    assert!(served > 0 && served < 400, "{usage}");
+    // The edge counted the tokens it served.
+    let edge_metrics = client
+        .get(format!("{}/metrics", edge.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let counted = metric(
+        &edge_metrics,
+        "tandem_tokens_total",
+        "backend=\"spec-smol\",kind=\"completion\"",
+    );
+    assert!(
+        counted >= served as f64,
+        "{counted} < {served}: {edge_metrics}"
     );
 }
