@@ -12,7 +12,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 use tandem_kernels::matmul::matmul_on_path;
-use tandem_kernels::pack::{can_interleave8, interleave8};
+use tandem_kernels::pack::interleave8;
 use tandem_kernels::quant::{Layout, QMatrix, QuantType, f32_to_f16};
 use tandem_kernels::{
     KernelPool, available_paths, matmul, matvec, ops, prefers_interleaved8, selected_path,
@@ -53,7 +53,7 @@ fn random_matrix(ty: QuantType, rows: usize, cols: usize) -> Vec<u8> {
 /// The layouts a `ty` matrix of `rows` rows can be held in on this machine's path.
 fn layouts(ty: QuantType, rows: usize) -> Vec<Layout> {
     let mut v = vec![Layout::Rows];
-    if prefers_interleaved8(ty) && can_interleave8(ty, rows) {
+    if prefers_interleaved8(ty, rows) {
         v.push(Layout::Interleaved8);
     }
     v

@@ -124,10 +124,10 @@ pub(crate) fn float_rows(w: &QMatrix, x: &[f32], n: usize, r0: usize, r1: usize,
     }
 }
 
-/// Whether matrices of `ty` are best held as [`crate::Layout::Interleaved8`] for the selected
-/// path (its kernels read that layout; see [`crate::pack::interleave8`]).
-pub fn prefers_interleaved8(ty: QuantType) -> bool {
-    active().interleaved8 && crate::pack::can_interleave8(ty, crate::pack::GROUP)
+/// Whether a `ty` matrix of `rows` rows is best held as [`crate::Layout::Interleaved8`] on the
+/// selected path (its kernels read that layout; see [`crate::pack::interleave8`]).
+pub fn prefers_interleaved8(ty: QuantType, rows: usize) -> bool {
+    active().interleaved_rows.is_some() && crate::pack::can_interleave8(ty, rows)
 }
 
 /// Runs `matvec` on a named path (`"scalar"`, `"avx2"`, ...) for testing and benchmarking;

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use tandem_kernels::pack::{can_interleave8, interleave8};
+use tandem_kernels::pack::interleave8;
 use tandem_kernels::{
     KernelPool, Layout, QMatrix, QuantType, dequantize_row, ops, prefers_interleaved8, quantize_row,
 };
@@ -360,7 +360,7 @@ fn convert(w: &mut Weight, map: &[u8], to: QuantType, name: &str) -> Result<()> 
 
 /// Interleaves a matrix by 8 rows when the kernels' path reads that layout faster.
 fn interleave(w: &mut Weight, g: &GgufFile, name: &str) -> Result<()> {
-    if w.layout != Layout::Rows || !prefers_interleaved8(w.ty) || !can_interleave8(w.ty, w.rows) {
+    if w.layout != Layout::Rows || !prefers_interleaved8(w.ty, w.rows) {
         return Ok(());
     }
     let bytes = interleave8(&w.matrix(g.map()))

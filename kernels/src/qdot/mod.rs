@@ -14,7 +14,7 @@ pub(crate) mod scalar;
 pub(crate) mod x86;
 
 use crate::cpu::Path;
-use crate::pack::{GROUP, rows_of_interleaved8};
+use crate::pack::{FORMATS, GROUP, rows_of_interleaved8};
 use crate::quant::{Layout, QMatrix};
 
 /// Elements per activation block.
@@ -31,6 +31,8 @@ pub(crate) struct QActs {
     pub(crate) d: Vec<f32>,
     /// `n * cols/32 * 2` half sums, `d * Σ a` over each 16-element half.
     pub(crate) s: Vec<f32>,
+    /// `n * cols/32` block sums, the two half sums added (for one offset per block).
+    pub(crate) sb: Vec<f32>,
 }
 
 impl QActs {
@@ -60,6 +62,8 @@ impl QActs {
                 _ => scalar::quantize_acts(xs, qs, d, s),
             }
         }
+        self.sb.clear();
+        self.sb.extend(self.s.chunks_exact(2).map(|h| h[0] + h[1]));
     }
 }
 
@@ -93,8 +97,9 @@ pub(crate) struct Kernels {
     pub(crate) path: Path,
     pub(crate) matvec_rows: MatvecRowsFn,
     pub(crate) matmul_rows: MatmulRowsFn,
-    /// Whether the row kernels take [`Layout::Interleaved8`] matrices (in whole groups).
-    pub(crate) interleaved8: bool,
+    /// Rows of a [`Layout::Interleaved8`] matrix in whole groups (the kernel signature of
+    /// [`MatmulRowsFn`] for any number of tokens); `None` where the path has no such kernels.
+    pub(crate) interleaved_rows: Option<MatmulRowsFn>,
 }
 
 impl Kernels {
@@ -105,10 +110,16 @@ impl Kernels {
     /// `y` must point to `acts.n * w.rows` writable floats; rows `r0..r1` of every token must not
     /// be written concurrently by anyone else.
     pub(crate) unsafe fn rows(&self, w: &QMatrix, acts: &QActs, r0: usize, r1: usize, y: *mut f32) {
-        let whole_groups = r0.is_multiple_of(GROUP) && r1.is_multiple_of(GROUP);
-        if w.layout == Layout::Interleaved8 && !(self.interleaved8 && whole_groups) {
-            // SAFETY: passed on from the caller.
-            unsafe { self.unpacked_rows(w, acts, r0, r1, y) };
+        if w.layout == Layout::Interleaved8 {
+            let whole_groups = r0.is_multiple_of(GROUP) && r1.is_multiple_of(GROUP);
+            match self.interleaved_rows {
+                Some(f) if whole_groups && FORMATS.contains(&w.ty) => {
+                    // SAFETY: passed on from the caller.
+                    unsafe { f(w, acts, r0, r1, y) }
+                }
+                // SAFETY: passed on from the caller.
+                _ => unsafe { self.unpacked_rows(w, acts, r0, r1, y) },
+            }
         } else if acts.n == 1 {
             // SAFETY: the caller owns rows r0..r1 of the single token's output.
             let y = unsafe { std::slice::from_raw_parts_mut(y.add(r0), r1 - r0) };
@@ -159,42 +170,42 @@ pub(crate) fn kernels(path: Path) -> Kernels {
             path,
             matvec_rows: scalar::matvec_rows,
             matmul_rows: scalar::matmul_rows,
-            interleaved8: false,
+            interleaved_rows: None,
         },
         #[cfg(target_arch = "x86_64")]
         Path::Avx2 => Kernels {
             path,
             matvec_rows: x86::avx2::matvec_rows,
             matmul_rows: x86::avx2::matmul_rows,
-            interleaved8: true,
+            interleaved_rows: Some(x86::avx2::interleaved),
         },
         #[cfg(target_arch = "x86_64")]
         Path::AvxVnni => Kernels {
             path,
             matvec_rows: x86::avxvnni::matvec_rows,
             matmul_rows: x86::avxvnni::matmul_rows,
-            interleaved8: true,
+            interleaved_rows: Some(x86::avxvnni::interleaved),
         },
         #[cfg(target_arch = "x86_64")]
         Path::Avx512 => Kernels {
             path,
             matvec_rows: x86::avx512::matvec_rows,
             matmul_rows: x86::avx512::matmul_rows,
-            interleaved8: true,
+            interleaved_rows: Some(x86::avx512::interleaved),
         },
         #[cfg(target_arch = "x86_64")]
         Path::Avx512Vnni => Kernels {
             path,
             matvec_rows: x86::avx512vnni::matvec_rows,
             matmul_rows: x86::avx512vnni::matmul_rows,
-            interleaved8: true,
+            interleaved_rows: Some(x86::avx512vnni::interleaved),
         },
         #[cfg(target_arch = "aarch64")]
         Path::Neon => Kernels {
             path,
             matvec_rows: neon::matvec_rows,
             matmul_rows: neon::matmul_rows,
-            interleaved8: false,
+            interleaved_rows: None,
         },
     }
 }

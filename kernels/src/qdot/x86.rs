@@ -101,7 +101,7 @@ macro_rules! x86_path {
             use super::hsum;
             use crate::qdot::{QActs, QK};
             use crate::pack::GROUP;
-            use crate::quant::{Layout, QMatrix, QuantType, scale_min_k4};
+            use crate::quant::{QMatrix, QuantType, scale_min_k4};
             use std::arch::x86_64::*;
             use std::cell::RefCell;
 
@@ -710,15 +710,13 @@ macro_rules! x86_path {
                             let df = _mm256_mul_ps(dw, _mm256_set1_ps(da));
                             acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), df, acc[t]);
                             if F != Q8_0 {
-                                let s = acts.s.get_unchecked(tok * 2 * nb + 2 * k..);
-                                let sum = *s.get_unchecked(0) + *s.get_unchecked(1);
+                                let sum = *acts.sb.get_unchecked(tok * nb + k);
                                 acc[t] = _mm256_fmadd_ps(off, _mm256_set1_ps(sum), acc[t]);
                             }
                         }
                     }
                     for t in 0..T {
-                        // Wrapping: matvec passes `y` shifted back by its first row.
-                        _mm256_storeu_ps(y.wrapping_add((t0 + t) * w.rows + row0), acc[t]);
+                        _mm256_storeu_ps(y.add((t0 + t) * w.rows + row0), acc[t]);
                     }
                 }
             }
@@ -751,14 +749,16 @@ macro_rules! x86_path {
                 }
             }
 
-            /// Dispatches an interleaved matrix by format; `false` when it is not one.
-            #[target_feature(enable = $feat)]
-            unsafe fn interleaved(w: &QMatrix, acts: &QActs, r0: usize, r1: usize, y: *mut f32) -> bool {
-                if w.layout != Layout::Interleaved8 {
-                    return false;
-                }
+            /// Rows `r0..r1` (whole groups) of an interleaved matrix (see
+            /// [`crate::qdot::Kernels::rows`], which only passes the formats of
+            /// [`crate::pack::FORMATS`]).
+            ///
+            /// # Safety
+            /// As [`crate::qdot::MatmulRowsFn`].
+            pub(crate) unsafe fn interleaved(w: &QMatrix, acts: &QActs, r0: usize, r1: usize, y: *mut f32) {
                 debug_assert!(r0 % GROUP == 0 && r1 % GROUP == 0);
-                // SAFETY: passed on from the caller.
+                // SAFETY: this table entry is only handed out when the CPU has `$feat`; the
+                // caller upholds the output contract.
                 unsafe {
                     match w.ty {
                         QuantType::Q4_0 => interleaved_rows::<Q4_0>(w, acts, r0, r1, y),
@@ -766,21 +766,16 @@ macro_rules! x86_path {
                         QuantType::Q5_0 => interleaved_rows::<Q5_0>(w, acts, r0, r1, y),
                         QuantType::Q5_1 => interleaved_rows::<Q5_1>(w, acts, r0, r1, y),
                         QuantType::Q8_0 => interleaved_rows::<Q8_0>(w, acts, r0, r1, y),
-                        _ => return false,
+                        _ => {}
                     }
                 }
-                true
             }
 
             /// Matvec over rows `r0..r1` (see [`crate::qdot::MatvecRowsFn`]).
             pub(crate) fn matvec_rows(w: &QMatrix, acts: &QActs, r0: usize, r1: usize, y: &mut [f32]) {
                 debug_assert!(crate::cpu::Path::available().contains(&crate::cpu::selected()));
-                // SAFETY: this table entry is only handed out when the CPU has `$feat`; `y`
-                // holds rows r0..r1 of the one token.
+                // SAFETY: this table entry is only handed out when the CPU has `$feat`.
                 unsafe {
-                    if interleaved(w, acts, r0, r1, y.as_mut_ptr().wrapping_sub(r0)) {
-                        return;
-                    }
                     match w.ty {
                         QuantType::Q4_0 => matvec_rows_f::<Q4_0>(w, acts, r0, r1, y),
                         QuantType::Q4_1 => matvec_rows_f::<Q4_1>(w, acts, r0, r1, y),
@@ -802,10 +797,6 @@ macro_rules! x86_path {
             /// # Safety
             /// As [`crate::qdot::MatmulRowsFn`].
             pub(crate) unsafe fn matmul_rows(w: &QMatrix, acts: &QActs, r0: usize, r1: usize, y: *mut f32) {
-                // SAFETY: as above.
-                if unsafe { interleaved(w, acts, r0, r1, y) } {
-                    return;
-                }
                 SCRATCH.with(|cell| {
                     let mut guard = cell.borrow_mut();
                     let sc = &mut *guard;
