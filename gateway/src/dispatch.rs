@@ -357,6 +357,21 @@ fn count_decision(state: &AppState, choice: &'static str) {
         .inc();
 }
 
+/// A decision log line waiting for its request's outcome.
+struct PendingLog {
+    policy: Arc<crate::routing::Policy>,
+    request_id: Arc<str>,
+    decision: tandem_router_policy::Decision,
+    line: serde_json::Value,
+}
+
+impl PendingLog {
+    /// Writes the line.
+    fn write(self) {
+        self.policy.log(&self.request_id, &self.decision, self.line);
+    }
+}
+
 /// After a learned decision ran: the header, the metric and, for an escalated cascade, the
 /// implicit feedback. Returns the decision log line (its status as of now) for the caller to
 /// write: at once for a whole answer, when the stream ends for a stream.
@@ -367,7 +382,7 @@ fn finish_plan<T>(
     model: &str,
     result: &Result<T, Error>,
     route: &mut RouteInfo,
-) -> Option<serde_json::Value> {
+) -> Option<PendingLog> {
     let (Some(planned), Some(policy)) = (&plan.planned, &state.policy) else {
         return None;
     };
@@ -427,41 +442,35 @@ fn finish_plan<T>(
     if let Err(e) = result {
         line["error"] = e.metric_label().into();
     }
-    Some(line)
+    Some(PendingLog {
+        policy: policy.clone(),
+        request_id: hints.request_id.clone(),
+        decision: planned.decision.clone(),
+        line,
+    })
 }
 
 /// Writes a stream's decision log line when the stream ends: `ok` after its finish event,
 /// `error` after an error event, `cancelled` when the client left before either.
-fn logged_at_end(
-    events: EventStream,
-    policy: Arc<crate::routing::Policy>,
-    request_id: Arc<str>,
-    decision: tandem_router_policy::Decision,
-    line: serde_json::Value,
-) -> EventStream {
+fn logged_at_end(events: EventStream, log: PendingLog) -> EventStream {
     struct LogOnEnd {
-        policy: Arc<crate::routing::Policy>,
-        request_id: Arc<str>,
-        decision: tandem_router_policy::Decision,
-        line: serde_json::Value,
+        log: Option<PendingLog>,
         status: &'static str,
         error: Option<String>,
     }
     impl Drop for LogOnEnd {
         fn drop(&mut self) {
-            let mut line = std::mem::take(&mut self.line);
-            line["status"] = self.status.into();
-            if let Some(e) = self.error.take() {
-                line["error"] = e.into();
+            if let Some(mut log) = self.log.take() {
+                log.line["status"] = self.status.into();
+                if let Some(e) = self.error.take() {
+                    log.line["error"] = e.into();
+                }
+                log.write();
             }
-            self.policy.log(&self.request_id, &self.decision, line);
         }
     }
     let mut guard = LogOnEnd {
-        policy,
-        request_id,
-        decision,
-        line,
+        log: Some(log),
         status: "cancelled",
         error: None,
     };
@@ -572,12 +581,8 @@ pub async fn run_chat(
             }
         })
         .await;
-    if let (Some(line), Some(policy), Some(planned)) = (
-        finish_plan(state, &plan, hints, &model, &result, &mut route),
-        &state.policy,
-        &plan.planned,
-    ) {
-        policy.log(&hints.request_id, &planned.decision, line);
+    if let Some(log) = finish_plan(state, &plan, hints, &model, &result, &mut route) {
+        log.write();
     }
     (result, route)
 }
@@ -623,20 +628,15 @@ pub async fn run_stream(
             }
         })
         .await;
-    let line = finish_plan(state, &plan, hints, &model, &result, &mut route);
-    let result = match (result, line, &state.policy, plan.planned) {
-        (Ok(events), Some(line), Some(policy), Some(planned)) => Ok(logged_at_end(
-            events,
-            policy.clone(),
-            hints.request_id.clone(),
-            planned.decision,
-            line,
-        )),
-        (result, Some(line), Some(policy), Some(planned)) => {
-            policy.log(&hints.request_id, &planned.decision, line);
+    let log = finish_plan(state, &plan, hints, &model, &result, &mut route);
+    let result = match (result, log) {
+        (Ok(events), Some(log)) => Ok(logged_at_end(events, log)),
+        (result, log) => {
+            if let Some(log) = log {
+                log.write();
+            }
             result
         }
-        (result, ..) => result,
     };
     (result, route)
 }

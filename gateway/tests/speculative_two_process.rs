@@ -159,6 +159,12 @@ async fn chat_streamed(
     (content, usage)
 }
 
+/// The `/metrics` page of a server.
+async fn metrics(client: &reqwest::Client, server: &Server) -> String {
+    let url = format!("{}/metrics", server.url);
+    client.get(url).send().await.unwrap().text().await.unwrap()
+}
+
 fn metric(text: &str, name: &str, labels: &str) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(name) && l.contains(labels))
@@ -234,14 +240,7 @@ async fn speculative_route_between_two_processes_answers_as_the_target() {
     );
 
     // Metrics moved on the edge, and the cloud served verify calls.
-    let edge_metrics = client
-        .get(format!("{}/metrics", edge.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let edge_metrics = metrics(&client, &edge).await;
     for backend in ["spec-smol", "spec-gemma"] {
         let labels = format!("backend=\"{backend}\"");
         assert!(
@@ -256,14 +255,7 @@ async fn speculative_route_between_two_processes_answers_as_the_target() {
             ) > 0.0
         );
     }
-    let cloud_metrics = client
-        .get(format!("{}/metrics", cloud_smol.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let cloud_metrics = metrics(&client, &cloud_smol).await;
     assert!(
         metric(
             &cloud_metrics,
@@ -345,14 +337,7 @@ async fn a_target_lost_mid_stream_ends_it_with_its_usage_and_an_error() {
     let served = usage["usage"]["completion_tokens"].as_u64().unwrap();
     assert!(served > 0 && served < 400, "{usage}");
     // The edge counted the tokens it served.
-    let edge_metrics = client
-        .get(format!("{}/metrics", edge.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let edge_metrics = metrics(&client, &edge).await;
     let counted = metric(
         &edge_metrics,
         "tandem_tokens_total",

@@ -144,11 +144,11 @@ fn varint(b: &[u8], pos: &mut usize) -> Result<u64, String> {
     Err("varint too long".into())
 }
 
-/// The position `n` fixed-width bytes after `pos`, if the message holds them.
+/// The position `n` bytes after `pos`, if the message holds them.
 fn skip(b: &[u8], pos: usize, n: usize) -> Result<usize, String> {
     pos.checked_add(n)
         .filter(|&e| e <= b.len())
-        .ok_or_else(|| "fixed-width field past the end of the message".to_owned())
+        .ok_or_else(|| "field past the end of the message".to_owned())
 }
 
 /// The fields of one protobuf message, in order.
@@ -163,8 +163,7 @@ fn fields(b: &[u8]) -> Result<Vec<Field<'_>>, String> {
             1 => pos = skip(b, pos, 8)?,
             2 => {
                 let len = varint(b, &mut pos)? as usize;
-                let end = pos.checked_add(len).filter(|&e| e <= b.len());
-                let end = end.ok_or("length past the end of the message")?;
+                let end = skip(b, pos, len)?;
                 out.push(Field::Bytes(number, &b[pos..end]));
                 pos = end;
             }

@@ -6,9 +6,11 @@
 //! `k · t_draft + t_verify` when drafting and verifying take turns. Pipelined (the next block
 //! drafted while the verification is in flight) a round takes `max(t_verify, (k + 1) · t_draft)`,
 //! plus `k · t_draft` when the block drafted ahead does not stand, which happens unless all `k`
-//! drafts and the drafter's guess of the target's bonus token are accepted (`1 − α^{k+1}`). Plain streaming yields one token per `t_plain` for one output token. The policy
-//! maximizes tokens per unit of (time + `λ` · price), with `λ` converting price into seconds, and
-//! returns `0` (stream plainly) when no `k` beats plain streaming.
+//! drafts and the drafter's guess of the target's bonus token are accepted (`1 − α^{k+1}`).
+//!
+//! Plain streaming yields one token per `t_plain` for one output token. The policy maximizes
+//! tokens per unit of (time + `λ` · price), with `λ` converting price into seconds, and returns
+//! `0` (stream plainly) when no `k` beats plain streaming.
 
 use std::time::Duration;
 
