@@ -111,7 +111,7 @@ pub fn transport_error(err: &reqwest::Error, provider: &str) -> ProviderError {
 /// per request: `n>1` is refused before anything is sent).
 pub(crate) fn post_json<T: serde::Serialize>(
     client: &reqwest::Client,
-    url: &str,
+    url: &reqwest::Url,
     headers: &reqwest::header::HeaderMap,
     provider: &str,
     req: &crate::types::ChatRequest,
@@ -131,7 +131,7 @@ pub(crate) fn post_json<T: serde::Serialize>(
             format!("cannot encode request: {e}"),
         )
     })?;
-    Ok(client.post(url).headers(headers.clone()).body(body))
+    Ok(client.post(url.clone()).headers(headers.clone()).body(body))
 }
 
 /// Sends a prepared request; error statuses come back as `Err` with the upstream's error body

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 
-use super::{header_map, trim_base};
+use super::{checked_base, endpoint, header_map};
 use crate::anthropic::{self as wire, EventDecoder, MessagesRequest};
 use crate::error::{Error, Result};
 use crate::http::{self, HttpConfig};
@@ -53,7 +53,7 @@ pub struct Anthropic {
     name: String,
     model: Option<String>,
     default_max_tokens: u32,
-    url: String,
+    url: reqwest::Url,
     headers: HeaderMap,
     client: reqwest::Client,
 }
@@ -67,13 +67,7 @@ impl Anthropic {
 
     /// A provider sharing an existing client.
     pub fn with_client(config: AnthropicConfig, client: reqwest::Client) -> Result<Self> {
-        let base = trim_base(&config.base_url);
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(Error::Config(format!(
-                "{}: base_url must start with http:// or https://, got '{}'",
-                config.name, config.base_url
-            )));
-        }
+        let base = checked_base(&config.name, &config.base_url)?;
         if config.default_max_tokens == 0 {
             return Err(Error::Config(format!(
                 "{}: default_max_tokens must be at least 1",
@@ -85,6 +79,7 @@ impl Anthropic {
         } else {
             format!("{base}/v1/messages")
         };
+        let url = endpoint(&config.name, url)?;
         let mut headers = header_map(&config.name, &config.extra_headers)?;
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         let version = HeaderValue::from_str(&config.version)
@@ -112,7 +107,7 @@ impl Anthropic {
 
     /// The messages URL requests go to.
     pub fn url(&self) -> &str {
-        &self.url
+        self.url.as_str()
     }
 
     fn request(

@@ -28,7 +28,19 @@ fn is_secret(name: &HeaderName) -> bool {
     matches!(name.as_str(), "authorization" | "api-key" | "x-api-key")
 }
 
-/// `base` without trailing slashes.
-pub(crate) fn trim_base(base: &str) -> &str {
-    base.trim_end_matches('/')
+/// `base_url` without trailing slashes, after checking its scheme.
+pub(crate) fn checked_base<'a>(provider: &str, base_url: &'a str) -> Result<&'a str> {
+    let base = base_url.trim_end_matches('/');
+    if !(base.starts_with("http://") || base.starts_with("https://")) {
+        return Err(Error::Config(format!(
+            "{provider}: base_url must start with http:// or https://, got '{base_url}'"
+        )));
+    }
+    Ok(base)
+}
+
+/// An endpoint's URL, parsed once when the provider is built rather than on every request.
+pub(crate) fn endpoint(provider: &str, url: String) -> Result<reqwest::Url> {
+    reqwest::Url::parse(&url)
+        .map_err(|e| Error::Config(format!("{provider}: invalid endpoint url '{url}': {e}")))
 }

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 
-use super::{header_map, trim_base};
+use super::{checked_base, endpoint, header_map};
 use crate::error::{Error, Result};
 use crate::http::{self, HttpConfig};
 use crate::openai::{self, ChatCompletionsRequest, ChunkDecoder};
@@ -68,8 +68,8 @@ impl OpenAiCompatibleConfig {
 pub struct OpenAiCompatible {
     name: String,
     model: Option<String>,
-    url: String,
-    completions_url: String,
+    url: reqwest::Url,
+    completions_url: reqwest::Url,
     headers: HeaderMap,
     client: reqwest::Client,
 }
@@ -83,13 +83,7 @@ impl OpenAiCompatible {
 
     /// A provider sharing an existing client.
     pub fn with_client(config: OpenAiCompatibleConfig, client: reqwest::Client) -> Result<Self> {
-        let base = trim_base(&config.base_url);
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(Error::Config(format!(
-                "{}: base_url must start with http:// or https://, got '{}'",
-                config.name, config.base_url
-            )));
-        }
+        let base = checked_base(&config.name, &config.base_url)?;
         let url_for = |endpoint: &str| match &config.flavour {
             Flavour::OpenAi => format!("{base}/{endpoint}"),
             Flavour::Azure {
@@ -99,8 +93,8 @@ impl OpenAiCompatible {
                 "{base}/openai/deployments/{deployment}/{endpoint}?api-version={api_version}"
             ),
         };
-        let url = url_for("chat/completions");
-        let completions_url = url_for("completions");
+        let url = endpoint(&config.name, url_for("chat/completions"))?;
+        let completions_url = endpoint(&config.name, url_for("completions"))?;
         let mut headers = header_map(&config.name, &config.extra_headers)?;
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Some(key) = &config.api_key {
@@ -132,13 +126,13 @@ impl OpenAiCompatible {
 
     /// The chat completions URL requests go to.
     pub fn url(&self) -> &str {
-        &self.url
+        self.url.as_str()
     }
 
     /// A POST of a legacy `/completions` body, sent as it is.
     fn legacy_request(&self, body: Bytes) -> reqwest::RequestBuilder {
         self.client
-            .post(&self.completions_url)
+            .post(self.completions_url.clone())
             .headers(self.headers.clone())
             .body(body)
     }

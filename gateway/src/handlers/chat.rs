@@ -15,7 +15,7 @@ use tandem_cloud_adapters::{
     openai,
 };
 
-use super::{json_response, mark_route, read_body, request_id, sse_response, wire_error};
+use super::{json_bytes_response, mark_route, read_body, request_id, sse_response, wire_error};
 use crate::dispatch::{RouteInfo, run_chat, run_stream};
 use crate::error::{ApiFlavor, Error, FlavoredError};
 use crate::metrics::BackendLabels;
@@ -84,7 +84,7 @@ async fn handle(state: Arc<AppState>, request: Request, format: WireFormat) -> R
         match result {
             Ok(answer) => {
                 record_usage(&state, &route.backend, &answer.usage);
-                (json_response(&encode(format, &answer)), route)
+                (json_bytes_response(encode(format, &answer)), route)
             }
             Err(e) => (e.into_response_for(flavor), route),
         }
@@ -129,10 +129,11 @@ impl FlavoredError {
     }
 }
 
-fn encode(format: WireFormat, answer: &ChatResponse) -> serde_json::Value {
+/// The whole answer in the client's format, fields in that API's order.
+fn encode(format: WireFormat, answer: &ChatResponse) -> Bytes {
     match format {
-        WireFormat::OpenAi => openai::encode_chat_response(answer),
-        WireFormat::Anthropic => anthropic::encode_messages_response(answer),
+        WireFormat::OpenAi => openai::encode_chat_response_bytes(answer),
+        WireFormat::Anthropic => anthropic::encode_messages_response_bytes(answer),
     }
 }
 

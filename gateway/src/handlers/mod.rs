@@ -67,7 +67,12 @@ pub fn mark_route(response: &mut Response, route: &RouteInfo) {
 
 /// A JSON response.
 pub fn json_response(value: &serde_json::Value) -> Response {
-    let mut response = Response::new(Body::from(value.to_string()));
+    json_bytes_response(Bytes::from(value.to_string()))
+}
+
+/// A JSON response from bytes already encoded.
+pub fn json_bytes_response(body: Bytes) -> Response {
+    let mut response = Response::new(Body::from(body));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
