@@ -133,6 +133,21 @@ enum BenchCommand {
         /// target than the Q4_1 drafter on the same file), f16 or f32.
         #[arg(long)]
         target_format: Option<String>,
+        /// Emulated round trips, ms.
+        #[arg(long, value_delimiter = ',', default_value = "5,20,50,100")]
+        rtts: Vec<u64>,
+        /// Emulated target step times, ms.
+        #[arg(long, value_delimiter = ',', default_value = "15,30")]
+        steps: Vec<u64>,
+        /// Prompts per cell.
+        #[arg(long, default_value_t = 6)]
+        prompts: usize,
+        /// Tokens generated per prompt.
+        #[arg(long, default_value_t = 32)]
+        max_tokens: usize,
+        /// Kernel threads of the drafter's engine (the target's engine gets one).
+        #[arg(long, default_value_t = 1)]
+        drafter_threads: usize,
     },
 }
 
@@ -234,8 +249,20 @@ fn main() -> anyhow::Result<()> {
             drafter,
             target,
             target_format,
+            rtts,
+            steps,
+            prompts,
+            max_tokens,
+            drafter_threads,
         }) => {
-            let mut args = tandem_gateway::speculative::BenchArgs::default();
+            let mut args = tandem_gateway::speculative::BenchArgs {
+                rtts_ms: rtts,
+                steps_ms: steps,
+                prompts,
+                max_tokens,
+                threads: drafter_threads,
+                ..Default::default()
+            };
             if let Some(f) = target_format {
                 args.target_format = tandem_local_model::WeightFormat::parse(&f)?;
             }

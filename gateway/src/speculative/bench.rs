@@ -34,7 +34,7 @@ pub struct BenchArgs {
     pub prompts: usize,
     /// Tokens generated per prompt.
     pub max_tokens: usize,
-    /// Kernel threads per engine.
+    /// Kernel threads of the drafter's engine (the target's engine has one).
     pub threads: usize,
     /// Longest draft the policy may choose.
     pub max_draft: usize,
@@ -207,7 +207,7 @@ pub async fn bench_speculative(args: BenchArgs) -> Result<BenchReport> {
     }
     tandem_cloud_adapters::http::install_crypto_provider();
     let drafter_engine = load(&args.drafter, args.threads, WeightFormat::AsStored)?;
-    let target = load(&args.target, args.threads, args.target_format)?;
+    let target = load(&args.target, 1, args.target_format)?;
     let same_vocab = drafter_engine.info().vocab_hash == target.info().vocab_hash;
     let setup = format!(
         "drafter {} ({}), target {} ({}, weights {}), {} drafter, {} prompts x {} tokens",

@@ -4,7 +4,8 @@
 //! the committed sequence; the verifier scores them in one call; `tandem_kernels::spec` decides
 //! how many survive and which token the target adds. While a verification is in flight the
 //! drafter already drafts the block after the current draft, assuming it is accepted; that block
-//! is used when the target's bonus token equals its first token and discarded otherwise. When
+//! is used when the target's bonus token equals its first token and discarded otherwise. The
+//! first call carries no draft, so the target's prompt prefill and the drafter's overlap. When
 //! the policy finds that plain streaming from the target is faster (high round trip, low
 //! acceptance), the rest of the answer is streamed plainly.
 
@@ -210,11 +211,17 @@ pub async fn run(
             }
             k = 1;
         }
+        let round_start = Instant::now();
+        let pipelined_hit = ready_draft.is_some();
         let draft = match ready_draft.take() {
             Some(mut d) => {
                 d.truncate(k);
                 d
             }
+            // The first call sends no draft: the target prefills the prompt and gives the first
+            // token while the drafter prefills and drafts the block after it, so the two
+            // prefills overlap instead of adding up.
+            None if report.rounds == 0 && opts.pipeline => Vec::new(),
             None => {
                 let t = Instant::now();
                 let d = drafter.draft(&context, k).await.map_err(local)?;
@@ -222,6 +229,7 @@ pub async fn run(
                 d
             }
         };
+        let drafted_in = round_start.elapsed();
         let request = VerifyRequest {
             model: &opts.model,
             session: opts.session.as_deref(),
@@ -232,7 +240,7 @@ pub async fn run(
         };
         let verify_start = Instant::now();
         let mut extended = Vec::new();
-        let (verified, next) = if opts.pipeline && !draft.is_empty() && draft.len() < remaining {
+        let (verified, next) = if opts.pipeline && draft.len() < remaining {
             extended.extend_from_slice(&context);
             extended.extend_from_slice(&draft);
             let next_k = k + 1;
@@ -246,10 +254,13 @@ pub async fn run(
                 (v, verify_start.elapsed())
             };
             let ((v, vt), (d, dt)) = tokio::join!(verify, ahead);
-            if let Ok(d) = &d {
-                policy.observe_draft(d.len(), dt);
+            // The first round's times hold both prefills, which later rounds do not pay.
+            if report.rounds > 0 {
+                if let Ok(d) = &d {
+                    policy.observe_draft(d.len(), dt);
+                }
+                policy.observe_verify(vt);
             }
-            policy.observe_verify(vt);
             (v, d.ok())
         } else {
             let v = verifier.verify(&request).await;
@@ -279,6 +290,17 @@ pub async fn run(
             spec::accept_sampled(&draft, &proposals, &targets, &mut || uniforms.next())
         }
         .map_err(|e| Error::Internal(e.to_string()))?;
+        tracing::trace!(
+            round = report.rounds,
+            k,
+            drafted = draft.len(),
+            accepted = acceptance.accepted,
+            pipelined_hit,
+            draft_ms = drafted_in.as_secs_f64() * 1e3,
+            verify_ms = verify_start.elapsed().as_secs_f64() * 1e3,
+            round_ms = round_start.elapsed().as_secs_f64() * 1e3,
+            "speculative round"
+        );
         report.rounds += 1;
         let tested = verified.positions.len().min(draft.len() + 1) - 1;
         report.drafted += draft.len() as u64;
