@@ -336,6 +336,10 @@ async fn a_target_lost_mid_stream_ends_it_with_its_usage_and_an_error() {
         .unwrap_or_else(|| panic!("no usage before the error: {text}"));
     let served = usage["usage"]["completion_tokens"].as_u64().unwrap();
     assert!(served > 0 && served < 400, "{usage}");
+    // What speculation did before the failure, the target's billed tokens included.
+    let ext = &usage["usage"]["speculative"];
+    assert!(ext["rounds"].as_u64().unwrap() >= 1, "{usage}");
+    assert!(ext["target_input_tokens"].as_u64().unwrap() > 0, "{usage}");
     // The edge counted the tokens it served.
     let edge_metrics = metrics(&client, &edge).await;
     let counted = metric(

@@ -34,7 +34,8 @@ use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::speculative::policy::PolicySnapshot;
 use crate::speculative::{
-    DraftPolicy, PlainStreamer, PolicyConfig, SpecFinish, SpecOptions, TandemStreamer, run,
+    DraftPolicy, PlainStreamer, PolicyConfig, SpecFinish, SpecOptions, SpecReport, TandemStreamer,
+    run_into,
 };
 
 /// Most alternatives per position a sampled request may ask the target for.
@@ -443,15 +444,15 @@ impl Executor for SpeculativeExecutor {
         let learned = self.learned.clone();
         tokio::spawn(async move {
             let mut start = Some(start);
-            // Tokens already streamed, so a failure mid-stream still reports what was served.
-            let mut streamed = 0u64;
+            // Filled round by round, so a failure mid-stream still reports what was served and
+            // what the target billed.
+            let mut report = SpecReport::default();
             let result = {
                 let tx = &tx;
                 let start = &mut start;
                 let text_state = &mut text_state;
                 let cancel = &cancel;
-                let streamed = &mut streamed;
-                run(
+                run_into(
                     drafter.as_mut(),
                     verifier.as_ref(),
                     plain.as_deref(),
@@ -462,7 +463,6 @@ impl Executor for SpeculativeExecutor {
                         if let Some(s) = start.take() {
                             let _ = tx.send(Ok(s));
                         }
-                        *streamed += block.len() as u64;
                         let delta = text_state.push(block);
                         if !delta.is_empty() {
                             let _ = tx.send(Ok(ChatEvent::TextDelta {
@@ -476,27 +476,21 @@ impl Executor for SpeculativeExecutor {
                             cancel.store(true, Ordering::Relaxed);
                         }
                     },
+                    &mut report,
                 )
                 .await
             };
             *learned.lock() = Some(policy.snapshot());
-            let report = match result {
-                Ok(report) => report,
-                Err(e) => {
-                    if start.is_some() {
-                        let _ = tx.send(Err(e));
-                    } else {
-                        let _ = tx.send(Ok(ChatEvent::Usage(Usage {
-                            prompt_tokens,
-                            completion_tokens: streamed,
-                            ..Usage::default()
-                        })));
-                        let _ = tx.send(Ok(stream_error(&backend, &e)));
-                    }
-                    return;
-                }
-            };
             metrics.record_speculative(&backend, &report);
+            if let Err(e) = result {
+                if start.is_some() {
+                    let _ = tx.send(Err(e));
+                } else {
+                    let _ = tx.send(Ok(ChatEvent::Usage(usage(prompt_tokens, &report))));
+                    let _ = tx.send(Ok(stream_error(&backend, &e)));
+                }
+                return;
+            }
             if let Some(s) = start.take() {
                 let _ = tx.send(Ok(s));
             }
@@ -513,20 +507,7 @@ impl Executor for SpeculativeExecutor {
                 _ => FinishReason::Stop,
             };
             let _ = tx.send(Ok(ChatEvent::Finish { reason }));
-            let _ = tx.send(Ok(ChatEvent::Usage(Usage {
-                prompt_tokens,
-                completion_tokens: report.tokens.len() as u64,
-                speculative: Some(SpeculativeUsage {
-                    rounds: report.rounds,
-                    drafted: report.drafted,
-                    accepted: report.accepted,
-                    plain_tokens: report.plain_tokens,
-                    target_input_tokens: report.target_input_tokens,
-                    target_cached_input_tokens: report.target_cached_input_tokens,
-                    target_output_tokens: report.target_output_tokens,
-                }),
-                ..Usage::default()
-            })));
+            let _ = tx.send(Ok(ChatEvent::Usage(usage(prompt_tokens, &report))));
             tracing::debug!(
                 backend = %backend,
                 rounds = report.rounds,
@@ -562,4 +543,23 @@ impl Executor for SpeculativeExecutor {
 
 fn rand_seed() -> u64 {
     uuid::Uuid::new_v4().as_u64_pair().0
+}
+
+/// The usage of a speculative answer, or of the part served before a failure: the tokens the
+/// client got and what speculative decoding did for them.
+fn usage(prompt_tokens: u64, report: &SpecReport) -> Usage {
+    Usage {
+        prompt_tokens,
+        completion_tokens: report.tokens.len() as u64,
+        speculative: Some(SpeculativeUsage {
+            rounds: report.rounds,
+            drafted: report.drafted,
+            accepted: report.accepted,
+            plain_tokens: report.plain_tokens,
+            target_input_tokens: report.target_input_tokens,
+            target_cached_input_tokens: report.target_cached_input_tokens,
+            target_output_tokens: report.target_output_tokens,
+        }),
+        ..Usage::default()
+    }
 }

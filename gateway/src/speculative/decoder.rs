@@ -191,8 +191,35 @@ pub async fn run(
     opts: &SpecOptions,
     on_tokens: &mut (dyn FnMut(&[u32]) + Send),
 ) -> Result<SpecReport> {
-    let start = Instant::now();
     let mut report = SpecReport::default();
+    run_into(
+        drafter,
+        verifier,
+        plain,
+        policy,
+        prompt,
+        opts,
+        on_tokens,
+        &mut report,
+    )
+    .await?;
+    Ok(report)
+}
+
+/// [`run`], filling `report` as rounds complete, so that a run that fails part-way still says
+/// what it did (the rounds and the target tokens billed before the failure).
+#[allow(clippy::too_many_arguments)]
+pub async fn run_into(
+    drafter: &mut dyn Drafter,
+    verifier: &dyn Verifier,
+    plain: Option<&dyn PlainStreamer>,
+    policy: &mut DraftPolicy,
+    prompt: &[u32],
+    opts: &SpecOptions,
+    on_tokens: &mut (dyn FnMut(&[u32]) + Send),
+    report: &mut SpecReport,
+) -> Result<()> {
+    let start = Instant::now();
     if prompt.is_empty() {
         return Err(Error::invalid("prompt is empty", Some("prompt")));
     }
@@ -206,7 +233,7 @@ pub async fn run(
         if k == 0 {
             if let Some(plain) = plain {
                 report.fell_back = true;
-                stream_plainly(plain, policy, &mut context, opts, &mut report, on_tokens).await?;
+                stream_plainly(plain, policy, &mut context, opts, report, on_tokens).await?;
                 break;
             }
             k = 1;
@@ -313,7 +340,7 @@ pub async fn run(
         let mut block: Vec<u32> = draft[..acceptance.accepted].to_vec();
         block.push(acceptance.next_token);
         let all_accepted = tested == draft.len() && acceptance.all_accepted(draft.len());
-        commit(&mut block, &mut context, opts, &mut report, on_tokens);
+        commit(&mut block, &mut context, opts, report, on_tokens);
         // The block drafted ahead is valid only if the target's bonus is its first token.
         if all_accepted
             && report.finish.is_none()
@@ -330,7 +357,7 @@ pub async fn run(
         verifier.end_session(session).await;
     }
     report.elapsed = start.elapsed();
-    Ok(report)
+    Ok(())
 }
 
 /// Appends a confirmed block, stopping at an end token or the length limit.
