@@ -10,7 +10,7 @@ use std::time::Duration;
 use tandem_cloud_adapters::verify::tandem::TandemVerifier;
 use tandem_gateway::speculative::{
     DelayConfig, DelayLayer, DraftPolicy, InProcessStreamer, InProcessVerifier, PolicyConfig,
-    SpecOptions, TandemStreamer, VerifyState, router, run,
+    SpecOptions, SpecReport, TandemStreamer, VerifyState, router, run,
 };
 use tandem_local_model::draft::{CrossTokenizerDrafter, Drafter, EngineDrafter, NgramDrafter};
 use tandem_local_model::fetch::{ProcessEnv, default_cache_root, locate};
@@ -215,7 +215,8 @@ async fn greedy_output_is_the_targets(
             ))
         };
         let mut policy = always_speculate();
-        let report = run(
+        let mut report = SpecReport::default();
+        run(
             drafter.as_mut(),
             &verifier,
             None,
@@ -223,6 +224,7 @@ async fn greedy_output_is_the_targets(
             &prompt,
             &options(target, &format!("{path}-{i}")),
             &mut |_| {},
+            &mut report,
         )
         .await
         .unwrap();
@@ -275,7 +277,8 @@ async fn loopback_target_with_delay_layer_and_fallback_keeps_output() {
         let mut drafter = EngineDrafter::new(smol.clone(), &target.info().vocab_hash).unwrap();
         let mut policy = always_speculate();
         let mut streamed = Vec::new();
-        let report = run(
+        let mut report = SpecReport::default();
+        run(
             &mut drafter,
             &verifier,
             Some(&streamer),
@@ -283,6 +286,7 @@ async fn loopback_target_with_delay_layer_and_fallback_keeps_output() {
             &prompt,
             &options(&target, &format!("http-{i}")),
             &mut |block| streamed.extend_from_slice(block),
+            &mut report,
         )
         .await
         .unwrap();
@@ -302,7 +306,8 @@ async fn loopback_target_with_delay_layer_and_fallback_keeps_output() {
             plain_token_time: Duration::from_micros(1),
             ..PolicyConfig::default()
         });
-        let fallback = run(
+        let mut fallback = SpecReport::default();
+        run(
             &mut ngram,
             &verifier,
             Some(&streamer),
@@ -310,6 +315,7 @@ async fn loopback_target_with_delay_layer_and_fallback_keeps_output() {
             &prompt,
             &options(&target, &format!("plain-{i}")),
             &mut |_| {},
+            &mut fallback,
         )
         .await
         .unwrap();
@@ -328,7 +334,8 @@ async fn loopback_target_with_delay_layer_and_fallback_keeps_output() {
     });
     let expected = target_only(&target, &prompt).await;
     target.clear_cache().await.unwrap();
-    let local = run(
+    let mut local = SpecReport::default();
+    run(
         &mut ngram,
         &InProcessVerifier::new(state),
         Some(&InProcessStreamer::new(target.clone())),
@@ -336,6 +343,7 @@ async fn loopback_target_with_delay_layer_and_fallback_keeps_output() {
         &prompt,
         &options(&target, "local-plain"),
         &mut |_| {},
+        &mut local,
     )
     .await
     .unwrap();

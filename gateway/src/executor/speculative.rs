@@ -35,7 +35,7 @@ use crate::metrics::Metrics;
 use crate::speculative::policy::PolicySnapshot;
 use crate::speculative::{
     DraftPolicy, PlainStreamer, PolicyConfig, SpecFinish, SpecOptions, SpecReport, TandemStreamer,
-    run_into,
+    run,
 };
 
 /// Most alternatives per position a sampled request may ask the target for.
@@ -452,7 +452,7 @@ impl Executor for SpeculativeExecutor {
                 let start = &mut start;
                 let text_state = &mut text_state;
                 let cancel = &cancel;
-                run_into(
+                run(
                     drafter.as_mut(),
                     verifier.as_ref(),
                     plain.as_deref(),

@@ -13,7 +13,7 @@ use tandem_local_model::draft::{CrossTokenizerDrafter, Drafter, EngineDrafter};
 use tandem_local_model::fetch::{FetchOptions, ProcessEnv, resolve_model};
 use tandem_local_model::{ChatMessage, Engine, EngineConfig, WeightFormat};
 
-use super::decoder::{PlainStreamer, SpecOptions, run, upstream};
+use super::decoder::{PlainStreamer, SpecOptions, SpecReport, run, upstream};
 use super::delay::{DelayConfig, DelayLayer};
 use super::policy::{DraftPolicy, PolicyConfig};
 use super::service::{TandemStreamer, VerifyState, router};
@@ -331,7 +331,8 @@ pub async fn bench_speculative(args: BenchArgs) -> Result<BenchReport> {
                 opts.eos = eos;
                 opts.session = Some(format!("bench-{rtt_ms}-{step_ms}-{i}"));
                 let t = Instant::now();
-                let report = run(
+                let mut report = SpecReport::default();
+                run(
                     drafter.as_mut(),
                     &verifier,
                     Some(&streamer),
@@ -339,6 +340,7 @@ pub async fn bench_speculative(args: BenchArgs) -> Result<BenchReport> {
                     &prompt,
                     &opts,
                     &mut |_| {},
+                    &mut report,
                 )
                 .await?;
                 spec_time += t.elapsed();

@@ -180,36 +180,11 @@ fn local(e: tandem_local_model::Error) -> Error {
     Error::LocalModel(e.to_string())
 }
 
-/// Runs speculative decoding for one request; `on_tokens` sees each confirmed block.
+/// Runs speculative decoding for one request; `on_tokens` sees each confirmed block. `report` is
+/// filled as rounds complete, so a run that fails part-way still says what it did (the rounds
+/// and the target tokens billed before the failure).
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
-    drafter: &mut dyn Drafter,
-    verifier: &dyn Verifier,
-    plain: Option<&dyn PlainStreamer>,
-    policy: &mut DraftPolicy,
-    prompt: &[u32],
-    opts: &SpecOptions,
-    on_tokens: &mut (dyn FnMut(&[u32]) + Send),
-) -> Result<SpecReport> {
-    let mut report = SpecReport::default();
-    run_into(
-        drafter,
-        verifier,
-        plain,
-        policy,
-        prompt,
-        opts,
-        on_tokens,
-        &mut report,
-    )
-    .await?;
-    Ok(report)
-}
-
-/// [`run`], filling `report` as rounds complete, so that a run that fails part-way still says
-/// what it did (the rounds and the target tokens billed before the failure).
-#[allow(clippy::too_many_arguments)]
-pub async fn run_into(
     drafter: &mut dyn Drafter,
     verifier: &dyn Verifier,
     plain: Option<&dyn PlainStreamer>,

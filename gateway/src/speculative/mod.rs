@@ -17,7 +17,7 @@ pub mod policy;
 pub mod service;
 
 pub use bench::{BenchArgs, BenchReport, bench_speculative};
-pub use decoder::{PlainStreamer, SpecFinish, SpecOptions, SpecReport, run, run_into};
+pub use decoder::{PlainStreamer, SpecFinish, SpecOptions, SpecReport, run};
 pub use delay::{DelayConfig, DelayLayer};
 pub use policy::{DraftPolicy, PolicyConfig};
 pub use service::{
