@@ -425,13 +425,8 @@ fn tool_input(arguments: &str) -> Value {
     }
 }
 
-/// Encodes a complete answer as a Messages `message` object.
-pub fn encode_messages_response(response: &ChatResponse) -> Value {
-    serde_json::to_value(message_out(response)).unwrap_or(Value::Null)
-}
-
-/// Encodes a complete answer as `message` JSON bytes, fields in Anthropic's order.
-pub fn encode_messages_response_bytes(response: &ChatResponse) -> Bytes {
+/// Encodes a complete answer as Messages `message` JSON bytes, fields in Anthropic's order.
+pub fn encode_messages_response(response: &ChatResponse) -> Bytes {
     Bytes::from(serde_json::to_vec(&message_out(response)).unwrap_or_default())
 }
 

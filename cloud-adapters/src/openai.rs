@@ -545,13 +545,8 @@ fn response_out(r: &ChatResponse) -> ResponseOut<'_> {
     }
 }
 
-/// Encodes a complete answer as a `chat.completion` object.
-pub fn encode_chat_response(response: &ChatResponse) -> Value {
-    serde_json::to_value(response_out(response)).unwrap_or(Value::Null)
-}
-
 /// Encodes a complete answer as `chat.completion` JSON bytes, fields in OpenAI's order.
-pub fn encode_chat_response_bytes(response: &ChatResponse) -> Bytes {
+pub fn encode_chat_response(response: &ChatResponse) -> Bytes {
     Bytes::from(serde_json::to_vec(&response_out(response)).unwrap_or_default())
 }
 

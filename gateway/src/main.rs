@@ -260,7 +260,7 @@ fn main() -> anyhow::Result<()> {
                 steps_ms: steps,
                 prompts,
                 max_tokens,
-                threads: drafter_threads,
+                drafter_threads,
                 ..Default::default()
             };
             if let Some(f) = target_format {

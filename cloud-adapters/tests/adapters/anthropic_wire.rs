@@ -290,11 +290,16 @@ fn event_encoder_writes_an_error_event() {
     assert!(enc.finish().is_empty());
 }
 
+/// A whole answer as the Messages JSON a client receives.
+fn encoded(r: &ChatResponse) -> serde_json::Value {
+    serde_json::from_slice(&anthropic::encode_messages_response(r)).unwrap()
+}
+
 #[test]
 fn encodes_a_message_response() {
     let r =
         anthropic::parse_messages_response(&fixture("anthropic/messages_tool.json"), "a").unwrap();
-    let v = anthropic::encode_messages_response(&r);
+    let v = encoded(&r);
     assert_eq!(
         v["content"][1],
         json!({"type": "tool_use", "id": "toolu_01T1x1fJ34qAmk2tNTrN7Up6", "name": "get_weather", "input": {"location": "Paris, France"}})
@@ -319,7 +324,7 @@ fn answers_from_openai_style_backends_get_anthropic_message_ids() {
         logprobs: None,
         usage: Usage::default(),
     };
-    assert_eq!(anthropic::encode_messages_response(&r)["id"], "msg_abc123");
+    assert_eq!(encoded(&r)["id"], "msg_abc123");
 
     let mut enc = EventEncoder::new();
     let start = enc.encode(&ChatEvent::Start {
@@ -341,8 +346,5 @@ fn answers_from_openai_style_backends_get_anthropic_message_ids() {
         id: "msg_01XFDUDYJgAACzvnptvVoYEL".into(),
         ..r
     };
-    assert_eq!(
-        anthropic::encode_messages_response(&native)["id"],
-        "msg_01XFDUDYJgAACzvnptvVoYEL"
-    );
+    assert_eq!(encoded(&native)["id"], "msg_01XFDUDYJgAACzvnptvVoYEL");
 }

@@ -262,7 +262,7 @@ fn sample_response() -> ChatResponse {
 
 #[test]
 fn encodes_a_response_with_exact_bytes() {
-    let bytes = openai::encode_chat_response_bytes(&sample_response());
+    let bytes = openai::encode_chat_response(&sample_response());
     assert_eq!(
         std::str::from_utf8(&bytes).unwrap(),
         r#"{"id":"chatcmpl-1","object":"chat.completion","created":1700000000,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"Hi","refusal":null},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":1,"total_tokens":6,"prompt_tokens_details":{"cached_tokens":2},"completion_tokens_details":{"reasoning_tokens":0}}}"#
@@ -275,7 +275,7 @@ fn encodes_a_response_with_exact_bytes() {
         arguments: "{}".into(),
     }];
     r.finish_reason = FinishReason::ToolCalls;
-    let v = openai::encode_chat_response(&r);
+    let v: serde_json::Value = serde_json::from_slice(&openai::encode_chat_response(&r)).unwrap();
     assert_eq!(
         v["choices"][0]["message"]["content"],
         serde_json::Value::Null

@@ -132,8 +132,8 @@ impl FlavoredError {
 /// The whole answer in the client's format, fields in that API's order.
 fn encode(format: WireFormat, answer: &ChatResponse) -> Bytes {
     match format {
-        WireFormat::OpenAi => openai::encode_chat_response_bytes(answer),
-        WireFormat::Anthropic => anthropic::encode_messages_response_bytes(answer),
+        WireFormat::OpenAi => openai::encode_chat_response(answer),
+        WireFormat::Anthropic => anthropic::encode_messages_response(answer),
     }
 }
 

@@ -35,7 +35,7 @@ pub struct BenchArgs {
     /// Tokens generated per prompt.
     pub max_tokens: usize,
     /// Kernel threads of the drafter's engine (the target's engine has one).
-    pub threads: usize,
+    pub drafter_threads: usize,
     /// Longest draft the policy may choose.
     pub max_draft: usize,
     /// How the target holds its weights (Q8_0 by default: the same file as the Q4_1 drafter at
@@ -52,7 +52,7 @@ impl Default for BenchArgs {
             steps_ms: vec![15, 30],
             prompts: 6,
             max_tokens: 32,
-            threads: 1,
+            drafter_threads: 1,
             max_draft: 12,
             target_format: WeightFormat::Q8_0,
         }
@@ -206,7 +206,7 @@ pub async fn bench_speculative(args: BenchArgs) -> Result<BenchReport> {
         ));
     }
     tandem_cloud_adapters::http::install_crypto_provider();
-    let drafter_engine = load(&args.drafter, args.threads, WeightFormat::AsStored)?;
+    let drafter_engine = load(&args.drafter, args.drafter_threads, WeightFormat::AsStored)?;
     let target = load(&args.target, 1, args.target_format)?;
     let same_vocab = drafter_engine.info().vocab_hash == target.info().vocab_hash;
     let setup = format!(
