@@ -142,8 +142,8 @@ enum BenchCommand {
         /// Prompts per cell.
         #[arg(long, default_value_t = 6)]
         prompts: usize,
-        /// Tokens generated per prompt.
-        #[arg(long, default_value_t = 32)]
+        /// Tokens generated per prompt (short answers mostly measure the one-off prompt prefill).
+        #[arg(long, default_value_t = 128)]
         max_tokens: usize,
         /// Kernel threads of the drafter's engine (the target's engine gets one).
         #[arg(long, default_value_t = 1)]

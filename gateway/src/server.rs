@@ -202,7 +202,8 @@ fn spawn_local_load(
         model.set(LocalState::Loading(format!("loading {}", path.display())));
         let cfg = EngineConfig::new(path)
             .threads(local.threads)
-            .kv_cache_tokens(local.kv_cache_tokens);
+            .kv_cache_tokens(local.kv_cache_tokens)
+            .weight_format(local.weights);
         match tokio::task::spawn_blocking(move || Engine::start(cfg)).await {
             Ok(Ok(engine)) => {
                 tracing::info!(model = %engine.info().name, "local model ready");

@@ -36,9 +36,23 @@ pub struct Feedback {
 }
 
 /// A bounded map from request id to [`RequestRecord`], oldest evicted first.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RequestLog {
     inner: Mutex<LogInner>,
+}
+
+impl Default for RequestLog {
+    fn default() -> Self {
+        // Sized for the whole log up front: growing a map of this size rehashes every entry
+        // under the lock, a stall of milliseconds for every request waiting on it. Untouched
+        // pages of the reservation cost no memory.
+        Self {
+            inner: Mutex::new((
+                HashMap::with_capacity(REQUEST_LOG_CAPACITY + 1),
+                VecDeque::with_capacity(REQUEST_LOG_CAPACITY + 1),
+            )),
+        }
+    }
 }
 
 /// Records by id, and ids in arrival order for eviction.

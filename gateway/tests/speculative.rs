@@ -1,5 +1,5 @@
 //! Speculative decoding end to end with the real models: greedy output is token for token the
-//! target's own, on the same-tokenizer path (SmolLM2 drafts for SmolLM2) and the cross-tokenizer
+//! target's own, on the same-tokenizer path (SmolLM2 Q4_1 drafts for the same model at Q8_0) and the cross-tokenizer
 //! path (SmolLM2 drafts for Gemma 3 270M), in process and over loopback HTTP with the delay layer.
 // Helpers outside `#[test]` functions panic on failure like the tests themselves.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -15,12 +15,17 @@ use tandem_gateway::speculative::{
 use tandem_local_model::draft::{CrossTokenizerDrafter, Drafter, EngineDrafter, NgramDrafter};
 use tandem_local_model::fetch::{ProcessEnv, default_cache_root, locate};
 use tandem_local_model::{
-    ChatMessage, Engine, EngineConfig, GenerateEvent, GenerateRequest, SamplingParams,
+    ChatMessage, Engine, EngineConfig, GenerateEvent, GenerateRequest, SamplingParams, WeightFormat,
 };
 
 const MAX_TOKENS: usize = 16;
 
 fn engine(artifact: &str) -> Engine {
+    engine_as(artifact, WeightFormat::AsStored)
+}
+
+/// The engine of a cached artifact holding its weights in `format`.
+fn engine_as(artifact: &str, format: WeightFormat) -> Engine {
     let root = default_cache_root(&ProcessEnv);
     let path = locate(&root, artifact)
         .unwrap_or_else(|| {
@@ -31,7 +36,7 @@ fn engine(artifact: &str) -> Engine {
         })
         .primary()
         .to_path_buf();
-    Engine::start(EngineConfig::new(path).threads(1)).expect("engine starts")
+    Engine::start(EngineConfig::new(path).threads(1).weight_format(format)).expect("engine starts")
 }
 
 /// 26 chat prompts.
@@ -166,8 +171,10 @@ async fn greedy_output_is_the_targets_same_tokenizer_code() {
 }
 
 async fn same_tokenizer(prompts: &[String], path: &str) {
+    // The target holds the same file's weights at higher precision, so the drafter's Q4_1
+    // proposals really are checked against different logits.
     let smol = engine("smollm2-135m");
-    let target = engine("smollm2-135m");
+    let target = engine_as("smollm2-135m", WeightFormat::Q8_0);
     greedy_output_is_the_targets(&smol, &target, path, prompts).await;
 }
 
@@ -252,8 +259,10 @@ async fn greedy_output_is_the_targets(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loopback_target_with_delay_layer_and_fallback_keeps_output() {
+    // The target holds the same file's weights at higher precision, so the drafter's Q4_1
+    // proposals really are checked against different logits.
     let smol = engine("smollm2-135m");
-    let target = engine("smollm2-135m");
+    let target = engine_as("smollm2-135m", WeightFormat::Q8_0);
     let state = Arc::new(VerifyState::new(target.clone(), 8));
     let app = router(state.clone()).layer(DelayLayer::new(DelayConfig {
         rtt: Duration::from_millis(10),

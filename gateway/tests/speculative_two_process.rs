@@ -75,6 +75,7 @@ fn cloud_config(model: &str) -> String {
     format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n\
          [local]\nmodel = \"{model}\"\nthreads = 1\nkv_cache_tokens = 2048\nverify_endpoints = true\n\
+         weights = \"q8_0\"\n\
          emulate_rtt_ms = 5\nemulate_step_ms = 5\n\
          [backends.local]\nkind = \"local\"\n"
     )

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use tandem_cloud_adapters::verify::VerifyProtocol;
+use tandem_local_model::WeightFormat;
 use tandem_router_policy::Placement;
 
 use crate::speculative::{DelayConfig, ScoringMode};
@@ -273,6 +274,8 @@ pub struct LocalConfig {
     pub threads: usize,
     /// KV cache size in tokens.
     pub kv_cache_tokens: usize,
+    /// How the weights are held in memory (a higher precision than the file's costs memory).
+    pub weights: WeightFormat,
     /// Model ids it answers to besides `local`.
     pub aliases: Vec<String>,
     /// The verify endpoints over this model.
@@ -287,6 +290,7 @@ impl Default for LocalConfig {
                 .map(|n| n.get())
                 .unwrap_or(2),
             kv_cache_tokens: 4096,
+            weights: WeightFormat::AsStored,
             aliases: vec![DEFAULT_LOCAL_MODEL.into()],
             verify: VerifyEndpoints::default(),
         }
@@ -609,8 +613,11 @@ impl Config {
         if let Some(local) = &self.local {
             let _ = writeln!(
                 s,
-                "local model: {} ({} threads, kv cache {} tokens)",
-                local.model, local.threads, local.kv_cache_tokens
+                "local model: {} ({} threads, kv cache {} tokens, weights {})",
+                local.model,
+                local.threads,
+                local.kv_cache_tokens,
+                local.weights.as_str()
             );
         }
         let _ = writeln!(s, "backends:");
@@ -706,6 +713,15 @@ fn validate_local(l: raw::RawLocal) -> Result<LocalConfig, ConfigError> {
         Some(t) => t as usize,
         None => d.kv_cache_tokens,
     };
+    let weights = match l.weights {
+        Some(w) => WeightFormat::parse(&w).map_err(|_| {
+            invalid(
+                "local.weights",
+                format!("{w:?} is not one of {}", WeightFormat::NAMES.join(", ")),
+            )
+        })?,
+        None => d.weights,
+    };
     let mut aliases: BTreeSet<String> = l.aliases.into_iter().collect();
     if !model.ends_with(".gguf") {
         aliases.insert(model.clone());
@@ -721,6 +737,7 @@ fn validate_local(l: raw::RawLocal) -> Result<LocalConfig, ConfigError> {
         model,
         threads,
         kv_cache_tokens,
+        weights,
         aliases: aliases.into_iter().collect(),
         verify,
     })
@@ -1127,6 +1144,13 @@ mod tests {
         assert!(e.starts_with("server.api_key_hashes[0]: "), "{e}");
         let e = err("[backends.x]\nkind = \"grpc\"\nbase_url = \"http://x\"\n");
         assert!(e.starts_with("backends.x.kind: unknown kind"), "{e}");
+        let e = err("[local]\nweights = \"q3\"\n");
+        assert!(
+            e.starts_with("local.weights: \"q3\" is not one of as_stored, q8_0"),
+            "{e}"
+        );
+        let c = Config::from_toml_str("[local]\nweights = \"Q8_0\"\n", &MapEnv::default()).unwrap();
+        assert_eq!(c.local.map(|l| l.weights), Some(WeightFormat::Q8_0));
     }
 
     #[test]

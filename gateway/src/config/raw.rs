@@ -68,6 +68,8 @@ pub struct RawLocal {
     pub threads: Option<u64>,
     /// KV cache size in tokens.
     pub kv_cache_tokens: Option<u64>,
+    /// How the weights are held: `as_stored`, `q8_0`, `f16` or `f32`.
+    pub weights: Option<String>,
     /// Extra model ids this model answers to.
     #[serde(default)]
     pub aliases: Vec<String>,

@@ -51,7 +51,7 @@ impl Default for BenchArgs {
             rtts_ms: vec![5, 20, 50, 100],
             steps_ms: vec![15, 30],
             prompts: 6,
-            max_tokens: 32,
+            max_tokens: 128,
             drafter_threads: 1,
             max_draft: 12,
             target_format: WeightFormat::Q8_0,
