@@ -8,12 +8,13 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::{get, post};
+use axum::serve::{ListenerExt, TapIo};
 use tandem_cloud_adapters::Provider;
 use tandem_local_model::fetch::{
     FetchOptions, ProcessEnv as FetchEnv, fetch, find_artifact, resolve_model,
 };
 use tandem_local_model::{Engine, EngineConfig};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tower::ServiceBuilder;
 
@@ -263,6 +264,18 @@ pub struct Gateway {
     task: JoinHandle<std::io::Result<()>>,
 }
 
+/// `listener` with Nagle's algorithm off on every accepted connection: a stream event or answer
+/// leaves when it is written, not after the client acknowledges the previous segment (which a
+/// delayed ACK can hold back for tens of milliseconds).
+pub fn no_delay(listener: TcpListener) -> TapIo<TcpListener, fn(&mut TcpStream)> {
+    fn set(tcp: &mut TcpStream) {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    }
+    listener.tap_io(set as fn(&mut TcpStream))
+}
+
 impl Gateway {
     /// Binds `config.listen` and serves in the background.
     pub async fn start(config: Config, options: GatewayOptions) -> std::io::Result<Self> {
@@ -281,7 +294,7 @@ impl Gateway {
         let app = router(state.clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            axum::serve(listener, app)
+            axum::serve(no_delay(listener), app)
                 .with_graceful_shutdown(async move {
                     let _ = rx.await;
                 })
@@ -325,5 +338,22 @@ impl Gateway {
             Ok(r) => r,
             Err(e) => Err(std::io::Error::other(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::serve::Listener;
+
+    #[tokio::test]
+    async fn accepted_connections_have_nagle_off() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut listener = no_delay(listener);
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (server_side, peer) = listener.accept().await;
+        assert_eq!(peer, client.local_addr().unwrap());
+        assert!(server_side.nodelay().unwrap());
     }
 }

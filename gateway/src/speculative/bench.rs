@@ -242,7 +242,10 @@ pub async fn bench_speculative(args: BenchArgs) -> Result<BenchReport> {
                     .local_addr()
                     .map_err(|e| Error::Internal(e.to_string()))?
             );
-            let server = tokio::spawn(async move { axum::serve(listener, app).await });
+            let server =
+                tokio::spawn(
+                    async move { axum::serve(crate::server::no_delay(listener), app).await },
+                );
             let verifier = TandemVerifier::new("cloud", base.clone(), None, client.clone());
             let streamer = TandemStreamer::new("cloud", base, client.clone());
             let mut row = BenchRow {
