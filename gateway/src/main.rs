@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use tandem_gateway::config::{Config, ProcessEnv, hash_api_key};
+use tandem_gateway::speculative::BenchArgs;
 use tandem_gateway::{Gateway, GatewayOptions, LocalLoad};
 use tandem_local_model::fetch::{
     FetchOptions, ProcessEnv as FetchEnv, fetch, fetch_all, known_artifacts, locate,
@@ -140,10 +141,10 @@ enum BenchCommand {
         #[arg(long, value_delimiter = ',', default_value = "15,30")]
         steps: Vec<u64>,
         /// Prompts per cell.
-        #[arg(long, default_value_t = 6)]
+        #[arg(long, default_value_t = BenchArgs::DEFAULT_PROMPTS)]
         prompts: usize,
         /// Tokens generated per prompt (short answers mostly measure the one-off prompt prefill).
-        #[arg(long, default_value_t = 128)]
+        #[arg(long, default_value_t = BenchArgs::DEFAULT_MAX_TOKENS)]
         max_tokens: usize,
         /// Kernel threads of the drafter's engine (the target's engine gets one).
         #[arg(long, default_value_t = 1)]
@@ -255,7 +256,7 @@ fn main() -> anyhow::Result<()> {
             max_tokens,
             drafter_threads,
         }) => {
-            let mut args = tandem_gateway::speculative::BenchArgs {
+            let mut args = BenchArgs {
                 rtts_ms: rtts,
                 steps_ms: steps,
                 prompts,

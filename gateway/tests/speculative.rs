@@ -1,6 +1,7 @@
 //! Speculative decoding end to end with the real models: greedy output is token for token the
-//! target's own, on the same-tokenizer path (SmolLM2 Q4_1 drafts for the same model at Q8_0) and the cross-tokenizer
-//! path (SmolLM2 drafts for Gemma 3 270M), in process and over loopback HTTP with the delay layer.
+//! target's own, on the same-tokenizer path (SmolLM2 Q4_1 drafts for the same model at Q8_0) and
+//! the cross-tokenizer path (SmolLM2 drafts for Gemma 3 270M), in process and over loopback HTTP
+//! with the delay layer.
 // Helpers outside `#[test]` functions panic on failure like the tests themselves.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -37,6 +38,15 @@ fn engine_as(artifact: &str, format: WeightFormat) -> Engine {
         .primary()
         .to_path_buf();
     Engine::start(EngineConfig::new(path).threads(1).weight_format(format)).expect("engine starts")
+}
+
+/// The same-tokenizer pair: SmolLM2 Q4_1 as drafter, and the same file held at Q8_0 as target,
+/// so the drafter's proposals are checked against different logits than its own.
+fn smol_and_q8_target() -> (Engine, Engine) {
+    (
+        engine("smollm2-135m"),
+        engine_as("smollm2-135m", WeightFormat::Q8_0),
+    )
 }
 
 /// 26 chat prompts.
@@ -171,10 +181,7 @@ async fn greedy_output_is_the_targets_same_tokenizer_code() {
 }
 
 async fn same_tokenizer(prompts: &[String], path: &str) {
-    // The target holds the same file's weights at higher precision, so the drafter's Q4_1
-    // proposals really are checked against different logits.
-    let smol = engine("smollm2-135m");
-    let target = engine_as("smollm2-135m", WeightFormat::Q8_0);
+    let (smol, target) = smol_and_q8_target();
     greedy_output_is_the_targets(&smol, &target, path, prompts).await;
 }
 
@@ -259,10 +266,7 @@ async fn greedy_output_is_the_targets(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loopback_target_with_delay_layer_and_fallback_keeps_output() {
-    // The target holds the same file's weights at higher precision, so the drafter's Q4_1
-    // proposals really are checked against different logits.
-    let smol = engine("smollm2-135m");
-    let target = engine_as("smollm2-135m", WeightFormat::Q8_0);
+    let (smol, target) = smol_and_q8_target();
     let state = Arc::new(VerifyState::new(target.clone(), 8));
     let app = router(state.clone()).layer(DelayLayer::new(DelayConfig {
         rtt: Duration::from_millis(10),

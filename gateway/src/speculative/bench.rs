@@ -18,6 +18,15 @@ use super::delay::{DelayConfig, DelayLayer};
 use super::policy::{DraftPolicy, PolicyConfig};
 use super::service::{TandemStreamer, VerifyState, router};
 use crate::error::{Error, Result};
+use crate::server::no_delay;
+
+impl BenchArgs {
+    /// Prompts per cell by default.
+    pub const DEFAULT_PROMPTS: usize = 6;
+    /// Tokens per prompt by default: a typical chat answer (short answers mostly measure the
+    /// one-off prompt prefill that both sides pay).
+    pub const DEFAULT_MAX_TOKENS: usize = 128;
+}
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -50,8 +59,8 @@ impl Default for BenchArgs {
             target: "smollm2-135m".into(),
             rtts_ms: vec![5, 20, 50, 100],
             steps_ms: vec![15, 30],
-            prompts: 6,
-            max_tokens: 128,
+            prompts: Self::DEFAULT_PROMPTS,
+            max_tokens: Self::DEFAULT_MAX_TOKENS,
             drafter_threads: 1,
             max_draft: 12,
             target_format: WeightFormat::Q8_0,
@@ -242,10 +251,7 @@ pub async fn bench_speculative(args: BenchArgs) -> Result<BenchReport> {
                     .local_addr()
                     .map_err(|e| Error::Internal(e.to_string()))?
             );
-            let server =
-                tokio::spawn(
-                    async move { axum::serve(crate::server::no_delay(listener), app).await },
-                );
+            let server = tokio::spawn(async move { axum::serve(no_delay(listener), app).await });
             let verifier = TandemVerifier::new("cloud", base.clone(), None, client.clone());
             let streamer = TandemStreamer::new("cloud", base, client.clone());
             let mut row = BenchRow {
