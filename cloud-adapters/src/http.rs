@@ -1,122 +1,41 @@
-//! The pooled upstream HTTP client (rustls with the system CA store, HTTP/2 where the server
-//! offers it) and the plumbing that turns an SSE response into a stream of [`ChatEvent`]s.
+//! What every provider does with the upstream client (encode, send, map failures) and the
+//! plumbing that turns an SSE response into a stream of [`ChatEvent`]s.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt};
 
+use http::{HeaderMap, Uri};
+
 use crate::anthropic::EventDecoder;
-use crate::error::{Error, Result};
+use crate::client::{HttpClient, RequestBuilder, Response, TransportError, TransportErrorKind};
 use crate::openai::ChunkDecoder;
 use crate::provider::{EventStream, ProviderError, ProviderErrorKind};
 use crate::sse::{SseEvent, SseParser};
 use crate::types::ChatEvent;
 
-/// Connection settings for one provider's client.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HttpConfig {
-    /// Longest wait for a TCP (and TLS) connection.
-    pub connect_timeout: Duration,
-    /// Longest wait between two reads of a response (a stalled stream fails after this).
-    pub read_timeout: Duration,
-    /// How long an idle pooled connection is kept.
-    pub pool_idle_timeout: Duration,
-    /// Idle connections kept per host.
-    pub pool_max_idle_per_host: usize,
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        HttpConfig {
-            connect_timeout: Duration::from_secs(10),
-            read_timeout: Duration::from_secs(300),
-            pool_idle_timeout: Duration::from_secs(90),
-            pool_max_idle_per_host: 64,
-        }
-    }
-}
-
-/// Builds a pooled client: rustls (ring) trusting the system CA store, ALPN `h2` then
-/// `http/1.1`, and the timeouts of `config`.
-pub fn build_client(config: &HttpConfig) -> Result<reqwest::Client> {
-    let tls = tls_config()?;
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .connect_timeout(config.connect_timeout)
-        .read_timeout(config.read_timeout)
-        .pool_idle_timeout(config.pool_idle_timeout)
-        .pool_max_idle_per_host(config.pool_max_idle_per_host)
-        .tcp_nodelay(true)
-        .user_agent(concat!("tandem/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| Error::HttpClient(e.to_string()))
-}
-
-/// Installs ring as the process-wide rustls crypto provider (once; later calls do nothing), so
-/// that clients built elsewhere with `reqwest::Client::new()` work too.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
-fn tls_config() -> Result<rustls::ClientConfig> {
-    install_crypto_provider();
-    let mut roots = rustls::RootCertStore::empty();
-    let found = rustls_native_certs::load_native_certs();
-    for err in &found.errors {
-        tracing::warn!(error = %err, "could not read a system CA certificate");
-    }
-    let (added, ignored) = roots.add_parsable_certificates(found.certs);
-    if added == 0 {
-        tracing::warn!(
-            ignored,
-            "no system CA certificates found; TLS upstreams will fail"
-        );
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::HttpClient(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(tls)
-}
-
 /// Maps a transport failure to a [`ProviderError`] (connect and timeout failures are retryable).
-pub fn transport_error(err: &reqwest::Error, provider: &str) -> ProviderError {
-    let kind = if err.is_timeout() {
-        ProviderErrorKind::Timeout
-    } else if err.is_connect() {
-        ProviderErrorKind::Connect
-    } else if err.is_body() || err.is_decode() {
-        ProviderErrorKind::StreamCut
-    } else {
-        ProviderErrorKind::Connect
+pub fn transport_error(err: &TransportError, provider: &str) -> ProviderError {
+    let kind = match err.kind {
+        TransportErrorKind::Timeout => ProviderErrorKind::Timeout,
+        TransportErrorKind::Body => ProviderErrorKind::StreamCut,
+        TransportErrorKind::Build => ProviderErrorKind::Unsupported,
+        TransportErrorKind::Connect | TransportErrorKind::Request => ProviderErrorKind::Connect,
     };
-    // The source chain says why (refused, reset, DNS); the top level alone rarely does.
-    let mut message = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(s) = source {
-        message.push_str(": ");
-        message.push_str(&s.to_string());
-        source = s.source();
-    }
-    ProviderError::new(kind, provider, message)
+    ProviderError::new(kind, provider, err.message.clone())
 }
 
 /// A JSON POST of `body` to `url` for `req`, after the checks every provider shares (one choice
 /// per request: `n>1` is refused before anything is sent).
-pub(crate) fn post_json<T: serde::Serialize>(
-    client: &reqwest::Client,
-    url: &reqwest::Url,
-    headers: &reqwest::header::HeaderMap,
+pub(crate) fn post_json<'c, T: serde::Serialize>(
+    client: &'c HttpClient,
+    url: &Uri,
+    headers: &HeaderMap,
     provider: &str,
     req: &crate::types::ChatRequest,
     body: &T,
-) -> Result<reqwest::RequestBuilder, ProviderError> {
+) -> Result<RequestBuilder<'c>, ProviderError> {
     if req.n > 1 {
         return Err(ProviderError::new(
             ProviderErrorKind::Unsupported,
@@ -131,16 +50,16 @@ pub(crate) fn post_json<T: serde::Serialize>(
             format!("cannot encode request: {e}"),
         )
     })?;
-    Ok(client.post(url.clone()).headers(headers.clone()).body(body))
+    Ok(client.post(url.clone()).headers(headers).body(body))
 }
 
 /// Sends a prepared request; error statuses come back as `Err` with the upstream's error body
 /// parsed by `parse_error`.
 pub(crate) async fn send(
-    request: reqwest::RequestBuilder,
+    request: RequestBuilder<'_>,
     provider: &str,
     parse_error: fn(u16, &[u8], &str) -> ProviderError,
-) -> Result<reqwest::Response, ProviderError> {
+) -> Result<Response, ProviderError> {
     let response = request
         .send()
         .await
@@ -154,10 +73,7 @@ pub(crate) async fn send(
 }
 
 /// Reads a whole response body.
-pub(crate) async fn read_body(
-    response: reqwest::Response,
-    provider: &str,
-) -> Result<Bytes, ProviderError> {
+pub(crate) async fn read_body(response: Response, provider: &str) -> Result<Bytes, ProviderError> {
     response
         .bytes()
         .await
@@ -258,7 +174,7 @@ pub fn decode_sse<D: StreamDecode>(
 
 /// The body of an upstream response as a stream of chunks with transport errors mapped.
 pub(crate) fn body_stream(
-    response: reqwest::Response,
+    response: Response,
     provider: &str,
 ) -> BoxStream<'static, Result<Bytes, ProviderError>> {
     let provider = provider.to_owned();

@@ -7,13 +7,15 @@
 //! - [`sse`]: the incremental SSE parser and encoder.
 //! - [`provider`]: the `Provider` trait and `ProviderError` (with retryability).
 //! - [`providers`]: OpenAI-compatible (and Azure), Anthropic, and the dummy for tests.
-//! - [`http`]: the pooled rustls client and SSE-to-event plumbing.
+//! - [`client`]: the pooled upstream HTTP client (hyper over rustls).
+//! - [`http`]: what every provider shares on top of it, and the SSE-to-event plumbing.
 //! - `mock` (feature `mock-server`): a loopback upstream replaying recorded fixtures.
 
 mod error;
 mod json;
 
 pub mod anthropic;
+pub mod client;
 pub mod http;
 #[cfg(feature = "mock-server")]
 pub mod mock;

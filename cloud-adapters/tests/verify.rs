@@ -2,6 +2,7 @@
 // Helpers outside `#[test]` functions panic on failure like the tests themselves.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use tandem_cloud_adapters::client::{HttpClient, HttpConfig};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -24,10 +25,9 @@ fn fixture(name: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-/// A plain-HTTP client (loopback only needs no TLS, but the builder wants a provider).
-fn client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
+/// The upstream client with default settings (plain HTTP on loopback).
+fn client() -> HttpClient {
+    HttpClient::new(&HttpConfig::default()).unwrap()
 }
 
 fn request() -> VerifyRequest<'static> {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tandem_cloud_adapters::http::{HttpConfig, build_client};
+use tandem_cloud_adapters::client::{HttpClient, HttpConfig};
 use tandem_cloud_adapters::providers::anthropic::{Anthropic, AnthropicConfig};
 use tandem_cloud_adapters::providers::openai_compatible::{
     Flavour, OpenAiCompatible, OpenAiCompatibleConfig,
@@ -46,7 +46,7 @@ fn try_build(config: &BackendConfig) -> Result<Arc<dyn Provider>, String> {
         read_timeout: config.request_timeout,
         ..HttpConfig::default()
     };
-    let client = build_client(&http).map_err(|e| e.to_string())?;
+    let client = HttpClient::new(&http).map_err(|e| e.to_string())?;
     let base_url = config
         .base_url
         .clone()

@@ -5,6 +5,7 @@
 // Helpers outside `#[test]` functions panic on failure like the tests themselves.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use tandem_cloud_adapters::client::{HttpClient, HttpConfig};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -275,8 +276,7 @@ async fn loopback_target_with_delay_layer_and_fallback_keeps_output() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    tandem_cloud_adapters::http::install_crypto_provider();
-    let client = reqwest::Client::new();
+    let client = HttpClient::new(&HttpConfig::default()).unwrap();
     let verifier = TandemVerifier::new("cloud", base.clone(), None, client.clone());
     let streamer = TandemStreamer::new("cloud", base, client);
 

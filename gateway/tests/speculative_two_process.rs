@@ -184,7 +184,7 @@ async fn speculative_route_between_two_processes_answers_as_the_target() {
         );
     }
     let dir = tempfile::tempdir().unwrap();
-    tandem_cloud_adapters::http::install_crypto_provider();
+    tandem_cloud_adapters::client::install_crypto_provider();
     let client = reqwest::Client::new();
     let cloud_smol = start(dir.path(), "cloud-smol", &cloud_config("smollm2-135m"));
     let cloud_gemma = start(dir.path(), "cloud-gemma", &cloud_config("gemma3-270m"));
@@ -274,7 +274,7 @@ async fn a_target_lost_mid_stream_ends_it_with_its_usage_and_an_error() {
     use futures::StreamExt;
 
     let dir = tempfile::tempdir().unwrap();
-    tandem_cloud_adapters::http::install_crypto_provider();
+    tandem_cloud_adapters::client::install_crypto_provider();
     let client = reqwest::Client::new();
     let mut cloud = start(dir.path(), "cloud-smol", &cloud_config("smollm2-135m"));
     let edge_cfg = format!(

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::Value;
-use tandem_cloud_adapters::http::{HttpConfig, build_client};
 use tandem_cloud_adapters::mock::{Fixtures, MockConfig, MockHandle, MockUpstream};
 use tandem_gateway::config::{Config, MapEnv};
 use tandem_gateway::{Gateway, GatewayOptions, LocalLoad};
@@ -69,10 +68,11 @@ pub fn test_env() -> MapEnv {
 
 /// A client that keeps no connection pool surprises: plain HTTP on loopback.
 pub fn client() -> reqwest::Client {
-    match build_client(&HttpConfig {
-        read_timeout: Duration::from_secs(30),
-        ..HttpConfig::default()
-    }) {
+    tandem_cloud_adapters::client::install_crypto_provider();
+    match reqwest::Client::builder()
+        .read_timeout(Duration::from_secs(30))
+        .build()
+    {
         Ok(c) => c,
         Err(e) => panic!("http client: {e}"),
     }

@@ -1,12 +1,13 @@
 //! Anthropic Messages (`x-api-key`, `anthropic-version: 2023-06-01`).
 
 use async_trait::async_trait;
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
+use ::http::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
 
 use super::{checked_base, endpoint, header_map};
 use crate::anthropic::{self as wire, EventDecoder, MessagesRequest};
 use crate::error::{Error, Result};
-use crate::http::{self, HttpConfig};
+use crate::client::{HttpClient, HttpConfig, RequestBuilder};
+use crate::http;
 use crate::provider::{EventStream, Provider, ProviderError};
 use crate::types::{ChatRequest, ChatResponse, WireFormat};
 
@@ -53,20 +54,20 @@ pub struct Anthropic {
     name: String,
     model: Option<String>,
     default_max_tokens: u32,
-    url: reqwest::Url,
+    url: ::http::Uri,
     headers: HeaderMap,
-    client: reqwest::Client,
+    client: HttpClient,
 }
 
 impl Anthropic {
     /// A provider with its own pooled client.
     pub fn new(config: AnthropicConfig) -> Result<Self> {
-        let client = http::build_client(&config.http)?;
+        let client = HttpClient::new(&config.http)?;
         Self::with_client(config, client)
     }
 
     /// A provider sharing an existing client.
-    pub fn with_client(config: AnthropicConfig, client: reqwest::Client) -> Result<Self> {
+    pub fn with_client(config: AnthropicConfig, client: HttpClient) -> Result<Self> {
         let base = checked_base(&config.name, &config.base_url)?;
         if config.default_max_tokens == 0 {
             return Err(Error::Config(format!(
@@ -106,15 +107,15 @@ impl Anthropic {
     }
 
     /// The messages URL requests go to.
-    pub fn url(&self) -> &str {
-        self.url.as_str()
+    pub fn url(&self) -> &::http::Uri {
+        &self.url
     }
 
     fn request(
         &self,
         req: &ChatRequest,
         stream: bool,
-    ) -> Result<reqwest::RequestBuilder, ProviderError> {
+    ) -> Result<RequestBuilder<'_>, ProviderError> {
         let model = self.model.as_deref().unwrap_or(&req.model);
         let body = MessagesRequest::new(req, model, stream, self.default_max_tokens);
         http::post_json(
@@ -148,7 +149,7 @@ impl Provider for Anthropic {
     async fn chat_stream(&self, req: &ChatRequest) -> Result<EventStream, ProviderError> {
         let request = self
             .request(req, true)?
-            .header("accept", "text/event-stream");
+            .header(ACCEPT, HeaderValue::from_static("text/event-stream"));
         let response = http::send(request, &self.name, wire::parse_error_body).await?;
         let body = http::body_stream(response, &self.name);
         Ok(http::decode_sse(

@@ -4,7 +4,7 @@ pub mod anthropic;
 pub mod dummy;
 pub mod openai_compatible;
 
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::error::{Error, Result};
 
@@ -40,7 +40,14 @@ pub(crate) fn checked_base<'a>(provider: &str, base_url: &'a str) -> Result<&'a 
 }
 
 /// An endpoint's URL, parsed once when the provider is built rather than on every request.
-pub(crate) fn endpoint(provider: &str, url: String) -> Result<reqwest::Url> {
-    reqwest::Url::parse(&url)
-        .map_err(|e| Error::Config(format!("{provider}: invalid endpoint url '{url}': {e}")))
+pub(crate) fn endpoint(provider: &str, url: String) -> Result<http::Uri> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| Error::Config(format!("{provider}: invalid endpoint url '{url}': {e}")))?;
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(Error::Config(format!(
+            "{provider}: invalid endpoint url '{url}': no host"
+        )));
+    }
+    Ok(uri)
 }

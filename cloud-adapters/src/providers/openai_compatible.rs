@@ -3,11 +3,12 @@
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
+use ::http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 
 use super::{checked_base, endpoint, header_map};
 use crate::error::{Error, Result};
-use crate::http::{self, HttpConfig};
+use crate::client::{HttpClient, HttpConfig, RequestBuilder};
+use crate::http;
 use crate::openai::{self, ChatCompletionsRequest, ChunkDecoder};
 use crate::provider::{EventStream, Provider, ProviderError};
 use crate::types::{ChatRequest, ChatResponse, WireFormat};
@@ -68,21 +69,21 @@ impl OpenAiCompatibleConfig {
 pub struct OpenAiCompatible {
     name: String,
     model: Option<String>,
-    url: reqwest::Url,
-    completions_url: reqwest::Url,
+    url: ::http::Uri,
+    completions_url: ::http::Uri,
     headers: HeaderMap,
-    client: reqwest::Client,
+    client: HttpClient,
 }
 
 impl OpenAiCompatible {
     /// A provider with its own pooled client.
     pub fn new(config: OpenAiCompatibleConfig) -> Result<Self> {
-        let client = http::build_client(&config.http)?;
+        let client = HttpClient::new(&config.http)?;
         Self::with_client(config, client)
     }
 
     /// A provider sharing an existing client.
-    pub fn with_client(config: OpenAiCompatibleConfig, client: reqwest::Client) -> Result<Self> {
+    pub fn with_client(config: OpenAiCompatibleConfig, client: HttpClient) -> Result<Self> {
         let base = checked_base(&config.name, &config.base_url)?;
         let url_for = |endpoint: &str| match &config.flavour {
             Flavour::OpenAi => format!("{base}/{endpoint}"),
@@ -125,15 +126,15 @@ impl OpenAiCompatible {
     }
 
     /// The chat completions URL requests go to.
-    pub fn url(&self) -> &str {
-        self.url.as_str()
+    pub fn url(&self) -> &::http::Uri {
+        &self.url
     }
 
     /// A POST of a legacy `/completions` body, sent as it is.
-    fn legacy_request(&self, body: Bytes) -> reqwest::RequestBuilder {
+    fn legacy_request(&self, body: Bytes) -> RequestBuilder<'_> {
         self.client
             .post(self.completions_url.clone())
-            .headers(self.headers.clone())
+            .headers(&self.headers)
             .body(body)
     }
 
@@ -141,7 +142,7 @@ impl OpenAiCompatible {
         &self,
         req: &ChatRequest,
         stream: bool,
-    ) -> Result<reqwest::RequestBuilder, ProviderError> {
+    ) -> Result<RequestBuilder<'_>, ProviderError> {
         let model = self.model.as_deref().unwrap_or(&req.model);
         let body = ChatCompletionsRequest::new(req, model, stream);
         http::post_json(
@@ -175,7 +176,7 @@ impl Provider for OpenAiCompatible {
     async fn chat_stream(&self, req: &ChatRequest) -> Result<EventStream, ProviderError> {
         let request = self
             .request(req, true)?
-            .header("accept", "text/event-stream");
+            .header(ACCEPT, HeaderValue::from_static("text/event-stream"));
         let response = http::send(request, &self.name, openai::parse_error_body).await?;
         let body = http::body_stream(response, &self.name);
         Ok(http::decode_sse(
@@ -199,7 +200,7 @@ impl Provider for OpenAiCompatible {
     ) -> Result<EventStream, ProviderError> {
         let request = self
             .legacy_request(body)
-            .header("accept", "text/event-stream");
+            .header(ACCEPT, HeaderValue::from_static("text/event-stream"));
         let response = http::send(request, &self.name, openai::parse_error_body).await?;
         let body = http::body_stream(response, &self.name);
         Ok(http::decode_sse(

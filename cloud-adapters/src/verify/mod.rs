@@ -24,6 +24,8 @@ use std::str::FromStr;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use crate::client::HttpClient;
+use crate::http::transport_error;
 use crate::provider::{ProviderError, ProviderErrorKind};
 use crate::types::Usage;
 
@@ -189,42 +191,35 @@ pub(crate) fn decode_error(provider: &str, message: impl Into<String>) -> Provid
     ProviderError::new(ProviderErrorKind::Decode, provider, message)
 }
 
-/// Turns a reqwest failure into a provider error (connect and timeout are retryable).
-pub(crate) fn transport_error(provider: &str, err: &reqwest::Error) -> ProviderError {
-    let kind = if err.is_timeout() {
-        ProviderErrorKind::Timeout
-    } else if err.is_connect() {
-        ProviderErrorKind::Connect
-    } else if err.is_decode() || err.is_body() {
-        ProviderErrorKind::Decode
-    } else {
-        ProviderErrorKind::Connect
-    };
-    ProviderError::new(kind, provider, err.to_string())
-}
-
 /// Posts `body` as JSON to `url` and returns the JSON answer, mapping failures to
 /// [`ProviderError`]s.
 pub(crate) async fn post_json(
-    client: &reqwest::Client,
+    client: &HttpClient,
     provider: &str,
     url: &str,
     api_key: Option<&str>,
     body: &serde_json::Value,
 ) -> Result<(u16, serde_json::Value), ProviderError> {
-    let mut req = client.post(url).json(body);
+    let uri: http::Uri = url.parse().map_err(|e| {
+        ProviderError::new(
+            ProviderErrorKind::Unsupported,
+            provider,
+            format!("invalid verify url '{url}': {e}"),
+        )
+    })?;
+    let mut req = client.post(uri).json(body);
     if let Some(key) = api_key {
         req = req.bearer_auth(key);
     }
     let resp = req
         .send()
         .await
-        .map_err(|e| transport_error(provider, &e))?;
+        .map_err(|e| transport_error(&e, provider))?;
     let status = resp.status().as_u16();
     let bytes = resp
         .bytes()
         .await
-        .map_err(|e| transport_error(provider, &e))?;
+        .map_err(|e| transport_error(&e, provider))?;
     let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
         if status >= 400 {
             ProviderError::status(

@@ -173,7 +173,7 @@ pub struct SglangVerifier {
     name: String,
     base_url: String,
     api_key: Option<String>,
-    client: reqwest::Client,
+    client: crate::client::HttpClient,
 }
 
 impl SglangVerifier {
@@ -182,7 +182,7 @@ impl SglangVerifier {
         name: impl Into<String>,
         base_url: impl Into<String>,
         api_key: Option<String>,
-        client: reqwest::Client,
+        client: crate::client::HttpClient,
     ) -> Self {
         Self {
             name: name.into(),

@@ -93,7 +93,7 @@ pub struct TandemVerifier {
     name: String,
     base_url: String,
     api_key: Option<String>,
-    client: reqwest::Client,
+    client: crate::client::HttpClient,
     stateless: VllmVerifier,
     /// The full sequence last sent per session, to send only what is new.
     sent: Mutex<HashMap<String, Vec<u32>>>,
@@ -105,7 +105,7 @@ impl TandemVerifier {
         name: impl Into<String>,
         base_url: impl Into<String>,
         api_key: Option<String>,
-        client: reqwest::Client,
+        client: crate::client::HttpClient,
     ) -> Self {
         let name = name.into();
         let base_url = base_url.into();

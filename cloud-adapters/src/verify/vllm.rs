@@ -181,7 +181,7 @@ pub struct VllmVerifier {
     name: String,
     base_url: String,
     api_key: Option<String>,
-    client: reqwest::Client,
+    client: crate::client::HttpClient,
 }
 
 impl VllmVerifier {
@@ -190,7 +190,7 @@ impl VllmVerifier {
         name: impl Into<String>,
         base_url: impl Into<String>,
         api_key: Option<String>,
-        client: reqwest::Client,
+        client: crate::client::HttpClient,
     ) -> Self {
         Self {
             name: name.into(),

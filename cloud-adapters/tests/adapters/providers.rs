@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use tandem_cloud_adapters::http::HttpConfig;
+use tandem_cloud_adapters::client::HttpConfig;
 use tandem_cloud_adapters::mock::{Fixtures, MockHandle, MockUpstream};
 use tandem_cloud_adapters::providers::anthropic::{Anthropic, AnthropicConfig};
 use tandem_cloud_adapters::providers::dummy::DummyProvider;
@@ -239,7 +239,8 @@ async fn a_stalled_stream_times_out_and_a_closed_port_fails_to_connect() {
 #[tokio::test]
 async fn mock_serves_models_and_legacy_completions() {
     let mock = mock().await;
-    let client = tandem_cloud_adapters::http::build_client(&HttpConfig::default()).unwrap();
+    tandem_cloud_adapters::client::install_crypto_provider();
+    let client = reqwest::Client::new();
     let models: serde_json::Value = client
         .get(format!("{}/models", mock.base_url()))
         .send()

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use async_trait::async_trait;
 use futures::StreamExt;
 use parking_lot::Mutex;
-use tandem_cloud_adapters::http::{HttpConfig, build_client};
+use tandem_cloud_adapters::client::{HttpClient, HttpConfig};
 use tandem_cloud_adapters::verify::sglang::SglangVerifier;
 use tandem_cloud_adapters::verify::tandem::TandemVerifier;
 use tandem_cloud_adapters::verify::vllm::VllmVerifier;
@@ -119,7 +119,7 @@ impl SpeculativeExecutor {
             read_timeout: target.request_timeout,
             ..HttpConfig::default()
         };
-        let client = build_client(&http).map_err(|e| Error::Internal(e.to_string()))?;
+        let client = HttpClient::new(&http).map_err(|e| Error::Internal(e.to_string()))?;
         let root = base_url
             .trim_end_matches('/')
             .trim_end_matches("/v1")

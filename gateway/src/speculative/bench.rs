@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use tandem_cloud_adapters::client::{HttpClient, HttpConfig};
 use tandem_cloud_adapters::verify::tandem::TandemVerifier;
 use tandem_local_model::draft::{CrossTokenizerDrafter, Drafter, EngineDrafter};
 use tandem_local_model::fetch::{FetchOptions, ProcessEnv, resolve_model};
@@ -214,7 +215,7 @@ pub async fn bench_speculative(args: BenchArgs) -> Result<BenchReport> {
             None,
         ));
     }
-    tandem_cloud_adapters::http::install_crypto_provider();
+    tandem_cloud_adapters::client::install_crypto_provider();
     let drafter_engine = load(&args.drafter, args.drafter_threads, WeightFormat::AsStored)?;
     let target = load(&args.target, 1, args.target_format)?;
     let same_vocab = drafter_engine.info().vocab_hash == target.info().vocab_hash;
@@ -233,7 +234,7 @@ pub async fn bench_speculative(args: BenchArgs) -> Result<BenchReport> {
         args.prompts,
         args.max_tokens
     );
-    let client = reqwest::Client::new();
+    let client = HttpClient::new(&HttpConfig::default()).map_err(|e| Error::Internal(e.to_string()))?;
     let mut rows = Vec::new();
     for &step_ms in &args.steps_ms {
         for &rtt_ms in &args.rtts_ms {

@@ -20,6 +20,8 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::json;
 use tandem_cloud_adapters::ProviderError;
+use tandem_cloud_adapters::client::HttpClient;
+use tandem_cloud_adapters::http::transport_error;
 use tandem_cloud_adapters::Usage;
 use tandem_cloud_adapters::provider::ProviderErrorKind;
 use tandem_cloud_adapters::verify::tandem::{
@@ -609,7 +611,7 @@ pub struct TandemStreamer {
     name: String,
     base_url: String,
     api_key: Option<String>,
-    client: reqwest::Client,
+    client: HttpClient,
 }
 
 impl TandemStreamer {
@@ -617,7 +619,7 @@ impl TandemStreamer {
     pub fn new(
         name: impl Into<String>,
         base_url: impl Into<String>,
-        client: reqwest::Client,
+        client: HttpClient,
     ) -> Self {
         Self {
             name: name.into(),
@@ -644,7 +646,14 @@ impl PlainStreamer for TandemStreamer {
     ) -> Result<BoxStream<'static, Result<u32, ProviderError>>, ProviderError> {
         let url = format!("{}{GENERATE_PATH}", self.base_url.trim_end_matches('/'));
         let name = self.name.clone();
-        let mut request = self.client.post(url);
+        let uri: http::Uri = url.parse().map_err(|e| {
+            ProviderError::new(
+                ProviderErrorKind::Unsupported,
+                &name,
+                format!("invalid url '{url}': {e}"),
+            )
+        })?;
+        let mut request = self.client.post(uri);
         if let Some(key) = &self.api_key {
             request = request.bearer_auth(key);
         }
@@ -656,7 +665,7 @@ impl PlainStreamer for TandemStreamer {
             })
             .send()
             .await
-            .map_err(|e| ProviderError::new(ProviderErrorKind::Connect, &name, e.to_string()))?;
+            .map_err(|e| transport_error(&e, &name))?;
         if !resp.status().is_success() {
             let status = resp.status().as_u16();
             let text = resp.text().await.unwrap_or_default();

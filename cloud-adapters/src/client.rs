@@ -1,0 +1,440 @@
+//! The pooled upstream HTTP client: hyper's connection pool over rustls (system CA store, ALPN
+//! `h2` then `http/1.1`), with connect and read timeouts. Deliberately thin: a request goes out as
+//! built, with no URL re-parsing, redirect handling or extra service layers on every call, since
+//! this sits on the path of each proxied request.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::stream::{BoxStream, StreamExt};
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, USER_AGENT};
+use http::{StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::error::{Error, Result};
+
+/// Connection settings for one provider's client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpConfig {
+    /// Longest wait for a TCP connection.
+    pub connect_timeout: Duration,
+    /// Longest wait for the response head and between two reads of its body (a stalled stream
+    /// fails after this).
+    pub read_timeout: Duration,
+    /// How long an idle pooled connection is kept.
+    pub pool_idle_timeout: Duration,
+    /// Idle connections kept per host.
+    pub pool_max_idle_per_host: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(300),
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_host: 64,
+        }
+    }
+}
+
+/// What went wrong on the way to or from an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportErrorKind {
+    /// No connection could be made (refused, DNS, TLS handshake, connect timeout).
+    Connect,
+    /// The response head or the next body chunk did not come within the read timeout.
+    Timeout,
+    /// The connection failed after the request went out (reset, closed early).
+    Request,
+    /// The body broke off while it was being read.
+    Body,
+    /// The request could not be built (a body that does not encode).
+    Build,
+}
+
+/// A transport failure, with the cause chain in its message.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct TransportError {
+    /// Which stage failed.
+    pub kind: TransportErrorKind,
+    /// What happened, causes included.
+    pub message: String,
+}
+
+impl TransportError {
+    fn new(kind: TransportErrorKind, message: impl Into<String>) -> Self {
+        TransportError {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// Keeps the whole source chain: the top level alone rarely says why (refused, reset).
+    fn from_chain(kind: TransportErrorKind, err: &dyn std::error::Error) -> Self {
+        let mut message = err.to_string();
+        let mut source = err.source();
+        while let Some(s) = source {
+            message.push_str(": ");
+            message.push_str(&s.to_string());
+            source = s.source();
+        }
+        TransportError::new(kind, message)
+    }
+
+    fn timeout(what: &str, after: Duration) -> Self {
+        TransportError::new(
+            TransportErrorKind::Timeout,
+            format!("{what} timed out after {} ms", after.as_millis()),
+        )
+    }
+}
+
+/// A pooled client; clones share the pool.
+#[derive(Debug, Clone)]
+pub struct HttpClient {
+    inner: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    read_timeout: Duration,
+}
+
+impl HttpClient {
+    /// Builds a client with the timeouts and pool settings of `config`.
+    pub fn new(config: &HttpConfig) -> Result<Self> {
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        tcp.set_nodelay(true);
+        tcp.set_connect_timeout(Some(config.connect_timeout));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config()?)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(tcp);
+        let inner = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .pool_max_idle_per_host(config.pool_max_idle_per_host)
+            .build(https);
+        Ok(HttpClient {
+            inner,
+            read_timeout: config.read_timeout,
+        })
+    }
+
+    /// Starts a POST to `uri`.
+    pub fn post(&self, uri: Uri) -> RequestBuilder<'_> {
+        RequestBuilder {
+            client: self,
+            uri,
+            headers: HeaderMap::new(),
+            body: Ok(Bytes::new()),
+        }
+    }
+}
+
+/// Installs ring as the process-wide rustls crypto provider (once; later calls do nothing), so
+/// that clients built elsewhere with default settings work too.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn tls_config() -> Result<rustls::ClientConfig> {
+    install_crypto_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    let found = rustls_native_certs::load_native_certs();
+    for err in &found.errors {
+        tracing::warn!(error = %err, "could not read a system CA certificate");
+    }
+    let (added, ignored) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        tracing::warn!(
+            ignored,
+            "no system CA certificates found; TLS upstreams will fail"
+        );
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    // ALPN (`h2`, then `http/1.1`) is set by the connector from the versions it enables.
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::HttpClient(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// A request being built; [`RequestBuilder::send`] sends it.
+#[derive(Debug)]
+pub struct RequestBuilder<'a> {
+    client: &'a HttpClient,
+    uri: Uri,
+    headers: HeaderMap,
+    body: std::result::Result<Bytes, String>,
+}
+
+impl RequestBuilder<'_> {
+    /// Adds every header of `headers` (a name given twice keeps both values).
+    pub fn headers(mut self, headers: &HeaderMap) -> Self {
+        self.headers.reserve(headers.len());
+        for (name, value) in headers {
+            self.headers.append(name, value.clone());
+        }
+        self
+    }
+
+    /// Sets one header.
+    pub fn header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.insert(name, value);
+        self
+    }
+
+    /// Sends `key` as a bearer token.
+    pub fn bearer_auth(self, key: &str) -> Self {
+        match HeaderValue::from_str(&format!("Bearer {key}")) {
+            Ok(mut value) => {
+                value.set_sensitive(true);
+                self.header(AUTHORIZATION, value)
+            }
+            Err(_) => RequestBuilder {
+                body: Err("the api key is not a valid header value".into()),
+                ..self
+            },
+        }
+    }
+
+    /// Sets `body` as the request body.
+    pub fn body(mut self, body: impl Into<Bytes>) -> Self {
+        self.body = Ok(body.into());
+        self
+    }
+
+    /// Sets `value` encoded as JSON as the body, with its content type.
+    pub fn json<T: serde::Serialize + ?Sized>(self, value: &T) -> Self {
+        match serde_json::to_vec(value) {
+            Ok(bytes) => self
+                .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+                .body(bytes),
+            Err(e) => RequestBuilder {
+                body: Err(format!("cannot encode request body: {e}")),
+                ..self
+            },
+        }
+    }
+
+    /// Sends the request and waits for the response head.
+    pub async fn send(self) -> std::result::Result<Response, TransportError> {
+        let body = self
+            .body
+            .map_err(|m| TransportError::new(TransportErrorKind::Build, m))?;
+        let mut request = http::Request::new(Full::new(body));
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = self.uri;
+        *request.headers_mut() = self.headers;
+        request
+            .headers_mut()
+            .entry(USER_AGENT)
+            .or_insert(HeaderValue::from_static(concat!(
+                "tandem/",
+                env!("CARGO_PKG_VERSION")
+            )));
+        let read_timeout = self.client.read_timeout;
+        let response = tokio::time::timeout(read_timeout, self.client.inner.request(request))
+            .await
+            .map_err(|_| TransportError::timeout("waiting for the response", read_timeout))?
+            .map_err(|e| {
+                let kind = if e.is_connect() {
+                    TransportErrorKind::Connect
+                } else {
+                    TransportErrorKind::Request
+                };
+                TransportError::from_chain(kind, &e)
+            })?;
+        let (parts, body) = response.into_parts();
+        Ok(Response {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+            read_timeout,
+        })
+    }
+}
+
+/// A response whose body has not been read yet.
+#[derive(Debug)]
+pub struct Response {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Incoming,
+    read_timeout: Duration,
+}
+
+impl Response {
+    /// The status code.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The response headers.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// The next chunk of the body; `None` at its end. Trailers are skipped.
+    async fn next_chunk(
+        body: &mut Incoming,
+        read_timeout: Duration,
+    ) -> Option<std::result::Result<Bytes, TransportError>> {
+        loop {
+            let frame = match tokio::time::timeout(read_timeout, body.frame()).await {
+                Err(_) => {
+                    return Some(Err(TransportError::timeout(
+                        "reading the response body",
+                        read_timeout,
+                    )));
+                }
+                Ok(None) => return None,
+                Ok(Some(Err(e))) => {
+                    return Some(Err(TransportError::from_chain(TransportErrorKind::Body, &e)));
+                }
+                Ok(Some(Ok(frame))) => frame,
+            };
+            if let Ok(data) = frame.into_data() {
+                return Some(Ok(data));
+            }
+        }
+    }
+
+    /// Reads the whole body.
+    pub async fn bytes(mut self) -> std::result::Result<Bytes, TransportError> {
+        let mut first: Option<Bytes> = None;
+        let mut rest = BytesMut::new();
+        while let Some(chunk) = Self::next_chunk(&mut self.body, self.read_timeout).await {
+            let chunk = chunk?;
+            // One chunk (the usual case for a small answer) is returned without a copy.
+            match first.take() {
+                None if rest.is_empty() => first = Some(chunk),
+                Some(f) => {
+                    rest.extend_from_slice(&f);
+                    rest.extend_from_slice(&chunk);
+                }
+                None => rest.extend_from_slice(&chunk),
+            }
+        }
+        Ok(first.unwrap_or_else(|| rest.freeze()))
+    }
+
+    /// Reads the whole body as text (lossy).
+    pub async fn text(self) -> std::result::Result<String, TransportError> {
+        let bytes = self.bytes().await?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// The body as a stream of chunks.
+    pub fn bytes_stream(self) -> BoxStream<'static, std::result::Result<Bytes, TransportError>> {
+        let read_timeout = self.read_timeout;
+        futures::stream::unfold(Some(self.body), move |body| async move {
+            let mut body = body?;
+            let chunk = Self::next_chunk(&mut body, read_timeout).await?;
+            // Nothing follows an error.
+            let next = chunk.is_ok().then_some(body);
+            Some((chunk, next))
+        })
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_connect_error() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let client = HttpClient::new(&HttpConfig::default()).unwrap();
+        let uri: Uri = format!("http://{addr}/v1/chat/completions").parse().unwrap();
+        let err = client.post(uri).body("{}").send().await.unwrap_err();
+        assert_eq!(err.kind, TransportErrorKind::Connect, "{err}");
+        assert!(err.message.to_lowercase().contains("refused"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_silent_upstream_times_out_and_a_cut_body_is_a_body_error() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            // First connection: never answers. Second: promises 100 bytes, sends 5, hangs up.
+            let (mut silent, _) = listener.accept().await.unwrap();
+            let (mut cut, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = cut.read(&mut buf).await;
+            cut.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhello")
+                .await
+                .unwrap();
+            drop(cut);
+            let _ = silent.read(&mut buf).await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let client = HttpClient::new(&HttpConfig {
+            read_timeout: Duration::from_millis(300),
+            ..HttpConfig::default()
+        })
+        .unwrap();
+        let uri: Uri = format!("http://{addr}/").parse().unwrap();
+        let err = client.post(uri.clone()).send().await.unwrap_err();
+        assert_eq!(err.kind, TransportErrorKind::Timeout, "{err}");
+        let response = client.post(uri).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let err = response.bytes().await.unwrap_err();
+        assert_eq!(err.kind, TransportErrorKind::Body, "{err}");
+    }
+
+    #[tokio::test]
+    async fn headers_body_and_user_agent_go_out_as_built() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !String::from_utf8_lossy(&seen).contains("{\"a\":1}") {
+                let n = tcp.read(&mut buf).await.unwrap();
+                seen.extend_from_slice(&buf[..n]);
+            }
+            tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .unwrap();
+            String::from_utf8_lossy(&seen).to_lowercase()
+        });
+        let client = HttpClient::new(&HttpConfig::default()).unwrap();
+        let uri: Uri = format!("http://{addr}/x?y=1").parse().unwrap();
+        let mut extra = HeaderMap::new();
+        extra.insert("x-extra", HeaderValue::from_static("1"));
+        let response = client
+            .post(uri)
+            .headers(&extra)
+            .bearer_auth("sk-test")
+            .json(&serde_json::json!({"a": 1}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.text().await.unwrap(), "ok");
+        let request = server.await.unwrap();
+        assert!(request.starts_with("post /x?y=1 http/1.1\r\n"), "{request}");
+        for line in [
+            "x-extra: 1",
+            "authorization: bearer sk-test",
+            "content-type: application/json",
+            "user-agent: tandem/",
+        ] {
+            assert!(request.contains(line), "{line} missing from {request}");
+        }
+    }
+}
