@@ -298,7 +298,10 @@ impl Response {
                 }
                 Ok(None) => return None,
                 Ok(Some(Err(e))) => {
-                    return Some(Err(TransportError::from_chain(TransportErrorKind::Body, &e)));
+                    return Some(Err(TransportError::from_chain(
+                        TransportErrorKind::Body,
+                        &e,
+                    )));
                 }
                 Ok(Some(Ok(frame))) => frame,
             };
@@ -357,7 +360,9 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         drop(listener);
         let client = HttpClient::new(&HttpConfig::default()).unwrap();
-        let uri: Uri = format!("http://{addr}/v1/chat/completions").parse().unwrap();
+        let uri: Uri = format!("http://{addr}/v1/chat/completions")
+            .parse()
+            .unwrap();
         let err = client.post(uri).body("{}").send().await.unwrap_err();
         assert_eq!(err.kind, TransportErrorKind::Connect, "{err}");
         assert!(err.message.to_lowercase().contains("refused"), "{err}");

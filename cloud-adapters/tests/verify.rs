@@ -2,8 +2,8 @@
 // Helpers outside `#[test]` functions panic on failure like the tests themselves.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use tandem_cloud_adapters::client::{HttpClient, HttpConfig};
 use std::sync::Arc;
+use tandem_cloud_adapters::client::{HttpClient, HttpConfig};
 
 use parking_lot::Mutex;
 use serde_json::{Value, json};

@@ -5,9 +5,9 @@
 // Helpers outside `#[test]` functions panic on failure like the tests themselves.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use tandem_cloud_adapters::client::{HttpClient, HttpConfig};
 use std::sync::Arc;
 use std::time::Duration;
+use tandem_cloud_adapters::client::{HttpClient, HttpConfig};
 
 use tandem_cloud_adapters::verify::tandem::TandemVerifier;
 use tandem_gateway::speculative::{

@@ -1,12 +1,12 @@
 //! Anthropic Messages (`x-api-key`, `anthropic-version: 2023-06-01`).
 
-use async_trait::async_trait;
 use ::http::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
+use async_trait::async_trait;
 
 use super::{checked_base, endpoint, header_map};
 use crate::anthropic::{self as wire, EventDecoder, MessagesRequest};
-use crate::error::{Error, Result};
 use crate::client::{HttpClient, HttpConfig, RequestBuilder};
+use crate::error::{Error, Result};
 use crate::http;
 use crate::provider::{EventStream, Provider, ProviderError};
 use crate::types::{ChatRequest, ChatResponse, WireFormat};

@@ -1,13 +1,13 @@
 //! OpenAI and every OpenAI-compatible server (vLLM, SGLang, llama.cpp, Ollama, Groq, Cerebras,
 //! Together), with Azure OpenAI's path and header style as a flavour.
 
+use ::http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use async_trait::async_trait;
 use bytes::Bytes;
-use ::http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 
 use super::{checked_base, endpoint, header_map};
-use crate::error::{Error, Result};
 use crate::client::{HttpClient, HttpConfig, RequestBuilder};
+use crate::error::{Error, Result};
 use crate::http;
 use crate::openai::{self, ChatCompletionsRequest, ChunkDecoder};
 use crate::provider::{EventStream, Provider, ProviderError};

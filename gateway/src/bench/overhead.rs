@@ -1,8 +1,10 @@
 //! `tandem bench overhead`: what Tandem adds to a request. A mock upstream answers recorded
 //! OpenAI fixtures on loopback; an open-loop generator sends non-streaming chat requests at fixed
-//! rates, first straight to the mock (the peer), then through Tandem to the same mock, in one
-//! run. The table gives latency percentiles of both, their difference (the overhead) and the
-//! throughput sustained.
+//! rates straight to the mock (the peer), through a bare hyper proxy (the floor any proxy pays
+//! here) and through Tandem, in one run. The targets take turns in short rounds, so a stall of
+//! the machine lands on one round of one target rather than on a whole phase. The table gives
+//! latency percentiles of each, their difference (the overhead), the throughput sustained and the
+//! proxy's CPU time per request.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -25,9 +27,12 @@ pub struct OverheadArgs {
     /// Request rates to test, requests per second.
     #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
     pub rates: Vec<u32>,
-    /// Seconds of measured load per rate and target.
-    #[arg(long, default_value_t = 5.0)]
+    /// Seconds of measured load per rate and target, split over the rounds.
+    #[arg(long, default_value_t = 10.0)]
     pub seconds: f64,
+    /// Rounds per rate; each round runs every target in turn.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
     /// Seconds of unmeasured warm-up before each measurement.
     #[arg(long, default_value_t = 1.0)]
     pub warmup: f64,
@@ -39,12 +44,14 @@ pub struct OverheadArgs {
 const BODY: &str =
     r#"{"model":"bench","messages":[{"role":"user","content":"Say hello."}],"max_tokens":16}"#;
 
-/// One measured phase.
+/// One measured phase, or several pooled.
+#[derive(Default)]
 struct Phase {
     latencies_us: Vec<u64>,
     errors: u64,
     sent: u64,
     elapsed: Duration,
+    proxy_cpu: Duration,
 }
 
 impl Phase {
@@ -59,6 +66,26 @@ impl Phase {
     fn rps(&self) -> f64 {
         self.latencies_us.len() as f64 / self.elapsed.as_secs_f64()
     }
+
+    fn cpu_us_per_request(&self) -> f64 {
+        self.proxy_cpu.as_secs_f64() * 1e6 / self.sent.max(1) as f64
+    }
+
+    /// Adds `other`'s samples and counts.
+    fn pool(&mut self, other: Phase) {
+        self.latencies_us.extend(other.latencies_us);
+        self.latencies_us.sort_unstable();
+        self.errors += other.errors;
+        self.sent += other.sent;
+        self.elapsed += other.elapsed;
+        self.proxy_cpu += other.proxy_cpu;
+    }
+}
+
+/// The middle value (upper middle for an even count); NaN when empty.
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// Sends `rate` requests per second for `seconds` to `url`, open loop: requests leave on
@@ -120,6 +147,7 @@ fn load(
         errors: errors.load(std::sync::atomic::Ordering::Relaxed),
         sent: total,
         elapsed,
+        proxy_cpu: Duration::ZERO,
     }
 }
 
@@ -138,19 +166,20 @@ async fn start_bare_proxy(upstream: std::net::SocketAddr) -> std::io::Result<std
         while let Ok((tcp, _)) = listener.accept().await {
             let _ = tcp.set_nodelay(true);
             let client = client.clone();
-            let service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
-                let client = client.clone();
-                async move {
-                    let (parts, body) = request.into_parts();
-                    let body = body.collect().await?.to_bytes();
-                    let uri = format!("http://{upstream}{}", parts.uri.path());
-                    let mut forward = http::Request::post(uri).body(Full::new(body))?;
-                    *forward.headers_mut() = parts.headers;
-                    let (parts, body) = client.request(forward).await?.into_parts();
-                    let body = body.collect().await?.to_bytes();
-                    Ok::<_, anyhow::Error>(http::Response::from_parts(parts, Full::new(body)))
-                }
-            });
+            let service =
+                hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                    let client = client.clone();
+                    async move {
+                        let (parts, body) = request.into_parts();
+                        let body = body.collect().await?.to_bytes();
+                        let uri = format!("http://{upstream}{}", parts.uri.path());
+                        let mut forward = http::Request::post(uri).body(Full::new(body))?;
+                        *forward.headers_mut() = parts.headers;
+                        let (parts, body) = client.request(forward).await?.into_parts();
+                        let body = body.collect().await?.to_bytes();
+                        Ok::<_, anyhow::Error>(http::Response::from_parts(parts, Full::new(body)))
+                    }
+                });
             tokio::spawn(async move {
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
@@ -183,7 +212,10 @@ fn thread_cpu(name: &str) -> Duration {
         let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
         // utime and stime are fields 14 and 15 of stat, 12 and 13 after the comm.
         for i in [11, 12] {
-            ticks += fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+            ticks += fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0);
         }
     }
     Duration::from_secs_f64(ticks as f64 / ticks_per_s)
@@ -233,10 +265,17 @@ pub fn run_overhead(args: &OverheadArgs) -> anyhow::Result<String> {
     let bare_url = format!("http://{bare_addr}/v1/chat/completions");
     let tandem_url = format!("{}/v1/chat/completions", gateway.url());
 
+    let targets = [
+        ("direct", &direct_url),
+        ("bare", &bare_url),
+        ("tandem", &tandem_url),
+    ];
+    let rounds = args.rounds.max(1);
     let mut table = String::new();
     let _ = writeln!(
         table,
-        "gateway overhead, non-streaming chat, open-loop load on loopback ({:.0} s per phase)",
+        "gateway overhead, non-streaming chat, open-loop load on loopback \
+         ({:.0} s per target and rate, in {rounds} interleaved rounds)",
         args.seconds
     );
     let _ = writeln!(
@@ -254,15 +293,29 @@ pub fn run_overhead(args: &OverheadArgs) -> anyhow::Result<String> {
                 .pool_max_idle_per_host(4096)
                 .build(connector)
         };
-        let mut phases = Vec::new();
-        let run = |url: &str, seconds: f64| -> anyhow::Result<Phase> {
-            Ok(load(&load_rt, &client, url, rate, seconds))
-        };
-        for (name, url) in [("direct", &direct_url), ("bare", &bare_url), ("tandem", &tandem_url)] {
-            run(url, args.warmup)?;
+        let run = |url: &str, seconds: f64| {
+            // The gateway runtime's threads serve both proxies; one target runs at a time.
             let cpu_before = thread_cpu("gateway");
-            let phase = run(url, args.seconds)?;
-            let cpu_us = (thread_cpu("gateway") - cpu_before).as_secs_f64() * 1e6;
+            let mut phase = load(&load_rt, &client, url, rate, seconds);
+            phase.proxy_cpu = thread_cpu("gateway").saturating_sub(cpu_before);
+            phase
+        };
+        for (_, url) in targets {
+            run(url, args.warmup);
+        }
+        let mut pooled: Vec<Phase> = targets.iter().map(|_| Phase::default()).collect();
+        let mut round_p99_overhead = Vec::with_capacity(rounds);
+        for _ in 0..rounds {
+            let phases: Vec<Phase> = targets
+                .iter()
+                .map(|(_, url)| run(url, args.seconds / rounds as f64))
+                .collect();
+            round_p99_overhead.push(phases[2].percentile(0.99) - phases[0].percentile(0.99));
+            for (total, phase) in pooled.iter_mut().zip(phases) {
+                total.pool(phase);
+            }
+        }
+        for ((name, _), phase) in targets.iter().zip(&pooled) {
             let _ = writeln!(
                 table,
                 "{:>7} {:<8} {:>9.3} {:>9.3} {:>9.3} {:>9.0} {:>8} {:>7} {:>12.1}",
@@ -274,30 +327,37 @@ pub fn run_overhead(args: &OverheadArgs) -> anyhow::Result<String> {
                 phase.rps(),
                 phase.errors,
                 phase.sent,
-                cpu_us / phase.sent.max(1) as f64
+                if *name == "direct" {
+                    0.0
+                } else {
+                    phase.cpu_us_per_request()
+                }
             );
-            phases.push(phase);
         }
-        if let [direct, _bare, tandem] = &phases[..] {
-            summary.push((
-                rate,
-                tandem.percentile(0.5) - direct.percentile(0.5),
-                tandem.percentile(0.9) - direct.percentile(0.9),
-                tandem.percentile(0.99) - direct.percentile(0.99),
-                tandem.rps() / direct.rps(),
-            ));
-        }
+        let (direct, tandem) = (&pooled[0], &pooled[2]);
+        summary.push((
+            rate,
+            tandem.percentile(0.5) - direct.percentile(0.5),
+            tandem.percentile(0.9) - direct.percentile(0.9),
+            tandem.percentile(0.99) - direct.percentile(0.99),
+            round_p99_overhead,
+            tandem.rps() / direct.rps(),
+        ));
     }
     let _ = writeln!(table, "\noverhead (tandem - direct)");
     let _ = writeln!(
         table,
-        "{:>7} {:>9} {:>9} {:>9} {:>14}",
-        "rate", "p50 ms", "p90 ms", "p99 ms", "rps ratio"
+        "{:>7} {:>9} {:>9} {:>9} {:>16} {:>17} {:>10}",
+        "rate", "p50 ms", "p90 ms", "p99 ms", "p99, round median", "p99, round range", "rps ratio"
     );
-    for (rate, p50, p90, p99, ratio) in summary {
+    for (rate, p50, p90, p99, rounds, ratio) in summary {
+        let lo = rounds.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = rounds.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let _ = writeln!(
             table,
-            "{rate:>7} {p50:>9.3} {p90:>9.3} {p99:>9.3} {ratio:>14.3}"
+            "{rate:>7} {p50:>9.3} {p90:>9.3} {p99:>9.3} {:>16.3} {:>17} {ratio:>10.3}",
+            median(rounds),
+            format!("{lo:.3}..{hi:.3}")
         );
     }
     gateway_rt.block_on(gateway.shutdown())?;

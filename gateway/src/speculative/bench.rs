@@ -234,7 +234,8 @@ pub async fn bench_speculative(args: BenchArgs) -> Result<BenchReport> {
         args.prompts,
         args.max_tokens
     );
-    let client = HttpClient::new(&HttpConfig::default()).map_err(|e| Error::Internal(e.to_string()))?;
+    let client =
+        HttpClient::new(&HttpConfig::default()).map_err(|e| Error::Internal(e.to_string()))?;
     let mut rows = Vec::new();
     for &step_ms in &args.steps_ms {
         for &rtt_ms in &args.rtts_ms {

@@ -20,9 +20,9 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::json;
 use tandem_cloud_adapters::ProviderError;
+use tandem_cloud_adapters::Usage;
 use tandem_cloud_adapters::client::HttpClient;
 use tandem_cloud_adapters::http::transport_error;
-use tandem_cloud_adapters::Usage;
 use tandem_cloud_adapters::provider::ProviderErrorKind;
 use tandem_cloud_adapters::verify::tandem::{
     SESSION_MISMATCH, TandemVerifyRequest, TandemVerifyResponse, TandemVerifyUsage, VERIFY_PATH,
@@ -616,11 +616,7 @@ pub struct TandemStreamer {
 
 impl TandemStreamer {
     /// A streamer for the Tandem at `base_url` (the server root).
-    pub fn new(
-        name: impl Into<String>,
-        base_url: impl Into<String>,
-        client: HttpClient,
-    ) -> Self {
+    pub fn new(name: impl Into<String>, base_url: impl Into<String>, client: HttpClient) -> Self {
         Self {
             name: name.into(),
             base_url: base_url.into(),
