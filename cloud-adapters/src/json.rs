@@ -1,8 +1,35 @@
 //! Small helpers for walking decoded JSON with errors that name the parameter.
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Value};
 
 use crate::error::WireError;
+
+/// A parameter's name for error messages, built only when an error needs it: decoding a valid
+/// request formats no names (`messages[3].content` is a closure until then).
+pub(crate) trait Param {
+    /// The name, e.g. `messages[0].role`.
+    fn name(&self) -> Cow<'_, str>;
+}
+
+impl Param for str {
+    fn name(&self) -> Cow<'_, str> {
+        Cow::Borrowed(self)
+    }
+}
+
+impl Param for String {
+    fn name(&self) -> Cow<'_, str> {
+        Cow::Borrowed(self)
+    }
+}
+
+impl<F: Fn() -> String> Param for F {
+    fn name(&self) -> Cow<'_, str> {
+        Cow::Owned(self())
+    }
+}
 
 /// Parses a request body that must be a JSON object.
 pub(crate) fn parse_object(body: &[u8]) -> Result<Map<String, Value>, WireError> {
@@ -29,71 +56,71 @@ pub(crate) fn opt<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Valu
 pub(crate) fn opt_str(
     obj: &Map<String, Value>,
     key: &str,
-    param: &str,
+    param: &(impl Param + ?Sized),
 ) -> Result<Option<String>, WireError> {
     match opt(obj, key) {
         None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(WireError::invalid_type(param, "a string")),
+        Some(_) => Err(WireError::invalid_type(&param.name(), "a string")),
     }
 }
 
 pub(crate) fn opt_bool(
     obj: &Map<String, Value>,
     key: &str,
-    param: &str,
+    param: &(impl Param + ?Sized),
 ) -> Result<Option<bool>, WireError> {
     match opt(obj, key) {
         None => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(_) => Err(WireError::invalid_type(param, "a boolean")),
+        Some(_) => Err(WireError::invalid_type(&param.name(), "a boolean")),
     }
 }
 
 pub(crate) fn opt_f32(
     obj: &Map<String, Value>,
     key: &str,
-    param: &str,
+    param: &(impl Param + ?Sized),
 ) -> Result<Option<f32>, WireError> {
     match opt(obj, key) {
         None => Ok(None),
         Some(Value::Number(n)) => n
             .as_f64()
             .map(|f| Some(f as f32))
-            .ok_or_else(|| WireError::invalid_type(param, "a number")),
-        Some(_) => Err(WireError::invalid_type(param, "a number")),
+            .ok_or_else(|| WireError::invalid_type(&param.name(), "a number")),
+        Some(_) => Err(WireError::invalid_type(&param.name(), "a number")),
     }
 }
 
 pub(crate) fn opt_u64(
     obj: &Map<String, Value>,
     key: &str,
-    param: &str,
+    param: &(impl Param + ?Sized),
 ) -> Result<Option<u64>, WireError> {
     match opt(obj, key) {
         None => Ok(None),
         Some(Value::Number(n)) => match n.as_u64() {
             Some(v) => Ok(Some(v)),
             None if n.as_i64().is_some() => Err(WireError::invalid_value(
-                param,
-                format!("'{param}' must not be negative"),
+                &param.name(),
+                format!("'{}' must not be negative", param.name()),
             )),
-            None => Err(WireError::invalid_type(param, "an integer")),
+            None => Err(WireError::invalid_type(&param.name(), "an integer")),
         },
-        Some(_) => Err(WireError::invalid_type(param, "an integer")),
+        Some(_) => Err(WireError::invalid_type(&param.name(), "an integer")),
     }
 }
 
 pub(crate) fn opt_u32(
     obj: &Map<String, Value>,
     key: &str,
-    param: &str,
+    param: &(impl Param + ?Sized),
 ) -> Result<Option<u32>, WireError> {
     match opt_u64(obj, key, param)? {
         None => Ok(None),
-        Some(v) => u32::try_from(v)
-            .map(Some)
-            .map_err(|_| WireError::invalid_value(param, format!("'{param}' is too large"))),
+        Some(v) => u32::try_from(v).map(Some).map_err(|_| {
+            WireError::invalid_value(&param.name(), format!("'{}' is too large", param.name()))
+        }),
     }
 }
 
@@ -101,7 +128,7 @@ pub(crate) fn opt_u32(
 pub(crate) fn stop_list(
     obj: &Map<String, Value>,
     key: &str,
-    param: &str,
+    param: &(impl Param + ?Sized),
 ) -> Result<Vec<String>, WireError> {
     match opt(obj, key) {
         None => Ok(Vec::new()),
@@ -112,13 +139,13 @@ pub(crate) fn stop_list(
             .map(|(i, v)| match v {
                 Value::String(s) => Ok(s.clone()),
                 _ => Err(WireError::invalid_type(
-                    &format!("{param}[{i}]"),
+                    &format!("{}[{i}]", param.name()),
                     "a string",
                 )),
             })
             .collect(),
         Some(_) => Err(WireError::invalid_type(
-            param,
+            &param.name(),
             "a string or an array of strings",
         )),
     }
@@ -126,26 +153,29 @@ pub(crate) fn stop_list(
 
 pub(crate) fn as_object<'a>(
     value: &'a Value,
-    param: &str,
+    param: &(impl Param + ?Sized),
 ) -> Result<&'a Map<String, Value>, WireError> {
     value
         .as_object()
-        .ok_or_else(|| WireError::invalid_type(param, "an object"))
+        .ok_or_else(|| WireError::invalid_type(&param.name(), "an object"))
 }
 
-pub(crate) fn as_array<'a>(value: &'a Value, param: &str) -> Result<&'a Vec<Value>, WireError> {
+pub(crate) fn as_array<'a>(
+    value: &'a Value,
+    param: &(impl Param + ?Sized),
+) -> Result<&'a Vec<Value>, WireError> {
     value
         .as_array()
-        .ok_or_else(|| WireError::invalid_type(param, "an array"))
+        .ok_or_else(|| WireError::invalid_type(&param.name(), "an array"))
 }
 
 /// A required string field.
 pub(crate) fn req_str(
     obj: &Map<String, Value>,
     key: &str,
-    param: &str,
+    param: &(impl Param + ?Sized),
 ) -> Result<String, WireError> {
-    opt_str(obj, key, param)?.ok_or_else(|| WireError::missing(param))
+    opt_str(obj, key, param)?.ok_or_else(|| WireError::missing(&param.name()))
 }
 
 /// Serializes to a `String`; serializing our own plain structs cannot fail.

@@ -131,15 +131,16 @@ pub fn decode_chat_request(body: &[u8]) -> Result<ChatRequest, WireError> {
 fn decode_messages(items: &[Value]) -> Result<Vec<Message>, WireError> {
     let mut out = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
-        let param = format!("messages[{i}]");
+        let param = || format!("messages[{i}]");
         let obj = json::as_object(item, &param)?;
-        let role_param = format!("{param}.role");
+        let role_param = || format!("messages[{i}].role");
         let role = match json::req_str(obj, "role", &role_param)?.as_str() {
             "system" | "developer" => Role::System,
             "user" => Role::User,
             "assistant" => Role::Assistant,
             "tool" => Role::Tool,
             other => {
+                let role_param = role_param();
                 return Err(WireError::invalid_value(
                     &role_param,
                     format!(
@@ -149,13 +150,14 @@ fn decode_messages(items: &[Value]) -> Result<Vec<Message>, WireError> {
                 ));
             }
         };
-        let name = json::opt_str(obj, "name", &format!("{param}.name"))?;
-        let content_param = format!("{param}.content");
+        let name = json::opt_str(obj, "name", &|| format!("messages[{i}].name"))?;
+        let content_param = || format!("messages[{i}].content");
         let mut content = decode_content(opt(obj, "content"), &content_param)?;
         match role {
             Role::Tool => {
-                let tool_call_id =
-                    json::req_str(obj, "tool_call_id", &format!("{param}.tool_call_id"))?;
+                let tool_call_id = json::req_str(obj, "tool_call_id", &|| {
+                    format!("messages[{i}].tool_call_id")
+                })?;
                 let text = content
                     .iter()
                     .filter_map(|p| match p {
@@ -172,7 +174,7 @@ fn decode_messages(items: &[Value]) -> Result<Vec<Message>, WireError> {
             }
             Role::Assistant => {
                 if let Some(calls) = opt(obj, "tool_calls") {
-                    let calls_param = format!("{param}.tool_calls");
+                    let calls_param = format!("messages[{i}].tool_calls");
                     for (j, call) in json::as_array(calls, &calls_param)?.iter().enumerate() {
                         let cp = format!("{calls_param}[{j}]");
                         let call = json::as_object(call, &cp)?;
@@ -196,7 +198,7 @@ fn decode_messages(items: &[Value]) -> Result<Vec<Message>, WireError> {
             }
             Role::System | Role::User => {
                 if opt(obj, "content").is_none() {
-                    return Err(WireError::missing(&content_param));
+                    return Err(WireError::missing(&content_param()));
                 }
             }
         }
@@ -225,12 +227,16 @@ pub(crate) fn arguments_text(input: &Value) -> Cow<'_, str> {
     }
 }
 
-fn decode_content(value: Option<&Value>, param: &str) -> Result<Vec<ContentPart>, WireError> {
+fn decode_content(
+    value: Option<&Value>,
+    param: &(impl json::Param + ?Sized),
+) -> Result<Vec<ContentPart>, WireError> {
     match value {
         None => Ok(Vec::new()),
         Some(Value::String(s)) => Ok(vec![ContentPart::text(s.clone())]),
         Some(Value::Array(parts)) => {
             let mut out = Vec::with_capacity(parts.len());
+            let param = param.name();
             for (i, part) in parts.iter().enumerate() {
                 let pp = format!("{param}[{i}]");
                 let obj = json::as_object(part, &pp)?;
@@ -270,7 +276,7 @@ fn decode_content(value: Option<&Value>, param: &str) -> Result<Vec<ContentPart>
             Ok(out)
         }
         Some(_) => Err(WireError::invalid_type(
-            param,
+            &param.name(),
             "a string or an array of content parts",
         )),
     }

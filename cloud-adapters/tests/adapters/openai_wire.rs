@@ -107,6 +107,27 @@ fn decoding_errors_are_precise() {
         decode(json!({"model": "m", "messages": [{"role": "tool", "content": "x"}]})).unwrap_err();
     assert_eq!(err.param.as_deref(), Some("messages[0].tool_call_id"));
 
+    // Names built only on error still point at the exact place.
+    for (message, param) in [
+        (json!({"role": "user", "content": 7}), "messages[1].content"),
+        (
+            json!({"role": "user", "content": "x", "name": 1}),
+            "messages[1].name",
+        ),
+        (json!({"role": "user"}), "messages[1].content"),
+        (json!("text"), "messages[1]"),
+        (json!({"role": 3, "content": "x"}), "messages[1].role"),
+        (
+            json!({"role": "user", "content": [{"type": "text", "text": 1}]}),
+            "messages[1].content[0].text",
+        ),
+    ] {
+        let err =
+            decode(json!({"model": "m", "messages": [{"role": "user", "content": "hi"}, message]}))
+                .unwrap_err();
+        assert_eq!(err.param.as_deref(), Some(param), "{}", err.message);
+    }
+
     let err = decode(json!({"model": 5, "messages": []})).unwrap_err();
     assert_eq!(
         (err.code, err.param.as_deref()),

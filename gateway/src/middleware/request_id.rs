@@ -20,7 +20,12 @@ pub struct RequestId(pub Arc<str>);
 impl RequestId {
     /// A fresh, time-ordered id.
     pub fn generate() -> Self {
-        Self(uuid::Uuid::now_v7().to_string().into())
+        // Encoded into a stack buffer: `to_string` would go through the formatting machinery on
+        // every request.
+        let mut buf = uuid::Uuid::encode_buffer();
+        Self(Arc::from(
+            &*uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf),
+        ))
     }
 
     /// The id as a string.

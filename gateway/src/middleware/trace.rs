@@ -21,7 +21,9 @@ impl<B> MakeSpan<B> for RequestSpan {
             .get::<RequestId>()
             .map(RequestId::as_str)
             .unwrap_or("-");
-        tracing::info_span!("request", method = %request.method(), path = request.uri().path(), request_id = id)
+        // Display (`%`) fields are written as they are; plain `&str` fields would be escaped
+        // character by character when the span is formatted.
+        tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
     }
 }
 
