@@ -1,8 +1,9 @@
 //! The pooled upstream HTTP client: hyper's connection pool over rustls (system CA store, ALPN
-//! `h2` then `http/1.1`), with connect and read timeouts, and HTTPS upstreams reached through the
-//! proxy the environment names (`HTTPS_PROXY`/`ALL_PROXY`, less `NO_PROXY`) by CONNECT. Deliberately
-//! thin: a request goes out as built, with no URL re-parsing, redirect handling or extra service
-//! layers on every call, since this sits on the path of each proxied request.
+//! `h2` then `http/1.1`), with connect and read timeouts, and the proxies the environment names
+//! (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, less `NO_PROXY`): HTTPS through a CONNECT tunnel,
+//! plain HTTP as a forward proxy. Deliberately thin: a request goes out as built, with no URL
+//! re-parsing, redirect handling or extra service layers on every call, since this sits on the
+//! path of each proxied request.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,8 +19,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::proxy::Tunnel;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
@@ -105,9 +106,10 @@ impl TransportError {
     }
 }
 
-/// Opens TCP connections: straight to the destination, or for an HTTPS destination the
-/// environment routes through a proxy, a CONNECT tunnel through it (TLS then runs end to end
-/// inside the tunnel). Plain-HTTP destinations are always reached directly.
+/// Opens TCP connections: straight to the destination, or through the proxy the environment
+/// names for it. An HTTPS destination gets a CONNECT tunnel (TLS then runs end to end inside it);
+/// a plain-HTTP one a connection to the proxy itself, marked so that requests on it carry the
+/// absolute URL.
 #[derive(Debug, Clone)]
 struct ProxyConnector {
     direct: HttpConnector,
@@ -116,8 +118,61 @@ struct ProxyConnector {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A TCP connection, marked when it goes to a forward proxy.
+#[derive(Debug)]
+struct Conn {
+    io: TokioIo<TcpStream>,
+    forward_proxy: bool,
+}
+
+impl Connection for Conn {
+    fn connected(&self) -> Connected {
+        self.io.connected().proxy(self.forward_proxy)
+    }
+}
+
+impl hyper::rt::Read for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
 impl Service<Uri> for ProxyConnector {
-    type Response = TokioIo<TcpStream>;
+    type Response = Conn;
     type Error = BoxError;
     type Future =
         Pin<Box<dyn Future<Output = std::result::Result<Self::Response, BoxError>> + Send>>;
@@ -127,21 +182,40 @@ impl Service<Uri> for ProxyConnector {
     }
 
     fn call(&mut self, dst: Uri) -> Self::Future {
-        let proxy = match dst.scheme() {
-            Some(scheme) if *scheme == http::uri::Scheme::HTTPS => self.proxies.intercept(&dst),
-            _ => None,
-        };
-        match proxy {
-            Some(proxy) => {
+        let https = dst.scheme() == Some(&http::uri::Scheme::HTTPS);
+        match self.proxies.intercept(&dst) {
+            Some(proxy) if https => {
                 let mut tunnel = Tunnel::new(proxy.uri().clone(), self.direct.clone());
                 if let Some(auth) = proxy.basic_auth() {
                     tunnel = tunnel.with_auth(auth.clone());
                 }
-                Box::pin(async move { tunnel.call(dst).await.map_err(Into::into) })
+                Box::pin(async move {
+                    let io = tunnel.call(dst).await?;
+                    Ok(Conn {
+                        io,
+                        forward_proxy: false,
+                    })
+                })
+            }
+            Some(proxy) => {
+                let connecting = self.direct.call(proxy.uri().clone());
+                Box::pin(async move {
+                    let io = connecting.await?;
+                    Ok(Conn {
+                        io,
+                        forward_proxy: true,
+                    })
+                })
             }
             None => {
                 let connecting = self.direct.call(dst);
-                Box::pin(async move { connecting.await.map_err(Into::into) })
+                Box::pin(async move {
+                    let io = connecting.await?;
+                    Ok(Conn {
+                        io,
+                        forward_proxy: false,
+                    })
+                })
             }
         }
     }
@@ -152,6 +226,7 @@ impl Service<Uri> for ProxyConnector {
 pub struct HttpClient {
     inner: Client<HttpsConnector<ProxyConnector>, Full<Bytes>>,
     read_timeout: Duration,
+    proxies: Arc<Matcher>,
 }
 
 impl HttpClient {
@@ -167,9 +242,10 @@ impl HttpClient {
         tcp.enforce_http(false);
         tcp.set_nodelay(true);
         tcp.set_connect_timeout(Some(config.connect_timeout));
+        let proxies = Arc::new(proxies);
         let connector = ProxyConnector {
             direct: tcp,
-            proxies: Arc::new(proxies),
+            proxies: proxies.clone(),
         };
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls_config()?)
@@ -185,6 +261,7 @@ impl HttpClient {
         Ok(HttpClient {
             inner,
             read_timeout: config.read_timeout,
+            proxies,
         })
     }
 
@@ -302,6 +379,17 @@ impl RequestBuilder<'_> {
                 "tandem/",
                 env!("CARGO_PKG_VERSION")
             )));
+        // A forward proxy sees each plain-HTTP request, so its credentials go on every one.
+        if request.uri().scheme() == Some(&http::uri::Scheme::HTTP)
+            && let Some(proxy) = self.client.proxies.intercept(request.uri())
+            && let Some(auth) = proxy.basic_auth()
+        {
+            let mut auth = auth.clone();
+            auth.set_sensitive(true);
+            request
+                .headers_mut()
+                .insert(http::header::PROXY_AUTHORIZATION, auth);
+        }
         let read_timeout = self.client.read_timeout;
         let response = tokio::time::timeout(read_timeout, self.client.inner.request(request))
             .await
@@ -509,12 +597,47 @@ mod tests {
             "{head}"
         );
 
-        // NO_PROXY hosts and plain-HTTP destinations do not use the proxy.
-        for uri in ["https://bypass.example.test/", "http://127.0.0.1:9/"] {
-            let err = client.post(uri.parse().unwrap()).send().await.unwrap_err();
-            assert_eq!(err.kind, TransportErrorKind::Connect, "{err}");
-        }
+        // NO_PROXY hosts do not use the proxy.
+        let uri = "https://bypass.example.test/".parse().unwrap();
+        let err = client.post(uri).send().await.unwrap_err();
+        assert_eq!(err.kind, TransportErrorKind::Connect, "{err}");
         assert!(seen_rx.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn plain_http_goes_to_the_forward_proxy_with_the_absolute_url() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !seen.ends_with(b"{}") {
+                let n = tcp.read(&mut buf).await.unwrap();
+                seen.extend_from_slice(&buf[..n]);
+            }
+            tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .unwrap();
+            String::from_utf8_lossy(&seen).to_lowercase()
+        });
+        let proxies = Matcher::builder()
+            .http(format!("http://user:secret@{proxy}"))
+            .build();
+        let client = HttpClient::with_proxies(&HttpConfig::default(), proxies).unwrap();
+        let uri: Uri = "http://api.example.test:8000/v1/x".parse().unwrap();
+        let response = client.post(uri).body("{}").send().await.unwrap();
+        assert_eq!(response.text().await.unwrap(), "ok");
+        let request = server.await.unwrap();
+        assert!(
+            request.starts_with("post http://api.example.test:8000/v1/x http/1.1\r\n"),
+            "{request}"
+        );
+        assert!(
+            request.contains("proxy-authorization: basic dxnlcjpzzwnyzxq="),
+            "{request}"
+        );
     }
 
     #[tokio::test]
