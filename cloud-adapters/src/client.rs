@@ -604,16 +604,19 @@ mod tests {
         assert!(seen_rx.try_recv().is_err());
     }
 
-    #[tokio::test]
-    async fn plain_http_goes_to_the_forward_proxy_with_the_absolute_url() {
+    /// A server that answers one request with `200 ok` once it has read `body`, and returns the
+    /// request as it arrived, lowercased.
+    async fn one_shot_server(
+        body: &'static str,
+    ) -> (std::net::SocketAddr, tokio::task::JoinHandle<String>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let proxy = listener.local_addr().unwrap();
+        let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
             let (mut tcp, _) = listener.accept().await.unwrap();
             let mut seen = Vec::new();
             let mut buf = [0u8; 4096];
-            while !seen.ends_with(b"{}") {
+            while !String::from_utf8_lossy(&seen).ends_with(body) {
                 let n = tcp.read(&mut buf).await.unwrap();
                 seen.extend_from_slice(&buf[..n]);
             }
@@ -622,6 +625,12 @@ mod tests {
                 .unwrap();
             String::from_utf8_lossy(&seen).to_lowercase()
         });
+        (addr, server)
+    }
+
+    #[tokio::test]
+    async fn plain_http_goes_to_the_forward_proxy_with_the_absolute_url() {
+        let (proxy, server) = one_shot_server("{}").await;
         let proxies = Matcher::builder()
             .http(format!("http://user:secret@{proxy}"))
             .build();
@@ -642,22 +651,7 @@ mod tests {
 
     #[tokio::test]
     async fn headers_body_and_user_agent_go_out_as_built() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(async move {
-            let (mut tcp, _) = listener.accept().await.unwrap();
-            let mut seen = Vec::new();
-            let mut buf = [0u8; 4096];
-            while !String::from_utf8_lossy(&seen).contains("{\"a\":1}") {
-                let n = tcp.read(&mut buf).await.unwrap();
-                seen.extend_from_slice(&buf[..n]);
-            }
-            tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                .await
-                .unwrap();
-            String::from_utf8_lossy(&seen).to_lowercase()
-        });
+        let (addr, server) = one_shot_server("{\"a\":1}").await;
         let client = HttpClient::new(&HttpConfig::default()).unwrap();
         let uri: Uri = format!("http://{addr}/x?y=1").parse().unwrap();
         let mut extra = HeaderMap::new();
