@@ -183,41 +183,23 @@ impl Service<Uri> for ProxyConnector {
 
     fn call(&mut self, dst: Uri) -> Self::Future {
         let https = dst.scheme() == Some(&http::uri::Scheme::HTTPS);
-        match self.proxies.intercept(&dst) {
-            Some(proxy) if https => {
-                let mut tunnel = Tunnel::new(proxy.uri().clone(), self.direct.clone());
-                if let Some(auth) = proxy.basic_auth() {
-                    tunnel = tunnel.with_auth(auth.clone());
+        let proxy = self.proxies.intercept(&dst);
+        let forward_proxy = proxy.is_some() && !https;
+        let mut direct = self.direct.clone();
+        Box::pin(async move {
+            let io = match proxy {
+                Some(proxy) if https => {
+                    let mut tunnel = Tunnel::new(proxy.uri().clone(), direct);
+                    if let Some(auth) = proxy.basic_auth() {
+                        tunnel = tunnel.with_auth(auth.clone());
+                    }
+                    tunnel.call(dst).await?
                 }
-                Box::pin(async move {
-                    let io = tunnel.call(dst).await?;
-                    Ok(Conn {
-                        io,
-                        forward_proxy: false,
-                    })
-                })
-            }
-            Some(proxy) => {
-                let connecting = self.direct.call(proxy.uri().clone());
-                Box::pin(async move {
-                    let io = connecting.await?;
-                    Ok(Conn {
-                        io,
-                        forward_proxy: true,
-                    })
-                })
-            }
-            None => {
-                let connecting = self.direct.call(dst);
-                Box::pin(async move {
-                    let io = connecting.await?;
-                    Ok(Conn {
-                        io,
-                        forward_proxy: false,
-                    })
-                })
-            }
-        }
+                Some(proxy) => direct.call(proxy.uri().clone()).await?,
+                None => direct.call(dst).await?,
+            };
+            Ok(Conn { io, forward_proxy })
+        })
     }
 }
 
@@ -236,7 +218,7 @@ impl HttpClient {
         Self::with_proxies(config, Matcher::from_env())
     }
 
-    /// Builds a client whose HTTPS destinations go through `proxies` where they match.
+    /// Builds a client whose destinations go through `proxies` where they match.
     pub fn with_proxies(config: &HttpConfig, proxies: Matcher) -> Result<Self> {
         let mut tcp = HttpConnector::new();
         tcp.enforce_http(false);
