@@ -253,7 +253,19 @@ impl HttpClient {
             client: self,
             uri,
             headers: HeaderMap::new(),
-            body: Ok(Bytes::new()),
+            body: Bytes::new(),
+            error: None,
+        }
+    }
+
+    /// Starts a POST to `url`, parsed here; one that does not parse fails the send as a
+    /// [`TransportErrorKind::Build`] error.
+    pub fn post_url(&self, url: &str) -> RequestBuilder<'_> {
+        match url.parse() {
+            Ok(uri) => self.post(uri),
+            Err(e) => self
+                .post(Uri::default())
+                .fail(format!("invalid url '{url}': {e}")),
         }
     }
 }
@@ -293,10 +305,17 @@ pub struct RequestBuilder<'a> {
     client: &'a HttpClient,
     uri: Uri,
     headers: HeaderMap,
-    body: std::result::Result<Bytes, String>,
+    body: Bytes,
+    /// The first thing that went wrong while building; `send` reports it.
+    error: Option<String>,
 }
 
 impl RequestBuilder<'_> {
+    fn fail(mut self, message: String) -> Self {
+        self.error.get_or_insert(message);
+        self
+    }
+
     /// Adds every header of `headers` (a name given twice keeps both values).
     pub fn headers(mut self, headers: &HeaderMap) -> Self {
         self.headers.reserve(headers.len());
@@ -319,16 +338,13 @@ impl RequestBuilder<'_> {
                 value.set_sensitive(true);
                 self.header(AUTHORIZATION, value)
             }
-            Err(_) => RequestBuilder {
-                body: Err("the api key is not a valid header value".into()),
-                ..self
-            },
+            Err(_) => self.fail("the api key is not a valid header value".into()),
         }
     }
 
     /// Sets `body` as the request body.
     pub fn body(mut self, body: impl Into<Bytes>) -> Self {
-        self.body = Ok(body.into());
+        self.body = body.into();
         self
     }
 
@@ -338,19 +354,16 @@ impl RequestBuilder<'_> {
             Ok(bytes) => self
                 .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
                 .body(bytes),
-            Err(e) => RequestBuilder {
-                body: Err(format!("cannot encode request body: {e}")),
-                ..self
-            },
+            Err(e) => self.fail(format!("cannot encode request body: {e}")),
         }
     }
 
     /// Sends the request and waits for the response head.
     pub async fn send(self) -> std::result::Result<Response, TransportError> {
-        let body = self
-            .body
-            .map_err(|m| TransportError::new(TransportErrorKind::Build, m))?;
-        let mut request = http::Request::new(Full::new(body));
+        if let Some(message) = self.error {
+            return Err(TransportError::new(TransportErrorKind::Build, message));
+        }
+        let mut request = http::Request::new(Full::new(self.body));
         *request.method_mut() = http::Method::POST;
         *request.uri_mut() = self.uri;
         *request.headers_mut() = self.headers;
@@ -497,6 +510,19 @@ mod tests {
         let err = client.post(uri).body("{}").send().await.unwrap_err();
         assert_eq!(err.kind, TransportErrorKind::Connect, "{err}");
         assert!(err.message.to_lowercase().contains("refused"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_url_that_does_not_parse_fails_the_send() {
+        let client = HttpClient::new(&HttpConfig::default()).unwrap();
+        let err = client
+            .post_url("http://bad host/")
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, TransportErrorKind::Build, "{err}");
+        assert!(err.message.contains("bad host"), "{err}");
     }
 
     #[tokio::test]

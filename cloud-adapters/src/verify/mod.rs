@@ -200,14 +200,7 @@ pub(crate) async fn post_json(
     api_key: Option<&str>,
     body: &serde_json::Value,
 ) -> Result<(u16, serde_json::Value), ProviderError> {
-    let uri: http::Uri = url.parse().map_err(|e| {
-        ProviderError::new(
-            ProviderErrorKind::Unsupported,
-            provider,
-            format!("invalid verify url '{url}': {e}"),
-        )
-    })?;
-    let mut req = client.post(uri).json(body);
+    let mut req = client.post_url(url).json(body);
     if let Some(key) = api_key {
         req = req.bearer_auth(key);
     }

@@ -642,14 +642,7 @@ impl PlainStreamer for TandemStreamer {
     ) -> Result<BoxStream<'static, Result<u32, ProviderError>>, ProviderError> {
         let url = format!("{}{GENERATE_PATH}", self.base_url.trim_end_matches('/'));
         let name = self.name.clone();
-        let uri: http::Uri = url.parse().map_err(|e| {
-            ProviderError::new(
-                ProviderErrorKind::Unsupported,
-                &name,
-                format!("invalid url '{url}': {e}"),
-            )
-        })?;
-        let mut request = self.client.post(uri);
+        let mut request = self.client.post_url(&url);
         if let Some(key) = &self.api_key {
             request = request.bearer_auth(key);
         }
