@@ -313,8 +313,7 @@ async fn plan(
                 let run = Arc::new(CascadeExecutor::new(
                     LocalExecutor::new(cfg.clone(), model.clone()),
                     cloud_executor,
-                    *threshold,
-                    policy.settings().cascade_tokens,
+                    policy.cascade_judge(*threshold),
                     // Half the first-token budget to judge, half left for the cloud.
                     state.config.limits.first_token_timeout / 2,
                 ));
@@ -412,6 +411,9 @@ fn finish_plan<T>(
             "{}; escalated={}; confidence={conf}",
             route.explanation, o.escalated
         );
+        if let Some(score) = o.answer_score {
+            route.explanation = format!("{}; answer_check={score:.3}", route.explanation);
+        }
         if o.escalated {
             let feedback = Feedback {
                 request_id: hints.request_id.to_string(),
@@ -435,6 +437,9 @@ fn finish_plan<T>(
     if let Some(o) = &outcome {
         line["escalated"] = o.escalated.into();
         line["confidence"] = json!(o.confidence);
+        if let Some(score) = o.answer_score {
+            line["answer_check"] = json!(score);
+        }
         if let Some(e) = &o.local_error {
             line["local_error"] = e.clone().into();
         }

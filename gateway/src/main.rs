@@ -96,6 +96,15 @@ enum RouterCommand {
         #[arg(long, default_value = "router-policy/models/default.json")]
         out: PathBuf,
     },
+    /// Train the cascade's answer check on a data set with the weak model's answers.
+    TrainAnswerCheck {
+        /// Data folder (RouteLLM-style, with `<weak model>_response` columns).
+        #[arg(long)]
+        data: PathBuf,
+        /// Where to write the answer check.
+        #[arg(long, default_value = "router-policy/models/answer_check.json")]
+        out: PathBuf,
+    },
     /// Evaluate routing policies on a data set.
     Eval {
         /// Data folder (RouteLLM-style).
@@ -228,6 +237,15 @@ fn main() -> anyhow::Result<()> {
                 ..Default::default()
             };
             out(&tandem_router_policy::train(&args)?.to_string());
+            Ok(())
+        }
+        Command::Router(RouterCommand::TrainAnswerCheck { data, out: path }) => {
+            let args = tandem_router_policy::TrainArgs {
+                data,
+                out: path,
+                ..Default::default()
+            };
+            out(&tandem_router_policy::train_answer_check(&args)?.to_string());
             Ok(())
         }
         Command::Router(RouterCommand::Eval { data, out: path }) => {

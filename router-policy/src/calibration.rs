@@ -24,6 +24,30 @@ pub fn share_above(scores: &[f32], threshold: f32) -> f32 {
     scores.iter().filter(|&&s| s >= threshold).count() as f32 / scores.len() as f32
 }
 
+/// The threshold for `share` by linear interpolation in a held-out table of (share, threshold)
+/// pairs sorted by share (thresholds fall as shares rise); 0.5 for an empty table.
+pub fn threshold_in_table(table: &[(f32, f32)], share: f32) -> f32 {
+    let (Some(&(first_s, first_t)), Some(&(_, last_t))) = (table.first(), table.last()) else {
+        return 0.5;
+    };
+    let share = share.clamp(0.0, 1.0);
+    if share < first_s {
+        return first_t;
+    }
+    for w in table.windows(2) {
+        let ((s0, t0), (s1, t1)) = (w[0], w[1]);
+        if share >= s0 && share <= s1 {
+            let f = if (s1 - s0).abs() < 1e-9 {
+                0.0
+            } else {
+                (share - s0) / (s1 - s0)
+            };
+            return t0 + f * (t1 - t0);
+        }
+    }
+    last_t
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,6 +21,8 @@ pub struct Row {
     pub group: String,
     /// Score per model, in [`Dataset::models`] order (correctness as 0 or 1).
     pub scores: Vec<f32>,
+    /// Each model's answer, in the same order, where the file has a `<model>_response` column.
+    pub responses: Vec<Option<String>>,
 }
 
 /// A loaded dataset.
@@ -107,6 +109,15 @@ impl Dataset {
         })
     }
 
+    /// Whether every row carries model `index`'s answer.
+    pub fn has_responses(&self, index: usize) -> bool {
+        !self.rows.is_empty()
+            && self
+                .rows
+                .iter()
+                .all(|r| r.responses.get(index).is_some_and(Option::is_some))
+    }
+
     /// Distinct groups in first-seen order.
     pub fn groups(&self) -> Vec<String> {
         let mut seen = HashSet::new();
@@ -186,6 +197,13 @@ fn read_csv(file: &Path, group: &str) -> Result<(Vec<String>, Vec<Row>)> {
         });
     }
     let models = score_cols.iter().map(|&i| headers[i].to_string()).collect();
+    let response_cols: Vec<Option<usize>> = score_cols
+        .iter()
+        .map(|&i| {
+            let name = format!("{}_response", &headers[i]);
+            headers.iter().position(|h| h == name)
+        })
+        .collect();
     let mut rows = Vec::new();
     for (line, record) in reader.records().enumerate() {
         let record = record.map_err(|e| Error::Dataset {
@@ -208,6 +226,10 @@ fn read_csv(file: &Path, group: &str) -> Result<(Vec<String>, Vec<Row>)> {
             prompt: record.get(prompt_col).unwrap_or("").to_string(),
             group: group.to_string(),
             scores,
+            responses: response_cols
+                .iter()
+                .map(|c| c.map(|c| record.get(c).unwrap_or("").to_string()))
+                .collect(),
         });
     }
     Ok((models, rows))

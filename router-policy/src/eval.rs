@@ -12,6 +12,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::answer::{ANSWER_FEATURES, answer_features};
 use crate::dataset::{Dataset, ROUTELLM_STRONG, ROUTELLM_WEAK, discover};
 use crate::embed_store::EmbeddingStore;
 use crate::encoder::{EMBEDDING_DIM, Encoder, EncoderConfig, default_cache_root};
@@ -20,6 +21,15 @@ use crate::metrics::{Curve, Summary};
 use crate::model::{Example, ModelSpec, QualityModel, TrainSet};
 use crate::static_embed::{STATIC_MAX_TOKENS, StaticEmbedder};
 use crate::{Error, Result};
+
+/// The row name of the cascade router: the answer check on the weak model's finished answer.
+pub const CASCADE_ROUTER: &str = "cascade (answer)";
+
+/// The predictor the answer check trains: logistic regression over [`ANSWER_FEATURES`].
+pub const ANSWER_CHECK_SPEC: ModelSpec = ModelSpec::Logistic {
+    l2: 1e-2,
+    epochs: 300,
+};
 
 /// RouteLLM's best published numbers on its MMLU and GSM8K tables: (APGR, CPT(50%)).
 pub const ROUTELLM_BEST: [(&str, f32, f32); 2] =
@@ -410,50 +420,30 @@ fn eval_dataset(
         args,
     ));
     for spec in specs {
-        let mut oof = vec![0f32; n];
-        let mut routed_strong = 0usize;
-        for f in 0..args.folds {
-            let train: Vec<usize> = (0..n).filter(|&i| folds[i] != f).collect();
-            let test: Vec<usize> = (0..n).filter(|&i| folds[i] == f).collect();
-            if test.is_empty() {
-                continue;
-            }
-            let set = TrainSet {
-                models: data.models.clone(),
-                examples: train
-                    .iter()
-                    .map(|&i| Example {
-                        x: xs[i].clone(),
-                        scores: data.rows[i].scores.clone(),
-                    })
-                    .collect(),
-            };
-            let model = QualityModel::train(spec, &set, si, wi, args.seed + f as u64)?;
-            for &i in &test {
-                oof[i] = model.predict(&xs[i]);
-            }
-            // Share calibration on training folds only: an inner model fit on 80% of them sets
-            // the threshold on its held-out 20% and is then applied to the test fold.
-            let (inner_fit, inner_cal): (Vec<usize>, Vec<usize>) =
-                (0..set.examples.len()).partition(|k| k % 5 != 4);
-            let inner_set = TrainSet {
-                models: set.models.clone(),
-                examples: inner_fit.iter().map(|&k| set.examples[k].clone()).collect(),
-            };
-            let inner = QualityModel::train(spec, &inner_set, si, wi, args.seed + 100 + f as u64)?;
-            let cal_scores: Vec<f32> = inner_cal
-                .iter()
-                .map(|&k| inner.predict(&set.examples[k].x))
-                .collect();
-            let threshold = crate::calibration::threshold_for_share(&cal_scores, args.target_share);
-            routed_strong += test
-                .iter()
-                .filter(|&&i| inner.predict(&xs[i]) >= threshold)
-                .count();
-        }
-        let realised = routed_strong as f32 / n as f32;
+        let (oof, realised) = out_of_fold(spec, &xs, data, &folds, (si, wi), args)?;
         rows.push(summarize(
             spec.name(),
+            &oof,
+            &weak,
+            &strong,
+            Some(realised),
+            args,
+        ));
+    }
+    // A cascade sees the weak model's finished answer, so it is judged where the file has them.
+    if data.has_responses(wi) {
+        let answers: Vec<Vec<f32>> = data
+            .rows
+            .iter()
+            .map(|r| {
+                let answer = r.responses.get(wi).and_then(Option::as_deref);
+                answer_features(&r.prompt, answer.unwrap_or(""))
+            })
+            .collect();
+        let (oof, realised) =
+            out_of_fold(&ANSWER_CHECK_SPEC, &answers, data, &folds, (si, wi), args)?;
+        rows.push(summarize(
+            CASCADE_ROUTER,
             &oof,
             &weak,
             &strong,
@@ -476,6 +466,61 @@ fn eval_dataset(
         rows,
         plot: None,
     })
+}
+
+/// Out-of-fold scores of a `spec` router on feature vectors `xs`, and the strong-call share its
+/// threshold realises on the test folds when calibrated on the training folds alone.
+fn out_of_fold(
+    spec: &ModelSpec,
+    xs: &[Vec<f32>],
+    data: &Dataset,
+    folds: &[usize],
+    (si, wi): (usize, usize),
+    args: &EvalArgs,
+) -> Result<(Vec<f32>, f32)> {
+    let n = xs.len();
+    let mut oof = vec![0f32; n];
+    let mut routed_strong = 0usize;
+    for f in 0..args.folds {
+        let train: Vec<usize> = (0..n).filter(|&i| folds[i] != f).collect();
+        let test: Vec<usize> = (0..n).filter(|&i| folds[i] == f).collect();
+        if test.is_empty() {
+            continue;
+        }
+        let set = TrainSet {
+            models: data.models.clone(),
+            examples: train
+                .iter()
+                .map(|&i| Example {
+                    x: xs[i].clone(),
+                    scores: data.rows[i].scores.clone(),
+                })
+                .collect(),
+        };
+        let model = QualityModel::train(spec, &set, si, wi, args.seed + f as u64)?;
+        for &i in &test {
+            oof[i] = model.predict(&xs[i]);
+        }
+        // Share calibration on training folds only: an inner model fit on 80% of them sets
+        // the threshold on its held-out 20% and is then applied to the test fold.
+        let (inner_fit, inner_cal): (Vec<usize>, Vec<usize>) =
+            (0..set.examples.len()).partition(|k| k % 5 != 4);
+        let inner_set = TrainSet {
+            models: set.models.clone(),
+            examples: inner_fit.iter().map(|&k| set.examples[k].clone()).collect(),
+        };
+        let inner = QualityModel::train(spec, &inner_set, si, wi, args.seed + 100 + f as u64)?;
+        let cal_scores: Vec<f32> = inner_cal
+            .iter()
+            .map(|&k| inner.predict(&set.examples[k].x))
+            .collect();
+        let threshold = crate::calibration::threshold_for_share(&cal_scores, args.target_share);
+        routed_strong += test
+            .iter()
+            .filter(|&&i| inner.predict(&xs[i]) >= threshold)
+            .count();
+    }
+    Ok((oof, routed_strong as f32 / n as f32))
 }
 
 fn summarize(
@@ -577,6 +622,13 @@ impl fmt::Display for EvalReport {
                     format!("{:.2}%", 100.0 * c50),
                     "-",
                     "-"
+                )?;
+            }
+            if d.rows.iter().any(|r| r.router == CASCADE_ROUTER) {
+                writeln!(
+                    f,
+                    "{CASCADE_ROUTER}: the weak model answers every prompt; its answer is kept or sent on to the strong model by the answer check ({} text features of the answer), so the share counts the strong calls a cascade adds",
+                    ANSWER_FEATURES.len()
                 )?;
             }
             if let Some(p) = &d.plot {

@@ -42,6 +42,7 @@
 
 mod error;
 
+pub mod answer;
 pub mod backend;
 pub mod bandit;
 pub mod bench;
@@ -61,6 +62,7 @@ pub mod rules;
 pub mod static_embed;
 pub mod train;
 
+pub use answer::{ANSWER_FEATURES, AnswerCheck, answer_features};
 pub use backend::{BackendCandidate, BackendKind, BackendProfile, BackendState, Price};
 pub use bandit::{BanditState, BanditStore, FileBanditStore, MemoryBanditStore};
 pub use cascade::{CascadeAction, CascadePolicy, CascadeSample, CascadeTarget, calibrate_cascade};
@@ -71,4 +73,13 @@ pub use eval::{EmbeddingKind, EvalArgs, EvalReport, eval};
 pub use features::{CheapFeatures, EmbeddingSource, LocalConfidence, RequestFeatures};
 pub use router::{Feedback, FeedbackOutcome, ModelFile, Router, RouterConfig, apply_feedback};
 pub use rules::{Placement, RouteRules, Weights};
-pub use train::{TrainArgs, TrainReport, train};
+pub use train::{TrainArgs, TrainReport, train, train_answer_check};
+
+/// Writes `value` as compact JSON to `path`, creating its directory.
+pub(crate) fn write_json<T: serde::Serialize>(value: &T, path: &std::path::Path) -> Result<()> {
+    let json = serde_json::to_string(value).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    std::fs::write(path, json).map_err(|e| Error::io(path, e))
+}

@@ -54,12 +54,7 @@ impl ModelFile {
 
     /// Writes the model file as JSON.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let json =
-            serde_json::to_string(self).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        }
-        std::fs::write(path, json).map_err(|e| Error::io(path, e))
+        crate::write_json(self, path)
     }
 
     /// The inverse of [`ModelFile::threshold_for_share`]: the share of strong calls a threshold of
@@ -92,27 +87,7 @@ impl ModelFile {
     /// The threshold on P(strong better) that sends `share` of traffic to the strong side, by
     /// linear interpolation in the held-out table.
     pub fn threshold_for_share(&self, share: f32) -> f32 {
-        let t = &self.share_thresholds;
-        if t.is_empty() {
-            return 0.5;
-        }
-        let share = share.clamp(0.0, 1.0);
-        for w in t.windows(2) {
-            let ((s0, t0), (s1, t1)) = (w[0], w[1]);
-            if share >= s0 && share <= s1 {
-                let f = if (s1 - s0).abs() < 1e-9 {
-                    0.0
-                } else {
-                    (share - s0) / (s1 - s0)
-                };
-                return t0 + f * (t1 - t0);
-            }
-        }
-        if share < t[0].0 {
-            t[0].1
-        } else {
-            t[t.len() - 1].1
-        }
+        crate::calibration::threshold_in_table(&self.share_thresholds, share)
     }
 }
 

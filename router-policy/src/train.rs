@@ -6,9 +6,10 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::answer::{ANSWER_FEATURES, AnswerCheck, answer_features};
 use crate::calibration::threshold_for_share;
 use crate::dataset::{Dataset, discover};
-use crate::eval::{Embedder, featurize, pick_models};
+use crate::eval::{ANSWER_CHECK_SPEC, Embedder, featurize, pick_models};
 use crate::model::{Example, ModelSpec, QualityModel, TrainSet};
 use crate::router::ModelFile;
 use crate::{Error, Result};
@@ -121,28 +122,7 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
         examples,
     };
     let n = set.examples.len();
-    // Out-of-fold predictions for the share table (every 5%).
-    let mut oof = vec![0f32; n];
-    for f in 0..args.folds {
-        let train_set = TrainSet {
-            models: set.models.clone(),
-            examples: set
-                .examples
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| i % args.folds != f)
-                .map(|(_, e)| e.clone())
-                .collect(),
-        };
-        let m = QualityModel::train(&args.spec, &train_set, 1, 0, args.seed + f as u64)?;
-        for i in (0..n).filter(|i| i % args.folds == f) {
-            oof[i] = m.predict(&set.examples[i].x);
-        }
-    }
-    let share_thresholds: Vec<(f32, f32)> = (0..=20)
-        .map(|k| k as f32 / 20.0)
-        .map(|s| (s, threshold_for_share(&oof, s).min(1.0)))
-        .collect();
+    let share_thresholds = held_out_share_table(&args.spec, &set, args.folds, args.seed)?;
     let model = QualityModel::train(&args.spec, &set, 1, 0, args.seed)?;
     let file = ModelFile {
         version: 1,
@@ -152,12 +132,100 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
         model,
     };
     file.save(&args.out)?;
-    let bytes = std::fs::metadata(&args.out).map(|m| m.len()).unwrap_or(0);
     Ok(TrainReport {
         path: args.out.clone(),
         prompts: n,
         model: file.model_name(),
         share_thresholds,
-        bytes,
+        bytes: std::fs::metadata(&args.out).map(|m| m.len()).unwrap_or(0),
+    })
+}
+
+/// Out-of-fold predictions of `spec` on `set` (weak is model 0, strong model 1), turned into a
+/// table of (share at or above, threshold) every 5%.
+fn held_out_share_table(
+    spec: &ModelSpec,
+    set: &TrainSet,
+    folds: usize,
+    seed: u64,
+) -> Result<Vec<(f32, f32)>> {
+    let n = set.examples.len();
+    let mut oof = vec![0f32; n];
+    for f in 0..folds {
+        let train_set = TrainSet {
+            models: set.models.clone(),
+            examples: set
+                .examples
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % folds != f)
+                .map(|(_, e)| e.clone())
+                .collect(),
+        };
+        let m = QualityModel::train(spec, &train_set, 1, 0, seed + f as u64)?;
+        for i in (0..n).filter(|i| i % folds == f) {
+            oof[i] = m.predict(&set.examples[i].x);
+        }
+    }
+    Ok((0..=20)
+        .map(|k| k as f32 / 20.0)
+        .map(|s| (s, threshold_for_share(&oof, s).min(1.0)))
+        .collect())
+}
+
+/// Trains the answer check (`tandem router train-answer-check`) on every dataset under
+/// `args.data` that carries the weak model's answers, and writes an [`AnswerCheck`] file. The
+/// label is whether the strong model did better than the weak model's answer; `args.spec` and
+/// the embedding settings are not used (the check reads the answer text alone).
+pub fn train_answer_check(args: &TrainArgs) -> Result<TrainReport> {
+    if args.folds < 2 {
+        return Err(Error::InvalidArgument("folds must be at least 2".into()));
+    }
+    let mut examples = Vec::new();
+    let mut names = Vec::new();
+    for path in discover(&args.data)? {
+        let data = Dataset::load(&path)?;
+        let (wi, si) = pick_models(&data, args.weak.as_deref(), args.strong.as_deref())?;
+        if !data.has_responses(wi) {
+            continue;
+        }
+        examples.extend(data.rows.iter().map(|r| {
+            let answer = r.responses.get(wi).and_then(Option::as_deref);
+            Example {
+                x: answer_features(&r.prompt, answer.unwrap_or("")),
+                scores: vec![r.scores[wi], r.scores[si]],
+            }
+        }));
+        names.push(data.name.clone());
+    }
+    if examples.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "no dataset under {} has a `<weak model>_response` column",
+            args.data.display()
+        )));
+    }
+    let set = TrainSet {
+        models: vec!["weak".to_string(), "strong".to_string()],
+        examples,
+    };
+    let n = set.examples.len();
+    let share_thresholds = held_out_share_table(&ANSWER_CHECK_SPEC, &set, args.folds, args.seed)?;
+    let check = AnswerCheck {
+        version: 1,
+        trained_on: format!(
+            "{} weak-model answers ({n}, contaminated dropped)",
+            names.join("+")
+        ),
+        features: ANSWER_FEATURES.iter().map(|f| f.to_string()).collect(),
+        share_thresholds: share_thresholds.clone(),
+        model: QualityModel::train(&ANSWER_CHECK_SPEC, &set, 1, 0, args.seed)?,
+    };
+    check.save(&args.out)?;
+    Ok(TrainReport {
+        path: args.out.clone(),
+        prompts: n,
+        model: format!("answer check ({})", ANSWER_CHECK_SPEC.name()),
+        share_thresholds,
+        bytes: std::fs::metadata(&args.out).map(|m| m.len()).unwrap_or(0),
     })
 }

@@ -4,8 +4,9 @@
 use std::path::PathBuf;
 
 use tandem_router_policy::dataset::Dataset;
-use tandem_router_policy::eval::{EvalArgs, eval};
+use tandem_router_policy::eval::{CASCADE_ROUTER, EvalArgs, eval};
 use tandem_router_policy::metrics::Curve;
+use tandem_router_policy::{AnswerCheck, TrainArgs, train_answer_check};
 
 fn fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny")
@@ -119,4 +120,72 @@ fn named_columns_and_bad_names() {
     };
     let err = eval(&bad).unwrap_err().to_string();
     assert!(err.contains("no model column \"nope\""), "{err}");
+}
+
+fn answers_fixture() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/answers")
+}
+
+#[test]
+fn a_file_with_the_weak_models_answers_adds_the_cascade_row() {
+    let d = Dataset::load(&answers_fixture()).unwrap();
+    assert!(d.has_responses(0) && d.has_responses(1));
+    assert!(d.rows[0].responses[0].as_deref().unwrap().contains("####"));
+    assert!(!Dataset::load(&fixture()).unwrap().has_responses(0));
+
+    let report = eval(&EvalArgs {
+        data: answers_fixture(),
+        folds: 2,
+        bootstrap: 20,
+        use_embeddings: false,
+        ..EvalArgs::default()
+    })
+    .unwrap();
+    let d = &report.datasets[0];
+    let names: Vec<&str> = d.rows.iter().map(|r| r.router.as_str()).collect();
+    assert_eq!(names[names.len() - 2..], [CASCADE_ROUTER, "oracle"]);
+    // Every wrong weak answer has a slip or no final answer, so the check finds them all first:
+    // it matches the oracle.
+    let (cascade, oracle) = (&d.rows[d.rows.len() - 2], &d.rows[d.rows.len() - 1]);
+    assert!(
+        close(cascade.apgr.value, oracle.apgr.value),
+        "{:?}",
+        cascade.apgr
+    );
+    assert!(close(cascade.cpt80.value, 0.4375), "{:?}", cascade.cpt80);
+    assert!(
+        report
+            .to_string()
+            .contains("the weak model answers every prompt")
+    );
+}
+
+#[test]
+fn the_answer_check_trains_on_answers_and_refuses_data_without_them() {
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("check.json");
+    let args = TrainArgs {
+        data: answers_fixture(),
+        out: path.clone(),
+        folds: 2,
+        ..TrainArgs::default()
+    };
+    let report = train_answer_check(&args).unwrap();
+    assert_eq!(report.prompts, 16);
+    let check = AnswerCheck::load(&path).unwrap();
+    let prompt = "Sam has 20 apples and buys 3 bags of 3 more. How many apples now?";
+    let clean = check.score(
+        prompt,
+        "3 * 3 = <<3*3=9>>9.\n20 + 9 = <<20+9=29>>29.\n#### 29",
+    );
+    let slip = check.score(prompt, "3 * 3 = <<3*3=10>>10.\n20 + 10 = 31.\n#### 31");
+    assert!(slip > clean, "{slip} <= {clean}");
+
+    let err = train_answer_check(&TrainArgs {
+        data: fixture(),
+        ..args
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("_response"), "{err}");
 }

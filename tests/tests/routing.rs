@@ -459,3 +459,100 @@ async fn cascade_keeps_or_escalates_and_streams_no_retracted_tokens() {
     );
     gw.shutdown().await.unwrap();
 }
+
+/// Cascade routes judged on the whole local answer by the answer check.
+const ANSWER_ROUTES: &str = r#"
+[routes."cascade-answer"]
+backends = ["local", "openai"]
+policy = "learned"
+lambda_per_usd = 0.0
+mu_per_s = 0.0
+"#;
+
+/// An answer check whose score is the same for every answer: σ(bias).
+fn constant_answer_check(dir: &Path, bias: f32) -> PathBuf {
+    let n = tandem_router_policy::ANSWER_FEATURES.len();
+    let check = json!({
+        "version": 1,
+        "trained_on": "test",
+        "features": tandem_router_policy::ANSWER_FEATURES,
+        "share_thresholds": [[0.0, 1.0], [1.0, 0.0]],
+        "model": {"kind": "logistic", "norm": {"mean": vec![0.0; n], "std": vec![1.0; n]},
+                  "w": vec![0.0; n], "b": bias},
+    });
+    let path = dir.join(format!("answer-check-{bias}.json"));
+    std::fs::write(&path, check.to_string()).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn cascade_judged_on_the_whole_answer_keeps_or_escalates() {
+    let engine = engine().await;
+    let (_addr, mock) = MockUpstream::start_with(Fixtures::builtin(), MockConfig::default())
+        .await
+        .unwrap();
+    let dir = scratch_dir("answer-check");
+
+    // The shipped check with nothing to escalate keeps the real local answer, and says its score.
+    let keep = format!(
+        "{ANSWER_ROUTES}[router]\ncascade_band = 1.0\ncascade_judge = \"answer\"\ncascade_escalate_share = 0.0\n"
+    );
+    let gw = start(config(&mock, &keep), &engine).await;
+    let local_text = ask(&gw, "local", &[], false).await.text;
+    let calls = mock.requests().len();
+    for stream in [false, true] {
+        let kept = ask(&gw, "cascade-answer", &[], stream).await;
+        assert_eq!(kept.status, 200, "{}", kept.body);
+        assert!(kept.route.contains("escalated=false"), "{}", kept.route);
+        assert!(kept.route.contains("; answer_check=0."), "{}", kept.route);
+        assert_eq!(kept.text, local_text);
+    }
+    assert_eq!(
+        mock.requests().len(),
+        calls,
+        "a kept answer never calls the cloud"
+    );
+    gw.shutdown().await.unwrap();
+
+    // A check that scores every answer high escalates, and the client sees only the cloud's.
+    let path = constant_answer_check(&dir, 10.0);
+    let escalate = format!(
+        "{ANSWER_ROUTES}[router]\ncascade_band = 1.0\ncascade_judge = \"answer\"\nanswer_check_path = \"{}\"\ncascade_escalate_share = 0.5\n",
+        path.display()
+    );
+    let gw = start(config(&mock, &escalate), &engine).await;
+    let cloud_text = ask(&gw, "gpt", &[], false).await.text;
+    for stream in [false, true] {
+        let escalated = ask(&gw, "cascade-answer", &[], stream).await;
+        assert_eq!(escalated.status, 200, "{}", escalated.body);
+        assert!(
+            escalated.route.contains("escalated=true"),
+            "{}",
+            escalated.route
+        );
+        assert!(
+            escalated.route.contains("; answer_check=1.000"),
+            "{}",
+            escalated.route
+        );
+        assert_eq!(escalated.text, cloud_text);
+    }
+    gw.shutdown().await.unwrap();
+
+    // A file that does not match this build's features refuses to start.
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, r#"{"version":1}"#).unwrap();
+    let text = escalate.replace(&path.display().to_string(), &bad.display().to_string());
+    let options = GatewayOptions {
+        local: LocalLoad::Engine(engine.clone()),
+        quiet: true,
+        ..GatewayOptions::default()
+    };
+    let err = Gateway::start(config(&mock, &text), options).await.err();
+    assert!(
+        err.as_ref()
+            .is_some_and(|e| e.to_string().contains("answer check")),
+        "{err:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -20,7 +20,7 @@ use crate::speculative::{DelayConfig, ScoringMode};
 
 pub use env::{EnvSource, MapEnv, ProcessEnv};
 use raw::{RawBackend, RawConfig};
-pub use router::{BackendProfileConfig, PolicyRules, RoutePolicy, RouterSettings};
+pub use router::{BackendProfileConfig, CascadeJudge, PolicyRules, RoutePolicy, RouterSettings};
 
 /// Prefix of environment variables that override config keys.
 pub const ENV_PREFIX: &str = "TANDEM__";
@@ -501,6 +501,14 @@ impl Config {
                 return Err(invalid(
                     format!("routes.{model}.cascade_threshold"),
                     "has no effect without router.cascade_band (the policy never picks a cascade)",
+                ));
+            }
+            if cascade_threshold.is_some()
+                && router_settings.cascade_judge != router::CascadeJudge::FirstTokens
+            {
+                return Err(invalid(
+                    format!("routes.{model}.cascade_threshold"),
+                    "has no effect with router.cascade_judge = \"answer\" (set router.cascade_escalate_share)",
                 ));
             }
             if let Some(p) = rules.placement

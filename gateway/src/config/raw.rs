@@ -209,6 +209,13 @@ pub struct RawRouter {
     pub cascade_threshold: Option<f32>,
     /// Local tokens whose confidence decides a cascade.
     pub cascade_tokens: Option<u32>,
+    /// What a cascade judges: `first_tokens` (their confidence) or `answer` (the whole local
+    /// answer, by the answer check).
+    pub cascade_judge: Option<String>,
+    /// Answer-check file for `cascade_judge = "answer"`; the shipped one when absent.
+    pub answer_check_path: Option<String>,
+    /// Share of local answers the answer check escalates (0..=1), from its held-out table.
+    pub cascade_escalate_share: Option<f32>,
     /// Bandit exploration weight.
     pub bandit_alpha: Option<f32>,
     /// Bandit updates at which an arm's estimate gets half the weight.

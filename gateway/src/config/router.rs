@@ -72,6 +72,21 @@ impl BackendProfileConfig {
     }
 }
 
+/// What a cascade judges before it keeps the local answer or escalates.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CascadeJudge {
+    /// The confidence of the first `cascade_tokens` tokens: a kept answer streams on at once.
+    FirstTokens,
+    /// The whole local answer, by the answer check: slower to first token, but it reads what
+    /// the answer says (a final result, arithmetic that adds up, no hedging).
+    Answer {
+        /// Answer-check file; the shipped one when None.
+        path: Option<PathBuf>,
+        /// Share of local answers to escalate, set from the check's held-out table.
+        escalate_share: f32,
+    },
+}
+
 /// The validated `[router]` section.
 #[derive(Debug, Clone)]
 pub struct RouterSettings {
@@ -93,6 +108,8 @@ pub struct RouterSettings {
     pub encoder: bool,
     /// Local tokens whose confidence decides a cascade.
     pub cascade_tokens: u32,
+    /// What a cascade judges.
+    pub cascade_judge: CascadeJudge,
     /// Rules per API key, by the key's sha256 hex digest.
     pub keys: BTreeMap<String, PolicyRules>,
 }
@@ -109,10 +126,15 @@ impl Default for RouterSettings {
             redis_prefix: "tandem".into(),
             encoder: true,
             cascade_tokens: 8,
+            cascade_judge: CascadeJudge::FirstTokens,
             keys: BTreeMap::new(),
         }
     }
 }
+
+/// Share of local answers an answer-judged cascade escalates by default: about the share of
+/// GSM8K answers the weak model gets wrong where the strong one gets them right, plus margin.
+const DEFAULT_ESCALATE_SHARE: f32 = 0.3;
 
 fn unit(v: Option<f32>, path: &str) -> Result<Option<f32>, ConfigError> {
     match v {
@@ -237,6 +259,37 @@ pub fn validate_router(raw: RawRouter) -> Result<RouterSettings, ConfigError> {
         Some(n) => n,
         None => d.cascade_tokens,
     };
+    let escalate_share = unit(raw.cascade_escalate_share, "router.cascade_escalate_share")?;
+    let answer_check_path = path_of(raw.answer_check_path, "router.answer_check_path")?;
+    let cascade_judge = match raw.cascade_judge.as_deref() {
+        None | Some("first_tokens") => {
+            if escalate_share.is_some() || answer_check_path.is_some() {
+                return Err(invalid(
+                    "router.cascade_judge",
+                    "answer_check_path and cascade_escalate_share need cascade_judge = \"answer\"",
+                ));
+            }
+            CascadeJudge::FirstTokens
+        }
+        Some("answer") => {
+            if raw.cascade_tokens.is_some() || raw.cascade_threshold.is_some() {
+                return Err(invalid(
+                    "router.cascade_judge",
+                    "cascade_tokens and cascade_threshold apply to cascade_judge = \"first_tokens\"; the answer check escalates by cascade_escalate_share",
+                ));
+            }
+            CascadeJudge::Answer {
+                path: answer_check_path,
+                escalate_share: escalate_share.unwrap_or(DEFAULT_ESCALATE_SHARE),
+            }
+        }
+        Some(other) => {
+            return Err(invalid(
+                "router.cascade_judge",
+                format!("expected \"first_tokens\" or \"answer\", got {other:?}"),
+            ));
+        }
+    };
     // Lines wait in memory while the writer catches up: a bound keeps a stalled disk from
     // growing the process without limit.
     const MAX_LOG_QUEUE: u64 = 1 << 20;
@@ -286,6 +339,7 @@ pub fn validate_router(raw: RawRouter) -> Result<RouterSettings, ConfigError> {
         redis_prefix,
         encoder: raw.encoder.unwrap_or(d.encoder),
         cascade_tokens,
+        cascade_judge,
         keys,
     })
 }
@@ -351,6 +405,21 @@ mod tests {
             "{BACKENDS}[routes.auto]\nbackends = [\"local\", \"oai\"]\npolicy = \"learned\"\ncascade_threshold = 0.5\n"
         ));
         assert!(e.starts_with("routes.auto.cascade_threshold: "), "{e}");
+        let e = err("[router]\ncascade_judge = \"vibes\"\n");
+        assert!(
+            e.starts_with("router.cascade_judge: expected \"first_tokens\" or \"answer\""),
+            "{e}"
+        );
+        let e = err("[router]\ncascade_escalate_share = 0.2\n");
+        assert!(e.starts_with("router.cascade_judge: "), "{e}");
+        let e = err("[router]\ncascade_judge = \"answer\"\ncascade_tokens = 4\n");
+        assert!(e.starts_with("router.cascade_judge: "), "{e}");
+        let e = err("[router]\ncascade_judge = \"answer\"\ncascade_escalate_share = 1.5\n");
+        assert!(e.starts_with("router.cascade_escalate_share: "), "{e}");
+        let e = err(&format!(
+            "{BACKENDS}[routes.auto]\nbackends = [\"local\", \"oai\"]\npolicy = \"learned\"\ncascade_threshold = 0.5\n[router]\ncascade_band = 0.1\ncascade_judge = \"answer\"\n"
+        ));
+        assert!(e.starts_with("routes.auto.cascade_threshold: "), "{e}");
         let e = err(&format!(
             "{BACKENDS}[routes.auto]\nbackends = [\"oai\"]\npolicy = \"learned\"\nplacement = \"local-only\"\n"
         ));
@@ -364,6 +433,21 @@ mod tests {
             e.starts_with(&format!("router.keys.{}: ", "a".repeat(64))),
             "{e}"
         );
+    }
+
+    #[test]
+    fn cascade_judge_answer_with_its_defaults() {
+        let c = Config::from_toml_str("[router]\ncascade_judge = \"answer\"\n", &MapEnv::default())
+            .unwrap();
+        assert_eq!(
+            c.router.cascade_judge,
+            super::CascadeJudge::Answer {
+                path: None,
+                escalate_share: super::DEFAULT_ESCALATE_SHARE
+            }
+        );
+        let c = Config::from_toml_str("", &MapEnv::default()).unwrap();
+        assert_eq!(c.router.cascade_judge, super::CascadeJudge::FirstTokens);
     }
 
     #[test]

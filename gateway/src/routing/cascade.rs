@@ -1,7 +1,7 @@
-//! Cascade execution: the local model starts, the confidence of its first tokens (mean
-//! log-probability and entropy) decides whether its answer stands or the request goes to the
-//! cloud. The local tokens are held back until that decision, so a client (streamed or not)
-//! never sees an answer that is later retracted.
+//! Cascade execution: the local model starts, and either the confidence of its first tokens
+//! (mean log-probability and entropy) or the answer check on its whole answer decides whether
+//! the answer stands or the request goes to the cloud. The local tokens are held back until that
+//! decision, so a client (streamed or not) never sees an answer that is later retracted.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +11,7 @@ use futures::StreamExt;
 use parking_lot::Mutex;
 use tandem_cloud_adapters::{ChatRequest, EventStream};
 use tandem_local_model::GenerateEvent;
-use tandem_router_policy::{CascadeAction, CascadePolicy, LocalConfidence};
+use tandem_router_policy::{AnswerCheck, CascadeAction, CascadePolicy, LocalConfidence};
 
 use crate::config::{BackendKind, Price};
 use crate::error::Error;
@@ -23,40 +23,60 @@ use crate::executor::local::{LocalExecutor, generate_events};
 pub struct CascadeOutcome {
     /// The request went to the cloud.
     pub escalated: bool,
-    /// The local model's first-token confidence, when it produced tokens.
+    /// The confidence of the local tokens judged, when it produced tokens.
     pub confidence: Option<LocalConfidence>,
+    /// The answer check's score of the whole local answer, when it judged one.
+    pub answer_score: Option<f32>,
     /// The backend whose answer the client gets.
     pub answered_by: String,
     /// Why the local model could not be judged (it failed to start or errored).
     pub local_error: Option<String>,
 }
 
+/// How a cascade judges the local model.
+#[derive(Debug, Clone)]
+pub enum Judge {
+    /// Keep the answer when the confidence of its first `tokens` tokens reaches `threshold`; a
+    /// kept answer streams on at once.
+    FirstTokens {
+        /// Confidence threshold in (0, 1].
+        threshold: f32,
+        /// Tokens judged.
+        tokens: u32,
+    },
+    /// Hold the whole answer and escalate when the answer check scores it at `threshold` or
+    /// more.
+    Answer {
+        /// The answer check.
+        check: Arc<AnswerCheck>,
+        /// Escalation threshold on its score.
+        threshold: f32,
+    },
+}
+
 /// One request's cascade, usable wherever an executor is.
 pub struct CascadeExecutor {
     local: LocalExecutor,
     cloud: Arc<dyn Executor>,
-    policy: CascadePolicy,
-    tokens: u32,
+    judge: Judge,
     judge_budget: Duration,
     outcome: Arc<Mutex<Option<CascadeOutcome>>>,
 }
 
 impl CascadeExecutor {
-    /// A cascade from `local` to `cloud`, judged on `tokens` tokens against `threshold`. A local
-    /// model that has not produced them within `judge_budget` is judged too slow: the request
-    /// escalates while there is still time for the cloud to answer.
+    /// A cascade from `local` to `cloud`, judged by `judge`. A local model that has not produced
+    /// what the judge reads within `judge_budget` is judged too slow: the request escalates while
+    /// there is still time for the cloud to answer.
     pub fn new(
         local: LocalExecutor,
         cloud: Arc<dyn Executor>,
-        threshold: f32,
-        tokens: u32,
+        judge: Judge,
         judge_budget: Duration,
     ) -> Self {
         Self {
             local,
             cloud,
-            policy: CascadePolicy { threshold },
-            tokens: tokens.max(1),
+            judge,
             judge_budget,
             outcome: Arc::new(Mutex::new(None)),
         }
@@ -75,11 +95,13 @@ impl CascadeExecutor {
         &self,
         request: ChatRequest,
         confidence: Option<LocalConfidence>,
+        answer_score: Option<f32>,
         local_error: Option<String>,
     ) -> Result<EventStream, Error> {
         self.set(CascadeOutcome {
             escalated: true,
             confidence,
+            answer_score,
             answered_by: self.cloud.backend().to_owned(),
             local_error,
         });
@@ -92,7 +114,7 @@ impl std::fmt::Debug for CascadeExecutor {
         f.debug_struct("CascadeExecutor")
             .field("local", &self.local.name())
             .field("cloud", &self.cloud.backend())
-            .field("policy", &self.policy)
+            .field("judge", &self.judge)
             .finish_non_exhaustive()
     }
 }
@@ -116,21 +138,34 @@ impl Executor for CascadeExecutor {
         let top = request.top_logprobs.unwrap_or(0) as usize;
         let (mut rx, id) = match self.local.start(&request, Some(top)) {
             Ok(started) => started,
-            Err(e) => return self.escalate(request, None, Some(e.to_string())).await,
+            Err(e) => {
+                return self
+                    .escalate(request, None, None, Some(e.to_string()))
+                    .await;
+            }
         };
-        // Hold the first tokens back while judging them.
+        // Hold the tokens back while judging them: the first few, or the whole answer.
+        let wanted = match &self.judge {
+            Judge::FirstTokens { tokens, .. } => (*tokens).max(1) as usize,
+            Judge::Answer { .. } => usize::MAX,
+        };
         let mut held = Vec::new();
         let (mut logprobs, mut entropies) = (Vec::new(), Vec::new());
+        let (mut answer, mut seen) = (String::new(), 0usize);
         let mut failed = None;
         let judge_by = tokio::time::Instant::now() + self.judge_budget;
-        while logprobs.len() < self.tokens as usize {
+        while seen < wanted {
             let Ok(next) = tokio::time::timeout_at(judge_by, rx.recv()).await else {
-                failed = Some(format!(
-                    "local model too slow: {} of {} tokens in {} ms",
-                    logprobs.len(),
-                    self.tokens,
-                    self.judge_budget.as_millis()
-                ));
+                failed = Some(match wanted {
+                    usize::MAX => format!(
+                        "local model too slow: no whole answer in {} ms",
+                        self.judge_budget.as_millis()
+                    ),
+                    _ => format!(
+                        "local model too slow: {seen} of {wanted} tokens in {} ms",
+                        self.judge_budget.as_millis()
+                    ),
+                });
                 break;
             };
             match next {
@@ -139,6 +174,8 @@ impl Executor for CascadeExecutor {
                         logprobs.push(lp.logprob);
                         entropies.push(lp.entropy);
                     }
+                    seen += 1;
+                    answer.push_str(&text);
                     held.push(GenerateEvent::Token { id, text, logprob });
                 }
                 Some(done @ GenerateEvent::Finished { .. }) => {
@@ -158,19 +195,32 @@ impl Executor for CascadeExecutor {
         let confidence = LocalConfidence::from_tokens(&logprobs, &entropies);
         if let Some(why) = failed {
             drop(rx);
-            return self.escalate(request, confidence, Some(why)).await;
+            return self.escalate(request, confidence, None, Some(why)).await;
         }
-        let keep = confidence
-            .as_ref()
-            .is_some_and(|c| self.policy.decide(c) == CascadeAction::KeepLocal);
+        let (keep, answer_score) = match &self.judge {
+            Judge::FirstTokens { threshold, .. } => {
+                let policy = CascadePolicy {
+                    threshold: *threshold,
+                };
+                let keep = confidence
+                    .as_ref()
+                    .is_some_and(|c| policy.decide(c) == CascadeAction::KeepLocal);
+                (keep, None)
+            }
+            Judge::Answer { check, threshold } => {
+                let score = check.score(&super::last_user_text(&request), &answer);
+                (score < *threshold, Some(score))
+            }
+        };
         if !keep {
             // Dropping the receiver cancels the local generation.
             drop(rx);
-            return self.escalate(request, confidence, None).await;
+            return self.escalate(request, confidence, answer_score, None).await;
         }
         self.set(CascadeOutcome {
             escalated: false,
             confidence,
+            answer_score,
             answered_by: self.local.name().to_owned(),
             local_error: None,
         });

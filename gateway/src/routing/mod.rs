@@ -14,16 +14,17 @@ use std::time::Duration;
 use http::HeaderMap;
 use tandem_cloud_adapters::{ChatRequest, ContentPart, Role};
 use tandem_router_policy::{
-    BackendCandidate, BackendProfile, BackendState, BanditStore, Choice, Decision, Encoder,
-    FileBanditStore, Placement, Price, RequestFeatures, RouteRules, Router,
+    AnswerCheck, BackendCandidate, BackendProfile, BackendState, BanditStore, Choice, Decision,
+    Encoder, FileBanditStore, Placement, Price, RequestFeatures, RouteRules, Router,
 };
 
 use crate::config::{
-    BackendKind, Config, PolicyRules, RouteConfig, RouterSettings, placement_allows,
+    BackendKind, CascadeJudge, Config, PolicyRules, RouteConfig, RouterSettings, placement_allows,
 };
 use crate::error::Error;
 use crate::middleware::auth::ApiKeyDigest;
 use crate::redis_store::RedisBanditStore;
+use crate::routing::cascade::Judge;
 
 pub use log::DecisionLog;
 
@@ -176,6 +177,8 @@ pub struct Policy {
     saving: parking_lot::Mutex<()>,
     /// The periodic save task, stopped at shutdown.
     persistence: parking_lot::Mutex<Option<tokio::task::AbortHandle>>,
+    /// The answer check and its escalation threshold, when cascades judge whole answers.
+    answer_check: Option<(Arc<AnswerCheck>, f32)>,
 }
 
 impl std::fmt::Debug for Policy {
@@ -259,6 +262,21 @@ impl Policy {
                 (b.name.clone(), Arc::new(live))
             })
             .collect();
+        let answer_check = match &settings.cascade_judge {
+            CascadeJudge::FirstTokens => None,
+            CascadeJudge::Answer {
+                path,
+                escalate_share,
+            } => {
+                let check = match path {
+                    Some(path) => AnswerCheck::load(path),
+                    None => AnswerCheck::shipped(),
+                }
+                .map_err(|e| Error::Internal(format!("answer check: {e}")))?;
+                let threshold = check.threshold_for_share(*escalate_share);
+                Some((Arc::new(check), threshold))
+            }
+        };
         let encoder = Arc::new(OnceLock::new());
         let uses_policy = config
             .routes
@@ -283,7 +301,22 @@ impl Policy {
             saved_updates: AtomicU64::new(0),
             saving: parking_lot::Mutex::new(()),
             persistence: parking_lot::Mutex::new(None),
+            answer_check,
         })
+    }
+
+    /// How a cascade decided with confidence threshold `threshold` judges the local model.
+    pub fn cascade_judge(&self, threshold: f32) -> Judge {
+        match &self.answer_check {
+            Some((check, threshold)) => Judge::Answer {
+                check: check.clone(),
+                threshold: *threshold,
+            },
+            None => Judge::FirstTokens {
+                threshold,
+                tokens: self.settings.cascade_tokens,
+            },
+        }
     }
 
     /// The settings it runs with.
