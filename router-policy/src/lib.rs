@@ -28,7 +28,9 @@
 //!   file) or from a budget ([`Router::lambda_for_budget`] over recent requests);
 //! - [`Choice::Reject`] means no backend may serve the request under its rules (403/503).
 //! - Cascade: [`CascadePolicy::decide`] on the local model's first-token [`LocalConfidence`];
-//!   [`calibrate_cascade`] sets the threshold from labelled samples.
+//!   [`calibrate_cascade`] sets the threshold from labelled samples. Or, on the whole local
+//!   answer: [`AnswerCheck::shipped`] once at start, then `check.score(&prompt, &answer)` against
+//!   `check.threshold_for_share(escalate_share)`.
 //! - After each call: `state.record_success(ttft_ms, Some(itl_ms))` or `state.record_error()`;
 //!   `let _guard = state.enter();` counts queue depth while a request runs.
 //!
@@ -37,7 +39,8 @@
 //! ([`Error::UnknownRequest`], 404) or bad values ([`Error::InvalidFeedback`], 400).
 //!
 //! CLI: `tandem router eval` → [`eval()`] with [`EvalArgs`] (the report implements `Display`),
-//! `tandem router train` → [`train()`] with [`TrainArgs`], `tandem bench router` →
+//! `tandem router train` → [`train()`] with [`TrainArgs`], `tandem router train-answer-check` →
+//! [`train_answer_check`], `tandem bench router` →
 //! [`bench::bench_decide`] with [`bench::BenchArgs`] (its report implements `Display`).
 
 mod error;

@@ -74,13 +74,17 @@ price = {{ input = 1.0, output = 2.0 }}
     Config::from_toml_str(&text, &env()).unwrap()
 }
 
-async fn start(config: Config, engine: &Engine) -> Gateway {
+async fn try_start(config: Config, engine: &Engine) -> anyhow::Result<Gateway> {
     let options = GatewayOptions {
         local: LocalLoad::Engine(engine.clone()),
         quiet: true,
         ..GatewayOptions::default()
     };
-    Gateway::start(config, options).await.unwrap()
+    Ok(Gateway::start(config, options).await?)
+}
+
+async fn start(config: Config, engine: &Engine) -> Gateway {
+    try_start(config, engine).await.unwrap()
 }
 
 struct Answer {
@@ -543,12 +547,7 @@ async fn cascade_judged_on_the_whole_answer_keeps_or_escalates() {
     let bad = dir.join("bad.json");
     std::fs::write(&bad, r#"{"version":1}"#).unwrap();
     let text = escalate.replace(&path.display().to_string(), &bad.display().to_string());
-    let options = GatewayOptions {
-        local: LocalLoad::Engine(engine.clone()),
-        quiet: true,
-        ..GatewayOptions::default()
-    };
-    let err = Gateway::start(config(&mock, &text), options).await.err();
+    let err = try_start(config(&mock, &text), &engine).await.err();
     assert!(
         err.as_ref()
             .is_some_and(|e| e.to_string().contains("answer check")),
