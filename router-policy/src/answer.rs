@@ -53,7 +53,7 @@ struct Patterns {
     number: Regex,
     /// A calculator annotation, `<<48/2=24>>`.
     annotation: Regex,
-    /// An inline binary operation with its result, `16 - 3 = 13`.
+    /// An inline chain of operations with its result, `16 - 3 - 4 = 9`.
     equation: Regex,
 }
 
@@ -64,7 +64,7 @@ static PATTERNS: LazyLock<Option<Patterns>> = LazyLock::new(|| {
         number: Regex::new(r"-?\$?[\d,]*\.?\d+").ok()?,
         annotation: Regex::new(r"<<([^=<>]+)=([^<>]+)>>").ok()?,
         equation: Regex::new(
-            r"(\d[\d,]*\.?\d*)\s*([-+*/x×])\s*\$?(\d[\d,]*\.?\d*)\s*=\s*\$?(\d[\d,]*\.?\d*)",
+            r"(\d[\d,]*\.?\d*(?:\s*[-+*/x×]\s*\$?\d[\d,]*\.?\d*)+)\s*=\s*\$?(\d[\d,]*\.?\d*)",
         )
         .ok()?,
     })
@@ -149,18 +149,20 @@ pub fn answer_features(prompt: &str, answer: &str) -> Vec<f32> {
     }
     let (mut equations, mut equation_errors) = (0usize, 0usize);
     for c in re.equation.captures_iter(answer) {
-        let part = |i| c.get(i).and_then(|m| parse_number(m.as_str()));
-        let (Some(a), Some(b), Some(result)) = (part(1), part(3), part(4)) else {
+        // The whole chain is read, so `2 + 3 + 4 = 9` is one correct equation rather than a
+        // wrong `3 + 4 = 9`.
+        let lhs: String = c
+            .get(1)
+            .map_or("", |m| m.as_str())
+            .chars()
+            .filter(|ch| *ch != '$' && *ch != ',')
+            .map(|ch| if ch == 'x' || ch == '×' { '*' } else { ch })
+            .collect();
+        let result = c.get(2).and_then(|m| parse_number(m.as_str()));
+        let (Some(value), Some(result)) = (evaluate(&lhs), result) else {
             continue;
         };
         equations += 1;
-        let value = match c.get(2).map_or("", |m| m.as_str()) {
-            "+" => a + b,
-            "-" => a - b,
-            "/" if b != 0.0 => a / b,
-            "/" => f64::INFINITY,
-            _ => a * b,
-        };
         if (value - result).abs() > 1e-2 * result.abs().max(1.0) {
             equation_errors += 1;
         }
@@ -392,6 +394,11 @@ mod tests {
         // The annotation's own `12*2=25` reads as an inline equation too.
         let answer = "16 - 3 = 12 eggs. 12 * 2 = <<12*2=25>>25.\n#### 25";
         assert_eq!(feature(PROMPT, answer, "equation_errors"), 2.0);
+        // A chain is checked whole, with the usual precedence.
+        let chained = "16 - 3 - 4 = 9 eggs, 2 + 3 * 4 = 14, 9 x $2 = $18, 1,000 / 8 = 125";
+        assert_eq!(feature(PROMPT, chained, "equations"), 4.0);
+        assert_eq!(feature(PROMPT, chained, "equation_errors"), 0.0);
+        assert_eq!(feature(PROMPT, "16 - 3 - 4 = 10", "equation_errors"), 1.0);
         assert_eq!(feature(PROMPT, answer, "annotation_errors"), 1.0);
         assert_eq!(feature(PROMPT, answer, "any_arithmetic_error"), 1.0);
     }
