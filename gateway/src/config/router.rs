@@ -78,7 +78,8 @@ pub enum CascadeJudge {
     /// The confidence of the first `cascade_tokens` tokens: a kept answer streams on at once.
     FirstTokens,
     /// The whole local answer, by the answer check: slower to first token, but it reads what
-    /// the answer says (a final result, arithmetic that adds up, no hedging).
+    /// the answer says (a final result, arithmetic that adds up, no hedging). The shipped check
+    /// is trained on worked arithmetic answers; prose answers mostly escalate under it.
     Answer {
         /// Answer-check file; the shipped one when None.
         path: Option<PathBuf>,
