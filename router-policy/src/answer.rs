@@ -111,9 +111,9 @@ fn contains(set: &HashSet<u64>, value: f64) -> bool {
     set.contains(&(value + 0.0).to_bits())
 }
 
-/// The position just past the last final-answer marker, when the answer has one.
-fn final_marker_end(answer: &str) -> Option<usize> {
-    let lower = answer.to_ascii_lowercase();
+/// The position just past the last final-answer marker in `lower` (the answer, ASCII-lowercased
+/// so byte positions match), when it has one.
+fn final_marker_end(lower: &str) -> Option<usize> {
     FINAL_MARKERS
         .iter()
         .filter_map(|m| lower.rfind(m).map(|at| at + m.len()))
@@ -125,19 +125,26 @@ pub fn answer_features(prompt: &str, answer: &str) -> Vec<f32> {
     let Some(re) = PATTERNS.as_ref() else {
         return vec![0.0; ANSWER_FEATURES.len()];
     };
-    let marker = final_marker_end(answer);
+    let lower = answer.to_ascii_lowercase();
+    let marker = final_marker_end(&lower);
     let final_value = marker.and_then(|end| {
         let first = answer[end..].split_whitespace().next()?;
         parse_number(first.trim_end_matches(['.', '}', ')']))
     });
     let prompt_numbers = numbers(&re.number, prompt);
     let prompt_set = number_set(&prompt_numbers);
-    let answer_numbers = numbers(&re.number, answer);
+    // With where each ends: a marker's last character cannot be part of a number, so the ones
+    // ending before it are exactly those a scan of the text up to it would find.
+    let (answer_numbers, answer_ends): (Vec<f64>, Vec<usize>) = re
+        .number
+        .find_iter(answer)
+        .filter_map(|m| Some((parse_number(m.as_str())?, m.end())))
+        .unzip();
     let answer_set = number_set(&answer_numbers);
-    let before_marker = match marker {
-        Some(end) => numbers(&re.number, &answer[..end]),
-        None => Vec::new(),
-    };
+    let last_before_marker = marker.and_then(|end| {
+        let before = answer_ends.partition_point(|&e| e <= end);
+        before.checked_sub(1).map(|i| answer_numbers[i])
+    });
 
     let (mut annotations, mut annotation_errors) = (0usize, 0usize);
     for c in re.annotation.captures_iter(answer) {
@@ -170,8 +177,8 @@ pub fn answer_features(prompt: &str, answer: &str) -> Vec<f32> {
         }
     }
 
-    let lower = answer.to_lowercase();
     let trimmed = answer.trim_end();
+    let (answer_chars, prompt_chars) = (answer.chars().count(), prompt.chars().count());
     let flag = |b: bool| if b { 1.0 } else { 0.0 };
     let ln = |n: usize| (n as f32).ln_1p();
     vec![
@@ -180,13 +187,13 @@ pub fn answer_features(prompt: &str, answer: &str) -> Vec<f32> {
         flag(final_value.is_some_and(|v| (v - v.round()).abs() > 1e-9)),
         flag(final_value.is_some_and(|v| v < 0.0)),
         flag(final_value.is_some_and(|v| contains(&prompt_set, v))),
-        flag(final_value.is_some_and(|v| before_marker.last() == Some(&v))),
+        flag(final_value.is_some_and(|v| last_before_marker == Some(v))),
         final_value.map_or(0.0, |v| (v.abs() + 1.0).log10() as f32),
-        ln(answer.chars().count()),
+        ln(answer_chars),
         ln(answer.matches('\n').count()),
-        ln(prompt.chars().count()),
+        ln(prompt_chars),
         prompt_numbers.len() as f32,
-        ln(answer.chars().count()) - ln(prompt.chars().count()),
+        ln(answer_chars) - ln(prompt_chars),
         ln(answer_numbers.len()),
         ln(answer_numbers
             .iter()

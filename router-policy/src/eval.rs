@@ -328,6 +328,18 @@ pub(crate) fn featurize(data: &Dataset, embedder: Option<&Embedder>) -> Result<V
         .collect())
 }
 
+/// Answer-check features of every row from model `index`'s answers; None unless every row has
+/// one.
+pub(crate) fn featurize_answers(data: &Dataset, index: usize) -> Option<Vec<Vec<f32>>> {
+    data.rows
+        .iter()
+        .map(|r| {
+            let answer = r.responses.get(index)?.as_deref()?;
+            Some(answer_features(&r.prompt, answer))
+        })
+        .collect()
+}
+
 pub(crate) fn pick_models(
     data: &Dataset,
     weak: Option<&str>,
@@ -431,15 +443,7 @@ fn eval_dataset(
         ));
     }
     // A cascade sees the weak model's finished answer, so it is judged where the file has them.
-    if data.has_responses(wi) {
-        let answers: Vec<Vec<f32>> = data
-            .rows
-            .iter()
-            .map(|r| {
-                let answer = r.responses.get(wi).and_then(Option::as_deref);
-                answer_features(&r.prompt, answer.unwrap_or(""))
-            })
-            .collect();
+    if let Some(answers) = featurize_answers(data, wi) {
         let (oof, realised) =
             out_of_fold(&ANSWER_CHECK_SPEC, &answers, data, &folds, (si, wi), args)?;
         rows.push(summarize(

@@ -6,10 +6,10 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::answer::{ANSWER_FEATURES, AnswerCheck, answer_features};
+use crate::answer::{ANSWER_FEATURES, AnswerCheck};
 use crate::calibration::threshold_for_share;
 use crate::dataset::{Dataset, discover};
-use crate::eval::{ANSWER_CHECK_SPEC, Embedder, featurize, pick_models};
+use crate::eval::{ANSWER_CHECK_SPEC, Embedder, featurize, featurize_answers, pick_models};
 use crate::model::{Example, ModelSpec, QualityModel, TrainSet};
 use crate::router::ModelFile;
 use crate::{Error, Result};
@@ -186,15 +186,12 @@ pub fn train_answer_check(args: &TrainArgs) -> Result<TrainReport> {
     for path in discover(&args.data)? {
         let data = Dataset::load(&path)?;
         let (wi, si) = pick_models(&data, args.weak.as_deref(), args.strong.as_deref())?;
-        if !data.has_responses(wi) {
+        let Some(answers) = featurize_answers(&data, wi).filter(|a| !a.is_empty()) else {
             continue;
-        }
-        examples.extend(data.rows.iter().map(|r| {
-            let answer = r.responses.get(wi).and_then(Option::as_deref);
-            Example {
-                x: answer_features(&r.prompt, answer.unwrap_or("")),
-                scores: vec![r.scores[wi], r.scores[si]],
-            }
+        };
+        examples.extend(answers.into_iter().zip(&data.rows).map(|(x, r)| Example {
+            x,
+            scores: vec![r.scores[wi], r.scores[si]],
         }));
         names.push(data.name.clone());
     }

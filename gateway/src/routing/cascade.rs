@@ -156,15 +156,14 @@ impl Executor for CascadeExecutor {
         let judge_by = tokio::time::Instant::now() + self.judge_budget;
         while seen < wanted {
             let Ok(next) = tokio::time::timeout_at(judge_by, rx.recv()).await else {
-                failed = Some(match wanted {
-                    usize::MAX => format!(
-                        "local model too slow: no whole answer in {} ms",
-                        self.judge_budget.as_millis()
-                    ),
-                    _ => format!(
-                        "local model too slow: {seen} of {wanted} tokens in {} ms",
-                        self.judge_budget.as_millis()
-                    ),
+                let budget = self.judge_budget.as_millis();
+                failed = Some(match &self.judge {
+                    Judge::Answer { .. } => {
+                        format!("local model too slow: no whole answer in {budget} ms")
+                    }
+                    Judge::FirstTokens { .. } => {
+                        format!("local model too slow: {seen} of {wanted} tokens in {budget} ms")
+                    }
                 });
                 break;
             };
