@@ -38,7 +38,9 @@ pub struct HttpConfig {
     pub read_timeout: Duration,
     /// How long an idle pooled connection is kept.
     pub pool_idle_timeout: Duration,
-    /// Idle connections kept per host.
+    /// Idle connections kept per host. Generous: connections past the cap are closed when a
+    /// burst ends, and the next burst pays a handshake for each, CPU that a gateway already
+    /// behind on a stall can least afford.
     pub pool_max_idle_per_host: usize,
 }
 
@@ -48,7 +50,7 @@ impl Default for HttpConfig {
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(300),
             pool_idle_timeout: Duration::from_secs(90),
-            pool_max_idle_per_host: 64,
+            pool_max_idle_per_host: 1024,
         }
     }
 }

@@ -7,7 +7,6 @@
 //! proxy's CPU time per request.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -15,7 +14,6 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use parking_lot::Mutex;
 use tandem_cloud_adapters::mock::{Fixtures, MockConfig, MockUpstream};
 
 use crate::config::{Config, MapEnv};
@@ -89,9 +87,11 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 /// Sends `rate` requests per second for `seconds` to `url`, open loop: requests leave on
-/// schedule whether or not earlier ones have answered. The calling thread paces them, evenly
-/// spaced (200 µs apart at 5k RPS) rather than in the batches a millisecond timer would give, and
-/// each request runs as a task on `runtime`.
+/// schedule whether or not earlier ones have answered. Pacing and requests share one thread
+/// (`runtime` is a current-thread runtime), so sending a request wakes no other thread: on a
+/// 2-core machine a pacing thread handing each request to a worker cost more CPU than the mock
+/// upstream, CPU the proxies under test then lacked. Requests leave evenly spaced (200 µs apart
+/// at 5k RPS) rather than in the batches a millisecond timer would give.
 fn load(
     runtime: &tokio::runtime::Runtime,
     client: &Client<HttpConnector, Full<Bytes>>,
@@ -101,54 +101,133 @@ fn load(
 ) -> Phase {
     let total = (rate as f64 * seconds) as u64;
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
-    let latencies = Arc::new(Mutex::new(Vec::with_capacity(total as usize)));
-    let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let start = Instant::now();
-    let mut tasks = Vec::with_capacity(total as usize);
-    for sent in 0..total {
-        let due = start + interval.mul_f64(sent as f64);
-        let now = Instant::now();
-        if due > now {
-            std::thread::sleep(due - now);
-        }
-        let client = client.clone();
-        let request = http::Request::post(url)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from_static(BODY.as_bytes())));
-        let latencies = latencies.clone();
-        let errors = errors.clone();
-        tasks.push(runtime.spawn(async move {
-            let Ok(request) = request else { return };
-            let t0 = Instant::now();
-            let ok = match client.request(request).await {
-                Ok(response) => {
-                    let status = response.status();
-                    response.into_body().collect().await.is_ok() && status.is_success()
-                }
-                Err(_) => false,
-            };
-            if ok {
-                latencies.lock().push(t0.elapsed().as_micros() as u64);
-            } else {
-                errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-        }));
-    }
     runtime.block_on(async {
-        for t in tasks {
-            let _ = t.await;
+        let mut pacer = Pacer::new();
+        let start = Instant::now();
+        let mut tasks = Vec::with_capacity(total as usize);
+        for sent in 0..total {
+            pacer
+                .wait_until(start + interval.mul_f64(sent as f64))
+                .await;
+            let request = http::Request::post(url)
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from_static(BODY.as_bytes())));
+            let client = client.clone();
+            tasks.push(tokio::spawn(async move {
+                let request = request.ok()?;
+                let t0 = Instant::now();
+                let response = client.request(request).await.ok()?;
+                let status = response.status();
+                response.into_body().collect().await.ok()?;
+                status.is_success().then(|| t0.elapsed().as_micros() as u64)
+            }));
         }
-    });
-    let elapsed = start.elapsed();
-    let mut latencies_us = std::mem::take(&mut *latencies.lock());
-    latencies_us.sort_unstable();
-    Phase {
-        latencies_us,
-        errors: errors.load(std::sync::atomic::Ordering::Relaxed),
-        sent: total,
-        elapsed,
-        proxy_cpu: Duration::ZERO,
+        let mut latencies_us = Vec::with_capacity(tasks.len());
+        let mut errors = 0;
+        for task in tasks {
+            match task.await {
+                Ok(Some(latency)) => latencies_us.push(latency),
+                _ => errors += 1,
+            }
+        }
+        let elapsed = start.elapsed();
+        latencies_us.sort_unstable();
+        Phase {
+            latencies_us,
+            errors,
+            sent: total,
+            elapsed,
+            proxy_cpu: Duration::ZERO,
+        }
+    })
+}
+
+/// Waits for instants finer than the runtime's millisecond timer: a `timerfd` on Linux, which
+/// the runtime's event loop watches like a socket. Elsewhere, or if the timer cannot be made,
+/// the runtime's own timer.
+struct Pacer {
+    #[cfg(target_os = "linux")]
+    timer: Option<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>,
+}
+
+impl Pacer {
+    fn new() -> Self {
+        Self {
+            #[cfg(target_os = "linux")]
+            // SAFETY: the `OwnedFd` is a valid descriptor, kept open and unreplaced for as long
+            // as the `AsyncFd` owns it.
+            timer: timerfd().and_then(|fd| unsafe { tokio::io::unix::AsyncFd::register(fd) }.ok()),
+        }
     }
+
+    async fn wait_until(&mut self, due: Instant) {
+        let now = Instant::now();
+        if due <= now {
+            return;
+        }
+        #[cfg(target_os = "linux")]
+        if let Some(timer) = &self.timer
+            && arm(timer.get_ref(), due - now)
+        {
+            while let Ok(mut ready) = timer.readable().await {
+                match ready.try_io(|fd| read_expirations(fd.get_ref())) {
+                    Ok(Ok(())) => return,
+                    // Anything but "not yet" leaves the wait to the runtime's clock.
+                    Ok(Err(_)) => break,
+                    Err(_would_block) => {}
+                }
+            }
+        }
+        tokio::time::sleep_until(due.into()).await;
+    }
+}
+
+/// A non-blocking monotonic `timerfd`.
+#[cfg(target_os = "linux")]
+fn timerfd() -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: plain syscall; a non-negative result is a new descriptor this process owns.
+    let fd = unsafe {
+        libc::timerfd_create(
+            libc::CLOCK_MONOTONIC,
+            libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+        )
+    };
+    // SAFETY: `fd` was just returned by the kernel and nothing else owns it.
+    (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Consumes a fired timer's expiration count.
+#[cfg(target_os = "linux")]
+fn read_expirations(timer: &std::os::fd::OwnedFd) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let mut count = 0u64;
+    // SAFETY: reads at most 8 bytes into a live, aligned u64.
+    let read = unsafe { libc::read(timer.as_raw_fd(), (&raw mut count).cast(), 8) };
+    if read == 8 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Arms `timer` to fire once after `after`; false if the kernel refused.
+#[cfg(target_os = "linux")]
+fn arm(timer: &std::os::fd::OwnedFd, after: Duration) -> bool {
+    use std::os::fd::AsRawFd as _;
+    let value = libc::itimerspec {
+        it_interval: libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        },
+        it_value: libc::timespec {
+            tv_sec: after.as_secs() as libc::time_t,
+            // A zero value would disarm the timer rather than fire it.
+            tv_nsec: i64::from(after.subsec_nanos().max(1)) as libc::c_long,
+        },
+    };
+    // SAFETY: `value` is a valid itimerspec and the old value is not asked for.
+    unsafe { libc::timerfd_settime(timer.as_raw_fd(), 0, &value, std::ptr::null_mut()) == 0 }
 }
 
 /// The floor any proxy pays here: a bare hyper server that forwards each request's bytes to the
@@ -234,9 +313,7 @@ pub fn run_overhead(args: &OverheadArgs) -> anyhow::Result<String> {
         .worker_threads(args.gateway_threads.max(1))
         .enable_all()
         .build()?;
-    let load_rt = tokio::runtime::Builder::new_multi_thread()
-        .thread_name("bench-load")
-        .worker_threads(1)
+    let load_rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
 
@@ -362,4 +439,50 @@ pub fn run_overhead(args: &OverheadArgs) -> anyhow::Result<String> {
     }
     gateway_rt.block_on(gateway.shutdown())?;
     Ok(table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pacer_never_lets_a_request_leave_early() -> anyhow::Result<()> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            let mut pacer = Pacer::new();
+            let start = Instant::now();
+            for step in 1..=20u32 {
+                let due = start + Duration::from_micros(250) * step;
+                pacer.wait_until(due).await;
+                assert!(Instant::now() >= due, "step {step} left before its time");
+            }
+            // An instant already past returns at once.
+            pacer.wait_until(start).await;
+        });
+        Ok(())
+    }
+
+    #[test]
+    fn the_benchmark_measures_every_target_without_errors() -> anyhow::Result<()> {
+        let table = run_overhead(&OverheadArgs {
+            rates: vec![200],
+            seconds: 0.5,
+            rounds: 1,
+            warmup: 0.1,
+            gateway_threads: 1,
+        })?;
+        for target in ["direct", "bare", "tandem"] {
+            let row = table
+                .lines()
+                .find(|l| l.split_whitespace().nth(1) == Some(target))
+                .ok_or_else(|| anyhow::anyhow!("no {target} row in\n{table}"))?;
+            let columns: Vec<&str> = row.split_whitespace().collect();
+            assert_eq!(columns[6], "0", "{target} had errors:\n{table}");
+            assert_eq!(columns[7], "100", "{target} sent a wrong count:\n{table}");
+        }
+        assert!(table.contains("overhead (tandem - direct)"), "{table}");
+        Ok(())
+    }
 }
