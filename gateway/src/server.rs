@@ -61,6 +61,26 @@ pub struct GatewayOptions {
     pub feedback: Option<Arc<dyn FeedbackSink>>,
 }
 
+/// Connections the kernel queues for the gateway to accept (it caps this at `somaxconn`).
+/// Clients open a connection per request in flight, so a stall of a few hundred milliseconds
+/// at thousands of requests a second brings that many at once; past the queue they are dropped
+/// and reset. tokio's default is 1024.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` for serving, with address reuse (a restart need not wait out `TIME_WAIT`) and
+/// an accept queue of [`LISTEN_BACKLOG`].
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Builds the shared state: one executor per backend, the local model (loading in the background
 /// unless given), metrics.
 /// Fails when a learned route's policy cannot start.
@@ -279,11 +299,11 @@ pub fn no_delay(listener: TcpListener) -> TapIo<TcpListener, fn(&mut TcpStream)>
 impl Gateway {
     /// Binds `config.listen` and serves in the background.
     pub async fn start(config: Config, options: GatewayOptions) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(config.listen).await?;
+        let listener = bind(config.listen)?;
         Self::start_on(listener, config, options)
     }
 
-    /// Serves on an already bound listener.
+    /// Serves on an already bound listener (its accept queue as the caller made it).
     pub fn start_on(
         listener: TcpListener,
         config: Config,
@@ -345,6 +365,22 @@ impl Gateway {
 mod tests {
     use super::*;
     use axum::serve::Listener;
+
+    #[tokio::test]
+    async fn a_restarted_gateway_binds_the_port_its_predecessor_served() {
+        let first = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = first.local_addr().unwrap();
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (served, _) = first.accept().await.unwrap();
+        // The server closes first, so its side of the connection lingers in TIME_WAIT.
+        drop(served);
+        drop(first);
+        drop(client);
+        let second = bind(addr).unwrap();
+        assert_eq!(second.local_addr().unwrap(), addr);
+        let _client = TcpStream::connect(addr).await.unwrap();
+        second.accept().await.unwrap();
+    }
 
     #[tokio::test]
     async fn accepted_connections_have_nagle_off() {

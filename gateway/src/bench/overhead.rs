@@ -47,6 +47,8 @@ const BODY: &str =
 struct Phase {
     latencies_us: Vec<u64>,
     errors: u64,
+    /// How many requests failed each way ("status 503", "transport: ...").
+    error_kinds: std::collections::BTreeMap<String, u64>,
     sent: u64,
     elapsed: Duration,
     proxy_cpu: Duration,
@@ -74,6 +76,9 @@ impl Phase {
         self.latencies_us.extend(other.latencies_us);
         self.latencies_us.sort_unstable();
         self.errors += other.errors;
+        for (kind, n) in other.error_kinds {
+            *self.error_kinds.entry(kind).or_default() += n;
+        }
         self.sent += other.sent;
         self.elapsed += other.elapsed;
         self.proxy_cpu += other.proxy_cpu;
@@ -114,20 +119,38 @@ fn load(
                 .body(Full::new(Bytes::from_static(BODY.as_bytes())));
             let client = client.clone();
             tasks.push(tokio::spawn(async move {
-                let request = request.ok()?;
+                let request = request.map_err(|e| format!("request: {e}"))?;
                 let t0 = Instant::now();
-                let response = client.request(request).await.ok()?;
+                let response = client
+                    .request(request)
+                    .await
+                    .map_err(|e| format!("transport: {e:?}"))?;
                 let status = response.status();
-                response.into_body().collect().await.ok()?;
-                status.is_success().then(|| t0.elapsed().as_micros() as u64)
+                response
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| format!("body: {e}"))?;
+                if !status.is_success() {
+                    return Err(format!("status {}", status.as_u16()));
+                }
+                Ok(t0.elapsed().as_micros() as u64)
             }));
         }
         let mut latencies_us = Vec::with_capacity(tasks.len());
         let mut errors = 0;
+        let mut error_kinds = std::collections::BTreeMap::new();
         for task in tasks {
             match task.await {
-                Ok(Some(latency)) => latencies_us.push(latency),
-                _ => errors += 1,
+                Ok(Ok(latency)) => latencies_us.push(latency),
+                Ok(Err(kind)) => {
+                    errors += 1;
+                    *error_kinds.entry(kind).or_default() += 1;
+                }
+                Err(e) => {
+                    errors += 1;
+                    *error_kinds.entry(format!("task: {e}")).or_default() += 1;
+                }
             }
         }
         let elapsed = start.elapsed();
@@ -135,6 +158,7 @@ fn load(
         Phase {
             latencies_us,
             errors,
+            error_kinds,
             sent: total,
             elapsed,
             proxy_cpu: Duration::ZERO,
@@ -361,6 +385,7 @@ pub fn run_overhead(args: &OverheadArgs) -> anyhow::Result<String> {
         "rate", "target", "p50 ms", "p90 ms", "p99 ms", "rps", "errors", "sent", "proxy µs/req"
     );
     let mut summary = Vec::new();
+    let mut error_notes = Vec::new();
     for &rate in &args.rates {
         let client: Client<HttpConnector, Full<Bytes>> = {
             let _guard = load_rt.enter();
@@ -393,6 +418,9 @@ pub fn run_overhead(args: &OverheadArgs) -> anyhow::Result<String> {
             }
         }
         for ((name, _), phase) in targets.iter().zip(&pooled) {
+            for (kind, n) in &phase.error_kinds {
+                error_notes.push(format!("{rate:>7} {name:<8} {n} × {kind}"));
+            }
             let _ = writeln!(
                 table,
                 "{:>7} {:<8} {:>9.3} {:>9.3} {:>9.3} {:>9.0} {:>8} {:>7} {:>12.1}",
@@ -436,6 +464,12 @@ pub fn run_overhead(args: &OverheadArgs) -> anyhow::Result<String> {
             median(rounds),
             format!("{lo:.3}..{hi:.3}")
         );
+    }
+    if !error_notes.is_empty() {
+        let _ = writeln!(table, "\nfailed requests");
+        for note in error_notes {
+            let _ = writeln!(table, "{note}");
+        }
     }
     gateway_rt.block_on(gateway.shutdown())?;
     Ok(table)
