@@ -4,7 +4,7 @@
 //! here) and through Tandem, in one run. The targets take turns in short rounds, so a stall of
 //! the machine lands on one round of one target rather than on a whole phase. The table gives
 //! latency percentiles of each, their difference (the overhead), the throughput sustained and the
-//! proxy's CPU time per request.
+//! proxy's CPU time per request, then any failed requests by cause.
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
