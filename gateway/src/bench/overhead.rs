@@ -46,9 +46,8 @@ const BODY: &str =
 #[derive(Default)]
 struct Phase {
     latencies_us: Vec<u64>,
-    errors: u64,
     /// How many requests failed each way ("status 503", "transport: ...").
-    error_kinds: std::collections::BTreeMap<String, u64>,
+    failures: std::collections::BTreeMap<String, u64>,
     sent: u64,
     elapsed: Duration,
     proxy_cpu: Duration,
@@ -63,6 +62,10 @@ impl Phase {
         self.latencies_us[i] as f64 / 1000.0
     }
 
+    fn errors(&self) -> u64 {
+        self.failures.values().sum()
+    }
+
     fn rps(&self) -> f64 {
         self.latencies_us.len() as f64 / self.elapsed.as_secs_f64()
     }
@@ -75,9 +78,8 @@ impl Phase {
     fn pool(&mut self, other: Phase) {
         self.latencies_us.extend(other.latencies_us);
         self.latencies_us.sort_unstable();
-        self.errors += other.errors;
-        for (kind, n) in other.error_kinds {
-            *self.error_kinds.entry(kind).or_default() += n;
+        for (kind, n) in other.failures {
+            *self.failures.entry(kind).or_default() += n;
         }
         self.sent += other.sent;
         self.elapsed += other.elapsed;
@@ -138,27 +140,23 @@ fn load(
             }));
         }
         let mut latencies_us = Vec::with_capacity(tasks.len());
-        let mut errors = 0;
-        let mut error_kinds = std::collections::BTreeMap::new();
+        let mut failures = std::collections::BTreeMap::new();
         for task in tasks {
-            match task.await {
-                Ok(Ok(latency)) => latencies_us.push(latency),
-                Ok(Err(kind)) => {
-                    errors += 1;
-                    *error_kinds.entry(kind).or_default() += 1;
+            let failure = match task.await {
+                Ok(Ok(latency)) => {
+                    latencies_us.push(latency);
+                    continue;
                 }
-                Err(e) => {
-                    errors += 1;
-                    *error_kinds.entry(format!("task: {e}")).or_default() += 1;
-                }
-            }
+                Ok(Err(kind)) => kind,
+                Err(e) => format!("task: {e}"),
+            };
+            *failures.entry(failure).or_default() += 1;
         }
         let elapsed = start.elapsed();
         latencies_us.sort_unstable();
         Phase {
             latencies_us,
-            errors,
-            error_kinds,
+            failures,
             sent: total,
             elapsed,
             proxy_cpu: Duration::ZERO,
@@ -247,7 +245,7 @@ fn arm(timer: &std::os::fd::OwnedFd, after: Duration) -> bool {
         it_value: libc::timespec {
             tv_sec: after.as_secs() as libc::time_t,
             // A zero value would disarm the timer rather than fire it.
-            tv_nsec: i64::from(after.subsec_nanos().max(1)) as libc::c_long,
+            tv_nsec: after.subsec_nanos().max(1) as libc::c_long,
         },
     };
     // SAFETY: `value` is a valid itimerspec and the old value is not asked for.
@@ -258,7 +256,8 @@ fn arm(timer: &std::os::fd::OwnedFd, after: Duration) -> bool {
 /// mock with a pooled hyper client and returns the answer's bytes, with no parsing, routing,
 /// middleware or accounting. Returns its address.
 async fn start_bare_proxy(upstream: std::net::SocketAddr) -> std::io::Result<std::net::SocketAddr> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    // The same accept queue as the gateway, so a burst treats both proxies alike.
+    let listener = crate::server::bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))?;
     let addr = listener.local_addr()?;
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
@@ -418,7 +417,7 @@ pub fn run_overhead(args: &OverheadArgs) -> anyhow::Result<String> {
             }
         }
         for ((name, _), phase) in targets.iter().zip(&pooled) {
-            for (kind, n) in &phase.error_kinds {
+            for (kind, n) in &phase.failures {
                 error_notes.push(format!("{rate:>7} {name:<8} {n} × {kind}"));
             }
             let _ = writeln!(
@@ -430,7 +429,7 @@ pub fn run_overhead(args: &OverheadArgs) -> anyhow::Result<String> {
                 phase.percentile(0.9),
                 phase.percentile(0.99),
                 phase.rps(),
-                phase.errors,
+                phase.errors(),
                 phase.sent,
                 if *name == "direct" {
                     0.0
