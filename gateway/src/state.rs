@@ -1,10 +1,11 @@
 //! The application state every handler shares: config, executors by backend, the local model,
 //! metrics and the log of recent requests that feedback refers to.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use tandem_router_policy::recent::RecentMap;
 
 use crate::config::{BackendKind, Config};
 use crate::executor::Executor;
@@ -12,7 +13,8 @@ use crate::executor::local::LocalModel;
 use crate::metrics::Metrics;
 use crate::routing::Policy;
 
-/// How many answered requests feedback can still refer to.
+/// How many answered requests feedback can still refer to, at least (at most twice as many are
+/// kept).
 pub const REQUEST_LOG_CAPACITY: usize = 100_000;
 
 /// What the gateway remembers about an answered request.
@@ -35,47 +37,30 @@ pub struct Feedback {
     pub correct: Option<bool>,
 }
 
-/// A bounded map from request id to [`RequestRecord`], oldest evicted first.
+/// Answered requests by id: at least the last [`REQUEST_LOG_CAPACITY`], never rehashed on the
+/// request path.
 #[derive(Debug)]
 pub struct RequestLog {
-    inner: Mutex<LogInner>,
+    inner: Mutex<RecentMap<Arc<str>, RequestRecord>>,
 }
 
 impl Default for RequestLog {
     fn default() -> Self {
-        // Sized for the whole log up front: growing a map of this size rehashes every entry
-        // under the lock, a stall of milliseconds for every request waiting on it. Untouched
-        // pages of the reservation cost no memory.
         Self {
-            inner: Mutex::new((
-                HashMap::with_capacity(REQUEST_LOG_CAPACITY + 1),
-                VecDeque::with_capacity(REQUEST_LOG_CAPACITY + 1),
-            )),
+            inner: Mutex::new(RecentMap::new(REQUEST_LOG_CAPACITY)),
         }
     }
 }
 
-/// Records by id, and ids in arrival order for eviction.
-type LogInner = (HashMap<Arc<str>, RequestRecord>, VecDeque<Arc<str>>);
-
 impl RequestLog {
     /// Remembers a request.
     pub fn insert(&self, id: Arc<str>, record: RequestRecord) {
-        let mut guard = self.inner.lock();
-        let (map, order) = &mut *guard;
-        if map.insert(id.clone(), record).is_none() {
-            order.push_back(id);
-        }
-        while order.len() > REQUEST_LOG_CAPACITY {
-            if let Some(old) = order.pop_front() {
-                map.remove(&old);
-            }
-        }
+        self.inner.lock().insert(id, record);
     }
 
     /// Looks a request up.
     pub fn get(&self, id: &str) -> Option<RequestRecord> {
-        self.inner.lock().0.get(id).cloned()
+        self.inner.lock().get(id).cloned()
     }
 }
 

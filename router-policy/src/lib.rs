@@ -60,6 +60,7 @@ pub mod features;
 pub mod metrics;
 pub mod model;
 pub mod plot;
+pub mod recent;
 pub mod router;
 pub mod rules;
 pub mod static_embed;

@@ -1,7 +1,6 @@
 //! The router: hard rules, then the learned predictor (blended with the online bandit), then the
 //! decision rule `quality − λ·cost − μ·latency` over the candidate backends.
 
-use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -14,6 +13,7 @@ use crate::decision::{Choice, Decision, Explanation};
 use crate::encoder::EMBEDDING_DIM;
 use crate::features::{EmbeddingSource, FEATURE_DIM, RequestFeatures};
 use crate::model::QualityModel;
+use crate::recent::RecentMap;
 use crate::rules::{Placement, RouteRules, Weights};
 use crate::{Error, Result};
 
@@ -117,7 +117,8 @@ pub struct RouterConfig {
     /// Bandit updates on an arm at which its estimate gets half the weight in predicted quality.
     #[serde(default = "default_half_weight")]
     pub bandit_half_weight: f32,
-    /// Recent request ids remembered for feedback.
+    /// Recent request ids remembered for feedback: at least this many (at most twice as many
+    /// are kept).
     #[serde(default = "default_recent")]
     pub recent_requests: usize,
 }
@@ -192,12 +193,8 @@ struct Remembered {
     applied: bool,
 }
 
-/// Request ids of recent decisions, oldest evicted first.
-struct Recent {
-    capacity: usize,
-    order: VecDeque<String>,
-    map: HashMap<String, Remembered>,
-}
+/// Recent decisions by request id, for feedback.
+type Recent = RecentMap<String, Remembered>;
 
 /// The routing policy. Share it behind an `Arc`; every method takes `&self`.
 pub struct Router {
@@ -268,11 +265,7 @@ impl Router {
         }
         Ok(Self {
             bandit: LinUcb::new(config.bandit_alpha),
-            recent: Mutex::new(Recent {
-                capacity: config.recent_requests.max(1),
-                order: VecDeque::new(),
-                map: HashMap::new(),
-            }),
+            recent: Mutex::new(Recent::new(config.recent_requests)),
             file,
             fast: None,
             config,
@@ -618,11 +611,7 @@ impl Router {
                 ..self.config.clone()
             },
             bandit: LinUcb::new(self.config.bandit_alpha),
-            recent: Mutex::new(Recent {
-                capacity: 1,
-                order: VecDeque::new(),
-                map: HashMap::new(),
-            }),
+            recent: Mutex::new(Recent::new(1)),
         };
         plain.decide(f, candidates, rules)
     }
@@ -631,7 +620,7 @@ impl Router {
     /// escalated): later feedback on the answer teaches that backend's arm. Unknown ids are
     /// ignored.
     pub fn answered_by(&self, request_id: &str, backend: &str) {
-        if let Some(r) = self.recent.lock().map.get_mut(request_id)
+        if let Some(r) = self.recent.lock().get_mut(request_id)
             && r.backend != backend
         {
             r.backend = backend.to_owned();
@@ -644,11 +633,7 @@ impl Router {
         let Some(backend) = decision.choice.first_backend() else {
             return;
         };
-        let mut recent = self.recent.lock();
-        if recent.map.contains_key(request_id) {
-            recent.order.retain(|id| id != request_id);
-        }
-        recent.map.insert(
+        self.recent.lock().insert(
             request_id.to_string(),
             Remembered {
                 backend: backend.to_string(),
@@ -656,12 +641,6 @@ impl Router {
                 applied: false,
             },
         );
-        recent.order.push_back(request_id.to_string());
-        while recent.order.len() > recent.capacity {
-            if let Some(old) = recent.order.pop_front() {
-                recent.map.remove(&old);
-            }
-        }
     }
 
     /// Applies feedback for a remembered request to the bandit (the `POST /v1/feedback` logic).
@@ -672,8 +651,7 @@ impl Router {
         let (backend, context) = {
             let mut recent = self.recent.lock();
             let r = recent
-                .map
-                .get_mut(&feedback.request_id)
+                .get_mut(feedback.request_id.as_str())
                 .ok_or_else(|| Error::UnknownRequest(feedback.request_id.clone()))?;
             if r.applied {
                 return Err(Error::FeedbackAlreadyApplied(feedback.request_id.clone()));

@@ -430,7 +430,8 @@ fn recent_request_window_is_bounded() {
         &backends(),
         &RouteRules::default(),
     );
-    for id in ["a", "b", "c", "d"] {
+    // At least the last 3 are kept, and at most 6: "a" is 7th from the end.
+    for id in ["a", "b", "c", "d", "e", "f", "g"] {
         router.remember(id, &d);
     }
     let fb = |id: &str| Feedback {
@@ -442,7 +443,9 @@ fn recent_request_window_is_bounded() {
         router.apply_feedback(&fb("a")),
         Err(Error::UnknownRequest(_))
     ));
-    assert!(router.apply_feedback(&fb("d")).is_ok());
+    for id in ["e", "f", "g"] {
+        assert!(router.apply_feedback(&fb(id)).is_ok(), "{id} forgotten");
+    }
 }
 
 #[test]

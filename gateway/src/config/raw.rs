@@ -220,7 +220,7 @@ pub struct RawRouter {
     pub bandit_alpha: Option<f32>,
     /// Bandit updates at which an arm's estimate gets half the weight.
     pub bandit_half_weight: Option<f32>,
-    /// Request ids remembered for feedback.
+    /// Request ids remembered for feedback: at least this many.
     pub recent_requests: Option<u64>,
     /// Per-API-key rules, keyed by the key's sha256 hex digest.
     #[serde(default)]
