@@ -13,8 +13,8 @@ use crate::executor::local::LocalModel;
 use crate::metrics::Metrics;
 use crate::routing::Policy;
 
-/// How many answered requests feedback can still refer to, at least (at most twice as many are
-/// kept).
+/// Feedback can refer to at least this many of the latest answered requests (up to twice as
+/// many are kept).
 pub const REQUEST_LOG_CAPACITY: usize = 100_000;
 
 /// What the gateway remembers about an answered request.

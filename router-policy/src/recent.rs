@@ -4,7 +4,7 @@
 //! The plain design, a map plus an eviction queue, removes one entry per insert once full. The
 //! removals leave tombstones in the hash table, and when they use up its free slots the table
 //! rehashes every entry at once, under the caller's lock: at 100k entries, a stall of about
-//! 30 ms, after about 150k requests and again later. Here entries live in two generations that
+//! 30 ms, first after about 150k inserts. Here entries live in two generations that
 //! only ever grow to their reserved size: when the newer one is full, the older one is dropped
 //! whole (off the caller's thread) and a fresh, pre-sized map takes the newer one's place.
 
