@@ -118,7 +118,8 @@ enum RouterCommand {
 
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
-    /// Gateway overhead against the mock upstream, direct vs through Tandem, open-loop load.
+    /// Gateway overhead against the mock upstream: direct, through a bare hyper proxy, through
+    /// nginx where installed and through Tandem, open-loop load.
     Overhead(tandem_gateway::bench::OverheadArgs),
     /// Local model speed against llama.cpp on the same GGUF.
     Local {

@@ -1,6 +1,7 @@
 //! `tandem bench ...`: benchmarks that print a table with their peer and the ratio. Not tests.
 
 mod local;
+mod nginx;
 mod overhead;
 
 pub use local::run_local;

@@ -1,12 +1,15 @@
 //! `tandem bench overhead`: what Tandem adds to a request. A mock upstream answers recorded
 //! OpenAI fixtures on loopback; an open-loop generator sends non-streaming chat requests at fixed
-//! rates straight to the mock (the peer), through a bare hyper proxy (the floor any proxy pays
-//! here) and through Tandem, in one run. The targets take turns in short rounds, so a stall of
-//! the machine lands on one round of one target rather than on a whole phase. The table gives
-//! latency percentiles of each, their difference (the overhead), the throughput sustained and the
-//! proxy's CPU time per request, then any failed requests by cause.
+//! rates straight to the mock (direct), through a bare hyper proxy (the least any proxy written
+//! on hyper does), through nginx where one is installed (the usual reference proxy) and through
+//! Tandem, in one run. The targets take turns in short rounds, so a stall of the machine lands on
+//! one round of one target rather than on a whole phase. First it measures how late a sleeping
+//! thread wakes on the idle machine, the floor under every hop's tail. The table gives latency
+//! percentiles of each target, each proxy's difference from direct (its overhead), the
+//! throughput sustained and the proxy's CPU time per request, then any failed requests by cause.
 
 use std::fmt::Write as _;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -16,6 +19,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tandem_cloud_adapters::mock::{Fixtures, MockConfig, MockUpstream};
 
+use super::nginx::Nginx;
 use crate::config::{Config, MapEnv};
 use crate::server::{Gateway, GatewayOptions};
 
@@ -37,6 +41,15 @@ pub struct OverheadArgs {
     /// Worker threads of the gateway's runtime.
     #[arg(long, default_value_t = 1)]
     pub gateway_threads: usize,
+    /// Seconds spent measuring how late a sleeping thread wakes before any load; 0 skips it.
+    #[arg(long, default_value_t = 2.0)]
+    pub probe_seconds: f64,
+    /// nginx binary for the peer proxy; by default `nginx` on `PATH` or `/usr/sbin/nginx`.
+    #[arg(long)]
+    pub nginx: Option<PathBuf>,
+    /// Leave nginx out even where it is installed.
+    #[arg(long)]
+    pub no_nginx: bool,
 }
 
 const BODY: &str =
@@ -193,7 +206,12 @@ impl Pacer {
         {
             while let Ok(mut ready) = timer.readable().await {
                 match ready.try_io(|fd| read_expirations(fd.get_ref())) {
-                    Ok(Ok(())) => return,
+                    Ok(Ok(())) => {
+                        // The expiration is read, so the next wait goes straight to the event
+                        // loop rather than first reading again to learn the timer is not due.
+                        ready.clear_ready();
+                        return;
+                    }
                     // Anything but "not yet" leaves the wait to the runtime's clock.
                     Ok(Err(_)) => break,
                     Err(_would_block) => {}
@@ -292,35 +310,91 @@ async fn start_bare_proxy(upstream: std::net::SocketAddr) -> std::io::Result<std
     Ok(addr)
 }
 
-/// CPU time used so far by this process's threads named `name` (utime + stime from procfs), so
-/// a phase can report what each request cost the proxy. Zero where procfs is absent.
+/// CPU time used so far by this process's threads named `name`, so a phase can report what
+/// each request cost the proxy. Zero where procfs is absent.
 fn thread_cpu(name: &str) -> Duration {
-    let ticks_per_s = 100.0; // USER_HZ on Linux
-    let mut ticks = 0u64;
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return Duration::ZERO;
     };
-    for task in tasks.flatten() {
-        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
-            continue;
-        };
-        // "pid (comm) state ..." where comm may hold spaces: split after the last ')'.
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        if &stat[open + 1..close] != name {
-            continue;
-        }
-        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        // utime and stime are fields 14 and 15 of stat, 12 and 13 after the comm.
-        for i in [11, 12] {
-            ticks += fields
-                .get(i)
-                .and_then(|f| f.parse::<u64>().ok())
-                .unwrap_or(0);
-        }
-    }
+    let ticks = tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
+        .filter_map(|stat| {
+            stat_cpu_ticks(&stat).and_then(|(comm, ticks)| (comm == name).then_some(ticks))
+        })
+        .sum();
+    ticks_to_duration(ticks)
+}
+
+/// The command name and CPU ticks (utime + stime) of a procfs `stat` line.
+pub(super) fn stat_cpu_ticks(stat: &str) -> Option<(&str, u64)> {
+    // "pid (comm) state ..." where comm may hold spaces: split after the last ')'.
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let fields: Vec<&str> = stat.get(close + 1..)?.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the comm.
+    let ticks = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+        .sum();
+    Some((stat.get(open + 1..close)?, ticks))
+}
+
+/// procfs CPU ticks as time.
+pub(super) fn ticks_to_duration(ticks: u64) -> Duration {
+    let ticks_per_s = 100.0; // USER_HZ on Linux
     Duration::from_secs_f64(ticks as f64 / ticks_per_s)
+}
+
+/// How late a thread wakes from a short sleep on this machine while nothing else runs.
+struct Lateness {
+    /// Each sleep's lateness past its due time, sorted.
+    late_us: Vec<u64>,
+}
+
+/// The sleep the probe repeats: the gap between requests at 5k RPS.
+const PROBE_SLEEP: Duration = Duration::from_micros(200);
+
+/// A lateness that alone would spend the whole p99 budget of the target.
+const PROBE_THRESHOLD_US: u64 = 500;
+
+impl Lateness {
+    /// Sleeps [`PROBE_SLEEP`] again and again for `seconds` on this thread.
+    fn measure(seconds: f64) -> Self {
+        let end = Instant::now() + Duration::from_secs_f64(seconds);
+        let mut late_us = Vec::new();
+        while Instant::now() < end {
+            let due = Instant::now() + PROBE_SLEEP;
+            std::thread::sleep(PROBE_SLEEP);
+            late_us.push(Instant::now().saturating_duration_since(due).as_micros() as u64);
+        }
+        late_us.sort_unstable();
+        Self { late_us }
+    }
+
+    fn percentile_ms(&self, p: f64) -> f64 {
+        let i = ((self.late_us.len() as f64 - 1.0) * p).round() as usize;
+        self.late_us
+            .get(i)
+            .map_or(f64::NAN, |&us| us as f64 / 1000.0)
+    }
+
+    /// The share of wake-ups later than [`PROBE_THRESHOLD_US`], in percent.
+    fn share_over_threshold(&self) -> f64 {
+        let over = self
+            .late_us
+            .iter()
+            .filter(|&&us| us > PROBE_THRESHOLD_US)
+            .count();
+        100.0 * over as f64 / self.late_us.len().max(1) as f64
+    }
+}
+
+/// One thing the load is sent to, and where its CPU time is read.
+struct Target<'a> {
+    name: &'static str,
+    url: String,
+    /// CPU time its proxy has used so far; None for direct, which has no proxy.
+    cpu: Option<Box<dyn Fn() -> Duration + 'a>>,
 }
 
 /// Runs the benchmark and returns the table.
@@ -361,21 +435,70 @@ pub fn run_overhead(args: &OverheadArgs) -> anyhow::Result<String> {
         },
     ))?;
     let bare_addr = gateway_rt.block_on(start_bare_proxy(mock_addr))?;
-    let direct_url = format!("http://{mock_addr}/v1/chat/completions");
-    let bare_url = format!("http://{bare_addr}/v1/chat/completions");
-    let tandem_url = format!("{}/v1/chat/completions", gateway.url());
-
-    let targets = [
-        ("direct", &direct_url),
-        ("bare", &bare_url),
-        ("tandem", &tandem_url),
+    let path = "/v1/chat/completions";
+    let mut notes = Vec::new();
+    let nginx = match Nginx::find(args.nginx.as_deref()).filter(|_| !args.no_nginx) {
+        None if args.no_nginx => None,
+        None => {
+            notes.push("nginx: not installed, so not measured".to_owned());
+            None
+        }
+        Some(binary) => match Nginx::start(&binary, mock_addr) {
+            Ok(nginx) => Some(nginx),
+            Err(e) => {
+                notes.push(format!("nginx: could not start, so not measured: {e:#}"));
+                None
+            }
+        },
+    };
+    let gateway_cpu = || thread_cpu("gateway");
+    let mut targets = vec![
+        Target {
+            name: "direct",
+            url: format!("http://{mock_addr}{path}"),
+            cpu: None,
+        },
+        Target {
+            name: "bare",
+            url: format!("http://{bare_addr}{path}"),
+            cpu: Some(Box::new(gateway_cpu)),
+        },
     ];
-    let rounds = args.rounds.max(1);
+    if let Some(nginx) = &nginx {
+        targets.push(Target {
+            name: "nginx",
+            url: format!("http://{}{path}", nginx.addr()),
+            cpu: Some(Box::new(|| nginx.cpu())),
+        });
+    }
+    targets.push(Target {
+        name: "tandem",
+        url: format!("{}{path}", gateway.url()),
+        cpu: Some(Box::new(gateway_cpu)),
+    });
+
     let mut table = String::new();
+    if args.probe_seconds > 0.0 {
+        let probe = Lateness::measure(args.probe_seconds);
+        let _ = writeln!(
+            table,
+            "machine floor: of {} sleeps of {} µs with nothing else running, {:.2} % woke more \
+             than {:.1} ms late (lateness p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms); every \
+             proxy hop adds two such wake-ups to a request\n",
+            probe.late_us.len(),
+            PROBE_SLEEP.as_micros(),
+            probe.share_over_threshold(),
+            PROBE_THRESHOLD_US as f64 / 1000.0,
+            probe.percentile_ms(0.99),
+            probe.percentile_ms(0.999),
+            probe.percentile_ms(1.0),
+        );
+    }
+    let rounds = args.rounds.max(1);
     let _ = writeln!(
         table,
         "gateway overhead, non-streaming chat, open-loop load on loopback \
-         ({:.0} s per target and rate, in {rounds} interleaved rounds)",
+         ({} s per target and rate, in {rounds} interleaved rounds)",
         args.seconds
     );
     let _ = writeln!(
@@ -384,7 +507,7 @@ pub fn run_overhead(args: &OverheadArgs) -> anyhow::Result<String> {
         "rate", "target", "p50 ms", "p90 ms", "p99 ms", "rps", "errors", "sent", "proxy µs/req"
     );
     let mut summary = Vec::new();
-    let mut error_notes = Vec::new();
+    let mut cpu_ratios = Vec::new();
     for &rate in &args.rates {
         let client: Client<HttpConnector, Full<Bytes>> = {
             let _guard = load_rt.enter();
@@ -394,84 +517,138 @@ pub fn run_overhead(args: &OverheadArgs) -> anyhow::Result<String> {
                 .pool_max_idle_per_host(4096)
                 .build(connector)
         };
-        let run = |url: &str, seconds: f64| {
-            // The gateway runtime's threads serve both proxies; one target runs at a time.
-            let cpu_before = thread_cpu("gateway");
-            let mut phase = load(&load_rt, &client, url, rate, seconds);
-            phase.proxy_cpu = thread_cpu("gateway").saturating_sub(cpu_before);
+        let run = |target: &Target, seconds: f64| {
+            let cpu_before = target.cpu.as_ref().map(|cpu| cpu());
+            let mut phase = load(&load_rt, &client, &target.url, rate, seconds);
+            if let (Some(cpu), Some(before)) = (&target.cpu, cpu_before) {
+                phase.proxy_cpu = cpu().saturating_sub(before);
+            }
             phase
         };
-        for (_, url) in targets {
-            run(url, args.warmup);
+        for target in &targets {
+            run(target, args.warmup);
         }
         let mut pooled: Vec<Phase> = targets.iter().map(|_| Phase::default()).collect();
-        let mut round_p99_overhead = Vec::with_capacity(rounds);
+        // Per proxy (every target after direct), the p99 overhead of each round.
+        let mut round_p99_overhead = vec![Vec::with_capacity(rounds); targets.len()];
         for _ in 0..rounds {
             let phases: Vec<Phase> = targets
                 .iter()
-                .map(|(_, url)| run(url, args.seconds / rounds as f64))
+                .map(|target| run(target, args.seconds / rounds as f64))
                 .collect();
-            round_p99_overhead.push(phases[2].percentile(0.99) - phases[0].percentile(0.99));
+            for (i, phase) in phases.iter().enumerate().skip(1) {
+                round_p99_overhead[i].push(phase.percentile(0.99) - phases[0].percentile(0.99));
+            }
             for (total, phase) in pooled.iter_mut().zip(phases) {
                 total.pool(phase);
             }
         }
-        for ((name, _), phase) in targets.iter().zip(&pooled) {
+        for (target, phase) in targets.iter().zip(&pooled) {
             for (kind, n) in &phase.failures {
-                error_notes.push(format!("{rate:>7} {name:<8} {n} × {kind}"));
+                notes.push(format!("{rate:>7} {:<8} {n} × {kind}", target.name));
             }
             let _ = writeln!(
                 table,
                 "{:>7} {:<8} {:>9.3} {:>9.3} {:>9.3} {:>9.0} {:>8} {:>7} {:>12.1}",
                 rate,
-                name,
+                target.name,
                 phase.percentile(0.5),
                 phase.percentile(0.9),
                 phase.percentile(0.99),
                 phase.rps(),
                 phase.errors(),
                 phase.sent,
-                if *name == "direct" {
-                    0.0
-                } else {
-                    phase.cpu_us_per_request()
-                }
+                phase.cpu_us_per_request()
             );
         }
-        let (direct, tandem) = (&pooled[0], &pooled[2]);
-        summary.push((
-            rate,
-            tandem.percentile(0.5) - direct.percentile(0.5),
-            tandem.percentile(0.9) - direct.percentile(0.9),
-            tandem.percentile(0.99) - direct.percentile(0.99),
-            round_p99_overhead,
-            tandem.rps() / direct.rps(),
-        ));
+        let direct = &pooled[0];
+        for ((target, phase), rounds) in targets.iter().zip(&pooled).zip(round_p99_overhead) {
+            if target.cpu.is_none() {
+                continue;
+            }
+            summary.push(OverheadRow {
+                rate,
+                proxy: target.name,
+                p50: phase.percentile(0.5) - direct.percentile(0.5),
+                p90: phase.percentile(0.9) - direct.percentile(0.9),
+                p99: phase.percentile(0.99) - direct.percentile(0.99),
+                round_p99: rounds,
+                rps_ratio: phase.rps() / direct.rps(),
+            });
+        }
+        let cpu_of = |name: &str| {
+            targets
+                .iter()
+                .position(|t| t.name == name)
+                .map(|i| pooled[i].cpu_us_per_request())
+        };
+        if let (Some(tandem), Some(nginx)) = (cpu_of("tandem"), cpu_of("nginx")) {
+            cpu_ratios.push((rate, tandem / nginx));
+        }
     }
-    let _ = writeln!(table, "\noverhead (tandem - direct)");
+    let _ = writeln!(table, "\noverhead (proxy - direct)");
     let _ = writeln!(
         table,
-        "{:>7} {:>9} {:>9} {:>9} {:>16} {:>17} {:>10}",
-        "rate", "p50 ms", "p90 ms", "p99 ms", "p99, round median", "p99, round range", "rps ratio"
+        "{:>7} {:<8} {:>9} {:>9} {:>9} {:>16} {:>17} {:>10}",
+        "rate",
+        "proxy",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "p99, round median",
+        "p99, round range",
+        "rps ratio"
     );
-    for (rate, p50, p90, p99, rounds, ratio) in summary {
-        let lo = rounds.iter().copied().fold(f64::INFINITY, f64::min);
-        let hi = rounds.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    for row in summary {
+        let lo = row.round_p99.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = row
+            .round_p99
+            .iter()
+            .copied()
+            .fold(f64::NEG_INFINITY, f64::max);
         let _ = writeln!(
             table,
-            "{rate:>7} {p50:>9.3} {p90:>9.3} {p99:>9.3} {:>16.3} {:>17} {ratio:>10.3}",
-            median(rounds),
-            format!("{lo:.3}..{hi:.3}")
+            "{:>7} {:<8} {:>9.3} {:>9.3} {:>9.3} {:>16.3} {:>17} {:>10.3}",
+            row.rate,
+            row.proxy,
+            row.p50,
+            row.p90,
+            row.p99,
+            median(row.round_p99),
+            format!("{lo:.3}..{hi:.3}"),
+            row.rps_ratio
         );
     }
-    if !error_notes.is_empty() {
-        let _ = writeln!(table, "\nfailed requests");
-        for note in error_notes {
+    if !cpu_ratios.is_empty() {
+        let ratios: Vec<String> = cpu_ratios
+            .iter()
+            .map(|(rate, ratio)| format!("{ratio:.2} at {rate} RPS"))
+            .collect();
+        let _ = writeln!(
+            table,
+            "\nproxy CPU per request, tandem / nginx: {}",
+            ratios.join(", ")
+        );
+    }
+    if !notes.is_empty() {
+        let _ = writeln!(table, "\nnotes and failed requests");
+        for note in notes {
             let _ = writeln!(table, "{note}");
         }
     }
     gateway_rt.block_on(gateway.shutdown())?;
     Ok(table)
+}
+
+/// One proxy's overhead over direct at one rate.
+struct OverheadRow {
+    rate: u32,
+    proxy: &'static str,
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    round_p99: Vec<f64>,
+    rps_ratio: f64,
 }
 
 #[cfg(test)]
@@ -505,8 +682,17 @@ mod tests {
             rounds: 1,
             warmup: 0.1,
             gateway_threads: 1,
+            probe_seconds: 0.1,
+            nginx: None,
+            no_nginx: false,
         })?;
-        for target in ["direct", "bare", "tandem"] {
+        let nginx_found = Nginx::find(None).is_some();
+        let targets: &[&str] = if nginx_found {
+            &["direct", "bare", "nginx", "tandem"]
+        } else {
+            &["direct", "bare", "tandem"]
+        };
+        for &target in targets {
             let row = table
                 .lines()
                 .find(|l| l.split_whitespace().nth(1) == Some(target))
@@ -515,7 +701,8 @@ mod tests {
             assert_eq!(columns[6], "0", "{target} had errors:\n{table}");
             assert_eq!(columns[7], "100", "{target} sent a wrong count:\n{table}");
         }
-        assert!(table.contains("overhead (tandem - direct)"), "{table}");
+        assert!(table.contains("overhead (proxy - direct)"), "{table}");
+        assert!(table.starts_with("machine floor: of "), "{table}");
         Ok(())
     }
 }

@@ -1,0 +1,171 @@
+//! nginx as a peer in `tandem bench overhead`: the usual reference for what one reverse-proxy
+//! hop costs, run with one worker process in front of the same mock upstream, pooling its
+//! upstream connections as Tandem does.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+/// A running nginx, stopped when dropped.
+pub(super) struct Nginx {
+    child: Child,
+    addr: SocketAddr,
+    /// Holds the config, logs and temp paths; removed on drop, after the process is gone.
+    dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    /// The binary to run: `explicit` if given, else `nginx` on `PATH`, else `/usr/sbin/nginx`
+    /// (Debian's place, often missing from a user's `PATH`). None when there is none.
+    pub(super) fn find(explicit: Option<&Path>) -> Option<PathBuf> {
+        if let Some(path) = explicit {
+            return Some(path.to_path_buf());
+        }
+        let on_path = std::env::var_os("PATH")
+            .map(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|dir| dir.join("nginx"))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        on_path
+            .into_iter()
+            .chain([PathBuf::from("/usr/sbin/nginx")])
+            .find(|candidate| candidate.is_file())
+    }
+
+    /// Starts `binary` with one worker proxying every path to `upstream` over pooled
+    /// keep-alive HTTP/1.1 connections, and waits until it accepts connections.
+    pub(super) fn start(binary: &Path, upstream: SocketAddr) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("tandem-bench-nginx")
+            .tempdir()?;
+        // nginx takes a port, not a listener: ask the kernel for a free one and hand it over.
+        let addr = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?.local_addr()?;
+        let config = dir.path().join("nginx.conf");
+        std::fs::write(&config, config_text(binary, dir.path(), addr, upstream))?;
+        let child = Command::new(binary)
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&config)
+            // The early error log, before the config is read, defaults to a system path.
+            .arg("-e")
+            .arg(dir.path().join("error.log"))
+            .args(["-g", "daemon off;"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let mut nginx = Self { child, addr, dir };
+        nginx.wait_until_ready()?;
+        Ok(nginx)
+    }
+
+    fn wait_until_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                anyhow::bail!("nginx exited with {status}: {}", self.error_log());
+            }
+            if TcpStream::connect(self.addr).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("nginx did not listen within 10 s: {}", self.error_log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("error.log"))
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    }
+
+    /// Where it listens.
+    pub(super) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// CPU time used so far by the master process and its workers.
+    pub(super) fn cpu(&self) -> Duration {
+        let master = self.child.id();
+        let children = std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
+            .unwrap_or_default();
+        let pids = std::iter::once(master.to_string())
+            .chain(children.split_whitespace().map(str::to_owned));
+        let ticks = pids
+            .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+            .filter_map(|stat| super::overhead::stat_cpu_ticks(&stat).map(|(_, ticks)| ticks))
+            .sum();
+        super::overhead::ticks_to_duration(ticks)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM lets the master stop its workers; a kill would leave them running.
+        // SAFETY: plain syscall on the pid of a child this value still owns and has not reaped.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One worker, no access log, keep-alive both ways with no request cap, and every temp path in
+/// `dir` so nothing needs root.
+fn config_text(binary: &Path, dir: &Path, addr: SocketAddr, upstream: SocketAddr) -> String {
+    let dir = dir.display();
+    // Temp paths of modules the build lacks are unknown directives, so ask the build.
+    let build = Command::new(binary)
+        .arg("-V")
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stderr).into_owned())
+        .unwrap_or_default();
+    let mut temp_paths = format!(
+        "client_body_temp_path {dir}/body;\n    proxy_temp_path {dir}/proxy;\n    \
+         fastcgi_temp_path {dir}/fastcgi;\n"
+    );
+    for module in ["uwsgi", "scgi"] {
+        if !build.contains(&format!("without-http_{module}_module")) {
+            temp_paths.push_str(&format!("    {module}_temp_path {dir}/{module};\n"));
+        }
+    }
+    format!(
+        "worker_processes 1;\n\
+         pid {dir}/nginx.pid;\n\
+         error_log {dir}/error.log error;\n\
+         events {{ worker_connections 16384; }}\n\
+         http {{\n    \
+             access_log off;\n    \
+             {temp_paths}    \
+             keepalive_requests 1000000000;\n    \
+             upstream mock {{\n        \
+                 server {upstream};\n        \
+                 keepalive 4096;\n        \
+                 keepalive_requests 1000000000;\n    \
+             }}\n    \
+             server {{\n        \
+                 listen {addr};\n        \
+                 location / {{\n            \
+                     proxy_pass http://mock;\n            \
+                     proxy_http_version 1.1;\n            \
+                     proxy_set_header Connection \"\";\n        \
+                 }}\n    \
+             }}\n\
+         }}\n"
+    )
+}
