@@ -354,8 +354,8 @@ struct Lateness {
 /// The sleep the probe repeats: the gap between requests at 5k RPS.
 const PROBE_SLEEP: Duration = Duration::from_micros(200);
 
-/// A lateness that alone would spend the whole p99 budget of the target.
-const PROBE_THRESHOLD_US: u64 = 500;
+/// Tandem's budget for its p99 overhead at 5k RPS. A wake-up this late spends it alone.
+const P99_BUDGET: Duration = Duration::from_micros(500);
 
 impl Lateness {
     /// Sleeps [`PROBE_SLEEP`] again and again for `seconds` on this thread.
@@ -378,13 +378,10 @@ impl Lateness {
             .map_or(f64::NAN, |&us| us as f64 / 1000.0)
     }
 
-    /// The share of wake-ups later than [`PROBE_THRESHOLD_US`], in percent.
-    fn share_over_threshold(&self) -> f64 {
-        let over = self
-            .late_us
-            .iter()
-            .filter(|&&us| us > PROBE_THRESHOLD_US)
-            .count();
+    /// The share of wake-ups later than [`P99_BUDGET`], in percent.
+    fn share_over_budget(&self) -> f64 {
+        let budget_us = P99_BUDGET.as_micros() as u64;
+        let over = self.late_us.iter().filter(|&&us| us > budget_us).count();
         100.0 * over as f64 / self.late_us.len().max(1) as f64
     }
 }
@@ -487,8 +484,8 @@ pub fn run_overhead(args: &OverheadArgs) -> anyhow::Result<String> {
              proxy hop adds two such wake-ups to a request\n",
             probe.late_us.len(),
             PROBE_SLEEP.as_micros(),
-            probe.share_over_threshold(),
-            PROBE_THRESHOLD_US as f64 / 1000.0,
+            probe.share_over_budget(),
+            P99_BUDGET.as_secs_f64() * 1000.0,
             probe.percentile_ms(0.99),
             probe.percentile_ms(0.999),
             probe.percentile_ms(1.0),
@@ -589,7 +586,7 @@ pub fn run_overhead(args: &OverheadArgs) -> anyhow::Result<String> {
     let _ = writeln!(table, "\noverhead (proxy - direct)");
     let _ = writeln!(
         table,
-        "{:>7} {:<8} {:>9} {:>9} {:>9} {:>16} {:>17} {:>10}",
+        "{:>7} {:<8} {:>9} {:>9} {:>9} {:>16} {:>17} {:>14} {:>10}",
         "rate",
         "proxy",
         "p50 ms",
@@ -597,6 +594,7 @@ pub fn run_overhead(args: &OverheadArgs) -> anyhow::Result<String> {
         "p99 ms",
         "p99, round median",
         "p99, round range",
+        format!("rounds < {} ms", P99_BUDGET.as_secs_f64() * 1000.0),
         "rps ratio"
     );
     for row in summary {
@@ -606,16 +604,19 @@ pub fn run_overhead(args: &OverheadArgs) -> anyhow::Result<String> {
             .iter()
             .copied()
             .fold(f64::NEG_INFINITY, f64::max);
+        let budget_ms = P99_BUDGET.as_secs_f64() * 1000.0;
+        let within = row.round_p99.iter().filter(|&&p99| p99 < budget_ms).count();
         let _ = writeln!(
             table,
-            "{:>7} {:<8} {:>9.3} {:>9.3} {:>9.3} {:>16.3} {:>17} {:>10.3}",
+            "{:>7} {:<8} {:>9.3} {:>9.3} {:>9.3} {:>16.3} {:>17} {:>14} {:>10.3}",
             row.rate,
             row.proxy,
             row.p50,
             row.p90,
             row.p99,
-            median(row.round_p99),
+            median(row.round_p99.clone()),
             format!("{lo:.3}..{hi:.3}"),
+            format!("{within}/{}", row.round_p99.len()),
             row.rps_ratio
         );
     }
