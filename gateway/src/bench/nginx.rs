@@ -66,13 +66,18 @@ impl Nginx {
         Ok(nginx)
     }
 
+    /// Ready once the pid file names this child, which nginx writes after binding its
+    /// listener, and the port accepts: a port taken by another process in the meantime fails
+    /// the start rather than being measured in nginx's place.
     fn wait_until_ready(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
+        let pid_file = self.dir.path().join("nginx.pid");
         loop {
             if let Some(status) = self.child.try_wait()? {
                 anyhow::bail!("nginx exited with {status}: {}", self.error_log());
             }
-            if TcpStream::connect(self.addr).is_ok() {
+            let pid = std::fs::read_to_string(&pid_file).unwrap_or_default();
+            if pid.trim() == self.child.id().to_string() && TcpStream::connect(self.addr).is_ok() {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -94,13 +99,20 @@ impl Nginx {
         self.addr
     }
 
-    /// CPU time used so far by the master process and its workers.
-    pub(super) fn cpu(&self) -> Duration {
+    /// The pids of the master's workers; empty where the kernel does not list children.
+    fn workers(&self) -> Vec<u32> {
         let master = self.child.id();
-        let children = std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
-            .unwrap_or_default();
-        let pids = std::iter::once(master.to_string())
-            .chain(children.split_whitespace().map(str::to_owned));
+        std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|pid| pid.parse().ok())
+            .collect()
+    }
+
+    /// CPU time used so far by the master process and its workers (the master alone where the
+    /// kernel does not list a process's children).
+    pub(super) fn cpu(&self) -> Duration {
+        let pids = std::iter::once(self.child.id()).chain(self.workers());
         let ticks = pids
             .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
             .filter_map(|stat| super::overhead::stat_cpu_ticks(&stat).map(|(_, ticks)| ticks))
@@ -111,8 +123,11 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        // SIGTERM lets the master stop its workers; a kill would leave them running.
-        // SAFETY: plain syscall on the pid of a child this value still owns and has not reaped.
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return; // Already gone and reaped: its pid may name another process by now.
+        }
+        // SIGTERM lets the master stop its workers; killing only the master would orphan them.
+        // SAFETY: plain syscall on the pid of a child that is still running and not reaped.
         unsafe {
             libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
         }
@@ -120,13 +135,22 @@ impl Drop for Nginx {
         while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
-        let _ = self.child.kill();
+        if matches!(self.child.try_wait(), Ok(None)) {
+            for worker in self.workers() {
+                // SAFETY: plain syscall; the master is alive and unreaped, so its listed
+                // children are still its workers.
+                unsafe {
+                    libc::kill(worker as libc::pid_t, libc::SIGKILL);
+                }
+            }
+            let _ = self.child.kill();
+        }
         let _ = self.child.wait();
     }
 }
 
-/// One worker, no access log, keep-alive both ways with no request cap, and every temp path in
-/// `dir` so nothing needs root.
+/// One worker, no access log, the gateway's accept queue, keep-alive both ways with no request
+/// cap, and every temp path in `dir` so nothing needs root.
 fn config_text(binary: &Path, dir: &Path, addr: SocketAddr, upstream: SocketAddr) -> String {
     let dir = dir.display();
     // Temp paths of modules the build lacks are unknown directives, so ask the build.
@@ -135,17 +159,17 @@ fn config_text(binary: &Path, dir: &Path, addr: SocketAddr, upstream: SocketAddr
         .output()
         .map(|out| String::from_utf8_lossy(&out.stderr).into_owned())
         .unwrap_or_default();
-    let mut temp_paths = format!(
-        "client_body_temp_path {dir}/body;\n    proxy_temp_path {dir}/proxy;\n    \
-         fastcgi_temp_path {dir}/fastcgi;\n"
-    );
-    for module in ["uwsgi", "scgi"] {
+    let mut temp_paths =
+        format!("client_body_temp_path {dir}/body;\n    proxy_temp_path {dir}/proxy;\n");
+    for module in ["fastcgi", "uwsgi", "scgi"] {
         if !build.contains(&format!("without-http_{module}_module")) {
             temp_paths.push_str(&format!("    {module}_temp_path {dir}/{module};\n"));
         }
     }
+    let backlog = crate::server::LISTEN_BACKLOG;
     format!(
         "worker_processes 1;\n\
+         worker_rlimit_nofile 65536;\n\
          pid {dir}/nginx.pid;\n\
          error_log {dir}/error.log error;\n\
          events {{ worker_connections 16384; }}\n\
@@ -159,7 +183,7 @@ fn config_text(binary: &Path, dir: &Path, addr: SocketAddr, upstream: SocketAddr
                  keepalive_requests 1000000000;\n    \
              }}\n    \
              server {{\n        \
-                 listen {addr};\n        \
+                 listen {addr} backlog={backlog};\n        \
                  location / {{\n            \
                      proxy_pass http://mock;\n            \
                      proxy_http_version 1.1;\n            \
