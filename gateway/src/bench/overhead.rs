@@ -69,11 +69,7 @@ struct Phase {
 
 impl Phase {
     fn percentile(&self, p: f64) -> f64 {
-        if self.latencies_us.is_empty() {
-            return f64::NAN;
-        }
-        let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
-        self.latencies_us[i] as f64 / 1000.0
+        percentile_ms(&self.latencies_us, p)
     }
 
     fn errors(&self) -> u64 {
@@ -99,6 +95,12 @@ impl Phase {
         self.elapsed += other.elapsed;
         self.proxy_cpu += other.proxy_cpu;
     }
+}
+
+/// The `p` quantile (0 to 1) of microseconds sorted ascending, in milliseconds; NaN when empty.
+fn percentile_ms(sorted_us: &[u64], p: f64) -> f64 {
+    let i = ((sorted_us.len() as f64 - 1.0) * p).round() as usize;
+    sorted_us.get(i).map_or(f64::NAN, |&us| us as f64 / 1000.0)
 }
 
 /// The middle value (upper middle for an even count); NaN when empty.
@@ -372,13 +374,6 @@ impl Lateness {
         Self { late_us }
     }
 
-    fn percentile_ms(&self, p: f64) -> f64 {
-        let i = ((self.late_us.len() as f64 - 1.0) * p).round() as usize;
-        self.late_us
-            .get(i)
-            .map_or(f64::NAN, |&us| us as f64 / 1000.0)
-    }
-
     /// The share of wake-ups later than [`P99_BUDGET`], in percent.
     fn share_over_budget(&self) -> f64 {
         let budget_us = P99_BUDGET.as_micros() as u64;
@@ -487,9 +482,9 @@ pub fn run_overhead(args: &OverheadArgs) -> anyhow::Result<String> {
             PROBE_SLEEP.as_micros(),
             probe.share_over_budget(),
             P99_BUDGET.as_secs_f64() * 1000.0,
-            probe.percentile_ms(0.99),
-            probe.percentile_ms(0.999),
-            probe.percentile_ms(1.0),
+            percentile_ms(&probe.late_us, 0.99),
+            percentile_ms(&probe.late_us, 0.999),
+            percentile_ms(&probe.late_us, 1.0),
         );
     }
     let rounds = args.rounds.max(1);
@@ -587,6 +582,7 @@ pub fn run_overhead(args: &OverheadArgs) -> anyhow::Result<String> {
             cpu_ratios.push((rate, tandem / nginx));
         }
     }
+    let budget_ms = P99_BUDGET.as_secs_f64() * 1000.0;
     let _ = writeln!(table, "\noverhead (proxy - direct)");
     let _ = writeln!(
         table,
@@ -598,7 +594,7 @@ pub fn run_overhead(args: &OverheadArgs) -> anyhow::Result<String> {
         "p99 ms",
         "p99, round median",
         "p99, round range",
-        format!("rounds < {} ms", P99_BUDGET.as_secs_f64() * 1000.0),
+        format!("rounds < {budget_ms} ms"),
         "rps ratio"
     );
     for row in summary {
@@ -608,8 +604,8 @@ pub fn run_overhead(args: &OverheadArgs) -> anyhow::Result<String> {
             .iter()
             .copied()
             .fold(f64::NEG_INFINITY, f64::max);
-        let budget_ms = P99_BUDGET.as_secs_f64() * 1000.0;
         let within = row.round_p99.iter().filter(|&&p99| p99 < budget_ms).count();
+        let rounds = row.round_p99.len();
         let _ = writeln!(
             table,
             "{:>7} {:<8} {:>9.3} {:>9.3} {:>9.3} {:>17.3} {:>17} {:>15} {:>10.3}",
@@ -618,9 +614,9 @@ pub fn run_overhead(args: &OverheadArgs) -> anyhow::Result<String> {
             row.p50,
             row.p90,
             row.p99,
-            median(row.round_p99.clone()),
+            median(row.round_p99),
             format!("{lo:.3}..{hi:.3}"),
-            format!("{within}/{}", row.round_p99.len()),
+            format!("{within}/{rounds}"),
             row.rps_ratio
         );
     }
