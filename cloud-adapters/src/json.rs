@@ -58,11 +58,47 @@ pub(crate) fn opt_str(
     key: &str,
     param: &(impl Param + ?Sized),
 ) -> Result<Option<String>, WireError> {
+    Ok(opt_str_ref(obj, key, param)?.map(str::to_owned))
+}
+
+/// A string field that may be absent, borrowed: for fields only compared, never kept.
+pub(crate) fn opt_str_ref<'a>(
+    obj: &'a Map<String, Value>,
+    key: &str,
+    param: &(impl Param + ?Sized),
+) -> Result<Option<&'a str>, WireError> {
     match opt(obj, key) {
         None => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::String(s)) => Ok(Some(s)),
         Some(_) => Err(WireError::invalid_type(&param.name(), "a string")),
     }
+}
+
+/// A required string field, borrowed.
+pub(crate) fn req_str_ref<'a>(
+    obj: &'a Map<String, Value>,
+    key: &str,
+    param: &(impl Param + ?Sized),
+) -> Result<&'a str, WireError> {
+    opt_str_ref(obj, key, param)?.ok_or_else(|| WireError::missing(&param.name()))
+}
+
+/// Takes a required string field out of `obj`, moving the text instead of copying it.
+pub(crate) fn take_req_str(
+    obj: &mut Map<String, Value>,
+    key: &str,
+    param: &(impl Param + ?Sized),
+) -> Result<String, WireError> {
+    match obj.remove(key) {
+        None | Some(Value::Null) => Err(WireError::missing(&param.name())),
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err(WireError::invalid_type(&param.name(), "a string")),
+    }
+}
+
+/// Takes a field that may be absent or `null` out of `obj`.
+pub(crate) fn take(obj: &mut Map<String, Value>, key: &str) -> Option<Value> {
+    obj.remove(key).filter(|v| !v.is_null())
 }
 
 pub(crate) fn opt_bool(
@@ -175,7 +211,7 @@ pub(crate) fn req_str(
     key: &str,
     param: &(impl Param + ?Sized),
 ) -> Result<String, WireError> {
-    opt_str(obj, key, param)?.ok_or_else(|| WireError::missing(&param.name()))
+    req_str_ref(obj, key, param).map(str::to_owned)
 }
 
 /// Serializes to a `String`; serializing our own plain structs cannot fail.

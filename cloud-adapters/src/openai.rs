@@ -43,11 +43,13 @@ const KNOWN_CHAT_FIELDS: &[&str] = &[
 
 /// Decodes a client's `/v1/chat/completions` body.
 pub fn decode_chat_request(body: &[u8]) -> Result<ChatRequest, WireError> {
-    let obj = json::parse_object(body)?;
-    let model = json::req_str(&obj, "model", "model")?;
-    let messages = match opt(&obj, "messages") {
+    // The tree is taken apart, not copied: each text moves into the request.
+    let mut obj = json::parse_object(body)?;
+    let model = json::take_req_str(&mut obj, "model", "model")?;
+    let messages = match json::take(&mut obj, "messages") {
         None => return Err(WireError::missing("messages")),
-        Some(v) => decode_messages(json::as_array(v, "messages")?)?,
+        Some(Value::Array(items)) => decode_messages(items)?,
+        Some(_) => return Err(WireError::invalid_type("messages", "an array")),
     };
     if messages.is_empty() {
         return Err(WireError::invalid_value(
@@ -98,43 +100,51 @@ pub fn decode_chat_request(body: &[u8]) -> Result<ChatRequest, WireError> {
             "'top_logprobs' must be at most 20",
         ));
     }
-    let mut extra = Map::new();
-    for (key, value) in &obj {
-        if !KNOWN_CHAT_FIELDS.contains(&key.as_str()) {
-            extra.insert(key.clone(), value.clone());
-        }
-    }
+    let temperature = json::opt_f32(&obj, "temperature", "temperature")?;
+    let top_p = json::opt_f32(&obj, "top_p", "top_p")?;
+    let top_k = json::opt_u32(&obj, "top_k", "top_k")?;
+    let seed = json::opt_u64(&obj, "seed", "seed")?;
+    let stop = json::stop_list(&obj, "stop", "stop")?;
+    let parallel_tool_calls = json::opt_bool(&obj, "parallel_tool_calls", "parallel_tool_calls")?;
+    let user = json::opt_str(&obj, "user", "user")?;
+    let extra = obj
+        .into_iter()
+        .filter(|(key, _)| !KNOWN_CHAT_FIELDS.contains(&key.as_str()))
+        .collect();
     Ok(ChatRequest {
         model,
         messages,
         max_tokens,
-        temperature: json::opt_f32(&obj, "temperature", "temperature")?,
-        top_p: json::opt_f32(&obj, "top_p", "top_p")?,
-        top_k: json::opt_u32(&obj, "top_k", "top_k")?,
-        seed: json::opt_u64(&obj, "seed", "seed")?,
-        stop: json::stop_list(&obj, "stop", "stop")?,
+        temperature,
+        top_p,
+        top_k,
+        seed,
+        stop,
         stream,
         include_usage: stream && include_usage,
         tools,
         tool_choice,
-        parallel_tool_calls: json::opt_bool(&obj, "parallel_tool_calls", "parallel_tool_calls")?,
+        parallel_tool_calls,
         response_format,
         logprobs,
         top_logprobs,
         n,
-        user: json::opt_str(&obj, "user", "user")?,
+        user,
         ingress: Some(WireFormat::OpenAi),
         extra,
     })
 }
 
-fn decode_messages(items: &[Value]) -> Result<Vec<Message>, WireError> {
+fn decode_messages(items: Vec<Value>) -> Result<Vec<Message>, WireError> {
     let mut out = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
+    for (i, item) in items.into_iter().enumerate() {
         let param = || format!("messages[{i}]");
-        let obj = json::as_object(item, &param)?;
+        let Value::Object(mut obj) = item else {
+            return Err(WireError::invalid_type(&param(), "an object"));
+        };
+        let obj = &mut obj;
         let role_param = || format!("messages[{i}].role");
-        let role = match json::req_str(obj, "role", &role_param)?.as_str() {
+        let role = match json::req_str_ref(obj, "role", &role_param)? {
             "system" | "developer" => Role::System,
             "user" => Role::User,
             "assistant" => Role::Assistant,
@@ -152,7 +162,9 @@ fn decode_messages(items: &[Value]) -> Result<Vec<Message>, WireError> {
         };
         let name = json::opt_str(obj, "name", &|| format!("messages[{i}].name"))?;
         let content_param = || format!("messages[{i}].content");
-        let mut content = decode_content(opt(obj, "content"), &content_param)?;
+        let content_value = json::take(obj, "content");
+        let has_content = content_value.is_some();
+        let mut content = decode_content(content_value, &content_param)?;
         match role {
             Role::Tool => {
                 let tool_call_id = json::req_str(obj, "tool_call_id", &|| {
@@ -197,7 +209,7 @@ fn decode_messages(items: &[Value]) -> Result<Vec<Message>, WireError> {
                 }
             }
             Role::System | Role::User => {
-                if opt(obj, "content").is_none() {
+                if !has_content {
                     return Err(WireError::missing(&content_param()));
                 }
             }
@@ -228,19 +240,19 @@ pub(crate) fn arguments_text(input: &Value) -> Cow<'_, str> {
 }
 
 fn decode_content(
-    value: Option<&Value>,
+    value: Option<Value>,
     param: &(impl json::Param + ?Sized),
 ) -> Result<Vec<ContentPart>, WireError> {
     match value {
         None => Ok(Vec::new()),
-        Some(Value::String(s)) => Ok(vec![ContentPart::text(s.clone())]),
+        Some(Value::String(s)) => Ok(vec![ContentPart::text(s)]),
         Some(Value::Array(parts)) => {
             let mut out = Vec::with_capacity(parts.len());
             let param = param.name();
             for (i, part) in parts.iter().enumerate() {
                 let pp = format!("{param}[{i}]");
                 let obj = json::as_object(part, &pp)?;
-                match json::req_str(obj, "type", &format!("{pp}.type"))?.as_str() {
+                match json::req_str_ref(obj, "type", &format!("{pp}.type"))? {
                     "text" => out.push(ContentPart::text(json::req_str(
                         obj,
                         "text",

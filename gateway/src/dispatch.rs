@@ -4,6 +4,7 @@
 //! latency) and run its choice first, a cascade included. Every answer says which backend
 //! answered and why (`x-tandem-route`), and every policy decision is logged.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant as StdInstant;
 
@@ -34,17 +35,18 @@ pub struct RouteInfo {
 impl RouteInfo {
     /// The header value: printable ASCII only.
     pub fn header_value(&self) -> http::HeaderValue {
-        let text: String = self
-            .explanation
-            .chars()
-            .map(|c| {
-                if c.is_ascii_graphic() || c == ' ' {
-                    c
-                } else {
-                    '?'
-                }
-            })
-            .collect();
+        let printable = |c: char| c.is_ascii_graphic() || c == ' ';
+        // The usual explanation is printable already and is copied once, not rebuilt.
+        let text = if self.explanation.chars().all(printable) {
+            Cow::Borrowed(self.explanation.as_str())
+        } else {
+            Cow::Owned(
+                self.explanation
+                    .chars()
+                    .map(|c| if printable(c) { c } else { '?' })
+                    .collect(),
+            )
+        };
         http::HeaderValue::from_str(&text)
             .unwrap_or_else(|_| http::HeaderValue::from_static("unknown"))
     }
@@ -644,4 +646,27 @@ pub async fn run_stream(
         }
     };
     (result, route)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RouteInfo;
+
+    fn header(explanation: &str) -> String {
+        let route = RouteInfo {
+            backend: "cloud".into(),
+            explanation: explanation.into(),
+        };
+        route
+            .header_value()
+            .to_str()
+            .map(str::to_owned)
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn the_route_header_keeps_printable_text_and_masks_the_rest() {
+        assert_eq!(header("cloud; configured route"), "cloud; configured route");
+        assert_eq!(header("café\tlocal\n"), "caf??local?");
+    }
 }
