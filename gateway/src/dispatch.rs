@@ -121,7 +121,9 @@ fn runnable<'a>(
     Ok(executors)
 }
 
-/// Runs `attempt` on each of `executors` until one succeeds or fails for good.
+/// Runs `attempt` on each of `executors` until one succeeds or fails for good. `attempt` is
+/// told whether its try is the last one there can be, so it can hand over the request instead
+/// of a copy.
 async fn with_fallback<T, F, Fut>(
     state: &AppState,
     executors: Vec<Arc<dyn Executor>>,
@@ -131,14 +133,15 @@ async fn with_fallback<T, F, Fut>(
     mut attempt: F,
 ) -> (Result<T, Error>, RouteInfo)
 where
-    F: FnMut(Arc<dyn Executor>) -> Fut,
+    F: FnMut(Arc<dyn Executor>, bool) -> Fut,
     Fut: std::future::Future<Output = Result<T, Error>>,
 {
     let count = executors.len();
     let mut last_error = Error::Internal("route has no backends".into());
     for (i, executor) in executors.into_iter().enumerate() {
         let backend = executor.backend().to_owned();
-        match attempt(executor).await {
+        let last = !fallback || i + 1 == count;
+        match attempt(executor, last).await {
             Ok(value) => {
                 let explanation = if decided {
                     format!("{reason}; backend={backend}")
@@ -207,7 +210,7 @@ impl Plan {
     /// Runs `attempt` on the plan's executors in order, with its fallback rule and reason.
     async fn run<T, F, Fut>(&self, state: &AppState, attempt: F) -> (Result<T, Error>, RouteInfo)
     where
-        F: FnMut(Arc<dyn Executor>) -> Fut,
+        F: FnMut(Arc<dyn Executor>, bool) -> Fut,
         Fut: std::future::Future<Output = Result<T, Error>>,
     {
         with_fallback(
@@ -570,10 +573,12 @@ pub async fn run_chat(
         Err((e, route)) => return (Err(e), route),
     };
     let measure = plan.cascade.is_none();
+    let mut request = Some(request);
     let (result, mut route) = plan
-        .run(state, |executor| {
-            let request = request.clone();
+        .run(state, |executor, last| {
+            let request = attempt_request(&mut request, last);
             async move {
+                let request = request?;
                 let started = StdInstant::now();
                 let _in_flight = state
                     .policy
@@ -594,6 +599,17 @@ pub async fn run_chat(
     (result, route)
 }
 
+/// The request for one try: a copy while a later try may still need it, the request itself on
+/// the last try (a long conversation is not copied for nothing).
+fn attempt_request(request: &mut Option<ChatRequest>, last: bool) -> Result<ChatRequest, Error> {
+    let taken = if last {
+        request.take()
+    } else {
+        request.clone()
+    };
+    taken.ok_or_else(|| Error::Internal("the request was already sent on its last try".into()))
+}
+
 /// Starts a streaming request; waiting for the upstream stops at `first_token_deadline`.
 pub async fn run_stream(
     state: &AppState,
@@ -607,11 +623,13 @@ pub async fn run_stream(
         Err((e, route)) => return (Err(e), route),
     };
     let measure = plan.cascade.is_none();
+    let mut request = Some(request);
     let (result, mut route) = plan
-        .run(state, |executor| {
-            let request = request.clone();
+        .run(state, |executor, last| {
+            let request = attempt_request(&mut request, last);
             let deadline = first_token_deadline.clone();
             async move {
+                let request = request?;
                 let started = StdInstant::now();
                 let live = state
                     .policy
@@ -650,7 +668,24 @@ pub async fn run_stream(
 
 #[cfg(test)]
 mod tests {
-    use super::RouteInfo;
+    use tandem_cloud_adapters::ChatRequest;
+
+    use super::{RouteInfo, attempt_request};
+
+    #[test]
+    fn a_request_is_copied_for_tries_before_the_last_and_handed_over_on_it() {
+        let mut request = Some(ChatRequest {
+            model: "m".into(),
+            ..ChatRequest::default()
+        });
+        let first = attempt_request(&mut request, false).map(|r| r.model);
+        assert_eq!(first.ok().as_deref(), Some("m"));
+        assert!(request.is_some(), "a later try still needs the request");
+        let last = attempt_request(&mut request, true).map(|r| r.model);
+        assert_eq!(last.ok().as_deref(), Some("m"));
+        assert!(request.is_none(), "the last try takes the request itself");
+        assert!(attempt_request(&mut request, true).is_err());
+    }
 
     fn header(explanation: &str) -> String {
         let route = RouteInfo {
