@@ -89,8 +89,8 @@ pub(crate) fn take_req_str(
     key: &str,
     param: &(impl Param + ?Sized),
 ) -> Result<String, WireError> {
-    match obj.remove(key) {
-        None | Some(Value::Null) => Err(WireError::missing(&param.name())),
+    match take(obj, key) {
+        None => Err(WireError::missing(&param.name())),
         Some(Value::String(s)) => Ok(s),
         Some(_) => Err(WireError::invalid_type(&param.name(), "a string")),
     }

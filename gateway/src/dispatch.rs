@@ -140,6 +140,7 @@ where
     let mut last_error = Error::Internal("route has no backends".into());
     for (i, executor) in executors.into_iter().enumerate() {
         let backend = executor.backend().to_owned();
+        // Only a retryable failure with fallback on and backends left leads to another try.
         let last = !fallback || i + 1 == count;
         match attempt(executor, last).await {
             Ok(value) => {
@@ -156,7 +157,7 @@ where
                     },
                 );
             }
-            Err(e) if fallback && e.retryable() && i + 1 < count => {
+            Err(e) if !last && e.retryable() => {
                 tracing::warn!(backend = %backend, error = %e, "backend failed, trying the next one");
                 state
                     .metrics

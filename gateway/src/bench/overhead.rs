@@ -470,6 +470,7 @@ pub fn run_overhead(args: &OverheadArgs) -> anyhow::Result<String> {
         cpu: Some(Box::new(gateway_cpu)),
     });
 
+    let budget_ms = P99_BUDGET.as_secs_f64() * 1000.0;
     let mut table = String::new();
     if args.probe_seconds > 0.0 {
         let probe = Lateness::measure(args.probe_seconds);
@@ -481,7 +482,7 @@ pub fn run_overhead(args: &OverheadArgs) -> anyhow::Result<String> {
             probe.late_us.len(),
             PROBE_SLEEP.as_micros(),
             probe.share_over_budget(),
-            P99_BUDGET.as_secs_f64() * 1000.0,
+            budget_ms,
             percentile_ms(&probe.late_us, 0.99),
             percentile_ms(&probe.late_us, 0.999),
             percentile_ms(&probe.late_us, 1.0),
@@ -582,7 +583,6 @@ pub fn run_overhead(args: &OverheadArgs) -> anyhow::Result<String> {
             cpu_ratios.push((rate, tandem / nginx));
         }
     }
-    let budget_ms = P99_BUDGET.as_secs_f64() * 1000.0;
     let _ = writeln!(table, "\noverhead (proxy - direct)");
     let _ = writeln!(
         table,
