@@ -568,6 +568,54 @@ pub fn encode_chat_response(response: &ChatResponse) -> Bytes {
     Bytes::from(serde_json::to_vec(&response_out(response)).unwrap_or_default())
 }
 
+/// A whole answer in the form an OpenAI client receives it: the `chat.completion` body, and the
+/// usage it reports for accounting.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatCompletion {
+    /// The `chat.completion` JSON body.
+    pub body: Bytes,
+    /// Token counts, as the body reports them.
+    pub usage: Usage,
+}
+
+impl ChatCompletion {
+    /// A normalized answer encoded for an OpenAI client.
+    pub fn encode(response: &ChatResponse) -> Self {
+        ChatCompletion {
+            body: encode_chat_response(response),
+            usage: response.usage,
+        }
+    }
+}
+
+/// What a passed-on `chat.completion` must hold: at least one choice, and the usage to account.
+#[derive(Deserialize)]
+struct CompletionCheck {
+    #[serde(default)]
+    choices: Vec<serde::de::IgnoredAny>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+}
+
+/// Takes an upstream's non-streamed `chat.completion` body as it is, for an OpenAI client: every
+/// field the upstream sent is kept (system fingerprint, refusals, annotations, token details),
+/// and nothing is decoded into the normalized form and encoded again. The body must be UTF-8
+/// JSON with at least one choice, as [`parse_chat_response`] requires.
+pub fn pass_chat_response(body: Bytes, provider: &str) -> Result<ChatCompletion, ProviderError> {
+    let bad = |message: String| ProviderError::new(ProviderErrorKind::Decode, provider, message);
+    // Skipped strings are not checked for UTF-8 by the parser; the client's parser would be.
+    std::str::from_utf8(&body).map_err(|e| bad(format!("bad chat.completion: {e}")))?;
+    let check: CompletionCheck =
+        serde_json::from_slice(&body).map_err(|e| bad(format!("bad chat.completion: {e}")))?;
+    if check.choices.is_empty() {
+        return Err(bad("chat.completion has no choices".into()));
+    }
+    Ok(ChatCompletion {
+        body,
+        usage: check.usage.map(Usage::from).unwrap_or_default(),
+    })
+}
+
 #[derive(Serialize)]
 struct ErrorOut<'a> {
     error: ErrorInner<'a>,

@@ -4,6 +4,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 
+use crate::openai::ChatCompletion;
 use crate::types::{ChatEvent, ChatRequest, ChatResponse, WireFormat};
 
 /// What kind of failure an upstream call had.
@@ -129,6 +130,13 @@ pub trait Provider: Send + Sync {
 
     /// Sends `req` and waits for the whole answer.
     async fn chat(&self, req: &ChatRequest) -> Result<ChatResponse, ProviderError>;
+
+    /// Sends `req` and waits for the whole answer in the form an OpenAI client receives it. A
+    /// provider that speaks OpenAI's format upstream passes the upstream's body on as it came;
+    /// the others encode their normalized answer.
+    async fn chat_completion(&self, req: &ChatRequest) -> Result<ChatCompletion, ProviderError> {
+        self.chat(req).await.map(|r| ChatCompletion::encode(&r))
+    }
 
     /// Sends `req` and streams the answer. Errors before the first byte come back as `Err`;
     /// later ones as a final [`ChatEvent::Error`].

@@ -10,7 +10,8 @@ use std::time::Instant as StdInstant;
 
 use futures::StreamExt;
 use serde_json::json;
-use tandem_cloud_adapters::{ChatEvent, ChatRequest, ChatResponse, EventStream};
+use tandem_cloud_adapters::openai::ChatCompletion;
+use tandem_cloud_adapters::{ChatEvent, ChatRequest, ChatResponse, EventStream, Usage};
 use tandem_router_policy::{Choice, Feedback, Placement};
 use tokio::time::Instant;
 
@@ -544,15 +545,15 @@ fn record_chat(
     state: &AppState,
     backend: &str,
     started: StdInstant,
-    result: &Result<ChatResponse, Error>,
+    result: Result<&Usage, &Error>,
 ) {
     let Some(live) = state.policy.as_ref().and_then(|p| p.backend(backend)) else {
         return;
     };
     match result {
-        Ok(answer) => {
+        Ok(usage) => {
             let total = started.elapsed().as_secs_f64() * 1000.0;
-            let n = answer.usage.completion_tokens.max(1) as f64;
+            let n = usage.completion_tokens.max(1) as f64;
             let itl = live.snapshot().itl_ms;
             live.state
                 .record_success((total - itl * (n - 1.0)).max(0.0), None);
@@ -568,6 +569,46 @@ pub async fn run_chat(
     request: ChatRequest,
     hints: &RequestHints,
 ) -> (Result<ChatResponse, Error>, RouteInfo) {
+    run_whole(
+        state,
+        request,
+        hints,
+        |executor, request| async move { executor.chat(request).await },
+        |answer| &answer.usage,
+    )
+    .await
+}
+
+/// Runs a non-streaming request like [`run_chat`], for an OpenAI client: a backend that speaks
+/// OpenAI's format upstream hands its answer on as it came, without decoding and encoding it.
+pub async fn run_chat_completion(
+    state: &AppState,
+    request: ChatRequest,
+    hints: &RequestHints,
+) -> (Result<ChatCompletion, Error>, RouteInfo) {
+    run_whole(
+        state,
+        request,
+        hints,
+        |executor, request| async move { executor.chat_completion(request).await },
+        |answer| &answer.usage,
+    )
+    .await
+}
+
+/// Plans a non-streaming request and runs `answer` on its backends in turn, with the plan's
+/// fallback, timing and decision log; `usage` reads the token counts of an answer.
+async fn run_whole<T, F, Fut>(
+    state: &AppState,
+    request: ChatRequest,
+    hints: &RequestHints,
+    answer: F,
+    usage: fn(&T) -> &Usage,
+) -> (Result<T, Error>, RouteInfo)
+where
+    F: Fn(Arc<dyn Executor>, ChatRequest) -> Fut,
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
     let model = request.model.clone();
     let plan = match plan(state, &request, hints).await {
         Ok(p) => p,
@@ -575,6 +616,7 @@ pub async fn run_chat(
     };
     let measure = plan.cascade.is_none();
     let mut request = Some(request);
+    let answer = &answer;
     let (result, mut route) = plan
         .run(state, |executor, last| {
             let request = attempt_request(&mut request, last);
@@ -586,9 +628,14 @@ pub async fn run_chat(
                     .as_ref()
                     .and_then(|p| p.backend(executor.backend()))
                     .map(|l| l.enter());
-                let result = executor.chat(request).await;
+                let result = answer(executor.clone(), request).await;
                 if measure {
-                    record_chat(state, executor.backend(), started, &result);
+                    record_chat(
+                        state,
+                        executor.backend(),
+                        started,
+                        result.as_ref().map(usage),
+                    );
                 }
                 result
             }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use tandem_cloud_adapters::client::{HttpClient, HttpConfig};
+use tandem_cloud_adapters::openai::ChatCompletion;
 use tandem_cloud_adapters::providers::anthropic::{Anthropic, AnthropicConfig};
 use tandem_cloud_adapters::providers::openai_compatible::{
     Flavour, OpenAiCompatible, OpenAiCompatibleConfig,
@@ -127,6 +128,10 @@ impl Provider for AzureDeployments {
 
     async fn chat(&self, req: &ChatRequest) -> Result<ChatResponse, ProviderError> {
         self.pick(&req.model)?.chat(req).await
+    }
+
+    async fn chat_completion(&self, req: &ChatRequest) -> Result<ChatCompletion, ProviderError> {
+        self.pick(&req.model)?.chat_completion(req).await
     }
 
     async fn chat_stream(&self, req: &ChatRequest) -> Result<EventStream, ProviderError> {

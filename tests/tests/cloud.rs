@@ -33,6 +33,14 @@ async fn openai_chat_to_openai_backend() {
             .is_empty()
     );
     assert!(body["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
+    // The upstream's answer comes as it was sent, with the fields Tandem does not model.
+    assert_eq!(body["system_fingerprint"], "fp_34a54ae93c");
+    assert_eq!(body["service_tier"], "default");
+    assert_eq!(body["choices"][0]["message"]["annotations"], json!([]));
+    assert_eq!(
+        body["usage"]["completion_tokens_details"]["reasoning_tokens"],
+        0
+    );
     assert!(
         headers["x-tandem-route"]
             .to_str()

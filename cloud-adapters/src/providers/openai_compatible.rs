@@ -9,7 +9,7 @@ use super::{checked_base, endpoint, header_map};
 use crate::client::{HttpClient, HttpConfig, RequestBuilder};
 use crate::error::{Error, Result};
 use crate::http;
-use crate::openai::{self, ChatCompletionsRequest, ChunkDecoder};
+use crate::openai::{self, ChatCompletion, ChatCompletionsRequest, ChunkDecoder};
 use crate::provider::{EventStream, Provider, ProviderError};
 use crate::types::{ChatRequest, ChatResponse, WireFormat};
 
@@ -171,6 +171,13 @@ impl Provider for OpenAiCompatible {
         let response = http::send(request, &self.name, openai::parse_error_body).await?;
         let body = http::read_body(response, &self.name).await?;
         openai::parse_chat_response(&body, &self.name)
+    }
+
+    async fn chat_completion(&self, req: &ChatRequest) -> Result<ChatCompletion, ProviderError> {
+        let request = self.request(req, false)?;
+        let response = http::send(request, &self.name, openai::parse_error_body).await?;
+        let body = http::read_body(response, &self.name).await?;
+        openai::pass_chat_response(body, &self.name)
     }
 
     async fn chat_stream(&self, req: &ChatRequest) -> Result<EventStream, ProviderError> {

@@ -180,6 +180,50 @@ fn parses_the_text_and_tool_responses() {
 }
 
 #[test]
+fn a_passed_on_completion_keeps_every_byte_and_reads_the_usage() {
+    let body = bytes::Bytes::from(fixture("openai/chat_text.json"));
+    let passed = openai::pass_chat_response(body.clone(), "p").unwrap();
+    // Byte for byte, fields the normalized answer has no place for included.
+    assert_eq!(passed.body, body);
+    assert_eq!(
+        passed.usage,
+        openai::parse_chat_response(&body, "p").unwrap().usage
+    );
+    assert_eq!(passed.usage.cached_prompt_tokens, 1024);
+    let reasoning = br#"{"choices":[{"message":{"content":"4"}}],
+        "usage":{"prompt_tokens":9,"completion_tokens":70,
+        "completion_tokens_details":{"reasoning_tokens":64}}}"#;
+    let passed = openai::pass_chat_response(bytes::Bytes::from_static(reasoning), "p").unwrap();
+    assert_eq!(passed.usage.reasoning_tokens, 64);
+    assert_eq!(passed.usage.completion_tokens, 70);
+    // No usage reported: counted as none, the body still passed on.
+    let bare = br#"{"choices":[{"message":{"content":"hi"}}]}"#;
+    let passed = openai::pass_chat_response(bytes::Bytes::from_static(bare), "p").unwrap();
+    assert_eq!(passed.usage, Usage::default());
+}
+
+#[test]
+fn a_completion_that_cannot_be_passed_on_is_a_decode_error() {
+    let cases: [(&[u8], &str); 5] = [
+        (b"{\"choices\":[]}", "chat.completion has no choices"),
+        (b"{\"id\":\"x\"}", "chat.completion has no choices"),
+        (b"{\"choices\":[{}]", "bad chat.completion"),
+        (b"<html>502 Bad Gateway</html>", "bad chat.completion"),
+        (b"{\"choices\":[{\"x\":\"\xff\"}]}", "bad chat.completion"),
+    ];
+    for (body, message) in cases {
+        let err = openai::pass_chat_response(bytes::Bytes::from_static(body), "p").unwrap_err();
+        assert_eq!(err.kind, ProviderErrorKind::Decode, "{body:?}");
+        assert!(
+            err.message.starts_with(message),
+            "{body:?}: {}",
+            err.message
+        );
+        assert!(!err.retryable);
+    }
+}
+
+#[test]
 fn the_text_stream_parses_the_same_at_any_split() {
     let bytes = fixture("openai/chat_text_stream.sse");
     let (whole, complete) = openai_events(&bytes, bytes.len());

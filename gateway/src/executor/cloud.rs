@@ -6,6 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde_json::{Map, Value};
+use tandem_cloud_adapters::openai::ChatCompletion;
 use tandem_cloud_adapters::{ChatRequest, ChatResponse, EventStream, Provider, ProviderErrorKind};
 
 use super::{Executor, no_legacy_completions, upstream_error};
@@ -95,6 +96,14 @@ impl Executor for CloudExecutor {
         let request = self.upstream_request(request);
         self.provider
             .chat(&request)
+            .await
+            .map_err(|e| upstream_error(&self.config.name, e))
+    }
+
+    async fn chat_completion(&self, request: ChatRequest) -> Result<ChatCompletion, Error> {
+        let request = self.upstream_request(request);
+        self.provider
+            .chat_completion(&request)
             .await
             .map_err(|e| upstream_error(&self.config.name, e))
     }

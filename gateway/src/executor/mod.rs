@@ -8,6 +8,7 @@ pub mod speculative;
 
 use async_trait::async_trait;
 use futures::StreamExt;
+use tandem_cloud_adapters::openai::ChatCompletion;
 use tandem_cloud_adapters::{
     ChatEvent, ChatRequest, ChatResponse, EventStream, ProviderError, ResponseBuilder,
 };
@@ -42,6 +43,15 @@ pub trait Executor: Send + Sync {
         builder
             .finish()
             .map_err(|e| upstream_error(self.backend(), e))
+    }
+
+    /// Runs the request to completion and answers in the form an OpenAI client receives it. A
+    /// backend speaking OpenAI's format upstream passes its body on as it came; the others encode
+    /// their normalized answer.
+    async fn chat_completion(&self, request: ChatRequest) -> Result<ChatCompletion, Error> {
+        self.chat(request)
+            .await
+            .map(|answer| ChatCompletion::encode(&answer))
     }
 
     /// Runs a legacy `/v1/completions` body (the client's JSON object) and waits for the answer.

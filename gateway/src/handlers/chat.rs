@@ -11,12 +11,11 @@ use axum::response::Response;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use tandem_cloud_adapters::{
-    ChatEvent, ChatRequest, ChatResponse, EventStream, ProviderError, Usage, WireFormat, anthropic,
-    openai,
+    ChatEvent, ChatRequest, EventStream, ProviderError, Usage, WireFormat, anthropic, openai,
 };
 
 use super::{json_bytes_response, mark_route, read_body, request_id, sse_response, wire_error};
-use crate::dispatch::{RouteInfo, run_chat, run_stream};
+use crate::dispatch::{RouteInfo, run_chat, run_chat_completion, run_stream};
 use crate::error::{ApiFlavor, Error, FlavoredError};
 use crate::metrics::BackendLabels;
 use crate::middleware::first_token_timeout::FirstTokenDeadline;
@@ -79,12 +78,25 @@ async fn handle(state: Arc<AppState>, request: Request, format: WireFormat) -> R
             }
             Err(e) => (e.into_response_for(flavor), route),
         }
+    } else if format == WireFormat::OpenAi {
+        // An OpenAI-compatible upstream's answer goes to the client as it came.
+        let (result, route) = run_chat_completion(&state, chat, &hints).await;
+        match result {
+            Ok(answer) => {
+                record_usage(&state, &route.backend, &answer.usage);
+                (json_bytes_response(answer.body), route)
+            }
+            Err(e) => (e.into_response_for(flavor), route),
+        }
     } else {
         let (result, route) = run_chat(&state, chat, &hints).await;
         match result {
             Ok(answer) => {
                 record_usage(&state, &route.backend, &answer.usage);
-                (json_bytes_response(encode(format, &answer)), route)
+                (
+                    json_bytes_response(anthropic::encode_messages_response(&answer)),
+                    route,
+                )
             }
             Err(e) => (e.into_response_for(flavor), route),
         }
@@ -126,14 +138,6 @@ impl FlavoredError {
             mark_route(&mut response, r);
         }
         response
-    }
-}
-
-/// The whole answer in the client's format, fields in that API's order.
-fn encode(format: WireFormat, answer: &ChatResponse) -> Bytes {
-    match format {
-        WireFormat::OpenAi => openai::encode_chat_response(answer),
-        WireFormat::Anthropic => anthropic::encode_messages_response(answer),
     }
 }
 
