@@ -5,4 +5,4 @@ mod nginx;
 mod overhead;
 
 pub use local::run_local;
-pub use overhead::{OverheadArgs, run_overhead};
+pub use overhead::{OverheadArgs, Proxy, run_overhead};

@@ -51,6 +51,25 @@ pub struct OverheadArgs {
     /// Leave nginx out even where it is installed.
     #[arg(long, conflicts_with = "nginx")]
     pub no_nginx: bool,
+    /// The proxies to measure; direct is always measured, since overheads are taken against it.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "bare,nginx,tandem"
+    )]
+    pub proxies: Vec<Proxy>,
+}
+
+/// A proxy the overhead bench can measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Proxy {
+    /// The bare hyper proxy: the same libraries with no gateway logic.
+    Bare,
+    /// nginx, where it is installed.
+    Nginx,
+    /// Tandem's gateway.
+    Tandem,
 }
 
 const BODY: &str =
@@ -430,8 +449,9 @@ pub fn run_overhead(args: &OverheadArgs) -> anyhow::Result<String> {
     let bare_addr = gateway_rt.block_on(start_bare_proxy(mock_addr))?;
     let path = "/v1/chat/completions";
     let mut notes = Vec::new();
-    let nginx = match Nginx::find(args.nginx.as_deref()).filter(|_| !args.no_nginx) {
-        None if args.no_nginx => None,
+    let no_nginx = args.no_nginx || !args.proxies.contains(&Proxy::Nginx);
+    let nginx = match Nginx::find(args.nginx.as_deref()).filter(|_| !no_nginx) {
+        None if no_nginx => None,
         None => {
             notes.push("nginx: not installed, so not measured".to_owned());
             None
@@ -470,6 +490,12 @@ pub fn run_overhead(args: &OverheadArgs) -> anyhow::Result<String> {
         cpu: Some(Box::new(gateway_cpu)),
     });
 
+    if !args.proxies.contains(&Proxy::Bare) {
+        targets.retain(|t| t.name != "bare");
+    }
+    if !args.proxies.contains(&Proxy::Tandem) {
+        targets.retain(|t| t.name != "tandem");
+    }
     let budget_ms = P99_BUDGET.as_secs_f64() * 1000.0;
     let mut table = String::new();
     if args.probe_seconds > 0.0 {
@@ -676,6 +702,29 @@ mod tests {
     }
 
     #[test]
+    fn only_the_chosen_proxies_are_measured() -> anyhow::Result<()> {
+        let table = run_overhead(&OverheadArgs {
+            rates: vec![200],
+            seconds: 0.2,
+            rounds: 1,
+            warmup: 0.0,
+            gateway_threads: 1,
+            probe_seconds: 0.0,
+            nginx: None,
+            no_nginx: false,
+            proxies: vec![Proxy::Tandem],
+        })?;
+        let measured: Vec<&str> = table
+            .lines()
+            .filter(|l| l.split_whitespace().next() == Some("200"))
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .collect();
+        // Direct and Tandem in the latency table, Tandem in the overhead table.
+        assert_eq!(measured, ["direct", "tandem", "tandem"], "{table}");
+        Ok(())
+    }
+
+    #[test]
     fn the_benchmark_measures_every_target_without_errors() -> anyhow::Result<()> {
         let table = run_overhead(&OverheadArgs {
             rates: vec![200],
@@ -686,6 +735,7 @@ mod tests {
             probe_seconds: 0.1,
             nginx: None,
             no_nginx: false,
+            proxies: vec![Proxy::Bare, Proxy::Nginx, Proxy::Tandem],
         })?;
         let nginx_measured = table
             .lines()
