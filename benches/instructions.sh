@@ -22,9 +22,19 @@ trap 'rm -rf "$work"' EXIT
 # generator only calls.
 gateway_instructions() {
     local proxy=$1 seconds=$2 out="$work/$1-$2"
-    valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file="$out.%p" \
+    if ! valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file="$out.%p" \
         "$bin" bench overhead --rates "$rate" --seconds "$seconds" --rounds 1 --warmup 0.5 \
-        --probe-seconds 0 --proxies "$proxy" > "$out.log" 2>&1
+        --probe-seconds 0 --proxies "$proxy" > "$out.log" 2>&1; then
+        echo "the $proxy run failed:" >&2
+        cat "$out.log" >&2
+        exit 1
+    fi
+    # Failed requests are listed as "N × cause"; the count per request assumes none.
+    if grep -q ' × ' "$out.log"; then
+        echo "the $proxy run had failed requests:" >&2
+        cat "$out.log" >&2
+        exit 1
+    fi
     local file
     for file in "$out".*-*; do
         if grep -q 'role::Server' "$file" && grep -q 'role::Client' "$file"; then
@@ -32,15 +42,17 @@ gateway_instructions() {
             return
         fi
     done
-    echo "no gateway thread found in the $proxy run (see $out.log)" >&2
+    echo "no thread both served and called upstream in the $proxy run; a build that inlines hyper's" \
+        "role::Server and role::Client functions away cannot be counted this way" >&2
     exit 1
 }
 
 printf '%-8s %28s\n' proxy 'instructions per request'
 declare -A per_request
 for proxy in bare tandem; do
-    first=$(gateway_instructions "$proxy" "$short")
-    second=$(gateway_instructions "$proxy" "$long")
+    # A failure inside a command substitution does not stop the script by itself.
+    first=$(gateway_instructions "$proxy" "$short") || exit 1
+    second=$(gateway_instructions "$proxy" "$long") || exit 1
     per_request[$proxy]=$(( (second - first) / (rate * (long - short)) ))
     printf '%-8s %28d\n' "$proxy" "${per_request[$proxy]}"
 done

@@ -588,25 +588,31 @@ impl ChatCompletion {
     }
 }
 
-/// What a passed-on `chat.completion` must hold: at least one choice, and the usage to account.
+/// What a passed-on `chat.completion` must hold: at least one choice, each an object, and the
+/// usage to account.
 #[derive(Deserialize)]
 struct CompletionCheck {
     #[serde(default)]
-    choices: Vec<serde::de::IgnoredAny>,
+    choices: Vec<ChoiceCheck>,
     #[serde(default)]
     usage: Option<WireUsage>,
 }
 
+/// A choice: an object, its members the upstream's to shape.
+#[derive(Deserialize)]
+struct ChoiceCheck {}
+
 /// Takes an upstream's non-streamed `chat.completion` body as it is, for an OpenAI client: every
-/// field the upstream sent is kept (system fingerprint, refusals, annotations, token details),
-/// and nothing is decoded into the normalized form and encoded again. The body must be UTF-8
-/// JSON with at least one choice, as [`parse_chat_response`] requires.
+/// field the upstream sent is kept in OpenAI's own shape (system fingerprint, service tier,
+/// `refusal` beside a null `content`, annotations, every token detail), and nothing is decoded
+/// into the normalized form and encoded again. The body must be UTF-8 JSON whose choices are
+/// objects, at least one, as [`parse_chat_response`] requires; what a choice holds is not checked.
 pub fn pass_chat_response(body: Bytes, provider: &str) -> Result<ChatCompletion, ProviderError> {
     let bad = |message: String| ProviderError::new(ProviderErrorKind::Decode, provider, message);
-    // Skipped strings are not checked for UTF-8 by the parser; the client's parser would be.
-    std::str::from_utf8(&body).map_err(|e| bad(format!("bad chat.completion: {e}")))?;
     let check: CompletionCheck =
         serde_json::from_slice(&body).map_err(|e| bad(format!("bad chat.completion: {e}")))?;
+    // The parser does not check the UTF-8 of strings it skips, and a client's parser may.
+    std::str::from_utf8(&body).map_err(|e| bad(format!("bad chat.completion: {e}")))?;
     if check.choices.is_empty() {
         return Err(bad("chat.completion has no choices".into()));
     }

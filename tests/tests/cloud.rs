@@ -38,9 +38,10 @@ async fn openai_chat_to_openai_backend() {
     assert_eq!(body["service_tier"], "default");
     assert_eq!(body["choices"][0]["message"]["annotations"], json!([]));
     assert_eq!(
-        body["usage"]["completion_tokens_details"]["reasoning_tokens"],
+        body["usage"]["completion_tokens_details"]["accepted_prediction_tokens"],
         0
     );
+    assert_eq!(body["usage"]["prompt_tokens_details"]["audio_tokens"], 0);
     assert!(
         headers["x-tandem-route"]
             .to_str()

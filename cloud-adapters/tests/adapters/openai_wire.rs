@@ -204,8 +204,10 @@ fn a_passed_on_completion_keeps_every_byte_and_reads_the_usage() {
 
 #[test]
 fn a_completion_that_cannot_be_passed_on_is_a_decode_error() {
-    let cases: [(&[u8], &str); 5] = [
+    let cases: [(&[u8], &str); 7] = [
         (b"{\"choices\":[]}", "chat.completion has no choices"),
+        (b"{\"choices\":[null]}", "bad chat.completion"),
+        (b"{\"choices\":[1]}", "bad chat.completion"),
         (b"{\"id\":\"x\"}", "chat.completion has no choices"),
         (b"{\"choices\":[{}]", "bad chat.completion"),
         (b"<html>502 Bad Gateway</html>", "bad chat.completion"),

@@ -1,5 +1,7 @@
 //! `POST /v1/chat/completions` (OpenAI) and `POST /v1/messages` (Anthropic): decode into the
 //! normalized request, dispatch, and encode the answer in the client's format, streamed or whole.
+//! A whole answer from a backend that speaks OpenAI's format upstream reaches an OpenAI client as
+//! the backend sent it.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -79,7 +81,7 @@ async fn handle(state: Arc<AppState>, request: Request, format: WireFormat) -> R
             Err(e) => (e.into_response_for(flavor), route),
         }
     } else if format == WireFormat::OpenAi {
-        // An OpenAI-compatible upstream's answer goes to the client as it came.
+        // Backends that speak OpenAI's format answer as they came; the others are encoded.
         let (result, route) = run_chat_completion(&state, chat, &hints).await;
         match result {
             Ok(answer) => {
