@@ -345,7 +345,11 @@ impl Gateway {
         // The bandit's last lessons survive a restart.
         if let Some(policy) = self.state.policy.clone() {
             policy.stop_persistence();
-            let _ = tokio::task::spawn_blocking(move || policy.persist()).await;
+            let _ = tokio::task::spawn_blocking(move || {
+                policy.persist();
+                policy.wait_for_encoder_load();
+            })
+            .await;
         }
         served
     }

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, OnceLock};
 
@@ -197,10 +198,18 @@ struct Shared {
     cache: Mutex<Lru>,
     /// Prompts queued for the background filler, so a repeated miss is queued once.
     pending: Mutex<HashSet<u128>>,
+    /// Set when the encoder is dropped: the filler skips what is still queued.
+    closing: AtomicBool,
 }
 
 /// Prompts waiting for a full embedding in the background (beyond this, misses are not queued).
 const BACKGROUND_QUEUE: usize = 256;
+
+/// The background filler's queue and thread.
+struct Filler {
+    tx: SyncSender<(u128, String)>,
+    thread: std::thread::JoinHandle<()>,
+}
 
 /// Sentence embeddings for routing: MiniLM-L6-v2, mean-pooled over the attention mask and
 /// L2-normalized. Cheap to share (`&self` everywhere); calls block the calling thread, so run them
@@ -209,7 +218,7 @@ pub struct Encoder {
     shared: Arc<Shared>,
     /// Absent when its table could not be read: decisions then wait for the cache.
     fast: Option<StaticEmbedder>,
-    background: Mutex<Option<SyncSender<(u128, String)>>>,
+    background: Mutex<Option<Filler>>,
     config: EncoderConfig,
     model_id: String,
 }
@@ -219,6 +228,18 @@ impl std::fmt::Debug for Encoder {
         f.debug_struct("Encoder")
             .field("config", &self.config)
             .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Encoder {
+    /// Waits for the filler's embedding in progress: a process that exits while ONNX Runtime
+    /// still runs on another thread can crash in its exit handlers.
+    fn drop(&mut self) {
+        if let Some(Filler { tx, thread }) = self.background.lock().take() {
+            self.shared.closing.store(true, Ordering::Relaxed);
+            drop(tx);
+            let _ = thread.join();
+        }
     }
 }
 
@@ -307,6 +328,7 @@ impl Encoder {
                 },
                 cache: Mutex::new(Lru::new(config.cache_capacity)),
                 pending: Mutex::new(HashSet::new()),
+                closing: AtomicBool::new(false),
             }),
             fast,
             background: Mutex::new(None),
@@ -378,8 +400,8 @@ impl Encoder {
         self.shared.pending.lock().len()
     }
 
-    /// The background filler's queue, started on first use (one thread, ended when the encoder is
-    /// dropped).
+    /// The background filler's queue, started on first use (one thread, joined when the encoder
+    /// is dropped).
     fn background_sender(&self) -> Option<SyncSender<(u128, String)>> {
         let mut slot = self.background.lock();
         if slot.is_none() {
@@ -389,6 +411,9 @@ impl Encoder {
                 .name("tandem-encoder-fill".into())
                 .spawn(move || {
                     while let Ok((key, text)) = rx.recv() {
+                        if shared.closing.load(Ordering::Relaxed) {
+                            break;
+                        }
                         if let Err(e) = shared.embed_cached(key, &text) {
                             tracing::debug!(error = %e, "background embedding failed");
                         }
@@ -396,11 +421,11 @@ impl Encoder {
                     }
                 });
             match spawned {
-                Ok(_) => *slot = Some(tx),
+                Ok(thread) => *slot = Some(Filler { tx, thread }),
                 Err(e) => tracing::warn!(error = %e, "cannot start the embedding filler"),
             }
         }
-        slot.clone()
+        slot.as_ref().map(|f| f.tx.clone())
     }
 
     /// Embeds a batch in one model run (padded to the longest), bypassing the cache.

@@ -555,3 +555,20 @@ async fn cascade_judged_on_the_whole_answer_keeps_or_escalates() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_gateway_stopped_at_once_waits_for_its_encoder_to_load() {
+    let engine = engine().await;
+    let (_addr, mock) = MockUpstream::start_with(Fixtures::builtin(), MockConfig::default())
+        .await
+        .unwrap();
+    let gw = start(config(&mock, POLICY_ROUTES), &engine).await;
+    let policy = gw.state.policy.clone().unwrap();
+    // The encoder loads on its own thread (well over the microseconds this takes); a process that
+    // exited with that thread inside ONNX Runtime could crash in its exit handlers.
+    gw.shutdown().await.unwrap();
+    assert!(
+        policy.has_encoder(),
+        "shutdown returned with the encoder still loading"
+    );
+}

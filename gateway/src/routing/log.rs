@@ -6,13 +6,30 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::thread::JoinHandle;
 
-/// A handle to the writer thread. Dropping every handle ends the thread after the queue drains.
+/// A handle to the writer thread. Dropping every handle ends the thread after the queue drains,
+/// and the last one waits for it, so a stopping gateway loses no decision.
 #[derive(Debug, Clone)]
 pub struct DecisionLog {
+    // Declared before `writer`, so each handle's sender is gone before its share of the writer.
     tx: SyncSender<String>,
+    #[expect(dead_code, reason = "held for its drop, which joins the writer thread")]
+    writer: Arc<Writer>,
     dropped: Arc<AtomicU64>,
     path: PathBuf,
+}
+
+/// Joins the writer thread when the last handle drops.
+#[derive(Debug)]
+struct Writer(Option<JoinHandle<()>>);
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if let Some(thread) = self.0.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl DecisionLog {
@@ -26,11 +43,12 @@ impl DecisionLog {
             .append(true)
             .open(path)?;
         let (tx, rx) = sync_channel(queue.max(1));
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("tandem-decision-log".into())
             .spawn(move || write_lines(file, rx))?;
         Ok(Self {
             tx,
+            writer: Arc::new(Writer(Some(thread))),
             dropped: Arc::new(AtomicU64::new(0)),
             path: path.to_owned(),
         })
@@ -96,5 +114,22 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         assert_eq!(log.dropped(), 0);
+    }
+
+    #[test]
+    fn dropping_the_last_handle_writes_every_queued_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("decisions.jsonl");
+        let log = DecisionLog::open(&path, 4096).unwrap();
+        let other = log.clone();
+        for i in 0..2000 {
+            assert!(log.append(format!("{{\"i\":{i}}}")));
+        }
+        drop(log);
+        assert!(other.append("{\"last\":true}".into()));
+        drop(other);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 2001);
+        assert_eq!(text.lines().last(), Some("{\"last\":true}"));
     }
 }

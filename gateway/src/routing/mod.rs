@@ -166,6 +166,8 @@ pub struct Policy {
     pub router: Arc<Router>,
     settings: RouterSettings,
     encoder: Arc<OnceLock<Arc<Encoder>>>,
+    /// The thread loading the encoder, joined before the policy goes.
+    encoder_loader: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
     backends: BTreeMap<String, Arc<LiveBackend>>,
     log: Option<DecisionLog>,
     file_store: Option<FileBanditStore>,
@@ -278,6 +280,7 @@ impl Policy {
             }
         };
         let encoder = Arc::new(OnceLock::new());
+        let mut encoder_loader = None;
         let uses_policy = config
             .routes
             .values()
@@ -287,12 +290,13 @@ impl Policy {
                 .cache_dir
                 .clone()
                 .unwrap_or_else(tandem_router_policy::encoder::default_cache_root);
-            load_encoder_in_background(encoder.clone(), root);
+            encoder_loader = load_encoder_in_background(encoder.clone(), root);
         }
         Ok(Self {
             router: Arc::new(router),
             settings,
             encoder,
+            encoder_loader: parking_lot::Mutex::new(encoder_loader),
             backends,
             log,
             file_store,
@@ -528,9 +532,29 @@ impl Policy {
             task.abort();
         }
     }
+
+    /// Waits for the encoder loader, if it is still running. A process that exits while ONNX
+    /// Runtime loads on another thread can crash in its exit handlers. Blocks: call it off async
+    /// workers.
+    pub fn wait_for_encoder_load(&self) {
+        let loader = self.encoder_loader.lock().take();
+        if let Some(loader) = loader {
+            let _ = loader.join();
+        }
+    }
 }
 
-fn load_encoder_in_background(slot: Arc<OnceLock<Arc<Encoder>>>, root: PathBuf) {
+impl Drop for Policy {
+    fn drop(&mut self) {
+        self.wait_for_encoder_load();
+    }
+}
+
+/// Loads the encoder on its own thread, so the gateway serves (on cheap features) meanwhile.
+fn load_encoder_in_background(
+    slot: Arc<OnceLock<Arc<Encoder>>>,
+    root: PathBuf,
+) -> Option<std::thread::JoinHandle<()>> {
     let spawned = std::thread::Builder::new()
         .name("tandem-encoder-load".into())
         .spawn(move || match Encoder::from_cache_root(&root, 1) {
@@ -542,9 +566,9 @@ fn load_encoder_in_background(slot: Arc<OnceLock<Arc<Encoder>>>, root: PathBuf) 
                 tracing::info!(error = %e, "router encoder unavailable; deciding on cheap features")
             }
         });
-    if let Err(e) = spawned {
-        tracing::warn!(error = %e, "cannot start the encoder loader");
-    }
+    spawned
+        .inspect_err(|e| tracing::warn!(error = %e, "cannot start the encoder loader"))
+        .ok()
 }
 
 /// The per-key rules of the key a request carried, if the config has any.
