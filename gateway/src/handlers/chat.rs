@@ -80,25 +80,24 @@ async fn handle(state: Arc<AppState>, request: Request, format: WireFormat) -> R
             }
             Err(e) => (e.into_response_for(flavor), route),
         }
-    } else if format == WireFormat::OpenAi {
-        // Backends that speak OpenAI's format answer as they came; the others are encoded.
-        let (result, route) = run_chat_completion(&state, chat, &hints).await;
-        match result {
-            Ok(answer) => {
-                record_usage(&state, &route.backend, &answer.usage);
-                (json_bytes_response(answer.body), route)
-            }
-            Err(e) => (e.into_response_for(flavor), route),
-        }
     } else {
-        let (result, route) = run_chat(&state, chat, &hints).await;
+        // The whole answer's body and usage. Backends that speak OpenAI's format answer an OpenAI
+        // client as they came; the others are encoded.
+        let (result, route) = match format {
+            WireFormat::OpenAi => {
+                let (result, route) = run_chat_completion(&state, chat, &hints).await;
+                (result.map(|c| (c.body, c.usage)), route)
+            }
+            WireFormat::Anthropic => {
+                let (result, route) = run_chat(&state, chat, &hints).await;
+                let encoded = result.map(|a| (anthropic::encode_messages_response(&a), a.usage));
+                (encoded, route)
+            }
+        };
         match result {
-            Ok(answer) => {
-                record_usage(&state, &route.backend, &answer.usage);
-                (
-                    json_bytes_response(anthropic::encode_messages_response(&answer)),
-                    route,
-                )
+            Ok((body, usage)) => {
+                record_usage(&state, &route.backend, &usage);
+                (json_bytes_response(body), route)
             }
             Err(e) => (e.into_response_for(flavor), route),
         }
