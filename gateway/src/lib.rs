@@ -7,6 +7,7 @@ pub mod dispatch;
 pub mod error;
 pub mod executor;
 pub mod handlers;
+pub mod log_fields;
 pub mod metrics;
 pub mod middleware;
 pub mod providers;

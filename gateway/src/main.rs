@@ -177,6 +177,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         // Colour codes only for a terminal: not in log files, and not formatted on every span.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .fmt_fields(tandem_gateway::log_fields::LogFields)
         .init();
     match cli.command {
         Command::Serve(args) => runtime()?.block_on(serve(args)),
