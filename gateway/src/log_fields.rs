@@ -37,13 +37,19 @@ impl Visit for FieldWriter<'_> {
         if self.result.is_err() || name.starts_with("log.") {
             return;
         }
-        let space = if self.first { "" } else { " " };
+        // Only the value goes through the formatting machinery; the rest is copied.
+        let w = &mut self.writer;
+        let mut result = Ok(());
+        if !self.first {
+            result = w.write_char(' ');
+        }
         self.first = false;
-        self.result = if name == "message" {
-            write!(self.writer, "{space}{value:?}")
-        } else {
-            write!(self.writer, "{space}{name}={value:?}")
-        };
+        if name != "message" {
+            result = result
+                .and_then(|()| w.write_str(name))
+                .and_then(|()| w.write_char('='));
+        }
+        self.result = result.and_then(|()| write!(w, "{value:?}"));
     }
 }
 
