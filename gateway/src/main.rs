@@ -318,7 +318,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = match &args.config {
         Some(path) => Config::load(path, &ProcessEnv)
             .with_context(|| format!("{} is not valid", path.display()))?,
-        None => Config::default_local(),
+        None => Config::default_local_with(&ProcessEnv)
+            .context("the embedded default with TANDEM__ overrides is not valid")?,
     };
     if let Some(listen) = args.listen {
         config.listen = listen;

@@ -330,6 +330,11 @@ impl Config {
         }
     }
 
+    /// The embedded default with `TANDEM__...` overrides from `env`: `tandem serve` with no file.
+    pub fn default_local_with(env: &dyn EnvSource) -> Result<Self, ConfigError> {
+        Self::from_toml_str("", env)
+    }
+
     /// Reads, overrides from `env` and validates a file.
     pub fn load(path: &Path, env: &dyn EnvSource) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -1130,6 +1135,22 @@ mod tests {
         assert_eq!(c.routes["local"].backends, ["local"]);
         assert_eq!(c.routes["smollm2-135m"].backends, ["local"]);
         assert_eq!(Config::default_local().routes.len(), 2);
+    }
+
+    #[test]
+    fn the_default_without_a_file_takes_env_overrides() {
+        let env = MapEnv::from_pairs([
+            ("TANDEM__SERVER__LISTEN", "0.0.0.0:9090"),
+            ("TANDEM__LIMITS__MAX_CONCURRENCY", "3"),
+        ]);
+        let c = Config::default_local_with(&env).unwrap();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:9090");
+        assert_eq!(c.limits.max_concurrency, 3);
+        assert_eq!(c.routes["local"].backends, ["local"]);
+        let e = Config::default_local_with(&MapEnv::from_pairs([("TANDEM__SERVER__LISTN", "x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("server.listn"), "{e}");
     }
 
     #[test]
