@@ -102,6 +102,7 @@ pub fn decode_messages_request(body: &[u8]) -> Result<ChatRequest, WireError> {
         model,
         messages,
         max_tokens: json::opt_u32(&obj, "max_tokens", "max_tokens")?,
+        limit_as_max_completion_tokens: false,
         temperature: json::opt_f32(&obj, "temperature", "temperature")?,
         top_p: json::opt_f32(&obj, "top_p", "top_p")?,
         top_k: json::opt_u32(&obj, "top_k", "top_k")?,

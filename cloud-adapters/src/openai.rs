@@ -65,7 +65,10 @@ pub fn decode_chat_request(body: &[u8]) -> Result<ChatRequest, WireError> {
             "n>1 is not supported",
         ));
     }
-    let max_tokens = match json::opt_u32(&obj, "max_completion_tokens", "max_completion_tokens")? {
+    let max_completion_tokens =
+        json::opt_u32(&obj, "max_completion_tokens", "max_completion_tokens")?;
+    let limit_as_max_completion_tokens = max_completion_tokens.is_some();
+    let max_tokens = match max_completion_tokens {
         Some(v) => Some(v),
         None => json::opt_u32(&obj, "max_tokens", "max_tokens")?,
     };
@@ -115,6 +118,7 @@ pub fn decode_chat_request(body: &[u8]) -> Result<ChatRequest, WireError> {
         model,
         messages,
         max_tokens,
+        limit_as_max_completion_tokens,
         temperature,
         top_p,
         top_k,
@@ -908,9 +912,12 @@ pub struct ChatCompletionsRequest<'a> {
     pub model: &'a str,
     /// The conversation.
     pub messages: Vec<UpstreamMessage<'a>>,
-    /// Most tokens to generate.
+    /// Most tokens to generate, under the older name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u32>,
+    /// Most tokens to generate, under the name the client used when it was this one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_completion_tokens: Option<u32>,
     /// Sampling temperature.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f32>,
@@ -1069,10 +1076,16 @@ impl<'a> ChatCompletionsRequest<'a> {
         for m in &req.messages {
             push_upstream_messages(m, &mut messages);
         }
+        let (max_tokens, max_completion_tokens) = if req.limit_as_max_completion_tokens {
+            (None, req.max_tokens)
+        } else {
+            (req.max_tokens, None)
+        };
         ChatCompletionsRequest {
             model,
             messages,
-            max_tokens: req.max_tokens,
+            max_tokens,
+            max_completion_tokens,
             temperature: req.temperature,
             top_p: req.top_p,
             top_k: req

@@ -151,6 +151,10 @@ pub struct ChatRequest {
     pub messages: Vec<Message>,
     /// Most tokens to generate.
     pub max_tokens: Option<u32>,
+    /// Whether an OpenAI-format client gave that limit as `max_completion_tokens`, the only name
+    /// OpenAI's reasoning models take: an OpenAI-format upstream gets it under the same name.
+    #[serde(default)]
+    pub limit_as_max_completion_tokens: bool,
     /// Sampling temperature.
     pub temperature: Option<f32>,
     /// Nucleus sampling.
@@ -193,6 +197,7 @@ impl Default for ChatRequest {
             model: String::new(),
             messages: Vec::new(),
             max_tokens: None,
+            limit_as_max_completion_tokens: false,
             temperature: None,
             top_p: None,
             top_k: None,

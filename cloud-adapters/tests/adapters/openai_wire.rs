@@ -157,6 +157,31 @@ fn upstream_body_asks_for_usage_when_streaming_and_borrows_the_request() {
 }
 
 #[test]
+fn the_token_limit_goes_upstream_under_the_name_the_client_used() {
+    let body_for = |limit: serde_json::Value| {
+        let mut request = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+        request
+            .as_object_mut()
+            .unwrap()
+            .extend(limit.as_object().unwrap().clone());
+        let req = decode(request).unwrap();
+        serde_json::to_value(ChatCompletionsRequest::new(&req, "o3-mini", false)).unwrap()
+    };
+    // OpenAI's reasoning models refuse `max_tokens`; a client that knows this must not be undone.
+    let body = body_for(json!({"max_completion_tokens": 64}));
+    assert_eq!(body["max_completion_tokens"], 64);
+    assert!(body.get("max_tokens").is_none(), "{body}");
+    let body = body_for(json!({"max_tokens": 32}));
+    assert_eq!(body["max_tokens"], 32);
+    assert!(body.get("max_completion_tokens").is_none(), "{body}");
+    // Given both, OpenAI takes `max_completion_tokens`; so does the gateway, and sends only it.
+    let body = body_for(json!({"max_tokens": 32, "max_completion_tokens": 64}));
+    assert_eq!(body["max_completion_tokens"], 64);
+    assert!(body.get("max_tokens").is_none(), "{body}");
+    assert!(body_for(json!({})).get("max_completion_tokens").is_none());
+}
+
+#[test]
 fn parses_the_text_and_tool_responses() {
     let r = openai::parse_chat_response(&fixture("openai/chat_text.json"), "p").unwrap();
     assert_eq!(r.text, "Hello! How can I help you today?");
