@@ -68,8 +68,23 @@ pub(crate) async fn send(
     if status.is_success() {
         return Ok(response);
     }
+    let retry_after_secs = retry_after_secs(response.headers());
     let body = response.bytes().await.unwrap_or_default();
-    Err(parse_error(status.as_u16(), &body, provider))
+    let mut err = parse_error(status.as_u16(), &body, provider);
+    err.retry_after_secs = retry_after_secs;
+    Err(err)
+}
+
+/// A `retry-after` given in seconds (the form OpenAI, Azure and Anthropic send); a date is
+/// ignored.
+fn retry_after_secs(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Reads a whole response body.

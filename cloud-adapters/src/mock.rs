@@ -5,8 +5,10 @@
 //! `GET .../models`. The request's `model` picks the behaviour:
 //! `tool` (a tool-call answer), `cut` (a stream cut mid-way), `slow` (a pause before every
 //! frame), `stall` (frames stop coming after the first ones), `delay-<ms>` (a pause before the
-//! answer), `error` (500), `ratelimit` (429), `overloaded` (529), `status-<code>`, `flaky`
-//! (every other request fails with 503); anything else gets the plain text answer.
+//! answer), `error` (500), `ratelimit` (429), `overloaded` (529), `context-length` (OpenAI's
+//! 400 for a prompt over the context window), `status-<code>`, `flaky` (every other request
+//! fails with 503); anything else gets the plain text answer. 429 and 529 carry `retry-after`,
+//! as the real APIs send it.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -459,6 +461,10 @@ async fn handle(
         let status = u16::try_from(code).unwrap_or(500);
         return Ok(respond(&state, &error_fixture(status), Behaviour::Plain));
     }
+    if model.contains("context-length") && !anthropic {
+        let body = r#"{"error":{"message":"This model's maximum context length is 128000 tokens. However, your messages resulted in 131072 tokens. Please reduce the length of the messages.","type":"invalid_request_error","param":"messages","code":"context_length_exceeded"}}"#;
+        return Ok(respond(&state, &Fixture::json(400, body), Behaviour::Plain));
+    }
     if model.contains("error") {
         return Ok(respond(&state, &error_fixture(500), Behaviour::Plain));
     }
@@ -570,6 +576,9 @@ fn respond(state: &Arc<State>, fixture: &Fixture, behaviour: Behaviour) -> Respo
     );
     if fixture.content_type == "text/event-stream" {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    }
+    if matches!(fixture.status, 429 | 529) {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("3"));
     }
     response
 }

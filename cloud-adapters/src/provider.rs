@@ -55,6 +55,9 @@ pub struct ProviderError {
     pub retryable: bool,
     /// The upstream's error body, when it was JSON.
     pub upstream_body: Option<serde_json::Value>,
+    /// How long the upstream asked callers to wait before trying again (its `retry-after`, in
+    /// seconds).
+    pub retry_after_secs: Option<u64>,
     /// The provider's configured name.
     pub provider: String,
 }
@@ -76,6 +79,7 @@ impl ProviderError {
             message: message.into(),
             retryable,
             upstream_body: None,
+            retry_after_secs: None,
             provider: provider.into(),
         }
     }
@@ -88,6 +92,7 @@ impl ProviderError {
             message: message.into(),
             retryable: status_is_retryable(status),
             upstream_body: None,
+            retry_after_secs: None,
             provider: provider.into(),
         }
     }

@@ -42,8 +42,14 @@ pub struct UpstreamError {
     pub kind: &'static str,
     /// Whether trying the same request on another backend may succeed.
     pub retryable: bool,
-    /// The upstream's own error `type`/`code`, passed on to the client where known.
+    /// The upstream's own error `type`, passed on to the client where known.
     pub upstream_type: Option<String>,
+    /// The upstream's own error `code` (`context_length_exceeded`, `rate_limit_exceeded`, ...).
+    pub upstream_code: Option<String>,
+    /// The parameter the upstream blamed.
+    pub upstream_param: Option<String>,
+    /// The upstream's `retry-after`, in seconds, passed on to the client.
+    pub retry_after_secs: Option<u64>,
 }
 
 /// Every error the gateway answers a client with.
@@ -217,12 +223,13 @@ impl Error {
             Self::InvalidRequest { param, .. } => param.clone(),
             Self::Unsupported { param, .. } => Some(param.clone()),
             Self::ModelNotFound(_) => Some("model".into()),
+            Self::Upstream(e) => e.upstream_param.clone(),
             _ => None,
         }
     }
 
     /// The OpenAI `error.code`.
-    fn code(&self) -> Option<&'static str> {
+    fn code(&self) -> Option<&str> {
         match self {
             Self::InvalidRequest { code, .. } => *code,
             Self::Unsupported { .. } => Some("unsupported_parameter"),
@@ -234,7 +241,7 @@ impl Error {
             Self::Timeout(_) => Some("timeout"),
             Self::FirstTokenTimeout(_) => Some("first_token_timeout"),
             Self::NotReady(_) => Some("not_ready"),
-            Self::Upstream(e) => Some(e.kind),
+            Self::Upstream(e) => Some(e.upstream_code.as_deref().unwrap_or(e.kind)),
             Self::EndpointNotFound(_) => Some("unknown_url"),
             Self::LocalModel(_) | Self::Internal(_) => None,
         }
@@ -285,6 +292,11 @@ impl Error {
             // A backend loading or down for a moment: worth a retry soon.
             Self::NotReady(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(1u64));
+            }
+            Self::Upstream(e) => {
+                if let Some(secs) = e.retry_after_secs {
+                    headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                }
             }
             _ => {}
         }
@@ -345,13 +357,17 @@ mod tests {
             kind: "status",
             retryable: true,
             upstream_type: Some("rate_limit_error".into()),
+            upstream_code: Some("rate_limit_exceeded".into()),
+            upstream_param: None,
+            retry_after_secs: Some(7),
         }));
         assert_eq!(e.status(), StatusCode::TOO_MANY_REQUESTS);
         assert!(e.retryable());
-        assert_eq!(
-            e.body(ApiFlavor::OpenAi)["error"]["type"],
-            "rate_limit_error"
-        );
+        let body = e.body(ApiFlavor::OpenAi);
+        assert_eq!(body["error"]["type"], "rate_limit_error");
+        assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+        let r = e.into_response_for(ApiFlavor::Anthropic);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "7");
     }
 
     #[test]

@@ -32,7 +32,7 @@ listen = "127.0.0.1:0"
 kind = "openai-compatible"
 base_url = "{mock_base}"
 api_key_env = "MOCK_OPENAI_KEY"
-models = {{ "gpt" = "gpt-4o-mini", "gpt-tool" = "tool", "gpt-cut" = "cut", "gpt-error" = "error", "gpt-ratelimit" = "ratelimit", "gpt-slow" = "slow", "gpt-stall" = "stall", "gpt-delay" = "delay-3000", "gpt-flaky" = "flaky", "gpt-400" = "status-400" }}
+models = {{ "gpt" = "gpt-4o-mini", "gpt-tool" = "tool", "gpt-cut" = "cut", "gpt-error" = "error", "gpt-ratelimit" = "ratelimit", "gpt-slow" = "slow", "gpt-stall" = "stall", "gpt-delay" = "delay-3000", "gpt-flaky" = "flaky", "gpt-400" = "status-400", "gpt-long" = "context-length" }}
 price = {{ input = 1.0, output = 2.0, cached_input = 0.5 }}
 
 [backends.anthropic]

@@ -332,17 +332,46 @@ async fn upstream_errors_pass_on_and_fallback() {
             .unwrap()
             .contains("failed")
     );
+    // The upstream's own code and its wait reach the client.
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded", "{body}");
+    assert_eq!(headers["retry-after"], "3");
     let (status, _, body) = h
         .post("/v1/chat/completions", &chat("gpt-400", false))
         .await
         .unwrap();
     assert_eq!(status, 400, "{body}");
-    let (status, _, body) = h
+    let (status, headers, body) = h
+        .post("/v1/chat/completions", &chat("gpt-long", false))
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        (
+            &body["error"]["type"],
+            &body["error"]["param"],
+            &body["error"]["code"]
+        ),
+        (
+            &json!("invalid_request_error"),
+            &json!("messages"),
+            &json!("context_length_exceeded")
+        ),
+        "{body}"
+    );
+    let text = body["error"]["message"].as_str().unwrap();
+    assert!(
+        text.starts_with("upstream `openai` failed: This model's maximum context length"),
+        "{text}"
+    );
+    assert!(headers.get("retry-after").is_none());
+    let (status, headers, body) = h
         .post("/v1/messages", &message("claude-overloaded", false))
         .await
         .unwrap();
     assert_eq!(status, 529, "{body}");
     assert_eq!(body["type"], "error");
+    assert_eq!(body["error"]["type"], "overloaded_error", "{body}");
+    assert_eq!(headers["retry-after"], "3");
 
     // Connect refused on the first backend: the second answers.
     let (status, headers, body) = h

@@ -83,12 +83,20 @@ pub fn no_legacy_completions(backend: &str) -> Error {
     }
 }
 
-/// A provider's error as the gateway's edge error.
+/// A provider's error as the gateway's edge error, with the upstream's own type, code and
+/// blamed parameter where its error body gave them.
 pub fn upstream_error(backend: &str, e: ProviderError) -> Error {
-    let upstream_type = e.upstream_body.as_ref().and_then(|b| {
-        let err = b.get("error")?;
-        err.get("type").and_then(|t| t.as_str()).map(str::to_owned)
-    });
+    let field = |name: &str| {
+        let value = e.upstream_body.as_ref()?.get("error")?.get(name)?;
+        match value {
+            serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+            // Some OpenAI-compatible servers send numeric codes.
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }
+    };
+    let (upstream_type, upstream_code, upstream_param) =
+        (field("type"), field("code"), field("param"));
     Error::Upstream(Box::new(UpstreamError {
         backend: backend.to_owned(),
         status: e.status,
@@ -96,6 +104,9 @@ pub fn upstream_error(backend: &str, e: ProviderError) -> Error {
         kind: e.kind.as_str(),
         retryable: e.retryable,
         upstream_type,
+        upstream_code,
+        upstream_param,
+        retry_after_secs: e.retry_after_secs,
     }))
 }
 

@@ -166,14 +166,8 @@ impl Uniforms {
 
 /// Maps a verifier or streamer failure to the gateway's error.
 pub(crate) fn upstream(e: ProviderError) -> Error {
-    Error::Upstream(Box::new(crate::error::UpstreamError {
-        backend: e.provider.clone(),
-        status: e.status,
-        message: e.message.clone(),
-        kind: e.kind.as_str(),
-        retryable: e.retryable,
-        upstream_type: None,
-    }))
+    let backend = e.provider.clone();
+    crate::executor::upstream_error(&backend, e)
 }
 
 fn local(e: tandem_local_model::Error) -> Error {
