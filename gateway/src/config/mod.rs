@@ -457,10 +457,20 @@ impl Config {
                 ));
             }
             for (i, b) in r.backends.iter().enumerate() {
-                if !backends.contains_key(b) {
+                let Some(backend) = backends.get(b) else {
                     return Err(invalid(
                         format!("routes.{model}.backends[{i}]"),
                         format!("no backend named `{b}` (declared: {})", names(&backends)),
+                    ));
+                };
+                // Azure serves a model only from a deployment named for it; without one, every
+                // request on the route would fail there.
+                if backend.kind == BackendKind::Azure && !backend.models.contains_key(&model) {
+                    return Err(invalid(
+                        format!("routes.{model}.backends[{i}]"),
+                        format!(
+                            "the azure backend `{b}` has no deployment for `{model}` (add \"{model}\" = \"<deployment>\" to backends.{b}.models)"
+                        ),
                     ));
                 }
             }
@@ -1164,6 +1174,13 @@ mod tests {
         );
         let e = err("[limits]\nmax_body_bytes = \"big\"\n");
         assert!(e.starts_with("limits.max_body_bytes: invalid type"), "{e}");
+        let e = err(
+            "[backends.az]\nkind = \"azure\"\nbase_url = \"https://r.openai.azure.com\"\napi_version = \"2024-10-21\"\nmodels = { \"a\" = \"dep-a\" }\n[routes.m]\nbackends = [\"az\"]\n",
+        );
+        assert!(
+            e.starts_with("routes.m.backends[0]: the azure backend `az` has no deployment for `m`"),
+            "{e}"
+        );
         let e = err("[routes.m]\nbackends = [\"nope\"]\n");
         assert!(
             e.starts_with("routes.m.backends[0]: no backend named `nope`"),
