@@ -580,6 +580,16 @@ async fn first_token_timeout() {
         .unwrap();
     assert_eq!(status, 504, "{body}");
     assert_eq!(body["error"]["code"], "first_token_timeout");
+    // The same for a streamed legacy completion (it waited for the upstream's headers before).
+    let (status, _, body) = h
+        .post(
+            "/v1/completions",
+            &json!({"model": "gpt-delay", "prompt": "def add(a, b):", "stream": true}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(body["error"]["code"], "first_token_timeout");
     // Non-streaming requests are not bound by it.
     let h = Harness::start("[limits]\nfirst_token_timeout_ms = 100")
         .await
@@ -854,8 +864,8 @@ fallback = true
         .unwrap();
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["param"], "model");
-    // Upstream errors keep their status and shape.
-    let (status, _, body) = h
+    // Upstream errors keep their status and shape, and say which backend failed.
+    let (status, headers, body) = h
         .post(
             "/v1/completions",
             &json!({"model": "gpt-400", "prompt": "Hi"}),
@@ -864,4 +874,9 @@ fallback = true
         .unwrap();
     assert_eq!(status, 400, "{body}");
     assert!(body["error"]["message"].is_string());
+    let route = headers["x-tandem-route"].to_str().unwrap();
+    assert!(
+        route.starts_with("openai; route gpt-400; failed (upstream)"),
+        "{route}"
+    );
 }

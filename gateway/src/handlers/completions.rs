@@ -23,6 +23,7 @@ use crate::config::BackendKind;
 use crate::dispatch::{RouteInfo, route_for};
 use crate::error::{ApiFlavor, Error};
 use crate::executor::Executor;
+use crate::middleware::first_token_timeout::FirstTokenDeadline;
 use crate::routing::RequestHints;
 use crate::state::{AppState, RequestRecord};
 
@@ -126,21 +127,35 @@ pub fn decode(bytes: &[u8]) -> Result<CompletionRequest, Error> {
 pub async fn completions(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let id = request_id(&parts);
+    // A stream stops waiting for upstream headers at the first-token deadline.
+    let deadline = parts
+        .extensions
+        .get::<FirstTokenDeadline>()
+        .map(|d| (d.at, d.error()));
+    // Errors after a backend was chosen keep the route, so the client sees where it failed.
     let result = async {
-        let bytes = read_body(&parts, body).await?;
-        let request = decode(&bytes)?;
-        let hints = RequestHints::from_parts(id.0.clone(), &parts)?;
-        let (executors, fallback) = route_for(&state, &request.model, &hints)?;
+        let bytes = read_body(&parts, body).await.map_err(|e| (e, None))?;
+        let request = decode(&bytes).map_err(|e| (e, None))?;
+        let hints = RequestHints::from_parts(id.0.clone(), &parts).map_err(|e| (e, None))?;
+        let (executors, fallback) =
+            route_for(&state, &request.model, &hints).map_err(|e| (e, None))?;
         let count = executors.len();
         let mut reason = format!("route {}", request.model);
         let mut skipped = Vec::new();
         let mut last_error = None;
+        let failed = |backend: String, reason: &str, e: Error| {
+            let route = RouteInfo {
+                explanation: format!("{backend}; {reason}; failed ({})", e.metric_label()),
+                backend,
+            };
+            (e, Some(route))
+        };
         for (i, executor) in executors.into_iter().enumerate() {
             let backend = executor.backend().to_owned();
             let answer = if executor.kind() == BackendKind::Local {
                 run_local(&state, request.clone(), &backend).await
             } else {
-                run_cloud(&state, executor.as_ref(), &bytes, &request).await
+                run_cloud(&state, executor.as_ref(), &bytes, &request, deadline.clone()).await
             };
             match answer {
                 Ok(response) => {
@@ -156,20 +171,27 @@ pub async fn completions(State(state): State<Arc<AppState>>, request: Request) -
                 }
                 Err(e) if fallback && e.retryable() && i + 1 < count => {
                     tracing::warn!(backend = %backend, error = %e, "backend failed, trying the next one");
+                    let previous = reason.clone();
                     reason = format!("{reason}; fallback after {backend} failed ({})", e.metric_label());
-                    last_error = Some(e);
+                    last_error = Some((backend, previous, e));
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(failed(backend, &reason, e)),
             }
         }
-        Err(last_error.unwrap_or_else(|| Error::Unsupported {
-            message: format!(
-                "model `{}` has no backend that serves /v1/completions ({} cannot)",
-                request.model,
-                skipped.join(", ")
+        Err(match last_error {
+            Some((backend, reason, e)) => failed(backend, &reason, e),
+            None => (
+                Error::Unsupported {
+                    message: format!(
+                        "model `{}` has no backend that serves /v1/completions ({} cannot)",
+                        request.model,
+                        skipped.join(", ")
+                    ),
+                    param: "model".into(),
+                },
+                None,
             ),
-            param: "model".into(),
-        }))
+        })
     }
     .await;
     match result {
@@ -184,7 +206,13 @@ pub async fn completions(State(state): State<Arc<AppState>>, request: Request) -
             );
             response
         }
-        Err(e) => e.into_response_for(ApiFlavor::OpenAi),
+        Err((e, route)) => {
+            let mut response = e.into_response_for(ApiFlavor::OpenAi);
+            if let Some(route) = route {
+                mark_route(&mut response, &route);
+            }
+            response
+        }
     }
 }
 
@@ -208,6 +236,7 @@ async fn run_cloud(
     executor: &dyn Executor,
     bytes: &[u8],
     request: &CompletionRequest,
+    deadline: Option<(tokio::time::Instant, Error)>,
 ) -> Result<Response, Error> {
     let body = match serde_json::from_slice(bytes) {
         Ok(Value::Object(body)) => body,
@@ -215,7 +244,12 @@ async fn run_cloud(
     };
     let backend = executor.backend().to_owned();
     if request.stream {
-        let events = executor.completions_stream(body).await?;
+        let events = match deadline {
+            Some((at, late)) => tokio::time::timeout_at(at, executor.completions_stream(body))
+                .await
+                .unwrap_or(Err(late))?,
+            None => executor.completions_stream(body).await?,
+        };
         let encoder = Encoder::Completion(CompletionChunkEncoder::new(request.include_usage));
         let body = encoded_sse_body(state.clone(), events, encoder, backend);
         Ok(sse_response(body))
