@@ -1424,6 +1424,7 @@ pub struct ChunkDecoder {
     provider: String,
     started: bool,
     finished: bool,
+    usage_seen: bool,
     done: bool,
     failed: bool,
 }
@@ -1435,6 +1436,7 @@ impl ChunkDecoder {
             provider: provider.into(),
             started: false,
             finished: false,
+            usage_seen: false,
             done: false,
             failed: false,
         }
@@ -1520,13 +1522,16 @@ impl ChunkDecoder {
             }
         }
         if let Some(usage) = chunk.usage {
+            self.usage_seen = true;
             out.push(ChatEvent::Usage(usage.into()));
         }
     }
 
-    /// Whether the stream reached its end (`[DONE]` or a finish reason) or already failed.
+    /// Whether the stream reached its end or already failed. The end is `[DONE]`, or a finish
+    /// reason and the usage: the usage comes in a chunk after the finish reason, so a stream that
+    /// ends between the two was cut, and its usage would be lost without a word.
     pub fn is_complete(&self) -> bool {
-        self.done || self.finished || self.failed
+        self.done || self.failed || (self.finished && self.usage_seen)
     }
 }
 

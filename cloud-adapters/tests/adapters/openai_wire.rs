@@ -312,6 +312,35 @@ fn a_cut_stream_is_not_complete() {
 }
 
 #[test]
+fn a_stream_cut_between_its_finish_reason_and_its_usage_is_not_complete() {
+    let whole = fixture("openai/chat_text_stream.sse");
+    let text = String::from_utf8(whole).unwrap();
+    let frames: Vec<&str> = text.split_inclusive("\n\n").collect();
+    let finish = frames
+        .iter()
+        .position(|f| f.contains("\"finish_reason\":\"stop\""))
+        .unwrap();
+    let usage = frames
+        .iter()
+        .position(|f| f.contains("\"usage\":{"))
+        .unwrap();
+    assert!(
+        finish < usage,
+        "the fixture sends usage after the finish reason"
+    );
+    let upto = |n: usize| frames[..n].concat().into_bytes();
+    // Ended after the finish reason: the usage never came, so the stream was cut.
+    let (events, complete) = openai_events(&upto(finish + 1), 7);
+    assert!(!complete);
+    assert!(!events.iter().any(|e| matches!(e, ChatEvent::Usage(_))));
+    // With the usage chunk, or with `[DONE]` alone (a server that sends no usage), it is whole.
+    assert!(openai_events(&upto(usage + 1), 7).1);
+    let mut done_only = upto(finish + 1);
+    done_only.extend_from_slice(b"data: [DONE]\n\n");
+    assert!(openai_events(&done_only, 7).1);
+}
+
+#[test]
 fn error_bodies_say_whether_to_retry() {
     let e = openai::parse_error_body(429, &fixture("openai/error_rate_limit.json"), "oa");
     assert!(e.retryable);
