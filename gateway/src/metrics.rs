@@ -16,6 +16,9 @@ use prometheus_client::registry::Registry;
 pub struct RequestLabels {
     /// `chat`, `completions`, `messages`, `models`, `feedback`, `health`, `metrics` or `other`.
     pub endpoint: &'static str,
+    /// The route: the model id the client asked for, when it named a configured route; else
+    /// `none` (so a client cannot add label values).
+    pub route: String,
     /// Backend config name, or `none`.
     pub backend: String,
     /// `2xx`, `4xx`, `5xx`.
@@ -28,16 +31,29 @@ pub struct LatencyLabels {
     /// As in [`RequestLabels`].
     pub endpoint: &'static str,
     /// As in [`RequestLabels`].
+    pub route: String,
+    /// As in [`RequestLabels`].
     pub backend: String,
 }
 
 /// Labels of a token count.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TokenLabels {
+    /// As in [`RequestLabels`].
+    pub route: String,
     /// Backend config name.
     pub backend: String,
     /// `prompt`, `completion` or `cached_prompt`.
     pub kind: &'static str,
+}
+
+/// Labels of a cost: the route and the backend.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CostLabels {
+    /// As in [`RequestLabels`].
+    pub route: String,
+    /// Backend config name.
+    pub backend: String,
 }
 
 /// Labels with only a backend.
@@ -77,7 +93,7 @@ pub struct Metrics {
     /// Tokens counted from backend usage.
     pub tokens: Family<TokenLabels, Counter>,
     /// Dollars spent, from usage and configured prices.
-    pub cost: Family<BackendLabels, Counter<f64, AtomicU64>>,
+    pub cost: Family<CostLabels, Counter<f64, AtomicU64>>,
     /// Errors answered.
     pub errors: Family<ErrorLabels, Counter>,
     /// Moves to the next backend after a retryable error.
@@ -115,7 +131,7 @@ impl Metrics {
             latency_histogram as fn() -> Histogram,
         );
         let tokens = Family::<TokenLabels, Counter>::default();
-        let cost = Family::<BackendLabels, Counter<f64, AtomicU64>>::default();
+        let cost = Family::<CostLabels, Counter<f64, AtomicU64>>::default();
         let errors = Family::<ErrorLabels, Counter>::default();
         let fallbacks = Family::<BackendLabels, Counter>::default();
         let in_flight = Gauge::default();
@@ -222,9 +238,10 @@ impl Metrics {
         }
     }
 
-    /// Records one request's usage and its cost.
+    /// Records one request's usage and its cost, on the route the client asked for.
     pub fn record_usage(
         &self,
+        route: &str,
         backend: &str,
         prompt: u64,
         completion: u64,
@@ -239,6 +256,7 @@ impl Metrics {
             if n > 0 {
                 self.tokens
                     .get_or_create(&TokenLabels {
+                        route: route.to_owned(),
                         backend: backend.to_owned(),
                         kind,
                     })
@@ -247,7 +265,8 @@ impl Metrics {
         }
         if cost > 0.0 {
             self.cost
-                .get_or_create(&BackendLabels {
+                .get_or_create(&CostLabels {
+                    route: route.to_owned(),
                     backend: backend.to_owned(),
                 })
                 .inc_by(cost);

@@ -103,11 +103,12 @@ async fn openai_stream_with_usage_and_cached_tokens() {
         .await
         .unwrap();
     assert!(
-        metrics.contains(r#"tandem_tokens_total{backend="openai",kind="cached_prompt"}"#),
+        metrics
+            .contains(r#"tandem_tokens_total{route="gpt",backend="openai",kind="cached_prompt"}"#),
         "{metrics}"
     );
     assert!(
-        metrics.contains(r#"tandem_cost_dollars_total{backend="openai"}"#),
+        metrics.contains(r#"tandem_cost_dollars_total{route="gpt",backend="openai"}"#),
         "{metrics}"
     );
 }
@@ -707,9 +708,19 @@ async fn models_health_ready_metrics() {
         .await
         .unwrap();
     assert!(
-        text.contains(r#"tandem_requests_total{endpoint="chat",backend="openai",status="2xx"} 1"#),
+        text.contains(
+            r#"tandem_requests_total{endpoint="chat",route="gpt",backend="openai",status="2xx"} 1"#
+        ),
         "{text}"
     );
+    // A model no route serves adds no label value: its request counts under `none`.
+    assert!(
+        text.contains(
+            r#"tandem_requests_total{endpoint="chat",route="none",backend="none",status="4xx"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("nope"), "{text}");
     assert!(
         text.contains(r#"tandem_errors_total{endpoint="chat",kind="model_not_found"} 1"#),
         "{text}"

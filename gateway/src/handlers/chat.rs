@@ -17,8 +17,8 @@ use tandem_cloud_adapters::{
 };
 
 use super::{json_bytes_response, mark_route, read_body, request_id, sse_response, wire_error};
-use crate::dispatch::{RouteInfo, run_chat, run_chat_completion, run_stream};
-use crate::error::{ApiFlavor, Error, FlavoredError};
+use crate::dispatch::{run_chat, run_chat_completion, run_stream};
+use crate::error::{ApiFlavor, Error};
 use crate::metrics::BackendLabels;
 use crate::middleware::first_token_timeout::FirstTokenDeadline;
 use crate::routing::RequestHints;
@@ -57,7 +57,7 @@ async fn handle(state: Arc<AppState>, request: Request, format: WireFormat) -> R
         .and_then(|c| RequestHints::from_parts(id.0.clone(), &parts).map(|h| (c, h)));
     let (chat, hints) = match hints {
         Ok(c) => c,
-        Err(e) => return FlavoredError(e, flavor).into_response_with_route(None),
+        Err(e) => return e.into_response_for(flavor),
     };
     let model = chat.model.clone();
     let (mut response, route) = if chat.stream {
@@ -74,6 +74,7 @@ async fn handle(state: Arc<AppState>, request: Request, format: WireFormat) -> R
                     events,
                     format,
                     include_usage,
+                    model.clone(),
                     route.backend.clone(),
                 );
                 (sse_response(body), route)
@@ -96,13 +97,13 @@ async fn handle(state: Arc<AppState>, request: Request, format: WireFormat) -> R
         };
         match result {
             Ok((body, usage)) => {
-                record_usage(&state, &route.backend, &usage);
+                record_usage(&state, &model, &route.backend, &usage);
                 (json_bytes_response(body), route)
             }
             Err(e) => (e.into_response_for(flavor), route),
         }
     };
-    mark_route(&mut response, &route);
+    mark_route(&mut response, &route, &model);
     if response.status().is_success() {
         state.requests.insert(
             id.0.clone(),
@@ -132,18 +133,8 @@ fn validate(chat: ChatRequest) -> Result<ChatRequest, Error> {
     Ok(chat)
 }
 
-impl FlavoredError {
-    fn into_response_with_route(self, route: Option<&RouteInfo>) -> Response {
-        let mut response = self.0.into_response_for(self.1);
-        if let Some(r) = route {
-            mark_route(&mut response, r);
-        }
-        response
-    }
-}
-
-/// Counts tokens and cost from what the backend reported.
-pub fn record_usage(state: &AppState, backend: &str, usage: &Usage) {
+/// Counts tokens and cost from what `backend` reported, on `route` (the model id asked for).
+pub fn record_usage(state: &AppState, route: &str, backend: &str, usage: &Usage) {
     // A speculative answer is billed for what its target processed: every verify round's
     // context (cached or not) and the target's own output, not the client-facing counts.
     let (input, output, cached) = match &usage.speculative {
@@ -163,6 +154,7 @@ pub fn record_usage(state: &AppState, backend: &str, usage: &Usage) {
         .get(backend)
         .map_or(0.0, |e| e.price().cost(input, output, cached));
     state.metrics.record_usage(
+        route,
         backend,
         usage.prompt_tokens,
         usage.completion_tokens,
@@ -202,6 +194,8 @@ impl Encoder {
 /// Records a stream's usage when it ends or is dropped (client gone).
 struct StreamAccounting {
     state: Arc<AppState>,
+    /// The model id the client asked for.
+    route: String,
     backend: String,
     usage: Option<Usage>,
     started: StdInstant,
@@ -226,7 +220,7 @@ impl StreamAccounting {
 impl Drop for StreamAccounting {
     fn drop(&mut self) {
         if let Some(usage) = self.usage.take() {
-            record_usage(&self.state, &self.backend, &usage);
+            record_usage(&self.state, &self.route, &self.backend, &usage);
         }
     }
 }
@@ -249,13 +243,14 @@ fn sse_body(
     events: EventStream,
     format: WireFormat,
     include_usage: bool,
+    route: String,
     backend: String,
 ) -> Body {
     let encoder = match format {
         WireFormat::OpenAi => Encoder::OpenAi(openai::ChunkEncoder::new(include_usage)),
         WireFormat::Anthropic => Encoder::Anthropic(anthropic::EventEncoder::new()),
     };
-    encoded_sse_body(state, events, encoder, backend)
+    encoded_sse_body(state, events, encoder, route, backend)
 }
 
 /// Encodes a stream of events as SSE with `encoder`, with the same guarantees as [`sse_body`].
@@ -263,6 +258,7 @@ pub(crate) fn encoded_sse_body(
     state: Arc<AppState>,
     events: EventStream,
     encoder: Encoder,
+    route: String,
     backend: String,
 ) -> Body {
     let stream = SseStream {
@@ -273,6 +269,7 @@ pub(crate) fn encoded_sse_body(
         done: false,
         accounting: StreamAccounting {
             state,
+            route,
             backend,
             usage: None,
             started: StdInstant::now(),

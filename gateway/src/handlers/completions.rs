@@ -148,7 +148,7 @@ pub async fn completions(State(state): State<Arc<AppState>>, request: Request) -
                 explanation: format!("{backend}; {reason}; failed ({})", e.metric_label()),
                 backend,
             };
-            (e, Some(route))
+            (e, Some((route, request.model.clone())))
         };
         for (i, executor) in executors.into_iter().enumerate() {
             let backend = executor.backend().to_owned();
@@ -196,7 +196,7 @@ pub async fn completions(State(state): State<Arc<AppState>>, request: Request) -
     .await;
     match result {
         Ok((mut response, route, model)) => {
-            mark_route(&mut response, &route);
+            mark_route(&mut response, &route, &model);
             state.requests.insert(
                 id.0.clone(),
                 RequestRecord {
@@ -208,8 +208,8 @@ pub async fn completions(State(state): State<Arc<AppState>>, request: Request) -
         }
         Err((e, route)) => {
             let mut response = e.into_response_for(ApiFlavor::OpenAi);
-            if let Some(route) = route {
-                mark_route(&mut response, &route);
+            if let Some((route, model)) = route {
+                mark_route(&mut response, &route, &model);
             }
             response
         }
@@ -251,11 +251,17 @@ async fn run_cloud(
             None => executor.completions_stream(body).await?,
         };
         let encoder = Encoder::Completion(CompletionChunkEncoder::new(request.include_usage));
-        let body = encoded_sse_body(state.clone(), events, encoder, backend);
+        let body = encoded_sse_body(
+            state.clone(),
+            events,
+            encoder,
+            request.model.clone(),
+            backend,
+        );
         Ok(sse_response(body))
     } else {
         let answer = executor.completions(body).await?;
-        record_usage(state, &backend, &answer.usage);
+        record_usage(state, &request.model, &backend, &answer.usage);
         let mut response = Response::new(Body::from(encode_completion_response(&answer, None)));
         response.headers_mut().insert(
             http::header::CONTENT_TYPE,
@@ -524,7 +530,7 @@ async fn run(
             }
         }
     }
-    record_usage(state, backend, &usage);
+    record_usage(state, &request.model, backend, &usage);
     let mut choice = json!({
         "index": 0,
         "text": text,
@@ -627,7 +633,7 @@ fn stream_response(
                         cached_prompt_tokens: cached_prompt_tokens as u64,
                         ..Usage::default()
                     };
-                    record_usage(&s.state, &s.backend, &usage);
+                    record_usage(&s.state, &s.model, &s.backend, &usage);
                     let finish = if reason == tandem_local_model::FinishReason::Length {
                         "length"
                     } else {

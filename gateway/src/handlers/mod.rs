@@ -53,15 +53,17 @@ pub fn request_id(parts: &Parts) -> RequestId {
         .unwrap_or_else(RequestId::generate)
 }
 
-/// Adds the route header and the answering backend to a response.
-pub fn mark_route(response: &mut Response, route: &RouteInfo) {
+/// Adds the route header, and the route (`model`, the id the client asked for) and answering
+/// backend for the metrics, to a response.
+pub fn mark_route(response: &mut Response, route: &RouteInfo, model: &str) {
     response
         .headers_mut()
         .insert(ROUTE_HEADER, route.header_value());
     if !route.backend.is_empty() {
-        response
-            .extensions_mut()
-            .insert(AnsweredBy(route.backend.as_str().into()));
+        response.extensions_mut().insert(AnsweredBy {
+            route: model.into(),
+            backend: route.backend.as_str().into(),
+        });
     }
 }
 

@@ -16,9 +16,14 @@ use crate::metrics::{
     ErrorLabels, LatencyLabels, Metrics, RequestLabels, endpoint_label, status_label,
 };
 
-/// Response extension: the backend that answered.
+/// Response extension: the route a request took and the backend that answered on it.
 #[derive(Debug, Clone)]
-pub struct AnsweredBy(pub Arc<str>);
+pub struct AnsweredBy {
+    /// The route: the model id the client asked for.
+    pub route: Arc<str>,
+    /// The backend's config name.
+    pub backend: Arc<str>,
+}
 
 // ===== impl MetricsLayer =====
 
@@ -112,16 +117,16 @@ where
         let result = ready!(this.inner.poll(cx));
         if let Ok(response) = &result {
             let metrics = &this.guard.0;
-            let backend = response
-                .extensions()
-                .get::<AnsweredBy>()
-                .map(|a| a.0.to_string())
-                .unwrap_or_else(|| "none".into());
+            let (route, backend) = match response.extensions().get::<AnsweredBy>() {
+                Some(a) => (a.route.to_string(), a.backend.to_string()),
+                None => ("none".to_owned(), "none".to_owned()),
+            };
             let endpoint = *this.endpoint;
             metrics
                 .latency
                 .get_or_create(&LatencyLabels {
                     endpoint,
+                    route: route.clone(),
                     backend: backend.clone(),
                 })
                 .observe(this.start.elapsed().as_secs_f64());
@@ -129,6 +134,7 @@ where
                 .requests
                 .get_or_create(&RequestLabels {
                     endpoint,
+                    route,
                     backend,
                     status: status_label(response.status()),
                 })
@@ -166,7 +172,10 @@ mod tests {
         let (_r, send) = handle.next_request().await.unwrap();
         assert_eq!(metrics.in_flight.get(), 1);
         let mut ok = Response::new(Body::empty());
-        ok.extensions_mut().insert(AnsweredBy("openai".into()));
+        ok.extensions_mut().insert(AnsweredBy {
+            route: "gpt".into(),
+            backend: "openai".into(),
+        });
         send.send_response(ok);
         fut.await.unwrap();
 
@@ -187,7 +196,7 @@ mod tests {
         let text = metrics.render();
         assert!(
             text.contains(
-                r#"tandem_requests_total{endpoint="chat",backend="openai",status="2xx"} 1"#
+                r#"tandem_requests_total{endpoint="chat",route="gpt",backend="openai",status="2xx"} 1"#
             ),
             "{text}"
         );
