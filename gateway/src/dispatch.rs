@@ -122,9 +122,10 @@ fn runnable<'a>(
     Ok(executors)
 }
 
-/// Runs `attempt` on each of `executors` until one succeeds or fails for good. `attempt` is
-/// told whether its try is the last one there can be, so it can hand over the request instead
-/// of a copy.
+/// Runs `attempt` on each of `executors` until one succeeds or fails for good. A backend that
+/// cannot honour the request (an unsupported parameter) is skipped whatever the fallback
+/// setting, since it never ran it. `attempt` is told whether its try is the last one there can
+/// be, so it can hand over the request instead of a copy.
 async fn with_fallback<T, F, Fut>(
     state: &AppState,
     executors: Vec<Arc<dyn Executor>>,
@@ -141,8 +142,7 @@ where
     let mut last_error = Error::Internal("route has no backends".into());
     for (i, executor) in executors.into_iter().enumerate() {
         let backend = executor.backend().to_owned();
-        // Only a retryable failure with fallback on and backends left leads to another try.
-        let last = !fallback || i + 1 == count;
+        let last = i + 1 == count;
         match attempt(executor, last).await {
             Ok(value) => {
                 let explanation = if decided {
@@ -158,7 +158,13 @@ where
                     },
                 );
             }
-            Err(e) if !last && e.retryable() => {
+            Err(Error::Unsupported { message, param }) if !last => {
+                tracing::debug!(backend = %backend, %message, "backend cannot honour the request, trying the next one");
+                reason = format!("{reason}; skipped {backend} ({param} unsupported)");
+                last_error = Error::Unsupported { message, param };
+            }
+            // Only a retryable failure with fallback on and backends left leads to another try.
+            Err(e) if !last && fallback && e.retryable() => {
                 tracing::warn!(backend = %backend, error = %e, "backend failed, trying the next one");
                 state
                     .metrics

@@ -320,6 +320,66 @@ async fn client_errors_are_shaped_and_never_panic() {
 }
 
 #[tokio::test]
+async fn a_backend_that_cannot_honour_a_parameter_is_refused_or_skipped() {
+    let extra = r#"
+[routes."claude-then-gpt"]
+backends = ["anthropic", "openai"]
+fallback = false
+"#;
+    let h = Harness::start(extra).await.unwrap();
+    let with = |model: &str, key: &str, value: Value| {
+        let mut body = chat(model, false);
+        body[key] = value;
+        body
+    };
+    // Anthropic's API has neither; silently dropping them would hand back a different answer.
+    for (key, value) in [
+        ("response_format", json!({"type": "json_object"})),
+        ("logprobs", json!(true)),
+    ] {
+        let (status, headers, body) = h
+            .post("/v1/chat/completions", &with("claude", key, value))
+            .await
+            .unwrap();
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["error"]["param"], key, "{body}");
+        assert_eq!(body["error"]["code"], "unsupported_parameter", "{body}");
+        let route = headers["x-tandem-route"].to_str().unwrap();
+        assert!(route.starts_with("anthropic;"), "{route}");
+    }
+    let calls = h.mock.requests().len();
+    // A route with a backend that can goes on to it, fallback or not.
+    let (status, headers, body) = h
+        .post(
+            "/v1/chat/completions",
+            &with(
+                "claude-then-gpt",
+                "response_format",
+                json!({"type": "json_object"}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let route = headers["x-tandem-route"].to_str().unwrap();
+    assert!(
+        route.starts_with("openai;")
+            && route.contains("skipped anthropic (response_format unsupported)"),
+        "{route}"
+    );
+    let sent = h.mock.requests();
+    assert_eq!(
+        sent.len(),
+        calls + 1,
+        "only the backend that can was called"
+    );
+    assert_eq!(
+        sent.last().unwrap().json().unwrap()["response_format"],
+        json!({"type": "json_object"})
+    );
+}
+
+#[tokio::test]
 async fn upstream_errors_pass_on_and_fallback() {
     let h = Harness::start("").await.unwrap();
     let (status, headers, body) = h

@@ -125,6 +125,20 @@ async fn local_model_end_to_end() {
     let (status, _, body) = post(&c, url("/v1/chat/completions"), json!({"model": "local", "messages": [{"role": "user", "content": "x"}],
         "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]})).await;
     assert_eq!(status, 400, "{body}");
+    // So is structured output, which it cannot guarantee; plain text format is fine.
+    let (status, _, body) = post(&c, url("/v1/chat/completions"), json!({"model": "local", "max_tokens": 2,
+        "messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}})).await;
+    assert_eq!(status, 400, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["param"], "response_format", "{body}");
+    let (status, _, body) = post(
+        &c,
+        url("/v1/chat/completions"),
+        json!({"model": "local", "max_tokens": 2,
+        "messages": [{"role": "user", "content": "x"}], "response_format": {"type": "text"}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
 
     // Completions: text prompt with logprobs.
     let (status, _, body) = post(

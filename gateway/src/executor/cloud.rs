@@ -7,9 +7,13 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 use tandem_cloud_adapters::openai::ChatCompletion;
-use tandem_cloud_adapters::{ChatRequest, ChatResponse, EventStream, Provider, ProviderErrorKind};
+use tandem_cloud_adapters::{
+    ChatRequest, ChatResponse, EventStream, Provider, ProviderErrorKind, WireFormat,
+};
 
-use super::{Executor, no_legacy_completions, upstream_error};
+use super::{
+    Executor, cannot_honour, no_legacy_completions, upstream_error, wants_structured_output,
+};
 use crate::config::{BackendConfig, BackendKind, Price};
 use crate::error::Error;
 
@@ -25,9 +29,33 @@ impl CloudExecutor {
         Self { config, provider }
     }
 
-    fn upstream_request(&self, mut request: ChatRequest) -> ChatRequest {
+    /// The request with the model mapped, or why this backend cannot honour it: Anthropic's API
+    /// has no structured-output mode and no log-probabilities, so they would be silently lost.
+    fn upstream_request(&self, mut request: ChatRequest) -> Result<ChatRequest, Error> {
+        if self.provider.format() == WireFormat::Anthropic {
+            let name = &self.config.name;
+            if wants_structured_output(&request) {
+                return Err(cannot_honour(
+                    name,
+                    "response_format",
+                    "(Anthropic's API) has no structured-output mode",
+                ));
+            }
+            if request.logprobs || request.top_logprobs.is_some() {
+                let param = if request.logprobs {
+                    "logprobs"
+                } else {
+                    "top_logprobs"
+                };
+                return Err(cannot_honour(
+                    name,
+                    param,
+                    "(Anthropic's API) returns no log-probabilities",
+                ));
+            }
+        }
         request.model = self.config.upstream_model(&request.model).to_owned();
-        request
+        Ok(request)
     }
 
     /// A legacy completions body with the model mapped to the upstream's id.
@@ -85,7 +113,7 @@ impl Executor for CloudExecutor {
     }
 
     async fn chat_stream(&self, request: ChatRequest) -> Result<EventStream, Error> {
-        let request = self.upstream_request(request);
+        let request = self.upstream_request(request)?;
         self.provider
             .chat_stream(&request)
             .await
@@ -93,7 +121,7 @@ impl Executor for CloudExecutor {
     }
 
     async fn chat(&self, request: ChatRequest) -> Result<ChatResponse, Error> {
-        let request = self.upstream_request(request);
+        let request = self.upstream_request(request)?;
         self.provider
             .chat(&request)
             .await
@@ -101,7 +129,7 @@ impl Executor for CloudExecutor {
     }
 
     async fn chat_completion(&self, request: ChatRequest) -> Result<ChatCompletion, Error> {
-        let request = self.upstream_request(request);
+        let request = self.upstream_request(request)?;
         self.provider
             .chat_completion(&request)
             .await

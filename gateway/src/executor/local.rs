@@ -11,7 +11,7 @@ use tandem_cloud_adapters::{
 };
 use tandem_local_model::{ChatMessage, Engine, GenerateEvent, GenerateRequest, SamplingParams};
 
-use super::Executor;
+use super::{Executor, cannot_honour, wants_structured_output};
 use crate::config::{BackendConfig, BackendKind, Price};
 use crate::error::Error;
 
@@ -288,6 +288,13 @@ impl LocalExecutor {
                 message: "the local model does not support tool calls; route this model to a cloud backend".into(),
                 param: "tools".into(),
             });
+        }
+        if wants_structured_output(request) {
+            return Err(cannot_honour(
+                &self.config.name,
+                "response_format",
+                "(the local model) has no constrained decoding to guarantee structured output",
+            ));
         }
         if request.messages.is_empty() {
             return Err(Error::invalid(

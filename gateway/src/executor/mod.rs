@@ -83,6 +83,23 @@ pub fn no_legacy_completions(backend: &str) -> Error {
     }
 }
 
+/// Whether `request` asks for structured output (`response_format` other than plain text), which
+/// a backend without constrained decoding cannot guarantee.
+pub fn wants_structured_output(request: &ChatRequest) -> bool {
+    request
+        .response_format
+        .as_ref()
+        .is_some_and(|f| f.get("type").and_then(serde_json::Value::as_str) != Some("text"))
+}
+
+/// The error of a backend that cannot honour `param` of a request.
+pub fn cannot_honour(backend: &str, param: &str, why: &str) -> Error {
+    Error::Unsupported {
+        message: format!("backend `{backend}` {why}; route this model to a backend that can"),
+        param: param.into(),
+    }
+}
+
 /// A provider's error as the gateway's edge error, with the upstream's own type, code and
 /// blamed parameter where its error body gave them.
 pub fn upstream_error(backend: &str, e: ProviderError) -> Error {

@@ -27,8 +27,8 @@ use tandem_local_model::fetch::{FetchOptions, ProcessEnv as FetchEnv, resolve_mo
 use tandem_local_model::{ChatMessage, Engine, Tokenizer};
 use tokio::sync::{OnceCell, mpsc};
 
-use super::Executor;
 use super::local::{DEFAULT_MAX_TOKENS, LocalModel, template_messages};
+use super::{Executor, cannot_honour, wants_structured_output};
 use crate::config::{BackendConfig, BackendKind, DrafterKind, Price, SpeculativeBackend};
 use crate::error::Error;
 use crate::metrics::Metrics;
@@ -388,6 +388,14 @@ impl Executor for SpeculativeExecutor {
                 message: "speculative backends do not support tool calls; route this model to a cloud backend".into(),
                 param: "tools".into(),
             });
+        }
+        // The verified tokens are the target's unconstrained ones.
+        if wants_structured_output(&request) {
+            return Err(cannot_honour(
+                self.backend(),
+                "response_format",
+                "(speculative decoding) cannot constrain the target's output",
+            ));
         }
         if request.messages.is_empty() {
             return Err(Error::invalid(
