@@ -20,6 +20,7 @@ use crate::error::Error;
 use crate::executor::Executor;
 use crate::executor::local::LocalExecutor;
 use crate::metrics::BackendLabels;
+use crate::middleware::timeout::RouteSlot;
 use crate::routing::cascade::{CascadeExecutor, CascadeOutcome};
 use crate::routing::{LiveBackend, Planned, RequestHints, placement_for};
 use crate::state::AppState;
@@ -132,6 +133,7 @@ async fn with_fallback<T, F, Fut>(
     fallback: bool,
     mut reason: String,
     decided: bool,
+    slot: Option<&RouteSlot>,
     mut attempt: F,
 ) -> (Result<T, Error>, RouteInfo)
 where
@@ -143,6 +145,9 @@ where
     for (i, executor) in executors.into_iter().enumerate() {
         let backend = executor.backend().to_owned();
         let last = i + 1 == count;
+        if let Some(slot) = slot {
+            slot.note_backend(&backend);
+        }
         match attempt(executor, last).await {
             Ok(value) => {
                 let explanation = if decided {
@@ -215,18 +220,30 @@ struct Plan {
 }
 
 impl Plan {
-    /// Runs `attempt` on the plan's executors in order, with its fallback rule and reason.
-    async fn run<T, F, Fut>(&self, state: &AppState, attempt: F) -> (Result<T, Error>, RouteInfo)
+    /// Runs `attempt` on the plan's executors in order, with its fallback rule and reason; the
+    /// route `model` and each backend tried are noted where a timeout's answer can read them.
+    async fn run<T, F, Fut>(
+        &self,
+        state: &AppState,
+        hints: &RequestHints,
+        model: &str,
+        attempt: F,
+    ) -> (Result<T, Error>, RouteInfo)
     where
         F: FnMut(Arc<dyn Executor>, bool) -> Fut,
         Fut: std::future::Future<Output = Result<T, Error>>,
     {
+        let slot = hints.route_slot.as_ref();
+        if let Some(slot) = slot {
+            slot.note_route(model);
+        }
         with_fallback(
             state,
             self.executors.clone(),
             self.fallback,
             self.reason.clone(),
             self.planned.is_some(),
+            slot,
             attempt,
         )
         .await
@@ -624,7 +641,7 @@ where
     let mut request = Some(request);
     let answer = &answer;
     let (result, mut route) = plan
-        .run(state, |executor, last| {
+        .run(state, hints, &model, |executor, last| {
             let request = attempt_request(&mut request, last);
             async move {
                 let request = request?;
@@ -679,7 +696,7 @@ pub async fn run_stream(
     let measure = plan.cascade.is_none();
     let mut request = Some(request);
     let (result, mut route) = plan
-        .run(state, |executor, last| {
+        .run(state, hints, &model, |executor, last| {
             let request = attempt_request(&mut request, last);
             let deadline = first_token_deadline.clone();
             async move {

@@ -615,18 +615,54 @@ async fn total_timeout_is_504() {
     let h = Harness::start("[limits]\nrequest_timeout_ms = 300")
         .await
         .unwrap();
-    let (status, _, body) = h
+    let (status, headers, body) = h
         .post("/v1/chat/completions", &chat("gpt-delay", false))
         .await
         .unwrap();
     assert_eq!(status, 504, "{body}");
     assert_eq!(body["error"]["code"], "timeout");
-    let (status, _, body) = h
+    // The answer still says which backend it was waiting on.
+    assert_eq!(
+        headers["x-tandem-route"],
+        "openai; route gpt-delay; timed out"
+    );
+    let (status, headers, body) = h
         .post("/v1/messages", &message("gpt-delay", false))
         .await
         .unwrap();
     assert_eq!(status, 504);
     assert_eq!(body["type"], "error");
+    assert_eq!(
+        headers["x-tandem-route"],
+        "openai; route gpt-delay; timed out"
+    );
+    let (status, headers, _) = h
+        .post(
+            "/v1/completions",
+            &json!({"model": "gpt-delay", "prompt": "Hi"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 504);
+    assert_eq!(
+        headers["x-tandem-route"],
+        "openai; route gpt-delay; timed out"
+    );
+    let text = h
+        .client
+        .get(h.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(
+            r#"tandem_requests_total{endpoint="chat",route="gpt-delay",backend="openai",status="5xx"} 1"#
+        ),
+        "{text}"
+    );
 }
 
 #[tokio::test]

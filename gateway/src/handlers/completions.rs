@@ -139,6 +139,10 @@ pub async fn completions(State(state): State<Arc<AppState>>, request: Request) -
         let hints = RequestHints::from_parts(id.0.clone(), &parts).map_err(|e| (e, None))?;
         let (executors, fallback) =
             route_for(&state, &request.model, &hints).map_err(|e| (e, None))?;
+        let slot = hints.route_slot.as_ref();
+        if let Some(slot) = slot {
+            slot.note_route(&request.model);
+        }
         let count = executors.len();
         let mut reason = format!("route {}", request.model);
         let mut skipped = Vec::new();
@@ -152,6 +156,9 @@ pub async fn completions(State(state): State<Arc<AppState>>, request: Request) -
         };
         for (i, executor) in executors.into_iter().enumerate() {
             let backend = executor.backend().to_owned();
+            if let Some(slot) = slot {
+                slot.note_backend(&backend);
+            }
             let answer = if executor.kind() == BackendKind::Local {
                 run_local(&state, request.clone(), &backend).await
             } else {

@@ -1,20 +1,62 @@
-//! Total request timeout: a response not started in time becomes a 504; a stream still running at
-//! the deadline is cut with an error event (and its upstream work dropped).
+//! Total request timeout: a response not started in time becomes a 504 that names the backend it
+//! was waiting on; a stream still running at the deadline is cut with an error event (and its
+//! upstream work dropped).
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower::{Layer, Service};
 
 use super::deadline_body::{DeadlineBody, DeadlineMode};
 use super::is_event_stream;
+use super::metrics::AnsweredBy;
 use crate::error::{ApiFlavor, Error};
+use crate::handlers::ROUTE_HEADER;
+
+/// Where a handler notes the route it took and the backend it is waiting on, in request
+/// extensions, so a request that runs out of time can still say where it was.
+#[derive(Debug, Clone, Default)]
+pub struct RouteSlot(Arc<parking_lot::Mutex<Noted>>);
+
+#[derive(Debug, Default)]
+struct Noted {
+    route: Option<String>,
+    backend: Option<String>,
+}
+
+impl RouteSlot {
+    /// The route: the model id the client asked for, once it named one.
+    pub fn note_route(&self, model: &str) {
+        self.0.lock().route = Some(model.to_owned());
+    }
+
+    /// The backend now being tried.
+    pub fn note_backend(&self, backend: &str) {
+        self.0.lock().backend = Some(backend.to_owned());
+    }
+
+    /// Marks a timed-out response with the route and backend noted, if a backend was.
+    fn mark(&self, response: &mut Response<Body>) {
+        let noted = self.0.lock();
+        let (Some(route), Some(backend)) = (&noted.route, &noted.backend) else {
+            return;
+        };
+        if let Ok(value) = HeaderValue::from_str(&format!("{backend}; route {route}; timed out")) {
+            response.headers_mut().insert(ROUTE_HEADER, value);
+        }
+        response.extensions_mut().insert(AnsweredBy {
+            route: route.as_str().into(),
+            backend: backend.as_str().into(),
+        });
+    }
+}
 
 // ===== impl TimeoutLayer =====
 
@@ -63,11 +105,14 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<ReqB>) -> Self::Future {
+    fn call(&mut self, mut request: Request<ReqB>) -> Self::Future {
         let deadline = Instant::now() + self.duration;
         let flavor = ApiFlavor::from_path(request.uri().path());
+        let slot = RouteSlot::default();
+        request.extensions_mut().insert(slot.clone());
         ResponseFuture {
             inner: self.inner.call(request),
+            slot,
             sleep: tokio::time::sleep_until(deadline),
             deadline,
             millis: self.duration.as_millis() as u64,
@@ -83,6 +128,7 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
+        slot: RouteSlot,
         #[pin]
         sleep: Sleep,
         deadline: Instant,
@@ -115,9 +161,11 @@ where
             return Poll::Ready(Ok(Response::from_parts(parts, body)));
         }
         match this.sleep.poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Ok(
-                Error::Timeout(*this.millis).into_response_for(*this.flavor)
-            )),
+            Poll::Ready(()) => {
+                let mut response = Error::Timeout(*this.millis).into_response_for(*this.flavor);
+                this.slot.mark(&mut response);
+                Poll::Ready(Ok(response))
+            }
             Poll::Pending => Poll::Pending,
         }
     }
@@ -140,9 +188,17 @@ mod tests {
                 .body(())
                 .unwrap(),
         );
-        let (_req, _send) = handle.next_request().await.unwrap();
+        let (req, _send) = handle.next_request().await.unwrap();
+        let slot = req.extensions().get::<RouteSlot>().unwrap().clone();
+        slot.note_route("gpt");
+        slot.note_backend("openai");
         let r = fut.await.unwrap();
         assert_eq!(r.status(), 504);
+        assert_eq!(r.headers()[ROUTE_HEADER], "openai; route gpt; timed out");
+        assert_eq!(
+            &*r.extensions().get::<AnsweredBy>().unwrap().backend,
+            "openai"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -44,6 +44,8 @@ pub struct RequestHints {
     pub latency_slo_ms: Option<f64>,
     /// sha256 hex digest of the API key the request carried, as auth read it.
     pub key_hash: Option<String>,
+    /// Where the backend being tried is noted, for a timeout's answer.
+    pub route_slot: Option<crate::middleware::timeout::RouteSlot>,
 }
 
 impl RequestHints {
@@ -55,6 +57,10 @@ impl RequestHints {
             .extensions
             .get::<ApiKeyDigest>()
             .map(ApiKeyDigest::to_hex);
+        hints.route_slot = parts
+            .extensions
+            .get::<crate::middleware::timeout::RouteSlot>()
+            .cloned();
         Ok(hints)
     }
 
@@ -97,6 +103,7 @@ impl RequestHints {
             placement,
             latency_slo_ms,
             key_hash: None,
+            route_slot: None,
         })
     }
 }
