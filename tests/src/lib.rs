@@ -107,6 +107,14 @@ impl Harness {
         format!("{}{path}", self.gateway.url())
     }
 
+    /// The gateway's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        match self.client.get(self.url("/metrics")).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(e) => format!("metrics unreachable: {e}"),
+        }
+    }
+
     /// POSTs JSON and returns status, headers and the body as JSON (or a string value).
     pub async fn post(
         &self,

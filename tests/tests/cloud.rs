@@ -93,15 +93,7 @@ async fn openai_stream_with_usage_and_cached_tokens() {
         "{usage}"
     );
     // Usage and cost were counted from the stream.
-    let metrics = h
-        .client
-        .get(h.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = h.metrics().await;
     assert!(
         metrics
             .contains(r#"tandem_tokens_total{route="gpt",backend="openai",kind="cached_prompt"}"#),
@@ -445,15 +437,7 @@ async fn upstream_errors_pass_on_and_fallback() {
         route.starts_with("openai;") && route.contains("fallback after down"),
         "{route}"
     );
-    let metrics = h
-        .client
-        .get(h.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = h.metrics().await;
     assert!(
         metrics.contains(r#"tandem_fallbacks_total{backend="down"} 1"#),
         "{metrics}"
@@ -648,15 +632,7 @@ async fn total_timeout_is_504() {
         headers["x-tandem-route"],
         "openai; route gpt-delay; timed out"
     );
-    let text = h
-        .client
-        .get(h.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = h.metrics().await;
     assert!(
         text.contains(
             r#"tandem_requests_total{endpoint="chat",route="gpt-delay",backend="openai",status="5xx"} 1"#
@@ -794,15 +770,7 @@ async fn models_health_ready_metrics() {
         .post("/v1/chat/completions", &chat("nope", false))
         .await
         .unwrap();
-    let text = h
-        .client
-        .get(h.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = h.metrics().await;
     assert!(
         text.contains(
             r#"tandem_requests_total{endpoint="chat",route="gpt",backend="openai",status="2xx"} 1"#
