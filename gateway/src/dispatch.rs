@@ -141,7 +141,9 @@ where
     Fut: std::future::Future<Output = Result<T, Error>>,
 {
     let count = executors.len();
-    let mut last_error = Error::Internal("route has no backends".into());
+    // The last backend that failed in earnest, with the reason as it stood then: a later one
+    // that cannot honour the request does not hide it.
+    let mut failed: Option<(String, String, Error)> = None;
     for (i, executor) in executors.into_iter().enumerate() {
         let backend = executor.backend().to_owned();
         let last = i + 1 == count;
@@ -164,9 +166,8 @@ where
                 );
             }
             Err(Error::Unsupported { message, param }) if !last => {
-                tracing::debug!(backend = %backend, %message, "backend cannot honour the request, trying the next one");
+                tracing::debug!(backend = %backend, reason = %message, "backend cannot honour the request, trying the next one");
                 reason = format!("{reason}; skipped {backend} ({param} unsupported)");
-                last_error = Error::Unsupported { message, param };
             }
             // Only a retryable failure with fallback on and backends left leads to another try.
             Err(e) if !last && fallback && e.retryable() => {
@@ -178,13 +179,21 @@ where
                         backend: backend.clone(),
                     })
                     .inc();
+                let earlier = reason.clone();
                 reason = format!(
                     "{reason}; fallback after {backend} failed ({})",
                     e.metric_label()
                 );
-                last_error = e;
+                failed = Some((backend, earlier, e));
             }
             Err(e) => {
+                // The last backend cannot honour the request, but an earlier one failed for a
+                // reason that may pass (429, 5xx): that failure is the answer, with its status
+                // and retry-after.
+                let (backend, reason, e) = match (e, failed.take()) {
+                    (Error::Unsupported { .. }, Some(earlier)) => earlier,
+                    (e, _) => (backend, reason, e),
+                };
                 let explanation = if decided {
                     format!("{reason}; backend={backend}; failed ({})", e.metric_label())
                 } else {
@@ -201,7 +210,7 @@ where
         }
     }
     (
-        Err(last_error),
+        Err(Error::Internal("route has no backends".into())),
         RouteInfo {
             backend: String::new(),
             explanation: reason,
@@ -415,7 +424,12 @@ fn finish_plan<T>(
     let (Some(planned), Some(policy)) = (&plan.planned, &state.policy) else {
         return None;
     };
-    let outcome: Option<CascadeOutcome> = plan.cascade.as_ref().and_then(|c| c.outcome());
+    // The cascade's outcome counts only when the cascade answered, not a backend after it.
+    let outcome: Option<CascadeOutcome> = plan
+        .cascade
+        .as_ref()
+        .filter(|c| route.backend == c.backend())
+        .and_then(|c| c.outcome());
     let kind = match &planned.decision.choice {
         Choice::Local { .. } => "local",
         Choice::Cloud { .. } => "cloud",

@@ -317,6 +317,8 @@ async fn a_backend_that_cannot_honour_a_parameter_is_refused_or_skipped() {
 [routes."claude-then-gpt"]
 backends = ["anthropic", "openai"]
 fallback = false
+[routes."ratelimit-then-claude"]
+backends = ["openai", "anthropic"]
 "#;
     let h = Harness::start(extra).await.unwrap();
     let with = |model: &str, key: &str, value: Value| {
@@ -368,6 +370,26 @@ fallback = false
     assert_eq!(
         sent.last().unwrap().json().unwrap()["response_format"],
         json!({"type": "json_object"})
+    );
+    // When the backend that could has failed for a passing reason, that failure is the answer,
+    // not the later backend's refusal.
+    let (status, headers, body) = h
+        .post(
+            "/v1/chat/completions",
+            &with(
+                "ratelimit-then-claude",
+                "response_format",
+                json!({"type": "json_object"}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(headers["retry-after"], "3");
+    let route = headers["x-tandem-route"].to_str().unwrap();
+    assert!(
+        route.starts_with("openai; route ratelimit-then-claude; failed (upstream)"),
+        "{route}"
     );
 }
 
