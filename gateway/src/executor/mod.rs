@@ -112,8 +112,11 @@ pub fn upstream_error(backend: &str, e: ProviderError) -> Error {
             _ => None,
         }
     };
-    let (upstream_type, upstream_code, upstream_param) =
-        (field("type"), field("code"), field("param"));
+    // An upstream that refuses the gateway's own credentials says nothing about the client's:
+    // its `invalid_api_key` would read as the gateway refusing the client.
+    let own_credentials = matches!(e.status, Some(401 | 403));
+    let upstream_code = field("code").filter(|_| !own_credentials);
+    let (upstream_type, upstream_param) = (field("type"), field("param"));
     Error::Upstream(Box::new(UpstreamError {
         backend: backend.to_owned(),
         status: e.status,
