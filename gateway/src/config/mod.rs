@@ -465,11 +465,14 @@ impl Config {
                 };
                 // Azure serves a model only from a deployment named for it; without one, every
                 // request on the route would fail there.
-                if backend.kind == BackendKind::Azure && !backend.models.contains_key(&model) {
+                if backend.kind == BackendKind::Azure
+                    && !backend.models.contains_key(&model)
+                    && !backend.models.values().any(|d| *d == model)
+                {
                     return Err(invalid(
                         format!("routes.{model}.backends[{i}]"),
                         format!(
-                            "the azure backend `{b}` has no deployment for `{model}` (add \"{model}\" = \"<deployment>\" to backends.{b}.models)"
+                            "the azure backend `{b}` has no deployment for `{model}` (add \"{model}\" = \"<deployment>\" to backends.{b}.models, or name the route after a deployment)"
                         ),
                     ));
                 }
@@ -1181,6 +1184,12 @@ mod tests {
             e.starts_with("routes.m.backends[0]: the azure backend `az` has no deployment for `m`"),
             "{e}"
         );
+        // A route named after the deployment itself is served by it.
+        Config::from_toml_str(
+            "[backends.az]\nkind = \"azure\"\nbase_url = \"https://r.openai.azure.com\"\napi_version = \"2024-10-21\"\nmodels = { \"a\" = \"dep-a\" }\n[routes.dep-a]\nbackends = [\"az\"]\n",
+            &MapEnv::default(),
+        )
+        .unwrap();
         let e = err("[routes.m]\nbackends = [\"nope\"]\n");
         assert!(
             e.starts_with("routes.m.backends[0]: no backend named `nope`"),
