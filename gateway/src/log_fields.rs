@@ -31,13 +31,13 @@ struct FieldWriter<'w> {
     result: fmt::Result,
 }
 
-impl Visit for FieldWriter<'_> {
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        let name = field.name();
+impl FieldWriter<'_> {
+    /// Writes one field; `message` goes bare. Only the value goes through the formatting
+    /// machinery, and through [`Escaped`].
+    fn write(&mut self, name: &str, value: fmt::Arguments<'_>) {
         if self.result.is_err() || name.starts_with("log.") {
             return;
         }
-        // Only the value goes through the formatting machinery; the rest is copied.
         let w = &mut self.writer;
         let mut result = Ok(());
         if !self.first {
@@ -49,7 +49,50 @@ impl Visit for FieldWriter<'_> {
                 .and_then(|()| w.write_str(name))
                 .and_then(|()| w.write_char('='));
         }
-        self.result = result.and_then(|()| write!(w, "{value:?}"));
+        self.result = result.and_then(|()| fmt::write(&mut Escaped(w), value));
+    }
+}
+
+impl Visit for FieldWriter<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.write(field.name(), format_args!("{value:?}"));
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.write(field.name(), format_args!("{value}"));
+        let mut source = value.source();
+        if source.is_none() {
+            return;
+        }
+        let sources = format!("{}.sources", field.name());
+        let mut chain = String::new();
+        while let Some(s) = source {
+            if !chain.is_empty() {
+                chain.push_str(": ");
+            }
+            chain.push_str(&s.to_string());
+            source = s.source();
+        }
+        self.write(&sources, format_args!("{chain}"));
+    }
+}
+
+/// Writes through with control characters escaped (a newline as `\n`, ESC as `\u{1b}`), so a
+/// value that came from a client or an upstream cannot forge log lines or terminal sequences.
+struct Escaped<'a, 'w>(&'a mut Writer<'w>);
+
+impl fmt::Write for Escaped<'_, '_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let mut rest = s;
+        while let Some(at) = rest.find(char::is_control) {
+            self.0.write_str(&rest[..at])?;
+            let mut chars = rest[at..].chars();
+            if let Some(c) = chars.next() {
+                write!(self.0, "{}", c.escape_default())?;
+            }
+            rest = chars.as_str();
+        }
+        self.0.write_str(rest)
     }
 }
 
@@ -94,6 +137,12 @@ mod tests {
             let span = tracing::info_span!("request", method = %"POST", request_id = %"r1");
             let _entered = span.enter();
             tracing::warn!(status = 502, why = "upstream \"down\"", "upstream failed");
+            tracing::warn!(body = %"a\nforged line \u{1b}[31m", "bad body");
+            let err = std::io::Error::other(std::fmt::Error);
+            tracing::warn!(
+                error = &err as &(dyn std::error::Error + 'static),
+                "chained"
+            );
         });
         let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
         assert!(
@@ -102,5 +151,14 @@ mod tests {
             ),
             "{text}"
         );
+        assert!(
+            text.contains(r"bad body body=a\nforged line \u{1b}[31m"),
+            "{text}"
+        );
+        assert!(
+            text.contains("chained error=an error occurred when formatting an argument"),
+            "{text}"
+        );
+        assert_eq!(text.lines().count(), 3, "{text}");
     }
 }
