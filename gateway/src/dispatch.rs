@@ -127,7 +127,7 @@ fn runnable<'a>(
 /// cannot honour the request (an unsupported parameter) is skipped whatever the fallback
 /// setting, since it never ran it. `attempt` is told whether its try is the last one there can
 /// be, so it can hand over the request instead of a copy.
-async fn with_fallback<T, F, Fut>(
+pub(crate) async fn with_fallback<T, F, Fut>(
     state: &AppState,
     executors: Vec<Arc<dyn Executor>>,
     fallback: bool,

@@ -20,7 +20,7 @@ use tandem_local_model::{Engine, GenerateEvent, GenerateRequest, SamplingParams}
 use super::chat::{Encoder, encoded_sse_body, record_usage};
 use super::{json_response, mark_route, read_body, request_id, sse_response, wire_error};
 use crate::config::BackendKind;
-use crate::dispatch::{RouteInfo, route_for};
+use crate::dispatch::{route_for, with_fallback};
 use crate::error::{ApiFlavor, Error};
 use crate::executor::Executor;
 use crate::middleware::first_token_timeout::FirstTokenDeadline;
@@ -132,91 +132,53 @@ pub async fn completions(State(state): State<Arc<AppState>>, request: Request) -
         .extensions
         .get::<FirstTokenDeadline>()
         .map(|d| (d.at, d.error()));
-    // Errors after a backend was chosen keep the route, so the client sees where it failed.
+    // Errors before a route was found carry no route; after, the route says where it failed.
     let result = async {
-        let bytes = read_body(&parts, body).await.map_err(|e| (e, None))?;
-        let request = decode(&bytes).map_err(|e| (e, None))?;
-        let hints = RequestHints::from_parts(id.0.clone(), &parts).map_err(|e| (e, None))?;
-        let (executors, fallback) =
-            route_for(&state, &request.model, &hints).map_err(|e| (e, None))?;
-        let slot = hints.route_slot.as_ref();
-        if let Some(slot) = slot {
+        let bytes = read_body(&parts, body).await?;
+        let request = decode(&bytes)?;
+        let hints = RequestHints::from_parts(id.0.clone(), &parts)?;
+        let (executors, fallback) = route_for(&state, &request.model, &hints)?;
+        if let Some(slot) = &hints.route_slot {
             slot.note_route(&request.model);
         }
-        let count = executors.len();
-        let mut reason = format!("route {}", request.model);
-        let mut skipped = Vec::new();
-        let mut last_error = None;
-        let failed = |backend: String, reason: &str, e: Error| {
-            let route = RouteInfo {
-                explanation: format!("{backend}; {reason}; failed ({})", e.metric_label()),
-                backend,
-            };
-            (e, Some((route, request.model.clone())))
-        };
-        for (i, executor) in executors.into_iter().enumerate() {
-            let backend = executor.backend().to_owned();
-            if let Some(slot) = slot {
-                slot.note_backend(&backend);
-            }
-            let answer = if executor.kind() == BackendKind::Local {
-                run_local(&state, request.clone(), &backend).await
-            } else {
-                run_cloud(&state, executor.as_ref(), &bytes, &request, deadline.clone()).await
-            };
-            match answer {
-                Ok(response) => {
-                    let route = RouteInfo {
-                        explanation: format!("{backend}; {reason}"),
-                        backend,
-                    };
-                    return Ok((response, route, request.model));
+        // A backend without the legacy API answers Unsupported, and the next one is tried.
+        let (answer, route) = with_fallback(
+            &state,
+            executors,
+            fallback,
+            format!("route {}", request.model),
+            false,
+            hints.route_slot.as_ref(),
+            |executor, _last| {
+                let (state, bytes, request, deadline) =
+                    (&state, &bytes, &request, deadline.clone());
+                async move {
+                    if executor.kind() == BackendKind::Local {
+                        run_local(state, request.clone(), executor.backend()).await
+                    } else {
+                        run_cloud(state, executor.as_ref(), bytes, request, deadline).await
+                    }
                 }
-                // A cloud backend without the legacy API: the next one may have it.
-                Err(Error::Unsupported { .. }) if executor.kind() != BackendKind::Local => {
-                    skipped.push(backend);
-                }
-                Err(e) if fallback && e.retryable() && i + 1 < count => {
-                    tracing::warn!(backend = %backend, error = %e, "backend failed, trying the next one");
-                    let previous = reason.clone();
-                    reason = format!("{reason}; fallback after {backend} failed ({})", e.metric_label());
-                    last_error = Some((backend, previous, e));
-                }
-                Err(e) => return Err(failed(backend, &reason, e)),
-            }
-        }
-        Err(match last_error {
-            Some((backend, reason, e)) => failed(backend, &reason, e),
-            None => (
-                Error::Unsupported {
-                    message: format!(
-                        "model `{}` has no backend that serves /v1/completions ({} cannot)",
-                        request.model,
-                        skipped.join(", ")
-                    ),
-                    param: "model".into(),
-                },
-                None,
-            ),
-        })
+            },
+        )
+        .await;
+        Ok::<_, Error>((answer, route, request.model))
     }
     .await;
     match result {
-        Ok((mut response, route, model)) => {
+        Err(e) => e.into_response_for(ApiFlavor::OpenAi),
+        Ok((answer, route, model)) => {
+            let answered = answer.is_ok();
+            let mut response = answer.unwrap_or_else(|e| e.into_response_for(ApiFlavor::OpenAi));
             mark_route(&mut response, &route, &model);
-            state.requests.insert(
-                id.0.clone(),
-                RequestRecord {
-                    model,
-                    backend: route.backend.clone(),
-                },
-            );
-            response
-        }
-        Err((e, route)) => {
-            let mut response = e.into_response_for(ApiFlavor::OpenAi);
-            if let Some((route, model)) = route {
-                mark_route(&mut response, &route, &model);
+            if answered {
+                state.requests.insert(
+                    id.0.clone(),
+                    RequestRecord {
+                        model,
+                        backend: route.backend.clone(),
+                    },
+                );
             }
             response
         }
