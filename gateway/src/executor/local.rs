@@ -11,7 +11,7 @@ use tandem_cloud_adapters::{
 };
 use tandem_local_model::{ChatMessage, Engine, GenerateEvent, GenerateRequest, SamplingParams};
 
-use super::{Executor, cannot_honour, wants_structured_output};
+use super::{Executor, refuse_beyond_local_decoding};
 use crate::config::{BackendConfig, BackendKind, Price};
 use crate::error::Error;
 
@@ -278,24 +278,7 @@ impl LocalExecutor {
         request: &ChatRequest,
         logprobs: Option<usize>,
     ) -> Result<(tokio::sync::mpsc::Receiver<GenerateEvent>, String), Error> {
-        if !request.tools.is_empty()
-            && !matches!(
-                request.tool_choice,
-                Some(tandem_cloud_adapters::ToolChoice::None)
-            )
-        {
-            return Err(Error::Unsupported {
-                message: "the local model does not support tool calls; route this model to a cloud backend".into(),
-                param: "tools".into(),
-            });
-        }
-        if wants_structured_output(request) {
-            return Err(cannot_honour(
-                &self.config.name,
-                "response_format",
-                "(the local model) has no constrained decoding to guarantee structured output",
-            ));
-        }
+        refuse_beyond_local_decoding(&self.config.name, request)?;
         if request.messages.is_empty() {
             return Err(Error::invalid(
                 "messages must not be empty",

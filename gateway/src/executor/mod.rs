@@ -92,6 +92,27 @@ pub fn wants_structured_output(request: &ChatRequest) -> bool {
         .is_some_and(|f| f.get("type").and_then(serde_json::Value::as_str) != Some("text"))
 }
 
+/// Refuses what decoding on the local model cannot do, for the backends that decode with it
+/// (local and speculative): tool calls, and structured output it cannot guarantee.
+pub fn refuse_beyond_local_decoding(backend: &str, request: &ChatRequest) -> Result<(), Error> {
+    let wants_tools = !request.tools.is_empty()
+        && !matches!(
+            request.tool_choice,
+            Some(tandem_cloud_adapters::ToolChoice::None)
+        );
+    if wants_tools {
+        return Err(cannot_honour(backend, "tools", "cannot call tools"));
+    }
+    if wants_structured_output(request) {
+        return Err(cannot_honour(
+            backend,
+            "response_format",
+            "has no constrained decoding to guarantee structured output",
+        ));
+    }
+    Ok(())
+}
+
 /// The error of a backend that cannot honour `param` of a request.
 pub fn cannot_honour(backend: &str, param: &str, why: &str) -> Error {
     Error::Unsupported {

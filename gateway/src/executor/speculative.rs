@@ -28,7 +28,7 @@ use tandem_local_model::{ChatMessage, Engine, Tokenizer};
 use tokio::sync::{OnceCell, mpsc};
 
 use super::local::{DEFAULT_MAX_TOKENS, LocalModel, template_messages};
-use super::{Executor, cannot_honour, wants_structured_output};
+use super::{Executor, refuse_beyond_local_decoding};
 use crate::config::{BackendConfig, BackendKind, DrafterKind, Price, SpeculativeBackend};
 use crate::error::Error;
 use crate::metrics::Metrics;
@@ -378,25 +378,8 @@ impl Executor for SpeculativeExecutor {
     }
 
     async fn chat_stream(&self, request: ChatRequest) -> Result<EventStream, Error> {
-        if !request.tools.is_empty()
-            && !matches!(
-                request.tool_choice,
-                Some(tandem_cloud_adapters::ToolChoice::None)
-            )
-        {
-            return Err(Error::Unsupported {
-                message: "speculative backends do not support tool calls; route this model to a cloud backend".into(),
-                param: "tools".into(),
-            });
-        }
         // The verified tokens are the target's unconstrained ones.
-        if wants_structured_output(&request) {
-            return Err(cannot_honour(
-                self.backend(),
-                "response_format",
-                "(speculative decoding) cannot constrain the target's output",
-            ));
-        }
+        refuse_beyond_local_decoding(self.backend(), &request)?;
         if request.messages.is_empty() {
             return Err(Error::invalid(
                 "messages must not be empty",
