@@ -13,6 +13,7 @@
 
 mod error;
 mod json;
+mod scan;
 
 pub mod anthropic;
 pub mod client;

@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 use crate::error::WireError;
 use crate::json::{self, opt};
 use crate::provider::{ProviderError, ProviderErrorKind};
+use crate::scan;
 use crate::sse::{self, SseEvent};
 use crate::types::{
     ChatEvent, ChatRequest, ChatResponse, ContentPart, FinishReason, Message, Role, TokenLogprob,
@@ -609,21 +610,108 @@ struct ChoiceCheck {}
 /// Takes an upstream's non-streamed `chat.completion` body as it is, for an OpenAI client: every
 /// field the upstream sent is kept in OpenAI's own shape (system fingerprint, service tier,
 /// `refusal` beside a null `content`, annotations, every token detail), and nothing is decoded
-/// into the normalized form and encoded again. The body must be UTF-8 JSON whose choices are
-/// objects, at least one, as [`parse_chat_response`] requires; what a choice holds is not checked.
+/// into the normalized form and encoded again. The body must be a UTF-8 JSON object whose choices
+/// are objects, at least one, as [`parse_chat_response`] requires; what a choice holds is checked
+/// only for strings that end and brackets that pair up.
 pub fn pass_chat_response(body: Bytes, provider: &str) -> Result<ChatCompletion, ProviderError> {
     let bad = |message: String| ProviderError::new(ProviderErrorKind::Decode, provider, message);
-    let check: CompletionCheck =
-        serde_json::from_slice(&body).map_err(|e| bad(format!("bad chat.completion: {e}")))?;
-    // The parser does not check the UTF-8 of strings it skips, and a client's parser may.
+    let usage = match walk_completion(&body) {
+        Some(usage) => usage,
+        // The walk does not say what is wrong, or finds it too odd to vouch for; the full parse
+        // decides, and says why.
+        None => {
+            let check: CompletionCheck = serde_json::from_slice(&body)
+                .map_err(|e| bad(format!("bad chat.completion: {e}")))?;
+            if check.choices.is_empty() {
+                return Err(bad("chat.completion has no choices".into()));
+            }
+            check.usage.map(Usage::from).unwrap_or_default()
+        }
+    };
+    // Neither checks the UTF-8 of strings they skip, and a client's parser may.
     std::str::from_utf8(&body).map_err(|e| bad(format!("bad chat.completion: {e}")))?;
-    if check.choices.is_empty() {
-        return Err(bad("chat.completion has no choices".into()));
+    Ok(ChatCompletion { body, usage })
+}
+
+/// The usage of a `chat.completion` that holds at least one choice, each an object, found by a
+/// structural walk, in about half a full parse's instructions; `None` where the walk cannot
+/// vouch for the body, or where the full parse might read the usage differently. Inside the
+/// choices, and inside other members' objects and arrays, it checks only that strings end and
+/// brackets pair up.
+fn walk_completion(body: &[u8]) -> Option<Usage> {
+    let (mut choices, mut seen_choices, mut usage) = (0, false, None);
+    scan::walk_document(body, |key, at| match key {
+        // A repeated member is the full parse's to refuse.
+        b"choices" if !std::mem::replace(&mut seen_choices, true) => {
+            scan::walk_array(body, at, |choice| {
+                choices += 1;
+                (body.get(choice) == Some(&b'{')).then_some(())?;
+                scan::value_end(body, choice)
+            })
+        }
+        b"usage" if usage.is_none() => {
+            let (read, end) = walk_usage(body, at)?;
+            usage = Some(read);
+            Some(end)
+        }
+        b"choices" | b"usage" => None,
+        _ => scan::value_end(body, at),
+    })?;
+    (choices > 0).then(|| usage.unwrap_or_default())
+}
+
+/// The counts of the OpenAI `usage` object (or `null`) at `at`, read as [`WireUsage`] reads
+/// them: 0 for a count or details object that is absent, and for a detail that is null; and the
+/// index just past it.
+fn walk_usage(json: &[u8], at: usize) -> Option<(Usage, usize)> {
+    if let Some(end) = scan::null_end(json, at) {
+        return Some((Usage::default(), end));
     }
-    Ok(ChatCompletion {
-        body,
-        usage: check.usage.map(Usage::from).unwrap_or_default(),
-    })
+    let mut counts = [None; 4];
+    let end = scan::walk_object(json, at, |key, at| {
+        let (slot, detail) = match key {
+            b"prompt_tokens" => (0, None),
+            b"completion_tokens" => (1, None),
+            b"prompt_tokens_details" => (2, Some(&b"cached_tokens"[..])),
+            b"completion_tokens_details" => (3, Some(&b"reasoning_tokens"[..])),
+            _ => return scan::value_end(json, at),
+        };
+        let (count, end) = match detail {
+            None => scan::count_at(json, at)?,
+            Some(name) => walk_detail(json, at, name)?,
+        };
+        // A repeated count is the full parse's to refuse.
+        counts[slot].replace(count).is_none().then_some(end)
+    })?;
+    let [prompt, completion, cached, reasoning] = counts.map(|c| c.unwrap_or(0));
+    let usage = Usage {
+        prompt_tokens: prompt,
+        completion_tokens: completion,
+        cached_prompt_tokens: cached,
+        reasoning_tokens: reasoning,
+        ..Usage::default()
+    };
+    Some((usage, end))
+}
+
+/// `name` in the details object (or `null`) at `at`, 0 where it or the object is null or absent;
+/// and the index just past the object.
+fn walk_detail(json: &[u8], at: usize, name: &[u8]) -> Option<(u64, usize)> {
+    if let Some(end) = scan::null_end(json, at) {
+        return Some((0, end));
+    }
+    let mut count = None;
+    let end = scan::walk_object(json, at, |key, at| {
+        if key != name {
+            return scan::value_end(json, at);
+        }
+        let (n, end) = match scan::null_end(json, at) {
+            Some(end) => (0, end),
+            None => scan::count_at(json, at)?,
+        };
+        count.replace(n).is_none().then_some(end)
+    })?;
+    Some((count.unwrap_or(0), end))
 }
 
 #[derive(Serialize)]
@@ -1967,5 +2055,77 @@ impl CompletionChunkEncoder {
         }
         out.extend_from_slice(b"data: [DONE]\n\n");
         out.freeze()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recorded_completion_is_vouched_for_by_the_walk() {
+        let body = include_bytes!("../tests/fixtures/openai/chat_text.json");
+        let usage = walk_completion(body).unwrap();
+        let parsed: CompletionCheck = serde_json::from_slice(body).unwrap();
+        assert_eq!(usage, Usage::from(parsed.usage.unwrap()));
+        assert_eq!(usage.cached_prompt_tokens, 1024);
+    }
+
+    /// What the full parse of a body makes of it: its usage, or that it refuses it.
+    fn fully_parsed(body: &[u8]) -> Option<Usage> {
+        let check: CompletionCheck = serde_json::from_slice(body).ok()?;
+        (!check.choices.is_empty()).then(|| check.usage.map(Usage::from).unwrap_or_default())
+    }
+
+    #[test]
+    fn the_walk_reads_usage_as_the_full_parse_does_or_leaves_it_to_it() {
+        let body =
+            |usage: &str| format!(r#"{{"id":"x","choices":[{{"index":0}}],"usage":{usage}}}"#);
+        let read = [
+            r#"null"#,
+            r#"{}"#,
+            r#"{"prompt_tokens":3}"#,
+            r#"{"completion_tokens":4,"total_tokens":7,"prompt_tokens":3}"#,
+            r#"{"prompt_tokens":3,"completion_tokens":4,"prompt_tokens_details":null}"#,
+            r#"{"prompt_tokens":3,"completion_tokens":4,"prompt_tokens_details":{}}"#,
+            r#"{"prompt_tokens":3,"completion_tokens":4,
+                "prompt_tokens_details":{"audio_tokens":0,"cached_tokens":null}}"#,
+            r#"{"prompt_tokens":3,"completion_tokens":4,
+                "prompt_tokens_details":{"cached_tokens":2},
+                "completion_tokens_details":{"reasoning_tokens":1,"audio_tokens":0}}"#,
+        ];
+        for usage in read {
+            let body = body(usage);
+            let full = fully_parsed(body.as_bytes());
+            assert!(full.is_some(), "{body}");
+            assert_eq!(walk_completion(body.as_bytes()), full, "{body}");
+        }
+        // Refused by the full parse, or read by it in a way the walk leaves to it: a usage
+        // given as an array reads its counts by position.
+        let left = [
+            r#"{"prompt_tokens":null,"completion_tokens":4}"#,
+            r#"{"prompt_tokens":-3,"completion_tokens":4}"#,
+            r#"{"prompt_tokens":3.0,"completion_tokens":4}"#,
+            r#"{"prompt_tokens":3,"prompt_tokens":3,"completion_tokens":4}"#,
+            r#"{"prompt_tokens":3,"completion_tokens":4,"prompt_tokens_details":7}"#,
+            r#"{"prompt_tokens":3,"completion_tokens":4,
+                "completion_tokens_details":{"reasoning_tokens":1,"reasoning_tokens":1}}"#,
+            r#"{"prompt_tokens":18446744073709551616,"completion_tokens":4}"#,
+            r#"[3, 4]"#,
+        ];
+        for usage in left {
+            let body = body(usage);
+            assert_eq!(walk_completion(body.as_bytes()), None, "{body}");
+        }
+        let others = [
+            r#"{"choices":[{}],"choices":[{}]}"#,
+            r#"{"choices":[{},7]}"#,
+            r#"{"choices":{}}"#,
+            r#"{"choices":null}"#,
+            r#"{"choices":[]}"#,
+        ];
+        for body in others {
+            assert_eq!(walk_completion(body.as_bytes()), None, "{body}");
+        }
     }
 }
