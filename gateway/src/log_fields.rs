@@ -83,6 +83,12 @@ struct Escaped<'a, 'w>(&'a mut Writer<'w>);
 
 impl fmt::Write for Escaped<'_, '_> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
+        // Nearly every value holds no control character, and testing bytes is far cheaper than
+        // decoding chars. The C1 controls (U+0080 to U+009F) are the only ones past ASCII, and
+        // their UTF-8 starts with 0xC2.
+        if !s.bytes().any(|b| b < 0x20 || b == 0x7f || b == 0xc2) {
+            return self.0.write_str(s);
+        }
         let mut rest = s;
         while let Some(at) = rest.find(char::is_control) {
             self.0.write_str(&rest[..at])?;
