@@ -1,9 +1,12 @@
 //! Prometheus metrics: requests, latency, time to first token, tokens, cost and errors, labelled by
 //! endpoint, backend and status class only (low cardinality), rendered as text at `/metrics`.
 
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock};
 
-use parking_lot::Mutex;
+use ahash::RandomState;
+use parking_lot::{Mutex, RwLock};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -110,6 +113,124 @@ pub struct Metrics {
     pub speculative_fallbacks: Family<BackendLabels, Counter>,
     /// Routing policy decisions by choice (local, cloud, cascade, speculative, reject).
     pub route_decisions: Family<crate::routing::DecisionLabels, Counter>,
+    /// The handles of each route and backend pair seen so far, by route, then backend.
+    pairs: RwLock<PairMap<PairMap<Arc<PairMetrics>>>>,
+}
+
+type PairMap<V> = HashMap<Arc<str>, V, RandomState>;
+
+/// The endpoint labels, in the order of [`endpoint_index`].
+pub const ENDPOINTS: [&str; 9] = [
+    "chat",
+    "completions",
+    "messages",
+    "models",
+    "feedback",
+    "health",
+    "metrics",
+    "verify",
+    "other",
+];
+
+/// The status-class labels, in the order of [`status_index`].
+const STATUSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The token kinds a usage report counts.
+const TOKEN_KINDS: [&str; 3] = ["prompt", "completion", "cached_prompt"];
+
+/// One route and backend pair's handles into the families, each looked up once, when first
+/// used: a family lookup allocates its labels and hashes them, and a request records several.
+/// A handle shares its value with the family, which renders it.
+pub struct PairMetrics {
+    route: Arc<str>,
+    backend: Arc<str>,
+    latency: [OnceLock<Histogram>; ENDPOINTS.len()],
+    requests: [[OnceLock<Counter>; STATUSES.len()]; ENDPOINTS.len()],
+    tokens: [OnceLock<Counter>; TOKEN_KINDS.len()],
+    cost: OnceLock<Counter<f64, AtomicU64>>,
+}
+
+impl PairMetrics {
+    fn new(route: Arc<str>, backend: Arc<str>) -> Self {
+        Self {
+            route,
+            backend,
+            latency: Default::default(),
+            requests: Default::default(),
+            tokens: Default::default(),
+            cost: OnceLock::new(),
+        }
+    }
+
+    /// Records a finished request at `endpoint` ([`endpoint_index`]) with `status` and the time
+    /// to its response headers.
+    pub fn record_request(
+        &self,
+        metrics: &Metrics,
+        endpoint: usize,
+        status: http::StatusCode,
+        seconds: f64,
+    ) {
+        let endpoint = endpoint.min(ENDPOINTS.len() - 1);
+        let status = status_index(status);
+        self.latency[endpoint]
+            .get_or_init(|| {
+                metrics
+                    .latency
+                    .get_or_create(&LatencyLabels {
+                        endpoint: ENDPOINTS[endpoint],
+                        route: self.route.to_string(),
+                        backend: self.backend.to_string(),
+                    })
+                    .clone()
+            })
+            .observe(seconds);
+        self.requests[endpoint][status]
+            .get_or_init(|| {
+                metrics
+                    .requests
+                    .get_or_create(&RequestLabels {
+                        endpoint: ENDPOINTS[endpoint],
+                        route: self.route.to_string(),
+                        backend: self.backend.to_string(),
+                        status: STATUSES[status],
+                    })
+                    .clone()
+            })
+            .inc();
+    }
+
+    fn record_usage(&self, metrics: &Metrics, counts: [u64; TOKEN_KINDS.len()], cost: f64) {
+        for (kind, n) in counts.into_iter().enumerate() {
+            if n > 0 {
+                self.tokens[kind]
+                    .get_or_init(|| {
+                        metrics
+                            .tokens
+                            .get_or_create(&TokenLabels {
+                                route: self.route.to_string(),
+                                backend: self.backend.to_string(),
+                                kind: TOKEN_KINDS[kind],
+                            })
+                            .clone()
+                    })
+                    .inc_by(n);
+            }
+        }
+        if cost > 0.0 {
+            self.cost
+                .get_or_init(|| {
+                    metrics
+                        .cost
+                        .get_or_create(&CostLabels {
+                            route: self.route.to_string(),
+                            backend: self.backend.to_string(),
+                        })
+                        .clone()
+                })
+                .inc_by(cost);
+        }
+    }
 }
 
 fn latency_histogram() -> Histogram {
@@ -195,6 +316,7 @@ impl Metrics {
         );
         Self {
             route_decisions,
+            pairs: RwLock::default(),
             registry: Mutex::new(registry),
             requests,
             latency,
@@ -238,6 +360,21 @@ impl Metrics {
         }
     }
 
+    /// The handles of `route` and `backend`, made on first use.
+    pub fn pair(&self, route: &str, backend: &str) -> Arc<PairMetrics> {
+        if let Some(pair) = self.pairs.read().get(route).and_then(|b| b.get(backend)) {
+            return pair.clone();
+        }
+        let mut pairs = self.pairs.write();
+        let backends = pairs.entry(Arc::from(route)).or_default();
+        backends
+            .entry(Arc::from(backend))
+            .or_insert_with_key(|backend| {
+                Arc::new(PairMetrics::new(Arc::from(route), backend.clone()))
+            })
+            .clone()
+    }
+
     /// Records one request's usage and its cost, on the route the client asked for.
     pub fn record_usage(
         &self,
@@ -248,29 +385,8 @@ impl Metrics {
         cached_prompt: u64,
         cost: f64,
     ) {
-        for (kind, n) in [
-            ("prompt", prompt),
-            ("completion", completion),
-            ("cached_prompt", cached_prompt),
-        ] {
-            if n > 0 {
-                self.tokens
-                    .get_or_create(&TokenLabels {
-                        route: route.to_owned(),
-                        backend: backend.to_owned(),
-                        kind,
-                    })
-                    .inc_by(n);
-            }
-        }
-        if cost > 0.0 {
-            self.cost
-                .get_or_create(&CostLabels {
-                    route: route.to_owned(),
-                    backend: backend.to_owned(),
-                })
-                .inc_by(cost);
-        }
+        self.pair(route, backend)
+            .record_usage(self, [prompt, completion, cached_prompt], cost);
     }
 
     /// The Prometheus text exposition.
@@ -295,26 +411,80 @@ impl std::fmt::Debug for Metrics {
 
 /// The endpoint label of a path.
 pub fn endpoint_label(path: &str) -> &'static str {
+    ENDPOINTS[endpoint_index(path)]
+}
+
+/// The endpoint of a path, as an index into the endpoint labels.
+pub fn endpoint_index(path: &str) -> usize {
     match path {
-        "/v1/chat/completions" => "chat",
-        "/v1/completions" => "completions",
-        "/v1/messages" => "messages",
-        "/v1/models" => "models",
-        "/v1/feedback" => "feedback",
-        "/healthz" | "/readyz" => "health",
-        "/metrics" => "metrics",
-        "/v1/tandem/verify" | "/v1/tandem/generate" => "verify",
-        _ => "other",
+        "/v1/chat/completions" => 0,
+        "/v1/completions" => 1,
+        "/v1/messages" => 2,
+        "/v1/models" => 3,
+        "/v1/feedback" => 4,
+        "/healthz" | "/readyz" => 5,
+        "/metrics" => 6,
+        "/v1/tandem/verify" | "/v1/tandem/generate" => 7,
+        _ => 8,
     }
 }
 
 /// The status-class label of a status.
 pub fn status_label(status: http::StatusCode) -> &'static str {
+    STATUSES[status_index(status)]
+}
+
+/// The status class of a status, as an index into the status-class labels.
+fn status_index(status: http::StatusCode) -> usize {
     match status.as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pair_counts_into_the_families_that_render_it() {
+        let metrics = Metrics::new();
+        metrics.record_usage("gpt", "openai", 10, 2, 0, 0.5);
+        metrics.record_usage("gpt", "openai", 5, 1, 0, 0.25);
+        let pair = metrics.pair("gpt", "openai");
+        assert!(Arc::ptr_eq(&pair, &metrics.pair("gpt", "openai")));
+        let chat = endpoint_index("/v1/chat/completions");
+        pair.record_request(&metrics, chat, http::StatusCode::OK, 0.001);
+        pair.record_request(&metrics, chat, http::StatusCode::BAD_GATEWAY, 0.002);
+        metrics
+            .pair("gpt", "azure")
+            .record_request(&metrics, chat, http::StatusCode::OK, 0.001);
+        let text = metrics.render();
+        for line in [
+            r#"tandem_tokens_total{route="gpt",backend="openai",kind="prompt"} 15"#,
+            r#"tandem_tokens_total{route="gpt",backend="openai",kind="completion"} 3"#,
+            r#"tandem_cost_dollars_total{route="gpt",backend="openai"} 0.75"#,
+            r#"tandem_requests_total{endpoint="chat",route="gpt",backend="openai",status="2xx"} 1"#,
+            r#"tandem_requests_total{endpoint="chat",route="gpt",backend="openai",status="5xx"} 1"#,
+            r#"tandem_requests_total{endpoint="chat",route="gpt",backend="azure",status="2xx"} 1"#,
+            r#"tandem_request_duration_seconds_count{endpoint="chat",route="gpt",backend="openai"} 2"#,
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+        // Series appear once they count something, as a family lookup would make them.
+        assert!(!text.contains("cached_prompt"), "{text}");
+        assert!(!text.contains(r#"status="4xx""#), "{text}");
+    }
+
+    #[test]
+    fn labels_of_endpoints_and_statuses() {
+        assert_eq!(endpoint_label("/v1/messages"), "messages");
+        assert_eq!(endpoint_label("/readyz"), "health");
+        assert_eq!(endpoint_label("/nowhere"), "other");
+        assert_eq!(status_label(http::StatusCode::TOO_MANY_REQUESTS), "4xx");
+        assert_eq!(status_label(http::StatusCode::SWITCHING_PROTOCOLS), "1xx");
     }
 }

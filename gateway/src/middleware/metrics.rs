@@ -12,9 +12,7 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use crate::error::ErrorLabel;
-use crate::metrics::{
-    ErrorLabels, LatencyLabels, Metrics, RequestLabels, endpoint_label, status_label,
-};
+use crate::metrics::{ENDPOINTS, ErrorLabels, Metrics, endpoint_index};
 
 /// Response extension: the route a request took and the backend that answered on it.
 #[derive(Debug, Clone)]
@@ -73,7 +71,7 @@ where
     }
 
     fn call(&mut self, request: Request<ReqB>) -> Self::Future {
-        let endpoint = endpoint_label(request.uri().path());
+        let endpoint = endpoint_index(request.uri().path());
         self.metrics.in_flight.inc();
         ResponseFuture {
             inner: self.inner.call(request),
@@ -101,7 +99,7 @@ pin_project! {
         #[pin]
         inner: F,
         guard: InFlight,
-        endpoint: &'static str,
+        endpoint: usize,
         start: Instant,
     }
 }
@@ -117,32 +115,20 @@ where
         let result = ready!(this.inner.poll(cx));
         if let Ok(response) = &result {
             let metrics = &this.guard.0;
-            let (route, backend) = match response.extensions().get::<AnsweredBy>() {
-                Some(a) => (a.route.to_string(), a.backend.to_string()),
-                None => ("none".to_owned(), "none".to_owned()),
+            let pair = match response.extensions().get::<AnsweredBy>() {
+                Some(a) => metrics.pair(&a.route, &a.backend),
+                None => metrics.pair("none", "none"),
             };
             let endpoint = *this.endpoint;
-            metrics
-                .latency
-                .get_or_create(&LatencyLabels {
-                    endpoint,
-                    route: route.clone(),
-                    backend: backend.clone(),
-                })
-                .observe(this.start.elapsed().as_secs_f64());
-            metrics
-                .requests
-                .get_or_create(&RequestLabels {
-                    endpoint,
-                    route,
-                    backend,
-                    status: status_label(response.status()),
-                })
-                .inc();
+            let seconds = this.start.elapsed().as_secs_f64();
+            pair.record_request(metrics, endpoint, response.status(), seconds);
             if let Some(ErrorLabel(kind)) = response.extensions().get::<ErrorLabel>() {
                 metrics
                     .errors
-                    .get_or_create(&ErrorLabels { endpoint, kind })
+                    .get_or_create(&ErrorLabels {
+                        endpoint: ENDPOINTS[endpoint],
+                        kind,
+                    })
                     .inc();
             }
         }
