@@ -86,8 +86,17 @@ impl Harness {
 
     /// Like [`Harness::start`] with mock settings.
     pub async fn start_with(extra: &str, mock_config: MockConfig) -> anyhow::Result<Self> {
+        Self::start_around(mock_config, |_| extra.to_owned()).await
+    }
+
+    /// Like [`Harness::start_with`], with the extra TOML written once the mock is up, for
+    /// backends that need its address in a form other than [`MockHandle::base_url`].
+    pub async fn start_around(
+        mock_config: MockConfig,
+        extra: impl FnOnce(&MockHandle) -> String,
+    ) -> anyhow::Result<Self> {
         let (_addr, mock) = MockUpstream::start_with(Fixtures::builtin(), mock_config).await?;
-        let text = config_text(&mock.base_url(), extra);
+        let text = config_text(&mock.base_url(), &extra(&mock));
         let config = Config::from_toml_str(&text, &test_env())?;
         let options = GatewayOptions {
             local: LocalLoad::Offline,
@@ -152,11 +161,22 @@ impl Harness {
         path: &str,
         body: &Value,
     ) -> anyhow::Result<(u16, reqwest::header::HeaderMap, Vec<SseEvent>)> {
+        let (status, headers, text) = self.post_stream_text(path, body).await?;
+        Ok((status, headers, parse_sse(&text)))
+    }
+
+    /// POSTs a streaming request and returns status, headers and the body as sent, for checks
+    /// of the SSE framing itself.
+    pub async fn post_stream_text(
+        &self,
+        path: &str,
+        body: &Value,
+    ) -> anyhow::Result<(u16, reqwest::header::HeaderMap, String)> {
         let r = self.client.post(self.url(path)).json(body).send().await?;
         let status = r.status().as_u16();
         let headers = r.headers().clone();
         let text = r.text().await?;
-        Ok((status, headers, parse_sse(&text)))
+        Ok((status, headers, text))
     }
 }
 

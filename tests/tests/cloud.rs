@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tandem_cloud_adapters::mock::MockConfig;
-use tandem_tests::{Harness, read_first_chunk_and_drop};
+use tandem_cloud_adapters::mock::{Fixtures, MockConfig};
+use tandem_tests::{Harness, parse_sse, read_first_chunk_and_drop};
 
 fn chat(model: &str, stream: bool) -> Value {
     json!({"model": model, "stream": stream, "stream_options": {"include_usage": true},
@@ -53,6 +53,81 @@ async fn openai_chat_to_openai_backend() {
     let upstream = h.mock.requests().into_iter().last().unwrap();
     assert_eq!(upstream.json().unwrap()["model"], "gpt-4o-mini");
     assert_eq!(upstream.header("authorization"), Some("Bearer sk-mock"));
+}
+
+/// An Azure-style backend is called on its deployment's path with the `api-version` query and
+/// the `api-key` header (no bearer token), and its answer reaches the client, whole or streamed.
+#[tokio::test]
+async fn azure_backend_is_called_on_its_deployment_path_with_api_key() {
+    let h = Harness::start_around(MockConfig::default(), |mock| {
+        // Azure's base URL is the resource's root; the deployment path goes under it.
+        format!(
+            r#"
+[backends.azure]
+kind = "azure"
+base_url = "http://{}"
+api_version = "2024-10-21"
+api_key_env = "MOCK_OPENAI_KEY"
+models = {{ "gpt-azure" = "prod-4o-mini" }}
+"#,
+            mock.addr()
+        )
+    })
+    .await
+    .unwrap();
+    let expected_path = "/openai/deployments/prod-4o-mini/chat/completions?api-version=2024-10-21";
+
+    let (status, headers, body) = h
+        .post("/v1/chat/completions", &chat("gpt-azure", false))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        headers["x-tandem-route"]
+            .to_str()
+            .unwrap()
+            .starts_with("azure; route gpt-azure"),
+        "{headers:?}"
+    );
+    // The mock's answer, as it sent it.
+    assert_eq!(body["id"], "chatcmpl-BjQ0cV3aXhQpT7kLmN2oR8sUvW4yZ");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "Hello! How can I help you today?"
+    );
+    assert_eq!(
+        body["usage"]["prompt_tokens_details"]["cached_tokens"],
+        1024
+    );
+    let sent = h.mock.requests();
+    assert_eq!(sent.len(), 1);
+    let upstream = &sent[0];
+    assert_eq!(upstream.method, "POST");
+    assert_eq!(upstream.path, expected_path);
+    assert_eq!(upstream.header("api-key"), Some("sk-mock"));
+    assert_eq!(upstream.header("authorization"), None);
+    let json = upstream.json().unwrap();
+    assert_eq!(json["messages"][1]["content"], "Hello there");
+
+    let (status, _, events) = h
+        .post_stream("/v1/chat/completions", &chat("gpt-azure", true))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(events.last().unwrap().data, "[DONE]");
+    let text: String = events
+        .iter()
+        .filter_map(|e| {
+            e.json()["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(text, "Hello! How can I help you today?");
+    let upstream = h.mock.requests().into_iter().last().unwrap();
+    assert_eq!(upstream.path, expected_path);
+    assert_eq!(upstream.header("api-key"), Some("sk-mock"));
+    assert_eq!(upstream.json().unwrap()["stream"], true);
 }
 
 #[tokio::test]
@@ -197,6 +272,154 @@ async fn anthropic_to_anthropic_stream() {
     );
 }
 
+/// The usage the mock's Anthropic text stream reports: `message_start`'s and `message_delta`'s.
+fn mock_anthropic_stream_usage() -> (Value, Value) {
+    let body = Fixtures::builtin().anthropic_text_stream.body();
+    let events = parse_sse(&String::from_utf8_lossy(&body));
+    // A missing event reads as null, which the callers' exact checks then refuse.
+    let data = |name: &str| {
+        events
+            .iter()
+            .find(|e| e.event.as_deref() == Some(name))
+            .map_or(Value::Null, tandem_tests::SseEvent::json)
+    };
+    (
+        data("message_start")["message"]["usage"].clone(),
+        data("message_delta")["usage"].clone(),
+    )
+}
+
+/// Polls `/metrics` until it has `line` (stream usage is recorded as the stream ends).
+async fn wait_for_metric(h: &Harness, line: &str) -> String {
+    let mut text = String::new();
+    for _ in 0..40 {
+        text = h.metrics().await;
+        if text.contains(line) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    text
+}
+
+/// An OpenAI client streaming from an Anthropic backend gets one final usage chunk whose
+/// counts are the upstream's: cache reads and writes added into `prompt_tokens`, the reads as
+/// `cached_tokens`, and `message_delta`'s output tokens.
+#[tokio::test]
+async fn anthropic_stream_usage_reaches_an_openai_client_with_cached_tokens() {
+    let (start, end) = mock_anthropic_stream_usage();
+    // What the mock reports, so the numbers below can be followed.
+    assert_eq!(
+        (
+            &start["input_tokens"],
+            &start["cache_read_input_tokens"],
+            &start["cache_creation_input_tokens"],
+            &end["output_tokens"]
+        ),
+        (&json!(21), &json!(2048), &json!(0), &json!(12))
+    );
+    let h = Harness::start("").await.unwrap();
+    let (status, _, events) = h
+        .post_stream("/v1/chat/completions", &chat("claude", true))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(events.last().unwrap().data, "[DONE]");
+    let with_usage: Vec<Value> = events
+        .iter()
+        .map(|e| e.json())
+        .filter(|v| v["usage"].is_object())
+        .collect();
+    assert_eq!(with_usage.len(), 1, "{events:?}");
+    // It is the last chunk before `[DONE]`, with no choices, as OpenAI sends it.
+    let chunk = &with_usage[0];
+    assert_eq!(events[events.len() - 2].json(), *chunk);
+    assert_eq!(chunk["object"], "chat.completion.chunk");
+    assert_eq!(chunk["choices"], json!([]));
+    let usage = &chunk["usage"];
+    assert_eq!(usage["prompt_tokens"], 21 + 2048, "{usage}");
+    assert_eq!(usage["completion_tokens"], 12, "{usage}");
+    assert_eq!(usage["total_tokens"], 21 + 2048 + 12, "{usage}");
+    assert_eq!(
+        usage["prompt_tokens_details"]["cached_tokens"], 2048,
+        "{usage}"
+    );
+    // The content chunks before it carry `usage: null`, as asked for with include_usage.
+    assert!(
+        events[..events.len() - 2]
+            .iter()
+            .all(|e| e.json()["usage"].is_null()),
+        "{events:?}"
+    );
+    // The same counts were recorded for the backend.
+    let line =
+        r#"tandem_tokens_total{route="claude",backend="anthropic",kind="cached_prompt"} 2048"#;
+    let metrics = wait_for_metric(&h, line).await;
+    assert!(metrics.contains(line), "{metrics}");
+    assert!(
+        metrics.contains(
+            r#"tandem_tokens_total{route="claude",backend="anthropic",kind="prompt"} 2069"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            r#"tandem_tokens_total{route="claude",backend="anthropic",kind="completion"} 12"#
+        ),
+        "{metrics}"
+    );
+}
+
+/// An Anthropic client streaming from an Anthropic backend sees the upstream's cache counts in
+/// `message_start`'s usage, and the final output tokens with the same cache counts in
+/// `message_delta`'s.
+#[tokio::test]
+async fn anthropic_stream_usage_reaches_an_anthropic_client_with_cache_fields() {
+    let (start, end) = mock_anthropic_stream_usage();
+    let h = Harness::start("").await.unwrap();
+    let (status, _, events) = h
+        .post_stream("/v1/messages", &message("claude", true))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let data = |name: &str| {
+        let found: Vec<Value> = events
+            .iter()
+            .filter(|e| e.event.as_deref() == Some(name))
+            .map(|e| e.json())
+            .collect();
+        assert_eq!(found.len(), 1, "one {name}: {events:?}");
+        found[0].clone()
+    };
+    let started = data("message_start")["message"]["usage"].clone();
+    for key in [
+        "input_tokens",
+        "cache_read_input_tokens",
+        "cache_creation_input_tokens",
+        "output_tokens",
+    ] {
+        assert_eq!(started[key], start[key], "{key}: {started}");
+    }
+    assert_eq!(
+        (
+            &started["input_tokens"],
+            &started["cache_read_input_tokens"],
+            &started["cache_creation_input_tokens"],
+            &started["output_tokens"]
+        ),
+        (&json!(21), &json!(2048), &json!(0), &json!(1))
+    );
+    let delta = data("message_delta");
+    assert_eq!(delta["delta"]["stop_reason"], "end_turn");
+    let ended = &delta["usage"];
+    assert_eq!(ended["output_tokens"], end["output_tokens"], "{ended}");
+    assert_eq!(ended["output_tokens"], 12, "{ended}");
+    // The input counts are repeated here (newer Anthropic API versions send them too), unchanged.
+    assert_eq!(ended["input_tokens"], 21, "{ended}");
+    assert_eq!(ended["cache_read_input_tokens"], 2048, "{ended}");
+    assert_eq!(ended["cache_creation_input_tokens"], 0, "{ended}");
+}
+
 #[tokio::test]
 async fn tool_calls_both_ways() {
     let h = Harness::start("").await.unwrap();
@@ -255,6 +478,101 @@ async fn tool_calls_both_ways() {
             .iter()
             .any(|b| b["type"] == "tool_use")
     );
+}
+
+/// A tool call streamed by an OpenAI-format backend reaches an Anthropic client as Anthropic's
+/// events, each framed `event: X\ndata: {...}\n\n`: a `tool_use` block start with the call's id
+/// and name, `input_json_delta`s that join into the arguments, the block's stop, and a
+/// `message_delta` with stop reason `tool_use`.
+#[tokio::test]
+async fn streamed_openai_tool_call_reaches_an_anthropic_client_as_tool_use_events() {
+    let h = Harness::start("").await.unwrap();
+    let mut req = message("gpt-tool", true);
+    req["tools"] = json!([{"name": "get_weather", "description": "Weather",
+        "input_schema": {"type": "object", "properties": {"location": {"type": "string"}}}}]);
+    let (status, headers, text) = h.post_stream_text("/v1/messages", &req).await.unwrap();
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    // The upstream was asked to stream, with the tool in OpenAI's shape.
+    let sent = h.mock.requests().into_iter().last().unwrap();
+    assert!(sent.path.ends_with("/chat/completions"), "{}", sent.path);
+    let sent = sent.json().unwrap();
+    assert_eq!(sent["stream"], true);
+    assert_eq!(sent["tools"][0]["type"], "function");
+    assert_eq!(sent["tools"][0]["function"]["name"], "get_weather");
+
+    // Every event is one `event:` line naming its data's type, one `data:` line, a blank line.
+    assert!(text.ends_with("\n\n"), "{text:?}");
+    let mut events = Vec::new();
+    for block in text.strip_suffix("\n\n").unwrap().split("\n\n") {
+        let lines: Vec<&str> = block.split('\n').collect();
+        assert_eq!(lines.len(), 2, "{block:?}");
+        let name = lines[0].strip_prefix("event: ").expect(block);
+        let data: Value =
+            serde_json::from_str(lines[1].strip_prefix("data: ").expect(block)).expect(block);
+        assert_eq!(data["type"], name, "{block:?}");
+        events.push((name.to_owned(), data));
+    }
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    // The mock streams the arguments in seven pieces, each passed on as one delta.
+    let pieces = [
+        r#"{""#, "location", r#"":""#, "Paris", ",", " France", r#""}"#,
+    ];
+    let mut expected = vec!["message_start", "content_block_start"];
+    expected.extend(std::iter::repeat_n("content_block_delta", pieces.len()));
+    expected.extend(["content_block_stop", "message_delta", "message_stop"]);
+    assert_eq!(names, expected, "{text}");
+
+    let start = &events[0].1["message"];
+    assert_eq!(
+        (&start["type"], &start["role"], &start["content"]),
+        (&json!("message"), &json!("assistant"), &json!([]))
+    );
+    assert_eq!(
+        events[1].1,
+        json!({"type": "content_block_start", "index": 0, "content_block": {
+            "type": "tool_use", "id": "call_Qx7mVb2KdLr9sT4wYz1Nc8Pe", "name": "get_weather", "input": {}}})
+    );
+    let deltas = &events[2..2 + pieces.len()];
+    for ((_, d), piece) in deltas.iter().zip(pieces) {
+        assert_eq!(
+            *d,
+            json!({"type": "content_block_delta", "index": 0,
+                   "delta": {"type": "input_json_delta", "partial_json": piece}})
+        );
+    }
+    let joined: String = deltas
+        .iter()
+        .map(|(_, d)| d["delta"]["partial_json"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        serde_json::from_str::<Value>(&joined).unwrap(),
+        json!({"location": "Paris, France"})
+    );
+    assert_eq!(
+        events[2 + pieces.len()].1,
+        json!({"type": "content_block_stop", "index": 0})
+    );
+    let delta = &events[3 + pieces.len()].1;
+    assert_eq!(
+        delta["delta"],
+        json!({"stop_reason": "tool_use", "stop_sequence": null})
+    );
+    // The usage the backend reported at the end of its stream.
+    assert_eq!(
+        (
+            &delta["usage"]["input_tokens"],
+            &delta["usage"]["output_tokens"]
+        ),
+        (&json!(82), &json!(17)),
+        "{delta}"
+    );
+    assert_eq!(events.last().unwrap().1, json!({"type": "message_stop"}));
 }
 
 #[tokio::test]
@@ -582,6 +900,48 @@ async fn body_limit_is_413() {
     assert_eq!(r.status(), 413);
 }
 
+/// An oversized body on `/v1/messages` gets 413 in Anthropic's error shape, whether its length
+/// is declared or it comes chunked, where `/v1/chat/completions` answers in OpenAI's.
+#[tokio::test]
+async fn body_limit_on_messages_is_413_in_anthropic_shape() {
+    let h = Harness::start("[limits]\nmax_body_bytes = 1024")
+        .await
+        .unwrap();
+    let mut req = message("claude", false);
+    req["messages"][0]["content"] = json!("x".repeat(4096));
+    let check = |body: &Value| {
+        assert_eq!(body["type"], "error", "{body}");
+        assert_eq!(body["error"]["type"], "request_too_large", "{body}");
+        assert_eq!(
+            body["error"]["message"], "request body is larger than the limit of 1024 bytes",
+            "{body}"
+        );
+        // Only Anthropic's two keys, on both levels.
+        assert_eq!(body.as_object().unwrap().len(), 2, "{body}");
+        assert_eq!(body["error"].as_object().unwrap().len(), 2, "{body}");
+    };
+    let (status, headers, body) = h.post("/v1/messages", &req).await.unwrap();
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(headers["content-type"], "application/json");
+    check(&body);
+    // Chunked (no content-length) is caught while reading, with the same answer.
+    let stream = futures::stream::iter(vec![Ok::<_, std::io::Error>(bytes::Bytes::from(
+        req.to_string(),
+    ))]);
+    let r = h
+        .client
+        .post(h.url("/v1/messages"))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    check(&r.json().await.unwrap());
+    // Nothing reached the upstream.
+    assert_eq!(h.mock.request_count(), 0);
+}
+
 #[tokio::test]
 async fn concurrency_limit_sheds_with_retry_after() {
     let h = Harness::start("[limits]\nmax_concurrency = 1\nretry_after_secs = 2")
@@ -739,6 +1099,54 @@ async fn client_disconnect_cancels_upstream() {
         }
     }
     assert!(cancelled, "the upstream stream was not dropped");
+    assert_eq!(h.mock.completed_count(), 0);
+}
+
+/// A client that goes away while a non-streamed answer is still on its way cancels the upstream
+/// request: the mock's response is dropped before its end.
+#[tokio::test]
+async fn client_disconnect_during_a_whole_answer_cancels_upstream() {
+    // The mock sends its headers at once and the one-frame JSON body after the delay.
+    let h = Harness::start_with(
+        "",
+        MockConfig {
+            record: true,
+            slow_delay: Duration::from_secs(4),
+        },
+    )
+    .await
+    .unwrap();
+    let request = tokio::spawn(
+        h.client
+            .post(h.url("/v1/chat/completions"))
+            .json(&chat("gpt-slow", false))
+            .send(),
+    );
+    for _ in 0..50 {
+        if h.mock.request_count() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        h.mock.request_count(),
+        1,
+        "the request never reached the upstream"
+    );
+    // Let the mock's headers reach the gateway, so its body is the part left to wait for.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    request.abort();
+    assert!(request.await.unwrap_err().is_cancelled());
+    let mut cancelled = false;
+    // Well inside the mock's delay: a request left running would end with a completed body.
+    for _ in 0..25 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if h.mock.disconnect_count() > 0 {
+            cancelled = true;
+            break;
+        }
+    }
+    assert!(cancelled, "the upstream request was not dropped");
     assert_eq!(h.mock.completed_count(), 0);
 }
 
