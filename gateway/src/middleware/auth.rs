@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::Body;
-use http::{Request, Response, header};
+use http::{HeaderName, Request, Response, header};
 use pin_project_lite::pin_project;
 use sha2::{Digest, Sha256};
 use tower::{Layer, Service};
@@ -30,9 +30,11 @@ impl ApiKeyDigest {
 
 /// The key a request presents, if any.
 fn presented_key<B>(request: &Request<B>) -> Option<&str> {
+    // Made once: a lookup by `&str` parses and validates the name on every call.
+    static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
     if let Some(v) = request
         .headers()
-        .get("x-api-key")
+        .get(&X_API_KEY)
         .and_then(|v| v.to_str().ok())
     {
         return Some(v.trim());

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use tandem_cloud_adapters::{ChatRequest, ContentPart, Role};
 use tandem_router_policy::{
     AnswerCheck, BackendCandidate, BackendProfile, BackendState, BanditStore, Choice, Decision,
@@ -66,8 +66,12 @@ impl RequestHints {
 
     /// Reads the routing headers; a malformed value is a 400 naming the header.
     pub fn from_headers(request_id: Arc<str>, headers: &HeaderMap) -> Result<Self, Error> {
-        let text = |name: &str| -> Result<Option<String>, Error> {
-            match headers.get(name) {
+        // Names made once: a lookup by `&str` parses and validates the name on every call.
+        static PLACEMENT: HeaderName = HeaderName::from_static(PLACEMENT_HEADER);
+        static LATENCY_SLO: HeaderName = HeaderName::from_static(LATENCY_SLO_HEADER);
+        let text = |header: &HeaderName| -> Result<Option<String>, Error> {
+            let name = header.as_str();
+            match headers.get(header) {
                 None => Ok(None),
                 Some(v) => v
                     .to_str()
@@ -75,7 +79,7 @@ impl RequestHints {
                     .map_err(|_| bad_header(name, "is not ASCII text")),
             }
         };
-        let placement = match text(PLACEMENT_HEADER)?.as_deref() {
+        let placement = match text(&PLACEMENT)?.as_deref() {
             None => None,
             Some("local-only") => Some(Placement::LocalOnly),
             Some("cloud-only") => Some(Placement::CloudOnly),
@@ -86,7 +90,7 @@ impl RequestHints {
                 ));
             }
         };
-        let latency_slo_ms = match text(LATENCY_SLO_HEADER)? {
+        let latency_slo_ms = match text(&LATENCY_SLO)? {
             None => None,
             Some(v) => match v.parse::<f64>() {
                 Ok(ms) if ms.is_finite() && ms > 0.0 => Some(ms),
