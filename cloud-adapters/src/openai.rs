@@ -610,9 +610,8 @@ struct ChoiceCheck {}
 /// Takes an upstream's non-streamed `chat.completion` body as it is, for an OpenAI client: every
 /// field the upstream sent is kept in OpenAI's own shape (system fingerprint, service tier,
 /// `refusal` beside a null `content`, annotations, every token detail), and nothing is decoded
-/// into the normalized form and encoded again. The body must be a UTF-8 JSON object whose choices
-/// are objects, at least one, as [`parse_chat_response`] requires; what a choice holds is checked
-/// only for strings that end and brackets that pair up.
+/// into the normalized form and encoded again. The body must be UTF-8 JSON whose choices are
+/// objects, at least one, as [`parse_chat_response`] requires; what a choice holds is not checked.
 pub fn pass_chat_response(body: Bytes, provider: &str) -> Result<ChatCompletion, ProviderError> {
     let bad = |message: String| ProviderError::new(ProviderErrorKind::Decode, provider, message);
     let usage = match walk_completion(&body) {
@@ -634,10 +633,9 @@ pub fn pass_chat_response(body: Bytes, provider: &str) -> Result<ChatCompletion,
 }
 
 /// The usage of a `chat.completion` that holds at least one choice, each an object, found by a
-/// structural walk, in about half a full parse's instructions; `None` where the walk cannot
-/// vouch for the body, or where the full parse might read the usage differently. Inside the
-/// choices, and inside other members' objects and arrays, it checks only that strings end and
-/// brackets pair up.
+/// walk that checks the whole body against JSON's grammar but builds nothing, in well under a
+/// full parse's instructions; `None` where the walk cannot vouch for the body, or where the full
+/// parse might read the usage differently.
 fn walk_completion(body: &[u8]) -> Option<Usage> {
     let (mut choices, mut seen_choices, mut usage) = (0, false, None);
     scan::walk_document(body, |key, at| match key {

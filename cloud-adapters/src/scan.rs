@@ -1,10 +1,9 @@
-//! A structural walk over JSON: the members of an object and the elements of an array, each handed
-//! to the caller at the index where it starts, with the values the caller has no use for skipped
-//! eight bytes at a time instead of parsed.
+//! A walk over JSON that checks it against JSON's grammar without building anything: the members of
+//! an object and the elements of an array are handed to the caller at the index where each starts,
+//! and the values the caller has no use for are skipped, strings eight bytes at a time.
 //!
-//! What it walks it checks against JSON's grammar. Inside a skipped object or array it checks only
-//! that strings end, hold no raw control characters, and that brackets pair up. Callers fall back
-//! to a full parse wherever the walk returns `None`: the walk never says why, the full parse does.
+//! Callers fall back to a full parse wherever the walk returns `None`: the walk never says why, the
+//! full parse does. UTF-8 is the caller's to check.
 
 /// A word with every byte set to `b`.
 const fn splat(b: u8) -> u64 {
@@ -64,8 +63,7 @@ fn string_end(json: &[u8], mut i: usize) -> Option<usize> {
         });
         match *json.get(i)? {
             b'"' => return Some(i),
-            // The escaped byte is skipped whatever it is; a bad escape is not caught here.
-            b'\\' => i += 2,
+            b'\\' => i = escape_end(json, i + 1)?,
             0..0x20 => return None,
             _ => i += 1,
         }
@@ -87,42 +85,21 @@ fn key_end(json: &[u8], mut i: usize) -> Option<usize> {
     }
 }
 
-/// Index just past the object or array that opens at `i`.
-fn container_end(json: &[u8], mut i: usize) -> Option<usize> {
-    // One bit per open level, 1 for an object; deeper documents go to the full parse.
-    let mut open: u64 = 0;
-    let mut depth = 0u32;
-    loop {
-        // `[` and `]` differ from `{` and `}` only in bit 0x20, and no other byte does.
-        i = next_flagged(json, i, |w| {
-            let folded = w | splat(0x20);
-            bytes_equal(w, b'"') | bytes_equal(folded, b'{') | bytes_equal(folded, b'}')
-        });
-        match *json.get(i)? {
-            b'"' => i = string_end(json, i + 1)? + 1,
-            opening @ (b'{' | b'[') => {
-                if depth == u64::BITS {
-                    return None;
-                }
-                open = open << 1 | u64::from(opening == b'{');
-                depth += 1;
-                i += 1;
-            }
-            closing @ (b'}' | b']') => {
-                if (open & 1 == 1) != (closing == b'}') {
-                    return None;
-                }
-                open >>= 1;
-                depth -= 1;
-                i += 1;
-                if depth == 0 {
-                    return Some(i);
-                }
-            }
-            _ => i += 1,
+/// Index just past the escape whose letter is at `i`: one of `"\\/bfnrt`, or `u` and four hex
+/// digits.
+fn escape_end(json: &[u8], i: usize) -> Option<usize> {
+    match json.get(i)? {
+        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Some(i + 1),
+        b'u' => {
+            let digits = json.get(i + 1..i + 5)?;
+            digits.iter().all(u8::is_ascii_hexdigit).then_some(i + 5)
         }
+        _ => None,
     }
 }
+
+/// How deep the walk goes into nested objects and arrays; deeper ones go to the full parse.
+const MAX_DEPTH: u32 = 64;
 
 /// Index just past `literal` at `i`.
 fn literal_end(json: &[u8], i: usize, literal: &[u8]) -> Option<usize> {
@@ -165,9 +142,16 @@ fn number_end(json: &[u8], mut i: usize) -> Option<usize> {
 
 /// Index just past the value that starts at `i`.
 pub(crate) fn value_end(json: &[u8], i: usize) -> Option<usize> {
+    nested_value_end(json, i, 0)
+}
+
+/// [`value_end`] for a value `depth` levels down.
+fn nested_value_end(json: &[u8], i: usize, depth: u32) -> Option<usize> {
     match json.get(i)? {
         b'"' => Some(string_end(json, i + 1)? + 1),
-        b'{' | b'[' => container_end(json, i),
+        b'{' | b'[' if depth == MAX_DEPTH => None,
+        b'{' => walk_object(json, i, |_, at| nested_value_end(json, at, depth + 1)),
+        b'[' => walk_array(json, i, |at| nested_value_end(json, at, depth + 1)),
         b't' => literal_end(json, i, b"true"),
         b'f' => literal_end(json, i, b"false"),
         b'n' => null_end(json, i),
@@ -357,7 +341,7 @@ mod tests {
 
     #[test]
     fn malformed_documents_are_not_walked() {
-        let bad: [&[u8]; 18] = [
+        let bad: [&[u8]; 30] = [
             b"",
             b"[]",
             b"{} {}",
@@ -376,6 +360,19 @@ mod tests {
             b"{\"a\":]}",
             b"{\"k\\u0065y\":1}",
             b"{\"a\":1}}",
+            // Inside values the walk only skips, the grammar holds all the same.
+            b"{\"a\":{\"b\":1 \"c\":2}}",
+            b"{\"a\":{\"b\" 1}}",
+            b"{\"a\":[nul]}",
+            b"{\"a\":[01]}",
+            b"{\"a\":[1.,-]}",
+            b"{\"a\":[+1]}",
+            b"{\"a\":{,}}",
+            b"{\"a\":[1,]}",
+            b"{\"a\":[\x01]}",
+            b"{\"a\":\"\\q\"}",
+            b"{\"a\":[\"\\u12\"]}",
+            b"{\"a\":[\"\\u12g4\"]}",
         ];
         for doc in bad {
             assert_eq!(members(doc), None, "{}", String::from_utf8_lossy(doc));
