@@ -175,27 +175,21 @@ impl PairMetrics {
         let status = status_index(status);
         self.latency[endpoint]
             .get_or_init(|| {
-                metrics
-                    .latency
-                    .get_or_create(&LatencyLabels {
-                        endpoint: ENDPOINTS[endpoint],
-                        route: self.route.to_string(),
-                        backend: self.backend.to_string(),
-                    })
-                    .clone()
+                metrics.latency.get_or_create_owned(&LatencyLabels {
+                    endpoint: ENDPOINTS[endpoint],
+                    route: self.route.to_string(),
+                    backend: self.backend.to_string(),
+                })
             })
             .observe(seconds);
         self.requests[endpoint][status]
             .get_or_init(|| {
-                metrics
-                    .requests
-                    .get_or_create(&RequestLabels {
-                        endpoint: ENDPOINTS[endpoint],
-                        route: self.route.to_string(),
-                        backend: self.backend.to_string(),
-                        status: STATUSES[status],
-                    })
-                    .clone()
+                metrics.requests.get_or_create_owned(&RequestLabels {
+                    endpoint: ENDPOINTS[endpoint],
+                    route: self.route.to_string(),
+                    backend: self.backend.to_string(),
+                    status: STATUSES[status],
+                })
             })
             .inc();
     }
@@ -205,14 +199,11 @@ impl PairMetrics {
             if n > 0 {
                 self.tokens[kind]
                     .get_or_init(|| {
-                        metrics
-                            .tokens
-                            .get_or_create(&TokenLabels {
-                                route: self.route.to_string(),
-                                backend: self.backend.to_string(),
-                                kind: TOKEN_KINDS[kind],
-                            })
-                            .clone()
+                        metrics.tokens.get_or_create_owned(&TokenLabels {
+                            route: self.route.to_string(),
+                            backend: self.backend.to_string(),
+                            kind: TOKEN_KINDS[kind],
+                        })
                     })
                     .inc_by(n);
             }
@@ -220,13 +211,10 @@ impl PairMetrics {
         if cost > 0.0 {
             self.cost
                 .get_or_init(|| {
-                    metrics
-                        .cost
-                        .get_or_create(&CostLabels {
-                            route: self.route.to_string(),
-                            backend: self.backend.to_string(),
-                        })
-                        .clone()
+                    metrics.cost.get_or_create_owned(&CostLabels {
+                        route: self.route.to_string(),
+                        backend: self.backend.to_string(),
+                    })
                 })
                 .inc_by(cost);
         }
