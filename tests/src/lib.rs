@@ -165,6 +165,19 @@ impl Harness {
         Ok((status, headers, parse_sse(&text)))
     }
 
+    /// Waits up to `limit` for the mock to see a response body abandoned before its end (the
+    /// gateway dropping its upstream request); whether it did.
+    pub async fn upstream_dropped_within(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.mock.disconnect_count() == 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        true
+    }
+
     /// POSTs a streaming request and returns status, headers and the body as sent, for checks
     /// of the SSE framing itself.
     pub async fn post_stream_text(
@@ -194,6 +207,18 @@ impl SseEvent {
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.data).unwrap_or(Value::Null)
     }
+}
+
+/// The text of a streamed OpenAI chat answer: every chunk's `delta.content`, joined.
+pub fn streamed_text(events: &[SseEvent]) -> String {
+    events
+        .iter()
+        .filter_map(|e| {
+            e.json()["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect()
 }
 
 /// Splits an SSE body into events.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tandem_cloud_adapters::mock::{Fixtures, MockConfig};
-use tandem_tests::{Harness, parse_sse, read_first_chunk_and_drop};
+use tandem_tests::{Harness, parse_sse, read_first_chunk_and_drop, streamed_text};
 
 fn chat(model: &str, stream: bool) -> Value {
     json!({"model": model, "stream": stream, "stream_options": {"include_usage": true},
@@ -115,14 +115,7 @@ models = {{ "gpt-azure" = "prod-4o-mini" }}
         .unwrap();
     assert_eq!(status, 200);
     assert_eq!(events.last().unwrap().data, "[DONE]");
-    let text: String = events
-        .iter()
-        .filter_map(|e| {
-            e.json()["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_owned)
-        })
-        .collect();
+    let text = streamed_text(&events);
     assert_eq!(text, "Hello! How can I help you today?");
     let upstream = h.mock.requests().into_iter().last().unwrap();
     assert_eq!(upstream.path, expected_path);
@@ -145,14 +138,7 @@ async fn openai_stream_with_usage_and_cached_tokens() {
             .starts_with("text/event-stream")
     );
     assert_eq!(events.last().unwrap().data, "[DONE]");
-    let text: String = events
-        .iter()
-        .filter_map(|e| {
-            e.json()["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_owned)
-        })
-        .collect();
+    let text = streamed_text(&events);
     assert!(!text.is_empty());
     let usage = events
         .iter()
@@ -1090,15 +1076,10 @@ async fn client_disconnect_cancels_upstream() {
         .unwrap();
     assert_eq!(r.status(), 200);
     read_first_chunk_and_drop(r).await.unwrap();
-    let mut cancelled = false;
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if h.mock.disconnect_count() > 0 {
-            cancelled = true;
-            break;
-        }
-    }
-    assert!(cancelled, "the upstream stream was not dropped");
+    assert!(
+        h.upstream_dropped_within(Duration::from_secs(5)).await,
+        "the upstream stream was not dropped"
+    );
     assert_eq!(h.mock.completed_count(), 0);
 }
 
@@ -1137,16 +1118,11 @@ async fn client_disconnect_during_a_whole_answer_cancels_upstream() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     request.abort();
     assert!(request.await.unwrap_err().is_cancelled());
-    let mut cancelled = false;
     // Well inside the mock's delay: a request left running would end with a completed body.
-    for _ in 0..25 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if h.mock.disconnect_count() > 0 {
-            cancelled = true;
-            break;
-        }
-    }
-    assert!(cancelled, "the upstream request was not dropped");
+    assert!(
+        h.upstream_dropped_within(Duration::from_millis(2500)).await,
+        "the upstream request was not dropped"
+    );
     assert_eq!(h.mock.completed_count(), 0);
 }
 

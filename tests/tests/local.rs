@@ -10,7 +10,7 @@ use tandem_gateway::config::{Config, MapEnv};
 use tandem_gateway::{Gateway, GatewayOptions, LocalLoad};
 use tandem_local_model::fetch::{ProcessEnv, default_cache_root, locate};
 use tandem_local_model::{Engine, EngineConfig};
-use tandem_tests::{client, parse_sse};
+use tandem_tests::{client, parse_sse, streamed_text};
 
 async fn start() -> Option<(Gateway, Engine)> {
     let root = default_cache_root(&ProcessEnv);
@@ -89,14 +89,7 @@ async fn local_model_end_to_end() {
     assert_eq!(status, 200);
     let events = parse_sse(&body);
     assert_eq!(events.last().unwrap().data, "[DONE]");
-    let streamed: String = events
-        .iter()
-        .filter_map(|e| {
-            e.json()["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_owned)
-        })
-        .collect();
+    let streamed = streamed_text(&events);
     assert_eq!(
         streamed,
         v["choices"][0]["message"]["content"].as_str().unwrap()

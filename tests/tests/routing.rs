@@ -15,7 +15,7 @@ use tandem_gateway::config::{Config, MapEnv};
 use tandem_gateway::{Gateway, GatewayOptions, LocalLoad};
 use tandem_local_model::fetch::{ProcessEnv, default_cache_root, locate};
 use tandem_local_model::{Engine, EngineConfig};
-use tandem_tests::{client, parse_sse};
+use tandem_tests::{client, parse_sse, streamed_text};
 
 async fn engine() -> Engine {
     let root = default_cache_root(&ProcessEnv);
@@ -121,14 +121,7 @@ async fn ask(gw: &Gateway, model: &str, headers: &[(&str, &str)], stream: bool) 
             Some("[DONE]"),
             "{raw}"
         );
-        let text: String = events
-            .iter()
-            .filter_map(|e| {
-                e.json()["choices"][0]["delta"]["content"]
-                    .as_str()
-                    .map(str::to_owned)
-            })
-            .collect();
+        let text = streamed_text(&events);
         (Value::String(raw), text)
     } else {
         let body: Value = serde_json::from_str(&raw).unwrap_or(Value::String(raw));
