@@ -55,30 +55,16 @@ fn skip_whitespace(json: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// Index of the quote that closes the string whose contents start at `i`.
-fn string_end(json: &[u8], mut i: usize) -> Option<usize> {
+/// Index of the quote that closes the string whose contents start at `i`. A key may hold no
+/// escape: its raw bytes would not be its text, which callers compare.
+fn string_end(json: &[u8], mut i: usize, key: bool) -> Option<usize> {
     loop {
         i = next_flagged(json, i, |w| {
             bytes_equal(w, b'"') | bytes_equal(w, b'\\') | bytes_below(w, 0x20)
         });
         match *json.get(i)? {
             b'"' => return Some(i),
-            b'\\' => i = escape_end(json, i + 1)?,
-            0..0x20 => return None,
-            _ => i += 1,
-        }
-    }
-}
-
-/// Index of the quote that closes the key whose text starts at `i`; `None` for a key with an
-/// escape, whose raw bytes would not be its text.
-fn key_end(json: &[u8], mut i: usize) -> Option<usize> {
-    loop {
-        i = next_flagged(json, i, |w| {
-            bytes_equal(w, b'"') | bytes_equal(w, b'\\') | bytes_below(w, 0x20)
-        });
-        match *json.get(i)? {
-            b'"' => return Some(i),
+            b'\\' if !key => i = escape_end(json, i + 1)?,
             b'\\' | 0..0x20 => return None,
             _ => i += 1,
         }
@@ -148,7 +134,7 @@ pub(crate) fn value_end(json: &[u8], i: usize) -> Option<usize> {
 /// [`value_end`] for a value `depth` levels down.
 fn nested_value_end(json: &[u8], i: usize, depth: u32) -> Option<usize> {
     match json.get(i)? {
-        b'"' => Some(string_end(json, i + 1)? + 1),
+        b'"' => Some(string_end(json, i + 1, false)? + 1),
         b'{' | b'[' if depth == MAX_DEPTH => None,
         b'{' => walk_object(json, i, |_, at| nested_value_end(json, at, depth + 1)),
         b'[' => walk_array(json, i, |at| nested_value_end(json, at, depth + 1)),
@@ -218,7 +204,7 @@ pub(crate) fn walk_object<'a>(
         if json.get(i) != Some(&b'"') {
             return None;
         }
-        let end = key_end(json, i + 1)?;
+        let end = string_end(json, i + 1, true)?;
         let colon = skip_whitespace(json, end + 1);
         if json.get(colon) != Some(&b':') {
             return None;
