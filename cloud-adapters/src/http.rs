@@ -26,23 +26,14 @@ pub fn transport_error(err: &TransportError, provider: &str) -> ProviderError {
     ProviderError::new(kind, provider, err.message.clone())
 }
 
-/// A JSON POST of `body` to `url` for `req`, after the checks every provider shares (one choice
-/// per request: `n>1` is refused before anything is sent).
+/// A JSON POST of `body` to `url`.
 pub(crate) fn post_json<'c, T: serde::Serialize>(
     client: &'c HttpClient,
     url: &Uri,
     headers: &HeaderMap,
     provider: &str,
-    req: &crate::types::ChatRequest,
     body: &T,
 ) -> Result<RequestBuilder<'c>, ProviderError> {
-    if req.n > 1 {
-        return Err(ProviderError::new(
-            ProviderErrorKind::Unsupported,
-            provider,
-            "n>1 is not supported",
-        ));
-    }
     let body = serde_json::to_vec(body).map_err(|e| {
         ProviderError::new(
             ProviderErrorKind::Unsupported,

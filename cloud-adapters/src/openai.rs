@@ -59,12 +59,8 @@ pub fn decode_chat_request(body: &[u8]) -> Result<ChatRequest, WireError> {
         ));
     }
     let n = json::opt_u32(&obj, "n", "n")?.unwrap_or(1);
-    if n > 1 {
-        return Err(WireError::new(
-            "unsupported_value",
-            Some("n"),
-            "n>1 is not supported",
-        ));
+    if n == 0 {
+        return Err(WireError::invalid_value("n", "'n' must be at least 1"));
     }
     let max_completion_tokens =
         json::opt_u32(&obj, "max_completion_tokens", "max_completion_tokens")?;
@@ -1010,12 +1006,16 @@ pub struct ChatCompletionsRequest<'a> {
     /// Nucleus sampling.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub top_p: Option<f32>,
-    /// Top-k sampling (only forwarded when the client sent it in OpenAI format).
+    /// Top-k sampling, which OpenAI-compatible servers take (the gateway refuses it for OpenAI's
+    /// own API).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub top_k: Option<u32>,
     /// Sampling seed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// Choices to generate, when more than one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub n: Option<u32>,
     /// Stop sequences.
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     pub stop: &'a [String],
@@ -1174,10 +1174,9 @@ impl<'a> ChatCompletionsRequest<'a> {
             max_completion_tokens,
             temperature: req.temperature,
             top_p: req.top_p,
-            top_k: req
-                .top_k
-                .filter(|_| req.ingress == Some(WireFormat::OpenAi)),
+            top_k: req.top_k,
             seed: req.seed,
+            n: (req.n > 1).then_some(req.n),
             stop: &req.stop,
             stream,
             stream_options: stream.then_some(StreamOptions {

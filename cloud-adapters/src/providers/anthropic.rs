@@ -118,14 +118,7 @@ impl Anthropic {
     ) -> Result<RequestBuilder<'_>, ProviderError> {
         let model = self.model.as_deref().unwrap_or(&req.model);
         let body = MessagesRequest::new(req, model, stream, self.default_max_tokens);
-        http::post_json(
-            &self.client,
-            &self.url,
-            &self.headers,
-            &self.name,
-            req,
-            &body,
-        )
+        http::post_json(&self.client, &self.url, &self.headers, &self.name, &body)
     }
 }
 

@@ -145,14 +145,7 @@ impl OpenAiCompatible {
     ) -> Result<RequestBuilder<'_>, ProviderError> {
         let model = self.model.as_deref().unwrap_or(&req.model);
         let body = ChatCompletionsRequest::new(req, model, stream);
-        http::post_json(
-            &self.client,
-            &self.url,
-            &self.headers,
-            &self.name,
-            req,
-            &body,
-        )
+        http::post_json(&self.client, &self.url, &self.headers, &self.name, &body)
     }
 }
 

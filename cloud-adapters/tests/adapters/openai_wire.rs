@@ -89,10 +89,17 @@ fn decoding_errors_are_precise() {
     );
 
     let err =
-        decode(json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "n": 2}))
+        decode(json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "n": 0}))
             .unwrap_err();
-    assert_eq!(err.message, "n>1 is not supported");
-    assert_eq!(err.param.as_deref(), Some("n"));
+    assert_eq!(
+        (err.code, err.param.as_deref()),
+        ("invalid_value", Some("n"))
+    );
+    // Several choices are the backend's to make or refuse.
+    let several =
+        decode(json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "n": 2}))
+            .unwrap();
+    assert_eq!(several.n, 2);
 
     let err = decode(json!({"model": "m", "messages": [{"role": "user", "content": "hi"}, {"role": "robot", "content": "x"}]})).unwrap_err();
     assert_eq!(err.param.as_deref(), Some("messages[1].role"));

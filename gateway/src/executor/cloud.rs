@@ -12,7 +12,8 @@ use tandem_cloud_adapters::{
 };
 
 use super::{
-    Executor, cannot_honour, no_legacy_completions, upstream_error, wants_structured_output,
+    Executor, cannot_honour, no_legacy_completions, refuse_dropped_fields, refuse_several_choices,
+    upstream_error, wants_structured_output,
 };
 use crate::config::{BackendConfig, BackendKind, Price};
 use crate::error::Error;
@@ -30,7 +31,9 @@ impl CloudExecutor {
     }
 
     /// The request with the model mapped, or why this backend cannot honour it: Anthropic's API
-    /// has no structured-output mode and no log-probabilities, so they would be silently lost.
+    /// has no structured-output mode, no log-probabilities and no seed, and fields beyond the
+    /// normalized request reach an upstream only in the client's own format; none of them may be
+    /// silently lost.
     fn upstream_request(&self, mut request: ChatRequest) -> Result<ChatRequest, Error> {
         if self.provider.format() == WireFormat::Anthropic {
             let name = &self.config.name;
@@ -53,7 +56,25 @@ impl CloudExecutor {
                     "(Anthropic's API) returns no log-probabilities",
                 ));
             }
+            refuse_several_choices(name, &request)?;
+            if request.seed.is_some() {
+                return Err(cannot_honour(
+                    name,
+                    "seed",
+                    "(Anthropic's API) has no sampling seed",
+                ));
+            }
+        } else if request.top_k.is_some()
+            && matches!(self.config.kind, BackendKind::OpenAi | BackendKind::Azure)
+        {
+            // OpenAI-compatible servers (vLLM, SGLang, llama.cpp, Ollama) take it.
+            return Err(cannot_honour(
+                &self.config.name,
+                "top_k",
+                "(OpenAI's own API) has no top_k",
+            ));
         }
+        refuse_dropped_fields(&self.config.name, &request, Some(self.provider.format()))?;
         request.model = self.config.upstream_model(&request.model).to_owned();
         Ok(request)
     }
@@ -113,6 +134,7 @@ impl Executor for CloudExecutor {
     }
 
     async fn chat_stream(&self, request: ChatRequest) -> Result<EventStream, Error> {
+        refuse_several_choices(&self.config.name, &request)?;
         let request = self.upstream_request(request)?;
         self.provider
             .chat_stream(&request)
@@ -121,6 +143,8 @@ impl Executor for CloudExecutor {
     }
 
     async fn chat(&self, request: ChatRequest) -> Result<ChatResponse, Error> {
+        // The normalized answer holds one choice; several pass only through `chat_completion`.
+        refuse_several_choices(&self.config.name, &request)?;
         let request = self.upstream_request(request)?;
         self.provider
             .chat(&request)

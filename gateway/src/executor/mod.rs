@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use tandem_cloud_adapters::openai::ChatCompletion;
 use tandem_cloud_adapters::{
-    ChatEvent, ChatRequest, ChatResponse, EventStream, ProviderError, ResponseBuilder,
+    ChatEvent, ChatRequest, ChatResponse, EventStream, ProviderError, ResponseBuilder, WireFormat,
 };
 
 use crate::config::{BackendKind, Price};
@@ -93,8 +93,10 @@ pub fn wants_structured_output(request: &ChatRequest) -> bool {
 }
 
 /// Refuses what decoding on the local model cannot do, for the backends that decode with it
-/// (local and speculative): tool calls, and structured output it cannot guarantee.
+/// (local and speculative): several choices, tool calls, structured output it cannot guarantee,
+/// and fields it has no place for.
 pub fn refuse_beyond_local_decoding(backend: &str, request: &ChatRequest) -> Result<(), Error> {
+    refuse_several_choices(backend, request)?;
     let wants_tools = !request.tools.is_empty()
         && !matches!(
             request.tool_choice,
@@ -108,6 +110,69 @@ pub fn refuse_beyond_local_decoding(backend: &str, request: &ChatRequest) -> Res
             backend,
             "response_format",
             "has no constrained decoding to guarantee structured output",
+        ));
+    }
+    refuse_dropped_fields(backend, request, None)
+}
+
+/// Fields a client may send that change nothing in the answer, so a backend that has no place
+/// for them loses nothing.
+const INERT_FIELDS: &[&str] = &[
+    "metadata",
+    "store",
+    "service_tier",
+    "prompt_cache_key",
+    "safety_identifier",
+];
+
+/// Refuses a request with fields `backend` would otherwise drop without a word: those the
+/// client sent beyond what the gateway models, which reach an upstream only in the client's own
+/// wire format (`upstream`; `None` for a backend with no upstream). Inert fields pass, and so do
+/// fields left at a neutral value (null, false, zero, empty).
+pub fn refuse_dropped_fields(
+    backend: &str,
+    request: &ChatRequest,
+    upstream: Option<WireFormat>,
+) -> Result<(), Error> {
+    // In the client's own format they go upstream as they came.
+    if upstream.is_some_and(|format| request.ingress == Some(format)) {
+        return Ok(());
+    }
+    let dropped = request
+        .extra
+        .iter()
+        .find(|(key, value)| !INERT_FIELDS.contains(&key.as_str()) && !is_neutral(value));
+    match dropped {
+        Some((key, _)) => Err(cannot_honour(
+            backend,
+            key,
+            &format!("has no place for `{key}`"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// A value that asks for nothing: null, false, zero, or empty.
+fn is_neutral(value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+    }
+}
+
+/// Refuses `n > 1` on a backend, or a path through it, that makes one choice.
+pub fn refuse_several_choices(backend: &str, request: &ChatRequest) -> Result<(), Error> {
+    if request.n > 1 {
+        return Err(cannot_honour(
+            backend,
+            "n",
+            "makes one choice per request here; several come only in a whole answer from an \
+             OpenAI-format upstream",
         ));
     }
     Ok(())
@@ -156,5 +221,54 @@ pub fn event_error(backend: &str, event: &ChatEvent) -> Option<Error> {
     match event {
         ChatEvent::Error(e) => Some(upstream_error(backend, e.clone())),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tandem_cloud_adapters::{WireFormat, anthropic, openai};
+
+    use super::*;
+
+    fn openai_request(extra: &str) -> ChatRequest {
+        let body =
+            format!(r#"{{"model":"m","messages":[{{"role":"user","content":"hi"}}]{extra}}}"#);
+        openai::decode_chat_request(body.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn fields_reach_an_upstream_in_their_own_format_or_are_refused() {
+        let penalty = openai_request(r#","presence_penalty":0.5"#);
+        assert!(refuse_dropped_fields("b", &penalty, Some(WireFormat::OpenAi)).is_ok());
+        for upstream in [None, Some(WireFormat::Anthropic)] {
+            let err = refuse_dropped_fields("b", &penalty, upstream).unwrap_err();
+            assert!(
+                matches!(&err, Error::Unsupported { param, .. } if param == "presence_penalty"),
+                "{err:?}"
+            );
+        }
+        let harmless = openai_request(
+            r#","presence_penalty":0,"logit_bias":{},"modalities":[],"store":true,"metadata":{"a":"b"}"#,
+        );
+        assert!(refuse_dropped_fields("b", &harmless, None).is_ok());
+
+        let thinking = anthropic::decode_messages_request(
+            br#"{"model":"m","max_tokens":8,"messages":[{"role":"user","content":"hi"}],
+                "thinking":{"type":"enabled","budget_tokens":1024}}"#,
+        )
+        .unwrap();
+        assert!(refuse_dropped_fields("b", &thinking, Some(WireFormat::Anthropic)).is_ok());
+        assert!(refuse_dropped_fields("b", &thinking, Some(WireFormat::OpenAi)).is_err());
+    }
+
+    #[test]
+    fn local_decoding_refuses_several_choices() {
+        let several = openai_request(r#","n":3"#);
+        let err = refuse_beyond_local_decoding("local", &several).unwrap_err();
+        assert!(
+            matches!(&err, Error::Unsupported { param, .. } if param == "n"),
+            "{err:?}"
+        );
+        assert!(refuse_beyond_local_decoding("local", &openai_request("")).is_ok());
     }
 }

@@ -116,11 +116,15 @@ async fn handle(state: Arc<AppState>, request: Request, format: WireFormat) -> R
     response
 }
 
-/// Refuses what the gateway cannot honour.
+/// Refuses what the gateway cannot honour: several choices are passed on only in a whole answer
+/// from a backend that makes them (see the executors), never re-encoded into a stream.
 fn validate(chat: ChatRequest) -> Result<ChatRequest, Error> {
-    if chat.n > 1 {
+    if chat.n > 1 && chat.stream {
         return Err(Error::Unsupported {
-            message: format!("n = {} is not supported; only n = 1", chat.n),
+            message: format!(
+                "n = {} is supported for whole answers only; stream with n = 1",
+                chat.n
+            ),
             param: "n".into(),
         });
     }
