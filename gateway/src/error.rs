@@ -52,6 +52,27 @@ pub struct UpstreamError {
     pub retry_after_secs: Option<u64>,
 }
 
+impl UpstreamError {
+    /// The OpenAI `error.code` when the upstream gave none of its own: the kind where it means
+    /// something to a client (`timeout`, `connect`, `stream_cut`, ...), else one read from the
+    /// status (`rate_limit_exceeded` for a 429), never the bare `status` kind.
+    pub fn code(&self) -> &'static str {
+        if self.kind != "status" {
+            return self.kind;
+        }
+        match self.status {
+            Some(400 | 422) => "invalid_request",
+            Some(401 | 403) => "upstream_auth_failed",
+            Some(404) => "upstream_not_found",
+            Some(408 | 504) => "timeout",
+            Some(413) => "request_too_large",
+            Some(429) => "rate_limit_exceeded",
+            Some(529) => "overloaded",
+            _ => "upstream_error",
+        }
+    }
+}
+
 /// Every error the gateway answers a client with.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
@@ -79,6 +100,14 @@ pub enum Error {
     /// No endpoint at this path.
     #[error("unknown endpoint {0}")]
     EndpointNotFound(String),
+    /// The path is known but does not take this method.
+    #[error("method {method} is not allowed on {path}")]
+    MethodNotAllowed {
+        /// The method the client used.
+        method: String,
+        /// The path it was sent to.
+        path: String,
+    },
     /// The feedback names a request id the gateway does not know.
     #[error("unknown request id `{0}`")]
     UnknownRequestId(String),
@@ -136,6 +165,7 @@ impl Error {
             Self::ModelNotFound(_) | Self::EndpointNotFound(_) | Self::UnknownRequestId(_) => {
                 StatusCode::NOT_FOUND
             }
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -160,6 +190,7 @@ impl Error {
             Self::Unsupported { .. } => "unsupported_parameter",
             Self::ModelNotFound(_) => "model_not_found",
             Self::EndpointNotFound(_) => "endpoint_not_found",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::UnknownRequestId(_) => "unknown_request_id",
             Self::Unauthorized => "unauthorized",
             Self::PayloadTooLarge { .. } => "payload_too_large",
@@ -189,6 +220,7 @@ impl Error {
             | Self::Unsupported { .. }
             | Self::ModelNotFound(_)
             | Self::EndpointNotFound(_)
+            | Self::MethodNotAllowed { .. }
             | Self::UnknownRequestId(_)
             | Self::PayloadTooLarge { .. } => "invalid_request_error".into(),
             Self::Unauthorized => "authentication_error".into(),
@@ -205,7 +237,7 @@ impl Error {
     /// The Anthropic `error.type`.
     fn anthropic_type(&self) -> &'static str {
         match self.status().as_u16() {
-            400 => "invalid_request_error",
+            400 | 405 => "invalid_request_error",
             401 => "authentication_error",
             403 => "permission_error",
             404 => "not_found_error",
@@ -241,8 +273,9 @@ impl Error {
             Self::Timeout(_) => Some("timeout"),
             Self::FirstTokenTimeout(_) => Some("first_token_timeout"),
             Self::NotReady(_) => Some("not_ready"),
-            Self::Upstream(e) => Some(e.upstream_code.as_deref().unwrap_or(e.kind)),
+            Self::Upstream(e) => Some(e.upstream_code.as_deref().unwrap_or_else(|| e.code())),
             Self::EndpointNotFound(_) => Some("unknown_url"),
+            Self::MethodNotAllowed { .. } => Some("method_not_allowed"),
             Self::LocalModel(_) | Self::Internal(_) => None,
         }
     }
@@ -368,6 +401,67 @@ mod tests {
         assert_eq!(body["error"]["code"], "rate_limit_exceeded");
         let r = e.into_response_for(ApiFlavor::Anthropic);
         assert_eq!(r.headers()[header::RETRY_AFTER], "7");
+    }
+
+    /// An upstream error from `status` with no code of its own, as an Anthropic upstream sends.
+    fn uncoded_upstream(kind: &'static str, status: Option<u16>) -> Error {
+        Error::Upstream(Box::new(UpstreamError {
+            backend: "anthropic".into(),
+            status,
+            message: "mock".into(),
+            kind,
+            retryable: true,
+            upstream_type: Some("rate_limit_error".into()),
+            upstream_code: None,
+            upstream_param: None,
+            retry_after_secs: None,
+        }))
+    }
+
+    #[test]
+    fn an_upstream_error_without_a_code_gets_a_meaningful_one() {
+        let code = |e: Error| e.body(ApiFlavor::OpenAi)["error"]["code"].clone();
+        assert_eq!(
+            code(uncoded_upstream("status", Some(429))),
+            "rate_limit_exceeded"
+        );
+        assert_eq!(code(uncoded_upstream("status", Some(529))), "overloaded");
+        assert_eq!(
+            code(uncoded_upstream("status", Some(500))),
+            "upstream_error"
+        );
+        assert_eq!(code(uncoded_upstream("status", None)), "upstream_error");
+        assert_eq!(
+            code(uncoded_upstream("status", Some(400))),
+            "invalid_request"
+        );
+        // Kinds that mean something already are kept.
+        assert_eq!(code(uncoded_upstream("timeout", None)), "timeout");
+        assert_eq!(code(uncoded_upstream("connect", None)), "connect");
+        // The metric label stays low-cardinality.
+        assert_eq!(
+            uncoded_upstream("status", Some(429)).metric_label(),
+            "upstream"
+        );
+    }
+
+    #[test]
+    fn method_not_allowed_is_shaped_per_flavor() {
+        let e = Error::MethodNotAllowed {
+            method: "GET".into(),
+            path: "/v1/chat/completions".into(),
+        };
+        assert_eq!(e.status(), StatusCode::METHOD_NOT_ALLOWED);
+        let b = e.body(ApiFlavor::OpenAi);
+        assert_eq!(b["error"]["type"], "invalid_request_error");
+        assert_eq!(b["error"]["code"], "method_not_allowed");
+        assert_eq!(
+            b["error"]["message"],
+            "method GET is not allowed on /v1/chat/completions"
+        );
+        let b = e.body(ApiFlavor::Anthropic);
+        assert_eq!(b["type"], "error");
+        assert_eq!(b["error"]["type"], "invalid_request_error");
     }
 
     #[test]

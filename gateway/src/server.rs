@@ -29,7 +29,7 @@ use crate::metrics::Metrics;
 use crate::middleware::{
     auth::AuthLayer, body_limit::BodyLimitLayer, concurrency::LoadShedLayer,
     first_token_timeout::FirstTokenTimeoutLayer, metrics::MetricsLayer, request_id::RequestIdLayer,
-    timeout::TimeoutLayer, trace,
+    route_header::RouteHeaderLayer, timeout::TimeoutLayer, trace,
 };
 use crate::providers::build_provider;
 use crate::routing::{self, Policy};
@@ -247,6 +247,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         _ => Router::new(),
     };
     let stack = ServiceBuilder::new()
+        .layer(RouteHeaderLayer) // x-tandem-route on every answer: "gateway; no backend (<why>)" where no route set one
         .layer(RequestIdLayer) // x-request-id: taken or generated, echoed on the response
         .layer(trace::layer()) // one tracing span per request, carrying the request id
         .layer(MetricsLayer::new(state.metrics.clone())) // requests, latency, errors by endpoint and backend
@@ -271,6 +272,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(ops::not_found)
         .with_state(state)
         .merge(verify) // /v1/tandem/verify and /generate: this model as a speculative target
+        .method_not_allowed_fallback(ops::method_not_allowed) // known path, wrong method: a shaped 405
         .layer(stack)
 }
 

@@ -588,9 +588,9 @@ async fn client_errors_are_shaped_and_never_panic() {
         .unwrap();
     assert_eq!(status, 404);
     assert_eq!(body["error"]["code"], "model_not_found");
-    let mut n2 = chat("gpt", false);
-    n2["n"] = json!(2);
-    let (status, _, body) = h.post("/v1/chat/completions", &n2).await.unwrap();
+    let mut n0 = chat("gpt", false);
+    n0["n"] = json!(0);
+    let (status, _, body) = h.post("/v1/chat/completions", &n0).await.unwrap();
     assert_eq!(status, 400);
     assert_eq!(body["error"]["param"], "n");
     // Anthropic-shaped on /v1/messages.
@@ -613,6 +613,196 @@ async fn client_errors_are_shaped_and_never_panic() {
         .await
         .unwrap();
     assert_eq!(status, 200);
+}
+
+/// Answers made before any routing (decode errors, auth, body limit, unknown paths, wrong
+/// methods) and the operational endpoints carry `x-tandem-route` too, saying no backend answered
+/// and why.
+#[tokio::test]
+async fn answers_no_backend_gave_say_so_in_the_route_header() {
+    let hash = tandem_gateway::config::hash_api_key("secret-key");
+    let h = Harness::start(&format!(
+        "api_key_hashes = [\"{hash}\"]\n[limits]\nmax_body_bytes = 1024"
+    ))
+    .await
+    .unwrap();
+    let route = |r: &reqwest::Response| {
+        r.headers()
+            .get("x-tandem-route")
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    let post = |path: &str| h.client.post(h.url(path)).bearer_auth("secret-key");
+
+    // 401 from auth.
+    let r = h
+        .client
+        .post(h.url("/v1/chat/completions"))
+        .json(&chat("gpt", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        route(&r).as_deref(),
+        Some("gateway; no backend (unauthorized)")
+    );
+    // 400: not JSON.
+    let r = post("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        route(&r).as_deref(),
+        Some("gateway; no backend (invalid_request)")
+    );
+    // 400: the wrong type, on the Anthropic endpoint.
+    let r = post("/v1/messages")
+        .header("content-type", "application/json")
+        .body("[]")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        route(&r).as_deref(),
+        Some("gateway; no backend (invalid_request)")
+    );
+    // 413 from the body limit.
+    let mut big = chat("gpt", false);
+    big["messages"][1]["content"] = json!("x".repeat(4096));
+    let r = post("/v1/chat/completions")
+        .json(&big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(
+        route(&r).as_deref(),
+        Some("gateway; no backend (payload_too_large)")
+    );
+    // 404 for an unknown path, OpenAI-shaped.
+    let r = post("/v1/nothing").json(&json!({})).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(
+        route(&r).as_deref(),
+        Some("gateway; no backend (endpoint_not_found)")
+    );
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+    assert_eq!(body["error"]["code"], "unknown_url", "{body}");
+    // 405 for a known path's wrong method: OpenAI-shaped, with `allow`.
+    let r = h
+        .client
+        .get(h.url("/v1/chat/completions"))
+        .bearer_auth("secret-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "POST");
+    assert_eq!(
+        route(&r).as_deref(),
+        Some("gateway; no backend (method_not_allowed)")
+    );
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"error": {
+            "message": "method GET is not allowed on /v1/chat/completions",
+            "type": "invalid_request_error",
+            "param": null,
+            "code": "method_not_allowed",
+        }})
+    );
+    // Anthropic-shaped on /v1/messages.
+    let r = h
+        .client
+        .get(h.url("/v1/messages"))
+        .header("x-api-key", "secret-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["type"], "error", "{body}");
+    assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+    // A model no route serves keeps its own header.
+    let r = post("/v1/chat/completions")
+        .json(&chat("no-such-model", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(route(&r).as_deref(), Some("no route"));
+    // The operational endpoints.
+    for (path, expected) in [
+        ("/healthz", "gateway; no backend (health)"),
+        ("/readyz", "gateway; no backend (health)"),
+        ("/metrics", "gateway; no backend (metrics)"),
+        ("/v1/models", "gateway; no backend (models)"),
+    ] {
+        let r = h
+            .client
+            .get(h.url(path))
+            .bearer_auth("secret-key")
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        assert_eq!(route(&r).as_deref(), Some(expected), "{path}");
+    }
+    // A routed answer keeps the header its route set.
+    let r = post("/v1/chat/completions")
+        .json(&chat("gpt", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        route(&r).unwrap().starts_with("openai; route gpt"),
+        "{:?}",
+        route(&r)
+    );
+}
+
+/// An Anthropic upstream's 429 carries no `code`; an OpenAI client still gets one it can act on.
+#[tokio::test]
+async fn an_anthropic_rate_limit_reaches_an_openai_client_with_a_meaningful_code() {
+    let h = Harness::start_around(MockConfig::default(), |mock| {
+        format!(
+            r#"
+[backends.anthropic-limited]
+kind = "anthropic"
+base_url = "{}"
+api_key_env = "MOCK_ANTHROPIC_KEY"
+models = {{ "claude-ratelimit" = "ratelimit" }}
+"#,
+            mock.base_url()
+        )
+    })
+    .await
+    .unwrap();
+    let (status, headers, body) = h
+        .post("/v1/chat/completions", &chat("claude-ratelimit", false))
+        .await
+        .unwrap();
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["type"], "rate_limit_error", "{body}");
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded", "{body}");
+    assert_eq!(headers["retry-after"], "3");
+    let route = headers["x-tandem-route"].to_str().unwrap();
+    assert!(
+        route.starts_with("anthropic-limited; route claude-ratelimit; failed (upstream)"),
+        "{route}"
+    );
+    let metrics = h.metrics().await;
+    assert!(
+        metrics.contains(r#"tandem_errors_total{endpoint="chat",kind="upstream"} 1"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -949,6 +1139,10 @@ async fn concurrency_limit_sheds_with_retry_after() {
         .unwrap();
     assert_eq!(r.status(), 429);
     assert_eq!(r.headers()["retry-after"], "2");
+    assert_eq!(
+        r.headers()["x-tandem-route"],
+        "gateway; no backend (overloaded)"
+    );
     // Probes are not shed.
     assert_eq!(
         h.client
@@ -1359,5 +1553,99 @@ fallback = true
     assert!(
         route.starts_with("openai; route gpt-400; failed (upstream)"),
         "{route}"
+    );
+}
+
+/// Several choices go to an OpenAI-format upstream in a whole answer, passed on as it came; a
+/// stream, or a backend that makes one choice, is a 400 naming `n`.
+#[tokio::test]
+async fn several_choices_reach_a_backend_that_makes_them_or_are_refused() {
+    let h = Harness::start("").await.unwrap();
+    let mut whole = chat("gpt", false);
+    whole["n"] = json!(2);
+    let (status, _, body) = h.post("/v1/chat/completions", &whole).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let sent = h.mock.requests();
+    assert_eq!(sent.last().unwrap().json().unwrap()["n"], 2);
+
+    let mut streamed = chat("gpt", true);
+    streamed["n"] = json!(2);
+    let (status, _, body) = h.post("/v1/chat/completions", &streamed).await.unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "n");
+
+    let mut anthropic = chat("claude", false);
+    anthropic["n"] = json!(2);
+    let (status, _, body) = h.post("/v1/chat/completions", &anthropic).await.unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "n");
+    assert_eq!(h.mock.requests().len(), 1, "nothing more went upstream");
+}
+
+/// Fields a backend has no place for are refused, naming them, rather than silently dropped:
+/// OpenAI-only fields on an Anthropic backend, and Anthropic-only ones on an OpenAI backend.
+/// Fields left at neutral values, and inert ones, pass.
+#[tokio::test]
+async fn fields_a_backend_would_drop_are_refused() {
+    let h = Harness::start("").await.unwrap();
+    let refused = [
+        ("claude", json!({"seed": 7}), "seed"),
+        (
+            "claude",
+            json!({"presence_penalty": 0.5}),
+            "presence_penalty",
+        ),
+        (
+            "claude",
+            json!({"logit_bias": {"50256": -100}}),
+            "logit_bias",
+        ),
+    ];
+    for (model, fields, param) in refused {
+        let mut request = chat(model, false);
+        for (k, v) in fields.as_object().unwrap() {
+            request[k] = v.clone();
+        }
+        let (status, _, body) = h.post("/v1/chat/completions", &request).await.unwrap();
+        assert_eq!(status, 400, "{param}: {body}");
+        assert_eq!(body["error"]["param"], param, "{body}");
+        assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+    }
+    assert!(
+        h.mock.requests().is_empty(),
+        "a refused request went upstream"
+    );
+
+    // Neutral values and inert fields change nothing, so they pass.
+    let mut neutral = chat("claude", false);
+    neutral["presence_penalty"] = json!(0);
+    neutral["logit_bias"] = json!({});
+    neutral["store"] = json!(true);
+    let (status, _, body) = h.post("/v1/chat/completions", &neutral).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+
+    // In the client's own format they go upstream as they came.
+    let mut own = chat("gpt", false);
+    own["presence_penalty"] = json!(0.5);
+    let (status, _, body) = h.post("/v1/chat/completions", &own).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let sent = h.mock.requests();
+    assert_eq!(
+        sent.last().unwrap().json().unwrap()["presence_penalty"],
+        0.5
+    );
+
+    // An Anthropic client's own fields have no place in OpenAI's format.
+    let mut thinking = message("gpt", false);
+    thinking["thinking"] = json!({"type": "enabled", "budget_tokens": 1024});
+    let (status, _, body) = h.post("/v1/messages", &thinking).await.unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["type"], "error");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("thinking"),
+        "{body}"
     );
 }

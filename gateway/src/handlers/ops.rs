@@ -1,5 +1,5 @@
-//! Operational endpoints: `/v1/models`, `/healthz`, `/readyz`, `/metrics`, `/v1/feedback`, and the
-//! OpenAI-shaped 404 for unknown paths.
+//! Operational endpoints: `/v1/models`, `/healthz`, `/readyz`, `/metrics`, `/v1/feedback`, the
+//! OpenAI-shaped 404 for unknown paths and the 405 for a known path's wrong method.
 
 use std::sync::Arc;
 
@@ -224,6 +224,18 @@ fn parse_feedback(bytes: &[u8]) -> Result<PolicyFeedback, Error> {
 pub async fn not_found(request: Request) -> Response {
     let path = request.uri().path().to_owned();
     Error::EndpointNotFound(path.clone()).into_response_for(ApiFlavor::from_path(&path))
+}
+
+/// A known path called with a method it does not take: a 405 shaped for the endpoint's flavour
+/// (axum adds the `allow` header).
+pub async fn method_not_allowed(request: Request) -> Response {
+    let path = request.uri().path();
+    let flavor = ApiFlavor::from_path(path);
+    Error::MethodNotAllowed {
+        method: request.method().to_string(),
+        path: path.to_owned(),
+    }
+    .into_response_for(flavor)
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod deadline_body;
 pub mod first_token_timeout;
 pub mod metrics;
 pub mod request_id;
+pub mod route_header;
 pub mod timeout;
 pub mod trace;
 
