@@ -101,10 +101,22 @@ pub fn decode_messages_request(body: &[u8]) -> Result<ChatRequest, WireError> {
     Ok(ChatRequest {
         model,
         messages,
-        max_tokens: json::opt_u32(&obj, "max_tokens", "max_tokens")?,
+        // Anthropic requires the limit, and takes sampling values within 0 and 1.
+        max_tokens: json::token_limit(
+            Some(
+                json::opt_u32(&obj, "max_tokens", "max_tokens")?
+                    .ok_or_else(|| WireError::missing("max_tokens"))?,
+            ),
+            "max_tokens",
+        )?,
         limit_as_max_completion_tokens: false,
-        temperature: json::opt_f32(&obj, "temperature", "temperature")?,
-        top_p: json::opt_f32(&obj, "top_p", "top_p")?,
+        temperature: json::within(
+            json::opt_f32(&obj, "temperature", "temperature")?,
+            "temperature",
+            0.0,
+            1.0,
+        )?,
+        top_p: json::within(json::opt_f32(&obj, "top_p", "top_p")?, "top_p", 0.0, 1.0)?,
         top_k: json::opt_u32(&obj, "top_k", "top_k")?,
         seed: None,
         stop: json::stop_list(&obj, "stop_sequences", "stop_sequences")?,

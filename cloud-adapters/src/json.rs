@@ -48,6 +48,36 @@ pub(crate) fn parse_object(body: &[u8]) -> Result<Map<String, Value>, WireError>
     }
 }
 
+/// `value` when it lies in `min..=max`, else the invalid-value error naming `param`.
+pub(crate) fn within<T>(
+    value: Option<T>,
+    param: &str,
+    min: T,
+    max: T,
+) -> Result<Option<T>, WireError>
+where
+    T: PartialOrd + std::fmt::Display + Copy,
+{
+    match value {
+        Some(v) if !(min..=max).contains(&v) => Err(WireError::invalid_value(
+            param,
+            format!("'{param}' must be between {min} and {max}, got {v}"),
+        )),
+        v => Ok(v),
+    }
+}
+
+/// A token limit, which must allow at least one token.
+pub(crate) fn token_limit(value: Option<u32>, param: &str) -> Result<Option<u32>, WireError> {
+    if value == Some(0) {
+        return Err(WireError::invalid_value(
+            param,
+            format!("'{param}' must be at least 1"),
+        ));
+    }
+    Ok(value)
+}
+
 /// A field that may be absent or `null`.
 pub(crate) fn opt<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
     obj.get(key).filter(|v| !v.is_null())

@@ -62,12 +62,17 @@ pub fn decode_chat_request(body: &[u8]) -> Result<ChatRequest, WireError> {
     if n == 0 {
         return Err(WireError::invalid_value("n", "'n' must be at least 1"));
     }
-    let max_completion_tokens =
-        json::opt_u32(&obj, "max_completion_tokens", "max_completion_tokens")?;
+    let max_completion_tokens = json::token_limit(
+        json::opt_u32(&obj, "max_completion_tokens", "max_completion_tokens")?,
+        "max_completion_tokens",
+    )?;
     let limit_as_max_completion_tokens = max_completion_tokens.is_some();
     let max_tokens = match max_completion_tokens {
         Some(v) => Some(v),
-        None => json::opt_u32(&obj, "max_tokens", "max_tokens")?,
+        None => json::token_limit(
+            json::opt_u32(&obj, "max_tokens", "max_tokens")?,
+            "max_tokens",
+        )?,
     };
     let stream = json::opt_bool(&obj, "stream", "stream")?.unwrap_or(false);
     let include_usage = match opt(&obj, "stream_options") {
@@ -100,8 +105,14 @@ pub fn decode_chat_request(body: &[u8]) -> Result<ChatRequest, WireError> {
             "'top_logprobs' must be at most 20",
         ));
     }
-    let temperature = json::opt_f32(&obj, "temperature", "temperature")?;
-    let top_p = json::opt_f32(&obj, "top_p", "top_p")?;
+    // OpenAI's own ranges.
+    let temperature = json::within(
+        json::opt_f32(&obj, "temperature", "temperature")?,
+        "temperature",
+        0.0,
+        2.0,
+    )?;
+    let top_p = json::within(json::opt_f32(&obj, "top_p", "top_p")?, "top_p", 0.0, 1.0)?;
     let top_k = json::opt_u32(&obj, "top_k", "top_k")?;
     let seed = json::opt_u64(&obj, "seed", "seed")?;
     let stop = json::stop_list(&obj, "stop", "stop")?;

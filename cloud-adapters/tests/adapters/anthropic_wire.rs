@@ -74,6 +74,28 @@ fn decoding_errors_are_precise() {
         anthropic::decode_messages_request(br#"{"messages":[{"role":"user","content":"x"}]}"#)
             .unwrap_err();
     assert_eq!(err.param.as_deref(), Some("model"));
+    // Anthropic's own rules: the limit is required, sampling values lie within 0 and 1.
+    let cases: [(&[u8], &str, &str); 3] = [
+        (
+            br#"{"model":"m","messages":[{"role":"user","content":"x"}]}"#,
+            "missing_required_parameter",
+            "max_tokens",
+        ),
+        (
+            br#"{"model":"m","max_tokens":0,"messages":[{"role":"user","content":"x"}]}"#,
+            "invalid_value",
+            "max_tokens",
+        ),
+        (
+            br#"{"model":"m","max_tokens":8,"temperature":1.5,"messages":[{"role":"user","content":"x"}]}"#,
+            "invalid_value",
+            "temperature",
+        ),
+    ];
+    for (body, code, param) in cases {
+        let err = anthropic::decode_messages_request(body).unwrap_err();
+        assert_eq!((err.code, err.param.as_deref()), (code, Some(param)));
+    }
 }
 
 #[test]

@@ -95,6 +95,21 @@ fn decoding_errors_are_precise() {
         (err.code, err.param.as_deref()),
         ("invalid_value", Some("n"))
     );
+    // OpenAI's own ranges.
+    for (field, value) in [
+        ("temperature", json!(2.5)),
+        ("top_p", json!(1.5)),
+        ("max_tokens", json!(0)),
+        ("max_completion_tokens", json!(0)),
+    ] {
+        let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+        body[field] = value;
+        let err = decode(body).unwrap_err();
+        assert_eq!(
+            (err.code, err.param.as_deref()),
+            ("invalid_value", Some(field))
+        );
+    }
     // Several choices are the backend's to make or refuse.
     let several =
         decode(json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "n": 2}))
