@@ -646,50 +646,41 @@ async fn answers_no_backend_gave_say_so_in_the_route_header() {
         route(&r).as_deref(),
         Some("gateway; no backend (unauthorized)")
     );
-    // 400: not JSON.
-    let r = post("/v1/chat/completions")
-        .header("content-type", "application/json")
-        .body("{not json")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    assert_eq!(
-        route(&r).as_deref(),
-        Some("gateway; no backend (invalid_request)")
-    );
-    // 400: the wrong type, on the Anthropic endpoint.
-    let r = post("/v1/messages")
-        .header("content-type", "application/json")
-        .body("[]")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    assert_eq!(
-        route(&r).as_deref(),
-        Some("gateway; no backend (invalid_request)")
-    );
-    // 413 from the body limit.
+    // Refused before routing: not JSON, the wrong type on the Anthropic endpoint, over the body
+    // limit, and an unknown path.
     let mut big = chat("gpt", false);
     big["messages"][1]["content"] = json!("x".repeat(4096));
-    let r = post("/v1/chat/completions")
-        .json(&big)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 413);
-    assert_eq!(
-        route(&r).as_deref(),
-        Some("gateway; no backend (payload_too_large)")
-    );
-    // 404 for an unknown path, OpenAI-shaped.
-    let r = post("/v1/nothing").json(&json!({})).send().await.unwrap();
-    assert_eq!(r.status(), 404);
-    assert_eq!(
-        route(&r).as_deref(),
-        Some("gateway; no backend (endpoint_not_found)")
-    );
+    let cases = [
+        (
+            "/v1/chat/completions",
+            "{not json".to_owned(),
+            400,
+            "invalid_request",
+        ),
+        ("/v1/messages", "[]".to_owned(), 400, "invalid_request"),
+        (
+            "/v1/chat/completions",
+            big.to_string(),
+            413,
+            "payload_too_large",
+        ),
+        ("/v1/nothing", "{}".to_owned(), 404, "endpoint_not_found"),
+    ];
+    let mut r = None;
+    for (path, body, status, why) in cases {
+        let answer = post(path)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), status, "{path}");
+        let expected = format!("gateway; no backend ({why})");
+        assert_eq!(route(&answer).as_deref(), Some(expected.as_str()), "{path}");
+        r = Some(answer);
+    }
+    // The unknown path's 404 is OpenAI-shaped.
+    let r = r.unwrap();
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
     assert_eq!(body["error"]["code"], "unknown_url", "{body}");

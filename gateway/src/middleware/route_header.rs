@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::LazyLock;
 use std::task::{Context, Poll, ready};
 
 use http::{HeaderName, HeaderValue, Request, Response};
@@ -22,11 +23,11 @@ static ROUTE_HEADER_NAME: HeaderName = HeaderName::from_static(ROUTE_HEADER);
 /// The backend named in a default route header: the gateway itself.
 pub const GATEWAY_BACKEND: &str = "gateway";
 
-/// Declares [`static_value`]: one static header value per known label, so marking an answer
-/// allocates nothing.
+/// Declares [`static_value`]: one static header value per error label, so marking an error
+/// allocates nothing (the endpoints' values are made once, from their labels).
 macro_rules! static_values {
     ($($label:literal),* $(,)?) => {
-        /// The default header value for `label`, when it is a known error or endpoint label.
+        /// The default header value for `label`, when it is a known error label.
         fn static_value(label: &str) -> Option<HeaderValue> {
             match label {
                 $($label => Some(HeaderValue::from_static(
@@ -55,17 +56,11 @@ static_values!(
     "upstream",
     "local_model",
     "internal",
-    // Endpoint labels (`metrics::ENDPOINTS`).
-    "chat",
-    "completions",
-    "messages",
-    "models",
-    "feedback",
-    "health",
-    "metrics",
-    "verify",
-    "other",
 );
+
+/// The default values of answers without an error, one per endpoint label, made once.
+static ENDPOINT_VALUES: LazyLock<[HeaderValue; ENDPOINTS.len()]> =
+    LazyLock::new(|| ENDPOINTS.map(default_value));
 
 /// The default route header value for an answer labelled `label`: static for every known label,
 /// built (and sanitized) for any other.
@@ -143,13 +138,16 @@ where
         let this = self.project();
         let mut response = ready!(this.inner.poll(cx))?;
         if !response.headers().contains_key(&ROUTE_HEADER_NAME) {
-            let label = match response.extensions().get::<ErrorLabel>() {
-                Some(ErrorLabel(label)) => label,
-                None => ENDPOINTS.get(*this.endpoint).copied().unwrap_or("other"),
+            let value = match response.extensions().get::<ErrorLabel>() {
+                Some(ErrorLabel(label)) => default_value(label),
+                None => ENDPOINT_VALUES
+                    .get(*this.endpoint)
+                    .cloned()
+                    .unwrap_or_else(|| default_value("other")),
             };
             response
                 .headers_mut()
-                .insert(ROUTE_HEADER_NAME.clone(), default_value(label));
+                .insert(ROUTE_HEADER_NAME.clone(), value);
         }
         Poll::Ready(Ok(response))
     }
@@ -218,8 +216,8 @@ mod tests {
 
     #[test]
     fn every_known_label_has_a_static_value() {
-        for label in ENDPOINTS {
-            assert!(static_value(label).is_some(), "{label}");
+        for (label, value) in ENDPOINTS.iter().zip(ENDPOINT_VALUES.iter()) {
+            assert_eq!(value, &format!("gateway; no backend ({label})"));
         }
         let errors = [
             Error::invalid("x", None),
