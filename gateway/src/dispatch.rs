@@ -16,12 +16,12 @@ use tandem_router_policy::{Choice, Feedback, Placement};
 use tokio::time::Instant;
 
 use crate::config::{BackendKind, RoutePolicy, placement_allows};
+use crate::context::RouteSlot;
 use crate::error::Error;
 use crate::executor::Executor;
+use crate::executor::cascade::{CascadeExecutor, CascadeOutcome};
 use crate::executor::local::LocalExecutor;
 use crate::metrics::BackendLabels;
-use crate::middleware::timeout::RouteSlot;
-use crate::routing::cascade::{CascadeExecutor, CascadeOutcome};
 use crate::routing::{LiveBackend, Planned, RequestHints, placement_for};
 use crate::state::AppState;
 
@@ -391,7 +391,7 @@ fn count_decision(state: &AppState, choice: &'static str) {
     state
         .metrics
         .route_decisions
-        .get_or_create(&crate::routing::DecisionLabels { choice })
+        .get_or_create(&crate::metrics::DecisionLabels { choice })
         .inc();
 }
 

@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod context;
 pub mod dispatch;
 pub mod error;
 pub mod executor;

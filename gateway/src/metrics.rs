@@ -59,6 +59,13 @@ pub struct CostLabels {
     pub backend: String,
 }
 
+/// Labels of the decisions counter: the choice's kind only (low cardinality).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// `local`, `cloud`, `cascade`, `speculative` or `reject`.
+    pub choice: &'static str,
+}
+
 /// Labels with only a backend.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BackendLabels {
@@ -112,7 +119,7 @@ pub struct Metrics {
     /// Speculative requests that switched to plain streaming from the target.
     pub speculative_fallbacks: Family<BackendLabels, Counter>,
     /// Routing policy decisions by choice (local, cloud, cascade, speculative, reject).
-    pub route_decisions: Family<crate::routing::DecisionLabels, Counter>,
+    pub route_decisions: Family<DecisionLabels, Counter>,
     /// The handles of each route and backend pair seen so far, by route, then backend.
     pairs: RwLock<PairMap<PairMap<Arc<PairMetrics>>>>,
 }

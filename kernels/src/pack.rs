@@ -11,10 +11,8 @@
 //! [`Layout::Rows`], in another order.
 
 use crate::error::{Error, Result};
-use crate::quant::{Layout, QMatrix, QuantType};
-
-/// Rows in one interleaved group.
-pub const GROUP: usize = 8;
+pub use crate::quant::{GROUP, can_interleave8};
+use crate::quant::{Layout, QMatrix, QuantType, header_fields};
 
 /// The formats that can be interleaved.
 pub const FORMATS: [QuantType; 5] = [
@@ -24,22 +22,6 @@ pub const FORMATS: [QuantType; 5] = [
     QuantType::Q5_1,
     QuantType::Q8_0,
 ];
-
-/// The sizes of a block's header fields, in order, for the formats that can be interleaved.
-fn header_fields(ty: QuantType) -> Option<&'static [usize]> {
-    match ty {
-        QuantType::Q4_0 | QuantType::Q8_0 => Some(&[2]),
-        QuantType::Q4_1 => Some(&[2, 2]),
-        QuantType::Q5_0 => Some(&[2, 4]),
-        QuantType::Q5_1 => Some(&[2, 2, 4]),
-        _ => None,
-    }
-}
-
-/// Whether a `ty` matrix of `rows` rows can be held as [`Layout::Interleaved8`].
-pub fn can_interleave8(ty: QuantType, rows: usize) -> bool {
-    header_fields(ty).is_some() && rows.is_multiple_of(GROUP)
-}
 
 /// Where the bytes of row `j` (of 8) of a block land in its interleaved group block: calls
 /// `f(src, dst, len)` for each piece, `src` counted in the ggml block and `dst` in the group block.

@@ -132,6 +132,28 @@ pub struct QMatrix<'a> {
     pub layout: Layout,
 }
 
+// Which formats the interleaved layout holds is a fact of the layout, so it lives beside
+// `Layout`; `pack` does the moving of bytes.
+
+/// Rows in one interleaved group.
+pub const GROUP: usize = 8;
+
+/// The sizes of a block's header fields, in order, for the formats that can be interleaved.
+pub(crate) fn header_fields(ty: QuantType) -> Option<&'static [usize]> {
+    match ty {
+        QuantType::Q4_0 | QuantType::Q8_0 => Some(&[2]),
+        QuantType::Q4_1 => Some(&[2, 2]),
+        QuantType::Q5_0 => Some(&[2, 4]),
+        QuantType::Q5_1 => Some(&[2, 2, 4]),
+        _ => None,
+    }
+}
+
+/// Whether a `ty` matrix of `rows` rows can be held as [`Layout::Interleaved8`].
+pub fn can_interleave8(ty: QuantType, rows: usize) -> bool {
+    header_fields(ty).is_some() && rows.is_multiple_of(GROUP)
+}
+
 impl<'a> QMatrix<'a> {
     /// Checks that `data` holds exactly `rows` ggml rows of `cols` elements of `ty`.
     pub fn new(ty: QuantType, rows: usize, cols: usize, data: &'a [u8]) -> Result<Self> {
@@ -139,7 +161,7 @@ impl<'a> QMatrix<'a> {
     }
 
     /// As [`QMatrix::new`] for bytes in `layout`; errors when the format or the row count cannot
-    /// be held that way (see [`crate::pack::can_interleave8`]).
+    /// be held that way (see [`can_interleave8`]).
     pub fn with_layout(
         ty: QuantType,
         rows: usize,
@@ -147,7 +169,7 @@ impl<'a> QMatrix<'a> {
         data: &'a [u8],
         layout: Layout,
     ) -> Result<Self> {
-        if layout == Layout::Interleaved8 && !crate::pack::can_interleave8(ty, rows) {
+        if layout == Layout::Interleaved8 && !can_interleave8(ty, rows) {
             return Err(Error::InvalidShape(format!(
                 "{ty:?} {rows}x{cols} cannot be interleaved by 8 rows"
             )));

@@ -1,5 +1,6 @@
 //! `tandem bench ...`: benchmarks that print a table with their peer and the ratio. Not tests.
 
+mod cpu;
 mod local;
 mod nginx;
 mod overhead;

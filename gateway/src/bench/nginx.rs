@@ -115,9 +115,9 @@ impl Nginx {
         let pids = std::iter::once(self.child.id()).chain(self.workers());
         let ticks = pids
             .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
-            .filter_map(|stat| super::overhead::stat_cpu_ticks(&stat).map(|(_, ticks)| ticks))
+            .filter_map(|stat| super::cpu::stat_cpu_ticks(&stat).map(|(_, ticks)| ticks))
             .sum();
-        super::overhead::ticks_to_duration(ticks)
+        super::cpu::ticks_to_duration(ticks)
     }
 }
 

@@ -2,6 +2,7 @@
 //! The local model and cloud providers sit behind the one [`Executor`] trait, so cascade and
 //! speculative execution slot in beside them.
 
+pub mod cascade;
 pub mod cloud;
 pub mod local;
 pub mod speculative;

@@ -17,10 +17,10 @@ use tandem_cloud_adapters::{
 };
 
 use super::{json_bytes_response, mark_route, read_body, request_id, sse_response, wire_error};
+use crate::context::FirstTokenDeadline;
 use crate::dispatch::{run_chat, run_chat_completion, run_stream};
 use crate::error::{ApiFlavor, Error};
 use crate::metrics::BackendLabels;
-use crate::middleware::first_token_timeout::FirstTokenDeadline;
 use crate::routing::RequestHints;
 use crate::state::{AppState, RequestRecord};
 

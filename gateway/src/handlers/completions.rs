@@ -20,10 +20,10 @@ use tandem_local_model::{Engine, GenerateEvent, GenerateRequest, SamplingParams}
 use super::chat::{Encoder, encoded_sse_body, record_usage};
 use super::{json_response, mark_route, read_body, request_id, sse_response, wire_error};
 use crate::config::BackendKind;
+use crate::context::FirstTokenDeadline;
 use crate::dispatch::{route_for, with_fallback};
 use crate::error::{ApiFlavor, Error};
 use crate::executor::Executor;
-use crate::middleware::first_token_timeout::FirstTokenDeadline;
 use crate::routing::RequestHints;
 use crate::state::{AppState, RequestRecord};
 

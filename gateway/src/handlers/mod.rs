@@ -11,14 +11,9 @@ use http::request::Parts;
 use http::{HeaderValue, header};
 use tandem_cloud_adapters::WireError;
 
+use crate::context::{AnsweredBy, BodyLimit, ROUTE_HEADER, RequestId};
 use crate::dispatch::RouteInfo;
 use crate::error::Error;
-use crate::middleware::body_limit::BodyLimit;
-use crate::middleware::metrics::AnsweredBy;
-use crate::middleware::request_id::RequestId;
-
-/// The header that says which backend answered and why.
-pub const ROUTE_HEADER: &str = "x-tandem-route";
 
 /// Reads the whole body; a body over the limit is a 413.
 pub async fn read_body(parts: &Parts, body: Body) -> Result<Bytes, Error> {

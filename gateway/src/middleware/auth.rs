@@ -15,18 +15,8 @@ use sha2::{Digest, Sha256};
 use tower::{Layer, Service};
 
 use super::{error_response, is_operational_path};
+use crate::context::ApiKeyDigest;
 use crate::error::Error;
-
-/// The sha256 digest of the API key a request presented (set by [`AuthService`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ApiKeyDigest(pub [u8; 32]);
-
-impl ApiKeyDigest {
-    /// Lowercase hex, as `api_key_hashes` and `router.keys` spell it in the config.
-    pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
-    }
-}
 
 /// The key a request presents, if any.
 fn presented_key<B>(request: &Request<B>) -> Option<&str> {

@@ -13,11 +13,8 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use super::error_response;
+use crate::context::BodyLimit;
 use crate::error::Error;
-
-/// The configured limit, in request extensions, for the body reader's error message.
-#[derive(Debug, Clone, Copy)]
-pub struct BodyLimit(pub usize);
 
 // ===== impl BodyLimitLayer =====
 

@@ -15,23 +15,8 @@ use tower::{Layer, Service};
 
 use super::deadline_body::{DeadlineBody, DeadlineMode};
 use super::is_event_stream;
-use crate::error::{ApiFlavor, Error};
-
-/// When a stream's first event must have arrived, in request extensions.
-#[derive(Debug, Clone, Copy)]
-pub struct FirstTokenDeadline {
-    /// The instant.
-    pub at: Instant,
-    /// The configured timeout, for messages.
-    pub millis: u64,
-}
-
-impl FirstTokenDeadline {
-    /// The error a late stream gets.
-    pub fn error(&self) -> Error {
-        Error::FirstTokenTimeout(self.millis)
-    }
-}
+use crate::context::FirstTokenDeadline;
+use crate::error::ApiFlavor;
 
 // ===== impl FirstTokenTimeoutLayer =====
 

@@ -11,17 +11,9 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
+use crate::context::AnsweredBy;
 use crate::error::ErrorLabel;
 use crate::metrics::{ENDPOINTS, ErrorLabels, Metrics, endpoint_index};
-
-/// Response extension: the route a request took and the backend that answered on it.
-#[derive(Debug, Clone)]
-pub struct AnsweredBy {
-    /// The route: the model id the client asked for.
-    pub route: Arc<str>,
-    /// The backend's config name.
-    pub backend: Arc<str>,
-}
 
 // ===== impl MetricsLayer =====
 

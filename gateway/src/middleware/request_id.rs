@@ -3,36 +3,13 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use http::{HeaderName, HeaderValue, Request, Response};
+use http::{HeaderValue, Request, Response};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-/// The header carrying the id.
-pub static REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
-
-/// The request's id, in request extensions.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct RequestId(pub Arc<str>);
-
-impl RequestId {
-    /// A fresh, time-ordered id.
-    pub fn generate() -> Self {
-        // Encoded into a stack buffer: `to_string` would go through the formatting machinery on
-        // every request.
-        let mut buf = uuid::Uuid::encode_buffer();
-        Self(Arc::from(
-            &*uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf),
-        ))
-    }
-
-    /// The id as a string.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
+use crate::context::{REQUEST_ID_HEADER, RequestId};
 
 /// Client ids are kept only when short and printable, so they are safe in logs and headers.
 fn acceptable(value: &HeaderValue) -> Option<&str> {

@@ -13,8 +13,8 @@ use http::{HeaderName, HeaderValue, Request, Response};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
+use crate::context::ROUTE_HEADER;
 use crate::error::ErrorLabel;
-use crate::handlers::ROUTE_HEADER;
 use crate::metrics::{ENDPOINTS, endpoint_index};
 
 /// The route header's name, built once.

@@ -4,59 +4,19 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use http::{HeaderValue, Request, Response};
+use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower::{Layer, Service};
 
 use super::deadline_body::{DeadlineBody, DeadlineMode};
 use super::is_event_stream;
-use super::metrics::AnsweredBy;
+use crate::context::RouteSlot;
 use crate::error::{ApiFlavor, Error};
-use crate::handlers::ROUTE_HEADER;
-
-/// Where a handler notes the route it took and the backend it is waiting on, in request
-/// extensions, so a request that runs out of time can still say where it was.
-#[derive(Debug, Clone, Default)]
-pub struct RouteSlot(Arc<parking_lot::Mutex<Noted>>);
-
-#[derive(Debug, Default)]
-struct Noted {
-    route: Option<String>,
-    backend: Option<String>,
-}
-
-impl RouteSlot {
-    /// The route: the model id the client asked for, once it named one.
-    pub fn note_route(&self, model: &str) {
-        self.0.lock().route = Some(model.to_owned());
-    }
-
-    /// The backend now being tried.
-    pub fn note_backend(&self, backend: &str) {
-        self.0.lock().backend = Some(backend.to_owned());
-    }
-
-    /// Marks a timed-out response with the route and backend noted, if a backend was.
-    fn mark(&self, response: &mut Response<Body>) {
-        let noted = self.0.lock();
-        let (Some(route), Some(backend)) = (&noted.route, &noted.backend) else {
-            return;
-        };
-        if let Ok(value) = HeaderValue::from_str(&format!("{backend}; route {route}; timed out")) {
-            response.headers_mut().insert(ROUTE_HEADER, value);
-        }
-        response.extensions_mut().insert(AnsweredBy {
-            route: route.as_str().into(),
-            backend: backend.as_str().into(),
-        });
-    }
-}
 
 // ===== impl TimeoutLayer =====
 
@@ -163,7 +123,7 @@ where
         match this.sleep.poll(cx) {
             Poll::Ready(()) => {
                 let mut response = Error::Timeout(*this.millis).into_response_for(*this.flavor);
-                this.slot.mark(&mut response);
+                this.slot.mark_timed_out(&mut response);
                 Poll::Ready(Ok(response))
             }
             Poll::Pending => Poll::Pending,
@@ -174,6 +134,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::context::{AnsweredBy, ROUTE_HEADER};
     use tower_test::mock;
 
     #[tokio::test(start_paused = true)]

@@ -8,7 +8,7 @@ use tower_http::classify::{ServerErrorsAsFailures, SharedClassifier};
 use tower_http::trace::{MakeSpan, OnResponse, TraceLayer};
 use tracing::Span;
 
-use super::request_id::RequestId;
+use crate::context::RequestId;
 
 /// Builds the span of one request.
 #[derive(Debug, Clone, Copy, Default)]

@@ -2,8 +2,8 @@
 //! plus the prompt embedding when the encoder is loaded), live backend state, the decision, its
 //! log, feedback and the bandit state's persistence.
 
-pub mod cascade;
 pub mod log;
+pub mod prompt;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName};
-use tandem_cloud_adapters::{ChatRequest, ContentPart, Role};
+use tandem_cloud_adapters::{ChatRequest, ContentPart};
 use tandem_router_policy::{
     AnswerCheck, BackendCandidate, BackendProfile, BackendState, BanditStore, Choice, Decision,
     Encoder, FileBanditStore, Placement, Price, RequestFeatures, RouteRules, Router,
@@ -21,12 +21,13 @@ use tandem_router_policy::{
 use crate::config::{
     BackendKind, CascadeJudge, Config, PolicyRules, RouteConfig, RouterSettings, placement_allows,
 };
+use crate::context::{ApiKeyDigest, RouteSlot};
 use crate::error::Error;
-use crate::middleware::auth::ApiKeyDigest;
+use crate::executor::cascade::Judge;
 use crate::redis_store::RedisBanditStore;
-use crate::routing::cascade::Judge;
 
 pub use log::DecisionLog;
+pub use prompt::last_user_text;
 
 /// Header forcing a placement for one request.
 pub const PLACEMENT_HEADER: &str = "x-tandem-placement";
@@ -45,7 +46,7 @@ pub struct RequestHints {
     /// sha256 hex digest of the API key the request carried, as auth read it.
     pub key_hash: Option<String>,
     /// Where the backend being tried is noted, for a timeout's answer.
-    pub route_slot: Option<crate::middleware::timeout::RouteSlot>,
+    pub route_slot: Option<RouteSlot>,
 }
 
 impl RequestHints {
@@ -57,10 +58,7 @@ impl RequestHints {
             .extensions
             .get::<ApiKeyDigest>()
             .map(ApiKeyDigest::to_hex);
-        hints.route_slot = parts
-            .extensions
-            .get::<crate::middleware::timeout::RouteSlot>()
-            .cloned();
+        hints.route_slot = parts.extensions.get::<RouteSlot>().cloned();
         Ok(hints)
     }
 
@@ -118,13 +116,6 @@ fn bad_header(name: &str, why: &str) -> Error {
         param: Some(name.to_owned()),
         code: Some("invalid_header"),
     }
-}
-
-/// Labels of the decisions counter: the choice's kind only (low cardinality).
-#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
-pub struct DecisionLabels {
-    /// `local`, `cloud`, `cascade`, `speculative` or `reject`.
-    pub choice: &'static str,
 }
 
 /// One backend's live state: the policy's EWMAs and the gateway's count of requests on it.
@@ -617,24 +608,4 @@ fn min_slo(a: Option<f64>, b: Option<f64>) -> Option<f64> {
         (x, None) => x,
         (None, y) => y,
     }
-}
-
-/// The text of the last user message (what the predictor was trained on).
-pub fn last_user_text(request: &ChatRequest) -> String {
-    let last = request
-        .messages
-        .iter()
-        .rev()
-        .find(|m| m.role == Role::User)
-        .or(request.messages.last());
-    let mut text = String::new();
-    for part in last.map(|m| m.content.as_slice()).unwrap_or_default() {
-        if let ContentPart::Text { text: t } = part {
-            if !text.is_empty() {
-                text.push('\n');
-            }
-            text.push_str(t);
-        }
-    }
-    text
 }

@@ -17,6 +17,7 @@ use crate::config::{BackendKind, Price};
 use crate::error::Error;
 use crate::executor::Executor;
 use crate::executor::local::{LocalExecutor, generate_events};
+use crate::routing::prompt::last_user_text;
 
 /// What a cascade did.
 #[derive(Debug, Clone, PartialEq)]
@@ -207,7 +208,7 @@ impl Executor for CascadeExecutor {
                 (keep, None)
             }
             Judge::Answer { check, threshold } => {
-                let score = check.score(&super::last_user_text(&request), &answer);
+                let score = check.score(&last_user_text(&request), &answer);
                 (score < *threshold, Some(score))
             }
         };
