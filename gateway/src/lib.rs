@@ -1,7 +1,6 @@
 //! Tandem gateway library: config, the HTTP server and its middleware, ingress/egress through the
-//! cloud adapters' wire formats, executors (local model, cloud providers), metrics and benches.
+//! cloud adapters' wire formats, executors (local model, cloud providers) and metrics.
 
-pub mod bench;
 pub mod config;
 pub mod context;
 pub mod dispatch;

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use tandem_gateway::config::{Config, ProcessEnv, hash_api_key};
-use tandem_gateway::speculative::BenchArgs;
 use tandem_gateway::{Gateway, GatewayOptions, LocalLoad};
 use tandem_local_model::fetch::{
     FetchOptions, ProcessEnv as FetchEnv, fetch, fetch_all, known_artifacts, locate,
@@ -37,11 +36,9 @@ enum Command {
     #[command(subcommand)]
     Models(ModelsCommand),
     /// Train or evaluate the routing policy.
-    #[command(subcommand)]
-    Router(RouterCommand),
+    Router(LabArgs),
     /// Benchmarks (not tests): print a table with the peer and the ratio.
-    #[command(subcommand)]
-    Bench(BenchCommand),
+    Bench(LabArgs),
 }
 
 #[derive(Debug, Args)]
@@ -85,81 +82,13 @@ enum ModelsCommand {
     List,
 }
 
-#[derive(Debug, Subcommand)]
-enum RouterCommand {
-    /// Train the quality predictor on a routing data set.
-    Train {
-        /// Data folder (RouteLLM-style).
-        #[arg(long)]
-        data: PathBuf,
-        /// Where to write the model.
-        #[arg(long, default_value = "router-policy/models/default.json")]
-        out: PathBuf,
-    },
-    /// Train the cascade's answer check on a data set with the weak model's answers.
-    TrainAnswerCheck {
-        /// Data folder (RouteLLM-style, with `<weak model>_response` columns).
-        #[arg(long)]
-        data: PathBuf,
-        /// Where to write the answer check.
-        #[arg(long, default_value = "router-policy/models/answer_check.json")]
-        out: PathBuf,
-    },
-    /// Evaluate routing policies on a data set.
-    Eval {
-        /// Data folder (RouteLLM-style).
-        #[arg(long)]
-        data: PathBuf,
-        /// Where to write plots and the report.
-        #[arg(long)]
-        out: Option<PathBuf>,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum BenchCommand {
-    /// Gateway overhead against the mock upstream: direct, through a bare hyper proxy, through
-    /// nginx where installed and through Tandem, open-loop load.
-    Overhead(tandem_gateway::bench::OverheadArgs),
-    /// Local model speed against llama.cpp on the same GGUF.
-    Local {
-        /// Model name or .gguf path.
-        #[arg(long, default_value = "smollm2-135m")]
-        model: String,
-        /// Threads.
-        #[arg(long, default_value_t = 2)]
-        threads: usize,
-    },
-    /// Routing decision latency.
-    Router,
-    /// Speculative decoding against plain target streaming, over emulated round trips.
-    Speculative {
-        /// The drafting model.
-        #[arg(long)]
-        drafter: Option<String>,
-        /// The target model.
-        #[arg(long)]
-        target: Option<String>,
-        /// How the target holds its weights: as_stored, q8_0 (the default: a higher-precision
-        /// target than the Q4_1 drafter on the same file), f16 or f32.
-        #[arg(long)]
-        target_format: Option<String>,
-        /// Emulated round trips, ms.
-        #[arg(long, value_delimiter = ',', default_value = "5,20,50,100")]
-        rtts: Vec<u64>,
-        /// Emulated target step times, ms.
-        #[arg(long, value_delimiter = ',', default_value = "15,30")]
-        steps: Vec<u64>,
-        /// Prompts per cell.
-        #[arg(long, default_value_t = BenchArgs::DEFAULT_PROMPTS)]
-        prompts: usize,
-        /// Tokens generated per prompt (short answers mostly measure the one-off prompt prefill).
-        #[arg(long, default_value_t = BenchArgs::DEFAULT_MAX_TOKENS)]
-        max_tokens: usize,
-        /// Kernel threads of the drafter's engine (the target's engine gets one).
-        #[arg(long, default_value_t = 1)]
-        drafter_threads: usize,
-    },
+/// Arguments handed on to `tandem-lab` as they are.
+#[derive(Debug, Args)]
+#[command(disable_help_flag = true)]
+struct LabArgs {
+    /// The `tandem-lab` subcommand's arguments (`--help` lists them).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
 }
 
 fn out(text: &str) {
@@ -232,80 +161,41 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Router(RouterCommand::Train { data, out: path }) => {
-            let args = tandem_router_policy::TrainArgs {
-                data,
-                out: path,
-                ..Default::default()
-            };
-            out(&tandem_router_policy::train(&args)?.to_string());
-            Ok(())
-        }
-        Command::Router(RouterCommand::TrainAnswerCheck { data, out: path }) => {
-            let args = tandem_router_policy::TrainArgs {
-                data,
-                out: path,
-                ..Default::default()
-            };
-            out(&tandem_router_policy::train_answer_check(&args)?.to_string());
-            Ok(())
-        }
-        Command::Router(RouterCommand::Eval { data, out: path }) => {
-            let args = tandem_router_policy::EvalArgs {
-                data,
-                out: path,
-                ..Default::default()
-            };
-            out(&tandem_router_policy::eval(&args)?.to_string());
-            Ok(())
-        }
-        Command::Bench(BenchCommand::Overhead(args)) => {
-            let report = tandem_gateway::bench::run_overhead(&args)?;
-            out(&report);
-            Ok(())
-        }
-        Command::Bench(BenchCommand::Local { model, threads }) => {
-            out(&tandem_gateway::bench::run_local(&model, threads)?);
-            Ok(())
-        }
-        Command::Bench(BenchCommand::Speculative {
-            drafter,
-            target,
-            target_format,
-            rtts,
-            steps,
-            prompts,
-            max_tokens,
-            drafter_threads,
-        }) => {
-            let mut args = BenchArgs {
-                rtts_ms: rtts,
-                steps_ms: steps,
-                prompts,
-                max_tokens,
-                drafter_threads,
-                ..Default::default()
-            };
-            if let Some(f) = target_format {
-                args.target_format = tandem_local_model::WeightFormat::parse(&f)?;
-            }
-            if let Some(d) = drafter {
-                args.drafter = d;
-            }
-            if let Some(t) = target {
-                args.target = t;
-            }
-            let report =
-                runtime()?.block_on(tandem_gateway::speculative::bench_speculative(args))?;
-            out(&report.to_string());
-            Ok(())
-        }
-        Command::Bench(BenchCommand::Router) => {
-            let report = tandem_router_policy::bench::bench_decide(&Default::default())?;
-            out(&report.to_string());
-            Ok(())
-        }
+        Command::Router(args) => run_lab("router", args),
+        Command::Bench(args) => run_lab("bench", args),
     }
+}
+
+/// Runs `tandem-lab COMMAND ARGS...` in this process's place: the tooling ships as its own binary,
+/// next to `tandem` (or on the `PATH`), so the serving binary carries none of it.
+fn run_lab(command: &str, args: LabArgs) -> anyhow::Result<()> {
+    let sibling = std::env::current_exe()
+        .ok()
+        .map(|exe| exe.with_file_name("tandem-lab"))
+        .filter(|path| path.is_file());
+    let lab = sibling.unwrap_or_else(|| PathBuf::from("tandem-lab"));
+    let mut child = std::process::Command::new(&lab);
+    child.arg(command).args(&args.args);
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt as _;
+        let err = child.exec();
+        Err(lab_missing(command, err))
+    }
+    #[cfg(not(unix))]
+    {
+        let status = child.status().map_err(|err| lab_missing(command, err))?;
+        std::process::exit(status.code().unwrap_or(1));
+    }
+}
+
+/// Says how to get `tandem-lab` when it cannot be started.
+fn lab_missing(command: &str, err: std::io::Error) -> anyhow::Error {
+    anyhow::anyhow!(
+        "`tandem {command}` runs `tandem-lab`, which could not be started ({err}); build it with \
+         `cargo build --release -p tandem-lab` (it lands next to `tandem`) or install it with \
+         `cargo install --path lab`"
+    )
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

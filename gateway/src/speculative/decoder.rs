@@ -165,7 +165,7 @@ impl Uniforms {
 }
 
 /// Maps a verifier or streamer failure to the gateway's error.
-pub(crate) fn upstream(e: ProviderError) -> Error {
+pub fn upstream(e: ProviderError) -> Error {
     let backend = e.provider.clone();
     crate::executor::upstream_error(&backend, e)
 }

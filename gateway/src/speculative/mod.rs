@@ -7,16 +7,13 @@
 //! - [`service`]: the target side of the Tandem verify protocol (`/v1/tandem/verify`,
 //!   `/v1/tandem/generate`) over an engine, and the plain-stream client;
 //! - [`delay::DelayLayer`]: emulated network round trip and large-model step time for the test
-//!   bed;
-//! - [`bench::bench_speculative`]: `tandem bench speculative`.
+//!   bed (the bench, `tandem bench speculative`, lives in `tandem-lab`).
 
-pub mod bench;
 pub mod decoder;
 pub mod delay;
 pub mod policy;
 pub mod service;
 
-pub use bench::{BenchArgs, BenchReport, bench_speculative};
 pub use decoder::{PlainStreamer, SpecFinish, SpecOptions, SpecReport, run};
 pub use delay::{DelayConfig, DelayLayer};
 pub use policy::{DraftPolicy, PolicyConfig};

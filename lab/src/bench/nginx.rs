@@ -166,7 +166,7 @@ fn config_text(binary: &Path, dir: &Path, addr: SocketAddr, upstream: SocketAddr
             temp_paths.push_str(&format!("    {module}_temp_path {dir}/{module};\n"));
         }
     }
-    let backlog = crate::server::LISTEN_BACKLOG;
+    let backlog = tandem_gateway::server::LISTEN_BACKLOG;
     format!(
         "worker_processes 1;\n\
          worker_rlimit_nofile 65536;\n\

@@ -14,12 +14,12 @@ use tandem_local_model::draft::{CrossTokenizerDrafter, Drafter, EngineDrafter};
 use tandem_local_model::fetch::{FetchOptions, ProcessEnv, resolve_model};
 use tandem_local_model::{ChatMessage, Engine, EngineConfig, WeightFormat};
 
-use super::decoder::{PlainStreamer, SpecOptions, SpecReport, run, upstream};
-use super::delay::{DelayConfig, DelayLayer};
-use super::policy::{DraftPolicy, PolicyConfig};
-use super::service::{TandemStreamer, VerifyState, router};
-use crate::error::{Error, Result};
-use crate::server::no_delay;
+use tandem_gateway::error::{Error, Result};
+use tandem_gateway::server::no_delay;
+use tandem_gateway::speculative::decoder::{PlainStreamer, SpecOptions, SpecReport, run, upstream};
+use tandem_gateway::speculative::delay::{DelayConfig, DelayLayer};
+use tandem_gateway::speculative::policy::{DraftPolicy, PolicyConfig};
+use tandem_gateway::speculative::service::{TandemStreamer, VerifyState, router};
 
 impl BenchArgs {
     /// Prompts per cell by default.

@@ -21,8 +21,8 @@ use tandem_cloud_adapters::mock::{Fixtures, MockConfig, MockUpstream};
 
 use super::cpu::{stat_cpu_ticks, ticks_to_duration};
 use super::nginx::Nginx;
-use crate::config::{Config, MapEnv};
-use crate::server::{Gateway, GatewayOptions};
+use tandem_gateway::config::{Config, MapEnv};
+use tandem_gateway::server::{Gateway, GatewayOptions};
 
 /// Options of `tandem bench overhead`.
 #[derive(Debug, Clone, clap::Args)]
@@ -298,7 +298,7 @@ fn arm(timer: &std::os::fd::OwnedFd, after: Duration) -> bool {
 /// middleware or accounting. Returns its address.
 async fn start_bare_proxy(upstream: std::net::SocketAddr) -> std::io::Result<std::net::SocketAddr> {
     // The same accept queue as the gateway, so a burst treats both proxies alike.
-    let listener = crate::server::bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let listener = tandem_gateway::server::bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))?;
     let addr = listener.local_addr()?;
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);

@@ -1,9 +1,0 @@
-//! `tandem bench ...`: benchmarks that print a table with their peer and the ratio. Not tests.
-
-mod cpu;
-mod local;
-mod nginx;
-mod overhead;
-
-pub use local::run_local;
-pub use overhead::{OverheadArgs, Proxy, run_overhead};

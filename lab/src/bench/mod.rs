@@ -1,0 +1,12 @@
+//! `tandem-lab bench ...` (and `tandem bench ...`): benchmarks that print a table with their peer
+//! and the ratio. Not tests.
+
+mod cpu;
+mod local;
+mod nginx;
+mod overhead;
+mod speculative;
+
+pub use local::run_local;
+pub use overhead::{OverheadArgs, Proxy, run_overhead};
+pub use speculative::{BenchArgs, BenchReport, bench_speculative};

@@ -1,0 +1,7 @@
+//! Tandem's tooling, kept out of the serving binary: benchmarks that run a peer side by side
+//! (`bench`), and the router's offline training and evaluation. The `tandem-lab` binary runs them;
+//! `tandem bench ...` and `tandem router ...` hand their arguments to it.
+//!
+//! A tooling crate: its library exists for its binary and the tests, so its errors are `anyhow`.
+
+pub mod bench;

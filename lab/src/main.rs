@@ -1,0 +1,200 @@
+//! The `tandem-lab` command line: benchmarks with their peers, and the router's offline training
+//! and evaluation. `tandem bench ...` and `tandem router ...` run it with the same arguments.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use tandem_lab::bench::BenchArgs;
+
+/// Tandem's tooling: benchmarks and the router's training and evaluation.
+#[derive(Debug, Parser)]
+#[command(name = "tandem-lab", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Train or evaluate the routing policy.
+    #[command(subcommand)]
+    Router(RouterCommand),
+    /// Benchmarks (not tests): print a table with the peer and the ratio.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum RouterCommand {
+    /// Train the quality predictor on a routing data set.
+    Train {
+        /// Data folder (RouteLLM-style).
+        #[arg(long)]
+        data: PathBuf,
+        /// Where to write the model.
+        #[arg(long, default_value = "router-policy/models/default.json")]
+        out: PathBuf,
+    },
+    /// Train the cascade's answer check on a data set with the weak model's answers.
+    TrainAnswerCheck {
+        /// Data folder (RouteLLM-style, with `<weak model>_response` columns).
+        #[arg(long)]
+        data: PathBuf,
+        /// Where to write the answer check.
+        #[arg(long, default_value = "router-policy/models/answer_check.json")]
+        out: PathBuf,
+    },
+    /// Evaluate routing policies on a data set.
+    Eval {
+        /// Data folder (RouteLLM-style).
+        #[arg(long)]
+        data: PathBuf,
+        /// Where to write plots and the report.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Gateway overhead against the mock upstream: direct, through a bare hyper proxy, through
+    /// nginx where installed and through Tandem, open-loop load.
+    Overhead(tandem_lab::bench::OverheadArgs),
+    /// Local model speed against llama.cpp on the same GGUF.
+    Local {
+        /// Model name or .gguf path.
+        #[arg(long, default_value = "smollm2-135m")]
+        model: String,
+        /// Threads.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
+    /// Routing decision latency.
+    Router,
+    /// Speculative decoding against plain target streaming, over emulated round trips.
+    Speculative {
+        /// The drafting model.
+        #[arg(long)]
+        drafter: Option<String>,
+        /// The target model.
+        #[arg(long)]
+        target: Option<String>,
+        /// How the target holds its weights: as_stored, q8_0 (the default: a higher-precision
+        /// target than the Q4_1 drafter on the same file), f16 or f32.
+        #[arg(long)]
+        target_format: Option<String>,
+        /// Emulated round trips, ms.
+        #[arg(long, value_delimiter = ',', default_value = "5,20,50,100")]
+        rtts: Vec<u64>,
+        /// Emulated target step times, ms.
+        #[arg(long, value_delimiter = ',', default_value = "15,30")]
+        steps: Vec<u64>,
+        /// Prompts per cell.
+        #[arg(long, default_value_t = BenchArgs::DEFAULT_PROMPTS)]
+        prompts: usize,
+        /// Tokens generated per prompt (short answers mostly measure the one-off prompt prefill).
+        #[arg(long, default_value_t = BenchArgs::DEFAULT_MAX_TOKENS)]
+        max_tokens: usize,
+        /// Kernel threads of the drafter's engine (the target's engine gets one).
+        #[arg(long, default_value_t = 1)]
+        drafter_threads: usize,
+    },
+}
+
+fn out(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{text}");
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match cli.command {
+        Command::Router(RouterCommand::Train { data, out: path }) => {
+            let args = tandem_router_policy::TrainArgs {
+                data,
+                out: path,
+                ..Default::default()
+            };
+            out(&tandem_router_policy::train(&args)?.to_string());
+            Ok(())
+        }
+        Command::Router(RouterCommand::TrainAnswerCheck { data, out: path }) => {
+            let args = tandem_router_policy::TrainArgs {
+                data,
+                out: path,
+                ..Default::default()
+            };
+            out(&tandem_router_policy::train_answer_check(&args)?.to_string());
+            Ok(())
+        }
+        Command::Router(RouterCommand::Eval { data, out: path }) => {
+            let args = tandem_router_policy::EvalArgs {
+                data,
+                out: path,
+                ..Default::default()
+            };
+            out(&tandem_router_policy::eval(&args)?.to_string());
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Overhead(args)) => {
+            let report = tandem_lab::bench::run_overhead(&args)?;
+            out(&report);
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Local { model, threads }) => {
+            out(&tandem_lab::bench::run_local(&model, threads)?);
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Speculative {
+            drafter,
+            target,
+            target_format,
+            rtts,
+            steps,
+            prompts,
+            max_tokens,
+            drafter_threads,
+        }) => {
+            let mut args = BenchArgs {
+                rtts_ms: rtts,
+                steps_ms: steps,
+                prompts,
+                max_tokens,
+                drafter_threads,
+                ..Default::default()
+            };
+            if let Some(f) = target_format {
+                args.target_format = tandem_local_model::WeightFormat::parse(&f)?;
+            }
+            if let Some(d) = drafter {
+                args.drafter = d;
+            }
+            if let Some(t) = target {
+                args.target = t;
+            }
+            let report = runtime()?.block_on(tandem_lab::bench::bench_speculative(args))?;
+            out(&report.to_string());
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Router) => {
+            let report = tandem_router_policy::bench::bench_decide(&Default::default())?;
+            out(&report.to_string());
+            Ok(())
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
