@@ -24,6 +24,7 @@ pub mod pack;
 pub mod pool;
 pub(crate) mod qdot;
 pub mod quant;
+pub mod rng;
 pub mod spec;
 
 pub use cpu::{CpuFeatures, available_paths, cpu_features, selected_path};
@@ -35,4 +36,5 @@ pub use ops::{
     softmax_inplace, top_k, top_p,
 };
 pub use pool::KernelPool;
+pub use rng::SplitMix64;
 pub use quant::{Layout, QMatrix, QuantType, dequantize_row, quantize_row};

@@ -360,16 +360,11 @@ pub fn expected_tokens_per_round(alpha: f64, k: usize) -> f64 {
 mod tests {
     use super::*;
 
-    /// A small deterministic generator of uniforms (splitmix64).
-    struct Uniforms(u64);
+    /// A small deterministic generator of uniforms.
+    struct Uniforms(crate::rng::SplitMix64);
     impl Uniforms {
         fn next(&mut self) -> f64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            (z >> 11) as f64 / (1u64 << 53) as f64
+            self.0.next_f64()
         }
     }
 

@@ -95,18 +95,11 @@ pub struct Rng {
 }
 
 impl Rng {
-    /// Seeds the generator (splitmix64 expansion).
+    /// Seeds the generator (SplitMix64 expansion, as xoshiro's authors advise).
     pub fn new(seed: u64) -> Self {
-        let mut z = seed;
-        let mut next = || {
-            z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut x = z;
-            x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            x ^ (x >> 31)
-        };
+        let mut z = tandem_kernels::SplitMix64::new(seed);
         Self {
-            s: [next(), next(), next(), next()],
+            s: [z.next_u64(), z.next_u64(), z.next_u64(), z.next_u64()],
         }
     }
 

@@ -150,17 +150,12 @@ fn ratio(a: u64, b: u64) -> f64 {
     if b == 0 { 0.0 } else { a as f64 / b as f64 }
 }
 
-/// A splitmix64 stream of uniforms for the acceptance sampler.
-struct Uniforms(u64);
+/// A stream of uniforms for the acceptance sampler.
+struct Uniforms(tandem_kernels::SplitMix64);
 
 impl Uniforms {
     fn next(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
+        self.0.next_f64()
     }
 }
 
