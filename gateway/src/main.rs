@@ -5,11 +5,11 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use tandem_gateway::config::{Config, ProcessEnv, hash_api_key};
-use tandem_gateway::{Gateway, GatewayOptions, LocalLoad};
-use tandem_local_model::fetch::{
+use tandem_artifacts::{
     FetchOptions, ProcessEnv as FetchEnv, fetch, fetch_all, known_artifacts, locate,
 };
+use tandem_gateway::config::{Config, ProcessEnv, hash_api_key};
+use tandem_gateway::{Gateway, GatewayOptions, LocalLoad};
 
 /// Every allocation of the binary (request buffers, JSON trees, headers) goes through mimalloc:
 /// under load glibc's malloc spent a large share of the CPU on consolidation and locking. Set

@@ -9,10 +9,8 @@ use std::sync::Arc;
 use axum::Router;
 use axum::routing::{get, post};
 use axum::serve::{ListenerExt, TapIo};
+use tandem_artifacts::{FetchOptions, ProcessEnv as FetchEnv, fetch, find_artifact, resolve_model};
 use tandem_cloud_adapters::Provider;
-use tandem_local_model::fetch::{
-    FetchOptions, ProcessEnv as FetchEnv, fetch, find_artifact, resolve_model,
-};
 use tandem_local_model::{Engine, EngineConfig};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;

@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 use tandem_cloud_adapters::client::{HttpClient, HttpConfig};
 
+use tandem_artifacts::{ProcessEnv, default_cache_root, locate};
 use tandem_cloud_adapters::verify::tandem::TandemVerifier;
 use tandem_gateway::speculative::{
     DelayConfig, DelayLayer, DraftPolicy, InProcessStreamer, InProcessVerifier, PolicyConfig,
     SpecOptions, SpecReport, TandemStreamer, VerifyState, router, run,
 };
 use tandem_local_model::draft::{CrossTokenizerDrafter, Drafter, EngineDrafter, NgramDrafter};
-use tandem_local_model::fetch::{ProcessEnv, default_cache_root, locate};
 use tandem_local_model::{
     ChatMessage, Engine, EngineConfig, GenerateEvent, GenerateRequest, SamplingParams, WeightFormat,
 };

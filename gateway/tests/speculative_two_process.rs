@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tandem_local_model::fetch::{ProcessEnv, default_cache_root, locate};
+use tandem_artifacts::{ProcessEnv, default_cache_root, locate};
 
 /// A `tandem serve` child, killed when dropped.
 struct Server {

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use tandem_artifacts::{ProcessEnv, default_cache_root, locate};
 use tandem_kernels::{KernelPool, selected_path};
-use tandem_local_model::fetch::{ProcessEnv, default_cache_root, locate};
 use tandem_local_model::gguf::GgufFile;
 use tandem_local_model::model::{BatchItem, Model, Scratch, SeqKv};
 

@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
+use tandem_artifacts::{ProcessEnv, default_cache_root, locate};
 use tandem_local_model::bench::bench_local;
-use tandem_local_model::fetch::{ProcessEnv, default_cache_root, locate};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);

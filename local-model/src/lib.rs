@@ -39,7 +39,6 @@ pub mod bench;
 pub mod chat;
 pub mod draft;
 pub mod engine;
-pub mod fetch;
 pub mod gguf;
 pub mod model;
 pub mod sampling;

@@ -6,9 +6,9 @@
 #![allow(clippy::unwrap_used)]
 
 use serde_json::{Value, json};
+use tandem_artifacts::{ProcessEnv, default_cache_root, locate};
 use tandem_gateway::config::{Config, MapEnv};
 use tandem_gateway::{Gateway, GatewayOptions, LocalLoad};
-use tandem_local_model::fetch::{ProcessEnv, default_cache_root, locate};
 use tandem_local_model::{Engine, EngineConfig};
 use tandem_tests::{client, parse_sse, streamed_text};
 

@@ -1,7 +1,6 @@
 //! `tandem.toml`: parsed into raw structs, overridden from `TANDEM__SECTION__KEY` variables, then
 //! validated into the runtime [`Config`]. Every error names the path it is about.
 
-mod env;
 pub mod raw;
 pub mod router;
 
@@ -12,20 +11,21 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
+// Re-exported so config callers and tests keep one import; the trait lives with the fetcher.
+pub use tandem_artifacts::{EnvSource, MapEnv, ProcessEnv};
 use tandem_cloud_adapters::verify::VerifyProtocol;
 use tandem_local_model::WeightFormat;
 use tandem_router_policy::Placement;
 
 use crate::speculative::{DelayConfig, ScoringMode};
 
-pub use env::{EnvSource, MapEnv, ProcessEnv};
 use raw::{RawBackend, RawConfig};
 pub use router::{BackendProfileConfig, CascadeJudge, PolicyRules, RoutePolicy, RouterSettings};
 
 /// Prefix of environment variables that override config keys.
 pub const ENV_PREFIX: &str = "TANDEM__";
-/// Default local model name.
-pub const DEFAULT_LOCAL_MODEL: &str = "smollm2-135m";
+/// Default local model name: the artifact catalogue's default model.
+pub const DEFAULT_LOCAL_MODEL: &str = tandem_artifacts::DEFAULT_MODEL;
 /// Model id the local model always answers to.
 pub const LOCAL_MODEL_ID: &str = "local";
 

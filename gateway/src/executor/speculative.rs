@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use async_trait::async_trait;
 use futures::StreamExt;
 use parking_lot::Mutex;
+use tandem_artifacts::{FetchOptions, ProcessEnv as FetchEnv, resolve_model};
 use tandem_cloud_adapters::client::{HttpClient, HttpConfig};
 use tandem_cloud_adapters::verify::sglang::SglangVerifier;
 use tandem_cloud_adapters::verify::tandem::TandemVerifier;
@@ -23,7 +24,6 @@ use tandem_kernels::spec::SamplingParams as SpecSampling;
 use tandem_local_model::draft::{
     CrossTokenizerDrafter, Drafter, EngineDrafter, NgramDrafter, TargetTokenizer,
 };
-use tandem_local_model::fetch::{FetchOptions, ProcessEnv as FetchEnv, resolve_model};
 use tandem_local_model::{ChatMessage, Engine, Tokenizer};
 use tokio::sync::{OnceCell, mpsc};
 

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use tandem_local_model::fetch::{FetchOptions, ProcessEnv as FetchEnv, resolve_model};
+use tandem_artifacts::{FetchOptions, ProcessEnv as FetchEnv, resolve_model};
 
 /// Runs both and returns the table.
 pub fn run_local(model: &str, threads: usize) -> anyhow::Result<String> {

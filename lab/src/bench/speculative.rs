@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use tandem_artifacts::{FetchOptions, ProcessEnv, resolve_model};
 use tandem_cloud_adapters::client::{HttpClient, HttpConfig};
 use tandem_cloud_adapters::verify::tandem::TandemVerifier;
 use tandem_local_model::draft::{CrossTokenizerDrafter, Drafter, EngineDrafter};
-use tandem_local_model::fetch::{FetchOptions, ProcessEnv, resolve_model};
 use tandem_local_model::{ChatMessage, Engine, EngineConfig, WeightFormat};
 
 use tandem_gateway::error::{Error, Result};

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use tandem_local_model::fetch::{ProcessEnv, default_cache_root, locate};
+use tandem_artifacts::{ProcessEnv, default_cache_root, locate};
 use tandem_local_model::{Engine, EngineConfig};
 
 /// The model file of a cached artifact, or `None` (with a message) when it is not fetched.

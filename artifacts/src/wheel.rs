@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::cache::io_err;
+use crate::cache::io_err;
 use crate::{Error, Result};
 
 fn open_member<'a>(

