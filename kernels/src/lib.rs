@@ -36,5 +36,5 @@ pub use ops::{
     softmax_inplace, top_k, top_p,
 };
 pub use pool::KernelPool;
-pub use rng::SplitMix64;
 pub use quant::{Layout, QMatrix, QuantType, dequantize_row, quantize_row};
+pub use rng::SplitMix64;

@@ -363,6 +363,10 @@ mod tests {
     /// A small deterministic generator of uniforms.
     struct Uniforms(crate::rng::SplitMix64);
     impl Uniforms {
+        fn new(seed: u64) -> Self {
+            Self(crate::rng::SplitMix64::new(seed))
+        }
+
         fn next(&mut self) -> f64 {
             self.0.next_f64()
         }
@@ -408,7 +412,7 @@ mod tests {
     #[test]
     fn point_proposal_accepts_with_target_probability() {
         let p = SparseDist::from_weights(vec![3, 4], vec![0.25, 0.75]).unwrap();
-        let mut u = Uniforms(7);
+        let mut u = Uniforms::new(7);
         let trials = 20_000;
         let mut kept = 0;
         for _ in 0..trials {
@@ -586,7 +590,7 @@ mod tests {
         let trials = 40_000;
         for k in [1usize, 3] {
             let mut counts = vec![0u64; cells];
-            let mut u = Uniforms(0xC0FFEE + k as u64);
+            let mut u = Uniforms::new(0xC0FFEE + k as u64);
             for _ in 0..trials {
                 let seq = speculative_sequence(0, len, k, &mut u);
                 let cell = seq
@@ -613,7 +617,7 @@ mod tests {
         // The same statistic detects a sampler that returns the drafter's tokens unchanged,
         // which shows the test has power.
         let trials = 40_000;
-        let mut u = Uniforms(99);
+        let mut u = Uniforms::new(99);
         let mut counts = [0u64; VOCAB as usize];
         for _ in 0..trials {
             counts[draft_q(0).sample(u.next()).unwrap() as usize] += 1;

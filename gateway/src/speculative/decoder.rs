@@ -154,6 +154,10 @@ fn ratio(a: u64, b: u64) -> f64 {
 struct Uniforms(tandem_kernels::SplitMix64);
 
 impl Uniforms {
+    fn new(seed: u64) -> Self {
+        Self(tandem_kernels::SplitMix64::new(seed))
+    }
+
     fn next(&mut self) -> f64 {
         self.0.next_f64()
     }
@@ -188,7 +192,7 @@ pub async fn run(
         return Err(Error::invalid("prompt is empty", Some("prompt")));
     }
     let mut context = prompt.to_vec();
-    let mut uniforms = Uniforms(opts.seed ^ 0x5EED);
+    let mut uniforms = Uniforms::new(opts.seed ^ 0x5EED);
     let mut ready_draft: Option<Vec<u32>> = None;
     policy.set_pipelined(opts.pipeline);
     while report.tokens.len() < opts.max_tokens && report.finish.is_none() && !opts.cancelled() {
