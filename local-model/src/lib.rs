@@ -26,7 +26,6 @@
 //!   with probabilities), [`Engine::append`] (feed tokens, get their scores), [`Engine::rollback`],
 //!   [`Engine::close_session`].
 //! - [`ModelInfo::vocab_hash`] identifies the tokenizer, to check a drafter matches a target.
-//! - [`bench::bench_local`] measures prefill, decode, time to first token and RSS.
 //! - [`EngineConfig::weight_format`] converts the matrices at load ([`WeightFormat`]: Q8_0, f16
 //!   or f32), e.g. a higher-precision target from a 4-bit file; the default keeps them as stored.
 //! - The forward pass is batch invariant: a token's logits and keys/values are bit-identical
@@ -35,7 +34,6 @@
 
 mod error;
 
-pub mod bench;
 pub mod chat;
 pub mod draft;
 pub mod engine;

@@ -11,7 +11,7 @@ use tandem_artifacts::{FetchOptions, ProcessEnv as FetchEnv, resolve_model};
 pub fn run_local(model: &str, threads: usize) -> anyhow::Result<String> {
     let opts = FetchOptions::from_env(&FetchEnv);
     let path = resolve_model(&opts, model)?;
-    let ours = tandem_local_model::bench::bench_local(&path, threads)?;
+    let ours = super::engine::bench_local(&path, threads)?;
     let mut table = String::new();
     let _ = writeln!(table, "tandem engine\n{}", ours.table());
     let peer = run_peer(&path, threads);

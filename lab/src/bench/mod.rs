@@ -2,6 +2,7 @@
 //! and the ratio. Not tests.
 
 mod cpu;
+pub mod engine;
 mod local;
 mod nginx;
 mod overhead;

@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Engine, EngineConfig, GenerateEvent, GenerateRequest};
-use crate::error::{Error, Result};
-use crate::sampling::SamplingParams;
+use tandem_local_model::{
+    Engine, EngineConfig, Error, GenerateEvent, GenerateRequest, Result, SamplingParams,
+};
 
 /// Figures from one [`bench_local`] run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
