@@ -107,24 +107,26 @@ impl BackendCandidate {
     /// Predicted end-to-end latency for `output_tokens`, ms: queue wait (serial backends), first
     /// token, the rest of the tokens, inflated by the retries errors cause.
     pub fn predicted_latency_ms(&self, output_tokens: u32) -> f64 {
-        let service = self.ttft_ms + self.itl_ms * f64::from(output_tokens.saturating_sub(1));
-        let wait = if self.profile.serial {
-            f64::from(self.queue_depth) * service
-        } else {
-            0.0
-        };
+        let (service, wait) = self.service_and_wait_ms(output_tokens);
         (wait + service) / (1.0 - self.error_rate.clamp(0.0, 0.9))
     }
 
     /// Predicted time to first token, ms (what a latency SLO on TTFT checks).
     pub fn predicted_ttft_ms(&self, output_tokens: u32) -> f64 {
+        let (_, wait) = self.service_and_wait_ms(output_tokens);
+        wait + self.ttft_ms
+    }
+
+    /// One request's service time for `output_tokens`, and the wait behind the queue (serial
+    /// backends serve the queued requests first), ms.
+    fn service_and_wait_ms(&self, output_tokens: u32) -> (f64, f64) {
         let service = self.ttft_ms + self.itl_ms * f64::from(output_tokens.saturating_sub(1));
         let wait = if self.profile.serial {
             f64::from(self.queue_depth) * service
         } else {
             0.0
         };
-        wait + self.ttft_ms
+        (service, wait)
     }
 }
 

@@ -11,9 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::Result;
 use crate::backend::{BackendCandidate, BackendKind, BackendProfile, Price};
+use crate::config::RouterConfig;
 use crate::encoder::{Encoder, EncoderConfig, default_cache_root};
 use crate::features::RequestFeatures;
-use crate::router::{Router, RouterConfig};
+use crate::router::Router;
 use crate::rules::RouteRules;
 
 /// Arguments of [`bench_decide`].

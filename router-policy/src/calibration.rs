@@ -48,6 +48,33 @@ pub fn threshold_in_table(table: &[(f32, f32)], share: f32) -> f32 {
     last_t
 }
 
+/// The inverse of [`threshold_in_table`]: the share a threshold of `p` gives, by linear
+/// interpolation in the same (share, threshold) table; 0.5 for an empty table.
+pub fn share_in_table(table: &[(f32, f32)], p: f32) -> f32 {
+    let t = table;
+    let Some((&(first_s, first_t), &(last_s, last_t))) = t.first().zip(t.last()) else {
+        return 0.5;
+    };
+    if p >= first_t {
+        return first_s;
+    }
+    if p <= last_t {
+        return last_s;
+    }
+    for w in t.windows(2) {
+        let ((s0, t0), (s1, t1)) = (w[0], w[1]);
+        if p <= t0 && p >= t1 {
+            let f = if (t0 - t1).abs() < 1e-9 {
+                0.0
+            } else {
+                (t0 - p) / (t0 - t1)
+            };
+            return s0 + f * (s1 - s0);
+        }
+    }
+    0.5
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

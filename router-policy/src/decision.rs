@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::backend::{BackendCandidate, BackendKind};
+
 /// Where a request goes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -38,6 +40,15 @@ pub enum Choice {
 }
 
 impl Choice {
+    /// The choice that sends the request to `backend` alone: local or cloud by its kind.
+    pub fn serve(backend: &BackendCandidate) -> Self {
+        let name = backend.name().to_string();
+        match backend.profile.kind {
+            BackendKind::Local => Self::Local { backend: name },
+            BackendKind::Cloud => Self::Cloud { backend: name },
+        }
+    }
+
     /// Compact form: `local:smollm`, `cloud:openai`, `cascade:smollm>openai@0.42`,
     /// `speculative:smollm>vllm`, `reject`.
     pub fn compact(&self) -> String {
@@ -83,7 +94,7 @@ pub struct Explanation {
     /// Backends excluded by hard rules, with why.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub excluded: Vec<String>,
-    /// The quality model's name.
+    /// The quality model's name, or the policy's for a policy without one.
     pub model: String,
 }
 
@@ -115,6 +126,15 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// A decision with no bandit context (policies that do not learn from feedback).
+    pub fn new(choice: Choice, explanation: Explanation) -> Self {
+        Self {
+            choice,
+            explanation,
+            context: Vec::new(),
+        }
+    }
+
     /// The JSONL decision-log line (without the trailing newline).
     pub fn log_line(&self, request_id: &str) -> String {
         #[derive(Serialize)]

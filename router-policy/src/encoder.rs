@@ -14,12 +14,9 @@ use parking_lot::{Condvar, Mutex};
 use sha2::{Digest, Sha256};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
-use crate::features::EmbeddingSource;
+use crate::embedding::{EMBEDDING_DIM, EmbeddingSource};
 use crate::static_embed::{STATIC_MAX_TOKENS, StaticEmbedder};
 use crate::{Error, Result};
-
-/// Width of a MiniLM-L6-v2 embedding.
-pub const EMBEDDING_DIM: usize = 384;
 
 /// Tokens kept per prompt by default. The head of a prompt carries most of its routing signal and
 /// the encoder's cost grows with length, so serving and evaluation use the same cut.

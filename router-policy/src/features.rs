@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::encoder::EMBEDDING_DIM;
+use crate::embedding::{EMBEDDING_DIM, EmbeddingSource};
 
 /// The writing system that dominates a prompt (script detection, enough to tell languages apart
 /// for routing).
@@ -156,18 +156,6 @@ pub struct RequestFeatures {
     /// trained on static embeddings.
     #[serde(default)]
     pub embedding_source: EmbeddingSource,
-}
-
-/// Where a prompt embedding came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EmbeddingSource {
-    /// MiniLM's sentence embedding (the encoder ran, now or earlier).
-    #[default]
-    Full,
-    /// Mean of MiniLM's static token vectors ([`crate::static_embed`]), computed in microseconds
-    /// while the full embedding is not cached yet.
-    Static,
 }
 
 impl RequestFeatures {

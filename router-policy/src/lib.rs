@@ -27,6 +27,10 @@
 //!   from a cloud share ([`RouterConfig::target_cloud_share`], held-out thresholds in the model
 //!   file) or from a budget ([`Router::lambda_for_budget`] over recent requests);
 //! - [`Choice::Reject`] means no backend may serve the request under its rules (403/503).
+//! - The router decides through one [`Policy`]: the learned one ([`policy::learned::Learned`])
+//!   unless [`RouterConfig::policy`] names another ([`PolicyKind`]) or [`Router::with_policy`]
+//!   registers one; [`RouteRules::screen`] applies the hard rules before any policy chooses. A
+//!   new policy is one file under `src/policy/` and one [`PolicyKind`] variant (see [`Policy`]).
 //! - Cascade: [`CascadePolicy::decide`] on the local model's first-token [`LocalConfidence`];
 //!   [`calibrate_cascade`] sets the threshold from labelled samples. Or, on the whole local
 //!   answer: [`AnswerCheck::shipped`] once at start, then `check.score(&prompt, &answer)` against
@@ -37,6 +41,10 @@
 //! `POST /v1/feedback`: `apply_feedback(&router, body_bytes)` returns a [`FeedbackOutcome`] or an
 //! error whose [`Error::is_client_error`] is true for an unknown request id
 //! ([`Error::UnknownRequest`], 404) or bad values ([`Error::InvalidFeedback`], 400).
+//!
+//! Serving uses every module but these, which are offline tooling and import nothing the serving
+//! path needs back from them: `train`, `eval`, `report`, `plot`, `bench`, `dataset`, `metrics`,
+//! `embed_store`.
 //!
 //! CLI: `tandem router eval` → [`eval()`] with [`EvalArgs`] (the report implements `Display`),
 //! `tandem router train` → [`train()`] with [`TrainArgs`], `tandem router train-answer-check` →
@@ -51,16 +59,21 @@ pub mod bandit;
 pub mod bench;
 pub mod calibration;
 pub mod cascade;
+pub mod config;
 pub mod dataset;
 pub mod decision;
 pub mod embed_store;
+pub mod embedding;
 pub mod encoder;
 pub mod eval;
 pub mod features;
 pub mod metrics;
 pub mod model;
+pub mod model_file;
 pub mod plot;
+pub mod policy;
 pub mod recent;
+pub mod report;
 pub mod router;
 pub mod rules;
 pub mod static_embed;
@@ -70,13 +83,17 @@ pub use answer::{ANSWER_FEATURES, AnswerCheck, answer_features};
 pub use backend::{BackendCandidate, BackendKind, BackendProfile, BackendState, Price};
 pub use bandit::{BanditState, BanditStore, FileBanditStore, MemoryBanditStore};
 pub use cascade::{CascadeAction, CascadePolicy, CascadeSample, CascadeTarget, calibrate_cascade};
+pub use config::RouterConfig;
 pub use decision::{Choice, Decision, Explanation};
+pub use embedding::EmbeddingSource;
 pub use encoder::{Encoder, EncoderConfig};
 pub use error::{Error, Result};
 pub use eval::{EmbeddingKind, EvalArgs, EvalReport, eval};
-pub use features::{CheapFeatures, EmbeddingSource, LocalConfidence, RequestFeatures};
-pub use router::{Feedback, FeedbackOutcome, ModelFile, Router, RouterConfig, apply_feedback};
-pub use rules::{Placement, RouteRules, Weights};
+pub use features::{CheapFeatures, LocalConfidence, RequestFeatures};
+pub use model_file::ModelFile;
+pub use policy::{Policy, PolicyInput, PolicyKind};
+pub use router::{Feedback, FeedbackOutcome, Router, apply_feedback};
+pub use rules::{Placement, RouteRules, Screen, Weights};
 pub use train::{TrainArgs, TrainReport, train, train_answer_check};
 
 /// Writes `value` as compact JSON to `path`, creating its directory.

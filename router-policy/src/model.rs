@@ -17,7 +17,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::encoder::EMBEDDING_DIM;
+use crate::embedding::EMBEDDING_DIM;
 use crate::{Error, Result};
 
 /// One training example.

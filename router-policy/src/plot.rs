@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use plotters::prelude::*;
 
-use crate::eval::DatasetReport;
+use crate::report::DatasetReport;
 use crate::{Error, Result};
 
 const FONT_CANDIDATES: [&str; 4] = [
@@ -124,8 +124,8 @@ fn draw(report: &DatasetReport, path: &Path, text: bool) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::eval::{RouterRow, WithCi};
     use crate::metrics::Curve;
+    use crate::report::{RouterRow, WithCi};
 
     #[test]
     fn draws_without_a_font() {

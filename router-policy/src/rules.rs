@@ -1,8 +1,11 @@
-//! Hard rules, checked before anything learned: forced placement (data residency or cloud-only)
-//! from a route, an API key or a header, an allow-list of backends, and a latency SLO.
+//! Hard rules, checked before any policy chooses: forced placement (data residency or
+//! cloud-only) from a route, an API key or a header, an allow-list of backends, and a latency SLO.
+//! [`RouteRules::screen`] applies them to the backends of one request; every policy chooses only
+//! among the backends that pass.
 
 use serde::{Deserialize, Serialize};
 
+use crate::backend::{BackendCandidate, BackendKind};
 use crate::{Error, Result};
 
 /// A forced placement.
@@ -107,5 +110,88 @@ impl RouteRules {
             ));
         }
         Ok(())
+    }
+}
+
+impl RouteRules {
+    /// Applies the rules to `candidates` for a request expecting `output_tokens`: unhealthy,
+    /// not-allowed and wrongly placed backends are excluded, then those predicted to miss the
+    /// latency SLO (when none meets it, the fastest stays rather than failing the request).
+    pub fn screen<'a>(&self, candidates: &'a [BackendCandidate], output_tokens: u32) -> Screen<'a> {
+        let mut excluded = Vec::new();
+        let mut reason = None;
+        let mut allowed: Vec<&BackendCandidate> = Vec::new();
+        for c in candidates {
+            let why = if !c.healthy {
+                Some("unhealthy")
+            } else if !self.allowed_backends.is_empty()
+                && !self.allowed_backends.iter().any(|b| b == c.name())
+            {
+                Some("not allowed")
+            } else {
+                match (self.placement, c.profile.kind) {
+                    (Some(Placement::LocalOnly), BackendKind::Cloud) => Some("local-only"),
+                    (Some(Placement::CloudOnly), BackendKind::Local) => Some("cloud-only"),
+                    _ => None,
+                }
+            };
+            match why {
+                Some(w) => excluded.push(format!("{}:{w}", c.name())),
+                None => allowed.push(c),
+            }
+        }
+        if let Some(p) = self.placement {
+            let src = self.placement_source.as_deref().unwrap_or("rule");
+            reason = Some(format!("rule:{}({src})", p.as_str()));
+        }
+        if let Some(slo) = self.latency_slo_ms {
+            let within: Vec<&BackendCandidate> = allowed
+                .iter()
+                .copied()
+                .filter(|c| c.predicted_latency_ms(output_tokens) <= slo)
+                .collect();
+            for c in allowed
+                .iter()
+                .filter(|c| c.predicted_latency_ms(output_tokens) > slo)
+            {
+                excluded.push(format!("{}:slo", c.name()));
+            }
+            if within.is_empty() && !allowed.is_empty() {
+                // Nobody meets the SLO: serve from the fastest rather than fail.
+                let fastest = allowed.iter().copied().min_by(|a, b| {
+                    a.predicted_latency_ms(output_tokens)
+                        .total_cmp(&b.predicted_latency_ms(output_tokens))
+                });
+                allowed = fastest.into_iter().collect();
+                reason = Some("slo:none-meets-fastest".into());
+            } else {
+                allowed = within;
+            }
+        }
+        Screen {
+            allowed,
+            excluded,
+            reason,
+        }
+    }
+}
+
+/// The backends of one request after the hard rules.
+#[derive(Debug, Clone)]
+pub struct Screen<'a> {
+    /// Backends a policy may choose, in the order given.
+    pub allowed: Vec<&'a BackendCandidate>,
+    /// Backends left out, each as `name:why` (`unhealthy`, `not allowed`, `local-only`,
+    /// `cloud-only`, `slo`).
+    pub excluded: Vec<String>,
+    /// The rule that shaped the choice (`rule:local-only(header)`, `slo:none-meets-fastest`),
+    /// reported as the decision's reason in place of the policy's own.
+    pub reason: Option<String>,
+}
+
+impl Screen<'_> {
+    /// The reason of a rejection: the rule that left nothing, else `no-backend`.
+    pub fn reject_reason(&self) -> String {
+        self.reason.clone().unwrap_or_else(|| "no-backend".into())
     }
 }

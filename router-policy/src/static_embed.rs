@@ -8,7 +8,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 use tokenizers::{Tokenizer, TruncationParams};
 
-use crate::encoder::EMBEDDING_DIM;
+use crate::embedding::EMBEDDING_DIM;
 use crate::{Error, Result};
 
 /// Tokens read per prompt by default (the static path is cheap, so it reads past the encoder's

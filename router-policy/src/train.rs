@@ -11,7 +11,7 @@ use crate::calibration::threshold_for_share;
 use crate::dataset::{Dataset, discover};
 use crate::eval::{ANSWER_CHECK_SPEC, Embedder, featurize, featurize_answers, pick_models};
 use crate::model::{Example, ModelSpec, QualityModel, TrainSet};
-use crate::router::ModelFile;
+use crate::model_file::ModelFile;
 use crate::{Error, Result};
 
 /// Arguments of [`train`].

@@ -254,6 +254,7 @@ pub fn validate_router(raw: RawRouter) -> Result<RouterSettings, ConfigError> {
         bandit_alpha,
         bandit_half_weight,
         recent_requests,
+        policy: dp.policy,
     };
     let cascade_tokens = match raw.cascade_tokens {
         Some(0) => return Err(invalid("router.cascade_tokens", "must be greater than 0")),
