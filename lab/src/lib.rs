@@ -5,3 +5,4 @@
 //! A tooling crate: its library exists for its binary and the tests, so its errors are `anyhow`.
 
 pub mod bench;
+pub mod router;

@@ -119,30 +119,30 @@ fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Router(RouterCommand::Train { data, out: path }) => {
-            let args = tandem_router_policy::TrainArgs {
+            let args = tandem_lab::router::TrainArgs {
                 data,
                 out: path,
                 ..Default::default()
             };
-            out(&tandem_router_policy::train(&args)?.to_string());
+            out(&tandem_lab::router::train(&args)?.to_string());
             Ok(())
         }
         Command::Router(RouterCommand::TrainAnswerCheck { data, out: path }) => {
-            let args = tandem_router_policy::TrainArgs {
+            let args = tandem_lab::router::TrainArgs {
                 data,
                 out: path,
                 ..Default::default()
             };
-            out(&tandem_router_policy::train_answer_check(&args)?.to_string());
+            out(&tandem_lab::router::train_answer_check(&args)?.to_string());
             Ok(())
         }
         Command::Router(RouterCommand::Eval { data, out: path }) => {
-            let args = tandem_router_policy::EvalArgs {
+            let args = tandem_lab::router::EvalArgs {
                 data,
                 out: path,
                 ..Default::default()
             };
-            out(&tandem_router_policy::eval(&args)?.to_string());
+            out(&tandem_lab::router::eval(&args)?.to_string());
             Ok(())
         }
         Command::Bench(BenchCommand::Overhead(args)) => {
@@ -186,7 +186,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(BenchCommand::Router) => {
-            let report = tandem_router_policy::bench::bench_decide(&Default::default())?;
+            let report = tandem_lab::bench::router::bench_decide(&Default::default())?;
             out(&report.to_string());
             Ok(())
         }

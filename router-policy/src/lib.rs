@@ -1,5 +1,5 @@
-//! Routing policy: prompt features, learned quality predictors, cost and latency model, and
-//! offline training and evaluation.
+//! Routing policy: prompt features, learned quality predictors, the cost and latency model, and
+//! the policies that decide.
 //!
 //! # What the gateway calls
 //!
@@ -42,42 +42,29 @@
 //! error whose [`Error::is_client_error`] is true for an unknown request id
 //! ([`Error::UnknownRequest`], 404) or bad values ([`Error::InvalidFeedback`], 400).
 //!
-//! Serving uses every module but these, which are offline tooling and import nothing the serving
-//! path needs back from them: `train`, `eval`, `report`, `plot`, `bench`, `dataset`, `metrics`,
-//! `embed_store`.
-//!
-//! CLI: `tandem router eval` → [`eval()`] with [`EvalArgs`] (the report implements `Display`),
-//! `tandem router train` → [`train()`] with [`TrainArgs`], `tandem router train-answer-check` →
-//! [`train_answer_check`], `tandem bench router` →
-//! [`bench::bench_decide`] with [`bench::BenchArgs`] (its report implements `Display`).
+//! Offline tooling (training, evaluation, plots and the decision bench) lives in `tandem-lab`
+//! (`tandem router train|train-answer-check|eval`, `tandem bench router`), so this crate holds
+//! only what serving needs.
 
 mod error;
 
 pub mod answer;
 pub mod backend;
 pub mod bandit;
-pub mod bench;
 pub mod calibration;
 pub mod cascade;
 pub mod config;
-pub mod dataset;
 pub mod decision;
-pub mod embed_store;
 pub mod embedding;
 pub mod encoder;
-pub mod eval;
 pub mod features;
-pub mod metrics;
 pub mod model;
 pub mod model_file;
-pub mod plot;
 pub mod policy;
 pub mod recent;
-pub mod report;
 pub mod router;
 pub mod rules;
 pub mod static_embed;
-pub mod train;
 
 pub use answer::{ANSWER_FEATURES, AnswerCheck, answer_features};
 pub use backend::{BackendCandidate, BackendKind, BackendProfile, BackendState, Price};
@@ -88,16 +75,14 @@ pub use decision::{Choice, Decision, Explanation};
 pub use embedding::EmbeddingSource;
 pub use encoder::{Encoder, EncoderConfig};
 pub use error::{Error, Result};
-pub use eval::{EmbeddingKind, EvalArgs, EvalReport, eval};
 pub use features::{CheapFeatures, LocalConfidence, RequestFeatures};
 pub use model_file::ModelFile;
 pub use policy::{Policy, PolicyInput, PolicyKind};
 pub use router::{Feedback, FeedbackOutcome, Router, apply_feedback};
 pub use rules::{Placement, RouteRules, Screen, Weights};
-pub use train::{TrainArgs, TrainReport, train, train_answer_check};
 
 /// Writes `value` as compact JSON to `path`, creating its directory.
-pub(crate) fn write_json<T: serde::Serialize>(value: &T, path: &std::path::Path) -> Result<()> {
+pub fn write_json<T: serde::Serialize>(value: &T, path: &std::path::Path) -> Result<()> {
     let json = serde_json::to_string(value).map_err(|e| Error::InvalidArgument(e.to_string()))?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;

@@ -6,6 +6,7 @@ pub mod engine;
 mod local;
 mod nginx;
 mod overhead;
+pub mod router;
 mod speculative;
 
 pub use local::run_local;

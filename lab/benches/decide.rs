@@ -6,7 +6,7 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use tandem_router_policy::bench::sample_candidates;
+use tandem_lab::bench::router::sample_candidates;
 use tandem_router_policy::encoder::{Encoder, EncoderConfig, default_cache_root};
 use tandem_router_policy::{RequestFeatures, RouteRules, Router, RouterConfig};
 

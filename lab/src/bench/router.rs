@@ -9,13 +9,13 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::Result;
-use crate::backend::{BackendCandidate, BackendKind, BackendProfile, Price};
-use crate::config::RouterConfig;
-use crate::encoder::{Encoder, EncoderConfig, default_cache_root};
-use crate::features::RequestFeatures;
-use crate::router::Router;
-use crate::rules::RouteRules;
+use tandem_router_policy::Result;
+use tandem_router_policy::backend::{BackendCandidate, BackendKind, BackendProfile, Price};
+use tandem_router_policy::config::RouterConfig;
+use tandem_router_policy::encoder::{Encoder, EncoderConfig, default_cache_root};
+use tandem_router_policy::features::RequestFeatures;
+use tandem_router_policy::router::Router;
+use tandem_router_policy::rules::RouteRules;
 
 /// Arguments of [`bench_decide`].
 #[derive(Debug, Clone)]

@@ -7,8 +7,8 @@ use std::sync::OnceLock;
 
 use plotters::prelude::*;
 
-use crate::report::DatasetReport;
-use crate::{Error, Result};
+use crate::router::report::DatasetReport;
+use tandem_router_policy::{Error, Result};
 
 const FONT_CANDIDATES: [&str; 4] = [
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
@@ -124,8 +124,8 @@ fn draw(report: &DatasetReport, path: &Path, text: bool) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::Curve;
-    use crate::report::{RouterRow, WithCi};
+    use crate::router::metrics::Curve;
+    use crate::router::report::{RouterRow, WithCi};
 
     #[test]
     fn draws_without_a_font() {

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use crate::{Error, Result};
+use tandem_router_policy::{Error, Result};
 
 /// The weak model column RouteLLM's files use.
 pub const ROUTELLM_WEAK: &str = "mistralai/Mixtral-8x7B-Instruct-v0.1";

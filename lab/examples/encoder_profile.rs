@@ -1,7 +1,7 @@
 //! Where a fresh embedding's time goes: tokenization against the ONNX run, per truncation length
 //! and per session option set, over real RouteLLM prompts.
 //!
-//! `cargo run -p tandem-router-policy --example encoder_profile -- <routellm dir> [samples]`
+//! `cargo run -p tandem-lab --example encoder_profile -- <routellm dir> [samples]`
 
 #![allow(clippy::print_stdout)] // a profiling tool: its table goes to stdout
 
@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::Tensor;
-use tandem_router_policy::dataset::{Dataset, discover};
+use tandem_lab::router::dataset::{Dataset, discover};
 use tandem_router_policy::encoder::{EncoderConfig, default_cache_root};
 use tokenizers::{Tokenizer, TruncationParams};
 

@@ -6,13 +6,13 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::answer::{ANSWER_FEATURES, AnswerCheck};
-use crate::calibration::threshold_for_share;
-use crate::dataset::{Dataset, discover};
-use crate::eval::{ANSWER_CHECK_SPEC, Embedder, featurize, featurize_answers, pick_models};
-use crate::model::{Example, ModelSpec, QualityModel, TrainSet};
-use crate::model_file::ModelFile;
-use crate::{Error, Result};
+use crate::router::dataset::{Dataset, discover};
+use crate::router::eval::{ANSWER_CHECK_SPEC, Embedder, featurize, featurize_answers, pick_models};
+use tandem_router_policy::answer::{ANSWER_FEATURES, AnswerCheck};
+use tandem_router_policy::calibration::threshold_for_share;
+use tandem_router_policy::model::{Example, ModelSpec, QualityModel, TrainSet};
+use tandem_router_policy::model_file::ModelFile;
+use tandem_router_policy::{Error, Result};
 
 /// Arguments of [`train`].
 #[derive(Debug, Clone)]
@@ -36,7 +36,7 @@ pub struct TrainArgs {
     /// Seed.
     pub seed: u64,
     /// Which embedding the model is trained on (when `use_embeddings`).
-    pub embedding: crate::eval::EmbeddingKind,
+    pub embedding: crate::router::eval::EmbeddingKind,
 }
 
 impl Default for TrainArgs {
@@ -52,7 +52,7 @@ impl Default for TrainArgs {
             cache_root: None,
             folds: 5,
             seed: 17,
-            embedding: crate::eval::EmbeddingKind::default(),
+            embedding: crate::router::eval::EmbeddingKind::default(),
         }
     }
 }

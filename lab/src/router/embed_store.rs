@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::encoder::{Encoder, text_key};
-use crate::{Error, Result};
+use tandem_router_policy::encoder::{Encoder, text_key};
+use tandem_router_policy::{Error, Result};
 
 const MAGIC: &[u8; 4] = b"TRE1";
 

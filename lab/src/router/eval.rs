@@ -12,17 +12,17 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::answer::{ANSWER_FEATURES, answer_features};
-use crate::dataset::{Dataset, ROUTELLM_STRONG, ROUTELLM_WEAK, discover};
-use crate::embed_store::EmbeddingStore;
-use crate::embedding::EMBEDDING_DIM;
-use crate::encoder::{Encoder, EncoderConfig, default_cache_root};
-use crate::features::RequestFeatures;
-use crate::metrics::{Curve, Summary};
-use crate::model::{Example, ModelSpec, QualityModel, TrainSet};
-use crate::report::{DatasetReport, RouterRow, WithCi};
-use crate::static_embed::{STATIC_MAX_TOKENS, StaticEmbedder};
-use crate::{Error, Result};
+use crate::router::dataset::{Dataset, ROUTELLM_STRONG, ROUTELLM_WEAK, discover};
+use crate::router::embed_store::EmbeddingStore;
+use crate::router::metrics::{Curve, Summary};
+use crate::router::report::{DatasetReport, RouterRow, WithCi};
+use tandem_router_policy::answer::{ANSWER_FEATURES, answer_features};
+use tandem_router_policy::embedding::EMBEDDING_DIM;
+use tandem_router_policy::encoder::{Encoder, EncoderConfig, default_cache_root};
+use tandem_router_policy::features::RequestFeatures;
+use tandem_router_policy::model::{Example, ModelSpec, QualityModel, TrainSet};
+use tandem_router_policy::static_embed::{STATIC_MAX_TOKENS, StaticEmbedder};
+use tandem_router_policy::{Error, Result};
 
 /// The row name of the cascade router: the answer check on the weak model's finished answer.
 pub const CASCADE_ROUTER: &str = "cascade (answer)";
@@ -128,7 +128,7 @@ pub fn eval(args: &EvalArgs) -> Result<EvalReport> {
         if let Some(out) = &args.out {
             std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
             let png = out.join(format!("{}_accuracy_vs_share.png", report.dataset));
-            crate::plot::plot_report(&report, &png)?;
+            crate::router::plot::plot_report(&report, &png)?;
             report.plot = Some(png);
         }
         datasets.push(report);
@@ -161,14 +161,14 @@ pub enum EmbeddingKind {
         max_tokens: usize,
     },
     /// Mean-pooled static token vectors from MiniLM's word-embedding table
-    /// ([`crate::static_embed`]), no transformer layers.
+    /// ([`tandem_router_policy::static_embed`]), no transformer layers.
     Static,
 }
 
 impl Default for EmbeddingKind {
     fn default() -> Self {
         Self::MiniLm {
-            max_tokens: crate::encoder::DEFAULT_MAX_TOKENS,
+            max_tokens: tandem_router_policy::encoder::DEFAULT_MAX_TOKENS,
         }
     }
 }
@@ -465,7 +465,8 @@ fn out_of_fold(
             .iter()
             .map(|&k| inner.predict(&set.examples[k].x))
             .collect();
-        let threshold = crate::calibration::threshold_for_share(&cal_scores, args.target_share);
+        let threshold =
+            tandem_router_policy::calibration::threshold_for_share(&cal_scores, args.target_share);
         routed_strong += test
             .iter()
             .filter(|&&i| inner.predict(&xs[i]) >= threshold)

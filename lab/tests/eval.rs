@@ -3,10 +3,11 @@
 
 use std::path::PathBuf;
 
-use tandem_router_policy::dataset::Dataset;
-use tandem_router_policy::eval::{CASCADE_ROUTER, EvalArgs, eval};
-use tandem_router_policy::metrics::Curve;
-use tandem_router_policy::{AnswerCheck, TrainArgs, train_answer_check};
+use tandem_lab::router::dataset::Dataset;
+use tandem_lab::router::eval::{CASCADE_ROUTER, EvalArgs, eval};
+use tandem_lab::router::metrics::Curve;
+use tandem_lab::router::{TrainArgs, train_answer_check};
+use tandem_router_policy::AnswerCheck;
 
 fn fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny")

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::Curve;
+use crate::router::metrics::Curve;
 
 /// A number with its bootstrap 95% interval.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -30,7 +30,7 @@ pub struct RouterRow {
     /// CPT(80%) as a share (1.0 when never reached).
     pub cpt80: WithCi,
     /// Strong-call share realised on test folds by a threshold calibrated on training folds for
-    /// [`crate::eval::EvalArgs::target_share`] (learned routers only).
+    /// [`crate::router::eval::EvalArgs::target_share`] (learned routers only).
     pub realised_share: Option<f32>,
     /// The accuracy-against-share curve.
     #[serde(skip_serializing)]
