@@ -9,9 +9,9 @@ use super::{checked_base, endpoint, header_map};
 use crate::client::{HttpClient, HttpConfig, RequestBuilder};
 use crate::error::{Error, Result};
 use crate::http;
-use crate::openai::{self, ChatCompletion, ChatCompletionsRequest, ChunkDecoder};
 use crate::provider::{EventStream, Provider, ProviderError};
 use crate::types::{ChatRequest, ChatResponse, WireFormat};
+use crate::wire::openai::{self, ChatCompletion, ChatCompletionsRequest, ChunkDecoder};
 
 /// How the upstream lays out its URL and key header.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -25,8 +25,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::client::HttpClient;
+use crate::error::{ProviderError, ProviderErrorKind};
 use crate::http::transport_error;
-use crate::provider::{ProviderError, ProviderErrorKind};
 use crate::types::Usage;
 
 /// How a backend can verify draft tokens (the `verify` field of a backend's config).

@@ -23,7 +23,7 @@ use super::{
     TopLogprobs, Verifier, VerifyProtocol, VerifyRequest, VerifyResponse, decode_error, join_url,
     post_json,
 };
-use crate::provider::ProviderError;
+use crate::error::ProviderError;
 use crate::types::Usage;
 
 /// The error code a target answers when it cannot continue a session from `base_len`.

@@ -16,7 +16,7 @@ use super::{
     TopLogprobs, Verifier, VerifyProtocol, VerifyRequest, VerifyResponse, decode_error, join_url,
     post_json, sort_best_first,
 };
-use crate::provider::ProviderError;
+use crate::error::ProviderError;
 use crate::types::Usage;
 
 /// The request body (borrowed; vLLM extensions included).
