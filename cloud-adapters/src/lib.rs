@@ -5,8 +5,9 @@
 //! - [`wire`]: the formats. [`openai`] and [`anthropic`] (re-exported here) each hold ingress
 //!   decoding, egress encoding (JSON and SSE), upstream request structs, response/stream parsing
 //!   and their error shape, one file each; [`sse`] is the incremental SSE parser and encoder.
-//! - [`provider`]: the `Provider` trait and `ProviderError` (with retryability).
-//! - [`providers`]: OpenAI-compatible (and Azure), Anthropic, and the dummy for tests.
+//! - [`provider`]: the `Provider` trait and what a backend can honour (`Capabilities`);
+//!   `ProviderError` (with retryability) lives in the leaf `error` module.
+//! - [`providers`]: OpenAI-compatible, Azure, Anthropic, and the dummy for tests.
 //! - [`client`]: the pooled upstream HTTP client (hyper over rustls).
 //! - [`http`]: what every provider shares on top of it, and the SSE-to-event plumbing.
 //! - `mock` (feature `mock-server`): a loopback upstream replaying recorded fixtures.
@@ -27,5 +28,5 @@ pub mod wire;
 pub use wire::{anthropic, openai, sse};
 
 pub use error::{Error, ProviderError, ProviderErrorKind, Result, WireError};
-pub use provider::{EventStream, Provider};
+pub use provider::{Capabilities, EventStream, Provider};
 pub use types::*;

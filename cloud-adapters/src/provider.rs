@@ -12,6 +12,63 @@ use crate::wire::openai::ChatCompletion;
 /// A stream of normalized events from a provider.
 pub type EventStream = BoxStream<'static, ChatEvent>;
 
+/// What a backend's API can honour of a normalized request. The gateway refuses, before sending,
+/// a request that asks for something its backend cannot do, so nothing the client asked for is
+/// silently lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Whose API this is, as a refusal names it (`Anthropic's API`).
+    pub api: &'static str,
+    /// A structured-output mode (`response_format` other than plain text).
+    pub structured_output: bool,
+    /// Token log-probabilities (`logprobs`, `top_logprobs`).
+    pub logprobs: bool,
+    /// Several choices in one request (`n` > 1).
+    pub several_choices: bool,
+    /// A sampling seed.
+    pub seed: bool,
+    /// Top-k sampling.
+    pub top_k: bool,
+}
+
+impl Capabilities {
+    /// Everything the normalized request can say: OpenAI-compatible servers (vLLM, SGLang,
+    /// llama.cpp, Ollama) take top-k as well.
+    pub const FULL: Capabilities = Capabilities {
+        api: "an OpenAI-compatible server",
+        structured_output: true,
+        logprobs: true,
+        several_choices: true,
+        seed: true,
+        top_k: true,
+    };
+
+    /// OpenAI's own API (and Azure OpenAI): no top-k.
+    pub const OPENAI: Capabilities = Capabilities {
+        api: "OpenAI's own API",
+        top_k: false,
+        ..Capabilities::FULL
+    };
+
+    /// Anthropic's API: no structured-output mode, no log-probabilities, one choice, no seed.
+    pub const ANTHROPIC: Capabilities = Capabilities {
+        api: "Anthropic's API",
+        structured_output: false,
+        logprobs: false,
+        several_choices: false,
+        seed: false,
+        top_k: true,
+    };
+
+    /// What a server speaking `format` can be assumed to honour, when the provider says no more.
+    pub fn for_format(format: WireFormat) -> Self {
+        match format {
+            WireFormat::OpenAi => Capabilities::FULL,
+            WireFormat::Anthropic => Capabilities::ANTHROPIC,
+        }
+    }
+}
+
 /// A cloud backend: sends a normalized request, answers with a normalized response or stream.
 ///
 /// Usage is reported inside the answer ([`ChatResponse::usage`], [`ChatEvent::Usage`]).
@@ -23,6 +80,11 @@ pub trait Provider: Send + Sync {
 
     /// The wire format the provider speaks upstream.
     fn format(&self) -> WireFormat;
+
+    /// What the backend's API can honour; by default what its wire format can carry.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::for_format(self.format())
+    }
 
     /// Sends `req` and waits for the whole answer.
     async fn chat(&self, req: &ChatRequest) -> Result<ChatResponse, ProviderError>;

@@ -7,7 +7,7 @@ use super::{checked_base, endpoint, header_map};
 use crate::client::{HttpClient, HttpConfig, RequestBuilder};
 use crate::error::{Error, Result};
 use crate::http;
-use crate::provider::{EventStream, Provider, ProviderError};
+use crate::provider::{Capabilities, EventStream, Provider, ProviderError};
 use crate::types::{ChatRequest, ChatResponse, WireFormat};
 use crate::wire::anthropic::{self as wire, EventDecoder, MessagesRequest};
 
@@ -130,6 +130,10 @@ impl Provider for Anthropic {
 
     fn format(&self) -> WireFormat {
         WireFormat::Anthropic
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::ANTHROPIC
     }
 
     async fn chat(&self, req: &ChatRequest) -> Result<ChatResponse, ProviderError> {
