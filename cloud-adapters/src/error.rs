@@ -1,4 +1,5 @@
-//! The crate's one error type, and the ingress decoding error.
+//! The crate's one error type, the ingress decoding error, and the upstream error every provider
+//! reports (with its kind and retryability).
 
 /// Everything that can go wrong in this crate outside an upstream call.
 #[derive(Debug, thiserror::Error)]
@@ -85,4 +86,115 @@ impl WireError {
             "error": {"type": "invalid_request_error", "message": self.message},
         })
     }
+}
+
+/// What kind of failure an upstream call had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProviderErrorKind {
+    /// The connection could not be made.
+    Connect,
+    /// The upstream took too long (connect or read).
+    Timeout,
+    /// The upstream answered with an error status.
+    Status,
+    /// The upstream's body could not be understood.
+    Decode,
+    /// A stream ended before its end marker.
+    StreamCut,
+    /// The request asks for something this provider cannot do.
+    Unsupported,
+    /// The caller went away.
+    Cancelled,
+}
+
+impl ProviderErrorKind {
+    /// A short, low-cardinality label for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderErrorKind::Connect => "connect",
+            ProviderErrorKind::Timeout => "timeout",
+            ProviderErrorKind::Status => "status",
+            ProviderErrorKind::Decode => "decode",
+            ProviderErrorKind::StreamCut => "stream_cut",
+            ProviderErrorKind::Unsupported => "unsupported",
+            ProviderErrorKind::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// An upstream failure: what happened, the status if any, and whether a retry may help.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{provider}: {message}")]
+pub struct ProviderError {
+    /// What kind of failure.
+    pub kind: ProviderErrorKind,
+    /// The upstream's HTTP status, when it answered.
+    pub status: Option<u16>,
+    /// What went wrong, in words (the upstream's own message when it gave one).
+    pub message: String,
+    /// Whether sending the same request again (here or elsewhere) may succeed.
+    pub retryable: bool,
+    /// The upstream's error body, when it was JSON.
+    pub upstream_body: Option<serde_json::Value>,
+    /// How long the upstream asked callers to wait before trying again (its `retry-after`, in
+    /// seconds).
+    pub retry_after_secs: Option<u64>,
+    /// The provider's configured name.
+    pub provider: String,
+}
+
+impl ProviderError {
+    /// An error of `kind`; retryability follows the kind (connect, timeout, cut: yes).
+    pub fn new(
+        kind: ProviderErrorKind,
+        provider: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        let retryable = matches!(
+            kind,
+            ProviderErrorKind::Connect | ProviderErrorKind::Timeout | ProviderErrorKind::StreamCut
+        );
+        ProviderError {
+            kind,
+            status: None,
+            message: message.into(),
+            retryable,
+            upstream_body: None,
+            retry_after_secs: None,
+            provider: provider.into(),
+        }
+    }
+
+    /// An error status from the upstream; retryability follows [`status_is_retryable`].
+    pub fn status(status: u16, provider: impl Into<String>, message: impl Into<String>) -> Self {
+        ProviderError {
+            kind: ProviderErrorKind::Status,
+            status: Some(status),
+            message: message.into(),
+            retryable: status_is_retryable(status),
+            upstream_body: None,
+            retry_after_secs: None,
+            provider: provider.into(),
+        }
+    }
+
+    /// A stream that ended before its end marker.
+    pub fn stream_cut(provider: impl Into<String>) -> Self {
+        Self::new(
+            ProviderErrorKind::StreamCut,
+            provider,
+            "upstream stream ended before completion",
+        )
+    }
+
+    /// The same error attributed to `provider`.
+    pub fn with_provider(mut self, provider: impl Into<String>) -> Self {
+        self.provider = provider.into();
+        self
+    }
+}
+
+/// Whether an upstream HTTP status is worth retrying: rate limits, server errors, overload.
+pub fn status_is_retryable(status: u16) -> bool {
+    matches!(status, 408 | 409 | 429 | 500 | 502 | 503 | 504 | 529) || status > 529
 }

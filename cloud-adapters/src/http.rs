@@ -8,12 +8,12 @@ use futures::stream::{BoxStream, StreamExt};
 
 use http::{HeaderMap, Uri};
 
-use crate::anthropic::EventDecoder;
 use crate::client::{HttpClient, RequestBuilder, Response, TransportError, TransportErrorKind};
-use crate::openai::ChunkDecoder;
 use crate::provider::{EventStream, ProviderError, ProviderErrorKind};
-use crate::sse::{SseEvent, SseParser};
 use crate::types::ChatEvent;
+use crate::wire::anthropic::EventDecoder;
+use crate::wire::openai::ChunkDecoder;
+use crate::wire::sse::{SseEvent, SseParser};
 
 /// Maps a transport failure to a [`ProviderError`] (connect and timeout failures are retryable).
 pub fn transport_error(err: &TransportError, provider: &str) -> ProviderError {

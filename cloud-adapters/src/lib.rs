@@ -2,31 +2,31 @@
 //! provider and verifier traits.
 //!
 //! - [`types`]: `ChatRequest`, `ChatEvent`, `ChatResponse`, `Usage` and the stream folder.
-//! - [`openai`], [`anthropic`]: ingress decoding, egress encoding (JSON and SSE), upstream
-//!   request structs and response/stream parsing; one translation serves both directions.
-//! - [`sse`]: the incremental SSE parser and encoder.
-//! - [`provider`]: the `Provider` trait and `ProviderError` (with retryability).
-//! - [`providers`]: OpenAI-compatible (and Azure), Anthropic, and the dummy for tests.
+//! - [`wire`]: the formats. [`openai`] and [`anthropic`] (re-exported here) each hold ingress
+//!   decoding, egress encoding (JSON and SSE), upstream request structs, response/stream parsing
+//!   and their error shape, one file each; [`sse`] is the incremental SSE parser and encoder.
+//! - [`provider`]: the `Provider` trait and what a backend can honour (`Capabilities`);
+//!   `ProviderError` (with retryability) lives in the leaf `error` module.
+//! - [`providers`]: OpenAI-compatible, Azure, Anthropic, and the dummy for tests.
 //! - [`client`]: the pooled upstream HTTP client (hyper over rustls).
 //! - [`http`]: what every provider shares on top of it, and the SSE-to-event plumbing.
 //! - `mock` (feature `mock-server`): a loopback upstream replaying recorded fixtures.
 
 mod error;
-mod json;
-mod scan;
 
-pub mod anthropic;
 pub mod client;
 pub mod http;
 #[cfg(feature = "mock-server")]
 pub mod mock;
-pub mod openai;
 pub mod provider;
 pub mod providers;
-pub mod sse;
 pub mod types;
 pub mod verify;
+pub mod wire;
 
-pub use error::{Error, Result, WireError};
-pub use provider::{EventStream, Provider, ProviderError, ProviderErrorKind};
+// The formats keep their short paths (`tandem_cloud_adapters::openai::ChunkEncoder`).
+pub use wire::{anthropic, openai, sse};
+
+pub use error::{Error, ProviderError, ProviderErrorKind, Result, WireError};
+pub use provider::{Capabilities, EventStream, Provider};
 pub use types::*;

@@ -440,7 +440,7 @@ async fn handle(
             if status == 529 {
                 return fx.anthropic_overloaded.clone();
             }
-            let kind = crate::anthropic::error_type_for_status(status);
+            let kind = crate::wire::anthropic::error_type_for_status(status);
             let body = format!(
                 r#"{{"type":"error","error":{{"type":"{kind}","message":"mock status {status}"}}}}"#
             );

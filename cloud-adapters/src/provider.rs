@@ -1,125 +1,73 @@
-//! The provider trait every cloud backend implements, and the upstream error it reports.
+//! The provider trait every cloud backend implements. The upstream error it reports lives in
+//! [`crate::error`], a leaf that the normalized types can name without reaching back here.
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 
-use crate::openai::ChatCompletion;
+pub use crate::error::{ProviderError, ProviderErrorKind, status_is_retryable};
 use crate::types::{ChatEvent, ChatRequest, ChatResponse, WireFormat};
-
-/// What kind of failure an upstream call had.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ProviderErrorKind {
-    /// The connection could not be made.
-    Connect,
-    /// The upstream took too long (connect or read).
-    Timeout,
-    /// The upstream answered with an error status.
-    Status,
-    /// The upstream's body could not be understood.
-    Decode,
-    /// A stream ended before its end marker.
-    StreamCut,
-    /// The request asks for something this provider cannot do.
-    Unsupported,
-    /// The caller went away.
-    Cancelled,
-}
-
-impl ProviderErrorKind {
-    /// A short, low-cardinality label for metrics and logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProviderErrorKind::Connect => "connect",
-            ProviderErrorKind::Timeout => "timeout",
-            ProviderErrorKind::Status => "status",
-            ProviderErrorKind::Decode => "decode",
-            ProviderErrorKind::StreamCut => "stream_cut",
-            ProviderErrorKind::Unsupported => "unsupported",
-            ProviderErrorKind::Cancelled => "cancelled",
-        }
-    }
-}
-
-/// An upstream failure: what happened, the status if any, and whether a retry may help.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{provider}: {message}")]
-pub struct ProviderError {
-    /// What kind of failure.
-    pub kind: ProviderErrorKind,
-    /// The upstream's HTTP status, when it answered.
-    pub status: Option<u16>,
-    /// What went wrong, in words (the upstream's own message when it gave one).
-    pub message: String,
-    /// Whether sending the same request again (here or elsewhere) may succeed.
-    pub retryable: bool,
-    /// The upstream's error body, when it was JSON.
-    pub upstream_body: Option<serde_json::Value>,
-    /// How long the upstream asked callers to wait before trying again (its `retry-after`, in
-    /// seconds).
-    pub retry_after_secs: Option<u64>,
-    /// The provider's configured name.
-    pub provider: String,
-}
-
-impl ProviderError {
-    /// An error of `kind`; retryability follows the kind (connect, timeout, cut: yes).
-    pub fn new(
-        kind: ProviderErrorKind,
-        provider: impl Into<String>,
-        message: impl Into<String>,
-    ) -> Self {
-        let retryable = matches!(
-            kind,
-            ProviderErrorKind::Connect | ProviderErrorKind::Timeout | ProviderErrorKind::StreamCut
-        );
-        ProviderError {
-            kind,
-            status: None,
-            message: message.into(),
-            retryable,
-            upstream_body: None,
-            retry_after_secs: None,
-            provider: provider.into(),
-        }
-    }
-
-    /// An error status from the upstream; retryability follows [`status_is_retryable`].
-    pub fn status(status: u16, provider: impl Into<String>, message: impl Into<String>) -> Self {
-        ProviderError {
-            kind: ProviderErrorKind::Status,
-            status: Some(status),
-            message: message.into(),
-            retryable: status_is_retryable(status),
-            upstream_body: None,
-            retry_after_secs: None,
-            provider: provider.into(),
-        }
-    }
-
-    /// A stream that ended before its end marker.
-    pub fn stream_cut(provider: impl Into<String>) -> Self {
-        Self::new(
-            ProviderErrorKind::StreamCut,
-            provider,
-            "upstream stream ended before completion",
-        )
-    }
-
-    /// The same error attributed to `provider`.
-    pub fn with_provider(mut self, provider: impl Into<String>) -> Self {
-        self.provider = provider.into();
-        self
-    }
-}
-
-/// Whether an upstream HTTP status is worth retrying: rate limits, server errors, overload.
-pub fn status_is_retryable(status: u16) -> bool {
-    matches!(status, 408 | 409 | 429 | 500 | 502 | 503 | 504 | 529) || status > 529
-}
+use crate::wire::openai::ChatCompletion;
 
 /// A stream of normalized events from a provider.
 pub type EventStream = BoxStream<'static, ChatEvent>;
+
+/// What a backend's API can honour of a normalized request. The gateway refuses, before sending,
+/// a request that asks for something its backend cannot do, so nothing the client asked for is
+/// silently lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Whose API this is, as a refusal names it (`Anthropic's API`).
+    pub api: &'static str,
+    /// A structured-output mode (`response_format` other than plain text).
+    pub structured_output: bool,
+    /// Token log-probabilities (`logprobs`, `top_logprobs`).
+    pub logprobs: bool,
+    /// Several choices in one request (`n` > 1).
+    pub several_choices: bool,
+    /// A sampling seed.
+    pub seed: bool,
+    /// Top-k sampling.
+    pub top_k: bool,
+}
+
+impl Capabilities {
+    /// Everything the normalized request can say: OpenAI-compatible servers (vLLM, SGLang,
+    /// llama.cpp, Ollama) take top-k as well.
+    pub const FULL: Capabilities = Capabilities {
+        api: "an OpenAI-compatible server",
+        structured_output: true,
+        logprobs: true,
+        several_choices: true,
+        seed: true,
+        top_k: true,
+    };
+
+    /// OpenAI's own API (and Azure OpenAI): no top-k.
+    pub const OPENAI: Capabilities = Capabilities {
+        api: "OpenAI's own API",
+        top_k: false,
+        ..Capabilities::FULL
+    };
+
+    /// Anthropic's API: no structured-output mode, no log-probabilities, one choice, no seed.
+    pub const ANTHROPIC: Capabilities = Capabilities {
+        api: "Anthropic's API",
+        structured_output: false,
+        logprobs: false,
+        several_choices: false,
+        seed: false,
+        top_k: true,
+    };
+
+    /// What a server speaking `format` can be assumed to honour, when the provider says no more.
+    pub fn for_format(format: WireFormat) -> Self {
+        match format {
+            WireFormat::OpenAi => Capabilities::FULL,
+            WireFormat::Anthropic => Capabilities::ANTHROPIC,
+        }
+    }
+}
 
 /// A cloud backend: sends a normalized request, answers with a normalized response or stream.
 ///
@@ -132,6 +80,11 @@ pub trait Provider: Send + Sync {
 
     /// The wire format the provider speaks upstream.
     fn format(&self) -> WireFormat;
+
+    /// What the backend's API can honour; by default what its wire format can carry.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::for_format(self.format())
+    }
 
     /// Sends `req` and waits for the whole answer.
     async fn chat(&self, req: &ChatRequest) -> Result<ChatResponse, ProviderError>;

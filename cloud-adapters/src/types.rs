@@ -3,7 +3,7 @@
 use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 
-use crate::provider::{ProviderError, ProviderErrorKind};
+use crate::error::{ProviderError, ProviderErrorKind};
 
 /// The wire format a request arrived in or a provider speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -1,19 +1,18 @@
-//! Builds the cloud provider for each configured backend from the cloud adapters: OpenAI and
-//! OpenAI-compatible servers, Azure (one deployment per mapped model) and Anthropic.
+//! Builds the cloud provider for each configured backend from the cloud adapters' providers:
+//! OpenAI and OpenAI-compatible servers, Azure (one deployment per mapped model) and Anthropic.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use tandem_cloud_adapters::client::{HttpClient, HttpConfig};
-use tandem_cloud_adapters::openai::ChatCompletion;
 use tandem_cloud_adapters::providers::anthropic::{Anthropic, AnthropicConfig};
+use tandem_cloud_adapters::providers::azure::{Azure, AzureConfig};
 use tandem_cloud_adapters::providers::openai_compatible::{
-    Flavour, OpenAiCompatible, OpenAiCompatibleConfig,
+    OpenAiCompatible, OpenAiCompatibleConfig,
 };
 use tandem_cloud_adapters::{
-    ChatRequest, ChatResponse, EventStream, Provider, ProviderError, ProviderErrorKind, WireFormat,
+    Capabilities, ChatRequest, ChatResponse, EventStream, Provider, ProviderError,
+    ProviderErrorKind, WireFormat,
 };
 
 use crate::config::{BackendConfig, BackendKind};
@@ -28,6 +27,7 @@ pub fn build_provider(config: &BackendConfig) -> Arc<dyn Provider> {
             Arc::new(Unavailable {
                 name: config.name.clone(),
                 format: format_of(config.kind),
+                capabilities: capabilities_of(config.kind),
                 message,
             })
         }
@@ -38,6 +38,15 @@ fn format_of(kind: BackendKind) -> WireFormat {
     match kind {
         BackendKind::Anthropic => WireFormat::Anthropic,
         _ => WireFormat::OpenAi,
+    }
+}
+
+/// What a backend kind's API honours: OpenAI's own API (and Azure's) has no top-k, which
+/// OpenAI-compatible servers take.
+fn capabilities_of(kind: BackendKind) -> Capabilities {
+    match kind {
+        BackendKind::OpenAi | BackendKind::Azure => Capabilities::OPENAI,
+        _ => Capabilities::for_format(format_of(kind)),
     }
 }
 
@@ -58,6 +67,7 @@ fn try_build(config: &BackendConfig) -> Result<Arc<dyn Provider>, String> {
         BackendKind::OpenAi | BackendKind::OpenAiCompatible => {
             let mut c = OpenAiCompatibleConfig::new(config.name.clone(), base_url);
             c.api_key = config.api_key.clone();
+            c.capabilities = capabilities_of(config.kind);
             c.http = http;
             Ok(Arc::new(
                 OpenAiCompatible::with_client(c, client).map_err(|e| e.to_string())?,
@@ -65,23 +75,13 @@ fn try_build(config: &BackendConfig) -> Result<Arc<dyn Provider>, String> {
         }
         BackendKind::Azure => {
             let api_version = config.api_version.clone().unwrap_or_default();
-            let mut deployments = BTreeMap::new();
-            for deployment in config.models.values() {
-                let mut c = OpenAiCompatibleConfig::new(config.name.clone(), base_url.clone());
-                c.api_key = config.api_key.clone();
-                c.http = http.clone();
-                c.flavour = Flavour::Azure {
-                    deployment: deployment.clone(),
-                    api_version: api_version.clone(),
-                };
-                let p =
-                    OpenAiCompatible::with_client(c, client.clone()).map_err(|e| e.to_string())?;
-                deployments.insert(deployment.clone(), Arc::new(p) as Arc<dyn Provider>);
-            }
-            Ok(Arc::new(AzureDeployments {
-                name: config.name.clone(),
-                deployments,
-            }))
+            let mut c = AzureConfig::new(config.name.clone(), base_url, api_version);
+            c.api_key = config.api_key.clone();
+            c.deployments = config.models.values().cloned().collect();
+            c.http = http;
+            Ok(Arc::new(
+                Azure::with_client(c, client).map_err(|e| e.to_string())?,
+            ))
         }
         BackendKind::Anthropic => {
             let mut c = AnthropicConfig::new(config.name.clone(), base_url);
@@ -94,68 +94,14 @@ fn try_build(config: &BackendConfig) -> Result<Arc<dyn Provider>, String> {
     }
 }
 
-/// Azure serves each model from its own deployment URL: one provider per deployment, picked by
-/// the (already mapped) model name.
-struct AzureDeployments {
-    name: String,
-    deployments: BTreeMap<String, Arc<dyn Provider>>,
-}
-
-impl AzureDeployments {
-    fn pick(&self, model: &str) -> Result<&Arc<dyn Provider>, ProviderError> {
-        self.deployments.get(model).ok_or_else(|| {
-            ProviderError::new(
-                ProviderErrorKind::Unsupported,
-                self.name.clone(),
-                format!(
-                    "no Azure deployment is mapped for model `{}` (add it to the backend's models)",
-                    model
-                ),
-            )
-        })
-    }
-}
-
-#[async_trait]
-impl Provider for AzureDeployments {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn format(&self) -> WireFormat {
-        WireFormat::OpenAi
-    }
-
-    async fn chat(&self, req: &ChatRequest) -> Result<ChatResponse, ProviderError> {
-        self.pick(&req.model)?.chat(req).await
-    }
-
-    async fn chat_completion(&self, req: &ChatRequest) -> Result<ChatCompletion, ProviderError> {
-        self.pick(&req.model)?.chat_completion(req).await
-    }
-
-    async fn chat_stream(&self, req: &ChatRequest) -> Result<EventStream, ProviderError> {
-        self.pick(&req.model)?.chat_stream(req).await
-    }
-
-    async fn completions(&self, model: &str, body: Bytes) -> Result<ChatResponse, ProviderError> {
-        self.pick(model)?.completions(model, body).await
-    }
-
-    async fn completions_stream(
-        &self,
-        model: &str,
-        body: Bytes,
-    ) -> Result<EventStream, ProviderError> {
-        self.pick(model)?.completions_stream(model, body).await
-    }
-}
-
 /// A backend that cannot be used; every call fails with the reason.
 #[derive(Debug)]
 struct Unavailable {
     name: String,
     format: WireFormat,
+    /// What the backend's kind honours, so a request it could never serve is refused as it
+    /// would be with the backend up.
+    capabilities: Capabilities,
     message: String,
 }
 
@@ -177,6 +123,10 @@ impl Provider for Unavailable {
 
     fn format(&self) -> WireFormat {
         self.format
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.capabilities
     }
 
     async fn chat(&self, _req: &ChatRequest) -> Result<ChatResponse, ProviderError> {

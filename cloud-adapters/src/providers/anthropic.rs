@@ -4,12 +4,12 @@ use ::http::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
 use async_trait::async_trait;
 
 use super::{checked_base, endpoint, header_map};
-use crate::anthropic::{self as wire, EventDecoder, MessagesRequest};
 use crate::client::{HttpClient, HttpConfig, RequestBuilder};
 use crate::error::{Error, Result};
 use crate::http;
-use crate::provider::{EventStream, Provider, ProviderError};
+use crate::provider::{Capabilities, EventStream, Provider, ProviderError};
 use crate::types::{ChatRequest, ChatResponse, WireFormat};
+use crate::wire::anthropic::{self as wire, EventDecoder, MessagesRequest};
 
 /// Configuration of an Anthropic upstream.
 #[derive(Debug, Clone, PartialEq)]
@@ -130,6 +130,10 @@ impl Provider for Anthropic {
 
     fn format(&self) -> WireFormat {
         WireFormat::Anthropic
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::ANTHROPIC
     }
 
     async fn chat(&self, req: &ChatRequest) -> Result<ChatResponse, ProviderError> {

@@ -1,6 +1,7 @@
 //! One file per cloud provider.
 
 pub mod anthropic;
+pub mod azure;
 pub mod dummy;
 pub mod openai_compatible;
 

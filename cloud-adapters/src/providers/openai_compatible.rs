@@ -1,5 +1,6 @@
 //! OpenAI and every OpenAI-compatible server (vLLM, SGLang, llama.cpp, Ollama, Groq, Cerebras,
-//! Together), with Azure OpenAI's path and header style as a flavour.
+//! Together), with Azure OpenAI's path and header style as a flavour (one deployment; the Azure
+//! provider in [`super::azure`] holds one per deployment).
 
 use ::http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use async_trait::async_trait;
@@ -9,9 +10,9 @@ use super::{checked_base, endpoint, header_map};
 use crate::client::{HttpClient, HttpConfig, RequestBuilder};
 use crate::error::{Error, Result};
 use crate::http;
-use crate::openai::{self, ChatCompletion, ChatCompletionsRequest, ChunkDecoder};
-use crate::provider::{EventStream, Provider, ProviderError};
+use crate::provider::{Capabilities, EventStream, Provider, ProviderError};
 use crate::types::{ChatRequest, ChatResponse, WireFormat};
+use crate::wire::openai::{self, ChatCompletion, ChatCompletionsRequest, ChunkDecoder};
 
 /// How the upstream lays out its URL and key header.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -45,6 +46,9 @@ pub struct OpenAiCompatibleConfig {
     pub flavour: Flavour,
     /// The upstream model name; `None` forwards the client's.
     pub model: Option<String>,
+    /// What the server's API can honour: [`Capabilities::FULL`] for OpenAI-compatible servers,
+    /// [`Capabilities::OPENAI`] for OpenAI's own API.
+    pub capabilities: Capabilities,
     /// Timeouts and pooling.
     pub http: HttpConfig,
 }
@@ -59,6 +63,7 @@ impl OpenAiCompatibleConfig {
             extra_headers: Vec::new(),
             flavour: Flavour::OpenAi,
             model: None,
+            capabilities: Capabilities::FULL,
             http: HttpConfig::default(),
         }
     }
@@ -69,6 +74,7 @@ impl OpenAiCompatibleConfig {
 pub struct OpenAiCompatible {
     name: String,
     model: Option<String>,
+    capabilities: Capabilities,
     url: ::http::Uri,
     completions_url: ::http::Uri,
     headers: HeaderMap,
@@ -118,6 +124,7 @@ impl OpenAiCompatible {
         Ok(OpenAiCompatible {
             name: config.name,
             model: config.model,
+            capabilities: config.capabilities,
             url,
             completions_url,
             headers,
@@ -157,6 +164,10 @@ impl Provider for OpenAiCompatible {
 
     fn format(&self) -> WireFormat {
         WireFormat::OpenAi
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.capabilities
     }
 
     async fn chat(&self, req: &ChatRequest) -> Result<ChatResponse, ProviderError> {

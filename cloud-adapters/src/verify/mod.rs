@@ -25,8 +25,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::client::HttpClient;
+use crate::error::{ProviderError, ProviderErrorKind};
 use crate::http::transport_error;
-use crate::provider::{ProviderError, ProviderErrorKind};
 use crate::types::Usage;
 
 /// How a backend can verify draft tokens (the `verify` field of a backend's config).
@@ -191,52 +191,96 @@ pub(crate) fn decode_error(provider: &str, message: impl Into<String>) -> Provid
     ProviderError::new(ProviderErrorKind::Decode, provider, message)
 }
 
-/// Posts `body` as JSON to `url` and returns the JSON answer, mapping failures to
-/// [`ProviderError`]s.
-pub(crate) async fn post_json(
-    client: &HttpClient,
-    provider: &str,
-    url: &str,
-    api_key: Option<&str>,
-    body: &serde_json::Value,
-) -> Result<(u16, serde_json::Value), ProviderError> {
-    let mut req = client.post_url(url).json(body);
-    if let Some(key) = api_key {
-        req = req.bearer_auth(key);
-    }
-    let resp = req
-        .send()
-        .await
-        .map_err(|e| transport_error(&e, provider))?;
-    let status = resp.status().as_u16();
-    let bytes = resp
-        .bytes()
-        .await
-        .map_err(|e| transport_error(&e, provider))?;
-    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
-        if status >= 400 {
-            ProviderError::status(
-                status,
-                provider,
-                String::from_utf8_lossy(&bytes).into_owned(),
-            )
-        } else {
-            decode_error(provider, format!("verify response is not JSON: {e}"))
+/// Where a verifier posts: what every protocol shares (the backend's name for errors, its base
+/// URL, key and pooled client). The protocols differ in the body they send and the answer they
+/// read, which stay in their own modules.
+#[derive(Debug, Clone)]
+pub(crate) struct Endpoint {
+    name: String,
+    base_url: String,
+    api_key: Option<String>,
+    client: HttpClient,
+}
+
+impl Endpoint {
+    /// The server at `base_url`, named `name` in errors.
+    pub(crate) fn new(
+        name: impl Into<String>,
+        base_url: impl Into<String>,
+        api_key: Option<String>,
+        client: HttpClient,
+    ) -> Self {
+        Endpoint {
+            name: name.into(),
+            base_url: base_url.into(),
+            api_key,
+            client,
         }
-    })?;
-    if status >= 400 {
-        let message = value
-            .pointer("/error/message")
-            .or_else(|| value.get("message"))
-            .or_else(|| value.get("error"))
-            .and_then(|m| m.as_str())
-            .unwrap_or("verify request failed")
-            .to_owned();
-        let mut err = ProviderError::status(status, provider, message);
-        err.upstream_body = Some(value);
-        return Err(err);
     }
-    Ok((status, value))
+
+    /// The backend's configured name.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The same server, its base URL extended by `path`.
+    pub(crate) fn under(&self, path: &str) -> Self {
+        Endpoint {
+            base_url: join_url(&self.base_url, path),
+            ..self.clone()
+        }
+    }
+
+    /// Posts `body` as JSON to `{base_url}/{path}` and returns the JSON answer, mapping failures
+    /// to [`ProviderError`]s.
+    pub(crate) async fn post(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> Result<serde_json::Value, ProviderError> {
+        let provider = self.name.as_str();
+        let body = serde_json::to_value(body).map_err(|e| decode_error(provider, e.to_string()))?;
+        let mut req = self
+            .client
+            .post_url(&join_url(&self.base_url, path))
+            .json(&body);
+        if let Some(key) = &self.api_key {
+            req = req.bearer_auth(key);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| transport_error(&e, provider))?;
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| transport_error(&e, provider))?;
+        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+            if status >= 400 {
+                ProviderError::status(
+                    status,
+                    provider,
+                    String::from_utf8_lossy(&bytes).into_owned(),
+                )
+            } else {
+                decode_error(provider, format!("verify response is not JSON: {e}"))
+            }
+        })?;
+        if status >= 400 {
+            let message = value
+                .pointer("/error/message")
+                .or_else(|| value.get("message"))
+                .or_else(|| value.get("error"))
+                .and_then(|m| m.as_str())
+                .unwrap_or("verify request failed")
+                .to_owned();
+            let mut err = ProviderError::status(status, provider, message);
+            err.upstream_body = Some(value);
+            return Err(err);
+        }
+        Ok(value)
+    }
 }
 
 /// Joins a base URL and a path without doubling the slash.

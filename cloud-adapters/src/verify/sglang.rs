@@ -15,10 +15,10 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{
-    TopLogprobs, Verifier, VerifyProtocol, VerifyRequest, VerifyResponse, decode_error, join_url,
-    post_json, sort_best_first,
+    Endpoint, TopLogprobs, Verifier, VerifyProtocol, VerifyRequest, VerifyResponse, decode_error,
+    sort_best_first,
 };
-use crate::provider::ProviderError;
+use crate::error::ProviderError;
 use crate::types::Usage;
 
 /// Sampling settings of the request.
@@ -170,10 +170,7 @@ fn parse_triples(provider: &str, entry: &Value) -> Result<TopLogprobs, ProviderE
 /// An SGLang server as a verifier.
 #[derive(Debug, Clone)]
 pub struct SglangVerifier {
-    name: String,
-    base_url: String,
-    api_key: Option<String>,
-    client: crate::client::HttpClient,
+    endpoint: Endpoint,
 }
 
 impl SglangVerifier {
@@ -185,10 +182,7 @@ impl SglangVerifier {
         client: crate::client::HttpClient,
     ) -> Self {
         Self {
-            name: name.into(),
-            base_url: base_url.into(),
-            api_key,
-            client,
+            endpoint: Endpoint::new(name, base_url, api_key, client),
         }
     }
 }
@@ -196,7 +190,7 @@ impl SglangVerifier {
 #[async_trait]
 impl Verifier for SglangVerifier {
     fn name(&self) -> &str {
-        &self.name
+        self.endpoint.name()
     }
 
     fn protocol(&self) -> VerifyProtocol {
@@ -204,17 +198,7 @@ impl Verifier for SglangVerifier {
     }
 
     async fn verify(&self, req: &VerifyRequest<'_>) -> Result<VerifyResponse, ProviderError> {
-        let body = serde_json::to_value(request_body(req))
-            .map_err(|e| decode_error(&self.name, e.to_string()))?;
-        let url = join_url(&self.base_url, "generate");
-        let (_, value) = post_json(
-            &self.client,
-            &self.name,
-            &url,
-            self.api_key.as_deref(),
-            &body,
-        )
-        .await?;
-        parse_response(&self.name, &value, req.draft)
+        let value = self.endpoint.post("generate", &request_body(req)).await?;
+        parse_response(self.endpoint.name(), &value, req.draft)
     }
 }

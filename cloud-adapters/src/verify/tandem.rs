@@ -20,10 +20,9 @@ use serde::{Deserialize, Serialize};
 
 use super::vllm::VllmVerifier;
 use super::{
-    TopLogprobs, Verifier, VerifyProtocol, VerifyRequest, VerifyResponse, decode_error, join_url,
-    post_json,
+    Endpoint, TopLogprobs, Verifier, VerifyProtocol, VerifyRequest, VerifyResponse, decode_error,
 };
-use crate::provider::ProviderError;
+use crate::error::ProviderError;
 use crate::types::Usage;
 
 /// The error code a target answers when it cannot continue a session from `base_len`.
@@ -90,10 +89,7 @@ pub struct TandemVerifyResponse {
 /// Another Tandem as a verifier.
 #[derive(Debug)]
 pub struct TandemVerifier {
-    name: String,
-    base_url: String,
-    api_key: Option<String>,
-    client: crate::client::HttpClient,
+    endpoint: Endpoint,
     stateless: VllmVerifier,
     /// The full sequence last sent per session, to send only what is new.
     sent: Mutex<HashMap<String, Vec<u32>>>,
@@ -107,37 +103,17 @@ impl TandemVerifier {
         api_key: Option<String>,
         client: crate::client::HttpClient,
     ) -> Self {
-        let name = name.into();
-        let base_url = base_url.into();
-        let stateless = VllmVerifier::new(
-            name.clone(),
-            join_url(&base_url, "v1"),
-            api_key.clone(),
-            client.clone(),
-        );
+        let endpoint = Endpoint::new(name, base_url, api_key, client);
         Self {
-            name,
-            base_url,
-            api_key,
-            client,
-            stateless,
+            // The vLLM scoring form is served under `/v1`.
+            stateless: VllmVerifier::at(endpoint.under("v1")),
+            endpoint,
             sent: Mutex::new(HashMap::new()),
         }
     }
 
     async fn post(&self, body: &TandemVerifyRequest) -> Result<serde_json::Value, ProviderError> {
-        let value =
-            serde_json::to_value(body).map_err(|e| decode_error(&self.name, e.to_string()))?;
-        let url = join_url(&self.base_url, VERIFY_PATH);
-        let (_, answer) = post_json(
-            &self.client,
-            &self.name,
-            &url,
-            self.api_key.as_deref(),
-            &value,
-        )
-        .await?;
-        Ok(answer)
+        self.endpoint.post(VERIFY_PATH, body).await
     }
 }
 
@@ -154,7 +130,7 @@ fn is_session_mismatch(err: &ProviderError) -> bool {
 #[async_trait]
 impl Verifier for TandemVerifier {
     fn name(&self) -> &str {
-        &self.name
+        self.endpoint.name()
     }
 
     fn protocol(&self) -> VerifyProtocol {
@@ -194,8 +170,9 @@ impl Verifier for TandemVerifier {
             }
             other => other?,
         };
-        let parsed: TandemVerifyResponse = serde_json::from_value(answer)
-            .map_err(|e| decode_error(&self.name, format!("tandem verify response: {e}")))?;
+        let parsed: TandemVerifyResponse = serde_json::from_value(answer).map_err(|e| {
+            decode_error(self.endpoint.name(), format!("tandem verify response: {e}"))
+        })?;
         self.sent.lock().insert(session.to_owned(), full);
         let response = VerifyResponse {
             positions: parsed.positions,
@@ -206,8 +183,8 @@ impl Verifier for TandemVerifier {
                 ..Usage::default()
             },
         };
-        let response = response.check(req.draft.len(), &self.name)?;
-        response.check_early_exit(req.draft, &self.name)?;
+        let response = response.check(req.draft.len(), self.endpoint.name())?;
+        response.check_early_exit(req.draft, self.endpoint.name())?;
         Ok(response)
     }
 

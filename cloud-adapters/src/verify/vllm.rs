@@ -13,10 +13,10 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{
-    TopLogprobs, Verifier, VerifyProtocol, VerifyRequest, VerifyResponse, decode_error, join_url,
-    post_json, sort_best_first,
+    Endpoint, TopLogprobs, Verifier, VerifyProtocol, VerifyRequest, VerifyResponse, decode_error,
+    sort_best_first,
 };
-use crate::provider::ProviderError;
+use crate::error::ProviderError;
 use crate::types::Usage;
 
 /// The request body (borrowed; vLLM extensions included).
@@ -178,10 +178,7 @@ pub(crate) fn parse_usage(usage: Option<&Value>) -> Usage {
 /// A vLLM (or any server speaking its completions extensions) as a verifier.
 #[derive(Debug, Clone)]
 pub struct VllmVerifier {
-    name: String,
-    base_url: String,
-    api_key: Option<String>,
-    client: crate::client::HttpClient,
+    endpoint: Endpoint,
 }
 
 impl VllmVerifier {
@@ -192,19 +189,19 @@ impl VllmVerifier {
         api_key: Option<String>,
         client: crate::client::HttpClient,
     ) -> Self {
-        Self {
-            name: name.into(),
-            base_url: base_url.into(),
-            api_key,
-            client,
-        }
+        Self::at(Endpoint::new(name, base_url, api_key, client))
+    }
+
+    /// A verifier posting to `completions` under `endpoint`.
+    pub(crate) fn at(endpoint: Endpoint) -> Self {
+        Self { endpoint }
     }
 }
 
 #[async_trait]
 impl Verifier for VllmVerifier {
     fn name(&self) -> &str {
-        &self.name
+        self.endpoint.name()
     }
 
     fn protocol(&self) -> VerifyProtocol {
@@ -212,17 +209,15 @@ impl Verifier for VllmVerifier {
     }
 
     async fn verify(&self, req: &VerifyRequest<'_>) -> Result<VerifyResponse, ProviderError> {
-        let body = serde_json::to_value(request_body(req))
-            .map_err(|e| decode_error(&self.name, e.to_string()))?;
-        let url = join_url(&self.base_url, "completions");
-        let (_, value) = post_json(
-            &self.client,
-            &self.name,
-            &url,
-            self.api_key.as_deref(),
-            &body,
+        let value = self
+            .endpoint
+            .post("completions", &request_body(req))
+            .await?;
+        parse_response(
+            self.endpoint.name(),
+            &value,
+            req.prefix.len(),
+            req.draft.len(),
         )
-        .await?;
-        parse_response(&self.name, &value, req.prefix.len(), req.draft.len())
     }
 }

@@ -572,3 +572,50 @@ fn an_error_inside_a_stream_becomes_an_error_event() {
         other => panic!("expected an error event, got {other:?}"),
     }
 }
+
+/// Both stream encoders end a failed stream alike: the usage reported before the failure (when
+/// the client asked for usage), then the error event, and no `[DONE]`.
+#[test]
+fn both_stream_encoders_send_the_usage_before_an_error() {
+    let usage = Usage {
+        prompt_tokens: 3,
+        completion_tokens: 2,
+        ..Usage::default()
+    };
+    let failure = ChatEvent::Error(tandem_cloud_adapters::ProviderError::stream_cut("up"));
+    let mut chat = ChunkEncoder::new(true);
+    let mut legacy = openai::CompletionChunkEncoder::new(true);
+    for (object, frames) in [
+        (
+            "chat.completion.chunk",
+            [
+                chat.encode(&ChatEvent::Usage(usage)),
+                chat.encode(&failure),
+                chat.finish(),
+            ],
+        ),
+        (
+            "text_completion",
+            [
+                legacy.encode(&ChatEvent::Usage(usage)),
+                legacy.encode(&failure),
+                legacy.finish(),
+            ],
+        ),
+    ] {
+        let text = frames
+            .iter()
+            .map(|f| std::str::from_utf8(f).unwrap())
+            .collect::<String>();
+        let events: Vec<serde_json::Value> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect();
+        assert_eq!(events.len(), 2, "{text}");
+        assert_eq!(events[0]["object"], object, "{text}");
+        assert_eq!(events[0]["usage"]["total_tokens"], 5, "{text}");
+        assert!(events[1]["error"].is_object(), "{text}");
+        assert!(!text.contains("[DONE]"), "{text}");
+    }
+}

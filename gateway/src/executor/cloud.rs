@@ -7,9 +7,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 use tandem_cloud_adapters::openai::ChatCompletion;
-use tandem_cloud_adapters::{
-    ChatRequest, ChatResponse, EventStream, Provider, ProviderErrorKind, WireFormat,
-};
+use tandem_cloud_adapters::{ChatRequest, ChatResponse, EventStream, Provider, ProviderErrorKind};
 
 use super::{
     Executor, cannot_honour, no_legacy_completions, refuse_dropped_fields, refuse_several_choices,
@@ -30,51 +28,37 @@ impl CloudExecutor {
         Self { config, provider }
     }
 
-    /// The request with the model mapped, or why this backend cannot honour it: Anthropic's API
-    /// has no structured-output mode, no log-probabilities and no seed, and fields beyond the
-    /// normalized request reach an upstream only in the client's own format; none of them may be
-    /// silently lost.
+    /// The request with the model mapped, or why this backend cannot honour it: what the
+    /// provider's capabilities ([`tandem_cloud_adapters::Capabilities`]) say its API lacks
+    /// (Anthropic's: structured output, log-probabilities, several choices, a seed; OpenAI's
+    /// own: top-k), and fields beyond the normalized request, which reach an upstream only in
+    /// the client's own format; none of them may be silently lost.
     fn upstream_request(&self, mut request: ChatRequest) -> Result<ChatRequest, Error> {
-        if self.provider.format() == WireFormat::Anthropic {
-            let name = &self.config.name;
-            if wants_structured_output(&request) {
-                return Err(cannot_honour(
-                    name,
-                    "response_format",
-                    "(Anthropic's API) has no structured-output mode",
-                ));
-            }
-            if request.logprobs || request.top_logprobs.is_some() {
-                let param = if request.logprobs {
-                    "logprobs"
-                } else {
-                    "top_logprobs"
-                };
-                return Err(cannot_honour(
-                    name,
-                    param,
-                    "(Anthropic's API) returns no log-probabilities",
-                ));
-            }
-            refuse_several_choices(name, &request)?;
-            if request.seed.is_some() {
-                return Err(cannot_honour(
-                    name,
-                    "seed",
-                    "(Anthropic's API) has no sampling seed",
-                ));
-            }
-        } else if request.top_k.is_some()
-            && matches!(self.config.kind, BackendKind::OpenAi | BackendKind::Azure)
-        {
-            // OpenAI-compatible servers (vLLM, SGLang, llama.cpp, Ollama) take it.
-            return Err(cannot_honour(
-                &self.config.name,
-                "top_k",
-                "(OpenAI's own API) has no top_k",
-            ));
+        let name = &self.config.name;
+        let can = self.provider.capabilities();
+        let lacks =
+            |param: &str, what: &str| cannot_honour(name, param, &format!("({}) {what}", can.api));
+        if !can.structured_output && wants_structured_output(&request) {
+            return Err(lacks("response_format", "has no structured-output mode"));
         }
-        refuse_dropped_fields(&self.config.name, &request, Some(self.provider.format()))?;
+        if !can.logprobs && (request.logprobs || request.top_logprobs.is_some()) {
+            let param = if request.logprobs {
+                "logprobs"
+            } else {
+                "top_logprobs"
+            };
+            return Err(lacks(param, "returns no log-probabilities"));
+        }
+        if !can.several_choices {
+            refuse_several_choices(name, &request)?;
+        }
+        if !can.seed && request.seed.is_some() {
+            return Err(lacks("seed", "has no sampling seed"));
+        }
+        if !can.top_k && request.top_k.is_some() {
+            return Err(lacks("top_k", "has no top_k"));
+        }
+        refuse_dropped_fields(name, &request, Some(self.provider.format()))?;
         request.model = self.config.upstream_model(&request.model).to_owned();
         Ok(request)
     }

@@ -248,3 +248,19 @@ pub(crate) fn req_str(
 pub(crate) fn to_string<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_default()
 }
+
+/// Tool-call arguments as JSON; text that is not JSON is kept as a JSON string.
+pub(crate) fn arguments_value(arguments: &str) -> Value {
+    if arguments.trim().is_empty() {
+        return Value::Object(Map::new());
+    }
+    serde_json::from_str(arguments).unwrap_or_else(|_| Value::String(arguments.to_owned()))
+}
+
+/// Tool-call arguments as text (the inverse of [`arguments_value`]).
+pub(crate) fn arguments_text(input: &Value) -> Cow<'_, str> {
+    match input {
+        Value::String(s) => Cow::Borrowed(s.as_str()),
+        other => Cow::Owned(to_string(other)),
+    }
+}

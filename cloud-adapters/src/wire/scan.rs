@@ -249,8 +249,8 @@ mod tests {
         Some(out)
     }
 
-    const COMPLETION: &[u8] = include_bytes!("../tests/fixtures/openai/chat_text.json");
-    const TOOL_CALL: &[u8] = include_bytes!("../tests/fixtures/openai/chat_tool.json");
+    const COMPLETION: &[u8] = include_bytes!("../../tests/fixtures/openai/chat_text.json");
+    const TOOL_CALL: &[u8] = include_bytes!("../../tests/fixtures/openai/chat_tool.json");
 
     /// Documents whose tricky bytes land on every offset within a word.
     fn tricky_documents() -> Vec<Vec<u8>> {

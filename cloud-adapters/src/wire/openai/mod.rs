@@ -1,0 +1,28 @@
+//! OpenAI's chat/completions wire format, one file per direction:
+//!
+//! - `ingress`: a client's chat request decoded into a [`ChatRequest`](crate::ChatRequest);
+//! - `egress`: an answer encoded for an OpenAI client (`chat.completion` JSON, SSE chunks);
+//! - `upstream`: the request body sent to an OpenAI-format server;
+//! - `parse`: that server's answer and stream read back, or a whole answer passed on as it came;
+//! - `error`: OpenAI's error body, sent and read;
+//! - `completions`: the legacy `/v1/completions` API.
+
+mod completions;
+mod egress;
+mod error;
+mod ingress;
+mod parse;
+mod upstream;
+
+pub use completions::{
+    CompletionChunkEncoder, CompletionRequest, Prompt, decode_completion_request,
+    encode_completion_response,
+};
+pub use egress::{ChatCompletion, ChunkEncoder, encode_chat_response, finish_reason_str};
+pub use error::{error_body, error_body_bytes, parse_error_body};
+pub use ingress::decode_chat_request;
+pub use parse::{ChunkDecoder, parse_chat_response, parse_finish_reason, pass_chat_response};
+pub use upstream::{
+    ChatCompletionsRequest, StreamOptions, UpstreamContent, UpstreamFunction, UpstreamFunctionCall,
+    UpstreamImage, UpstreamMessage, UpstreamPart, UpstreamTool, UpstreamToolCall,
+};
