@@ -10,14 +10,11 @@
 //! - [`providers`]: OpenAI-compatible, Azure, Anthropic, and the dummy for tests.
 //! - [`client`]: the pooled upstream HTTP client (hyper over rustls).
 //! - [`http`]: what every provider shares on top of it, and the SSE-to-event plumbing.
-//! - `mock` (feature `mock-server`): a loopback upstream replaying recorded fixtures.
 
 mod error;
 
 pub mod client;
 pub mod http;
-#[cfg(feature = "mock-server")]
-pub mod mock;
 pub mod provider;
 pub mod providers;
 pub mod types;

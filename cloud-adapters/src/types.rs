@@ -518,6 +518,17 @@ pub async fn collect_response(
     builder.finish()
 }
 
+/// The text a run of events carries: every text delta, in order.
+pub fn events_text(events: &[ChatEvent]) -> String {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            ChatEvent::TextDelta { text, .. } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Splits a complete answer into the events a stream of it would carry.
 pub fn response_events(response: &ChatResponse) -> Vec<ChatEvent> {
     let mut events = Vec::with_capacity(4 + response.tool_calls.len());

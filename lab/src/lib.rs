@@ -1,8 +1,10 @@
 //! Tandem's tooling, kept out of the serving binary: benchmarks that run a peer side by side
-//! (`bench`), and the router's offline training and evaluation. The `tandem-lab` binary runs them;
+//! (`bench`), the router's offline training and evaluation (`router`), and the mock upstream
+//! that end-to-end tests and the overhead bench put behind Tandem (`mock`). The `tandem-lab` binary runs them;
 //! `tandem bench ...` and `tandem router ...` hand their arguments to it.
 //!
 //! A tooling crate: its library exists for its binary and the tests, so its errors are `anyhow`.
 
 pub mod bench;
+pub mod mock;
 pub mod router;

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::Value;
-use tandem_cloud_adapters::mock::{Fixtures, MockConfig, MockHandle, MockUpstream};
 use tandem_gateway::config::{Config, MapEnv};
 use tandem_gateway::{Gateway, GatewayOptions, LocalLoad};
+use tandem_lab::mock::{Fixtures, MockConfig, MockHandle, MockUpstream};
 
 /// Tandem in front of a mock upstream.
 pub struct Harness {

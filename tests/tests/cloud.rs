@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tandem_cloud_adapters::mock::{Fixtures, MockConfig};
+use tandem_lab::mock::{Fixtures, MockConfig};
 use tandem_tests::{Harness, parse_sse, read_first_chunk_and_drop, streamed_text};
 
 fn chat(model: &str, stream: bool) -> Value {

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tandem_artifacts::{ProcessEnv, default_cache_root, locate};
-use tandem_cloud_adapters::mock::{Fixtures, MockConfig, MockHandle, MockUpstream};
 use tandem_gateway::config::{Config, MapEnv};
 use tandem_gateway::{Gateway, GatewayOptions, LocalLoad};
+use tandem_lab::mock::{Fixtures, MockConfig, MockHandle, MockUpstream};
 use tandem_local_model::{Engine, EngineConfig};
 use tandem_tests::{client, parse_sse, streamed_text};
 

@@ -1,11 +1,10 @@
-//! Wire formats, SSE, translation and providers against recorded fixtures and a loopback mock.
+//! Wire formats, SSE and translation against recorded fixtures.
 
 // Helpers outside `#[test]` functions may fail loudly too.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod anthropic_wire;
 mod openai_wire;
-mod providers;
 mod sse;
 mod translation;
 
@@ -48,11 +47,5 @@ pub fn anthropic_events(bytes: &[u8], step: usize) -> (Vec<ChatEvent>, bool) {
 
 /// The concatenated text deltas.
 pub fn text_of(events: &[ChatEvent]) -> String {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            ChatEvent::TextDelta { text, .. } => Some(text.as_str()),
-            _ => None,
-        })
-        .collect()
+    tandem_cloud_adapters::events_text(events)
 }

@@ -12,12 +12,12 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::mock::{Fixtures, MockConfig, MockUpstream};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tandem_cloud_adapters::mock::{Fixtures, MockConfig, MockUpstream};
 
 use super::cpu::{stat_cpu_ticks, ticks_to_duration};
 use super::nginx::Nginx;

@@ -1,10 +1,12 @@
 //! Providers over HTTP against the loopback mock upstream replaying the recorded fixtures.
 
+// Helpers outside `#[test]` functions may fail loudly too.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use futures::StreamExt;
 use tandem_cloud_adapters::client::HttpConfig;
-use tandem_cloud_adapters::mock::{Fixtures, MockHandle, MockUpstream};
 use tandem_cloud_adapters::providers::anthropic::{Anthropic, AnthropicConfig};
 use tandem_cloud_adapters::providers::dummy::DummyProvider;
 use tandem_cloud_adapters::providers::openai_compatible::{
@@ -12,10 +14,9 @@ use tandem_cloud_adapters::providers::openai_compatible::{
 };
 use tandem_cloud_adapters::{
     ChatEvent, ChatRequest, FinishReason, Message, Provider, ProviderErrorKind, Role, Tool,
-    collect_response,
+    collect_response, events_text as text_of,
 };
-
-use crate::text_of;
+use tandem_lab::mock::{Fixtures, MockHandle, MockUpstream};
 
 fn request(model: &str) -> ChatRequest {
     ChatRequest {

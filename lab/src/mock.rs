@@ -128,14 +128,15 @@ macro_rules! fixture_bytes {
     ($path:literal) => {
         Bytes::from_static(include_bytes!(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/",
+            // Recorded beside the wire formats they exercise.
+            "/../cloud-adapters/tests/fixtures/",
             $path
         )))
     };
 }
 
 impl Fixtures {
-    /// The recorded fixtures shipped with this crate (`tests/fixtures/`).
+    /// The recorded fixtures of the wire formats (`cloud-adapters/tests/fixtures/`).
     pub fn builtin() -> Self {
         Fixtures {
             openai_text: Fixture::json(200, fixture_bytes!("openai/chat_text.json")),
@@ -440,7 +441,7 @@ async fn handle(
             if status == 529 {
                 return fx.anthropic_overloaded.clone();
             }
-            let kind = crate::wire::anthropic::error_type_for_status(status);
+            let kind = tandem_cloud_adapters::anthropic::error_type_for_status(status);
             let body = format!(
                 r#"{{"type":"error","error":{{"type":"{kind}","message":"mock status {status}"}}}}"#
             );
