@@ -39,12 +39,16 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     run_tests() { cargo test --locked --workspace "$@"; }
 fi
+# The module graph of every crate stays acyclic.
+log "checking for import cycles"
+python3 scripts/check-cycles.py
+
 log "building tandem and the tests"
 run_tests --no-run
 
 # Models and the ONNX Runtime library, through Tandem's own fetcher (sha256-checked, cached).
 log "fetching models"
-target/debug/tandem models fetch --all
+"${CARGO_TARGET_DIR:-target}/debug/tandem" models fetch --all
 
 # The whole suite.
 log "running tests"

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use crate::progress::ProgressMode;
 use crate::registry::{ArtifactSpec, FileSpec, find_artifact, known_names};
 use crate::{Error, Result};
 
@@ -203,7 +204,7 @@ pub(crate) struct FetchLock {
 
 impl FetchLock {
     /// Take the lock in `dir`, waiting while another process holds it.
-    pub(crate) async fn acquire(dir: &Path, artifact: &str, quiet: bool) -> Result<Self> {
+    pub(crate) async fn acquire(dir: &Path, artifact: &str, mode: ProgressMode) -> Result<Self> {
         let path = dir.join(".fetch.lock");
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -216,11 +217,11 @@ impl FetchLock {
             match file.try_lock() {
                 Ok(()) => return Ok(Self { _file: file }),
                 Err(std::fs::TryLockError::WouldBlock) => {
-                    if !told && !quiet {
-                        eprintln!(
+                    if !told {
+                        mode.note(&format!(
                             "waiting for another process that is fetching {artifact} ({})",
                             path.display()
-                        );
+                        ));
                     }
                     told = true;
                     tokio::time::sleep(Duration::from_millis(250)).await;

@@ -19,6 +19,8 @@
 //! # let _ = gguf; Ok(()) }
 //! ```
 
+#![forbid(unsafe_code)]
+
 mod cache;
 mod env;
 mod error;
@@ -43,6 +45,7 @@ pub use registry::{
 
 use cache::{FetchLock, create_dir, remove_quietly, spec_or_err};
 use fetcher::{Fetcher, Needed, needed_files};
+use progress::ProgressMode;
 
 /// Make sure artifact `name` (or an alias) is in the cache, fetching what is missing or bad.
 ///
@@ -71,7 +74,7 @@ pub async fn fetch_spec(opts: &FetchOptions, spec: &ArtifactSpec) -> Result<Arti
     check_platform(spec)?;
 
     create_dir(&paths.dir)?;
-    let _lock = FetchLock::acquire(&paths.dir, spec.name, opts.quiet).await?;
+    let _lock = FetchLock::acquire(&paths.dir, spec.name, ProgressMode::detect(opts.quiet)).await?;
     // Another process may have fetched it while this one waited for the lock.
     let needed = needed_files(spec, &paths).await?;
     if needed.is_empty() {

@@ -1,4 +1,6 @@
 //! Download progress on stderr: a bar on a terminal, a few plain lines otherwise, or nothing.
+//! The one place the fetcher writes to the terminal: `tandem models fetch` is interactive.
+#![allow(clippy::print_stderr)]
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};

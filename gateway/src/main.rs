@@ -1,5 +1,7 @@
 //! The `tandem` command line: serve, config, models, router and bench.
 
+#![forbid(unsafe_code)]
+
 use std::io::Write as _;
 use std::path::PathBuf;
 

@@ -2,6 +2,9 @@
 //! target's own, on the same-tokenizer path (SmolLM2 Q4_1 drafts for the same model at Q8_0) and
 //! the cross-tokenizer path (SmolLM2 drafts for Gemma 3 270M), in process and over loopback HTTP
 //! with the delay layer.
+
+// A test skipped for want of a fetched model or a server says so on stderr.
+#![allow(clippy::print_stderr)]
 // Helpers outside `#[test]` functions panic on failure like the tests themselves.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

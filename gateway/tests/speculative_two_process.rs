@@ -5,6 +5,9 @@
 //! the cross-tokenizer path (Gemma 3 270M verifies); the usage extension and the speculative
 //! metrics report what happened. A target lost mid-answer ends the stream with the usage of what
 //! was served and an error event.
+
+// A test skipped for want of a fetched model or a server says so on stderr.
+#![allow(clippy::print_stderr)]
 // Helpers outside `#[test]` functions panic on failure like the tests themselves.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

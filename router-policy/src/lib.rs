@@ -46,6 +46,8 @@
 //! (`tandem router train|train-answer-check|eval`, `tandem bench router`), so this crate holds
 //! only what serving needs.
 
+#![forbid(unsafe_code)]
+
 mod error;
 
 pub mod answer;

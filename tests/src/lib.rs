@@ -1,6 +1,8 @@
 //! Shared helpers for the end-to-end tests: starting Tandem in-process on port 0 in front of the
 //! mock upstream, an HTTP client, and SSE reading.
 
+#![forbid(unsafe_code)]
+
 use std::time::Duration;
 
 use futures::StreamExt;

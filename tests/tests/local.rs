@@ -2,6 +2,8 @@
 //! the middle) and the vLLM scoring form over `Engine::score`. Skipped, with a message, when the
 //! model is not in the cache.
 
+// A test skipped for want of a fetched model or a server says so on stderr.
+#![allow(clippy::print_stderr)]
 // The helpers below are test code too.
 #![allow(clippy::unwrap_used)]
 

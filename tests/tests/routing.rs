@@ -3,6 +3,8 @@
 //! rules, the JSONL decision log, feedback reaching the bandit, the bandit surviving a restart,
 //! and cascades (kept local and escalated, whole and streamed).
 
+// A test skipped for want of a fetched model or a server says so on stderr.
+#![allow(clippy::print_stderr)]
 // The helpers below are test code too.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

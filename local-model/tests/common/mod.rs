@@ -1,4 +1,7 @@
 //! Shared helpers for tests that run the real models from the artifact cache.
+
+// A test skipped for want of a fetched model or a server says so on stderr.
+#![allow(clippy::print_stderr)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code)]
 
