@@ -27,7 +27,7 @@ pub fn transport_error(err: &TransportError, provider: &str) -> ProviderError {
 }
 
 /// A JSON POST of `body` to `url`.
-pub(crate) fn post_json<'c, T: serde::Serialize>(
+pub fn post_json<'c, T: serde::Serialize>(
     client: &'c HttpClient,
     url: &Uri,
     headers: &HeaderMap,
@@ -46,7 +46,7 @@ pub(crate) fn post_json<'c, T: serde::Serialize>(
 
 /// Sends a prepared request; error statuses come back as `Err` with the upstream's error body
 /// parsed by `parse_error`.
-pub(crate) async fn send(
+pub async fn send(
     request: RequestBuilder<'_>,
     provider: &str,
     parse_error: fn(u16, &[u8], &str) -> ProviderError,
@@ -79,7 +79,7 @@ fn retry_after_secs(headers: &HeaderMap) -> Option<u64> {
 }
 
 /// Reads a whole response body.
-pub(crate) async fn read_body(response: Response, provider: &str) -> Result<Bytes, ProviderError> {
+pub async fn read_body(response: Response, provider: &str) -> Result<Bytes, ProviderError> {
     response
         .bytes()
         .await
@@ -179,7 +179,7 @@ pub fn decode_sse<D: StreamDecode>(
 }
 
 /// The body of an upstream response as a stream of chunks with transport errors mapped.
-pub(crate) fn body_stream(
+pub fn body_stream(
     response: Response,
     provider: &str,
 ) -> BoxStream<'static, Result<Bytes, ProviderError>> {

@@ -27,7 +27,7 @@ pub fn build_provider(config: &BackendConfig) -> Arc<dyn Provider> {
             Arc::new(Unavailable {
                 name: config.name.clone(),
                 format: format_of(config.kind),
-                capabilities: capabilities_of(config.kind),
+                capabilities: capabilities_of(config),
                 message,
             })
         }
@@ -41,9 +41,13 @@ fn format_of(kind: BackendKind) -> WireFormat {
     }
 }
 
-/// What a backend kind's API honours: OpenAI's own API (and Azure's) has no top-k, which
-/// OpenAI-compatible servers take.
-fn capabilities_of(kind: BackendKind) -> Capabilities {
+/// What a backend's API honours: its preset's word for a named server; OpenAI's own API (and
+/// Azure's) has no top-k, which OpenAI-compatible servers take.
+fn capabilities_of(config: &BackendConfig) -> Capabilities {
+    if let Some(preset) = config.preset {
+        return preset.capabilities;
+    }
+    let kind = config.kind;
     match kind {
         BackendKind::OpenAi | BackendKind::Azure => Capabilities::OPENAI,
         _ => Capabilities::for_format(format_of(kind)),
@@ -67,7 +71,7 @@ fn try_build(config: &BackendConfig) -> Result<Arc<dyn Provider>, String> {
         BackendKind::OpenAi | BackendKind::OpenAiCompatible => {
             let mut c = OpenAiCompatibleConfig::new(config.name.clone(), base_url);
             c.api_key = config.api_key.clone();
-            c.capabilities = capabilities_of(config.kind);
+            c.capabilities = capabilities_of(config);
             c.http = http;
             Ok(Arc::new(
                 OpenAiCompatible::with_client(c, client).map_err(|e| e.to_string())?,

@@ -4,6 +4,7 @@ pub mod anthropic;
 pub mod azure;
 pub mod dummy;
 pub mod openai_compatible;
+pub mod presets;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 

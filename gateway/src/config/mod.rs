@@ -13,6 +13,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 // Re-exported so config callers and tests keep one import; the trait lives with the fetcher.
 pub use tandem_artifacts::{EnvSource, MapEnv, ProcessEnv};
+use tandem_cloud_adapters::providers::presets::{self, Preset};
 use tandem_cloud_adapters::verify::VerifyProtocol;
 use tandem_local_model::WeightFormat;
 use tandem_router_policy::Placement;
@@ -132,6 +133,9 @@ pub struct BackendConfig {
     pub name: String,
     /// What it is.
     pub kind: BackendKind,
+    /// The named OpenAI-format server it is (`kind = "vllm"`), which gives its default address
+    /// and what its API honours; such a backend's kind is `openai-compatible`.
+    pub preset: Option<&'static Preset>,
     /// Base URL (not for `local`).
     pub base_url: Option<String>,
     /// The env variable named by `api_key_env`.
@@ -657,7 +661,7 @@ impl Config {
                 s,
                 "  {} [{}] {}{}",
                 b.name,
-                b.kind.as_str(),
+                b.preset.map_or(b.kind.as_str(), |p| p.kind),
                 b.base_url.as_deref().unwrap_or("in-process"),
                 key
             );
@@ -706,6 +710,7 @@ fn local_backend(name: &str) -> BackendConfig {
     BackendConfig {
         name: name.into(),
         kind: BackendKind::Local,
+        preset: None,
         base_url: None,
         api_key_env: None,
         api_key: None,
@@ -811,15 +816,22 @@ fn validate_backend(
     env: &dyn EnvSource,
 ) -> Result<BackendConfig, ConfigError> {
     let path = |key: &str| format!("backends.{name}.{key}");
-    let kind = BackendKind::parse(&b.kind).ok_or_else(|| {
-        invalid(
-            path("kind"),
-            format!(
-                "unknown kind `{}` (expected local, openai, openai-compatible, azure, anthropic or speculative)",
-                b.kind
-            ),
-        )
-    })?;
+    let preset = presets::preset(&b.kind);
+    let kind = match (BackendKind::parse(&b.kind), preset) {
+        (Some(kind), _) => kind,
+        (None, Some(_)) => BackendKind::OpenAiCompatible,
+        (None, None) => {
+            let named: Vec<&str> = presets::PRESETS.iter().map(|p| p.kind).collect();
+            return Err(invalid(
+                path("kind"),
+                format!(
+                    "unknown kind `{}` (expected local, openai, openai-compatible, azure, anthropic, speculative or one of {})",
+                    b.kind,
+                    named.join(", ")
+                ),
+            ));
+        }
+    };
     let speculative = validate_speculative(name, kind, &b)?;
     let base_url = match (kind, b.base_url) {
         (BackendKind::Local, Some(_)) => {
@@ -835,6 +847,7 @@ fn validate_backend(
         (BackendKind::Speculative, None) => None,
         (BackendKind::OpenAi, None) => Some("https://api.openai.com/v1".to_owned()),
         (BackendKind::Anthropic, None) => Some("https://api.anthropic.com/v1".to_owned()),
+        (_, None) if preset.is_some() => preset.map(|p| p.base_url.to_owned()),
         (_, None) => return Err(invalid(path("base_url"), "required for this kind")),
         (_, Some(u)) => {
             let uri: http::Uri = u
@@ -940,6 +953,7 @@ fn validate_backend(
     Ok(BackendConfig {
         name: name.to_owned(),
         kind,
+        preset,
         base_url,
         api_key_env,
         api_key,
@@ -1164,6 +1178,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("server.listn"), "{e}");
+    }
+
+    #[test]
+    fn a_preset_kind_is_an_openai_compatible_backend_with_its_address() {
+        let c = Config::from_toml_str(
+            "[backends.fast]\nkind = \"vllm\"\nmodels = { m = \"Qwen/Qwen2.5-7B\" }\n[backends.own]\nkind = \"groq\"\nbase_url = \"http://10.0.0.2:9000/v1/\"\n",
+            &MapEnv::default(),
+        )
+        .unwrap();
+        let fast = &c.backends["fast"];
+        assert_eq!(fast.kind, BackendKind::OpenAiCompatible);
+        assert_eq!(fast.preset.map(|p| p.kind), Some("vllm"));
+        assert_eq!(fast.base_url.as_deref(), Some("http://127.0.0.1:8000/v1"));
+        // A base_url given in the file wins over the preset's.
+        assert_eq!(
+            c.backends["own"].base_url.as_deref(),
+            Some("http://10.0.0.2:9000/v1")
+        );
+        assert!(c.summary().contains("fast [vllm] http://127.0.0.1:8000/v1"));
+        let e = err("[backends.x]\nkind = \"vlm\"\n");
+        assert!(e.contains("or one of vllm, sglang, llama-cpp"), "{e}");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::{Map, Value, json};
 use tandem_cloud_adapters::openai::{
-    self, CompletionChunkEncoder, Prompt, encode_completion_response,
+    self, CompletionChunkEncoder, CompletionRequest, Prompt, encode_completion_response,
 };
 use tandem_cloud_adapters::{Usage, unix_now};
 use tandem_local_model::{Engine, GenerateEvent, GenerateRequest, SamplingParams};
@@ -27,97 +27,19 @@ use crate::executor::Executor;
 use crate::routing::RequestHints;
 use crate::state::{AppState, RequestRecord};
 
-/// OpenAI's default `max_tokens` for legacy completions.
-const DEFAULT_COMPLETION_TOKENS: u32 = 16;
-/// Most alternatives per position the endpoint returns.
-const MAX_LOGPROBS: u32 = 20;
-
-/// A decoded `/v1/completions` request.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CompletionRequest {
-    /// Model id.
-    pub model: String,
-    /// The prompt.
-    pub prompt: Prompt,
-    /// Text after the insertion point (fill in the middle).
-    pub suffix: Option<String>,
-    /// Most tokens to generate (0: score only).
-    pub max_tokens: u32,
-    /// Sampling temperature.
-    pub temperature: Option<f32>,
-    /// Nucleus sampling.
-    pub top_p: Option<f32>,
-    /// Top-k sampling.
-    pub top_k: Option<u32>,
-    /// Seed.
-    pub seed: Option<u64>,
-    /// Stop strings.
-    pub stop: Vec<String>,
-    /// Stream the answer.
-    pub stream: bool,
-    /// Send a usage chunk at the end of a stream.
-    pub include_usage: bool,
-    /// Alternatives per generated token (OpenAI `logprobs`).
-    pub logprobs: Option<u32>,
-    /// Echo the prompt before the completion.
-    pub echo: bool,
-    /// Alternatives per prompt token (vLLM `prompt_logprobs`).
-    pub prompt_logprobs: Option<u32>,
-    /// Name generated tokens `token_id:<id>` instead of by text (vLLM extension).
-    pub return_tokens_as_token_ids: bool,
-}
-
 fn bad(message: impl Into<String>, param: &str) -> Error {
     Error::invalid(message, Some(param))
 }
 
-/// Decodes a client's `/v1/completions` body with the wire decoder, then applies what the
-/// gateway adds: the default `max_tokens`, the logprob limits and vLLM's token-id names.
+/// Decodes a client's `/v1/completions` body; a value the API does not support (`n` > 1, a batch
+/// of prompts) is a 400 naming it as unsupported.
 pub fn decode(bytes: &[u8]) -> Result<CompletionRequest, Error> {
-    let wire = openai::decode_completion_request(bytes).map_err(|e| match e.code {
+    openai::decode_completion_request(bytes).map_err(|e| match e.code {
         "unsupported_value" => Error::Unsupported {
             message: e.message,
             param: e.param.unwrap_or_default(),
         },
         _ => wire_error(e),
-    })?;
-    if matches!(&wire.prompt, Prompt::Tokens(ids) if ids.is_empty()) {
-        return Err(bad("'prompt' must not be empty", "prompt"));
-    }
-    for (key, value) in [
-        ("logprobs", wire.logprobs),
-        ("prompt_logprobs", wire.prompt_logprobs),
-    ] {
-        if value.is_some_and(|k| k > MAX_LOGPROBS) {
-            return Err(bad(format!("'{key}' must be at most {MAX_LOGPROBS}"), key));
-        }
-    }
-    let return_tokens_as_token_ids = match wire.extra.get("return_tokens_as_token_ids") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => {
-            return Err(bad(
-                "invalid type for 'return_tokens_as_token_ids': expected a boolean",
-                "return_tokens_as_token_ids",
-            ));
-        }
-    };
-    Ok(CompletionRequest {
-        model: wire.model,
-        prompt: wire.prompt,
-        suffix: wire.suffix,
-        max_tokens: wire.max_tokens.unwrap_or(DEFAULT_COMPLETION_TOKENS),
-        temperature: wire.temperature,
-        top_p: wire.top_p,
-        top_k: wire.top_k,
-        seed: wire.seed,
-        stop: wire.stop,
-        stream: wire.stream,
-        include_usage: wire.include_usage,
-        logprobs: wire.logprobs,
-        echo: wire.echo,
-        prompt_logprobs: wire.prompt_logprobs,
-        return_tokens_as_token_ids,
     })
 }
 

@@ -37,8 +37,9 @@ pub struct CompletionRequest {
     pub logprobs: Option<u32>,
     /// Log-probabilities of the prompt tokens (vLLM).
     pub prompt_logprobs: Option<u32>,
-    /// Most tokens to generate (the API's default is 16).
-    pub max_tokens: Option<u32>,
+    /// Most tokens to generate: [`DEFAULT_COMPLETION_TOKENS`] when the client gives none, as in
+    /// the API (0 scores the prompt only).
+    pub max_tokens: u32,
     /// Stop sequences.
     pub stop: Vec<String>,
     /// Sampling temperature.
@@ -55,9 +56,17 @@ pub struct CompletionRequest {
     pub include_usage: bool,
     /// End-user id.
     pub user: Option<String>,
+    /// Name generated tokens `token_id:<id>` instead of by their text (vLLM).
+    pub return_tokens_as_token_ids: bool,
     /// Other fields, untouched.
     pub extra: Map<String, Value>,
 }
+
+/// OpenAI's default `max_tokens` for legacy completions.
+pub const DEFAULT_COMPLETION_TOKENS: u32 = 16;
+
+/// Most alternatives per position a completion returns (`logprobs`, `prompt_logprobs`).
+pub const MAX_COMPLETION_LOGPROBS: u32 = 20;
 
 const KNOWN_COMPLETION_FIELDS: &[&str] = &[
     "model",
@@ -77,6 +86,7 @@ const KNOWN_COMPLETION_FIELDS: &[&str] = &[
     "user",
     "n",
     "best_of",
+    "return_tokens_as_token_ids",
 ];
 
 /// Decodes a client's `/v1/completions` body.
@@ -101,6 +111,15 @@ pub fn decode_completion_request(body: &[u8]) -> Result<CompletionRequest, WireE
         Some(Value::Bool(b)) => b.then_some(0),
         _ => json::opt_u32(&obj, "logprobs", "logprobs")?,
     };
+    let prompt_logprobs = json::opt_u32(&obj, "prompt_logprobs", "prompt_logprobs")?;
+    for (key, value) in [("logprobs", logprobs), ("prompt_logprobs", prompt_logprobs)] {
+        if value.is_some_and(|k| k > MAX_COMPLETION_LOGPROBS) {
+            return Err(WireError::invalid_value(
+                key,
+                format!("'{key}' must be at most {MAX_COMPLETION_LOGPROBS}"),
+            ));
+        }
+    }
     let stream = json::opt_bool(&obj, "stream", "stream")?.unwrap_or(false);
     let include_usage = match opt(&obj, "stream_options") {
         None => false,
@@ -121,8 +140,9 @@ pub fn decode_completion_request(body: &[u8]) -> Result<CompletionRequest, WireE
         suffix: json::opt_str(&obj, "suffix", "suffix")?,
         echo: json::opt_bool(&obj, "echo", "echo")?.unwrap_or(false),
         logprobs,
-        prompt_logprobs: json::opt_u32(&obj, "prompt_logprobs", "prompt_logprobs")?,
-        max_tokens: json::opt_u32(&obj, "max_tokens", "max_tokens")?,
+        prompt_logprobs,
+        max_tokens: json::opt_u32(&obj, "max_tokens", "max_tokens")?
+            .unwrap_or(DEFAULT_COMPLETION_TOKENS),
         stop: json::stop_list(&obj, "stop", "stop")?,
         temperature: json::opt_f32(&obj, "temperature", "temperature")?,
         top_p: json::opt_f32(&obj, "top_p", "top_p")?,
@@ -135,6 +155,12 @@ pub fn decode_completion_request(body: &[u8]) -> Result<CompletionRequest, WireE
         stream,
         include_usage: stream && include_usage,
         user: json::opt_str(&obj, "user", "user")?,
+        return_tokens_as_token_ids: json::opt_bool(
+            &obj,
+            "return_tokens_as_token_ids",
+            "return_tokens_as_token_ids",
+        )?
+        .unwrap_or(false),
         extra,
     })
 }
@@ -168,6 +194,12 @@ fn decode_prompt(value: &Value) -> Result<Prompt, WireError> {
             Some(Value::Array(inner)) => {
                 if items.len() > 1 {
                     return Err(batch_error());
+                }
+                if inner.is_empty() {
+                    return Err(WireError::invalid_value(
+                        "prompt",
+                        "'prompt' must not be empty",
+                    ));
                 }
                 let ids = inner
                     .iter()
