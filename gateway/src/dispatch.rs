@@ -18,9 +18,9 @@ use tokio::time::Instant;
 use crate::config::{BackendKind, RoutePolicy, placement_allows};
 use crate::context::RouteSlot;
 use crate::error::Error;
-use crate::executor::Executor;
 use crate::executor::cascade::{CascadeExecutor, CascadeOutcome};
 use crate::executor::local::LocalExecutor;
+use crate::executor::{CompletionCall, CompletionOutput, Executor};
 use crate::metrics::BackendLabels;
 use crate::routing::{LiveBackend, Planned, RequestHints, placement_for};
 use crate::state::AppState;
@@ -57,7 +57,7 @@ impl RouteInfo {
 /// The executors a model id is routed to, in config order, with whether fallback is on. Backends
 /// the request's placement rules out are left out (all of them: a 400 naming the rule), and so are
 /// backends that could not start (all of them: a 503).
-pub fn route_for(
+fn route_for(
     state: &AppState,
     model: &str,
     hints: &RequestHints,
@@ -127,7 +127,7 @@ fn runnable<'a>(
 /// cannot honour the request (an unsupported parameter) is skipped whatever the fallback
 /// setting, since it never ran it. `attempt` is told whether its try is the last one there can
 /// be, so it can hand over the request instead of a copy.
-pub(crate) async fn with_fallback<T, F, Fut>(
+async fn with_fallback<T, F, Fut>(
     state: &AppState,
     executors: Vec<Arc<dyn Executor>>,
     fallback: bool,
@@ -693,6 +693,41 @@ fn attempt_request(request: &mut Option<ChatRequest>, last: bool) -> Result<Chat
         request.clone()
     };
     taken.ok_or_else(|| Error::Internal("the request was already sent on its last try".into()))
+}
+
+/// Runs a legacy completion: planned like a chat request (the policy reads the prompt as one user
+/// turn), then tried on the plan's backends in turn; one without the legacy API is skipped. A
+/// stream stops waiting for its upstream at `first_token_deadline`, and its decision is logged
+/// once it starts (the local model's stream carries engine events, not chat events to watch).
+pub async fn run_completion(
+    state: &AppState,
+    call: &CompletionCall,
+    hints: &RequestHints,
+    first_token_deadline: Option<(Instant, Error)>,
+) -> (Result<CompletionOutput, Error>, RouteInfo) {
+    let model = call.request.model.as_str();
+    let plan = match plan(state, &call.policy_view(), hints).await {
+        Ok(p) => p,
+        Err((e, route)) => return (Err(e), route),
+    };
+    let stream = call.request.stream;
+    let (result, mut route) = plan
+        .run(state, hints, model, |executor, _last| {
+            let deadline = first_token_deadline.clone().filter(|_| stream);
+            async move {
+                match deadline {
+                    Some((at, error)) => tokio::time::timeout_at(at, executor.completion(call))
+                        .await
+                        .unwrap_or(Err(error)),
+                    None => executor.completion(call).await,
+                }
+            }
+        })
+        .await;
+    if let Some(log) = finish_plan(state, &plan, hints, model, &result, &mut route) {
+        log.write();
+    }
+    (result, route)
 }
 
 /// Starts a streaming request; waiting for the upstream stops at `first_token_deadline`.

@@ -384,6 +384,60 @@ cascade_tokens = 4
 "#;
 
 #[tokio::test]
+async fn completions_follow_the_learned_policy_and_are_logged() {
+    let engine = engine().await;
+    let (_addr, mock) = MockUpstream::start_with(Fixtures::builtin(), MockConfig::default())
+        .await
+        .unwrap();
+    let dir = scratch_dir("completions");
+    let log_path = dir.join("decisions.jsonl");
+    let extra = format!(
+        "{POLICY_ROUTES}\n[router]\nencoder = false\ndecision_log = \"{}\"\n",
+        log_path.display()
+    );
+    let gw = start(config(&mock, &extra), &engine).await;
+    // A legacy completion is planned like a chat request: the policy's choice, explained.
+    for (model, route_starts, stream) in [
+        ("prefer-cloud", "cloud:openai; p=", false),
+        ("prefer-local", "local:local; ", false),
+        ("prefer-local", "local:local; ", true),
+    ] {
+        let r = client()
+            .post(format!("{}/v1/completions", gw.url()))
+            .json(
+                &json!({"model": model, "prompt": "The capital of France is", "max_tokens": 4,
+                          "temperature": 0, "stream": stream}),
+            )
+            .send()
+            .await
+            .unwrap();
+        let route = r.headers()["x-tandem-route"].to_str().unwrap().to_owned();
+        assert_eq!(r.status(), 200, "{route}");
+        assert!(route.starts_with(route_starts), "{route}");
+        let raw = r.text().await.unwrap();
+        if stream {
+            let events = parse_sse(&raw);
+            assert_eq!(
+                events.last().map(|e| e.data.as_str()),
+                Some("[DONE]"),
+                "{raw}"
+            );
+        } else {
+            let body: Value = serde_json::from_str(&raw).unwrap();
+            assert_eq!(body["object"], "text_completion", "{body}");
+        }
+    }
+    // Each decision is in the log with who answered.
+    let lines = wait_for_lines(&log_path, 3).await;
+    let answered: Vec<&str> = lines
+        .iter()
+        .map(|l| l["answered_by"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(answered, ["openai", "local", "local"], "{lines:?}");
+    gw.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn cascade_keeps_or_escalates_and_streams_no_retracted_tokens() {
     let engine = engine().await;
     let (_addr, mock) = MockUpstream::start_with(Fixtures::builtin(), MockConfig::default())

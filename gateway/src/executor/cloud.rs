@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 use tandem_cloud_adapters::openai::ChatCompletion;
 use tandem_cloud_adapters::{ChatRequest, ChatResponse, EventStream, Provider, ProviderErrorKind};
 
+use super::completion::{CompletionCall, CompletionOutput};
 use super::{
     Executor, cannot_honour, no_legacy_completions, refuse_dropped_fields, refuse_several_choices,
     upstream_error, wants_structured_output,
@@ -144,19 +145,19 @@ impl Executor for CloudExecutor {
             .map_err(|e| upstream_error(&self.config.name, e))
     }
 
-    async fn completions(&self, body: Map<String, Value>) -> Result<ChatResponse, Error> {
-        let (model, body) = self.upstream_body(body);
-        self.provider
-            .completions(&model, body)
-            .await
-            .map_err(|e| self.completions_error(e))
-    }
-
-    async fn completions_stream(&self, body: Map<String, Value>) -> Result<EventStream, Error> {
-        let (model, body) = self.upstream_body(body);
-        self.provider
-            .completions_stream(&model, body)
-            .await
-            .map_err(|e| self.completions_error(e))
+    async fn completion(&self, call: &CompletionCall) -> Result<CompletionOutput, Error> {
+        let (model, body) = self.upstream_body(call.body.clone());
+        if call.request.stream {
+            self.provider
+                .completions_stream(&model, body)
+                .await
+                .map(CompletionOutput::Events)
+        } else {
+            self.provider
+                .completions(&model, body)
+                .await
+                .map(CompletionOutput::Answer)
+        }
+        .map_err(|e| self.completions_error(e))
     }
 }

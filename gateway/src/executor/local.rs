@@ -11,7 +11,8 @@ use tandem_cloud_adapters::{
 };
 use tandem_local_model::{ChatMessage, Engine, GenerateEvent, GenerateRequest, SamplingParams};
 
-use super::{Executor, refuse_beyond_local_decoding};
+use super::completion::{CompletionCall, CompletionOutput};
+use super::{Executor, local_completion, refuse_beyond_local_decoding};
 use crate::config::{BackendConfig, BackendKind, Price};
 use crate::error::Error;
 
@@ -262,6 +263,10 @@ impl Executor for LocalExecutor {
             request.model.clone(),
             self.config.name.clone(),
         ))
+    }
+
+    async fn completion(&self, call: &CompletionCall) -> Result<CompletionOutput, Error> {
+        local_completion::complete(&self.model.engine()?, &call.request).await
     }
 }
 

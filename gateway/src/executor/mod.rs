@@ -4,7 +4,9 @@
 
 pub mod cascade;
 pub mod cloud;
+pub mod completion;
 pub mod local;
+pub mod local_completion;
 pub mod speculative;
 
 use async_trait::async_trait;
@@ -16,6 +18,8 @@ use tandem_cloud_adapters::{
 
 use crate::config::{BackendKind, Price};
 use crate::error::{Error, UpstreamError};
+
+pub use completion::{CompletionCall, CompletionOutput};
 
 /// Runs chat requests on one backend.
 #[async_trait]
@@ -55,23 +59,11 @@ pub trait Executor: Send + Sync {
             .map(|answer| ChatCompletion::encode(&answer))
     }
 
-    /// Runs a legacy `/v1/completions` body (the client's JSON object) and waits for the answer.
-    /// Only backends speaking OpenAI's API upstream forward it; the others answer
-    /// [`Error::Unsupported`].
-    async fn completions(
-        &self,
-        body: serde_json::Map<String, serde_json::Value>,
-    ) -> Result<ChatResponse, Error> {
-        let _ = body;
-        Err(no_legacy_completions(self.backend()))
-    }
-
-    /// Like [`Executor::completions`] for a streamed body.
-    async fn completions_stream(
-        &self,
-        body: serde_json::Map<String, serde_json::Value>,
-    ) -> Result<EventStream, Error> {
-        let _ = body;
+    /// Runs a legacy `/v1/completions` request. The local model answers itself; a backend
+    /// speaking OpenAI's API upstream is sent the client's body (model mapped); the others answer
+    /// [`Error::Unsupported`], so dispatch moves on to the route's next backend.
+    async fn completion(&self, call: &CompletionCall) -> Result<CompletionOutput, Error> {
+        let _ = call;
         Err(no_legacy_completions(self.backend()))
     }
 }

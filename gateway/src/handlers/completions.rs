@@ -1,6 +1,6 @@
-//! `POST /v1/completions` on the local model: text or token-id prompts, `suffix` (fill in the
-//! middle), `echo`, `logprobs`, streaming, and the vLLM scoring form (`prompt_logprobs: k` with
-//! `max_tokens` 0 or 1) that lets one Tandem verify drafts for another.
+//! `POST /v1/completions`: decode, dispatch, encode. The local model's answer carries what only it
+//! reports (prompt scores, tokens named by id) and is encoded here; an upstream's answer goes
+//! through the shared legacy encoder.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -12,24 +12,22 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::{Map, Value, json};
 use tandem_cloud_adapters::openai::{
-    self, CompletionChunkEncoder, CompletionRequest, Prompt, encode_completion_response,
+    self, CompletionChunkEncoder, CompletionRequest, encode_completion_response,
 };
 use tandem_cloud_adapters::{Usage, unix_now};
-use tandem_local_model::{Engine, GenerateEvent, GenerateRequest, SamplingParams};
+use tandem_local_model::GenerateEvent;
 
 use super::chat::{Encoder, encoded_sse_body, record_usage};
-use super::{json_response, mark_route, read_body, request_id, sse_response, wire_error};
-use crate::config::BackendKind;
+use super::{
+    json_bytes_response, json_response, mark_route, read_body, request_id, sse_response, wire_error,
+};
 use crate::context::FirstTokenDeadline;
-use crate::dispatch::{route_for, with_fallback};
+use crate::dispatch::run_completion;
 use crate::error::{ApiFlavor, Error};
-use crate::executor::Executor;
+use crate::executor::completion::{LocalCompletion, LocalStream};
+use crate::executor::{CompletionCall, CompletionOutput};
 use crate::routing::RequestHints;
 use crate::state::{AppState, RequestRecord};
-
-fn bad(message: impl Into<String>, param: &str) -> Error {
-    Error::invalid(message, Some(param))
-}
 
 /// Decodes a client's `/v1/completions` body; a value the API does not support (`n` > 1, a batch
 /// of prompts) is a 400 naming it as unsupported.
@@ -43,9 +41,8 @@ pub fn decode(bytes: &[u8]) -> Result<CompletionRequest, Error> {
     })
 }
 
-/// `POST /v1/completions`: the route's backends in order. The local model answers itself; a cloud
-/// backend speaking OpenAI's API gets the client's body as it is (model mapped); backends without
-/// the legacy API are skipped, and a retryable failure moves on when the route allows fallback.
+/// `POST /v1/completions`: decode, dispatch through the route's plan (the policy's on a learned
+/// route), encode the executor's answer as `text_completion` JSON or SSE chunks.
 pub async fn completions(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let id = request_id(&parts);
@@ -54,392 +51,101 @@ pub async fn completions(State(state): State<Arc<AppState>>, request: Request) -
         .extensions
         .get::<FirstTokenDeadline>()
         .map(|d| (d.at, d.error()));
-    // Errors before a route was found carry no route; after, the route says where it failed.
-    let result = async {
+    // Errors before dispatch carry no route; after, the route says where it failed.
+    let call = async {
         let bytes = read_body(&parts, body).await?;
         let request = decode(&bytes)?;
+        let body = match serde_json::from_slice(&bytes) {
+            Ok(Value::Object(body)) => body,
+            _ => return Err(Error::invalid("the body must be a JSON object", None)),
+        };
         let hints = RequestHints::from_parts(id.0.clone(), &parts)?;
-        let (executors, fallback) = route_for(&state, &request.model, &hints)?;
-        if let Some(slot) = &hints.route_slot {
-            slot.note_route(&request.model);
-        }
-        // A backend without the legacy API answers Unsupported, and the next one is tried.
-        let (answer, route) = with_fallback(
-            &state,
-            executors,
-            fallback,
-            format!("route {}", request.model),
-            false,
-            hints.route_slot.as_ref(),
-            |executor, _last| {
-                let (state, bytes, request, deadline) =
-                    (&state, &bytes, &request, deadline.clone());
-                async move {
-                    if executor.kind() == BackendKind::Local {
-                        run_local(state, request.clone(), executor.backend()).await
-                    } else {
-                        run_cloud(state, executor.as_ref(), bytes, request, deadline).await
-                    }
-                }
-            },
-        )
-        .await;
-        Ok::<_, Error>((answer, route, request.model))
+        Ok((CompletionCall { request, body }, hints))
     }
     .await;
-    match result {
+    let (call, hints) = match call {
+        Ok(c) => c,
+        Err(e) => return e.into_response_for(ApiFlavor::OpenAi),
+    };
+    let (result, route) = run_completion(&state, &call, &hints, deadline).await;
+    let model = call.request.model.clone();
+    let answered = result.is_ok();
+    let mut response = match result {
+        Ok(output) => encode(&state, output, call.request, &route.backend),
         Err(e) => e.into_response_for(ApiFlavor::OpenAi),
-        Ok((answer, route, model)) => {
-            let answered = answer.is_ok();
-            let mut response = answer.unwrap_or_else(|e| e.into_response_for(ApiFlavor::OpenAi));
-            mark_route(&mut response, &route, &model);
-            if answered {
-                state.requests.insert(
-                    id.0.clone(),
-                    RequestRecord {
-                        model,
-                        backend: route.backend.clone(),
-                    },
-                );
-            }
-            response
-        }
+    };
+    mark_route(&mut response, &route, &model);
+    if answered {
+        state.requests.insert(
+            id.0.clone(),
+            RequestRecord {
+                model,
+                backend: route.backend.clone(),
+            },
+        );
     }
+    response
 }
 
-/// Answers on the in-process model.
-async fn run_local(
+/// Encodes an executor's answer for the client, counting its usage.
+fn encode(
     state: &Arc<AppState>,
+    output: CompletionOutput,
     request: CompletionRequest,
     backend: &str,
-) -> Result<Response, Error> {
-    let engine = state
-        .local
-        .as_ref()
-        .ok_or_else(|| Error::NotReady("no local model configured".into()))?
-        .engine()?;
-    run(state, engine, request, backend).await
-}
-
-/// Forwards the client's body to a cloud backend and encodes its answer as `text_completion`.
-async fn run_cloud(
-    state: &Arc<AppState>,
-    executor: &dyn Executor,
-    bytes: &[u8],
-    request: &CompletionRequest,
-    deadline: Option<(tokio::time::Instant, Error)>,
-) -> Result<Response, Error> {
-    let body = match serde_json::from_slice(bytes) {
-        Ok(Value::Object(body)) => body,
-        _ => return Err(Error::invalid("the body must be a JSON object", None)),
-    };
-    let backend = executor.backend().to_owned();
-    if request.stream {
-        let events = match deadline {
-            Some((at, late)) => tokio::time::timeout_at(at, executor.completions_stream(body))
-                .await
-                .unwrap_or(Err(late))?,
-            None => executor.completions_stream(body).await?,
-        };
-        let encoder = Encoder::Completion(CompletionChunkEncoder::new(request.include_usage));
-        let body = encoded_sse_body(
-            state.clone(),
-            events,
-            encoder,
-            request.model.clone(),
-            backend,
-        );
-        Ok(sse_response(body))
-    } else {
-        let answer = executor.completions(body).await?;
-        record_usage(state, &request.model, &backend, &answer.usage);
-        let mut response = Response::new(Body::from(encode_completion_response(&answer, None)));
-        response.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/json"),
-        );
-        Ok(response)
-    }
-}
-
-/// The prompt as token ids, with fill-in-the-middle tokens when there is a suffix.
-fn prompt_tokens(engine: &Engine, request: &CompletionRequest) -> Result<Vec<u32>, Error> {
-    let tok = engine.tokenizer();
-    let vocab = tok.vocab_size() as u32;
-    let mut tokens = match (&request.prompt, &request.suffix) {
-        (Prompt::Text(text), None) => tok.encode(text, true),
-        (Prompt::Text(text), Some(suffix)) => {
-            let (Some(pre), Some(suf), Some(mid)) = (
-                tok.token_id("<fim_prefix>"),
-                tok.token_id("<fim_suffix>"),
-                tok.token_id("<fim_middle>"),
-            ) else {
-                return Err(Error::Unsupported {
-                    message: "this local model has no fill-in-the-middle tokens".into(),
-                    param: "suffix".into(),
-                });
-            };
-            let mut t = vec![pre];
-            t.extend(tok.encode_with(text, false, false));
-            t.push(suf);
-            t.extend(tok.encode_with(suffix, false, false));
-            t.push(mid);
-            t
+) -> Response {
+    match output {
+        CompletionOutput::Answer(answer) => {
+            record_usage(state, &request.model, backend, &answer.usage);
+            json_bytes_response(encode_completion_response(&answer, None))
         }
-        (Prompt::Tokens(ids), None) => ids.clone(),
-        (Prompt::Tokens(_), Some(_)) => {
-            return Err(bad("'suffix' needs a text prompt", "suffix"));
-        }
-    };
-    if let Some(bad_id) = tokens.iter().find(|&&t| t >= vocab) {
-        return Err(bad(
-            format!("token id {bad_id} is outside the vocabulary (size {vocab})"),
-            "prompt",
-        ));
-    }
-    if tokens.is_empty() {
-        // An empty text prompt starts from BOS (or the first token) so there is something to condition on.
-        tokens.push(tok.bos_id().unwrap_or(0));
-    }
-    let context = engine.info().context_length;
-    if tokens.len() + request.max_tokens as usize > context {
-        return Err(bad(
-            format!(
-                "prompt ({} tokens) plus max_tokens ({}) exceeds the context of {context}",
-                tokens.len(),
-                request.max_tokens
-            ),
-            "max_tokens",
-        ));
-    }
-    Ok(tokens)
-}
-
-/// vLLM-style `prompt_logprobs`: `null` for the first token, then per position a map from token
-/// id to `{logprob, rank, decoded_token}` holding the actual token and the top alternatives.
-async fn score_prompt(
-    engine: &Engine,
-    tokens: &[u32],
-    k: u32,
-) -> Result<(Vec<Value>, Vec<Option<f32>>, Vec<Value>), Error> {
-    let tok = engine.tokenizer();
-    let mut prompt_logprobs = vec![Value::Null];
-    let mut token_logprobs = vec![None];
-    let mut top_logprobs = vec![Value::Null];
-    if tokens.len() > 1 {
-        let scores = engine
-            .score(&tokens[..1], &tokens[1..], k.max(1) as usize)
-            .await
-            .map_err(|e| Error::LocalModel(e.to_string()))?;
-        for p in scores.positions {
-            let mut entry = Map::new();
-            let rank = p
-                .top
-                .iter()
-                .position(|(id, _)| *id == p.token)
-                .map_or(p.top.len() + 1, |r| r + 1);
-            entry.insert(p.token.to_string(), json!({"logprob": p.logprob, "rank": rank, "decoded_token": tok.token_text(p.token)}));
-            let mut top = Map::new();
-            for (r, (id, lp)) in p.top.iter().take(k as usize).enumerate() {
-                entry.entry(id.to_string()).or_insert_with(
-                    || json!({"logprob": lp, "rank": r + 1, "decoded_token": tok.token_text(*id)}),
-                );
-                top.insert(tok.token_text(*id), json!(lp));
-            }
-            prompt_logprobs.push(Value::Object(entry));
-            token_logprobs.push(Some(p.logprob));
-            top_logprobs.push(Value::Object(top));
-        }
-    }
-    Ok((prompt_logprobs, token_logprobs, top_logprobs))
-}
-
-/// OpenAI legacy `logprobs` object over some tokens.
-#[derive(Default)]
-struct LegacyLogprobs {
-    tokens: Vec<String>,
-    token_logprobs: Vec<Option<f32>>,
-    top_logprobs: Vec<Value>,
-    text_offset: Vec<usize>,
-    offset: usize,
-}
-
-impl LegacyLogprobs {
-    fn push(&mut self, token: String, logprob: Option<f32>, top: Value) {
-        self.text_offset.push(self.offset);
-        self.offset += token.len();
-        self.tokens.push(token);
-        self.token_logprobs.push(logprob);
-        self.top_logprobs.push(top);
-    }
-
-    fn to_json(&self) -> Value {
-        json!({"tokens": self.tokens, "token_logprobs": self.token_logprobs,
-               "top_logprobs": self.top_logprobs, "text_offset": self.text_offset})
-    }
-}
-
-async fn run(
-    state: &Arc<AppState>,
-    engine: Engine,
-    request: CompletionRequest,
-    backend: &str,
-) -> Result<Response, Error> {
-    let tokens = prompt_tokens(&engine, &request)?;
-    let id = format!("cmpl-{}", uuid::Uuid::new_v4().simple());
-    let created = unix_now();
-    let tok = engine.tokenizer().clone();
-
-    let wants_prompt_scores =
-        request.prompt_logprobs.is_some() || (request.echo && request.logprobs.is_some());
-    let (prompt_lp, prompt_token_lp, prompt_top) = if wants_prompt_scores {
-        let k = request.prompt_logprobs.or(request.logprobs).unwrap_or(0);
-        score_prompt(&engine, &tokens, k).await?
-    } else {
-        (Vec::new(), Vec::new(), Vec::new())
-    };
-
-    let params = SamplingParams {
-        temperature: request.temperature.unwrap_or(1.0),
-        top_p: request.top_p.unwrap_or(1.0),
-        top_k: request.top_k.unwrap_or(0) as usize,
-        seed: request.seed,
-        max_tokens: request.max_tokens as usize,
-        stop: request.stop.clone(),
-        logprobs: request.logprobs.map(|k| k as usize),
-        ..SamplingParams::default()
-    };
-    let echo_text = if request.echo {
-        tok.decode(&tokens)
-    } else {
-        String::new()
-    };
-
-    if request.stream {
-        if request.max_tokens == 0 {
-            return Err(bad("a stream needs max_tokens > 0", "max_tokens"));
-        }
-        let rx = engine
-            .generate(GenerateRequest {
-                prompt: tokens,
-                params,
-            })
-            .map_err(|e| Error::LocalModel(e.to_string()))?;
-        return Ok(stream_response(
-            state.clone(),
-            rx,
-            id,
-            created,
-            request,
-            echo_text,
-            backend.to_owned(),
-        ));
-    }
-
-    let mut text = echo_text.clone();
-    let mut logprobs = LegacyLogprobs::default();
-    if request.echo && request.logprobs.is_some() {
-        for (i, t) in tokens.iter().enumerate() {
-            let name = if request.return_tokens_as_token_ids {
-                format!("token_id:{t}")
-            } else {
-                tok.token_text(*t)
-            };
-            logprobs.push(
-                name,
-                prompt_token_lp.get(i).copied().flatten(),
-                prompt_top.get(i).cloned().unwrap_or(Value::Null),
+        CompletionOutput::Events(events) => {
+            let encoder = Encoder::Completion(CompletionChunkEncoder::new(request.include_usage));
+            let body = encoded_sse_body(
+                state.clone(),
+                events,
+                encoder,
+                request.model,
+                backend.to_owned(),
             );
+            sse_response(body)
+        }
+        CompletionOutput::Local(answer) => {
+            record_usage(state, &request.model, backend, &answer.usage);
+            json_response(&local_body(&request.model, answer))
+        }
+        CompletionOutput::LocalStream(stream) => {
+            stream_response(state.clone(), stream, request, backend.to_owned())
         }
     }
-    let mut usage = Usage {
-        prompt_tokens: tokens.len() as u64,
-        ..Usage::default()
-    };
-    let mut finish = "length";
-    if request.max_tokens > 0 {
-        let mut rx = engine
-            .generate(GenerateRequest {
-                prompt: tokens,
-                params,
-            })
-            .map_err(|e| Error::LocalModel(e.to_string()))?;
-        loop {
-            match rx.recv().await {
-                Some(GenerateEvent::Token {
-                    id: token_id,
-                    text: t,
-                    logprob,
-                }) => {
-                    let as_ids = request.return_tokens_as_token_ids;
-                    let name = |id: u32, token: &str| {
-                        if as_ids {
-                            format!("token_id:{id}")
-                        } else {
-                            token.to_owned()
-                        }
-                    };
-                    text.push_str(&if as_ids { name(token_id, "") } else { t });
-                    if let Some(lp) = logprob {
-                        let top: Map<String, Value> = lp
-                            .top_logprobs
-                            .iter()
-                            .map(|a| (name(a.id, &a.token), json!(a.logprob)))
-                            .collect();
-                        logprobs.push(
-                            name(token_id, &lp.token),
-                            Some(lp.logprob),
-                            Value::Object(top),
-                        );
-                    }
-                }
-                Some(GenerateEvent::Finished {
-                    reason,
-                    prompt_tokens,
-                    completion_tokens,
-                    cached_prompt_tokens,
-                }) => {
-                    finish = if reason == tandem_local_model::FinishReason::Length {
-                        "length"
-                    } else {
-                        "stop"
-                    };
-                    usage = Usage {
-                        prompt_tokens: prompt_tokens as u64,
-                        completion_tokens: completion_tokens as u64,
-                        cached_prompt_tokens: cached_prompt_tokens as u64,
-                        ..Usage::default()
-                    };
-                    break;
-                }
-                Some(GenerateEvent::Error(e)) => return Err(Error::LocalModel(e)),
-                None => {
-                    return Err(Error::LocalModel(
-                        "the engine stopped mid-generation".into(),
-                    ));
-                }
-            }
-        }
-    }
-    record_usage(state, &request.model, backend, &usage);
+}
+
+/// The local model's whole answer as a `text_completion` object.
+fn local_body(model: &str, answer: LocalCompletion) -> Value {
     let mut choice = json!({
         "index": 0,
-        "text": text,
-        "logprobs": if request.logprobs.is_some() { logprobs.to_json() } else { Value::Null },
-        "finish_reason": finish,
+        "text": answer.text,
+        "logprobs": answer.logprobs.map_or(Value::Null, |l| l.to_json()),
+        "finish_reason": answer.finish,
     });
-    if request.prompt_logprobs.is_some() {
-        choice["prompt_logprobs"] = Value::Array(prompt_lp);
+    if let Some(prompt_logprobs) = answer.prompt_logprobs {
+        choice["prompt_logprobs"] = Value::Array(prompt_logprobs);
     }
+    let usage = &answer.usage;
     let mut usage_json = json!({"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
                                 "total_tokens": usage.total_tokens()});
     if usage.cached_prompt_tokens > 0 {
         usage_json["prompt_tokens_details"] = json!({"cached_tokens": usage.cached_prompt_tokens});
     }
-    Ok(json_response(&json!({
-        "id": id, "object": "text_completion", "created": created, "model": request.model,
+    json!({
+        "id": completion_id(), "object": "text_completion", "created": unix_now(), "model": model,
         "choices": [choice], "usage": usage_json,
-    })))
+    })
+}
+
+/// A fresh `cmpl-` id.
+fn completion_id() -> String {
+    format!("cmpl-{}", uuid::Uuid::new_v4().simple())
 }
 
 fn chunk(
@@ -457,11 +163,8 @@ fn chunk(
 
 fn stream_response(
     state: Arc<AppState>,
-    rx: tokio::sync::mpsc::Receiver<GenerateEvent>,
-    id: String,
-    created: u64,
+    stream: LocalStream,
     request: CompletionRequest,
-    echo_text: String,
     backend: String,
 ) -> Response {
     struct S {
@@ -475,10 +178,10 @@ fn stream_response(
         backend: String,
     }
     let s = S {
-        rx: Some(rx),
-        echo: (!echo_text.is_empty()).then_some(echo_text),
-        id,
-        created,
+        rx: Some(stream.events),
+        echo: stream.echo,
+        id: completion_id(),
+        created: unix_now(),
         model: request.model,
         include_usage: request.include_usage,
         state,
@@ -559,6 +262,7 @@ fn stream_response(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tandem_cloud_adapters::openai::Prompt;
 
     #[test]
     fn decodes_scoring_form() {
