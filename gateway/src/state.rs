@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use tandem_router_policy::Feedback;
 use tandem_router_policy::recent::RecentMap;
 
 use crate::config::{BackendKind, Config};
@@ -24,17 +25,6 @@ pub struct RequestRecord {
     pub model: String,
     /// The backend that answered.
     pub backend: String,
-}
-
-/// Feedback a client sent about a request.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Feedback {
-    /// The request it is about.
-    pub request_id: String,
-    /// A score in [0, 1] (thumbs up = 1, down = 0).
-    pub score: f64,
-    /// Whether the answer was correct, when known.
-    pub correct: Option<bool>,
 }
 
 /// Answered requests by id: at least the last [`REQUEST_LOG_CAPACITY`], never rehashed on the
@@ -66,17 +56,18 @@ impl RequestLog {
 
 /// Receives feedback (the router policy's learning hook).
 pub trait FeedbackSink: Send + Sync {
-    /// Takes one piece of feedback about a known request.
-    fn apply(&self, record: &RequestRecord, feedback: &Feedback);
+    /// Takes one piece of feedback about a known request, with the one score in [0, 1] it comes
+    /// to (thumbs up = 1, down = 0).
+    fn apply(&self, record: &RequestRecord, feedback: &Feedback, score: f64);
 }
 
 /// Keeps the feedback in memory (for tests and when no policy learns from it).
 #[derive(Debug, Default)]
-pub struct MemoryFeedback(pub Mutex<Vec<Feedback>>);
+pub struct MemoryFeedback(pub Mutex<Vec<(Feedback, f64)>>);
 
 impl FeedbackSink for MemoryFeedback {
-    fn apply(&self, _record: &RequestRecord, feedback: &Feedback) {
-        self.0.lock().push(feedback.clone());
+    fn apply(&self, _record: &RequestRecord, feedback: &Feedback, score: f64) {
+        self.0.lock().push((feedback.clone(), score));
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-/// Price per million tokens, in US dollars.
+/// Price per million tokens, in US dollars: the policy weighs it, the gateway bills with it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Price {
@@ -21,19 +21,20 @@ pub struct Price {
 
 impl Price {
     /// Dollar cost of one call.
-    pub fn cost(&self, input_tokens: u32, cached_input_tokens: u32, output_tokens: u32) -> f64 {
+    pub fn cost(&self, input_tokens: u64, cached_input_tokens: u64, output_tokens: u64) -> f64 {
         let cached = cached_input_tokens.min(input_tokens);
-        (f64::from(input_tokens - cached) * self.input_per_mtok
-            + f64::from(cached) * self.cached_input_per_mtok
-            + f64::from(output_tokens) * self.output_per_mtok)
+        ((input_tokens - cached) as f64 * self.input_per_mtok
+            + cached as f64 * self.cached_input_per_mtok
+            + output_tokens as f64 * self.output_per_mtok)
             / 1e6
     }
 }
 
-/// Where a backend runs.
+/// Where a backend runs: all the policy needs of a backend's kind (the gateway's config kinds
+/// map onto it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum BackendKind {
+pub enum Site {
     /// The in-process model.
     Local,
     /// A cloud API.
@@ -47,7 +48,7 @@ pub struct BackendProfile {
     /// Backend name (as in config and the decision log).
     pub name: String,
     /// Local or cloud.
-    pub kind: BackendKind,
+    pub kind: Site,
     /// Where the model sits between the weak (0) and strong (1) reference models the predictor
     /// was trained on.
     pub strength: f32,
@@ -231,7 +232,7 @@ mod tests {
     fn profile() -> BackendProfile {
         BackendProfile {
             name: "local".into(),
-            kind: BackendKind::Local,
+            kind: Site::Local,
             strength: 0.0,
             price: Price::default(),
             serial: true,

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{BackendCandidate, BackendKind};
+use crate::backend::{BackendCandidate, Site};
 
 /// Where a request goes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,8 +44,8 @@ impl Choice {
     pub fn serve(backend: &BackendCandidate) -> Self {
         let name = backend.name().to_string();
         match backend.profile.kind {
-            BackendKind::Local => Self::Local { backend: name },
-            BackendKind::Cloud => Self::Cloud { backend: name },
+            Site::Local => Self::Local { backend: name },
+            Site::Cloud => Self::Cloud { backend: name },
         }
     }
 

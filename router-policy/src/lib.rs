@@ -69,7 +69,7 @@ pub mod rules;
 pub mod static_embed;
 
 pub use answer::{ANSWER_FEATURES, AnswerCheck, answer_features};
-pub use backend::{BackendCandidate, BackendKind, BackendProfile, BackendState, Price};
+pub use backend::{BackendCandidate, BackendProfile, BackendState, Price, Site};
 pub use bandit::{BanditState, BanditStore, FileBanditStore, MemoryBanditStore};
 pub use cascade::{CascadeAction, CascadePolicy, CascadeSample, CascadeTarget, calibrate_cascade};
 pub use config::RouterConfig;

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{BackendCandidate, BackendKind};
+use crate::backend::{BackendCandidate, Site};
 use crate::{Error, Result};
 
 /// A forced placement.
@@ -130,8 +130,8 @@ impl RouteRules {
                 Some("not allowed")
             } else {
                 match (self.placement, c.profile.kind) {
-                    (Some(Placement::LocalOnly), BackendKind::Cloud) => Some("local-only"),
-                    (Some(Placement::CloudOnly), BackendKind::Local) => Some("cloud-only"),
+                    (Some(Placement::LocalOnly), Site::Cloud) => Some("local-only"),
+                    (Some(Placement::CloudOnly), Site::Local) => Some("cloud-only"),
                     _ => None,
                 }
             };

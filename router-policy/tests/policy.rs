@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tandem_router_policy::backend::{BackendCandidate, BackendKind, BackendProfile, Price};
+use tandem_router_policy::backend::{BackendCandidate, BackendProfile, Price, Site};
 use tandem_router_policy::bandit::{BanditStore, FileBanditStore, MemoryBanditStore};
 use tandem_router_policy::features::FEATURE_DIM;
 use tandem_router_policy::model::{Logistic, QualityModel, Standardizer};
@@ -37,13 +37,7 @@ fn math_model() -> ModelFile {
     }
 }
 
-fn candidate(
-    name: &str,
-    kind: BackendKind,
-    strength: f32,
-    ttft: f64,
-    price: f64,
-) -> BackendCandidate {
+fn candidate(name: &str, kind: Site, strength: f32, ttft: f64, price: f64) -> BackendCandidate {
     BackendCandidate::from_profile(BackendProfile {
         name: name.into(),
         kind,
@@ -53,9 +47,9 @@ fn candidate(
             output_per_mtok: 4.0 * price,
             cached_input_per_mtok: price / 2.0,
         },
-        serial: kind == BackendKind::Local,
-        verifies_drafts: kind == BackendKind::Cloud,
-        drafts: kind == BackendKind::Local,
+        serial: kind == Site::Local,
+        verifies_drafts: kind == Site::Cloud,
+        drafts: kind == Site::Local,
         prior_ttft_ms: ttft,
         prior_itl_ms: 10.0,
     })
@@ -63,8 +57,8 @@ fn candidate(
 
 fn backends() -> Vec<BackendCandidate> {
     vec![
-        candidate("local", BackendKind::Local, 0.0, 50.0, 0.0),
-        candidate("cloud", BackendKind::Cloud, 1.0, 300.0, 2.0),
+        candidate("local", Site::Local, 0.0, 50.0, 0.0),
+        candidate("cloud", Site::Cloud, 1.0, 300.0, 2.0),
     ]
 }
 

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use tandem_router_policy::backend::{BackendCandidate, BackendKind, BackendProfile, Price};
+use tandem_router_policy::backend::{BackendCandidate, BackendProfile, Price, Site};
 use tandem_router_policy::{
     Choice, Decision, Feedback, Placement, Policy, PolicyInput, PolicyKind, RequestFeatures,
     RouteRules, Router, RouterConfig,
@@ -32,17 +32,17 @@ impl Policy for Cheapest {
     }
 }
 
-fn candidate(name: &str, kind: BackendKind, price: f64) -> BackendCandidate {
+fn candidate(name: &str, kind: Site, price: f64) -> BackendCandidate {
     BackendCandidate::from_profile(BackendProfile {
         name: name.into(),
         kind,
-        strength: if kind == BackendKind::Local { 0.0 } else { 1.0 },
+        strength: if kind == Site::Local { 0.0 } else { 1.0 },
         price: Price {
             input_per_mtok: price,
             output_per_mtok: 4.0 * price,
             cached_input_per_mtok: price / 2.0,
         },
-        serial: kind == BackendKind::Local,
+        serial: kind == Site::Local,
         verifies_drafts: false,
         drafts: false,
         prior_ttft_ms: 100.0,
@@ -53,9 +53,9 @@ fn candidate(name: &str, kind: BackendKind, price: f64) -> BackendCandidate {
 /// A paid local backend (say, a rented GPU) and two clouds, the second cheapest of all.
 fn backends() -> Vec<BackendCandidate> {
     vec![
-        candidate("local", BackendKind::Local, 1.0),
-        candidate("pricey", BackendKind::Cloud, 10.0),
-        candidate("thrifty", BackendKind::Cloud, 0.5),
+        candidate("local", Site::Local, 1.0),
+        candidate("pricey", Site::Cloud, 10.0),
+        candidate("thrifty", Site::Cloud, 0.5),
     ]
 }
 

@@ -17,6 +17,7 @@ use tandem_cloud_adapters::providers::presets::{self, Preset};
 use tandem_cloud_adapters::verify::VerifyProtocol;
 use tandem_local_model::WeightFormat;
 use tandem_router_policy::Placement;
+pub use tandem_router_policy::Price;
 
 use crate::speculative::{DelayConfig, ScoringMode};
 
@@ -101,28 +102,6 @@ impl BackendKind {
             Self::Anthropic => "anthropic",
             Self::Speculative => "speculative",
         }
-    }
-}
-
-/// Dollars per million tokens.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Price {
-    /// Prompt tokens.
-    pub input: f64,
-    /// Completion tokens.
-    pub output: f64,
-    /// Prompt tokens served from the provider's cache.
-    pub cached_input: f64,
-}
-
-impl Price {
-    /// Cost in dollars of one request's usage.
-    pub fn cost(&self, prompt: u64, completion: u64, cached_prompt: u64) -> f64 {
-        let uncached = prompt.saturating_sub(cached_prompt) as f64;
-        (uncached * self.input
-            + cached_prompt as f64 * self.cached_input
-            + completion as f64 * self.output)
-            / 1_000_000.0
     }
 }
 
@@ -916,9 +895,9 @@ fn validate_backend(
     };
     let input = price_field(b.price.input, "input")?;
     let price = Price {
-        input,
-        output: price_field(b.price.output, "output")?,
-        cached_input: match b.price.cached_input {
+        input_per_mtok: input,
+        output_per_mtok: price_field(b.price.output, "output")?,
+        cached_input_per_mtok: match b.price.cached_input {
             None => input,
             v => price_field(v, "cached_input")?,
         },
@@ -1276,11 +1255,12 @@ mod tests {
     #[test]
     fn price_cost() {
         let p = Price {
-            input: 1.0,
-            output: 2.0,
-            cached_input: 0.5,
+            input_per_mtok: 1.0,
+            output_per_mtok: 2.0,
+            cached_input_per_mtok: 0.5,
         };
-        assert!((p.cost(1_000_000, 1_000_000, 500_000) - 2.75).abs() < 1e-9);
+        // 1M prompt tokens of which 500k cached, 1M completion tokens.
+        assert!((p.cost(1_000_000, 500_000, 1_000_000) - 2.75).abs() < 1e-9);
     }
 
     #[test]

@@ -257,8 +257,8 @@ impl SpeculativeExecutor {
     fn policy(&self) -> DraftPolicy {
         let mut cfg = PolicyConfig {
             max_draft: self.spec.max_draft,
-            input_price: self.target.price.input,
-            output_price: self.target.price.output,
+            input_price: self.target.price.input_per_mtok,
+            output_price: self.target.price.output_per_mtok,
             ..PolicyConfig::default()
         };
         if let Some(seen) = *self.learned.lock() {

@@ -156,7 +156,7 @@ pub fn record_usage(state: &AppState, route: &str, backend: &str, usage: &Usage)
     let cost = state
         .executors
         .get(backend)
-        .map_or(0.0, |e| e.price().cost(input, output, cached));
+        .map_or(0.0, |e| e.price().cost(input, cached, output));
     state.metrics.record_usage(
         route,
         backend,

@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 
 use super::{json_response, read_body};
 use crate::error::{ApiFlavor, Error};
-use crate::state::{AppState, Feedback};
-use tandem_router_policy::Feedback as PolicyFeedback;
+use crate::state::AppState;
+use tandem_router_policy::Feedback;
 
 /// `GET /v1/models`: every routed model id, with the first backend as owner.
 pub async fn models(State(state): State<Arc<AppState>>) -> Response {
@@ -79,14 +79,7 @@ pub async fn feedback(State(state): State<Arc<AppState>>, request: Request) -> R
             .get(&feedback.request_id)
             .ok_or_else(|| Error::UnknownRequestId(feedback.request_id.clone()))?;
         let score = sink_score(&feedback)?;
-        state.feedback.apply(
-            &record,
-            &Feedback {
-                request_id: feedback.request_id.clone(),
-                score,
-                correct: feedback.correct,
-            },
-        );
+        state.feedback.apply(&record, &feedback, score);
         Ok::<_, Error>(json!({"status": "accepted", "request_id": feedback.request_id, "backend": record.backend}))
     }
     .await;
@@ -97,7 +90,7 @@ pub async fn feedback(State(state): State<Arc<AppState>>, request: Request) -> R
 }
 
 /// One score in [0, 1] for the feedback sink.
-fn sink_score(f: &PolicyFeedback) -> Result<f64, Error> {
+fn sink_score(f: &Feedback) -> Result<f64, Error> {
     if let Some(s) = f.score {
         return Ok(f64::from(s));
     }
@@ -116,7 +109,7 @@ fn sink_score(f: &PolicyFeedback) -> Result<f64, Error> {
     ))
 }
 
-fn parse_feedback(bytes: &[u8]) -> Result<PolicyFeedback, Error> {
+fn parse_feedback(bytes: &[u8]) -> Result<Feedback, Error> {
     let v: Value = serde_json::from_slice(bytes).map_err(|e| Error::InvalidRequest {
         message: format!("invalid JSON: {e}"),
         param: None,
@@ -207,7 +200,7 @@ fn parse_feedback(bytes: &[u8]) -> Result<PolicyFeedback, Error> {
             )),
         }
     };
-    let feedback = PolicyFeedback {
+    let feedback = Feedback {
         request_id,
         score,
         thumbs_up,

@@ -15,7 +15,7 @@ use http::{HeaderMap, HeaderName};
 use tandem_cloud_adapters::{ChatRequest, ContentPart};
 use tandem_router_policy::{
     AnswerCheck, BackendCandidate, BackendProfile, BackendState, BanditStore, Choice, Decision,
-    Encoder, FileBanditStore, Placement, Price, RequestFeatures, RouteRules, Router,
+    Encoder, FileBanditStore, Placement, RequestFeatures, RouteRules, Router,
 };
 
 use crate::config::{
@@ -243,15 +243,11 @@ impl Policy {
                 let profile = BackendProfile {
                     name: b.name.clone(),
                     kind: match b.kind {
-                        BackendKind::Local => tandem_router_policy::BackendKind::Local,
-                        _ => tandem_router_policy::BackendKind::Cloud,
+                        BackendKind::Local => tandem_router_policy::Site::Local,
+                        _ => tandem_router_policy::Site::Cloud,
                     },
                     strength: b.profile.strength,
-                    price: Price {
-                        input_per_mtok: b.price.input,
-                        output_per_mtok: b.price.output,
-                        cached_input_per_mtok: b.price.cached_input,
-                    },
+                    price: b.price,
                     serial: b.kind == BackendKind::Local,
                     verifies_drafts: false,
                     drafts: false,
@@ -419,7 +415,7 @@ impl Policy {
             .iter()
             .filter_map(|name| {
                 let mut c = self.backends.get(name)?.snapshot();
-                if c.profile.kind == tandem_router_policy::BackendKind::Local && !local_ready {
+                if c.profile.kind == tandem_router_policy::Site::Local && !local_ready {
                     c.healthy = false;
                 }
                 Some(c)

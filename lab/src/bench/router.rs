@@ -10,7 +10,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use tandem_router_policy::Result;
-use tandem_router_policy::backend::{BackendCandidate, BackendKind, BackendProfile, Price};
+use tandem_router_policy::backend::{BackendCandidate, BackendProfile, Price, Site};
 use tandem_router_policy::config::RouterConfig;
 use tandem_router_policy::encoder::{Encoder, EncoderConfig, default_cache_root};
 use tandem_router_policy::features::RequestFeatures;
@@ -115,7 +115,7 @@ fn row(case: &str, mut us: Vec<f64>) -> BenchRow {
 pub fn sample_candidates() -> Vec<BackendCandidate> {
     let local = BackendProfile {
         name: "smollm2".into(),
-        kind: BackendKind::Local,
+        kind: Site::Local,
         strength: 0.0,
         price: Price::default(),
         serial: true,
@@ -126,7 +126,7 @@ pub fn sample_candidates() -> Vec<BackendCandidate> {
     };
     let cloud = BackendProfile {
         name: "openai".into(),
-        kind: BackendKind::Cloud,
+        kind: Site::Cloud,
         strength: 1.0,
         price: Price {
             input_per_mtok: 2.5,

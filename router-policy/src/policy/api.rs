@@ -101,9 +101,9 @@ impl<'a> PolicyInput<'a> {
     pub fn cost(&self, backend: &BackendCandidate) -> f64 {
         let f = self.features;
         backend.profile.price.cost(
-            f.input_tokens,
-            f.cached_input_tokens,
-            f.expected_output_tokens,
+            u64::from(f.input_tokens),
+            u64::from(f.cached_input_tokens),
+            u64::from(f.expected_output_tokens),
         )
     }
 

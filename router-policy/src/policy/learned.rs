@@ -3,7 +3,7 @@
 //! held-out share threshold, the cascade band and speculative decoding.
 
 use super::api::{self, Policy, PolicyInput};
-use crate::backend::{BackendCandidate, BackendKind};
+use crate::backend::{BackendCandidate, Site};
 use crate::bandit::{self, BanditState, BanditStore, LinUcb};
 use crate::config::RouterConfig;
 use crate::decision::{Choice, Decision, Explanation};
@@ -253,14 +253,14 @@ impl Policy for Learned {
                 }
             })
             .collect();
-        let best_of = |kind: BackendKind| {
+        let best_of = |kind: Site| {
             scored
                 .iter()
                 .filter(|s| s.cand.profile.kind == kind)
                 .max_by(|a, b| a.utility.total_cmp(&b.utility))
         };
-        let best_local = best_of(BackendKind::Local);
-        let best_cloud = best_of(BackendKind::Cloud);
+        let best_local = best_of(Site::Local);
+        let best_cloud = best_of(Site::Cloud);
         let target_share = rules.target_cloud_share.or(self.config.target_cloud_share);
 
         let picked = match (best_local, best_cloud) {
