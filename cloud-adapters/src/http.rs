@@ -1,14 +1,15 @@
-//! What every provider does with the upstream client (encode, send, map failures) and the
-//! plumbing that turns an SSE response into a stream of [`ChatEvent`]s.
+//! What the HTTP provider does with the upstream client (send, map statuses and transport
+//! failures, read bodies) and the plumbing that turns an SSE response into a stream of
+//! [`ChatEvent`]s.
 
 use std::collections::VecDeque;
 
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt};
 
-use http::{HeaderMap, Uri};
+use http::HeaderMap;
 
-use crate::client::{HttpClient, RequestBuilder, Response, TransportError, TransportErrorKind};
+use crate::client::{RequestBuilder, Response, TransportError, TransportErrorKind};
 use crate::provider::{EventStream, ProviderError, ProviderErrorKind};
 use crate::types::ChatEvent;
 use crate::wire::anthropic::EventDecoder;
@@ -26,30 +27,12 @@ pub fn transport_error(err: &TransportError, provider: &str) -> ProviderError {
     ProviderError::new(kind, provider, err.message.clone())
 }
 
-/// A JSON POST of `body` to `url`.
-pub fn post_json<'c, T: serde::Serialize>(
-    client: &'c HttpClient,
-    url: &Uri,
-    headers: &HeaderMap,
-    provider: &str,
-    body: &T,
-) -> Result<RequestBuilder<'c>, ProviderError> {
-    let body = serde_json::to_vec(body).map_err(|e| {
-        ProviderError::new(
-            ProviderErrorKind::Unsupported,
-            provider,
-            format!("cannot encode request: {e}"),
-        )
-    })?;
-    Ok(client.post(url.clone()).headers(headers).body(body))
-}
-
 /// Sends a prepared request; error statuses come back as `Err` with the upstream's error body
 /// parsed by `parse_error`.
 pub async fn send(
     request: RequestBuilder<'_>,
     provider: &str,
-    parse_error: fn(u16, &[u8], &str) -> ProviderError,
+    parse_error: impl FnOnce(u16, &[u8], &str) -> ProviderError,
 ) -> Result<Response, ProviderError> {
     let response = request
         .send()

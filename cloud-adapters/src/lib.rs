@@ -7,9 +7,10 @@
 //!   and their error shape, one file each; [`sse`] is the incremental SSE parser and encoder.
 //! - [`provider`]: the `Provider` trait and what a backend can honour (`Capabilities`);
 //!   `ProviderError` (with retryability) lives in the leaf `error` module.
-//! - [`providers`]: OpenAI-compatible, Azure, Anthropic, and the dummy for tests.
+//! - [`providers`]: the generic HTTP provider over a wire format's codec; OpenAI-compatible and
+//!   Anthropic as its configurations, Azure's per-deployment pick, and the dummy for tests.
 //! - [`client`]: the pooled upstream HTTP client (hyper over rustls).
-//! - [`http`]: what every provider shares on top of it, and the SSE-to-event plumbing.
+//! - [`http`]: what the HTTP provider does on top of it, and the SSE-to-event plumbing.
 
 #![forbid(unsafe_code)]
 

@@ -2,9 +2,10 @@
 //! existing wire format, a routing policy, and a middleware. Each toy is the whole of the new
 //! file such an addition needs; the test around it is what registering it does.
 //!
-//! - A provider over OpenAI's format is one file under `cloud-adapters/src/providers/` built
-//!   from the shared HTTP helpers and the format's codec, plus its arm in
-//!   `gateway/src/providers.rs` (a server that needs nothing of its own is one line in
+//! - A provider for an API with an existing wire format is one file under
+//!   `cloud-adapters/src/providers/`: a `Codec` (URL, headers, and the format's body, answer,
+//!   error and stream readers) and a constructor of the generic `HttpProvider` over it, plus its
+//!   arm in `gateway/src/providers.rs` (a server that needs nothing of its own is one line in
 //!   `providers/presets.rs`). Here the gateway is handed the toy through
 //!   `GatewayOptions::providers`, the seam the config's arm fills.
 //! - A policy is one file under `router-policy/src/policy/` plus its `PolicyKind` variant
@@ -21,15 +22,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use async_trait::async_trait;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, Uri};
+use http::{Request, Response};
 use pin_project_lite::pin_project;
 use serde_json::{Value, json};
 use tandem_cloud_adapters::client::{HttpClient, HttpConfig};
 use tandem_cloud_adapters::openai::{self, ChatCompletionsRequest, ChunkDecoder};
+use tandem_cloud_adapters::providers::codec::Codec;
+use tandem_cloud_adapters::providers::generic::{HttpProvider, HttpProviderConfig};
 use tandem_cloud_adapters::{
-    ChatRequest, ChatResponse, EventStream, Provider, ProviderError, WireFormat, http as upstream,
+    ChatRequest, ChatResponse, Error, Provider, ProviderError, WireFormat,
 };
 use tandem_gateway::config::{Config, MapEnv};
 use tandem_gateway::{Gateway, GatewayOptions, LocalLoad};
@@ -38,61 +40,60 @@ use tower::{Layer, Service, ServiceExt};
 
 // ===== a toy provider =====
 
-/// An API that speaks OpenAI's chat format but takes its key in `x-toy-key`.
-struct ToyProvider {
-    name: String,
-    url: Uri,
-    headers: HeaderMap,
-    client: HttpClient,
-}
+/// An API that speaks OpenAI's chat format but takes its key in `x-toy-key`: a codec that says
+/// so, over OpenAI's existing request, answer, error and stream readers. The generic provider
+/// does the sending, status mapping and stream plumbing.
+#[derive(Debug)]
+struct ToyCodec;
 
-impl ToyProvider {
-    fn new(name: &str, base_url: &str, key: &str) -> Self {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            HeaderName::from_static("x-toy-key"),
-            HeaderValue::from_str(key).unwrap(),
-        );
-        Self {
-            name: name.to_owned(),
-            url: format!("{base_url}/chat/completions").parse().unwrap(),
-            headers,
-            client: HttpClient::new(&HttpConfig::default()).unwrap(),
-        }
-    }
-}
-
-#[async_trait]
-impl Provider for ToyProvider {
-    fn name(&self) -> &str {
-        &self.name
-    }
+impl Codec for ToyCodec {
+    type Decoder = ChunkDecoder;
 
     fn format(&self) -> WireFormat {
         WireFormat::OpenAi
     }
 
-    async fn chat(&self, req: &ChatRequest) -> Result<ChatResponse, ProviderError> {
-        let body = ChatCompletionsRequest::new(req, &req.model, false);
-        let request =
-            upstream::post_json(&self.client, &self.url, &self.headers, &self.name, &body)?;
-        let response = upstream::send(request, &self.name, openai::parse_error_body).await?;
-        let bytes = upstream::read_body(response, &self.name).await?;
-        openai::parse_chat_response(&bytes, &self.name)
+    fn chat_url(&self, base: &str) -> String {
+        format!("{base}/chat/completions")
     }
 
-    async fn chat_stream(&self, req: &ChatRequest) -> Result<EventStream, ProviderError> {
-        let body = ChatCompletionsRequest::new(req, &req.model, true);
-        let request =
-            upstream::post_json(&self.client, &self.url, &self.headers, &self.name, &body)?;
-        let response = upstream::send(request, &self.name, openai::parse_error_body).await?;
-        let chunks = upstream::body_stream(response, &self.name);
-        Ok(upstream::decode_sse(
-            chunks,
-            ChunkDecoder::new(&*self.name),
-            &*self.name,
-        ))
+    fn add_headers(
+        &self,
+        provider: &str,
+        api_key: Option<&str>,
+        headers: &mut HeaderMap,
+    ) -> tandem_cloud_adapters::Result<()> {
+        if let Some(key) = api_key {
+            let value = HeaderValue::from_str(key)
+                .map_err(|_| Error::Config(format!("{provider}: bad key")))?;
+            headers.insert(HeaderName::from_static("x-toy-key"), value);
+        }
+        Ok(())
     }
+
+    fn encode(&self, req: &ChatRequest, model: &str, stream: bool) -> serde_json::Result<Vec<u8>> {
+        serde_json::to_vec(&ChatCompletionsRequest::new(req, model, stream))
+    }
+
+    fn parse_response(&self, body: &[u8], provider: &str) -> Result<ChatResponse, ProviderError> {
+        openai::parse_chat_response(body, provider)
+    }
+
+    fn parse_error(&self, status: u16, body: &[u8], provider: &str) -> ProviderError {
+        openai::parse_error_body(status, body, provider)
+    }
+
+    fn decoder(&self, provider: &str) -> ChunkDecoder {
+        ChunkDecoder::new(provider)
+    }
+}
+
+/// The toy provider: the generic HTTP provider configured with the toy codec.
+fn toy_provider(name: &str, base_url: &str, key: &str) -> HttpProvider<ToyCodec> {
+    let mut config = HttpProviderConfig::new(name, base_url);
+    config.api_key = Some(key.to_owned());
+    let client = HttpClient::new(&HttpConfig::default()).unwrap();
+    HttpProvider::with_codec(ToyCodec, config, client).unwrap()
 }
 
 #[tokio::test]
@@ -103,7 +104,7 @@ async fn a_toy_provider_serves_a_route_through_the_gateway() {
         mock.base_url()
     );
     let config = Config::from_toml_str(&text, &MapEnv::default()).unwrap();
-    let toy: Arc<dyn Provider> = Arc::new(ToyProvider::new("toy", &mock.base_url(), "secret"));
+    let toy: Arc<dyn Provider> = Arc::new(toy_provider("toy", &mock.base_url(), "secret"));
     let options = GatewayOptions {
         local: LocalLoad::Offline,
         quiet: true,

@@ -1,13 +1,14 @@
-//! Anthropic Messages (`x-api-key`, `anthropic-version: 2023-06-01`).
+//! Anthropic Messages (`x-api-key`, `anthropic-version: 2023-06-01`): Anthropic's [`Codec`] and
+//! the generic HTTP provider configured with it.
 
-use ::http::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
-use async_trait::async_trait;
+use ::http::header::{HeaderMap, HeaderValue};
 
-use super::{checked_base, endpoint, header_map};
-use crate::client::{HttpClient, HttpConfig, RequestBuilder};
+use super::codec::Codec;
+use super::generic::{HttpProvider, HttpProviderConfig};
+use super::{checked_base, key_value};
+use crate::client::{HttpClient, HttpConfig};
 use crate::error::{Error, Result};
-use crate::http;
-use crate::provider::{Capabilities, EventStream, Provider, ProviderError};
+use crate::provider::{Capabilities, ProviderError};
 use crate::types::{ChatRequest, ChatResponse, WireFormat};
 use crate::wire::anthropic::{self as wire, EventDecoder, MessagesRequest};
 
@@ -48,18 +49,72 @@ impl AnthropicConfig {
     }
 }
 
-/// A provider speaking Anthropic Messages.
-#[derive(Debug, Clone)]
-pub struct Anthropic {
-    name: String,
-    model: Option<String>,
-    default_max_tokens: u32,
-    url: ::http::Uri,
-    headers: HeaderMap,
-    client: HttpClient,
+/// Anthropic's Messages format: `/v1/messages`, the key in `x-api-key`, the API version in
+/// `anthropic-version`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnthropicCodec {
+    /// The `anthropic-version` header.
+    pub version: String,
+    /// `max_tokens` when the client gave none.
+    pub default_max_tokens: u32,
 }
 
-impl Anthropic {
+impl Codec for AnthropicCodec {
+    type Decoder = EventDecoder;
+
+    fn format(&self) -> WireFormat {
+        WireFormat::Anthropic
+    }
+
+    fn chat_url(&self, base: &str) -> String {
+        if base.ends_with("/v1") {
+            format!("{base}/messages")
+        } else {
+            format!("{base}/v1/messages")
+        }
+    }
+
+    fn add_headers(
+        &self,
+        provider: &str,
+        api_key: Option<&str>,
+        headers: &mut HeaderMap,
+    ) -> Result<()> {
+        let version = HeaderValue::from_str(&self.version)
+            .map_err(|_| Error::Config(format!("{provider}: invalid anthropic version")))?;
+        headers.insert("anthropic-version", version);
+        if let Some(key) = api_key {
+            headers.insert("x-api-key", key_value(provider, key)?);
+        }
+        Ok(())
+    }
+
+    fn encode(&self, req: &ChatRequest, model: &str, stream: bool) -> serde_json::Result<Vec<u8>> {
+        serde_json::to_vec(&MessagesRequest::new(
+            req,
+            model,
+            stream,
+            self.default_max_tokens,
+        ))
+    }
+
+    fn parse_response(&self, body: &[u8], provider: &str) -> Result<ChatResponse, ProviderError> {
+        wire::parse_messages_response(body, provider)
+    }
+
+    fn parse_error(&self, status: u16, body: &[u8], provider: &str) -> ProviderError {
+        wire::parse_error_body(status, body, provider)
+    }
+
+    fn decoder(&self, provider: &str) -> EventDecoder {
+        EventDecoder::new(provider)
+    }
+}
+
+/// A provider speaking Anthropic Messages.
+pub type Anthropic = HttpProvider<AnthropicCodec>;
+
+impl HttpProvider<AnthropicCodec> {
     /// A provider with its own pooled client.
     pub fn new(config: AnthropicConfig) -> Result<Self> {
         let client = HttpClient::new(&config.http)?;
@@ -68,91 +123,26 @@ impl Anthropic {
 
     /// A provider sharing an existing client.
     pub fn with_client(config: AnthropicConfig, client: HttpClient) -> Result<Self> {
-        let base = checked_base(&config.name, &config.base_url)?;
+        // A bad base URL is reported before a bad `default_max_tokens`.
+        checked_base(&config.name, &config.base_url)?;
         if config.default_max_tokens == 0 {
             return Err(Error::Config(format!(
                 "{}: default_max_tokens must be at least 1",
                 config.name
             )));
         }
-        let url = if base.ends_with("/v1") {
-            format!("{base}/messages")
-        } else {
-            format!("{base}/v1/messages")
-        };
-        let url = endpoint(&config.name, url)?;
-        let mut headers = header_map(&config.name, &config.extra_headers)?;
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        let version = HeaderValue::from_str(&config.version)
-            .map_err(|_| Error::Config(format!("{}: invalid anthropic version", config.name)))?;
-        headers.insert("anthropic-version", version);
-        if let Some(key) = &config.api_key {
-            let mut value = HeaderValue::from_str(key).map_err(|_| {
-                Error::Config(format!(
-                    "{}: api_key is not a valid header value",
-                    config.name
-                ))
-            })?;
-            value.set_sensitive(true);
-            headers.insert("x-api-key", value);
-        }
-        Ok(Anthropic {
-            name: config.name,
-            model: config.model,
+        let codec = AnthropicCodec {
+            version: config.version,
             default_max_tokens: config.default_max_tokens,
-            url,
-            headers,
-            client,
-        })
-    }
-
-    /// The messages URL requests go to.
-    pub fn url(&self) -> &::http::Uri {
-        &self.url
-    }
-
-    fn request(
-        &self,
-        req: &ChatRequest,
-        stream: bool,
-    ) -> Result<RequestBuilder<'_>, ProviderError> {
-        let model = self.model.as_deref().unwrap_or(&req.model);
-        let body = MessagesRequest::new(req, model, stream, self.default_max_tokens);
-        http::post_json(&self.client, &self.url, &self.headers, &self.name, &body)
-    }
-}
-
-#[async_trait]
-impl Provider for Anthropic {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn format(&self) -> WireFormat {
-        WireFormat::Anthropic
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::ANTHROPIC
-    }
-
-    async fn chat(&self, req: &ChatRequest) -> Result<ChatResponse, ProviderError> {
-        let request = self.request(req, false)?;
-        let response = http::send(request, &self.name, wire::parse_error_body).await?;
-        let body = http::read_body(response, &self.name).await?;
-        wire::parse_messages_response(&body, &self.name)
-    }
-
-    async fn chat_stream(&self, req: &ChatRequest) -> Result<EventStream, ProviderError> {
-        let request = self
-            .request(req, true)?
-            .header(ACCEPT, HeaderValue::from_static("text/event-stream"));
-        let response = http::send(request, &self.name, wire::parse_error_body).await?;
-        let body = http::body_stream(response, &self.name);
-        Ok(http::decode_sse(
-            body,
-            EventDecoder::new(&*self.name),
-            &*self.name,
-        ))
+        };
+        let upstream = HttpProviderConfig {
+            name: config.name,
+            base_url: config.base_url,
+            api_key: config.api_key,
+            extra_headers: config.extra_headers,
+            model: config.model,
+            capabilities: Some(Capabilities::ANTHROPIC),
+        };
+        Self::with_codec(codec, upstream, client)
     }
 }

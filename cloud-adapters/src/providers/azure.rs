@@ -1,7 +1,7 @@
 //! Azure OpenAI: each model is served from its own deployment URL
 //! (`{base_url}/openai/deployments/{deployment}/...?api-version=...`, `api-key` header), so the
-//! provider holds one OpenAI-compatible provider per deployment and picks it by the (already
-//! mapped) model name.
+//! provider holds one OpenAI-compatible provider (the generic HTTP provider over OpenAI's codec
+//! in Azure's flavour) per deployment and picks it by the (already mapped) model name.
 
 use std::collections::BTreeMap;
 

@@ -1,8 +1,12 @@
-//! One file per cloud provider.
+//! The cloud providers: one generic HTTP provider ([`generic::HttpProvider`]) over a wire
+//! format's [`codec::Codec`], and one file per API that configures it (`openai_compatible`,
+//! `anthropic`), plus Azure's per-deployment pick, the named OpenAI-format presets and the dummy.
 
 pub mod anthropic;
 pub mod azure;
+pub mod codec;
 pub mod dummy;
+pub mod generic;
 pub mod openai_compatible;
 pub mod presets;
 
@@ -24,6 +28,14 @@ pub(crate) fn header_map(provider: &str, headers: &[(String, String)]) -> Result
         map.insert(name, value);
     }
     Ok(map)
+}
+
+/// An API key as a sensitive header value (kept out of logs and debug output).
+pub(crate) fn key_value(provider: &str, value: &str) -> Result<HeaderValue> {
+    let mut value = HeaderValue::from_str(value)
+        .map_err(|_| Error::Config(format!("{provider}: api_key is not a valid header value")))?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 fn is_secret(name: &HeaderName) -> bool {

@@ -1,16 +1,17 @@
 //! OpenAI and every OpenAI-compatible server (vLLM, SGLang, llama.cpp, Ollama, Groq, Cerebras,
 //! Together), with Azure OpenAI's path and header style as a flavour (one deployment; the Azure
-//! provider in [`super::azure`] holds one per deployment).
+//! provider in [`super::azure`] holds one per deployment): OpenAI's [`Codec`] and the generic
+//! HTTP provider configured with it.
 
-use ::http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
-use async_trait::async_trait;
+use ::http::header::{AUTHORIZATION, HeaderMap};
 use bytes::Bytes;
 
-use super::{checked_base, endpoint, header_map};
-use crate::client::{HttpClient, HttpConfig, RequestBuilder};
-use crate::error::{Error, Result};
-use crate::http;
-use crate::provider::{Capabilities, EventStream, Provider, ProviderError};
+use super::codec::Codec;
+use super::generic::{HttpProvider, HttpProviderConfig};
+use super::key_value;
+use crate::client::{HttpClient, HttpConfig};
+use crate::error::Result;
+use crate::provider::{Capabilities, ProviderError};
 use crate::types::{ChatRequest, ChatResponse, WireFormat};
 use crate::wire::openai::{self, ChatCompletion, ChatCompletionsRequest, ChunkDecoder};
 
@@ -69,19 +70,89 @@ impl OpenAiCompatibleConfig {
     }
 }
 
-/// A provider speaking OpenAI chat completions.
-#[derive(Debug, Clone)]
-pub struct OpenAiCompatible {
-    name: String,
-    model: Option<String>,
-    capabilities: Capabilities,
-    url: ::http::Uri,
-    completions_url: ::http::Uri,
-    headers: HeaderMap,
-    client: HttpClient,
+/// OpenAI's chat completions format, with the legacy `/completions` API beside it, in one
+/// [`Flavour`]'s URL and key style.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OpenAiCodec {
+    /// URL and key style.
+    pub flavour: Flavour,
 }
 
-impl OpenAiCompatible {
+impl OpenAiCodec {
+    /// The URL of `endpoint` (`chat/completions`, `completions`) under `base`.
+    fn url(&self, base: &str, endpoint: &str) -> String {
+        match &self.flavour {
+            Flavour::OpenAi => format!("{base}/{endpoint}"),
+            Flavour::Azure {
+                deployment,
+                api_version,
+            } => {
+                format!(
+                    "{base}/openai/deployments/{deployment}/{endpoint}?api-version={api_version}"
+                )
+            }
+        }
+    }
+}
+
+impl Codec for OpenAiCodec {
+    type Decoder = ChunkDecoder;
+
+    fn format(&self) -> WireFormat {
+        WireFormat::OpenAi
+    }
+
+    fn chat_url(&self, base: &str) -> String {
+        self.url(base, "chat/completions")
+    }
+
+    fn completions_url(&self, base: &str) -> Option<String> {
+        Some(self.url(base, "completions"))
+    }
+
+    fn add_headers(
+        &self,
+        provider: &str,
+        api_key: Option<&str>,
+        headers: &mut HeaderMap,
+    ) -> Result<()> {
+        if let Some(key) = api_key {
+            match self.flavour {
+                Flavour::OpenAi => headers.insert(
+                    AUTHORIZATION,
+                    key_value(provider, &format!("Bearer {key}"))?,
+                ),
+                Flavour::Azure { .. } => headers.insert("api-key", key_value(provider, key)?),
+            };
+        }
+        Ok(())
+    }
+
+    fn encode(&self, req: &ChatRequest, model: &str, stream: bool) -> serde_json::Result<Vec<u8>> {
+        serde_json::to_vec(&ChatCompletionsRequest::new(req, model, stream))
+    }
+
+    fn parse_response(&self, body: &[u8], provider: &str) -> Result<ChatResponse, ProviderError> {
+        openai::parse_chat_response(body, provider)
+    }
+
+    fn pass_response(&self, body: Bytes, provider: &str) -> Result<ChatCompletion, ProviderError> {
+        openai::pass_chat_response(body, provider)
+    }
+
+    fn parse_error(&self, status: u16, body: &[u8], provider: &str) -> ProviderError {
+        openai::parse_error_body(status, body, provider)
+    }
+
+    fn decoder(&self, provider: &str) -> ChunkDecoder {
+        ChunkDecoder::new(provider)
+    }
+}
+
+/// A provider speaking OpenAI chat completions.
+pub type OpenAiCompatible = HttpProvider<OpenAiCodec>;
+
+impl HttpProvider<OpenAiCodec> {
     /// A provider with its own pooled client.
     pub fn new(config: OpenAiCompatibleConfig) -> Result<Self> {
         let client = HttpClient::new(&config.http)?;
@@ -90,134 +161,17 @@ impl OpenAiCompatible {
 
     /// A provider sharing an existing client.
     pub fn with_client(config: OpenAiCompatibleConfig, client: HttpClient) -> Result<Self> {
-        let base = checked_base(&config.name, &config.base_url)?;
-        let url_for = |endpoint: &str| match &config.flavour {
-            Flavour::OpenAi => format!("{base}/{endpoint}"),
-            Flavour::Azure {
-                deployment,
-                api_version,
-            } => format!(
-                "{base}/openai/deployments/{deployment}/{endpoint}?api-version={api_version}"
-            ),
+        let codec = OpenAiCodec {
+            flavour: config.flavour,
         };
-        let url = endpoint(&config.name, url_for("chat/completions"))?;
-        let completions_url = endpoint(&config.name, url_for("completions"))?;
-        let mut headers = header_map(&config.name, &config.extra_headers)?;
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if let Some(key) = &config.api_key {
-            let (name, value) = match config.flavour {
-                Flavour::OpenAi => ("authorization", format!("Bearer {key}")),
-                Flavour::Azure { .. } => ("api-key", key.clone()),
-            };
-            let mut value = HeaderValue::from_str(&value).map_err(|_| {
-                Error::Config(format!(
-                    "{}: api_key is not a valid header value",
-                    config.name
-                ))
-            })?;
-            value.set_sensitive(true);
-            match name {
-                "authorization" => headers.insert(AUTHORIZATION, value),
-                _ => headers.insert("api-key", value),
-            };
-        }
-        Ok(OpenAiCompatible {
+        let upstream = HttpProviderConfig {
             name: config.name,
+            base_url: config.base_url,
+            api_key: config.api_key,
+            extra_headers: config.extra_headers,
             model: config.model,
-            capabilities: config.capabilities,
-            url,
-            completions_url,
-            headers,
-            client,
-        })
-    }
-
-    /// The chat completions URL requests go to.
-    pub fn url(&self) -> &::http::Uri {
-        &self.url
-    }
-
-    /// A POST of a legacy `/completions` body, sent as it is.
-    fn legacy_request(&self, body: Bytes) -> RequestBuilder<'_> {
-        self.client
-            .post(self.completions_url.clone())
-            .headers(&self.headers)
-            .body(body)
-    }
-
-    fn request(
-        &self,
-        req: &ChatRequest,
-        stream: bool,
-    ) -> Result<RequestBuilder<'_>, ProviderError> {
-        let model = self.model.as_deref().unwrap_or(&req.model);
-        let body = ChatCompletionsRequest::new(req, model, stream);
-        http::post_json(&self.client, &self.url, &self.headers, &self.name, &body)
-    }
-}
-
-#[async_trait]
-impl Provider for OpenAiCompatible {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn format(&self) -> WireFormat {
-        WireFormat::OpenAi
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        self.capabilities
-    }
-
-    async fn chat(&self, req: &ChatRequest) -> Result<ChatResponse, ProviderError> {
-        let request = self.request(req, false)?;
-        let response = http::send(request, &self.name, openai::parse_error_body).await?;
-        let body = http::read_body(response, &self.name).await?;
-        openai::parse_chat_response(&body, &self.name)
-    }
-
-    async fn chat_completion(&self, req: &ChatRequest) -> Result<ChatCompletion, ProviderError> {
-        let request = self.request(req, false)?;
-        let response = http::send(request, &self.name, openai::parse_error_body).await?;
-        let body = http::read_body(response, &self.name).await?;
-        openai::pass_chat_response(body, &self.name)
-    }
-
-    async fn chat_stream(&self, req: &ChatRequest) -> Result<EventStream, ProviderError> {
-        let request = self
-            .request(req, true)?
-            .header(ACCEPT, HeaderValue::from_static("text/event-stream"));
-        let response = http::send(request, &self.name, openai::parse_error_body).await?;
-        let body = http::body_stream(response, &self.name);
-        Ok(http::decode_sse(
-            body,
-            ChunkDecoder::new(&*self.name),
-            &*self.name,
-        ))
-    }
-
-    async fn completions(&self, _model: &str, body: Bytes) -> Result<ChatResponse, ProviderError> {
-        let request = self.legacy_request(body);
-        let response = http::send(request, &self.name, openai::parse_error_body).await?;
-        let body = http::read_body(response, &self.name).await?;
-        openai::parse_chat_response(&body, &self.name)
-    }
-
-    async fn completions_stream(
-        &self,
-        _model: &str,
-        body: Bytes,
-    ) -> Result<EventStream, ProviderError> {
-        let request = self
-            .legacy_request(body)
-            .header(ACCEPT, HeaderValue::from_static("text/event-stream"));
-        let response = http::send(request, &self.name, openai::parse_error_body).await?;
-        let body = http::body_stream(response, &self.name);
-        Ok(http::decode_sse(
-            body,
-            ChunkDecoder::new(&*self.name),
-            &*self.name,
-        ))
+            capabilities: Some(config.capabilities),
+        };
+        Self::with_codec(codec, upstream, client)
     }
 }
