@@ -397,7 +397,7 @@ fn count_decision(state: &AppState, choice: &'static str) {
 
 /// A decision log line waiting for its request's outcome.
 struct PendingLog {
-    policy: Arc<crate::routing::Policy>,
+    policy: Arc<crate::routing::LearnedRouting>,
     request_id: Arc<str>,
     decision: tandem_router_policy::Decision,
     line: serde_json::Value,

@@ -30,7 +30,7 @@ use crate::middleware::{
     route_header::RouteHeaderLayer, timeout::TimeoutLayer, trace,
 };
 use crate::providers::build_provider;
-use crate::routing::{self, Policy};
+use crate::routing::{self, LearnedRouting};
 use crate::speculative::service::gateway_routes as verify_routes;
 use crate::state::{AppState, FeedbackSink, MemoryFeedback, RequestLog};
 
@@ -132,7 +132,7 @@ pub fn build_state(config: Config, options: &GatewayOptions) -> Result<Arc<AppSt
         };
         executors.insert(name.clone(), executor);
     }
-    let policy = match Policy::new(&config) {
+    let policy = match LearnedRouting::new(&config) {
         Ok(p) => {
             let p = Arc::new(p);
             routing::spawn_persistence(p.clone());

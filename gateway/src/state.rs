@@ -12,7 +12,7 @@ use crate::config::{BackendKind, Config};
 use crate::executor::Executor;
 use crate::executor::local::LocalModel;
 use crate::metrics::Metrics;
-use crate::routing::Policy;
+use crate::routing::LearnedRouting;
 
 /// Feedback can refer to at least this many of the latest answered requests (up to twice as
 /// many are kept).
@@ -87,7 +87,7 @@ pub struct AppState {
     pub feedback: Arc<dyn FeedbackSink>,
     /// The learned routing policy (None when it could not be loaded; learned routes then run
     /// in config order).
-    pub policy: Option<Arc<Policy>>,
+    pub policy: Option<Arc<LearnedRouting>>,
 }
 
 impl AppState {

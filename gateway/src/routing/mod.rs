@@ -162,8 +162,9 @@ pub struct Planned {
     pub order: Vec<String>,
 }
 
-/// The learned policy and everything around it.
-pub struct Policy {
+/// The learned policy in the gateway and everything around it: the router, the encoder, live
+/// backend state, the decision log and the bandit's persistence.
+pub struct LearnedRouting {
     /// The router.
     pub router: Arc<Router>,
     settings: RouterSettings,
@@ -185,16 +186,16 @@ pub struct Policy {
     answer_check: Option<(Arc<AnswerCheck>, f32)>,
 }
 
-impl std::fmt::Debug for Policy {
+impl std::fmt::Debug for LearnedRouting {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Policy")
+        f.debug_struct("LearnedRouting")
             .field("backends", &self.backends.keys().collect::<Vec<_>>())
             .field("encoder", &self.encoder.get().is_some())
             .finish_non_exhaustive()
     }
 }
 
-impl Policy {
+impl LearnedRouting {
     /// Loads the quality model, restores the bandit (Redis first, then the file), opens the
     /// decision log and starts loading the encoder in the background.
     pub fn new(config: &Config) -> Result<Self, Error> {
@@ -503,8 +504,8 @@ impl Policy {
     }
 }
 
-/// Saves the bandit every interval until [`Policy::stop_persistence`].
-pub fn spawn_persistence(policy: Arc<Policy>) {
+/// Saves the bandit every interval until [`LearnedRouting::stop_persistence`].
+pub fn spawn_persistence(policy: Arc<LearnedRouting>) {
     if !policy.persists() {
         return;
     }
@@ -523,7 +524,7 @@ pub fn spawn_persistence(policy: Arc<Policy>) {
     *policy.persistence.lock() = Some(task.abort_handle());
 }
 
-impl Policy {
+impl LearnedRouting {
     /// Stops the periodic save (the shutdown save follows it).
     pub fn stop_persistence(&self) {
         if let Some(task) = self.persistence.lock().take() {
@@ -542,7 +543,7 @@ impl Policy {
     }
 }
 
-impl Drop for Policy {
+impl Drop for LearnedRouting {
     fn drop(&mut self) {
         self.wait_for_encoder_load();
     }
