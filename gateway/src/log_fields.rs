@@ -7,6 +7,21 @@ use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::FormatFields;
 use tracing_subscriber::fmt::format::Writer;
 
+/// Sets up logging for a command line: to stderr, at `RUST_LOG`'s levels (`info` without it),
+/// with colour only on a terminal and fields written by [`LogFields`].
+pub fn init() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        // Colour codes only for a terminal: not in log files, and not formatted on every span.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .fmt_fields(LogFields)
+        .init();
+}
+
 /// The gateway's field formatter. The default one styles every field name for a terminal even
 /// with colour off, which cost more than the rest of each request's span; fields the `log` crate
 /// bridge adds (`log.target` and the like) are left out, as the default does.

@@ -100,16 +100,7 @@ fn out(text: &str) {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colour codes only for a terminal: not in log files, and not formatted on every span.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .fmt_fields(tandem_gateway::log_fields::LogFields)
-        .init();
+    tandem_gateway::log_fields::init();
     match cli.command {
         Command::Serve(args) => runtime()?.block_on(serve(args)),
         Command::Config(ConfigCommand::Check { file }) => {

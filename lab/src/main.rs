@@ -109,14 +109,7 @@ fn out(text: &str) {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    tandem_gateway::log_fields::init();
     match cli.command {
         Command::Router(RouterCommand::Train { data, out: path }) => {
             let args = tandem_lab::router::TrainArgs {

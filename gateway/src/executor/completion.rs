@@ -5,7 +5,9 @@
 
 use serde_json::{Map, Value, json};
 use tandem_cloud_adapters::openai::CompletionRequest;
-use tandem_cloud_adapters::{ChatRequest, ChatResponse, EventStream, Message, Role, Usage};
+use tandem_cloud_adapters::{
+    ChatRequest, ChatResponse, EventStream, FinishReason, Message, Role, Usage,
+};
 use tandem_local_model::GenerateEvent;
 use tokio::sync::mpsc;
 
@@ -70,8 +72,8 @@ pub struct LocalCompletion {
     pub logprobs: Option<LegacyLogprobs>,
     /// vLLM's `prompt_logprobs`: `null` for the first token, then a map per position.
     pub prompt_logprobs: Option<Vec<Value>>,
-    /// `stop` or `length`.
-    pub finish: &'static str,
+    /// Why generation ended (`stop` or `length`).
+    pub finish: FinishReason,
     /// Token counts from the tokenizer.
     pub usage: Usage,
 }

@@ -7,11 +7,12 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use parking_lot::RwLock;
 use tandem_cloud_adapters::{
-    ChatEvent, ChatRequest, ContentPart, EventStream, FinishReason, TokenLogprob, Usage, unix_now,
+    ChatEvent, ChatRequest, ContentPart, EventStream, TokenLogprob, unix_now,
 };
 use tandem_local_model::{ChatMessage, Engine, GenerateEvent, GenerateRequest, SamplingParams};
 
 use super::completion::{CompletionCall, CompletionOutput};
+use super::engine::{engine_usage, finish_reason};
 use super::{Executor, local_completion, refuse_beyond_local_decoding};
 use crate::config::{BackendConfig, BackendKind, Price};
 use crate::error::Error;
@@ -181,16 +182,9 @@ pub fn generate_events(
                     completion_tokens,
                     cached_prompt_tokens,
                 }) => {
-                    let reason = match reason {
-                        tandem_local_model::FinishReason::Length => FinishReason::Length,
-                        _ => FinishReason::Stop,
-                    };
-                    let usage = Usage {
-                        prompt_tokens: prompt_tokens as u64,
-                        completion_tokens: completion_tokens as u64,
-                        cached_prompt_tokens: cached_prompt_tokens as u64,
-                        ..Usage::default()
-                    };
+                    let reason = finish_reason(reason);
+                    let usage =
+                        engine_usage(prompt_tokens, completion_tokens, cached_prompt_tokens);
                     return Some((
                         vec![ChatEvent::Finish { reason }, ChatEvent::Usage(usage)],
                         None,

@@ -3,11 +3,12 @@
 //! `max_tokens` 0 or 1) that lets one Tandem verify drafts for another.
 
 use serde_json::{Map, Value, json};
-use tandem_cloud_adapters::Usage;
 use tandem_cloud_adapters::openai::{CompletionRequest, Prompt};
+use tandem_cloud_adapters::{FinishReason, Usage};
 use tandem_local_model::{Engine, GenerateEvent, GenerateRequest, SamplingParams};
 
 use super::completion::{CompletionOutput, LegacyLogprobs, LocalCompletion, LocalStream};
+use super::engine::{engine_usage, finish_reason};
 use crate::error::Error;
 
 fn bad(message: impl Into<String>, param: &str) -> Error {
@@ -175,7 +176,7 @@ pub async fn complete(
         prompt_tokens: tokens.len() as u64,
         ..Usage::default()
     };
-    let mut finish = "length";
+    let mut finish = FinishReason::Length;
     if request.max_tokens > 0 {
         let mut rx = engine
             .generate(GenerateRequest {
@@ -218,17 +219,8 @@ pub async fn complete(
                     completion_tokens,
                     cached_prompt_tokens,
                 }) => {
-                    finish = if reason == tandem_local_model::FinishReason::Length {
-                        "length"
-                    } else {
-                        "stop"
-                    };
-                    usage = Usage {
-                        prompt_tokens: prompt_tokens as u64,
-                        completion_tokens: completion_tokens as u64,
-                        cached_prompt_tokens: cached_prompt_tokens as u64,
-                        ..Usage::default()
-                    };
+                    finish = finish_reason(reason);
+                    usage = engine_usage(prompt_tokens, completion_tokens, cached_prompt_tokens);
                     break;
                 }
                 Some(GenerateEvent::Error(e)) => return Err(Error::LocalModel(e)),

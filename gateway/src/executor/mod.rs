@@ -5,6 +5,7 @@
 pub mod cascade;
 pub mod cloud;
 pub mod completion;
+pub mod engine;
 pub mod local;
 pub mod local_completion;
 pub mod speculative;

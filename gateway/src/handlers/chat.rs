@@ -16,13 +16,15 @@ use tandem_cloud_adapters::{
     ChatEvent, ChatRequest, EventStream, ProviderError, Usage, WireFormat, anthropic, openai,
 };
 
-use super::{json_bytes_response, mark_route, read_body, request_id, sse_response, wire_error};
+use super::{
+    finish_response, json_bytes_response, read_body, request_id, sse_response, wire_error,
+};
 use crate::context::FirstTokenDeadline;
 use crate::dispatch::{run_chat, run_chat_completion, run_stream};
 use crate::error::{ApiFlavor, Error};
 use crate::metrics::BackendLabels;
 use crate::routing::RequestHints;
-use crate::state::{AppState, RequestRecord};
+use crate::state::AppState;
 
 /// `POST /v1/chat/completions`.
 pub async fn chat_completions(State(state): State<Arc<AppState>>, request: Request) -> Response {
@@ -103,16 +105,8 @@ async fn handle(state: Arc<AppState>, request: Request, format: WireFormat) -> R
             Err(e) => (e.into_response_for(flavor), route),
         }
     };
-    mark_route(&mut response, &route, &model);
-    if response.status().is_success() {
-        state.requests.insert(
-            id.0.clone(),
-            RequestRecord {
-                model,
-                backend: route.backend.clone(),
-            },
-        );
-    }
+    let answered = response.status().is_success();
+    finish_response(&state, &mut response, &id, &route, model, answered);
     response
 }
 

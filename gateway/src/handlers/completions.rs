@@ -12,22 +12,24 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::{Map, Value, json};
 use tandem_cloud_adapters::openai::{
-    self, CompletionChunkEncoder, CompletionRequest, encode_completion_response,
+    self, CompletionChunkEncoder, CompletionRequest, encode_completion_response, finish_reason_str,
 };
-use tandem_cloud_adapters::{Usage, unix_now};
+use tandem_cloud_adapters::unix_now;
 use tandem_local_model::GenerateEvent;
 
 use super::chat::{Encoder, encoded_sse_body, record_usage};
 use super::{
-    json_bytes_response, json_response, mark_route, read_body, request_id, sse_response, wire_error,
+    finish_response, json_bytes_response, json_response, read_body, request_id, sse_response,
+    wire_error,
 };
 use crate::context::FirstTokenDeadline;
 use crate::dispatch::run_completion;
 use crate::error::{ApiFlavor, Error};
 use crate::executor::completion::{LocalCompletion, LocalStream};
+use crate::executor::engine::{engine_usage, finish_reason};
 use crate::executor::{CompletionCall, CompletionOutput};
 use crate::routing::RequestHints;
-use crate::state::{AppState, RequestRecord};
+use crate::state::AppState;
 
 /// Decodes a client's `/v1/completions` body; a value the API does not support (`n` > 1, a batch
 /// of prompts) is a 400 naming it as unsupported.
@@ -74,16 +76,7 @@ pub async fn completions(State(state): State<Arc<AppState>>, request: Request) -
         Ok(output) => encode(&state, output, call.request, &route.backend),
         Err(e) => e.into_response_for(ApiFlavor::OpenAi),
     };
-    mark_route(&mut response, &route, &model);
-    if answered {
-        state.requests.insert(
-            id.0.clone(),
-            RequestRecord {
-                model,
-                backend: route.backend.clone(),
-            },
-        );
-    }
+    finish_response(&state, &mut response, &id, &route, model, answered);
     response
 }
 
@@ -126,7 +119,7 @@ fn local_body(model: &str, answer: LocalCompletion) -> Value {
         "index": 0,
         "text": answer.text,
         "logprobs": answer.logprobs.map_or(Value::Null, |l| l.to_json()),
-        "finish_reason": answer.finish,
+        "finish_reason": finish_reason_str(answer.finish),
     });
     if let Some(prompt_logprobs) = answer.prompt_logprobs {
         choice["prompt_logprobs"] = Value::Array(prompt_logprobs);
@@ -221,18 +214,10 @@ fn stream_response(
                     cached_prompt_tokens,
                 }) => {
                     s.rx = None;
-                    let usage = Usage {
-                        prompt_tokens: prompt_tokens as u64,
-                        completion_tokens: completion_tokens as u64,
-                        cached_prompt_tokens: cached_prompt_tokens as u64,
-                        ..Usage::default()
-                    };
+                    let usage =
+                        engine_usage(prompt_tokens, completion_tokens, cached_prompt_tokens);
                     record_usage(&s.state, &s.model, &s.backend, &usage);
-                    let finish = if reason == tandem_local_model::FinishReason::Length {
-                        "length"
-                    } else {
-                        "stop"
-                    };
+                    let finish = finish_reason_str(finish_reason(reason));
                     let mut out =
                         chunk(&s.id, s.created, &s.model, "", Value::Null, Some(finish)).to_vec();
                     if s.include_usage {

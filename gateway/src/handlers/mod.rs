@@ -14,6 +14,7 @@ use tandem_cloud_adapters::WireError;
 use crate::context::{AnsweredBy, BodyLimit, ROUTE_HEADER, RequestId};
 use crate::dispatch::RouteInfo;
 use crate::error::Error;
+use crate::state::{AppState, RequestRecord};
 
 /// Reads the whole body; a body over the limit is a 413.
 pub async fn read_body(parts: &Parts, body: Body) -> Result<Bytes, Error> {
@@ -59,6 +60,28 @@ pub fn mark_route(response: &mut Response, route: &RouteInfo, model: &str) {
             route: model.into(),
             backend: route.backend.as_str().into(),
         });
+    }
+}
+
+/// Marks a routed response (see [`mark_route`]) and, when it answered, remembers which backend
+/// did, so feedback on the request id finds it.
+pub fn finish_response(
+    state: &AppState,
+    response: &mut Response,
+    id: &RequestId,
+    route: &RouteInfo,
+    model: String,
+    answered: bool,
+) {
+    mark_route(response, route, &model);
+    if answered {
+        state.requests.insert(
+            id.0.clone(),
+            RequestRecord {
+                model,
+                backend: route.backend.clone(),
+            },
+        );
     }
 }
 
