@@ -41,6 +41,12 @@ else
 fi
 # The module graph of every crate stays acyclic.
 log "checking for import cycles"
+if ! command -v python3 >/dev/null 2>&1; then
+    sudo_cmd=""
+    [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq python3 >/dev/null
+fi
 python3 scripts/check-cycles.py
 
 log "building tandem and the tests"
