@@ -5,7 +5,6 @@
 pub mod cascade;
 pub mod cloud;
 pub mod local;
-pub mod speculative;
 
 use async_trait::async_trait;
 use futures::StreamExt;

@@ -17,11 +17,11 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use tandem_cloud_adapters::ProviderError;
-use tandem_cloud_adapters::verify::{Verifier, VerifyRequest};
 use tandem_kernels::spec::{self, Exactness, SamplingParams, SparseDist};
-use tandem_local_model::draft::Drafter;
 
+use super::draft::Drafter;
 use super::policy::DraftPolicy;
+use super::verify::{Verifier, VerifyRequest};
 use crate::error::{Error, Result};
 
 /// A target that can also stream plainly (the fallback when speculation does not pay).
@@ -169,10 +169,6 @@ pub fn upstream(e: ProviderError) -> Error {
     crate::executor::upstream_error(&backend, e)
 }
 
-fn local(e: tandem_local_model::Error) -> Error {
-    Error::LocalModel(e.to_string())
-}
-
 /// Runs speculative decoding for one request; `on_tokens` sees each confirmed block. `report` is
 /// filled as rounds complete, so a run that fails part-way still says what it did (the rounds
 /// and the target tokens billed before the failure).
@@ -219,7 +215,7 @@ pub async fn run(
             None if report.rounds == 0 && opts.pipeline => Vec::new(),
             None => {
                 let t = Instant::now();
-                let d = drafter.draft(&context, k).await.map_err(local)?;
+                let d = drafter.draft(&context, k).await?;
                 policy.observe_draft(d.len(), t.elapsed());
                 d
             }

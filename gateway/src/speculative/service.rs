@@ -24,14 +24,14 @@ use tandem_cloud_adapters::Usage;
 use tandem_cloud_adapters::client::HttpClient;
 use tandem_cloud_adapters::http::transport_error;
 use tandem_cloud_adapters::provider::ProviderErrorKind;
-use tandem_cloud_adapters::verify::tandem::{
-    SESSION_MISMATCH, TandemVerifyRequest, TandemVerifyResponse, TandemVerifyUsage, VERIFY_PATH,
-};
-use tandem_cloud_adapters::verify::{Verifier, VerifyProtocol, VerifyRequest, VerifyResponse};
 use tandem_local_model::{Engine, GenerateEvent, GenerateRequest, SamplingParams, SessionId};
 
 use super::decoder::PlainStreamer;
 use super::delay::DelayLayer;
+use super::verify::tandem::{
+    SESSION_MISMATCH, TandemVerifyRequest, TandemVerifyResponse, TandemVerifyUsage, VERIFY_PATH,
+};
+use super::verify::{Verifier, VerifyProtocol, VerifyRequest, VerifyResponse};
 use crate::config::VerifyEndpoints;
 use crate::executor::local::LocalModel;
 

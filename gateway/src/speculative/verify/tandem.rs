@@ -14,16 +14,11 @@
 
 use std::collections::HashMap;
 
-use async_trait::async_trait;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use tandem_cloud_adapters::{ProviderError, Usage};
 
-use super::vllm::VllmVerifier;
-use super::{
-    Endpoint, TopLogprobs, Verifier, VerifyProtocol, VerifyRequest, VerifyResponse, decode_error,
-};
-use crate::error::ProviderError;
-use crate::types::Usage;
+use super::{Endpoint, TopLogprobs, VerifyRequest, VerifyResponse, decode_error, vllm};
 
 /// The error code a target answers when it cannot continue a session from `base_len`.
 pub const SESSION_MISMATCH: &str = "session_mismatch";
@@ -86,35 +81,13 @@ pub struct TandemVerifyResponse {
     pub usage: TandemVerifyUsage,
 }
 
-/// Another Tandem as a verifier.
+/// The client side of Tandem's sessions: the full sequence last sent per session, to send only
+/// what is new.
 #[derive(Debug)]
-pub struct TandemVerifier {
-    endpoint: Endpoint,
-    stateless: VllmVerifier,
-    /// The full sequence last sent per session, to send only what is new.
+pub(super) struct Sessions {
+    /// The vLLM scoring form, served under `/v1`, for calls without a session.
+    stateless: Endpoint,
     sent: Mutex<HashMap<String, Vec<u32>>>,
-}
-
-impl TandemVerifier {
-    /// A verifier for the Tandem at `base_url` (the server root, without `/v1`).
-    pub fn new(
-        name: impl Into<String>,
-        base_url: impl Into<String>,
-        api_key: Option<String>,
-        client: crate::client::HttpClient,
-    ) -> Self {
-        let endpoint = Endpoint::new(name, base_url, api_key, client);
-        Self {
-            // The vLLM scoring form is served under `/v1`.
-            stateless: VllmVerifier::at(endpoint.under("v1")),
-            endpoint,
-            sent: Mutex::new(HashMap::new()),
-        }
-    }
-
-    async fn post(&self, body: &TandemVerifyRequest) -> Result<serde_json::Value, ProviderError> {
-        self.endpoint.post(VERIFY_PATH, body).await
-    }
 }
 
 fn is_session_mismatch(err: &ProviderError) -> bool {
@@ -127,19 +100,24 @@ fn is_session_mismatch(err: &ProviderError) -> bool {
             == Some(SESSION_MISMATCH)
 }
 
-#[async_trait]
-impl Verifier for TandemVerifier {
-    fn name(&self) -> &str {
-        self.endpoint.name()
+impl Sessions {
+    /// No sessions yet, for the Tandem at `endpoint` (the server root).
+    pub(super) fn new(endpoint: &Endpoint) -> Self {
+        Self {
+            stateless: endpoint.under("v1"),
+            sent: Mutex::new(HashMap::new()),
+        }
     }
 
-    fn protocol(&self) -> VerifyProtocol {
-        VerifyProtocol::Tandem
-    }
-
-    async fn verify(&self, req: &VerifyRequest<'_>) -> Result<VerifyResponse, ProviderError> {
+    /// Scores one round on the Tandem at `endpoint` (the server root): the session form when the
+    /// request names a session, else the vLLM scoring form under `/v1`.
+    pub(super) async fn verify(
+        &self,
+        endpoint: &Endpoint,
+        req: &VerifyRequest<'_>,
+    ) -> Result<VerifyResponse, ProviderError> {
         let Some(session) = req.session else {
-            return self.stateless.verify(req).await;
+            return vllm::verify(&self.stateless, req).await;
         };
         let mut full = Vec::with_capacity(req.prefix.len() + req.draft.len());
         full.extend_from_slice(req.prefix);
@@ -162,17 +140,16 @@ impl Verifier for TandemVerifier {
             greedy: req.greedy,
             close: false,
         };
-        let answer = match self.post(&body).await {
+        let answer = match endpoint.post(VERIFY_PATH, &body).await {
             Err(e) if is_session_mismatch(&e) && base_len > 0 => {
                 body.base_len = 0;
                 body.tokens = full.clone();
-                self.post(&body).await?
+                endpoint.post(VERIFY_PATH, &body).await?
             }
             other => other?,
         };
-        let parsed: TandemVerifyResponse = serde_json::from_value(answer).map_err(|e| {
-            decode_error(self.endpoint.name(), format!("tandem verify response: {e}"))
-        })?;
+        let parsed: TandemVerifyResponse = serde_json::from_value(answer)
+            .map_err(|e| decode_error(endpoint.name(), format!("tandem verify response: {e}")))?;
         self.sent.lock().insert(session.to_owned(), full);
         let response = VerifyResponse {
             positions: parsed.positions,
@@ -183,12 +160,13 @@ impl Verifier for TandemVerifier {
                 ..Usage::default()
             },
         };
-        let response = response.check(req.draft.len(), self.endpoint.name())?;
-        response.check_early_exit(req.draft, self.endpoint.name())?;
+        let response = response.check(req.draft.len(), endpoint.name())?;
+        response.check_early_exit(req.draft, endpoint.name())?;
         Ok(response)
     }
 
-    async fn end_session(&self, session: &str) {
+    /// Forgets `session` and tells the target to free it.
+    pub(super) async fn end(&self, endpoint: &Endpoint, session: &str) {
         self.sent.lock().remove(session);
         let body = TandemVerifyRequest {
             model: String::new(),
@@ -200,7 +178,7 @@ impl Verifier for TandemVerifier {
             greedy: false,
             close: true,
         };
-        if let Err(e) = self.post(&body).await {
+        if let Err(e) = endpoint.post(VERIFY_PATH, &body).await {
             tracing::debug!(error = %e, "closing a verify session failed");
         }
     }
