@@ -13,32 +13,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use futures::StreamExt;
-use futures::stream::BoxStream;
 use tandem_cloud_adapters::ProviderError;
 use tandem_kernels::spec::{self, Exactness, SamplingParams, SparseDist};
 
 use super::draft::Drafter;
 use super::policy::DraftPolicy;
-use super::verify::{Verifier, VerifyRequest};
+use super::verify::{PlainStreamer, Verifier, VerifyRequest};
 use crate::error::{Error, Result};
-
-/// A target that can also stream plainly (the fallback when speculation does not pay).
-#[async_trait]
-pub trait PlainStreamer: Send + Sync {
-    /// Streams up to `max_tokens` greedy tokens after `context`, in the target's ids,
-    /// continuing `session`'s state on the target when it holds one.
-    async fn stream(
-        &self,
-        context: &[u32],
-        max_tokens: usize,
-        session: Option<&str>,
-    ) -> std::result::Result<
-        BoxStream<'static, std::result::Result<u32, ProviderError>>,
-        ProviderError,
-    >;
-}
 
 /// Per-request settings.
 #[derive(Debug, Clone)]

@@ -20,11 +20,10 @@ use tandem_kernels::spec::SamplingParams as SpecSampling;
 use tandem_local_model::{ChatMessage, Engine, TargetTokenizer, Tokenizer};
 use tokio::sync::{OnceCell, mpsc};
 
-use super::decoder::{PlainStreamer, SpecFinish, SpecOptions, SpecReport, run};
+use super::decoder::{SpecFinish, SpecOptions, SpecReport, run};
 use super::draft::{CrossTokenizerDrafter, Drafter, EngineDrafter, NgramDrafter};
 use super::policy::{DraftPolicy, PolicyConfig, PolicySnapshot};
-use super::service::TandemStreamer;
-use super::verify::{RemoteVerifier, Verifier, VerifyProtocol, server_root};
+use super::verify::{PlainStreamer, RemoteVerifier, Verifier};
 use crate::config::{BackendConfig, BackendKind, DrafterKind, Price, SpeculativeBackend};
 use crate::error::Error;
 use crate::executor::local::{DEFAULT_MAX_TOKENS, LocalModel, template_messages};
@@ -113,23 +112,17 @@ impl SpeculativeExecutor {
             ..HttpConfig::default()
         };
         let client = HttpClient::new(&http).map_err(|e| Error::Internal(e.to_string()))?;
-        let key = target.api_key.clone();
-        let name = target.name.clone();
-        // Tandem alone also streams plainly, the fallback when speculation does not pay.
-        let plain: Option<Arc<dyn PlainStreamer>> = match target.verify {
-            VerifyProtocol::Tandem => Some(Arc::new(
-                TandemStreamer::new(name.clone(), server_root(&base_url), client.clone())
-                    .with_api_key(key.clone()),
-            )),
-            _ => None,
-        };
-        let verifier: Arc<dyn Verifier> = Arc::new(RemoteVerifier::new(
+        let verifier = RemoteVerifier::new(
             target.verify,
-            name,
+            target.name.clone(),
             base_url,
-            key,
+            target.api_key.clone(),
             client,
-        )?);
+        )?;
+        let plain = verifier
+            .plain_streamer()
+            .map(|s| Arc::new(s) as Arc<dyn PlainStreamer>);
+        let verifier: Arc<dyn Verifier> = Arc::new(verifier);
         Ok(Self::with_parts(
             config, spec, target, local, verifier, plain, cache_dir, metrics,
         ))

@@ -14,12 +14,13 @@ use tandem_local_model::{ChatMessage, Engine, EngineConfig, WeightFormat};
 
 use tandem_gateway::error::{Error, Result};
 use tandem_gateway::server::no_delay;
-use tandem_gateway::speculative::decoder::{PlainStreamer, SpecOptions, SpecReport, run, upstream};
+use tandem_gateway::speculative::decoder::{SpecOptions, SpecReport, run, upstream};
 use tandem_gateway::speculative::delay::{DelayConfig, DelayLayer};
 use tandem_gateway::speculative::draft::{CrossTokenizerDrafter, Drafter, EngineDrafter};
 use tandem_gateway::speculative::policy::{DraftPolicy, PolicyConfig};
-use tandem_gateway::speculative::service::{TandemStreamer, VerifyState, router};
-use tandem_gateway::speculative::verify::{RemoteVerifier, VerifyProtocol};
+use tandem_gateway::speculative::service::{VerifyState, router};
+use tandem_gateway::speculative::verify::tandem::TandemStreamer;
+use tandem_gateway::speculative::verify::{PlainStreamer, RemoteVerifier, VerifyProtocol};
 
 impl BenchArgs {
     /// Prompts per cell by default.

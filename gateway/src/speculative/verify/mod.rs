@@ -25,8 +25,9 @@ use std::fmt;
 use std::str::FromStr;
 
 use async_trait::async_trait;
+use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
-use tandem_cloud_adapters::client::HttpClient;
+use tandem_cloud_adapters::client::{HttpClient, RequestBuilder};
 use tandem_cloud_adapters::http::transport_error;
 use tandem_cloud_adapters::{ProviderError, ProviderErrorKind, Usage};
 
@@ -188,6 +189,19 @@ pub trait Verifier: Send + Sync {
     async fn end_session(&self, _session: &str) {}
 }
 
+/// A target that can also stream plainly (the fallback when speculation does not pay).
+#[async_trait]
+pub trait PlainStreamer: Send + Sync {
+    /// Streams up to `max_tokens` greedy tokens after `context`, in the target's ids,
+    /// continuing `session`'s state on the target when it holds one.
+    async fn stream(
+        &self,
+        context: &[u32],
+        max_tokens: usize,
+        session: Option<&str>,
+    ) -> Result<BoxStream<'static, Result<u32, ProviderError>>, ProviderError>;
+}
+
 /// The one HTTP client of the verify protocols: the backend's endpoint, and what its protocol
 /// needs (Tandem keeps the sequence last sent per session).
 #[derive(Debug)]
@@ -238,6 +252,15 @@ impl RemoteVerifier {
         };
         Ok(Self { endpoint, protocol })
     }
+
+    /// The plain token stream of the same target, for the protocols that have one (Tandem's
+    /// `/v1/tandem/generate`): the fallback when speculation does not pay.
+    pub fn plain_streamer(&self) -> Option<tandem::TandemStreamer> {
+        match self.protocol {
+            Protocol::Tandem(_) => Some(tandem::TandemStreamer::at(self.endpoint.clone())),
+            Protocol::Vllm | Protocol::Sglang => None,
+        }
+    }
 }
 
 #[async_trait]
@@ -270,7 +293,7 @@ impl Verifier for RemoteVerifier {
 }
 
 /// A server's root from its configured base URL: a trailing `/v1` dropped.
-pub fn server_root(base_url: &str) -> String {
+fn server_root(base_url: &str) -> String {
     base_url
         .trim_end_matches('/')
         .trim_end_matches("/v1")
@@ -282,6 +305,7 @@ pub(crate) fn sort_best_first(top: &mut TopLogprobs) {
     top.sort_by(|a, b| b.1.total_cmp(&a.1));
 }
 
+/// A malformed answer from `provider`.
 pub(crate) fn decode_error(provider: &str, message: impl Into<String>) -> ProviderError {
     ProviderError::new(ProviderErrorKind::Decode, provider, message)
 }
@@ -326,6 +350,15 @@ impl Endpoint {
         }
     }
 
+    /// A POST to `{base_url}/{path}`, with the key as a bearer token when there is one.
+    pub(crate) fn request(&self, path: &str) -> RequestBuilder<'_> {
+        let req = self.client.post_url(&join_url(&self.base_url, path));
+        match &self.api_key {
+            Some(key) => req.bearer_auth(key),
+            None => req,
+        }
+    }
+
     /// Posts `body` as JSON to `{base_url}/{path}` and returns the JSON answer, mapping failures
     /// to [`ProviderError`]s.
     pub(crate) async fn post(
@@ -335,14 +368,9 @@ impl Endpoint {
     ) -> Result<serde_json::Value, ProviderError> {
         let provider = self.name.as_str();
         let body = serde_json::to_value(body).map_err(|e| decode_error(provider, e.to_string()))?;
-        let mut req = self
-            .client
-            .post_url(&join_url(&self.base_url, path))
-            .json(&body);
-        if let Some(key) = &self.api_key {
-            req = req.bearer_auth(key);
-        }
-        let resp = req
+        let resp = self
+            .request(path)
+            .json(&body)
             .send()
             .await
             .map_err(|e| transport_error(&e, provider))?;
@@ -423,6 +451,31 @@ mod tests {
             usage: Usage::default(),
         };
         assert!(hole.check(1, "t").is_err());
+    }
+
+    #[test]
+    fn one_verifier_per_protocol_and_a_plain_stream_for_tandem() {
+        let client =
+            HttpClient::new(&tandem_cloud_adapters::client::HttpConfig::default()).unwrap();
+        let at = |p| RemoteVerifier::new(p, "t", "http://h:1/v1", None, client.clone());
+        for p in [
+            VerifyProtocol::Vllm,
+            VerifyProtocol::Sglang,
+            VerifyProtocol::Tandem,
+        ] {
+            let v = at(p).unwrap();
+            assert_eq!(v.protocol(), p);
+            assert_eq!(v.plain_streamer().is_some(), p == VerifyProtocol::Tandem);
+        }
+        assert_eq!(
+            at(VerifyProtocol::Vllm).unwrap().endpoint.base_url,
+            "http://h:1/v1"
+        );
+        assert_eq!(
+            at(VerifyProtocol::Sglang).unwrap().endpoint.base_url,
+            "http://h:1"
+        );
+        assert!(at(VerifyProtocol::None).is_err());
     }
 
     #[test]

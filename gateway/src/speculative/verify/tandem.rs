@@ -11,20 +11,35 @@
 //! Request: `{"model", "session_id", "base_len", "tokens", "draft_len", "top_k"}`, or
 //! `{"session_id", "close": true}` to end a session.
 //! Answer: `{"session_id", "positions": [[[id, logprob], ...], ...], "usage": {...}}`.
+//!
+//! `POST /v1/tandem/generate` (`{"tokens", "max_tokens", "session_id"}`) streams greedy token ids
+//! as SSE (`data: <id>`, then `data: [DONE]`, or an `error` event): the plain stream a speculative
+//! client falls back to, read by [`TandemStreamer`]. The server side of both is
+//! `speculative::service`.
 
 use std::collections::HashMap;
 
+use async_trait::async_trait;
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use tandem_cloud_adapters::{ProviderError, Usage};
+use tandem_cloud_adapters::client::HttpClient;
+use tandem_cloud_adapters::http::transport_error;
+use tandem_cloud_adapters::{ProviderError, ProviderErrorKind, Usage};
 
-use super::{Endpoint, TopLogprobs, VerifyRequest, VerifyResponse, decode_error, vllm};
+use super::{
+    Endpoint, PlainStreamer, TopLogprobs, VerifyRequest, VerifyResponse, decode_error, vllm,
+};
 
 /// The error code a target answers when it cannot continue a session from `base_len`.
 pub const SESSION_MISMATCH: &str = "session_mismatch";
 
 /// The path of the session-aware verify endpoint.
 pub const VERIFY_PATH: &str = "/v1/tandem/verify";
+
+/// The path of the plain token stream.
+pub const GENERATE_PATH: &str = "/v1/tandem/generate";
 
 /// A request to `/v1/tandem/verify`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -181,5 +196,139 @@ impl Sessions {
         if let Err(e) = endpoint.post(VERIFY_PATH, &body).await {
             tracing::debug!(error = %e, "closing a verify session failed");
         }
+    }
+}
+
+/// A request to `/v1/tandem/generate`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateBody {
+    /// The context, in token ids.
+    pub tokens: Vec<u32>,
+    /// Most tokens to stream.
+    pub max_tokens: usize,
+    /// Continue this verify session's KV instead of starting fresh (the fallback from
+    /// speculation: the same passes plain decoding would have run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+}
+
+/// The client of `/v1/tandem/generate`: plain streaming from a Tandem target.
+#[derive(Debug, Clone)]
+pub struct TandemStreamer {
+    endpoint: Endpoint,
+}
+
+impl TandemStreamer {
+    /// A streamer for the Tandem at `base_url` (the server root).
+    pub fn new(name: impl Into<String>, base_url: impl Into<String>, client: HttpClient) -> Self {
+        Self::at(Endpoint::new(name, base_url, None, client))
+    }
+
+    /// A streamer posting under `endpoint` (the server root).
+    pub(super) fn at(endpoint: Endpoint) -> Self {
+        Self { endpoint }
+    }
+
+    /// The same streamer sending `key` as a bearer token.
+    pub fn with_api_key(mut self, key: Option<String>) -> Self {
+        self.endpoint.api_key = key;
+        self
+    }
+}
+
+#[async_trait]
+impl PlainStreamer for TandemStreamer {
+    async fn stream(
+        &self,
+        context: &[u32],
+        max_tokens: usize,
+        session: Option<&str>,
+    ) -> Result<BoxStream<'static, Result<u32, ProviderError>>, ProviderError> {
+        let name = self.endpoint.name().to_owned();
+        let resp = self
+            .endpoint
+            .request(GENERATE_PATH)
+            .json(&GenerateBody {
+                tokens: context.to_vec(),
+                max_tokens,
+                session_id: session.map(str::to_owned),
+            })
+            .send()
+            .await
+            .map_err(|e| transport_error(&e, &name))?;
+        if !resp.status().is_success() {
+            let status = resp.status().as_u16();
+            let text = resp.text().await.unwrap_or_default();
+            return Err(ProviderError::status(status, name, text));
+        }
+        let mut bytes = resp.bytes_stream();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut buf = Vec::<u8>::new();
+            loop {
+                let chunk = match bytes.next().await {
+                    Some(Ok(chunk)) => chunk,
+                    Some(Err(e)) => {
+                        let err =
+                            ProviderError::new(ProviderErrorKind::StreamCut, &name, e.to_string());
+                        let _ = tx.send(Err(err)).await;
+                        return;
+                    }
+                    None => {
+                        let _ = tx.send(Err(ProviderError::stream_cut(&name))).await;
+                        return;
+                    }
+                };
+                buf.extend_from_slice(&chunk);
+                while let Some(pos) = buf.windows(2).position(|w| w == b"\n\n") {
+                    let frame: Vec<u8> = buf.drain(..pos + 2).collect();
+                    match parse_frame(&name, &String::from_utf8_lossy(&frame)) {
+                        Frame::Token(id) => {
+                            if tx.send(Ok(id)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Frame::Done => return,
+                        Frame::Skip => {}
+                        Frame::Fail(err) => {
+                            let _ = tx.send(Err(err)).await;
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed())
+    }
+}
+
+enum Frame {
+    Token(u32),
+    Done,
+    Skip,
+    Fail(ProviderError),
+}
+
+/// One SSE frame of `/v1/tandem/generate`: `data: <id>`, `data: [DONE]` or an `error` event.
+fn parse_frame(name: &str, frame: &str) -> Frame {
+    let is_error = frame.lines().any(|l| l.trim() == "event: error");
+    let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data:")) else {
+        return Frame::Skip;
+    };
+    let data = data.trim();
+    if is_error {
+        return Frame::Fail(ProviderError::new(ProviderErrorKind::Status, name, data));
+    }
+    if data == "[DONE]" {
+        return Frame::Done;
+    }
+    match data.parse() {
+        Ok(id) => Frame::Token(id),
+        Err(_) => Frame::Fail(ProviderError::new(
+            ProviderErrorKind::Decode,
+            name,
+            format!("bad token frame `{data}`"),
+        )),
     }
 }
