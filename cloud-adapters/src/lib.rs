@@ -1,5 +1,5 @@
 //! Normalized chat types, provider wire formats (OpenAI, Anthropic) in both directions, and the
-//! provider and verifier traits.
+//! provider trait.
 //!
 //! - [`types`]: `ChatRequest`, `ChatEvent`, `ChatResponse`, `Usage` and the stream folder.
 //! - [`wire`]: the formats. [`openai`] and [`anthropic`] (re-exported here) each hold ingress
@@ -21,7 +21,6 @@ pub mod http;
 pub mod provider;
 pub mod providers;
 pub mod types;
-pub mod verify;
 pub mod wire;
 
 // The formats keep their short paths (`tandem_cloud_adapters::openai::ChunkEncoder`).

@@ -21,7 +21,6 @@ use crate::error::Error;
 use crate::executor::Executor;
 use crate::executor::cloud::CloudExecutor;
 use crate::executor::local::{LocalExecutor, LocalModel, LocalState};
-use crate::executor::speculative::SpeculativeExecutor;
 use crate::handlers::{chat, completions, ops};
 use crate::metrics::Metrics;
 use crate::middleware::{
@@ -31,6 +30,7 @@ use crate::middleware::{
 };
 use crate::providers::build_provider;
 use crate::routing::{self, LearnedRouting};
+use crate::speculative::SpeculativeExecutor;
 use crate::speculative::service::gateway_routes as verify_routes;
 use crate::state::{AppState, FeedbackSink, MemoryFeedback, RequestLog};
 

@@ -13,12 +13,11 @@ use std::time::Duration;
 use tandem_cloud_adapters::client::{HttpClient, HttpConfig};
 
 use tandem_artifacts::{ProcessEnv, default_cache_root, locate};
-use tandem_cloud_adapters::verify::tandem::TandemVerifier;
 use tandem_gateway::speculative::{
-    DelayConfig, DelayLayer, DraftPolicy, InProcessStreamer, InProcessVerifier, PolicyConfig,
-    SpecOptions, SpecReport, TandemStreamer, VerifyState, router, run,
+    CrossTokenizerDrafter, DelayConfig, DelayLayer, DraftPolicy, Drafter, EngineDrafter,
+    InProcessStreamer, InProcessVerifier, NgramDrafter, PolicyConfig, RemoteVerifier, SpecOptions,
+    SpecReport, TandemStreamer, VerifyProtocol, VerifyState, router, run,
 };
-use tandem_local_model::draft::{CrossTokenizerDrafter, Drafter, EngineDrafter, NgramDrafter};
 use tandem_local_model::{
     ChatMessage, Engine, EngineConfig, GenerateEvent, GenerateRequest, SamplingParams, WeightFormat,
 };
@@ -280,7 +279,14 @@ async fn loopback_target_with_delay_layer_and_fallback_keeps_output() {
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     let client = HttpClient::new(&HttpConfig::default()).unwrap();
-    let verifier = TandemVerifier::new("cloud", base.clone(), None, client.clone());
+    let verifier = RemoteVerifier::new(
+        VerifyProtocol::Tandem,
+        "cloud",
+        base.clone(),
+        None,
+        client.clone(),
+    )
+    .unwrap();
     let streamer = TandemStreamer::new("cloud", base, client);
 
     for (i, text) in prompts().iter().take(4).enumerate() {

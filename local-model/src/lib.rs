@@ -26,6 +26,8 @@
 //!   with probabilities), [`Engine::append`] (feed tokens, get their scores), [`Engine::rollback`],
 //!   [`Engine::close_session`].
 //! - [`ModelInfo::vocab_hash`] identifies the tokenizer, to check a drafter matches a target.
+//! - [`TargetTokenizer`] reads only a model's text side (tokenizer, chat template, end tokens)
+//!   from its GGUF file, for a speculative target whose weights live elsewhere.
 //! - [`EngineConfig::weight_format`] converts the matrices at load ([`WeightFormat`]: Q8_0, f16
 //!   or f32), e.g. a higher-precision target from a 4-bit file; the default keeps them as stored.
 //! - The forward pass is batch invariant: a token's logits and keys/values are bit-identical
@@ -35,11 +37,11 @@
 mod error;
 
 pub mod chat;
-pub mod draft;
 pub mod engine;
 pub mod gguf;
 pub mod model;
 pub mod sampling;
+pub mod target;
 pub mod tokenizer;
 
 pub use chat::{ChatMessage, ChatTemplate};
@@ -50,4 +52,5 @@ pub use engine::{
 pub use error::{Error, Result};
 pub use model::WeightFormat;
 pub use sampling::{SamplingParams, TokenLogprob, TopLogprob};
+pub use target::TargetTokenizer;
 pub use tokenizer::Tokenizer;

@@ -14,12 +14,11 @@ use sha2::{Digest, Sha256};
 // Re-exported so config callers and tests keep one import; the trait lives with the fetcher.
 pub use tandem_artifacts::{EnvSource, MapEnv, ProcessEnv};
 use tandem_cloud_adapters::providers::presets::{self, Preset};
-use tandem_cloud_adapters::verify::VerifyProtocol;
 use tandem_local_model::WeightFormat;
 use tandem_router_policy::Placement;
 pub use tandem_router_policy::Price;
 
-use crate::speculative::{DelayConfig, ScoringMode};
+use crate::speculative::{DelayConfig, ScoringMode, VerifyProtocol};
 
 use raw::{RawBackend, RawConfig};
 pub use router::{BackendProfileConfig, CascadeJudge, PolicyRules, RoutePolicy, RouterSettings};

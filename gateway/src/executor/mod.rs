@@ -8,7 +8,6 @@ pub mod completion;
 pub mod engine;
 pub mod local;
 pub mod local_completion;
-pub mod speculative;
 
 use async_trait::async_trait;
 use futures::StreamExt;

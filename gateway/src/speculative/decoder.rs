@@ -13,32 +13,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use futures::StreamExt;
-use futures::stream::BoxStream;
 use tandem_cloud_adapters::ProviderError;
-use tandem_cloud_adapters::verify::{Verifier, VerifyRequest};
 use tandem_kernels::spec::{self, Exactness, SamplingParams, SparseDist};
-use tandem_local_model::draft::Drafter;
 
+use super::draft::Drafter;
 use super::policy::DraftPolicy;
+use super::verify::{PlainStreamer, Verifier, VerifyRequest};
 use crate::error::{Error, Result};
-
-/// A target that can also stream plainly (the fallback when speculation does not pay).
-#[async_trait]
-pub trait PlainStreamer: Send + Sync {
-    /// Streams up to `max_tokens` greedy tokens after `context`, in the target's ids,
-    /// continuing `session`'s state on the target when it holds one.
-    async fn stream(
-        &self,
-        context: &[u32],
-        max_tokens: usize,
-        session: Option<&str>,
-    ) -> std::result::Result<
-        BoxStream<'static, std::result::Result<u32, ProviderError>>,
-        ProviderError,
-    >;
-}
 
 /// Per-request settings.
 #[derive(Debug, Clone)]
@@ -169,10 +151,6 @@ pub fn upstream(e: ProviderError) -> Error {
     crate::executor::upstream_error(&backend, e)
 }
 
-fn local(e: tandem_local_model::Error) -> Error {
-    Error::LocalModel(e.to_string())
-}
-
 /// Runs speculative decoding for one request; `on_tokens` sees each confirmed block. `report` is
 /// filled as rounds complete, so a run that fails part-way still says what it did (the rounds
 /// and the target tokens billed before the failure).
@@ -219,7 +197,7 @@ pub async fn run(
             None if report.rounds == 0 && opts.pipeline => Vec::new(),
             None => {
                 let t = Instant::now();
-                let d = drafter.draft(&context, k).await.map_err(local)?;
+                let d = drafter.draft(&context, k).await?;
                 policy.observe_draft(d.len(), t.elapsed());
                 d
             }

@@ -1,7 +1,8 @@
 //! The target side of the Tandem verify protocol: `POST /v1/tandem/verify` over an engine's
 //! sessions (the KV cache stays between rounds, so each round runs only the new tokens), and
 //! `POST /v1/tandem/generate`, plain greedy streaming of token ids (the fallback and the
-//! target-only baseline).
+//! target-only baseline); plus the in-process verifier and streamer that skip HTTP. The wire
+//! types and the HTTP clients are in `verify::tandem`.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -17,26 +18,20 @@ use axum::routing::post;
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use parking_lot::Mutex;
-use serde::Deserialize;
 use serde_json::json;
 use tandem_cloud_adapters::ProviderError;
 use tandem_cloud_adapters::Usage;
-use tandem_cloud_adapters::client::HttpClient;
-use tandem_cloud_adapters::http::transport_error;
 use tandem_cloud_adapters::provider::ProviderErrorKind;
-use tandem_cloud_adapters::verify::tandem::{
-    SESSION_MISMATCH, TandemVerifyRequest, TandemVerifyResponse, TandemVerifyUsage, VERIFY_PATH,
-};
-use tandem_cloud_adapters::verify::{Verifier, VerifyProtocol, VerifyRequest, VerifyResponse};
 use tandem_local_model::{Engine, GenerateEvent, GenerateRequest, SamplingParams, SessionId};
 
-use super::decoder::PlainStreamer;
 use super::delay::DelayLayer;
+use super::verify::tandem::{
+    GENERATE_PATH, GenerateBody, SESSION_MISMATCH, TandemVerifyRequest, TandemVerifyResponse,
+    TandemVerifyUsage, VERIFY_PATH,
+};
+use super::verify::{PlainStreamer, Verifier, VerifyProtocol, VerifyRequest, VerifyResponse};
 use crate::config::VerifyEndpoints;
 use crate::executor::local::LocalModel;
-
-/// The path of the plain token stream.
-pub const GENERATE_PATH: &str = "/v1/tandem/generate";
 
 struct SessionEntry {
     id: SessionId,
@@ -467,20 +462,6 @@ impl VerifyState {
     }
 }
 
-/// A request to `/v1/tandem/generate`.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct GenerateBody {
-    /// The context, in token ids.
-    pub tokens: Vec<u32>,
-    /// Most tokens to stream.
-    pub max_tokens: usize,
-    /// Continue this verify session's KV instead of starting fresh (the fallback from
-    /// speculation: the same passes plain decoding would have run).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub session_id: Option<String>,
-}
-
 async fn verify_handler(
     State(state): State<Arc<VerifyState>>,
     Json(req): Json<TandemVerifyRequest>,
@@ -602,132 +583,6 @@ pub fn gateway_routes(model: Arc<LocalModel>, endpoints: &VerifyEndpoints) -> ax
     match endpoints.delay {
         Some(delay) => routes.layer(DelayLayer::new(delay)),
         None => routes,
-    }
-}
-
-/// The client of `/v1/tandem/generate`: plain streaming from a Tandem target.
-#[derive(Debug, Clone)]
-pub struct TandemStreamer {
-    name: String,
-    base_url: String,
-    api_key: Option<String>,
-    client: HttpClient,
-}
-
-impl TandemStreamer {
-    /// A streamer for the Tandem at `base_url` (the server root).
-    pub fn new(name: impl Into<String>, base_url: impl Into<String>, client: HttpClient) -> Self {
-        Self {
-            name: name.into(),
-            base_url: base_url.into(),
-            api_key: None,
-            client,
-        }
-    }
-
-    /// The same streamer sending `key` as a bearer token.
-    pub fn with_api_key(mut self, key: Option<String>) -> Self {
-        self.api_key = key;
-        self
-    }
-}
-
-#[async_trait::async_trait]
-impl PlainStreamer for TandemStreamer {
-    async fn stream(
-        &self,
-        context: &[u32],
-        max_tokens: usize,
-        session: Option<&str>,
-    ) -> Result<BoxStream<'static, Result<u32, ProviderError>>, ProviderError> {
-        let url = format!("{}{GENERATE_PATH}", self.base_url.trim_end_matches('/'));
-        let name = self.name.clone();
-        let mut request = self.client.post_url(&url);
-        if let Some(key) = &self.api_key {
-            request = request.bearer_auth(key);
-        }
-        let resp = request
-            .json(&GenerateBody {
-                tokens: context.to_vec(),
-                max_tokens,
-                session_id: session.map(str::to_owned),
-            })
-            .send()
-            .await
-            .map_err(|e| transport_error(&e, &name))?;
-        if !resp.status().is_success() {
-            let status = resp.status().as_u16();
-            let text = resp.text().await.unwrap_or_default();
-            return Err(ProviderError::status(status, name, text));
-        }
-        let mut bytes = resp.bytes_stream();
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
-        tokio::spawn(async move {
-            let mut buf = Vec::<u8>::new();
-            loop {
-                let chunk = match bytes.next().await {
-                    Some(Ok(chunk)) => chunk,
-                    Some(Err(e)) => {
-                        let err =
-                            ProviderError::new(ProviderErrorKind::StreamCut, &name, e.to_string());
-                        let _ = tx.send(Err(err)).await;
-                        return;
-                    }
-                    None => {
-                        let _ = tx.send(Err(ProviderError::stream_cut(&name))).await;
-                        return;
-                    }
-                };
-                buf.extend_from_slice(&chunk);
-                while let Some(pos) = buf.windows(2).position(|w| w == b"\n\n") {
-                    let frame: Vec<u8> = buf.drain(..pos + 2).collect();
-                    match parse_frame(&name, &String::from_utf8_lossy(&frame)) {
-                        Frame::Token(id) => {
-                            if tx.send(Ok(id)).await.is_err() {
-                                return;
-                            }
-                        }
-                        Frame::Done => return,
-                        Frame::Skip => {}
-                        Frame::Fail(err) => {
-                            let _ = tx.send(Err(err)).await;
-                            return;
-                        }
-                    }
-                }
-            }
-        });
-        Ok(tokio_stream_from(rx).boxed())
-    }
-}
-
-enum Frame {
-    Token(u32),
-    Done,
-    Skip,
-    Fail(ProviderError),
-}
-
-/// One SSE frame of `/v1/tandem/generate`: `data: <id>`, `data: [DONE]` or an `error` event.
-fn parse_frame(name: &str, frame: &str) -> Frame {
-    let is_error = frame.lines().any(|l| l.trim() == "event: error");
-    let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data:")) else {
-        return Frame::Skip;
-    };
-    let data = data.trim();
-    if is_error {
-        return Frame::Fail(ProviderError::new(ProviderErrorKind::Status, name, data));
-    }
-    if data == "[DONE]" {
-        return Frame::Done;
-    }
-    match data.parse() {
-        Ok(id) => Frame::Token(id),
-        Err(_) => Frame::Fail(ProviderError::new(
-            ProviderErrorKind::Decode,
-            name,
-            format!("bad token frame `{data}`"),
-        )),
     }
 }
 

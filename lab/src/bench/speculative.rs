@@ -10,16 +10,17 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use tandem_artifacts::{FetchOptions, ProcessEnv, resolve_model};
 use tandem_cloud_adapters::client::{HttpClient, HttpConfig};
-use tandem_cloud_adapters::verify::tandem::TandemVerifier;
-use tandem_local_model::draft::{CrossTokenizerDrafter, Drafter, EngineDrafter};
 use tandem_local_model::{ChatMessage, Engine, EngineConfig, WeightFormat};
 
 use tandem_gateway::error::{Error, Result};
 use tandem_gateway::server::no_delay;
-use tandem_gateway::speculative::decoder::{PlainStreamer, SpecOptions, SpecReport, run, upstream};
+use tandem_gateway::speculative::decoder::{SpecOptions, SpecReport, run, upstream};
 use tandem_gateway::speculative::delay::{DelayConfig, DelayLayer};
+use tandem_gateway::speculative::draft::{CrossTokenizerDrafter, Drafter, EngineDrafter};
 use tandem_gateway::speculative::policy::{DraftPolicy, PolicyConfig};
-use tandem_gateway::speculative::service::{TandemStreamer, VerifyState, router};
+use tandem_gateway::speculative::service::{VerifyState, router};
+use tandem_gateway::speculative::verify::tandem::TandemStreamer;
+use tandem_gateway::speculative::verify::{PlainStreamer, RemoteVerifier, VerifyProtocol};
 
 impl BenchArgs {
     /// Prompts per cell by default.
@@ -254,7 +255,13 @@ pub async fn bench_speculative(args: BenchArgs) -> Result<BenchReport> {
                     .map_err(|e| Error::Internal(e.to_string()))?
             );
             let server = tokio::spawn(async move { axum::serve(no_delay(listener), app).await });
-            let verifier = TandemVerifier::new("cloud", base.clone(), None, client.clone());
+            let verifier = RemoteVerifier::new(
+                VerifyProtocol::Tandem,
+                "cloud",
+                base.clone(),
+                None,
+                client.clone(),
+            )?;
             let streamer = TandemStreamer::new("cloud", base, client.clone());
             let mut row = BenchRow {
                 rtt_ms,
@@ -315,10 +322,10 @@ pub async fn bench_speculative(args: BenchArgs) -> Result<BenchReport> {
                 // Speculative.
                 clear(&target).await?;
                 let mut drafter: Box<dyn Drafter> = if same_vocab {
-                    Box::new(
-                        EngineDrafter::new(drafter_engine.clone(), &target.info().vocab_hash)
-                            .map_err(|e| Error::LocalModel(e.to_string()))?,
-                    )
+                    Box::new(EngineDrafter::new(
+                        drafter_engine.clone(),
+                        &target.info().vocab_hash,
+                    )?)
                 } else {
                     let draft_prompt = drafter_engine
                         .chat_prompt(&messages, true)

@@ -8,11 +8,13 @@
 //! state to that sequence (rolling back what was rejected) before proposing. All drafters here
 //! draft greedily, so their proposal is a point mass on each drafted token, which keeps sampled
 //! acceptance exact (`tandem_kernels::spec::SparseDist::point`).
+//!
+//! The model drafters drive a local [`tandem_local_model::Engine`]'s drafting sessions through its public API; the
+//! target's text side for the cross-tokenizer path is [`tandem_local_model::TargetTokenizer`].
 
 mod cross;
 mod engine;
 mod ngram;
-mod target;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -20,9 +22,8 @@ use std::pin::Pin;
 pub use cross::CrossTokenizerDrafter;
 pub use engine::EngineDrafter;
 pub use ngram::NgramDrafter;
-pub use target::TargetTokenizer;
 
-use crate::Result;
+use crate::error::{Error, Result};
 
 /// A boxed, sendable future (drafters are used as trait objects).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -40,6 +41,11 @@ pub trait Drafter: Send {
     fn close(&mut self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
     }
+}
+
+/// An engine failure while drafting, as the gateway reports it.
+pub(crate) fn engine_error(e: tandem_local_model::Error) -> Error {
+    Error::LocalModel(e.to_string())
 }
 
 /// Length of the longest common prefix of two token sequences.

@@ -1,9 +1,9 @@
 //! The local model as drafter when it shares the target's vocabulary (checked by hash).
 
-use super::{BoxFuture, Drafter, common_prefix};
-use crate::engine::{Engine, SessionId};
-use crate::sampling::SamplingParams;
-use crate::{Error, Result};
+use tandem_local_model::{Engine, SamplingParams, SessionId};
+
+use super::{BoxFuture, Drafter, common_prefix, engine_error};
+use crate::error::{Error, Result};
 
 /// An engine session mirrored on this side, re-synced to each round's committed sequence.
 #[derive(Debug)]
@@ -33,17 +33,23 @@ impl MirroredSession {
     /// Brings the session to exactly `context`, reusing the common prefix.
     pub(crate) async fn sync(&mut self, context: &[u32]) -> Result<()> {
         if context.is_empty() {
-            return Err(Error::InvalidArgument("draft context is empty".into()));
+            return Err(Error::LocalModel("draft context is empty".into()));
         }
         let common = common_prefix(&self.tokens, context);
         match self.session {
             Some(id) if common > 0 => {
                 if common < self.tokens.len() {
-                    self.engine.rollback(id, self.tokens.len() - common).await?;
+                    self.engine
+                        .rollback(id, self.tokens.len() - common)
+                        .await
+                        .map_err(engine_error)?;
                     self.tokens.truncate(common);
                 }
                 if common < context.len() {
-                    self.engine.append(id, &context[common..], 0).await?;
+                    self.engine
+                        .append(id, &context[common..], 0)
+                        .await
+                        .map_err(engine_error)?;
                     self.tokens.extend_from_slice(&context[common..]);
                 }
             }
@@ -51,7 +57,12 @@ impl MirroredSession {
                 if let Some(old) = self.session.take() {
                     self.engine.close_session(old).await;
                 }
-                self.session = Some(self.engine.open_session(context).await?);
+                self.session = Some(
+                    self.engine
+                        .open_session(context)
+                        .await
+                        .map_err(engine_error)?,
+                );
                 self.tokens = context.to_vec();
             }
         }
@@ -61,12 +72,16 @@ impl MirroredSession {
     /// Drafts `k` tokens greedily after the synced context, stopping after an end token.
     pub(crate) async fn draft_greedy(&mut self, k: usize) -> Result<Vec<u32>> {
         let Some(id) = self.session else {
-            return Err(Error::InvalidArgument("draft before sync".into()));
+            return Err(Error::LocalModel("draft before sync".into()));
         };
         if k == 0 {
             return Ok(Vec::new());
         }
-        let drafted = self.engine.draft(id, k, &SamplingParams::greedy(k)).await?;
+        let drafted = self
+            .engine
+            .draft(id, k, &SamplingParams::greedy(k))
+            .await
+            .map_err(engine_error)?;
         let mut out: Vec<u32> = drafted.iter().map(|t| t.id).collect();
         self.tokens.extend_from_slice(&out);
         if let Some(pos) = out.iter().position(|t| self.eos.contains(t)) {
@@ -95,7 +110,7 @@ impl EngineDrafter {
     pub fn new(engine: Engine, target_vocab_hash: &str) -> Result<Self> {
         let own = &engine.info().vocab_hash;
         if own != target_vocab_hash {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::LocalModel(format!(
                 "drafter vocabulary {own} differs from the target's {target_vocab_hash}; use the cross-tokenizer drafter"
             )));
         }

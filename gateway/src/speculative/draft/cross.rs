@@ -10,11 +10,11 @@
 
 use std::sync::Arc;
 
+use tandem_local_model::{Engine, Tokenizer};
+
 use super::engine::MirroredSession;
 use super::{BoxFuture, Drafter};
-use crate::Result;
-use crate::engine::Engine;
-use crate::tokenizer::Tokenizer;
+use crate::error::Result;
 
 /// A drafter whose model has its own tokenizer.
 #[derive(Debug)]

@@ -12,31 +12,23 @@ use futures::StreamExt;
 use parking_lot::Mutex;
 use tandem_artifacts::{FetchOptions, ProcessEnv as FetchEnv, resolve_model};
 use tandem_cloud_adapters::client::{HttpClient, HttpConfig};
-use tandem_cloud_adapters::verify::sglang::SglangVerifier;
-use tandem_cloud_adapters::verify::tandem::TandemVerifier;
-use tandem_cloud_adapters::verify::vllm::VllmVerifier;
-use tandem_cloud_adapters::verify::{Verifier, VerifyProtocol};
 use tandem_cloud_adapters::{
     ChatEvent, ChatRequest, EventStream, FinishReason, ProviderError, ProviderErrorKind,
     SpeculativeUsage, Usage, unix_now,
 };
 use tandem_kernels::spec::SamplingParams as SpecSampling;
-use tandem_local_model::draft::{
-    CrossTokenizerDrafter, Drafter, EngineDrafter, NgramDrafter, TargetTokenizer,
-};
-use tandem_local_model::{ChatMessage, Engine, Tokenizer};
+use tandem_local_model::{ChatMessage, Engine, TargetTokenizer, Tokenizer};
 use tokio::sync::{OnceCell, mpsc};
 
-use super::local::{DEFAULT_MAX_TOKENS, LocalModel, template_messages};
-use super::{Executor, refuse_beyond_local_decoding};
+use super::decoder::{SpecFinish, SpecOptions, SpecReport, run};
+use super::draft::{CrossTokenizerDrafter, Drafter, EngineDrafter, NgramDrafter};
+use super::policy::{DraftPolicy, PolicyConfig, PolicySnapshot};
+use super::verify::{PlainStreamer, RemoteVerifier, Verifier};
 use crate::config::{BackendConfig, BackendKind, DrafterKind, Price, SpeculativeBackend};
 use crate::error::Error;
+use crate::executor::local::{DEFAULT_MAX_TOKENS, LocalModel, template_messages};
+use crate::executor::{Executor, refuse_beyond_local_decoding};
 use crate::metrics::Metrics;
-use crate::speculative::policy::PolicySnapshot;
-use crate::speculative::{
-    DraftPolicy, PlainStreamer, PolicyConfig, SpecFinish, SpecOptions, SpecReport, TandemStreamer,
-    run,
-};
 
 /// Most alternatives per position a sampled request may ask the target for.
 const MAX_SAMPLED_TOP_K: u32 = 20;
@@ -120,39 +112,17 @@ impl SpeculativeExecutor {
             ..HttpConfig::default()
         };
         let client = HttpClient::new(&http).map_err(|e| Error::Internal(e.to_string()))?;
-        let root = base_url
-            .trim_end_matches('/')
-            .trim_end_matches("/v1")
-            .to_owned();
-        let key = target.api_key.clone();
-        let name = target.name.clone();
-        let (verifier, plain): (Arc<dyn Verifier>, Option<Arc<dyn PlainStreamer>>) =
-            match target.verify {
-                VerifyProtocol::Tandem => (
-                    Arc::new(TandemVerifier::new(
-                        name.clone(),
-                        root.clone(),
-                        key.clone(),
-                        client.clone(),
-                    )),
-                    Some(Arc::new(
-                        TandemStreamer::new(name, root, client).with_api_key(key),
-                    )),
-                ),
-                VerifyProtocol::Vllm => (
-                    Arc::new(VllmVerifier::new(name, base_url, key, client)),
-                    None,
-                ),
-                VerifyProtocol::Sglang => {
-                    (Arc::new(SglangVerifier::new(name, root, key, client)), None)
-                }
-                VerifyProtocol::None => {
-                    return Err(Error::Internal(format!(
-                        "target `{}` cannot verify",
-                        target.name
-                    )));
-                }
-            };
+        let verifier = RemoteVerifier::new(
+            target.verify,
+            target.name.clone(),
+            base_url,
+            target.api_key.clone(),
+            client,
+        )?;
+        let plain = verifier
+            .plain_streamer()
+            .map(|s| Arc::new(s) as Arc<dyn PlainStreamer>);
+        let verifier: Arc<dyn Verifier> = Arc::new(verifier);
         Ok(Self::with_parts(
             config, spec, target, local, verifier, plain, cache_dir, metrics,
         ))
@@ -235,10 +205,7 @@ impl SpeculativeExecutor {
                 let engine = self.engine()?;
                 let target_hash = text.tokenizer().vocab_hash();
                 if engine.info().vocab_hash == target_hash {
-                    Box::new(
-                        EngineDrafter::new(engine, target_hash)
-                            .map_err(|e| Error::LocalModel(e.to_string()))?,
-                    )
+                    Box::new(EngineDrafter::new(engine, target_hash)?)
                 } else {
                     let draft_prompt = engine
                         .chat_prompt(messages, true)

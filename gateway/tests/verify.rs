@@ -7,10 +7,9 @@ use tandem_cloud_adapters::client::{HttpClient, HttpConfig};
 
 use parking_lot::Mutex;
 use serde_json::{Value, json};
-use tandem_cloud_adapters::verify::sglang::{self, SglangVerifier};
-use tandem_cloud_adapters::verify::tandem::TandemVerifier;
-use tandem_cloud_adapters::verify::vllm::{self, VllmVerifier};
-use tandem_cloud_adapters::verify::{Verifier, VerifyRequest};
+use tandem_gateway::speculative::verify::{
+    RemoteVerifier, Verifier, VerifyProtocol, VerifyRequest, sglang, vllm,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -167,8 +166,16 @@ async fn vllm_and_sglang_verifiers_round_trip_over_loopback() {
     })
     .await;
     let client = client();
-    let v = VllmVerifier::new("vllm", format!("{base}/v1"), None, client.clone());
-    let s = SglangVerifier::new("sglang", base.clone(), None, client);
+    let v = RemoteVerifier::new(
+        VerifyProtocol::Vllm,
+        "vllm",
+        format!("{base}/v1"),
+        None,
+        client.clone(),
+    )
+    .unwrap();
+    let s =
+        RemoteVerifier::new(VerifyProtocol::Sglang, "sglang", base.clone(), None, client).unwrap();
     let a = v.verify(&request()).await.unwrap();
     let b = s.verify(&request()).await.unwrap();
     assert_eq!(a.argmax(), vec![314, 2447, 260]);
@@ -188,7 +195,14 @@ async fn upstream_error_status_keeps_message_and_retryability() {
         )
     })
     .await;
-    let v = VllmVerifier::new("vllm", format!("{base}/v1"), None, client());
+    let v = RemoteVerifier::new(
+        VerifyProtocol::Vllm,
+        "vllm",
+        format!("{base}/v1"),
+        None,
+        client(),
+    )
+    .unwrap();
     let err = v.verify(&request()).await.unwrap_err();
     assert_eq!(err.status, Some(503));
     assert!(err.retryable);
@@ -214,7 +228,8 @@ async fn tandem_session_sends_only_new_tokens_and_recovers_from_a_mismatch() {
         (200, reply(body))
     })
     .await;
-    let t = TandemVerifier::new("edge-cloud", base, None, client());
+    let t =
+        RemoteVerifier::new(VerifyProtocol::Tandem, "edge-cloud", base, None, client()).unwrap();
     let mut req = request();
     req.session = Some("s1");
     let first = t.verify(&req).await.unwrap();

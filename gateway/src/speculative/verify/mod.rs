@@ -2,14 +2,17 @@
 //!
 //! A [`Verifier`] sends the committed tokens plus a block of draft tokens to a target model and
 //! gets back, for each draft position and for the position after the draft (the bonus), the
-//! target's most likely tokens with their log probabilities. The speculative orchestrator turns
-//! those into accepted tokens with `tandem_kernels::spec`.
+//! target's most likely tokens with their log probabilities. The speculative decoder turns those
+//! into accepted tokens with `tandem_kernels::spec`.
+//!
+//! [`RemoteVerifier`] is the one client over HTTP: it dispatches on the backend's
+//! [`VerifyProtocol`], and each protocol's request body and answer parsing live in its own file.
 //!
 //! | protocol | endpoint | prefix reuse |
 //! |---|---|---|
-//! | [`vllm::VllmVerifier`] | `POST /v1/completions` with `prompt_logprobs` | vLLM's prefix cache (when enabled for prompt logprobs) |
-//! | [`sglang::SglangVerifier`] | `POST /generate` with `logprob_start_len` | SGLang's radix cache keeps the prefix |
-//! | [`tandem::TandemVerifier`] | `POST /v1/tandem/verify` with a session id | the target keeps the session's KV between rounds |
+//! | [`VerifyProtocol::Vllm`] ([`vllm`]) | `POST /v1/completions` with `prompt_logprobs` | vLLM's prefix cache (when enabled for prompt logprobs) |
+//! | [`VerifyProtocol::Sglang`] ([`sglang`]) | `POST /generate` with `logprob_start_len` | SGLang's radix cache keeps the prefix |
+//! | [`VerifyProtocol::Tandem`] ([`tandem`]) | `POST /v1/tandem/verify` with a session id | the target keeps the session's KV between rounds |
 //!
 //! Hosted chat APIs (OpenAI, Anthropic) return no prompt log probabilities and are never offered
 //! to the speculative path: their backends are configured with [`VerifyProtocol::None`].
@@ -22,12 +25,13 @@ use std::fmt;
 use std::str::FromStr;
 
 use async_trait::async_trait;
+use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
+use tandem_cloud_adapters::client::{HttpClient, RequestBuilder};
+use tandem_cloud_adapters::http::transport_error;
+use tandem_cloud_adapters::{ProviderError, ProviderErrorKind, Usage};
 
-use crate::client::HttpClient;
-use crate::error::{ProviderError, ProviderErrorKind};
-use crate::http::transport_error;
-use crate::types::Usage;
+use crate::error::Error;
 
 /// How a backend can verify draft tokens (the `verify` field of a backend's config).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -68,17 +72,20 @@ impl fmt::Display for VerifyProtocol {
 }
 
 impl FromStr for VerifyProtocol {
-    type Err = crate::Error;
+    type Err = Error;
 
-    fn from_str(s: &str) -> crate::Result<Self> {
+    fn from_str(s: &str) -> Result<Self, Error> {
         match s {
             "vllm" => Ok(Self::Vllm),
             "sglang" => Ok(Self::Sglang),
             "tandem" => Ok(Self::Tandem),
             "none" => Ok(Self::None),
-            other => Err(crate::Error::InvalidArgument(format!(
-                "unknown verify protocol `{other}` (expected vllm, sglang, tandem or none)"
-            ))),
+            other => Err(Error::invalid(
+                format!(
+                    "unknown verify protocol `{other}` (expected vllm, sglang, tandem or none)"
+                ),
+                Some("verify"),
+            )),
         }
     }
 }
@@ -182,18 +189,130 @@ pub trait Verifier: Send + Sync {
     async fn end_session(&self, _session: &str) {}
 }
 
+/// A target that can also stream plainly (the fallback when speculation does not pay).
+#[async_trait]
+pub trait PlainStreamer: Send + Sync {
+    /// Streams up to `max_tokens` greedy tokens after `context`, in the target's ids,
+    /// continuing `session`'s state on the target when it holds one.
+    async fn stream(
+        &self,
+        context: &[u32],
+        max_tokens: usize,
+        session: Option<&str>,
+    ) -> Result<BoxStream<'static, Result<u32, ProviderError>>, ProviderError>;
+}
+
+/// The one HTTP client of the verify protocols: the backend's endpoint, and what its protocol
+/// needs (Tandem keeps the sequence last sent per session).
+#[derive(Debug)]
+pub struct RemoteVerifier {
+    endpoint: Endpoint,
+    protocol: Protocol,
+}
+
+/// The protocol spoken, with its state.
+#[derive(Debug)]
+enum Protocol {
+    Vllm,
+    Sglang,
+    /// Boxed: its sessions and second endpoint outweigh the other variants.
+    Tandem(Box<tandem::Sessions>),
+}
+
+impl RemoteVerifier {
+    /// A verifier for the backend `name` at `base_url` (as configured: vLLM's ends in `/v1`;
+    /// SGLang and Tandem post under the server root, so a trailing `/v1` is dropped for them).
+    /// Errors for [`VerifyProtocol::None`]: such a backend cannot verify.
+    pub fn new(
+        protocol: VerifyProtocol,
+        name: impl Into<String>,
+        base_url: impl Into<String>,
+        api_key: Option<String>,
+        client: HttpClient,
+    ) -> Result<Self, Error> {
+        let name = name.into();
+        let base_url: String = base_url.into();
+        let (endpoint, protocol) = match protocol {
+            VerifyProtocol::Vllm => (
+                Endpoint::new(name, base_url, api_key, client),
+                Protocol::Vllm,
+            ),
+            VerifyProtocol::Sglang => (
+                Endpoint::new(name, server_root(&base_url), api_key, client),
+                Protocol::Sglang,
+            ),
+            VerifyProtocol::Tandem => {
+                let endpoint = Endpoint::new(name, server_root(&base_url), api_key, client);
+                let sessions = Box::new(tandem::Sessions::new(&endpoint));
+                (endpoint, Protocol::Tandem(sessions))
+            }
+            VerifyProtocol::None => {
+                return Err(Error::Internal(format!("target `{name}` cannot verify")));
+            }
+        };
+        Ok(Self { endpoint, protocol })
+    }
+
+    /// The plain token stream of the same target, for the protocols that have one (Tandem's
+    /// `/v1/tandem/generate`): the fallback when speculation does not pay.
+    pub fn plain_streamer(&self) -> Option<tandem::TandemStreamer> {
+        match self.protocol {
+            Protocol::Tandem(_) => Some(tandem::TandemStreamer::at(self.endpoint.clone())),
+            Protocol::Vllm | Protocol::Sglang => None,
+        }
+    }
+}
+
+#[async_trait]
+impl Verifier for RemoteVerifier {
+    fn name(&self) -> &str {
+        self.endpoint.name()
+    }
+
+    fn protocol(&self) -> VerifyProtocol {
+        match self.protocol {
+            Protocol::Vllm => VerifyProtocol::Vllm,
+            Protocol::Sglang => VerifyProtocol::Sglang,
+            Protocol::Tandem(_) => VerifyProtocol::Tandem,
+        }
+    }
+
+    async fn verify(&self, req: &VerifyRequest<'_>) -> Result<VerifyResponse, ProviderError> {
+        match &self.protocol {
+            Protocol::Vllm => vllm::verify(&self.endpoint, req).await,
+            Protocol::Sglang => sglang::verify(&self.endpoint, req).await,
+            Protocol::Tandem(sessions) => sessions.verify(&self.endpoint, req).await,
+        }
+    }
+
+    async fn end_session(&self, session: &str) {
+        if let Protocol::Tandem(sessions) = &self.protocol {
+            sessions.end(&self.endpoint, session).await;
+        }
+    }
+}
+
+/// A server's root from its configured base URL: a trailing `/v1` dropped.
+fn server_root(base_url: &str) -> String {
+    base_url
+        .trim_end_matches('/')
+        .trim_end_matches("/v1")
+        .to_owned()
+}
+
 /// Sorts `(id, logprob)` pairs best first; NaNs last.
 pub(crate) fn sort_best_first(top: &mut TopLogprobs) {
     top.sort_by(|a, b| b.1.total_cmp(&a.1));
 }
 
+/// A malformed answer from `provider`.
 pub(crate) fn decode_error(provider: &str, message: impl Into<String>) -> ProviderError {
     ProviderError::new(ProviderErrorKind::Decode, provider, message)
 }
 
 /// Where a verifier posts: what every protocol shares (the backend's name for errors, its base
 /// URL, key and pooled client). The protocols differ in the body they send and the answer they
-/// read, which stay in their own modules.
+/// read, which stay in their own files.
 #[derive(Debug, Clone)]
 pub(crate) struct Endpoint {
     name: String,
@@ -231,6 +350,15 @@ impl Endpoint {
         }
     }
 
+    /// A POST to `{base_url}/{path}`, with the key as a bearer token when there is one.
+    pub(crate) fn request(&self, path: &str) -> RequestBuilder<'_> {
+        let req = self.client.post_url(&join_url(&self.base_url, path));
+        match &self.api_key {
+            Some(key) => req.bearer_auth(key),
+            None => req,
+        }
+    }
+
     /// Posts `body` as JSON to `{base_url}/{path}` and returns the JSON answer, mapping failures
     /// to [`ProviderError`]s.
     pub(crate) async fn post(
@@ -240,14 +368,9 @@ impl Endpoint {
     ) -> Result<serde_json::Value, ProviderError> {
         let provider = self.name.as_str();
         let body = serde_json::to_value(body).map_err(|e| decode_error(provider, e.to_string()))?;
-        let mut req = self
-            .client
-            .post_url(&join_url(&self.base_url, path))
-            .json(&body);
-        if let Some(key) = &self.api_key {
-            req = req.bearer_auth(key);
-        }
-        let resp = req
+        let resp = self
+            .request(path)
+            .json(&body)
             .send()
             .await
             .map_err(|e| transport_error(&e, provider))?;
@@ -328,6 +451,37 @@ mod tests {
             usage: Usage::default(),
         };
         assert!(hole.check(1, "t").is_err());
+    }
+
+    #[test]
+    fn one_verifier_per_protocol_and_a_plain_stream_for_tandem() {
+        let client =
+            HttpClient::new(&tandem_cloud_adapters::client::HttpConfig::default()).unwrap();
+        let at = |p| RemoteVerifier::new(p, "t", "http://h:1/v1", None, client.clone());
+        for p in [
+            VerifyProtocol::Vllm,
+            VerifyProtocol::Sglang,
+            VerifyProtocol::Tandem,
+        ] {
+            let v = at(p).unwrap();
+            assert_eq!(v.protocol(), p);
+            assert_eq!(v.plain_streamer().is_some(), p == VerifyProtocol::Tandem);
+        }
+        assert_eq!(
+            at(VerifyProtocol::Vllm).unwrap().endpoint.base_url,
+            "http://h:1/v1"
+        );
+        assert_eq!(
+            at(VerifyProtocol::Sglang).unwrap().endpoint.base_url,
+            "http://h:1"
+        );
+        assert!(at(VerifyProtocol::None).is_err());
+    }
+
+    #[test]
+    fn server_root_drops_v1() {
+        assert_eq!(server_root("http://h:1/v1/"), "http://h:1");
+        assert_eq!(server_root("http://h:1"), "http://h:1");
     }
 
     #[test]

@@ -8,16 +8,11 @@
 //! `return_tokens_as_token_ids: true`, the generated token's `logprobs.top_logprobs[0]` is keyed
 //! `"token_id:<id>"`.
 
-use async_trait::async_trait;
 use serde::Serialize;
 use serde_json::Value;
+use tandem_cloud_adapters::{ProviderError, Usage};
 
-use super::{
-    Endpoint, TopLogprobs, Verifier, VerifyProtocol, VerifyRequest, VerifyResponse, decode_error,
-    sort_best_first,
-};
-use crate::error::ProviderError;
-use crate::types::Usage;
+use super::{Endpoint, TopLogprobs, VerifyRequest, VerifyResponse, decode_error, sort_best_first};
 
 /// The request body (borrowed; vLLM extensions included).
 #[derive(Debug, Serialize)]
@@ -162,7 +157,7 @@ fn parse_token_key(key: &str) -> Option<u32> {
 }
 
 /// OpenAI-shaped usage with vLLM's `prompt_tokens_details.cached_tokens`.
-pub(crate) fn parse_usage(usage: Option<&Value>) -> Usage {
+fn parse_usage(usage: Option<&Value>) -> Usage {
     let field = |v: Option<&Value>| v.and_then(Value::as_u64).unwrap_or(0);
     match usage {
         None => Usage::default(),
@@ -175,49 +170,12 @@ pub(crate) fn parse_usage(usage: Option<&Value>) -> Usage {
     }
 }
 
-/// A vLLM (or any server speaking its completions extensions) as a verifier.
-#[derive(Debug, Clone)]
-pub struct VllmVerifier {
-    endpoint: Endpoint,
-}
-
-impl VllmVerifier {
-    /// A verifier posting to `{base_url}/completions` (`base_url` ends in `/v1`).
-    pub fn new(
-        name: impl Into<String>,
-        base_url: impl Into<String>,
-        api_key: Option<String>,
-        client: crate::client::HttpClient,
-    ) -> Self {
-        Self::at(Endpoint::new(name, base_url, api_key, client))
-    }
-
-    /// A verifier posting to `completions` under `endpoint`.
-    pub(crate) fn at(endpoint: Endpoint) -> Self {
-        Self { endpoint }
-    }
-}
-
-#[async_trait]
-impl Verifier for VllmVerifier {
-    fn name(&self) -> &str {
-        self.endpoint.name()
-    }
-
-    fn protocol(&self) -> VerifyProtocol {
-        VerifyProtocol::Vllm
-    }
-
-    async fn verify(&self, req: &VerifyRequest<'_>) -> Result<VerifyResponse, ProviderError> {
-        let value = self
-            .endpoint
-            .post("completions", &request_body(req))
-            .await?;
-        parse_response(
-            self.endpoint.name(),
-            &value,
-            req.prefix.len(),
-            req.draft.len(),
-        )
-    }
+/// Scores one round on a vLLM (or any server speaking its completions extensions):
+/// `completions` under `endpoint`, whose base URL ends in `/v1`.
+pub(super) async fn verify(
+    endpoint: &Endpoint,
+    req: &VerifyRequest<'_>,
+) -> Result<VerifyResponse, ProviderError> {
+    let value = endpoint.post("completions", &request_body(req)).await?;
+    parse_response(endpoint.name(), &value, req.prefix.len(), req.draft.len())
 }

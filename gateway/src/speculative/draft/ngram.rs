@@ -3,7 +3,7 @@
 //! (code edits, retrieval-grounded answers).
 
 use super::{BoxFuture, Drafter};
-use crate::Result;
+use crate::error::Result;
 
 /// An n-gram prompt-lookup drafter.
 #[derive(Debug, Clone)]

@@ -10,16 +10,11 @@
 //! `logprob_start_len`; `input_top_logprobs` holds, per position, a list of such triples (or
 //! `null`); `output_top_logprobs[0]` is the bonus position's.
 
-use async_trait::async_trait;
 use serde::Serialize;
 use serde_json::Value;
+use tandem_cloud_adapters::{ProviderError, Usage};
 
-use super::{
-    Endpoint, TopLogprobs, Verifier, VerifyProtocol, VerifyRequest, VerifyResponse, decode_error,
-    sort_best_first,
-};
-use crate::error::ProviderError;
-use crate::types::Usage;
+use super::{Endpoint, TopLogprobs, VerifyRequest, VerifyResponse, decode_error, sort_best_first};
 
 /// Sampling settings of the request.
 #[derive(Debug, Serialize)]
@@ -167,38 +162,11 @@ fn parse_triples(provider: &str, entry: &Value) -> Result<TopLogprobs, ProviderE
     Ok(top)
 }
 
-/// An SGLang server as a verifier.
-#[derive(Debug, Clone)]
-pub struct SglangVerifier {
-    endpoint: Endpoint,
-}
-
-impl SglangVerifier {
-    /// A verifier posting to `{base_url}/generate` (`base_url` is the server root).
-    pub fn new(
-        name: impl Into<String>,
-        base_url: impl Into<String>,
-        api_key: Option<String>,
-        client: crate::client::HttpClient,
-    ) -> Self {
-        Self {
-            endpoint: Endpoint::new(name, base_url, api_key, client),
-        }
-    }
-}
-
-#[async_trait]
-impl Verifier for SglangVerifier {
-    fn name(&self) -> &str {
-        self.endpoint.name()
-    }
-
-    fn protocol(&self) -> VerifyProtocol {
-        VerifyProtocol::Sglang
-    }
-
-    async fn verify(&self, req: &VerifyRequest<'_>) -> Result<VerifyResponse, ProviderError> {
-        let value = self.endpoint.post("generate", &request_body(req)).await?;
-        parse_response(self.endpoint.name(), &value, req.draft)
-    }
+/// Scores one round on an SGLang server: `generate` under `endpoint` (the server root).
+pub(super) async fn verify(
+    endpoint: &Endpoint,
+    req: &VerifyRequest<'_>,
+) -> Result<VerifyResponse, ProviderError> {
+    let value = endpoint.post("generate", &request_body(req)).await?;
+    parse_response(endpoint.name(), &value, req.draft)
 }
