@@ -243,7 +243,7 @@ pub enum Exactness {
 
 /// The target's sampling settings for one request.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct SamplingParams {
+pub struct TargetSampling {
     /// Temperature; `0` means greedy.
     pub temperature: f32,
     /// Top-k cut-off, if any.
@@ -252,7 +252,7 @@ pub struct SamplingParams {
     pub top_p: Option<f32>,
 }
 
-impl SamplingParams {
+impl TargetSampling {
     /// Greedy decoding.
     pub const GREEDY: Self = Self {
         temperature: 0.0,
@@ -278,7 +278,7 @@ impl SamplingParams {
 /// module docs for when the result is [`Exactness::Exact`].
 pub fn target_dist(
     top: &[(u32, f32)],
-    params: &SamplingParams,
+    params: &TargetSampling,
     returned_k: usize,
 ) -> Result<(SparseDist, Exactness)> {
     if top.is_empty() {
@@ -448,10 +448,10 @@ mod tests {
     #[test]
     fn target_dist_exactness_rules() {
         let top = [(9, -0.2f32), (4, -2.0), (7, -3.5)];
-        let greedy = target_dist(&top, &SamplingParams::GREEDY, 3).unwrap();
+        let greedy = target_dist(&top, &TargetSampling::GREEDY, 3).unwrap();
         assert_eq!(greedy, (SparseDist::point(9), Exactness::Exact));
 
-        let topk = SamplingParams {
+        let topk = TargetSampling {
             temperature: 0.7,
             top_k: Some(2),
             top_p: None,
@@ -464,13 +464,13 @@ mod tests {
         assert!((f64::from(d.prob(9)) - w9 / (w9 + w4)).abs() < 1e-5);
 
         // top_k 0 keeps nothing to sample from: an error, not a panic.
-        let zero_k = SamplingParams {
+        let zero_k = TargetSampling {
             top_k: Some(0),
             ..topk
         };
         assert!(target_dist(&top, &zero_k, 3).is_err());
 
-        let wide_k = SamplingParams {
+        let wide_k = TargetSampling {
             top_k: Some(50),
             ..topk
         };
@@ -479,7 +479,7 @@ mod tests {
             Exactness::Truncated
         );
 
-        let plain = SamplingParams {
+        let plain = TargetSampling {
             temperature: 1.0,
             top_k: None,
             top_p: None,
@@ -490,14 +490,14 @@ mod tests {
         );
 
         // 0.819 + 0.135 + 0.030 = 0.984 of mass: a 0.9 nucleus is inside, and needs two tokens.
-        let nucleus = SamplingParams {
+        let nucleus = TargetSampling {
             top_p: Some(0.9),
             ..plain
         };
         let (d, e) = target_dist(&top, &nucleus, 3).unwrap();
         assert_eq!(e, Exactness::Exact);
         assert_eq!(d.ids, vec![9, 4]);
-        let too_wide = SamplingParams {
+        let too_wide = TargetSampling {
             top_p: Some(0.99),
             ..plain
         };

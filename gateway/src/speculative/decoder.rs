@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use tandem_cloud_adapters::ProviderError;
-use tandem_kernels::spec::{self, Exactness, SamplingParams, SparseDist};
+use tandem_kernels::spec::{self, Exactness, SparseDist, TargetSampling};
 
 use super::draft::Drafter;
 use super::policy::DraftPolicy;
@@ -38,7 +38,7 @@ pub struct SpecOptions {
     /// Draft the next block while a verification is in flight.
     pub pipeline: bool,
     /// The target's sampling settings (greedy by default).
-    pub sampling: SamplingParams,
+    pub sampling: TargetSampling,
     /// Seed of the acceptance sampler.
     pub seed: u64,
     /// Accept distributions truncated to the returned top-k (not lossless) instead of failing.
@@ -65,7 +65,7 @@ impl SpecOptions {
             eos: Vec::new(),
             top_k: 1,
             pipeline: true,
-            sampling: SamplingParams::GREEDY,
+            sampling: TargetSampling::GREEDY,
             seed: 0,
             allow_truncated: false,
             cancel: None,

@@ -16,7 +16,7 @@ use tandem_cloud_adapters::{
     ChatEvent, ChatRequest, EventStream, FinishReason, ProviderError, ProviderErrorKind,
     SpeculativeUsage, Usage, unix_now,
 };
-use tandem_kernels::spec::SamplingParams as SpecSampling;
+use tandem_kernels::spec::TargetSampling;
 use tandem_local_model::{ChatMessage, Engine, TargetTokenizer, Tokenizer};
 use tokio::sync::{OnceCell, mpsc};
 
@@ -239,14 +239,14 @@ impl SpeculativeExecutor {
 }
 
 /// The target's sampling settings and the alternatives to ask for per position.
-fn sampling(request: &ChatRequest) -> Result<(SpecSampling, u32), Error> {
-    let params = SpecSampling {
+fn sampling(request: &ChatRequest) -> Result<(TargetSampling, u32), Error> {
+    let params = TargetSampling {
         temperature: request.temperature.unwrap_or(1.0),
         top_k: request.top_k,
         top_p: request.top_p,
     };
     if params.is_greedy() {
-        return Ok((SpecSampling::GREEDY, 1));
+        return Ok((TargetSampling::GREEDY, 1));
     }
     match request.top_k {
         Some(k) if (1..=MAX_SAMPLED_TOP_K).contains(&k) => Ok((params, k)),
