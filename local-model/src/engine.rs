@@ -153,10 +153,11 @@ pub struct GenerateRequest {
     pub params: SamplingParams,
 }
 
-/// Why generation ended.
+/// Why the engine stopped generating (the API's finish reason is `tandem_cloud_adapters::FinishReason`;
+/// the local executor maps this onto it, and a cancelled generation has no answer to finish).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum FinishReason {
+pub enum StopReason {
     /// An end-of-sequence token or a stop string.
     Stop,
     /// `max_tokens` or the context limit.
@@ -182,7 +183,7 @@ pub enum GenerateEvent {
     /// The last event of a successful generation.
     Finished {
         /// Why it ended.
-        reason: FinishReason,
+        reason: StopReason,
         /// Prompt length in tokens.
         prompt_tokens: usize,
         /// Tokens generated (each reported by a `Token` event).
@@ -1164,7 +1165,7 @@ impl Worker {
         }
         let vocab = self.model.cfg.vocab;
         let mut row = 0;
-        let mut finished: Vec<(usize, FinishReason)> = Vec::new();
+        let mut finished: Vec<(usize, StopReason)> = Vec::new();
         for &(i, take) in &plan {
             let r = &mut self.running[i];
             if kv_lens[i] + take < r.tokens.len() {
@@ -1197,23 +1198,23 @@ impl Worker {
             r.tokens.push(id);
             let is_eos = !r.params.ignore_eos && self.eos.contains(&id);
             let (mut text, mut reason) = if is_eos {
-                (r.stop.flush(), Some(FinishReason::Stop))
+                (r.stop.flush(), Some(StopReason::Stop))
             } else if self.tok.is_control(id) {
                 (String::new(), None)
             } else {
                 let st = r.stop.push(self.tok.token_bytes(id));
-                (st.text, st.stopped.then_some(FinishReason::Stop))
+                (st.text, st.stopped.then_some(StopReason::Stop))
             };
             if reason.is_none()
                 && (r.completion >= r.params.max_tokens || r.tokens.len() >= self.max_context)
             {
                 text.push_str(&r.stop.flush());
-                reason = Some(FinishReason::Length);
+                reason = Some(StopReason::Length);
             }
             let sent =
                 r.tx.blocking_send(GenerateEvent::Token { id, text, logprob });
             if sent.is_err() {
-                reason = Some(FinishReason::Cancelled);
+                reason = Some(StopReason::Cancelled);
             }
             if let Some(reason) = reason {
                 finished.push((i, reason));

@@ -46,8 +46,8 @@ pub mod tokenizer;
 
 pub use chat::{ChatMessage, ChatTemplate};
 pub use engine::{
-    CacheStats, DraftToken, Engine, EngineConfig, FinishReason, GenerateEvent, GenerateRequest,
-    ModelInfo, PositionScores, Scores, SessionId,
+    CacheStats, DraftToken, Engine, EngineConfig, GenerateEvent, GenerateRequest, ModelInfo,
+    PositionScores, Scores, SessionId, StopReason,
 };
 pub use error::{Error, Result};
 pub use model::WeightFormat;

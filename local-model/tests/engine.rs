@@ -7,14 +7,14 @@ mod common;
 use std::time::Duration;
 
 use tandem_local_model::{
-    ChatMessage, Engine, FinishReason, GenerateEvent, GenerateRequest, SamplingParams,
+    ChatMessage, Engine, GenerateEvent, GenerateRequest, SamplingParams, StopReason,
 };
 
 struct Run {
     ids: Vec<u32>,
     text: String,
     events: Vec<GenerateEvent>,
-    reason: FinishReason,
+    reason: StopReason,
     cached: usize,
 }
 
@@ -158,7 +158,7 @@ async fn stop_string_ends_generation_and_is_not_emitted() {
         ..SamplingParams::greedy(32)
     };
     let cut = run(&engine, prompt, params).await;
-    assert_eq!(cut.reason, FinishReason::Stop);
+    assert_eq!(cut.reason, StopReason::Stop);
     assert_eq!(cut.text, full.text[..first], "stop {stop:?}");
     assert!(!cut.text.contains(&stop));
 }

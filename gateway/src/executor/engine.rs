@@ -4,9 +4,9 @@
 use tandem_cloud_adapters::{FinishReason, Usage};
 
 /// Why an engine generation ended, as the API says it: `length` at the token limit, else `stop`.
-pub fn finish_reason(reason: tandem_local_model::FinishReason) -> FinishReason {
+pub fn finish_reason(reason: tandem_local_model::StopReason) -> FinishReason {
     match reason {
-        tandem_local_model::FinishReason::Length => FinishReason::Length,
+        tandem_local_model::StopReason::Length => FinishReason::Length,
         _ => FinishReason::Stop,
     }
 }
