@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 base_rev=${1:?usage: benches/build.sh BASE_REV}
 target=${CARGO_TARGET_DIR:-$PWD/target/build-bench}
 base_tree=$(mktemp -d)
-trap 'git worktree remove --force "$base_tree" >/dev/null 2>&1 || true' EXIT
+trap 'git worktree remove --force "$base_tree" >/dev/null 2>&1 || true; rm -f "$base_tree.stripped"' EXIT
 git worktree add -q --detach "$base_tree" "$base_rev"
 
 seconds() {
@@ -27,7 +27,8 @@ measure() {
         local all rebuild size stripped crates
         all=$(seconds)
         size=$(stat -c %s "$target/release/tandem")
-        stripped=$(strip -o /dev/stdout "$target/release/tandem" | wc -c)
+        strip -o "$base_tree.stripped" "$target/release/tandem"
+        stripped=$(stat -c %s "$base_tree.stripped")
         touch gateway/src/lib.rs
         rebuild=$(seconds)
         crates=$(cargo tree --locked -p tandem-gateway -e normal --prefix none 2>/dev/null |
