@@ -654,19 +654,7 @@ impl Verifier for InProcessVerifier {
 
     async fn end_session(&self, session: &str) {
         self.sent.lock().remove(session);
-        let _ = self
-            .state
-            .verify(TandemVerifyRequest {
-                model: String::new(),
-                session_id: session.to_owned(),
-                base_len: 0,
-                tokens: Vec::new(),
-                draft_len: 0,
-                top_k: 1,
-                greedy: false,
-                close: true,
-            })
-            .await;
+        let _ = self.state.verify(TandemVerifyRequest::close(session)).await;
     }
 }
 

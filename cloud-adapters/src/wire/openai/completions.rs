@@ -349,11 +349,7 @@ impl CompletionChunkEncoder {
             return out.freeze();
         }
         match event {
-            ChatEvent::Start { id, model, created } => {
-                self.head.id.clone_from(id);
-                self.head.model.clone_from(model);
-                self.head.created = *created;
-            }
+            ChatEvent::Start { id, model, created } => self.head.start(id, model, *created),
             ChatEvent::TextDelta { text, logprobs, .. } => {
                 self.chunk(text, logprobs.as_deref(), None, &mut out);
                 self.offset += text.len();

@@ -358,9 +358,7 @@ impl ChunkEncoder {
         }
         match event {
             ChatEvent::Start { id, model, created } => {
-                self.head.id.clone_from(id);
-                self.head.model.clone_from(model);
-                self.head.created = *created;
+                self.head.start(id, model, *created);
                 self.start_frame(&mut out);
             }
             ChatEvent::TextDelta {
@@ -445,6 +443,15 @@ pub(super) struct StreamHead {
 }
 
 impl StreamHead {
+    /// Takes the upstream's id, model and creation time from its start event.
+    pub(super) fn start(&mut self, id: &str, model: &str, created: u64) {
+        self.id.clear();
+        self.id.push_str(id);
+        self.model.clear();
+        self.model.push_str(model);
+        self.created = created;
+    }
+
     /// A head with a fresh id (`{prefix}-{uuid}`), created now, for `object` chunks; the model
     /// and the upstream's id come later.
     pub(super) fn new(prefix: &str, object: &'static str) -> Self {

@@ -74,6 +74,22 @@ fn one() -> u32 {
     1
 }
 
+impl TandemVerifyRequest {
+    /// The request that ends `session` and frees its state on the target.
+    pub fn close(session: &str) -> Self {
+        Self {
+            model: String::new(),
+            session_id: session.to_owned(),
+            base_len: 0,
+            tokens: Vec::new(),
+            draft_len: 0,
+            top_k: 1,
+            greedy: false,
+            close: true,
+        }
+    }
+}
+
 /// Usage as the target reports it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TandemVerifyUsage {
@@ -183,16 +199,7 @@ impl Sessions {
     /// Forgets `session` and tells the target to free it.
     pub(super) async fn end(&self, endpoint: &Endpoint, session: &str) {
         self.sent.lock().remove(session);
-        let body = TandemVerifyRequest {
-            model: String::new(),
-            session_id: session.to_owned(),
-            base_len: 0,
-            tokens: Vec::new(),
-            draft_len: 0,
-            top_k: 1,
-            greedy: false,
-            close: true,
-        };
+        let body = TandemVerifyRequest::close(session);
         if let Err(e) = endpoint.post(VERIFY_PATH, &body).await {
             tracing::debug!(error = %e, "closing a verify session failed");
         }
