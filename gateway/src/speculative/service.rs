@@ -20,7 +20,6 @@ use futures::{Stream, StreamExt};
 use parking_lot::Mutex;
 use serde_json::json;
 use tandem_cloud_adapters::ProviderError;
-use tandem_cloud_adapters::Usage;
 use tandem_cloud_adapters::provider::ProviderErrorKind;
 use tandem_local_model::{Engine, GenerateEvent, GenerateRequest, SamplingParams, SessionId};
 
@@ -639,17 +638,9 @@ impl Verifier for InProcessVerifier {
                 ProviderError::new(ProviderErrorKind::Status, "in-process", format!("{f:?}"))
             })?;
         self.sent.lock().insert(session, full);
-        VerifyResponse {
-            positions: answer.positions,
-            usage: Usage {
-                prompt_tokens: answer.usage.prompt_tokens + answer.usage.cached_tokens,
-                completion_tokens: answer.usage.completion_tokens,
-                cached_prompt_tokens: answer.usage.cached_tokens,
-                ..Usage::default()
-            },
-        }
-        .check(req.draft.len(), "in-process")
-        .and_then(|r| r.check_early_exit(req.draft, "in-process").map(|()| r))
+        VerifyResponse::from(answer)
+            .check(req.draft.len(), "in-process")
+            .and_then(|r| r.check_early_exit(req.draft, "in-process").map(|()| r))
     }
 
     async fn end_session(&self, session: &str) {

@@ -74,6 +74,22 @@ fn one() -> u32 {
     1
 }
 
+impl From<TandemVerifyResponse> for VerifyResponse {
+    /// The round in the decoder's terms; the target's cached tokens count as prompt tokens too,
+    /// as an upstream bills them.
+    fn from(answer: TandemVerifyResponse) -> Self {
+        VerifyResponse {
+            positions: answer.positions,
+            usage: Usage {
+                prompt_tokens: answer.usage.prompt_tokens + answer.usage.cached_tokens,
+                completion_tokens: answer.usage.completion_tokens,
+                cached_prompt_tokens: answer.usage.cached_tokens,
+                ..Usage::default()
+            },
+        }
+    }
+}
+
 impl TandemVerifyRequest {
     /// The request that ends `session` and frees its state on the target.
     pub fn close(session: &str) -> Self {
@@ -182,15 +198,7 @@ impl Sessions {
         let parsed: TandemVerifyResponse = serde_json::from_value(answer)
             .map_err(|e| decode_error(endpoint.name(), format!("tandem verify response: {e}")))?;
         self.sent.lock().insert(session.to_owned(), full);
-        let response = VerifyResponse {
-            positions: parsed.positions,
-            usage: Usage {
-                prompt_tokens: parsed.usage.prompt_tokens + parsed.usage.cached_tokens,
-                completion_tokens: parsed.usage.completion_tokens,
-                cached_prompt_tokens: parsed.usage.cached_tokens,
-                ..Usage::default()
-            },
-        };
+        let response = VerifyResponse::from(parsed);
         let response = response.check(req.draft.len(), endpoint.name())?;
         response.check_early_exit(req.draft, endpoint.name())?;
         Ok(response)
