@@ -16,12 +16,13 @@ use tandem_router_policy::{Choice, Feedback, Placement};
 use tokio::time::Instant;
 
 use crate::config::{BackendKind, RoutePolicy, placement_allows};
-use crate::context::RouteSlot;
+use crate::context::{FirstTokenDeadline, RouteSlot};
 use crate::error::Error;
 use crate::executor::cascade::{CascadeExecutor, CascadeOutcome};
 use crate::executor::local::LocalExecutor;
 use crate::executor::{CompletionCall, CompletionOutput, Executor};
 use crate::metrics::BackendLabels;
+use crate::resilience::{Admission, Outcome, Resilience};
 use crate::routing::{LiveBackend, Planned, RequestHints, placement_for};
 use crate::state::AppState;
 
@@ -123,16 +124,30 @@ fn runnable<'a>(
     Ok(executors)
 }
 
-/// Runs `attempt` on each of `executors` until one succeeds or fails for good. A backend that
+/// The executors of one request's plan and how to move between them.
+struct Tries {
+    executors: Vec<Arc<dyn Executor>>,
+    /// Whether a retryable failure moves on to the next executor.
+    fallback: bool,
+    /// Whether the last executor is the local model, added because the route's cloud backends
+    /// may all fail (`resilience.local_fallback`).
+    local_fallback: bool,
+    /// The explanation so far.
+    reason: String,
+    /// Whether the policy decided the order (the header then reads `reason; backend=...`).
+    decided: bool,
+}
+
+/// Runs `attempt` on each of the executors in turn until one succeeds or fails for good. A
+/// backend whose breaker is open (or that is resting after a 429) is skipped at once; a
+/// retryable failure is retried on the same backend while the settings and the retry budget
+/// allow, with backoff, then moves to the next backend when fallback is on. A backend that
 /// cannot honour the request (an unsupported parameter) is skipped whatever the fallback
 /// setting, since it never ran it. `attempt` is told whether its try is the last one there can
 /// be, so it can hand over the request instead of a copy.
 async fn with_fallback<T, F, Fut>(
     state: &AppState,
-    executors: Vec<Arc<dyn Executor>>,
-    fallback: bool,
-    mut reason: String,
-    decided: bool,
+    tries: Tries,
     slot: Option<&RouteSlot>,
     mut attempt: F,
 ) -> (Result<T, Error>, RouteInfo)
@@ -140,7 +155,17 @@ where
     F: FnMut(Arc<dyn Executor>, bool) -> Fut,
     Fut: std::future::Future<Output = Result<T, Error>>,
 {
+    let Tries {
+        executors,
+        fallback,
+        local_fallback,
+        mut reason,
+        decided,
+    } = tries;
+    let resilience = &state.resilience;
+    resilience.deposit();
     let count = executors.len();
+    let retries = resilience.settings.retries;
     // The last backend that failed in earnest, with the reason as it stood then: a later one
     // that cannot honour the request does not hide it.
     let mut failed: Option<(String, String, Error)> = None;
@@ -150,72 +175,150 @@ where
         if let Some(slot) = slot {
             slot.note_backend(&backend);
         }
-        match attempt(executor, last).await {
-            Ok(value) => {
-                let explanation = if decided {
-                    format!("{reason}; backend={backend}")
-                } else {
-                    format!("{backend}; {reason}")
-                };
-                return (
-                    Ok(value),
-                    RouteInfo {
-                        backend,
-                        explanation,
-                    },
-                );
+        if let Admission::Refused(wait) = resilience.admit(&backend) {
+            let e = Error::CircuitOpen {
+                backend: backend.clone(),
+                retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+            };
+            let earlier = reason.clone();
+            reason = format!("{reason}; skipped {backend} (circuit open)");
+            if !last && fallback {
+                failed.get_or_insert((backend, earlier, e));
+                continue;
             }
-            Err(Error::Unsupported { message, param }) if !last => {
-                tracing::debug!(backend = %backend, reason = %message, "backend cannot honour the request, trying the next one");
-                reason = format!("{reason}; skipped {backend} ({param} unsupported)");
-            }
-            // Only a retryable failure with fallback on and backends left leads to another try.
-            Err(e) if !last && fallback && e.retryable() => {
-                tracing::warn!(backend = %backend, error = %e, "backend failed, trying the next one");
+            let (backend, reason, e) = failed.take().unwrap_or((backend, earlier, e));
+            return failure(reason, backend, e, decided);
+        }
+        let mut retry = 0;
+        loop {
+            let final_try = last && retry >= retries;
+            let result = attempt(executor.clone(), final_try).await;
+            resilience.record(&backend, Outcome::of(&result), &state.metrics);
+            let e = match result {
+                Ok(value) => {
+                    let mut explanation = if decided {
+                        format!("{reason}; backend={backend}")
+                    } else {
+                        format!("{backend}; {reason}")
+                    };
+                    if local_fallback && last && i > 0 {
+                        explanation.push_str("; local fallback (every cloud backend failed)");
+                        state.metrics.local_fallbacks.inc();
+                    }
+                    return (
+                        Ok(value),
+                        RouteInfo {
+                            backend,
+                            explanation,
+                        },
+                    );
+                }
+                Err(e) => e,
+            };
+            let asked = match &e {
+                Error::Upstream(u) => u.retry_after_secs.map(std::time::Duration::from_secs),
+                _ => None,
+            };
+            // An upstream's `retry-after` is waited for before a retry there, or, when it is
+            // longer than the largest backoff, the next backend is tried instead.
+            if e.retryable()
+                && !final_try
+                && let Some(wait) = resilience.retry_wait(retry, asked)
+            {
+                tracing::info!(backend = %backend, error = %e, retry = retry + 1, wait_ms = wait.as_millis() as u64, "retrying");
                 state
                     .metrics
-                    .fallbacks
+                    .retries
                     .get_or_create(&BackendLabels {
                         backend: backend.clone(),
                     })
                     .inc();
-                let earlier = reason.clone();
-                reason = format!(
-                    "{reason}; fallback after {backend} failed ({})",
-                    e.metric_label()
-                );
-                failed = Some((backend, earlier, e));
+                reason = format!("{reason}; retried {backend} ({})", e.what());
+                tokio::time::sleep(wait).await;
+                retry += 1;
+                continue;
             }
-            Err(e) => {
-                // The last backend cannot honour the request, but an earlier one failed for a
-                // reason that may pass (429, 5xx): that failure is the answer, with its status
-                // and retry-after.
-                let (backend, reason, e) = match (e, failed.take()) {
-                    (Error::Unsupported { .. }, Some(earlier)) => earlier,
-                    (e, _) => (backend, reason, e),
-                };
-                let explanation = if decided {
-                    format!("{reason}; backend={backend}; failed ({})", e.metric_label())
-                } else {
-                    format!("{backend}; {reason}; failed ({})", e.metric_label())
-                };
-                return (
-                    Err(e),
-                    RouteInfo {
-                        backend,
-                        explanation,
-                    },
-                );
+            match e {
+                Error::Unsupported { message, param } if !last => {
+                    tracing::debug!(backend = %backend, reason = %message, "backend cannot honour the request, trying the next one");
+                    reason = format!("{reason}; skipped {backend} ({param} unsupported)");
+                }
+                // Only a retryable failure with fallback on and backends left leads to another
+                // backend.
+                e if !last && fallback && e.retryable() => {
+                    tracing::warn!(backend = %backend, error = %e, "backend failed, trying the next one");
+                    state
+                        .metrics
+                        .fallbacks
+                        .get_or_create(&BackendLabels {
+                            backend: backend.clone(),
+                        })
+                        .inc();
+                    let earlier = reason.clone();
+                    reason = format!("{reason}; fallback after {backend} failed ({})", e.what());
+                    failed = Some((backend.clone(), earlier, with_retry_after(resilience, e)));
+                }
+                e => {
+                    // The last backend cannot honour the request, but an earlier one failed for
+                    // a reason that may pass (429, 5xx): that failure is the answer, with its
+                    // status and retry-after.
+                    let (backend, reason, e) = match (e, failed.take()) {
+                        (Error::Unsupported { .. }, Some(earlier)) => earlier,
+                        (e, _) => (
+                            backend.clone(),
+                            reason.clone(),
+                            with_retry_after(resilience, e),
+                        ),
+                    };
+                    return failure(reason, backend, e, decided);
+                }
             }
+            break;
         }
     }
+    match failed {
+        Some((backend, reason, e)) => failure(reason, backend, e, decided),
+        None => (
+            Err(Error::Internal("route has no backends".into())),
+            RouteInfo {
+                backend: String::new(),
+                explanation: reason,
+            },
+        ),
+    }
+}
+
+/// The answer of a request whose tries all failed, `e` the failure that stands.
+fn failure<T>(
+    reason: String,
+    backend: String,
+    e: Error,
+    decided: bool,
+) -> (Result<T, Error>, RouteInfo) {
+    let explanation = if decided {
+        format!("{reason}; backend={backend}; failed ({})", e.what())
+    } else {
+        format!("{backend}; {reason}; failed ({})", e.what())
+    };
     (
-        Err(Error::Internal("route has no backends".into())),
+        Err(e),
         RouteInfo {
-            backend: String::new(),
-            explanation: reason,
+            backend,
+            explanation,
         },
     )
+}
+
+/// An upstream's 429 that named no wait gets the one its backend's breaker now has, so a client
+/// always learns when to come back.
+fn with_retry_after(resilience: &Resilience, e: Error) -> Error {
+    match e {
+        Error::Upstream(mut u) if u.status == Some(429) && u.retry_after_secs.is_none() => {
+            u.retry_after_secs = Some(resilience.retry_after_secs(&u.backend));
+            Error::Upstream(u)
+        }
+        e => e,
+    }
 }
 
 /// How one request will be run: the executors in order, and the policy's decision when the
@@ -223,6 +326,8 @@ where
 struct Plan {
     executors: Vec<Arc<dyn Executor>>,
     fallback: bool,
+    /// Whether the last executor is the local model added as the cloud's fallback.
+    local_fallback: bool,
     reason: String,
     planned: Option<Planned>,
     cascade: Option<Arc<CascadeExecutor>>,
@@ -246,16 +351,45 @@ impl Plan {
         if let Some(slot) = slot {
             slot.note_route(model);
         }
-        with_fallback(
-            state,
-            self.executors.clone(),
-            self.fallback,
-            self.reason.clone(),
-            self.planned.is_some(),
-            slot,
-            attempt,
-        )
-        .await
+        let tries = Tries {
+            executors: self.executors.clone(),
+            fallback: self.fallback,
+            local_fallback: self.local_fallback,
+            reason: self.reason.clone(),
+            decided: self.planned.is_some(),
+        };
+        with_fallback(state, tries, slot, attempt).await
+    }
+}
+
+/// With `resilience.local_fallback` on, puts the local model after a route's cloud backends
+/// when none of them is it and the request's placement allows it, so it answers when they all
+/// fail. Returns whether it did.
+fn add_local_fallback(
+    state: &AppState,
+    model: &str,
+    hints: &RequestHints,
+    executors: &mut Vec<Arc<dyn Executor>>,
+) -> bool {
+    if !state.resilience.settings.local_fallback
+        || executors.iter().any(|e| e.kind() == BackendKind::Local)
+    {
+        return false;
+    }
+    let placement_ok = state.config.routes.get(model).is_none_or(|route| {
+        placement_for(&state.config.router, model, route, hints)
+            .is_none_or(|(p, _)| placement_allows(p, BackendKind::Local))
+    });
+    let local = state
+        .executors
+        .values()
+        .find(|e| e.kind() == BackendKind::Local);
+    match local {
+        Some(local) if placement_ok => {
+            executors.push(local.clone());
+            true
+        }
+        _ => false,
     }
 }
 
@@ -283,10 +417,12 @@ async fn plan(
     let policy = match (&state.policy, route.policy) {
         (Some(p), RoutePolicy::Learned) => p,
         _ => {
-            let (executors, fallback) = route_for(state, model, hints).map_err(no_route)?;
+            let (mut executors, fallback) = route_for(state, model, hints).map_err(no_route)?;
+            let local_fallback = add_local_fallback(state, model, hints, &mut executors);
             return Ok(Plan {
                 executors,
                 fallback,
+                local_fallback,
                 reason: format!("route {model}"),
                 planned: None,
                 cascade: None,
@@ -378,9 +514,11 @@ async fn plan(
             "no backend of model `{model}` is running"
         ))));
     }
+    let local_fallback = add_local_fallback(state, model, hints, &mut executors);
     Ok(Plan {
         executors,
         fallback: route.fallback,
+        local_fallback,
         reason: header,
         planned: Some(planned),
         cascade,
@@ -697,13 +835,14 @@ fn attempt_request(request: &mut Option<ChatRequest>, last: bool) -> Result<Chat
 
 /// Runs a legacy completion: planned like a chat request (the policy reads the prompt as one user
 /// turn), then tried on the plan's backends in turn; one without the legacy API is skipped. A
-/// stream stops waiting for its upstream at `first_token_deadline`, and its decision is logged
+/// stream's every try stops waiting for its upstream after the first-token timeout (the next
+/// backend then gets its own), and its decision is logged
 /// once it starts (the local model's stream carries engine events, not chat events to watch).
 pub async fn run_completion(
     state: &AppState,
     call: &CompletionCall,
     hints: &RequestHints,
-    first_token_deadline: Option<(Instant, Error)>,
+    first_token: Option<FirstTokenDeadline>,
 ) -> (Result<CompletionOutput, Error>, RouteInfo) {
     let model = call.request.model.as_str();
     let plan = match plan(state, &call.policy_view(), hints).await {
@@ -713,12 +852,12 @@ pub async fn run_completion(
     let stream = call.request.stream;
     let (result, mut route) = plan
         .run(state, hints, model, |executor, _last| {
-            let deadline = first_token_deadline.clone().filter(|_| stream);
+            let deadline = first_token.filter(|_| stream).map(per_try);
             async move {
                 match deadline {
-                    Some((at, error)) => tokio::time::timeout_at(at, executor.completion(call))
+                    Some(d) => tokio::time::timeout_at(d.at, executor.completion(call))
                         .await
-                        .unwrap_or(Err(error)),
+                        .unwrap_or_else(|_| Err(d.error())),
                     None => executor.completion(call).await,
                 }
             }
@@ -730,12 +869,14 @@ pub async fn run_completion(
     (result, route)
 }
 
-/// Starts a streaming request; waiting for the upstream stops at `first_token_deadline`.
+/// Starts a streaming request. Each try has its own first-token budget (the first-token timeout
+/// from when it starts): a backend that stalls before its first token, or fails before it, is a
+/// failed try, and the next backend gets the request with a budget of its own.
 pub async fn run_stream(
     state: &AppState,
     request: ChatRequest,
     hints: &RequestHints,
-    first_token_deadline: Option<(Instant, Error)>,
+    first_token: Option<FirstTokenDeadline>,
 ) -> (Result<EventStream, Error>, RouteInfo) {
     let model = request.model.clone();
     let plan = match plan(state, &request, hints).await {
@@ -747,7 +888,7 @@ pub async fn run_stream(
     let (result, mut route) = plan
         .run(state, hints, &model, |executor, last| {
             let request = attempt_request(&mut request, last);
-            let deadline = first_token_deadline.clone();
+            let deadline = first_token.map(per_try);
             async move {
                 let request = request?;
                 let started = StdInstant::now();
@@ -756,20 +897,27 @@ pub async fn run_stream(
                     .as_ref()
                     .and_then(|p| p.backend(executor.backend()))
                     .cloned();
-                let result = match deadline {
-                    Some((at, error)) => tokio::time::timeout_at(at, executor.chat_stream(request))
-                        .await
-                        .unwrap_or(Err(error)),
-                    None => executor.chat_stream(request).await,
+                let started_stream = async {
+                    let events = executor.chat_stream(request).await?;
+                    let events = match &live {
+                        Some(live) if measure => measured(events, live.clone(), started),
+                        _ => events,
+                    };
+                    first_content(events, executor.backend()).await
                 };
-                match (result, live) {
-                    (Ok(events), Some(live)) if measure => Ok(measured(events, live, started)),
-                    (Err(e), Some(live)) if measure && e.retryable() => {
-                        live.state.record_error();
-                        Err(e)
-                    }
-                    (other, _) => other,
+                let result = match deadline {
+                    Some(d) => tokio::time::timeout_at(d.at, started_stream)
+                        .await
+                        .unwrap_or_else(|_| Err(d.error())),
+                    None => started_stream.await,
+                };
+                if let (Err(e), Some(live)) = (&result, live)
+                    && measure
+                    && e.retryable()
+                {
+                    live.state.record_error();
                 }
+                result
             }
         })
         .await;
@@ -784,6 +932,34 @@ pub async fn run_stream(
         }
     };
     (result, route)
+}
+
+/// A try's own first-token deadline: the configured timeout from now.
+fn per_try(configured: FirstTokenDeadline) -> FirstTokenDeadline {
+    FirstTokenDeadline {
+        at: Instant::now() + std::time::Duration::from_millis(configured.millis),
+        millis: configured.millis,
+    }
+}
+
+/// Reads a stream up to its first event with content (anything but `Start`) and puts what it
+/// read back in front. A retryable failure before any content is the try's failure, so the next
+/// backend can take the request; one that is not stays in the stream for the client to see.
+async fn first_content(mut events: EventStream, backend: &str) -> Result<EventStream, Error> {
+    let mut head = Vec::with_capacity(2);
+    while let Some(event) = events.next().await {
+        match event {
+            start @ ChatEvent::Start { .. } => head.push(start),
+            ChatEvent::Error(e) if e.retryable => {
+                return Err(crate::executor::upstream_error(backend, e));
+            }
+            other => {
+                head.push(other);
+                break;
+            }
+        }
+    }
+    Ok(futures::stream::iter(head).chain(events).boxed())
 }
 
 #[cfg(test)]

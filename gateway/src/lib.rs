@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod middleware;
 pub mod providers;
 pub mod redis_store;
+pub mod resilience;
 pub mod routing;
 pub mod server;
 pub mod speculative;

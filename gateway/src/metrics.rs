@@ -108,6 +108,14 @@ pub struct Metrics {
     pub errors: Family<ErrorLabels, Counter>,
     /// Moves to the next backend after a retryable error.
     pub fallbacks: Family<BackendLabels, Counter>,
+    /// Retries of a try on the same backend.
+    pub retries: Family<BackendLabels, Counter>,
+    /// Times a backend's circuit breaker opened.
+    pub breaker_opens: Family<BackendLabels, Counter>,
+    /// A backend's circuit breaker: 0 closed, 1 open, 2 half-open.
+    pub breaker_state: Family<BackendLabels, Gauge>,
+    /// Requests the local model answered because every cloud backend of their route failed.
+    pub local_fallbacks: Counter,
     /// Requests in flight.
     pub in_flight: Gauge,
     /// Requests shed at the concurrency limit.
@@ -303,6 +311,30 @@ impl Metrics {
             "Requests refused at the concurrency limit",
             shed.clone(),
         );
+        let retries = Family::<BackendLabels, Counter>::default();
+        registry.register(
+            "retries",
+            "Retries on the same backend, by backend",
+            retries.clone(),
+        );
+        let breaker_opens = Family::<BackendLabels, Counter>::default();
+        registry.register(
+            "breaker_opens",
+            "Times a backend's circuit breaker opened",
+            breaker_opens.clone(),
+        );
+        let breaker_state = Family::<BackendLabels, Gauge>::default();
+        registry.register(
+            "breaker_state",
+            "A backend's circuit breaker: 0 closed, 1 open, 2 half-open",
+            breaker_state.clone(),
+        );
+        let local_fallbacks = Counter::default();
+        registry.register(
+            "local_fallbacks",
+            "Requests the local model answered because every cloud backend failed",
+            local_fallbacks.clone(),
+        );
         let route_decisions = Family::default();
         registry.register(
             "route_decisions",
@@ -320,6 +352,10 @@ impl Metrics {
             cost,
             errors,
             fallbacks,
+            retries,
+            breaker_opens,
+            breaker_state,
+            local_fallbacks,
             in_flight,
             shed,
             speculative_tokens,

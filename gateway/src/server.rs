@@ -29,6 +29,7 @@ use crate::middleware::{
     route_header::RouteHeaderLayer, timeout::TimeoutLayer, trace,
 };
 use crate::providers::build_provider;
+use crate::resilience::Resilience;
 use crate::routing::{self, LearnedRouting};
 use crate::speculative::SpeculativeExecutor;
 use crate::speculative::service::gateway_routes as verify_routes;
@@ -145,8 +146,17 @@ pub fn build_state(config: Config, options: &GatewayOptions) -> Result<Arc<AppSt
             None
         }
     };
+    let resilience = Resilience::new(
+        config.resilience.clone(),
+        config
+            .backends
+            .iter()
+            .filter(|(_, b)| b.kind != BackendKind::Local)
+            .map(|(name, _)| name.as_str()),
+    );
     Ok(Arc::new(AppState {
         policy,
+        resilience,
         config: Arc::new(config),
         executors,
         local,
@@ -338,9 +348,20 @@ impl Gateway {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        let served = match (&mut self.task).await {
-            Ok(r) => r,
-            Err(e) => Err(std::io::Error::other(e)),
+        // In-flight requests (streams included) finish within the grace period; what is left
+        // after it is cut, so a stuck client cannot hold a deploy.
+        let grace = self.state.config.resilience.shutdown_grace;
+        let served = match tokio::time::timeout(grace, &mut self.task).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Err(std::io::Error::other(e)),
+            Err(_) => {
+                tracing::warn!(
+                    grace_ms = grace.as_millis() as u64,
+                    "requests still in flight after the shutdown grace period; cutting them"
+                );
+                self.task.abort();
+                Ok(())
+            }
         };
         // The bandit's last lessons survive a restart.
         if let Some(policy) = self.state.policy.clone() {

@@ -12,6 +12,7 @@ use crate::config::{BackendKind, Config};
 use crate::executor::Executor;
 use crate::executor::local::LocalModel;
 use crate::metrics::Metrics;
+use crate::resilience::Resilience;
 use crate::routing::LearnedRouting;
 
 /// Feedback can refer to at least this many of the latest answered requests (up to twice as
@@ -81,6 +82,8 @@ pub struct AppState {
     pub local: Option<Arc<LocalModel>>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Circuit breakers and the retry budget.
+    pub resilience: Resilience,
     /// Recently answered requests.
     pub requests: RequestLog,
     /// Where feedback goes for requests the routing policy did not decide.

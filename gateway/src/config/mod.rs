@@ -2,6 +2,7 @@
 //! validated into the runtime [`Config`]. Every error names the path it is about.
 
 pub mod raw;
+pub mod resilience;
 pub mod router;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -21,6 +22,7 @@ pub use tandem_router_policy::Price;
 use crate::speculative::{DelayConfig, ScoringMode, VerifyProtocol};
 
 use raw::{RawBackend, RawConfig};
+pub use resilience::ResilienceSettings;
 pub use router::{BackendProfileConfig, CascadeJudge, PolicyRules, RoutePolicy, RouterSettings};
 
 /// Prefix of environment variables that override config keys.
@@ -300,6 +302,8 @@ pub struct Config {
     pub cache_dir: Option<PathBuf>,
     /// Redis URL for shared state.
     pub redis_url: Option<String>,
+    /// The `[resilience]` section.
+    pub resilience: ResilienceSettings,
 }
 
 impl Config {
@@ -430,6 +434,7 @@ impl Config {
         check_speculative_targets(&backends, local.is_some())?;
 
         let router_settings = router::validate_router(raw.router)?;
+        let resilience = resilience::validate_resilience(raw.resilience)?;
         let mut routes = BTreeMap::new();
         for (model, r) in raw.routes {
             if r.backends.is_empty() {
@@ -593,6 +598,7 @@ impl Config {
             router: router_settings,
             cache_dir: raw.cache_dir.map(PathBuf::from),
             redis_url,
+            resilience,
         })
     }
 
@@ -677,6 +683,7 @@ fn unreachable_default() -> Config {
         router: RouterSettings::default(),
         cache_dir: None,
         redis_url: None,
+        resilience: ResilienceSettings::default(),
     }
 }
 
