@@ -132,6 +132,9 @@ struct Tries {
     /// Whether the last executor is the local model, added because the route's cloud backends
     /// may all fail (`resilience.local_fallback`).
     local_fallback: bool,
+    /// Whether a slow first try gets a hedge on the second executor, and after how long (`None`:
+    /// the first backend's p95).
+    hedge: Option<Option<std::time::Duration>>,
     /// The explanation so far.
     reason: String,
     /// Whether the policy decided the order (the header then reads `reason; backend=...`).
@@ -139,12 +142,14 @@ struct Tries {
 }
 
 /// Runs `attempt` on each of the executors in turn until one succeeds or fails for good. A
-/// backend whose breaker is open (or that is resting after a 429) is skipped at once; a
-/// retryable failure is retried on the same backend while the settings and the retry budget
-/// allow, with backoff, then moves to the next backend when fallback is on. A backend that
-/// cannot honour the request (an unsupported parameter) is skipped whatever the fallback
-/// setting, since it never ran it. `attempt` is told whether its try is the last one there can
-/// be, so it can hand over the request instead of a copy.
+/// backend whose breaker is open is skipped at once; a retryable failure is retried on the same
+/// backend while the settings and the retry budget allow, with backoff, then moves to the next
+/// backend when fallback is on. On a hedged route a first try slower than its delay gets a
+/// second one on the next backend; the first answer wins and the other is dropped (cancelled
+/// upstream, never accounted). A backend that cannot honour the request (an unsupported
+/// parameter) is skipped whatever the fallback setting, since it never ran it. `attempt` is
+/// told whether its try is the last one there can be, so it can hand over the request instead
+/// of a copy.
 async fn with_fallback<T, F, Fut>(
     state: &AppState,
     tries: Tries,
@@ -159,6 +164,7 @@ where
         executors,
         fallback,
         local_fallback,
+        hedge,
         mut reason,
         decided,
     } = tries;
@@ -166,10 +172,27 @@ where
     resilience.deposit();
     let count = executors.len();
     let retries = resilience.settings.retries;
+    let success = |backend: String, index: usize, reason: &str| {
+        let mut explanation = if decided {
+            format!("{reason}; backend={backend}")
+        } else {
+            format!("{backend}; {reason}")
+        };
+        if local_fallback && index + 1 == count && index > 0 {
+            explanation.push_str("; local fallback (every cloud backend failed)");
+            state.metrics.local_fallbacks.inc();
+        }
+        RouteInfo {
+            backend,
+            explanation,
+        }
+    };
     // The last backend that failed in earnest, with the reason as it stood then: a later one
     // that cannot honour the request does not hide it.
     let mut failed: Option<(String, String, Error)> = None;
-    for (i, executor) in executors.into_iter().enumerate() {
+    let mut i = 0;
+    while i < count {
+        let executor = executors[i].clone();
         let backend = executor.backend().to_owned();
         let last = i + 1 == count;
         if let Some(slot) = slot {
@@ -184,35 +207,56 @@ where
             reason = format!("{reason}; skipped {backend} (circuit open)");
             if !last && fallback {
                 failed.get_or_insert((backend, earlier, e));
+                i += 1;
                 continue;
             }
             let (backend, reason, e) = failed.take().unwrap_or((backend, earlier, e));
             return failure(reason, backend, e, decided);
         }
+        // A hedge races the first try against one on the next backend.
+        let mut first_result = None;
+        let hedge_delay = hedge
+            .filter(|_| i == 0 && !last)
+            .and_then(|configured| resilience.hedge_delay(&backend, configured));
+        if let Some(delay) = hedge_delay {
+            let next = executors[i + 1].clone();
+            let first = timed(resilience, &backend, attempt(executor.clone(), false));
+            match hedged(state, &backend, first, delay, &next, &mut attempt).await {
+                Raced::Alone(result) => first_result = Some(result),
+                Raced::Won { second, value } => {
+                    let winner = if second { next.backend() } else { &backend }.to_owned();
+                    let reason = format!("{reason}; hedged on {}", next.backend());
+                    let index = if second { i + 1 } else { i };
+                    return (Ok(value), success(winner, index, &reason));
+                }
+                Raced::BothFailed { first, second } => {
+                    let next_backend = next.backend().to_owned();
+                    reason = format!(
+                        "{reason}; hedged on {next_backend}; both failed ({}, {})",
+                        first.what(),
+                        second.what()
+                    );
+                    let go_on = i + 2 < count && fallback && second.retryable();
+                    let e = with_retry_after(resilience, second);
+                    if !go_on {
+                        return failure(reason, next_backend, e, decided);
+                    }
+                    failed = Some((next_backend, reason.clone(), e));
+                    i += 2;
+                    continue;
+                }
+            }
+        }
         let mut retry = 0;
         loop {
             let final_try = last && retry >= retries;
-            let result = attempt(executor.clone(), final_try).await;
+            let result = match first_result.take() {
+                Some(result) => result,
+                None => timed(resilience, &backend, attempt(executor.clone(), final_try)).await,
+            };
             resilience.record(&backend, Outcome::of(&result), &state.metrics);
             let e = match result {
-                Ok(value) => {
-                    let mut explanation = if decided {
-                        format!("{reason}; backend={backend}")
-                    } else {
-                        format!("{backend}; {reason}")
-                    };
-                    if local_fallback && last && i > 0 {
-                        explanation.push_str("; local fallback (every cloud backend failed)");
-                        state.metrics.local_fallbacks.inc();
-                    }
-                    return (
-                        Ok(value),
-                        RouteInfo {
-                            backend,
-                            explanation,
-                        },
-                    );
-                }
+                Ok(value) => return (Ok(value), success(backend, i, &reason)),
                 Err(e) => e,
             };
             let asked = match &e {
@@ -275,6 +319,7 @@ where
             }
             break;
         }
+        i += 1;
     }
     match failed {
         Some((backend, reason, e)) => failure(reason, backend, e, decided),
@@ -286,6 +331,146 @@ where
             },
         ),
     }
+}
+
+/// A try on `backend`, counted in flight on its load while it runs, its latency observed when
+/// it succeeds.
+async fn timed<T>(
+    resilience: &Resilience,
+    backend: &str,
+    attempt: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    let load = resilience.load(backend).cloned();
+    let _pending = load.as_ref().map(|l| l.start());
+    let started = Instant::now();
+    let result = attempt.await;
+    if let (Ok(_), Some(load)) = (&result, &load) {
+        load.observe(started.elapsed(), Instant::now());
+    }
+    result
+}
+
+/// How a hedged first try went.
+enum Raced<T> {
+    /// It finished before the hedge's delay: no hedge was sent.
+    Alone(Result<T, Error>),
+    /// One of the two answered first (`second`: the hedge did); the other was dropped.
+    Won { second: bool, value: T },
+    /// Both failed.
+    BothFailed { first: Error, second: Error },
+}
+
+/// Runs `first` (a try on `first_backend`) and, if it has not finished after `delay`, a hedge on
+/// `next` (when its breaker admits it); the first success wins and the other try is dropped.
+/// The outcomes of a race reach the breakers here; a try that ran alone is the caller's to
+/// record.
+async fn hedged<T, F, Fut>(
+    state: &AppState,
+    first_backend: &str,
+    first: impl std::future::Future<Output = Result<T, Error>>,
+    delay: std::time::Duration,
+    next: &Arc<dyn Executor>,
+    attempt: &mut F,
+) -> Raced<T>
+where
+    F: FnMut(Arc<dyn Executor>, bool) -> Fut,
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
+    use futures::future::{Either, select};
+    let resilience = &state.resilience;
+    let mut first = std::pin::pin!(first);
+    let timer = std::pin::pin!(tokio::time::sleep(delay));
+    if let Either::Left((result, _)) = select(first.as_mut(), timer).await {
+        return Raced::Alone(result);
+    }
+    if matches!(resilience.admit(next.backend()), Admission::Refused(_)) {
+        return Raced::Alone(first.await);
+    }
+    state
+        .metrics
+        .hedges
+        .get_or_create(&BackendLabels {
+            backend: next.backend().to_owned(),
+        })
+        .inc();
+    let second = std::pin::pin!(timed(
+        resilience,
+        next.backend(),
+        attempt(next.clone(), false)
+    ));
+    let record = |backend: &str, result: &Result<(), &Error>| {
+        let outcome = match result {
+            Ok(()) => Outcome::Healthy,
+            Err(e) => Outcome::of::<()>(&Err((*e).clone())),
+        };
+        resilience.record(backend, outcome, &state.metrics);
+    };
+    // The loser of a race is dropped unfinished: it says nothing of its backend's health.
+    let (raced, first_outcome, second_outcome) = match select(first, second).await {
+        Either::Left((Ok(value), _)) => (
+            Raced::Won {
+                second: false,
+                value,
+            },
+            Some(Ok(())),
+            None,
+        ),
+        Either::Right((Ok(value), _)) => (
+            Raced::Won {
+                second: true,
+                value,
+            },
+            None,
+            Some(Ok(())),
+        ),
+        Either::Left((Err(a), second)) => match second.await {
+            Ok(value) => (
+                Raced::Won {
+                    second: true,
+                    value,
+                },
+                Some(Err(a)),
+                Some(Ok(())),
+            ),
+            Err(b) => (
+                Raced::BothFailed {
+                    first: a.clone(),
+                    second: b.clone(),
+                },
+                Some(Err(a)),
+                Some(Err(b)),
+            ),
+        },
+        Either::Right((Err(b), first)) => match first.await {
+            Ok(value) => (
+                Raced::Won {
+                    second: false,
+                    value,
+                },
+                Some(Ok(())),
+                Some(Err(b)),
+            ),
+            Err(a) => (
+                Raced::BothFailed {
+                    first: a.clone(),
+                    second: b.clone(),
+                },
+                Some(Err(a)),
+                Some(Err(b)),
+            ),
+        },
+    };
+    for (backend, outcome) in [
+        (first_backend, first_outcome),
+        (next.backend(), second_outcome),
+    ] {
+        match outcome {
+            Some(Ok(())) => record(backend, &Ok(())),
+            Some(Err(e)) => record(backend, &Err(&e)),
+            None => resilience.record(backend, Outcome::Untried, &state.metrics),
+        }
+    }
+    raced
 }
 
 /// The answer of a request whose tries all failed, `e` the failure that stands.
@@ -328,6 +513,8 @@ struct Plan {
     fallback: bool,
     /// Whether the last executor is the local model added as the cloud's fallback.
     local_fallback: bool,
+    /// The route's hedging.
+    hedge: Option<Option<std::time::Duration>>,
     reason: String,
     planned: Option<Planned>,
     cascade: Option<Arc<CascadeExecutor>>,
@@ -355,11 +542,36 @@ impl Plan {
             executors: self.executors.clone(),
             fallback: self.fallback,
             local_fallback: self.local_fallback,
+            hedge: self.hedge,
             reason: self.reason.clone(),
             decided: self.planned.is_some(),
         };
         with_fallback(state, tries, slot, attempt).await
     }
+}
+
+/// Puts first the deployment power-of-two-choices picks on load (`balance = "p2c"`); the others
+/// keep config order after it, as fallbacks.
+fn balance(
+    state: &AppState,
+    route: &crate::config::RouteConfig,
+    weights: &[f64],
+    executors: &mut [Arc<dyn Executor>],
+) {
+    let names: Vec<&str> = executors.iter().map(|e| e.backend()).collect();
+    let weights: Vec<f64> = names
+        .iter()
+        .map(|n| {
+            route
+                .backends
+                .iter()
+                .position(|b| b == n)
+                .and_then(|i| weights.get(i).copied())
+                .unwrap_or(1.0)
+        })
+        .collect();
+    let first = state.resilience.pick_first(&names, &weights);
+    executors[..=first].rotate_right(1);
 }
 
 /// With `resilience.local_fallback` on, puts the local model after a route's cloud backends
@@ -418,12 +630,18 @@ async fn plan(
         (Some(p), RoutePolicy::Learned) => p,
         _ => {
             let (mut executors, fallback) = route_for(state, model, hints).map_err(no_route)?;
+            let mut reason = format!("route {model}");
+            if let Some(weights) = &route.balance {
+                balance(state, route, weights, &mut executors);
+                reason.push_str("; balanced (p2c)");
+            }
             let local_fallback = add_local_fallback(state, model, hints, &mut executors);
             return Ok(Plan {
                 executors,
                 fallback,
                 local_fallback,
-                reason: format!("route {model}"),
+                hedge: route.hedge,
+                reason,
                 planned: None,
                 cascade: None,
             });
@@ -519,6 +737,7 @@ async fn plan(
         executors,
         fallback: route.fallback,
         local_fallback,
+        hedge: route.hedge,
         reason: header,
         planned: Some(planned),
         cascade,

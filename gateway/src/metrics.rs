@@ -110,6 +110,8 @@ pub struct Metrics {
     pub fallbacks: Family<BackendLabels, Counter>,
     /// Retries of a try on the same backend.
     pub retries: Family<BackendLabels, Counter>,
+    /// Hedges sent, by the backend that got the second try.
+    pub hedges: Family<BackendLabels, Counter>,
     /// Times a backend's circuit breaker opened.
     pub breaker_opens: Family<BackendLabels, Counter>,
     /// A backend's circuit breaker: 0 closed, 1 open, 2 half-open.
@@ -317,6 +319,12 @@ impl Metrics {
             "Retries on the same backend, by backend",
             retries.clone(),
         );
+        let hedges = Family::<BackendLabels, Counter>::default();
+        registry.register(
+            "hedges",
+            "Hedged second tries sent, by the backend that got them",
+            hedges.clone(),
+        );
         let breaker_opens = Family::<BackendLabels, Counter>::default();
         registry.register(
             "breaker_opens",
@@ -353,6 +361,7 @@ impl Metrics {
             errors,
             fallbacks,
             retries,
+            hedges,
             breaker_opens,
             breaker_state,
             local_fallbacks,

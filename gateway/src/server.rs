@@ -151,8 +151,7 @@ pub fn build_state(config: Config, options: &GatewayOptions) -> Result<Arc<AppSt
         config
             .backends
             .iter()
-            .filter(|(_, b)| b.kind != BackendKind::Local)
-            .map(|(name, _)| name.as_str()),
+            .map(|(name, b)| (name.as_str(), b.kind)),
     );
     Ok(Arc::new(AppState {
         policy,

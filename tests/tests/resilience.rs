@@ -67,6 +67,25 @@ kind = "openai-compatible"
 base_url = "{base}"
 models = {{ "wobbly" = "flaky" }}
 
+[backends.east]
+kind = "openai-compatible"
+base_url = "{base}"
+models = {{ "spread" = "delay-300", "hedged" = "delay-1500" }}
+
+[backends.west]
+kind = "openai-compatible"
+base_url = "{base}"
+models = {{ "spread" = "gpt-4o-mini", "hedged" = "gpt-4o-mini" }}
+
+[routes."spread"]
+backends = ["east", "west"]
+balance = "p2c"
+
+[routes."hedged"]
+backends = ["east", "west"]
+hedge = true
+hedge_after_ms = 150
+
 [routes."primary"]
 backends = ["hanging", "openai"]
 
@@ -531,4 +550,69 @@ async fn shutdown_finishes_streams_in_flight_within_the_grace_period() {
             .await
             .is_err()
     );
+}
+
+/// Two deployments of one model, one slow: power-of-two-choices on peak-EWMA latency sends
+/// almost everything to the fast one after the first calls.
+#[tokio::test]
+async fn p2c_on_peak_ewma_prefers_the_faster_deployment() {
+    let h = start("").await;
+    let mut by_backend = std::collections::BTreeMap::<String, u32>::new();
+    for _ in 0..30 {
+        let (status, headers, _) = h
+            .post("/v1/chat/completions", &chat("spread", false))
+            .await
+            .unwrap();
+        assert_eq!(status, 200);
+        let r = route(&headers);
+        assert!(r.contains("route spread; balanced (p2c)"), "{r}");
+        *by_backend
+            .entry(r.split(';').next().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    let slow = by_backend.get("east").copied().unwrap_or(0);
+    assert!(slow <= 3, "{by_backend:?}");
+    assert_eq!(by_backend.get("west").copied().unwrap_or(0), 30 - slow);
+}
+
+/// A hedged route sends a second try when the first is slower than its delay; the first answer
+/// wins, the slow try is dropped, and only the winner is accounted.
+#[tokio::test]
+async fn a_slow_first_try_is_hedged_and_only_the_winner_is_accounted() {
+    let h = start("").await;
+    for stream in [false, true] {
+        let started = std::time::Instant::now();
+        let (status, headers, body) = h
+            .post_stream_text(
+                "/v1/chat/completions",
+                &json!({"model": "hedged", "stream": stream,
+                "stream_options": {"include_usage": true},
+                "messages": [{"role": "user", "content": "Hello there"}]}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            started.elapsed() < Duration::from_millis(1200),
+            "{:?}",
+            started.elapsed()
+        );
+        let r = route(&headers);
+        assert!(r.starts_with("west; route hedged; hedged on west"), "{r}");
+    }
+    let metrics = h.metrics().await;
+    assert!(
+        metrics.contains(r#"tandem_hedges_total{backend="west"} 2"#),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains(r#"backend="east",kind="prompt""#),
+        "the dropped try is never accounted: {metrics}"
+    );
+    assert!(
+        metrics.contains(r#"tandem_tokens_total{route="hedged",backend="west",kind="prompt"}"#),
+        "{metrics}"
+    );
+    // Both tries reached their upstreams; the slow one was dropped before it answered.
+    assert_eq!(sent_to(&h, "delay-1500"), 2);
 }

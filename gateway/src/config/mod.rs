@@ -207,6 +207,10 @@ pub struct RouteConfig {
     pub rules: PolicyRules,
     /// Cascade confidence threshold replacing the router's.
     pub cascade_threshold: Option<f32>,
+    /// With `balance = "p2c"`: each backend's weight, in `backends` order.
+    pub balance: Option<Vec<f64>>,
+    /// With `hedge = true`: the hedge's delay, or `None` for the first backend's p95.
+    pub hedge: Option<Option<Duration>>,
 }
 
 impl RouteConfig {
@@ -218,6 +222,8 @@ impl RouteConfig {
             policy: RoutePolicy::Fixed,
             rules: PolicyRules::default(),
             cascade_threshold: None,
+            balance: None,
+            hedge: None,
         }
     }
 }
@@ -474,6 +480,8 @@ impl Config {
                     ));
                 }
             };
+            let balance = resilience::validate_balance(&model, &r, policy)?;
+            let hedge = resilience::validate_hedge(&model, &r)?;
             let rules = router::validate_rules(
                 &format!("routes.{model}"),
                 raw::RawPolicyRules {
@@ -538,6 +546,8 @@ impl Config {
                     policy,
                     rules,
                     cascade_threshold,
+                    balance,
+                    hedge,
                 },
             );
         }

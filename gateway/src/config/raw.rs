@@ -164,6 +164,16 @@ pub struct RawRoute {
     pub latency_slo_ms: Option<f64>,
     /// Cascade confidence threshold for this route, replacing `router.cascade_threshold`.
     pub cascade_threshold: Option<f32>,
+    /// `p2c`: the backends are deployments of one model, picked per request by
+    /// power-of-two-choices on peak-EWMA latency (the others follow as fallbacks).
+    pub balance: Option<String>,
+    /// Relative weights of the deployments under `balance = "p2c"` (default 1 each).
+    #[serde(default)]
+    pub weights: BTreeMap<String, f64>,
+    /// Send a second try to the next backend when the first is slower than its p95.
+    pub hedge: Option<bool>,
+    /// The hedge's delay, ms, instead of the first backend's measured p95.
+    pub hedge_after_ms: Option<u64>,
 }
 
 /// Hard rules and weights, per route or per API key.

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use super::raw::RawResilience;
-use super::{ConfigError, invalid};
+use super::raw::{RawResilience, RawRoute};
+use super::{ConfigError, RoutePolicy, invalid};
 
 /// Validated `[resilience]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -155,6 +155,88 @@ pub fn validate_resilience(raw: RawResilience) -> Result<ResilienceSettings, Con
             d.shutdown_grace.as_millis() as u64,
         )?),
     })
+}
+
+/// A route's `balance` and `weights`: the weights in `backends` order, or `None` when the route
+/// keeps config order.
+pub fn validate_balance(
+    model: &str,
+    route: &RawRoute,
+    policy: RoutePolicy,
+) -> Result<Option<Vec<f64>>, ConfigError> {
+    match route.balance.as_deref() {
+        None | Some("order") => {
+            if !route.weights.is_empty() {
+                return Err(invalid(
+                    format!("routes.{model}.weights"),
+                    "needs balance = \"p2c\"",
+                ));
+            }
+            Ok(None)
+        }
+        Some("p2c") => {
+            if policy == RoutePolicy::Learned {
+                return Err(invalid(
+                    format!("routes.{model}.balance"),
+                    "a learned route is ordered by the policy; balance needs policy = \"fixed\"",
+                ));
+            }
+            for (name, w) in &route.weights {
+                if !route.backends.contains(name) {
+                    return Err(invalid(
+                        format!("routes.{model}.weights.{name}"),
+                        "is not one of the route's backends",
+                    ));
+                }
+                if !(w.is_finite() && *w > 0.0) {
+                    return Err(invalid(
+                        format!("routes.{model}.weights.{name}"),
+                        "must be a positive number",
+                    ));
+                }
+            }
+            Ok(Some(
+                route
+                    .backends
+                    .iter()
+                    .map(|b| route.weights.get(b).copied().unwrap_or(1.0))
+                    .collect(),
+            ))
+        }
+        Some(other) => Err(invalid(
+            format!("routes.{model}.balance"),
+            format!("unknown balance `{other}` (expected order or p2c)"),
+        )),
+    }
+}
+
+/// A route's `hedge` and `hedge_after_ms`.
+pub fn validate_hedge(
+    model: &str,
+    route: &RawRoute,
+) -> Result<Option<Option<Duration>>, ConfigError> {
+    match (route.hedge, route.hedge_after_ms) {
+        (Some(true), after) => {
+            if route.backends.len() < 2 {
+                return Err(invalid(
+                    format!("routes.{model}.hedge"),
+                    "needs at least two backends to hedge between",
+                ));
+            }
+            if after == Some(0) {
+                return Err(invalid(
+                    format!("routes.{model}.hedge_after_ms"),
+                    "must be greater than 0",
+                ));
+            }
+            Ok(Some(after.map(Duration::from_millis)))
+        }
+        (_, Some(_)) => Err(invalid(
+            format!("routes.{model}.hedge_after_ms"),
+            "needs hedge = true",
+        )),
+        _ => Ok(None),
+    }
 }
 
 #[cfg(test)]

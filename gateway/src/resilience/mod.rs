@@ -1,21 +1,25 @@
-//! Resilience state shared by every request: a circuit breaker per cloud backend, the retry
-//! budget and the jitter's random source. Dispatch asks it before each try and tells it how each
+//! Resilience state shared by every request: a circuit breaker per cloud backend, each backend's
+//! load (peak-EWMA latency, requests in flight, recent latencies), the retry budget and the
+//! random source of jitter and balancing. Dispatch asks it before each try and tells it how each
 //! try went (`dispatch.rs` holds the loop).
 
+pub mod balance;
 pub mod breaker;
 pub mod retry;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use tandem_kernels::rng::SplitMix64;
 use tokio::time::Instant;
 
+pub use balance::{Load, Pending};
 pub use breaker::{Admission, Breaker, BreakerConfig, BreakerState, Transition};
 pub use retry::RetryBudget;
 
-use crate::config::ResilienceSettings;
+use crate::config::{BackendKind, ResilienceSettings};
 use crate::error::Error;
 use crate::metrics::{BackendLabels, Metrics};
 
@@ -51,16 +55,17 @@ pub struct Resilience {
     /// The `[resilience]` settings.
     pub settings: ResilienceSettings,
     breakers: BTreeMap<String, Breaker>,
+    loads: BTreeMap<String, Arc<Load>>,
     budget: RetryBudget,
     rng: Mutex<SplitMix64>,
 }
 
 impl Resilience {
-    /// A breaker for each of `backends` (the cloud ones: the local model has no upstream to
-    /// rest), and an unspent budget.
+    /// A load for each of `backends`, a breaker for each cloud one (the local model has no
+    /// upstream to rest), and an unspent budget.
     pub fn new<'a>(
         settings: ResilienceSettings,
-        backends: impl IntoIterator<Item = &'a str>,
+        backends: impl IntoIterator<Item = (&'a str, BackendKind)>,
     ) -> Self {
         let config = BreakerConfig {
             failures: settings.breaker_failures,
@@ -72,14 +77,20 @@ impl Resilience {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
+        let backends: Vec<(&str, BackendKind)> = backends.into_iter().collect();
         Self {
             budget: RetryBudget::new(
                 settings.retry_budget_ratio,
                 settings.retry_budget_min_per_sec,
             ),
             breakers: backends
-                .into_iter()
-                .map(|b| (b.to_owned(), Breaker::new(config)))
+                .iter()
+                .filter(|(_, kind)| *kind != BackendKind::Local)
+                .map(|(b, _)| ((*b).to_owned(), Breaker::new(config)))
+                .collect(),
+            loads: backends
+                .iter()
+                .map(|(b, _)| ((*b).to_owned(), Arc::new(Load::default())))
                 .collect(),
             settings,
             rng: Mutex::new(SplitMix64::new(seed)),
@@ -89,6 +100,44 @@ impl Resilience {
     /// The breaker of `backend`, if it has one.
     pub fn breaker(&self, backend: &str) -> Option<&Breaker> {
         self.breakers.get(backend)
+    }
+
+    /// The load of `backend`.
+    pub fn load(&self, backend: &str) -> Option<&Arc<Load>> {
+        self.loads.get(backend)
+    }
+
+    /// The index, among `backends` weighted by `weights`, of the deployment to try first:
+    /// power-of-two-choices on load, skipping those whose breaker is open while others are not.
+    pub fn pick_first(&self, backends: &[&str], weights: &[f64]) -> usize {
+        let now = Instant::now();
+        let open = |b: &str| {
+            self.breaker(b)
+                .is_some_and(|br| br.wait(now) > Duration::ZERO)
+        };
+        let candidates: Vec<usize> = (0..backends.len())
+            .filter(|&i| !open(backends[i]))
+            .collect();
+        let candidates = if candidates.is_empty() {
+            (0..backends.len()).collect()
+        } else {
+            candidates
+        };
+        let costs: Vec<f64> = candidates
+            .iter()
+            .map(|&i| self.load(backends[i]).map_or(0.0, |l| l.cost()))
+            .collect();
+        let weights: Vec<f64> = candidates
+            .iter()
+            .map(|&i| weights.get(i).copied().unwrap_or(1.0))
+            .collect();
+        candidates[balance::pick_of_two(&costs, &weights, &self.rng)]
+    }
+
+    /// When to send a hedge after a try on `backend` started: `configured`, else its recent p95
+    /// (none until enough calls were measured).
+    pub fn hedge_delay(&self, backend: &str, configured: Option<Duration>) -> Option<Duration> {
+        configured.or_else(|| self.load(backend).and_then(|l| l.p95()))
     }
 
     /// Whether `backend` may be called now (always, for one without a breaker).
