@@ -662,16 +662,22 @@ impl Config {
         }
         let _ = writeln!(s, "routes:");
         for (model, r) in &self.routes {
-            let _ = writeln!(
-                s,
-                "  {model} -> {}{}",
-                r.backends.join(", "),
-                if r.fallback && r.backends.len() > 1 {
-                    " (fallback)"
-                } else {
-                    ""
-                }
-            );
+            let mut how = Vec::new();
+            if r.fallback && r.backends.len() > 1 {
+                how.push("fallback");
+            }
+            if r.balance.is_some() {
+                how.push("p2c");
+            }
+            if r.hedge.is_some() {
+                how.push("hedged");
+            }
+            let how = if how.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", how.join(", "))
+            };
+            let _ = writeln!(s, "  {model} -> {}{how}", r.backends.join(", "));
         }
         if let Some(u) = &self.redis_url {
             let _ = writeln!(s, "redis: {u}");

@@ -143,7 +143,7 @@ pub struct RawPrice {
 }
 
 /// `[routes."MODEL"]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
     /// Backends in order of preference.
