@@ -448,20 +448,36 @@ async fn chaos_every_request_gets_a_complete_answer_or_a_clear_error() {
                 .await
                 .unwrap();
             let status = r.status().as_u16();
+            let route = r
+                .headers()
+                .get("x-tandem-route")
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default();
             let is_sse = r
                 .headers()
                 .get("content-type")
                 .is_some_and(|t| t.to_str().unwrap().starts_with("text/event-stream"));
             let text = r.text().await.unwrap();
-            (model, stream, status, is_sse, text, started.elapsed())
+            (
+                model,
+                stream,
+                status,
+                route,
+                is_sse,
+                text,
+                started.elapsed(),
+            )
         }));
         if tasks.len() % 8 == 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
     let mut answered = 0;
+    let (mut fallbacks, mut retries) = (0, 0);
     for task in tasks {
-        let (model, stream, status, is_sse, text, took) = task.await.unwrap();
+        let (model, stream, status, route, is_sse, text, took) = task.await.unwrap();
+        fallbacks += route.matches("; fallback after ").count();
+        retries += route.matches("; retried ").count();
         assert!(took < Duration::from_millis(4500), "{model} took {took:?}");
         if status == 200 && is_sse {
             let events = parse_sse(&text);
@@ -499,6 +515,17 @@ async fn chaos_every_request_gets_a_complete_answer_or_a_clear_error() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum();
     assert_eq!(total, 68, "{metrics}");
+    // Every fallback and retry a client was told of is counted, and nothing else.
+    let sum = |name: &str| -> usize {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
+            .sum()
+    };
+    assert_eq!(sum("tandem_fallbacks_total{"), fallbacks, "{metrics}");
+    assert_eq!(sum("tandem_retries_total{"), retries, "{metrics}");
+    assert!(retries > 0 && fallbacks > 0, "the run exercised both");
 }
 
 /// On shutdown, streams in flight run to their end within the grace period, one that would run
