@@ -145,7 +145,9 @@ pub fn build_state(config: Config, options: &GatewayOptions) -> Result<Arc<AppSt
             None
         }
     };
+    let store = crate::store::open(&config, &metrics, &FetchEnv)?;
     Ok(Arc::new(AppState {
+        store,
         policy,
         config: Arc::new(config),
         executors,
@@ -342,6 +344,7 @@ impl Gateway {
             Ok(r) => r,
             Err(e) => Err(std::io::Error::other(e)),
         };
+        self.state.store.flush();
         // The bandit's last lessons survive a restart.
         if let Some(policy) = self.state.policy.clone() {
             policy.stop_persistence();
