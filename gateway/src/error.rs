@@ -146,6 +146,25 @@ pub enum Error {
     /// A bug or an unexpected state inside the gateway.
     #[error("internal error: {0}")]
     Internal(String),
+    /// No virtual key has this id (admin API).
+    #[error("no key has the id `{0}`")]
+    UnknownKey(String),
+    /// The caller's key may not use this model.
+    #[error("this key may not use the model `{0}`")]
+    ModelNotAllowed(String),
+    /// A rate limit (of the key or of the route) has no room for this request.
+    #[error("{message}")]
+    RateLimited {
+        /// Which limit, and when to retry.
+        message: String,
+        /// `requests` or `tokens`: the limit that refused.
+        limit: &'static str,
+        /// Seconds until the request would fit.
+        retry_after_secs: u64,
+    },
+    /// The caller's key spent its budget.
+    #[error("{0}")]
+    InsufficientQuota(String),
     /// The shared state store did not answer (Redis down or slow); with limits failing closed,
     /// what a request that a limit applies to gets.
     #[error("the shared state store is unavailable: {0}")]
@@ -170,6 +189,9 @@ impl Error {
                 StatusCode::NOT_FOUND
             }
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::UnknownKey(_) => StatusCode::NOT_FOUND,
+            Self::ModelNotAllowed(_) => StatusCode::FORBIDDEN,
+            Self::RateLimited { .. } | Self::InsufficientQuota(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -206,6 +228,10 @@ impl Error {
             Self::LocalModel(_) => "local_model",
             Self::Internal(_) => "internal",
             Self::StoreUnavailable(_) => "store_unavailable",
+            Self::UnknownKey(_) => "unknown_key",
+            Self::ModelNotAllowed(_) => "model_not_allowed",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::InsufficientQuota(_) => "insufficient_quota",
         }
     }
 
@@ -227,7 +253,12 @@ impl Error {
             | Self::EndpointNotFound(_)
             | Self::MethodNotAllowed { .. }
             | Self::UnknownRequestId(_)
-            | Self::PayloadTooLarge { .. } => "invalid_request_error".into(),
+            | Self::PayloadTooLarge { .. }
+            | Self::UnknownKey(_) => "invalid_request_error".into(),
+            Self::ModelNotAllowed(_) => "permission_error".into(),
+            // OpenAI's own 429s name the limit that refused as the type.
+            Self::RateLimited { limit, .. } => (*limit).into(),
+            Self::InsufficientQuota(_) => "insufficient_quota".into(),
             Self::Unauthorized => "authentication_error".into(),
             Self::Overloaded { .. } => "rate_limit_error".into(),
             Self::Upstream(e) => e
@@ -262,7 +293,7 @@ impl Error {
         match self {
             Self::InvalidRequest { param, .. } => param.clone(),
             Self::Unsupported { param, .. } => Some(param.clone()),
-            Self::ModelNotFound(_) => Some("model".into()),
+            Self::ModelNotFound(_) | Self::ModelNotAllowed(_) => Some("model".into()),
             Self::Upstream(e) => e.upstream_param.clone(),
             _ => None,
         }
@@ -285,6 +316,10 @@ impl Error {
             Self::EndpointNotFound(_) => Some("unknown_url"),
             Self::MethodNotAllowed { .. } => Some("method_not_allowed"),
             Self::StoreUnavailable(_) => Some("store_unavailable"),
+            Self::UnknownKey(_) => Some("key_not_found"),
+            Self::ModelNotAllowed(_) => Some("model_not_allowed"),
+            Self::RateLimited { .. } => Some("rate_limit_exceeded"),
+            Self::InsufficientQuota(_) => Some("insufficient_quota"),
             Self::LocalModel(_) | Self::Internal(_) => None,
         }
     }
@@ -327,6 +362,9 @@ impl Error {
         );
         match &self {
             Self::Overloaded {
+                retry_after_secs, ..
+            }
+            | Self::RateLimited {
                 retry_after_secs, ..
             } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));

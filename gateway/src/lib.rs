@@ -3,8 +3,10 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod config;
 pub mod context;
+pub mod controls;
 pub mod dispatch;
 pub mod error;
 pub mod executor;

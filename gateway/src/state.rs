@@ -9,6 +9,7 @@ use tandem_router_policy::Feedback;
 use tandem_router_policy::recent::RecentMap;
 
 use crate::config::{BackendKind, Config};
+use crate::controls::Controls;
 use crate::executor::Executor;
 use crate::executor::local::LocalModel;
 use crate::metrics::Metrics;
@@ -91,6 +92,8 @@ pub struct AppState {
     pub policy: Option<Arc<LearnedRouting>>,
     /// The shared state store (Redis, or the embedded one).
     pub store: SharedStore,
+    /// Virtual keys, rate limits, budgets and spend.
+    pub controls: Arc<Controls>,
 }
 
 impl AppState {
