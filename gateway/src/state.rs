@@ -9,11 +9,13 @@ use tandem_router_policy::Feedback;
 use tandem_router_policy::recent::RecentMap;
 
 use crate::config::{BackendKind, Config};
+use crate::controls::Controls;
 use crate::executor::Executor;
 use crate::executor::local::LocalModel;
 use crate::metrics::Metrics;
 use crate::resilience::Resilience;
 use crate::routing::LearnedRouting;
+use crate::store::SharedStore;
 
 /// Feedback can refer to at least this many of the latest answered requests (up to twice as
 /// many are kept).
@@ -91,6 +93,10 @@ pub struct AppState {
     /// The learned routing policy (None when it could not be loaded; learned routes then run
     /// in config order).
     pub policy: Option<Arc<LearnedRouting>>,
+    /// The shared state store (Redis, or the embedded one).
+    pub store: SharedStore,
+    /// Virtual keys, rate limits, budgets and spend.
+    pub controls: Arc<Controls>,
 }
 
 impl AppState {

@@ -1,6 +1,7 @@
 //! `tandem.toml`: parsed into raw structs, overridden from `TANDEM__SECTION__KEY` variables, then
 //! validated into the runtime [`Config`]. Every error names the path it is about.
 
+pub mod controls;
 pub mod raw;
 pub mod resilience;
 pub mod router;
@@ -21,6 +22,7 @@ pub use tandem_router_policy::Price;
 
 use crate::speculative::{DelayConfig, ScoringMode, VerifyProtocol};
 
+pub use controls::{AdminConfig, ControlsConfig, OnUnavailable, RouteLimits, StoreConfig};
 use raw::{RawBackend, RawConfig};
 pub use resilience::ResilienceSettings;
 pub use router::{BackendProfileConfig, CascadeJudge, PolicyRules, RoutePolicy, RouterSettings};
@@ -310,6 +312,8 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// The `[resilience]` section.
     pub resilience: ResilienceSettings,
+    /// The store, the admin listener and per-route rate limits.
+    pub controls: ControlsConfig,
 }
 
 impl Config {
@@ -363,6 +367,7 @@ impl Config {
             )
         })?;
 
+        let mut controls = controls::validate(&raw, env)?;
         let mut api_key_hashes = Vec::new();
         for (i, h) in raw.server.api_key_hashes.iter().enumerate() {
             let bytes = hex::decode(h.trim()).ok().and_then(|b| <[u8; 32]>::try_from(b).ok()).ok_or_else(|| {
@@ -597,6 +602,7 @@ impl Config {
             }
             other => other,
         };
+        controls.store.redis_url = redis_url.clone();
 
         Ok(Self {
             listen,
@@ -609,6 +615,7 @@ impl Config {
             cache_dir: raw.cache_dir.map(PathBuf::from),
             redis_url,
             resilience,
+            controls,
         })
     }
 
@@ -700,6 +707,7 @@ fn unreachable_default() -> Config {
         cache_dir: None,
         redis_url: None,
         resilience: ResilienceSettings::default(),
+        controls: ControlsConfig::default(),
     }
 }
 
