@@ -22,6 +22,8 @@ use crate::executor::cascade::{CascadeExecutor, CascadeOutcome};
 use crate::executor::local::LocalExecutor;
 use crate::executor::{CompletionCall, CompletionOutput, Executor};
 use crate::metrics::BackendLabels;
+use crate::observe::trace::LiveSpan;
+use crate::observe::{Bill, RequestMeter, SpanKind, bill};
 use crate::routing::{LiveBackend, Planned, RequestHints, placement_for};
 use crate::state::AppState;
 
@@ -32,9 +34,24 @@ pub struct RouteInfo {
     pub backend: String,
     /// The explanation sent in `x-tandem-route`.
     pub explanation: String,
+    /// How it was served: `local`, `cloud`, `cascade`, `speculative` (`none` when no backend
+    /// answered).
+    pub mode: &'static str,
+    /// Moves to a next backend after a retryable failure.
+    pub fallbacks: u32,
 }
 
 impl RouteInfo {
+    /// No backend reached, with why.
+    pub fn unrouted(explanation: impl Into<String>) -> Self {
+        Self {
+            backend: String::new(),
+            explanation: explanation.into(),
+            mode: "none",
+            fallbacks: 0,
+        }
+    }
+
     /// The header value: printable ASCII only.
     pub fn header_value(&self) -> http::HeaderValue {
         let printable = |c: char| c.is_ascii_graphic() || c == ' ';
@@ -123,10 +140,43 @@ fn runnable<'a>(
     Ok(executors)
 }
 
+/// How a backend of `kind` serves a request.
+fn mode_of(kind: BackendKind) -> &'static str {
+    match kind {
+        BackendKind::Local => "local",
+        BackendKind::Speculative => "speculative",
+        _ => "cloud",
+    }
+}
+
+/// Runs one try on `executor` in the request's scope, under its own span (retries and
+/// fallbacks each show as one), and counts the wait for the backend as not Tandem's overhead.
+async fn metered<T, Fut>(
+    meter: Option<&Arc<RequestMeter>>,
+    route: &str,
+    executor: &Arc<dyn Executor>,
+    index: usize,
+    work: Fut,
+) -> (Result<T, Error>, Option<LiveSpan>)
+where
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
+    let Some(meter) = meter else {
+        return (work.await, None);
+    };
+    let span = meter.attempt_span(route, executor.backend(), index);
+    let scope = meter.root_scope().under(span.as_ref());
+    let started = StdInstant::now();
+    let result = scope.run(work).await;
+    meter.add_wait(started.elapsed());
+    (result, span)
+}
+
 /// Runs `attempt` on each of `executors` until one succeeds or fails for good. A backend that
 /// cannot honour the request (an unsupported parameter) is skipped whatever the fallback
 /// setting, since it never ran it. `attempt` is told whether its try is the last one there can
 /// be, so it can hand over the request instead of a copy.
+#[allow(clippy::too_many_arguments)]
 async fn with_fallback<T, F, Fut>(
     state: &AppState,
     executors: Vec<Arc<dyn Executor>>,
@@ -134,6 +184,7 @@ async fn with_fallback<T, F, Fut>(
     mut reason: String,
     decided: bool,
     slot: Option<&RouteSlot>,
+    (meter, route): (Option<&Arc<RequestMeter>>, &str),
     mut attempt: F,
 ) -> (Result<T, Error>, RouteInfo)
 where
@@ -144,13 +195,30 @@ where
     // The last backend that failed in earnest, with the reason as it stood then: a later one
     // that cannot honour the request does not hide it.
     let mut failed: Option<(String, String, Error)> = None;
+    let mut fallbacks = 0;
     for (i, executor) in executors.into_iter().enumerate() {
         let backend = executor.backend().to_owned();
+        let mode = mode_of(executor.kind());
         let last = i + 1 == count;
         if let Some(slot) = slot {
             slot.note_backend(&backend);
         }
-        match attempt(executor, last).await {
+        let (result, mut span) =
+            metered(meter, route, &executor, i, attempt(executor.clone(), last)).await;
+        if let (Some(span), Err(e)) = (&mut span, &result) {
+            span.fail(e.to_string());
+            span.set("error.type", e.metric_label());
+            let outcome = match e {
+                Error::Unsupported { .. } if !last => "skipped",
+                e if !last && fallback && e.retryable() => "fallback",
+                _ => "failed",
+            };
+            span.set("tandem.outcome", outcome);
+        } else if let Some(span) = &mut span {
+            span.set("tandem.outcome", "ok");
+        }
+        drop(span);
+        match result {
             Ok(value) => {
                 let explanation = if decided {
                     format!("{reason}; backend={backend}")
@@ -162,6 +230,8 @@ where
                     RouteInfo {
                         backend,
                         explanation,
+                        mode,
+                        fallbacks,
                     },
                 );
             }
@@ -179,6 +249,7 @@ where
                         backend: backend.clone(),
                     })
                     .inc();
+                fallbacks += 1;
                 let earlier = reason.clone();
                 reason = format!(
                     "{reason}; fallback after {backend} failed ({})",
@@ -204,6 +275,8 @@ where
                     RouteInfo {
                         backend,
                         explanation,
+                        mode: "none",
+                        fallbacks,
                     },
                 );
             }
@@ -211,10 +284,7 @@ where
     }
     (
         Err(Error::Internal("route has no backends".into())),
-        RouteInfo {
-            backend: String::new(),
-            explanation: reason,
-        },
+        RouteInfo::unrouted(reason),
     )
 }
 
@@ -253,6 +323,7 @@ impl Plan {
             self.reason.clone(),
             self.planned.is_some(),
             slot,
+            (hints.meter.as_ref(), model),
             attempt,
         )
         .await
@@ -260,13 +331,7 @@ impl Plan {
 }
 
 fn no_route(e: Error) -> (Error, RouteInfo) {
-    (
-        e,
-        RouteInfo {
-            backend: String::new(),
-            explanation: "no route".into(),
-        },
-    )
+    (e, RouteInfo::unrouted("no route"))
 }
 
 async fn plan(
@@ -294,8 +359,18 @@ async fn plan(
         }
     };
     let local_ready = state.local.as_ref().is_some_and(|l| l.is_ready());
+    let mut span = hints
+        .meter
+        .as_ref()
+        .and_then(|m| m.span(None, "tandem.policy", SpanKind::Internal));
     let planned = policy.plan(model, route, request, hints, local_ready).await;
     let header = planned.decision.explanation.header_value();
+    if let Some(span) = &mut span {
+        span.set("tandem.decision", choice_kind(&planned.decision.choice));
+        span.set("tandem.reasons", header.clone());
+        span.set("tandem.route", model);
+    }
+    drop(span);
     if planned.decision.choice == Choice::Reject {
         policy.log(
             &hints.request_id,
@@ -323,13 +398,7 @@ async fn plan(
                 planned.decision.explanation.excluded.join(", ")
             )),
         };
-        return Err((
-            error,
-            RouteInfo {
-                backend: String::new(),
-                explanation: header,
-            },
-        ));
+        return Err((error, RouteInfo::unrouted(header)));
     }
     let executor = |name: &str| -> Option<Arc<dyn Executor>> {
         let found = state.executors.get(name).cloned();
@@ -387,6 +456,17 @@ async fn plan(
     })
 }
 
+/// The kind of a policy's choice.
+fn choice_kind(choice: &Choice) -> &'static str {
+    match choice {
+        Choice::Local { .. } => "local",
+        Choice::Cloud { .. } => "cloud",
+        Choice::Cascade { .. } => "cascade",
+        Choice::Speculative { .. } => "speculative",
+        Choice::Reject => "reject",
+    }
+}
+
 fn count_decision(state: &AppState, choice: &'static str) {
     state
         .metrics
@@ -407,6 +487,17 @@ impl PendingLog {
     /// Writes the line.
     fn write(self) {
         self.policy.log(&self.request_id, &self.decision, self.line);
+    }
+
+    /// Adds what the answer cost against its route's reference, and the local compute it took.
+    fn add_bill(&mut self, bill: Bill, meter: Option<&Arc<RequestMeter>>) {
+        self.line["cost_paid"] = bill.paid.into();
+        self.line["cost_reference"] = bill.reference.into();
+        self.line["cost_saved"] = bill.saved().into();
+        if let Some((cpu, joules)) = meter.map(|m| m.local_compute()).filter(|c| c.0 > 0.0) {
+            self.line["cpu_seconds"] = cpu.into();
+            self.line["energy_joules"] = joules.into();
+        }
     }
 }
 
@@ -430,14 +521,11 @@ fn finish_plan<T>(
         .as_ref()
         .filter(|c| route.backend == c.backend())
         .and_then(|c| c.outcome());
-    let kind = match &planned.decision.choice {
-        Choice::Local { .. } => "local",
-        Choice::Cloud { .. } => "cloud",
-        Choice::Cascade { .. } => "cascade",
-        Choice::Speculative { .. } => "speculative",
-        Choice::Reject => "reject",
-    };
+    let kind = choice_kind(&planned.decision.choice);
     count_decision(state, kind);
+    if outcome.is_some() && result.is_ok() {
+        route.mode = "cascade";
+    }
     if let Some(o) = &outcome {
         if !route.backend.is_empty() && route.backend != o.answered_by {
             // The cascade ran under the local backend's name; the header names who answered.
@@ -501,11 +589,22 @@ fn finish_plan<T>(
 
 /// Writes a stream's decision log line when the stream ends: `ok` after its finish event,
 /// `error` after an error event, `cancelled` when the client left before either.
-fn logged_at_end(events: EventStream, log: PendingLog) -> EventStream {
+fn logged_at_end(
+    events: EventStream,
+    log: PendingLog,
+    config: Arc<crate::config::Config>,
+    (route, backend): (String, String),
+    meter: Option<Arc<RequestMeter>>,
+) -> EventStream {
     struct LogOnEnd {
         log: Option<PendingLog>,
         status: &'static str,
         error: Option<String>,
+        usage: Option<Usage>,
+        config: Arc<crate::config::Config>,
+        route: String,
+        backend: String,
+        meter: Option<Arc<RequestMeter>>,
     }
     impl Drop for LogOnEnd {
         fn drop(&mut self) {
@@ -513,6 +612,10 @@ fn logged_at_end(events: EventStream, log: PendingLog) -> EventStream {
                 log.line["status"] = self.status.into();
                 if let Some(e) = self.error.take() {
                     log.line["error"] = e.into();
+                }
+                if let Some(usage) = &self.usage {
+                    let bill = bill(&self.config, &self.route, &self.backend, usage);
+                    log.add_bill(bill, self.meter.as_ref());
                 }
                 log.write();
             }
@@ -522,10 +625,16 @@ fn logged_at_end(events: EventStream, log: PendingLog) -> EventStream {
         log: Some(log),
         status: "cancelled",
         error: None,
+        usage: None,
+        config,
+        route,
+        backend,
+        meter,
     };
     events
         .inspect(move |event| match event {
             ChatEvent::Finish { .. } if guard.status == "cancelled" => guard.status = "ok",
+            ChatEvent::Usage(u) => guard.usage = Some(*u),
             ChatEvent::Error(e) => {
                 guard.status = "error";
                 guard.error = Some(e.kind.as_str().to_owned());
@@ -533,6 +642,19 @@ fn logged_at_end(events: EventStream, log: PendingLog) -> EventStream {
             _ => {}
         })
         .boxed()
+}
+
+/// Notes where the request went on its meter.
+fn note_route(hints: &RequestHints, model: &str, route: &RouteInfo) {
+    if let Some(meter) = &hints.meter {
+        meter.note_route(
+            model,
+            &route.backend,
+            route.mode,
+            &route.explanation,
+            route.fallbacks,
+        );
+    }
 }
 
 /// Records a backend's timings (and errors) as the policy's live state, and counts the request
@@ -647,9 +769,15 @@ where
     Fut: std::future::Future<Output = Result<T, Error>>,
 {
     let model = request.model.clone();
+    if let Some(meter) = &hints.meter {
+        meter.note_request(&request);
+    }
     let plan = match plan(state, &request, hints).await {
         Ok(p) => p,
-        Err((e, route)) => return (Err(e), route),
+        Err((e, route)) => {
+            note_route(hints, &model, &route);
+            return (Err(e), route);
+        }
     };
     let measure = plan.cascade.is_none();
     let mut request = Some(request);
@@ -678,9 +806,14 @@ where
             }
         })
         .await;
-    if let Some(log) = finish_plan(state, &plan, hints, &model, &result, &mut route) {
+    if let Some(mut log) = finish_plan(state, &plan, hints, &model, &result, &mut route) {
+        if let Ok(answer) = &result {
+            let bill = bill(&state.config, &model, &route.backend, usage(answer));
+            log.add_bill(bill, hints.meter.as_ref());
+        }
         log.write();
     }
+    note_route(hints, &model, &route);
     (result, route)
 }
 
@@ -706,9 +839,16 @@ pub async fn run_completion(
     first_token_deadline: Option<(Instant, Error)>,
 ) -> (Result<CompletionOutput, Error>, RouteInfo) {
     let model = call.request.model.as_str();
-    let plan = match plan(state, &call.policy_view(), hints).await {
+    let view = call.policy_view();
+    if let Some(meter) = &hints.meter {
+        meter.note_request(&view);
+    }
+    let plan = match plan(state, &view, hints).await {
         Ok(p) => p,
-        Err((e, route)) => return (Err(e), route),
+        Err((e, route)) => {
+            note_route(hints, model, &route);
+            return (Err(e), route);
+        }
     };
     let stream = call.request.stream;
     let (result, mut route) = plan
@@ -727,6 +867,7 @@ pub async fn run_completion(
     if let Some(log) = finish_plan(state, &plan, hints, model, &result, &mut route) {
         log.write();
     }
+    note_route(hints, model, &route);
     (result, route)
 }
 
@@ -738,9 +879,15 @@ pub async fn run_stream(
     first_token_deadline: Option<(Instant, Error)>,
 ) -> (Result<EventStream, Error>, RouteInfo) {
     let model = request.model.clone();
+    if let Some(meter) = &hints.meter {
+        meter.note_request(&request);
+    }
     let plan = match plan(state, &request, hints).await {
         Ok(p) => p,
-        Err((e, route)) => return (Err(e), route),
+        Err((e, route)) => {
+            note_route(hints, &model, &route);
+            return (Err(e), route);
+        }
     };
     let measure = plan.cascade.is_none();
     let mut request = Some(request);
@@ -774,8 +921,15 @@ pub async fn run_stream(
         })
         .await;
     let log = finish_plan(state, &plan, hints, &model, &result, &mut route);
+    note_route(hints, &model, &route);
     let result = match (result, log) {
-        (Ok(events), Some(log)) => Ok(logged_at_end(events, log)),
+        (Ok(events), Some(log)) => Ok(logged_at_end(
+            events,
+            log,
+            state.config.clone(),
+            (model.clone(), route.backend.clone()),
+            hints.meter.clone(),
+        )),
         (result, log) => {
             if let Some(log) = log {
                 log.write();
@@ -811,6 +965,8 @@ mod tests {
         let route = RouteInfo {
             backend: "cloud".into(),
             explanation: explanation.into(),
+            mode: "cloud",
+            fallbacks: 0,
         };
         route
             .header_value()

@@ -23,9 +23,11 @@ use crate::executor::cloud::CloudExecutor;
 use crate::executor::local::{LocalExecutor, LocalModel, LocalState};
 use crate::handlers::{chat, completions, ops};
 use crate::metrics::Metrics;
+use crate::observe::Observer;
 use crate::middleware::{
     auth::AuthLayer, body_limit::BodyLimitLayer, concurrency::LoadShedLayer,
-    first_token_timeout::FirstTokenTimeoutLayer, metrics::MetricsLayer, request_id::RequestIdLayer,
+    first_token_timeout::FirstTokenTimeoutLayer, metrics::MetricsLayer, observe::ObserveLayer,
+    request_id::RequestIdLayer,
     route_header::RouteHeaderLayer, timeout::TimeoutLayer, trace,
 };
 use crate::providers::build_provider;
@@ -145,9 +147,12 @@ pub fn build_state(config: Config, options: &GatewayOptions) -> Result<Arc<AppSt
             None
         }
     };
+    let config = Arc::new(config);
+    let observer = Observer::start(config.clone(), metrics.clone());
     Ok(Arc::new(AppState {
         policy,
-        config: Arc::new(config),
+        observer,
+        config,
         executors,
         local,
         metrics,
@@ -249,6 +254,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(RequestIdLayer) // x-request-id: taken or generated, echoed on the response
         .layer(trace::layer()) // one tracing span per request, carrying the request id
         .layer(MetricsLayer::new(state.metrics.clone())) // requests, latency, errors by endpoint and backend
+        .layer(ObserveLayer::new(state.observer.clone())) // the request's meter and span; x-tandem-overhead-ms, x-tandem-cost
         .layer(AuthLayer::new(&state.config.api_key_hashes)) // 401 without a valid API key (when keys are set)
         .layer(LoadShedLayer::new(
             limits.max_concurrency,

@@ -1,5 +1,5 @@
 //! The application state every handler shares: config, executors by backend, the local model,
-//! metrics and the log of recent requests that feedback refers to.
+//! metrics, the observer and the log of recent requests that feedback refers to.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use crate::config::{BackendKind, Config};
 use crate::executor::Executor;
 use crate::executor::local::LocalModel;
 use crate::metrics::Metrics;
+use crate::observe::Observer;
 use crate::routing::LearnedRouting;
 
 /// Feedback can refer to at least this many of the latest answered requests (up to twice as
@@ -88,6 +89,8 @@ pub struct AppState {
     /// The learned routing policy (None when it could not be loaded; learned routes then run
     /// in config order).
     pub policy: Option<Arc<LearnedRouting>>,
+    /// Bills, local compute, the ledger and trace export.
+    pub observer: Arc<Observer>,
 }
 
 impl AppState {

@@ -29,6 +29,9 @@ pub struct RawConfig {
     pub cache_dir: Option<String>,
     /// Redis for shared state; in-memory when absent.
     pub redis_url: Option<String>,
+    /// `[observability]`: cost and overhead headers, energy, dashboard memory, trace export.
+    #[serde(default)]
+    pub observability: super::observability::RawObservability,
 }
 
 /// `[server]`.
@@ -161,6 +164,9 @@ pub struct RawRoute {
     pub latency_slo_ms: Option<f64>,
     /// Cascade confidence threshold for this route, replacing `router.cascade_threshold`.
     pub cascade_threshold: Option<f32>,
+    /// The cloud backend whose price the route's savings are measured against (default: the
+    /// route's first cloud backend).
+    pub reference: Option<String>,
 }
 
 /// Hard rules and weights, per route or per API key.
