@@ -23,13 +23,12 @@ use crate::executor::cloud::CloudExecutor;
 use crate::executor::local::{LocalExecutor, LocalModel, LocalState};
 use crate::handlers::{chat, completions, ops};
 use crate::metrics::Metrics;
-use crate::observe::Observer;
 use crate::middleware::{
     auth::AuthLayer, body_limit::BodyLimitLayer, concurrency::LoadShedLayer,
     first_token_timeout::FirstTokenTimeoutLayer, metrics::MetricsLayer, observe::ObserveLayer,
-    request_id::RequestIdLayer,
-    route_header::RouteHeaderLayer, timeout::TimeoutLayer, trace,
+    request_id::RequestIdLayer, route_header::RouteHeaderLayer, timeout::TimeoutLayer, trace,
 };
+use crate::observe::Observer;
 use crate::providers::build_provider;
 use crate::routing::{self, LearnedRouting};
 use crate::speculative::SpeculativeExecutor;

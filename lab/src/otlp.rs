@@ -201,16 +201,16 @@ fn key_value(buf: &[u8]) -> anyhow::Result<(String, Value)> {
 
 /// `AnyValue { string 1; bool 2; int64 3; double 4; ... }`.
 fn any_value(buf: &[u8]) -> anyhow::Result<Value> {
-    for (n, f) in fields(buf)? {
-        return Ok(match (n, f) {
-            (1, Field::Bytes(b)) => Value::String(text(b)?),
-            (2, Field::Varint(v)) => Value::Bool(v != 0),
-            (3, Field::Varint(v)) => Value::from(v as i64),
-            (4, Field::Fixed64(v)) => Value::from(f64::from_bits(v)),
-            _ => Value::Null,
-        });
-    }
-    Ok(Value::Null)
+    let Some((n, f)) = fields(buf)?.into_iter().next() else {
+        return Ok(Value::Null);
+    };
+    Ok(match (n, f) {
+        (1, Field::Bytes(b)) => Value::String(text(b)?),
+        (2, Field::Varint(v)) => Value::Bool(v != 0),
+        (3, Field::Varint(v)) => Value::from(v as i64),
+        (4, Field::Fixed64(v)) => Value::from(f64::from_bits(v)),
+        _ => Value::Null,
+    })
 }
 
 /// Decodes an `ExportTraceServiceRequest` into its spans.

@@ -21,8 +21,8 @@ pub use tandem_router_policy::Price;
 
 use crate::speculative::{DelayConfig, ScoringMode, VerifyProtocol};
 
-use raw::{RawBackend, RawConfig};
 pub use observability::{ObservabilityConfig, OtlpConfig};
+use raw::{RawBackend, RawConfig};
 pub use router::{BackendProfileConfig, CascadeJudge, PolicyRules, RoutePolicy, RouterSettings};
 
 /// Prefix of environment variables that override config keys.
@@ -1349,7 +1349,10 @@ mod tests {
         let e = err(&format!(
             "{base}\n[routes.a]\nbackends = [\"local\"]\nreference = \"nope\"\n"
         ));
-        assert!(e.contains("routes.a.reference: no backend named `nope`"), "{e}");
+        assert!(
+            e.contains("routes.a.reference: no backend named `nope`"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -191,7 +191,13 @@ pub fn generate_events(
                     cached_prompt_tokens,
                     cpu_seconds,
                 }) => {
-                    watch.finished(&backend, cpu_seconds, prompt_tokens, completion_tokens, cached_prompt_tokens);
+                    watch.finished(
+                        &backend,
+                        cpu_seconds,
+                        prompt_tokens,
+                        completion_tokens,
+                        cached_prompt_tokens,
+                    );
                     let reason = finish_reason(reason);
                     let usage =
                         engine_usage(prompt_tokens, completion_tokens, cached_prompt_tokens);
@@ -263,7 +269,10 @@ impl EngineWatch {
             first,
             vec![
                 ("gen_ai.usage.input_tokens", (prompt_tokens as u64).into()),
-                ("tandem.cached_input_tokens", (cached_prompt_tokens as u64).into()),
+                (
+                    "tandem.cached_input_tokens",
+                    (cached_prompt_tokens as u64).into(),
+                ),
                 ("tandem.backend", backend.into()),
             ],
         );
@@ -273,7 +282,10 @@ impl EngineWatch {
             first,
             now,
             vec![
-                ("gen_ai.usage.output_tokens", (completion_tokens as u64).into()),
+                (
+                    "gen_ai.usage.output_tokens",
+                    (completion_tokens as u64).into(),
+                ),
                 ("tandem.local.cpu_seconds", cpu_seconds.into()),
                 ("tandem.backend", backend.into()),
             ],

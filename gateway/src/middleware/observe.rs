@@ -188,7 +188,11 @@ mod tests {
                 .unwrap(),
         );
         let (request, send) = handle.next_request().await.unwrap();
-        let meter = request.extensions().get::<Arc<RequestMeter>>().unwrap().clone();
+        let meter = request
+            .extensions()
+            .get::<Arc<RequestMeter>>()
+            .unwrap()
+            .clone();
         // The backend took 30 ms of the request's time; that is not overhead.
         tokio::time::sleep(std::time::Duration::from_millis(40)).await;
         meter.add_wait(std::time::Duration::from_millis(30));
@@ -239,7 +243,11 @@ mod tests {
         assert!(service.poll_ready().is_ready());
         let fut = service.call(Request::builder().uri("/healthz").body(()).unwrap());
         let (request, send) = handle.next_request().await.unwrap();
-        let meter = request.extensions().get::<Arc<RequestMeter>>().unwrap().clone();
+        let meter = request
+            .extensions()
+            .get::<Arc<RequestMeter>>()
+            .unwrap()
+            .clone();
         meter.note_usage(&Default::default(), Bill::default());
         drop((meter, request));
         send.send_response(Response::new(Body::empty()));

@@ -43,7 +43,9 @@ pub fn bill(config: &Config, route: &str, backend: &str, usage: &Usage) -> Bill 
         ),
     };
     let answered = config.backends.get(backend);
-    let paid = answered.map_or(0.0, |b| price_of(config, b.name.as_str()).cost(input, cached, output));
+    let paid = answered.map_or(0.0, |b| {
+        price_of(config, b.name.as_str()).cost(input, cached, output)
+    });
     let reference_backend = config
         .routes
         .get(route)
@@ -121,7 +123,12 @@ mod tests {
 
     #[test]
     fn a_local_answer_saves_the_whole_reference_price() {
-        let b = bill(&config(), "auto", "local", &usage(1_000_000, 1_000_000, 500_000));
+        let b = bill(
+            &config(),
+            "auto",
+            "local",
+            &usage(1_000_000, 1_000_000, 500_000),
+        );
         assert_eq!(b.paid, 0.0);
         // The local prefix cache says nothing of the cloud's: full input price.
         assert_eq!(b.reference, 12.5);

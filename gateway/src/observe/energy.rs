@@ -148,7 +148,12 @@ impl Rapl {
         let d_energy = if total >= prev_total {
             total - prev_total
         } else {
-            let range = self.packages.iter().map(|p| p.range).min().unwrap_or(u64::MAX);
+            let range = self
+                .packages
+                .iter()
+                .map(|p| p.range)
+                .min()
+                .unwrap_or(u64::MAX);
             (range - prev_total).saturating_add(total)
         };
         Some(d_energy as f64 / 1e6 / (d_cpu as f64 / 1e9))

@@ -193,7 +193,12 @@ impl Ledger {
                 .recent
                 .iter()
                 .filter(|r| r.ts_ms >= since)
-                .filter(|r| query.key.as_deref().is_none_or(|k| r.key.as_deref() == Some(k)))
+                .filter(|r| {
+                    query
+                        .key
+                        .as_deref()
+                        .is_none_or(|k| r.key.as_deref() == Some(k))
+                })
                 .filter(|r| query.route.as_deref().is_none_or(|x| r.route == x))
                 .filter(|r| query.decision.as_deref().is_none_or(|x| r.mode == x))
                 .cloned()
@@ -227,7 +232,10 @@ impl Ledger {
         let mut reference = vec![0f64; buckets as usize];
         for r in &reports {
             let b = (((r.ts_ms - since) / bucket_ms) as usize).min(buckets as usize - 1);
-            let m = MODES.iter().position(|m| *m == r.mode).unwrap_or(MODES.len() - 1);
+            let m = MODES
+                .iter()
+                .position(|m| *m == r.mode)
+                .unwrap_or(MODES.len() - 1);
             mix[b][m] += 1;
             paid[b] += r.paid;
             reference[b] += r.reference;
@@ -242,7 +250,9 @@ impl Ledger {
             })
             .collect();
         // Latency percentiles per backend.
-        let mut by_backend: BTreeMap<&str, (Vec<f64>, Vec<f64>, u64, u64)> = BTreeMap::new();
+        // Per backend: first-token times, total times, requests, errors.
+        type Timings = (Vec<f64>, Vec<f64>, u64, u64);
+        let mut by_backend: BTreeMap<&str, Timings> = BTreeMap::new();
         for r in &reports {
             let e = by_backend.entry(&r.backend).or_default();
             e.1.push(r.total_s);
@@ -307,7 +317,13 @@ fn percentiles(values: &mut [f64]) -> Value {
 mod tests {
     use super::*;
 
-    fn report(ts_ms: u64, mode: &'static str, backend: &str, paid: f64, reference: f64) -> RequestReport {
+    fn report(
+        ts_ms: u64,
+        mode: &'static str,
+        backend: &str,
+        paid: f64,
+        reference: f64,
+    ) -> RequestReport {
         RequestReport {
             ts_ms,
             id: format!("r{ts_ms}"),
@@ -365,7 +381,10 @@ mod tests {
         );
         assert_eq!(local_only["window"]["totals"]["requests"], 1);
         let series = s["window"]["series"].as_array().unwrap();
-        let mixed: u64 = series.iter().map(|p| p["local"].as_u64().unwrap() + p["cloud"].as_u64().unwrap()).sum();
+        let mixed: u64 = series
+            .iter()
+            .map(|p| p["local"].as_u64().unwrap() + p["cloud"].as_u64().unwrap())
+            .sum();
         assert_eq!(mixed, 2);
     }
 

@@ -17,8 +17,8 @@ use super::Observer;
 use super::bill::Bill;
 use super::ledger::RequestReport;
 use super::trace::{
-    AttrValue, LiveSpan, SpanId, SpanKind, SpanRecord, TRACEPARENT, TraceId, parse_traceparent,
-    traceparent, unix_ns_at,
+    AttrValue, LiveSpan, SpanId, SpanKind, SpanRecord, SpanSink, TRACEPARENT, TraceId,
+    parse_traceparent, traceparent, unix_ns_at,
 };
 use crate::metrics::ENDPOINTS;
 

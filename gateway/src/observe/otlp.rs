@@ -13,7 +13,7 @@ use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use tandem_cloud_adapters::client::{HttpClient, HttpConfig};
 use tokio::sync::mpsc;
 
-use super::trace::{AttrValue, SpanRecord};
+use super::trace::{AttrValue, SpanRecord, SpanSink};
 use crate::config::OtlpConfig;
 
 /// Spans export counters.
@@ -70,9 +70,11 @@ impl Exporter {
             stats,
         })
     }
+}
 
-    /// Queues a finished span; never waits.
-    pub fn export(&self, span: SpanRecord) {
+impl SpanSink for Exporter {
+    /// Queues a finished span; a full queue drops it and counts it.
+    fn export(&self, span: SpanRecord) {
         if self.tx.try_send(span).is_err() {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
         }

@@ -6,7 +6,11 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use http::HeaderValue;
 
-use super::otlp::Exporter;
+/// Where finished spans go (the OTLP exporter).
+pub trait SpanSink: Send + Sync {
+    /// Takes a finished span; never waits.
+    fn export(&self, span: SpanRecord);
+}
 
 /// The header carrying W3C trace context.
 pub const TRACEPARENT: &str = "traceparent";
@@ -51,9 +55,15 @@ pub fn parse_traceparent(value: &str) -> Option<(TraceId, SpanId, bool)> {
         return None;
     }
     let lower_hex = |s: &str, n: usize| {
-        s.len() == n && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     };
-    if !lower_hex(version, 2) || !lower_hex(trace, 32) || !lower_hex(parent, 16) || !lower_hex(flags, 2) {
+    if !lower_hex(version, 2)
+        || !lower_hex(trace, 32)
+        || !lower_hex(parent, 16)
+        || !lower_hex(flags, 2)
+    {
         return None;
     }
     let mut t = [0u8; 16];
@@ -167,13 +177,13 @@ pub fn unix_ns_at(at: Instant) -> u64 {
 pub struct LiveSpan {
     record: Option<SpanRecord>,
     started: Instant,
-    exporter: Arc<Exporter>,
+    exporter: Arc<dyn SpanSink>,
 }
 
 impl LiveSpan {
     /// Starts a span now.
     pub fn start(
-        exporter: Arc<Exporter>,
+        exporter: Arc<dyn SpanSink>,
         trace_id: TraceId,
         parent: Option<SpanId>,
         name: impl Into<String>,
@@ -198,9 +208,7 @@ impl LiveSpan {
 
     /// Its id (children name it as their parent).
     pub fn id(&self) -> SpanId {
-        self.record
-            .as_ref()
-            .map_or(SpanId([0; 8]), |r| r.span_id)
+        self.record.as_ref().map_or(SpanId([0; 8]), |r| r.span_id)
     }
 
     /// Its trace.
@@ -260,7 +268,8 @@ mod tests {
         }
         // A later version may append fields.
         assert!(
-            parse_traceparent("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-x").is_some()
+            parse_traceparent("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-x")
+                .is_some()
         );
     }
 
