@@ -282,7 +282,8 @@ impl RequestMeter {
             .backend_model(backend, route)
             .map(str::to_owned);
         let mut n = self.noted.lock();
-        n.route = Some(route.to_owned());
+        // A model id no route serves stays `none`: a client cannot add label values.
+        n.route = self.observer.is_route(route).then(|| route.to_owned());
         if !backend.is_empty() {
             n.backend = Some(backend.to_owned());
         }

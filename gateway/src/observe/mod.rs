@@ -93,6 +93,11 @@ impl Observer {
         })
     }
 
+    /// Whether `model` names a configured route.
+    pub fn is_route(&self, model: &str) -> bool {
+        self.config_all.routes.contains_key(model)
+    }
+
     /// The kind of `backend`.
     pub fn backend_kind(&self, backend: &str) -> Option<BackendKind> {
         self.config_all.backends.get(backend).map(|b| b.kind)
