@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod context;
+pub mod dashboard;
 pub mod dispatch;
 pub mod error;
 pub mod executor;
