@@ -128,4 +128,70 @@ mod tests {
         let (status, _, _) = get(&app, "/ui/api/summary?window=soon").await;
         assert_eq!(status, 400, "a bad window is the client's error");
     }
+
+    #[test]
+    fn the_grafana_dashboard_reads_only_metrics_the_gateway_exports() {
+        let dashboard = include_str!("../../../docs/grafana/tandem.json");
+        let _: serde_json::Value = serde_json::from_str(dashboard).unwrap();
+        // A family renders once it has a series: give each one.
+        let m = crate::metrics::Metrics::new();
+        let chat = crate::metrics::endpoint_index("/v1/chat/completions");
+        m.pair("r", "b")
+            .record_request(&m, chat, http::StatusCode::OK, 0.1);
+        m.record_usage("r", "b", 1, 1, 0, (1.0, 2.0));
+        m.record_local_compute("b", 1.0, 1.0);
+        m.record_cache_hit("r");
+        let backend = crate::metrics::BackendLabels {
+            backend: "b".into(),
+        };
+        m.first_token.get_or_create(&backend).observe(0.1);
+        m.fallbacks.get_or_create(&backend).inc();
+        m.errors
+            .get_or_create(&crate::metrics::ErrorLabels {
+                endpoint: "chat",
+                kind: "x",
+            })
+            .inc();
+        m.modes
+            .get_or_create(&crate::metrics::ModeLabels {
+                route: "r".into(),
+                mode: "local",
+            })
+            .inc();
+        m.overhead
+            .get_or_create(&crate::metrics::EndpointLabels { endpoint: "chat" })
+            .observe(0.001);
+        m.speculative_tokens
+            .get_or_create(&crate::metrics::SpeculativeLabels {
+                backend: "b".into(),
+                kind: "accepted",
+            })
+            .inc();
+        let rendered = m.render();
+        let exported: Vec<&str> = rendered
+            .lines()
+            .filter_map(|l| l.strip_prefix("# HELP "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        let mut named = 0;
+        for (i, _) in dashboard.match_indices("tandem_") {
+            let name: String = dashboard[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            let base = ["_total", "_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(&name);
+            if base == "tandem_gateway" {
+                continue; // the dashboard's uid
+            }
+            named += 1;
+            assert!(
+                exported.contains(&base),
+                "{name} is not exported: {exported:?}"
+            );
+        }
+        assert!(named > 10);
+    }
 }
