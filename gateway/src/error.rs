@@ -146,6 +146,29 @@ pub enum Error {
     /// A bug or an unexpected state inside the gateway.
     #[error("internal error: {0}")]
     Internal(String),
+    /// No virtual key has this id (admin API).
+    #[error("no key has the id `{0}`")]
+    UnknownKey(String),
+    /// The caller's key may not use this model.
+    #[error("this key may not use the model `{0}`")]
+    ModelNotAllowed(String),
+    /// A rate limit (of the key or of the route) has no room for this request.
+    #[error("{message}")]
+    RateLimited {
+        /// Which limit, and when to retry.
+        message: String,
+        /// `requests` or `tokens`: the limit that refused.
+        limit: &'static str,
+        /// Seconds until the request would fit.
+        retry_after_secs: u64,
+    },
+    /// The caller's key spent its budget.
+    #[error("{0}")]
+    InsufficientQuota(String),
+    /// The shared state store did not answer (Redis down or slow); with limits failing closed,
+    /// what a request that a limit applies to gets.
+    #[error("the shared state store is unavailable: {0}")]
+    StoreUnavailable(String),
 }
 
 impl Error {
@@ -166,11 +189,14 @@ impl Error {
                 StatusCode::NOT_FOUND
             }
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::UnknownKey(_) => StatusCode::NOT_FOUND,
+            Self::ModelNotAllowed(_) => StatusCode::FORBIDDEN,
+            Self::RateLimited { .. } | Self::InsufficientQuota(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Timeout(_) | Self::FirstTokenTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotReady(_) | Self::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Upstream(e) => e
                 .status
                 .and_then(|s| StatusCode::from_u16(s).ok())
@@ -201,6 +227,11 @@ impl Error {
             Self::Upstream(_) => "upstream",
             Self::LocalModel(_) => "local_model",
             Self::Internal(_) => "internal",
+            Self::StoreUnavailable(_) => "store_unavailable",
+            Self::UnknownKey(_) => "unknown_key",
+            Self::ModelNotAllowed(_) => "model_not_allowed",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::InsufficientQuota(_) => "insufficient_quota",
         }
     }
 
@@ -222,7 +253,12 @@ impl Error {
             | Self::EndpointNotFound(_)
             | Self::MethodNotAllowed { .. }
             | Self::UnknownRequestId(_)
-            | Self::PayloadTooLarge { .. } => "invalid_request_error".into(),
+            | Self::PayloadTooLarge { .. }
+            | Self::UnknownKey(_) => "invalid_request_error".into(),
+            Self::ModelNotAllowed(_) => "permission_error".into(),
+            // OpenAI's own 429s name the limit that refused as the type.
+            Self::RateLimited { limit, .. } => (*limit).into(),
+            Self::InsufficientQuota(_) => "insufficient_quota".into(),
             Self::Unauthorized => "authentication_error".into(),
             Self::Overloaded { .. } => "rate_limit_error".into(),
             Self::Upstream(e) => e
@@ -230,7 +266,10 @@ impl Error {
                 .clone()
                 .unwrap_or_else(|| "upstream_error".into()),
             Self::Timeout(_) | Self::FirstTokenTimeout(_) => "timeout_error".into(),
-            Self::NotReady(_) | Self::LocalModel(_) | Self::Internal(_) => "server_error".into(),
+            Self::NotReady(_)
+            | Self::LocalModel(_)
+            | Self::Internal(_)
+            | Self::StoreUnavailable(_) => "server_error".into(),
         }
     }
 
@@ -254,7 +293,7 @@ impl Error {
         match self {
             Self::InvalidRequest { param, .. } => param.clone(),
             Self::Unsupported { param, .. } => Some(param.clone()),
-            Self::ModelNotFound(_) => Some("model".into()),
+            Self::ModelNotFound(_) | Self::ModelNotAllowed(_) => Some("model".into()),
             Self::Upstream(e) => e.upstream_param.clone(),
             _ => None,
         }
@@ -276,6 +315,11 @@ impl Error {
             Self::Upstream(e) => Some(e.upstream_code.as_deref().unwrap_or_else(|| e.code())),
             Self::EndpointNotFound(_) => Some("unknown_url"),
             Self::MethodNotAllowed { .. } => Some("method_not_allowed"),
+            Self::StoreUnavailable(_) => Some("store_unavailable"),
+            Self::UnknownKey(_) => Some("key_not_found"),
+            Self::ModelNotAllowed(_) => Some("model_not_allowed"),
+            Self::RateLimited { .. } => Some("rate_limit_exceeded"),
+            Self::InsufficientQuota(_) => Some("insufficient_quota"),
             Self::LocalModel(_) | Self::Internal(_) => None,
         }
     }
@@ -319,11 +363,14 @@ impl Error {
         match &self {
             Self::Overloaded {
                 retry_after_secs, ..
+            }
+            | Self::RateLimited {
+                retry_after_secs, ..
             } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
             // A backend loading or down for a moment: worth a retry soon.
-            Self::NotReady(_) => {
+            Self::NotReady(_) | Self::StoreUnavailable(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(1u64));
             }
             Self::Upstream(e) => {

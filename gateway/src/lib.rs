@@ -3,9 +3,10 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod config;
 pub mod context;
-pub mod dashboard;
+pub mod controls;
 pub mod dispatch;
 pub mod error;
 pub mod executor;
@@ -20,6 +21,7 @@ pub mod routing;
 pub mod server;
 pub mod speculative;
 pub mod state;
+pub mod store;
 
 pub use error::{Error, Result};
 

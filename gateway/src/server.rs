@@ -146,9 +146,13 @@ pub fn build_state(config: Config, options: &GatewayOptions) -> Result<Arc<AppSt
             None
         }
     };
+    let store = crate::store::open(&config, &metrics, &FetchEnv)?;
+    let controls = crate::controls::Controls::start(&config, store.clone(), &FetchEnv);
     let config = Arc::new(config);
     let observer = Observer::start(config.clone(), metrics.clone());
     Ok(Arc::new(AppState {
+        store,
+        controls,
         policy,
         observer,
         config,
@@ -254,7 +258,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(trace::layer()) // one tracing span per request, carrying the request id
         .layer(MetricsLayer::new(state.metrics.clone())) // requests, latency, errors by endpoint and backend
         .layer(ObserveLayer::new(state.observer.clone())) // the request's meter and span; x-tandem-overhead-ms, x-tandem-cost
-        .layer(AuthLayer::new(&state.config.api_key_hashes)) // 401 without a valid API key (when keys are set)
+        .layer(AuthLayer::new(&state.config.api_key_hashes).with_keys(state.controls.keys.clone())) // 401 without a valid API key (config or virtual, when any exists)
         .layer(LoadShedLayer::new(
             limits.max_concurrency,
             limits.retry_after_secs,
@@ -285,8 +289,26 @@ pub struct Gateway {
     pub addr: SocketAddr,
     /// Shared state (metrics, local model, feedback).
     pub state: Arc<AppState>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The admin listener's bound address, when `server.admin_listen` is set.
+    pub admin_addr: Option<SocketAddr>,
+    shutdown: Option<tokio::sync::watch::Sender<bool>>,
     task: JoinHandle<std::io::Result<()>>,
+    admin_task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+/// Serves `app` on `listener` until `stop` turns true.
+fn serve(
+    listener: TcpListener,
+    app: Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> JoinHandle<std::io::Result<()>> {
+    tokio::spawn(async move {
+        axum::serve(no_delay(listener), app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+    })
 }
 
 /// `listener` with Nagle's algorithm off on every accepted connection: a stream event or answer
@@ -315,21 +337,29 @@ impl Gateway {
         options: GatewayOptions,
     ) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
+        let admin_listener = match &config.controls.admin {
+            Some(admin) => Some(bind(admin.listen)?),
+            None => None,
+        };
         let state = build_state(config, &options).map_err(std::io::Error::other)?;
         let app = router(state.clone());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            axum::serve(no_delay(listener), app)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.await;
-                })
-                .await
-        });
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let task = serve(listener, app, rx.clone());
+        let (admin_addr, admin_task) = match (admin_listener, &state.config.controls.admin) {
+            (Some(l), Some(admin)) => {
+                let admin_addr = l.local_addr()?;
+                let app = crate::admin::router(state.clone(), admin);
+                (Some(admin_addr), Some(serve(l, app, rx)))
+            }
+            _ => (None, None),
+        };
         Ok(Self {
             addr,
             state,
+            admin_addr,
             shutdown: Some(tx),
             task,
+            admin_task,
         })
     }
 
@@ -338,15 +368,25 @@ impl Gateway {
         format!("http://{}", self.addr)
     }
 
+    /// The admin API's base URL, when it listens.
+    pub fn admin_url(&self) -> Option<String> {
+        self.admin_addr.map(|a| format!("http://{a}"))
+    }
+
     /// Stops accepting connections and waits for in-flight requests.
     pub async fn shutdown(mut self) -> std::io::Result<()> {
         if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
+            let _ = tx.send(true);
+        }
+        if let Some(admin) = self.admin_task.take() {
+            let _ = admin.await;
         }
         let served = match (&mut self.task).await {
             Ok(r) => r,
             Err(e) => Err(std::io::Error::other(e)),
         };
+        self.state.controls.stop();
+        self.state.store.close();
         // The bandit's last lessons survive a restart.
         if let Some(policy) = self.state.policy.clone() {
             policy.stop_persistence();

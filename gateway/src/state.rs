@@ -9,11 +9,13 @@ use tandem_router_policy::Feedback;
 use tandem_router_policy::recent::RecentMap;
 
 use crate::config::{BackendKind, Config};
+use crate::controls::Controls;
 use crate::executor::Executor;
 use crate::executor::local::LocalModel;
 use crate::metrics::Metrics;
 use crate::observe::Observer;
 use crate::routing::LearnedRouting;
+use crate::store::SharedStore;
 
 /// Feedback can refer to at least this many of the latest answered requests (up to twice as
 /// many are kept).
@@ -91,6 +93,10 @@ pub struct AppState {
     pub policy: Option<Arc<LearnedRouting>>,
     /// Bills, local compute, the ledger and trace export.
     pub observer: Arc<Observer>,
+    /// The shared state store (Redis, or the embedded one).
+    pub store: SharedStore,
+    /// Virtual keys, rate limits, budgets and spend.
+    pub controls: Arc<Controls>,
 }
 
 impl AppState {

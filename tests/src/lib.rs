@@ -19,6 +19,8 @@ pub struct Harness {
     pub mock: MockHandle,
     /// A client for requests to the gateway.
     pub client: reqwest::Client,
+    /// The embedded store's directory when the config names none (each test its own state).
+    pub state_dir: tempfile::TempDir,
 }
 
 /// The config used by most tests: an OpenAI-compatible and an Anthropic backend on the mock,
@@ -99,7 +101,13 @@ impl Harness {
     ) -> anyhow::Result<Self> {
         let (_addr, mock) = MockUpstream::start_with(Fixtures::builtin(), mock_config).await?;
         let text = config_text(&mock.base_url(), &extra(&mock));
-        let config = Config::from_toml_str(&text, &test_env())?;
+        let mut config = Config::from_toml_str(&text, &test_env())?;
+        let state_dir = tempfile::tempdir()?;
+        config
+            .controls
+            .store
+            .path
+            .get_or_insert_with(|| state_dir.path().join("store.log"));
         let options = GatewayOptions {
             local: LocalLoad::Offline,
             quiet: true,
@@ -110,6 +118,7 @@ impl Harness {
             gateway,
             mock,
             client: client(),
+            state_dir,
         })
     }
 

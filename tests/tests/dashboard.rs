@@ -20,6 +20,7 @@ use tandem_tests::{client, local_engine};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "chromedriver";
+const ADMIN_KEY: &str = "admin-secret-for-the-dashboard";
 
 /// chromedriver on a free loopback port; killed when dropped.
 struct Driver {
@@ -116,22 +117,66 @@ impl<'a> Session<'a> {
             .await;
     }
 
-    /// The visible text of the element with `data-testid` = `id`.
-    async fn text(&self, id: &str) -> String {
+    /// The id of the element `css` selects.
+    async fn find(&self, css: &str) -> String {
         let el = self
             .driver
             .call(
                 reqwest::Method::POST,
                 &format!("/session/{}/element", self.id),
-                Some(json!({"using": "css selector", "value": format!("[data-testid=\"{id}\"]")})),
+                Some(json!({"using": "css selector", "value": css})),
             )
             .await;
-        let eid = el
-            .as_object()
+        el.as_object()
             .and_then(|o| o.values().next())
             .and_then(Value::as_str)
             .unwrap()
-            .to_owned();
+            .to_owned()
+    }
+
+    /// Types `text` into the element `css` selects.
+    async fn type_into(&self, css: &str, text: &str) {
+        let eid = self.find(css).await;
+        self.driver
+            .call(
+                reqwest::Method::POST,
+                &format!("/session/{}/element/{eid}/value", self.id),
+                Some(json!({"text": text})),
+            )
+            .await;
+    }
+
+    /// Clicks the element `css` selects.
+    async fn click(&self, css: &str) {
+        let eid = self.find(css).await;
+        self.driver
+            .call(
+                reqwest::Method::POST,
+                &format!("/session/{}/element/{eid}/click", self.id),
+                Some(json!({})),
+            )
+            .await;
+    }
+
+    /// Waits up to 15 s for the status line to start with `prefix`.
+    async fn wait_status(&self, prefix: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let status = self.text("status").await;
+            if status.starts_with(prefix) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "status is `{status}`, never `{prefix}...`"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The visible text of the element with `data-testid` = `id`.
+    async fn text(&self, id: &str) -> String {
+        let eid = self.find(&format!("[data-testid=\"{id}\"]")).await;
         self.driver
             .call(
                 reqwest::Method::GET,
@@ -262,6 +307,8 @@ async fn the_dashboard_shows_the_numbers_in_metrics() {
         r#"
 [server]
 listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+admin_key_env = "ADMIN_KEY"
 [observability]
 rapl = false
 watts_per_core = 9.0
@@ -280,8 +327,11 @@ backends = ["mini"]
 "#,
         mock.base_url()
     );
-    let config =
-        Config::from_toml_str(&text, &MapEnv::from_pairs([("MOCK_OPENAI_KEY", "k")])).unwrap();
+    let config = Config::from_toml_str(
+        &text,
+        &MapEnv::from_pairs([("MOCK_OPENAI_KEY", "k"), ("ADMIN_KEY", ADMIN_KEY)]),
+    )
+    .unwrap();
     let gw = Gateway::start(
         config,
         GatewayOptions {
@@ -331,24 +381,33 @@ backends = ["mini"]
         .await
         .unwrap();
 
-    // The dashboard on its own listener (the admin listener in production).
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let ui = format!("http://{}/ui", listener.local_addr().unwrap());
-    let app = tandem_gateway::dashboard::routes(gw.state.clone());
-    tokio::spawn(async move {
-        let _ = axum_serve(listener, app).await;
-    });
+    // On the admin listener: the data needs the admin key, the page asks for it.
+    let admin = gw.admin_url().unwrap();
+    let ui = format!("{admin}/ui");
+    let api = client()
+        .get(format!("{admin}/ui/api/summary"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        api.status().as_u16(),
+        401,
+        "the data is behind the admin key"
+    );
+    let api = client()
+        .get(format!("{admin}/ui/api/summary"))
+        .bearer_auth("not-the-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status().as_u16(), 401);
 
     let session = Session::open(&driver).await;
     session.go(&ui).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while !session.text("status").await.starts_with("updated") {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the page never loaded its data"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    session.wait_status("admin key needed").await;
+    session.type_into("#admin-key", ADMIN_KEY).await;
+    session.click("#login button").await;
+    session.wait_status("updated").await;
 
     let model_requests: f64 = ["chat", "completions", "messages"]
         .iter()
@@ -410,8 +469,4 @@ backends = ["mini"]
     eprintln!("dashboard screenshot: {}", path.display());
     session.close().await;
     gw.shutdown().await.unwrap();
-}
-
-async fn axum_serve(listener: tokio::net::TcpListener, app: axum::Router) -> std::io::Result<()> {
-    axum::serve(listener, app).await
 }

@@ -1,6 +1,7 @@
 //! `tandem.toml`: parsed into raw structs, overridden from `TANDEM__SECTION__KEY` variables, then
 //! validated into the runtime [`Config`]. Every error names the path it is about.
 
+pub mod controls;
 pub mod observability;
 pub mod raw;
 pub mod router;
@@ -21,6 +22,7 @@ pub use tandem_router_policy::Price;
 
 use crate::speculative::{DelayConfig, ScoringMode, VerifyProtocol};
 
+pub use controls::{AdminConfig, ControlsConfig, OnUnavailable, RouteLimits, StoreConfig};
 pub use observability::{ObservabilityConfig, OtlpConfig};
 use raw::{RawBackend, RawConfig};
 pub use router::{BackendProfileConfig, CascadeJudge, PolicyRules, RoutePolicy, RouterSettings};
@@ -315,6 +317,8 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// The `[observability]` section.
     pub observability: ObservabilityConfig,
+    /// The store, the admin listener and per-route rate limits.
+    pub controls: ControlsConfig,
 }
 
 impl Config {
@@ -368,6 +372,7 @@ impl Config {
             )
         })?;
 
+        let mut controls = controls::validate(&raw, env)?;
         let mut api_key_hashes = Vec::new();
         for (i, h) in raw.server.api_key_hashes.iter().enumerate() {
             let bytes = hex::decode(h.trim()).ok().and_then(|b| <[u8; 32]>::try_from(b).ok()).ok_or_else(|| {
@@ -619,6 +624,7 @@ impl Config {
             }
             other => other,
         };
+        controls.store.redis_url = redis_url.clone();
 
         // A route's savings are measured against its first cloud backend unless it names one.
         for route in routes.values_mut() {
@@ -642,6 +648,7 @@ impl Config {
             cache_dir: raw.cache_dir.map(PathBuf::from),
             redis_url,
             observability,
+            controls,
         })
     }
 
@@ -727,6 +734,7 @@ fn unreachable_default() -> Config {
         cache_dir: None,
         redis_url: None,
         observability: ObservabilityConfig::default(),
+        controls: ControlsConfig::default(),
     }
 }
 

@@ -1,10 +1,10 @@
-//! The dashboard: one page (`/ui`) with its script and style built into the binary (plain HTML,
-//! CSS and JavaScript drawing its own SVG charts; nothing to install or build), and the JSON it
-//! reads (`/ui/api/summary`): the ledger's totals since start and, over the chosen window and
+//! The dashboard on the admin listener: one page (`/ui`) with its script and style built into
+//! the binary (plain HTML, CSS and JavaScript in `ui/`, drawing its own SVG charts; nothing to
+//! install or build), and the JSON it reads (`/ui/api/summary`, behind the admin key: the page
+//! holds no data and asks for the key, which its script sends as a bearer token): the ledger's totals since start and, over the chosen window and
 //! filters (key, route, decision), the routing mix and cost over time, requests and tokens by
 //! route and backend, latency percentiles, error, fallback and speculative rates, local CPU and
-//! energy, and the most recent decisions with their explanations. Read-only; mounted behind the
-//! admin key.
+//! energy, and the most recent decisions with their explanations. Read-only.
 
 use std::sync::Arc;
 
@@ -17,12 +17,18 @@ use http::{HeaderValue, header};
 use crate::observe::ledger;
 use crate::state::AppState;
 
-const INDEX: &str = include_str!("assets/index.html");
-const SCRIPT: &str = include_str!("assets/app.js");
-const STYLE: &str = include_str!("assets/app.css");
+const INDEX: &str = include_str!("ui/index.html");
+const SCRIPT: &str = include_str!("ui/app.js");
+const STYLE: &str = include_str!("ui/app.css");
 
-/// The dashboard's routes over `state`'s ledger.
-pub fn routes(state: Arc<AppState>) -> Router {
+/// The dashboard's data (behind the admin key).
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new().route("/ui/api/summary", get(summary))
+}
+
+/// The page and its script and style: static, no data, served without the key so a browser
+/// can load them and then ask for it.
+pub fn assets() -> Router {
     Router::new()
         .route(
             "/ui",
@@ -36,8 +42,6 @@ pub fn routes(state: Arc<AppState>) -> Router {
             "/ui/app.css",
             get(|| async { asset(STYLE, "text/css; charset=utf-8") }),
         )
-        .route("/ui/api/summary", get(summary))
-        .with_state(state)
 }
 
 /// A built-in asset, never cached stale (it changes with the binary) and allowed to load only
@@ -108,7 +112,7 @@ mod tests {
         )
         .unwrap();
         let state = build_state(config, &GatewayOptions::default()).unwrap();
-        let app = routes(state);
+        let app = routes().with_state(state).merge(assets());
         let (status, ct, page) = get(&app, "/ui").await;
         assert_eq!((status, ct.as_str()), (200, "text/html; charset=utf-8"));
         assert!(page.contains("/ui/app.js") && page.contains("data-testid=\"total-saved\""));
