@@ -15,6 +15,16 @@ if ! command -v redis-server >/dev/null 2>&1; then
     $sudo_cmd apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq redis-server >/dev/null
 fi
+# Headless Chromium and its WebDriver for the dashboard's browser test (tests/tests/dashboard.rs;
+# it skips, saying so, where they are missing).
+if ! command -v chromedriver >/dev/null 2>&1; then
+    log "installing chromium and chromium-driver"
+    sudo_cmd=""
+    [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq chromium chromium-driver >/dev/null \
+        || log "chromium could not be installed: the dashboard's browser test will skip"
+fi
 redis_dir=$(mktemp -d)
 redis_port=$(( 20000 + RANDOM % 20000 ))
 redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no \

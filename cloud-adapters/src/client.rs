@@ -3,7 +3,8 @@
 //! (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, less `NO_PROXY`): HTTPS through a CONNECT tunnel,
 //! plain HTTP as a forward proxy. Deliberately thin: a request goes out as built, with no URL
 //! re-parsing, redirect handling or extra service layers on every call, since this sits on the
-//! path of each proxied request.
+//! path of each proxied request. Headers a caller scopes over its task with
+//! [`with_propagated_headers`] (trace context) go on every request sent inside that scope.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -312,6 +313,17 @@ fn tls_config() -> Result<rustls::ClientConfig> {
         .with_no_client_auth())
 }
 
+tokio::task_local! {
+    /// Headers added to every request the current task sends (W3C `traceparent`).
+    static PROPAGATED: HeaderMap;
+}
+
+/// Runs `work` with `headers` added to every upstream request it sends: trace context reaches
+/// the upstream without each provider knowing about it. The headers replace any of the same name.
+pub async fn with_propagated_headers<F: Future>(headers: HeaderMap, work: F) -> F::Output {
+    PROPAGATED.scope(headers, work).await
+}
+
 /// A request being built; [`RequestBuilder::send`] sends it.
 #[derive(Debug)]
 pub struct RequestBuilder<'a> {
@@ -381,6 +393,11 @@ impl RequestBuilder<'_> {
         *request.method_mut() = self.method;
         *request.uri_mut() = self.uri;
         *request.headers_mut() = self.headers;
+        let _ = PROPAGATED.try_with(|extra| {
+            for (name, value) in extra {
+                request.headers_mut().insert(name, value.clone());
+            }
+        });
         request
             .headers_mut()
             .entry(USER_AGENT)

@@ -22,6 +22,8 @@ use crate::executor::cascade::{CascadeExecutor, CascadeOutcome};
 use crate::executor::local::LocalExecutor;
 use crate::executor::{CompletionCall, CompletionOutput, Executor};
 use crate::metrics::BackendLabels;
+use crate::observe::trace::LiveSpan;
+use crate::observe::{Bill, RequestMeter, SpanKind, bill};
 use crate::resilience::{Admission, Outcome, Resilience};
 use crate::routing::{LiveBackend, Planned, RequestHints, placement_for};
 use crate::state::AppState;
@@ -33,9 +35,24 @@ pub struct RouteInfo {
     pub backend: String,
     /// The explanation sent in `x-tandem-route`.
     pub explanation: String,
+    /// How it was served: `local`, `cloud`, `cascade`, `speculative` (`none` when no backend
+    /// answered).
+    pub mode: &'static str,
+    /// Moves to a next backend after a retryable failure.
+    pub fallbacks: u32,
 }
 
 impl RouteInfo {
+    /// No backend reached, with why.
+    pub fn unrouted(explanation: impl Into<String>) -> Self {
+        Self {
+            backend: String::new(),
+            explanation: explanation.into(),
+            mode: "none",
+            fallbacks: 0,
+        }
+    }
+
     /// The header value: printable ASCII only.
     pub fn header_value(&self) -> http::HeaderValue {
         let printable = |c: char| c.is_ascii_graphic() || c == ' ';
@@ -124,6 +141,38 @@ fn runnable<'a>(
     Ok(executors)
 }
 
+/// How a backend of `kind` serves a request.
+fn mode_of(kind: BackendKind) -> &'static str {
+    match kind {
+        BackendKind::Local => "local",
+        BackendKind::Speculative => "speculative",
+        _ => "cloud",
+    }
+}
+
+/// Runs one try on `executor` in the request's scope, under its own span (retries and
+/// fallbacks each show as one), and counts the wait for the backend as not Tandem's overhead.
+async fn metered<T, Fut>(
+    meter: Option<&Arc<RequestMeter>>,
+    route: &str,
+    executor: &Arc<dyn Executor>,
+    index: usize,
+    work: Fut,
+) -> (Result<T, Error>, Option<LiveSpan>)
+where
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
+    let Some(meter) = meter else {
+        return (work.await, None);
+    };
+    let span = meter.attempt_span(route, executor.backend(), index);
+    let scope = meter.root_scope().under(span.as_ref());
+    let started = StdInstant::now();
+    let result = scope.run(work).await;
+    meter.add_wait(started.elapsed());
+    (result, span)
+}
+
 /// The executors of one request's plan and how to move between them.
 struct Tries {
     executors: Vec<Arc<dyn Executor>>,
@@ -154,6 +203,7 @@ async fn with_fallback<T, F, Fut>(
     state: &AppState,
     tries: Tries,
     slot: Option<&RouteSlot>,
+    (meter, route): (Option<&Arc<RequestMeter>>, &str),
     mut attempt: F,
 ) -> (Result<T, Error>, RouteInfo)
 where
@@ -172,7 +222,8 @@ where
     resilience.deposit();
     let count = executors.len();
     let retries = resilience.settings.retries;
-    let success = |backend: String, index: usize, reason: &str| {
+    let success = |backend: String, index: usize, reason: &str, fallbacks: u32| {
+        let mode = mode_of(executors[index].kind());
         let mut explanation = if decided {
             format!("{reason}; backend={backend}")
         } else {
@@ -185,11 +236,14 @@ where
         RouteInfo {
             backend,
             explanation,
+            mode,
+            fallbacks,
         }
     };
     // The last backend that failed in earnest, with the reason as it stood then: a later one
     // that cannot honour the request does not hide it.
     let mut failed: Option<(String, String, Error)> = None;
+    let mut fallbacks = 0u32;
     let mut i = 0;
     while i < count {
         let executor = executors[i].clone();
@@ -211,7 +265,7 @@ where
                 continue;
             }
             let (backend, reason, e) = failed.take().unwrap_or((backend, earlier, e));
-            return failure(reason, backend, e, decided);
+            return failure(reason, backend, e, decided, fallbacks);
         }
         // A hedge races the first try against one on the next backend.
         let mut first_result = None;
@@ -220,14 +274,30 @@ where
             .and_then(|configured| resilience.hedge_delay(&backend, configured));
         if let Some(delay) = hedge_delay {
             let next = executors[i + 1].clone();
-            let first = timed(resilience, &backend, attempt(executor.clone(), false));
-            match hedged(state, &backend, first, delay, &next, &mut attempt).await {
-                Raced::Alone(result) => first_result = Some(result),
+            let first = metered(
+                meter,
+                route,
+                &executor,
+                i,
+                timed(resilience, &backend, attempt(executor.clone(), false)),
+            );
+            match hedged(
+                state,
+                &backend,
+                first,
+                delay,
+                &next,
+                (meter, route, i + 1),
+                &mut attempt,
+            )
+            .await
+            {
+                Raced::Alone(result, span) => first_result = Some((result, span)),
                 Raced::Won { second, value } => {
                     let winner = if second { next.backend() } else { &backend }.to_owned();
                     let reason = format!("{reason}; hedged on {}", next.backend());
                     let index = if second { i + 1 } else { i };
-                    return (Ok(value), success(winner, index, &reason));
+                    return (Ok(value), success(winner, index, &reason, fallbacks));
                 }
                 Raced::BothFailed { first, second } => {
                     let next_backend = next.backend().to_owned();
@@ -239,8 +309,9 @@ where
                     let go_on = i + 2 < count && fallback && second.retryable();
                     let e = with_retry_after(resilience, second);
                     if !go_on {
-                        return failure(reason, next_backend, e, decided);
+                        return failure(reason, next_backend, e, decided, fallbacks);
                     }
+                    fallbacks += 1;
                     failed = Some((next_backend, reason.clone(), e));
                     i += 2;
                     continue;
@@ -250,15 +321,31 @@ where
         let mut retry = 0;
         loop {
             let final_try = last && retry >= retries;
-            let result = match first_result.take() {
-                Some(result) => result,
-                None => timed(resilience, &backend, attempt(executor.clone(), final_try)).await,
+            let (result, mut span) = match first_result.take() {
+                Some(raced) => raced,
+                None => {
+                    metered(
+                        meter,
+                        route,
+                        &executor,
+                        i,
+                        timed(resilience, &backend, attempt(executor.clone(), final_try)),
+                    )
+                    .await
+                }
             };
             resilience.record(&backend, Outcome::of(&result), &state.metrics);
             let e = match result {
-                Ok(value) => return (Ok(value), success(backend, i, &reason)),
+                Ok(value) => {
+                    close_span(span, "ok");
+                    return (Ok(value), success(backend, i, &reason, fallbacks));
+                }
                 Err(e) => e,
             };
+            if let Some(span) = &mut span {
+                span.fail(e.to_string());
+                span.set("error.type", e.metric_label());
+            }
             let asked = match &e {
                 Error::Upstream(u) => u.retry_after_secs.map(std::time::Duration::from_secs),
                 _ => None,
@@ -278,10 +365,17 @@ where
                     })
                     .inc();
                 reason = format!("{reason}; retried {backend} ({})", e.what());
+                close_span(span, "retry");
                 tokio::time::sleep(wait).await;
                 retry += 1;
                 continue;
             }
+            let outcome = match &e {
+                Error::Unsupported { .. } if !last => "skipped",
+                e if !last && fallback && e.retryable() => "fallback",
+                _ => "failed",
+            };
+            close_span(span, outcome);
             match e {
                 Error::Unsupported { message, param } if !last => {
                     tracing::debug!(backend = %backend, reason = %message, "backend cannot honour the request, trying the next one");
@@ -298,6 +392,7 @@ where
                             backend: backend.clone(),
                         })
                         .inc();
+                    fallbacks += 1;
                     let earlier = reason.clone();
                     reason = format!("{reason}; fallback after {backend} failed ({})", e.what());
                     failed = Some((backend.clone(), earlier, with_retry_after(resilience, e)));
@@ -314,7 +409,7 @@ where
                             with_retry_after(resilience, e),
                         ),
                     };
-                    return failure(reason, backend, e, decided);
+                    return failure(reason, backend, e, decided, fallbacks);
                 }
             }
             break;
@@ -322,14 +417,18 @@ where
         i += 1;
     }
     match failed {
-        Some((backend, reason, e)) => failure(reason, backend, e, decided),
+        Some((backend, reason, e)) => failure(reason, backend, e, decided, fallbacks),
         None => (
             Err(Error::Internal("route has no backends".into())),
-            RouteInfo {
-                backend: String::new(),
-                explanation: reason,
-            },
+            RouteInfo::unrouted(reason),
         ),
+    }
+}
+
+/// Ends a try's span with its outcome (`ok`, `retry`, `fallback`, `skipped`, `failed`, ...).
+fn close_span(span: Option<LiveSpan>, outcome: &'static str) {
+    if let Some(mut span) = span {
+        span.set("tandem.outcome", outcome);
     }
 }
 
@@ -352,8 +451,8 @@ async fn timed<T>(
 
 /// How a hedged first try went.
 enum Raced<T> {
-    /// It finished before the hedge's delay: no hedge was sent.
-    Alone(Result<T, Error>),
+    /// It finished before the hedge's delay, or no hedge could be sent: its result and span.
+    Alone(Result<T, Error>, Option<LiveSpan>),
     /// One of the two answered first (`second`: the hedge did); the other was dropped.
     Won { second: bool, value: T },
     /// Both failed.
@@ -367,9 +466,10 @@ enum Raced<T> {
 async fn hedged<T, F, Fut>(
     state: &AppState,
     first_backend: &str,
-    first: impl std::future::Future<Output = Result<T, Error>>,
+    first: impl std::future::Future<Output = (Result<T, Error>, Option<LiveSpan>)>,
     delay: std::time::Duration,
     next: &Arc<dyn Executor>,
+    (meter, route, index): (Option<&Arc<RequestMeter>>, &str, usize),
     attempt: &mut F,
 ) -> Raced<T>
 where
@@ -380,11 +480,12 @@ where
     let resilience = &state.resilience;
     let mut first = std::pin::pin!(first);
     let timer = std::pin::pin!(tokio::time::sleep(delay));
-    if let Either::Left((result, _)) = select(first.as_mut(), timer).await {
-        return Raced::Alone(result);
+    if let Either::Left(((result, span), _)) = select(first.as_mut(), timer).await {
+        return Raced::Alone(result, span);
     }
     if matches!(resilience.admit(next.backend()), Admission::Refused(_)) {
-        return Raced::Alone(first.await);
+        let (result, span) = first.await;
+        return Raced::Alone(result, span);
     }
     state
         .metrics
@@ -393,11 +494,28 @@ where
             backend: next.backend().to_owned(),
         })
         .inc();
-    let second = std::pin::pin!(timed(
-        resilience,
-        next.backend(),
-        attempt(next.clone(), false)
+    let second = std::pin::pin!(metered(
+        meter,
+        route,
+        next,
+        index,
+        timed(resilience, next.backend(), attempt(next.clone(), false)),
     ));
+    // A raced try's span ends with the race: `ok` for the winner, the loser's when it failed or
+    // was dropped.
+    let first = async move {
+        let (result, span) = first.await;
+        let outcome = if result.is_ok() { "ok" } else { "failed" };
+        close_span(span, outcome);
+        result
+    };
+    let second = async move {
+        let (result, span) = second.await;
+        let outcome = if result.is_ok() { "ok" } else { "failed" };
+        close_span(span, outcome);
+        result
+    };
+    let (first, second) = (std::pin::pin!(first), std::pin::pin!(second));
     let record = |backend: &str, result: &Result<(), &Error>| {
         let outcome = match result {
             Ok(()) => Outcome::Healthy,
@@ -479,6 +597,7 @@ fn failure<T>(
     backend: String,
     e: Error,
     decided: bool,
+    fallbacks: u32,
 ) -> (Result<T, Error>, RouteInfo) {
     let explanation = if decided {
         format!("{reason}; backend={backend}; failed ({})", e.what())
@@ -490,6 +609,8 @@ fn failure<T>(
         RouteInfo {
             backend,
             explanation,
+            mode: "none",
+            fallbacks,
         },
     )
 }
@@ -546,7 +667,7 @@ impl Plan {
             reason: self.reason.clone(),
             decided: self.planned.is_some(),
         };
-        with_fallback(state, tries, slot, attempt).await
+        with_fallback(state, tries, slot, (hints.meter.as_ref(), model), attempt).await
     }
 }
 
@@ -606,13 +727,7 @@ fn add_local_fallback(
 }
 
 fn no_route(e: Error) -> (Error, RouteInfo) {
-    (
-        e,
-        RouteInfo {
-            backend: String::new(),
-            explanation: "no route".into(),
-        },
-    )
+    (e, RouteInfo::unrouted("no route"))
 }
 
 async fn plan(
@@ -648,8 +763,18 @@ async fn plan(
         }
     };
     let local_ready = state.local.as_ref().is_some_and(|l| l.is_ready());
+    let mut span = hints
+        .meter
+        .as_ref()
+        .and_then(|m| m.span(None, "tandem.policy", SpanKind::Internal));
     let planned = policy.plan(model, route, request, hints, local_ready).await;
     let header = planned.decision.explanation.header_value();
+    if let Some(span) = &mut span {
+        span.set("tandem.decision", choice_kind(&planned.decision.choice));
+        span.set("tandem.reasons", header.clone());
+        span.set("tandem.route", model);
+    }
+    drop(span);
     if planned.decision.choice == Choice::Reject {
         policy.log(
             &hints.request_id,
@@ -677,13 +802,7 @@ async fn plan(
                 planned.decision.explanation.excluded.join(", ")
             )),
         };
-        return Err((
-            error,
-            RouteInfo {
-                backend: String::new(),
-                explanation: header,
-            },
-        ));
+        return Err((error, RouteInfo::unrouted(header)));
     }
     let executor = |name: &str| -> Option<Arc<dyn Executor>> {
         let found = state.executors.get(name).cloned();
@@ -744,6 +863,17 @@ async fn plan(
     })
 }
 
+/// The kind of a policy's choice.
+fn choice_kind(choice: &Choice) -> &'static str {
+    match choice {
+        Choice::Local { .. } => "local",
+        Choice::Cloud { .. } => "cloud",
+        Choice::Cascade { .. } => "cascade",
+        Choice::Speculative { .. } => "speculative",
+        Choice::Reject => "reject",
+    }
+}
+
 fn count_decision(state: &AppState, choice: &'static str) {
     state
         .metrics
@@ -764,6 +894,17 @@ impl PendingLog {
     /// Writes the line.
     fn write(self) {
         self.policy.log(&self.request_id, &self.decision, self.line);
+    }
+
+    /// Adds what the answer cost against its route's reference, and the local compute it took.
+    fn add_bill(&mut self, bill: Bill, meter: Option<&Arc<RequestMeter>>) {
+        self.line["cost_paid"] = bill.paid.into();
+        self.line["cost_reference"] = bill.reference.into();
+        self.line["cost_saved"] = bill.saved().into();
+        if let Some((cpu, joules)) = meter.map(|m| m.local_compute()).filter(|c| c.0 > 0.0) {
+            self.line["cpu_seconds"] = cpu.into();
+            self.line["energy_joules"] = joules.into();
+        }
     }
 }
 
@@ -787,14 +928,11 @@ fn finish_plan<T>(
         .as_ref()
         .filter(|c| route.backend == c.backend())
         .and_then(|c| c.outcome());
-    let kind = match &planned.decision.choice {
-        Choice::Local { .. } => "local",
-        Choice::Cloud { .. } => "cloud",
-        Choice::Cascade { .. } => "cascade",
-        Choice::Speculative { .. } => "speculative",
-        Choice::Reject => "reject",
-    };
+    let kind = choice_kind(&planned.decision.choice);
     count_decision(state, kind);
+    if outcome.is_some() && result.is_ok() {
+        route.mode = "cascade";
+    }
     if let Some(o) = &outcome {
         if !route.backend.is_empty() && route.backend != o.answered_by {
             // The cascade ran under the local backend's name; the header names who answered.
@@ -858,11 +996,22 @@ fn finish_plan<T>(
 
 /// Writes a stream's decision log line when the stream ends: `ok` after its finish event,
 /// `error` after an error event, `cancelled` when the client left before either.
-fn logged_at_end(events: EventStream, log: PendingLog) -> EventStream {
+fn logged_at_end(
+    events: EventStream,
+    log: PendingLog,
+    config: Arc<crate::config::Config>,
+    (route, backend): (String, String),
+    meter: Option<Arc<RequestMeter>>,
+) -> EventStream {
     struct LogOnEnd {
         log: Option<PendingLog>,
         status: &'static str,
         error: Option<String>,
+        usage: Option<Usage>,
+        config: Arc<crate::config::Config>,
+        route: String,
+        backend: String,
+        meter: Option<Arc<RequestMeter>>,
     }
     impl Drop for LogOnEnd {
         fn drop(&mut self) {
@@ -870,6 +1019,10 @@ fn logged_at_end(events: EventStream, log: PendingLog) -> EventStream {
                 log.line["status"] = self.status.into();
                 if let Some(e) = self.error.take() {
                     log.line["error"] = e.into();
+                }
+                if let Some(usage) = &self.usage {
+                    let bill = bill(&self.config, &self.route, &self.backend, usage);
+                    log.add_bill(bill, self.meter.as_ref());
                 }
                 log.write();
             }
@@ -879,10 +1032,16 @@ fn logged_at_end(events: EventStream, log: PendingLog) -> EventStream {
         log: Some(log),
         status: "cancelled",
         error: None,
+        usage: None,
+        config,
+        route,
+        backend,
+        meter,
     };
     events
         .inspect(move |event| match event {
             ChatEvent::Finish { .. } if guard.status == "cancelled" => guard.status = "ok",
+            ChatEvent::Usage(u) => guard.usage = Some(*u),
             ChatEvent::Error(e) => {
                 guard.status = "error";
                 guard.error = Some(e.kind.as_str().to_owned());
@@ -890,6 +1049,19 @@ fn logged_at_end(events: EventStream, log: PendingLog) -> EventStream {
             _ => {}
         })
         .boxed()
+}
+
+/// Notes where the request went on its meter.
+fn note_route(hints: &RequestHints, model: &str, route: &RouteInfo) {
+    if let Some(meter) = &hints.meter {
+        meter.note_route(
+            model,
+            &route.backend,
+            route.mode,
+            &route.explanation,
+            route.fallbacks,
+        );
+    }
 }
 
 /// Records a backend's timings (and errors) as the policy's live state, and counts the request
@@ -1004,9 +1176,15 @@ where
     Fut: std::future::Future<Output = Result<T, Error>>,
 {
     let model = request.model.clone();
+    if let Some(meter) = &hints.meter {
+        meter.note_request(&request);
+    }
     let plan = match plan(state, &request, hints).await {
         Ok(p) => p,
-        Err((e, route)) => return (Err(e), route),
+        Err((e, route)) => {
+            note_route(hints, &model, &route);
+            return (Err(e), route);
+        }
     };
     let measure = plan.cascade.is_none();
     let mut request = Some(request);
@@ -1035,9 +1213,14 @@ where
             }
         })
         .await;
-    if let Some(log) = finish_plan(state, &plan, hints, &model, &result, &mut route) {
+    if let Some(mut log) = finish_plan(state, &plan, hints, &model, &result, &mut route) {
+        if let Ok(answer) = &result {
+            let bill = bill(&state.config, &model, &route.backend, usage(answer));
+            log.add_bill(bill, hints.meter.as_ref());
+        }
         log.write();
     }
+    note_route(hints, &model, &route);
     (result, route)
 }
 
@@ -1064,9 +1247,16 @@ pub async fn run_completion(
     first_token: Option<FirstTokenDeadline>,
 ) -> (Result<CompletionOutput, Error>, RouteInfo) {
     let model = call.request.model.as_str();
-    let plan = match plan(state, &call.policy_view(), hints).await {
+    let view = call.policy_view();
+    if let Some(meter) = &hints.meter {
+        meter.note_request(&view);
+    }
+    let plan = match plan(state, &view, hints).await {
         Ok(p) => p,
-        Err((e, route)) => return (Err(e), route),
+        Err((e, route)) => {
+            note_route(hints, model, &route);
+            return (Err(e), route);
+        }
     };
     let stream = call.request.stream;
     let (result, mut route) = plan
@@ -1085,6 +1275,7 @@ pub async fn run_completion(
     if let Some(log) = finish_plan(state, &plan, hints, model, &result, &mut route) {
         log.write();
     }
+    note_route(hints, model, &route);
     (result, route)
 }
 
@@ -1098,9 +1289,15 @@ pub async fn run_stream(
     first_token: Option<FirstTokenDeadline>,
 ) -> (Result<EventStream, Error>, RouteInfo) {
     let model = request.model.clone();
+    if let Some(meter) = &hints.meter {
+        meter.note_request(&request);
+    }
     let plan = match plan(state, &request, hints).await {
         Ok(p) => p,
-        Err((e, route)) => return (Err(e), route),
+        Err((e, route)) => {
+            note_route(hints, &model, &route);
+            return (Err(e), route);
+        }
     };
     let measure = plan.cascade.is_none();
     let mut request = Some(request);
@@ -1141,8 +1338,15 @@ pub async fn run_stream(
         })
         .await;
     let log = finish_plan(state, &plan, hints, &model, &result, &mut route);
+    note_route(hints, &model, &route);
     let result = match (result, log) {
-        (Ok(events), Some(log)) => Ok(logged_at_end(events, log)),
+        (Ok(events), Some(log)) => Ok(logged_at_end(
+            events,
+            log,
+            state.config.clone(),
+            (model.clone(), route.backend.clone()),
+            hints.meter.clone(),
+        )),
         (result, log) => {
             if let Some(log) = log {
                 log.write();
@@ -1206,6 +1410,8 @@ mod tests {
         let route = RouteInfo {
             backend: "cloud".into(),
             explanation: explanation.into(),
+            mode: "cloud",
+            fallbacks: 0,
         };
         route
             .header_value()

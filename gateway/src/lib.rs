@@ -14,6 +14,7 @@ pub mod handlers;
 pub mod log_fields;
 pub mod metrics;
 pub mod middleware;
+pub mod observe;
 pub mod providers;
 pub mod redis_store;
 pub mod resilience;

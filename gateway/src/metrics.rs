@@ -59,6 +59,29 @@ pub struct CostLabels {
     pub backend: String,
 }
 
+/// Labels with only a route.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// As in [`RequestLabels`].
+    pub route: String,
+}
+
+/// Labels of the routing mix: how a route's requests were served.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModeLabels {
+    /// As in [`RequestLabels`].
+    pub route: String,
+    /// `local`, `cloud`, `cascade`, `speculative`, `cache` or `none` (no backend answered).
+    pub mode: &'static str,
+}
+
+/// Labels with only an endpoint.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    /// As in [`RequestLabels`].
+    pub endpoint: &'static str,
+}
+
 /// Labels of the decisions counter: the choice's kind only (low cardinality).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DecisionLabels {
@@ -104,6 +127,18 @@ pub struct Metrics {
     pub tokens: Family<TokenLabels, Counter>,
     /// Dollars spent, from usage and configured prices.
     pub cost: Family<CostLabels, Counter<f64, AtomicU64>>,
+    /// Dollars the same tokens would have cost on each route's reference cloud backend.
+    pub reference_cost: Family<CostLabels, Counter<f64, AtomicU64>>,
+    /// CPU-seconds of local model compute.
+    pub local_cpu: Family<BackendLabels, Counter<f64, AtomicU64>>,
+    /// Estimated joules of local model compute.
+    pub local_energy: Family<BackendLabels, Counter<f64, AtomicU64>>,
+    /// Answers served from the response cache.
+    pub cache_hits: Family<RouteLabels, Counter>,
+    /// Model requests by how they were served.
+    pub modes: Family<ModeLabels, Counter>,
+    /// Tandem's own time per request (to the response head, less the backend waits).
+    pub overhead: Family<EndpointLabels, Histogram>,
     /// Errors answered.
     pub errors: Family<ErrorLabels, Counter>,
     /// Moves to the next backend after a retryable error.
@@ -169,6 +204,7 @@ pub struct PairMetrics {
     requests: [[OnceLock<Counter>; STATUSES.len()]; ENDPOINTS.len()],
     tokens: [OnceLock<Counter>; TOKEN_KINDS.len()],
     cost: OnceLock<Counter<f64, AtomicU64>>,
+    reference_cost: OnceLock<Counter<f64, AtomicU64>>,
 }
 
 impl PairMetrics {
@@ -180,6 +216,7 @@ impl PairMetrics {
             requests: Default::default(),
             tokens: Default::default(),
             cost: OnceLock::new(),
+            reference_cost: OnceLock::new(),
         }
     }
 
@@ -215,7 +252,13 @@ impl PairMetrics {
             .inc();
     }
 
-    fn record_usage(&self, metrics: &Metrics, counts: [u64; TOKEN_KINDS.len()], cost: f64) {
+    fn record_usage(
+        &self,
+        metrics: &Metrics,
+        counts: [u64; TOKEN_KINDS.len()],
+        cost: f64,
+        reference: f64,
+    ) {
         for (kind, n) in counts.into_iter().enumerate() {
             if n > 0 {
                 self.tokens[kind]
@@ -238,6 +281,16 @@ impl PairMetrics {
                     })
                 })
                 .inc_by(cost);
+        }
+        if reference > 0.0 {
+            self.reference_cost
+                .get_or_init(|| {
+                    metrics.reference_cost.get_or_create_owned(&CostLabels {
+                        route: self.route.to_string(),
+                        backend: self.backend.to_string(),
+                    })
+                })
+                .inc_by(reference);
         }
     }
 }
@@ -347,6 +400,44 @@ impl Metrics {
             "Requests the local model answered because every cloud backend failed",
             local_fallbacks.clone(),
         );
+        let reference_cost = Family::<CostLabels, Counter<f64, AtomicU64>>::default();
+        registry.register(
+            "reference_cost_dollars",
+            "What the same tokens would have cost on each route's reference cloud backend",
+            reference_cost.clone(),
+        );
+        let local_cpu = Family::<BackendLabels, Counter<f64, AtomicU64>>::default();
+        registry.register(
+            "local_cpu_seconds",
+            "CPU time of local model compute (engine thread and kernel workers)",
+            local_cpu.clone(),
+        );
+        let local_energy = Family::<BackendLabels, Counter<f64, AtomicU64>>::default();
+        registry.register(
+            "local_energy_joules",
+            "Estimated energy of local model compute",
+            local_energy.clone(),
+        );
+        let cache_hits = Family::<RouteLabels, Counter>::default();
+        registry.register(
+            "cache_hits",
+            "Answers served from the response cache",
+            cache_hits.clone(),
+        );
+        let modes = Family::<ModeLabels, Counter>::default();
+        registry.register(
+            "request_modes",
+            "Model requests by how they were served (local, cloud, cascade, speculative, cache)",
+            modes.clone(),
+        );
+        let overhead = Family::<EndpointLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "overhead_seconds",
+            "Tandem's own time per request: to the response head, less the backend waits",
+            overhead.clone(),
+        );
         let route_decisions = Family::default();
         registry.register(
             "route_decisions",
@@ -369,6 +460,12 @@ impl Metrics {
             store_up,
             store_errors,
             route_decisions,
+            reference_cost,
+            local_cpu,
+            local_energy,
+            cache_hits,
+            modes,
+            overhead,
             pairs: RwLock::default(),
             registry: Mutex::new(registry),
             requests,
@@ -433,7 +530,8 @@ impl Metrics {
             .clone()
     }
 
-    /// Records one request's usage and its cost, on the route the client asked for.
+    /// Records one request's usage, its cost and its reference cost (dollars paid, dollars at
+    /// the route's reference), on the route the client asked for.
     pub fn record_usage(
         &self,
         route: &str,
@@ -441,10 +539,32 @@ impl Metrics {
         prompt: u64,
         completion: u64,
         cached_prompt: u64,
-        cost: f64,
+        (paid, reference): (f64, f64),
     ) {
-        self.pair(route, backend)
-            .record_usage(self, [prompt, completion, cached_prompt], cost);
+        self.pair(route, backend).record_usage(
+            self,
+            [prompt, completion, cached_prompt],
+            paid,
+            reference,
+        );
+    }
+
+    /// Records local model compute.
+    pub fn record_local_compute(&self, backend: &str, cpu_seconds: f64, joules: f64) {
+        let labels = BackendLabels {
+            backend: backend.to_owned(),
+        };
+        self.local_cpu.get_or_create(&labels).inc_by(cpu_seconds);
+        self.local_energy.get_or_create(&labels).inc_by(joules);
+    }
+
+    /// Records an answer served from the response cache.
+    pub fn record_cache_hit(&self, route: &str) {
+        self.cache_hits
+            .get_or_create(&RouteLabels {
+                route: route.to_owned(),
+            })
+            .inc();
     }
 
     /// The Prometheus text exposition.
@@ -510,8 +630,8 @@ mod tests {
     #[test]
     fn a_pair_counts_into_the_families_that_render_it() {
         let metrics = Metrics::new();
-        metrics.record_usage("gpt", "openai", 10, 2, 0, 0.5);
-        metrics.record_usage("gpt", "openai", 5, 1, 0, 0.25);
+        metrics.record_usage("gpt", "openai", 10, 2, 0, (0.5, 1.0));
+        metrics.record_usage("gpt", "openai", 5, 1, 0, (0.25, 0.5));
         let pair = metrics.pair("gpt", "openai");
         assert!(Arc::ptr_eq(&pair, &metrics.pair("gpt", "openai")));
         let chat = endpoint_index("/v1/chat/completions");
@@ -525,6 +645,7 @@ mod tests {
             r#"tandem_tokens_total{route="gpt",backend="openai",kind="prompt"} 15"#,
             r#"tandem_tokens_total{route="gpt",backend="openai",kind="completion"} 3"#,
             r#"tandem_cost_dollars_total{route="gpt",backend="openai"} 0.75"#,
+            r#"tandem_reference_cost_dollars_total{route="gpt",backend="openai"} 1.5"#,
             r#"tandem_requests_total{endpoint="chat",route="gpt",backend="openai",status="2xx"} 1"#,
             r#"tandem_requests_total{endpoint="chat",route="gpt",backend="openai",status="5xx"} 1"#,
             r#"tandem_requests_total{endpoint="chat",route="gpt",backend="azure",status="2xx"} 1"#,

@@ -25,9 +25,10 @@ use crate::handlers::{chat, completions, ops};
 use crate::metrics::Metrics;
 use crate::middleware::{
     auth::AuthLayer, body_limit::BodyLimitLayer, concurrency::LoadShedLayer,
-    first_token_timeout::FirstTokenTimeoutLayer, metrics::MetricsLayer, request_id::RequestIdLayer,
-    route_header::RouteHeaderLayer, timeout::TimeoutLayer, trace,
+    first_token_timeout::FirstTokenTimeoutLayer, metrics::MetricsLayer, observe::ObserveLayer,
+    request_id::RequestIdLayer, route_header::RouteHeaderLayer, timeout::TimeoutLayer, trace,
 };
+use crate::observe::Observer;
 use crate::providers::build_provider;
 use crate::resilience::Resilience;
 use crate::routing::{self, LearnedRouting};
@@ -155,12 +156,15 @@ pub fn build_state(config: Config, options: &GatewayOptions) -> Result<Arc<AppSt
     );
     let store = crate::store::open(&config, &metrics, &FetchEnv)?;
     let controls = crate::controls::Controls::start(&config, store.clone(), &FetchEnv);
+    let config = Arc::new(config);
+    let observer = Observer::start(config.clone(), metrics.clone());
     Ok(Arc::new(AppState {
         store,
         controls,
         policy,
         resilience,
-        config: Arc::new(config),
+        observer,
+        config,
         executors,
         local,
         metrics,
@@ -262,6 +266,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(RequestIdLayer) // x-request-id: taken or generated, echoed on the response
         .layer(trace::layer()) // one tracing span per request, carrying the request id
         .layer(MetricsLayer::new(state.metrics.clone())) // requests, latency, errors by endpoint and backend
+        .layer(ObserveLayer::new(state.observer.clone())) // the request's meter and span; x-tandem-overhead-ms, x-tandem-cost
         .layer(AuthLayer::new(&state.config.api_key_hashes).with_keys(state.controls.keys.clone())) // 401 without a valid API key (config or virtual, when any exists)
         .layer(LoadShedLayer::new(
             limits.max_concurrency,

@@ -1,5 +1,5 @@
 //! The application state every handler shares: config, executors by backend, the local model,
-//! metrics and the log of recent requests that feedback refers to.
+//! metrics, the observer and the log of recent requests that feedback refers to.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use crate::controls::Controls;
 use crate::executor::Executor;
 use crate::executor::local::LocalModel;
 use crate::metrics::Metrics;
+use crate::observe::Observer;
 use crate::resilience::Resilience;
 use crate::routing::LearnedRouting;
 use crate::store::SharedStore;
@@ -93,6 +94,8 @@ pub struct AppState {
     /// The learned routing policy (None when it could not be loaded; learned routes then run
     /// in config order).
     pub policy: Option<Arc<LearnedRouting>>,
+    /// Bills, local compute, the ledger and trace export.
+    pub observer: Arc<Observer>,
     /// The shared state store (Redis, or the embedded one).
     pub store: SharedStore,
     /// Virtual keys, rate limits, budgets and spend.

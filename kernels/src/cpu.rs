@@ -1,4 +1,5 @@
-//! CPU feature detection, done once and cached, and the kernel path chosen from it.
+//! CPU feature detection, done once and cached, the kernel path chosen from it, and the calling
+//! thread's CPU clock (what a computation cost, as opposed to how long it took).
 
 use std::sync::OnceLock;
 
@@ -186,4 +187,126 @@ pub fn physical_cores() -> Option<usize> {
 /// topology counts as shared, the cautious answer for small steps.
 pub fn threads_share_cores(threads: usize) -> bool {
     physical_cores().is_none_or(|cores| threads > cores)
+}
+
+/// CPU time the calling thread has used, in nanoseconds (`CLOCK_THREAD_CPUTIME_ID`); 0 where the
+/// clock cannot be read. One system call: cheap next to a model step, too dear for a token loop.
+pub fn thread_cpu_ns() -> u64 {
+    #[cfg(unix)]
+    {
+        read_clock(libc::CLOCK_THREAD_CPUTIME_ID)
+    }
+    #[cfg(not(unix))]
+    {
+        0
+    }
+}
+
+/// CPU time the whole process has used, in nanoseconds (`CLOCK_PROCESS_CPUTIME_ID`); 0 where
+/// the clock cannot be read.
+pub fn process_cpu_ns() -> u64 {
+    #[cfg(unix)]
+    {
+        read_clock(libc::CLOCK_PROCESS_CPUTIME_ID)
+    }
+    #[cfg(not(unix))]
+    {
+        0
+    }
+}
+
+#[cfg(unix)]
+fn read_clock(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+/// Another thread's CPU clock, readable from any thread while that thread runs.
+#[derive(Debug, Clone, Copy)]
+pub struct ThreadClock {
+    #[cfg(unix)]
+    clock: libc::clockid_t,
+}
+
+impl ThreadClock {
+    /// The clock of a spawned thread that has not been joined (None where unsupported).
+    pub fn of<T>(handle: &std::thread::JoinHandle<T>) -> Option<Self> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::thread::JoinHandleExt;
+            let mut clock: libc::clockid_t = 0;
+            // SAFETY: the handle's thread is not joined yet, so its pthread_t is valid.
+            let rc = unsafe { libc::pthread_getcpuclockid(handle.as_pthread_t(), &mut clock) };
+            (rc == 0).then_some(Self { clock })
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = handle;
+            None
+        }
+    }
+
+    /// The CPU time the thread has used so far, in nanoseconds (0 once it has exited).
+    pub fn ns(&self) -> u64 {
+        #[cfg(unix)]
+        {
+            read_clock(self.clock)
+        }
+        #[cfg(not(unix))]
+        {
+            0
+        }
+    }
+}
+
+#[cfg(test)]
+mod cpu_clock_tests {
+    use super::thread_cpu_ns;
+
+    #[test]
+    fn the_thread_clock_advances_with_work_and_not_with_sleep() {
+        let start = thread_cpu_ns();
+        let mut x = 0u64;
+        for i in 0..5_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        std::hint::black_box(x);
+        let worked = thread_cpu_ns() - start;
+        assert!(worked > 0, "work shows on the clock");
+        let before_sleep = thread_cpu_ns();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let slept = thread_cpu_ns() - before_sleep;
+        assert!(slept < 20_000_000, "sleeping costs no CPU: {slept} ns");
+    }
+
+    #[test]
+    fn another_threads_clock_reads_its_work() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let handle = std::thread::spawn(move || {
+            let mut x = 0u64;
+            for i in 0..20_000_000u64 {
+                x = x.wrapping_mul(31).wrapping_add(i);
+            }
+            std::hint::black_box(x);
+            let _ = rx.recv();
+        });
+        let clock = super::ThreadClock::of(&handle).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while clock.ns() < 1_000_000 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(clock.ns() >= 1_000_000, "{} ns", clock.ns());
+        tx.send(()).unwrap();
+        handle.join().unwrap();
+    }
 }

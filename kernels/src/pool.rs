@@ -63,6 +63,8 @@ pub struct KernelPool {
     threads: usize,
     /// Serializes callers and holds the quantized activations of the running call.
     acts: Mutex<QActs>,
+    /// The workers' CPU clocks, read from the caller's thread (nothing on the workers' path).
+    clocks: Vec<crate::cpu::ThreadClock>,
 }
 
 impl std::fmt::Debug for KernelPool {
@@ -102,17 +104,28 @@ impl KernelPool {
         let _ = shared
             .threads
             .set(handles.iter().map(|h| h.thread().clone()).collect());
+        let clocks = handles
+            .iter()
+            .filter_map(crate::cpu::ThreadClock::of)
+            .collect();
         Ok(Self {
             shared,
             handles,
             threads,
             acts: Mutex::new(QActs::default()),
+            clocks,
         })
     }
 
     /// Total threads, the caller included.
     pub fn threads(&self) -> usize {
         self.threads
+    }
+
+    /// CPU time the pool's own workers (not its callers) have used so far, in nanoseconds;
+    /// their spinning between jobs counts, as CPU spent on the callers' work.
+    pub fn worker_cpu_ns(&self) -> u64 {
+        self.clocks.iter().map(crate::cpu::ThreadClock::ns).sum()
     }
 
     /// Runs `f(task)` for every `task in 0..tasks` across the pool (the caller takes part) and

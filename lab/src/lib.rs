@@ -1,10 +1,12 @@
 //! Tandem's tooling, kept out of the serving binary: benchmarks that run a peer side by side
 //! (`bench`), the router's offline training and evaluation (`router`), and the mock upstream
-//! that end-to-end tests and the overhead bench put behind Tandem (`mock`). The `tandem-lab` binary runs them;
+//! that end-to-end tests and the overhead bench put behind Tandem (`mock`), and a small OTLP/HTTP
+//! trace collector (`otlp`). The `tandem-lab` binary runs them;
 //! `tandem bench ...` and `tandem router ...` hand their arguments to it.
 //!
 //! A tooling crate: its library exists for its binary and the tests, so its errors are `anyhow`.
 
 pub mod bench;
 pub mod mock;
+pub mod otlp;
 pub mod router;

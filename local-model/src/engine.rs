@@ -190,6 +190,9 @@ pub enum GenerateEvent {
         completion_tokens: usize,
         /// Prompt tokens whose KV came from the prefix cache.
         cached_prompt_tokens: usize,
+        /// CPU seconds the engine spent on this generation: its share, by tokens processed, of
+        /// the engine thread's and kernel workers' CPU time in every step it took part in.
+        cpu_seconds: f64,
     },
     /// The generation failed; no more events follow.
     Error(String),
@@ -494,6 +497,8 @@ struct Running {
     sampler: Sampler,
     stop: StopBuffer,
     tx: mpsc::Sender<GenerateEvent>,
+    /// CPU time spent on this sequence so far (its share of each step it took part in), ns.
+    cpu_ns: u64,
 }
 
 struct Session {
@@ -1100,8 +1105,19 @@ impl Worker {
                 params: req.params,
                 sampler,
                 tx,
+                cpu_ns: 0,
             });
         }
+    }
+
+    /// CPU time of the engine thread and every kernel worker so far, ns.
+    fn cpu_ns(&self) -> u64 {
+        tandem_kernels::cpu::thread_cpu_ns()
+            + self.pool.worker_cpu_ns()
+            + self
+                .small_pool
+                .as_ref()
+                .map_or(0, KernelPool::worker_cpu_ns)
     }
 
     fn step(&mut self) {
@@ -1137,6 +1153,7 @@ impl Worker {
             }
         }
         let kv_lens: Vec<usize> = self.running.iter().map(|r| r.kv.len).collect();
+        let cpu_before = self.cpu_ns();
         let result = {
             let mut items: Vec<BatchItem<'_>> = Vec::with_capacity(plan.len());
             let mut by_index: Vec<Option<&mut Running>> =
@@ -1220,6 +1237,16 @@ impl Worker {
                 finished.push((i, reason));
             }
         }
+        // The step's CPU time, shared by the tokens each sequence put through it.
+        let spent = self.cpu_ns().saturating_sub(cpu_before);
+        let rows: u64 = plan
+            .iter()
+            .map(|&(_, take)| take as u64)
+            .sum::<u64>()
+            .max(1);
+        for &(i, take) in &plan {
+            self.running[i].cpu_ns += spent * take as u64 / rows;
+        }
         finished.sort_by_key(|f| std::cmp::Reverse(f.0));
         for (i, reason) in finished {
             let r = self.running.swap_remove(i);
@@ -1228,6 +1255,7 @@ impl Worker {
                 prompt_tokens: r.prompt_len,
                 completion_tokens: r.completion,
                 cached_prompt_tokens: r.cached,
+                cpu_seconds: r.cpu_ns as f64 / 1e9,
             });
             self.cache_insert(r.tokens, r.kv);
         }

@@ -17,7 +17,7 @@
 //! - [`Engine`] is `Clone + Send + Sync`; the model runs on its own OS thread (plus kernel
 //!   workers), never on tokio workers. Dropping a generation's receiver cancels it within one step.
 //! - [`Engine::generate`] streams [`GenerateEvent`]s: `Token { id, text, logprob }` with stop-safe
-//!   text deltas, then `Finished { reason, prompt_tokens, completion_tokens, cached_prompt_tokens }`
+//!   text deltas, then `Finished { reason, prompt_tokens, completion_tokens, cached_prompt_tokens, cpu_seconds }`
 //!   or `Error`. With `params.logprobs = Some(n)` each token carries [`TokenLogprob`]: logprob,
 //!   bytes, the top `n` alternatives and the distribution's `entropy` (the confidence signal).
 //! - [`Engine::score`] scores `tokens` after `prefix` in one pass (prefix KV from the cache):

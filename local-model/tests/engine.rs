@@ -31,9 +31,12 @@ async fn run(engine: &Engine, prompt: Vec<u32>, params: SamplingParams) -> Run {
                 reason,
                 cached_prompt_tokens,
                 completion_tokens,
+                cpu_seconds,
                 ..
             } => {
                 assert_eq!(*completion_tokens, ids.len());
+                // Every generation ran at least one step, which took CPU time.
+                assert!(*cpu_seconds > 0.0, "cpu_seconds = {cpu_seconds}");
                 return Run {
                     ids,
                     text,

@@ -266,3 +266,30 @@ pub async fn read_first_chunk_and_drop(
     drop(stream);
     Ok(first)
 }
+
+/// The cached smollm2-135m on its engine thread (2 threads, 4096 KV tokens); panics naming the
+/// fetch command when the model is not in the cache.
+pub async fn local_engine() -> tandem_local_model::Engine {
+    use tandem_artifacts::{ProcessEnv, default_cache_root, locate};
+    let root = default_cache_root(&ProcessEnv);
+    let Some(paths) = locate(&root, "smollm2-135m") else {
+        panic!(
+            "smollm2-135m is not in the cache at {} (run `tandem models fetch smollm2-135m`)",
+            root.display()
+        )
+    };
+    let path = paths.primary().to_path_buf();
+    let started = tokio::task::spawn_blocking(move || {
+        tandem_local_model::Engine::start(
+            tandem_local_model::EngineConfig::new(path)
+                .threads(2)
+                .kv_cache_tokens(4096),
+        )
+    })
+    .await;
+    match started {
+        Ok(Ok(engine)) => engine,
+        Ok(Err(e)) => panic!("the engine did not start: {e}"),
+        Err(e) => panic!("the engine loader failed: {e}"),
+    }
+}

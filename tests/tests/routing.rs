@@ -12,28 +12,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tandem_artifacts::{ProcessEnv, default_cache_root, locate};
 use tandem_gateway::config::{Config, MapEnv};
 use tandem_gateway::{Gateway, GatewayOptions, LocalLoad};
 use tandem_lab::mock::{Fixtures, MockConfig, MockHandle, MockUpstream};
-use tandem_local_model::{Engine, EngineConfig};
+use tandem_local_model::Engine;
 use tandem_tests::{client, parse_sse, streamed_text};
 
 async fn engine() -> Engine {
-    let root = default_cache_root(&ProcessEnv);
-    let paths = locate(&root, "smollm2-135m").unwrap_or_else(|| {
-        panic!(
-            "smollm2-135m is not in the cache at {} (run `tandem models fetch smollm2-135m`)",
-            root.display()
-        )
-    });
-    let path = paths.primary().to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        Engine::start(EngineConfig::new(path).threads(2).kv_cache_tokens(4096))
-    })
-    .await
-    .unwrap()
-    .unwrap()
+    tandem_tests::local_engine().await
 }
 
 fn scratch_dir(tag: &str) -> PathBuf {

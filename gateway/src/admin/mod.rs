@@ -3,6 +3,7 @@
 //! is a submodule with a `routes()` of its own; adding one is one line in [`router`].
 
 pub mod keys;
+pub mod ui;
 
 use std::sync::Arc;
 
@@ -20,9 +21,11 @@ use crate::state::AppState;
 pub fn router(state: Arc<AppState>, admin: &AdminConfig) -> Router {
     Router::new()
         .merge(keys::routes()) // /admin/keys: virtual keys
+        .merge(ui::routes()) // /ui/api/summary: the dashboard's data
         .fallback(ops::not_found)
         .with_state(state)
         .layer(AuthLayer::new(&admin.key_hashes)) // 401 without an admin key
+        .merge(ui::assets()) // /ui and its script and style: no data, loaded before the key is asked
 }
 
 /// Reads a JSON body into `T`; a 400 naming the field that is wrong.

@@ -2,6 +2,7 @@
 //! validated into the runtime [`Config`]. Every error names the path it is about.
 
 pub mod controls;
+pub mod observability;
 pub mod raw;
 pub mod resilience;
 pub mod router;
@@ -23,6 +24,7 @@ pub use tandem_router_policy::Price;
 use crate::speculative::{DelayConfig, ScoringMode, VerifyProtocol};
 
 pub use controls::{AdminConfig, ControlsConfig, OnUnavailable, RouteLimits, StoreConfig};
+pub use observability::{ObservabilityConfig, OtlpConfig};
 use raw::{RawBackend, RawConfig};
 pub use resilience::ResilienceSettings;
 pub use router::{BackendProfileConfig, CascadeJudge, PolicyRules, RoutePolicy, RouterSettings};
@@ -213,6 +215,9 @@ pub struct RouteConfig {
     pub balance: Option<Vec<f64>>,
     /// With `hedge = true`: the hedge's delay, or `None` for the first backend's p95.
     pub hedge: Option<Option<Duration>>,
+    /// The cloud backend the route's savings are measured against: `reference` as configured,
+    /// else the route's first cloud backend; none on a route without one.
+    pub reference: Option<String>,
 }
 
 impl RouteConfig {
@@ -226,7 +231,15 @@ impl RouteConfig {
             cascade_threshold: None,
             balance: None,
             hedge: None,
+            reference: None,
         }
+    }
+}
+
+impl BackendKind {
+    /// Whether a backend of this kind is a cloud API (what savings are measured against).
+    pub fn is_cloud(self) -> bool {
+        !matches!(self, Self::Local | Self::Speculative)
     }
 }
 
@@ -312,6 +325,8 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// The `[resilience]` section.
     pub resilience: ResilienceSettings,
+    /// The `[observability]` section.
+    pub observability: ObservabilityConfig,
     /// The store, the admin listener and per-route rate limits.
     pub controls: ControlsConfig,
 }
@@ -543,6 +558,27 @@ impl Config {
                     ),
                 ));
             }
+            let reference = match r.reference {
+                Some(name) => match backends.get(&name) {
+                    Some(b) if b.kind.is_cloud() => Some(name),
+                    Some(b) => {
+                        return Err(invalid(
+                            format!("routes.{model}.reference"),
+                            format!(
+                                "`{name}` is a {} backend; the reference must be a cloud backend",
+                                b.kind.as_str()
+                            ),
+                        ));
+                    }
+                    None => {
+                        return Err(invalid(
+                            format!("routes.{model}.reference"),
+                            format!("no backend named `{name}` (declared: {})", names(&backends)),
+                        ));
+                    }
+                },
+                None => None,
+            };
             routes.insert(
                 model,
                 RouteConfig {
@@ -553,6 +589,7 @@ impl Config {
                     cascade_threshold,
                     balance,
                     hedge,
+                    reference,
                 },
             );
         }
@@ -604,6 +641,17 @@ impl Config {
         };
         controls.store.redis_url = redis_url.clone();
 
+        // A route's savings are measured against its first cloud backend unless it names one.
+        for route in routes.values_mut() {
+            if route.reference.is_none() {
+                route.reference = route
+                    .backends
+                    .iter()
+                    .find(|b| backends.get(*b).is_some_and(|b| b.kind.is_cloud()))
+                    .cloned();
+            }
+        }
+        let observability = observability::validate_observability(raw.observability)?;
         Ok(Self {
             listen,
             api_key_hashes,
@@ -615,6 +663,7 @@ impl Config {
             cache_dir: raw.cache_dir.map(PathBuf::from),
             redis_url,
             resilience,
+            observability,
             controls,
         })
     }
@@ -707,6 +756,7 @@ fn unreachable_default() -> Config {
         cache_dir: None,
         redis_url: None,
         resilience: ResilienceSettings::default(),
+        observability: ObservabilityConfig::default(),
         controls: ControlsConfig::default(),
     }
 }
@@ -1299,5 +1349,67 @@ mod tests {
         let env = MapEnv::default();
         let c = Config::from_toml_str(text, &env).unwrap();
         assert!(!c.routes.is_empty());
+    }
+
+    #[test]
+    fn a_route_is_measured_against_its_first_cloud_backend_or_the_one_it_names() {
+        let base = r#"
+            [backends.local]
+            kind = "local"
+            [backends.mini]
+            kind = "openai"
+            api_key_env = "K"
+            [backends.big]
+            kind = "anthropic"
+            api_key_env = "K"
+        "#;
+        let cfg = Config::from_toml_str(
+            &format!(
+                "{base}\n[routes.a]\nbackends = [\"local\", \"mini\", \"big\"]\n[routes.b]\nbackends = [\"local\", \"mini\"]\nreference = \"big\"\n[routes.c]\nbackends = [\"local\"]\n"
+            ),
+            &MapEnv::default(),
+        )
+        .unwrap();
+        assert_eq!(cfg.routes["a"].reference.as_deref(), Some("mini"));
+        assert_eq!(cfg.routes["b"].reference.as_deref(), Some("big"));
+        assert_eq!(cfg.routes["c"].reference, None);
+        let e = err(&format!(
+            "{base}\n[routes.a]\nbackends = [\"local\"]\nreference = \"local\"\n"
+        ));
+        assert!(e.starts_with("routes.a.reference: "), "{e}");
+        let e = err(&format!(
+            "{base}\n[routes.a]\nbackends = [\"local\"]\nreference = \"nope\"\n"
+        ));
+        assert!(
+            e.contains("routes.a.reference: no backend named `nope`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_observability_section_has_defaults_and_path_named_errors() {
+        let cfg = Config::default_local();
+        assert!(!cfg.observability.cost_header);
+        assert!(cfg.observability.overhead_header);
+        assert_eq!(cfg.observability.otlp, None);
+        let cfg = Config::from_toml_str(
+            "[observability]\ncost_header = true\nwatts_per_core = 6.5\n[observability.otlp]\nendpoint = \"http://127.0.0.1:4318/v1/traces\"\n",
+            &MapEnv::default(),
+        )
+        .unwrap();
+        assert!(cfg.observability.cost_header);
+        assert_eq!(cfg.observability.watts_per_core, 6.5);
+        let otlp = cfg.observability.otlp.unwrap();
+        assert_eq!(otlp.service_name, "tandem");
+        assert!(!otlp.capture_content);
+        let e = err("[observability]\nwatts_per_core = -1\n");
+        assert!(e.starts_with("observability.watts_per_core: "), "{e}");
+        let e = err("[observability.otlp]\nendpoint = \"collector:4318\"\n");
+        assert!(e.starts_with("observability.otlp.endpoint: "), "{e}");
+        let e = err("[observability]\ncolour = true\n");
+        assert!(e.contains("observability"), "{e}");
+        let env = MapEnv::from_pairs([("TANDEM__OBSERVABILITY__COST_HEADER", "true")]);
+        let cfg = Config::default_local_with(&env).unwrap();
+        assert!(cfg.observability.cost_header);
     }
 }

@@ -32,6 +32,9 @@ pub struct RawConfig {
     pub cache_dir: Option<String>,
     /// Redis for shared state; the embedded store in the cache directory when absent.
     pub redis_url: Option<String>,
+    /// `[observability]`: cost and overhead headers, energy, dashboard memory, trace export.
+    #[serde(default)]
+    pub observability: super::observability::RawObservability,
     /// `[store]`: the shared state store's settings.
     #[serde(default)]
     pub store: RawStore,
@@ -198,6 +201,9 @@ pub struct RawRoute {
     pub hedge: Option<bool>,
     /// The hedge's delay, ms, instead of the first backend's measured p95.
     pub hedge_after_ms: Option<u64>,
+    /// The cloud backend whose price the route's savings are measured against (default: the
+    /// route's first cloud backend).
+    pub reference: Option<String>,
     /// Requests per minute on this route, all keys together.
     pub requests_per_minute: Option<u64>,
     /// Tokens per minute on this route, all keys together.

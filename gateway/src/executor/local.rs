@@ -2,6 +2,7 @@
 //! thread) and streams tokens as [`ChatEvent`]s with usage from the tokenizer.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -151,24 +152,31 @@ pub fn engine_events(
 
 /// Like [`engine_events`] over any stream of engine events (e.g. some held back, then the rest of
 /// the engine's channel). A stream that ends without `Finished` or `Error` ends in an error event.
+/// The generation's CPU time goes on the request's meter, and its prefill (to the first token)
+/// and decode show as spans under the try that started it.
 pub fn generate_events(
     events: futures::stream::BoxStream<'static, GenerateEvent>,
     id: String,
     model: String,
     backend: String,
 ) -> EventStream {
-    let rx = events;
     let start = ChatEvent::Start {
         id,
         model,
         created: unix_now(),
     };
-    let rest = futures::stream::unfold(Some(rx), move |rx| {
+    let watch = EngineWatch {
+        scope: crate::observe::current(),
+        submitted: Instant::now(),
+        first: None,
+    };
+    let rest = futures::stream::unfold(Some((events, watch)), move |rx| {
         let backend = backend.clone();
         async move {
-            let mut rx = rx?;
+            let (mut rx, mut watch) = rx?;
             let event = match rx.next().await {
                 Some(GenerateEvent::Token { text, logprob, .. }) => {
+                    watch.first.get_or_insert_with(Instant::now);
                     let logprobs = logprob.as_ref().map(|lp| vec![convert_logprob(lp)]);
                     vec![ChatEvent::TextDelta {
                         index: 0,
@@ -181,7 +189,15 @@ pub fn generate_events(
                     prompt_tokens,
                     completion_tokens,
                     cached_prompt_tokens,
+                    cpu_seconds,
                 }) => {
+                    watch.finished(
+                        &backend,
+                        cpu_seconds,
+                        prompt_tokens,
+                        completion_tokens,
+                        cached_prompt_tokens,
+                    );
                     let reason = finish_reason(reason);
                     let usage =
                         engine_usage(prompt_tokens, completion_tokens, cached_prompt_tokens);
@@ -207,7 +223,7 @@ pub fn generate_events(
                     return Some((vec![ChatEvent::Error(e)], None));
                 }
             };
-            Some((event, Some(rx)))
+            Some((event, Some((rx, watch))))
         }
     })
     .flat_map(futures::stream::iter)
@@ -220,6 +236,61 @@ pub fn generate_events(
     futures::stream::once(std::future::ready(start))
         .chain(rest)
         .boxed()
+}
+
+/// What a generation's meter and spans need: the request's scope, when it was handed to the
+/// engine and when its first token came.
+struct EngineWatch {
+    scope: Option<crate::observe::Scope>,
+    submitted: Instant,
+    first: Option<Instant>,
+}
+
+impl EngineWatch {
+    fn finished(
+        &self,
+        backend: &str,
+        cpu_seconds: f64,
+        prompt_tokens: usize,
+        completion_tokens: usize,
+        cached_prompt_tokens: usize,
+    ) {
+        let Some(scope) = &self.scope else { return };
+        scope.meter.add_local_cpu(backend, cpu_seconds);
+        if !scope.meter.tracing() {
+            return;
+        }
+        let now = Instant::now();
+        let first = self.first.unwrap_or(now);
+        scope.meter.past_span(
+            scope.parent,
+            "local.prefill",
+            self.submitted,
+            first,
+            vec![
+                ("gen_ai.usage.input_tokens", (prompt_tokens as u64).into()),
+                (
+                    "tandem.cached_input_tokens",
+                    (cached_prompt_tokens as u64).into(),
+                ),
+                ("tandem.backend", backend.into()),
+            ],
+        );
+        scope.meter.past_span(
+            scope.parent,
+            "local.decode",
+            first,
+            now,
+            vec![
+                (
+                    "gen_ai.usage.output_tokens",
+                    (completion_tokens as u64).into(),
+                ),
+                ("tandem.local.cpu_seconds", cpu_seconds.into()),
+                ("tandem.backend", backend.into()),
+            ],
+        );
+    }
 }
 
 /// Runs chat requests on the in-process model.
@@ -260,7 +331,7 @@ impl Executor for LocalExecutor {
     }
 
     async fn completion(&self, call: &CompletionCall) -> Result<CompletionOutput, Error> {
-        local_completion::complete(&self.model.engine()?, &call.request).await
+        local_completion::complete(&self.model.engine()?, &call.request, &self.config.name).await
     }
 }
 

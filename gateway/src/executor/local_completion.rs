@@ -107,10 +107,11 @@ async fn score_prompt(
     Ok((prompt_logprobs, token_logprobs, top_logprobs))
 }
 
-/// Runs a completion on the engine: the whole answer, or the stream of its events.
+/// Runs a completion on the engine for `backend`: the whole answer, or the stream of its events.
 pub async fn complete(
     engine: &Engine,
     request: &CompletionRequest,
+    backend: &str,
 ) -> Result<CompletionOutput, Error> {
     let tokens = prompt_tokens(engine, request)?;
     let tok = engine.tokenizer().clone();
@@ -218,7 +219,11 @@ pub async fn complete(
                     prompt_tokens,
                     completion_tokens,
                     cached_prompt_tokens,
+                    cpu_seconds,
                 }) => {
+                    if let Some(scope) = crate::observe::current() {
+                        scope.meter.add_local_cpu(backend, cpu_seconds);
+                    }
                     finish = finish_reason(reason);
                     usage = engine_usage(prompt_tokens, completion_tokens, cached_prompt_tokens);
                     break;

@@ -23,6 +23,7 @@ use crate::context::FirstTokenDeadline;
 use crate::dispatch::{run_chat, run_chat_completion, run_stream};
 use crate::error::{ApiFlavor, Error};
 use crate::metrics::BackendLabels;
+use crate::observe::{RequestMeter, bill};
 use crate::routing::RequestHints;
 use crate::state::AppState;
 
@@ -62,6 +63,7 @@ async fn handle(state: Arc<AppState>, request: Request, format: WireFormat) -> R
         Err(e) => return e.into_response_for(flavor),
     };
     let model = chat.model.clone();
+    let meter = hints.meter.clone();
     let (mut response, route) = if chat.stream {
         let deadline = parts.extensions.get::<FirstTokenDeadline>().copied();
         let include_usage = chat.include_usage;
@@ -75,6 +77,7 @@ async fn handle(state: Arc<AppState>, request: Request, format: WireFormat) -> R
                     include_usage,
                     model.clone(),
                     route.backend.clone(),
+                    meter,
                 );
                 (sse_response(body), route)
             }
@@ -86,17 +89,27 @@ async fn handle(state: Arc<AppState>, request: Request, format: WireFormat) -> R
         let (result, route) = match format {
             WireFormat::OpenAi => {
                 let (result, route) = run_chat_completion(&state, chat, &hints).await;
+                if let (Some(m), Ok(c)) = (&meter, &result)
+                    && m.captures_content()
+                {
+                    m.note_output_text(&answer_text(&c.body));
+                }
                 (result.map(|c| (c.body, c.usage)), route)
             }
             WireFormat::Anthropic => {
                 let (result, route) = run_chat(&state, chat, &hints).await;
+                if let (Some(m), Ok(a)) = (&meter, &result)
+                    && m.captures_content()
+                {
+                    m.note_output_text(&a.text);
+                }
                 let encoded = result.map(|a| (anthropic::encode_messages_response(&a), a.usage));
                 (encoded, route)
             }
         };
         match result {
             Ok((body, usage)) => {
-                record_usage(&state, &model, &route.backend, &usage);
+                record_usage(&state, &model, &route.backend, &usage, meter.as_deref());
                 (json_bytes_response(body), route)
             }
             Err(e) => (e.into_response_for(flavor), route),
@@ -128,34 +141,39 @@ fn validate(chat: ChatRequest) -> Result<ChatRequest, Error> {
     Ok(chat)
 }
 
-/// Counts tokens and cost from what `backend` reported, on `route` (the model id asked for).
-pub fn record_usage(state: &AppState, route: &str, backend: &str, usage: &Usage) {
-    // A speculative answer is billed for what its target processed: every verify round's
-    // context (cached or not) and the target's own output, not the client-facing counts.
-    let (input, output, cached) = match &usage.speculative {
-        Some(spec) => (
-            spec.target_input_tokens,
-            spec.target_output_tokens,
-            spec.target_cached_input_tokens,
-        ),
-        None => (
-            usage.prompt_tokens,
-            usage.completion_tokens,
-            usage.cached_prompt_tokens,
-        ),
-    };
-    let cost = state
-        .executors
-        .get(backend)
-        .map_or(0.0, |e| e.price().cost(input, cached, output));
+/// Counts tokens, cost and reference cost from what `backend` reported, on `route` (the model
+/// id asked for), and notes them on the request's meter.
+pub fn record_usage(
+    state: &AppState,
+    route: &str,
+    backend: &str,
+    usage: &Usage,
+    meter: Option<&RequestMeter>,
+) {
+    let bill = bill(&state.config, route, backend, usage);
     state.metrics.record_usage(
         route,
         backend,
         usage.prompt_tokens,
         usage.completion_tokens,
         usage.cached_prompt_tokens,
-        cost,
+        (bill.paid, bill.reference),
     );
+    if let Some(meter) = meter {
+        meter.note_usage(usage, bill);
+    }
+}
+
+/// The text of an OpenAI chat completion's first choice (for captured spans only).
+fn answer_text(body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| {
+            v["choices"][0]["message"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .unwrap_or_default()
 }
 
 /// One stream's encoder in the client's format.
@@ -195,6 +213,7 @@ struct StreamAccounting {
     usage: Option<Usage>,
     started: StdInstant,
     first_token_seen: bool,
+    meter: Option<Arc<RequestMeter>>,
 }
 
 impl StreamAccounting {
@@ -208,6 +227,9 @@ impl StreamAccounting {
                     backend: self.backend.clone(),
                 })
                 .observe(self.started.elapsed().as_secs_f64());
+            if let Some(m) = &self.meter {
+                m.note_first_token();
+            }
         }
     }
 }
@@ -215,7 +237,13 @@ impl StreamAccounting {
 impl Drop for StreamAccounting {
     fn drop(&mut self) {
         if let Some(usage) = self.usage.take() {
-            record_usage(&self.state, &self.route, &self.backend, &usage);
+            record_usage(
+                &self.state,
+                &self.route,
+                &self.backend,
+                &usage,
+                self.meter.as_deref(),
+            );
         }
     }
 }
@@ -240,12 +268,13 @@ fn sse_body(
     include_usage: bool,
     route: String,
     backend: String,
+    meter: Option<Arc<RequestMeter>>,
 ) -> Body {
     let encoder = match format {
         WireFormat::OpenAi => Encoder::OpenAi(openai::ChunkEncoder::new(include_usage)),
         WireFormat::Anthropic => Encoder::Anthropic(anthropic::EventEncoder::new()),
     };
-    encoded_sse_body(state, events, encoder, route, backend)
+    encoded_sse_body(state, events, encoder, route, backend, meter)
 }
 
 /// Encodes a stream of events as SSE with `encoder`, with the same guarantees as [`sse_body`].
@@ -255,7 +284,9 @@ pub(crate) fn encoded_sse_body(
     encoder: Encoder,
     route: String,
     backend: String,
+    meter: Option<Arc<RequestMeter>>,
 ) -> Body {
+    let capture = meter.as_ref().is_some_and(|m| m.captures_content());
     let stream = SseStream {
         events,
         encoder,
@@ -269,9 +300,10 @@ pub(crate) fn encoded_sse_body(
             usage: None,
             started: StdInstant::now(),
             first_token_seen: false,
+            meter,
         },
     };
-    let frames = futures::stream::unfold(stream, |mut s| async move {
+    let frames = futures::stream::unfold(stream, move |mut s| async move {
         loop {
             if s.done {
                 return None;
@@ -288,9 +320,13 @@ pub(crate) fn encoded_sse_body(
                         ChatEvent::Usage(u) => s.accounting.usage = Some(*u),
                         ChatEvent::Finish { .. } => s.finished = true,
                         ChatEvent::Error(_) => s.done = true,
-                        ChatEvent::TextDelta { .. } | ChatEvent::ToolCallDelta { .. } => {
-                            s.accounting.first_token()
+                        ChatEvent::TextDelta { text, .. } => {
+                            s.accounting.first_token();
+                            if capture && let Some(m) = &s.accounting.meter {
+                                m.note_output_text(text);
+                            }
                         }
+                        ChatEvent::ToolCallDelta { .. } => s.accounting.first_token(),
                         ChatEvent::Start { .. } => {}
                     }
                     s.encoder.encode(&event)

@@ -28,6 +28,7 @@ use crate::error::{ApiFlavor, Error};
 use crate::executor::completion::{LocalCompletion, LocalStream};
 use crate::executor::engine::{engine_usage, finish_reason};
 use crate::executor::{CompletionCall, CompletionOutput};
+use crate::observe::RequestMeter;
 use crate::routing::RequestHints;
 use crate::state::AppState;
 
@@ -70,7 +71,13 @@ pub async fn completions(State(state): State<Arc<AppState>>, request: Request) -
     let model = call.request.model.clone();
     let answered = result.is_ok();
     let mut response = match result {
-        Ok(output) => encode(&state, output, call.request, &route.backend),
+        Ok(output) => encode(
+            &state,
+            output,
+            call.request,
+            &route.backend,
+            hints.meter.clone(),
+        ),
         Err(e) => e.into_response_for(ApiFlavor::OpenAi),
     };
     finish_response(&state, &mut response, &id, &route, model, answered);
@@ -83,10 +90,17 @@ fn encode(
     output: CompletionOutput,
     request: CompletionRequest,
     backend: &str,
+    meter: Option<Arc<RequestMeter>>,
 ) -> Response {
     match output {
         CompletionOutput::Answer(answer) => {
-            record_usage(state, &request.model, backend, &answer.usage);
+            record_usage(
+                state,
+                &request.model,
+                backend,
+                &answer.usage,
+                meter.as_deref(),
+            );
             json_bytes_response(encode_completion_response(&answer, None))
         }
         CompletionOutput::Events(events) => {
@@ -97,15 +111,22 @@ fn encode(
                 encoder,
                 request.model,
                 backend.to_owned(),
+                meter,
             );
             sse_response(body)
         }
         CompletionOutput::Local(answer) => {
-            record_usage(state, &request.model, backend, &answer.usage);
+            record_usage(
+                state,
+                &request.model,
+                backend,
+                &answer.usage,
+                meter.as_deref(),
+            );
             json_response(&local_body(&request.model, answer))
         }
         CompletionOutput::LocalStream(stream) => {
-            stream_response(state.clone(), stream, request, backend.to_owned())
+            stream_response(state.clone(), stream, request, backend.to_owned(), meter)
         }
     }
 }
@@ -156,6 +177,7 @@ fn stream_response(
     stream: LocalStream,
     request: CompletionRequest,
     backend: String,
+    meter: Option<Arc<RequestMeter>>,
 ) -> Response {
     struct S {
         rx: Option<tokio::sync::mpsc::Receiver<GenerateEvent>>,
@@ -166,6 +188,7 @@ fn stream_response(
         include_usage: bool,
         state: Arc<AppState>,
         backend: String,
+        meter: Option<Arc<RequestMeter>>,
     }
     let s = S {
         rx: Some(stream.events),
@@ -176,6 +199,7 @@ fn stream_response(
         include_usage: request.include_usage,
         state,
         backend,
+        meter,
     };
     let frames = futures::stream::unfold(s, |mut s| async move {
         loop {
@@ -209,11 +233,15 @@ fn stream_response(
                     prompt_tokens,
                     completion_tokens,
                     cached_prompt_tokens,
+                    cpu_seconds,
                 }) => {
                     s.rx = None;
+                    if let Some(m) = &s.meter {
+                        m.add_local_cpu(&s.backend, cpu_seconds);
+                    }
                     let usage =
                         engine_usage(prompt_tokens, completion_tokens, cached_prompt_tokens);
-                    record_usage(&s.state, &s.model, &s.backend, &usage);
+                    record_usage(&s.state, &s.model, &s.backend, &usage, s.meter.as_deref());
                     let finish = finish_reason_str(finish_reason(reason));
                     let mut out =
                         chunk(&s.id, s.created, &s.model, "", Value::Null, Some(finish)).to_vec();

@@ -7,6 +7,7 @@ pub mod concurrency;
 pub mod deadline_body;
 pub mod first_token_timeout;
 pub mod metrics;
+pub mod observe;
 pub mod request_id;
 pub mod route_header;
 pub mod timeout;

@@ -47,6 +47,8 @@ pub struct RequestHints {
     pub key_hash: Option<String>,
     /// Where the backend being tried is noted, for a timeout's answer.
     pub route_slot: Option<RouteSlot>,
+    /// The request's meter (bill, local compute, spans), when the observe layer opened one.
+    pub meter: Option<Arc<crate::observe::RequestMeter>>,
 }
 
 impl RequestHints {
@@ -59,6 +61,13 @@ impl RequestHints {
             .get::<ApiKeyDigest>()
             .map(ApiKeyDigest::to_hex);
         hints.route_slot = parts.extensions.get::<RouteSlot>().cloned();
+        hints.meter = parts
+            .extensions
+            .get::<Arc<crate::observe::RequestMeter>>()
+            .cloned();
+        if let Some(meter) = &hints.meter {
+            meter.note_key(hints.key_hash.as_deref());
+        }
         Ok(hints)
     }
 
@@ -106,6 +115,7 @@ impl RequestHints {
             latency_slo_ms,
             key_hash: None,
             route_slot: None,
+            meter: None,
         })
     }
 }

@@ -171,6 +171,8 @@ pub async fn run(
     }
     let mut context = prompt.to_vec();
     let mut uniforms = Uniforms::new(opts.seed ^ 0x5EED);
+    // Each round is a span (drafted, accepted) when the request is traced.
+    let scope = crate::observe::current().filter(|s| s.meter.tracing());
     let mut ready_draft: Option<Vec<u32>> = None;
     policy.set_pipelined(opts.pipeline);
     while report.tokens.len() < opts.max_tokens && report.finish.is_none() && !opts.cancelled() {
@@ -185,6 +187,9 @@ pub async fn run(
             k = 1;
         }
         let round_start = Instant::now();
+        let mut round_span = scope
+            .as_ref()
+            .and_then(|s| s.span("speculative.round", crate::observe::SpanKind::Internal));
         let pipelined_hit = ready_draft.is_some();
         let draft = match ready_draft.take() {
             Some(mut d) => {
@@ -274,6 +279,13 @@ pub async fn run(
             round_ms = round_start.elapsed().as_secs_f64() * 1e3,
             "speculative round"
         );
+        if let Some(span) = &mut round_span {
+            span.set("tandem.speculative.round", report.rounds);
+            span.set("tandem.speculative.drafted", draft.len() as u64);
+            span.set("tandem.speculative.accepted", acceptance.accepted as u64);
+            span.set("tandem.speculative.pipelined", pipelined_hit);
+        }
+        drop(round_span);
         report.rounds += 1;
         let tested = verified.positions.len().min(draft.len() + 1) - 1;
         report.drafted += draft.len() as u64;

@@ -400,7 +400,9 @@ impl Executor for SpeculativeExecutor {
         let backend = self.config.name.clone();
         let metrics = self.metrics.clone();
         let learned = self.learned.clone();
-        tokio::spawn(async move {
+        // In the request's scope, so rounds show under its span and verify calls carry its
+        // trace context.
+        tokio::spawn(crate::observe::carry(async move {
             let mut start = Some(start);
             // Filled round by round, so a failure mid-stream still reports what was served and
             // what the target billed.
@@ -474,7 +476,7 @@ impl Executor for SpeculativeExecutor {
                 fell_back = report.fell_back,
                 "speculative request done"
             );
-        });
+        }));
         // The first event comes once the first block is verified, so a target that cannot be
         // reached is an error the caller may retry elsewhere rather than a broken stream.
         let first = match rx.recv().await {
