@@ -34,6 +34,7 @@ use crate::routing::{self, LearnedRouting};
 use crate::speculative::SpeculativeExecutor;
 use crate::speculative::service::gateway_routes as verify_routes;
 use crate::state::{AppState, FeedbackSink, MemoryFeedback, RequestLog};
+use crate::tls::{RELOAD_INTERVAL, ServerTls, TlsListener};
 
 /// How the local model gets loaded.
 #[derive(Clone, Default)]
@@ -290,6 +291,8 @@ pub struct Gateway {
     pub addr: SocketAddr,
     /// Shared state (metrics, local model, feedback).
     pub state: Arc<AppState>,
+    /// TLS on the listener, when configured.
+    tls: Option<Arc<ServerTls>>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
 }
@@ -320,27 +323,57 @@ impl Gateway {
         options: GatewayOptions,
     ) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
+        let tls = match &config.tls {
+            Some(settings) => {
+                let tls = ServerTls::load(settings).map_err(std::io::Error::other)?;
+                tls.watch(RELOAD_INTERVAL);
+                Some(tls)
+            }
+            None => None,
+        };
         let state = build_state(config, &options).map_err(std::io::Error::other)?;
         let app = router(state.clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            axum::serve(no_delay(listener), app)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.await;
+        let stop = async move {
+            let _ = rx.await;
+        };
+        let task = match &tls {
+            Some(tls) => {
+                let listener = TlsListener::new(no_delay(listener), tls.clone())?;
+                tokio::spawn(async move {
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(stop)
+                        .await
                 })
-                .await
-        });
+            }
+            None => tokio::spawn(async move {
+                axum::serve(no_delay(listener), app)
+                    .with_graceful_shutdown(stop)
+                    .await
+            }),
+        };
         Ok(Self {
             addr,
             state,
+            tls,
             shutdown: Some(tx),
             task,
         })
     }
 
-    /// The base URL, `http://127.0.0.1:PORT`.
+    /// The base URL, `http://127.0.0.1:PORT` (`https://` with TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// Reads the TLS files again now (as on SIGHUP), without waiting for the change check; the
+    /// previous certificate stays when they cannot be used. Nothing to do without TLS.
+    pub fn reload_tls(&self) -> Result<(), crate::config::ConfigError> {
+        match &self.tls {
+            Some(tls) => tls.reload(),
+            None => Ok(()),
+        }
     }
 
     /// Stops accepting connections and waits for in-flight requests.
