@@ -119,6 +119,9 @@ fn completion_lit() -> impl Strategy<Value = String> {
 }
 
 proptest! {
+    // Cases from PROPTEST_CASES (256 by default); what a run finds becomes a named test below.
+    #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+
     #[test]
     fn openai_chat_requests(body in bytes_or_broken(request_lit().boxed())) {
         chat(&body);

@@ -211,6 +211,9 @@ const ANTHROPIC_EVENTS: &[&str] = &[
 ];
 
 proptest! {
+    // Cases from PROPTEST_CASES (256 by default); what a run finds becomes a named test below.
+    #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+
     #[test]
     fn sse_parser_gives_the_same_events_however_the_bytes_are_split(
         bytes in sse_bytes(json_lit().boxed(), OPENAI_EVENTS),
