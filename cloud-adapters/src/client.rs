@@ -28,6 +28,7 @@ use tokio::net::TcpStream;
 use tower::Service;
 
 use crate::error::{Error, Result};
+use crate::tls::{UpstreamTls, read_certs, read_key, read_roots};
 
 /// Connection settings for one provider's client.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,6 +44,9 @@ pub struct HttpConfig {
     /// burst ends, and the next burst pays a handshake for each, CPU that a gateway already
     /// behind on a stall can least afford.
     pub pool_max_idle_per_host: usize,
+    /// A client certificate for upstreams that ask for one, and CAs trusted besides the
+    /// system's.
+    pub tls: UpstreamTls,
 }
 
 impl Default for HttpConfig {
@@ -52,6 +56,7 @@ impl Default for HttpConfig {
             read_timeout: Duration::from_secs(300),
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: 1024,
+            tls: UpstreamTls::default(),
         }
     }
 }
@@ -233,7 +238,7 @@ impl HttpClient {
             proxies: proxies.clone(),
         };
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls_config()?)
+            .with_tls_config(tls_config(&config.tls)?)
             .https_or_http()
             .enable_http1()
             .enable_http2()
@@ -290,15 +295,18 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-fn tls_config() -> Result<rustls::ClientConfig> {
+fn tls_config(tls: &UpstreamTls) -> Result<rustls::ClientConfig> {
     install_crypto_provider();
-    let mut roots = rustls::RootCertStore::empty();
+    let mut roots = match &tls.extra_roots {
+        Some(path) => read_roots(path)?,
+        None => rustls::RootCertStore::empty(),
+    };
     let found = rustls_native_certs::load_native_certs();
     for err in &found.errors {
         tracing::warn!(error = %err, "could not read a system CA certificate");
     }
     let (added, ignored) = roots.add_parsable_certificates(found.certs);
-    if added == 0 {
+    if added == 0 && tls.extra_roots.is_none() {
         tracing::warn!(
             ignored,
             "no system CA certificates found; TLS upstreams will fail"
@@ -306,11 +314,19 @@ fn tls_config() -> Result<rustls::ClientConfig> {
     }
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     // ALPN (`h2`, then `http/1.1`) is set by the connector from the versions it enables.
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::HttpClient(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+        .with_root_certificates(roots);
+    match &tls.client_identity {
+        None => Ok(builder.with_no_client_auth()),
+        Some(identity) => builder
+            .with_client_auth_cert(read_certs(&identity.cert)?, read_key(&identity.key)?)
+            .map_err(|e| Error::Tls {
+                path: identity.key.clone(),
+                message: format!("does not fit {}: {e}", identity.cert.display()),
+            }),
+    }
 }
 
 tokio::task_local! {

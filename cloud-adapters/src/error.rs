@@ -13,6 +13,14 @@ pub enum Error {
     /// The HTTP client could not be built.
     #[error("http client: {0}")]
     HttpClient(String),
+    /// A TLS file (certificate, key, CA bundle) that cannot be used.
+    #[error("{}: {message}", path.display())]
+    Tls {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
     /// An I/O failure (binding the mock server, reading fixtures).
     #[error("io: {0}")]
     Io(#[from] std::io::Error),

@@ -10,6 +10,8 @@
 //! - [`providers`]: the generic HTTP provider over a wire format's codec; OpenAI-compatible and
 //!   Anthropic as its configurations, Azure's per-deployment pick, and the dummy for tests.
 //! - [`client`]: the pooled upstream HTTP client (hyper over rustls).
+//! - [`tls`]: PEM certificates, keys and CA bundles, and an upstream's client certificate and
+//!   extra CAs.
 //! - [`http`]: what the HTTP provider does on top of it, and the SSE-to-event plumbing.
 
 #![forbid(unsafe_code)]
@@ -20,6 +22,7 @@ pub mod client;
 pub mod http;
 pub mod provider;
 pub mod providers;
+pub mod tls;
 pub mod types;
 pub mod wire;
 

@@ -1,5 +1,6 @@
 //! Tandem gateway library: config, the HTTP server and its middleware, ingress/egress through the
-//! cloud adapters' wire formats, executors (local model, cloud providers) and metrics.
+//! cloud adapters' wire formats, executors (local model, cloud providers) and metrics; TLS on the
+//! listener.
 
 #![forbid(unsafe_code)]
 
@@ -23,6 +24,7 @@ pub mod server;
 pub mod speculative;
 pub mod state;
 pub mod store;
+pub mod tls;
 
 pub use error::{Error, Result};
 

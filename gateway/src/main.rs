@@ -343,7 +343,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .context("cannot start the server")?;
     tracing::info!(addr = %gateway.addr, "tandem listening");
     // The address goes to stdout too, so scripts (and tests) can read the bound port.
-    out(&format!("listening on http://{}", gateway.addr));
+    out(&format!("listening on {}", gateway.url()));
     if let Some(admin) = gateway.admin_addr {
         tracing::info!(addr = %admin, "admin API listening");
         out(&format!("admin API on http://{admin}"));
@@ -352,11 +352,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
         {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
+            use tokio::signal::unix::{SignalKind, signal};
+            let mut term = signal(SignalKind::terminate())?;
+            // SIGHUP reads the TLS certificate and key again at once.
+            let mut hangup = signal(SignalKind::hangup())?;
+            tokio::pin!(ctrl_c);
+            loop {
+                tokio::select! {
+                    _ = &mut ctrl_c => break,
+                    _ = term.recv() => break,
+                    _ = hangup.recv() => match gateway.reload_tls() {
+                        Ok(()) => tracing::info!("SIGHUP: TLS files reloaded"),
+                        Err(e) => tracing::warn!(error = %e, "SIGHUP: TLS files not reloaded; serving the previous ones"),
+                    },
+                }
             }
         }
         #[cfg(not(unix))]

@@ -58,6 +58,7 @@ fn try_build(config: &BackendConfig) -> Result<Arc<dyn Provider>, String> {
     let http = HttpConfig {
         connect_timeout: config.connect_timeout,
         read_timeout: config.request_timeout,
+        tls: config.tls.clone(),
         ..HttpConfig::default()
     };
     let client = HttpClient::new(&http).map_err(|e| e.to_string())?;

@@ -35,6 +35,7 @@ use crate::routing::{self, LearnedRouting};
 use crate::speculative::SpeculativeExecutor;
 use crate::speculative::service::gateway_routes as verify_routes;
 use crate::state::{AppState, FeedbackSink, MemoryFeedback, RequestLog};
+use crate::tls::{RELOAD_INTERVAL, ServerTls, TlsListener};
 
 /// How the local model gets loaded.
 #[derive(Clone, Default)]
@@ -300,23 +301,37 @@ pub struct Gateway {
     pub state: Arc<AppState>,
     /// The admin listener's bound address, when `server.admin_listen` is set.
     pub admin_addr: Option<SocketAddr>,
+    /// TLS on the listeners, when configured.
+    tls: Option<Arc<ServerTls>>,
     shutdown: Option<tokio::sync::watch::Sender<bool>>,
     task: JoinHandle<std::io::Result<()>>,
     admin_task: Option<JoinHandle<std::io::Result<()>>>,
 }
 
-/// Serves `app` on `listener` until `stop` turns true.
+/// Serves `app` on `listener` (over TLS when `tls` is set) until `stop` turns true.
 fn serve(
     listener: TcpListener,
     app: Router,
     mut stop: tokio::sync::watch::Receiver<bool>,
-) -> JoinHandle<std::io::Result<()>> {
-    tokio::spawn(async move {
-        axum::serve(no_delay(listener), app)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
+    tls: Option<Arc<ServerTls>>,
+) -> std::io::Result<JoinHandle<std::io::Result<()>>> {
+    let stop = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    Ok(match tls {
+        Some(tls) => {
+            let listener = TlsListener::new(no_delay(listener), tls)?;
+            tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stop)
+                    .await
             })
-            .await
+        }
+        None => tokio::spawn(async move {
+            axum::serve(no_delay(listener), app)
+                .with_graceful_shutdown(stop)
+                .await
+        }),
     })
 }
 
@@ -350,15 +365,24 @@ impl Gateway {
             Some(admin) => Some(bind(admin.listen)?),
             None => None,
         };
+        let tls = match &config.tls {
+            Some(settings) => {
+                let tls = ServerTls::load(settings).map_err(std::io::Error::other)?;
+                tls.watch(RELOAD_INTERVAL);
+                Some(tls)
+            }
+            None => None,
+        };
         let state = build_state(config, &options).map_err(std::io::Error::other)?;
         let app = router(state.clone());
         let (tx, rx) = tokio::sync::watch::channel(false);
-        let task = serve(listener, app, rx.clone());
+        let task = serve(listener, app, rx.clone(), tls.clone())?;
         let (admin_addr, admin_task) = match (admin_listener, &state.config.controls.admin) {
             (Some(l), Some(admin)) => {
                 let admin_addr = l.local_addr()?;
                 let app = crate::admin::router(state.clone(), admin);
-                (Some(admin_addr), Some(serve(l, app, rx)))
+                // The admin listener takes the same TLS (and client certificates) as the API.
+                (Some(admin_addr), Some(serve(l, app, rx, tls.clone())?))
             }
             _ => (None, None),
         };
@@ -366,15 +390,26 @@ impl Gateway {
             addr,
             state,
             admin_addr,
+            tls,
             shutdown: Some(tx),
             task,
             admin_task,
         })
     }
 
-    /// The base URL, `http://127.0.0.1:PORT`.
+    /// The base URL, `http://127.0.0.1:PORT` (`https://` with TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// Reads the TLS files again now (as on SIGHUP), without waiting for the change check; the
+    /// previous certificate stays when they cannot be used. Nothing to do without TLS.
+    pub fn reload_tls(&self) -> Result<(), crate::config::ConfigError> {
+        match &self.tls {
+            Some(tls) => tls.reload(),
+            None => Ok(()),
+        }
     }
 
     /// The admin API's base URL, when it listens.

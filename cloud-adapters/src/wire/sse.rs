@@ -22,6 +22,9 @@ pub struct SseParser {
     buf: Vec<u8>,
     /// Where the next unparsed line starts in `buf`.
     pos: usize,
+    /// How far `buf` is known to hold no line end, so that a long line arriving in many small
+    /// chunks is scanned once, not again from its start on every chunk.
+    scanned: usize,
     /// A `\r` ended the last line; a `\n` right after it belongs to it.
     after_cr: bool,
     started: bool,
@@ -42,8 +45,10 @@ impl SseParser {
         if self.pos > 0 && self.pos == self.buf.len() {
             self.buf.clear();
             self.pos = 0;
+            self.scanned = 0;
         } else if self.pos > 4096 {
             self.buf.drain(..self.pos);
+            self.scanned = self.scanned.saturating_sub(self.pos);
             self.pos = 0;
         }
         self.buf.extend_from_slice(chunk);
@@ -69,9 +74,15 @@ impl SseParser {
                 }
                 self.after_cr = false;
             }
-            let rest = &self.buf[self.pos..];
-            let end = rest.iter().position(|&b| b == b'\n' || b == b'\r')?;
-            let line_end = self.pos + end;
+            let from = self.scanned.max(self.pos);
+            let Some(end) = self.buf[from..]
+                .iter()
+                .position(|&b| b == b'\n' || b == b'\r')
+            else {
+                self.scanned = self.buf.len();
+                return None;
+            };
+            let line_end = from + end;
             if self.buf[line_end] == b'\r' {
                 self.after_cr = true;
             }

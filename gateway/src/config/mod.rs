@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 // Re-exported so config callers and tests keep one import; the trait lives with the fetcher.
 pub use tandem_artifacts::{EnvSource, MapEnv, ProcessEnv};
 use tandem_cloud_adapters::providers::presets::{self, Preset};
+use tandem_cloud_adapters::tls::{PemIdentity, UpstreamTls};
 use tandem_local_model::WeightFormat;
 use tandem_router_policy::Placement;
 pub use tandem_router_policy::Price;
@@ -136,6 +137,8 @@ pub struct BackendConfig {
     pub connect_timeout: Duration,
     /// Whole-request timeout.
     pub request_timeout: Duration,
+    /// Its client certificate and extra CAs.
+    pub tls: UpstreamTls,
     /// How it verifies draft tokens (`none`: never a speculative target).
     pub verify: VerifyProtocol,
     /// For `speculative` backends: the target and the drafter.
@@ -302,11 +305,22 @@ impl Default for LocalConfig {
     }
 }
 
+/// TLS on a listener: PEM files, read at start and again whenever they change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// The served certificate chain and its key.
+    pub identity: PemIdentity,
+    /// mTLS: the CAs a client certificate must chain to (clients without one are refused).
+    pub client_ca: Option<PathBuf>,
+}
+
 /// The validated runtime configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Where to listen.
     pub listen: SocketAddr,
+    /// TLS on `listen`; plain HTTP when absent.
+    pub tls: Option<TlsSettings>,
     /// sha256 digests of accepted API keys; empty means no auth.
     pub api_key_hashes: Vec<[u8; 32]>,
     /// Limits.
@@ -383,6 +397,8 @@ impl Config {
         })?;
 
         let mut controls = controls::validate(&raw, env)?;
+        let tls = validate_server_tls(&raw.server)?;
+
         let mut api_key_hashes = Vec::new();
         for (i, h) in raw.server.api_key_hashes.iter().enumerate() {
             let bytes = hex::decode(h.trim()).ok().and_then(|b| <[u8; 32]>::try_from(b).ok()).ok_or_else(|| {
@@ -654,6 +670,7 @@ impl Config {
         let observability = observability::validate_observability(raw.observability)?;
         Ok(Self {
             listen,
+            tls,
             api_key_hashes,
             limits,
             local,
@@ -672,6 +689,17 @@ impl Config {
     pub fn summary(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "listen: {}", self.listen);
+        if let Some(tls) = &self.tls {
+            let _ = writeln!(
+                s,
+                "tls: {}{}",
+                tls.identity.cert.display(),
+                tls.client_ca.as_ref().map_or(String::new(), |ca| format!(
+                    ", client certificates required (CA {})",
+                    ca.display()
+                ))
+            );
+        }
         let _ = writeln!(
             s,
             "auth: {}",
@@ -747,6 +775,7 @@ fn unreachable_default() -> Config {
     // The empty config always validates; this keeps `default_local` free of panics anyway.
     Config {
         listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        tls: None,
         api_key_hashes: Vec::new(),
         limits: Limits::default(),
         local: Some(LocalConfig::default()),
@@ -778,6 +807,7 @@ fn local_backend(name: &str) -> BackendConfig {
         price: Price::default(),
         connect_timeout: Duration::from_secs(10),
         request_timeout: Duration::from_secs(600),
+        tls: UpstreamTls::default(),
         verify: VerifyProtocol::None,
         speculative: None,
         profile: BackendProfileConfig::default_for(BackendKind::Local),
@@ -892,6 +922,7 @@ fn validate_backend(
         }
     };
     let speculative = validate_speculative(name, kind, &b)?;
+    let tls = validate_upstream_tls(name, kind, &b)?;
     let base_url = match (kind, b.base_url) {
         (BackendKind::Local, Some(_)) => {
             return Err(invalid(path("base_url"), "a local backend has no base_url"));
@@ -1021,10 +1052,91 @@ fn validate_backend(
         price,
         connect_timeout: ms(b.connect_timeout_ms, "connect_timeout_ms", 10_000)?,
         request_timeout: ms(b.request_timeout_ms, "request_timeout_ms", 600_000)?,
+        tls,
         verify,
         speculative,
         profile,
     })
+}
+
+/// A path key: absent, or a non-empty path.
+fn path_key(value: Option<&String>, path: &str) -> Result<Option<PathBuf>, ConfigError> {
+    match value {
+        Some(v) if v.trim().is_empty() => Err(invalid(path, "must be a file path")),
+        v => Ok(v.map(PathBuf::from)),
+    }
+}
+
+/// A certificate and its key: both or neither.
+fn pem_identity(
+    cert: Option<&String>,
+    key: Option<&String>,
+    cert_path: &str,
+    key_path: &str,
+) -> Result<Option<PemIdentity>, ConfigError> {
+    match (path_key(cert, cert_path)?, path_key(key, key_path)?) {
+        (Some(cert), Some(key)) => Ok(Some(PemIdentity { cert, key })),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(invalid(key_path, format!("required with {cert_path}"))),
+        (None, Some(_)) => Err(invalid(cert_path, format!("required with {key_path}"))),
+    }
+}
+
+/// `server.tls_cert`, `tls_key` and `tls_client_ca`. The files are read when the server starts.
+fn validate_server_tls(server: &raw::RawServer) -> Result<Option<TlsSettings>, ConfigError> {
+    let identity = pem_identity(
+        server.tls_cert.as_ref(),
+        server.tls_key.as_ref(),
+        "server.tls_cert",
+        "server.tls_key",
+    )?;
+    let client_ca = path_key(server.tls_client_ca.as_ref(), "server.tls_client_ca")?;
+    match identity {
+        Some(identity) => Ok(Some(TlsSettings {
+            identity,
+            client_ca,
+        })),
+        None if client_ca.is_some() => Err(invalid(
+            "server.tls_client_ca",
+            "client certificates need TLS: set server.tls_cert and server.tls_key too",
+        )),
+        None => Ok(None),
+    }
+}
+
+/// A backend's `client_cert`, `client_key` and `ca_cert`: for backends reached over HTTP only.
+fn validate_upstream_tls(
+    name: &str,
+    kind: BackendKind,
+    b: &RawBackend,
+) -> Result<UpstreamTls, ConfigError> {
+    let path = |key: &str| format!("backends.{name}.{key}");
+    let tls = UpstreamTls {
+        client_identity: pem_identity(
+            b.client_cert.as_ref(),
+            b.client_key.as_ref(),
+            &path("client_cert"),
+            &path("client_key"),
+        )?,
+        extra_roots: path_key(b.ca_cert.as_ref(), &path("ca_cert"))?,
+    };
+    if matches!(kind, BackendKind::Local | BackendKind::Speculative)
+        && tls != UpstreamTls::default()
+    {
+        let key = if b.client_cert.is_some() {
+            "client_cert"
+        } else {
+            "ca_cert"
+        };
+        return Err(invalid(
+            path(key),
+            format!(
+                "a {} backend makes no connection of its own (set it on the backend it reaches)",
+                kind.as_str()
+            ),
+        ));
+    }
+    Ok(tls)
 }
 
 /// The speculative keys of one backend: required on `speculative`, refused elsewhere.
@@ -1322,6 +1434,69 @@ mod tests {
         assert_eq!(c.routes["gpt"].backends, ["oai"]);
         assert_eq!(c.backends["oai"].upstream_model("gpt"), "gpt-4o");
         assert!(c.local.is_none());
+    }
+
+    #[test]
+    fn tls_keys_come_in_pairs_and_name_their_path() {
+        let c = Config::from_toml_str(
+            "[server]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\ntls_client_ca = \"ca.pem\"\n",
+            &MapEnv::default(),
+        )
+        .unwrap();
+        let tls = c.tls.as_ref().unwrap();
+        assert_eq!(tls.identity.cert, PathBuf::from("c.pem"));
+        assert_eq!(tls.client_ca.as_deref(), Some(Path::new("ca.pem")));
+        assert!(
+            c.summary()
+                .contains("tls: c.pem, client certificates required")
+        );
+        assert!(Config::default_local().tls.is_none());
+        let e = err("[server]\ntls_cert = \"c.pem\"\n");
+        assert_eq!(e, "server.tls_key: required with server.tls_cert");
+        let e = err("[server]\ntls_key = \"k.pem\"\n");
+        assert_eq!(e, "server.tls_cert: required with server.tls_key");
+        let e = err("[server]\ntls_client_ca = \"ca.pem\"\n");
+        assert!(
+            e.starts_with("server.tls_client_ca: client certificates need TLS"),
+            "{e}"
+        );
+        let e = err("[server]\ntls_cert = \" \"\ntls_key = \"k.pem\"\n");
+        assert_eq!(e, "server.tls_cert: must be a file path");
+        // Through the environment too.
+        let env = MapEnv::from_pairs([
+            ("TANDEM__SERVER__TLS_CERT", "/etc/tandem/c.pem"),
+            ("TANDEM__SERVER__TLS_KEY", "/etc/tandem/k.pem"),
+        ]);
+        let c = Config::default_local_with(&env).unwrap();
+        assert_eq!(
+            c.tls.map(|t| t.identity.key),
+            Some(PathBuf::from("/etc/tandem/k.pem"))
+        );
+    }
+
+    #[test]
+    fn upstream_client_certificates_belong_to_backends_that_connect() {
+        let c = Config::from_toml_str(
+            "[backends.up]\nkind = \"openai-compatible\"\nbase_url = \"https://up.internal/v1\"\nclient_cert = \"c.pem\"\nclient_key = \"k.pem\"\nca_cert = \"ca.pem\"\n",
+            &MapEnv::default(),
+        )
+        .unwrap();
+        let tls = &c.backends["up"].tls;
+        assert_eq!(
+            tls.client_identity.as_ref().map(|i| i.key.clone()),
+            Some(PathBuf::from("k.pem"))
+        );
+        assert_eq!(tls.extra_roots.as_deref(), Some(Path::new("ca.pem")));
+        let e = err("[backends.up]\nkind = \"anthropic\"\nclient_cert = \"c.pem\"\n");
+        assert_eq!(
+            e,
+            "backends.up.client_key: required with backends.up.client_cert"
+        );
+        let e = err("[backends.me]\nkind = \"local\"\nca_cert = \"ca.pem\"\n");
+        assert!(
+            e.starts_with("backends.me.ca_cert: a local backend makes no connection"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -70,6 +70,13 @@ pub struct RawServer {
     pub admin_key_hashes: Vec<String>,
     /// Name of an environment variable holding an admin key in clear.
     pub admin_key_env: Option<String>,
+    /// TLS: the certificate chain (PEM) served on `listen`; with `tls_key`.
+    pub tls_cert: Option<String>,
+    /// TLS: the certificate's private key (PEM); with `tls_cert`.
+    pub tls_key: Option<String>,
+    /// mTLS: CA certificates (PEM) that clients' certificates must chain to; clients without
+    /// one are refused.
+    pub tls_client_ca: Option<String>,
 }
 
 /// `[limits]`.
@@ -137,6 +144,12 @@ pub struct RawBackend {
     pub connect_timeout_ms: Option<u64>,
     /// Whole-request timeout for this backend.
     pub request_timeout_ms: Option<u64>,
+    /// Client certificate chain (PEM) presented to this upstream; with `client_key`.
+    pub client_cert: Option<String>,
+    /// The client certificate's private key (PEM); with `client_cert`.
+    pub client_key: Option<String>,
+    /// CA certificates (PEM) trusted for this upstream besides the system's.
+    pub ca_cert: Option<String>,
     /// How this backend verifies draft tokens: `vllm`, `sglang`, `tandem` or `none`
     /// (`openai-compatible` only).
     pub verify: Option<String>,

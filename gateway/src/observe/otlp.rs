@@ -97,6 +97,7 @@ impl Sender {
             read_timeout: Duration::from_secs(10),
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: 4,
+            ..HttpConfig::default()
         }) {
             Ok(c) => c,
             Err(e) => {

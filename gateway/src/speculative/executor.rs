@@ -109,6 +109,7 @@ impl SpeculativeExecutor {
         let http = HttpConfig {
             connect_timeout: target.connect_timeout,
             read_timeout: target.request_timeout,
+            tls: target.tls.clone(),
             ..HttpConfig::default()
         };
         let client = HttpClient::new(&http).map_err(|e| Error::Internal(e.to_string()))?;

@@ -58,8 +58,30 @@ pub fn decode_messages_request(body: &[u8]) -> Result<ChatRequest, WireError> {
             "'messages' must not be empty",
         ));
     }
+    let last = items.len() - 1;
     for (i, item) in items.iter().enumerate() {
-        messages.push(decode_message(item, i)?);
+        let (message, sent_empty) = decode_message(item, i)?;
+        // As the API itself: every turn says something but a final assistant one (an empty
+        // prefill). An empty turn would be left out upstream, changing the conversation.
+        if sent_empty && !(i == last && message.role == Role::Assistant) {
+            return Err(WireError::invalid_value(
+                &format!("messages[{i}].content"),
+                format!(
+                    "'messages[{i}].content' must not be empty (only a final assistant message may be)"
+                ),
+            ));
+        }
+        messages.push(message);
+    }
+    // Thinking blocks are not sent on; a conversation of nothing else has nothing to send.
+    if messages
+        .iter()
+        .all(|m| m.role == Role::System || is_empty(m))
+    {
+        return Err(WireError::invalid_value(
+            "messages",
+            "'messages' has no content to send (thinking blocks alone are not sent)",
+        ));
     }
     let tools = match opt(&obj, "tools") {
         None => Vec::new(),
@@ -122,7 +144,19 @@ pub fn decode_messages_request(body: &[u8]) -> Result<ChatRequest, WireError> {
     })
 }
 
-fn decode_message(item: &Value, i: usize) -> Result<Message, WireError> {
+/// Whether a message carries nothing: no part, or only empty text.
+fn is_empty(message: &Message) -> bool {
+    is_empty_parts(&message.content)
+}
+
+fn is_empty_parts(parts: &[ContentPart]) -> bool {
+    parts
+        .iter()
+        .all(|part| matches!(part, ContentPart::Text { text } if text.is_empty()))
+}
+
+/// One message, and whether it was sent with nothing in it (no block, or only empty text).
+fn decode_message(item: &Value, i: usize) -> Result<(Message, bool), WireError> {
     let param = format!("messages[{i}]");
     let obj = json::as_object(item, &param)?;
     let role_param = format!("{param}.role");
@@ -156,11 +190,18 @@ fn decode_message(item: &Value, i: usize) -> Result<Message, WireError> {
             ));
         }
     };
-    Ok(Message {
-        role,
-        content,
-        name: None,
-    })
+    let sent_empty = match opt(obj, "content") {
+        Some(Value::Array(blocks)) => blocks.len() == content.len() && is_empty_parts(&content),
+        _ => is_empty_parts(&content),
+    };
+    Ok((
+        Message {
+            role,
+            content,
+            name: None,
+        },
+        sent_empty,
+    ))
 }
 
 fn decode_block(block: &Value, bp: &str) -> Result<Option<ContentPart>, WireError> {
