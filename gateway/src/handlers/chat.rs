@@ -19,7 +19,10 @@ use tandem_cloud_adapters::{
 use super::{
     finish_response, json_bytes_response, read_body, request_id, sse_response, wire_error,
 };
+use crate::config::BackendKind;
 use crate::context::FirstTokenDeadline;
+use crate::controls::Ticket;
+use crate::controls::spend::Charge;
 use crate::dispatch::{run_chat, run_chat_completion, run_stream};
 use crate::error::{ApiFlavor, Error};
 use crate::metrics::BackendLabels;
@@ -62,6 +65,7 @@ async fn handle(state: Arc<AppState>, request: Request, format: WireFormat) -> R
         Err(e) => return e.into_response_for(flavor),
     };
     let model = chat.model.clone();
+    let ticket = parts.extensions.get::<Ticket>().cloned();
     let (mut response, route) = if chat.stream {
         let deadline = parts
             .extensions
@@ -78,6 +82,7 @@ async fn handle(state: Arc<AppState>, request: Request, format: WireFormat) -> R
                     include_usage,
                     model.clone(),
                     route.backend.clone(),
+                    ticket,
                 );
                 (sse_response(body), route)
             }
@@ -99,7 +104,7 @@ async fn handle(state: Arc<AppState>, request: Request, format: WireFormat) -> R
         };
         match result {
             Ok((body, usage)) => {
-                record_usage(&state, &model, &route.backend, &usage);
+                record_usage(&state, &model, &route.backend, &usage, ticket.as_ref());
                 (json_bytes_response(body), route)
             }
             Err(e) => (e.into_response_for(flavor), route),
@@ -131,8 +136,16 @@ fn validate(chat: ChatRequest) -> Result<ChatRequest, Error> {
     Ok(chat)
 }
 
-/// Counts tokens and cost from what `backend` reported, on `route` (the model id asked for).
-pub fn record_usage(state: &AppState, route: &str, backend: &str, usage: &Usage) {
+/// Counts tokens and cost from what `backend` reported, on `route` (the model id asked for),
+/// charges the spend (a local answer's as savings against the route's cloud price) and settles
+/// the request's token reservation.
+pub fn record_usage(
+    state: &AppState,
+    route: &str,
+    backend: &str,
+    usage: &Usage,
+    ticket: Option<&Ticket>,
+) {
     // A speculative answer is billed for what its target processed: every verify round's
     // context (cached or not) and the target's own output, not the client-facing counts.
     let (input, output, cached) = match &usage.speculative {
@@ -147,10 +160,8 @@ pub fn record_usage(state: &AppState, route: &str, backend: &str, usage: &Usage)
             usage.cached_prompt_tokens,
         ),
     };
-    let cost = state
-        .executors
-        .get(backend)
-        .map_or(0.0, |e| e.price().cost(input, cached, output));
+    let executor = state.executors.get(backend);
+    let cost = executor.map_or(0.0, |e| e.price().cost(input, cached, output));
     state.metrics.record_usage(
         route,
         backend,
@@ -159,6 +170,41 @@ pub fn record_usage(state: &AppState, route: &str, backend: &str, usage: &Usage)
         usage.cached_prompt_tokens,
         cost,
     );
+    let savings = if executor.is_some_and(|e| e.kind() == BackendKind::Local) {
+        avoided_cost(state, route, usage)
+    } else {
+        0.0
+    };
+    if let Some(t) = ticket {
+        t.settle(usage.prompt_tokens + usage.completion_tokens);
+    }
+    state.controls.record(Charge {
+        key: ticket.and_then(|t| t.key().map(str::to_owned)),
+        route: route.to_owned(),
+        backend: backend.to_owned(),
+        cost,
+        savings,
+    });
+}
+
+/// What a local answer would have cost on the priciest cloud backend of its route (0 on a route
+/// with none).
+fn avoided_cost(state: &AppState, route: &str, usage: &Usage) -> f64 {
+    let Some(r) = state.config.routes.get(route) else {
+        return 0.0;
+    };
+    r.backends
+        .iter()
+        .filter_map(|b| state.executors.get(b))
+        .filter(|e| e.kind() != BackendKind::Local)
+        .map(|e| {
+            e.price().cost(
+                usage.prompt_tokens,
+                usage.cached_prompt_tokens,
+                usage.completion_tokens,
+            )
+        })
+        .fold(0.0, f64::max)
 }
 
 /// One stream's encoder in the client's format.
@@ -198,6 +244,8 @@ struct StreamAccounting {
     usage: Option<Usage>,
     started: StdInstant,
     first_token_seen: bool,
+    /// The request's hold on its token limiters (settled or given back at the end).
+    ticket: Option<Ticket>,
 }
 
 impl StreamAccounting {
@@ -218,7 +266,13 @@ impl StreamAccounting {
 impl Drop for StreamAccounting {
     fn drop(&mut self) {
         if let Some(usage) = self.usage.take() {
-            record_usage(&self.state, &self.route, &self.backend, &usage);
+            record_usage(
+                &self.state,
+                &self.route,
+                &self.backend,
+                &usage,
+                self.ticket.as_ref(),
+            );
         }
     }
 }
@@ -243,12 +297,13 @@ fn sse_body(
     include_usage: bool,
     route: String,
     backend: String,
+    ticket: Option<Ticket>,
 ) -> Body {
     let encoder = match format {
         WireFormat::OpenAi => Encoder::OpenAi(openai::ChunkEncoder::new(include_usage)),
         WireFormat::Anthropic => Encoder::Anthropic(anthropic::EventEncoder::new()),
     };
-    encoded_sse_body(state, events, encoder, route, backend)
+    encoded_sse_body(state, events, encoder, route, backend, ticket)
 }
 
 /// Encodes a stream of events as SSE with `encoder`, with the same guarantees as [`sse_body`].
@@ -258,6 +313,7 @@ pub(crate) fn encoded_sse_body(
     encoder: Encoder,
     route: String,
     backend: String,
+    ticket: Option<Ticket>,
 ) -> Body {
     let stream = SseStream {
         events,
@@ -272,6 +328,7 @@ pub(crate) fn encoded_sse_body(
             usage: None,
             started: StdInstant::now(),
             first_token_seen: false,
+            ticket,
         },
     };
     let frames = futures::stream::unfold(stream, |mut s| async move {

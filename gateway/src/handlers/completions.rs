@@ -23,6 +23,7 @@ use super::{
     wire_error,
 };
 use crate::context::FirstTokenDeadline;
+use crate::controls::Ticket;
 use crate::dispatch::run_completion;
 use crate::error::{ApiFlavor, Error};
 use crate::executor::completion::{LocalCompletion, LocalStream};
@@ -69,11 +70,12 @@ pub async fn completions(State(state): State<Arc<AppState>>, request: Request) -
         Ok(c) => c,
         Err(e) => return e.into_response_for(ApiFlavor::OpenAi),
     };
+    let ticket = parts.extensions.get::<Ticket>().cloned();
     let (result, route) = run_completion(&state, &call, &hints, deadline).await;
     let model = call.request.model.clone();
     let answered = result.is_ok();
     let mut response = match result {
-        Ok(output) => encode(&state, output, call.request, &route.backend),
+        Ok(output) => encode(&state, output, call.request, &route.backend, ticket),
         Err(e) => e.into_response_for(ApiFlavor::OpenAi),
     };
     finish_response(&state, &mut response, &id, &route, model, answered);
@@ -86,10 +88,17 @@ fn encode(
     output: CompletionOutput,
     request: CompletionRequest,
     backend: &str,
+    ticket: Option<Ticket>,
 ) -> Response {
     match output {
         CompletionOutput::Answer(answer) => {
-            record_usage(state, &request.model, backend, &answer.usage);
+            record_usage(
+                state,
+                &request.model,
+                backend,
+                &answer.usage,
+                ticket.as_ref(),
+            );
             json_bytes_response(encode_completion_response(&answer, None))
         }
         CompletionOutput::Events(events) => {
@@ -100,15 +109,22 @@ fn encode(
                 encoder,
                 request.model,
                 backend.to_owned(),
+                ticket,
             );
             sse_response(body)
         }
         CompletionOutput::Local(answer) => {
-            record_usage(state, &request.model, backend, &answer.usage);
+            record_usage(
+                state,
+                &request.model,
+                backend,
+                &answer.usage,
+                ticket.as_ref(),
+            );
             json_response(&local_body(&request.model, answer))
         }
         CompletionOutput::LocalStream(stream) => {
-            stream_response(state.clone(), stream, request, backend.to_owned())
+            stream_response(state.clone(), stream, request, backend.to_owned(), ticket)
         }
     }
 }
@@ -159,6 +175,7 @@ fn stream_response(
     stream: LocalStream,
     request: CompletionRequest,
     backend: String,
+    ticket: Option<Ticket>,
 ) -> Response {
     struct S {
         rx: Option<tokio::sync::mpsc::Receiver<GenerateEvent>>,
@@ -169,6 +186,7 @@ fn stream_response(
         include_usage: bool,
         state: Arc<AppState>,
         backend: String,
+        ticket: Option<Ticket>,
     }
     let s = S {
         rx: Some(stream.events),
@@ -179,6 +197,7 @@ fn stream_response(
         include_usage: request.include_usage,
         state,
         backend,
+        ticket,
     };
     let frames = futures::stream::unfold(s, |mut s| async move {
         loop {
@@ -216,7 +235,7 @@ fn stream_response(
                     s.rx = None;
                     let usage =
                         engine_usage(prompt_tokens, completion_tokens, cached_prompt_tokens);
-                    record_usage(&s.state, &s.model, &s.backend, &usage);
+                    record_usage(&s.state, &s.model, &s.backend, &usage, s.ticket.as_ref());
                     let finish = finish_reason_str(finish_reason(reason));
                     let mut out =
                         chunk(&s.id, s.created, &s.model, "", Value::Null, Some(finish)).to_vec();
