@@ -235,7 +235,11 @@ impl KeyRegistry {
         };
         // A store in this process answers at once; until Redis does, the mirror's records are
         // what this replica knows.
-        if let Some(listed) = registry.store.list_now(KEY_PREFIX) {
+        if let Some(listed) = registry
+            .store
+            .list_now(KEY_PREFIX)
+            .filter(|l| !l.is_empty())
+        {
             registry.replace(
                 listed
                     .iter()
