@@ -82,6 +82,13 @@ pub struct EndpointLabels {
     pub endpoint: &'static str,
 }
 
+/// Labels of a virtual key's spend.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyLabels {
+    /// The key's id (`vk_...`): bounded by the keys an admin made.
+    pub key: String,
+}
+
 /// Labels of the decisions counter: the choice's kind only (low cardinality).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DecisionLabels {
@@ -165,6 +172,10 @@ pub struct Metrics {
     pub speculative_fallbacks: Family<BackendLabels, Counter>,
     /// Routing policy decisions by choice (local, cloud, cascade, speculative, reject).
     pub route_decisions: Family<DecisionLabels, Counter>,
+    /// Dollars spent by virtual key.
+    pub key_spend: Family<KeyLabels, Counter<f64, AtomicU64>>,
+    /// Dollars local answers saved against their route's cloud price.
+    pub savings: Family<CostLabels, Counter<f64, AtomicU64>>,
     /// 1 while the shared state store answers, 0 while it is unreachable.
     pub store_up: Gauge,
     /// Shared state store operations that failed or timed out.
@@ -444,6 +455,18 @@ impl Metrics {
             "Routing policy decisions by choice",
             route_decisions.clone(),
         );
+        let key_spend = Family::<KeyLabels, Counter<f64, AtomicU64>>::default();
+        registry.register(
+            "key_spend_dollars",
+            "Spend by virtual key, from usage and configured prices",
+            key_spend.clone(),
+        );
+        let savings = Family::<CostLabels, Counter<f64, AtomicU64>>::default();
+        registry.register(
+            "savings_dollars",
+            "Cloud cost avoided by local answers, at the route's cloud price",
+            savings.clone(),
+        );
         let store_up = Gauge::default();
         registry.register(
             "store_up",
@@ -457,6 +480,8 @@ impl Metrics {
             store_errors.clone(),
         );
         Self {
+            key_spend,
+            savings,
             store_up,
             store_errors,
             route_decisions,
@@ -565,6 +590,25 @@ impl Metrics {
                 route: route.to_owned(),
             })
             .inc();
+    }
+
+    /// Adds to a virtual key's spend.
+    pub fn record_key_spend(&self, key: &str, dollars: f64) {
+        self.key_spend
+            .get_or_create(&KeyLabels {
+                key: key.to_owned(),
+            })
+            .inc_by(dollars);
+    }
+
+    /// Adds what a local answer on `route` saved.
+    pub fn record_savings(&self, route: &str, backend: &str, dollars: f64) {
+        self.savings
+            .get_or_create(&CostLabels {
+                route: route.to_owned(),
+                backend: backend.to_owned(),
+            })
+            .inc_by(dollars);
     }
 
     /// The Prometheus text exposition.

@@ -25,8 +25,9 @@ use crate::handlers::{chat, completions, ops};
 use crate::metrics::Metrics;
 use crate::middleware::{
     auth::AuthLayer, body_limit::BodyLimitLayer, concurrency::LoadShedLayer,
-    first_token_timeout::FirstTokenTimeoutLayer, metrics::MetricsLayer, observe::ObserveLayer,
-    request_id::RequestIdLayer, route_header::RouteHeaderLayer, timeout::TimeoutLayer, trace,
+    controls::ControlsLayer, first_token_timeout::FirstTokenTimeoutLayer, metrics::MetricsLayer,
+    observe::ObserveLayer, request_id::RequestIdLayer, route_header::RouteHeaderLayer,
+    timeout::TimeoutLayer, trace,
 };
 use crate::observe::Observer;
 use crate::providers::build_provider;
@@ -156,7 +157,8 @@ pub fn build_state(config: Config, options: &GatewayOptions) -> Result<Arc<AppSt
             .map(|(name, b)| (name.as_str(), b.kind)),
     );
     let store = crate::store::open(&config, &metrics, &FetchEnv)?;
-    let controls = crate::controls::Controls::start(&config, store.clone(), &FetchEnv);
+    let controls =
+        crate::controls::Controls::start(&config, store.clone(), metrics.clone(), &FetchEnv);
     let config = Arc::new(config);
     let observer = Observer::start(config.clone(), metrics.clone());
     Ok(Arc::new(AppState {
@@ -276,7 +278,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         )) // 429 + retry-after over the concurrency limit
         .layer(TimeoutLayer::new(limits.request_timeout)) // total time: 504, or an error event mid-stream
         .layer(FirstTokenTimeoutLayer::new(limits.first_token_timeout)) // a stream's first event must come in time
-        .layer(BodyLimitLayer::new(limits.max_body_bytes)); // 413 for bodies over the limit
+        .layer(BodyLimitLayer::new(limits.max_body_bytes)) // 413 for bodies over the limit
+        .layer(ControlsLayer::new(state.controls.clone())); // a key's models and budget, rate limits (403/429 before any upstream call), x-ratelimit-* headers
     Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/completions", post(completions::completions))

@@ -7,10 +7,21 @@
 #![allow(clippy::print_stderr, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use serde_json::{Value, json};
-use tandem_gateway::config::hash_api_key;
-use tandem_tests::Harness;
+use tandem_gateway::config::{Config, hash_api_key};
+use tandem_gateway::{Gateway, GatewayOptions, LocalLoad};
+use tandem_lab::mock::{Fixtures, MockConfig, MockUpstream};
+use tandem_tests::{Harness, client, config_text, test_env};
+
+/// What the mock reports for every plain answer (its fixtures): 1117 prompt tokens of which
+/// 1024 cached, 10 completion tokens; at the test config's `openai` prices (1, 2 and 0.5 dollars
+/// per million input, output and cached input tokens) that is this many dollars.
+const ANSWER_COST: f64 = (93.0 * 1.0 + 1024.0 * 0.5 + 10.0 * 2.0) / 1e6;
+/// Tokens of one plain answer.
+const ANSWER_TOKENS: u64 = 1127;
 
 const ADMIN_KEY: &str = "admin-secret";
 
@@ -235,4 +246,537 @@ async fn the_cli_creates_lists_and_revokes_keys() {
     });
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+}
+
+fn redis_url() -> Option<String> {
+    match std::env::var("TANDEM_TEST_REDIS_URL") {
+        Ok(url) => Some(url),
+        Err(_) => {
+            eprintln!("skipped: TANDEM_TEST_REDIS_URL is not set (scripts/test.sh starts Redis)");
+            None
+        }
+    }
+}
+
+/// Top-level config lines for the store: Redis at `url` under a prefix of its own, or nothing
+/// (the embedded store).
+fn store_lines(redis: Option<&str>) -> String {
+    match redis {
+        Some(url) => format!(
+            "redis_url = \"{url}\"\n[store]\nprefix = \"tandem-test-{}\"\ntimeout_ms = 250\n",
+            uuid_like()
+        ),
+        None => String::new(),
+    }
+}
+
+fn uuid_like() -> String {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let n = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{n:x}-{}", std::process::id())
+}
+
+/// Tandem in front of the mock with `top` (top-level lines and tables before `[server]`) and
+/// `server` (lines of `[server]`), its embedded store (when used) in `state_dir`.
+async fn start(top: &str, server: &str, state_dir: Option<tempfile::TempDir>) -> Harness {
+    let (_addr, mock) = MockUpstream::start_with(Fixtures::builtin(), MockConfig::default())
+        .await
+        .unwrap();
+    let text = format!("{top}\n{}", config_text(&mock.base_url(), server));
+    let mut config = Config::from_toml_str(&text, &test_env()).unwrap();
+    let state_dir = state_dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
+    config.controls.store.path = Some(state_dir.path().join("store.log"));
+    let options = GatewayOptions {
+        local: LocalLoad::Offline,
+        quiet: true,
+        ..GatewayOptions::default()
+    };
+    let gateway = Gateway::start(config, options).await.unwrap();
+    // A replica with Redis connects in the background: serve once it has.
+    for _ in 0..100 {
+        if gateway.state.store.is_up() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Harness {
+        gateway,
+        mock,
+        client: client(),
+        state_dir,
+    }
+}
+
+/// The `[server]` lines with the admin listener, and a route `limited` on the mock's OpenAI
+/// backend with `limits` (TOML lines).
+fn limited_route(limits: &str) -> String {
+    format!(
+        "{}\n[routes.limited]\nbackends = [\"openai\"]\n{limits}\n",
+        admin_server()
+    )
+}
+
+async fn create_key(h: &Harness, spec: Value) -> (String, String) {
+    let (status, created) = admin(h, reqwest::Method::POST, "/admin/keys", Some(spec)).await;
+    assert_eq!(status, 201, "{created}");
+    (
+        created["key"].as_str().unwrap().to_owned(),
+        created["id"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// Today's spend report, once `want` holds of it (charges land in the background).
+async fn spend_when(h: &Harness, want: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..100 {
+        let (status, report) = admin(h, reqwest::Method::GET, "/admin/spend", None).await;
+        assert_eq!(status, 200, "{report}");
+        if want(&report) {
+            return report;
+        }
+        last = report;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the spend report never got there: {last}");
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() < 1e-12
+}
+
+async fn limits_hold_with_openai_and_anthropic_shapes(redis: Option<&str>) {
+    let h = start(
+        &store_lines(redis),
+        &limited_route("requests_per_minute = 3\n"),
+        None,
+    )
+    .await;
+    let mut accepted = 0;
+    for i in 0..5 {
+        let (status, headers, body) = h
+            .post("/v1/chat/completions", &hello("limited"))
+            .await
+            .unwrap();
+        assert_eq!(headers["x-ratelimit-limit-requests"], "3");
+        if status == 200 {
+            accepted += 1;
+            assert_eq!(
+                headers["x-ratelimit-remaining-requests"],
+                (2 - i).to_string().as_str()
+            );
+            assert!(headers.contains_key("x-ratelimit-reset-requests"));
+        } else {
+            assert_eq!(status, 429, "{body}");
+            assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+            assert_eq!(body["error"]["type"], "requests");
+            let wait: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+            assert!((1..=20).contains(&wait), "{wait}");
+        }
+    }
+    assert_eq!(accepted, 3);
+    // Anthropic's shape on /v1/messages.
+    let (status, _, body) = h
+        .post(
+            "/v1/messages",
+            &json!({"model": "limited", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["type"], "error");
+    assert_eq!(body["error"]["type"], "rate_limit_error");
+    // Other routes are not limited.
+    assert_eq!(
+        h.post("/v1/chat/completions", &hello("gpt"))
+            .await
+            .unwrap()
+            .0,
+        200
+    );
+}
+
+#[tokio::test]
+async fn route_limits_hold_on_the_embedded_store() {
+    limits_hold_with_openai_and_anthropic_shapes(None).await;
+}
+
+#[tokio::test]
+async fn route_limits_hold_on_redis() {
+    let Some(url) = redis_url() else { return };
+    limits_hold_with_openai_and_anthropic_shapes(Some(&url)).await;
+}
+
+/// A key's token limit: the reservation is corrected to the real usage, streams too.
+async fn token_limits_follow_real_usage(redis: Option<&str>) {
+    let h = start(&store_lines(redis), &admin_server(), None).await;
+    // Room for two answers' real usage, not for three.
+    let (key, _) = create_key(&h, json!({"tokens_per_minute": 2 * ANSWER_TOKENS + 500})).await;
+    let (status, headers, _) = chat_with(&h, &key, &hello("gpt")).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        headers["x-ratelimit-limit-tokens"],
+        (2 * ANSWER_TOKENS + 500).to_string().as_str()
+    );
+    let mut stream = hello("gpt");
+    stream["stream"] = json!(true);
+    stream["stream_options"] = json!({"include_usage": true});
+    let r = h
+        .client
+        .post(h.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&stream)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("\"prompt_tokens\":1117"), "{text}");
+    // Both answers' real usage is charged (the corrections land in the background).
+    let mut refused = None;
+    for _ in 0..50 {
+        let (status, headers, body) = chat_with(&h, &key, &hello("gpt")).await;
+        if status == 429 {
+            assert_eq!(body["error"]["type"], "tokens", "{body}");
+            refused = Some(headers);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let headers = refused.expect("the third answer should not fit");
+    let remaining: u64 = headers["x-ratelimit-remaining-tokens"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(remaining < 600, "{remaining}");
+}
+
+#[tokio::test]
+async fn token_limits_follow_real_usage_on_the_embedded_store() {
+    token_limits_follow_real_usage(None).await;
+}
+
+#[tokio::test]
+async fn token_limits_follow_real_usage_on_redis() {
+    let Some(url) = redis_url() else { return };
+    token_limits_follow_real_usage(Some(&url)).await;
+}
+
+/// Budgets charge exactly what the mock reported, whole and streamed, cached tokens at their
+/// price; the next request after the budget is spent gets `insufficient_quota`.
+async fn budgets_charge_reported_usage(redis: Option<&str>) {
+    let h = start(&store_lines(redis), &admin_server(), None).await;
+    // Two answers fit under the budget; the third request finds it spent.
+    let (key, id) = create_key(&h, json!({"budget_daily_usd": ANSWER_COST * 1.5})).await;
+    assert_eq!(chat_with(&h, &key, &hello("gpt")).await.0, 200);
+    spend_when(&h, |r| {
+        r["spend"]["key"][&id]
+            .as_f64()
+            .is_some_and(|v| close(v, ANSWER_COST))
+    })
+    .await;
+    let mut stream = hello("gpt");
+    stream["stream"] = json!(true);
+    let r = h
+        .client
+        .post(h.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&stream)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let _ = r.text().await.unwrap();
+    let report = spend_when(&h, |r| {
+        r["spend"]["key"][&id]
+            .as_f64()
+            .is_some_and(|v| close(v, 2.0 * ANSWER_COST))
+    })
+    .await;
+    assert!(
+        close(
+            report["spend"]["route"]["gpt"].as_f64().unwrap(),
+            2.0 * ANSWER_COST
+        ),
+        "{report}"
+    );
+    assert!(close(
+        report["spend"]["backend"]["openai"].as_f64().unwrap(),
+        2.0 * ANSWER_COST
+    ));
+    assert!(close(
+        report["total_usd"].as_f64().unwrap(),
+        2.0 * ANSWER_COST
+    ));
+    let before = h.mock.request_count();
+    let (status, _, body) = chat_with(&h, &key, &hello("gpt")).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "insufficient_quota");
+    assert_eq!(body["error"]["type"], "insufficient_quota");
+    assert_eq!(
+        h.mock.request_count(),
+        before,
+        "no upstream call after the budget is spent"
+    );
+    // The metric has it too.
+    let metrics = h.metrics().await;
+    assert!(
+        metrics.contains(&format!("tandem_key_spend_dollars_total{{key=\"{id}\"}}")),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn budgets_charge_reported_usage_on_the_embedded_store() {
+    budgets_charge_reported_usage(None).await;
+}
+
+#[tokio::test]
+async fn budgets_charge_reported_usage_on_redis() {
+    let Some(url) = redis_url() else { return };
+    budgets_charge_reported_usage(Some(&url)).await;
+}
+
+#[tokio::test]
+async fn keys_spend_and_limits_survive_a_restart_on_the_embedded_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = start("", &admin_server(), Some(dir)).await;
+    let (key, id) = create_key(&h, json!({"budget_daily_usd": 1.0})).await;
+    assert_eq!(chat_with(&h, &key, &hello("gpt")).await.0, 200);
+    spend_when(&h, |r| r["spend"]["key"][&id].is_f64()).await;
+    let Harness {
+        gateway, state_dir, ..
+    } = h;
+    gateway.shutdown().await.unwrap();
+    let h = start("", &admin_server(), Some(state_dir)).await;
+    // The key works, a stranger is refused, and the day's spend is still there.
+    assert_eq!(chat_with(&h, &key, &hello("gpt")).await.0, 200);
+    assert_eq!(chat_with(&h, "stranger", &hello("gpt")).await.0, 401);
+    spend_when(&h, |r| {
+        r["spend"]["key"][&id]
+            .as_f64()
+            .is_some_and(|v| close(v, 2.0 * ANSWER_COST))
+    })
+    .await;
+}
+
+/// A Redis of the test's own on a free port, to stop and start.
+struct OwnRedis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl OwnRedis {
+    fn start() -> Option<Self> {
+        if Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            eprintln!("skipped: redis-server is not installed");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut r = Self { port, child: None };
+        r.up();
+        Some(r)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn up(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server did not start");
+    }
+
+    fn down(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_outage_fails_open_and_state_resumes_when_it_returns() {
+    let Some(mut redis) = OwnRedis::start() else {
+        return;
+    };
+    let h = start(
+        &format!("redis_url = \"{}\"\n", redis.url()),
+        &limited_route("requests_per_minute = 100000\n"),
+        None,
+    )
+    .await;
+    let (key, id) = create_key(
+        &h,
+        json!({"requests_per_minute": 100000, "budget_daily_usd": 100.0}),
+    )
+    .await;
+    let h = std::sync::Arc::new(h);
+    // Bounded load: 8 clients, 400 requests, Redis killed a third of the way in.
+    let load = {
+        let h = h.clone();
+        let key = key.clone();
+        tokio::spawn(async move {
+            let mut tasks = Vec::new();
+            for c in 0..8 {
+                let h = h.clone();
+                let key = key.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut failures = Vec::new();
+                    for i in 0..50 {
+                        let model = if (c + i) % 2 == 0 { "limited" } else { "gpt" };
+                        let (status, _, body) = chat_with(&h, &key, &hello(model)).await;
+                        if status != 200 {
+                            failures.push(format!("{status} {body}"));
+                        }
+                    }
+                    failures
+                }));
+            }
+            let mut all = Vec::new();
+            for t in tasks {
+                all.extend(t.await.unwrap());
+            }
+            all
+        })
+    };
+    while h.mock.request_count() < 130 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    redis.down();
+    let failures = load.await.unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
+    let metrics = h.metrics().await;
+    assert!(metrics.contains("tandem_store_up 0"), "{metrics}");
+    // Redis returns, empty: the key is written back, limits count again.
+    redis.up();
+    let mut resumed = false;
+    for _ in 0..100 {
+        let (status, headers, _) = chat_with(&h, &key, &hello("limited")).await;
+        assert_eq!(status, 200);
+        if headers.contains_key("x-ratelimit-limit-requests") {
+            resumed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(resumed, "limits never resumed");
+    let (status, listed) =
+        admin(&h, reqwest::Method::GET, &format!("/admin/keys/{id}"), None).await;
+    assert_eq!(
+        status, 200,
+        "the key was not restored into the emptied Redis: {listed}"
+    );
+    assert!(h.metrics().await.contains("tandem_store_up 1"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_key_is_refused_by_every_replica_within_a_second() {
+    let Some(url) = redis_url() else { return };
+    let top = store_lines(Some(&url));
+    let a = start(&top, &admin_server(), None).await;
+    // A second replica: same Redis, same prefix.
+    let (_addr, mock) = MockUpstream::start_with(Fixtures::builtin(), MockConfig::default())
+        .await
+        .unwrap();
+    let mut config = Config::from_toml_str(
+        &format!("{top}\n{}", config_text(&mock.base_url(), "")),
+        &test_env(),
+    )
+    .unwrap();
+    config.controls.store.prefix = a.gateway.state.controls.config.store.prefix.clone();
+    let b_dir = tempfile::tempdir().unwrap();
+    config.controls.store.path = Some(b_dir.path().join("store.log"));
+    let b = Gateway::start(
+        config,
+        GatewayOptions {
+            local: LocalLoad::Offline,
+            quiet: true,
+            ..GatewayOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let (key, id) = create_key(&a, json!({})).await;
+    let on_b = |key: String| {
+        let url = format!("{}/v1/chat/completions", b.url());
+        async move {
+            client()
+                .post(url)
+                .bearer_auth(key)
+                .json(&hello("gpt"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    // The other replica learns of the new key within a second, and of its revocation too.
+    let mut works = false;
+    for _ in 0..20 {
+        if on_b(key.clone()).await == 200 {
+            works = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(works);
+    admin(
+        &a,
+        reqwest::Method::DELETE,
+        &format!("/admin/keys/{id}"),
+        None,
+    )
+    .await;
+    let revoked_at = std::time::Instant::now();
+    while on_b(key.clone()).await != 401 {
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(1),
+            "replica b still accepts the key"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

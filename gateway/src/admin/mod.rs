@@ -3,6 +3,7 @@
 //! is a submodule with a `routes()` of its own; adding one is one line in [`router`].
 
 pub mod keys;
+pub mod spend;
 pub mod ui;
 
 use std::sync::Arc;
@@ -22,6 +23,7 @@ pub fn router(state: Arc<AppState>, admin: &AdminConfig) -> Router {
     Router::new()
         .merge(keys::routes()) // /admin/keys: virtual keys
         .merge(ui::routes()) // /ui/api/summary: the dashboard's data
+        .merge(spend::routes()) // /admin/spend: spend and savings by key, route, backend
         .fallback(ops::not_found)
         .with_state(state)
         .layer(AuthLayer::new(&admin.key_hashes)) // 401 without an admin key

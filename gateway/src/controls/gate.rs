@@ -1,11 +1,19 @@
 //! [`Controls`]: the virtual keys, the limits and the spend accounting of one gateway, built
-//! from its config over its store.
+//! from its config over its store. [`Controls::admit`] decides a request before any upstream
+//! call (the key's models, its budget, every rate limiter at once) and hands out a [`Ticket`]
+//! that corrects the token limiters with the real usage when it is known, or gives the
+//! reservation back when the request failed. [`Controls::record`] charges an answer's spend.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::keys::{KeyRegistry, spawn_refresh};
-use crate::config::{Config, ControlsConfig, EnvSource};
-use crate::store::SharedStore;
+use super::keys::{KeyRegistry, VirtualKey, spawn_refresh, unix_now};
+use super::limits::{Limiter, RateHeaders, Unit, limiters};
+use super::spend::{self, Charge};
+use crate::config::{Config, ControlsConfig, EnvSource, OnUnavailable};
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::store::{RateCheck, SharedStore};
 
 /// Everything the controls need at run time.
 #[derive(Debug)]
@@ -16,12 +24,45 @@ pub struct Controls {
     pub keys: Arc<KeyRegistry>,
     /// The settings.
     pub config: ControlsConfig,
+    metrics: Arc<Metrics>,
     refresh: parking_lot::Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+/// A request let through: its ticket and the rate-limit headers for its answer.
+#[derive(Debug)]
+pub struct Admitted {
+    /// Settles the token reservation.
+    pub ticket: Ticket,
+    /// `x-ratelimit-*`.
+    pub headers: RateHeaders,
+}
+
+/// A request refused: the error and the rate-limit headers for its answer.
+#[derive(Debug)]
+pub struct Refused {
+    /// 403, 429 or (failing closed) 503.
+    pub error: Error,
+    /// `x-ratelimit-*`, where the limiters were read.
+    pub headers: RateHeaders,
+}
+
+impl From<Error> for Refused {
+    fn from(error: Error) -> Self {
+        Self {
+            error,
+            headers: RateHeaders::default(),
+        }
+    }
 }
 
 impl Controls {
     /// The controls of `config` over `store`; starts re-reading the keys in the background.
-    pub fn start(config: &Config, store: SharedStore, env: &dyn EnvSource) -> Arc<Self> {
+    pub fn start(
+        config: &Config,
+        store: SharedStore,
+        metrics: Arc<Metrics>,
+        env: &dyn EnvSource,
+    ) -> Arc<Self> {
         // With Redis, this replica's copy of the key records sits beside the embedded store's
         // place; the embedded store is durable itself.
         let mirror = config
@@ -36,6 +77,7 @@ impl Controls {
             store,
             keys,
             config: config.controls.clone(),
+            metrics,
             refresh: parking_lot::Mutex::new(Some(refresh)),
         })
     }
@@ -45,5 +87,189 @@ impl Controls {
         if let Some(task) = self.refresh.lock().take() {
             task.abort();
         }
+    }
+
+    /// Whether a request without a virtual key needs checking at all (a route has limits).
+    pub fn has_route_limits(&self) -> bool {
+        !self.config.route_limits.is_empty()
+    }
+
+    /// What a store failure means for a request: nothing (failing open) or a 503.
+    fn unavailable(&self, e: Error) -> Result<(), Error> {
+        match (self.config.store.on_unavailable, e) {
+            (OnUnavailable::Open, Error::StoreUnavailable(_)) => Ok(()),
+            (_, e) => Err(e),
+        }
+    }
+
+    /// Decides a request on `route` with `key`, estimated at `tokens` tokens, before any
+    /// upstream call: the key's models, its budget, then every rate limiter at once.
+    pub async fn admit(
+        self: &Arc<Self>,
+        key: Option<&Arc<VirtualKey>>,
+        route: &str,
+        tokens: u64,
+    ) -> Result<Admitted, Refused> {
+        let now = unix_now();
+        if let Some(k) = key {
+            if !k.allows_model(route) {
+                return Err(Error::ModelNotAllowed(route.to_owned()).into());
+            }
+            if let Err(e) = spend::check_budget(&*self.store, k, now).await {
+                self.unavailable(e)?;
+            }
+        }
+        let limiters = limiters(
+            key.map(|k| &**k),
+            route,
+            self.config.route_limits.get(route),
+            tokens,
+        );
+        let mut reserved = Vec::new();
+        let mut headers = RateHeaders::default();
+        if !limiters.is_empty() {
+            let checks: Vec<RateCheck> = limiters.iter().map(|l| l.check.clone()).collect();
+            match self.store.rate(&checks, false).await {
+                Ok(outcome) => {
+                    headers = RateHeaders::from_states(&limiters, &outcome.states);
+                    if !outcome.allowed {
+                        return Err(Refused {
+                            error: rate_limited(&limiters, &outcome.states),
+                            headers,
+                        });
+                    }
+                    reserved = limiters
+                        .into_iter()
+                        .filter(|l| l.unit == Unit::Tokens)
+                        .map(|l| l.check)
+                        .collect();
+                }
+                Err(e) => self.unavailable(e)?,
+            }
+        }
+        Ok(Admitted {
+            ticket: Ticket(Arc::new(TicketInner {
+                controls: self.clone(),
+                key: key.map(|k| k.id.clone()),
+                estimate: tokens,
+                reserved,
+                settled: AtomicBool::new(false),
+            })),
+            headers,
+        })
+    }
+
+    /// Charges an answer's spend (in the background: the answer does not wait for the store).
+    pub fn record(self: &Arc<Self>, charge: Charge) {
+        if let Some(key) = &charge.key
+            && charge.cost > 0.0
+        {
+            self.metrics.record_key_spend(key, charge.cost);
+        }
+        if charge.savings > 0.0 {
+            self.metrics
+                .record_savings(&charge.route, &charge.backend, charge.savings);
+        }
+        if charge.cost <= 0.0 && charge.savings <= 0.0 {
+            return;
+        }
+        let controls = self.clone();
+        spawn(async move {
+            if let Err(e) = spend::charge(&*controls.store, &charge, unix_now()).await {
+                tracing::debug!(error = %e, "a charge did not reach the store");
+            }
+        });
+    }
+}
+
+/// The 429 for the limiter that refused, with the longest wait of those that did.
+fn rate_limited(limiters: &[Limiter], states: &[crate::store::RateState]) -> Error {
+    let worst = limiters
+        .iter()
+        .zip(states)
+        .filter(|(_, s)| s.retry_after_ms > 0)
+        .max_by_key(|(_, s)| s.retry_after_ms);
+    match worst {
+        Some((l, s)) => Error::RateLimited {
+            message: format!(
+                "Rate limit reached for {} on {}: limit {} per minute; retry in {} ms",
+                l.unit.as_str(),
+                l.owner,
+                s.limit,
+                s.retry_after_ms
+            ),
+            limit: l.unit.as_str(),
+            retry_after_secs: s.retry_after_ms.div_ceil(1000).max(1),
+        },
+        None => Error::RateLimited {
+            message: "Rate limit reached".into(),
+            limit: "requests",
+            retry_after_secs: 1,
+        },
+    }
+}
+
+fn spawn(f: impl std::future::Future<Output = ()> + Send + 'static) {
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        handle.spawn(f);
+    }
+}
+
+/// A request's hold on its token limiters until its usage is known.
+#[derive(Debug, Clone)]
+pub struct Ticket(Arc<TicketInner>);
+
+#[derive(Debug)]
+struct TicketInner {
+    controls: Arc<Controls>,
+    key: Option<String>,
+    estimate: u64,
+    /// The token limiters charged `estimate`.
+    reserved: Vec<RateCheck>,
+    settled: AtomicBool,
+}
+
+impl Ticket {
+    /// The virtual key's id, when the request carried one.
+    pub fn key(&self) -> Option<&str> {
+        self.0.key.as_deref()
+    }
+
+    /// Corrects the token limiters from the estimate to the `used` tokens (once).
+    pub fn settle(&self, used: u64) {
+        self.0.settle(used);
+    }
+}
+
+impl TicketInner {
+    fn settle(&self, used: u64) {
+        if self.settled.swap(true, Ordering::AcqRel) || self.reserved.is_empty() {
+            return;
+        }
+        let delta = used as f64 - self.estimate as f64;
+        if delta == 0.0 {
+            return;
+        }
+        let checks: Vec<RateCheck> = self
+            .reserved
+            .iter()
+            .map(|c| RateCheck {
+                cost: delta,
+                ..c.clone()
+            })
+            .collect();
+        let store = self.controls.store.clone();
+        spawn(async move {
+            if let Err(e) = store.rate(&checks, true).await {
+                tracing::debug!(error = %e, "a token correction did not reach the store");
+            }
+        });
+    }
+}
+
+impl Drop for TicketInner {
+    fn drop(&mut self) {
+        // No usage came (the request failed, or the client left first): give the tokens back.
+        self.settle(0);
     }
 }

@@ -27,6 +27,8 @@ use crate::store::{SharedStore, get_json, set_json};
 
 /// How often each replica re-reads the key records.
 pub const REFRESH_EVERY: Duration = Duration::from_millis(250);
+/// How long an admin operation waits for a store that is connecting.
+pub const ADMIN_WAIT: Duration = Duration::from_secs(2);
 /// Where the records live in the store.
 const KEY_PREFIX: &str = "keys:";
 /// Present while the store holds the key records; gone after Redis restarted empty.
@@ -231,8 +233,20 @@ impl KeyRegistry {
             refreshing: tokio::sync::Mutex::new(()),
             failing: Mutex::new(false),
         };
-        // Until the store answers, the mirror's records are what this replica knows.
-        if let Some(records) = registry.read_mirror() {
+        // A store in this process answers at once; until Redis does, the mirror's records are
+        // what this replica knows.
+        if let Some(listed) = registry
+            .store
+            .list_now(KEY_PREFIX)
+            .filter(|l| !l.is_empty())
+        {
+            registry.replace(
+                listed
+                    .iter()
+                    .filter_map(|(_, v)| serde_json::from_slice(v).ok())
+                    .collect(),
+            );
+        } else if let Some(records) = registry.read_mirror() {
             registry.replace(records);
         }
         registry
@@ -345,9 +359,16 @@ impl KeyRegistry {
         Ok(())
     }
 
+    /// Gives a store that is (re)connecting a moment before an admin operation: unlike the
+    /// request path, an admin can wait.
+    async fn wait_up(&self) {
+        crate::store::wait_up(&*self.store, ADMIN_WAIT).await;
+    }
+
     /// Makes a key; the key itself is in the answer and nowhere else.
     pub async fn create(&self, spec: KeySpec) -> Result<(VirtualKey, String), Error> {
         spec.validate()?;
+        self.wait_up().await;
         let (key, id) = new_key();
         let record = VirtualKey {
             id: id.clone(),
@@ -364,12 +385,14 @@ impl KeyRegistry {
 
     /// Every record, oldest first.
     pub async fn list(&self) -> Result<Vec<VirtualKey>, Error> {
+        self.wait_up().await;
         self.refresh().await?;
         Ok(self.known())
     }
 
     /// One record.
     pub async fn get(&self, id: &str) -> Result<VirtualKey, Error> {
+        self.wait_up().await;
         get_json::<VirtualKey>(&*self.store, &format!("{KEY_PREFIX}{id}"))
             .await?
             .ok_or_else(|| Error::UnknownKey(id.to_owned()))

@@ -4,5 +4,7 @@
 
 pub mod gate;
 pub mod keys;
+pub mod limits;
+pub mod spend;
 
-pub use gate::Controls;
+pub use gate::{Admitted, Controls, Refused, Ticket};

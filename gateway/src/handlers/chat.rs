@@ -19,7 +19,10 @@ use tandem_cloud_adapters::{
 use super::{
     finish_response, json_bytes_response, read_body, request_id, sse_response, wire_error,
 };
+use crate::config::BackendKind;
 use crate::context::FirstTokenDeadline;
+use crate::controls::Ticket;
+use crate::controls::spend::Charge;
 use crate::dispatch::{run_chat, run_chat_completion, run_stream};
 use crate::error::{ApiFlavor, Error};
 use crate::metrics::BackendLabels;
@@ -64,6 +67,7 @@ async fn handle(state: Arc<AppState>, request: Request, format: WireFormat) -> R
     };
     let model = chat.model.clone();
     let meter = hints.meter.clone();
+    let ticket = parts.extensions.get::<Ticket>().cloned();
     let (mut response, route) = if chat.stream {
         let deadline = parts.extensions.get::<FirstTokenDeadline>().copied();
         let include_usage = chat.include_usage;
@@ -78,6 +82,7 @@ async fn handle(state: Arc<AppState>, request: Request, format: WireFormat) -> R
                     model.clone(),
                     route.backend.clone(),
                     meter,
+                    ticket,
                 );
                 (sse_response(body), route)
             }
@@ -109,7 +114,14 @@ async fn handle(state: Arc<AppState>, request: Request, format: WireFormat) -> R
         };
         match result {
             Ok((body, usage)) => {
-                record_usage(&state, &model, &route.backend, &usage, meter.as_deref());
+                record_usage(
+                    &state,
+                    &model,
+                    &route.backend,
+                    &usage,
+                    meter.as_deref(),
+                    ticket.as_ref(),
+                );
                 (json_bytes_response(body), route)
             }
             Err(e) => (e.into_response_for(flavor), route),
@@ -142,13 +154,16 @@ fn validate(chat: ChatRequest) -> Result<ChatRequest, Error> {
 }
 
 /// Counts tokens, cost and reference cost from what `backend` reported, on `route` (the model
-/// id asked for), and notes them on the request's meter.
+/// id asked for), notes them on the request's meter, charges the spend (a local answer's avoided
+/// cost, against the route's reference cloud backend, as savings) and settles the request's
+/// token reservation.
 pub fn record_usage(
     state: &AppState,
     route: &str,
     backend: &str,
     usage: &Usage,
     meter: Option<&RequestMeter>,
+    ticket: Option<&Ticket>,
 ) {
     let bill = bill(&state.config, route, backend, usage);
     state.metrics.record_usage(
@@ -162,6 +177,20 @@ pub fn record_usage(
     if let Some(meter) = meter {
         meter.note_usage(usage, bill);
     }
+    let local = state
+        .executors
+        .get(backend)
+        .is_some_and(|e| e.kind() == BackendKind::Local);
+    if let Some(t) = ticket {
+        t.settle(usage.prompt_tokens + usage.completion_tokens);
+    }
+    state.controls.record(Charge {
+        key: ticket.and_then(|t| t.key().map(str::to_owned)),
+        route: route.to_owned(),
+        backend: backend.to_owned(),
+        cost: bill.paid,
+        savings: if local { bill.saved().max(0.0) } else { 0.0 },
+    });
 }
 
 /// The text of an OpenAI chat completion's first choice (for captured spans only).
@@ -214,6 +243,8 @@ struct StreamAccounting {
     started: StdInstant,
     first_token_seen: bool,
     meter: Option<Arc<RequestMeter>>,
+    /// The request's hold on its token limiters (settled or given back at the end).
+    ticket: Option<Ticket>,
 }
 
 impl StreamAccounting {
@@ -243,6 +274,7 @@ impl Drop for StreamAccounting {
                 &self.backend,
                 &usage,
                 self.meter.as_deref(),
+                self.ticket.as_ref(),
             );
         }
     }
@@ -261,6 +293,7 @@ struct SseStream {
 
 /// Encodes a stream of events as SSE in the client's format. A stream that ends with neither a
 /// finish nor an error gets an error event: a client never sees a silent end.
+#[expect(clippy::too_many_arguments, reason = "the stream's format, route and both accounting handles, each used once")]
 fn sse_body(
     state: Arc<AppState>,
     events: EventStream,
@@ -269,12 +302,13 @@ fn sse_body(
     route: String,
     backend: String,
     meter: Option<Arc<RequestMeter>>,
+    ticket: Option<Ticket>,
 ) -> Body {
     let encoder = match format {
         WireFormat::OpenAi => Encoder::OpenAi(openai::ChunkEncoder::new(include_usage)),
         WireFormat::Anthropic => Encoder::Anthropic(anthropic::EventEncoder::new()),
     };
-    encoded_sse_body(state, events, encoder, route, backend, meter)
+    encoded_sse_body(state, events, encoder, route, backend, meter, ticket)
 }
 
 /// Encodes a stream of events as SSE with `encoder`, with the same guarantees as [`sse_body`].
@@ -285,6 +319,7 @@ pub(crate) fn encoded_sse_body(
     route: String,
     backend: String,
     meter: Option<Arc<RequestMeter>>,
+    ticket: Option<Ticket>,
 ) -> Body {
     let capture = meter.as_ref().is_some_and(|m| m.captures_content());
     let stream = SseStream {
@@ -301,6 +336,7 @@ pub(crate) fn encoded_sse_body(
             started: StdInstant::now(),
             first_token_seen: false,
             meter,
+            ticket,
         },
     };
     let frames = futures::stream::unfold(stream, move |mut s| async move {

@@ -23,6 +23,7 @@ use super::{
     wire_error,
 };
 use crate::context::FirstTokenDeadline;
+use crate::controls::Ticket;
 use crate::dispatch::run_completion;
 use crate::error::{ApiFlavor, Error};
 use crate::executor::completion::{LocalCompletion, LocalStream};
@@ -67,6 +68,7 @@ pub async fn completions(State(state): State<Arc<AppState>>, request: Request) -
         Ok(c) => c,
         Err(e) => return e.into_response_for(ApiFlavor::OpenAi),
     };
+    let ticket = parts.extensions.get::<Ticket>().cloned();
     let (result, route) = run_completion(&state, &call, &hints, deadline).await;
     let model = call.request.model.clone();
     let answered = result.is_ok();
@@ -77,6 +79,7 @@ pub async fn completions(State(state): State<Arc<AppState>>, request: Request) -
             call.request,
             &route.backend,
             hints.meter.clone(),
+            ticket,
         ),
         Err(e) => e.into_response_for(ApiFlavor::OpenAi),
     };
@@ -91,6 +94,7 @@ fn encode(
     request: CompletionRequest,
     backend: &str,
     meter: Option<Arc<RequestMeter>>,
+    ticket: Option<Ticket>,
 ) -> Response {
     match output {
         CompletionOutput::Answer(answer) => {
@@ -100,6 +104,7 @@ fn encode(
                 backend,
                 &answer.usage,
                 meter.as_deref(),
+                ticket.as_ref(),
             );
             json_bytes_response(encode_completion_response(&answer, None))
         }
@@ -112,6 +117,7 @@ fn encode(
                 request.model,
                 backend.to_owned(),
                 meter,
+                ticket,
             );
             sse_response(body)
         }
@@ -122,12 +128,18 @@ fn encode(
                 backend,
                 &answer.usage,
                 meter.as_deref(),
+                ticket.as_ref(),
             );
             json_response(&local_body(&request.model, answer))
         }
-        CompletionOutput::LocalStream(stream) => {
-            stream_response(state.clone(), stream, request, backend.to_owned(), meter)
-        }
+        CompletionOutput::LocalStream(stream) => stream_response(
+            state.clone(),
+            stream,
+            request,
+            backend.to_owned(),
+            meter,
+            ticket,
+        ),
     }
 }
 
@@ -178,6 +190,7 @@ fn stream_response(
     request: CompletionRequest,
     backend: String,
     meter: Option<Arc<RequestMeter>>,
+    ticket: Option<Ticket>,
 ) -> Response {
     struct S {
         rx: Option<tokio::sync::mpsc::Receiver<GenerateEvent>>,
@@ -189,6 +202,7 @@ fn stream_response(
         state: Arc<AppState>,
         backend: String,
         meter: Option<Arc<RequestMeter>>,
+        ticket: Option<Ticket>,
     }
     let s = S {
         rx: Some(stream.events),
@@ -200,6 +214,7 @@ fn stream_response(
         state,
         backend,
         meter,
+        ticket,
     };
     let frames = futures::stream::unfold(s, |mut s| async move {
         loop {
@@ -241,7 +256,14 @@ fn stream_response(
                     }
                     let usage =
                         engine_usage(prompt_tokens, completion_tokens, cached_prompt_tokens);
-                    record_usage(&s.state, &s.model, &s.backend, &usage, s.meter.as_deref());
+                    record_usage(
+                        &s.state,
+                        &s.model,
+                        &s.backend,
+                        &usage,
+                        s.meter.as_deref(),
+                        s.ticket.as_ref(),
+                    );
                     let finish = finish_reason_str(finish_reason(reason));
                     let mut out =
                         chunk(&s.id, s.created, &s.model, "", Value::Null, Some(finish)).to_vec();

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod body_limit;
 pub mod concurrency;
+pub mod controls;
 pub mod deadline_body;
 pub mod first_token_timeout;
 pub mod metrics;

@@ -24,6 +24,7 @@ use crate::config::{
 use crate::context::{ApiKeyDigest, RouteSlot};
 use crate::error::Error;
 use crate::executor::cascade::Judge;
+use crate::middleware::auth::CallerKey;
 use crate::redis_store::RedisBanditStore;
 
 pub use log::DecisionLog;
@@ -45,6 +46,8 @@ pub struct RequestHints {
     pub latency_slo_ms: Option<f64>,
     /// sha256 hex digest of the API key the request carried, as auth read it.
     pub key_hash: Option<String>,
+    /// The placement of the virtual key the request carried.
+    pub key_placement: Option<Placement>,
     /// Where the backend being tried is noted, for a timeout's answer.
     pub route_slot: Option<RouteSlot>,
     /// The request's meter (bill, local compute, spans), when the observe layer opened one.
@@ -68,6 +71,10 @@ impl RequestHints {
         if let Some(meter) = &hints.meter {
             meter.note_key(hints.key_hash.as_deref());
         }
+        hints.key_placement = parts
+            .extensions
+            .get::<CallerKey>()
+            .and_then(|k| k.0.spec.placement);
         Ok(hints)
     }
 
@@ -114,6 +121,7 @@ impl RequestHints {
             placement,
             latency_slo_ms,
             key_hash: None,
+            key_placement: None,
             route_slot: None,
             meter: None,
         })
@@ -598,7 +606,10 @@ pub fn placement_for(
     if let Some(p) = route.rules.placement {
         rules = rules.with_placement(p, format!("route:{model}"));
     }
-    if let Some(p) = key_rules(settings, hints).and_then(|k| k.placement) {
+    if let Some(p) = key_rules(settings, hints)
+        .and_then(|k| k.placement)
+        .or(hints.key_placement)
+    {
         rules = rules.with_placement(p, "key");
     }
     if let Some(p) = hints.placement {

@@ -60,6 +60,11 @@ pub trait Store: Send + Sync + Debug {
     }
     /// A receiver that sees every change of [`Store::is_up`] (for re-syncing when it comes back).
     fn watch_up(&self) -> tokio::sync::watch::Receiver<bool>;
+    /// [`Store::list`] without waiting, for a store in this process (None for Redis): what a
+    /// replica reads at start, before serving.
+    fn list_now(&self, _prefix: &str) -> Option<Vec<(String, Bytes)>> {
+        None
+    }
     /// The value at `key`.
     async fn get(&self, key: &str) -> Result<Option<Bytes>, Error>;
     /// The values at `keys`, in order.

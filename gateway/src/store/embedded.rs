@@ -389,7 +389,7 @@ impl Store for EmbeddedStore {
         Ok(was)
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<(String, Bytes)>, Error> {
+    fn list_now(&self, prefix: &str) -> Option<Vec<(String, Bytes)>> {
         let inner = self.inner.lock();
         let now = now_u64();
         let mut out: Vec<(String, Bytes)> = inner
@@ -399,7 +399,11 @@ impl Store for EmbeddedStore {
             .map(|(k, e)| (k.clone(), e.value.clone()))
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(out)
+        Some(out)
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<(String, Bytes)>, Error> {
+        Ok(self.list_now(prefix).unwrap_or_default())
     }
 
     async fn incr_many(

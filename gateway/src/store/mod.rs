@@ -68,6 +68,13 @@ pub fn open(config: &Config, metrics: &Metrics, env: &dyn EnvSource) -> Result<S
     }
 }
 
+/// Waits up to `limit` for a store that is (re)connecting: for admin work, which can wait, unlike
+/// the request path.
+pub async fn wait_up(store: &dyn Store, limit: std::time::Duration) {
+    let mut up = store.watch_up();
+    let _ = tokio::time::timeout(limit, up.wait_for(|u| *u)).await;
+}
+
 /// Reads the JSON value at `key`; a value that does not parse is reported as an internal error.
 pub async fn get_json<T: DeserializeOwned>(
     store: &dyn Store,
