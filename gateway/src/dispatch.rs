@@ -10,11 +10,12 @@ use std::time::Instant as StdInstant;
 
 use futures::StreamExt;
 use serde_json::json;
-use tandem_cloud_adapters::openai::ChatCompletion;
+use tandem_cloud_adapters::openai::{self, ChatCompletion};
 use tandem_cloud_adapters::{ChatEvent, ChatRequest, ChatResponse, EventStream, Usage};
 use tandem_router_policy::{Choice, Feedback, Placement};
 use tokio::time::Instant;
 
+use crate::cache::{CACHE_BACKEND, CacheStatus, Fill, Hit, Lookup};
 use crate::config::{BackendKind, RoutePolicy, placement_allows};
 use crate::context::RouteSlot;
 use crate::error::Error;
@@ -32,6 +33,8 @@ pub struct RouteInfo {
     pub backend: String,
     /// The explanation sent in `x-tandem-route`.
     pub explanation: String,
+    /// What the response cache did, on a route with a cache (`x-tandem-cache`).
+    pub cache: Option<CacheStatus>,
 }
 
 impl RouteInfo {
@@ -162,6 +165,7 @@ where
                     RouteInfo {
                         backend,
                         explanation,
+                        cache: None,
                     },
                 );
             }
@@ -204,6 +208,7 @@ where
                     RouteInfo {
                         backend,
                         explanation,
+                        cache: None,
                     },
                 );
             }
@@ -214,6 +219,7 @@ where
         RouteInfo {
             backend: String::new(),
             explanation: reason,
+            cache: None,
         },
     )
 }
@@ -265,6 +271,7 @@ fn no_route(e: Error) -> (Error, RouteInfo) {
         RouteInfo {
             backend: String::new(),
             explanation: "no route".into(),
+            cache: None,
         },
     )
 }
@@ -328,6 +335,7 @@ async fn plan(
             RouteInfo {
                 backend: String::new(),
                 explanation: header,
+                cache: None,
             },
         ));
     }
@@ -600,20 +608,75 @@ fn record_chat(
     }
 }
 
+/// The cache step, before planning: the route's cache rule, the request's `cache-control` and
+/// the router's encoder (for a semantic route) go to the response cache.
+async fn cache_lookup(state: &AppState, request: &ChatRequest, hints: &RequestHints) -> Lookup {
+    let rule = state
+        .config
+        .routes
+        .get(&request.model)
+        .and_then(|r| r.cache.as_ref());
+    if rule.is_none() {
+        return Lookup::Off;
+    }
+    let encoder = state.policy.as_ref().and_then(|p| p.encoder());
+    state
+        .cache
+        .lookup(request, rule, hints.cache, encoder)
+        .await
+}
+
+/// The route of an answer from the cache: `cache; route X; exact hit`.
+fn cached_route(hit: &Hit, model: &str) -> RouteInfo {
+    RouteInfo {
+        backend: CACHE_BACKEND.into(),
+        explanation: hit.explanation(model),
+        cache: Some(CacheStatus::Hit),
+    }
+}
+
+/// A lookup that did not answer: the fill for the backends' answer and the header's status.
+type CacheMiss = (Option<Fill>, Option<CacheStatus>);
+
+/// The cache's answer (`Err`, returned at once), or what the backends' answer needs (`Ok`).
+async fn cache_step(
+    state: &AppState,
+    request: &ChatRequest,
+    hints: &RequestHints,
+) -> Result<CacheMiss, (Hit, RouteInfo)> {
+    match cache_lookup(state, request, hints).await {
+        Lookup::Hit(hit) => {
+            let route = cached_route(&hit, &request.model);
+            Err((hit, route))
+        }
+        Lookup::Pass { status, fill } => Ok((fill, Some(status))),
+        Lookup::Off => Ok((None, None)),
+    }
+}
+
 /// Runs a non-streaming request (fixed route, or the policy's decision on a learned one).
 pub async fn run_chat(
     state: &AppState,
     request: ChatRequest,
     hints: &RequestHints,
 ) -> (Result<ChatResponse, Error>, RouteInfo) {
-    run_whole(
+    let (fill, status) = match cache_step(state, &request, hints).await {
+        Ok(miss) => miss,
+        Err((hit, route)) => return (Ok(hit.answer), route),
+    };
+    let (result, mut route) = run_whole(
         state,
         request,
         hints,
         |executor, request| async move { executor.chat(request).await },
         |answer| &answer.usage,
     )
-    .await
+    .await;
+    route.cache = status;
+    if let (Ok(answer), Some(fill)) = (&result, fill) {
+        fill.whole(answer).await;
+    }
+    (result, route)
 }
 
 /// Runs a non-streaming request like [`run_chat`], for an OpenAI client: a backend that speaks
@@ -623,14 +686,26 @@ pub async fn run_chat_completion(
     request: ChatRequest,
     hints: &RequestHints,
 ) -> (Result<ChatCompletion, Error>, RouteInfo) {
-    run_whole(
+    let (fill, status) = match cache_step(state, &request, hints).await {
+        Ok(miss) => miss,
+        Err((hit, route)) => return (Ok(ChatCompletion::encode(&hit.answer)), route),
+    };
+    let (result, mut route) = run_whole(
         state,
         request,
         hints,
         |executor, request| async move { executor.chat_completion(request).await },
         |answer| &answer.usage,
     )
-    .await
+    .await;
+    route.cache = status;
+    // The answer passed on as sent is read into the normalized one the cache keeps.
+    if let (Ok(answer), Some(fill)) = (&result, fill)
+        && let Ok(normalized) = openai::parse_chat_response(&answer.body, &route.backend)
+    {
+        fill.whole(&normalized).await;
+    }
+    (result, route)
 }
 
 /// Plans a non-streaming request and runs `answer` on its backends in turn, with the plan's
@@ -737,6 +812,10 @@ pub async fn run_stream(
     hints: &RequestHints,
     first_token_deadline: Option<(Instant, Error)>,
 ) -> (Result<EventStream, Error>, RouteInfo) {
+    let (fill, status) = match cache_step(state, &request, hints).await {
+        Ok(miss) => miss,
+        Err((hit, route)) => return (Ok(hit.events()), route),
+    };
     let model = request.model.clone();
     let plan = match plan(state, &request, hints).await {
         Ok(p) => p,
@@ -783,6 +862,11 @@ pub async fn run_stream(
             result
         }
     };
+    route.cache = status;
+    let result = match (result, fill) {
+        (Ok(events), Some(fill)) => Ok(fill.stream(events)),
+        (result, _) => result,
+    };
     (result, route)
 }
 
@@ -811,6 +895,7 @@ mod tests {
         let route = RouteInfo {
             backend: "cloud".into(),
             explanation: explanation.into(),
+            cache: None,
         };
         route
             .header_value()

@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cache;
 pub mod config;
 pub mod context;
 pub mod dispatch;

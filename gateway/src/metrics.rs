@@ -82,6 +82,15 @@ pub struct SpeculativeLabels {
     pub kind: &'static str,
 }
 
+/// Labels of a response-cache outcome.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    /// The route (a configured model id with a cache).
+    pub route: String,
+    /// `exact_hit`, `semantic_hit`, `miss` or `bypass`.
+    pub result: &'static str,
+}
+
 /// Labels of an error.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
@@ -120,6 +129,10 @@ pub struct Metrics {
     pub speculative_fallbacks: Family<BackendLabels, Counter>,
     /// Routing policy decisions by choice (local, cloud, cascade, speculative, reject).
     pub route_decisions: Family<DecisionLabels, Counter>,
+    /// Response-cache lookups by route and outcome.
+    pub cache: Family<CacheLabels, Counter>,
+    /// Whether the response cache's store answers (1) or the cache is bypassed (0).
+    pub cache_store_up: Gauge,
     /// The handles of each route and backend pair seen so far, by route, then backend.
     pairs: RwLock<PairMap<PairMap<Arc<PairMetrics>>>>,
 }
@@ -309,8 +322,22 @@ impl Metrics {
             "Routing policy decisions by choice",
             route_decisions.clone(),
         );
+        let cache = Family::<CacheLabels, Counter>::default();
+        registry.register(
+            "cache_requests",
+            "Response-cache lookups by route and result (exact_hit, semantic_hit, miss, bypass)",
+            cache.clone(),
+        );
+        let cache_store_up = Gauge::default();
+        registry.register(
+            "cache_store_up",
+            "Whether the response cache's store answers (0: the cache is bypassed)",
+            cache_store_up.clone(),
+        );
         Self {
             route_decisions,
+            cache,
+            cache_store_up,
             pairs: RwLock::default(),
             registry: Mutex::new(registry),
             requests,

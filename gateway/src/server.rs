@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tower::ServiceBuilder;
 
+use crate::cache::ResponseCache;
 use crate::config::{BackendConfig, BackendKind, Config, LocalConfig};
 use crate::error::Error;
 use crate::executor::Executor;
@@ -145,8 +146,10 @@ pub fn build_state(config: Config, options: &GatewayOptions) -> Result<Arc<AppSt
             None
         }
     };
+    let cache = ResponseCache::open(&config, metrics.clone());
     Ok(Arc::new(AppState {
         policy,
+        cache,
         config: Arc::new(config),
         executors,
         local,

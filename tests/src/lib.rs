@@ -99,7 +99,13 @@ impl Harness {
     ) -> anyhow::Result<Self> {
         let (_addr, mock) = MockUpstream::start_with(Fixtures::builtin(), mock_config).await?;
         let text = config_text(&mock.base_url(), &extra(&mock));
-        let config = Config::from_toml_str(&text, &test_env())?;
+        Self::start_on(mock, &text).await
+    }
+
+    /// Tandem with the whole config `text` in front of a running `mock` (a restart keeps the
+    /// mock and its counts).
+    pub async fn start_on(mock: MockHandle, text: &str) -> anyhow::Result<Self> {
+        let config = Config::from_toml_str(text, &test_env())?;
         let options = GatewayOptions {
             local: LocalLoad::Offline,
             quiet: true,

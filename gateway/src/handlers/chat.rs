@@ -19,6 +19,7 @@ use tandem_cloud_adapters::{
 use super::{
     finish_response, json_bytes_response, read_body, request_id, sse_response, wire_error,
 };
+use crate::cache::CACHE_BACKEND;
 use crate::context::FirstTokenDeadline;
 use crate::dispatch::{run_chat, run_chat_completion, run_stream};
 use crate::error::{ApiFlavor, Error};
@@ -131,8 +132,12 @@ fn validate(chat: ChatRequest) -> Result<ChatRequest, Error> {
     Ok(chat)
 }
 
-/// Counts tokens and cost from what `backend` reported, on `route` (the model id asked for).
+/// Counts tokens and cost from what `backend` reported, on `route` (the model id asked for). An
+/// answer from the response cache is not billed: nothing ran.
 pub fn record_usage(state: &AppState, route: &str, backend: &str, usage: &Usage) {
+    if backend == CACHE_BACKEND {
+        return;
+    }
     // A speculative answer is billed for what its target processed: every verify round's
     // context (cached or not) and the target's own output, not the client-facing counts.
     let (input, output, cached) = match &usage.speculative {

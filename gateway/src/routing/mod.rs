@@ -18,6 +18,7 @@ use tandem_router_policy::{
     Encoder, FileBanditStore, Placement, RequestFeatures, RouteRules, Router,
 };
 
+use crate::cache::CacheDirective;
 use crate::config::{
     BackendKind, CascadeJudge, Config, PolicyRules, RouteConfig, RouterSettings, placement_allows,
 };
@@ -47,6 +48,8 @@ pub struct RequestHints {
     pub key_hash: Option<String>,
     /// Where the backend being tried is noted, for a timeout's answer.
     pub route_slot: Option<RouteSlot>,
+    /// The request's `cache-control` directives for the response cache.
+    pub cache: CacheDirective,
 }
 
 impl RequestHints {
@@ -106,6 +109,7 @@ impl RequestHints {
             latency_slo_ms,
             key_hash: None,
             route_slot: None,
+            cache: CacheDirective::from_headers(headers),
         })
     }
 }
@@ -280,11 +284,11 @@ impl LearnedRouting {
         };
         let encoder = Arc::new(OnceLock::new());
         let mut encoder_loader = None;
-        let uses_policy = config
-            .routes
-            .values()
-            .any(|r| r.policy == crate::config::RoutePolicy::Learned);
-        if settings.encoder && uses_policy {
+        let uses_encoder = config.routes.values().any(|r| {
+            r.policy == crate::config::RoutePolicy::Learned
+                || r.cache.is_some_and(|c| c.semantic.is_some())
+        });
+        if settings.encoder && uses_encoder {
             let root = config
                 .cache_dir
                 .clone()
@@ -340,6 +344,11 @@ impl LearnedRouting {
     /// Whether the prompt encoder is loaded.
     pub fn has_encoder(&self) -> bool {
         self.encoder.get().is_some()
+    }
+
+    /// The prompt encoder, once loaded (the semantic cache embeds prompts with it too).
+    pub fn encoder(&self) -> Option<Arc<Encoder>> {
+        self.encoder.get().cloned()
     }
 
     /// Features of a request: cheap ones always, plus the prompt embedding when the encoder is
