@@ -19,6 +19,7 @@ pub mod routing;
 pub mod server;
 pub mod speculative;
 pub mod state;
+pub mod store;
 
 pub use error::{Error, Result};
 

@@ -131,8 +131,10 @@ pub struct Metrics {
     pub route_decisions: Family<DecisionLabels, Counter>,
     /// Response-cache lookups by route and outcome.
     pub cache: Family<CacheLabels, Counter>,
-    /// Whether the response cache's store answers (1) or the cache is bypassed (0).
-    pub cache_store_up: Gauge,
+    /// 1 while the shared state store answers, 0 while it is unreachable.
+    pub store_up: Gauge,
+    /// Shared state store operations that failed or timed out.
+    pub store_errors: Counter,
     /// The handles of each route and backend pair seen so far, by route, then backend.
     pairs: RwLock<PairMap<PairMap<Arc<PairMetrics>>>>,
 }
@@ -328,16 +330,23 @@ impl Metrics {
             "Response-cache lookups by route and result (exact_hit, semantic_hit, miss, bypass)",
             cache.clone(),
         );
-        let cache_store_up = Gauge::default();
+        let store_up = Gauge::default();
         registry.register(
-            "cache_store_up",
-            "Whether the response cache's store answers (0: the cache is bypassed)",
-            cache_store_up.clone(),
+            "store_up",
+            "1 while the shared state store answers",
+            store_up.clone(),
+        );
+        let store_errors = Counter::default();
+        registry.register(
+            "store_errors",
+            "Shared state store operations that failed or timed out",
+            store_errors.clone(),
         );
         Self {
+            store_up,
+            store_errors,
             route_decisions,
             cache,
-            cache_store_up,
             pairs: RwLock::default(),
             registry: Mutex::new(registry),
             requests,

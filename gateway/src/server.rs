@@ -146,8 +146,10 @@ pub fn build_state(config: Config, options: &GatewayOptions) -> Result<Arc<AppSt
             None
         }
     };
-    let cache = ResponseCache::open(&config, metrics.clone());
+    let store = crate::store::open(&config, &metrics, &FetchEnv)?;
+    let cache = ResponseCache::open(&config, store.clone(), metrics.clone());
     Ok(Arc::new(AppState {
+        store,
         policy,
         cache,
         config: Arc::new(config),
@@ -345,6 +347,7 @@ impl Gateway {
             Ok(r) => r,
             Err(e) => Err(std::io::Error::other(e)),
         };
+        self.state.store.flush();
         // The bandit's last lessons survive a restart.
         if let Some(policy) = self.state.policy.clone() {
             policy.stop_persistence();

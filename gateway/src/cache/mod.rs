@@ -8,15 +8,15 @@
 //! `no-cache` answers fresh and stores the new answer. A semantic route also answers from the
 //! nearest cached prompt (the router's MiniLM embedding) asked in the same context.
 //!
-//! The store is Redis when configured, else the embedded store in the cache directory. A store
-//! that fails or is slow (past [`STORE_TIMEOUT`]) turns the cache step into a bypass, never an
-//! error; a metric and one log line per change say so.
+//! Entries live in the shared state store (`crate::store`: Redis when configured, else the
+//! embedded store in the cache directory), under `cache:<hash>` with the route's TTL, and a
+//! semantic entry's prompt embedding under `cache-vec:<hash>`. A store that fails or is slow
+//! (past `store.timeout_ms`) turns the cache step into a bypass, never an error; the store's
+//! own metric and log line say when it goes and comes back.
 
 pub mod semantic;
-pub mod store;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -32,13 +32,9 @@ use tandem_router_policy::Encoder;
 
 use crate::config::{CacheRule, Config};
 use crate::metrics::{CacheLabels, Metrics};
+use crate::store::SharedStore;
 use semantic::Index;
-use store::{CacheStore, now_ms};
 
-/// How long the cache waits for its store before it bypasses itself for the request.
-pub const STORE_TIMEOUT: Duration = Duration::from_millis(25);
-/// Entries the embedded store keeps.
-pub const EMBEDDED_CAPACITY: usize = 10_000;
 /// Prompts the semantic index keeps in memory.
 pub const SEMANTIC_CAPACITY: usize = 10_000;
 /// The backend name an answer from the cache carries (metrics, feedback records).
@@ -142,10 +138,30 @@ impl From<CachedAnswer> for ChatResponse {
 struct Entry {
     answer: CachedAnswer,
     expires_ms: u64,
-    /// Semantic entries: the context hash (hex) and the prompt's unit embedding.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    semantic: Option<(String, Vec<f32>)>,
 }
+
+/// A semantic entry's prompt, stored beside its answer for the index's rebuild.
+#[derive(Debug, Serialize, Deserialize)]
+struct Vector {
+    /// The context hash, hex.
+    context: String,
+    /// The prompt's unit embedding.
+    vector: Vec<f32>,
+    expires_ms: u64,
+}
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    crate::store::api::now_ms() as u64
+}
+
+/// The store key of an answer.
+fn entry_key(key: &str) -> String {
+    format!("cache:{key}")
+}
+
+/// The prefix of the prompt embeddings' store keys.
+const VECTOR_PREFIX: &str = "cache-vec:";
 
 /// An answer from the cache.
 #[derive(Debug)]
@@ -254,31 +270,37 @@ impl Fill {
         .boxed()
     }
 
+    /// Writes the answer (and a semantic entry's embedding) with the route's TTL; a store that
+    /// fails leaves the answer uncached.
     async fn put(self, answer: CachedAnswer) {
         let expires_ms = now_ms() + self.ttl.as_millis() as u64;
-        let entry = Entry {
-            answer,
-            expires_ms,
-            semantic: self
-                .semantic
-                .as_ref()
-                .map(|(c, v)| (hex::encode(c), v.to_vec())),
-        };
-        let Ok(value) = serde_json::to_vec(&entry) else {
+        let Ok(value) = serde_json::to_vec(&Entry { answer, expires_ms }) else {
             return;
         };
-        let stored = self
-            .shared
-            .store
-            .put(
-                &self.key,
-                Bytes::from(value),
-                expires_ms,
-                self.semantic.is_some(),
-            )
-            .await;
-        if self.shared.noted(stored.is_ok(), stored.as_ref().err())
-            && let Some((context, vector)) = self.semantic
+        let store = &self.shared.store;
+        if let Err(e) = store
+            .set(&entry_key(&self.key), Bytes::from(value), Some(self.ttl))
+            .await
+        {
+            tracing::debug!(error = %e, "the cache could not store an answer");
+            return;
+        }
+        let Some((context, vector)) = self.semantic else {
+            return;
+        };
+        let stored = Vector {
+            context: hex::encode(context),
+            vector: vector.to_vec(),
+            expires_ms,
+        };
+        let Ok(value) = serde_json::to_vec(&stored) else {
+            return;
+        };
+        let key = format!("{VECTOR_PREFIX}{}", self.key);
+        if store
+            .set(&key, Bytes::from(value), Some(self.ttl))
+            .await
+            .is_ok()
         {
             self.shared
                 .index
@@ -289,28 +311,12 @@ impl Fill {
 
 #[derive(Debug)]
 struct Shared {
-    store: Arc<dyn CacheStore>,
+    store: SharedStore,
     index: Index,
     metrics: Arc<Metrics>,
-    up: AtomicBool,
 }
 
 impl Shared {
-    /// Notes whether the store answered; a change is logged once and shown in the gauge.
-    /// Returns `ok`.
-    fn noted(&self, ok: bool, error: Option<&crate::error::Error>) -> bool {
-        if self.up.swap(ok, Ordering::Relaxed) != ok {
-            self.metrics.cache_store_up.set(i64::from(ok));
-            match error {
-                Some(e) => {
-                    tracing::warn!(error = %e, "response cache store unavailable; bypassing the cache")
-                }
-                None => tracing::info!("response cache store answers again"),
-            }
-        }
-        ok
-    }
-
     fn count(&self, route: &str, result: &'static str) {
         self.metrics
             .cache
@@ -329,10 +335,9 @@ pub struct ResponseCache {
 }
 
 impl ResponseCache {
-    /// Opens the store when any route caches (Redis when configured, else the embedded store in
-    /// the cache directory's `response-cache/`), and rebuilds the semantic index from it in the
-    /// background when any route is semantic.
-    pub fn open(config: &Config, metrics: Arc<Metrics>) -> Self {
+    /// The cache over the shared `store` when any route caches; the semantic index is rebuilt
+    /// from the store in the background when any route is semantic.
+    pub fn open(config: &Config, store: SharedStore, metrics: Arc<Metrics>) -> Self {
         let rules: Vec<&CacheRule> = config
             .routes
             .values()
@@ -341,35 +346,11 @@ impl ResponseCache {
         if rules.is_empty() {
             return Self { shared: None };
         }
-        let dir = config
-            .cache_dir
-            .clone()
-            .unwrap_or_else(tandem_router_policy::encoder::default_cache_root)
-            .join("response-cache");
-        let store = match store::open(
-            config.redis_url.as_deref(),
-            &config.router.redis_prefix,
-            dir,
-            EMBEDDED_CAPACITY,
-            STORE_TIMEOUT,
-        ) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "response cache unavailable");
-                return Self { shared: None };
-            }
-        };
-        Self::with_store(store, metrics, rules.iter().any(|r| r.semantic.is_some()))
-    }
-
-    /// A cache over `store`; `semantic` rebuilds the semantic index from it in the background.
-    pub fn with_store(store: Arc<dyn CacheStore>, metrics: Arc<Metrics>, semantic: bool) -> Self {
-        metrics.cache_store_up.set(1);
+        let semantic = rules.iter().any(|r| r.semantic.is_some());
         let shared = Arc::new(Shared {
             store,
             index: Index::new(SEMANTIC_CAPACITY),
             metrics,
-            up: AtomicBool::new(true),
         });
         if semantic && let Ok(rt) = tokio::runtime::Handle::try_current() {
             let shared = shared.clone();
@@ -423,13 +404,10 @@ impl ResponseCache {
                 fill: Some(fill),
             };
         }
-        let found = match shared.store.get(&key).await {
-            Ok(found) => {
-                shared.noted(true, None);
-                found
-            }
+        let found = match shared.store.get(&entry_key(&key)).await {
+            Ok(found) => found,
             Err(e) => {
-                shared.noted(false, Some(&e));
+                tracing::debug!(error = %e, "cache bypassed: the store did not answer");
                 shared.count(route, "bypass");
                 return Lookup::bypass();
             }
@@ -444,7 +422,7 @@ impl ResponseCache {
         if let Some((context, vector, min)) = &semantic
             && let Some((near, similarity)) = shared.index.nearest(context, vector, *min)
         {
-            match shared.store.get(&near).await {
+            match shared.store.get(&entry_key(&near)).await {
                 Ok(Some(bytes)) => {
                     if let Some(answer) = decode_answer(&bytes) {
                         shared.count(route, "semantic_hit");
@@ -456,7 +434,7 @@ impl ResponseCache {
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    shared.noted(false, Some(&e));
+                    tracing::debug!(error = %e, "cache bypassed: the store did not answer");
                     shared.count(route, "bypass");
                     return Lookup::bypass();
                 }
@@ -475,31 +453,36 @@ fn decode_answer(bytes: &[u8]) -> Option<ChatResponse> {
     (entry.expires_ms > now_ms()).then(|| entry.answer.into())
 }
 
-/// Loads the semantic entries of the store into the index.
+/// Loads the prompt embeddings of the store into the index (the newest [`SEMANTIC_CAPACITY`]).
 async fn rebuild_index(shared: &Shared) {
-    match shared.store.indexed(SEMANTIC_CAPACITY).await {
-        Ok(entries) => {
-            // Newest first from the store; inserted oldest first so the newest stay longest.
-            for (key, value) in entries.into_iter().rev() {
-                let Ok(entry) = serde_json::from_slice::<Entry>(&value) else {
-                    continue;
-                };
-                let Some((context, vector)) = entry.semantic else {
-                    continue;
-                };
-                let context = hex::decode(context)
-                    .ok()
-                    .and_then(|c| <[u8; 32]>::try_from(c).ok());
-                if let (Some(context), Some(vector)) = (context, semantic::unit(&vector)) {
-                    shared.index.insert(context, vector, key, entry.expires_ms);
-                }
-            }
-            tracing::debug!(prompts = shared.index.len(), "semantic cache index rebuilt");
-        }
+    let listed = match shared.store.list(VECTOR_PREFIX).await {
+        Ok(listed) => listed,
         Err(e) => {
-            shared.noted(false, Some(&e));
+            tracing::warn!(error = %e, "the semantic cache index could not be rebuilt; it starts empty");
+            return;
+        }
+    };
+    let now = now_ms();
+    let mut vectors: Vec<(String, Vector)> = listed
+        .into_iter()
+        .filter_map(|(key, value)| {
+            let key = key.strip_prefix(VECTOR_PREFIX).unwrap_or(&key).to_owned();
+            let v: Vector = serde_json::from_slice(&value).ok()?;
+            (v.expires_ms > now).then_some((key, v))
+        })
+        .collect();
+    // Oldest first, so the newest stay when the index is full.
+    vectors.sort_unstable_by_key(|(_, v)| v.expires_ms);
+    let skip = vectors.len().saturating_sub(SEMANTIC_CAPACITY);
+    for (key, v) in vectors.into_iter().skip(skip) {
+        let context = hex::decode(&v.context)
+            .ok()
+            .and_then(|c| <[u8; 32]>::try_from(c).ok());
+        if let (Some(context), Some(vector)) = (context, semantic::unit(&v.vector)) {
+            shared.index.insert(context, vector, key, v.expires_ms);
         }
     }
+    tracing::debug!(prompts = shared.index.len(), "semantic cache index rebuilt");
 }
 
 /// The prompt's context hash and unit embedding (the model runs off the async workers); None

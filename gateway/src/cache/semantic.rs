@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use super::store::now_ms;
+use super::now_ms;
 
 /// One cached prompt.
 #[derive(Debug, Clone)]
