@@ -251,8 +251,14 @@ impl HttpClient {
 
     /// Starts a POST to `uri`.
     pub fn post(&self, uri: Uri) -> RequestBuilder<'_> {
+        self.request(http::Method::POST, uri)
+    }
+
+    /// Starts a request with `method` to `uri`.
+    pub fn request(&self, method: http::Method, uri: Uri) -> RequestBuilder<'_> {
         RequestBuilder {
             client: self,
+            method,
             uri,
             headers: HeaderMap::new(),
             body: Bytes::new(),
@@ -263,10 +269,15 @@ impl HttpClient {
     /// Starts a POST to `url`, parsed here; one that does not parse fails the send as a
     /// [`TransportErrorKind::Build`] error.
     pub fn post_url(&self, url: &str) -> RequestBuilder<'_> {
+        self.request_url(http::Method::POST, url)
+    }
+
+    /// Starts a request with `method` to `url`, parsed as in [`HttpClient::post_url`].
+    pub fn request_url(&self, method: http::Method, url: &str) -> RequestBuilder<'_> {
         match url.parse() {
-            Ok(uri) => self.post(uri),
+            Ok(uri) => self.request(method, uri),
             Err(e) => self
-                .post(Uri::default())
+                .request(method, Uri::default())
                 .fail(format!("invalid url '{url}': {e}")),
         }
     }
@@ -305,6 +316,7 @@ fn tls_config() -> Result<rustls::ClientConfig> {
 #[derive(Debug)]
 pub struct RequestBuilder<'a> {
     client: &'a HttpClient,
+    method: http::Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
@@ -366,7 +378,7 @@ impl RequestBuilder<'_> {
             return Err(TransportError::new(TransportErrorKind::Build, message));
         }
         let mut request = http::Request::new(Full::new(self.body));
-        *request.method_mut() = http::Method::POST;
+        *request.method_mut() = self.method;
         *request.uri_mut() = self.uri;
         *request.headers_mut() = self.headers;
         request

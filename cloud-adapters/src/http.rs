@@ -61,6 +61,16 @@ fn retry_after_secs(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
+/// Whether a response's `content-type` is JSON (`application/json`, or a `+json` type).
+pub fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|t| t.trim().to_ascii_lowercase())
+        .is_some_and(|t| t == "application/json" || t.ends_with("+json"))
+}
+
 /// Reads a whole response body.
 pub async fn read_body(response: Response, provider: &str) -> Result<Bytes, ProviderError> {
     response

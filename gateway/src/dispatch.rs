@@ -17,12 +17,13 @@ use tokio::time::Instant;
 
 use crate::cache::{CACHE_BACKEND, CacheStatus, Fill, Hit, Lookup};
 use crate::config::{BackendKind, RoutePolicy, placement_allows};
-use crate::context::RouteSlot;
+use crate::context::{FirstTokenDeadline, RouteSlot};
 use crate::error::Error;
 use crate::executor::cascade::{CascadeExecutor, CascadeOutcome};
 use crate::executor::local::LocalExecutor;
 use crate::executor::{CompletionCall, CompletionOutput, Executor};
 use crate::metrics::BackendLabels;
+use crate::resilience::{Admission, Outcome, Resilience};
 use crate::routing::{LiveBackend, Planned, RequestHints, placement_for};
 use crate::state::AppState;
 
@@ -126,16 +127,35 @@ fn runnable<'a>(
     Ok(executors)
 }
 
-/// Runs `attempt` on each of `executors` until one succeeds or fails for good. A backend that
-/// cannot honour the request (an unsupported parameter) is skipped whatever the fallback
-/// setting, since it never ran it. `attempt` is told whether its try is the last one there can
-/// be, so it can hand over the request instead of a copy.
+/// The executors of one request's plan and how to move between them.
+struct Tries {
+    executors: Vec<Arc<dyn Executor>>,
+    /// Whether a retryable failure moves on to the next executor.
+    fallback: bool,
+    /// Whether the last executor is the local model, added because the route's cloud backends
+    /// may all fail (`resilience.local_fallback`).
+    local_fallback: bool,
+    /// Whether a slow first try gets a hedge on the second executor, and after how long (`None`:
+    /// the first backend's p95).
+    hedge: Option<Option<std::time::Duration>>,
+    /// The explanation so far.
+    reason: String,
+    /// Whether the policy decided the order (the header then reads `reason; backend=...`).
+    decided: bool,
+}
+
+/// Runs `attempt` on each of the executors in turn until one succeeds or fails for good. A
+/// backend whose breaker is open is skipped at once; a retryable failure is retried on the same
+/// backend while the settings and the retry budget allow, with backoff, then moves to the next
+/// backend when fallback is on. On a hedged route a first try slower than its delay gets a
+/// second one on the next backend; the first answer wins and the other is dropped (cancelled
+/// upstream, never accounted). A backend that cannot honour the request (an unsupported
+/// parameter) is skipped whatever the fallback setting, since it never ran it. `attempt` is
+/// told whether its try is the last one there can be, so it can hand over the request instead
+/// of a copy.
 async fn with_fallback<T, F, Fut>(
     state: &AppState,
-    executors: Vec<Arc<dyn Executor>>,
-    fallback: bool,
-    mut reason: String,
-    decided: bool,
+    tries: Tries,
     slot: Option<&RouteSlot>,
     mut attempt: F,
 ) -> (Result<T, Error>, RouteInfo)
@@ -143,85 +163,353 @@ where
     F: FnMut(Arc<dyn Executor>, bool) -> Fut,
     Fut: std::future::Future<Output = Result<T, Error>>,
 {
+    let Tries {
+        executors,
+        fallback,
+        local_fallback,
+        hedge,
+        mut reason,
+        decided,
+    } = tries;
+    let resilience = &state.resilience;
+    resilience.deposit();
     let count = executors.len();
+    let retries = resilience.settings.retries;
+    let success = |backend: String, index: usize, reason: &str| {
+        let mut explanation = if decided {
+            format!("{reason}; backend={backend}")
+        } else {
+            format!("{backend}; {reason}")
+        };
+        if local_fallback && index + 1 == count && index > 0 {
+            explanation.push_str("; local fallback (every cloud backend failed)");
+            state.metrics.local_fallbacks.inc();
+        }
+        RouteInfo {
+            backend,
+            explanation,
+            cache: None,
+        }
+    };
     // The last backend that failed in earnest, with the reason as it stood then: a later one
     // that cannot honour the request does not hide it.
     let mut failed: Option<(String, String, Error)> = None;
-    for (i, executor) in executors.into_iter().enumerate() {
+    let mut i = 0;
+    while i < count {
+        let executor = executors[i].clone();
         let backend = executor.backend().to_owned();
         let last = i + 1 == count;
         if let Some(slot) = slot {
             slot.note_backend(&backend);
         }
-        match attempt(executor, last).await {
-            Ok(value) => {
-                let explanation = if decided {
-                    format!("{reason}; backend={backend}")
-                } else {
-                    format!("{backend}; {reason}")
-                };
-                return (
-                    Ok(value),
-                    RouteInfo {
-                        backend,
-                        explanation,
-                        cache: None,
-                    },
-                );
+        if let Admission::Refused(wait) = resilience.admit(&backend) {
+            let e = Error::CircuitOpen {
+                backend: backend.clone(),
+                retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+            };
+            let earlier = reason.clone();
+            reason = format!("{reason}; skipped {backend} (circuit open)");
+            if !last && fallback {
+                failed.get_or_insert((backend, earlier, e));
+                i += 1;
+                continue;
             }
-            Err(Error::Unsupported { message, param }) if !last => {
-                tracing::debug!(backend = %backend, reason = %message, "backend cannot honour the request, trying the next one");
-                reason = format!("{reason}; skipped {backend} ({param} unsupported)");
+            let (backend, reason, e) = failed.take().unwrap_or((backend, earlier, e));
+            return failure(reason, backend, e, decided);
+        }
+        // A hedge races the first try against one on the next backend.
+        let mut first_result = None;
+        let hedge_delay = hedge
+            .filter(|_| i == 0 && !last)
+            .and_then(|configured| resilience.hedge_delay(&backend, configured));
+        if let Some(delay) = hedge_delay {
+            let next = executors[i + 1].clone();
+            let first = timed(resilience, &backend, attempt(executor.clone(), false));
+            match hedged(state, &backend, first, delay, &next, &mut attempt).await {
+                Raced::Alone(result) => first_result = Some(result),
+                Raced::Won { second, value } => {
+                    let winner = if second { next.backend() } else { &backend }.to_owned();
+                    let reason = format!("{reason}; hedged on {}", next.backend());
+                    let index = if second { i + 1 } else { i };
+                    return (Ok(value), success(winner, index, &reason));
+                }
+                Raced::BothFailed { first, second } => {
+                    let next_backend = next.backend().to_owned();
+                    reason = format!(
+                        "{reason}; hedged on {next_backend}; both failed ({}, {})",
+                        first.what(),
+                        second.what()
+                    );
+                    let go_on = i + 2 < count && fallback && second.retryable();
+                    let e = with_retry_after(resilience, second);
+                    if !go_on {
+                        return failure(reason, next_backend, e, decided);
+                    }
+                    failed = Some((next_backend, reason.clone(), e));
+                    i += 2;
+                    continue;
+                }
             }
-            // Only a retryable failure with fallback on and backends left leads to another try.
-            Err(e) if !last && fallback && e.retryable() => {
-                tracing::warn!(backend = %backend, error = %e, "backend failed, trying the next one");
+        }
+        let mut retry = 0;
+        loop {
+            let final_try = last && retry >= retries;
+            let result = match first_result.take() {
+                Some(result) => result,
+                None => timed(resilience, &backend, attempt(executor.clone(), final_try)).await,
+            };
+            resilience.record(&backend, Outcome::of(&result), &state.metrics);
+            let e = match result {
+                Ok(value) => return (Ok(value), success(backend, i, &reason)),
+                Err(e) => e,
+            };
+            let asked = match &e {
+                Error::Upstream(u) => u.retry_after_secs.map(std::time::Duration::from_secs),
+                _ => None,
+            };
+            // An upstream's `retry-after` is waited for before a retry there, or, when it is
+            // longer than the largest backoff, the next backend is tried instead.
+            if e.retryable()
+                && !final_try
+                && let Some(wait) = resilience.retry_wait(retry, asked)
+            {
+                tracing::info!(backend = %backend, error = %e, retry = retry + 1, wait_ms = wait.as_millis() as u64, "retrying");
                 state
                     .metrics
-                    .fallbacks
+                    .retries
                     .get_or_create(&BackendLabels {
                         backend: backend.clone(),
                     })
                     .inc();
-                let earlier = reason.clone();
-                reason = format!(
-                    "{reason}; fallback after {backend} failed ({})",
-                    e.metric_label()
-                );
-                failed = Some((backend, earlier, e));
+                reason = format!("{reason}; retried {backend} ({})", e.what());
+                tokio::time::sleep(wait).await;
+                retry += 1;
+                continue;
             }
-            Err(e) => {
-                // The last backend cannot honour the request, but an earlier one failed for a
-                // reason that may pass (429, 5xx): that failure is the answer, with its status
-                // and retry-after.
-                let (backend, reason, e) = match (e, failed.take()) {
-                    (Error::Unsupported { .. }, Some(earlier)) => earlier,
-                    (e, _) => (backend, reason, e),
-                };
-                let explanation = if decided {
-                    format!("{reason}; backend={backend}; failed ({})", e.metric_label())
-                } else {
-                    format!("{backend}; {reason}; failed ({})", e.metric_label())
-                };
-                return (
-                    Err(e),
-                    RouteInfo {
-                        backend,
-                        explanation,
-                        cache: None,
-                    },
-                );
+            match e {
+                Error::Unsupported { message, param } if !last => {
+                    tracing::debug!(backend = %backend, reason = %message, "backend cannot honour the request, trying the next one");
+                    reason = format!("{reason}; skipped {backend} ({param} unsupported)");
+                }
+                // Only a retryable failure with fallback on and backends left leads to another
+                // backend.
+                e if !last && fallback && e.retryable() => {
+                    tracing::warn!(backend = %backend, error = %e, "backend failed, trying the next one");
+                    state
+                        .metrics
+                        .fallbacks
+                        .get_or_create(&BackendLabels {
+                            backend: backend.clone(),
+                        })
+                        .inc();
+                    let earlier = reason.clone();
+                    reason = format!("{reason}; fallback after {backend} failed ({})", e.what());
+                    failed = Some((backend.clone(), earlier, with_retry_after(resilience, e)));
+                }
+                e => {
+                    // The last backend cannot honour the request, but an earlier one failed for
+                    // a reason that may pass (429, 5xx): that failure is the answer, with its
+                    // status and retry-after.
+                    let (backend, reason, e) = match (e, failed.take()) {
+                        (Error::Unsupported { .. }, Some(earlier)) => earlier,
+                        (e, _) => (
+                            backend.clone(),
+                            reason.clone(),
+                            with_retry_after(resilience, e),
+                        ),
+                    };
+                    return failure(reason, backend, e, decided);
+                }
             }
+            break;
+        }
+        i += 1;
+    }
+    match failed {
+        Some((backend, reason, e)) => failure(reason, backend, e, decided),
+        None => (
+            Err(Error::Internal("route has no backends".into())),
+            RouteInfo {
+                backend: String::new(),
+                explanation: reason,
+                cache: None,
+            },
+        ),
+    }
+}
+
+/// A try on `backend`, counted in flight on its load while it runs, its latency observed when
+/// it succeeds.
+async fn timed<T>(
+    resilience: &Resilience,
+    backend: &str,
+    attempt: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    let load = resilience.load(backend).cloned();
+    let _pending = load.as_ref().map(|l| l.start());
+    let started = Instant::now();
+    let result = attempt.await;
+    if let (Ok(_), Some(load)) = (&result, &load) {
+        load.observe(started.elapsed(), Instant::now());
+    }
+    result
+}
+
+/// How a hedged first try went.
+enum Raced<T> {
+    /// It finished before the hedge's delay: no hedge was sent.
+    Alone(Result<T, Error>),
+    /// One of the two answered first (`second`: the hedge did); the other was dropped.
+    Won { second: bool, value: T },
+    /// Both failed.
+    BothFailed { first: Error, second: Error },
+}
+
+/// Runs `first` (a try on `first_backend`) and, if it has not finished after `delay`, a hedge on
+/// `next` (when its breaker admits it); the first success wins and the other try is dropped.
+/// The outcomes of a race reach the breakers here; a try that ran alone is the caller's to
+/// record.
+async fn hedged<T, F, Fut>(
+    state: &AppState,
+    first_backend: &str,
+    first: impl std::future::Future<Output = Result<T, Error>>,
+    delay: std::time::Duration,
+    next: &Arc<dyn Executor>,
+    attempt: &mut F,
+) -> Raced<T>
+where
+    F: FnMut(Arc<dyn Executor>, bool) -> Fut,
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
+    use futures::future::{Either, select};
+    let resilience = &state.resilience;
+    let mut first = std::pin::pin!(first);
+    let timer = std::pin::pin!(tokio::time::sleep(delay));
+    if let Either::Left((result, _)) = select(first.as_mut(), timer).await {
+        return Raced::Alone(result);
+    }
+    if matches!(resilience.admit(next.backend()), Admission::Refused(_)) {
+        return Raced::Alone(first.await);
+    }
+    state
+        .metrics
+        .hedges
+        .get_or_create(&BackendLabels {
+            backend: next.backend().to_owned(),
+        })
+        .inc();
+    let second = std::pin::pin!(timed(
+        resilience,
+        next.backend(),
+        attempt(next.clone(), false)
+    ));
+    let record = |backend: &str, result: &Result<(), &Error>| {
+        let outcome = match result {
+            Ok(()) => Outcome::Healthy,
+            Err(e) => Outcome::of::<()>(&Err((*e).clone())),
+        };
+        resilience.record(backend, outcome, &state.metrics);
+    };
+    // The loser of a race is dropped unfinished: it says nothing of its backend's health.
+    let (raced, first_outcome, second_outcome) = match select(first, second).await {
+        Either::Left((Ok(value), _)) => (
+            Raced::Won {
+                second: false,
+                value,
+            },
+            Some(Ok(())),
+            None,
+        ),
+        Either::Right((Ok(value), _)) => (
+            Raced::Won {
+                second: true,
+                value,
+            },
+            None,
+            Some(Ok(())),
+        ),
+        Either::Left((Err(a), second)) => match second.await {
+            Ok(value) => (
+                Raced::Won {
+                    second: true,
+                    value,
+                },
+                Some(Err(a)),
+                Some(Ok(())),
+            ),
+            Err(b) => (
+                Raced::BothFailed {
+                    first: a.clone(),
+                    second: b.clone(),
+                },
+                Some(Err(a)),
+                Some(Err(b)),
+            ),
+        },
+        Either::Right((Err(b), first)) => match first.await {
+            Ok(value) => (
+                Raced::Won {
+                    second: false,
+                    value,
+                },
+                Some(Ok(())),
+                Some(Err(b)),
+            ),
+            Err(a) => (
+                Raced::BothFailed {
+                    first: a.clone(),
+                    second: b.clone(),
+                },
+                Some(Err(a)),
+                Some(Err(b)),
+            ),
+        },
+    };
+    for (backend, outcome) in [
+        (first_backend, first_outcome),
+        (next.backend(), second_outcome),
+    ] {
+        match outcome {
+            Some(Ok(())) => record(backend, &Ok(())),
+            Some(Err(e)) => record(backend, &Err(&e)),
+            None => resilience.record(backend, Outcome::Untried, &state.metrics),
         }
     }
+    raced
+}
+
+/// The answer of a request whose tries all failed, `e` the failure that stands.
+fn failure<T>(
+    reason: String,
+    backend: String,
+    e: Error,
+    decided: bool,
+) -> (Result<T, Error>, RouteInfo) {
+    let explanation = if decided {
+        format!("{reason}; backend={backend}; failed ({})", e.what())
+    } else {
+        format!("{backend}; {reason}; failed ({})", e.what())
+    };
     (
-        Err(Error::Internal("route has no backends".into())),
+        Err(e),
         RouteInfo {
-            backend: String::new(),
-            explanation: reason,
+            backend,
+            explanation,
             cache: None,
         },
     )
+}
+
+/// An upstream's 429 that named no wait gets the one its backend's breaker now has, so a client
+/// always learns when to come back.
+fn with_retry_after(resilience: &Resilience, e: Error) -> Error {
+    match e {
+        Error::Upstream(mut u) if u.status == Some(429) && u.retry_after_secs.is_none() => {
+            u.retry_after_secs = Some(resilience.retry_after_secs(&u.backend));
+            Error::Upstream(u)
+        }
+        e => e,
+    }
 }
 
 /// How one request will be run: the executors in order, and the policy's decision when the
@@ -229,6 +517,10 @@ where
 struct Plan {
     executors: Vec<Arc<dyn Executor>>,
     fallback: bool,
+    /// Whether the last executor is the local model added as the cloud's fallback.
+    local_fallback: bool,
+    /// The route's hedging.
+    hedge: Option<Option<std::time::Duration>>,
     reason: String,
     planned: Option<Planned>,
     cascade: Option<Arc<CascadeExecutor>>,
@@ -252,16 +544,70 @@ impl Plan {
         if let Some(slot) = slot {
             slot.note_route(model);
         }
-        with_fallback(
-            state,
-            self.executors.clone(),
-            self.fallback,
-            self.reason.clone(),
-            self.planned.is_some(),
-            slot,
-            attempt,
-        )
-        .await
+        let tries = Tries {
+            executors: self.executors.clone(),
+            fallback: self.fallback,
+            local_fallback: self.local_fallback,
+            hedge: self.hedge,
+            reason: self.reason.clone(),
+            decided: self.planned.is_some(),
+        };
+        with_fallback(state, tries, slot, attempt).await
+    }
+}
+
+/// Puts first the deployment power-of-two-choices picks on load (`balance = "p2c"`); the others
+/// keep config order after it, as fallbacks.
+fn balance(
+    state: &AppState,
+    route: &crate::config::RouteConfig,
+    weights: &[f64],
+    executors: &mut [Arc<dyn Executor>],
+) {
+    let names: Vec<&str> = executors.iter().map(|e| e.backend()).collect();
+    let weights: Vec<f64> = names
+        .iter()
+        .map(|n| {
+            route
+                .backends
+                .iter()
+                .position(|b| b == n)
+                .and_then(|i| weights.get(i).copied())
+                .unwrap_or(1.0)
+        })
+        .collect();
+    let first = state.resilience.pick_first(&names, &weights);
+    executors[..=first].rotate_right(1);
+}
+
+/// With `resilience.local_fallback` on, puts the local model after a route's cloud backends
+/// when none of them is it and the request's placement allows it, so it answers when they all
+/// fail. Returns whether it did.
+fn add_local_fallback(
+    state: &AppState,
+    model: &str,
+    hints: &RequestHints,
+    executors: &mut Vec<Arc<dyn Executor>>,
+) -> bool {
+    if !state.resilience.settings.local_fallback
+        || executors.iter().any(|e| e.kind() == BackendKind::Local)
+    {
+        return false;
+    }
+    let placement_ok = state.config.routes.get(model).is_none_or(|route| {
+        placement_for(&state.config.router, model, route, hints)
+            .is_none_or(|(p, _)| placement_allows(p, BackendKind::Local))
+    });
+    let local = state
+        .executors
+        .values()
+        .find(|e| e.kind() == BackendKind::Local);
+    match local {
+        Some(local) if placement_ok => {
+            executors.push(local.clone());
+            true
+        }
+        _ => false,
     }
 }
 
@@ -290,11 +636,19 @@ async fn plan(
     let policy = match (&state.policy, route.policy) {
         (Some(p), RoutePolicy::Learned) => p,
         _ => {
-            let (executors, fallback) = route_for(state, model, hints).map_err(no_route)?;
+            let (mut executors, fallback) = route_for(state, model, hints).map_err(no_route)?;
+            let mut reason = format!("route {model}");
+            if let Some(weights) = &route.balance {
+                balance(state, route, weights, &mut executors);
+                reason.push_str("; balanced (p2c)");
+            }
+            let local_fallback = add_local_fallback(state, model, hints, &mut executors);
             return Ok(Plan {
                 executors,
                 fallback,
-                reason: format!("route {model}"),
+                local_fallback,
+                hedge: route.hedge,
+                reason,
                 planned: None,
                 cascade: None,
             });
@@ -386,9 +740,12 @@ async fn plan(
             "no backend of model `{model}` is running"
         ))));
     }
+    let local_fallback = add_local_fallback(state, model, hints, &mut executors);
     Ok(Plan {
         executors,
         fallback: route.fallback,
+        local_fallback,
+        hedge: route.hedge,
         reason: header,
         planned: Some(planned),
         cascade,
@@ -772,13 +1129,14 @@ fn attempt_request(request: &mut Option<ChatRequest>, last: bool) -> Result<Chat
 
 /// Runs a legacy completion: planned like a chat request (the policy reads the prompt as one user
 /// turn), then tried on the plan's backends in turn; one without the legacy API is skipped. A
-/// stream stops waiting for its upstream at `first_token_deadline`, and its decision is logged
+/// stream's every try stops waiting for its upstream after the first-token timeout (the next
+/// backend then gets its own), and its decision is logged
 /// once it starts (the local model's stream carries engine events, not chat events to watch).
 pub async fn run_completion(
     state: &AppState,
     call: &CompletionCall,
     hints: &RequestHints,
-    first_token_deadline: Option<(Instant, Error)>,
+    first_token: Option<FirstTokenDeadline>,
 ) -> (Result<CompletionOutput, Error>, RouteInfo) {
     let model = call.request.model.as_str();
     let plan = match plan(state, &call.policy_view(), hints).await {
@@ -788,12 +1146,12 @@ pub async fn run_completion(
     let stream = call.request.stream;
     let (result, mut route) = plan
         .run(state, hints, model, |executor, _last| {
-            let deadline = first_token_deadline.clone().filter(|_| stream);
+            let deadline = first_token.filter(|_| stream).map(per_try);
             async move {
                 match deadline {
-                    Some((at, error)) => tokio::time::timeout_at(at, executor.completion(call))
+                    Some(d) => tokio::time::timeout_at(d.at, executor.completion(call))
                         .await
-                        .unwrap_or(Err(error)),
+                        .unwrap_or_else(|_| Err(d.error())),
                     None => executor.completion(call).await,
                 }
             }
@@ -805,12 +1163,14 @@ pub async fn run_completion(
     (result, route)
 }
 
-/// Starts a streaming request; waiting for the upstream stops at `first_token_deadline`.
+/// Starts a streaming request. Each try has its own first-token budget (the first-token timeout
+/// from when it starts): a backend that stalls before its first token, or fails before it, is a
+/// failed try, and the next backend gets the request with a budget of its own.
 pub async fn run_stream(
     state: &AppState,
     request: ChatRequest,
     hints: &RequestHints,
-    first_token_deadline: Option<(Instant, Error)>,
+    first_token: Option<FirstTokenDeadline>,
 ) -> (Result<EventStream, Error>, RouteInfo) {
     let (fill, status) = match cache_step(state, &request, hints).await {
         Ok(miss) => miss,
@@ -826,7 +1186,7 @@ pub async fn run_stream(
     let (result, mut route) = plan
         .run(state, hints, &model, |executor, last| {
             let request = attempt_request(&mut request, last);
-            let deadline = first_token_deadline.clone();
+            let deadline = first_token.map(per_try);
             async move {
                 let request = request?;
                 let started = StdInstant::now();
@@ -835,20 +1195,27 @@ pub async fn run_stream(
                     .as_ref()
                     .and_then(|p| p.backend(executor.backend()))
                     .cloned();
-                let result = match deadline {
-                    Some((at, error)) => tokio::time::timeout_at(at, executor.chat_stream(request))
-                        .await
-                        .unwrap_or(Err(error)),
-                    None => executor.chat_stream(request).await,
+                let started_stream = async {
+                    let events = executor.chat_stream(request).await?;
+                    let events = match &live {
+                        Some(live) if measure => measured(events, live.clone(), started),
+                        _ => events,
+                    };
+                    first_content(events, executor.backend()).await
                 };
-                match (result, live) {
-                    (Ok(events), Some(live)) if measure => Ok(measured(events, live, started)),
-                    (Err(e), Some(live)) if measure && e.retryable() => {
-                        live.state.record_error();
-                        Err(e)
-                    }
-                    (other, _) => other,
+                let result = match deadline {
+                    Some(d) => tokio::time::timeout_at(d.at, started_stream)
+                        .await
+                        .unwrap_or_else(|_| Err(d.error())),
+                    None => started_stream.await,
+                };
+                if let (Err(e), Some(live)) = (&result, live)
+                    && measure
+                    && e.retryable()
+                {
+                    live.state.record_error();
                 }
+                result
             }
         })
         .await;
@@ -868,6 +1235,34 @@ pub async fn run_stream(
         (result, _) => result,
     };
     (result, route)
+}
+
+/// A try's own first-token deadline: the configured timeout from now.
+fn per_try(configured: FirstTokenDeadline) -> FirstTokenDeadline {
+    FirstTokenDeadline {
+        at: Instant::now() + std::time::Duration::from_millis(configured.millis),
+        millis: configured.millis,
+    }
+}
+
+/// Reads a stream up to its first event with content (anything but `Start`) and puts what it
+/// read back in front. A retryable failure before any content is the try's failure, so the next
+/// backend can take the request; one that is not stays in the stream for the client to see.
+async fn first_content(mut events: EventStream, backend: &str) -> Result<EventStream, Error> {
+    let mut head = Vec::with_capacity(2);
+    while let Some(event) = events.next().await {
+        match event {
+            start @ ChatEvent::Start { .. } => head.push(start),
+            ChatEvent::Error(e) if e.retryable => {
+                return Err(crate::executor::upstream_error(backend, e));
+            }
+            other => {
+                head.push(other);
+                break;
+            }
+        }
+    }
+    Ok(futures::stream::iter(head).chain(events).boxed())
 }
 
 #[cfg(test)]

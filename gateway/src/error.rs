@@ -73,6 +73,38 @@ impl UpstreamError {
     }
 }
 
+impl UpstreamError {
+    /// The OpenAI `error.type`: what happened where the status or kind says it (a 429 is a rate
+    /// limit, a timeout a timeout, whatever type the upstream wrote), else the upstream's own.
+    pub fn openai_type(&self) -> String {
+        let own = self.upstream_type.as_deref();
+        match (self.status, self.kind) {
+            // OpenAI's own 429s name what ran out: keep those.
+            (Some(429), _) => match own {
+                Some(t @ ("requests" | "tokens" | "insufficient_quota" | "rate_limit_error")) => {
+                    t.into()
+                }
+                _ => "rate_limit_error".into(),
+            },
+            (Some(408 | 504), _) | (None, "timeout") => "timeout_error".into(),
+            _ => own.unwrap_or("upstream_error").into(),
+        }
+    }
+
+    /// What happened, in a few words, for the route header and logs: `connect failed`,
+    /// `timed out`, `status 503`, `stream cut`.
+    pub fn what(&self) -> String {
+        match (self.kind, self.status) {
+            ("status", Some(status)) => format!("status {status}"),
+            ("connect", _) => "connect failed".into(),
+            ("timeout", _) => "timed out".into(),
+            ("stream_cut", _) => "stream cut".into(),
+            ("decode", _) => "unreadable answer".into(),
+            (kind, _) => kind.replace('_', " "),
+        }
+    }
+}
+
 /// Every error the gateway answers a client with.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
@@ -120,12 +152,25 @@ pub enum Error {
         /// The limit in bytes.
         limit: usize,
     },
+    /// The body is declared as something other than JSON.
+    #[error("the request body must be JSON (`content-type: application/json`), not `{0}`")]
+    UnsupportedMediaType(String),
     /// Too many requests in flight: load shed.
     #[error("the gateway is at its concurrency limit of {limit} requests, retry later")]
     Overloaded {
         /// The concurrency limit.
         limit: usize,
         /// Seconds the client should wait.
+        retry_after_secs: u64,
+    },
+    /// A backend's circuit breaker is open: it failed repeatedly and rests before a probe.
+    #[error(
+        "backend `{backend}` is unavailable for {retry_after_secs} s (its circuit breaker is open after repeated failures)"
+    )]
+    CircuitOpen {
+        /// The backend's config name.
+        backend: String,
+        /// Seconds until it may be probed again.
         retry_after_secs: u64,
     },
     /// The whole request took longer than the configured total timeout.
@@ -146,6 +191,25 @@ pub enum Error {
     /// A bug or an unexpected state inside the gateway.
     #[error("internal error: {0}")]
     Internal(String),
+    /// No virtual key has this id (admin API).
+    #[error("no key has the id `{0}`")]
+    UnknownKey(String),
+    /// The caller's key may not use this model.
+    #[error("this key may not use the model `{0}`")]
+    ModelNotAllowed(String),
+    /// A rate limit (of the key or of the route) has no room for this request.
+    #[error("{message}")]
+    RateLimited {
+        /// Which limit, and when to retry.
+        message: String,
+        /// `requests` or `tokens`: the limit that refused.
+        limit: &'static str,
+        /// Seconds until the request would fit.
+        retry_after_secs: u64,
+    },
+    /// The caller's key spent its budget.
+    #[error("{0}")]
+    InsufficientQuota(String),
     /// The shared state store did not answer (Redis down or slow); with limits failing closed,
     /// what a request that a limit applies to gets.
     #[error("the shared state store is unavailable: {0}")]
@@ -170,9 +234,14 @@ impl Error {
                 StatusCode::NOT_FOUND
             }
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::UnknownKey(_) => StatusCode::NOT_FOUND,
+            Self::ModelNotAllowed(_) => StatusCode::FORBIDDEN,
+            Self::RateLimited { .. } | Self::InsufficientQuota(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::CircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout(_) | Self::FirstTokenTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::NotReady(_) | Self::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Upstream(e) => e
@@ -198,7 +267,9 @@ impl Error {
             Self::UnknownRequestId(_) => "unknown_request_id",
             Self::Unauthorized => "unauthorized",
             Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::Overloaded { .. } => "overloaded",
+            Self::CircuitOpen { .. } => "circuit_open",
             Self::Timeout(_) => "timeout",
             Self::FirstTokenTimeout(_) => "first_token_timeout",
             Self::NotReady(_) => "not_ready",
@@ -206,6 +277,19 @@ impl Error {
             Self::LocalModel(_) => "local_model",
             Self::Internal(_) => "internal",
             Self::StoreUnavailable(_) => "store_unavailable",
+            Self::UnknownKey(_) => "unknown_key",
+            Self::ModelNotAllowed(_) => "model_not_allowed",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::InsufficientQuota(_) => "insufficient_quota",
+        }
+    }
+
+    /// What happened, in a few words, for the route header: an upstream's failure says what it
+    /// was (`status 429`, `connect failed`), the rest their metric label.
+    pub fn what(&self) -> String {
+        match self {
+            Self::Upstream(e) => e.what(),
+            other => other.metric_label().replace('_', " "),
         }
     }
 
@@ -213,7 +297,8 @@ impl Error {
     pub fn retryable(&self) -> bool {
         match self {
             Self::Upstream(e) => e.retryable,
-            Self::NotReady(_) => true,
+            // Another backend may be well, or answer before its deadline.
+            Self::NotReady(_) | Self::CircuitOpen { .. } | Self::FirstTokenTimeout(_) => true,
             _ => false,
         }
     }
@@ -227,15 +312,19 @@ impl Error {
             | Self::EndpointNotFound(_)
             | Self::MethodNotAllowed { .. }
             | Self::UnknownRequestId(_)
-            | Self::PayloadTooLarge { .. } => "invalid_request_error".into(),
+            | Self::PayloadTooLarge { .. }
+            | Self::UnsupportedMediaType(_)
+            | Self::UnknownKey(_) => "invalid_request_error".into(),
+            Self::ModelNotAllowed(_) => "permission_error".into(),
+            // OpenAI's own 429s name the limit that refused as the type.
+            Self::RateLimited { limit, .. } => (*limit).into(),
+            Self::InsufficientQuota(_) => "insufficient_quota".into(),
             Self::Unauthorized => "authentication_error".into(),
             Self::Overloaded { .. } => "rate_limit_error".into(),
-            Self::Upstream(e) => e
-                .upstream_type
-                .clone()
-                .unwrap_or_else(|| "upstream_error".into()),
+            Self::Upstream(e) => e.openai_type(),
             Self::Timeout(_) | Self::FirstTokenTimeout(_) => "timeout_error".into(),
             Self::NotReady(_)
+            | Self::CircuitOpen { .. }
             | Self::LocalModel(_)
             | Self::Internal(_)
             | Self::StoreUnavailable(_) => "server_error".into(),
@@ -245,7 +334,7 @@ impl Error {
     /// The Anthropic `error.type`.
     fn anthropic_type(&self) -> &'static str {
         match self.status().as_u16() {
-            400 | 405 => "invalid_request_error",
+            400 | 405 | 415 => "invalid_request_error",
             401 => "authentication_error",
             403 => "permission_error",
             404 => "not_found_error",
@@ -262,7 +351,7 @@ impl Error {
         match self {
             Self::InvalidRequest { param, .. } => param.clone(),
             Self::Unsupported { param, .. } => Some(param.clone()),
-            Self::ModelNotFound(_) => Some("model".into()),
+            Self::ModelNotFound(_) | Self::ModelNotAllowed(_) => Some("model".into()),
             Self::Upstream(e) => e.upstream_param.clone(),
             _ => None,
         }
@@ -277,7 +366,9 @@ impl Error {
             Self::UnknownRequestId(_) => Some("unknown_request_id"),
             Self::Unauthorized => Some("invalid_api_key"),
             Self::PayloadTooLarge { .. } => Some("request_too_large"),
+            Self::UnsupportedMediaType(_) => Some("unsupported_media_type"),
             Self::Overloaded { .. } => Some("overloaded"),
+            Self::CircuitOpen { .. } => Some("circuit_open"),
             Self::Timeout(_) => Some("timeout"),
             Self::FirstTokenTimeout(_) => Some("first_token_timeout"),
             Self::NotReady(_) => Some("not_ready"),
@@ -285,6 +376,10 @@ impl Error {
             Self::EndpointNotFound(_) => Some("unknown_url"),
             Self::MethodNotAllowed { .. } => Some("method_not_allowed"),
             Self::StoreUnavailable(_) => Some("store_unavailable"),
+            Self::UnknownKey(_) => Some("key_not_found"),
+            Self::ModelNotAllowed(_) => Some("model_not_allowed"),
+            Self::RateLimited { .. } => Some("rate_limit_exceeded"),
+            Self::InsufficientQuota(_) => Some("insufficient_quota"),
             Self::LocalModel(_) | Self::Internal(_) => None,
         }
     }
@@ -327,6 +422,14 @@ impl Error {
         );
         match &self {
             Self::Overloaded {
+                retry_after_secs, ..
+            }
+            | Self::RateLimited {
+                retry_after_secs, ..
+            } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            Self::CircuitOpen {
                 retry_after_secs, ..
             } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
@@ -451,6 +554,57 @@ mod tests {
         assert_eq!(
             uncoded_upstream("status", Some(429)).metric_label(),
             "upstream"
+        );
+    }
+
+    #[test]
+    fn a_429_is_a_rate_limit_and_a_timeout_a_timeout_whatever_the_upstream_wrote() {
+        let mut e = UpstreamError {
+            backend: "vllm".into(),
+            status: Some(429),
+            message: "busy".into(),
+            kind: "status",
+            retryable: true,
+            upstream_type: Some("server_error".into()),
+            upstream_code: None,
+            upstream_param: None,
+            retry_after_secs: None,
+        };
+        assert_eq!(e.openai_type(), "rate_limit_error");
+        assert_eq!(e.what(), "status 429");
+        e.upstream_type = Some("tokens".into());
+        assert_eq!(e.openai_type(), "tokens", "OpenAI's own 429 types are kept");
+        e.status = None;
+        e.kind = "timeout";
+        assert_eq!(e.openai_type(), "timeout_error");
+        assert_eq!(e.what(), "timed out");
+        e.kind = "connect";
+        assert_eq!(e.what(), "connect failed");
+        let timeout = Error::Upstream(Box::new(UpstreamError {
+            kind: "timeout",
+            ..e.clone()
+        }));
+        assert_eq!(
+            timeout.body(ApiFlavor::OpenAi)["error"]["type"],
+            "timeout_error"
+        );
+        assert_eq!(
+            timeout.body(ApiFlavor::Anthropic)["error"]["type"],
+            "timeout_error"
+        );
+    }
+
+    #[test]
+    fn a_body_that_is_not_json_is_a_415_in_both_shapes() {
+        let e = Error::UnsupportedMediaType("text/plain".into());
+        assert_eq!(e.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert_eq!(
+            e.body(ApiFlavor::OpenAi)["error"]["code"],
+            "unsupported_media_type"
+        );
+        assert_eq!(
+            e.body(ApiFlavor::Anthropic)["error"]["type"],
+            "invalid_request_error"
         );
     }
 

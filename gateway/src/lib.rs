@@ -3,9 +3,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod cache;
 pub mod config;
 pub mod context;
+pub mod controls;
 pub mod dispatch;
 pub mod error;
 pub mod executor;
@@ -15,6 +17,7 @@ pub mod metrics;
 pub mod middleware;
 pub mod providers;
 pub mod redis_store;
+pub mod resilience;
 pub mod routing;
 pub mod server;
 pub mod speculative;

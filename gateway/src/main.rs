@@ -41,6 +41,63 @@ enum Command {
     Router(LabArgs),
     /// Benchmarks (not tests): print a table with the peer and the ratio.
     Bench(LabArgs),
+    /// Create, list and revoke virtual keys through a running gateway's admin API.
+    Keys(KeysArgs),
+}
+
+#[derive(Debug, Args)]
+struct KeysArgs {
+    /// The admin API's base URL (`server.admin_listen`).
+    #[arg(
+        long,
+        env = "TANDEM_ADMIN_URL",
+        default_value = "http://127.0.0.1:8081",
+        global = true
+    )]
+    admin_url: String,
+    /// An admin key (one of `server.admin_key_hashes`).
+    #[arg(long, env = "TANDEM_ADMIN_KEY", hide_env_values = true, global = true)]
+    admin_key: Option<String>,
+    #[command(subcommand)]
+    command: KeysCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Make a key; the key is printed once and stored only as its hash.
+    Create {
+        /// A name for people.
+        #[arg(long)]
+        name: Option<String>,
+        /// A model (route) the key may call; repeat for several; all when absent.
+        #[arg(long = "model")]
+        models: Vec<String>,
+        /// Requests per minute.
+        #[arg(long)]
+        rpm: Option<u64>,
+        /// Tokens per minute.
+        #[arg(long)]
+        tpm: Option<u64>,
+        /// US dollars per UTC day.
+        #[arg(long)]
+        daily_usd: Option<f64>,
+        /// US dollars per UTC month.
+        #[arg(long)]
+        monthly_usd: Option<f64>,
+        /// `local-only` or `cloud-only`.
+        #[arg(long)]
+        placement: Option<String>,
+        /// A label, `name=value` (`team=search`, `user=ana`); repeat for several.
+        #[arg(long = "meta")]
+        metadata: Vec<String>,
+    },
+    /// List every key (revoked ones too), without the keys themselves.
+    List,
+    /// Revoke a key by its id (`vk_...`); every replica refuses it within a second.
+    Revoke {
+        /// The key's id.
+        id: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -154,6 +211,7 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Keys(args) => runtime()?.block_on(keys(args)),
         Command::Router(args) => run_lab("router", args),
         Command::Bench(args) => run_lab("bench", args),
     }
@@ -197,6 +255,71 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// `tandem keys ...`: one call to the admin API, its JSON answer printed.
+async fn keys(args: KeysArgs) -> anyhow::Result<()> {
+    use tandem_cloud_adapters::client::{HttpClient, HttpConfig, install_crypto_provider};
+    install_crypto_provider();
+    let client = HttpClient::new(&HttpConfig::default())?;
+    let base = args.admin_url.trim_end_matches('/');
+    let (method, url, body) = match args.command {
+        KeysCommand::Create {
+            name,
+            models,
+            rpm,
+            tpm,
+            daily_usd,
+            monthly_usd,
+            placement,
+            metadata,
+        } => {
+            let mut meta = serde_json::Map::new();
+            for pair in metadata {
+                let Some((k, v)) = pair.split_once('=') else {
+                    bail!("--meta {pair}: expected name=value");
+                };
+                meta.insert(k.to_owned(), serde_json::Value::from(v));
+            }
+            let mut body = serde_json::json!({
+                "name": name, "models": models, "requests_per_minute": rpm,
+                "tokens_per_minute": tpm, "budget_daily_usd": daily_usd,
+                "budget_monthly_usd": monthly_usd, "placement": placement, "metadata": meta,
+            });
+            if let Some(fields) = body.as_object_mut() {
+                fields.retain(|_, v| !v.is_null());
+            }
+            (http::Method::POST, format!("{base}/admin/keys"), Some(body))
+        }
+        KeysCommand::List => (http::Method::GET, format!("{base}/admin/keys"), None),
+        KeysCommand::Revoke { id } => (
+            http::Method::DELETE,
+            format!("{base}/admin/keys/{id}"),
+            None,
+        ),
+    };
+    let mut request = client.request_url(method, &url);
+    if let Some(key) = &args.admin_key {
+        request = request.bearer_auth(key);
+    }
+    if let Some(body) = &body {
+        request = request.json(body);
+    }
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the admin API at {base}"))?;
+    let status = response.status();
+    let text = response.text().await?;
+    let pretty = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or(text);
+    if !status.is_success() {
+        bail!("the admin API answered {status}: {pretty}");
+    }
+    out(&pretty);
+    Ok(())
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = match &args.config {
         Some(path) => Config::load(path, &ProcessEnv)
@@ -221,6 +344,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(addr = %gateway.addr, "tandem listening");
     // The address goes to stdout too, so scripts (and tests) can read the bound port.
     out(&format!("listening on http://{}", gateway.addr));
+    if let Some(admin) = gateway.admin_addr {
+        tracing::info!(addr = %admin, "admin API listening");
+        out(&format!("admin API on http://{admin}"));
+    }
     let shutdown = async {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]

@@ -117,6 +117,16 @@ pub struct Metrics {
     pub errors: Family<ErrorLabels, Counter>,
     /// Moves to the next backend after a retryable error.
     pub fallbacks: Family<BackendLabels, Counter>,
+    /// Retries of a try on the same backend.
+    pub retries: Family<BackendLabels, Counter>,
+    /// Hedges sent, by the backend that got the second try.
+    pub hedges: Family<BackendLabels, Counter>,
+    /// Times a backend's circuit breaker opened.
+    pub breaker_opens: Family<BackendLabels, Counter>,
+    /// A backend's circuit breaker: 0 closed, 1 open, 2 half-open.
+    pub breaker_state: Family<BackendLabels, Gauge>,
+    /// Requests the local model answered because every cloud backend of their route failed.
+    pub local_fallbacks: Counter,
     /// Requests in flight.
     pub in_flight: Gauge,
     /// Requests shed at the concurrency limit.
@@ -318,6 +328,36 @@ impl Metrics {
             "Requests refused at the concurrency limit",
             shed.clone(),
         );
+        let retries = Family::<BackendLabels, Counter>::default();
+        registry.register(
+            "retries",
+            "Retries on the same backend, by backend",
+            retries.clone(),
+        );
+        let hedges = Family::<BackendLabels, Counter>::default();
+        registry.register(
+            "hedges",
+            "Hedged second tries sent, by the backend that got them",
+            hedges.clone(),
+        );
+        let breaker_opens = Family::<BackendLabels, Counter>::default();
+        registry.register(
+            "breaker_opens",
+            "Times a backend's circuit breaker opened",
+            breaker_opens.clone(),
+        );
+        let breaker_state = Family::<BackendLabels, Gauge>::default();
+        registry.register(
+            "breaker_state",
+            "A backend's circuit breaker: 0 closed, 1 open, 2 half-open",
+            breaker_state.clone(),
+        );
+        let local_fallbacks = Counter::default();
+        registry.register(
+            "local_fallbacks",
+            "Requests the local model answered because every cloud backend failed",
+            local_fallbacks.clone(),
+        );
         let route_decisions = Family::default();
         registry.register(
             "route_decisions",
@@ -356,6 +396,11 @@ impl Metrics {
             cost,
             errors,
             fallbacks,
+            retries,
+            hedges,
+            breaker_opens,
+            breaker_state,
+            local_fallbacks,
             in_flight,
             shed,
             speculative_tokens,

@@ -30,6 +30,7 @@ use crate::middleware::{
     route_header::RouteHeaderLayer, timeout::TimeoutLayer, trace,
 };
 use crate::providers::build_provider;
+use crate::resilience::Resilience;
 use crate::routing::{self, LearnedRouting};
 use crate::speculative::SpeculativeExecutor;
 use crate::speculative::service::gateway_routes as verify_routes;
@@ -146,11 +147,21 @@ pub fn build_state(config: Config, options: &GatewayOptions) -> Result<Arc<AppSt
             None
         }
     };
+    let resilience = Resilience::new(
+        config.resilience.clone(),
+        config
+            .backends
+            .iter()
+            .map(|(name, b)| (name.as_str(), b.kind)),
+    );
     let store = crate::store::open(&config, &metrics, &FetchEnv)?;
+    let controls = crate::controls::Controls::start(&config, store.clone(), &FetchEnv);
     let cache = ResponseCache::open(&config, store.clone(), metrics.clone());
     Ok(Arc::new(AppState {
         store,
+        controls,
         policy,
+        resilience,
         cache,
         config: Arc::new(config),
         executors,
@@ -254,7 +265,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(RequestIdLayer) // x-request-id: taken or generated, echoed on the response
         .layer(trace::layer()) // one tracing span per request, carrying the request id
         .layer(MetricsLayer::new(state.metrics.clone())) // requests, latency, errors by endpoint and backend
-        .layer(AuthLayer::new(&state.config.api_key_hashes)) // 401 without a valid API key (when keys are set)
+        .layer(AuthLayer::new(&state.config.api_key_hashes).with_keys(state.controls.keys.clone())) // 401 without a valid API key (config or virtual, when any exists)
         .layer(LoadShedLayer::new(
             limits.max_concurrency,
             limits.retry_after_secs,
@@ -285,8 +296,26 @@ pub struct Gateway {
     pub addr: SocketAddr,
     /// Shared state (metrics, local model, feedback).
     pub state: Arc<AppState>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The admin listener's bound address, when `server.admin_listen` is set.
+    pub admin_addr: Option<SocketAddr>,
+    shutdown: Option<tokio::sync::watch::Sender<bool>>,
     task: JoinHandle<std::io::Result<()>>,
+    admin_task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+/// Serves `app` on `listener` until `stop` turns true.
+fn serve(
+    listener: TcpListener,
+    app: Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> JoinHandle<std::io::Result<()>> {
+    tokio::spawn(async move {
+        axum::serve(no_delay(listener), app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+    })
 }
 
 /// `listener` with Nagle's algorithm off on every accepted connection: a stream event or answer
@@ -315,21 +344,29 @@ impl Gateway {
         options: GatewayOptions,
     ) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
+        let admin_listener = match &config.controls.admin {
+            Some(admin) => Some(bind(admin.listen)?),
+            None => None,
+        };
         let state = build_state(config, &options).map_err(std::io::Error::other)?;
         let app = router(state.clone());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            axum::serve(no_delay(listener), app)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.await;
-                })
-                .await
-        });
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let task = serve(listener, app, rx.clone());
+        let (admin_addr, admin_task) = match (admin_listener, &state.config.controls.admin) {
+            (Some(l), Some(admin)) => {
+                let admin_addr = l.local_addr()?;
+                let app = crate::admin::router(state.clone(), admin);
+                (Some(admin_addr), Some(serve(l, app, rx)))
+            }
+            _ => (None, None),
+        };
         Ok(Self {
             addr,
             state,
+            admin_addr,
             shutdown: Some(tx),
             task,
+            admin_task,
         })
     }
 
@@ -338,16 +375,36 @@ impl Gateway {
         format!("http://{}", self.addr)
     }
 
+    /// The admin API's base URL, when it listens.
+    pub fn admin_url(&self) -> Option<String> {
+        self.admin_addr.map(|a| format!("http://{a}"))
+    }
+
     /// Stops accepting connections and waits for in-flight requests.
     pub async fn shutdown(mut self) -> std::io::Result<()> {
         if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
+            let _ = tx.send(true);
         }
-        let served = match (&mut self.task).await {
-            Ok(r) => r,
-            Err(e) => Err(std::io::Error::other(e)),
+        if let Some(admin) = self.admin_task.take() {
+            let _ = admin.await;
+        }
+        // In-flight requests (streams included) finish within the grace period; what is left
+        // after it is cut, so a stuck client cannot hold a deploy.
+        let grace = self.state.config.resilience.shutdown_grace;
+        let served = match tokio::time::timeout(grace, &mut self.task).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Err(std::io::Error::other(e)),
+            Err(_) => {
+                tracing::warn!(
+                    grace_ms = grace.as_millis() as u64,
+                    "requests still in flight after the shutdown grace period; cutting them"
+                );
+                self.task.abort();
+                Ok(())
+            }
         };
-        self.state.store.flush();
+        self.state.controls.stop();
+        self.state.store.close();
         // The bandit's last lessons survive a restart.
         if let Some(policy) = self.state.policy.clone() {
             policy.stop_persistence();

@@ -10,9 +10,11 @@ use tandem_router_policy::recent::RecentMap;
 
 use crate::cache::ResponseCache;
 use crate::config::{BackendKind, Config};
+use crate::controls::Controls;
 use crate::executor::Executor;
 use crate::executor::local::LocalModel;
 use crate::metrics::Metrics;
+use crate::resilience::Resilience;
 use crate::routing::LearnedRouting;
 use crate::store::SharedStore;
 
@@ -83,6 +85,8 @@ pub struct AppState {
     pub local: Option<Arc<LocalModel>>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Circuit breakers and the retry budget.
+    pub resilience: Resilience,
     /// Recently answered requests.
     pub requests: RequestLog,
     /// Where feedback goes for requests the routing policy did not decide.
@@ -94,6 +98,8 @@ pub struct AppState {
     pub store: SharedStore,
     /// The response cache (off when no route caches).
     pub cache: ResponseCache,
+    /// Virtual keys, rate limits, budgets and spend.
+    pub controls: Arc<Controls>,
 }
 
 impl AppState {

@@ -4,11 +4,13 @@
 //! Routes: `POST .../chat/completions`, `POST .../completions`, `POST .../messages`,
 //! `GET .../models`. The request's `model` picks the behaviour:
 //! `tool` (a tool-call answer), `cut` (a stream cut mid-way), `slow` (a pause before every
-//! frame), `stall` (frames stop coming after the first ones), `delay-<ms>` (a pause before the
+//! frame), `stall` (frames stop coming after the first ones), `hang` (headers, then no frame at
+//! all), `whole` (a stream request answered with the whole JSON answer, as some OpenAI-compatible
+//! servers do), `delay-<ms>` (a pause before the
 //! answer), `error` (500), `ratelimit` (429), `overloaded` (529), `context-length` (OpenAI's
 //! 400 for a prompt over the context window), `status-<code>`, `flaky` (every other request
 //! fails with 503); anything else gets the plain text answer. 429 and 529 carry `retry-after`,
-//! as the real APIs send it.
+//! as the real APIs send it, unless the model also names `bare`.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -458,9 +460,15 @@ async fn handle(
             ),
         }
     };
+    let retry_after = !model.contains("bare");
     if let Some(code) = number_after(model, "status-") {
         let status = u16::try_from(code).unwrap_or(500);
-        return Ok(respond(&state, &error_fixture(status), Behaviour::Plain));
+        return Ok(respond_with(
+            &state,
+            &error_fixture(status),
+            Behaviour::Plain,
+            retry_after,
+        ));
     }
     if model.contains("context-length") && !anthropic {
         let body = r#"{"error":{"message":"This model's maximum context length is 128000 tokens. However, your messages resulted in 131072 tokens. Please reduce the length of the messages.","type":"invalid_request_error","param":"messages","code":"context_length_exceeded"}}"#;
@@ -470,7 +478,12 @@ async fn handle(
         return Ok(respond(&state, &error_fixture(500), Behaviour::Plain));
     }
     if model.contains("ratelimit") {
-        return Ok(respond(&state, &error_fixture(429), Behaviour::Plain));
+        return Ok(respond_with(
+            &state,
+            &error_fixture(429),
+            Behaviour::Plain,
+            retry_after,
+        ));
     }
     if model.contains("overloaded") {
         return Ok(respond(&state, &error_fixture(529), Behaviour::Plain));
@@ -486,6 +499,8 @@ async fn handle(
     }
     let behaviour = if model.contains("slow") {
         Behaviour::Slow(state.config.slow_delay)
+    } else if model.contains("hang") {
+        Behaviour::Hang
     } else if model.contains("stall") {
         Behaviour::Stall
     } else if model.contains("cut") && !probe.stream {
@@ -495,7 +510,9 @@ async fn handle(
     };
     let tool = model.contains("tool");
     let cut = model.contains("cut");
-    let fixture = match (route, probe.stream) {
+    // `whole`: the stream request gets the whole answer's JSON.
+    let stream = probe.stream && !model.contains("whole");
+    let fixture = match (route, stream) {
         (Route::Chat, false) if tool => &fx.openai_tool,
         (Route::Chat, false) => &fx.openai_text,
         (Route::Chat, true) if cut => &fx.openai_cut_stream,
@@ -528,6 +545,7 @@ enum Behaviour {
     Plain,
     Slow(Duration),
     Stall,
+    Hang,
     CutBody,
 }
 
@@ -542,6 +560,16 @@ fn plain(status: StatusCode, body: Bytes) -> Response<MockBody> {
 }
 
 fn respond(state: &Arc<State>, fixture: &Fixture, behaviour: Behaviour) -> Response<MockBody> {
+    respond_with(state, fixture, behaviour, true)
+}
+
+/// [`respond`], with `retry_after` saying whether a 429 or 529 carries `retry-after`.
+fn respond_with(
+    state: &Arc<State>,
+    fixture: &Fixture,
+    behaviour: Behaviour,
+    retry_after: bool,
+) -> Response<MockBody> {
     let mut frames = fixture.frames.clone();
     let mut end = frames.len();
     if let Behaviour::CutBody = behaviour {
@@ -553,6 +581,7 @@ fn respond(state: &Arc<State>, fixture: &Fixture, behaviour: Behaviour) -> Respo
     let (delay, stall_after) = match behaviour {
         Behaviour::Slow(d) => (Some(d), None),
         Behaviour::Stall => (None, Some(2.min(end))),
+        Behaviour::Hang => (None, Some(0)),
         _ => (None, None),
     };
     let exact_len = matches!(behaviour, Behaviour::Plain) && frames.len() == 1;
@@ -578,7 +607,7 @@ fn respond(state: &Arc<State>, fixture: &Fixture, behaviour: Behaviour) -> Respo
     if fixture.content_type == "text/event-stream" {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     }
-    if matches!(fixture.status, 429 | 529) {
+    if retry_after && matches!(fixture.status, 429 | 529) {
         headers.insert(header::RETRY_AFTER, HeaderValue::from_static("3"));
     }
     response

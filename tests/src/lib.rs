@@ -19,6 +19,8 @@ pub struct Harness {
     pub mock: MockHandle,
     /// A client for requests to the gateway.
     pub client: reqwest::Client,
+    /// The embedded store's directory when the config names none (each test its own state).
+    pub state_dir: tempfile::TempDir,
 }
 
 /// The config used by most tests: an OpenAI-compatible and an Anthropic backend on the mock,
@@ -99,11 +101,29 @@ impl Harness {
     ) -> anyhow::Result<Self> {
         let (_addr, mock) = MockUpstream::start_with(Fixtures::builtin(), mock_config).await?;
         let text = config_text(&mock.base_url(), &extra(&mock));
-        Self::start_on(mock, &text).await
+        let mut config = Config::from_toml_str(&text, &test_env())?;
+        let state_dir = tempfile::tempdir()?;
+        config
+            .controls
+            .store
+            .path
+            .get_or_insert_with(|| state_dir.path().join("store.log"));
+        let options = GatewayOptions {
+            local: LocalLoad::Offline,
+            quiet: true,
+            ..GatewayOptions::default()
+        };
+        let gateway = Gateway::start(config, options).await?;
+        Ok(Self {
+            gateway,
+            mock,
+            client: client(),
+            state_dir,
+        })
     }
 
     /// Tandem with the whole config `text` in front of a running `mock` (a restart keeps the
-    /// mock and its counts).
+    /// mock and its counts, and the config's own store: nothing is redirected to a temporary one).
     pub async fn start_on(mock: MockHandle, text: &str) -> anyhow::Result<Self> {
         let config = Config::from_toml_str(text, &test_env())?;
         let options = GatewayOptions {
@@ -116,6 +136,7 @@ impl Harness {
             gateway,
             mock,
             client: client(),
+            state_dir: tempfile::tempdir()?,
         })
     }
 

@@ -786,7 +786,7 @@ models = {{ "claude-ratelimit" = "ratelimit" }}
     assert_eq!(headers["retry-after"], "3");
     let route = headers["x-tandem-route"].to_str().unwrap();
     assert!(
-        route.starts_with("anthropic-limited; route claude-ratelimit; failed (upstream)"),
+        route.starts_with("anthropic-limited; route claude-ratelimit; failed (status 429)"),
         "{route}"
     );
     let metrics = h.metrics().await;
@@ -873,7 +873,7 @@ backends = ["openai", "anthropic"]
     assert_eq!(headers["retry-after"], "3");
     let route = headers["x-tandem-route"].to_str().unwrap();
     assert!(
-        route.starts_with("openai; route ratelimit-then-claude; failed (upstream)"),
+        route.starts_with("openai; route ratelimit-then-claude; failed (status 429)"),
         "{route}"
     );
 }
@@ -941,7 +941,8 @@ async fn upstream_errors_pass_on_and_fallback() {
     assert_eq!(status, 200, "{body}");
     let route = headers["x-tandem-route"].to_str().unwrap();
     assert!(
-        route.starts_with("openai;") && route.contains("fallback after down"),
+        route.starts_with("openai;")
+            && route.contains("fallback after down failed (connect failed)"),
         "{route}"
     );
     let metrics = h.metrics().await;
@@ -1542,7 +1543,7 @@ fallback = true
     assert!(body["error"]["message"].is_string());
     let route = headers["x-tandem-route"].to_str().unwrap();
     assert!(
-        route.starts_with("openai; route gpt-400; failed (upstream)"),
+        route.starts_with("openai; route gpt-400; failed (status 400)"),
         "{route}"
     );
 }

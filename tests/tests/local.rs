@@ -15,6 +15,11 @@ use tandem_local_model::{Engine, EngineConfig};
 use tandem_tests::{client, parse_sse, streamed_text};
 
 async fn start() -> Option<(Gateway, Engine)> {
+    start_with("[server]\nlisten = \"127.0.0.1:0\"\n").await
+}
+
+/// The local model under `config` (TOML), or `None` when it is not in the cache.
+async fn start_with(config: &str) -> Option<(Gateway, Engine)> {
     let root = default_cache_root(&ProcessEnv);
     let Some(paths) = locate(&root, "smollm2-135m") else {
         eprintln!(
@@ -30,8 +35,7 @@ async fn start() -> Option<(Gateway, Engine)> {
     .await
     .unwrap()
     .unwrap();
-    let config =
-        Config::from_toml_str("[server]\nlisten = \"127.0.0.1:0\"\n", &MapEnv::default()).unwrap();
+    let config = Config::from_toml_str(config, &MapEnv::default()).unwrap();
     let options = GatewayOptions {
         local: LocalLoad::Engine(engine.clone()),
         quiet: true,
@@ -219,5 +223,75 @@ async fn local_model_end_to_end() {
     .await;
     assert_eq!(status, 400, "{body}");
 
+    gw.shutdown().await.unwrap();
+}
+
+/// Every cloud backend of a route down: with `resilience.local_fallback` the local model answers
+/// every request, whole or streamed, and the answer says so; the dead backend's breaker opens
+/// and it is skipped at once after that.
+#[tokio::test]
+async fn with_the_cloud_down_every_request_is_served_locally_and_marked() {
+    let config = r#"
+[server]
+listen = "127.0.0.1:0"
+
+[resilience]
+local_fallback = true
+breaker_failures = 3
+
+[backends.local]
+kind = "local"
+
+[backends.cloud]
+kind = "openai-compatible"
+base_url = "http://127.0.0.1:9/v1"
+connect_timeout_ms = 300
+
+[routes."gpt-4o"]
+backends = ["cloud"]
+"#;
+    let Some((gw, _engine)) = start_with(config).await else {
+        return;
+    };
+    let c = client();
+    let url = |p: &str| format!("{}{p}", gw.url());
+    for i in 0..8 {
+        let stream = i % 2 == 1;
+        let req = json!({"model": "gpt-4o", "max_tokens": 4, "stream": stream,
+                         "messages": [{"role": "user", "content": "Hi"}]});
+        let (status, headers, body) = post(&c, url("/v1/chat/completions"), req).await;
+        assert_eq!(status, 200, "{body}");
+        let route = headers["x-tandem-route"].to_str().unwrap();
+        assert!(route.starts_with("local; route gpt-4o;"), "{route}");
+        assert!(
+            route.ends_with("local fallback (every cloud backend failed)"),
+            "{route}"
+        );
+        let why = if i < 3 {
+            "fallback after cloud failed (connect failed)"
+        } else {
+            "skipped cloud (circuit open)"
+        };
+        assert!(route.contains(why), "{i}: {route}");
+        if stream {
+            assert_eq!(parse_sse(&body).last().unwrap().data, "[DONE]");
+        }
+    }
+    let metrics = c
+        .get(url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("tandem_local_fallbacks_total 8"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"tandem_breaker_opens_total{backend="cloud"} 1"#),
+        "{metrics}"
+    );
     gw.shutdown().await.unwrap();
 }

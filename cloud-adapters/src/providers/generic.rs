@@ -5,6 +5,7 @@ use ::http::Uri;
 use ::http::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::StreamExt;
 
 use super::codec::Codec;
 use super::{checked_base, endpoint, header_map};
@@ -12,7 +13,7 @@ use crate::client::{HttpClient, RequestBuilder};
 use crate::error::Result;
 use crate::http;
 use crate::provider::{Capabilities, EventStream, Provider, ProviderError, ProviderErrorKind};
-use crate::types::{ChatRequest, ChatResponse, WireFormat};
+use crate::types::{ChatRequest, ChatResponse, WireFormat, response_events};
 use crate::wire::openai::ChatCompletion;
 
 /// What every HTTP provider is configured with, whatever its format.
@@ -149,12 +150,19 @@ impl<C: Codec> HttpProvider<C> {
         http::read_body(response, &self.name).await
     }
 
-    /// Sends `request` and decodes its SSE answer.
+    /// Sends `request` and decodes its SSE answer. An upstream that answers the stream request
+    /// with the whole answer as JSON (some OpenAI-compatible servers do, for tool calls say) has
+    /// answered all the same: its answer becomes the stream that was asked for.
     async fn stream(&self, request: RequestBuilder<'_>) -> Result<EventStream, ProviderError> {
         let response = http::send(request, &self.name, |status, body, provider| {
             self.codec.parse_error(status, body, provider)
         })
         .await?;
+        if http::is_json(response.headers()) {
+            let body = http::read_body(response, &self.name).await?;
+            let answer = self.codec.parse_response(&body, &self.name)?;
+            return Ok(futures::stream::iter(response_events(&answer)).boxed());
+        }
         let body = http::body_stream(response, &self.name);
         Ok(http::decode_sse(
             body,

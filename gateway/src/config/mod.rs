@@ -3,6 +3,7 @@
 
 pub mod controls;
 pub mod raw;
+pub mod resilience;
 pub mod router;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,6 +24,7 @@ use crate::speculative::{DelayConfig, ScoringMode, VerifyProtocol};
 
 pub use controls::{AdminConfig, ControlsConfig, OnUnavailable, RouteLimits, StoreConfig};
 use raw::{RawBackend, RawConfig};
+pub use resilience::ResilienceSettings;
 pub use router::{BackendProfileConfig, CascadeJudge, PolicyRules, RoutePolicy, RouterSettings};
 
 /// Prefix of environment variables that override config keys.
@@ -207,6 +209,10 @@ pub struct RouteConfig {
     pub rules: PolicyRules,
     /// Cascade confidence threshold replacing the router's.
     pub cascade_threshold: Option<f32>,
+    /// With `balance = "p2c"`: each backend's weight, in `backends` order.
+    pub balance: Option<Vec<f64>>,
+    /// With `hedge = true`: the hedge's delay, or `None` for the first backend's p95.
+    pub hedge: Option<Option<Duration>>,
     /// The response cache on this route, when on.
     pub cache: Option<CacheRule>,
 }
@@ -238,6 +244,8 @@ impl RouteConfig {
             policy: RoutePolicy::Fixed,
             rules: PolicyRules::default(),
             cascade_threshold: None,
+            balance: None,
+            hedge: None,
             cache: None,
         }
     }
@@ -323,6 +331,8 @@ pub struct Config {
     pub cache_dir: Option<PathBuf>,
     /// Redis URL for shared state.
     pub redis_url: Option<String>,
+    /// The `[resilience]` section.
+    pub resilience: ResilienceSettings,
     /// The store, the admin listener and per-route rate limits.
     pub controls: ControlsConfig,
 }
@@ -456,6 +466,7 @@ impl Config {
         check_speculative_targets(&backends, local.is_some())?;
 
         let router_settings = router::validate_router(raw.router)?;
+        let resilience = resilience::validate_resilience(raw.resilience)?;
         let mut routes = BTreeMap::new();
         for (model, r) in raw.routes {
             if r.backends.is_empty() {
@@ -495,6 +506,8 @@ impl Config {
                     ));
                 }
             };
+            let balance = resilience::validate_balance(&model, &r, policy)?;
+            let hedge = resilience::validate_hedge(&model, &r)?;
             let rules = router::validate_rules(
                 &format!("routes.{model}"),
                 raw::RawPolicyRules {
@@ -563,6 +576,8 @@ impl Config {
                     policy,
                     rules,
                     cascade_threshold,
+                    balance,
+                    hedge,
                     cache,
                 },
             );
@@ -625,6 +640,7 @@ impl Config {
             router: router_settings,
             cache_dir: raw.cache_dir.map(PathBuf::from),
             redis_url,
+            resilience,
             controls,
         })
     }
@@ -679,16 +695,22 @@ impl Config {
         }
         let _ = writeln!(s, "routes:");
         for (model, r) in &self.routes {
-            let _ = writeln!(
-                s,
-                "  {model} -> {}{}",
-                r.backends.join(", "),
-                if r.fallback && r.backends.len() > 1 {
-                    " (fallback)"
-                } else {
-                    ""
-                }
-            );
+            let mut how = Vec::new();
+            if r.fallback && r.backends.len() > 1 {
+                how.push("fallback");
+            }
+            if r.balance.is_some() {
+                how.push("p2c");
+            }
+            if r.hedge.is_some() {
+                how.push("hedged");
+            }
+            let how = if how.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", how.join(", "))
+            };
+            let _ = writeln!(s, "  {model} -> {}{how}", r.backends.join(", "));
         }
         if let Some(u) = &self.redis_url {
             let _ = writeln!(s, "redis: {u}");
@@ -710,6 +732,7 @@ fn unreachable_default() -> Config {
         router: RouterSettings::default(),
         cache_dir: None,
         redis_url: None,
+        resilience: ResilienceSettings::default(),
         controls: ControlsConfig::default(),
     }
 }

@@ -25,6 +25,9 @@ pub struct RawConfig {
     /// `[router]`: the learned routing policy.
     #[serde(default)]
     pub router: RawRouter,
+    /// `[resilience]`: retries, breakers, local fallback, shutdown grace.
+    #[serde(default)]
+    pub resilience: RawResilience,
     /// Where models and other artifacts are cached.
     pub cache_dir: Option<String>,
     /// Redis for shared state; the embedded store in the cache directory when absent.
@@ -164,7 +167,7 @@ pub struct RawPrice {
 }
 
 /// `[routes."MODEL"]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
     /// Backends in order of preference.
@@ -185,6 +188,16 @@ pub struct RawRoute {
     pub latency_slo_ms: Option<f64>,
     /// Cascade confidence threshold for this route, replacing `router.cascade_threshold`.
     pub cascade_threshold: Option<f32>,
+    /// `p2c`: the backends are deployments of one model, picked per request by
+    /// power-of-two-choices on peak-EWMA latency (the others follow as fallbacks).
+    pub balance: Option<String>,
+    /// Relative weights of the deployments under `balance = "p2c"` (default 1 each).
+    #[serde(default)]
+    pub weights: BTreeMap<String, f64>,
+    /// Send a second try to the next backend when the first is slower than its p95.
+    pub hedge: Option<bool>,
+    /// The hedge's delay, ms, instead of the first backend's measured p95.
+    pub hedge_after_ms: Option<u64>,
     /// Requests per minute on this route, all keys together.
     pub requests_per_minute: Option<u64>,
     /// Tokens per minute on this route, all keys together.
@@ -269,4 +282,34 @@ pub struct RawRouter {
     /// Per-API-key rules, keyed by the key's sha256 hex digest.
     #[serde(default)]
     pub keys: BTreeMap<String, RawPolicyRules>,
+}
+
+/// `[resilience]`: retries, the circuit breakers and the local fallback.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawResilience {
+    /// Retries of a retryable failure on the same backend before the next one is tried.
+    pub retries: Option<u64>,
+    /// The first retry's backoff ceiling, ms (full jitter below it, doubling per retry).
+    pub retry_backoff_ms: Option<u64>,
+    /// The largest backoff ceiling, ms; an upstream asking for a longer wait is not retried.
+    pub retry_backoff_max_ms: Option<u64>,
+    /// Retries allowed as a share of recent requests.
+    pub retry_budget_ratio: Option<f64>,
+    /// Retries allowed per second whatever the traffic.
+    pub retry_budget_min_per_sec: Option<u64>,
+    /// Consecutive failures that open a backend's breaker.
+    pub breaker_failures: Option<u64>,
+    /// The error rate over the recent window that opens a backend's breaker.
+    pub breaker_error_rate: Option<f64>,
+    /// The calls in a breaker's error-rate window.
+    pub breaker_window: Option<u64>,
+    /// How long a breaker first stays open, ms (doubling on each trip in a row).
+    pub breaker_open_ms: Option<u64>,
+    /// The longest a breaker stays open, ms.
+    pub breaker_open_max_ms: Option<u64>,
+    /// Whether a route whose cloud backends all failed is answered by the local model.
+    pub local_fallback: Option<bool>,
+    /// How long in-flight requests may run on after SIGTERM, ms.
+    pub shutdown_grace_ms: Option<u64>,
 }

@@ -64,10 +64,7 @@ async fn handle(state: Arc<AppState>, request: Request, format: WireFormat) -> R
     };
     let model = chat.model.clone();
     let (mut response, route) = if chat.stream {
-        let deadline = parts
-            .extensions
-            .get::<FirstTokenDeadline>()
-            .map(|d| (d.at, d.error()));
+        let deadline = parts.extensions.get::<FirstTokenDeadline>().copied();
         let include_usage = chat.include_usage;
         let (result, route) = run_stream(&state, chat, &hints, deadline).await;
         match result {

@@ -48,11 +48,8 @@ pub fn decode(bytes: &[u8]) -> Result<CompletionRequest, Error> {
 pub async fn completions(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let id = request_id(&parts);
-    // A stream stops waiting for upstream headers at the first-token deadline.
-    let deadline = parts
-        .extensions
-        .get::<FirstTokenDeadline>()
-        .map(|d| (d.at, d.error()));
+    // Each try of a stream stops waiting for upstream headers after the first-token timeout.
+    let deadline = parts.extensions.get::<FirstTokenDeadline>().copied();
     // Errors before dispatch carry no route; after, the route says where it failed.
     let call = async {
         let bytes = read_body(&parts, body).await?;

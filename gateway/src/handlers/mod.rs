@@ -16,8 +16,16 @@ use crate::dispatch::RouteInfo;
 use crate::error::Error;
 use crate::state::{AppState, RequestRecord};
 
-/// Reads the whole body; a body over the limit is a 413.
+/// Reads the whole JSON body; a body declared as anything but JSON is a 415, one over the limit
+/// a 413. A body with no `content-type` is read as JSON, as the APIs Tandem speaks do.
 pub async fn read_body(parts: &Parts, body: Body) -> Result<Bytes, Error> {
+    if let Some(declared) = parts.headers.get(header::CONTENT_TYPE)
+        && !tandem_cloud_adapters::http::is_json(&parts.headers)
+    {
+        return Err(Error::UnsupportedMediaType(
+            String::from_utf8_lossy(declared.as_bytes()).into_owned(),
+        ));
+    }
     axum::body::to_bytes(body, usize::MAX).await.map_err(|e| {
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
         while let Some(s) = source {

@@ -1,7 +1,10 @@
 //! API-key auth: when keys are configured, a request must carry one in `Authorization: Bearer` or
 //! `x-api-key`; keys are compared by their sha256 digest, so the config never holds them in clear.
 //! The digest of the key a request presented goes into its extensions as [`ApiKeyDigest`], so the
-//! routing rules keyed by API key read exactly the key auth checked.
+//! routing rules keyed by API key read exactly the key auth checked. Virtual keys (made through
+//! the admin API) are looked up in the in-memory [`KeyRegistry`]: a live one passes with its
+//! record in the extensions as [`CallerKey`], a revoked one is refused. Auth is on as soon as any
+//! key exists, in the config or made at run time.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,7 +19,12 @@ use tower::{Layer, Service};
 
 use super::{error_response, is_operational_path};
 use crate::context::ApiKeyDigest;
+use crate::controls::keys::{KeyRegistry, VirtualKey};
 use crate::error::Error;
+
+/// The virtual key a request presented, in its extensions (set by [`AuthService`] only).
+#[derive(Debug, Clone)]
+pub struct CallerKey(pub Arc<VirtualKey>);
 
 /// The key a request presents, if any.
 fn presented_key<B>(request: &Request<B>) -> Option<&str> {
@@ -44,6 +52,7 @@ fn presented_key<B>(request: &Request<B>) -> Option<&str> {
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
     hashes: Arc<[[u8; 32]]>,
+    keys: Option<Arc<KeyRegistry>>,
 }
 
 impl AuthLayer {
@@ -51,7 +60,14 @@ impl AuthLayer {
     pub fn new(hashes: &[[u8; 32]]) -> Self {
         Self {
             hashes: hashes.into(),
+            keys: None,
         }
+    }
+
+    /// Also accepts the live virtual keys of `keys` (and turns auth on once any exists).
+    pub fn with_keys(mut self, keys: Arc<KeyRegistry>) -> Self {
+        self.keys = Some(keys);
+        self
     }
 }
 
@@ -62,6 +78,7 @@ impl<S> Layer<S> for AuthLayer {
         AuthService {
             inner,
             hashes: self.hashes.clone(),
+            keys: self.keys.clone(),
         }
     }
 }
@@ -73,6 +90,7 @@ impl<S> Layer<S> for AuthLayer {
 pub struct AuthService<S> {
     inner: S,
     hashes: Arc<[[u8; 32]]>,
+    keys: Option<Arc<KeyRegistry>>,
 }
 
 impl<S, ReqB> Service<Request<ReqB>> for AuthService<S>
@@ -90,15 +108,30 @@ where
     fn call(&mut self, mut request: Request<ReqB>) -> Self::Future {
         let digest: Option<[u8; 32]> =
             presented_key(&request).map(|key| Sha256::digest(key.as_bytes()).into());
-        let allowed = self.hashes.is_empty()
-            || is_operational_path(request.uri().path())
-            || digest.is_some_and(|d| self.hashes.contains(&d));
+        let virtual_key = match (&self.keys, digest) {
+            (Some(keys), Some(d)) => keys.lookup(&d),
+            _ => None,
+        };
+        let enforced = !self.hashes.is_empty() || self.keys.as_ref().is_some_and(|k| k.enforced());
+        let allowed = match &virtual_key {
+            // A revoked key is refused even where auth is off for others.
+            Some(k) => k.is_live() || is_operational_path(request.uri().path()),
+            None => {
+                !enforced
+                    || is_operational_path(request.uri().path())
+                    || digest.is_some_and(|d| self.hashes.contains(&d))
+            }
+        };
         if allowed {
+            // Never trust a digest or key that did not come from this layer.
+            request.extensions_mut().remove::<CallerKey>();
             match digest {
                 Some(d) => request.extensions_mut().insert(ApiKeyDigest(d)),
-                // Never trust a digest that did not come from this layer.
                 None => request.extensions_mut().remove::<ApiKeyDigest>(),
             };
+            if let Some(k) = virtual_key {
+                request.extensions_mut().insert(CallerKey(k));
+            }
             ResponseFuture::Inner {
                 future: self.inner.call(request),
             }
@@ -225,6 +258,48 @@ mod tests {
         assert!(seen.extensions().get::<ApiKeyDigest>().is_none());
         send.send_response(Response::new(Body::empty()));
         assert_eq!(fut.await.unwrap().status(), 200);
+    }
+
+    #[tokio::test]
+    async fn virtual_keys_pass_with_their_record_and_revoked_ones_are_refused() {
+        use crate::controls::keys::{KeyRegistry, KeySpec};
+        use crate::store::embedded::EmbeddedStore;
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("s.log")).unwrap();
+        let keys = Arc::new(KeyRegistry::new(store, None));
+        let layer = AuthLayer::new(&[]).with_keys(keys.clone());
+        let (mut service, mut handle) = mock::spawn_layer::<Request<()>, Response<Body>, _>(layer);
+        let req = |key: &str| {
+            Request::builder()
+                .uri("/v1/chat/completions")
+                .header("authorization", format!("Bearer {key}"))
+                .body(())
+                .unwrap()
+        };
+        // No virtual key yet: auth is off.
+        assert!(service.poll_ready().is_ready());
+        let fut = service.call(req("any"));
+        let (_, send) = handle.next_request().await.unwrap();
+        send.send_response(Response::new(Body::empty()));
+        assert_eq!(fut.await.unwrap().status(), 200);
+
+        let (record, key) = keys.create(KeySpec::default()).await.unwrap();
+        assert!(service.poll_ready().is_ready());
+        let fut = service.call(req(&key));
+        let (seen, send) = handle.next_request().await.unwrap();
+        assert_eq!(
+            seen.extensions().get::<CallerKey>().unwrap().0.id,
+            record.id
+        );
+        send.send_response(Response::new(Body::empty()));
+        assert_eq!(fut.await.unwrap().status(), 200);
+        // Now that a key exists, a request without one is refused.
+        assert!(service.poll_ready().is_ready());
+        assert_eq!(service.call(req("any")).await.unwrap().status(), 401);
+
+        keys.revoke(&record.id).await.unwrap();
+        assert!(service.poll_ready().is_ready());
+        assert_eq!(service.call(req(&key)).await.unwrap().status(), 401);
     }
 
     #[tokio::test]

@@ -106,9 +106,12 @@ where
         }
         let frame = this.deadline.error().sse_frame(*this.flavor);
         let (parts, body) = response.into_parts();
+        // Dispatch gives each try its own budget, so a fallback's stream may start after the
+        // first try's deadline: the first frame is due by the later of the two.
+        let due = this.deadline.at.max(Instant::now());
         let body = Body::new(DeadlineBody::new(
             body,
-            this.deadline.at,
+            due,
             DeadlineMode::FirstFrame,
             frame,
         ));

@@ -52,8 +52,12 @@ pub trait Store: Send + Sync + Debug {
     fn backend(&self) -> &'static str;
     /// Whether the last operations reached the store.
     fn is_up(&self) -> bool;
-    /// Makes what was written durable now, where the backend buffers (at shutdown).
+    /// Makes what was written durable now, where the backend buffers.
     fn flush(&self) {}
+    /// Makes everything durable and lets another process open the store (at shutdown).
+    fn close(&self) {
+        self.flush();
+    }
     /// A receiver that sees every change of [`Store::is_up`] (for re-syncing when it comes back).
     fn watch_up(&self) -> tokio::sync::watch::Receiver<bool>;
     /// The value at `key`.

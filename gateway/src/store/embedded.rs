@@ -2,7 +2,9 @@
 //! append-only log in the cache directory (`state/store.log`). The log is replayed and compacted
 //! at start, written through a buffer and flushed every 100 ms and at drop, and rewritten when
 //! it grows past twice the live data. Rate limiters live in memory only: like a Redis restarted
-//! empty, a restart starts them afresh.
+//! empty, a restart starts them afresh. One process owns a log at a time (an advisory lock on
+//! `store.lock` beside it); [`EmbeddedStore::open`] fails with [`Error::StoreUnavailable`] when
+//! another holds it, and [`EmbeddedStore::in_memory`] is the fallback that keeps nothing.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -57,7 +59,8 @@ struct Inner {
     map: HashMap<String, Entry>,
     /// GCRA theoretical arrival times, ms (volatile).
     rates: HashMap<String, f64>,
-    log: BufWriter<File>,
+    /// None for a store in memory only.
+    log: Option<BufWriter<File>>,
     lines: usize,
     dirty: bool,
     /// The last write failure, logged once until writes work again.
@@ -70,6 +73,8 @@ pub struct EmbeddedStore {
     path: PathBuf,
     inner: Mutex<Inner>,
     up: tokio::sync::watch::Sender<bool>,
+    /// The lock file, held until the store closes.
+    lock: Mutex<Option<File>>,
 }
 
 fn now_u64() -> u64 {
@@ -87,6 +92,25 @@ impl EmbeddedStore {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| io_error(path, e))?;
         }
+        let lock_path = path.with_extension("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| io_error(&lock_path, e))?;
+        // A predecessor in this process may be closing: wait for it a moment.
+        let mut tries = 0;
+        while lock.try_lock().is_err() {
+            tries += 1;
+            if tries > 25 {
+                return Err(Error::StoreUnavailable(format!(
+                    "embedded store {} is in use by another process",
+                    path.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let map = replay(path)?;
         write_snapshot(path, &map)?;
         let log = OpenOptions::new()
@@ -99,23 +123,43 @@ impl EmbeddedStore {
             inner: Mutex::new(Inner {
                 map,
                 rates: HashMap::new(),
-                log: BufWriter::new(log),
+                log: Some(BufWriter::new(log)),
                 lines,
                 dirty: false,
                 failing: false,
             }),
             up: tokio::sync::watch::channel(true).0,
+            lock: Mutex::new(Some(lock)),
         });
         spawn_flusher(Arc::downgrade(&store));
         Ok(store)
+    }
+
+    /// A store that keeps its state in memory only (lost at exit).
+    pub fn in_memory() -> Arc<Self> {
+        Arc::new(Self {
+            path: PathBuf::from("(memory)"),
+            inner: Mutex::new(Inner {
+                map: HashMap::new(),
+                rates: HashMap::new(),
+                log: None,
+                lines: 0,
+                dirty: false,
+                failing: false,
+            }),
+            up: tokio::sync::watch::channel(true).0,
+            lock: Mutex::new(None),
+        })
     }
 
     /// Writes buffered log lines to the file now.
     pub fn flush_log(&self) {
         let mut inner = self.inner.lock();
         if inner.dirty {
-            let r = inner.log.flush();
-            self.note(&mut inner, r);
+            if let Some(log) = inner.log.as_mut() {
+                let r = log.flush();
+                self.note(&mut inner, r);
+            }
             inner.dirty = false;
         }
     }
@@ -136,9 +180,12 @@ impl EmbeddedStore {
     }
 
     fn append(&self, inner: &mut Inner, line: &LogLine) {
+        let Some(log) = inner.log.as_mut() else {
+            return;
+        };
         let mut text = serde_json::to_string(line).unwrap_or_default();
         text.push('\n');
-        let r = inner.log.write_all(text.as_bytes());
+        let r = log.write_all(text.as_bytes());
         self.note(inner, r);
         inner.lines += 1;
         inner.dirty = true;
@@ -151,7 +198,9 @@ impl EmbeddedStore {
     fn compact(&self, inner: &mut Inner) {
         let now = now_u64();
         inner.map.retain(|_, e| e.live(now));
-        let _ = inner.log.flush();
+        if let Some(log) = inner.log.as_mut() {
+            let _ = log.flush();
+        }
         let r = write_snapshot(&self.path, &inner.map).and_then(|()| {
             OpenOptions::new()
                 .append(true)
@@ -160,7 +209,7 @@ impl EmbeddedStore {
         });
         match r {
             Ok(file) => {
-                inner.log = BufWriter::new(file);
+                inner.log = Some(BufWriter::new(file));
                 inner.lines = inner.map.len();
             }
             Err(e) => tracing::error!(error = %e, "embedded store: compaction failed"),
@@ -190,7 +239,9 @@ impl EmbeddedStore {
 
 impl Drop for EmbeddedStore {
     fn drop(&mut self) {
-        let _ = self.inner.get_mut().log.flush();
+        if let Some(log) = self.inner.get_mut().log.as_mut() {
+            let _ = log.flush();
+        }
     }
 }
 
@@ -285,6 +336,15 @@ impl Store for EmbeddedStore {
 
     fn flush(&self) {
         self.flush_log();
+    }
+
+    fn close(&self) {
+        let mut inner = self.inner.lock();
+        if let Some(mut log) = inner.log.take() {
+            let _ = log.flush();
+        }
+        // Writes from here on are kept in memory only; the next process may open the file.
+        self.lock.lock().take();
     }
 
     fn watch_up(&self) -> tokio::sync::watch::Receiver<bool> {
@@ -435,13 +495,28 @@ mod tests {
                     .await
                     .unwrap()
             );
+            store.close();
         }
+        std::thread::sleep(Duration::from_millis(5));
         let store = EmbeddedStore::open(&path).unwrap();
         let listed = store.list("keys:").await.unwrap();
         assert_eq!(listed, vec![("keys:a".to_owned(), Bytes::from("A"))]);
         assert_eq!(store.get("tmp").await.unwrap(), None);
         let spend = store.get("spend").await.unwrap();
         assert_eq!(super::super::api::counter_value(spend.as_ref()), 0.75);
+    }
+
+    #[tokio::test]
+    async fn a_second_opener_of_the_same_log_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.log");
+        let first = EmbeddedStore::open(&path).unwrap();
+        assert!(matches!(
+            EmbeddedStore::open(&path),
+            Err(Error::StoreUnavailable(_))
+        ));
+        first.close();
+        EmbeddedStore::open(&path).unwrap();
     }
 
     #[tokio::test]

@@ -53,8 +53,17 @@ pub fn open(config: &Config, metrics: &Metrics, env: &dyn EnvSource) -> Result<S
         }
         None => {
             metrics.store_up.set(1);
-            let store = embedded::EmbeddedStore::open(&embedded_path(config, env))?;
-            Ok(store)
+            let path = embedded_path(config, env);
+            match embedded::EmbeddedStore::open(&path) {
+                Ok(store) => Ok(store),
+                // Another process on this machine owns the file: serve, but say that this one's
+                // keys, limits and spend are its own and will not survive it.
+                Err(Error::StoreUnavailable(why)) => {
+                    tracing::warn!(error = %why, "keeping shared state in memory only; give each process its own store.path or cache_dir, or share Redis");
+                    Ok(embedded::EmbeddedStore::in_memory())
+                }
+                Err(e) => Err(e),
+            }
         }
     }
 }
