@@ -14,6 +14,8 @@ use crate::error::Error;
 
 /// The header that says which backend answered and why.
 pub const ROUTE_HEADER: &str = "x-tandem-route";
+/// Response header saying whether the response cache answered: `hit`, `miss` or `bypass`.
+pub const CACHE_HEADER: &str = "x-tandem-cache";
 
 /// The header carrying the id.
 pub static REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");

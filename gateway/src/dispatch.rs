@@ -10,11 +10,12 @@ use std::time::Instant as StdInstant;
 
 use futures::StreamExt;
 use serde_json::json;
-use tandem_cloud_adapters::openai::ChatCompletion;
+use tandem_cloud_adapters::openai::{self, ChatCompletion};
 use tandem_cloud_adapters::{ChatEvent, ChatRequest, ChatResponse, EventStream, Usage};
 use tandem_router_policy::{Choice, Feedback, Placement};
 use tokio::time::Instant;
 
+use crate::cache::{CACHE_BACKEND, CacheStatus, Fill, Hit, Lookup};
 use crate::config::{BackendKind, RoutePolicy, placement_allows};
 use crate::context::{FirstTokenDeadline, RouteSlot};
 use crate::error::Error;
@@ -40,6 +41,8 @@ pub struct RouteInfo {
     pub mode: &'static str,
     /// Moves to a next backend after a retryable failure.
     pub fallbacks: u32,
+    /// What the response cache did, on a route with a cache (`x-tandem-cache`).
+    pub cache: Option<CacheStatus>,
 }
 
 impl RouteInfo {
@@ -50,6 +53,7 @@ impl RouteInfo {
             explanation: explanation.into(),
             mode: "none",
             fallbacks: 0,
+            cache: None,
         }
     }
 
@@ -238,6 +242,7 @@ where
             explanation,
             mode,
             fallbacks,
+            cache: None,
         }
     };
     // The last backend that failed in earnest, with the reason as it stood then: a later one
@@ -611,6 +616,7 @@ fn failure<T>(
             explanation,
             mode: "none",
             fallbacks,
+            cache: None,
         },
     )
 }
@@ -1129,20 +1135,81 @@ fn record_chat(
     }
 }
 
+/// The cache step, before planning: the route's cache rule, the request's `cache-control` and
+/// the router's encoder (for a semantic route) go to the response cache.
+async fn cache_lookup(state: &AppState, request: &ChatRequest, hints: &RequestHints) -> Lookup {
+    let rule = state
+        .config
+        .routes
+        .get(&request.model)
+        .and_then(|r| r.cache.as_ref());
+    if rule.is_none() {
+        return Lookup::Off;
+    }
+    let encoder = state.policy.as_ref().and_then(|p| p.encoder());
+    state
+        .cache
+        .lookup(request, rule, hints.cache, encoder)
+        .await
+}
+
+/// The route of an answer from the cache: `cache; route X; exact hit`.
+fn cached_route(hit: &Hit, model: &str) -> RouteInfo {
+    RouteInfo {
+        backend: CACHE_BACKEND.into(),
+        explanation: hit.explanation(model),
+        mode: "cache",
+        fallbacks: 0,
+        cache: Some(CacheStatus::Hit),
+    }
+}
+
+/// A lookup that did not answer: the fill for the backends' answer and the header's status.
+type CacheMiss = (Option<Fill>, Option<CacheStatus>);
+
+/// The cache's answer (`Err`, returned at once), or what the backends' answer needs (`Ok`).
+async fn cache_step(
+    state: &AppState,
+    request: &ChatRequest,
+    hints: &RequestHints,
+) -> Result<CacheMiss, (Hit, RouteInfo)> {
+    match cache_lookup(state, request, hints).await {
+        Lookup::Hit(hit) => {
+            let route = cached_route(&hit, &request.model);
+            // The dashboard's routing mix and the savings count the hit.
+            if let Some(meter) = &hints.meter {
+                meter.note_cache_hit(&request.model);
+            }
+            Err((hit, route))
+        }
+        Lookup::Pass { status, fill } => Ok((fill, Some(status))),
+        Lookup::Off => Ok((None, None)),
+    }
+}
+
 /// Runs a non-streaming request (fixed route, or the policy's decision on a learned one).
 pub async fn run_chat(
     state: &AppState,
     request: ChatRequest,
     hints: &RequestHints,
 ) -> (Result<ChatResponse, Error>, RouteInfo) {
-    run_whole(
+    let (fill, status) = match cache_step(state, &request, hints).await {
+        Ok(miss) => miss,
+        Err((hit, route)) => return (Ok(hit.answer), route),
+    };
+    let (result, mut route) = run_whole(
         state,
         request,
         hints,
         |executor, request| async move { executor.chat(request).await },
         |answer| &answer.usage,
     )
-    .await
+    .await;
+    route.cache = status;
+    if let (Ok(answer), Some(fill)) = (&result, fill) {
+        fill.whole(answer).await;
+    }
+    (result, route)
 }
 
 /// Runs a non-streaming request like [`run_chat`], for an OpenAI client: a backend that speaks
@@ -1152,14 +1219,26 @@ pub async fn run_chat_completion(
     request: ChatRequest,
     hints: &RequestHints,
 ) -> (Result<ChatCompletion, Error>, RouteInfo) {
-    run_whole(
+    let (fill, status) = match cache_step(state, &request, hints).await {
+        Ok(miss) => miss,
+        Err((hit, route)) => return (Ok(ChatCompletion::encode(&hit.answer)), route),
+    };
+    let (result, mut route) = run_whole(
         state,
         request,
         hints,
         |executor, request| async move { executor.chat_completion(request).await },
         |answer| &answer.usage,
     )
-    .await
+    .await;
+    route.cache = status;
+    // The answer passed on as sent is read into the normalized one the cache keeps.
+    if let (Ok(answer), Some(fill)) = (&result, fill)
+        && let Ok(normalized) = openai::parse_chat_response(&answer.body, &route.backend)
+    {
+        fill.whole(&normalized).await;
+    }
+    (result, route)
 }
 
 /// Plans a non-streaming request and runs `answer` on its backends in turn, with the plan's
@@ -1288,6 +1367,10 @@ pub async fn run_stream(
     hints: &RequestHints,
     first_token: Option<FirstTokenDeadline>,
 ) -> (Result<EventStream, Error>, RouteInfo) {
+    let (fill, status) = match cache_step(state, &request, hints).await {
+        Ok(miss) => miss,
+        Err((hit, route)) => return (Ok(hit.events()), route),
+    };
     let model = request.model.clone();
     if let Some(meter) = &hints.meter {
         meter.note_request(&request);
@@ -1354,6 +1437,11 @@ pub async fn run_stream(
             result
         }
     };
+    route.cache = status;
+    let result = match (result, fill) {
+        (Ok(events), Some(fill)) => Ok(fill.stream(events)),
+        (result, _) => result,
+    };
     (result, route)
 }
 
@@ -1412,6 +1500,7 @@ mod tests {
             explanation: explanation.into(),
             mode: "cloud",
             fallbacks: 0,
+            cache: None,
         };
         route
             .header_value()

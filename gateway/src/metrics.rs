@@ -112,6 +112,15 @@ pub struct SpeculativeLabels {
     pub kind: &'static str,
 }
 
+/// Labels of a response-cache outcome.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    /// The route (a configured model id with a cache).
+    pub route: String,
+    /// `exact_hit`, `semantic_hit`, `miss` or `bypass`.
+    pub result: &'static str,
+}
+
 /// Labels of an error.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
@@ -176,6 +185,8 @@ pub struct Metrics {
     pub key_spend: Family<KeyLabels, Counter<f64, AtomicU64>>,
     /// Dollars local answers saved against their route's cloud price.
     pub savings: Family<CostLabels, Counter<f64, AtomicU64>>,
+    /// Response-cache lookups by route and outcome.
+    pub cache: Family<CacheLabels, Counter>,
     /// 1 while the shared state store answers, 0 while it is unreachable.
     pub store_up: Gauge,
     /// Shared state store operations that failed or timed out.
@@ -467,6 +478,12 @@ impl Metrics {
             "Cloud cost avoided by local answers, at the route's cloud price",
             savings.clone(),
         );
+        let cache = Family::<CacheLabels, Counter>::default();
+        registry.register(
+            "cache_requests",
+            "Response-cache lookups by route and result (exact_hit, semantic_hit, miss, bypass)",
+            cache.clone(),
+        );
         let store_up = Gauge::default();
         registry.register(
             "store_up",
@@ -491,6 +508,7 @@ impl Metrics {
             cache_hits,
             modes,
             overhead,
+            cache,
             pairs: RwLock::default(),
             registry: Mutex::new(registry),
             requests,

@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tower::ServiceBuilder;
 
+use crate::cache::ResponseCache;
 use crate::config::{BackendConfig, BackendKind, Config, LocalConfig};
 use crate::error::Error;
 use crate::executor::Executor;
@@ -157,6 +158,7 @@ pub fn build_state(config: Config, options: &GatewayOptions) -> Result<Arc<AppSt
             .map(|(name, b)| (name.as_str(), b.kind)),
     );
     let store = crate::store::open(&config, &metrics, &FetchEnv)?;
+    let cache = ResponseCache::open(&config, store.clone(), metrics.clone());
     let controls =
         crate::controls::Controls::start(&config, store.clone(), metrics.clone(), &FetchEnv);
     let config = Arc::new(config);
@@ -167,6 +169,7 @@ pub fn build_state(config: Config, options: &GatewayOptions) -> Result<Arc<AppSt
         policy,
         resilience,
         observer,
+        cache,
         config,
         executors,
         local,

@@ -8,6 +8,7 @@ use parking_lot::Mutex;
 use tandem_router_policy::Feedback;
 use tandem_router_policy::recent::RecentMap;
 
+use crate::cache::ResponseCache;
 use crate::config::{BackendKind, Config};
 use crate::controls::Controls;
 use crate::executor::Executor;
@@ -98,6 +99,8 @@ pub struct AppState {
     pub observer: Arc<Observer>,
     /// The shared state store (Redis, or the embedded one).
     pub store: SharedStore,
+    /// The response cache (off when no route caches).
+    pub cache: ResponseCache,
     /// Virtual keys, rate limits, budgets and spend.
     pub controls: Arc<Controls>,
 }

@@ -1,12 +1,12 @@
-//! The router's bandit state persisted in a real Redis server: round trip, replica sharing and
-//! optimistic saves. Needs `TANDEM_TEST_REDIS_URL` (the test script starts Redis on loopback).
+//! The router's bandit statistics shared through a real Redis server: replicas add up their
+//! counts (concurrently too), and a Redis restarted empty gets a replica's whole state back. Needs `TANDEM_TEST_REDIS_URL` (the test script starts Redis on loopback).
 
 // A test skipped for want of a fetched model or a server says so on stderr.
 #![allow(clippy::print_stderr)]
 
 use tandem_gateway::redis_store::RedisBanditStore;
+use tandem_router_policy::RequestFeatures;
 use tandem_router_policy::bandit::{LinUcb, context};
-use tandem_router_policy::{BanditStore, RequestFeatures};
 
 /// The test server's URL, or None (with a message) when no Redis was started for this run.
 fn redis_url() -> Option<String> {
@@ -24,73 +24,108 @@ fn unique_prefix(name: &str) -> String {
     format!("tandem-test:{name}:{}", uuid::Uuid::new_v4())
 }
 
-/// A bandit that has learned that `arm` answers well for a prompt.
-fn trained_bandit(arm: &str, rounds: usize) -> LinUcb {
-    let bandit = LinUcb::new(0.5);
-    let features = RequestFeatures::from_prompt("What is the capital of France?", None);
-    let x = context(&features, 0.3);
-    for _ in 0..rounds {
-        if let Err(e) = bandit.update(arm, &x, 1.0) {
-            panic!("bandit update failed: {e}");
+/// The value, or a panic naming the error (a failed step fails the test).
+fn ok<T>(r: tandem_router_policy::Result<T>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// One replica: its bandit (the router's) and its store, synced as the gateway syncs them.
+struct Replica {
+    bandit: LinUcb,
+    store: RedisBanditStore,
+}
+
+impl Replica {
+    fn new(url: &str, prefix: &str) -> Self {
+        Self {
+            bandit: LinUcb::new(0.5),
+            store: ok(RedisBanditStore::new(url, prefix)),
         }
     }
-    bandit
+
+    fn learn(&self, arm: &str, rounds: usize) {
+        let x = context(
+            &RequestFeatures::from_prompt("What is the capital of France?", None),
+            0.3,
+        );
+        for _ in 0..rounds {
+            ok(self.bandit.update(arm, &x, 1.0));
+        }
+    }
+
+    fn sync(&self) {
+        let local = self.bandit.state();
+        let merged = ok(self.store.sync(&local));
+        ok(self.bandit.rebase(&local, &merged));
+    }
+
+    fn n(&self, arm: &str) -> u64 {
+        self.bandit.state().arms.get(arm).map_or(0, |a| a.n)
+    }
 }
 
 #[test]
-fn state_round_trips_through_redis() {
+fn replicas_add_up_their_counts_and_none_overwrites_another() {
     let Some(url) = redis_url() else { return };
-    let store = RedisBanditStore::new(&url, &unique_prefix("round-trip")).unwrap();
+    let prefix = unique_prefix("merge");
+    let (a, b) = (Replica::new(&url, &prefix), Replica::new(&url, &prefix));
     assert!(
-        store.load().unwrap().is_none(),
-        "a fresh prefix holds no state"
+        a.store.load().unwrap().is_none(),
+        "a fresh prefix holds no sums"
     );
-
-    let state = trained_bandit("local", 5).state();
-    store.save(&state).unwrap();
-    assert_eq!(store.load().unwrap(), Some(state.clone()));
-    assert_eq!(store.version().unwrap(), 1);
-
-    // A resumed bandit carries what was learned.
-    let resumed = LinUcb::from_state(store.load().unwrap().unwrap(), 0.5).unwrap();
-    assert_eq!(resumed.state().arms["local"].n, 5);
+    a.learn("cloud", 3);
+    b.learn("cloud", 4);
+    b.learn("local", 2);
+    a.sync();
+    b.sync();
+    a.sync();
+    for r in [&a, &b] {
+        assert_eq!(r.n("cloud"), 7);
+        assert_eq!(r.n("local"), 2);
+    }
+    // Both learn more at once: both lessons land.
+    a.learn("cloud", 1);
+    b.learn("cloud", 2);
+    a.sync();
+    b.sync();
+    a.sync();
+    assert_eq!(a.n("cloud"), 10);
+    assert_eq!(b.n("cloud"), 10);
+    // The merged bandit is the one that saw everything: same estimate as a single bandit.
+    let single = LinUcb::new(0.5);
+    let x = context(
+        &RequestFeatures::from_prompt("What is the capital of France?", None),
+        0.3,
+    );
+    for _ in 0..10 {
+        single.update("cloud", &x, 1.0).unwrap();
+    }
+    let (m, s) = (
+        a.bandit.estimate("cloud", &x).unwrap(),
+        single.estimate("cloud", &x).unwrap(),
+    );
+    assert!(
+        (m.mean - s.mean).abs() < 1e-3 && (m.bonus - s.bonus).abs() < 1e-3,
+        "{m:?} {s:?}"
+    );
+    assert_eq!(a.store.load().unwrap().unwrap().arms["cloud"].n, 10);
 }
 
 #[test]
-fn a_second_replica_sees_the_first_ones_saves() {
-    let Some(url) = redis_url() else { return };
-    let prefix = unique_prefix("replicas");
-    let a = RedisBanditStore::new(&url, &prefix).unwrap();
-    let b = RedisBanditStore::new(&url, &prefix).unwrap();
-    assert!(b.load().unwrap().is_none());
-
-    a.save(&trained_bandit("cloud", 3).state()).unwrap();
-    let seen = b.load_if_newer().unwrap().expect("b sees a's save");
-    assert_eq!(seen.arms["cloud"].n, 3);
-    assert!(
-        b.load_if_newer().unwrap().is_none(),
-        "nothing newer until someone saves again"
-    );
-
-    b.save(&trained_bandit("cloud", 4).state()).unwrap();
-    assert_eq!(a.load_if_newer().unwrap().unwrap().arms["cloud"].n, 4);
-    assert_eq!(a.version().unwrap(), 2);
-}
-
-#[test]
-fn concurrent_saves_never_tear_the_document() {
+fn concurrent_syncs_lose_no_count() {
     let Some(url) = redis_url() else { return };
     let prefix = unique_prefix("concurrent");
     let handles: Vec<_> = (0..4)
-        .map(|i| {
-            let url = url.clone();
-            let prefix = prefix.clone();
+        .map(|_| {
+            let (url, prefix) = (url.clone(), prefix.clone());
             std::thread::spawn(move || {
-                let store = RedisBanditStore::new(&url, &prefix).unwrap();
+                let replica = Replica::new(&url, &prefix);
                 for _ in 0..10 {
-                    store
-                        .save(&trained_bandit(&format!("arm{i}"), 2).state())
-                        .unwrap();
+                    replica.learn("shared", 2);
+                    replica.sync();
                 }
             })
         })
@@ -98,18 +133,37 @@ fn concurrent_saves_never_tear_the_document() {
     for h in handles {
         h.join().unwrap();
     }
-    let store = RedisBanditStore::new(&url, &prefix).unwrap();
+    let sums = RedisBanditStore::new(&url, &prefix)
+        .unwrap()
+        .load()
+        .unwrap()
+        .unwrap();
     assert_eq!(
-        store.version().unwrap(),
-        40,
-        "every save landed exactly once"
+        sums.arms["shared"].n, 80,
+        "4 replicas x 10 rounds x 2 updates"
     );
-    let state = store.load().unwrap().unwrap();
-    assert_eq!(
-        state.arms.len(),
-        1,
-        "the document is one replica's whole state"
-    );
+}
+
+#[test]
+fn redis_restarted_empty_gets_a_replicas_whole_state_back() {
+    let Some(url) = redis_url() else { return };
+    let prefix = unique_prefix("restart");
+    let a = Replica::new(&url, &prefix);
+    a.learn("local", 3);
+    a.sync();
+    // Redis loses everything.
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    redis::cmd("DEL")
+        .arg(format!("{prefix}:bandit:sums"))
+        .query::<()>(&mut conn)
+        .unwrap();
+    a.learn("local", 1);
+    a.sync();
+    assert_eq!(a.n("local"), 4, "nothing learned is lost");
+    assert_eq!(a.store.load().unwrap().unwrap().arms["local"].n, 4);
 }
 
 #[test]

@@ -156,6 +156,12 @@ impl Router {
         self.learned.bandit_state()
     }
 
+    /// Takes every replica's summed bandit statistics, keeping what was learned here since
+    /// `base` (see [`crate::bandit::LinUcb::rebase`]).
+    pub fn rebase_bandit(&self, base: &BanditState, merged: &BanditState) -> Result<()> {
+        self.learned.rebase_bandit(base, merged)
+    }
+
     /// The loaded model file.
     pub fn model_file(&self) -> &ModelFile {
         self.learned.model_file()

@@ -122,6 +122,24 @@ impl Harness {
         })
     }
 
+    /// Tandem with the whole config `text` in front of a running `mock` (a restart keeps the
+    /// mock and its counts, and the config's own store: nothing is redirected to a temporary one).
+    pub async fn start_on(mock: MockHandle, text: &str) -> anyhow::Result<Self> {
+        let config = Config::from_toml_str(text, &test_env())?;
+        let options = GatewayOptions {
+            local: LocalLoad::Offline,
+            quiet: true,
+            ..GatewayOptions::default()
+        };
+        let gateway = Gateway::start(config, options).await?;
+        Ok(Self {
+            gateway,
+            mock,
+            client: client(),
+            state_dir: tempfile::tempdir()?,
+        })
+    }
+
     /// `http://127.0.0.1:PORT{path}`.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.gateway.url())

@@ -221,6 +221,26 @@ pub struct RouteConfig {
     /// The cloud backend the route's savings are measured against: `reference` as configured,
     /// else the route's first cloud backend; none on a route without one.
     pub reference: Option<String>,
+    /// The response cache on this route, when on.
+    pub cache: Option<CacheRule>,
+}
+
+/// How a route caches answers (`[routes."MODEL".cache]`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CacheRule {
+    /// How long an answer stays cached.
+    pub ttl: Duration,
+    /// Whether requests sampled above temperature 0 are cached too.
+    pub nondeterministic: bool,
+    /// The least cosine similarity of a semantic hit; None when only exact hits answer.
+    pub semantic: Option<f32>,
+}
+
+impl CacheRule {
+    /// An answer stays this long unless the route says otherwise.
+    pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
+    /// A semantic hit needs at least this similarity unless the route says otherwise.
+    pub const DEFAULT_SIMILARITY: f32 = 0.95;
 }
 
 impl RouteConfig {
@@ -235,6 +255,7 @@ impl RouteConfig {
             balance: None,
             hedge: None,
             reference: None,
+            cache: None,
         }
     }
 }
@@ -595,6 +616,10 @@ impl Config {
                 },
                 None => None,
             };
+            let cache = r
+                .cache
+                .map(|c| validate_cache(&format!("routes.{model}.cache"), c))
+                .transpose()?;
             routes.insert(
                 model,
                 RouteConfig {
@@ -606,6 +631,7 @@ impl Config {
                     balance,
                     hedge,
                     reference,
+                    cache,
                 },
             );
         }
@@ -812,6 +838,36 @@ fn local_backend(name: &str) -> BackendConfig {
         speculative: None,
         profile: BackendProfileConfig::default_for(BackendKind::Local),
     }
+}
+
+/// A route's `cache` table: a TTL over 0, a similarity within 0..=1 and only with `semantic`.
+fn validate_cache(path: &str, c: raw::RawRouteCache) -> Result<CacheRule, ConfigError> {
+    let ttl = match c.ttl_s {
+        Some(0) => return Err(invalid(format!("{path}.ttl_s"), "must be greater than 0")),
+        Some(s) => Duration::from_secs(s),
+        None => CacheRule::DEFAULT_TTL,
+    };
+    let semantic = c.semantic.unwrap_or(false);
+    let similarity = match c.similarity {
+        Some(s) if !(s.is_finite() && (0.0..=1.0).contains(&s)) => {
+            return Err(invalid(
+                format!("{path}.similarity"),
+                "must be within 0..=1",
+            ));
+        }
+        Some(_) if !semantic => {
+            return Err(invalid(
+                format!("{path}.similarity"),
+                "has no effect without semantic = true",
+            ));
+        }
+        s => s.unwrap_or(CacheRule::DEFAULT_SIMILARITY),
+    };
+    Ok(CacheRule {
+        ttl,
+        nondeterministic: c.nondeterministic.unwrap_or(false),
+        semantic: semantic.then_some(similarity),
+    })
 }
 
 fn validate_local(l: raw::RawLocal) -> Result<LocalConfig, ConfigError> {
@@ -1586,5 +1642,34 @@ mod tests {
         let env = MapEnv::from_pairs([("TANDEM__OBSERVABILITY__COST_HEADER", "true")]);
         let cfg = Config::default_local_with(&env).unwrap();
         assert!(cfg.observability.cost_header);
+    }
+
+    #[test]
+    fn a_route_cache_is_validated_with_paths() {
+        let route = |cache: &str| {
+            format!(
+                "[backends.o]\nkind = \"openai\"\napi_key_env = \"K\"\n[routes.m]\nbackends = [\"o\"]\ncache = {{ {cache} }}\n"
+            )
+        };
+        let env = MapEnv::from_pairs([("K", "k")]);
+        let c = Config::from_toml_str(&route("semantic = true"), &env).unwrap();
+        let rule = c.routes["m"].cache.unwrap();
+        assert_eq!(rule.ttl, CacheRule::DEFAULT_TTL);
+        assert_eq!(rule.semantic, Some(CacheRule::DEFAULT_SIMILARITY));
+        assert!(!rule.nondeterministic);
+        let e = |text: &str| {
+            Config::from_toml_str(&route(text), &env)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        assert!(e("ttl_s = 0").starts_with("routes.m.cache.ttl_s:"));
+        assert!(e("similarity = 0.9").starts_with("routes.m.cache.similarity:"));
+        assert!(e("semantic = true, similarity = 2.0").contains("within 0..=1"));
+        assert!(
+            e("ttl = 5").contains("unknown field `ttl`"),
+            "{}",
+            e("ttl = 5")
+        );
     }
 }

@@ -221,6 +221,22 @@ pub struct RawRoute {
     pub requests_per_minute: Option<u64>,
     /// Tokens per minute on this route, all keys together.
     pub tokens_per_minute: Option<u64>,
+    /// `[routes."MODEL".cache]`: the response cache on this route; off when absent.
+    pub cache: Option<RawRouteCache>,
+}
+
+/// `[routes."MODEL".cache]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteCache {
+    /// How long an answer stays cached, in seconds.
+    pub ttl_s: Option<u64>,
+    /// Cache requests sampled above temperature 0 too (the route accepts repeated answers).
+    pub nondeterministic: Option<bool>,
+    /// Answer from the nearest cached prompt by embedding as well as the exact one.
+    pub semantic: Option<bool>,
+    /// Least cosine similarity of a semantic hit (0..=1).
+    pub similarity: Option<f32>,
 }
 
 /// Hard rules and weights, per route or per API key.

@@ -19,6 +19,7 @@ use tandem_cloud_adapters::{
 use super::{
     finish_response, json_bytes_response, read_body, request_id, sse_response, wire_error,
 };
+use crate::cache::CACHE_BACKEND;
 use crate::config::BackendKind;
 use crate::context::FirstTokenDeadline;
 use crate::controls::Ticket;
@@ -166,6 +167,10 @@ pub fn record_usage(
     ticket: Option<&Ticket>,
 ) {
     let bill = bill(&state.config, route, backend, usage);
+    // An answer from the response cache is not billed: nothing ran.
+    if backend == CACHE_BACKEND {
+        return;
+    }
     state.metrics.record_usage(
         route,
         backend,
@@ -293,7 +298,10 @@ struct SseStream {
 
 /// Encodes a stream of events as SSE in the client's format. A stream that ends with neither a
 /// finish nor an error gets an error event: a client never sees a silent end.
-#[expect(clippy::too_many_arguments, reason = "the stream's format, route and both accounting handles, each used once")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the stream's format, route and both accounting handles, each used once"
+)]
 fn sse_body(
     state: Arc<AppState>,
     events: EventStream,

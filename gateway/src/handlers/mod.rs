@@ -11,7 +11,7 @@ use http::request::Parts;
 use http::{HeaderValue, header};
 use tandem_cloud_adapters::WireError;
 
-use crate::context::{AnsweredBy, BodyLimit, ROUTE_HEADER, RequestId};
+use crate::context::{AnsweredBy, BodyLimit, CACHE_HEADER, ROUTE_HEADER, RequestId};
 use crate::dispatch::RouteInfo;
 use crate::error::Error;
 use crate::state::{AppState, RequestRecord};
@@ -63,6 +63,11 @@ pub fn mark_route(response: &mut Response, route: &RouteInfo, model: &str) {
     response
         .headers_mut()
         .insert(ROUTE_HEADER, route.header_value());
+    if let Some(status) = route.cache {
+        response
+            .headers_mut()
+            .insert(CACHE_HEADER, HeaderValue::from_static(status.as_str()));
+    }
     if !route.backend.is_empty() {
         response.extensions_mut().insert(AnsweredBy {
             route: model.into(),

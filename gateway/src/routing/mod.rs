@@ -18,6 +18,7 @@ use tandem_router_policy::{
     Encoder, FileBanditStore, Placement, RequestFeatures, RouteRules, Router,
 };
 
+use crate::cache::CacheDirective;
 use crate::config::{
     BackendKind, CascadeJudge, Config, PolicyRules, RouteConfig, RouterSettings, placement_allows,
 };
@@ -52,6 +53,8 @@ pub struct RequestHints {
     pub route_slot: Option<RouteSlot>,
     /// The request's meter (bill, local compute, spans), when the observe layer opened one.
     pub meter: Option<Arc<crate::observe::RequestMeter>>,
+    /// The request's `cache-control` directives for the response cache.
+    pub cache: CacheDirective,
 }
 
 impl RequestHints {
@@ -124,6 +127,7 @@ impl RequestHints {
             key_placement: None,
             route_slot: None,
             meter: None,
+            cache: CacheDirective::from_headers(headers),
         })
     }
 }
@@ -231,21 +235,15 @@ impl LearnedRouting {
             ),
             None => None,
         };
-        let mut restored = false;
-        if let Some(store) = &redis_store {
-            match store.load() {
-                Ok(Some(_)) => {
-                    restored = router.restore_bandit(store).is_ok();
-                }
-                Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, "cannot restore the bandit from redis"),
-            }
-        }
-        if !restored
-            && let Some(store) = &file_store
+        if let Some(store) = &file_store
             && let Err(e) = router.restore_bandit(store)
         {
             tracing::warn!(error = %e, "cannot restore the bandit from its file; starting fresh");
+        }
+        // With Redis, the replicas' summed statistics (this one's file state added once when
+        // Redis holds none yet).
+        if let Some(store) = &redis_store {
+            sync_bandit(&router, store);
         }
         let log = match &settings.decision_log {
             Some(path) => Some(
@@ -298,11 +296,11 @@ impl LearnedRouting {
         };
         let encoder = Arc::new(OnceLock::new());
         let mut encoder_loader = None;
-        let uses_policy = config
-            .routes
-            .values()
-            .any(|r| r.policy == crate::config::RoutePolicy::Learned);
-        if settings.encoder && uses_policy {
+        let uses_encoder = config.routes.values().any(|r| {
+            r.policy == crate::config::RoutePolicy::Learned
+                || r.cache.is_some_and(|c| c.semantic.is_some())
+        });
+        if settings.encoder && uses_encoder {
             let root = config
                 .cache_dir
                 .clone()
@@ -358,6 +356,11 @@ impl LearnedRouting {
     /// Whether the prompt encoder is loaded.
     pub fn has_encoder(&self) -> bool {
         self.encoder.get().is_some()
+    }
+
+    /// The prompt encoder, once loaded (the semantic cache embeds prompts with it too).
+    pub fn encoder(&self) -> Option<Arc<Encoder>> {
+        self.encoder.get().cloned()
     }
 
     /// Features of a request: cheap ones always, plus the prompt embedding when the encoder is
@@ -487,27 +490,23 @@ impl LearnedRouting {
         self.updates.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Saves the bandit to its file and to Redis when feedback moved it since the last save
-    /// (blocking IO: call from the blocking pool). Errors are logged, never raised.
+    /// Merges the bandit with the other replicas' through Redis (every time: they learn too),
+    /// and saves it to its file when feedback moved it since the last save (blocking IO: call
+    /// from the blocking pool). Errors are logged, never raised.
     pub fn persist(&self) {
         let _one_at_a_time = self.saving.lock();
+        if let Some(store) = &self.redis_store {
+            sync_bandit(&self.router, store);
+        }
         let updates = self.updates.load(Ordering::Relaxed);
         if updates == self.saved_updates.load(Ordering::Relaxed) {
             return;
         }
-        let stores: [Option<&dyn BanditStore>; 2] = [
-            self.file_store.as_ref().map(|s| s as &dyn BanditStore),
-            self.redis_store.as_ref().map(|s| s as &dyn BanditStore),
-        ];
-        let mut ok = true;
-        for store in stores.into_iter().flatten() {
-            if let Err(e) = self.router.save_bandit(store) {
-                ok = false;
-                tracing::warn!(error = %e, "saving the bandit state failed");
+        if let Some(store) = &self.file_store {
+            match self.router.save_bandit(store as &dyn BanditStore) {
+                Ok(()) => self.saved_updates.store(updates, Ordering::Relaxed),
+                Err(e) => tracing::warn!(error = %e, "saving the bandit state failed"),
             }
-        }
-        if ok {
-            self.saved_updates.store(updates, Ordering::Relaxed);
         }
     }
 
@@ -519,6 +518,21 @@ impl LearnedRouting {
     /// How often the bandit is saved.
     pub fn save_interval(&self) -> Duration {
         self.settings.bandit_save_interval
+    }
+}
+
+/// Adds what `router`'s bandit learned since the last sync to the replicas' sums in Redis and
+/// rebases it on them (blocking IO). A failure is logged; the next sync adds what this one
+/// could not.
+fn sync_bandit(router: &Router, store: &RedisBanditStore) {
+    let local = router.bandit_state();
+    match store.sync(&local) {
+        Ok(merged) => {
+            if let Err(e) = router.rebase_bandit(&local, &merged) {
+                tracing::warn!(error = %e, "the replicas' bandit sums could not be taken in");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "syncing the bandit through redis failed"),
     }
 }
 

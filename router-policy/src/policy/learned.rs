@@ -87,6 +87,12 @@ impl Learned {
         self.bandit.state()
     }
 
+    /// Takes every replica's summed bandit statistics, keeping what was learned here since
+    /// `base` (see [`LinUcb::rebase`]).
+    pub fn rebase_bandit(&self, base: &BanditState, merged: &BanditState) -> Result<()> {
+        self.bandit.rebase(base, merged)
+    }
+
     /// The predictor's P(strong model answers better) for these features. Without an embedding
     /// (not cached and not worth waiting for) the embedding slots take the training mean, so the
     /// prediction rests on the cheap features alone instead of on an out-of-range zero vector.
