@@ -222,6 +222,19 @@ pub fn generate_events(
         .boxed()
 }
 
+/// The 400 for a prompt of `tokens` over the local model's `context`: OpenAI's
+/// `context_length_exceeded` code, in words Anthropic's clients know (`prompt is too long`).
+pub fn context_length_exceeded(tokens: usize, context: usize, param: &str) -> Error {
+    Error::InvalidRequest {
+        message: format!(
+            "prompt is too long: {tokens} tokens > {context} maximum (the local model's context \
+             length); shorten the messages or route this model to a backend with a longer context"
+        ),
+        param: Some(param.to_owned()),
+        code: Some("context_length_exceeded"),
+    }
+}
+
 /// Runs chat requests on the in-process model.
 pub struct LocalExecutor {
     config: BackendConfig,
@@ -290,13 +303,7 @@ impl LocalExecutor {
             .map_err(|e| Error::LocalModel(format!("chat template: {e}")))?;
         let context = engine.info().context_length;
         if prompt.len() >= context {
-            return Err(Error::invalid(
-                format!(
-                    "the prompt is {} tokens, more than the local model's context of {context}",
-                    prompt.len()
-                ),
-                Some("messages"),
-            ));
+            return Err(context_length_exceeded(prompt.len(), context, "messages"));
         }
         let mut params = sampling_params(request);
         if logprobs.is_some() {

@@ -90,6 +90,15 @@ pub fn wants_structured_output(request: &ChatRequest) -> bool {
 /// and fields it has no place for.
 pub fn refuse_beyond_local_decoding(backend: &str, request: &ChatRequest) -> Result<(), Error> {
     refuse_several_choices(backend, request)?;
+    // The local model reads text only: an image it would drop is refused by its position, and
+    // a route with a backend that reads images moves on to it.
+    if let Some(param) = request.first_image_param() {
+        return Err(cannot_honour(
+            backend,
+            &param,
+            &format!("reads text only and cannot see the image at `{param}`"),
+        ));
+    }
     let wants_tools = !request.tools.is_empty()
         && !matches!(
             request.tool_choice,
