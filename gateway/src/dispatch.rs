@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Instant as StdInstant;
 
 use futures::StreamExt;
-use serde_json::json;
+use serde_json::{Map, Value, json};
 use tandem_cloud_adapters::openai::ChatCompletion;
-use tandem_cloud_adapters::{ChatEvent, ChatRequest, ChatResponse, EventStream, Usage};
+use tandem_cloud_adapters::{Api, ChatEvent, ChatRequest, ChatResponse, EventStream, Usage};
 use tandem_router_policy::{Choice, Feedback, Placement};
 use tokio::time::Instant;
 
@@ -20,7 +20,7 @@ use crate::context::RouteSlot;
 use crate::error::Error;
 use crate::executor::cascade::{CascadeExecutor, CascadeOutcome};
 use crate::executor::local::LocalExecutor;
-use crate::executor::{CompletionCall, CompletionOutput, Executor};
+use crate::executor::{CompletionCall, CompletionOutput, Executor, Forwarded, TokenCount};
 use crate::metrics::BackendLabels;
 use crate::routing::{LiveBackend, Planned, RequestHints, placement_for};
 use crate::state::AppState;
@@ -728,6 +728,72 @@ pub async fn run_completion(
         log.write();
     }
     (result, route)
+}
+
+/// Runs a request for another of the upstreams' APIs (`api`: embeddings, a Responses request
+/// passed through) on the route's backends in config order, placement applied: the first that
+/// serves the API answers with its body as it came (streamed when `stream`); one without the API
+/// is skipped.
+pub async fn run_forward(
+    state: &AppState,
+    api: Api,
+    model: &str,
+    body: &Map<String, Value>,
+    stream: bool,
+    hints: &RequestHints,
+) -> (Result<Forwarded, Error>, RouteInfo) {
+    run_in_config_order(state, model, hints, |executor| async move {
+        executor.forward(api, body, stream).await
+    })
+    .await
+}
+
+/// Counts the input tokens of `request` on the route's backends in config order: the local
+/// model exactly, an Anthropic backend by asking it, others by estimate.
+pub async fn run_count_tokens(
+    state: &AppState,
+    request: &ChatRequest,
+    body: &Map<String, Value>,
+    hints: &RequestHints,
+) -> (Result<TokenCount, Error>, RouteInfo) {
+    run_in_config_order(state, &request.model, hints, |executor| async move {
+        executor.count_tokens(request, body).await
+    })
+    .await
+}
+
+/// Runs `attempt` on the route's backends in config order with its fallback rule.
+async fn run_in_config_order<T, F, Fut>(
+    state: &AppState,
+    model: &str,
+    hints: &RequestHints,
+    mut attempt: F,
+) -> (Result<T, Error>, RouteInfo)
+where
+    F: FnMut(Arc<dyn Executor>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
+    let (executors, fallback) = match route_for(state, model, hints) {
+        Ok(r) => r,
+        Err(e) => {
+            let (e, route) = no_route(e);
+            return (Err(e), route);
+        }
+    };
+    let slot = hints.route_slot.as_ref();
+    if let Some(slot) = slot {
+        slot.note_route(model);
+    }
+    with_fallback(
+        state,
+        executors,
+        fallback,
+        format!("route {model}"),
+        false,
+        slot,
+        |executor, _last| attempt(executor),
+    )
+    .await
 }
 
 /// Starts a streaming request; waiting for the upstream stops at `first_token_deadline`.

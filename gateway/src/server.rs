@@ -20,8 +20,9 @@ use crate::config::{BackendConfig, BackendKind, Config, LocalConfig};
 use crate::error::Error;
 use crate::executor::Executor;
 use crate::executor::cloud::CloudExecutor;
+use crate::executor::embeddings::LocalEmbedder;
 use crate::executor::local::{LocalExecutor, LocalModel, LocalState};
-use crate::handlers::{chat, completions, ops};
+use crate::handlers::{chat, completions, count_tokens, embeddings, ops};
 use crate::metrics::Metrics;
 use crate::middleware::{
     auth::AuthLayer, body_limit::BodyLimitLayer, concurrency::LoadShedLayer,
@@ -145,8 +146,13 @@ pub fn build_state(config: Config, options: &GatewayOptions) -> Result<Arc<AppSt
             None
         }
     };
+    let embedder =
+        Arc::new(LocalEmbedder::new(config.cache_dir.clone().unwrap_or_else(
+            tandem_router_policy::encoder::default_cache_root,
+        )));
     Ok(Arc::new(AppState {
         policy,
+        embedder,
         config: Arc::new(config),
         executors,
         local,
@@ -263,6 +269,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/completions", post(completions::completions))
         .route("/v1/messages", post(chat::messages))
         .route("/v1/models", get(ops::models))
+        .route("/v1/models/{id}", get(ops::model))
+        .route("/v1/embeddings", post(embeddings::embeddings))
+        .route(
+            "/v1/messages/count_tokens",
+            post(count_tokens::count_tokens),
+        )
         .route("/v1/feedback", post(ops::feedback))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))

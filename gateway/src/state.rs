@@ -10,6 +10,7 @@ use tandem_router_policy::recent::RecentMap;
 
 use crate::config::{BackendKind, Config};
 use crate::executor::Executor;
+use crate::executor::embeddings::LocalEmbedder;
 use crate::executor::local::LocalModel;
 use crate::metrics::Metrics;
 use crate::routing::LearnedRouting;
@@ -85,6 +86,8 @@ pub struct AppState {
     pub requests: RequestLog,
     /// Where feedback goes for requests the routing policy did not decide.
     pub feedback: Arc<dyn FeedbackSink>,
+    /// The local embeddings model (`minilm`), loaded on first use.
+    pub embedder: Arc<LocalEmbedder>,
     /// The learned routing policy (None when it could not be loaded; learned routes then run
     /// in config order).
     pub policy: Option<Arc<LearnedRouting>>,

@@ -56,7 +56,7 @@ async fn engine() -> Option<Engine> {
 }
 
 /// Tandem with the real local model (when cached) and the mock's backends, plus `extra`.
-async fn start_local(extra: &str) -> Option<(Gateway, tandem_lab::mock::MockHandle)> {
+async fn start_local(extra: &str) -> Option<(Gateway, tandem_lab::mock::MockHandle, Engine)> {
     let engine = engine().await?;
     let (_addr, mock) = MockUpstream::start_with(Fixtures::builtin(), MockConfig::default())
         .await
@@ -64,11 +64,11 @@ async fn start_local(extra: &str) -> Option<(Gateway, tandem_lab::mock::MockHand
     let text = config_text(&mock.base_url(), &format!("{LOCAL_ROUTES}\n{extra}"));
     let config = Config::from_toml_str(&text, &test_env()).unwrap();
     let options = GatewayOptions {
-        local: LocalLoad::Engine(engine),
+        local: LocalLoad::Engine(engine.clone()),
         quiet: true,
         ..GatewayOptions::default()
     };
-    Some((Gateway::start(config, options).await.unwrap(), mock))
+    Some((Gateway::start(config, options).await.unwrap(), mock, engine))
 }
 
 async fn post(url: String, body: &Value) -> (u16, String, Value) {
@@ -133,7 +133,7 @@ async fn an_image_is_refused_by_the_text_only_model_and_skips_to_a_backend_that_
 
 #[tokio::test]
 async fn learned_routes_skip_to_vision_and_long_prompts_are_context_length_exceeded() {
-    let Some((gw, _mock)) = start_local("").await else {
+    let Some((gw, _mock, engine)) = start_local("").await else {
         return;
     };
     let url = |p: &str| format!("{}{p}", gw.url());
@@ -176,5 +176,307 @@ async fn learned_routes_skip_to_vision_and_long_prompts_are_context_length_excee
     .await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["code"], "context_length_exceeded", "{body}");
+
+    // Counting on the local model is exact: its chat template and tokenizer.
+    let r = client()
+        .post(url("/v1/messages/count_tokens"))
+        .json(&json!({"model": "local", "system": "Be brief.",
+                      "messages": [{"role": "user", "content": "What is the capital of France?"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-tandem-token-count"], "exact");
+    let body: Value = r.json().await.unwrap();
+    let prompt = engine
+        .chat_prompt(
+            &[
+                tandem_local_model::ChatMessage::new("system", "Be brief."),
+                tandem_local_model::ChatMessage::new("user", "What is the capital of France?"),
+            ],
+            true,
+        )
+        .unwrap();
+    assert_eq!(body["input_tokens"], prompt.len(), "{body}");
+    let (_, _, local) = get(url("/v1/models/local")).await;
+    assert_eq!(
+        local["context_length"],
+        engine.info().context_length,
+        "{local}"
+    );
+    assert_eq!(local["capabilities"]["fim"], true, "{local}");
     gw.shutdown().await.unwrap();
+}
+
+/// Standard base64 decoded, for the vectors an embeddings answer writes that way.
+fn base64_decode(text: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut bits = 0u32;
+    let mut count = 0;
+    let mut out = Vec::new();
+    for c in text.bytes().filter(|&c| c != b'=') {
+        let v = ALPHABET.iter().position(|&a| a == c).unwrap() as u32;
+        bits = (bits << 6) | v;
+        count += 6;
+        if count >= 8 {
+            count -= 8;
+            out.push((bits >> count) as u8);
+            bits &= (1 << count) - 1;
+        }
+    }
+    out
+}
+
+fn floats(value: &Value) -> Vec<f32> {
+    match value {
+        Value::String(b64) => base64_decode(b64)
+            .chunks(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        v => v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect(),
+    }
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
+#[tokio::test]
+async fn local_embeddings_are_the_encoders_vectors_in_every_encoding() {
+    use tandem_gateway::executor::embeddings::embedder_config;
+    use tandem_router_policy::Encoder;
+    let root = tandem_router_policy::encoder::default_cache_root();
+    let config = embedder_config(&root);
+    if config.check_files().is_err() {
+        eprintln!(
+            "skipping: the MiniLM encoder is not in the cache at {} (run `tandem models fetch minilm-l6-v2-int8`)",
+            root.display()
+        );
+        return;
+    }
+    let encoder = tokio::task::spawn_blocking(move || Encoder::with_config(config))
+        .await
+        .unwrap()
+        .unwrap();
+    let h = Harness::start("").await.unwrap();
+    let texts: Vec<String> = (0..64)
+        .map(|i| {
+            format!(
+                "Sentence number {i} is about {}.",
+                ["cats", "taxes", "rust", "rain"][i % 4]
+            )
+        })
+        .collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let expected = encoder.embed_uncached(&refs).unwrap();
+
+    // A batch of 64, as floats: the encoder's own vectors, unit length, in input order.
+    let (status, route, body) = post(
+        h.url("/v1/embeddings"),
+        &json!({"model": "minilm", "input": texts}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(route, "minilm; local embeddings model");
+    assert_eq!(body["object"], "list");
+    assert_eq!(body["model"], "minilm");
+    let data = body["data"].as_array().unwrap();
+    assert_eq!(data.len(), 64);
+    for (i, item) in data.iter().enumerate() {
+        assert_eq!(item["index"], i);
+        let v = floats(&item["embedding"]);
+        assert_eq!(v.len(), 384);
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "norm {norm}");
+        let c = cosine(&v, &expected[i]);
+        assert!(c > 0.9999, "input {i}: cosine {c}");
+    }
+    assert!(
+        body["usage"]["prompt_tokens"].as_u64().unwrap() > 64 * 3,
+        "{body}"
+    );
+
+    // Base64 is the same little-endian floats; token ids embed like their text.
+    let (status, _, b64) = post(
+        h.url("/v1/embeddings"),
+        &json!({"model": "minilm", "input": texts[0], "encoding_format": "base64"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{b64}");
+    let v = floats(&b64["data"][0]["embedding"]);
+    assert_eq!(v.len(), 384);
+    assert!(cosine(&v, &expected[0]) > 0.9999);
+    let ids = encoder.token_ids(&texts[1]).unwrap();
+    let (status, _, by_ids) = post(
+        h.url("/v1/embeddings"),
+        &json!({"model": "minilm", "input": [ids]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{by_ids}");
+    assert!(cosine(&floats(&by_ids["data"][0]["embedding"]), &expected[1]) > 0.9999);
+
+    // What the model cannot do is a 400 naming the field.
+    let (status, _, body) = post(
+        h.url("/v1/embeddings"),
+        &json!({"model": "minilm", "input": "a", "dimensions": 128}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "dimensions", "{body}");
+    let (status, _, body) = post(
+        h.url("/v1/embeddings"),
+        &json!({"model": "minilm", "input": [[1, 2], [99999999]]}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("input[1]"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn cloud_embeddings_pass_through_with_the_backends_key_and_usage() {
+    let h = Harness::start("").await.unwrap();
+    let (status, route, body) = post(
+        h.url("/v1/embeddings"),
+        &json!({"model": "gpt", "input": ["a", "b"], "encoding_format": "base64", "dimensions": 4}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(route.starts_with("openai;"), "{route}");
+    assert_eq!(body["data"].as_array().unwrap().len(), 2, "{body}");
+    assert_eq!(
+        floats(&body["data"][1]["embedding"]),
+        [2.0, 0.5, 1.0 / 3.0, 0.25]
+    );
+    let sent = h.mock.requests().last().unwrap().clone();
+    assert!(sent.path.ends_with("/v1/embeddings"), "{}", sent.path);
+    assert_eq!(sent.header("authorization"), Some("Bearer sk-mock"));
+    let sent = sent.json().unwrap();
+    assert_eq!(sent["model"], "gpt-4o-mini", "the model is mapped: {sent}");
+    assert_eq!(sent["dimensions"], 4, "{sent}");
+    let metrics = h.metrics().await;
+    assert!(
+        metrics.contains(r#"tandem_tokens_total{route="gpt",backend="openai",kind="prompt"} 6"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"tandem_requests_total{endpoint="embeddings",route="gpt",backend="openai",status="2xx"} 1"#),
+        "{metrics}"
+    );
+    // An Anthropic backend has no embeddings: a clear 400.
+    let (status, _, body) = post(
+        h.url("/v1/embeddings"),
+        &json!({"model": "claude", "input": "a"}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/v1/embeddings"),
+        "{body}"
+    );
+    let (status, _, body) = post(
+        h.url("/v1/embeddings"),
+        &json!({"model": "nope", "input": "a"}),
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+}
+
+#[tokio::test]
+async fn count_tokens_asks_anthropic_and_estimates_elsewhere_and_models_say_what_they_can() {
+    let h = Harness::start("").await.unwrap();
+    let ask = json!({"model": "claude", "messages": [{"role": "user", "content": "Hello there"}]});
+    let r = client()
+        .post(h.url("/v1/messages/count_tokens"))
+        .json(&ask)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-tandem-token-count"], "upstream");
+    let body: Value = r.json().await.unwrap();
+    let sent = h.mock.requests().last().unwrap().clone();
+    assert!(
+        sent.path.ends_with("/v1/messages/count_tokens"),
+        "{}",
+        sent.path
+    );
+    assert_eq!(sent.header("x-api-key"), Some("ak-mock"));
+    assert_eq!(sent.json().unwrap()["model"], "claude-3-5-haiku");
+    assert!(
+        sent.json().unwrap().get("max_tokens").is_none(),
+        "nothing is added"
+    );
+    assert_eq!(body["input_tokens"], sent.body.len().div_ceil(4), "{body}");
+    assert!(body.get("estimate").is_none(), "{body}");
+
+    let r = client()
+        .post(h.url("/v1/messages/count_tokens"))
+        .json(&json!({"model": "gpt", "messages": [{"role": "user", "content": "Hello there, how are you today?"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-tandem-token-count"], "estimate");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["estimate"], true, "{body}");
+    assert!(body["input_tokens"].as_u64().unwrap() > 5, "{body}");
+    // Bad input in Anthropic's error shape.
+    let (status, _, body) = post(
+        h.url("/v1/messages/count_tokens"),
+        &json!({"model": "claude", "messages": "hi"}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["type"], "error", "{body}");
+
+    // Model details.
+    let (status, _, gpt) = get(h.url("/v1/models/gpt")).await;
+    assert_eq!(status, 200, "{gpt}");
+    assert_eq!(gpt["id"], "gpt");
+    assert_eq!(gpt["owned_by"], "openai");
+    assert_eq!(gpt["capabilities"]["tools"], true, "{gpt}");
+    assert_eq!(gpt["capabilities"]["embeddings"], true, "{gpt}");
+    let (status, _, claude) = get(h.url("/v1/models/claude")).await;
+    assert_eq!(status, 200);
+    assert_eq!(claude["capabilities"]["embeddings"], false, "{claude}");
+    let (status, _, missing) = get(h.url("/v1/models/nope")).await;
+    assert_eq!(status, 404);
+    assert_eq!(missing["error"]["code"], "model_not_found", "{missing}");
+    let (_, _, list) = get(h.url("/v1/models")).await;
+    let minilm = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "minilm")
+        .cloned()
+        .unwrap();
+    assert_eq!(minilm["capabilities"]["embeddings"], true, "{minilm}");
+    assert_eq!(minilm["dimensions"], 384, "{minilm}");
+}
+
+async fn get(url: String) -> (u16, String, Value) {
+    let r = client().get(url).send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        String::new(),
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }

@@ -12,8 +12,8 @@ use tandem_cloud_adapters::{
 use tandem_local_model::{ChatMessage, Engine, GenerateEvent, GenerateRequest, SamplingParams};
 
 use super::completion::{CompletionCall, CompletionOutput};
-use super::engine::{engine_usage, finish_reason};
-use super::{Executor, local_completion, refuse_beyond_local_decoding};
+use super::engine::{context_length_exceeded, engine_usage, finish_reason};
+use super::{CountSource, Executor, TokenCount, local_completion, refuse_beyond_local_decoding};
 use crate::config::{BackendConfig, BackendKind, Price};
 use crate::error::Error;
 
@@ -222,19 +222,6 @@ pub fn generate_events(
         .boxed()
 }
 
-/// The 400 for a prompt of `tokens` over the local model's `context`: OpenAI's
-/// `context_length_exceeded` code, in words Anthropic's clients know (`prompt is too long`).
-pub fn context_length_exceeded(tokens: usize, context: usize, param: &str) -> Error {
-    Error::InvalidRequest {
-        message: format!(
-            "prompt is too long: {tokens} tokens > {context} maximum (the local model's context \
-             length); shorten the messages or route this model to a backend with a longer context"
-        ),
-        param: Some(param.to_owned()),
-        code: Some("context_length_exceeded"),
-    }
-}
-
 /// Runs chat requests on the in-process model.
 pub struct LocalExecutor {
     config: BackendConfig,
@@ -274,6 +261,22 @@ impl Executor for LocalExecutor {
 
     async fn completion(&self, call: &CompletionCall) -> Result<CompletionOutput, Error> {
         local_completion::complete(&self.model.engine()?, &call.request).await
+    }
+
+    async fn count_tokens(
+        &self,
+        request: &ChatRequest,
+        _body: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<TokenCount, Error> {
+        // Exactly what generation would read: the chat template over the conversation.
+        let engine = self.model.engine()?;
+        let prompt = engine
+            .chat_prompt(&template_messages(request), true)
+            .map_err(|e| Error::LocalModel(format!("chat template: {e}")))?;
+        Ok(TokenCount {
+            input_tokens: prompt.len() as u64,
+            source: CountSource::Exact,
+        })
     }
 }
 

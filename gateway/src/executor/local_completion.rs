@@ -56,7 +56,7 @@ fn prompt_tokens(engine: &Engine, request: &CompletionRequest) -> Result<Vec<u32
     }
     let context = engine.info().context_length;
     if tokens.len() >= context {
-        return Err(super::local::context_length_exceeded(
+        return Err(super::engine::context_length_exceeded(
             tokens.len(),
             context,
             "prompt",

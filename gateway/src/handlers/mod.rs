@@ -2,6 +2,8 @@
 
 pub mod chat;
 pub mod completions;
+pub mod count_tokens;
+pub mod embeddings;
 pub mod ops;
 
 use axum::body::Body;
