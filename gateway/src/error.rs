@@ -146,6 +146,10 @@ pub enum Error {
     /// A bug or an unexpected state inside the gateway.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The shared state store did not answer (Redis down or slow); with limits failing closed,
+    /// what a request that a limit applies to gets.
+    #[error("the shared state store is unavailable: {0}")]
+    StoreUnavailable(String),
 }
 
 impl Error {
@@ -170,7 +174,7 @@ impl Error {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Timeout(_) | Self::FirstTokenTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotReady(_) | Self::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Upstream(e) => e
                 .status
                 .and_then(|s| StatusCode::from_u16(s).ok())
@@ -201,6 +205,7 @@ impl Error {
             Self::Upstream(_) => "upstream",
             Self::LocalModel(_) => "local_model",
             Self::Internal(_) => "internal",
+            Self::StoreUnavailable(_) => "store_unavailable",
         }
     }
 
@@ -230,7 +235,10 @@ impl Error {
                 .clone()
                 .unwrap_or_else(|| "upstream_error".into()),
             Self::Timeout(_) | Self::FirstTokenTimeout(_) => "timeout_error".into(),
-            Self::NotReady(_) | Self::LocalModel(_) | Self::Internal(_) => "server_error".into(),
+            Self::NotReady(_)
+            | Self::LocalModel(_)
+            | Self::Internal(_)
+            | Self::StoreUnavailable(_) => "server_error".into(),
         }
     }
 
@@ -276,6 +284,7 @@ impl Error {
             Self::Upstream(e) => Some(e.upstream_code.as_deref().unwrap_or_else(|| e.code())),
             Self::EndpointNotFound(_) => Some("unknown_url"),
             Self::MethodNotAllowed { .. } => Some("method_not_allowed"),
+            Self::StoreUnavailable(_) => Some("store_unavailable"),
             Self::LocalModel(_) | Self::Internal(_) => None,
         }
     }
@@ -323,7 +332,7 @@ impl Error {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
             // A backend loading or down for a moment: worth a retry soon.
-            Self::NotReady(_) => {
+            Self::NotReady(_) | Self::StoreUnavailable(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(1u64));
             }
             Self::Upstream(e) => {

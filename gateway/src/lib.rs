@@ -18,6 +18,7 @@ pub mod routing;
 pub mod server;
 pub mod speculative;
 pub mod state;
+pub mod store;
 
 pub use error::{Error, Result};
 

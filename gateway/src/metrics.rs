@@ -120,6 +120,10 @@ pub struct Metrics {
     pub speculative_fallbacks: Family<BackendLabels, Counter>,
     /// Routing policy decisions by choice (local, cloud, cascade, speculative, reject).
     pub route_decisions: Family<DecisionLabels, Counter>,
+    /// 1 while the shared state store answers, 0 while it is unreachable.
+    pub store_up: Gauge,
+    /// Shared state store operations that failed or timed out.
+    pub store_errors: Counter,
     /// The handles of each route and backend pair seen so far, by route, then backend.
     pairs: RwLock<PairMap<PairMap<Arc<PairMetrics>>>>,
 }
@@ -312,7 +316,21 @@ impl Metrics {
             "Routing policy decisions by choice",
             route_decisions.clone(),
         );
+        let store_up = Gauge::default();
+        registry.register(
+            "store_up",
+            "1 while the shared state store answers",
+            store_up.clone(),
+        );
+        let store_errors = Counter::default();
+        registry.register(
+            "store_errors",
+            "Shared state store operations that failed or timed out",
+            store_errors.clone(),
+        );
         Self {
+            store_up,
+            store_errors,
             route_decisions,
             pairs: RwLock::default(),
             registry: Mutex::new(registry),

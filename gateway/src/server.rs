@@ -150,7 +150,9 @@ pub fn build_state(config: Config, options: &GatewayOptions) -> Result<Arc<AppSt
         Arc::new(LocalEmbedder::new(config.cache_dir.clone().unwrap_or_else(
             tandem_router_policy::encoder::default_cache_root,
         )));
+    let store = crate::store::open(&config, &metrics, &FetchEnv)?;
     Ok(Arc::new(AppState {
+        store,
         policy,
         embedder,
         config: Arc::new(config),
@@ -354,6 +356,7 @@ impl Gateway {
             Ok(r) => r,
             Err(e) => Err(std::io::Error::other(e)),
         };
+        self.state.store.flush();
         // The bandit's last lessons survive a restart.
         if let Some(policy) = self.state.policy.clone() {
             policy.stop_persistence();

@@ -14,6 +14,7 @@ use crate::executor::embeddings::LocalEmbedder;
 use crate::executor::local::LocalModel;
 use crate::metrics::Metrics;
 use crate::routing::LearnedRouting;
+use crate::store::SharedStore;
 
 /// Feedback can refer to at least this many of the latest answered requests (up to twice as
 /// many are kept).
@@ -91,6 +92,8 @@ pub struct AppState {
     /// The learned routing policy (None when it could not be loaded; learned routes then run
     /// in config order).
     pub policy: Option<Arc<LearnedRouting>>,
+    /// The shared state store (Redis, or the embedded one).
+    pub store: SharedStore,
 }
 
 impl AppState {

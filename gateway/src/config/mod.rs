@@ -1,6 +1,7 @@
 //! `tandem.toml`: parsed into raw structs, overridden from `TANDEM__SECTION__KEY` variables, then
 //! validated into the runtime [`Config`]. Every error names the path it is about.
 
+pub mod controls;
 pub mod raw;
 pub mod router;
 
@@ -20,6 +21,7 @@ pub use tandem_router_policy::Price;
 
 use crate::speculative::{DelayConfig, ScoringMode, VerifyProtocol};
 
+pub use controls::{AdminConfig, ControlsConfig, OnUnavailable, RouteLimits, StoreConfig};
 use raw::{RawBackend, RawConfig};
 pub use router::{BackendProfileConfig, CascadeJudge, PolicyRules, RoutePolicy, RouterSettings};
 
@@ -300,6 +302,8 @@ pub struct Config {
     pub cache_dir: Option<PathBuf>,
     /// Redis URL for shared state.
     pub redis_url: Option<String>,
+    /// The store, the admin listener and per-route rate limits.
+    pub controls: ControlsConfig,
 }
 
 impl Config {
@@ -353,6 +357,7 @@ impl Config {
             )
         })?;
 
+        let mut controls = controls::validate(&raw, env)?;
         let mut api_key_hashes = Vec::new();
         for (i, h) in raw.server.api_key_hashes.iter().enumerate() {
             let bytes = hex::decode(h.trim()).ok().and_then(|b| <[u8; 32]>::try_from(b).ok()).ok_or_else(|| {
@@ -582,6 +587,7 @@ impl Config {
             }
             other => other,
         };
+        controls.store.redis_url = redis_url.clone();
 
         Ok(Self {
             listen,
@@ -593,6 +599,7 @@ impl Config {
             router: router_settings,
             cache_dir: raw.cache_dir.map(PathBuf::from),
             redis_url,
+            controls,
         })
     }
 
@@ -677,6 +684,7 @@ fn unreachable_default() -> Config {
         router: RouterSettings::default(),
         cache_dir: None,
         redis_url: None,
+        controls: ControlsConfig::default(),
     }
 }
 

@@ -27,8 +27,25 @@ pub struct RawConfig {
     pub router: RawRouter,
     /// Where models and other artifacts are cached.
     pub cache_dir: Option<String>,
-    /// Redis for shared state; in-memory when absent.
+    /// Redis for shared state; the embedded store in the cache directory when absent.
     pub redis_url: Option<String>,
+    /// `[store]`: the shared state store's settings.
+    #[serde(default)]
+    pub store: RawStore,
+}
+
+/// `[store]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    /// Key prefix in Redis.
+    pub prefix: Option<String>,
+    /// Bound on each request-path operation, ms.
+    pub timeout_ms: Option<u64>,
+    /// `open` (the default) or `closed`: what limits and budgets do while the store is down.
+    pub on_unavailable: Option<String>,
+    /// The embedded store's file (without `redis_url`); `<cache_dir>/state/store.log` when absent.
+    pub path: Option<String>,
 }
 
 /// `[server]`.
@@ -40,6 +57,13 @@ pub struct RawServer {
     /// sha256 hex digests of the accepted API keys.
     #[serde(default)]
     pub api_key_hashes: Vec<String>,
+    /// The admin API's listen address, `host:port`; no admin API when absent.
+    pub admin_listen: Option<String>,
+    /// sha256 hex digests of the accepted admin keys.
+    #[serde(default)]
+    pub admin_key_hashes: Vec<String>,
+    /// Name of an environment variable holding an admin key in clear.
+    pub admin_key_env: Option<String>,
 }
 
 /// `[limits]`.
@@ -161,6 +185,10 @@ pub struct RawRoute {
     pub latency_slo_ms: Option<f64>,
     /// Cascade confidence threshold for this route, replacing `router.cascade_threshold`.
     pub cascade_threshold: Option<f32>,
+    /// Requests per minute on this route, all keys together.
+    pub requests_per_minute: Option<u64>,
+    /// Tokens per minute on this route, all keys together.
+    pub tokens_per_minute: Option<u64>,
 }
 
 /// Hard rules and weights, per route or per API key.
