@@ -796,6 +796,132 @@ where
     .await
 }
 
+/// What answered a Responses request.
+pub enum ResponsesOutput {
+    /// OpenAI's own Responses API, its answer as it came.
+    Passed(Forwarded),
+    /// A chat backend's stream, to encode as Responses events.
+    Events(EventStream),
+    /// A chat backend's whole answer, to encode as a `response` object.
+    Whole(Box<ChatResponse>),
+}
+
+impl std::fmt::Debug for ResponsesOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Passed(_) => "Passed",
+            Self::Events(_) => "Events",
+            Self::Whole(_) => "Whole",
+        })
+    }
+}
+
+/// How a Responses request may reach OpenAI's own Responses API.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NativeResponses<'a> {
+    /// The client's body, when it may go to OpenAI's own API as it came (not when it continues
+    /// a response stored here, which that API does not hold).
+    pub body: Option<&'a Map<String, Value>>,
+    /// What only that API can run (a built-in tool, a file), by parameter and kind: every other
+    /// backend is skipped with a 400 naming it.
+    pub openai_only: Option<&'a (String, String)>,
+}
+
+/// Runs a Responses request like a chat request (the route's policy, cascade, speculative
+/// backends, placement, fallback, timings and decision log), each backend taking it in its own
+/// way: OpenAI's own Responses API as the client sent it, the others the normalized request.
+pub async fn run_responses(
+    state: &AppState,
+    request: ChatRequest,
+    native: NativeResponses<'_>,
+    hints: &RequestHints,
+    first_token_deadline: Option<(Instant, Error)>,
+) -> (Result<ResponsesOutput, Error>, RouteInfo) {
+    let model = request.model.clone();
+    let stream = request.stream;
+    let plan = match plan(state, &request, hints).await {
+        Ok(p) => p,
+        Err((e, route)) => return (Err(e), route),
+    };
+    let measure = plan.cascade.is_none();
+    let mut request = Some(request);
+    let (result, mut route) = plan
+        .run(state, hints, &model, |executor, last| {
+            let request = attempt_request(&mut request, last);
+            let deadline = first_token_deadline.clone().filter(|_| stream);
+            async move {
+                if let Some(body) = native.body
+                    && executor.passes_through(Api::Responses)
+                {
+                    let forwarded = executor.forward(Api::Responses, body, stream);
+                    return match deadline {
+                        Some((at, error)) => tokio::time::timeout_at(at, forwarded)
+                            .await
+                            .unwrap_or(Err(error)),
+                        None => forwarded.await,
+                    }
+                    .map(ResponsesOutput::Passed);
+                }
+                if let Some((param, what)) = native.openai_only {
+                    return Err(crate::executor::cannot_honour(
+                        executor.backend(),
+                        param,
+                        &format!("cannot run `{what}`: only OpenAI's own Responses API can"),
+                    ));
+                }
+                let request = request?;
+                let started = StdInstant::now();
+                let live = state
+                    .policy
+                    .as_ref()
+                    .and_then(|p| p.backend(executor.backend()))
+                    .cloned();
+                if !stream {
+                    let _in_flight = live.as_ref().map(|l| l.enter());
+                    let result = executor.chat(request).await;
+                    if measure {
+                        record_chat(
+                            state,
+                            executor.backend(),
+                            started,
+                            result.as_ref().map(|a| &a.usage),
+                        );
+                    }
+                    return result.map(|a| ResponsesOutput::Whole(Box::new(a)));
+                }
+                let result = match deadline {
+                    Some((at, error)) => tokio::time::timeout_at(at, executor.chat_stream(request))
+                        .await
+                        .unwrap_or(Err(error)),
+                    None => executor.chat_stream(request).await,
+                };
+                match (result, live) {
+                    (Ok(events), Some(live)) if measure => Ok(measured(events, live, started)),
+                    (Err(e), Some(live)) if measure && e.retryable() => {
+                        live.state.record_error();
+                        Err(e)
+                    }
+                    (other, _) => other,
+                }
+                .map(ResponsesOutput::Events)
+            }
+        })
+        .await;
+    let log = finish_plan(state, &plan, hints, &model, &result, &mut route);
+    let result = match (result, log) {
+        (Ok(ResponsesOutput::Events(events)), Some(log)) => {
+            Ok(ResponsesOutput::Events(logged_at_end(events, log)))
+        }
+        (result, log) => {
+            if let Some(log) = log {
+                log.write();
+            }
+            result
+        }
+    };
+    (result, route)
+}
+
 /// Starts a streaming request; waiting for the upstream stops at `first_token_deadline`.
 pub async fn run_stream(
     state: &AppState,

@@ -19,6 +19,7 @@ pub mod server;
 pub mod speculative;
 pub mod state;
 pub mod store;
+pub mod stored_responses;
 
 pub use error::{Error, Result};
 

@@ -22,7 +22,7 @@ use crate::executor::Executor;
 use crate::executor::cloud::CloudExecutor;
 use crate::executor::embeddings::LocalEmbedder;
 use crate::executor::local::{LocalExecutor, LocalModel, LocalState};
-use crate::handlers::{chat, completions, count_tokens, embeddings, ops};
+use crate::handlers::{chat, completions, count_tokens, embeddings, ops, responses};
 use crate::metrics::Metrics;
 use crate::middleware::{
     auth::AuthLayer, body_limit::BodyLimitLayer, concurrency::LoadShedLayer,
@@ -273,6 +273,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models", get(ops::models))
         .route("/v1/models/{id}", get(ops::model))
         .route("/v1/embeddings", post(embeddings::embeddings))
+        .route("/v1/responses", post(responses::create))
+        .route(
+            "/v1/responses/{id}",
+            get(responses::get).delete(responses::delete),
+        )
+        .route(
+            "/v1/responses/{id}/input_items",
+            get(responses::input_items),
+        )
         .route(
             "/v1/messages/count_tokens",
             post(count_tokens::count_tokens),

@@ -2,7 +2,8 @@
 //! end-to-end tests and the overhead benchmark.
 //!
 //! Routes: `POST .../chat/completions`, `POST .../completions`, `POST .../messages`,
-//! `GET .../models`, `POST .../embeddings` (OpenAI's shape: one vector per input, float or
+//! `GET .../models`, `POST .../responses` (OpenAI's Responses API, whole or streamed; `cut`
+//! stops after the first text delta), `POST .../embeddings` (OpenAI's shape: one vector per input, float or
 //! base64, `dimensions` long or 8), `POST .../messages/count_tokens` (Anthropic's
 //! `{"input_tokens"}`, a quarter of the body's length). The request's `model` picks the behaviour:
 //! `tool` (a tool-call answer), `cut` (a stream cut mid-way), `slow` (a pause before every
@@ -112,6 +113,10 @@ pub struct Fixtures {
     pub completion_stream: Fixture,
     /// `/v1/models`.
     pub models: Fixture,
+    /// OpenAI Responses API, text, JSON.
+    pub openai_responses: Fixture,
+    /// OpenAI Responses API, text, SSE (typed events with sequence numbers).
+    pub openai_responses_stream: Fixture,
     /// Anthropic message, text, JSON.
     pub anthropic_text: Fixture,
     /// Anthropic message, text, SSE.
@@ -151,6 +156,10 @@ impl Fixtures {
             completion_text: Fixture::json(200, fixture_bytes!("openai/completion_text.json")),
             completion_stream: Fixture::sse(fixture_bytes!("openai/completion_stream.sse")),
             models: Fixture::json(200, fixture_bytes!("openai/models.json")),
+            openai_responses: Fixture::json(200, fixture_bytes!("openai/responses_text.json")),
+            openai_responses_stream: Fixture::sse(fixture_bytes!(
+                "openai/responses_text_stream.sse"
+            )),
             anthropic_text: Fixture::json(200, fixture_bytes!("anthropic/messages_text.json")),
             anthropic_text_stream: Fixture::sse(fixture_bytes!(
                 "anthropic/messages_text_stream.sse"
@@ -371,6 +380,7 @@ enum Route {
     Models,
     Embeddings,
     CountTokens,
+    Responses,
 }
 
 async fn handle(
@@ -413,6 +423,8 @@ async fn handle(
         Route::Messages
     } else if path.ends_with("/models") {
         Route::Models
+    } else if path.ends_with("/responses") {
+        Route::Responses
     } else if path.ends_with("/embeddings") {
         Route::Embeddings
     } else if path.ends_with("/count_tokens") {
@@ -528,6 +540,16 @@ async fn handle(
         (Route::Messages, true) if cut => &fx.anthropic_cut_stream,
         (Route::Messages, true) if tool => &fx.anthropic_tool_stream,
         (Route::Messages, true) => &fx.anthropic_text_stream,
+        (Route::Responses, false) => &fx.openai_responses,
+        (Route::Responses, true) if cut => {
+            // The head of the stream, through the first text delta, then the end.
+            let head = Fixture {
+                frames: fx.openai_responses_stream.frames[..5].into(),
+                ..fx.openai_responses_stream.clone()
+            };
+            return Ok(respond(&state, &head, behaviour));
+        }
+        (Route::Responses, true) => &fx.openai_responses_stream,
         (Route::Models | Route::Embeddings | Route::CountTokens, _) => &fx.models,
     };
     Ok(respond(&state, fixture, behaviour))

@@ -480,3 +480,359 @@ async fn get(url: String) -> (u16, String, Value) {
         serde_json::from_str(&text).unwrap_or(Value::String(text)),
     )
 }
+
+/// OpenAI's own API on the mock (its Responses API passes through), and a store of this test's
+/// own, so stored responses do not meet another test's.
+fn responses_extra(mock: &tandem_lab::mock::MockHandle, store: &std::path::Path) -> String {
+    format!(
+        r#"
+[backends.openai-own]
+kind = "openai"
+base_url = "{}"
+api_key_env = "MOCK_OPENAI_KEY"
+models = {{ "gpt-own" = "gpt-4.1", "gpt-own-cut" = "cut" }}
+
+[store]
+path = "{}"
+"#,
+        mock.base_url(),
+        store.display()
+    )
+}
+
+fn scratch(tag: &str) -> std::path::PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let dir = std::env::temp_dir().join(format!("tandem-api-{tag}-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+async fn responses_harness(tag: &str) -> (Harness, std::path::PathBuf) {
+    let store = scratch(tag).join("store.log");
+    let path = store.clone();
+    let h = Harness::start_around(MockConfig::default(), move |mock| {
+        responses_extra(mock, &path)
+    })
+    .await
+    .unwrap();
+    (h, store)
+}
+
+/// The typed events of a streamed response, checked for order: created and in_progress first,
+/// sequence numbers 0, 1, 2, ... and each event named like its type.
+fn response_events(raw: &[tandem_tests::SseEvent]) -> Vec<Value> {
+    let events: Vec<Value> = raw.iter().map(|e| e.json()).collect();
+    for (i, (e, sse)) in events.iter().zip(raw).enumerate() {
+        assert_eq!(e["sequence_number"], i, "{events:?}");
+        assert_eq!(sse.event.as_deref(), e["type"].as_str(), "{e}");
+    }
+    assert_eq!(events[0]["type"], "response.created", "{events:?}");
+    assert_eq!(events[1]["type"], "response.in_progress", "{events:?}");
+    events
+}
+
+fn kinds(events: &[Value]) -> Vec<&str> {
+    events.iter().map(|e| e["type"].as_str().unwrap()).collect()
+}
+
+#[tokio::test]
+async fn responses_stream_typed_events_over_every_backend_kind_and_a_cut_fails() {
+    let (h, _store) = responses_harness("kinds").await;
+    for model in ["gpt", "claude", "gpt-own"] {
+        let body = json!({"model": model, "input": "Say hello", "stream": true});
+        let (status, headers, raw) = h.post_stream("/v1/responses", &body).await.unwrap();
+        assert_eq!(status, 200, "{model}: {raw:?}");
+        assert_eq!(headers["content-type"], "text/event-stream");
+        let events = response_events(&raw);
+        let k = kinds(&events);
+        let first_delta = k
+            .iter()
+            .position(|t| *t == "response.output_text.delta")
+            .unwrap();
+        assert_eq!(
+            &k[2..first_delta],
+            ["response.output_item.added", "response.content_part.added"],
+            "{model}: {k:?}"
+        );
+        assert_eq!(
+            &k[k.len() - 4..],
+            [
+                "response.output_text.done",
+                "response.content_part.done",
+                "response.output_item.done",
+                "response.completed"
+            ],
+            "{model}: {k:?}"
+        );
+        let done = &events[events.len() - 1]["response"];
+        assert_eq!(done["status"], "completed", "{model}");
+        assert!(
+            done["usage"]["input_tokens"].as_u64().unwrap() > 0,
+            "{model}: {done}"
+        );
+        assert!(
+            done["usage"]["output_tokens"].as_u64().unwrap() > 0,
+            "{model}: {done}"
+        );
+        assert!(
+            done["usage"]["input_tokens_details"]["cached_tokens"].is_u64(),
+            "{done}"
+        );
+        let text: String = events
+            .iter()
+            .filter(|e| e["type"] == "response.output_text.delta")
+            .map(|e| e["delta"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            done["output"][0]["content"][0]["text"],
+            text.as_str(),
+            "{model}"
+        );
+
+        // The whole answer too.
+        let (status, route, whole) = post(
+            h.url("/v1/responses"),
+            &json!({"model": model, "input": "Say hello", "instructions": "Be brief."}),
+        )
+        .await;
+        assert_eq!(status, 200, "{model}: {whole}");
+        assert_eq!(whole["object"], "response");
+        assert_eq!(whole["status"], "completed");
+        assert!(
+            !whole["output"][0]["content"][0]["text"]
+                .as_str()
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            whole["usage"]["total_tokens"].as_u64().unwrap() > 0,
+            "{whole}"
+        );
+        if model == "gpt-own" {
+            assert!(route.starts_with("openai-own;"), "{route}");
+            let sent = h.mock.requests().last().unwrap().clone();
+            assert!(
+                sent.path.ends_with("/v1/responses"),
+                "passed through: {}",
+                sent.path
+            );
+            let sent = sent.json().unwrap();
+            assert_eq!(sent["model"], "gpt-4.1");
+            assert_eq!(
+                sent["instructions"], "Be brief.",
+                "as the client sent it: {sent}"
+            );
+        } else {
+            assert_eq!(whole["instructions"], "Be brief.");
+            let sent = h.mock.requests().last().unwrap().clone();
+            assert!(
+                !sent.path.ends_with("/v1/responses"),
+                "translated: {}",
+                sent.path
+            );
+        }
+    }
+    // A cut upstream ends with an error event and response.failed (or the upstream's cut
+    // passed on, with an error event after it): never a silent end.
+    for model in ["gpt-cut", "claude-cut"] {
+        let body = json!({"model": model, "input": "Say hello", "stream": true});
+        let (status, _, raw) = h.post_stream("/v1/responses", &body).await.unwrap();
+        assert_eq!(status, 200, "{model}");
+        let events = response_events(&raw);
+        let k = kinds(&events);
+        assert_eq!(
+            &k[k.len() - 2..],
+            ["error", "response.failed"],
+            "{model}: {k:?}"
+        );
+        assert_eq!(events[events.len() - 1]["response"]["status"], "failed");
+    }
+    let body = json!({"model": "gpt-own-cut", "input": "Say hello", "stream": true});
+    let (status, _, raw) = h.post_stream("/v1/responses", &body).await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        raw.last().unwrap().event.as_deref(),
+        Some("error"),
+        "{raw:?}"
+    );
+}
+
+#[tokio::test]
+async fn stored_responses_continue_a_function_call_round_trip_and_survive_a_restart() {
+    let (h, store) = responses_harness("stored").await;
+    let tools = json!([{"type": "function", "name": "get_weather", "description": "Weather in a city",
+                        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]);
+    let (status, _, first) = post(
+        h.url("/v1/responses"),
+        &json!({"model": "gpt-tool", "input": "What is the weather in Paris?", "tools": tools,
+                "metadata": {"session": "s1"}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{first}");
+    let call = first["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["type"] == "function_call")
+        .cloned()
+        .unwrap_or_else(|| panic!("no function call: {first}"));
+    assert!(
+        call["arguments"].as_str().unwrap().starts_with('{'),
+        "{call}"
+    );
+    assert_eq!(first["metadata"]["session"], "s1");
+    assert_eq!(first["store"], true);
+    let first_id = first["id"].as_str().unwrap().to_owned();
+
+    // The function's output continues the stored conversation.
+    let (status, _, second) = post(
+        h.url("/v1/responses"),
+        &json!({"model": "gpt", "previous_response_id": first_id, "tools": tools,
+                "input": [{"type": "function_call_output", "call_id": call["call_id"], "output": "sunny, 21C"}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{second}");
+    assert_eq!(second["previous_response_id"], first_id.as_str());
+    let sent = h.mock.requests().last().unwrap().json().unwrap();
+    let messages = sent["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 3, "{sent}");
+    assert_eq!(messages[0]["content"], "What is the weather in Paris?");
+    assert_eq!(
+        messages[1]["tool_calls"][0]["id"], call["call_id"],
+        "{sent}"
+    );
+    assert_eq!(messages[2]["role"], "tool");
+    assert_eq!(messages[2]["tool_call_id"], call["call_id"]);
+    assert_eq!(messages[2]["content"], "sunny, 21C");
+
+    // Stored: read back, its input items listed, deleted.
+    let second_id = second["id"].as_str().unwrap().to_owned();
+    let (status, _, got) = get(h.url(&format!("/v1/responses/{first_id}"))).await;
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(got, first);
+    let (status, _, items) = get(h.url(&format!("/v1/responses/{second_id}/input_items"))).await;
+    assert_eq!(status, 200, "{items}");
+    assert_eq!(items["object"], "list");
+    assert_eq!(items["data"][0]["type"], "function_call_output", "{items}");
+    assert!(items["data"][0]["id"].is_string(), "{items}");
+    let r = client()
+        .delete(h.url(&format!("/v1/responses/{second_id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (status, _, gone) = get(h.url(&format!("/v1/responses/{second_id}"))).await;
+    assert_eq!(status, 404, "{gone}");
+    let (status, _, body) = post(
+        h.url("/v1/responses"),
+        &json!({"model": "gpt", "previous_response_id": second_id, "input": "and then?"}),
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["param"], "previous_response_id", "{body}");
+    // Not stored when the client says so.
+    let (_, _, unstored) = post(
+        h.url("/v1/responses"),
+        &json!({"model": "gpt", "input": "hi", "store": false}),
+    )
+    .await;
+    let (status, _, _) = get(h.url(&format!(
+        "/v1/responses/{}",
+        unstored["id"].as_str().unwrap()
+    )))
+    .await;
+    assert_eq!(status, 404);
+
+    // A streamed response is stored once it ends, and everything survives a restart.
+    let (_, _, raw) = h
+        .post_stream(
+            "/v1/responses",
+            &json!({"model": "claude", "input": "hi", "stream": true}),
+        )
+        .await
+        .unwrap();
+    let streamed_id = raw[0].json()["response"]["id"].as_str().unwrap().to_owned();
+    let mut found = false;
+    for _ in 0..50 {
+        if get(h.url(&format!("/v1/responses/{streamed_id}"))).await.0 == 200 {
+            found = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(found, "the streamed response is stored");
+    let Harness { gateway, mock, .. } = h;
+    gateway.shutdown().await.unwrap();
+    let text = config_text(&mock.base_url(), &responses_extra(&mock, &store));
+    let config = Config::from_toml_str(&text, &test_env()).unwrap();
+    let options = GatewayOptions {
+        local: LocalLoad::Offline,
+        quiet: true,
+        ..GatewayOptions::default()
+    };
+    let again = Gateway::start(config, options).await.unwrap();
+    let (status, _, got) = get(format!("{}/v1/responses/{first_id}", again.url())).await;
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(got["id"], first_id.as_str());
+    let (status, _, got) = get(format!("{}/v1/responses/{streamed_id}", again.url())).await;
+    assert_eq!(status, 200, "{got}");
+    again.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn what_only_openai_runs_passes_through_to_it_and_is_a_400_elsewhere() {
+    let (h, _store) = responses_harness("builtin").await;
+    let body = |model: &str| {
+        json!({"model": model, "input": "news today?",
+               "tools": [{"type": "function", "name": "f"}, {"type": "web_search_preview"}]})
+    };
+    let (status, _, refused) = post(h.url("/v1/responses"), &body("gpt")).await;
+    assert_eq!(status, 400, "{refused}");
+    assert_eq!(refused["error"]["param"], "tools[1]", "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("web_search_preview"),
+        "{refused}"
+    );
+    let (status, _, passed) = post(h.url("/v1/responses"), &body("gpt-own")).await;
+    assert_eq!(status, 200, "{passed}");
+    let sent = h.mock.requests().last().unwrap().json().unwrap();
+    assert_eq!(sent["tools"][1]["type"], "web_search_preview", "{sent}");
+
+    // Structured output where the backend cannot honour it: a 400 naming text.format.
+    let (status, _, body) = post(
+        h.url("/v1/responses"),
+        &json!({"model": "claude", "input": "x",
+                "text": {"format": {"type": "json_schema", "name": "a", "schema": {"type": "object"}}}}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "text.format", "{body}");
+    // ... and where it can, it goes upstream as chat's response_format.
+    let (status, _, body) = post(
+        h.url("/v1/responses"),
+        &json!({"model": "gpt", "input": "x",
+                "text": {"format": {"type": "json_schema", "name": "a", "schema": {"type": "object"}}}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let sent = h.mock.requests().last().unwrap().json().unwrap();
+    assert_eq!(
+        sent["response_format"]["json_schema"]["name"], "a",
+        "{sent}"
+    );
+    assert_eq!(body["text"]["format"]["type"], "json_schema", "{body}");
+    // A field no backend here has a place for is refused, not dropped.
+    let (status, _, body) = post(
+        h.url("/v1/responses"),
+        &json!({"model": "gpt", "input": "x", "reasoning": {"effort": "high"}}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "reasoning", "{body}");
+}

@@ -196,7 +196,7 @@ impl Executor for CloudExecutor {
     ) -> Result<Forwarded, Error> {
         // OpenAI's Responses API only where the backend is OpenAI's own: a chat-completions
         // server gets the request translated instead.
-        if api == Api::Responses && !self.provider.capabilities().responses_api {
+        if api == Api::Responses && !self.passes_through(api) {
             return Err(no_api(&self.config.name, api));
         }
         let (model, body) = self.mapped_body(body);
@@ -212,6 +212,10 @@ impl Executor for CloudExecutor {
                 .map(Forwarded::Whole)
         }
         .map_err(|e| self.api_error(api, e))
+    }
+
+    fn passes_through(&self, api: Api) -> bool {
+        api == Api::Responses && self.provider.capabilities().responses_api
     }
 
     async fn count_tokens(

@@ -84,6 +84,13 @@ pub trait Executor: Send + Sync {
         Err(no_api(self.backend(), api))
     }
 
+    /// Whether this backend takes a request for `api` in the client's own body, as it came
+    /// (OpenAI's own Responses API), rather than translated to chat.
+    fn passes_through(&self, api: Api) -> bool {
+        let _ = api;
+        false
+    }
+
     /// Counts the input tokens of `request` (whose client body is `body`) as this backend would
     /// bill them: by default an estimate, marked as such.
     async fn count_tokens(

@@ -5,6 +5,7 @@ pub mod completions;
 pub mod count_tokens;
 pub mod embeddings;
 pub mod ops;
+pub mod responses;
 
 use axum::body::Body;
 use axum::response::Response;

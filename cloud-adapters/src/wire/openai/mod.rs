@@ -6,7 +6,9 @@
 //! - `parse`: that server's answer and stream read back, or a whole answer passed on as it came;
 //! - `error`: OpenAI's error body, sent and read;
 //! - `completions`: the legacy `/v1/completions` API;
-//! - `embeddings`: `/v1/embeddings` (request, answer, an upstream's usage).
+//! - `embeddings`: `/v1/embeddings` (request, answer, an upstream's usage);
+//! - `responses`, `responses_egress`: the Responses API (`/v1/responses`) in, and out as a
+//!   `response` object or its typed SSE events.
 
 mod completions;
 mod egress;
@@ -14,6 +16,8 @@ mod embeddings;
 mod error;
 mod ingress;
 mod parse;
+mod responses;
+mod responses_egress;
 mod upstream;
 
 pub use completions::{
@@ -28,6 +32,8 @@ pub use embeddings::{
 pub use error::{error_body, error_body_bytes, parse_error_body};
 pub use ingress::decode_chat_request;
 pub use parse::{ChunkDecoder, parse_chat_response, parse_finish_reason, pass_chat_response};
+pub use responses::{ResponsesRequest, decode_responses_request, item_id};
+pub use responses_egress::{ResponseHead, ResponsesEncoder, encode_response, usage_json};
 pub use upstream::{
     ChatCompletionsRequest, StreamOptions, UpstreamContent, UpstreamFunction, UpstreamFunctionCall,
     UpstreamImage, UpstreamMessage, UpstreamPart, UpstreamTool, UpstreamToolCall,
