@@ -205,6 +205,44 @@ async fn learned_routes_skip_to_vision_and_long_prompts_are_context_length_excee
         "{local}"
     );
     assert_eq!(local["capabilities"]["fim"], true, "{local}");
+
+    // The Responses API on the local model: typed events in order, usage at the end; tools it
+    // cannot call are a 400 naming them.
+    let r = client()
+        .post(url("/v1/responses"))
+        .json(
+            &json!({"model": "local", "input": "Say hello.", "max_output_tokens": 8,
+                      "temperature": 0, "stream": true}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let raw = tandem_tests::parse_sse(&r.text().await.unwrap());
+    let events = response_events(&raw);
+    let k = kinds(&events);
+    assert!(k.contains(&"response.output_text.delta"), "{k:?}");
+    let last = &events[events.len() - 1];
+    assert!(
+        ["response.completed", "response.incomplete"].contains(&last["type"].as_str().unwrap()),
+        "{k:?}"
+    );
+    assert!(
+        last["response"]["usage"]["input_tokens"].as_u64().unwrap() > 0,
+        "{last}"
+    );
+    assert!(
+        last["response"]["usage"]["output_tokens"].as_u64().unwrap() > 0,
+        "{last}"
+    );
+    let (status, _, body) = post(
+        url("/v1/responses"),
+        &json!({"model": "local", "input": "x",
+                "tools": [{"type": "function", "name": "f", "parameters": {"type": "object"}}]}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "tools", "{body}");
     gw.shutdown().await.unwrap();
 }
 
@@ -835,4 +873,97 @@ async fn what_only_openai_runs_passes_through_to_it_and_is_a_400_elsewhere() {
     .await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["param"], "reasoning", "{body}");
+}
+
+/// Runs `tests/py/<script>` with `spec` on the Python that `TANDEM_TEST_PYTHON` names (one with
+/// the official SDKs: scripts/test.sh makes it); its output, or None (with a note) without one.
+async fn python(script: &str, spec: &Value) -> Option<String> {
+    use tandem_artifacts::EnvSource;
+    let Some(python) = ProcessEnv.var("TANDEM_TEST_PYTHON") else {
+        eprintln!(
+            "skipping {script}: TANDEM_TEST_PYTHON is not set (scripts/test.sh makes a venv with the openai and anthropic SDKs)"
+        );
+        return None;
+    };
+    let path = format!("{}/py/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = tokio::process::Command::new(&python)
+        .arg(&path)
+        .arg(spec.to_string())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{script} {spec}:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(stdout)
+}
+
+#[tokio::test]
+async fn the_official_sdks_against_the_mock_in_each_wire_format() {
+    let (h, _store) = responses_harness("sdk").await;
+    let base = format!("{}/v1", h.gateway.url());
+    // Chat completions upstream (translated), with a tool round trip and embeddings.
+    let spec = json!({"base_url": base, "model": "gpt", "tool_model": "gpt-tool",
+                      "embedding_model": "gpt", "embedding_dims": 8});
+    if python("openai_sdk.py", &spec).await.is_none() {
+        return;
+    }
+    // Anthropic upstream (translated), with a tool round trip.
+    python(
+        "openai_sdk.py",
+        &json!({"base_url": base, "model": "claude", "tool_model": "claude-tool"}),
+    )
+    .await;
+    // OpenAI's own Responses API (passed through; it keeps its own responses).
+    python(
+        "openai_sdk.py",
+        &json!({"base_url": base, "model": "gpt-own", "stored": false}),
+    )
+    .await;
+    // Token counting: Anthropic's own, an estimate elsewhere.
+    let url = h.gateway.url();
+    python(
+        "anthropic_sdk.py",
+        &json!({"base_url": url, "model": "claude"}),
+    )
+    .await;
+    python(
+        "anthropic_sdk.py",
+        &json!({"base_url": url, "model": "gpt"}),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_official_sdks_against_the_local_model() {
+    let store = scratch("sdk-local").join("store.log");
+    let extra = format!("[store]\npath = \"{}\"\n", store.display());
+    let Some((gw, _mock, engine)) = start_local(&extra).await else {
+        return;
+    };
+    let base = format!("{}/v1", gw.url());
+    let spec = json!({"base_url": base, "model": "local", "embedding_model": "minilm",
+                      "embedding_dims": 384});
+    if python("openai_sdk.py", &spec).await.is_none() {
+        return;
+    }
+    let exact = engine
+        .chat_prompt(
+            &[
+                tandem_local_model::ChatMessage::new("system", "Answer briefly."),
+                tandem_local_model::ChatMessage::new("user", "What is the capital of France?"),
+            ],
+            true,
+        )
+        .unwrap()
+        .len();
+    python(
+        "anthropic_sdk.py",
+        &json!({"base_url": gw.url(), "model": "local", "expect": exact}),
+    )
+    .await;
+    gw.shutdown().await.unwrap();
 }
