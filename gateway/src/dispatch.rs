@@ -714,14 +714,7 @@ pub async fn run_completion(
     let (result, mut route) = plan
         .run(state, hints, model, |executor, _last| {
             let deadline = first_token_deadline.clone().filter(|_| stream);
-            async move {
-                match deadline {
-                    Some((at, error)) => tokio::time::timeout_at(at, executor.completion(call))
-                        .await
-                        .unwrap_or(Err(error)),
-                    None => executor.completion(call).await,
-                }
-            }
+            async move { within(deadline, executor.completion(call)).await }
         })
         .await;
     if let Some(log) = finish_plan(state, &plan, hints, model, &result, &mut route) {
@@ -854,13 +847,9 @@ pub async fn run_responses(
                     && executor.passes_through(Api::Responses)
                 {
                     let forwarded = executor.forward(Api::Responses, body, stream);
-                    return match deadline {
-                        Some((at, error)) => tokio::time::timeout_at(at, forwarded)
-                            .await
-                            .unwrap_or(Err(error)),
-                        None => forwarded.await,
-                    }
-                    .map(ResponsesOutput::Passed);
+                    return within(deadline, forwarded)
+                        .await
+                        .map(ResponsesOutput::Passed);
                 }
                 if let Some((param, what)) = native.openai_only {
                     return Err(crate::executor::cannot_honour(
@@ -870,53 +859,40 @@ pub async fn run_responses(
                     ));
                 }
                 let request = request?;
+                if stream {
+                    return start_stream(state, &executor, request, deadline, measure)
+                        .await
+                        .map(ResponsesOutput::Events);
+                }
                 let started = StdInstant::now();
-                let live = state
+                let _in_flight = state
                     .policy
                     .as_ref()
                     .and_then(|p| p.backend(executor.backend()))
-                    .cloned();
-                if !stream {
-                    let _in_flight = live.as_ref().map(|l| l.enter());
-                    let result = executor.chat(request).await;
-                    if measure {
-                        record_chat(
-                            state,
-                            executor.backend(),
-                            started,
-                            result.as_ref().map(|a| &a.usage),
-                        );
-                    }
-                    return result.map(|a| ResponsesOutput::Whole(Box::new(a)));
+                    .map(|l| l.enter());
+                let result = executor.chat(request).await;
+                if measure {
+                    record_chat(
+                        state,
+                        executor.backend(),
+                        started,
+                        result.as_ref().map(|a| &a.usage),
+                    );
                 }
-                let result = match deadline {
-                    Some((at, error)) => tokio::time::timeout_at(at, executor.chat_stream(request))
-                        .await
-                        .unwrap_or(Err(error)),
-                    None => executor.chat_stream(request).await,
-                };
-                match (result, live) {
-                    (Ok(events), Some(live)) if measure => Ok(measured(events, live, started)),
-                    (Err(e), Some(live)) if measure && e.retryable() => {
-                        live.state.record_error();
-                        Err(e)
-                    }
-                    (other, _) => other,
-                }
-                .map(ResponsesOutput::Events)
+                result.map(|a| ResponsesOutput::Whole(Box::new(a)))
             }
         })
         .await;
     let log = finish_plan(state, &plan, hints, &model, &result, &mut route);
-    let result = match (result, log) {
-        (Ok(ResponsesOutput::Events(events)), Some(log)) => {
-            Ok(ResponsesOutput::Events(logged_at_end(events, log)))
+    let result = match result {
+        Ok(ResponsesOutput::Events(events)) => {
+            log_when_done(Ok(events), log).map(ResponsesOutput::Events)
         }
-        (result, log) => {
+        other => {
             if let Some(log) = log {
                 log.write();
             }
-            result
+            other
         }
     };
     (result, route)
@@ -940,33 +916,59 @@ pub async fn run_stream(
         .run(state, hints, &model, |executor, last| {
             let request = attempt_request(&mut request, last);
             let deadline = first_token_deadline.clone();
-            async move {
-                let request = request?;
-                let started = StdInstant::now();
-                let live = state
-                    .policy
-                    .as_ref()
-                    .and_then(|p| p.backend(executor.backend()))
-                    .cloned();
-                let result = match deadline {
-                    Some((at, error)) => tokio::time::timeout_at(at, executor.chat_stream(request))
-                        .await
-                        .unwrap_or(Err(error)),
-                    None => executor.chat_stream(request).await,
-                };
-                match (result, live) {
-                    (Ok(events), Some(live)) if measure => Ok(measured(events, live, started)),
-                    (Err(e), Some(live)) if measure && e.retryable() => {
-                        live.state.record_error();
-                        Err(e)
-                    }
-                    (other, _) => other,
-                }
-            }
+            async move { start_stream(state, &executor, request?, deadline, measure).await }
         })
         .await;
     let log = finish_plan(state, &plan, hints, &model, &result, &mut route);
-    let result = match (result, log) {
+    let result = log_when_done(result, log);
+    (result, route)
+}
+
+/// Starts `request` streaming on `executor`, waiting for its upstream until `deadline`; with
+/// `measure`, its timings and errors go to the policy's live state of the backend.
+async fn start_stream(
+    state: &AppState,
+    executor: &Arc<dyn Executor>,
+    request: ChatRequest,
+    deadline: Option<(Instant, Error)>,
+    measure: bool,
+) -> Result<EventStream, Error> {
+    let started = StdInstant::now();
+    let live = state
+        .policy
+        .as_ref()
+        .and_then(|p| p.backend(executor.backend()))
+        .cloned();
+    let result = within(deadline, executor.chat_stream(request)).await;
+    match (result, live) {
+        (Ok(events), Some(live)) if measure => Ok(measured(events, live, started)),
+        (Err(e), Some(live)) if measure && e.retryable() => {
+            live.state.record_error();
+            Err(e)
+        }
+        (other, _) => other,
+    }
+}
+
+/// `future`'s outcome, or the deadline's error once it passes first.
+async fn within<T>(
+    deadline: Option<(Instant, Error)>,
+    future: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    match deadline {
+        Some((at, error)) => tokio::time::timeout_at(at, future)
+            .await
+            .unwrap_or(Err(error)),
+        None => future.await,
+    }
+}
+
+/// A started stream writes its decision log line when it ends; anything else writes it now.
+fn log_when_done(
+    result: Result<EventStream, Error>,
+    log: Option<PendingLog>,
+) -> Result<EventStream, Error> {
+    match (result, log) {
         (Ok(events), Some(log)) => Ok(logged_at_end(events, log)),
         (result, log) => {
             if let Some(log) = log {
@@ -974,8 +976,7 @@ pub async fn run_stream(
             }
             result
         }
-    };
-    (result, route)
+    }
 }
 
 #[cfg(test)]

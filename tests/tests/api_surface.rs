@@ -35,6 +35,16 @@ mu_per_s = 0.0
 encoder = false
 "#;
 
+/// `extra` with a state store of the test's own (tests run side by side in separate processes,
+/// and the store in the shared cache directory is one process's).
+fn with_store(extra: &str) -> String {
+    if extra.contains("[store]") {
+        return extra.to_owned();
+    }
+    let path = scratch("store").join("store.log");
+    format!("{extra}\n[store]\npath = \"{}\"\n", path.display())
+}
+
 /// The real local model, or None (with a note) when it is not in the cache.
 async fn engine() -> Option<Engine> {
     let root = default_cache_root(&ProcessEnv);
@@ -61,7 +71,10 @@ async fn start_local(extra: &str) -> Option<(Gateway, tandem_lab::mock::MockHand
     let (_addr, mock) = MockUpstream::start_with(Fixtures::builtin(), MockConfig::default())
         .await
         .unwrap();
-    let text = config_text(&mock.base_url(), &format!("{LOCAL_ROUTES}\n{extra}"));
+    let text = config_text(
+        &mock.base_url(),
+        &with_store(&format!("{LOCAL_ROUTES}\n{extra}")),
+    );
     let config = Config::from_toml_str(&text, &test_env()).unwrap();
     let options = GatewayOptions {
         local: LocalLoad::Engine(engine.clone()),
@@ -104,7 +117,7 @@ fn image_message(model: &str) -> Value {
 #[tokio::test]
 async fn an_image_is_refused_by_the_text_only_model_and_skips_to_a_backend_that_sees_it() {
     // The local model never loads here: the refusal comes before it is needed.
-    let h = Harness::start(LOCAL_ROUTES).await.unwrap();
+    let h = Harness::start(&with_store(LOCAL_ROUTES)).await.unwrap();
     let (status, _, body) = post(h.url("/v1/chat/completions"), &image_chat("local")).await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["param"], "messages[0].content[1]", "{body}");
@@ -303,7 +316,7 @@ async fn local_embeddings_are_the_encoders_vectors_in_every_encoding() {
         .await
         .unwrap()
         .unwrap();
-    let h = Harness::start("").await.unwrap();
+    let h = Harness::start(&with_store("")).await.unwrap();
     let texts: Vec<String> = (0..64)
         .map(|i| {
             format!(
@@ -385,7 +398,7 @@ async fn local_embeddings_are_the_encoders_vectors_in_every_encoding() {
 
 #[tokio::test]
 async fn cloud_embeddings_pass_through_with_the_backends_key_and_usage() {
-    let h = Harness::start("").await.unwrap();
+    let h = Harness::start(&with_store("")).await.unwrap();
     let (status, route, body) = post(
         h.url("/v1/embeddings"),
         &json!({"model": "gpt", "input": ["a", "b"], "encoding_format": "base64", "dimensions": 4}),
@@ -437,7 +450,7 @@ async fn cloud_embeddings_pass_through_with_the_backends_key_and_usage() {
 
 #[tokio::test]
 async fn count_tokens_asks_anthropic_and_estimates_elsewhere_and_models_say_what_they_can() {
-    let h = Harness::start("").await.unwrap();
+    let h = Harness::start(&with_store("")).await.unwrap();
     let ask = json!({"model": "claude", "messages": [{"role": "user", "content": "Hello there"}]});
     let r = client()
         .post(h.url("/v1/messages/count_tokens"))

@@ -70,22 +70,37 @@ impl CloudExecutor {
     /// A body for another of the upstream's APIs, with the model mapped to the upstream's id.
     fn mapped_body(&self, body: &Map<String, Value>) -> (String, Bytes) {
         let mut body = body.clone();
-        let client_model = body
-            .get("model")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let model = self.config.upstream_model(client_model).to_owned();
-        body.insert("model".into(), Value::String(model.clone()));
+        let model = self.map_model(&mut body);
         (
             model,
             Bytes::from(serde_json::to_vec(&body).unwrap_or_default()),
         )
     }
 
+    /// Replaces the client's model in `body` with the upstream's id, and returns that.
+    fn map_model(&self, body: &mut Map<String, Value>) -> String {
+        let client_model = body
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let model = self.config.upstream_model(client_model).to_owned();
+        body.insert("model".into(), Value::String(model.clone()));
+        model
+    }
+
     /// A provider's "no such API" as the edge's unsupported error, others as upstream errors.
     fn api_error(&self, api: Api, e: tandem_cloud_adapters::ProviderError) -> Error {
+        self.unsupported_or_upstream(e, || no_api(&self.config.name, api))
+    }
+
+    /// `unsupported()` for a provider's refusal before sending, else the upstream's error.
+    fn unsupported_or_upstream(
+        &self,
+        e: tandem_cloud_adapters::ProviderError,
+        unsupported: impl FnOnce() -> Error,
+    ) -> Error {
         if e.kind == ProviderErrorKind::Unsupported && e.status.is_none() {
-            no_api(&self.config.name, api)
+            unsupported()
         } else {
             upstream_error(&self.config.name, e)
         }
@@ -93,12 +108,7 @@ impl CloudExecutor {
 
     /// A legacy completions body with the model mapped to the upstream's id.
     fn upstream_body(&self, mut body: Map<String, Value>) -> (String, Bytes) {
-        let client_model = body
-            .get("model")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let model = self.config.upstream_model(client_model).to_owned();
-        body.insert("model".into(), Value::String(model.clone()));
+        let model = self.map_model(&mut body);
         // Usage is always asked for on streams, so metrics and cost count them; the client
         // sees the usage chunk only when it asked for it.
         if body.get("stream").and_then(Value::as_bool) == Some(true) {
@@ -115,11 +125,7 @@ impl CloudExecutor {
 
     /// A provider's "no such API" as the edge's unsupported error, others as upstream errors.
     fn completions_error(&self, e: tandem_cloud_adapters::ProviderError) -> Error {
-        if e.kind == ProviderErrorKind::Unsupported && e.status.is_none() {
-            no_legacy_completions(&self.config.name)
-        } else {
-            upstream_error(&self.config.name, e)
-        }
+        self.unsupported_or_upstream(e, || no_legacy_completions(&self.config.name))
     }
 }
 
