@@ -76,6 +76,23 @@ if ! command -v python3 >/dev/null 2>&1; then
 fi
 python3 scripts/check-cycles.py
 
+# The official `openai` and `anthropic` Python SDKs in a venv, for the API-surface tests
+# (tests/py/, run from tests/tests/api_surface.rs through TANDEM_TEST_PYTHON).
+venv=${TANDEM_TEST_VENV:-${CARGO_TARGET_DIR:-target}/py}
+if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    log "installing python3-venv"
+    sudo_cmd=""
+    [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq python3-venv >/dev/null
+fi
+if [ ! -x "$venv/bin/python" ]; then
+    log "creating the test venv in $venv"
+    python3 -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade openai anthropic
+export TANDEM_TEST_PYTHON="$venv/bin/python"
+
 log "building tandem and the tests"
 run_tests --no-run
 

@@ -30,5 +30,5 @@ pub mod wire;
 pub use wire::{anthropic, openai, sse};
 
 pub use error::{Error, ProviderError, ProviderErrorKind, Result, WireError};
-pub use provider::{Capabilities, EventStream, Provider};
+pub use provider::{Api, ByteStream, Capabilities, EventStream, Provider};
 pub use types::*;

@@ -12,6 +12,35 @@ use crate::wire::openai::ChatCompletion;
 /// A stream of normalized events from a provider.
 pub type EventStream = BoxStream<'static, ChatEvent>;
 
+/// An upstream's raw body, chunk by chunk, with transport failures mapped.
+pub type ByteStream = BoxStream<'static, Result<Bytes, ProviderError>>;
+
+/// An upstream API beside chat and legacy completions whose bodies go as the client wrote them
+/// (the model mapped) and come back as the upstream sent them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Api {
+    /// OpenAI's `/embeddings`.
+    Embeddings,
+    /// OpenAI's `/responses`.
+    Responses,
+    /// Anthropic's `/v1/messages/count_tokens`.
+    CountTokens,
+}
+
+impl Api {
+    /// Every API, for building their URLs once.
+    pub const ALL: [Api; 3] = [Api::Embeddings, Api::Responses, Api::CountTokens];
+
+    /// The API's path as clients know it.
+    pub fn path(self) -> &'static str {
+        match self {
+            Api::Embeddings => "/v1/embeddings",
+            Api::Responses => "/v1/responses",
+            Api::CountTokens => "/v1/messages/count_tokens",
+        }
+    }
+}
+
 /// What a backend's API can honour of a normalized request. The gateway refuses, before sending,
 /// a request that asks for something its backend cannot do, so nothing the client asked for is
 /// silently lost.
@@ -29,6 +58,9 @@ pub struct Capabilities {
     pub seed: bool,
     /// Top-k sampling.
     pub top_k: bool,
+    /// OpenAI's own Responses API upstream (`/responses`), which a Responses request passes
+    /// through as it came; elsewhere it is translated to chat.
+    pub responses_api: bool,
 }
 
 impl Capabilities {
@@ -41,12 +73,14 @@ impl Capabilities {
         several_choices: true,
         seed: true,
         top_k: true,
+        responses_api: false,
     };
 
-    /// OpenAI's own API (and Azure OpenAI): no top-k.
+    /// OpenAI's own API (and Azure OpenAI): no top-k, and the Responses API.
     pub const OPENAI: Capabilities = Capabilities {
         api: "OpenAI's own API",
         top_k: false,
+        responses_api: true,
         ..Capabilities::FULL
     };
 
@@ -58,6 +92,7 @@ impl Capabilities {
         several_choices: false,
         seed: false,
         top_k: true,
+        responses_api: false,
     };
 
     /// What a server speaking `format` can be assumed to honour, when the provider says no more.
@@ -116,6 +151,35 @@ pub trait Provider: Send + Sync {
     ) -> Result<EventStream, ProviderError> {
         let _ = (model, body);
         Err(self.no_legacy_completions())
+    }
+
+    /// Sends `body` (the client's, its model mapped to `model`) to the upstream's `api` and
+    /// returns the whole answer as it came. Providers without that API answer
+    /// [`ProviderErrorKind::Unsupported`].
+    async fn forward(&self, api: Api, model: &str, body: Bytes) -> Result<Bytes, ProviderError> {
+        let _ = (model, body);
+        Err(self.no_api(api))
+    }
+
+    /// Like [`Provider::forward`] for a body asking for a stream: the upstream's SSE bytes as
+    /// they come.
+    async fn forward_stream(
+        &self,
+        api: Api,
+        model: &str,
+        body: Bytes,
+    ) -> Result<ByteStream, ProviderError> {
+        let _ = (model, body);
+        Err(self.no_api(api))
+    }
+
+    /// The error of a provider without `api`.
+    fn no_api(&self, api: Api) -> ProviderError {
+        ProviderError::new(
+            ProviderErrorKind::Unsupported,
+            self.name(),
+            format!("this provider has no {} API", api.path()),
+        )
     }
 
     /// The error of a provider without the legacy completions API.

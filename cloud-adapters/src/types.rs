@@ -56,6 +56,10 @@ pub enum ContentPart {
         url: String,
         /// OpenAI's `detail` hint (`low`, `high`, `auto`).
         detail: Option<String>,
+        /// Where the client put it (`messages[0].content[1]`), so a backend that cannot read
+        /// images names the part in its refusal.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        param: Option<String>,
     },
     /// A tool call made by the assistant.
     ToolUse {
@@ -220,6 +224,24 @@ impl Default for ChatRequest {
 }
 
 impl ChatRequest {
+    /// The client's name for the first image part (`messages[0].content[1]`), if the request
+    /// has one: what a backend that reads only text refuses.
+    pub fn first_image_param(&self) -> Option<String> {
+        self.messages.iter().enumerate().find_map(|(i, m)| {
+            m.content
+                .iter()
+                .enumerate()
+                .find_map(|(j, part)| match part {
+                    ContentPart::Image { param, .. } => Some(
+                        param
+                            .clone()
+                            .unwrap_or_else(|| format!("messages[{i}].content[{j}]")),
+                    ),
+                    _ => None,
+                })
+        })
+    }
+
     /// The text of the last user message, if any.
     pub fn last_user_text(&self) -> Option<String> {
         self.messages

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Instant as StdInstant;
 
 use futures::StreamExt;
-use serde_json::json;
+use serde_json::{Map, Value, json};
 use tandem_cloud_adapters::openai::{self, ChatCompletion};
-use tandem_cloud_adapters::{ChatEvent, ChatRequest, ChatResponse, EventStream, Usage};
+use tandem_cloud_adapters::{Api, ChatEvent, ChatRequest, ChatResponse, EventStream, Usage};
 use tandem_router_policy::{Choice, Feedback, Placement};
 use tokio::time::Instant;
 
@@ -21,7 +21,7 @@ use crate::context::{FirstTokenDeadline, RouteSlot};
 use crate::error::Error;
 use crate::executor::cascade::{CascadeExecutor, CascadeOutcome};
 use crate::executor::local::LocalExecutor;
-use crate::executor::{CompletionCall, CompletionOutput, Executor};
+use crate::executor::{CompletionCall, CompletionOutput, Executor, Forwarded, TokenCount};
 use crate::metrics::BackendLabels;
 use crate::observe::trace::LiveSpan;
 use crate::observe::{Bill, RequestMeter, SpanKind, bill};
@@ -1340,21 +1340,202 @@ pub async fn run_completion(
     let stream = call.request.stream;
     let (result, mut route) = plan
         .run(state, hints, model, |executor, _last| {
-            let deadline = first_token.filter(|_| stream).map(per_try);
-            async move {
-                match deadline {
-                    Some(d) => tokio::time::timeout_at(d.at, executor.completion(call))
-                        .await
-                        .unwrap_or_else(|_| Err(d.error())),
-                    None => executor.completion(call).await,
-                }
-            }
+            let deadline = first_token.filter(|_| stream);
+            async move { within(deadline, executor.completion(call)).await }
         })
         .await;
     if let Some(log) = finish_plan(state, &plan, hints, model, &result, &mut route) {
         log.write();
     }
     note_route(hints, model, &route);
+    (result, route)
+}
+
+/// Runs a request for another of the upstreams' APIs (`api`: embeddings, a Responses request
+/// passed through) on the route's backends in config order, placement applied: the first that
+/// serves the API answers with its body as it came (streamed when `stream`); one without the API
+/// is skipped.
+pub async fn run_forward(
+    state: &AppState,
+    api: Api,
+    model: &str,
+    body: &Map<String, Value>,
+    stream: bool,
+    hints: &RequestHints,
+) -> (Result<Forwarded, Error>, RouteInfo) {
+    run_in_config_order(state, model, hints, |executor| async move {
+        executor.forward(api, body, stream).await
+    })
+    .await
+}
+
+/// Counts the input tokens of `request` on the route's backends in config order: the local
+/// model exactly, an Anthropic backend by asking it, others by estimate.
+pub async fn run_count_tokens(
+    state: &AppState,
+    request: &ChatRequest,
+    body: &Map<String, Value>,
+    hints: &RequestHints,
+) -> (Result<TokenCount, Error>, RouteInfo) {
+    run_in_config_order(state, &request.model, hints, |executor| async move {
+        executor.count_tokens(request, body).await
+    })
+    .await
+}
+
+/// Runs `attempt` on the route's backends in config order with its fallback rule.
+async fn run_in_config_order<T, F, Fut>(
+    state: &AppState,
+    model: &str,
+    hints: &RequestHints,
+    mut attempt: F,
+) -> (Result<T, Error>, RouteInfo)
+where
+    F: FnMut(Arc<dyn Executor>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
+    let (executors, fallback) = match route_for(state, model, hints) {
+        Ok(r) => r,
+        Err(e) => {
+            let (e, route) = no_route(e);
+            return (Err(e), route);
+        }
+    };
+    let slot = hints.route_slot.as_ref();
+    if let Some(slot) = slot {
+        slot.note_route(model);
+    }
+    let tries = Tries {
+        executors,
+        fallback,
+        local_fallback: false,
+        hedge: None,
+        reason: format!("route {model}"),
+        decided: false,
+    };
+    with_fallback(
+        state,
+        tries,
+        slot,
+        (hints.meter.as_ref(), model),
+        |executor, _last| attempt(executor),
+    )
+    .await
+}
+
+/// What answered a Responses request.
+pub enum ResponsesOutput {
+    /// OpenAI's own Responses API, its answer as it came.
+    Passed(Forwarded),
+    /// A chat backend's stream, to encode as Responses events.
+    Events(EventStream),
+    /// A chat backend's whole answer, to encode as a `response` object.
+    Whole(Box<ChatResponse>),
+}
+
+impl std::fmt::Debug for ResponsesOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Passed(_) => "Passed",
+            Self::Events(_) => "Events",
+            Self::Whole(_) => "Whole",
+        })
+    }
+}
+
+/// How a Responses request may reach OpenAI's own Responses API.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NativeResponses<'a> {
+    /// The client's body, when it may go to OpenAI's own API as it came (not when it continues
+    /// a response stored here, which that API does not hold).
+    pub body: Option<&'a Map<String, Value>>,
+    /// What only that API can run (a built-in tool, a file), by parameter and kind: every other
+    /// backend is skipped with a 400 naming it.
+    pub openai_only: Option<&'a (String, String)>,
+}
+
+/// Runs a Responses request like a chat request (the route's policy, cascade, speculative
+/// backends, placement, fallback, timings and decision log), each backend taking it in its own
+/// way: OpenAI's own Responses API as the client sent it, the others the normalized request.
+pub async fn run_responses(
+    state: &AppState,
+    request: ChatRequest,
+    native: NativeResponses<'_>,
+    hints: &RequestHints,
+    first_token: Option<FirstTokenDeadline>,
+) -> (Result<ResponsesOutput, Error>, RouteInfo) {
+    let model = request.model.clone();
+    let stream = request.stream;
+    let plan = match plan(state, &request, hints).await {
+        Ok(p) => p,
+        Err((e, route)) => return (Err(e), route),
+    };
+    let measure = plan.cascade.is_none();
+    let mut request = Some(request);
+    let (result, mut route) = plan
+        .run(state, hints, &model, |executor, last| {
+            let request = attempt_request(&mut request, last);
+            let deadline = first_token.filter(|_| stream);
+            async move {
+                if let Some(body) = native.body
+                    && executor.passes_through(Api::Responses)
+                {
+                    let forwarded = executor.forward(Api::Responses, body, stream);
+                    return within(deadline, forwarded)
+                        .await
+                        .map(ResponsesOutput::Passed);
+                }
+                if let Some((param, what)) = native.openai_only {
+                    return Err(crate::executor::cannot_honour(
+                        executor.backend(),
+                        param,
+                        &format!("cannot run `{what}`: only OpenAI's own Responses API can"),
+                    ));
+                }
+                let request = request?;
+                if stream {
+                    return start_stream(state, &executor, request, deadline, measure)
+                        .await
+                        .map(ResponsesOutput::Events);
+                }
+                let started = StdInstant::now();
+                let _in_flight = state
+                    .policy
+                    .as_ref()
+                    .and_then(|p| p.backend(executor.backend()))
+                    .map(|l| l.enter());
+                let result = executor.chat(request).await;
+                if measure {
+                    record_chat(
+                        state,
+                        executor.backend(),
+                        started,
+                        result.as_ref().map(|a| &a.usage),
+                    );
+                }
+                result.map(|a| ResponsesOutput::Whole(Box::new(a)))
+            }
+        })
+        .await;
+    let log = finish_plan(state, &plan, hints, &model, &result, &mut route);
+    note_route(hints, &model, &route);
+    let result = match (result, log) {
+        (Ok(ResponsesOutput::Events(events)), Some(log)) => {
+            Ok(ResponsesOutput::Events(logged_at_end(
+                events,
+                log,
+                state.config.clone(),
+                (model.clone(), route.backend.clone()),
+                hints.meter.clone(),
+            )))
+        }
+        (other, log) => {
+            if let Some(log) = log {
+                log.write();
+            }
+            other
+        }
+    };
     (result, route)
 }
 
@@ -1387,37 +1568,7 @@ pub async fn run_stream(
     let (result, mut route) = plan
         .run(state, hints, &model, |executor, last| {
             let request = attempt_request(&mut request, last);
-            let deadline = first_token.map(per_try);
-            async move {
-                let request = request?;
-                let started = StdInstant::now();
-                let live = state
-                    .policy
-                    .as_ref()
-                    .and_then(|p| p.backend(executor.backend()))
-                    .cloned();
-                let started_stream = async {
-                    let events = executor.chat_stream(request).await?;
-                    let events = match &live {
-                        Some(live) if measure => measured(events, live.clone(), started),
-                        _ => events,
-                    };
-                    first_content(events, executor.backend()).await
-                };
-                let result = match deadline {
-                    Some(d) => tokio::time::timeout_at(d.at, started_stream)
-                        .await
-                        .unwrap_or_else(|_| Err(d.error())),
-                    None => started_stream.await,
-                };
-                if let (Err(e), Some(live)) = (&result, live)
-                    && measure
-                    && e.retryable()
-                {
-                    live.state.record_error();
-                }
-                result
-            }
+            async move { start_stream(state, &executor, request?, first_token, measure).await }
         })
         .await;
     let log = finish_plan(state, &plan, hints, &model, &result, &mut route);
@@ -1443,6 +1594,54 @@ pub async fn run_stream(
         (result, _) => result,
     };
     (result, route)
+}
+
+/// Starts `request` streaming on `executor` within its try's own first-token budget, up to its
+/// first content (see [`run_stream`]); with `measure`, its timings and errors go to the policy's
+/// live state of the backend.
+async fn start_stream(
+    state: &AppState,
+    executor: &Arc<dyn Executor>,
+    request: ChatRequest,
+    first_token: Option<FirstTokenDeadline>,
+    measure: bool,
+) -> Result<EventStream, Error> {
+    let started = StdInstant::now();
+    let live = state
+        .policy
+        .as_ref()
+        .and_then(|p| p.backend(executor.backend()))
+        .cloned();
+    let started_stream = async {
+        let events = executor.chat_stream(request).await?;
+        let events = match &live {
+            Some(live) if measure => measured(events, live.clone(), started),
+            _ => events,
+        };
+        first_content(events, executor.backend()).await
+    };
+    let result = within(first_token, started_stream).await;
+    if let (Err(e), Some(live)) = (&result, live)
+        && measure
+        && e.retryable()
+    {
+        live.state.record_error();
+    }
+    result
+}
+
+/// `future`'s outcome, or the first-token timeout's error once this try's own budget (the
+/// configured timeout from now) runs out first.
+async fn within<T>(
+    first_token: Option<FirstTokenDeadline>,
+    future: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    match first_token.map(per_try) {
+        Some(d) => tokio::time::timeout_at(d.at, future)
+            .await
+            .unwrap_or_else(|_| Err(d.error())),
+        None => future.await,
+    }
 }
 
 /// A try's own first-token deadline: the configured timeout from now.

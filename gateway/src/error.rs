@@ -143,6 +143,14 @@ pub enum Error {
     /// The feedback names a request id the gateway does not know.
     #[error("unknown request id `{0}`")]
     UnknownRequestId(String),
+    /// No stored response has this id (expired, deleted, never stored, or `store: false`).
+    #[error("Response with id '{id}' not found.")]
+    ResponseNotFound {
+        /// The id asked for.
+        id: String,
+        /// The parameter that named it (`previous_response_id`), when a body did.
+        param: Option<&'static str>,
+    },
     /// Missing or wrong API key.
     #[error("invalid or missing api key")]
     Unauthorized,
@@ -230,9 +238,10 @@ impl Error {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::InvalidRequest { .. } | Self::Unsupported { .. } => StatusCode::BAD_REQUEST,
-            Self::ModelNotFound(_) | Self::EndpointNotFound(_) | Self::UnknownRequestId(_) => {
-                StatusCode::NOT_FOUND
-            }
+            Self::ModelNotFound(_)
+            | Self::EndpointNotFound(_)
+            | Self::UnknownRequestId(_)
+            | Self::ResponseNotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::UnknownKey(_) => StatusCode::NOT_FOUND,
             Self::ModelNotAllowed(_) => StatusCode::FORBIDDEN,
@@ -265,6 +274,7 @@ impl Error {
             Self::EndpointNotFound(_) => "endpoint_not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::UnknownRequestId(_) => "unknown_request_id",
+            Self::ResponseNotFound { .. } => "response_not_found",
             Self::Unauthorized => "unauthorized",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
@@ -314,6 +324,7 @@ impl Error {
             | Self::UnknownRequestId(_)
             | Self::PayloadTooLarge { .. }
             | Self::UnsupportedMediaType(_)
+            | Self::ResponseNotFound { .. }
             | Self::UnknownKey(_) => "invalid_request_error".into(),
             Self::ModelNotAllowed(_) => "permission_error".into(),
             // OpenAI's own 429s name the limit that refused as the type.
@@ -352,6 +363,7 @@ impl Error {
             Self::InvalidRequest { param, .. } => param.clone(),
             Self::Unsupported { param, .. } => Some(param.clone()),
             Self::ModelNotFound(_) | Self::ModelNotAllowed(_) => Some("model".into()),
+            Self::ResponseNotFound { param, .. } => param.map(str::to_owned),
             Self::Upstream(e) => e.upstream_param.clone(),
             _ => None,
         }
@@ -364,6 +376,7 @@ impl Error {
             Self::Unsupported { .. } => Some("unsupported_parameter"),
             Self::ModelNotFound(_) => Some("model_not_found"),
             Self::UnknownRequestId(_) => Some("unknown_request_id"),
+            Self::ResponseNotFound { .. } => Some("response_not_found"),
             Self::Unauthorized => Some("invalid_api_key"),
             Self::PayloadTooLarge { .. } => Some("request_too_large"),
             Self::UnsupportedMediaType(_) => Some("unsupported_media_type"),

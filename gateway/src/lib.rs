@@ -25,6 +25,7 @@ pub mod server;
 pub mod speculative;
 pub mod state;
 pub mod store;
+pub mod stored_responses;
 pub mod tls;
 
 pub use error::{Error, Result};

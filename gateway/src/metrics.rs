@@ -198,7 +198,7 @@ pub struct Metrics {
 type PairMap<V> = HashMap<Arc<str>, V, RandomState>;
 
 /// The endpoint labels, in the order of [`endpoint_index`].
-pub const ENDPOINTS: [&str; 9] = [
+pub const ENDPOINTS: [&str; 12] = [
     "chat",
     "completions",
     "messages",
@@ -207,6 +207,9 @@ pub const ENDPOINTS: [&str; 9] = [
     "health",
     "metrics",
     "verify",
+    "embeddings",
+    "count_tokens",
+    "responses",
     "other",
 ];
 
@@ -665,7 +668,13 @@ pub fn endpoint_index(path: &str) -> usize {
         "/healthz" | "/readyz" => 5,
         "/metrics" => 6,
         "/v1/tandem/verify" | "/v1/tandem/generate" => 7,
-        _ => 8,
+        "/v1/embeddings" => 8,
+        "/v1/messages/count_tokens" => 9,
+        "/v1/responses" => 10,
+        // Paths with an id in them, one label each.
+        _ if path.starts_with("/v1/models/") => 3,
+        _ if path.starts_with("/v1/responses/") => 10,
+        _ => 11,
     }
 }
 

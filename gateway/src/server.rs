@@ -21,8 +21,9 @@ use crate::config::{BackendConfig, BackendKind, Config, LocalConfig};
 use crate::error::Error;
 use crate::executor::Executor;
 use crate::executor::cloud::CloudExecutor;
+use crate::executor::embeddings::LocalEmbedder;
 use crate::executor::local::{LocalExecutor, LocalModel, LocalState};
-use crate::handlers::{chat, completions, ops};
+use crate::handlers::{chat, completions, count_tokens, embeddings, ops, responses};
 use crate::metrics::Metrics;
 use crate::middleware::{
     auth::AuthLayer, body_limit::BodyLimitLayer, concurrency::LoadShedLayer,
@@ -157,6 +158,10 @@ pub fn build_state(config: Config, options: &GatewayOptions) -> Result<Arc<AppSt
             .iter()
             .map(|(name, b)| (name.as_str(), b.kind)),
     );
+    let embedder =
+        Arc::new(LocalEmbedder::new(config.cache_dir.clone().unwrap_or_else(
+            tandem_router_policy::encoder::default_cache_root,
+        )));
     let store = crate::store::open(&config, &metrics, &FetchEnv)?;
     let cache = ResponseCache::open(&config, store.clone(), metrics.clone());
     let controls =
@@ -168,6 +173,7 @@ pub fn build_state(config: Config, options: &GatewayOptions) -> Result<Arc<AppSt
         controls,
         policy,
         resilience,
+        embedder,
         observer,
         cache,
         config,
@@ -288,6 +294,21 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/completions", post(completions::completions))
         .route("/v1/messages", post(chat::messages))
         .route("/v1/models", get(ops::models))
+        .route("/v1/models/{id}", get(ops::model))
+        .route("/v1/embeddings", post(embeddings::embeddings))
+        .route("/v1/responses", post(responses::create))
+        .route(
+            "/v1/responses/{id}",
+            get(responses::get).delete(responses::delete),
+        )
+        .route(
+            "/v1/responses/{id}/input_items",
+            get(responses::input_items),
+        )
+        .route(
+            "/v1/messages/count_tokens",
+            post(count_tokens::count_tokens),
+        )
         .route("/v1/feedback", post(ops::feedback))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))

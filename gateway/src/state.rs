@@ -12,6 +12,7 @@ use crate::cache::ResponseCache;
 use crate::config::{BackendKind, Config};
 use crate::controls::Controls;
 use crate::executor::Executor;
+use crate::executor::embeddings::LocalEmbedder;
 use crate::executor::local::LocalModel;
 use crate::metrics::Metrics;
 use crate::observe::Observer;
@@ -92,6 +93,8 @@ pub struct AppState {
     pub requests: RequestLog,
     /// Where feedback goes for requests the routing policy did not decide.
     pub feedback: Arc<dyn FeedbackSink>,
+    /// The local embeddings model (`minilm`), loaded on first use.
+    pub embedder: Arc<LocalEmbedder>,
     /// The learned routing policy (None when it could not be loaded; learned routes then run
     /// in config order).
     pub policy: Option<Arc<LearnedRouting>>,

@@ -72,6 +72,12 @@ enum BenchCommand {
     },
     /// Routing decision latency.
     Router,
+    /// Embeddings throughput (`minilm`) against ONNX Runtime's Python package on the same model.
+    Embeddings {
+        /// Seconds per batch size and side.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+    },
     /// Speculative decoding against plain target streaming, over emulated round trips.
     Speculative {
         /// The drafting model.
@@ -176,6 +182,10 @@ fn main() -> anyhow::Result<()> {
             }
             let report = runtime()?.block_on(tandem_lab::bench::bench_speculative(args))?;
             out(&report.to_string());
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Embeddings { seconds }) => {
+            out(&runtime()?.block_on(tandem_lab::bench::run_embeddings(seconds))?);
             Ok(())
         }
         Command::Bench(BenchCommand::Router) => {

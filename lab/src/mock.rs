@@ -2,7 +2,10 @@
 //! end-to-end tests and the overhead benchmark.
 //!
 //! Routes: `POST .../chat/completions`, `POST .../completions`, `POST .../messages`,
-//! `GET .../models`. The request's `model` picks the behaviour:
+//! `GET .../models`, `POST .../responses` (OpenAI's Responses API, whole or streamed; `cut`
+//! stops after the first text delta), `POST .../embeddings` (OpenAI's shape: one vector per input, float or
+//! base64, `dimensions` long or 8), `POST .../messages/count_tokens` (Anthropic's
+//! `{"input_tokens"}`, a quarter of the body's length). The request's `model` picks the behaviour:
 //! `tool` (a tool-call answer), `cut` (a stream cut mid-way), `slow` (a pause before every
 //! frame), `stall` (frames stop coming after the first ones), `hang` (headers, then no frame at
 //! all), `whole` (a stream request answered with the whole JSON answer, as some OpenAI-compatible
@@ -112,6 +115,10 @@ pub struct Fixtures {
     pub completion_stream: Fixture,
     /// `/v1/models`.
     pub models: Fixture,
+    /// OpenAI Responses API, text, JSON.
+    pub openai_responses: Fixture,
+    /// OpenAI Responses API, text, SSE (typed events with sequence numbers).
+    pub openai_responses_stream: Fixture,
     /// Anthropic message, text, JSON.
     pub anthropic_text: Fixture,
     /// Anthropic message, text, SSE.
@@ -151,6 +158,10 @@ impl Fixtures {
             completion_text: Fixture::json(200, fixture_bytes!("openai/completion_text.json")),
             completion_stream: Fixture::sse(fixture_bytes!("openai/completion_stream.sse")),
             models: Fixture::json(200, fixture_bytes!("openai/models.json")),
+            openai_responses: Fixture::json(200, fixture_bytes!("openai/responses_text.json")),
+            openai_responses_stream: Fixture::sse(fixture_bytes!(
+                "openai/responses_text_stream.sse"
+            )),
             anthropic_text: Fixture::json(200, fixture_bytes!("anthropic/messages_text.json")),
             anthropic_text_stream: Fixture::sse(fixture_bytes!(
                 "anthropic/messages_text_stream.sse"
@@ -369,6 +380,9 @@ enum Route {
     Completions,
     Messages,
     Models,
+    Embeddings,
+    CountTokens,
+    Responses,
 }
 
 async fn handle(
@@ -411,6 +425,12 @@ async fn handle(
         Route::Messages
     } else if path.ends_with("/models") {
         Route::Models
+    } else if path.ends_with("/responses") {
+        Route::Responses
+    } else if path.ends_with("/embeddings") {
+        Route::Embeddings
+    } else if path.ends_with("/count_tokens") {
+        Route::CountTokens
     } else {
         return Ok(plain(StatusCode::NOT_FOUND, Bytes::from_static(br#"{"error":{"message":"not found","type":"invalid_request_error","param":null,"code":null}}"#)));
     };
@@ -433,7 +453,7 @@ async fn handle(
     };
     let model = probe.model.as_deref().unwrap_or("");
     let fx = &state.fixtures;
-    let anthropic = route == Route::Messages;
+    let anthropic = matches!(route, Route::Messages | Route::CountTokens);
 
     if let Some(ms) = number_after(model, "delay-") {
         tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -497,6 +517,18 @@ async fn handle(
     {
         return Ok(respond(&state, &error_fixture(503), Behaviour::Plain));
     }
+    match route {
+        Route::Embeddings => return Ok(respond(&state, &embeddings(&body), Behaviour::Plain)),
+        Route::CountTokens => {
+            let answer = format!(r#"{{"input_tokens":{}}}"#, body.len().div_ceil(4));
+            return Ok(respond(
+                &state,
+                &Fixture::json(200, answer),
+                Behaviour::Plain,
+            ));
+        }
+        _ => {}
+    }
     let behaviour = if model.contains("slow") {
         Behaviour::Slow(state.config.slow_delay)
     } else if model.contains("hang") {
@@ -525,9 +557,59 @@ async fn handle(
         (Route::Messages, true) if cut => &fx.anthropic_cut_stream,
         (Route::Messages, true) if tool => &fx.anthropic_tool_stream,
         (Route::Messages, true) => &fx.anthropic_text_stream,
-        (Route::Models, _) => &fx.models,
+        (Route::Responses, false) => &fx.openai_responses,
+        (Route::Responses, true) if cut => {
+            // The head of the stream, through the first text delta, then the end.
+            let head = Fixture {
+                frames: fx.openai_responses_stream.frames[..5].into(),
+                ..fx.openai_responses_stream.clone()
+            };
+            return Ok(respond(&state, &head, behaviour));
+        }
+        (Route::Responses, true) => &fx.openai_responses_stream,
+        (Route::Models | Route::Embeddings | Route::CountTokens, _) => &fx.models,
     };
     Ok(respond(&state, fixture, behaviour))
+}
+
+/// OpenAI's embeddings answer for a request body: input `i` gets a vector of `dimensions`
+/// (default 8) values `i + 1, 1/2, 1/3, ...`, as floats or base64 as asked.
+fn embeddings(body: &[u8]) -> Fixture {
+    let request: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let inputs = match &request["input"] {
+        serde_json::Value::Array(items)
+            if items.first().is_some_and(serde_json::Value::is_number) =>
+        {
+            1
+        }
+        serde_json::Value::Array(items) => items.len(),
+        _ => 1,
+    };
+    let dims = request["dimensions"].as_u64().unwrap_or(8) as usize;
+    let base64 = request["encoding_format"] == "base64";
+    let data: Vec<serde_json::Value> = (0..inputs)
+        .map(|i| {
+            let v: Vec<f32> = (0..dims)
+                .map(|d| {
+                    if d == 0 {
+                        (i + 1) as f32
+                    } else {
+                        1.0 / (d + 1) as f32
+                    }
+                })
+                .collect();
+            let embedding = if base64 {
+                serde_json::Value::String(tandem_cloud_adapters::openai::base64_f32(&v))
+            } else {
+                serde_json::json!(v)
+            };
+            serde_json::json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .collect();
+    let tokens = 3 * inputs;
+    let answer = serde_json::json!({"object": "list", "data": data,
+        "model": request["model"], "usage": {"prompt_tokens": tokens, "total_tokens": tokens}});
+    Fixture::json(200, answer.to_string())
 }
 
 /// The number right after `prefix` in `model` (`delay-250` gives 250).

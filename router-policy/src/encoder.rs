@@ -429,6 +429,51 @@ impl Encoder {
     pub fn embed_uncached(&self, texts: &[&str]) -> Result<Vec<Arc<[f32]>>> {
         self.shared.embed_uncached(texts)
     }
+
+    /// Like [`Encoder::embed_uncached`], with the number of tokens read (special tokens
+    /// included, truncation applied), for usage.
+    pub fn embed_counted(&self, texts: &[&str]) -> Result<(Vec<Arc<[f32]>>, u64)> {
+        self.shared.embed_counted(texts)
+    }
+
+    /// Embeds rows of the tokenizer's ids (without special tokens, which are added here, as
+    /// they are for text) in one run; a row is truncated like text. Ids outside the vocabulary
+    /// are an [`Error::InvalidArgument`]. Returns the vectors and the tokens read.
+    pub fn embed_token_ids(&self, rows: &[Vec<u32>]) -> Result<(Vec<Arc<[f32]>>, u64)> {
+        let tokenizer = &self.shared.tokenizer;
+        let vocab = tokenizer.get_vocab_size(true) as u32;
+        let special = |token: &str| {
+            tokenizer
+                .token_to_id(token)
+                .ok_or_else(|| Error::Tokenizer(format!("the tokenizer has no {token} token")))
+        };
+        let (cls, sep) = (special("[CLS]")?, special("[SEP]")?);
+        let keep = self.config.max_tokens.saturating_sub(2);
+        let mut framed = Vec::with_capacity(rows.len());
+        for (i, row) in rows.iter().enumerate() {
+            if let Some(bad) = row.iter().find(|&&id| id >= vocab) {
+                return Err(Error::InvalidArgument(format!(
+                    "input[{i}]: token id {bad} is outside the vocabulary (size {vocab})"
+                )));
+            }
+            let mut ids = Vec::with_capacity(row.len().min(keep) + 2);
+            ids.push(cls);
+            ids.extend(row.iter().take(keep));
+            ids.push(sep);
+            framed.push(ids);
+        }
+        let tokens = framed.iter().map(|r| r.len() as u64).sum();
+        Ok((self.shared.run(&framed)?, tokens))
+    }
+
+    /// The tokenizer's ids of `text`, without special tokens (the form token-id input takes).
+    pub fn token_ids(&self, text: &str) -> Result<Vec<u32>> {
+        self.shared
+            .tokenizer
+            .encode(text, false)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| Error::Tokenizer(e.to_string()))
+    }
 }
 
 impl Shared {
@@ -445,32 +490,47 @@ impl Shared {
     }
 
     fn embed_uncached(&self, texts: &[&str]) -> Result<Vec<Arc<[f32]>>> {
+        Ok(self.embed_counted(texts)?.0)
+    }
+
+    /// Embeds `texts` in one run and counts the tokens read (special tokens included).
+    fn embed_counted(&self, texts: &[&str]) -> Result<(Vec<Arc<[f32]>>, u64)> {
         if texts.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), 0));
         }
         let encodings = self
             .tokenizer
             .encode_batch(texts.to_vec(), true)
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
-        let batch = encodings.len();
-        let seq = encodings
+        let rows: Vec<Vec<u32>> = encodings
             .iter()
-            .map(|e| e.get_ids().len())
-            .max()
-            .unwrap_or(0)
-            .max(1);
+            .map(|e| {
+                e.get_ids()
+                    .iter()
+                    .zip(e.get_attention_mask())
+                    .filter(|&(_, &m)| m != 0)
+                    .map(|(&id, _)| id)
+                    .collect()
+            })
+            .collect();
+        let tokens = rows.iter().map(|r| r.len() as u64).sum();
+        Ok((self.run(&rows)?, tokens))
+    }
+
+    /// Runs the model on rows of token ids (special tokens in place), padded to the longest.
+    fn run(&self, rows: &[Vec<u32>]) -> Result<Vec<Arc<[f32]>>> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let batch = rows.len();
+        let seq = rows.iter().map(Vec::len).max().unwrap_or(0).max(1);
         let mut ids = vec![0i64; batch * seq];
         let mut mask = vec![0i64; batch * seq];
         let types = vec![0i64; batch * seq];
-        for (b, enc) in encodings.iter().enumerate() {
-            for (t, (&id, &m)) in enc
-                .get_ids()
-                .iter()
-                .zip(enc.get_attention_mask())
-                .enumerate()
-            {
+        for (b, row) in rows.iter().enumerate() {
+            for (t, &id) in row.iter().enumerate() {
                 ids[b * seq + t] = i64::from(id);
-                mask[b * seq + t] = i64::from(m);
+                mask[b * seq + t] = 1;
             }
         }
         let shape = [batch as i64, seq as i64];

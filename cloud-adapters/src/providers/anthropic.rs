@@ -8,7 +8,7 @@ use super::generic::{HttpProvider, HttpProviderConfig};
 use super::{checked_base, key_value};
 use crate::client::{HttpClient, HttpConfig};
 use crate::error::{Error, Result};
-use crate::provider::{Capabilities, ProviderError};
+use crate::provider::{Api, Capabilities, ProviderError};
 use crate::types::{ChatRequest, ChatResponse, WireFormat};
 use crate::wire::anthropic::{self as wire, EventDecoder, MessagesRequest};
 
@@ -72,6 +72,10 @@ impl Codec for AnthropicCodec {
         } else {
             format!("{base}/v1/messages")
         }
+    }
+
+    fn api_url(&self, base: &str, api: Api) -> Option<String> {
+        (api == Api::CountTokens).then(|| format!("{}/count_tokens", self.chat_url(base)))
     }
 
     fn add_headers(

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use super::openai_compatible::{Flavour, OpenAiCompatible, OpenAiCompatibleConfig};
 use crate::client::{HttpClient, HttpConfig};
 use crate::error::{ProviderError, ProviderErrorKind, Result};
-use crate::provider::{Capabilities, EventStream, Provider};
+use crate::provider::{Api, ByteStream, Capabilities, EventStream, Provider};
 use crate::types::{ChatRequest, ChatResponse, WireFormat};
 use crate::wire::openai::ChatCompletion;
 
@@ -135,5 +135,18 @@ impl Provider for Azure {
         body: Bytes,
     ) -> Result<EventStream, ProviderError> {
         self.pick(model)?.completions_stream(model, body).await
+    }
+
+    async fn forward(&self, api: Api, model: &str, body: Bytes) -> Result<Bytes, ProviderError> {
+        self.pick(model)?.forward(api, model, body).await
+    }
+
+    async fn forward_stream(
+        &self,
+        api: Api,
+        model: &str,
+        body: Bytes,
+    ) -> Result<ByteStream, ProviderError> {
+        self.pick(model)?.forward_stream(api, model, body).await
     }
 }

@@ -6,7 +6,7 @@ use http::header::HeaderMap;
 
 use crate::error::Result;
 use crate::http::StreamDecode;
-use crate::provider::ProviderError;
+use crate::provider::{Api, ProviderError};
 use crate::types::{ChatRequest, ChatResponse, WireFormat};
 use crate::wire::openai::ChatCompletion;
 
@@ -27,6 +27,13 @@ pub trait Codec: Send + Sync + 'static {
     /// answers are read by [`Codec::parse_response`] and [`Codec::decoder`].
     fn completions_url(&self, base: &str) -> Option<String> {
         let _ = base;
+        None
+    }
+
+    /// The URL of another of the API's endpoints (`api`) under `base`, for an API that has it.
+    /// Bodies go to it as the client wrote them and come back as they came.
+    fn api_url(&self, base: &str, api: Api) -> Option<String> {
+        let _ = (base, api);
         None
     }
 

@@ -12,7 +12,9 @@ use super::{checked_base, endpoint, header_map};
 use crate::client::{HttpClient, RequestBuilder};
 use crate::error::Result;
 use crate::http;
-use crate::provider::{Capabilities, EventStream, Provider, ProviderError, ProviderErrorKind};
+use crate::provider::{
+    Api, ByteStream, Capabilities, EventStream, Provider, ProviderError, ProviderErrorKind,
+};
 use crate::types::{ChatRequest, ChatResponse, WireFormat, response_events};
 use crate::wire::openai::ChatCompletion;
 
@@ -56,6 +58,8 @@ pub struct HttpProvider<C> {
     capabilities: Capabilities,
     url: Uri,
     completions_url: Option<Uri>,
+    /// The codec's other endpoints, in [`Api::ALL`] order.
+    api_urls: [Option<Uri>; 3],
     headers: ::http::HeaderMap,
     client: HttpClient,
     codec: C,
@@ -70,6 +74,13 @@ impl<C: Codec> HttpProvider<C> {
             .completions_url(base)
             .map(|u| endpoint(&config.name, u))
             .transpose()?;
+        let mut api_urls: [Option<Uri>; 3] = Default::default();
+        for (slot, api) in api_urls.iter_mut().zip(Api::ALL) {
+            *slot = codec
+                .api_url(base, api)
+                .map(|u| endpoint(&config.name, u))
+                .transpose()?;
+        }
         let mut headers = header_map(&config.name, &config.extra_headers)?;
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         codec.add_headers(&config.name, config.api_key.as_deref(), &mut headers)?;
@@ -81,6 +92,7 @@ impl<C: Codec> HttpProvider<C> {
             model: config.model,
             url,
             completions_url,
+            api_urls,
             headers,
             client,
             codec,
@@ -138,6 +150,20 @@ impl<C: Codec> HttpProvider<C> {
             .completions_url
             .as_ref()
             .ok_or_else(|| self.no_legacy_completions())?;
+        Ok(self.post(url, body, stream))
+    }
+
+    /// A request to another of the upstream's endpoints, its body sent as the client wrote it.
+    fn api_request(
+        &self,
+        api: Api,
+        body: Bytes,
+        stream: bool,
+    ) -> Result<RequestBuilder<'_>, ProviderError> {
+        let index = Api::ALL.iter().position(|a| *a == api).unwrap_or(0);
+        let url = self.api_urls[index]
+            .as_ref()
+            .ok_or_else(|| self.no_api(api))?;
         Ok(self.post(url, body, stream))
     }
 
@@ -211,5 +237,23 @@ impl<C: Codec> Provider for HttpProvider<C> {
         body: Bytes,
     ) -> Result<EventStream, ProviderError> {
         self.stream(self.completions_request(body, true)?).await
+    }
+
+    async fn forward(&self, api: Api, _model: &str, body: Bytes) -> Result<Bytes, ProviderError> {
+        self.answer(self.api_request(api, body, false)?).await
+    }
+
+    async fn forward_stream(
+        &self,
+        api: Api,
+        _model: &str,
+        body: Bytes,
+    ) -> Result<ByteStream, ProviderError> {
+        let request = self.api_request(api, body, true)?;
+        let response = http::send(request, &self.name, |status, body, provider| {
+            self.codec.parse_error(status, body, provider)
+        })
+        .await?;
+        Ok(http::body_stream(response, &self.name))
     }
 }

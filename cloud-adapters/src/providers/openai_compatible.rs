@@ -11,7 +11,7 @@ use super::generic::{HttpProvider, HttpProviderConfig};
 use super::key_value;
 use crate::client::{HttpClient, HttpConfig};
 use crate::error::Result;
-use crate::provider::{Capabilities, ProviderError};
+use crate::provider::{Api, Capabilities, ProviderError};
 use crate::types::{ChatRequest, ChatResponse, WireFormat};
 use crate::wire::openai::{self, ChatCompletion, ChatCompletionsRequest, ChunkDecoder};
 
@@ -108,6 +108,14 @@ impl Codec for OpenAiCodec {
 
     fn completions_url(&self, base: &str) -> Option<String> {
         Some(self.url(base, "completions"))
+    }
+
+    fn api_url(&self, base: &str, api: Api) -> Option<String> {
+        match api {
+            Api::Embeddings => Some(self.url(base, "embeddings")),
+            Api::Responses => Some(self.url(base, "responses")),
+            Api::CountTokens => None,
+        }
     }
 
     fn add_headers(

@@ -7,12 +7,15 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 use tandem_cloud_adapters::openai::ChatCompletion;
-use tandem_cloud_adapters::{ChatRequest, ChatResponse, EventStream, Provider, ProviderErrorKind};
+use tandem_cloud_adapters::{
+    Api, ChatRequest, ChatResponse, EventStream, Provider, ProviderErrorKind, WireFormat,
+};
 
 use super::completion::{CompletionCall, CompletionOutput};
 use super::{
-    Executor, cannot_honour, no_legacy_completions, refuse_dropped_fields, refuse_several_choices,
-    upstream_error, wants_structured_output,
+    CountSource, Executor, Forwarded, TokenCount, cannot_honour, estimate_tokens, no_api,
+    no_legacy_completions, refuse_dropped_fields, refuse_several_choices, upstream_error,
+    wants_structured_output,
 };
 use crate::config::{BackendConfig, BackendKind, Price};
 use crate::error::Error;
@@ -64,14 +67,48 @@ impl CloudExecutor {
         Ok(request)
     }
 
-    /// A legacy completions body with the model mapped to the upstream's id.
-    fn upstream_body(&self, mut body: Map<String, Value>) -> (String, Bytes) {
+    /// A body for another of the upstream's APIs, with the model mapped to the upstream's id.
+    fn mapped_body(&self, body: &Map<String, Value>) -> (String, Bytes) {
+        let mut body = body.clone();
+        let model = self.map_model(&mut body);
+        (
+            model,
+            Bytes::from(serde_json::to_vec(&body).unwrap_or_default()),
+        )
+    }
+
+    /// Replaces the client's model in `body` with the upstream's id, and returns that.
+    fn map_model(&self, body: &mut Map<String, Value>) -> String {
         let client_model = body
             .get("model")
             .and_then(Value::as_str)
             .unwrap_or_default();
         let model = self.config.upstream_model(client_model).to_owned();
         body.insert("model".into(), Value::String(model.clone()));
+        model
+    }
+
+    /// A provider's "no such API" as the edge's unsupported error, others as upstream errors.
+    fn api_error(&self, api: Api, e: tandem_cloud_adapters::ProviderError) -> Error {
+        self.unsupported_or_upstream(e, || no_api(&self.config.name, api))
+    }
+
+    /// `unsupported()` for a provider's refusal before sending, else the upstream's error.
+    fn unsupported_or_upstream(
+        &self,
+        e: tandem_cloud_adapters::ProviderError,
+        unsupported: impl FnOnce() -> Error,
+    ) -> Error {
+        if e.kind == ProviderErrorKind::Unsupported && e.status.is_none() {
+            unsupported()
+        } else {
+            upstream_error(&self.config.name, e)
+        }
+    }
+
+    /// A legacy completions body with the model mapped to the upstream's id.
+    fn upstream_body(&self, mut body: Map<String, Value>) -> (String, Bytes) {
+        let model = self.map_model(&mut body);
         // Usage is always asked for on streams, so metrics and cost count them; the client
         // sees the usage chunk only when it asked for it.
         if body.get("stream").and_then(Value::as_bool) == Some(true) {
@@ -88,11 +125,7 @@ impl CloudExecutor {
 
     /// A provider's "no such API" as the edge's unsupported error, others as upstream errors.
     fn completions_error(&self, e: tandem_cloud_adapters::ProviderError) -> Error {
-        if e.kind == ProviderErrorKind::Unsupported && e.status.is_none() {
-            no_legacy_completions(&self.config.name)
-        } else {
-            upstream_error(&self.config.name, e)
-        }
+        self.unsupported_or_upstream(e, || no_legacy_completions(&self.config.name))
     }
 }
 
@@ -159,5 +192,65 @@ impl Executor for CloudExecutor {
                 .map(CompletionOutput::Answer)
         }
         .map_err(|e| self.completions_error(e))
+    }
+
+    async fn forward(
+        &self,
+        api: Api,
+        body: &Map<String, Value>,
+        stream: bool,
+    ) -> Result<Forwarded, Error> {
+        // OpenAI's Responses API only where the backend is OpenAI's own: a chat-completions
+        // server gets the request translated instead.
+        if api == Api::Responses && !self.passes_through(api) {
+            return Err(no_api(&self.config.name, api));
+        }
+        let (model, body) = self.mapped_body(body);
+        if stream {
+            self.provider
+                .forward_stream(api, &model, body)
+                .await
+                .map(Forwarded::Stream)
+        } else {
+            self.provider
+                .forward(api, &model, body)
+                .await
+                .map(Forwarded::Whole)
+        }
+        .map_err(|e| self.api_error(api, e))
+    }
+
+    fn passes_through(&self, api: Api) -> bool {
+        api == Api::Responses && self.provider.capabilities().responses_api
+    }
+
+    async fn count_tokens(
+        &self,
+        request: &ChatRequest,
+        body: &Map<String, Value>,
+    ) -> Result<TokenCount, Error> {
+        if self.provider.format() != WireFormat::Anthropic {
+            return Ok(estimate_tokens(request));
+        }
+        let Forwarded::Whole(answer) = self.forward(Api::CountTokens, body, false).await? else {
+            return Err(Error::Internal("a whole answer was asked for".into()));
+        };
+        let input_tokens = serde_json::from_slice::<Value>(&answer)
+            .ok()
+            .and_then(|v| v.get("input_tokens")?.as_u64())
+            .ok_or_else(|| {
+                upstream_error(
+                    &self.config.name,
+                    tandem_cloud_adapters::ProviderError::new(
+                        ProviderErrorKind::Decode,
+                        self.config.name.clone(),
+                        "count_tokens answer without input_tokens",
+                    ),
+                )
+            })?;
+        Ok(TokenCount {
+            input_tokens,
+            source: CountSource::Upstream,
+        })
     }
 }

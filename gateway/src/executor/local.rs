@@ -13,8 +13,8 @@ use tandem_cloud_adapters::{
 use tandem_local_model::{ChatMessage, Engine, GenerateEvent, GenerateRequest, SamplingParams};
 
 use super::completion::{CompletionCall, CompletionOutput};
-use super::engine::{engine_usage, finish_reason};
-use super::{Executor, local_completion, refuse_beyond_local_decoding};
+use super::engine::{context_length_exceeded, engine_usage, finish_reason};
+use super::{CountSource, Executor, TokenCount, local_completion, refuse_beyond_local_decoding};
 use crate::config::{BackendConfig, BackendKind, Price};
 use crate::error::Error;
 
@@ -333,6 +333,22 @@ impl Executor for LocalExecutor {
     async fn completion(&self, call: &CompletionCall) -> Result<CompletionOutput, Error> {
         local_completion::complete(&self.model.engine()?, &call.request, &self.config.name).await
     }
+
+    async fn count_tokens(
+        &self,
+        request: &ChatRequest,
+        _body: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<TokenCount, Error> {
+        // Exactly what generation would read: the chat template over the conversation.
+        let engine = self.model.engine()?;
+        let prompt = engine
+            .chat_prompt(&template_messages(request), true)
+            .map_err(|e| Error::LocalModel(format!("chat template: {e}")))?;
+        Ok(TokenCount {
+            input_tokens: prompt.len() as u64,
+            source: CountSource::Exact,
+        })
+    }
 }
 
 impl LocalExecutor {
@@ -361,13 +377,7 @@ impl LocalExecutor {
             .map_err(|e| Error::LocalModel(format!("chat template: {e}")))?;
         let context = engine.info().context_length;
         if prompt.len() >= context {
-            return Err(Error::invalid(
-                format!(
-                    "the prompt is {} tokens, more than the local model's context of {context}",
-                    prompt.len()
-                ),
-                Some("messages"),
-            ));
+            return Err(context_length_exceeded(prompt.len(), context, "messages"));
         }
         let mut params = sampling_params(request);
         if logprobs.is_some() {

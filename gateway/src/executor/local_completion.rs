@@ -55,6 +55,13 @@ fn prompt_tokens(engine: &Engine, request: &CompletionRequest) -> Result<Vec<u32
         tokens.push(tok.bos_id().unwrap_or(0));
     }
     let context = engine.info().context_length;
+    if tokens.len() >= context {
+        return Err(super::engine::context_length_exceeded(
+            tokens.len(),
+            context,
+            "prompt",
+        ));
+    }
     if tokens.len() + request.max_tokens as usize > context {
         return Err(bad(
             format!(

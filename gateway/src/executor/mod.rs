@@ -5,15 +5,19 @@
 pub mod cascade;
 pub mod cloud;
 pub mod completion;
+pub mod embeddings;
 pub mod engine;
 pub mod local;
 pub mod local_completion;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures::StreamExt;
+use serde_json::{Map, Value};
 use tandem_cloud_adapters::openai::ChatCompletion;
 use tandem_cloud_adapters::{
-    ChatEvent, ChatRequest, ChatResponse, EventStream, ProviderError, ResponseBuilder, WireFormat,
+    Api, ByteStream, ChatEvent, ChatRequest, ChatResponse, ContentPart, EventStream, ProviderError,
+    ResponseBuilder, WireFormat,
 };
 
 use crate::config::{BackendKind, Price};
@@ -66,6 +70,124 @@ pub trait Executor: Send + Sync {
         let _ = call;
         Err(no_legacy_completions(self.backend()))
     }
+
+    /// Sends the client's `body` (model mapped) to the upstream's `api` and hands back its
+    /// answer as it came, streamed when `stream`. Backends without that API answer
+    /// [`Error::Unsupported`], so dispatch moves on to the route's next backend.
+    async fn forward(
+        &self,
+        api: Api,
+        body: &Map<String, Value>,
+        stream: bool,
+    ) -> Result<Forwarded, Error> {
+        let _ = (body, stream);
+        Err(no_api(self.backend(), api))
+    }
+
+    /// Whether this backend takes a request for `api` in the client's own body, as it came
+    /// (OpenAI's own Responses API), rather than translated to chat.
+    fn passes_through(&self, api: Api) -> bool {
+        let _ = api;
+        false
+    }
+
+    /// Counts the input tokens of `request` (whose client body is `body`) as this backend would
+    /// bill them: by default an estimate, marked as such.
+    async fn count_tokens(
+        &self,
+        request: &ChatRequest,
+        body: &Map<String, Value>,
+    ) -> Result<TokenCount, Error> {
+        let _ = body;
+        Ok(estimate_tokens(request))
+    }
+}
+
+/// The error of a backend that does not serve `api`.
+pub fn no_api(backend: &str, api: Api) -> Error {
+    Error::Unsupported {
+        message: format!("backend `{backend}` does not serve {}", api.path()),
+        param: "model".into(),
+    }
+}
+
+/// An upstream's answer on another of its APIs, as it came.
+pub enum Forwarded {
+    /// A whole JSON body.
+    Whole(Bytes),
+    /// An SSE body, chunk by chunk.
+    Stream(ByteStream),
+}
+
+impl std::fmt::Debug for Forwarded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Whole(_) => "Whole",
+            Self::Stream(_) => "Stream",
+        })
+    }
+}
+
+/// How a token count was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CountSource {
+    /// The local model's own tokenizer and chat template.
+    Exact,
+    /// The upstream counted (Anthropic's `count_tokens`).
+    Upstream,
+    /// Estimated from the text's length: the backend has no way to count.
+    Estimate,
+}
+
+impl CountSource {
+    /// The word for it in `x-tandem-token-count`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Exact => "exact",
+            Self::Upstream => "upstream",
+            Self::Estimate => "estimate",
+        }
+    }
+}
+
+/// The input tokens of a request on one backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenCount {
+    /// Input tokens.
+    pub input_tokens: u64,
+    /// How they were counted.
+    pub source: CountSource,
+}
+
+/// Characters per token of the estimate: the usual ratio of English text under BPE tokenizers.
+const CHARS_PER_TOKEN: usize = 4;
+
+/// An estimate of `request`'s input tokens from its length, for backends that cannot count:
+/// every text, tool call, result and tool definition at [`CHARS_PER_TOKEN`] characters a token,
+/// plus a few tokens of framing per message.
+pub fn estimate_tokens(request: &ChatRequest) -> TokenCount {
+    let mut chars = 0usize;
+    for message in &request.messages {
+        chars += 4 * CHARS_PER_TOKEN;
+        for part in &message.content {
+            chars += match part {
+                ContentPart::Text { text } => text.chars().count(),
+                ContentPart::ToolResult { content, .. } => content.chars().count(),
+                ContentPart::ToolUse { name, input, .. } => name.len() + input.to_string().len(),
+                // Images are billed by size, which only the provider knows: a typical tile.
+                ContentPart::Image { .. } => 85 * CHARS_PER_TOKEN,
+            };
+        }
+    }
+    for tool in &request.tools {
+        chars += tool.name.len()
+            + tool.description.as_deref().map_or(0, str::len)
+            + tool.parameters.to_string().len();
+    }
+    TokenCount {
+        input_tokens: chars.div_ceil(CHARS_PER_TOKEN) as u64,
+        source: CountSource::Estimate,
+    }
 }
 
 /// The error of a backend that does not serve `/v1/completions`.
@@ -90,6 +212,15 @@ pub fn wants_structured_output(request: &ChatRequest) -> bool {
 /// and fields it has no place for.
 pub fn refuse_beyond_local_decoding(backend: &str, request: &ChatRequest) -> Result<(), Error> {
     refuse_several_choices(backend, request)?;
+    // The local model reads text only: an image it would drop is refused by its position, and
+    // a route with a backend that reads images moves on to it.
+    if let Some(param) = request.first_image_param() {
+        return Err(cannot_honour(
+            backend,
+            &param,
+            &format!("reads text only and cannot see the image at `{param}`"),
+        ));
+    }
     let wants_tools = !request.tools.is_empty()
         && !matches!(
             request.tool_choice,

@@ -218,7 +218,12 @@ pub(crate) enum Encoder {
     Anthropic(anthropic::EventEncoder),
     /// Legacy `text_completion` chunks.
     Completion(openai::CompletionChunkEncoder),
+    /// Responses API events, with what to do with the final `response` once there is one.
+    Responses(openai::ResponsesEncoder, Option<ResponseHook>),
 }
+
+/// Called once with a Responses stream's final encoder (its `response` object set).
+pub(crate) type ResponseHook = Box<dyn FnOnce(&openai::ResponsesEncoder) + Send>;
 
 impl Encoder {
     fn encode(&mut self, event: &ChatEvent) -> Bytes {
@@ -226,6 +231,11 @@ impl Encoder {
             Self::OpenAi(e) => e.encode(event),
             Self::Anthropic(e) => e.encode(event),
             Self::Completion(e) => e.encode(event),
+            Self::Responses(e, hook) => {
+                let out = e.encode(event);
+                Self::ended(e, hook);
+                out
+            }
         }
     }
 
@@ -234,6 +244,20 @@ impl Encoder {
             Self::OpenAi(e) => e.finish(),
             Self::Anthropic(e) => e.finish(),
             Self::Completion(e) => e.finish(),
+            Self::Responses(e, hook) => {
+                let out = e.finish();
+                Self::ended(e, hook);
+                out
+            }
+        }
+    }
+
+    /// Runs a Responses stream's hook once its final `response` exists.
+    fn ended(encoder: &openai::ResponsesEncoder, hook: &mut Option<ResponseHook>) {
+        if encoder.response().is_some()
+            && let Some(hook) = hook.take()
+        {
+            hook(encoder);
         }
     }
 }

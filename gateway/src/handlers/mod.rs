@@ -2,7 +2,10 @@
 
 pub mod chat;
 pub mod completions;
+pub mod count_tokens;
+pub mod embeddings;
 pub mod ops;
+pub mod responses;
 
 use axum::body::Body;
 use axum::response::Response;

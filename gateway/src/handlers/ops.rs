@@ -3,29 +3,87 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 use serde_json::{Value, json};
 
 use super::{json_response, read_body};
+use crate::config::BackendKind;
 use crate::error::{ApiFlavor, Error};
+use crate::executor::embeddings::{
+    LOCAL_EMBEDDING_DIM, LOCAL_EMBEDDING_MAX_TOKENS, LOCAL_EMBEDDING_MODEL,
+};
 use crate::state::AppState;
 use tandem_router_policy::Feedback;
 
-/// `GET /v1/models`: every routed model id, with the first backend as owner.
+/// `GET /v1/models`: every routed model id and the local embeddings model, each with its owner
+/// (the route's first backend), its backends and what it can do.
 pub async fn models(State(state): State<Arc<AppState>>) -> Response {
     let created = tandem_cloud_adapters::unix_now();
-    let data: Vec<Value> = state
+    let mut data: Vec<Value> = state
         .config
         .routes
-        .iter()
-        .map(|(id, route)| {
-            json!({"id": id, "object": "model", "created": created,
-                   "owned_by": route.backends.first().map(String::as_str).unwrap_or("tandem")})
-        })
+        .keys()
+        .filter_map(|id| model_entry(&state, id, created))
         .collect();
+    if !state.config.routes.contains_key(LOCAL_EMBEDDING_MODEL) {
+        data.extend(model_entry(&state, LOCAL_EMBEDDING_MODEL, created));
+    }
     json_response(&json!({"object": "list", "data": data}))
+}
+
+/// `GET /v1/models/{id}`: one model as `/v1/models` lists it, or a 404 `model_not_found`.
+pub async fn model(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    match model_entry(&state, &id, tandem_cloud_adapters::unix_now()) {
+        Some(entry) => json_response(&entry),
+        None => Error::ModelNotFound(id).into_response_for(ApiFlavor::OpenAi),
+    }
+}
+
+/// A model's entry: OpenAI's fields, then the route's backends, the context length where it is
+/// known (the local model's own; a cloud model's is the provider's to say) and its
+/// capabilities: chat, tools (a cloud backend calls them; the local model does not), vision,
+/// fill in the middle (the local model's `suffix`), embeddings.
+fn model_entry(state: &AppState, id: &str, created: u64) -> Option<Value> {
+    let Some(route) = state.config.routes.get(id) else {
+        return (id == LOCAL_EMBEDDING_MODEL).then(|| {
+            json!({"id": id, "object": "model", "created": created, "owned_by": "tandem",
+                   "backends": [], "context_length": LOCAL_EMBEDDING_MAX_TOKENS,
+                   "dimensions": LOCAL_EMBEDDING_DIM,
+                   "capabilities": {"chat": false, "tools": false, "vision": false,
+                                    "fim": false, "embeddings": true}})
+        });
+    };
+    let kinds: Vec<BackendKind> = route
+        .backends
+        .iter()
+        .filter_map(|b| state.config.backends.get(b).map(|c| c.kind))
+        .collect();
+    let local = kinds
+        .iter()
+        .any(|k| matches!(k, BackendKind::Local | BackendKind::Speculative));
+    let cloud = kinds
+        .iter()
+        .any(|k| !matches!(k, BackendKind::Local | BackendKind::Speculative));
+    let embeddings = kinds.iter().any(|k| {
+        matches!(
+            k,
+            BackendKind::OpenAi | BackendKind::OpenAiCompatible | BackendKind::Azure
+        )
+    });
+    let context_length = match (&state.local, local && !cloud) {
+        (Some(model), true) => model.engine().ok().map(|e| e.info().context_length),
+        _ => None,
+    };
+    Some(json!({
+        "id": id, "object": "model", "created": created,
+        "owned_by": route.backends.first().map(String::as_str).unwrap_or("tandem"),
+        "backends": route.backends,
+        "context_length": context_length,
+        "capabilities": {"chat": true, "tools": cloud, "vision": cloud, "fim": local,
+                         "embeddings": embeddings},
+    }))
 }
 
 /// `GET /healthz`: the process is up.

@@ -23,7 +23,13 @@ use crate::controls::{Controls, Ticket};
 use crate::handlers::read_body;
 
 /// The endpoints that run a model, and so are limited and billed.
-pub const CONTROLLED_PATHS: [&str; 3] = ["/v1/chat/completions", "/v1/messages", "/v1/completions"];
+pub const CONTROLLED_PATHS: [&str; 5] = [
+    "/v1/chat/completions",
+    "/v1/messages",
+    "/v1/completions",
+    "/v1/responses",
+    "/v1/embeddings",
+];
 
 /// What the controls read of a request body.
 #[derive(Debug, Default, Deserialize)]

@@ -53,6 +53,9 @@ pub struct RequestHints {
     pub route_slot: Option<RouteSlot>,
     /// The request's meter (bill, local compute, spans), when the observe layer opened one.
     pub meter: Option<Arc<crate::observe::RequestMeter>>,
+    /// The request's hold on its key's and route's token limiters, when the controls layer
+    /// admitted it with one.
+    pub ticket: Option<crate::controls::Ticket>,
     /// The request's `cache-control` directives for the response cache.
     pub cache: CacheDirective,
 }
@@ -67,6 +70,7 @@ impl RequestHints {
             .get::<ApiKeyDigest>()
             .map(ApiKeyDigest::to_hex);
         hints.route_slot = parts.extensions.get::<RouteSlot>().cloned();
+        hints.ticket = parts.extensions.get::<crate::controls::Ticket>().cloned();
         hints.meter = parts
             .extensions
             .get::<Arc<crate::observe::RequestMeter>>()
@@ -127,6 +131,7 @@ impl RequestHints {
             key_placement: None,
             route_slot: None,
             meter: None,
+            ticket: None,
             cache: CacheDirective::from_headers(headers),
         })
     }

@@ -2,6 +2,7 @@
 //! and the ratio. Not tests.
 
 mod cpu;
+mod embeddings;
 pub mod engine;
 mod local;
 mod nginx;
@@ -9,6 +10,7 @@ mod overhead;
 pub mod router;
 mod speculative;
 
+pub use embeddings::run_embeddings;
 pub use local::run_local;
 pub use overhead::{OverheadArgs, Proxy, run_overhead};
 pub use speculative::{BenchArgs, BenchReport, bench_speculative};

@@ -229,7 +229,11 @@ fn decode_block(block: &Value, bp: &str) -> Result<Option<ContentPart>, WireErro
                     ));
                 }
             };
-            ContentPart::Image { url, detail: None }
+            ContentPart::Image {
+                url,
+                detail: None,
+                param: Some(bp.to_owned()),
+            }
         }
         "tool_use" => ContentPart::ToolUse {
             id: json::req_str(obj, "id", &format!("{bp}.id"))?,

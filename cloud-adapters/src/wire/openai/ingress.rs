@@ -248,6 +248,7 @@ fn decode_content(
                                 out.push(ContentPart::Image {
                                     url: url.clone(),
                                     detail: None,
+                                    param: Some(pp),
                                 });
                                 continue;
                             }
@@ -257,6 +258,7 @@ fn decode_content(
                         out.push(ContentPart::Image {
                             url: json::req_str(image, "url", &format!("{ip}.url"))?,
                             detail: json::opt_str(image, "detail", &format!("{ip}.detail"))?,
+                            param: Some(pp),
                         });
                     }
                     other => {

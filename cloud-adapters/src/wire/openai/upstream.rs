@@ -257,7 +257,7 @@ fn push_upstream_messages<'a>(m: &'a Message, out: &mut Vec<UpstreamMessage<'a>>
     for part in &m.content {
         match part {
             ContentPart::Text { text } => parts.push(UpstreamPart::Text { text }),
-            ContentPart::Image { url, detail } => parts.push(UpstreamPart::ImageUrl {
+            ContentPart::Image { url, detail, .. } => parts.push(UpstreamPart::ImageUrl {
                 image_url: UpstreamImage {
                     url,
                     detail: detail.as_deref(),

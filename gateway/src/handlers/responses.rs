@@ -1,0 +1,414 @@
+//! OpenAI's Responses API: `POST /v1/responses` (decoded into the normalized request, run
+//! through dispatch like chat, encoded as a `response` object or its typed events; OpenAI's own
+//! Responses API gets the body as it came), and the stored responses: `GET` and `DELETE
+//! /v1/responses/{id}`, `GET /v1/responses/{id}/input_items`.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::response::Response;
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use tandem_cloud_adapters::openai::{
+    ResponseHead, ResponsesEncoder, ResponsesRequest, decode_responses_request, encode_response,
+};
+use tandem_cloud_adapters::{ByteStream, Message, Usage, sse};
+
+use super::chat::{Encoder, ResponseHook, encoded_sse_body, record_usage};
+use super::{
+    finish_response, json_bytes_response, json_response, read_body, request_id, sse_response,
+    wire_error,
+};
+use crate::context::FirstTokenDeadline;
+use crate::dispatch::{NativeResponses, ResponsesOutput, run_responses};
+use crate::error::{ApiFlavor, Error};
+use crate::executor::Forwarded;
+use crate::routing::RequestHints;
+use crate::state::AppState;
+use crate::stored_responses::{self, StoredResponse, output_message};
+
+/// `POST /v1/responses`.
+pub async fn create(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let id = request_id(&parts);
+    let decoded = match read_body(&parts, body).await {
+        Ok(bytes) => decode_responses_request(&bytes).map_err(wire_error),
+        Err(e) => Err(e),
+    };
+    let decoded = decoded
+        .and_then(|r| RequestHints::from_parts(id.0.clone(), &parts).map(|hints| (r, hints)));
+    let (request, hints) = match decoded {
+        Ok(d) => d,
+        Err(e) => return e.into_response_for(ApiFlavor::OpenAi),
+    };
+    let model = request.chat.model.clone();
+    let deadline = parts.extensions.get::<FirstTokenDeadline>().copied();
+    let (result, route) = answer(&state, request, &hints, deadline, &model).await;
+    let mut response = match result {
+        Ok(response) => response,
+        Err(e) => in_responses_terms(e).into_response_for(ApiFlavor::OpenAi),
+    };
+    let answered = response.status().is_success();
+    finish_response(&state, &mut response, &id, &route, model, answered);
+    response
+}
+
+/// Runs a decoded request: its previous response's conversation first, then dispatch.
+async fn answer(
+    state: &Arc<AppState>,
+    request: ResponsesRequest,
+    hints: &RequestHints,
+    deadline: Option<FirstTokenDeadline>,
+    model: &str,
+) -> (Result<Response, Error>, crate::dispatch::RouteInfo) {
+    let no_route = |e: Error| {
+        let route = crate::dispatch::RouteInfo::unrouted("no route");
+        (Err(e), route)
+    };
+    let previous = match &request.previous_response_id {
+        None => None,
+        Some(pid) => match stored_responses::load(&*state.store, pid).await {
+            Ok(Some(stored)) => Some(stored),
+            // Perhaps OpenAI's own: only its Responses API can continue it.
+            Ok(None) if route_passes_through(state, model) => None,
+            Ok(None) => {
+                return no_route(Error::ResponseNotFound {
+                    id: pid.clone(),
+                    param: Some("previous_response_id"),
+                });
+            }
+            Err(e) => return no_route(e),
+        },
+    };
+    let continues_ours = previous.is_some();
+    let mut conversation = previous.map(|p| p.conversation).unwrap_or_default();
+    let chat = request.chat_request(&conversation);
+    conversation.extend(request.chat.messages.iter().cloned());
+    let native = NativeResponses {
+        // A conversation stored here is ours to continue, not OpenAI's.
+        body: (!continues_ours).then_some(&request.body),
+        openai_only: request.openai_only.as_ref(),
+    };
+    let head = ResponseHead::new(model, echo(&request));
+    let (result, route) = run_responses(state, chat, native, hints, deadline).await;
+    let keep = request.store.then(|| Kept {
+        state: state.clone(),
+        input_items: request.input_items.clone(),
+        conversation,
+    });
+    // A whole answer is stored before it is sent, so a follow-up can name it at once.
+    let (result, keep) = match result {
+        Ok(ResponsesOutput::Whole(answer)) => {
+            record_usage(
+                state,
+                model,
+                &route.backend,
+                &answer.usage,
+                hints.meter.as_deref(),
+                hints.ticket.as_ref(),
+            );
+            let value = encode_response(&head, &answer);
+            if let Some(keep) = keep {
+                keep.save_now(value.clone()).await;
+            }
+            return (Ok(json_response(&value)), route);
+        }
+        other => (other, keep),
+    };
+    let response = result.map(|output| match output {
+        ResponsesOutput::Whole(_) => Error::Internal("a whole answer was answered above".into())
+            .into_response_for(ApiFlavor::OpenAi),
+        ResponsesOutput::Events(events) => {
+            let hook = keep.map(|keep| {
+                Box::new(move |encoder: &ResponsesEncoder| {
+                    if let Some(value) = encoder.response() {
+                        keep.save(value.clone());
+                    }
+                }) as ResponseHook
+            });
+            let encoder = Encoder::Responses(ResponsesEncoder::new(head), hook);
+            let body = encoded_sse_body(
+                state.clone(),
+                events,
+                encoder,
+                model.to_owned(),
+                route.backend.clone(),
+                hints.meter.clone(),
+                hints.ticket.clone(),
+            );
+            sse_response(body)
+        }
+        ResponsesOutput::Passed(Forwarded::Whole(body)) => {
+            record_usage(
+                state,
+                model,
+                &route.backend,
+                &passed_usage(&body),
+                hints.meter.as_deref(),
+                hints.ticket.as_ref(),
+            );
+            json_bytes_response(body)
+        }
+        ResponsesOutput::Passed(Forwarded::Stream(bytes)) => {
+            sse_response(Body::from_stream(never_silent(bytes)))
+        }
+    });
+    (response, route)
+}
+
+/// What is needed to store a response once it is whole.
+struct Kept {
+    state: Arc<AppState>,
+    input_items: Vec<Value>,
+    conversation: Vec<Message>,
+}
+
+impl Kept {
+    /// Stores `response` in the background (a stream's end does not wait for it).
+    fn save(self, response: Value) {
+        tokio::spawn(self.save_now(response));
+    }
+
+    /// Stores `response`; a failure is logged (the answer stands without it).
+    async fn save_now(self, response: Value) {
+        let mut conversation = self.conversation;
+        conversation.extend(output_message(&response));
+        let stored = StoredResponse {
+            response,
+            input_items: self.input_items,
+            conversation,
+        };
+        if let Err(e) = stored_responses::save(&*self.state.store, &stored).await {
+            tracing::warn!(error = %e, "cannot store a response");
+        }
+    }
+}
+
+/// Whether a backend of route `model` takes Responses requests as they are (OpenAI's own).
+fn route_passes_through(state: &AppState, model: &str) -> bool {
+    state.config.routes.get(model).is_some_and(|route| {
+        route.backends.iter().any(|b| {
+            state
+                .executors
+                .get(b)
+                .is_some_and(|e| e.passes_through(tandem_cloud_adapters::Api::Responses))
+        })
+    })
+}
+
+/// The request fields a `response` object echoes, with OpenAI's defaults.
+fn echo(r: &ResponsesRequest) -> Map<String, Value> {
+    let chat = &r.chat;
+    let mut m = Map::new();
+    m.insert("instructions".into(), json!(r.instructions));
+    m.insert("max_output_tokens".into(), json!(chat.max_tokens));
+    m.insert("metadata".into(), r.metadata.clone());
+    m.insert(
+        "parallel_tool_calls".into(),
+        json!(chat.parallel_tool_calls.unwrap_or(true)),
+    );
+    m.insert("previous_response_id".into(), json!(r.previous_response_id));
+    m.insert("reasoning".into(), json!({"effort": null, "summary": null}));
+    m.insert("store".into(), json!(r.store));
+    m.insert("temperature".into(), json!(chat.temperature.unwrap_or(1.0)));
+    m.insert("text".into(), r.text.clone());
+    m.insert("tool_choice".into(), r.tool_choice.clone());
+    m.insert("tools".into(), r.tools.clone());
+    m.insert("top_p".into(), json!(chat.top_p.unwrap_or(1.0)));
+    m.insert("truncation".into(), r.truncation.clone());
+    m.insert("user".into(), json!(chat.user));
+    m
+}
+
+/// An error about the normalized request, named as the Responses API names its fields.
+fn in_responses_terms(e: Error) -> Error {
+    let rename = |param: &str| -> Option<String> {
+        let renamed = match param {
+            "response_format" => "text.format",
+            "max_tokens" => "max_output_tokens",
+            "messages" => "input",
+            _ => return None,
+        };
+        Some(renamed.to_owned())
+    };
+    match e {
+        Error::Unsupported { message, param } => match rename(&param) {
+            Some(p) => Error::Unsupported {
+                message: message.replace(&format!("`{param}`"), &format!("`{p}`")),
+                param: p,
+            },
+            None => Error::Unsupported { message, param },
+        },
+        Error::InvalidRequest {
+            message,
+            param: Some(param),
+            code,
+        } => Error::InvalidRequest {
+            param: Some(rename(&param).unwrap_or(param)),
+            message,
+            code,
+        },
+        other => other,
+    }
+}
+
+/// The usage of a `response` object passed on from OpenAI.
+fn passed_usage(body: &[u8]) -> Usage {
+    let v: Value = serde_json::from_slice(body).unwrap_or_default();
+    let n = |v: &Value| v.as_u64().unwrap_or(0);
+    let u = &v["usage"];
+    Usage {
+        prompt_tokens: n(&u["input_tokens"]),
+        completion_tokens: n(&u["output_tokens"]),
+        cached_prompt_tokens: n(&u["input_tokens_details"]["cached_tokens"]),
+        reasoning_tokens: n(&u["output_tokens_details"]["reasoning_tokens"]),
+        ..Usage::default()
+    }
+}
+
+/// An upstream Responses stream passed on as it came; a cut (an error, or an end before a
+/// terminal event) ends with an `error` event.
+fn never_silent(bytes: ByteStream) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
+    struct Watch {
+        bytes: ByteStream,
+        tail: Vec<u8>,
+        ended: bool,
+        done: bool,
+    }
+    const TERMINAL: [&[u8]; 4] = [
+        b"response.completed",
+        b"response.failed",
+        b"response.incomplete",
+        b"event: error",
+    ];
+    let watch = Watch {
+        bytes,
+        tail: Vec::new(),
+        ended: false,
+        done: false,
+    };
+    futures::stream::unfold(watch, |mut w| async move {
+        if w.done {
+            return None;
+        }
+        match w.bytes.next().await {
+            Some(Ok(chunk)) => {
+                // The chunk with the end of the last one, so a marker split between them counts.
+                let keep = w.tail.len().saturating_sub(32);
+                w.tail.drain(..keep);
+                w.tail.extend_from_slice(&chunk);
+                if TERMINAL
+                    .iter()
+                    .any(|t| w.tail.windows(t.len()).any(|win| win == *t))
+                {
+                    w.ended = true;
+                }
+                Some((Ok(chunk), w))
+            }
+            Some(Err(e)) => {
+                w.done = true;
+                Some((Ok(cut_event(&e.message)), w))
+            }
+            None => {
+                w.done = true;
+                (!w.ended).then(|| (Ok(cut_event("the upstream stream ended early")), w))
+            }
+        }
+    })
+}
+
+fn cut_event(message: &str) -> Bytes {
+    let data = json!({"type": "error", "code": "stream_cut", "message": message, "param": null});
+    sse::encode_event(Some("error"), &data.to_string())
+}
+
+/// `GET /v1/responses/{id}`.
+pub async fn get(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    match stored(&state, &id).await {
+        Ok(s) => json_response(&s.response),
+        Err(e) => e.into_response_for(ApiFlavor::OpenAi),
+    }
+}
+
+/// `DELETE /v1/responses/{id}`.
+pub async fn delete(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    match stored_responses::delete(&*state.store, &id).await {
+        Ok(true) => {
+            json_response(&json!({"id": id, "object": "response.deleted", "deleted": true}))
+        }
+        Ok(false) => {
+            Error::ResponseNotFound { id, param: None }.into_response_for(ApiFlavor::OpenAi)
+        }
+        Err(e) => e.into_response_for(ApiFlavor::OpenAi),
+    }
+}
+
+/// The query of `GET /v1/responses/{id}/input_items`.
+#[derive(Debug, Deserialize)]
+pub struct ItemsQuery {
+    /// `asc` or `desc` (the default, as OpenAI's).
+    order: Option<String>,
+    /// Items per page, 1 to 100 (20 by default).
+    limit: Option<usize>,
+    /// The item id the page starts after.
+    after: Option<String>,
+}
+
+/// `GET /v1/responses/{id}/input_items`.
+pub async fn input_items(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    Query(query): Query<ItemsQuery>,
+) -> Response {
+    let page = async {
+        let stored = stored(&state, &id).await?;
+        let limit = query.limit.unwrap_or(20);
+        if !(1..=100).contains(&limit) {
+            return Err(Error::invalid(
+                "'limit' must be between 1 and 100",
+                Some("limit"),
+            ));
+        }
+        let mut items = stored.input_items;
+        match query.order.as_deref() {
+            None | Some("desc") => items.reverse(),
+            Some("asc") => {}
+            Some(other) => {
+                return Err(Error::invalid(
+                    format!("invalid 'order' '{other}': expected asc or desc"),
+                    Some("order"),
+                ));
+            }
+        }
+        if let Some(after) = &query.after {
+            let at = items
+                .iter()
+                .position(|i| i["id"] == after.as_str())
+                .ok_or_else(|| Error::invalid(format!("no input item '{after}'"), Some("after")))?;
+            items.drain(..=at);
+        }
+        let has_more = items.len() > limit;
+        items.truncate(limit);
+        Ok(json!({"object": "list", "data": items,
+                  "first_id": items.first().map(|i| i["id"].clone()),
+                  "last_id": items.last().map(|i| i["id"].clone()),
+                  "has_more": has_more}))
+    }
+    .await;
+    match page {
+        Ok(v) => json_response(&v),
+        Err(e) => e.into_response_for(ApiFlavor::OpenAi),
+    }
+}
+
+async fn stored(state: &AppState, id: &str) -> Result<StoredResponse, Error> {
+    stored_responses::load(&*state.store, id)
+        .await?
+        .ok_or_else(|| Error::ResponseNotFound {
+            id: id.to_owned(),
+            param: None,
+        })
+}
