@@ -42,23 +42,6 @@ trap cleanup EXIT
 export TANDEM_TEST_REDIS_URL="redis://127.0.0.1:$redis_port/"
 log "redis on 127.0.0.1:$redis_port"
 
-# The official OpenAI and Anthropic Python SDKs, in a venv, for the tests that read Tandem's
-# answers with them (the tests skip with a message without TANDEM_TEST_PYTHON).
-venv="${TANDEM_TEST_VENV:-target/py}"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import openai, anthropic" 2>/dev/null; then
-    log "installing the openai and anthropic SDKs into $venv"
-    if ! python3 -m venv "$venv" 2>/dev/null; then
-        sudo_cmd=""
-        [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
-        $sudo_cmd apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq python3-venv >/dev/null
-        python3 -m venv "$venv"
-    fi
-    "$venv/bin/pip" install -q --upgrade openai anthropic
-fi
-TANDEM_TEST_PYTHON="$(cd "$venv" && pwd)/bin/python"
-export TANDEM_TEST_PYTHON
-
 # One build of every test and of the `tandem` binary with the features the tests use, so no
 # crate is compiled twice.
 if cargo nextest --version >/dev/null 2>&1; then
@@ -76,8 +59,8 @@ if ! command -v python3 >/dev/null 2>&1; then
 fi
 python3 scripts/check-cycles.py
 
-# The official `openai` and `anthropic` Python SDKs in a venv, for the API-surface tests
-# (tests/py/, run from tests/tests/api_surface.rs through TANDEM_TEST_PYTHON).
+# The official `openai` and `anthropic` Python SDKs in a venv, for the tests that read Tandem's
+# answers with them (tests/py/ and tests/sdk/, through TANDEM_TEST_PYTHON; they skip without it).
 venv=${TANDEM_TEST_VENV:-${CARGO_TARGET_DIR:-target}/py}
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
     log "installing python3-venv"
@@ -91,7 +74,8 @@ if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade openai anthropic
-export TANDEM_TEST_PYTHON="$venv/bin/python"
+TANDEM_TEST_PYTHON="$(cd "$venv" && pwd)/bin/python"
+export TANDEM_TEST_PYTHON
 
 log "building tandem and the tests"
 run_tests --no-run
