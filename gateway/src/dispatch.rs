@@ -20,19 +20,25 @@ use crate::context::{FirstTokenDeadline, RouteSlot};
 use crate::error::Error;
 use crate::executor::cascade::{CascadeExecutor, CascadeOutcome};
 use crate::executor::local::LocalExecutor;
+use crate::executor::redact::RedactingExecutor;
 use crate::executor::{CompletionCall, CompletionOutput, Executor};
 use crate::metrics::BackendLabels;
+use crate::privacy::{PrivacyNote, Screened};
 use crate::resilience::{Admission, Outcome, Resilience};
 use crate::routing::{LiveBackend, Planned, RequestHints, placement_for};
 use crate::state::AppState;
 
 /// Which backend answered and why.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RouteInfo {
     /// The backend's config name (empty when none was reached).
     pub backend: String,
     /// The explanation sent in `x-tandem-route`.
     pub explanation: String,
+    /// Every backend the request was sent to, in order (for the audit log).
+    pub tried: Vec<String>,
+    /// What the privacy step did, when it did anything.
+    pub privacy: Option<PrivacyNote>,
 }
 
 impl RouteInfo {
@@ -149,6 +155,7 @@ async fn with_fallback<T, F, Fut>(
     state: &AppState,
     tries: Tries,
     slot: Option<&RouteSlot>,
+    tried: &mut Vec<String>,
     mut attempt: F,
 ) -> (Result<T, Error>, RouteInfo)
 where
@@ -190,6 +197,9 @@ where
             return failure(reason, backend, e, decided);
         }
         let mut retry = 0;
+        if !tried.contains(&backend) {
+            tried.push(backend.clone());
+        }
         loop {
             let final_try = last && retry >= retries;
             let result = attempt(executor.clone(), final_try).await;
@@ -210,6 +220,7 @@ where
                         RouteInfo {
                             backend,
                             explanation,
+                            ..RouteInfo::default()
                         },
                     );
                 }
@@ -281,8 +292,8 @@ where
         None => (
             Err(Error::Internal("route has no backends".into())),
             RouteInfo {
-                backend: String::new(),
                 explanation: reason,
+                ..RouteInfo::default()
             },
         ),
     }
@@ -305,6 +316,7 @@ fn failure<T>(
         RouteInfo {
             backend,
             explanation,
+            ..RouteInfo::default()
         },
     )
 }
@@ -331,6 +343,8 @@ struct Plan {
     reason: String,
     planned: Option<Planned>,
     cascade: Option<Arc<CascadeExecutor>>,
+    /// What the privacy step did, noted in the header and the logs.
+    privacy: Option<PrivacyNote>,
 }
 
 impl Plan {
@@ -358,7 +372,33 @@ impl Plan {
             reason: self.reason.clone(),
             decided: self.planned.is_some(),
         };
-        with_fallback(state, tries, slot, attempt).await
+        let mut tried = Vec::new();
+        let (result, mut route) = with_fallback(state, tries, slot, &mut tried, attempt).await;
+        route.tried = tried;
+        if let Some(note) = &self.privacy {
+            route.explanation = format!("{}; {}", route.explanation, note.header());
+            route.privacy = Some(note.clone());
+        }
+        (result, route)
+    }
+
+    /// Puts every executor that may send the request off this host (a cloud backend, a
+    /// cascade that escalates to one) behind the redaction of `screened`.
+    fn redact(&mut self, screened: Screened) {
+        let Some((redaction, redacted)) = screened.redacted else {
+            return;
+        };
+        let cascade = self.cascade.as_ref().map(|c| Arc::as_ptr(c) as *const ());
+        for executor in &mut self.executors {
+            let is_cascade = cascade == Some(Arc::as_ptr(executor) as *const ());
+            if executor.kind() != BackendKind::Local || is_cascade {
+                *executor = Arc::new(RedactingExecutor::new(
+                    executor.clone(),
+                    redaction.clone(),
+                    redacted.clone(),
+                ));
+            }
+        }
     }
 }
 
@@ -397,10 +437,92 @@ fn no_route(e: Error) -> (Error, RouteInfo) {
     (
         e,
         RouteInfo {
-            backend: String::new(),
             explanation: "no route".into(),
+            ..RouteInfo::default()
         },
     )
+}
+
+/// The privacy step, then the plan: a blocked request ends here, a forced-local one is planned
+/// on the local model alone, a redacted one puts its off-host backends behind the redaction.
+async fn screened_plan(
+    state: &AppState,
+    request: &ChatRequest,
+    hints: &RequestHints,
+    legacy: bool,
+) -> Result<Plan, (Error, RouteInfo)> {
+    let screened = match crate::privacy::screen(&state.config, request, hints, legacy) {
+        Ok(s) => s,
+        Err((e, note)) => {
+            log_privacy(state, hints, &request.model, &note);
+            return Err((
+                e,
+                RouteInfo {
+                    explanation: format!("no backend; {}", note.header()),
+                    privacy: Some(note),
+                    ..RouteInfo::default()
+                },
+            ));
+        }
+    };
+    let note = screened.note();
+    let mut plan = if screened.force_local() {
+        local_plan(state, &request.model).map_err(no_route)?
+    } else {
+        plan(state, request, hints).await?
+    };
+    if plan.planned.is_none()
+        && let Some(note) = &note
+    {
+        log_privacy(state, hints, &request.model, note);
+    }
+    plan.privacy = note;
+    plan.redact(screened);
+    Ok(plan)
+}
+
+/// A decision-log line for a request the policy did not decide on, when the route is learned.
+fn log_privacy(state: &AppState, hints: &RequestHints, model: &str, note: &PrivacyNote) {
+    let learned = state
+        .config
+        .routes
+        .get(model)
+        .is_some_and(|r| r.policy == RoutePolicy::Learned);
+    if let (Some(policy), true) = (&state.policy, learned) {
+        policy.log_event(
+            &hints.request_id,
+            json!({"model": model, "privacy": note.to_json()}),
+        );
+    }
+}
+
+/// The plan of a request the privacy step keeps on this host: the local model alone, whatever
+/// the route's backends (a route without a local model still gets an answer that never left).
+fn local_plan(state: &AppState, model: &str) -> Result<Plan, Error> {
+    if !state.config.routes.contains_key(model) {
+        return Err(Error::ModelNotFound(model.to_owned()));
+    }
+    let local = state
+        .executors
+        .values()
+        .find(|e| e.kind() == BackendKind::Local)
+        .cloned()
+        .ok_or_else(|| Error::InvalidRequest {
+            message: format!(
+                "the request holds sensitive data that must stay on this host, and no local model is configured to serve model `{model}`"
+            ),
+            param: None,
+            code: Some("no_backend_allowed"),
+        })?;
+    Ok(Plan {
+        executors: vec![local],
+        fallback: false,
+        local_fallback: false,
+        reason: format!("route {model}"),
+        planned: None,
+        cascade: None,
+        privacy: None,
+    })
 }
 
 async fn plan(
@@ -426,6 +548,7 @@ async fn plan(
                 reason: format!("route {model}"),
                 planned: None,
                 cascade: None,
+                privacy: None,
             });
         }
     };
@@ -462,8 +585,8 @@ async fn plan(
         return Err((
             error,
             RouteInfo {
-                backend: String::new(),
                 explanation: header,
+                ..RouteInfo::default()
             },
         ));
     }
@@ -522,6 +645,7 @@ async fn plan(
         reason: header,
         planned: Some(planned),
         cascade,
+        privacy: None,
     })
 }
 
@@ -628,6 +752,9 @@ fn finish_plan<T>(
     }
     if let Err(e) = result {
         line["error"] = e.metric_label().into();
+    }
+    if let Some(note) = &plan.privacy {
+        line["privacy"] = note.to_json();
     }
     Some(PendingLog {
         policy: policy.clone(),
@@ -785,7 +912,7 @@ where
     Fut: std::future::Future<Output = Result<T, Error>>,
 {
     let model = request.model.clone();
-    let plan = match plan(state, &request, hints).await {
+    let plan = match screened_plan(state, &request, hints, false).await {
         Ok(p) => p,
         Err((e, route)) => return (Err(e), route),
     };
@@ -845,7 +972,7 @@ pub async fn run_completion(
     first_token: Option<FirstTokenDeadline>,
 ) -> (Result<CompletionOutput, Error>, RouteInfo) {
     let model = call.request.model.as_str();
-    let plan = match plan(state, &call.policy_view(), hints).await {
+    let plan = match screened_plan(state, &call.policy_view(), hints, true).await {
         Ok(p) => p,
         Err((e, route)) => return (Err(e), route),
     };
@@ -879,7 +1006,7 @@ pub async fn run_stream(
     first_token: Option<FirstTokenDeadline>,
 ) -> (Result<EventStream, Error>, RouteInfo) {
     let model = request.model.clone();
-    let plan = match plan(state, &request, hints).await {
+    let plan = match screened_plan(state, &request, hints, false).await {
         Ok(p) => p,
         Err((e, route)) => return (Err(e), route),
     };
@@ -987,6 +1114,7 @@ mod tests {
         let route = RouteInfo {
             backend: "cloud".into(),
             explanation: explanation.into(),
+            ..RouteInfo::default()
         };
         route
             .header_value()

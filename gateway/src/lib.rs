@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod config;
 pub mod context;
 pub mod dispatch;
@@ -12,6 +13,7 @@ pub mod handlers;
 pub mod log_fields;
 pub mod metrics;
 pub mod middleware;
+pub mod privacy;
 pub mod providers;
 pub mod redis_store;
 pub mod resilience;

@@ -1,4 +1,4 @@
-//! The `tandem` command line: serve, config, models, router and bench.
+//! The `tandem` command line: serve, config, models, router, bench and audit.
 
 #![forbid(unsafe_code)]
 
@@ -41,6 +41,20 @@ enum Command {
     Router(LabArgs),
     /// Benchmarks (not tests): print a table with the peer and the ratio.
     Bench(LabArgs),
+    /// Check the tamper-evident audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain of audit log files (the active one and its rotated ones, in any
+    /// order); name the first broken record and exit non-zero on a break.
+    Verify {
+        /// The files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -156,6 +170,26 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Router(args) => run_lab("router", args),
         Command::Bench(args) => run_lab("bench", args),
+        Command::Audit(AuditCommand::Verify { files }) => {
+            match tandem_gateway::audit::verify(&files) {
+                Ok(v) => {
+                    let range = v
+                        .seqs
+                        .map_or("none".to_owned(), |(a, b)| format!("{a}..={b}"));
+                    let end = if v.head_checked {
+                        "its end matches the head file"
+                    } else {
+                        "no head file found, so records cut off the end would not show"
+                    };
+                    out(&format!(
+                        "ok: {} records in {} file(s), records {range}, chain intact; {end}",
+                        v.records, v.files
+                    ));
+                    Ok(())
+                }
+                Err(broken) => bail!("audit chain broken at {broken}"),
+            }
+        }
     }
 }
 

@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tower::ServiceBuilder;
 
+use crate::audit::AuditLog;
 use crate::config::{BackendConfig, BackendKind, Config, LocalConfig};
 use crate::error::Error;
 use crate::executor::Executor;
@@ -154,7 +155,11 @@ pub fn build_state(config: Config, options: &GatewayOptions) -> Result<Arc<AppSt
             .filter(|(_, b)| b.kind != BackendKind::Local)
             .map(|(name, _)| name.as_str()),
     );
+    let audit = AuditLog::open(&config.audit)
+        .map_err(|e| crate::error::Error::Internal(format!("audit log: {e}")))?
+        .map(Arc::new);
     Ok(Arc::new(AppState {
+        audit,
         policy,
         resilience,
         config: Arc::new(config),

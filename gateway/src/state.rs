@@ -8,6 +8,7 @@ use parking_lot::Mutex;
 use tandem_router_policy::Feedback;
 use tandem_router_policy::recent::RecentMap;
 
+use crate::audit::AuditLog;
 use crate::config::{BackendKind, Config};
 use crate::executor::Executor;
 use crate::executor::local::LocalModel;
@@ -91,6 +92,8 @@ pub struct AppState {
     /// The learned routing policy (None when it could not be loaded; learned routes then run
     /// in config order).
     pub policy: Option<Arc<LearnedRouting>>,
+    /// The tamper-evident audit log, when `[audit] path` is set.
+    pub audit: Option<Arc<AuditLog>>,
 }
 
 impl AppState {

@@ -3,6 +3,7 @@
 //! whole or streamed in pieces.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::detector::{Detector, Finding, Kind};
 
@@ -70,47 +71,103 @@ impl Redaction {
 
     /// `text` with every placeholder of this redaction put back.
     pub fn restore(&self, text: &str) -> String {
-        let mut r = self.restorer();
-        let mut out = r.push(text);
-        out.push_str(&r.finish());
+        self.restore_as(text, false)
+    }
+
+    /// `json_text` (JSON, such as a tool call's arguments) with every placeholder put back as
+    /// the inside of a JSON string: quotes, backslashes and control characters escaped.
+    pub fn restore_json(&self, json_text: &str) -> String {
+        self.restore_as(json_text, true)
+    }
+
+    fn restore_as(&self, text: &str, json: bool) -> String {
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(lt) = rest.find('<') {
+            out.push_str(&rest[..lt]);
+            let candidate = &rest[lt..];
+            let close = candidate.bytes().take(self.longest).position(|c| c == b'>');
+            match close.and_then(|c| self.originals.get(&candidate[..=c]).map(|o| (o, c + 1))) {
+                Some((original, len)) => {
+                    if json {
+                        escape_json_into(original, &mut out);
+                    } else {
+                        out.push_str(original);
+                    }
+                    rest = &candidate[len..];
+                }
+                None => {
+                    out.push('<');
+                    rest = &candidate[1..];
+                }
+            }
+        }
+        out.push_str(rest);
         out
     }
 
-    /// A restorer for a streamed answer.
-    pub fn restorer(&self) -> Restorer<'_> {
+    /// A restorer for an answer streamed in pieces.
+    pub fn restorer(self: &Arc<Self>) -> Restorer {
         Restorer {
-            redaction: self,
+            redaction: self.clone(),
             held: String::new(),
+            json: false,
         }
     }
 
-    fn original(&self, placeholder: &str) -> Option<&str> {
-        self.originals.get(placeholder).map(String::as_str)
+    /// A restorer for JSON streamed in pieces (see [`Redaction::restore_json`]).
+    pub fn json_restorer(self: &Arc<Self>) -> Restorer {
+        Restorer {
+            json: true,
+            ..self.restorer()
+        }
+    }
+}
+
+/// Appends `s` as the inside of a JSON string.
+fn escape_json_into(s: &str, out: &mut String) {
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
     }
 }
 
 /// Restores placeholders in text that arrives in pieces. A piece that ends inside what may be a
 /// placeholder (`<EMA`) is held back until the next piece completes it or shows it is not one.
 #[derive(Debug)]
-pub struct Restorer<'a> {
-    redaction: &'a Redaction,
+pub struct Restorer {
+    redaction: Arc<Redaction>,
     held: String,
+    /// Whether the text is JSON (originals go in escaped).
+    json: bool,
 }
 
-impl Restorer<'_> {
+impl Restorer {
     /// The restored text that can be released after `piece`.
     pub fn push(&mut self, piece: &str) -> String {
         let mut text = std::mem::take(&mut self.held);
         text.push_str(piece);
         let keep_from = self.partial_tail(&text);
         self.held = text.split_off(keep_from);
-        self.replace(&text)
+        self.redaction.restore_as(&text, self.json)
     }
 
     /// Whatever is still held back, restored as far as it can be (the answer ended).
     pub fn finish(&mut self) -> String {
         let text = std::mem::take(&mut self.held);
-        self.replace(&text)
+        self.redaction.restore_as(&text, self.json)
+    }
+
+    /// Whether text is held back.
+    pub fn holds(&self) -> bool {
+        !self.held.is_empty()
     }
 
     /// Where a possible unfinished placeholder starts at the end of `text` (its length if none).
@@ -124,35 +181,6 @@ impl Restorer<'_> {
                 .bytes()
                 .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == b'_');
         if could_be { lt } else { text.len() }
-    }
-
-    fn replace(&self, text: &str) -> String {
-        let mut out = String::with_capacity(text.len());
-        let mut rest = text;
-        while let Some(lt) = rest.find('<') {
-            out.push_str(&rest[..lt]);
-            let candidate = &rest[lt..];
-            let close = candidate
-                .bytes()
-                .take(self.redaction.longest)
-                .position(|c| c == b'>');
-            match close.and_then(|c| {
-                self.redaction
-                    .original(&candidate[..=c])
-                    .map(|o| (o, c + 1))
-            }) {
-                Some((original, len)) => {
-                    out.push_str(original);
-                    rest = &candidate[len..];
-                }
-                None => {
-                    out.push('<');
-                    rest = &candidate[1..];
-                }
-            }
-        }
-        out.push_str(rest);
-        out
     }
 }
 
@@ -172,11 +200,26 @@ mod tests {
     }
 
     #[test]
+    fn json_restoration_escapes_the_original() {
+        let d = Detector::builtin();
+        let key = "-----BEGIN PRIVATE KEY-----\nMII\"x\n-----END PRIVATE KEY-----";
+        let mut r = Redaction::new();
+        let redacted = r.apply(&d, key, &d.scan(key));
+        assert_eq!(redacted, "<SECRET_1>");
+        let json = format!("{{\"k\":\"{redacted}\"}}");
+        assert_eq!(
+            r.restore_json(&json),
+            r#"{"k":"-----BEGIN PRIVATE KEY-----\nMII\"x\n-----END PRIVATE KEY-----"}"#
+        );
+    }
+
+    #[test]
     fn a_placeholder_split_across_pieces_is_restored() {
         let d = Detector::builtin();
         let text = "to a@b.io and c@d.io <3 <EMAIL_9> <";
         let mut r = Redaction::new();
         let redacted = r.apply(&d, text, &d.scan(text));
+        let r = Arc::new(r);
         // Every split into pieces of every size gives the original back.
         for size in 1..redacted.len() {
             let mut restorer = r.restorer();

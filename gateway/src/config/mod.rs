@@ -1,6 +1,7 @@
 //! `tandem.toml`: parsed into raw structs, overridden from `TANDEM__SECTION__KEY` variables, then
 //! validated into the runtime [`Config`]. Every error names the path it is about.
 
+pub mod privacy;
 pub mod raw;
 pub mod resilience;
 pub mod router;
@@ -21,6 +22,7 @@ pub use tandem_router_policy::Price;
 
 use crate::speculative::{DelayConfig, ScoringMode, VerifyProtocol};
 
+pub use privacy::{AuditSettings, PrivacyAction, PrivacySettings};
 use raw::{RawBackend, RawConfig};
 pub use resilience::ResilienceSettings;
 pub use router::{BackendProfileConfig, CascadeJudge, PolicyRules, RoutePolicy, RouterSettings};
@@ -207,6 +209,8 @@ pub struct RouteConfig {
     pub rules: PolicyRules,
     /// Cascade confidence threshold replacing the router's.
     pub cascade_threshold: Option<f32>,
+    /// What happens when the detectors find sensitive data; `[privacy] default` when None.
+    pub privacy: Option<PrivacyAction>,
 }
 
 impl RouteConfig {
@@ -218,6 +222,7 @@ impl RouteConfig {
             policy: RoutePolicy::Fixed,
             rules: PolicyRules::default(),
             cascade_threshold: None,
+            privacy: None,
         }
     }
 }
@@ -304,6 +309,10 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// The `[resilience]` section.
     pub resilience: ResilienceSettings,
+    /// The `[privacy]` section.
+    pub privacy: PrivacySettings,
+    /// The `[audit]` section.
+    pub audit: AuditSettings,
 }
 
 impl Config {
@@ -435,6 +444,8 @@ impl Config {
 
         let router_settings = router::validate_router(raw.router)?;
         let resilience = resilience::validate_resilience(raw.resilience)?;
+        let privacy = privacy::validate_privacy(raw.privacy)?;
+        let audit = privacy::validate_audit(raw.audit)?;
         let mut routes = BTreeMap::new();
         for (model, r) in raw.routes {
             if r.backends.is_empty() {
@@ -482,6 +493,7 @@ impl Config {
                     mu_per_s: r.mu_per_s,
                     target_cloud_share: r.target_cloud_share,
                     latency_slo_ms: r.latency_slo_ms,
+                    privacy: None,
                 },
                 router_settings.policy.weights,
             )?;
@@ -530,6 +542,11 @@ impl Config {
                     ),
                 ));
             }
+            let privacy = r
+                .privacy
+                .as_deref()
+                .map(|p| PrivacyAction::parse(p, &format!("routes.{model}.privacy")))
+                .transpose()?;
             routes.insert(
                 model,
                 RouteConfig {
@@ -538,6 +555,7 @@ impl Config {
                     policy,
                     rules,
                     cascade_threshold,
+                    privacy,
                 },
             );
         }
@@ -599,6 +617,8 @@ impl Config {
             cache_dir: raw.cache_dir.map(PathBuf::from),
             redis_url,
             resilience,
+            privacy,
+            audit,
         })
     }
 
@@ -684,6 +704,8 @@ fn unreachable_default() -> Config {
         cache_dir: None,
         redis_url: None,
         resilience: ResilienceSettings::default(),
+        privacy: PrivacySettings::default(),
+        audit: AuditSettings::default(),
     }
 }
 

@@ -28,6 +28,12 @@ pub struct RawConfig {
     /// `[resilience]`: retries, breakers, local fallback, shutdown grace.
     #[serde(default)]
     pub resilience: RawResilience,
+    /// `[privacy]`: sensitive-data detectors and the default action.
+    #[serde(default)]
+    pub privacy: RawPrivacy,
+    /// `[audit]`: the tamper-evident request log.
+    #[serde(default)]
+    pub audit: RawAudit,
     /// Where models and other artifacts are cached.
     pub cache_dir: Option<String>,
     /// Redis for shared state; in-memory when absent.
@@ -164,6 +170,8 @@ pub struct RawRoute {
     pub latency_slo_ms: Option<f64>,
     /// Cascade confidence threshold for this route, replacing `router.cascade_threshold`.
     pub cascade_threshold: Option<f32>,
+    /// `off`, `redact`, `block` or `force-local` when the detectors find sensitive data.
+    pub privacy: Option<String>,
 }
 
 /// Hard rules and weights, per route or per API key.
@@ -180,6 +188,9 @@ pub struct RawPolicyRules {
     pub target_cloud_share: Option<f32>,
     /// Backends predicted slower than this end to end are excluded.
     pub latency_slo_ms: Option<f64>,
+    /// `off`, `redact`, `block` or `force-local` when the detectors find sensitive data (API
+    /// keys only; a route has its own `privacy` field).
+    pub privacy: Option<String>,
 }
 
 /// `[router]`.
@@ -258,4 +269,31 @@ pub struct RawResilience {
     pub local_fallback: Option<bool>,
     /// How long in-flight requests may run on after SIGTERM, ms.
     pub shutdown_grace_ms: Option<u64>,
+}
+
+/// `[privacy]`: which detectors run and what routes without their own `privacy` do.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrivacy {
+    /// The action of routes that name none: `off` (the default), `redact`, `block`,
+    /// `force-local`.
+    pub default: Option<String>,
+    /// Built-in detectors to run; all when absent.
+    pub detectors: Option<Vec<String>>,
+    /// Named regular expressions; the name labels the placeholder (`<EMPLOYEE_ID_1>`).
+    #[serde(default)]
+    pub patterns: BTreeMap<String, String>,
+    /// Words and phrases matched whole, case-insensitively.
+    #[serde(default)]
+    pub terms: Vec<String>,
+}
+
+/// `[audit]`: the tamper-evident request log.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    /// The active JSONL file; no audit log when absent.
+    pub path: Option<String>,
+    /// Size in bytes at which the file is rotated.
+    pub max_bytes: Option<u64>,
 }

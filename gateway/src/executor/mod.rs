@@ -8,6 +8,7 @@ pub mod completion;
 pub mod engine;
 pub mod local;
 pub mod local_completion;
+pub mod redact;
 
 use async_trait::async_trait;
 use futures::StreamExt;

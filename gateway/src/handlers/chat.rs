@@ -19,7 +19,8 @@ use tandem_cloud_adapters::{
 use super::{
     finish_response, json_bytes_response, read_body, request_id, sse_response, wire_error,
 };
-use crate::context::FirstTokenDeadline;
+use crate::audit::PendingAudit;
+use crate::context::{ApiKeyDigest, FirstTokenDeadline};
 use crate::dispatch::{run_chat, run_chat_completion, run_stream};
 use crate::error::{ApiFlavor, Error};
 use crate::metrics::BackendLabels;
@@ -54,27 +55,53 @@ async fn handle(state: Arc<AppState>, request: Request, format: WireFormat) -> R
         Err(e) => Err(e),
     };
     let id = request_id(&parts);
+    let mut audit = PendingAudit {
+        request_id: id.0.clone(),
+        key: parts
+            .extensions
+            .get::<ApiKeyDigest>()
+            .map(ApiKeyDigest::to_hex),
+        endpoint: match format {
+            WireFormat::OpenAi => "/v1/chat/completions",
+            WireFormat::Anthropic => "/v1/messages",
+        },
+        model: String::new(),
+        status: 0,
+        route: Default::default(),
+    };
     let hints = decoded
         .and_then(validate)
         .and_then(|c| RequestHints::from_parts(id.0.clone(), &parts).map(|h| (c, h)));
     let (chat, hints) = match hints {
         Ok(c) => c,
-        Err(e) => return e.into_response_for(flavor),
+        Err(e) => {
+            let response = e.into_response_for(flavor);
+            audit.status = response.status().as_u16();
+            write_audit(&state, &audit, None, 0.0);
+            return response;
+        }
     };
     let model = chat.model.clone();
+    audit.model = model.clone();
     let (mut response, route) = if chat.stream {
         let deadline = parts.extensions.get::<FirstTokenDeadline>().copied();
         let include_usage = chat.include_usage;
         let (result, route) = run_stream(&state, chat, &hints, deadline).await;
         match result {
             Ok(events) => {
-                let body = sse_body(
+                audit.status = 200;
+                audit.route = route.clone();
+                let encoder = match format {
+                    WireFormat::OpenAi => Encoder::OpenAi(openai::ChunkEncoder::new(include_usage)),
+                    WireFormat::Anthropic => Encoder::Anthropic(anthropic::EventEncoder::new()),
+                };
+                let body = sse_stream_body(
                     state.clone(),
                     events,
-                    format,
-                    include_usage,
+                    encoder,
                     model.clone(),
                     route.backend.clone(),
+                    Some(audit.clone()),
                 );
                 (sse_response(body), route)
             }
@@ -96,12 +123,21 @@ async fn handle(state: Arc<AppState>, request: Request, format: WireFormat) -> R
         };
         match result {
             Ok((body, usage)) => {
-                record_usage(&state, &model, &route.backend, &usage);
+                let cost = record_usage(&state, &model, &route.backend, &usage);
+                audit.status = 200;
+                audit.route = route.clone();
+                write_audit(&state, &audit, Some(&usage), cost);
+                audit.status = 0;
                 (json_bytes_response(body), route)
             }
             Err(e) => (e.into_response_for(flavor), route),
         }
     };
+    if audit.status == 0 && !response.status().is_success() {
+        audit.status = response.status().as_u16();
+        audit.route = route.clone();
+        write_audit(&state, &audit, None, 0.0);
+    }
     let answered = response.status().is_success();
     finish_response(&state, &mut response, &id, &route, model, answered);
     response
@@ -128,8 +164,16 @@ fn validate(chat: ChatRequest) -> Result<ChatRequest, Error> {
     Ok(chat)
 }
 
-/// Counts tokens and cost from what `backend` reported, on `route` (the model id asked for).
-pub fn record_usage(state: &AppState, route: &str, backend: &str, usage: &Usage) {
+/// Writes a request's audit record when the audit log is on.
+fn write_audit(state: &AppState, audit: &PendingAudit, usage: Option<&Usage>, cost: f64) {
+    if let Some(log) = &state.audit {
+        audit.write(log, usage, cost);
+    }
+}
+
+/// Counts tokens and cost from what `backend` reported, on `route` (the model id asked for);
+/// returns the cost in dollars.
+pub fn record_usage(state: &AppState, route: &str, backend: &str, usage: &Usage) -> f64 {
     // A speculative answer is billed for what its target processed: every verify round's
     // context (cached or not) and the target's own output, not the client-facing counts.
     let (input, output, cached) = match &usage.speculative {
@@ -156,6 +200,7 @@ pub fn record_usage(state: &AppState, route: &str, backend: &str, usage: &Usage)
         usage.cached_prompt_tokens,
         cost,
     );
+    cost
 }
 
 /// One stream's encoder in the client's format.
@@ -195,6 +240,8 @@ struct StreamAccounting {
     usage: Option<Usage>,
     started: StdInstant,
     first_token_seen: bool,
+    /// The audit record, written with the stream's tokens when it ends.
+    audit: Option<PendingAudit>,
 }
 
 impl StreamAccounting {
@@ -214,8 +261,12 @@ impl StreamAccounting {
 
 impl Drop for StreamAccounting {
     fn drop(&mut self) {
-        if let Some(usage) = self.usage.take() {
-            record_usage(&self.state, &self.route, &self.backend, &usage);
+        let usage = self.usage.take();
+        let cost = usage.as_ref().map_or(0.0, |u| {
+            record_usage(&self.state, &self.route, &self.backend, u)
+        });
+        if let Some(audit) = self.audit.take() {
+            write_audit(&self.state, &audit, usage.as_ref(), cost);
         }
     }
 }
@@ -231,30 +282,26 @@ struct SseStream {
     accounting: StreamAccounting,
 }
 
-/// Encodes a stream of events as SSE in the client's format. A stream that ends with neither a
-/// finish nor an error gets an error event: a client never sees a silent end.
-fn sse_body(
-    state: Arc<AppState>,
-    events: EventStream,
-    format: WireFormat,
-    include_usage: bool,
-    route: String,
-    backend: String,
-) -> Body {
-    let encoder = match format {
-        WireFormat::OpenAi => Encoder::OpenAi(openai::ChunkEncoder::new(include_usage)),
-        WireFormat::Anthropic => Encoder::Anthropic(anthropic::EventEncoder::new()),
-    };
-    encoded_sse_body(state, events, encoder, route, backend)
-}
-
-/// Encodes a stream of events as SSE with `encoder`, with the same guarantees as [`sse_body`].
+/// Encodes a stream of events as SSE with `encoder`. A stream that ends with neither a finish
+/// nor an error gets an error event: a client never sees a silent end.
 pub(crate) fn encoded_sse_body(
     state: Arc<AppState>,
     events: EventStream,
     encoder: Encoder,
     route: String,
     backend: String,
+) -> Body {
+    sse_stream_body(state, events, encoder, route, backend, None)
+}
+
+/// [`encoded_sse_body`], writing `audit` with the stream's tokens when it ends.
+fn sse_stream_body(
+    state: Arc<AppState>,
+    events: EventStream,
+    encoder: Encoder,
+    route: String,
+    backend: String,
+    audit: Option<PendingAudit>,
 ) -> Body {
     let stream = SseStream {
         events,
@@ -269,6 +316,7 @@ pub(crate) fn encoded_sse_body(
             usage: None,
             started: StdInstant::now(),
             first_token_seen: false,
+            audit,
         },
     };
     let frames = futures::stream::unfold(stream, |mut s| async move {

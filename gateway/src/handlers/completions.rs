@@ -22,8 +22,9 @@ use super::{
     finish_response, json_bytes_response, json_response, read_body, request_id, sse_response,
     wire_error,
 };
-use crate::context::FirstTokenDeadline;
-use crate::dispatch::run_completion;
+use crate::audit::PendingAudit;
+use crate::context::{ApiKeyDigest, FirstTokenDeadline};
+use crate::dispatch::{RouteInfo, run_completion};
 use crate::error::{ApiFlavor, Error};
 use crate::executor::completion::{LocalCompletion, LocalStream};
 use crate::executor::engine::{engine_usage, finish_reason};
@@ -62,9 +63,27 @@ pub async fn completions(State(state): State<Arc<AppState>>, request: Request) -
         Ok((CompletionCall { request, body }, hints))
     }
     .await;
+    let mut audit = PendingAudit {
+        request_id: id.0.clone(),
+        key: parts
+            .extensions
+            .get::<ApiKeyDigest>()
+            .map(ApiKeyDigest::to_hex),
+        endpoint: "/v1/completions",
+        model: String::new(),
+        status: 0,
+        route: RouteInfo::default(),
+    };
     let (call, hints) = match call {
         Ok(c) => c,
-        Err(e) => return e.into_response_for(ApiFlavor::OpenAi),
+        Err(e) => {
+            let response = e.into_response_for(ApiFlavor::OpenAi);
+            if let Some(log) = &state.audit {
+                audit.status = response.status().as_u16();
+                audit.write(log, None, 0.0);
+            }
+            return response;
+        }
     };
     let (result, route) = run_completion(&state, &call, &hints, deadline).await;
     let model = call.request.model.clone();
@@ -73,6 +92,13 @@ pub async fn completions(State(state): State<Arc<AppState>>, request: Request) -
         Ok(output) => encode(&state, output, call.request, &route.backend),
         Err(e) => e.into_response_for(ApiFlavor::OpenAi),
     };
+    // Legacy completions are audited when answered, without their token counts.
+    if let Some(log) = &state.audit {
+        audit.model = model.clone();
+        audit.status = response.status().as_u16();
+        audit.route = route.clone();
+        audit.write(log, None, 0.0);
+    }
     finish_response(&state, &mut response, &id, &route, model, answered);
     response
 }
