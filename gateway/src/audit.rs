@@ -17,7 +17,6 @@ use sha2::{Digest, Sha256};
 use tandem_cloud_adapters::Usage;
 
 use crate::config::AuditSettings;
-use crate::dispatch::RouteInfo;
 
 /// The `prev` of the first record ever written.
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -37,12 +36,26 @@ pub struct AuditRecord<'a> {
     pub model: &'a str,
     /// The HTTP status answered.
     pub status: u16,
-    /// The route decision, the backends tried and the privacy note.
-    pub route: &'a RouteInfo,
+    /// The route decision and the backends tried.
+    pub route: &'a AuditRoute,
     /// Token counts, when the answer reported them.
     pub usage: Option<&'a Usage>,
     /// Dollars, from the answering backend's prices.
     pub cost: f64,
+}
+
+/// What the audit log keeps of a request's route: the decision as `x-tandem-route` said it, the
+/// backend that answered, every backend the request was sent to, and what the privacy step did.
+#[derive(Debug, Clone, Default)]
+pub struct AuditRoute {
+    /// The `x-tandem-route` explanation.
+    pub explanation: String,
+    /// The answering backend (empty when none answered).
+    pub answered_by: String,
+    /// Every backend sent the request, in order.
+    pub backends: Vec<String>,
+    /// The privacy step's action and the kinds found, as JSON.
+    pub privacy: Option<Value>,
 }
 
 /// The audit record of a request whose answer is still streaming: written when the stream ends,
@@ -60,7 +73,7 @@ pub struct PendingAudit {
     /// The HTTP status answered.
     pub status: u16,
     /// The route decision.
-    pub route: RouteInfo,
+    pub route: AuditRoute,
 }
 
 impl PendingAudit {
@@ -173,10 +186,10 @@ impl AuditLog {
             "endpoint": r.endpoint,
             "model": r.model,
             "status": r.status,
-            "answered_by": (!r.route.backend.is_empty()).then_some(r.route.backend.as_str()),
-            "backends": r.route.tried,
+            "answered_by": (!r.route.answered_by.is_empty()).then_some(r.route.answered_by.as_str()),
+            "backends": r.route.backends,
             "route": r.route.explanation,
-            "privacy": r.route.privacy.as_ref().map(|p| p.to_json()),
+            "privacy": r.route.privacy,
             "tokens": tokens,
             "cost_usd": r.cost,
             "prev": chain.prev,
@@ -485,10 +498,10 @@ mod tests {
     use super::*;
 
     fn write(log: &AuditLog, n: usize) {
-        let route = RouteInfo {
-            backend: "openai".into(),
+        let route = AuditRoute {
+            answered_by: "openai".into(),
             explanation: "openai; route gpt".into(),
-            tried: vec!["openai".into()],
+            backends: vec!["openai".into()],
             privacy: None,
         };
         for i in 0..n {

@@ -42,6 +42,16 @@ pub struct RouteInfo {
 }
 
 impl RouteInfo {
+    /// What the audit log keeps of it.
+    pub fn audited(&self) -> crate::audit::AuditRoute {
+        crate::audit::AuditRoute {
+            explanation: self.explanation.clone(),
+            answered_by: self.backend.clone(),
+            backends: self.tried.clone(),
+            privacy: self.privacy.as_ref().map(PrivacyNote::to_json),
+        }
+    }
+
     /// The header value: printable ASCII only.
     pub fn header_value(&self) -> http::HeaderValue {
         let printable = |c: char| c.is_ascii_graphic() || c == ' ';

@@ -13,12 +13,14 @@
 
 mod checksum;
 mod detector;
+mod kind;
 pub mod ner;
 mod redact;
 mod scan;
 
 pub use checksum::{iban_valid, luhn_valid};
-pub use detector::{Detector, DetectorConfig, Finding, Kind};
+pub use detector::{Detector, DetectorConfig};
+pub use kind::{Finding, Kind};
 pub use redact::{Redaction, Restorer};
 
 /// What can go wrong building a detector.

@@ -2,7 +2,7 @@
 //! data a byte scanner cannot find. No model ships with Tandem for it; an implementation (an
 //! ONNX token classifier, a service call) returns spans like the built-in scanners do.
 
-use crate::detector::Finding;
+use crate::kind::Finding;
 
 /// Finds entities in text. Implementations must be cheap to share between requests; a model
 /// run blocks, so the caller runs it off the async workers.

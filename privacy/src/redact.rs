@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::detector::{Detector, Finding, Kind};
+use crate::detector::Detector;
+use crate::kind::{Finding, Kind};
 
 /// The placeholders of one request and the values they stand for. The same value gets the same
 /// placeholder wherever it appears in the request.

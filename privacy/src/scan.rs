@@ -8,7 +8,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use memchr::memmem;
 
 use crate::checksum::{dni_letter, iban_valid, luhn_valid};
-use crate::detector::{Finding, Kind};
+use crate::kind::{Finding, Kind};
 
 /// Appends every built-in finding of the kinds in `kinds` (a bit per [`Kind::BUILTIN`] entry).
 pub(crate) fn builtin(b: &[u8], kinds: u16, out: &mut Vec<Finding>) {
@@ -631,7 +631,8 @@ fn high_entropy(t: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use crate::detector::{Detector, Kind};
+    use crate::detector::Detector;
+    use crate::kind::Kind;
 
     fn found(text: &str) -> Vec<(Kind, &str)> {
         Detector::builtin()

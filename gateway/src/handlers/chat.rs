@@ -90,7 +90,7 @@ async fn handle(state: Arc<AppState>, request: Request, format: WireFormat) -> R
         match result {
             Ok(events) => {
                 audit.status = 200;
-                audit.route = route.clone();
+                audit.route = route.audited();
                 let encoder = match format {
                     WireFormat::OpenAi => Encoder::OpenAi(openai::ChunkEncoder::new(include_usage)),
                     WireFormat::Anthropic => Encoder::Anthropic(anthropic::EventEncoder::new()),
@@ -125,7 +125,7 @@ async fn handle(state: Arc<AppState>, request: Request, format: WireFormat) -> R
             Ok((body, usage)) => {
                 let cost = record_usage(&state, &model, &route.backend, &usage);
                 audit.status = 200;
-                audit.route = route.clone();
+                audit.route = route.audited();
                 write_audit(&state, &audit, Some(&usage), cost);
                 audit.status = 0;
                 (json_bytes_response(body), route)
@@ -135,7 +135,7 @@ async fn handle(state: Arc<AppState>, request: Request, format: WireFormat) -> R
     };
     if audit.status == 0 && !response.status().is_success() {
         audit.status = response.status().as_u16();
-        audit.route = route.clone();
+        audit.route = route.audited();
         write_audit(&state, &audit, None, 0.0);
     }
     let answered = response.status().is_success();

@@ -24,7 +24,7 @@ use super::{
 };
 use crate::audit::PendingAudit;
 use crate::context::{ApiKeyDigest, FirstTokenDeadline};
-use crate::dispatch::{RouteInfo, run_completion};
+use crate::dispatch::run_completion;
 use crate::error::{ApiFlavor, Error};
 use crate::executor::completion::{LocalCompletion, LocalStream};
 use crate::executor::engine::{engine_usage, finish_reason};
@@ -72,7 +72,7 @@ pub async fn completions(State(state): State<Arc<AppState>>, request: Request) -
         endpoint: "/v1/completions",
         model: String::new(),
         status: 0,
-        route: RouteInfo::default(),
+        route: Default::default(),
     };
     let (call, hints) = match call {
         Ok(c) => c,
@@ -96,7 +96,7 @@ pub async fn completions(State(state): State<Arc<AppState>>, request: Request) -
     if let Some(log) = &state.audit {
         audit.model = model.clone();
         audit.status = response.status().as_u16();
-        audit.route = route.clone();
+        audit.route = route.audited();
         audit.write(log, None, 0.0);
     }
     finish_response(&state, &mut response, &id, &route, model, answered);
