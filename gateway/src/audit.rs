@@ -77,6 +77,26 @@ pub struct PendingAudit {
 }
 
 impl PendingAudit {
+    /// The record of a request to `endpoint` as it arrives: its id and the digest of the API key
+    /// auth left in its extensions; the rest is filled in as the request goes.
+    pub fn arriving(
+        parts: &http::request::Parts,
+        request_id: std::sync::Arc<str>,
+        endpoint: &'static str,
+    ) -> Self {
+        Self {
+            request_id,
+            key: parts
+                .extensions
+                .get::<crate::context::ApiKeyDigest>()
+                .map(crate::context::ApiKeyDigest::to_hex),
+            endpoint,
+            model: String::new(),
+            status: 0,
+            route: AuditRoute::default(),
+        }
+    }
+
     /// Writes the record to `log`.
     pub fn write(&self, log: &AuditLog, usage: Option<&Usage>, cost: f64) {
         log.append(&AuditRecord {

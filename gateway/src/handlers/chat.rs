@@ -20,7 +20,7 @@ use super::{
     finish_response, json_bytes_response, read_body, request_id, sse_response, wire_error,
 };
 use crate::audit::PendingAudit;
-use crate::context::{ApiKeyDigest, FirstTokenDeadline};
+use crate::context::FirstTokenDeadline;
 use crate::dispatch::{run_chat, run_chat_completion, run_stream};
 use crate::error::{ApiFlavor, Error};
 use crate::metrics::BackendLabels;
@@ -55,20 +55,11 @@ async fn handle(state: Arc<AppState>, request: Request, format: WireFormat) -> R
         Err(e) => Err(e),
     };
     let id = request_id(&parts);
-    let mut audit = PendingAudit {
-        request_id: id.0.clone(),
-        key: parts
-            .extensions
-            .get::<ApiKeyDigest>()
-            .map(ApiKeyDigest::to_hex),
-        endpoint: match format {
-            WireFormat::OpenAi => "/v1/chat/completions",
-            WireFormat::Anthropic => "/v1/messages",
-        },
-        model: String::new(),
-        status: 0,
-        route: Default::default(),
+    let endpoint = match format {
+        WireFormat::OpenAi => "/v1/chat/completions",
+        WireFormat::Anthropic => "/v1/messages",
     };
+    let mut audit = PendingAudit::arriving(&parts, id.0.clone(), endpoint);
     let hints = decoded
         .and_then(validate)
         .and_then(|c| RequestHints::from_parts(id.0.clone(), &parts).map(|h| (c, h)));

@@ -23,7 +23,7 @@ use super::{
     wire_error,
 };
 use crate::audit::PendingAudit;
-use crate::context::{ApiKeyDigest, FirstTokenDeadline};
+use crate::context::FirstTokenDeadline;
 use crate::dispatch::run_completion;
 use crate::error::{ApiFlavor, Error};
 use crate::executor::completion::{LocalCompletion, LocalStream};
@@ -63,17 +63,7 @@ pub async fn completions(State(state): State<Arc<AppState>>, request: Request) -
         Ok((CompletionCall { request, body }, hints))
     }
     .await;
-    let mut audit = PendingAudit {
-        request_id: id.0.clone(),
-        key: parts
-            .extensions
-            .get::<ApiKeyDigest>()
-            .map(ApiKeyDigest::to_hex),
-        endpoint: "/v1/completions",
-        model: String::new(),
-        status: 0,
-        route: Default::default(),
-    };
+    let mut audit = PendingAudit::arriving(&parts, id.0.clone(), "/v1/completions");
     let (call, hints) = match call {
         Ok(c) => c,
         Err(e) => {
