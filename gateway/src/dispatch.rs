@@ -21,16 +21,18 @@ use crate::context::{FirstTokenDeadline, RouteSlot};
 use crate::error::Error;
 use crate::executor::cascade::{CascadeExecutor, CascadeOutcome};
 use crate::executor::local::LocalExecutor;
+use crate::executor::redact::RedactingExecutor;
 use crate::executor::{CompletionCall, CompletionOutput, Executor, Forwarded, TokenCount};
 use crate::metrics::BackendLabels;
 use crate::observe::trace::LiveSpan;
 use crate::observe::{Bill, RequestMeter, SpanKind, bill};
+use crate::privacy::{PrivacyNote, Screened};
 use crate::resilience::{Admission, Outcome, Resilience};
 use crate::routing::{LiveBackend, Planned, RequestHints, placement_for};
 use crate::state::AppState;
 
 /// Which backend answered and why.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RouteInfo {
     /// The backend's config name (empty when none was reached).
     pub backend: String,
@@ -43,6 +45,10 @@ pub struct RouteInfo {
     pub fallbacks: u32,
     /// What the response cache did, on a route with a cache (`x-tandem-cache`).
     pub cache: Option<CacheStatus>,
+    /// Every backend the request was sent to, in order (for the audit log).
+    pub tried: Vec<String>,
+    /// What the privacy step did, when it did anything.
+    pub privacy: Option<PrivacyNote>,
 }
 
 impl RouteInfo {
@@ -54,6 +60,18 @@ impl RouteInfo {
             mode: "none",
             fallbacks: 0,
             cache: None,
+            tried: Vec::new(),
+            privacy: None,
+        }
+    }
+
+    /// What the audit log keeps of it.
+    pub fn audited(&self) -> crate::audit::AuditRoute {
+        crate::audit::AuditRoute {
+            explanation: self.explanation.clone(),
+            answered_by: self.backend.clone(),
+            backends: self.tried.clone(),
+            privacy: self.privacy.as_ref().map(PrivacyNote::to_json),
         }
     }
 
@@ -208,6 +226,7 @@ async fn with_fallback<T, F, Fut>(
     tries: Tries,
     slot: Option<&RouteSlot>,
     (meter, route): (Option<&Arc<RequestMeter>>, &str),
+    tried: &mut Vec<String>,
     mut attempt: F,
 ) -> (Result<T, Error>, RouteInfo)
 where
@@ -243,6 +262,8 @@ where
             mode,
             fallbacks,
             cache: None,
+            tried: Vec::new(),
+            privacy: None,
         }
     };
     // The last backend that failed in earnest, with the reason as it stood then: a later one
@@ -272,6 +293,10 @@ where
             let (backend, reason, e) = failed.take().unwrap_or((backend, earlier, e));
             return failure(reason, backend, e, decided, fallbacks);
         }
+        // Every backend the request reaches is kept for the audit log.
+        if !tried.contains(&backend) {
+            tried.push(backend.clone());
+        }
         // A hedge races the first try against one on the next backend.
         let mut first_result = None;
         let hedge_delay = hedge
@@ -279,6 +304,10 @@ where
             .and_then(|configured| resilience.hedge_delay(&backend, configured));
         if let Some(delay) = hedge_delay {
             let next = executors[i + 1].clone();
+            // The hedge may reach the next backend too.
+            if !tried.iter().any(|b| b == next.backend()) {
+                tried.push(next.backend().to_owned());
+            }
             let first = metered(
                 meter,
                 route,
@@ -617,6 +646,8 @@ fn failure<T>(
             mode: "none",
             fallbacks,
             cache: None,
+            tried: Vec::new(),
+            privacy: None,
         },
     )
 }
@@ -645,6 +676,8 @@ struct Plan {
     reason: String,
     planned: Option<Planned>,
     cascade: Option<Arc<CascadeExecutor>>,
+    /// What the privacy step did, noted in the header and the logs.
+    privacy: Option<PrivacyNote>,
 }
 
 impl Plan {
@@ -673,7 +706,41 @@ impl Plan {
             reason: self.reason.clone(),
             decided: self.planned.is_some(),
         };
-        with_fallback(state, tries, slot, (hints.meter.as_ref(), model), attempt).await
+        let mut tried = Vec::new();
+        let (result, mut route) = with_fallback(
+            state,
+            tries,
+            slot,
+            (hints.meter.as_ref(), model),
+            &mut tried,
+            attempt,
+        )
+        .await;
+        route.tried = tried;
+        if let Some(note) = &self.privacy {
+            route.explanation = format!("{}; {}", route.explanation, note.header());
+            route.privacy = Some(note.clone());
+        }
+        (result, route)
+    }
+
+    /// Puts every executor that may send the request off this host (a cloud backend, a
+    /// cascade that escalates to one) behind the redaction of `screened`.
+    fn redact(&mut self, screened: Screened) {
+        let Some((redaction, redacted)) = screened.redacted else {
+            return;
+        };
+        let cascade = self.cascade.as_ref().map(|c| Arc::as_ptr(c) as *const ());
+        for executor in &mut self.executors {
+            let is_cascade = cascade == Some(Arc::as_ptr(executor) as *const ());
+            if executor.kind() != BackendKind::Local || is_cascade {
+                *executor = Arc::new(RedactingExecutor::new(
+                    executor.clone(),
+                    redaction.clone(),
+                    redacted.clone(),
+                ));
+            }
+        }
     }
 }
 
@@ -736,6 +803,89 @@ fn no_route(e: Error) -> (Error, RouteInfo) {
     (e, RouteInfo::unrouted("no route"))
 }
 
+/// The privacy step, then the plan: a blocked request ends here, a forced-local one is planned
+/// on the local model alone, a redacted one puts its off-host backends behind the redaction.
+async fn screened_plan(
+    state: &AppState,
+    request: &ChatRequest,
+    hints: &RequestHints,
+    legacy: bool,
+) -> Result<Plan, (Error, RouteInfo)> {
+    let screened = match crate::privacy::screen(&state.config, request, hints, legacy) {
+        Ok(s) => s,
+        Err((e, note)) => {
+            log_privacy(state, hints, &request.model, &note);
+            return Err((
+                e,
+                RouteInfo {
+                    explanation: format!("no backend; {}", note.header()),
+                    privacy: Some(note),
+                    ..RouteInfo::default()
+                },
+            ));
+        }
+    };
+    let note = screened.note();
+    let mut plan = if screened.force_local() {
+        local_plan(state, &request.model).map_err(no_route)?
+    } else {
+        plan(state, request, hints).await?
+    };
+    if plan.planned.is_none()
+        && let Some(note) = &note
+    {
+        log_privacy(state, hints, &request.model, note);
+    }
+    plan.privacy = note;
+    plan.redact(screened);
+    Ok(plan)
+}
+
+/// A decision-log line for a request the policy did not decide on, when the route is learned.
+fn log_privacy(state: &AppState, hints: &RequestHints, model: &str, note: &PrivacyNote) {
+    let learned = state
+        .config
+        .routes
+        .get(model)
+        .is_some_and(|r| r.policy == RoutePolicy::Learned);
+    if let (Some(policy), true) = (&state.policy, learned) {
+        policy.log_event(
+            &hints.request_id,
+            json!({"model": model, "privacy": note.to_json()}),
+        );
+    }
+}
+
+/// The plan of a request the privacy step keeps on this host: the local model alone, whatever
+/// the route's backends (a route without a local model still gets an answer that never left).
+fn local_plan(state: &AppState, model: &str) -> Result<Plan, Error> {
+    if !state.config.routes.contains_key(model) {
+        return Err(Error::ModelNotFound(model.to_owned()));
+    }
+    let local = state
+        .executors
+        .values()
+        .find(|e| e.kind() == BackendKind::Local)
+        .cloned()
+        .ok_or_else(|| Error::InvalidRequest {
+            message: format!(
+                "the request holds sensitive data that must stay on this host, and no local model is configured to serve model `{model}`"
+            ),
+            param: None,
+            code: Some("no_backend_allowed"),
+        })?;
+    Ok(Plan {
+        executors: vec![local],
+        fallback: false,
+        local_fallback: false,
+        hedge: None,
+        reason: format!("route {model}"),
+        planned: None,
+        cascade: None,
+        privacy: None,
+    })
+}
+
 async fn plan(
     state: &AppState,
     request: &ChatRequest,
@@ -765,6 +915,7 @@ async fn plan(
                 reason,
                 planned: None,
                 cascade: None,
+                privacy: None,
             });
         }
     };
@@ -866,6 +1017,7 @@ async fn plan(
         reason: header,
         planned: Some(planned),
         cascade,
+        privacy: None,
     })
 }
 
@@ -991,6 +1143,9 @@ fn finish_plan<T>(
     }
     if let Err(e) = result {
         line["error"] = e.metric_label().into();
+    }
+    if let Some(note) = &plan.privacy {
+        line["privacy"] = note.to_json();
     }
     Some(PendingLog {
         policy: policy.clone(),
@@ -1161,6 +1316,8 @@ fn cached_route(hit: &Hit, model: &str) -> RouteInfo {
         mode: "cache",
         fallbacks: 0,
         cache: Some(CacheStatus::Hit),
+        tried: Vec::new(),
+        privacy: None,
     }
 }
 
@@ -1258,7 +1415,7 @@ where
     if let Some(meter) = &hints.meter {
         meter.note_request(&request);
     }
-    let plan = match plan(state, &request, hints).await {
+    let plan = match screened_plan(state, &request, hints, false).await {
         Ok(p) => p,
         Err((e, route)) => {
             note_route(hints, &model, &route);
@@ -1330,7 +1487,7 @@ pub async fn run_completion(
     if let Some(meter) = &hints.meter {
         meter.note_request(&view);
     }
-    let plan = match plan(state, &view, hints).await {
+    let plan = match screened_plan(state, &view, hints, true).await {
         Ok(p) => p,
         Err((e, route)) => {
             note_route(hints, model, &route);
@@ -1413,14 +1570,18 @@ where
         reason: format!("route {model}"),
         decided: false,
     };
-    with_fallback(
+    let mut tried = Vec::new();
+    let (result, mut route) = with_fallback(
         state,
         tries,
         slot,
         (hints.meter.as_ref(), model),
+        &mut tried,
         |executor, _last| attempt(executor),
     )
-    .await
+    .await;
+    route.tried = tried;
+    (result, route)
 }
 
 /// What answered a Responses request.
@@ -1556,7 +1717,7 @@ pub async fn run_stream(
     if let Some(meter) = &hints.meter {
         meter.note_request(&request);
     }
-    let plan = match plan(state, &request, hints).await {
+    let plan = match screened_plan(state, &request, hints, false).await {
         Ok(p) => p,
         Err((e, route)) => {
             note_route(hints, &model, &route);
@@ -1700,6 +1861,8 @@ mod tests {
             mode: "cloud",
             fallbacks: 0,
             cache: None,
+            tried: Vec::new(),
+            privacy: None,
         };
         route
             .header_value()

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod audit;
 pub mod cache;
 pub mod config;
 pub mod context;
@@ -17,6 +18,7 @@ pub mod log_fields;
 pub mod metrics;
 pub mod middleware;
 pub mod observe;
+pub mod privacy;
 pub mod providers;
 pub mod redis_store;
 pub mod resilience;

@@ -1,4 +1,4 @@
-//! The `tandem` command line: serve, config, models, router and bench.
+//! The `tandem` command line: serve, config, models, router, bench and audit.
 
 #![forbid(unsafe_code)]
 
@@ -43,6 +43,9 @@ enum Command {
     Bench(LabArgs),
     /// Create, list and revoke virtual keys through a running gateway's admin API.
     Keys(KeysArgs),
+    /// Check the tamper-evident audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
 }
 
 #[derive(Debug, Args)]
@@ -97,6 +100,17 @@ enum KeysCommand {
     Revoke {
         /// The key's id.
         id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain of audit log files (the active one and its rotated ones, in any
+    /// order); name the first broken record and exit non-zero on a break.
+    Verify {
+        /// The files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
 }
 
@@ -214,6 +228,26 @@ fn main() -> anyhow::Result<()> {
         Command::Keys(args) => runtime()?.block_on(keys(args)),
         Command::Router(args) => run_lab("router", args),
         Command::Bench(args) => run_lab("bench", args),
+        Command::Audit(AuditCommand::Verify { files }) => {
+            match tandem_gateway::audit::verify(&files) {
+                Ok(v) => {
+                    let range = v
+                        .seqs
+                        .map_or("none".to_owned(), |(a, b)| format!("{a}..={b}"));
+                    let end = if v.head_checked {
+                        "its end matches the head file"
+                    } else {
+                        "no head file found, so records cut off the end would not show"
+                    };
+                    out(&format!(
+                        "ok: {} records in {} file(s), records {range}, chain intact; {end}",
+                        v.records, v.files
+                    ));
+                    Ok(())
+                }
+                Err(broken) => bail!("audit chain broken at {broken}"),
+            }
+        }
     }
 }
 

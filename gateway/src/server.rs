@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tower::ServiceBuilder;
 
+use crate::audit::AuditLog;
 use crate::cache::ResponseCache;
 use crate::config::{BackendConfig, BackendKind, Config, LocalConfig};
 use crate::error::Error;
@@ -158,6 +159,9 @@ pub fn build_state(config: Config, options: &GatewayOptions) -> Result<Arc<AppSt
             .iter()
             .map(|(name, b)| (name.as_str(), b.kind)),
     );
+    let audit = AuditLog::open(&config.audit)
+        .map_err(|e| crate::error::Error::Internal(format!("audit log: {e}")))?
+        .map(Arc::new);
     let embedder =
         Arc::new(LocalEmbedder::new(config.cache_dir.clone().unwrap_or_else(
             tandem_router_policy::encoder::default_cache_root,
@@ -169,6 +173,7 @@ pub fn build_state(config: Config, options: &GatewayOptions) -> Result<Arc<AppSt
     let config = Arc::new(config);
     let observer = Observer::start(config.clone(), metrics.clone());
     Ok(Arc::new(AppState {
+        audit,
         store,
         controls,
         policy,

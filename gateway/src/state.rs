@@ -8,6 +8,7 @@ use parking_lot::Mutex;
 use tandem_router_policy::Feedback;
 use tandem_router_policy::recent::RecentMap;
 
+use crate::audit::AuditLog;
 use crate::cache::ResponseCache;
 use crate::config::{BackendKind, Config};
 use crate::controls::Controls;
@@ -106,6 +107,8 @@ pub struct AppState {
     pub cache: ResponseCache,
     /// Virtual keys, rate limits, budgets and spend.
     pub controls: Arc<Controls>,
+    /// The tamper-evident audit log, when `[audit] path` is set.
+    pub audit: Option<Arc<AuditLog>>,
 }
 
 impl AppState {

@@ -1,4 +1,5 @@
-//! The `tandem` binary: `config check`, `config hash-key`, and `serve` answering on loopback.
+//! The `tandem` binary: `config check`, `config hash-key`, `audit verify`, and `serve` answering
+//! on loopback.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -105,4 +106,53 @@ fn serve_answers_health_and_models() {
     assert!(ready.contains("tandem models fetch"), "{ready}");
     child.kill().unwrap();
     let _ = child.wait();
+}
+
+#[test]
+fn audit_verify_passes_an_intact_log_and_names_the_broken_record() {
+    use tandem_gateway::audit::{AuditLog, AuditRecord, AuditRoute};
+    use tandem_gateway::config::AuditSettings;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let log = AuditLog::open(&AuditSettings {
+        path: Some(path.clone()),
+        max_bytes: 1 << 20,
+    })
+    .unwrap()
+    .unwrap();
+    let route = AuditRoute::default();
+    for i in 0..3 {
+        log.append(&AuditRecord {
+            request_id: &format!("r{i}"),
+            key: None,
+            endpoint: "/v1/chat/completions",
+            model: "m",
+            status: 200,
+            route: &route,
+            usage: None,
+            cost: 0.0,
+        });
+    }
+    let out = tandem()
+        .args(["audit", "verify"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.starts_with("ok: 3 records"), "{stdout}");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replacen("\"model\":\"m\"", "\"model\":\"x\"", 2),
+    )
+    .unwrap();
+    let out = tandem()
+        .args(["audit", "verify"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("audit.jsonl:1: "), "{stderr}");
 }

@@ -12,7 +12,9 @@
 //! servers do), `delay-<ms>` (a pause before the
 //! answer), `error` (500), `ratelimit` (429), `overloaded` (529), `context-length` (OpenAI's
 //! 400 for a prompt over the context window), `status-<code>`, `flaky` (every other request
-//! fails with 503); anything else gets the plain text answer. 429 and 529 carry `retry-after`,
+//! fails with 503), `echo` (the answer is the last user message's text, streamed 5 bytes a
+//! chunk, so a test can see what the upstream received come back); anything else gets the plain
+//! text answer. 429 and 529 carry `retry-after`,
 //! as the real APIs send it, unless the model also names `bare`.
 
 use std::convert::Infallible;
@@ -529,6 +531,14 @@ async fn handle(
         }
         _ => {}
     }
+    if model.contains("echo") && route != Route::Completions {
+        let text = last_user_text(&body);
+        return Ok(respond(
+            &state,
+            &echo(model, &text, anthropic, probe.stream),
+            Behaviour::Plain,
+        ));
+    }
     let behaviour = if model.contains("slow") {
         Behaviour::Slow(state.config.slow_delay)
     } else if model.contains("hang") {
@@ -610,6 +620,104 @@ fn embeddings(body: &[u8]) -> Fixture {
     let answer = serde_json::json!({"object": "list", "data": data,
         "model": request["model"], "usage": {"prompt_tokens": tokens, "total_tokens": tokens}});
     Fixture::json(200, answer.to_string())
+}
+
+/// The text of the last user message of an OpenAI or Anthropic request body (its text parts
+/// joined).
+fn last_user_text(body: &[u8]) -> String {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return String::new();
+    };
+    let Some(message) = v["messages"]
+        .as_array()
+        .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+    else {
+        return String::new();
+    };
+    match &message["content"] {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Array(parts) => parts
+            .iter()
+            .filter(|p| p["type"] == "text")
+            .filter_map(|p| p["text"].as_str())
+            .collect(),
+        _ => String::new(),
+    }
+}
+
+/// An answer that repeats `text`, in the route's format, whole or as a stream of 5-byte deltas
+/// (cut on character boundaries).
+fn echo(model: &str, text: &str, anthropic: bool, stream: bool) -> Fixture {
+    use serde_json::json;
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    while start < text.len() {
+        let mut end = (start + 5).min(text.len());
+        while !text.is_char_boundary(end) {
+            end += 1;
+        }
+        pieces.push(&text[start..end]);
+        start = end;
+    }
+    let output_tokens = pieces.len().max(1);
+    let frame = |event: Option<&str>, data: serde_json::Value| match event {
+        Some(e) => format!("event: {e}\ndata: {data}\n\n"),
+        None => format!("data: {data}\n\n"),
+    };
+    match (anthropic, stream) {
+        (false, false) => Fixture::json(
+            200,
+            json!({
+                "id": "chatcmpl-echo", "object": "chat.completion", "created": 1, "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 10, "completion_tokens": output_tokens, "total_tokens": 10 + output_tokens},
+            })
+            .to_string(),
+        ),
+        (false, true) => {
+            let chunk = |delta: serde_json::Value, finish: Option<&str>| {
+                frame(None, json!({
+                    "id": "chatcmpl-echo", "object": "chat.completion.chunk", "created": 1, "model": model,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                }))
+            };
+            let mut body = chunk(json!({"role": "assistant", "content": ""}), None);
+            for p in &pieces {
+                body.push_str(&chunk(json!({"content": p}), None));
+            }
+            body.push_str(&chunk(json!({}), Some("stop")));
+            body.push_str(&frame(None, json!({
+                "id": "chatcmpl-echo", "object": "chat.completion.chunk", "created": 1, "model": model, "choices": [],
+                "usage": {"prompt_tokens": 10, "completion_tokens": output_tokens, "total_tokens": 10 + output_tokens},
+            })));
+            body.push_str("data: [DONE]\n\n");
+            Fixture::sse(body)
+        }
+        (true, false) => Fixture::json(
+            200,
+            json!({
+                "id": "msg_echo", "type": "message", "role": "assistant", "model": model,
+                "content": [{"type": "text", "text": text}],
+                "stop_reason": "end_turn", "stop_sequence": null,
+                "usage": {"input_tokens": 10, "output_tokens": output_tokens},
+            })
+            .to_string(),
+        ),
+        (true, true) => {
+            let mut body = frame(Some("message_start"), json!({"type": "message_start", "message": {
+                "id": "msg_echo", "type": "message", "role": "assistant", "model": model, "content": [],
+                "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 10, "output_tokens": 1},
+            }}));
+            body.push_str(&frame(Some("content_block_start"), json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})));
+            for p in &pieces {
+                body.push_str(&frame(Some("content_block_delta"), json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}})));
+            }
+            body.push_str(&frame(Some("content_block_stop"), json!({"type": "content_block_stop", "index": 0})));
+            body.push_str(&frame(Some("message_delta"), json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": output_tokens}})));
+            body.push_str(&frame(Some("message_stop"), json!({"type": "message_stop"})));
+            Fixture::sse(body)
+        }
+    }
 }
 
 /// The number right after `prefix` in `model` (`delay-250` gives 250).

@@ -295,3 +295,56 @@ backends = ["cloud"]
     );
     gw.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn force_local_serves_sensitive_requests_on_the_local_model_and_clean_ones_in_the_cloud() {
+    use tandem_lab::mock::{Fixtures, MockUpstream};
+    let (_, mock) = MockUpstream::start(Fixtures::builtin()).await.unwrap();
+    let config = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+
+[backends.local]
+kind = "local"
+
+[backends.cloud]
+kind = "openai-compatible"
+base_url = "{}"
+
+[routes."gpt-4o"]
+backends = ["cloud"]
+privacy = "force-local"
+"#,
+        mock.base_url()
+    );
+    let Some((gw, _engine)) = start_with(&config).await else {
+        return;
+    };
+    let c = client();
+    let url = |p: &str| format!("{}{p}", gw.url());
+    for stream in [false, true] {
+        let req = json!({"model": "gpt-4o", "max_tokens": 4, "stream": stream,
+                         "messages": [{"role": "user", "content": "My card is 4111 1111 1111 1111, is it valid?"}]});
+        let (status, headers, body) = post(&c, url("/v1/chat/completions"), req).await;
+        assert_eq!(status, 200, "{body}");
+        let route = headers["x-tandem-route"].to_str().unwrap();
+        assert_eq!(
+            route, "local; route gpt-4o; privacy=force-local (payment_card)",
+            "{route}"
+        );
+    }
+    assert_eq!(mock.request_count(), 0, "nothing left the host");
+    let req = json!({"model": "gpt-4o", "max_tokens": 4,
+                     "messages": [{"role": "user", "content": "Hi"}]});
+    let (status, headers, _) = post(&c, url("/v1/chat/completions"), req).await;
+    assert_eq!(status, 200);
+    assert!(
+        headers["x-tandem-route"]
+            .to_str()
+            .unwrap()
+            .starts_with("cloud;")
+    );
+    assert_eq!(mock.request_count(), 1);
+    gw.shutdown().await.unwrap();
+}

@@ -3,6 +3,7 @@
 
 pub mod controls;
 pub mod observability;
+pub mod privacy;
 pub mod raw;
 pub mod resilience;
 pub mod router;
@@ -26,6 +27,7 @@ use crate::speculative::{DelayConfig, ScoringMode, VerifyProtocol};
 
 pub use controls::{AdminConfig, ControlsConfig, OnUnavailable, RouteLimits, StoreConfig};
 pub use observability::{ObservabilityConfig, OtlpConfig};
+pub use privacy::{AuditSettings, PrivacyAction, PrivacySettings};
 use raw::{RawBackend, RawConfig};
 pub use resilience::ResilienceSettings;
 pub use router::{BackendProfileConfig, CascadeJudge, PolicyRules, RoutePolicy, RouterSettings};
@@ -223,6 +225,8 @@ pub struct RouteConfig {
     pub reference: Option<String>,
     /// The response cache on this route, when on.
     pub cache: Option<CacheRule>,
+    /// What happens when the detectors find sensitive data; `[privacy] default` when None.
+    pub privacy: Option<PrivacyAction>,
 }
 
 /// How a route caches answers (`[routes."MODEL".cache]`).
@@ -256,6 +260,7 @@ impl RouteConfig {
             hedge: None,
             reference: None,
             cache: None,
+            privacy: None,
         }
     }
 }
@@ -364,6 +369,10 @@ pub struct Config {
     pub observability: ObservabilityConfig,
     /// The store, the admin listener and per-route rate limits.
     pub controls: ControlsConfig,
+    /// The `[privacy]` section.
+    pub privacy: PrivacySettings,
+    /// The `[audit]` section.
+    pub audit: AuditSettings,
 }
 
 impl Config {
@@ -498,6 +507,8 @@ impl Config {
 
         let router_settings = router::validate_router(raw.router)?;
         let resilience = resilience::validate_resilience(raw.resilience)?;
+        let privacy = privacy::validate_privacy(raw.privacy)?;
+        let audit = privacy::validate_audit(raw.audit)?;
         let mut routes = BTreeMap::new();
         for (model, r) in raw.routes {
             if r.backends.is_empty() {
@@ -547,6 +558,7 @@ impl Config {
                     mu_per_s: r.mu_per_s,
                     target_cloud_share: r.target_cloud_share,
                     latency_slo_ms: r.latency_slo_ms,
+                    privacy: None,
                 },
                 router_settings.policy.weights,
             )?;
@@ -620,6 +632,11 @@ impl Config {
                 .cache
                 .map(|c| validate_cache(&format!("routes.{model}.cache"), c))
                 .transpose()?;
+            let privacy = r
+                .privacy
+                .as_deref()
+                .map(|p| PrivacyAction::parse(p, &format!("routes.{model}.privacy")))
+                .transpose()?;
             routes.insert(
                 model,
                 RouteConfig {
@@ -632,6 +649,7 @@ impl Config {
                     hedge,
                     reference,
                     cache,
+                    privacy,
                 },
             );
         }
@@ -708,6 +726,8 @@ impl Config {
             resilience,
             observability,
             controls,
+            privacy,
+            audit,
         })
     }
 
@@ -813,6 +833,8 @@ fn unreachable_default() -> Config {
         resilience: ResilienceSettings::default(),
         observability: ObservabilityConfig::default(),
         controls: ControlsConfig::default(),
+        privacy: PrivacySettings::default(),
+        audit: AuditSettings::default(),
     }
 }
 

@@ -28,6 +28,12 @@ pub struct RawConfig {
     /// `[resilience]`: retries, breakers, local fallback, shutdown grace.
     #[serde(default)]
     pub resilience: RawResilience,
+    /// `[privacy]`: sensitive-data detectors and the default action.
+    #[serde(default)]
+    pub privacy: RawPrivacy,
+    /// `[audit]`: the tamper-evident request log.
+    #[serde(default)]
+    pub audit: RawAudit,
     /// Where models and other artifacts are cached.
     pub cache_dir: Option<String>,
     /// Redis for shared state; the embedded store in the cache directory when absent.
@@ -223,6 +229,8 @@ pub struct RawRoute {
     pub tokens_per_minute: Option<u64>,
     /// `[routes."MODEL".cache]`: the response cache on this route; off when absent.
     pub cache: Option<RawRouteCache>,
+    /// `off`, `redact`, `block` or `force-local` when the detectors find sensitive data.
+    pub privacy: Option<String>,
 }
 
 /// `[routes."MODEL".cache]`.
@@ -253,6 +261,9 @@ pub struct RawPolicyRules {
     pub target_cloud_share: Option<f32>,
     /// Backends predicted slower than this end to end are excluded.
     pub latency_slo_ms: Option<f64>,
+    /// `off`, `redact`, `block` or `force-local` when the detectors find sensitive data (API
+    /// keys only; a route has its own `privacy` field).
+    pub privacy: Option<String>,
 }
 
 /// `[router]`.
@@ -331,4 +342,31 @@ pub struct RawResilience {
     pub local_fallback: Option<bool>,
     /// How long in-flight requests may run on after SIGTERM, ms.
     pub shutdown_grace_ms: Option<u64>,
+}
+
+/// `[privacy]`: which detectors run and what routes without their own `privacy` do.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrivacy {
+    /// The action of routes that name none: `off` (the default), `redact`, `block`,
+    /// `force-local`.
+    pub default: Option<String>,
+    /// Built-in detectors to run; all when absent.
+    pub detectors: Option<Vec<String>>,
+    /// Named regular expressions; the name labels the placeholder (`<EMPLOYEE_ID_1>`).
+    #[serde(default)]
+    pub patterns: BTreeMap<String, String>,
+    /// Words and phrases matched whole, case-insensitively.
+    #[serde(default)]
+    pub terms: Vec<String>,
+}
+
+/// `[audit]`: the tamper-evident request log.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    /// The active JSONL file; no audit log when absent.
+    pub path: Option<String>,
+    /// Size in bytes at which the file is rotated.
+    pub max_bytes: Option<u64>,
 }

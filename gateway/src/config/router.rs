@@ -8,7 +8,7 @@ use std::time::Duration;
 use tandem_router_policy::{Placement, RouterConfig, Weights};
 
 use super::raw::{RawPolicyRules, RawRouter};
-use super::{BackendKind, ConfigError, invalid};
+use super::{BackendKind, ConfigError, PrivacyAction, invalid};
 
 /// How a route picks its backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -41,6 +41,9 @@ pub struct PolicyRules {
     pub target_cloud_share: Option<f32>,
     /// Backends predicted slower than this end to end are excluded, ms.
     pub latency_slo_ms: Option<f64>,
+    /// What happens when the detectors find sensitive data (API keys; a route's is in
+    /// [`super::RouteConfig::privacy`]).
+    pub privacy: Option<PrivacyAction>,
 }
 
 /// What the router needs to know about a backend beyond its kind and prices.
@@ -206,6 +209,11 @@ pub fn validate_rules(
         weights,
         target_cloud_share: unit(rules.target_cloud_share, &key("target_cloud_share"))?,
         latency_slo_ms,
+        privacy: rules
+            .privacy
+            .as_deref()
+            .map(|p| PrivacyAction::parse(p, &key("privacy")))
+            .transpose()?,
     })
 }
 

@@ -9,6 +9,7 @@ pub mod embeddings;
 pub mod engine;
 pub mod local;
 pub mod local_completion;
+pub mod redact;
 
 use async_trait::async_trait;
 use bytes::Bytes;

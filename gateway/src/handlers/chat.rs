@@ -19,6 +19,7 @@ use tandem_cloud_adapters::{
 use super::{
     finish_response, json_bytes_response, read_body, request_id, sse_response, wire_error,
 };
+use crate::audit::PendingAudit;
 use crate::cache::CACHE_BACKEND;
 use crate::config::BackendKind;
 use crate::context::FirstTokenDeadline;
@@ -59,31 +60,45 @@ async fn handle(state: Arc<AppState>, request: Request, format: WireFormat) -> R
         Err(e) => Err(e),
     };
     let id = request_id(&parts);
+    let endpoint = match format {
+        WireFormat::OpenAi => "/v1/chat/completions",
+        WireFormat::Anthropic => "/v1/messages",
+    };
+    let mut audit = PendingAudit::arriving(&parts, id.0.clone(), endpoint);
     let hints = decoded
         .and_then(validate)
         .and_then(|c| RequestHints::from_parts(id.0.clone(), &parts).map(|h| (c, h)));
     let (chat, hints) = match hints {
         Ok(c) => c,
-        Err(e) => return e.into_response_for(flavor),
+        Err(e) => {
+            let response = e.into_response_for(flavor);
+            audit.status = response.status().as_u16();
+            write_audit(&state, &audit, None, 0.0);
+            return response;
+        }
     };
     let model = chat.model.clone();
     let meter = hints.meter.clone();
     let ticket = parts.extensions.get::<Ticket>().cloned();
+    audit.model = model.clone();
     let (mut response, route) = if chat.stream {
         let deadline = parts.extensions.get::<FirstTokenDeadline>().copied();
         let include_usage = chat.include_usage;
         let (result, route) = run_stream(&state, chat, &hints, deadline).await;
         match result {
             Ok(events) => {
-                let body = sse_body(
+                audit.status = 200;
+                audit.route = route.audited();
+                let encoder = match format {
+                    WireFormat::OpenAi => Encoder::OpenAi(openai::ChunkEncoder::new(include_usage)),
+                    WireFormat::Anthropic => Encoder::Anthropic(anthropic::EventEncoder::new()),
+                };
+                let body = sse_stream_body(
                     state.clone(),
                     events,
-                    format,
-                    include_usage,
-                    model.clone(),
-                    route.backend.clone(),
-                    meter,
-                    ticket,
+                    encoder,
+                    (model.clone(), route.backend.clone()),
+                    (meter, ticket, Some(audit.clone())),
                 );
                 (sse_response(body), route)
             }
@@ -115,7 +130,7 @@ async fn handle(state: Arc<AppState>, request: Request, format: WireFormat) -> R
         };
         match result {
             Ok((body, usage)) => {
-                record_usage(
+                let cost = record_usage(
                     &state,
                     &model,
                     &route.backend,
@@ -123,11 +138,20 @@ async fn handle(state: Arc<AppState>, request: Request, format: WireFormat) -> R
                     meter.as_deref(),
                     ticket.as_ref(),
                 );
+                audit.status = 200;
+                audit.route = route.audited();
+                write_audit(&state, &audit, Some(&usage), cost);
+                audit.status = 0;
                 (json_bytes_response(body), route)
             }
             Err(e) => (e.into_response_for(flavor), route),
         }
     };
+    if audit.status == 0 && !response.status().is_success() {
+        audit.status = response.status().as_u16();
+        audit.route = route.audited();
+        write_audit(&state, &audit, None, 0.0);
+    }
     let answered = response.status().is_success();
     finish_response(&state, &mut response, &id, &route, model, answered);
     response
@@ -154,6 +178,13 @@ fn validate(chat: ChatRequest) -> Result<ChatRequest, Error> {
     Ok(chat)
 }
 
+/// Writes a request's audit record when the audit log is on.
+fn write_audit(state: &AppState, audit: &PendingAudit, usage: Option<&Usage>, cost: f64) {
+    if let Some(log) = &state.audit {
+        audit.write(log, usage, cost);
+    }
+}
+
 /// Counts tokens, cost and reference cost from what `backend` reported, on `route` (the model
 /// id asked for), notes them on the request's meter, charges the spend (a local answer's avoided
 /// cost, against the route's reference cloud backend, as savings) and settles the request's
@@ -165,11 +196,11 @@ pub fn record_usage(
     usage: &Usage,
     meter: Option<&RequestMeter>,
     ticket: Option<&Ticket>,
-) {
+) -> f64 {
     let bill = bill(&state.config, route, backend, usage);
     // An answer from the response cache is not billed: nothing ran.
     if backend == CACHE_BACKEND {
-        return;
+        return 0.0;
     }
     state.metrics.record_usage(
         route,
@@ -196,6 +227,7 @@ pub fn record_usage(
         cost: bill.paid,
         savings: if local { bill.saved().max(0.0) } else { 0.0 },
     });
+    bill.paid
 }
 
 /// The text of an OpenAI chat completion's first choice (for captured spans only).
@@ -274,6 +306,8 @@ struct StreamAccounting {
     meter: Option<Arc<RequestMeter>>,
     /// The request's hold on its token limiters (settled or given back at the end).
     ticket: Option<Ticket>,
+    /// The audit record, written with the stream's tokens when it ends.
+    audit: Option<PendingAudit>,
 }
 
 impl StreamAccounting {
@@ -296,15 +330,19 @@ impl StreamAccounting {
 
 impl Drop for StreamAccounting {
     fn drop(&mut self) {
-        if let Some(usage) = self.usage.take() {
+        let usage = self.usage.take();
+        let cost = usage.as_ref().map_or(0.0, |u| {
             record_usage(
                 &self.state,
                 &self.route,
                 &self.backend,
-                &usage,
+                u,
                 self.meter.as_deref(),
                 self.ticket.as_ref(),
-            );
+            )
+        });
+        if let Some(audit) = self.audit.take() {
+            write_audit(&self.state, &audit, usage.as_ref(), cost);
         }
     }
 }
@@ -320,29 +358,6 @@ struct SseStream {
     accounting: StreamAccounting,
 }
 
-/// Encodes a stream of events as SSE in the client's format. A stream that ends with neither a
-/// finish nor an error gets an error event: a client never sees a silent end.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the stream's format, route and both accounting handles, each used once"
-)]
-fn sse_body(
-    state: Arc<AppState>,
-    events: EventStream,
-    format: WireFormat,
-    include_usage: bool,
-    route: String,
-    backend: String,
-    meter: Option<Arc<RequestMeter>>,
-    ticket: Option<Ticket>,
-) -> Body {
-    let encoder = match format {
-        WireFormat::OpenAi => Encoder::OpenAi(openai::ChunkEncoder::new(include_usage)),
-        WireFormat::Anthropic => Encoder::Anthropic(anthropic::EventEncoder::new()),
-    };
-    encoded_sse_body(state, events, encoder, route, backend, meter, ticket)
-}
-
 /// Encodes a stream of events as SSE with `encoder`, with the same guarantees as [`sse_body`].
 pub(crate) fn encoded_sse_body(
     state: Arc<AppState>,
@@ -352,6 +367,27 @@ pub(crate) fn encoded_sse_body(
     backend: String,
     meter: Option<Arc<RequestMeter>>,
     ticket: Option<Ticket>,
+) -> Body {
+    sse_stream_body(
+        state,
+        events,
+        encoder,
+        (route, backend),
+        (meter, ticket, None),
+    )
+}
+
+/// [`encoded_sse_body`], writing `audit` with the stream's tokens when it ends.
+fn sse_stream_body(
+    state: Arc<AppState>,
+    events: EventStream,
+    encoder: Encoder,
+    (route, backend): (String, String),
+    (meter, ticket, audit): (
+        Option<Arc<RequestMeter>>,
+        Option<Ticket>,
+        Option<PendingAudit>,
+    ),
 ) -> Body {
     let capture = meter.as_ref().is_some_and(|m| m.captures_content());
     let stream = SseStream {
@@ -369,6 +405,7 @@ pub(crate) fn encoded_sse_body(
             first_token_seen: false,
             meter,
             ticket,
+            audit,
         },
     };
     let frames = futures::stream::unfold(stream, move |mut s| async move {

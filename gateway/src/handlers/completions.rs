@@ -22,6 +22,7 @@ use super::{
     finish_response, json_bytes_response, json_response, read_body, request_id, sse_response,
     wire_error,
 };
+use crate::audit::PendingAudit;
 use crate::context::FirstTokenDeadline;
 use crate::controls::Ticket;
 use crate::dispatch::run_completion;
@@ -64,9 +65,17 @@ pub async fn completions(State(state): State<Arc<AppState>>, request: Request) -
         Ok((CompletionCall { request, body }, hints))
     }
     .await;
+    let mut audit = PendingAudit::arriving(&parts, id.0.clone(), "/v1/completions");
     let (call, hints) = match call {
         Ok(c) => c,
-        Err(e) => return e.into_response_for(ApiFlavor::OpenAi),
+        Err(e) => {
+            let response = e.into_response_for(ApiFlavor::OpenAi);
+            if let Some(log) = &state.audit {
+                audit.status = response.status().as_u16();
+                audit.write(log, None, 0.0);
+            }
+            return response;
+        }
     };
     let ticket = parts.extensions.get::<Ticket>().cloned();
     let (result, route) = run_completion(&state, &call, &hints, deadline).await;
@@ -83,6 +92,13 @@ pub async fn completions(State(state): State<Arc<AppState>>, request: Request) -
         ),
         Err(e) => e.into_response_for(ApiFlavor::OpenAi),
     };
+    // Legacy completions are audited when answered, without their token counts.
+    if let Some(log) = &state.audit {
+        audit.model = model.clone();
+        audit.status = response.status().as_u16();
+        audit.route = route.audited();
+        audit.write(log, None, 0.0);
+    }
     finish_response(&state, &mut response, &id, &route, model, answered);
     response
 }

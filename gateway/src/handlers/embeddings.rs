@@ -43,8 +43,7 @@ pub async fn embeddings(State(state): State<Arc<AppState>>, request: Request) ->
                 backend: LOCAL_EMBEDDING_MODEL.into(),
                 explanation: format!("{LOCAL_EMBEDDING_MODEL}; local embeddings model"),
                 mode: "local",
-                fallbacks: 0,
-                cache: None,
+                ..RouteInfo::default()
             };
             let answer = state.embedder.embed(&embeddings).await.map(|e| {
                 let body = encode_embeddings_response(

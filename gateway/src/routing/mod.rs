@@ -490,6 +490,20 @@ impl LearnedRouting {
         log.append(line.to_string());
     }
 
+    /// Logs a request the policy did not decide on (the privacy step blocked it or kept it
+    /// local): its id, the time and `outcome`'s fields.
+    pub fn log_event(&self, request_id: &str, outcome: serde_json::Value) {
+        let Some(log) = &self.log else { return };
+        let mut line = serde_json::json!({
+            "request_id": request_id,
+            "ts": tandem_cloud_adapters::unix_now(),
+        });
+        if let (Some(obj), serde_json::Value::Object(extra)) = (line.as_object_mut(), outcome) {
+            obj.extend(extra);
+        }
+        log.append(line.to_string());
+    }
+
     /// Feedback reached the bandit.
     pub fn note_update(&self) {
         self.updates.fetch_add(1, Ordering::Relaxed);

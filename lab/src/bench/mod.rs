@@ -7,6 +7,7 @@ pub mod engine;
 mod local;
 mod nginx;
 mod overhead;
+mod privacy;
 pub mod router;
 mod speculative;
 

@@ -7,6 +7,10 @@
 //! thread wakes on the idle machine, the floor under every hop's tail. The table gives latency
 //! percentiles of each target, each proxy's difference from direct (its overhead), the
 //! throughput sustained and the proxy's CPU time per request, then any failed requests by cause.
+//! The privacy rows send a 2 kB prompt through Tandem three ways: no privacy rule (`tandem2k`),
+//! a `redact` route on a clean prompt (`detect2k`: the detectors run, nothing is found) and on a
+//! prompt with nine sensitive values (`redact2k`: redaction and restoration too); a
+//! micro-benchmark of the detectors against a regex peer follows.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -57,7 +61,7 @@ pub struct OverheadArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "bare,nginx,tandem"
+        default_value = "bare,nginx,tandem,privacy"
     )]
     pub proxies: Vec<Proxy>,
 }
@@ -71,6 +75,8 @@ pub enum Proxy {
     Nginx,
     /// Tandem's gateway.
     Tandem,
+    /// Tandem with a 2 kB prompt: no privacy rule, detectors on, redaction on.
+    Privacy,
 }
 
 const BODY: &str =
@@ -139,6 +145,7 @@ fn load(
     runtime: &tokio::runtime::Runtime,
     client: &Client<HttpConnector, Full<Bytes>>,
     url: &str,
+    body: &Bytes,
     rate: u32,
     seconds: f64,
 ) -> Phase {
@@ -154,7 +161,7 @@ fn load(
                 .await;
             let request = http::Request::post(url)
                 .header("content-type", "application/json")
-                .body(Full::new(Bytes::from_static(BODY.as_bytes())));
+                .body(Full::new(body.clone()));
             let client = client.clone();
             tasks.push(tokio::spawn(async move {
                 let request = request.map_err(|e| format!("request: {e}"))?;
@@ -387,6 +394,8 @@ impl Lateness {
 struct Target<'a> {
     name: &'static str,
     url: String,
+    /// The request body it is sent.
+    body: Bytes,
     /// CPU time its proxy has used so far; None for direct, which has no proxy.
     cpu: Option<Box<dyn Fn() -> Duration + 'a>>,
 }
@@ -418,7 +427,10 @@ pub fn run_overhead(args: &OverheadArgs) -> anyhow::Result<String> {
     let toml = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n[limits]\nmax_concurrency = 100000\n\
          [backends.mock]\nkind = \"openai-compatible\"\nbase_url = \"http://{mock_addr}/v1\"\n\
-         [routes.bench]\nbackends = [\"mock\"]\n"
+         [routes.bench]\nbackends = [\"mock\"]\n\
+         [routes.bench-2k]\nbackends = [\"mock\"]\n\
+         [routes.bench-detect]\nbackends = [\"mock\"]\nprivacy = \"redact\"\n\
+         [routes.bench-redact]\nbackends = [\"mock\"]\nprivacy = \"redact\"\n"
     );
     let config = Config::from_toml_str(&toml, &MapEnv::default())?;
     let gateway = gateway_rt.block_on(Gateway::start(
@@ -447,15 +459,18 @@ pub fn run_overhead(args: &OverheadArgs) -> anyhow::Result<String> {
         },
     };
     let gateway_cpu = || thread_cpu("gateway");
+    let small = Bytes::from_static(BODY.as_bytes());
     let mut targets = vec![
         Target {
             name: "direct",
             url: format!("http://{mock_addr}{path}"),
+            body: small.clone(),
             cpu: None,
         },
         Target {
             name: "bare",
             url: format!("http://{bare_addr}{path}"),
+            body: small.clone(),
             cpu: Some(Box::new(gateway_cpu)),
         },
     ];
@@ -463,14 +478,41 @@ pub fn run_overhead(args: &OverheadArgs) -> anyhow::Result<String> {
         targets.push(Target {
             name: "nginx",
             url: format!("http://{}{path}", nginx.addr()),
+            body: small.clone(),
             cpu: Some(Box::new(|| nginx.cpu())),
         });
     }
     targets.push(Target {
         name: "tandem",
         url: format!("{}{path}", gateway.url()),
+        body: small,
         cpu: Some(Box::new(gateway_cpu)),
     });
+    if args.proxies.contains(&Proxy::Privacy) {
+        let big = |model: &str, prompt: String| {
+            Bytes::from(
+                serde_json::json!({"model": model, "max_tokens": 16,
+                                   "messages": [{"role": "user", "content": prompt}]})
+                .to_string(),
+            )
+        };
+        for (name, model, prompt) in [
+            ("tandem2k", "bench-2k", super::privacy::clean_prompt()),
+            ("detect2k", "bench-detect", super::privacy::clean_prompt()),
+            (
+                "redact2k",
+                "bench-redact",
+                super::privacy::sensitive_prompt(),
+            ),
+        ] {
+            targets.push(Target {
+                name,
+                url: format!("{}{path}", gateway.url()),
+                body: big(model, prompt),
+                cpu: Some(Box::new(gateway_cpu)),
+            });
+        }
+    }
 
     if !args.proxies.contains(&Proxy::Bare) {
         targets.retain(|t| t.name != "bare");
@@ -521,7 +563,7 @@ pub fn run_overhead(args: &OverheadArgs) -> anyhow::Result<String> {
         };
         let run = |target: &Target, seconds: f64| {
             let cpu_before = target.cpu.as_ref().map(|cpu| cpu());
-            let mut phase = load(&load_rt, &client, &target.url, rate, seconds);
+            let mut phase = load(&load_rt, &client, &target.url, &target.body, rate, seconds);
             if let (Some(cpu), Some(before)) = (&target.cpu, cpu_before) {
                 phase.proxy_cpu = cpu().saturating_sub(before);
             }
@@ -639,6 +681,9 @@ pub fn run_overhead(args: &OverheadArgs) -> anyhow::Result<String> {
             ratios.join(", ")
         );
     }
+    if args.proxies.contains(&Proxy::Privacy) {
+        let _ = writeln!(table, "\n{}", super::privacy::detector_table(20_000));
+    }
     if !notes.is_empty() {
         let _ = writeln!(table, "\nnotes and failed requests");
         for note in notes {
@@ -717,7 +762,7 @@ mod tests {
             probe_seconds: 0.1,
             nginx: None,
             no_nginx: false,
-            proxies: vec![Proxy::Bare, Proxy::Nginx, Proxy::Tandem],
+            proxies: vec![Proxy::Bare, Proxy::Nginx, Proxy::Tandem, Proxy::Privacy],
         })?;
         let nginx_measured = table
             .lines()
@@ -731,9 +776,13 @@ mod tests {
             assert!(table.contains(why), "no nginx row and no reason:\n{table}");
         }
         let targets: &[&str] = if nginx_measured {
-            &["direct", "bare", "nginx", "tandem"]
+            &[
+                "direct", "bare", "nginx", "tandem", "tandem2k", "detect2k", "redact2k",
+            ]
         } else {
-            &["direct", "bare", "tandem"]
+            &[
+                "direct", "bare", "tandem", "tandem2k", "detect2k", "redact2k",
+            ]
         };
         for &target in targets {
             let row = table
@@ -746,6 +795,7 @@ mod tests {
         }
         assert!(table.contains("overhead (proxy - direct)"), "{table}");
         assert!(table.starts_with("machine floor: of "), "{table}");
+        assert!(table.contains("scan, clean prompt"), "{table}");
         Ok(())
     }
 }
