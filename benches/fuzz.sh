@@ -15,7 +15,7 @@ batch=${BATCH:-2000}
 
 # Builds a test binary once and prints its path.
 binary() {
-    cargo test --release --locked -p "$1" --test "$2" --no-run --message-format=json 2>/dev/null |
+    cargo test --locked -p "$1" --test "$2" --no-run --message-format=json 2>/dev/null |
         python3 -c 'import json,sys
 for line in sys.stdin:
     m = json.loads(line)

@@ -221,7 +221,7 @@ proptest! {
     ) {
         let chunks = split_at(&bytes, &cuts);
         let split = parse(&chunks);
-        let whole = parse(&[bytes.clone()]);
+        let whole = parse(std::slice::from_ref(&bytes));
         prop_assert_eq!(split, whole);
         // One byte at a time too.
         let bytewise: Vec<Vec<u8>> = bytes.iter().map(|b| vec![*b]).collect();
