@@ -150,6 +150,7 @@ pub fn build_state(config: Config, options: &GatewayOptions) -> Result<Arc<AppSt
     let controls = crate::controls::Controls::start(&config, store.clone(), &FetchEnv);
     let config = Arc::new(config);
     let observer = Observer::start(config.clone(), metrics.clone());
+    crate::observe::replicas::spawn_publisher(observer.clone(), store.clone());
     Ok(Arc::new(AppState {
         store,
         controls,
