@@ -172,6 +172,7 @@ pub fn build_state(config: Config, options: &GatewayOptions) -> Result<Arc<AppSt
         crate::controls::Controls::start(&config, store.clone(), metrics.clone(), &FetchEnv);
     let config = Arc::new(config);
     let observer = Observer::start(config.clone(), metrics.clone());
+    crate::observe::replicas::spawn_publisher(observer.clone(), store.clone());
     Ok(Arc::new(AppState {
         audit,
         store,

@@ -553,3 +553,87 @@ async fn prompt_and_answer_text_reach_spans_only_when_enabled() {
     assert!(!r.str("gen_ai.output.messages").unwrap().is_empty());
     gw.shutdown().await.unwrap();
 }
+
+/// Redis for the tests, when the test script started one.
+fn test_redis() -> Option<String> {
+    let url = std::env::var("TANDEM_TEST_REDIS_URL").ok();
+    if url.is_none() {
+        #[allow(clippy::print_stderr)]
+        {
+            eprintln!("skipped: TANDEM_TEST_REDIS_URL is not set (scripts/test.sh starts Redis)");
+        }
+    }
+    url
+}
+
+#[tokio::test]
+async fn the_dashboard_sums_every_replica_sharing_redis() {
+    let Some(redis) = test_redis() else { return };
+    let mock = mock().await;
+    let prefix = format!("tandem-ui-test-{}", std::process::id());
+    let text = |admin: bool| {
+        format!(
+            "redis_url = \"{redis}\"\n[server]\nlisten = \"127.0.0.1:0\"\n{}\n[store]\nprefix = \"{prefix}\"\n\
+             [backends.mini]\nkind = \"openai-compatible\"\nbase_url = \"{}\"\napi_key_env = \"MOCK_OPENAI_KEY\"\n\
+             models = {{ \"gpt\" = \"gpt-4o-mini\" }}\nprice = {{ input = 1.0, output = 2.0 }}\n",
+            if admin {
+                "admin_listen = \"127.0.0.1:0\"\nadmin_key_env = \"ADMIN_KEY\""
+            } else {
+                ""
+            },
+            mock.base_url()
+        )
+    };
+    let env = MapEnv::from_pairs([("MOCK_OPENAI_KEY", "sk-mock"), ("ADMIN_KEY", "adm")]);
+    let options = || GatewayOptions {
+        local: LocalLoad::Offline,
+        quiet: true,
+        ..GatewayOptions::default()
+    };
+    let a = Gateway::start(Config::from_toml_str(&text(true), &env).unwrap(), options())
+        .await
+        .unwrap();
+    let b = Gateway::start(
+        Config::from_toml_str(&text(false), &env).unwrap(),
+        options(),
+    )
+    .await
+    .unwrap();
+    for (gw, n) in [(&a, 2), (&b, 3)] {
+        for _ in 0..n {
+            let r = client()
+                .post(format!("{}/v1/chat/completions", gw.url()))
+                .json(&json!({"model": "gpt", "messages": [{"role": "user", "content": "hi"}]}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        }
+    }
+    let want_paid = a.state.observer.ledger.totals().paid + b.state.observer.ledger.totals().paid;
+    // Each replica shares its snapshot every 2 s; wait for b's to reach a's dashboard.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let summary = loop {
+        let s: Value = client()
+            .get(format!("{}/ui/api/summary", a.admin_url().unwrap()))
+            .bearer_auth("adm")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if s["totals"]["requests"] == 5 || tokio::time::Instant::now() >= deadline {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(summary["totals"]["requests"], 5, "{summary}");
+    assert_eq!(summary["replicas"], 2, "{summary}");
+    assert_eq!(summary["window"]["totals"]["requests"], 5);
+    assert_eq!(summary["recent"].as_array().unwrap().len(), 5);
+    let paid = summary["totals"]["paid"].as_f64().unwrap();
+    assert!((paid - want_paid).abs() < 1e-12, "{paid} vs {want_paid}");
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}

@@ -4,7 +4,8 @@
 //! holds no data and asks for the key, which its script sends as a bearer token): the ledger's totals since start and, over the chosen window and
 //! filters (key, route, decision), the routing mix and cost over time, requests and tokens by
 //! route and backend, latency percentiles, error, fallback and speculative rates, local CPU and
-//! energy, and the most recent decisions with their explanations. Read-only.
+//! energy, and the most recent decisions with their explanations, over every replica sharing
+//! the store (Redis) or this process alone. Read-only.
 
 use std::sync::Arc;
 
@@ -14,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http::{HeaderValue, header};
 
-use crate::observe::ledger;
+use crate::observe::{ledger, replicas};
 use crate::state::AppState;
 
 const INDEX: &str = include_str!("ui/index.html");
@@ -68,7 +69,7 @@ async fn summary(
     Query(query): Query<ledger::Query>,
 ) -> Response {
     let now_ms = crate::observe::trace::unix_ns() / 1_000_000;
-    let mut body = state.observer.ledger.summary(&query, now_ms);
+    let mut body = replicas::summary(&state.observer, &state.store, &query, now_ms).await;
     body["energy_source"] = state.observer.energy.source().into();
     let mut response = axum::Json(body).into_response();
     response

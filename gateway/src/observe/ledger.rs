@@ -1,32 +1,37 @@
 //! The ledger: every finished model request's report, the totals since start, and the last
 //! `recent_requests` reports for the dashboard's windows and its list of recent decisions.
-//! Process state; replicas each keep their own.
+//! Process state; replicas each keep their own and share a snapshot through the store
+//! (`replicas`), and the summary is computed the same way over one ledger or several.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 
 use parking_lot::Mutex;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+/// A label: a fixed name here, owned when read back from another replica.
+pub type Label = Cow<'static, str>;
+
 /// One finished request, as the dashboard shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RequestReport {
     /// When it finished, ms since the Unix epoch.
     pub ts_ms: u64,
     /// Its id.
     pub id: String,
     /// Endpoint label.
-    pub endpoint: &'static str,
+    pub endpoint: Label,
     /// Route (the model id asked for) or `none`.
     pub route: String,
     /// The backend that answered (or failed last), or `none`.
     pub backend: String,
     /// `local`, `cloud`, `cascade`, `speculative`, `cache` or `none`.
-    pub mode: &'static str,
+    pub mode: Label,
     /// HTTP status.
     pub status: u16,
     /// The edge error's label, for a failure.
-    pub error: Option<&'static str>,
+    pub error: Option<Label>,
     /// The `x-tandem-route` explanation.
     pub explanation: String,
     /// The first 12 hex digits of the API key's digest.
@@ -63,12 +68,12 @@ pub struct RequestReport {
 
 impl RequestReport {
     fn is_model_call(&self) -> bool {
-        matches!(self.endpoint, "chat" | "completions" | "messages")
+        matches!(&*self.endpoint, "chat" | "completions" | "messages")
     }
 }
 
 /// Sums over a set of reports.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Totals {
     /// Requests.
     pub requests: u64,
@@ -121,6 +126,43 @@ impl Totals {
         self.cache_hits += u64::from(r.cache_hit);
         self.spec_drafted += r.spec_drafted;
         self.spec_accepted += r.spec_accepted;
+    }
+
+    /// Adds another replica's totals.
+    pub fn merge(&mut self, o: &Totals) {
+        self.requests += o.requests;
+        self.errors += o.errors;
+        self.fell_back += o.fell_back;
+        self.input_tokens += o.input_tokens;
+        self.output_tokens += o.output_tokens;
+        self.paid += o.paid;
+        self.reference += o.reference;
+        self.saved += o.saved;
+        self.cpu_seconds += o.cpu_seconds;
+        self.energy_joules += o.energy_joules;
+        self.local_requests += o.local_requests;
+        self.local_output_tokens += o.local_output_tokens;
+        self.cache_hits += o.cache_hits;
+        self.spec_drafted += o.spec_drafted;
+        self.spec_accepted += o.spec_accepted;
+    }
+}
+
+/// A ledger's totals and its latest reports, oldest first: what a replica shares.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Totals since the replica started.
+    pub totals: Totals,
+    /// Its latest reports, oldest first.
+    pub recent: Vec<RequestReport>,
+}
+
+impl Snapshot {
+    /// Adds another replica's snapshot (reports kept in time order).
+    pub fn merge(&mut self, other: Snapshot) {
+        self.totals.merge(&other.totals);
+        self.recent.extend(other.recent);
+        self.recent.sort_by_key(|r| r.ts_ms);
     }
 }
 
@@ -183,28 +225,41 @@ impl Ledger {
         self.inner.lock().totals.clone()
     }
 
-    /// The dashboard's data at `now_ms` for `query`.
+    /// The totals and the latest `limit` reports.
+    pub fn snapshot(&self, limit: usize) -> Snapshot {
+        let inner = self.inner.lock();
+        let skip = inner.recent.len().saturating_sub(limit);
+        Snapshot {
+            totals: inner.totals.clone(),
+            recent: inner.recent.iter().skip(skip).cloned().collect(),
+        }
+    }
+
+    /// The dashboard's data at `now_ms` for `query`, over this ledger alone.
     pub fn summary(&self, query: &Query, now_ms: u64) -> Value {
+        summarize(&self.snapshot(self.capacity), query, now_ms)
+    }
+}
+
+/// The dashboard's data at `now_ms` for `query` over `snapshot` (one replica's or several).
+pub fn summarize(snapshot: &Snapshot, query: &Query, now_ms: u64) -> Value {
+    {
         let window_s = query.window.unwrap_or(900).clamp(10, 7 * 24 * 3600);
         let since = now_ms.saturating_sub(window_s * 1000);
-        let (totals, reports): (Totals, Vec<RequestReport>) = {
-            let inner = self.inner.lock();
-            let reports = inner
-                .recent
-                .iter()
-                .filter(|r| r.ts_ms >= since)
-                .filter(|r| {
-                    query
-                        .key
-                        .as_deref()
-                        .is_none_or(|k| r.key.as_deref() == Some(k))
-                })
-                .filter(|r| query.route.as_deref().is_none_or(|x| r.route == x))
-                .filter(|r| query.decision.as_deref().is_none_or(|x| r.mode == x))
-                .cloned()
-                .collect();
-            (inner.totals.clone(), reports)
-        };
+        let totals = &snapshot.totals;
+        let reports: Vec<&RequestReport> = snapshot
+            .recent
+            .iter()
+            .filter(|r| r.ts_ms >= since)
+            .filter(|r| {
+                query
+                    .key
+                    .as_deref()
+                    .is_none_or(|k| r.key.as_deref() == Some(k))
+            })
+            .filter(|r| query.route.as_deref().is_none_or(|x| r.route == x))
+            .filter(|r| query.decision.as_deref().is_none_or(|x| r.mode == x))
+            .collect();
         let mut window = Totals::default();
         for r in &reports {
             window.add(r);
@@ -275,7 +330,7 @@ impl Ledger {
             })
             .collect();
         let limit = query.limit.unwrap_or(50).min(500);
-        let recent: Vec<&RequestReport> = reports.iter().rev().take(limit).collect();
+        let recent: Vec<&RequestReport> = reports.iter().rev().take(limit).copied().collect();
         let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
         json!({
             "now_ms": now_ms,
@@ -327,10 +382,10 @@ mod tests {
         RequestReport {
             ts_ms,
             id: format!("r{ts_ms}"),
-            endpoint: "chat",
+            endpoint: "chat".into(),
             route: "auto".into(),
             backend: backend.into(),
-            mode,
+            mode: mode.into(),
             status: 200,
             error: None,
             explanation: format!("{backend}; route auto"),
@@ -358,7 +413,7 @@ mod tests {
         ledger.record(report(1_000, "local", "local", 0.0, 0.01));
         ledger.record(report(2_000, "cloud", "openai", 0.01, 0.01));
         let mut health = report(2_500, "none", "none", 0.0, 0.0);
-        health.endpoint = "health";
+        health.endpoint = "health".into();
         ledger.record(health);
         ledger.record(report(900_000, "local", "local", 0.0, 0.01));
         ledger.record(report(901_000, "cloud", "openai", 0.02, 0.02));

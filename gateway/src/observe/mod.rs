@@ -6,6 +6,7 @@
 //! - `energy`: joules per CPU-second (RAPL where readable, else watts per core).
 //! - `meter`: one request's meter and the task-local scope work below dispatch reports to.
 //! - `ledger`: finished requests, totals and the dashboard's summary.
+//! - `replicas`: the ledger's snapshot shared through the store, and the merged summary.
 //! - `trace`, `otlp`: spans, `traceparent`, and their batched protobuf export.
 
 pub mod bill;
@@ -13,6 +14,7 @@ pub mod energy;
 pub mod ledger;
 pub mod meter;
 pub mod otlp;
+pub mod replicas;
 pub mod trace;
 
 use std::sync::Arc;
@@ -41,6 +43,8 @@ pub struct Observer {
     pub energy: Arc<energy::Energy>,
     /// The trace exporter, when export is on.
     pub exporter: Option<Arc<otlp::Exporter>>,
+    /// This replica's id (its dashboard snapshot's key).
+    pub replica: String,
     config_all: Arc<Config>,
 }
 
@@ -75,6 +79,7 @@ impl Observer {
             metrics,
             energy,
             exporter,
+            replica: uuid::Uuid::new_v4().simple().to_string()[..12].to_owned(),
             config_all: config,
         })
     }
@@ -105,12 +110,14 @@ impl Observer {
 
     /// A finished request's report.
     fn settle(&self, report: ledger::RequestReport) {
-        if matches!(report.endpoint, "chat" | "completions" | "messages") {
+        if let ("chat" | "completions" | "messages", std::borrow::Cow::Borrowed(mode)) =
+            (&*report.endpoint, &report.mode)
+        {
             self.metrics
                 .modes
                 .get_or_create(&crate::metrics::ModeLabels {
                     route: report.route.clone(),
-                    mode: report.mode,
+                    mode,
                 })
                 .inc();
         }

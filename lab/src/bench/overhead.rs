@@ -1,8 +1,9 @@
 //! `tandem bench overhead`: what Tandem adds to a request. A mock upstream answers recorded
 //! OpenAI fixtures on loopback; an open-loop generator sends non-streaming chat requests at fixed
 //! rates straight to the mock (direct), through a bare hyper proxy (the least any proxy written
-//! on hyper does), through nginx where one is installed (the usual reference proxy) and through
-//! Tandem, in one run. The targets take turns in short rounds, so a stall of the machine lands on
+//! on hyper does), through nginx where one is installed (the usual reference proxy), through
+//! Tandem, and through Tandem exporting an OpenTelemetry trace of every request to a loopback
+//! OTLP collector (tracing on vs off, side by side), in one run. The targets take turns in short rounds, so a stall of the machine lands on
 //! one round of one target rather than on a whole phase. First it measures how late a sleeping
 //! thread wakes on the idle machine, the floor under every hop's tail. The table gives latency
 //! percentiles of each target, each proxy's difference from direct (its overhead), the
@@ -17,6 +18,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::mock::{Fixtures, MockConfig, MockUpstream};
+use crate::otlp::Collector;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -61,7 +63,7 @@ pub struct OverheadArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "bare,nginx,tandem,privacy"
+        default_value = "bare,nginx,tandem,tandem-traced,privacy"
     )]
     pub proxies: Vec<Proxy>,
 }
@@ -77,6 +79,8 @@ pub enum Proxy {
     Tandem,
     /// Tandem with a 2 kB prompt: no privacy rule, detectors on, redaction on.
     Privacy,
+    /// Tandem's gateway exporting a trace of every request over OTLP/HTTP.
+    TandemTraced,
 }
 
 const BODY: &str =
@@ -440,6 +444,20 @@ pub fn run_overhead(args: &OverheadArgs) -> anyhow::Result<String> {
             ..GatewayOptions::default()
         },
     ))?;
+    // The same gateway with tracing on, exporting to a collector on the mock's runtime (its
+    // decoding is not Tandem's cost; the batching and export are, on the gateway's threads).
+    let collector = mock_rt.block_on(Collector::start())?;
+    let traced_toml = format!(
+        "{toml}[observability.otlp]\nendpoint = \"{}\"\nflush_interval_ms = 200\n",
+        collector.endpoint()
+    );
+    let traced = gateway_rt.block_on(Gateway::start(
+        Config::from_toml_str(&traced_toml, &MapEnv::default())?,
+        GatewayOptions {
+            quiet: true,
+            ..GatewayOptions::default()
+        },
+    ))?;
     let bare_addr = gateway_rt.block_on(start_bare_proxy(mock_addr))?;
     let path = "/v1/chat/completions";
     let mut notes = Vec::new();
@@ -485,7 +503,7 @@ pub fn run_overhead(args: &OverheadArgs) -> anyhow::Result<String> {
     targets.push(Target {
         name: "tandem",
         url: format!("{}{path}", gateway.url()),
-        body: small,
+        body: small.clone(),
         cpu: Some(Box::new(gateway_cpu)),
     });
     if args.proxies.contains(&Proxy::Privacy) {
@@ -513,12 +531,21 @@ pub fn run_overhead(args: &OverheadArgs) -> anyhow::Result<String> {
             });
         }
     }
+    targets.push(Target {
+        name: "tandem-traced",
+        url: format!("{}{path}", traced.url()),
+        body: small,
+        cpu: Some(Box::new(gateway_cpu)),
+    });
 
     if !args.proxies.contains(&Proxy::Bare) {
         targets.retain(|t| t.name != "bare");
     }
     if !args.proxies.contains(&Proxy::Tandem) {
         targets.retain(|t| t.name != "tandem");
+    }
+    if !args.proxies.contains(&Proxy::TandemTraced) {
+        targets.retain(|t| t.name != "tandem-traced");
     }
     let budget_ms = P99_BUDGET.as_secs_f64() * 1000.0;
     let mut table = String::new();
@@ -552,6 +579,8 @@ pub fn run_overhead(args: &OverheadArgs) -> anyhow::Result<String> {
     );
     let mut summary = Vec::new();
     let mut cpu_ratios = Vec::new();
+    // Per rate: tracing's CPU per request and p99 against the untraced gateway.
+    let mut tracing_costs = Vec::new();
     for &rate in &args.rates {
         let client: Client<HttpConnector, Full<Bytes>> = {
             let _guard = load_rt.enter();
@@ -632,6 +661,20 @@ pub fn run_overhead(args: &OverheadArgs) -> anyhow::Result<String> {
         {
             cpu_ratios.push((rate, tandem / nginx));
         }
+        let p99_of = |name: &str| {
+            targets
+                .iter()
+                .position(|t| t.name == name)
+                .map(|i| pooled[i].percentile(0.99) - direct.percentile(0.99))
+        };
+        if let (Some(plain), Some(traced), Some(p99_plain), Some(p99_traced)) = (
+            cpu_of("tandem"),
+            cpu_of("tandem-traced"),
+            p99_of("tandem"),
+            p99_of("tandem-traced"),
+        ) {
+            tracing_costs.push((rate, plain, traced, p99_plain, p99_traced));
+        }
     }
     let _ = writeln!(table, "\noverhead (proxy - direct)");
     let _ = writeln!(
@@ -684,6 +727,29 @@ pub fn run_overhead(args: &OverheadArgs) -> anyhow::Result<String> {
     if args.proxies.contains(&Proxy::Privacy) {
         let _ = writeln!(table, "\n{}", super::privacy::detector_table(20_000));
     }
+    if !tracing_costs.is_empty() {
+        let _ = writeln!(
+            table,
+            "\ntracing on vs off (every request traced, OTLP/HTTP export to a loopback collector; {} spans received)",
+            collector.spans().len()
+        );
+        let _ = writeln!(
+            table,
+            "{:>7} {:>16} {:>15} {:>10} {:>16} {:>15}",
+            "rate", "µs/req tracing", "µs/req off", "CPU ratio", "p99 ovh tracing", "p99 ovh off"
+        );
+        for (rate, plain, traced, p99_plain, p99_traced) in tracing_costs {
+            let ratio = if plain > 0.0 {
+                traced / plain
+            } else {
+                f64::NAN
+            };
+            let _ = writeln!(
+                table,
+                "{rate:>7} {traced:>16.1} {plain:>15.1} {ratio:>10.3} {p99_traced:>16.3} {p99_plain:>15.3}"
+            );
+        }
+    }
     if !notes.is_empty() {
         let _ = writeln!(table, "\nnotes and failed requests");
         for note in notes {
@@ -691,6 +757,7 @@ pub fn run_overhead(args: &OverheadArgs) -> anyhow::Result<String> {
         }
     }
     gateway_rt.block_on(gateway.shutdown())?;
+    gateway_rt.block_on(traced.shutdown())?;
     Ok(table)
 }
 
