@@ -408,10 +408,10 @@ async fn a_paraphrase_is_a_semantic_hit_and_another_question_a_miss() {
     }
     for store in stores() {
         // The models are linked into a cache directory of the test's own, so the answers it
-        // stores stay there.
+        // stores (and the embedded store's state) stay there.
         let dir = tempfile::tempdir().unwrap();
         for entry in std::fs::read_dir(&models).unwrap().flatten() {
-            if entry.file_name() != "response-cache" {
+            if entry.file_name() != "response-cache" && entry.file_name() != "state" {
                 std::os::unix::fs::symlink(entry.path(), dir.path().join(entry.file_name()))
                     .unwrap();
             }
