@@ -799,6 +799,22 @@ fn add_local_fallback(
     }
 }
 
+/// A request's plan (see [`screened_plan`]), the request noted on its meter; one that cannot be
+/// planned has its route noted there too.
+async fn metered_plan(
+    state: &AppState,
+    request: &ChatRequest,
+    hints: &RequestHints,
+    legacy: bool,
+) -> Result<Plan, (Error, RouteInfo)> {
+    if let Some(meter) = &hints.meter {
+        meter.note_request(request);
+    }
+    screened_plan(state, request, hints, legacy)
+        .await
+        .inspect_err(|(_, route)| note_route(hints, &request.model, route))
+}
+
 fn no_route(e: Error) -> (Error, RouteInfo) {
     (e, RouteInfo::unrouted("no route"))
 }
@@ -1412,15 +1428,9 @@ where
     Fut: std::future::Future<Output = Result<T, Error>>,
 {
     let model = request.model.clone();
-    if let Some(meter) = &hints.meter {
-        meter.note_request(&request);
-    }
-    let plan = match screened_plan(state, &request, hints, false).await {
+    let plan = match metered_plan(state, &request, hints, false).await {
         Ok(p) => p,
-        Err((e, route)) => {
-            note_route(hints, &model, &route);
-            return (Err(e), route);
-        }
+        Err((e, route)) => return (Err(e), route),
     };
     let measure = plan.cascade.is_none();
     let mut request = Some(request);
@@ -1484,15 +1494,9 @@ pub async fn run_completion(
 ) -> (Result<CompletionOutput, Error>, RouteInfo) {
     let model = call.request.model.as_str();
     let view = call.policy_view();
-    if let Some(meter) = &hints.meter {
-        meter.note_request(&view);
-    }
-    let plan = match screened_plan(state, &view, hints, true).await {
+    let plan = match metered_plan(state, &view, hints, true).await {
         Ok(p) => p,
-        Err((e, route)) => {
-            note_route(hints, model, &route);
-            return (Err(e), route);
-        }
+        Err((e, route)) => return (Err(e), route),
     };
     let stream = call.request.stream;
     let (result, mut route) = plan
@@ -1714,15 +1718,9 @@ pub async fn run_stream(
         Err((hit, route)) => return (Ok(hit.events()), route),
     };
     let model = request.model.clone();
-    if let Some(meter) = &hints.meter {
-        meter.note_request(&request);
-    }
-    let plan = match screened_plan(state, &request, hints, false).await {
+    let plan = match metered_plan(state, &request, hints, false).await {
         Ok(p) => p,
-        Err((e, route)) => {
-            note_route(hints, &model, &route);
-            return (Err(e), route);
-        }
+        Err((e, route)) => return (Err(e), route),
     };
     let measure = plan.cascade.is_none();
     let mut request = Some(request);
