@@ -69,43 +69,57 @@ pub fn validate_resilience(raw: RawResilience) -> Result<ResilienceSettings, Con
         Some(v) => Ok(v),
         None => Ok(default),
     };
+    let millis = |v: Option<u64>, path: &str, default: Duration| {
+        positive(v, path, default.as_millis() as u64).map(Duration::from_millis)
+    };
+    // A ceiling below its floor would make the floor meaningless.
+    let at_least = |ceiling: Duration, floor: Duration, ceiling_path: &str, floor_path: &str| {
+        if ceiling < floor {
+            Err(invalid(
+                ceiling_path,
+                format!("must be at least {floor_path}"),
+            ))
+        } else {
+            Ok(())
+        }
+    };
     let small = |v: u64, path: &str| u32::try_from(v).map_err(|_| invalid(path, "is too large"));
     let retries = small(raw.retries.unwrap_or(0), "resilience.retries")?;
     if retries > 10 {
         return Err(invalid("resilience.retries", "must be at most 10"));
     }
-    let retry_backoff = Duration::from_millis(positive(
+    let retry_backoff = millis(
         raw.retry_backoff_ms,
         "resilience.retry_backoff_ms",
-        d.retry_backoff.as_millis() as u64,
-    )?);
-    let retry_backoff_max = Duration::from_millis(positive(
+        d.retry_backoff,
+    )?;
+    let retry_backoff_max = millis(
         raw.retry_backoff_max_ms,
         "resilience.retry_backoff_max_ms",
-        d.retry_backoff_max.as_millis() as u64,
-    )?);
-    if retry_backoff_max < retry_backoff {
-        return Err(invalid(
-            "resilience.retry_backoff_max_ms",
-            "must be at least resilience.retry_backoff_ms",
-        ));
-    }
-    let breaker_open = Duration::from_millis(positive(
+        d.retry_backoff_max,
+    )?;
+    at_least(
+        retry_backoff_max,
+        retry_backoff,
+        "resilience.retry_backoff_max_ms",
+        "resilience.retry_backoff_ms",
+    )?;
+    let breaker_open = millis(
         raw.breaker_open_ms,
         "resilience.breaker_open_ms",
-        d.breaker_open.as_millis() as u64,
-    )?);
-    let breaker_open_max = Duration::from_millis(positive(
+        d.breaker_open,
+    )?;
+    let breaker_open_max = millis(
         raw.breaker_open_max_ms,
         "resilience.breaker_open_max_ms",
-        d.breaker_open_max.as_millis() as u64,
-    )?);
-    if breaker_open_max < breaker_open {
-        return Err(invalid(
-            "resilience.breaker_open_max_ms",
-            "must be at least resilience.breaker_open_ms",
-        ));
-    }
+        d.breaker_open_max,
+    )?;
+    at_least(
+        breaker_open_max,
+        breaker_open,
+        "resilience.breaker_open_max_ms",
+        "resilience.breaker_open_ms",
+    )?;
     Ok(ResilienceSettings {
         retries,
         retry_backoff,
