@@ -1196,7 +1196,8 @@ impl Worker {
             });
             r.completion += 1;
             r.tokens.push(id);
-            let is_eos = !r.params.ignore_eos && self.eos.contains(&id);
+            let is_eos = !r.params.ignore_eos
+                && (self.eos.contains(&id) || r.params.stop_token_ids.contains(&id));
             let (mut text, mut reason) = if is_eos {
                 (r.stop.flush(), Some(StopReason::Stop))
             } else if self.tok.is_control(id) {

@@ -282,6 +282,11 @@ impl Tokenizer {
         self.eos
     }
 
+    /// The fill-in-the-middle template this vocabulary's special tokens spell, if any.
+    pub fn fim_template(&self) -> Option<crate::fim::FimTemplate> {
+        crate::fim::FimTemplate::detect(|t| self.token_id(t))
+    }
+
     /// Whether `encode(.., add_special = true)` prepends BOS.
     pub fn adds_bos(&self) -> bool {
         self.add_bos
