@@ -19,7 +19,9 @@ use crate::config::{BackendKind, RoutePolicy, placement_allows};
 use crate::context::{FirstTokenDeadline, RouteSlot};
 use crate::error::Error;
 use crate::executor::cascade::{CascadeExecutor, CascadeOutcome};
+use crate::executor::infill::{self, InfillChunk, InfillOutcome, InfillRequest};
 use crate::executor::local::LocalExecutor;
+use crate::executor::local_completion;
 use crate::executor::{CompletionCall, CompletionOutput, Executor};
 use crate::metrics::BackendLabels;
 use crate::resilience::{Admission, Outcome, Resilience};
@@ -1064,6 +1066,13 @@ pub async fn run_completion(
     first_token: Option<FirstTokenDeadline>,
 ) -> (Result<CompletionOutput, Error>, RouteInfo) {
     let model = call.request.model.as_str();
+    if let Some(route) = code_model_route(state, call) {
+        let result = match code_engine(state) {
+            Ok(engine) => local_completion::complete(&engine, &call.request).await,
+            Err(e) => Err(e),
+        };
+        return (result, route);
+    }
     let plan = match plan(state, &call.policy_view(), hints).await {
         Ok(p) => p,
         Err((e, route)) => return (Err(e), route),
@@ -1179,6 +1188,80 @@ async fn first_content(mut events: EventStream, backend: &str) -> Result<EventSt
         }
     }
     Ok(futures::stream::iter(head).chain(events).boxed())
+}
+
+/// Where `/v1/completions` goes to the code model (`[ide]`): a request that names it, or one with
+/// a `suffix` on a route served by the local model alone.
+fn code_model_route(state: &AppState, call: &CompletionCall) -> Option<RouteInfo> {
+    let ide = state.config.ide.as_ref()?;
+    let model = call.request.model.as_str();
+    let local_route = || {
+        state.config.routes.get(model).is_some_and(|r| {
+            r.backends.iter().all(|b| {
+                state
+                    .config
+                    .backends
+                    .get(b)
+                    .is_some_and(|b| b.kind == BackendKind::Local)
+            })
+        })
+    };
+    let why = if ide.is_named(model) {
+        "code model"
+    } else if call.request.suffix.is_some() && local_route() {
+        "fill in the middle on the code model"
+    } else {
+        return None;
+    };
+    Some(RouteInfo {
+        backend: CODE_BACKEND.into(),
+        explanation: format!("{CODE_BACKEND}; {why} ({})", ide.model),
+    })
+}
+
+/// The backend name the code model answers as (`x-tandem-route`, metrics).
+pub const CODE_BACKEND: &str = "ide";
+
+/// The engine that fills in the middle: the `[ide]` code model, else the local model.
+fn code_engine(state: &AppState) -> Result<tandem_local_model::Engine, Error> {
+    match (&state.ide, &state.local) {
+        (Some(code), _) | (None, Some(code)) => code.engine(),
+        (None, None) => Err(Error::Unsupported {
+            message: "no local model is configured to fill in the middle; add [ide] or run `tandem serve --ide`".into(),
+            param: "input_prefix".into(),
+        }),
+    }
+}
+
+/// Runs an `/infill` request on the code model (a newer request of the same editor session
+/// stops the older); with `chunks` it streams.
+pub async fn run_infill(
+    state: &AppState,
+    request: &InfillRequest,
+    chunks: Option<tokio::sync::mpsc::Sender<InfillChunk>>,
+) -> (Result<InfillOutcome, Error>, RouteInfo) {
+    let (backend, model) = match (&state.config.ide, &state.config.local) {
+        (Some(ide), _) => (CODE_BACKEND, ide.model.as_str()),
+        (None, Some(local)) => ("local", local.model.as_str()),
+        (None, None) => ("", ""),
+    };
+    let route = RouteInfo {
+        backend: backend.into(),
+        explanation: format!("{backend}; infill ({model})"),
+    };
+    let engine = match code_engine(state) {
+        Ok(e) => e,
+        Err(e) => return (Err(e), route),
+    };
+    let result = infill::run(
+        &engine,
+        request,
+        state.config.ide.as_ref(),
+        &state.editors,
+        chunks,
+    )
+    .await;
+    (result, route)
 }
 
 #[cfg(test)]

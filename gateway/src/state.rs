@@ -10,6 +10,7 @@ use tandem_router_policy::recent::RecentMap;
 
 use crate::config::{BackendKind, Config};
 use crate::executor::Executor;
+use crate::executor::infill::EditorSessions;
 use crate::executor::local::LocalModel;
 use crate::metrics::Metrics;
 use crate::resilience::Resilience;
@@ -80,6 +81,10 @@ pub struct AppState {
     pub executors: BTreeMap<String, Arc<dyn Executor>>,
     /// The local model, when a local backend is configured.
     pub local: Option<Arc<LocalModel>>,
+    /// The code model (`[ide]`), served next to the chat model.
+    pub ide: Option<Arc<LocalModel>>,
+    /// The running code completions of each editor session (a newer one stops the older).
+    pub editors: Arc<EditorSessions>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Circuit breakers and the retry budget.

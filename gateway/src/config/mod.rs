@@ -1,6 +1,7 @@
 //! `tandem.toml`: parsed into raw structs, overridden from `TANDEM__SECTION__KEY` variables, then
 //! validated into the runtime [`Config`]. Every error names the path it is about.
 
+pub mod ide;
 pub mod raw;
 pub mod resilience;
 pub mod router;
@@ -21,6 +22,7 @@ pub use tandem_router_policy::Price;
 
 use crate::speculative::{DelayConfig, ScoringMode, VerifyProtocol};
 
+pub use ide::IdeConfig;
 use raw::{RawBackend, RawConfig};
 pub use resilience::ResilienceSettings;
 pub use router::{BackendProfileConfig, CascadeJudge, PolicyRules, RoutePolicy, RouterSettings};
@@ -298,6 +300,8 @@ pub struct Config {
     pub limits: Limits,
     /// The local model, when a `local` backend exists.
     pub local: Option<LocalConfig>,
+    /// The code model for editor plugins (`[ide]`), served next to the chat model.
+    pub ide: Option<IdeConfig>,
     /// Backends by name.
     pub backends: BTreeMap<String, BackendConfig>,
     /// Routes by model id.
@@ -598,11 +602,14 @@ impl Config {
             other => other,
         };
 
+        let ide = raw.ide.map(ide::validate_ide).transpose()?;
+
         Ok(Self {
             listen,
             api_key_hashes,
             limits,
             local,
+            ide,
             backends,
             routes,
             router: router_settings,
@@ -642,6 +649,13 @@ impl Config {
                 local.threads,
                 local.kv_cache_tokens,
                 local.weights.as_str()
+            );
+        }
+        if let Some(ide) = &self.ide {
+            let _ = writeln!(
+                s,
+                "ide code model: {} ({} threads, kv cache {} tokens, context {} + extra {} tokens)",
+                ide.model, ide.threads, ide.kv_cache_tokens, ide.context_tokens, ide.extra_tokens
             );
         }
         let _ = writeln!(s, "backends:");
@@ -694,6 +708,7 @@ fn unreachable_default() -> Config {
         api_key_hashes: Vec::new(),
         limits: Limits::default(),
         local: Some(LocalConfig::default()),
+        ide: None,
         backends: BTreeMap::from([(LOCAL_MODEL_ID.to_owned(), local_backend(LOCAL_MODEL_ID))]),
         routes: BTreeMap::new(),
         router: RouterSettings::default(),

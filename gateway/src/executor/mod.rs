@@ -6,6 +6,7 @@ pub mod cascade;
 pub mod cloud;
 pub mod completion;
 pub mod engine;
+pub mod infill;
 pub mod local;
 pub mod local_completion;
 

@@ -2,6 +2,7 @@
 
 pub mod chat;
 pub mod completions;
+pub mod infill;
 pub mod ops;
 
 use axum::body::Body;
