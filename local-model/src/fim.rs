@@ -167,7 +167,7 @@ pub struct FimInput<'a> {
     pub extra: &'a [ExtraFile],
     /// Most prefix tokens kept (the end of the prefix is kept).
     pub max_prefix_tokens: usize,
-    /// Most suffix tokens kept (the start of the suffix is kept).
+    /// Suffix tokens, FIM tokens and typed text kept together (the start of the suffix is kept).
     pub max_suffix_tokens: usize,
     /// Most repository-context tokens kept (the files nearest the current one are kept).
     pub max_extra_tokens: usize,
@@ -237,7 +237,8 @@ impl FimTemplate {
         }
         let typed = encode(input.prompt);
         let mut suffix = encode(input.suffix);
-        let suffix_room = input.max_suffix_tokens;
+        // As llama.cpp: the suffix's share also holds the two FIM tokens and the typed text.
+        let suffix_room = input.max_suffix_tokens.saturating_sub(2 + typed.len());
         if suffix.len() > suffix_room {
             suffix.truncate(suffix_room);
             truncated = true;
@@ -475,7 +476,7 @@ mod tests {
                 prompt: "",
                 extra: &extra,
                 max_prefix_tokens: 3,
-                max_suffix_tokens: 2,
+                max_suffix_tokens: 4,
                 max_extra_tokens: 10,
             },
             None,

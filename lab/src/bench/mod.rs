@@ -3,12 +3,14 @@
 
 mod cpu;
 pub mod engine;
+mod ide;
 mod local;
 mod nginx;
 mod overhead;
 pub mod router;
 mod speculative;
 
+pub use ide::{IdeArgs, run_ide};
 pub use local::run_local;
 pub use overhead::{OverheadArgs, Proxy, run_overhead};
 pub use speculative::{BenchArgs, BenchReport, bench_speculative};
