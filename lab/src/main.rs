@@ -88,6 +88,9 @@ enum BenchCommand {
         /// Source files to type through (default: two of this repository's and the sample).
         #[arg(long)]
         file: Vec<std::path::PathBuf>,
+        /// Tandem's prompt layouts to run (`psm`, `spm`).
+        #[arg(long, value_delimiter = ',', default_value = "psm,spm")]
+        layouts: Vec<String>,
     },
     /// Routing decision latency.
     Router,
@@ -168,12 +171,14 @@ fn main() -> anyhow::Result<()> {
             points,
             keystrokes,
             file,
+            layouts,
         }) => {
             let mut args = tandem_lab::bench::IdeArgs {
                 model,
                 threads,
                 points,
                 keystrokes,
+                layouts,
                 ..Default::default()
             };
             if !file.is_empty() {

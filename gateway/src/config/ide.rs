@@ -23,6 +23,9 @@ pub struct IdeConfig {
     pub extra_tokens: usize,
     /// Model ids that name the code model on `/v1/completions` (its name, `ide`, and more).
     pub aliases: Vec<String>,
+    /// Lay `/infill` prompts out suffix first, so a keystroke changes only the prompt's end
+    /// (`layout = "spm"`); the model's own order otherwise (`"psm"` for most code models).
+    pub suffix_first: bool,
 }
 
 impl Default for IdeConfig {
@@ -36,6 +39,7 @@ impl Default for IdeConfig {
             context_tokens: 2048,
             extra_tokens: 2048,
             aliases: vec![CODE_MODEL.into(), "ide".into()],
+            suffix_first: false,
         }
     }
 }
@@ -88,6 +92,16 @@ pub fn validate_ide(raw: RawIde) -> Result<IdeConfig, ConfigError> {
             ),
         ));
     }
+    let suffix_first = match raw.layout.as_deref() {
+        None | Some("psm") => false,
+        Some("spm") => true,
+        Some(other) => {
+            return Err(invalid(
+                "ide.layout",
+                format!("unknown layout `{other}` (expected psm or spm)"),
+            ));
+        }
+    };
     let mut aliases: BTreeSet<String> = raw.aliases.into_iter().collect();
     aliases.insert("ide".into());
     if !model.ends_with(".gguf") {
@@ -100,6 +114,7 @@ pub fn validate_ide(raw: RawIde) -> Result<IdeConfig, ConfigError> {
         context_tokens,
         extra_tokens,
         aliases: aliases.into_iter().collect(),
+        suffix_first,
     })
 }
 
@@ -132,6 +147,7 @@ mod tests {
             ("[ide]\nkv_cache_tokens = 10\n", "ide.kv_cache_tokens"),
             ("[ide]\ncontext_tokens = 9000\n", "ide.context_tokens"),
             ("[ide]\nport = 1\n", "ide"),
+            ("[ide]\nlayout = \"x\"\n", "ide.layout"),
         ] {
             let e = Config::from_toml_str(toml, &MapEnv::default())
                 .unwrap_err()

@@ -104,6 +104,8 @@ pub struct RawIde {
     pub context_tokens: Option<u64>,
     /// Most tokens of repository context (`input_extra`) in a completion's prompt.
     pub extra_tokens: Option<u64>,
+    /// `psm` (prefix, suffix, middle: the model's order) or `spm` (suffix first).
+    pub layout: Option<String>,
     /// Extra model ids that name the code model.
     #[serde(default)]
     pub aliases: Vec<String>,

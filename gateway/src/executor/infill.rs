@@ -202,6 +202,8 @@ pub fn prompt(
 ) -> (Vec<u32>, bool) {
     let tok = engine.tokenizer();
     let (max_prefix_tokens, max_suffix_tokens, max_extra_tokens) = budget(ide);
+    let mut template = template.clone();
+    template.suffix_first |= ide.is_some_and(|i| i.suffix_first);
     let built = template.build(
         &FimInput {
             prefix: &request.input_prefix,

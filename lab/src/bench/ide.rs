@@ -1,6 +1,7 @@
 //! `tandem bench ide`: a keystroke trace through real source files, a completion at each pause as
 //! llama.vim asks for it (the lines before the cursor as `input_prefix`, the line up to the
-//! cursor as `prompt`, the rest of the line and the lines after as `input_suffix`), answered by
+//! cursor as `prompt`, the lines after as `input_suffix`: the line is being written, so the rest
+//! of it is not there yet), answered by
 //! Tandem's `/infill` over HTTP and by llama.cpp (`benches/llama_cpp_ide_peer.py`, prompt cache
 //! on) on the same GGUF, thread count, prompts and order. Latency percentiles split into jumps
 //! (the cursor moved elsewhere) and in-line keystrokes (the user typed the next characters),
@@ -35,6 +36,8 @@ pub struct IdeArgs {
     pub n_predict: usize,
     /// Source files typed through (default: two of this repository's and the checked-in sample).
     pub files: Vec<PathBuf>,
+    /// Tandem's `[ide] layout`s to run (`psm`, `spm`).
+    pub layouts: Vec<String>,
 }
 
 impl Default for IdeArgs {
@@ -51,6 +54,7 @@ impl Default for IdeArgs {
                 root.join("benches/llama_cpp_peer.py"),
                 root.join("benches/ide/sample.py"),
             ],
+            layouts: vec!["psm".into(), "spm".into()],
         }
     }
 }
@@ -103,8 +107,8 @@ fn trace(args: &IdeArgs, prefix_lines: usize, suffix_lines: usize) -> anyhow::Re
                 if !before.is_empty() {
                     input_prefix.push('\n');
                 }
-                let mut input_suffix = line[col..].to_owned();
-                input_suffix.push('\n');
+                // The line is being written: nothing follows the cursor on it yet.
+                let mut input_suffix = "\n".to_owned();
                 input_suffix.push_str(&after.join("\n"));
                 steps.push(Step {
                     jump: k == 0,
@@ -148,9 +152,10 @@ async fn run_tandem(
     engine: &Engine,
     steps: &[Step],
     n_predict: usize,
+    layout: &str,
 ) -> anyhow::Result<Vec<Answer>> {
     let config = Config::from_toml_str(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[ide]\ncontext_tokens = 2048\n",
+        &format!("[server]\nlisten = \"127.0.0.1:0\"\n[ide]\nlayout = \"{layout}\"\n"),
         &MapEnv::default(),
     )?;
     let gateway = Gateway::start(
@@ -326,7 +331,7 @@ fn row(name: &str, steps: &[Step], answers: &[Answer]) -> String {
     let exact = answers.iter().filter(|a| a.exact).count();
     let first8 = answers.iter().filter(|a| a.first8).count();
     format!(
-        "{name:<10} {:>7.0} {:>7.0} {:>7.0} | {:>7.0} {:>7.0} {:>7.0} | {:>6.0} {:>6.0} {:>5.0}% | {:>3}/{:<3} {:>3}/{:<3}",
+        "{name:<14} {:>7.0} {:>7.0} {:>7.0} | {:>7.0} {:>7.0} {:>7.0} | {:>6.0} {:>6.0} {:>5.0}% | {:>3}/{:<3} {:>3}/{:<3}",
         percentile(&inline, 0.5),
         percentile(&inline, 0.95),
         percentile(&inline, 0.99),
@@ -380,7 +385,7 @@ pub async fn run_ide(args: &IdeArgs) -> anyhow::Result<String> {
         );
         let _ = writeln!(
             table,
-            "{:<10} {:>7} {:>7} {:>7} | {:>7} {:>7} {:>7} | {:>6} {:>6} {:>6} | {:>7} {:>7}",
+            "{:<14} {:>7} {:>7} {:>7} | {:>7} {:>7} {:>7} | {:>6} {:>6} {:>6} | {:>7} {:>7}",
             "side",
             "in p50",
             "p95",
@@ -394,8 +399,16 @@ pub async fn run_ide(args: &IdeArgs) -> anyhow::Result<String> {
             "exact",
             "first8"
         );
-        let ours = run_tandem(&engine, &steps, args.n_predict).await?;
-        let _ = writeln!(table, "{}", row("tandem", &steps, &ours));
+        let mut ours = Vec::new();
+        for layout in &args.layouts {
+            let answers = run_tandem(&engine, &steps, args.n_predict, layout).await?;
+            let _ = writeln!(
+                table,
+                "{}",
+                row(&format!("tandem {layout}"), &steps, &answers)
+            );
+            ours.push((layout.clone(), answers));
+        }
         match run_peer(&path, args.threads, &steps, args.n_predict) {
             Ok(theirs) => {
                 let _ = writeln!(table, "{}", row("llama.cpp", &steps, &theirs));
@@ -409,12 +422,14 @@ pub async fn run_ide(args: &IdeArgs) -> anyhow::Result<String> {
                     v.sort_by(f64::total_cmp);
                     percentile(&v, 0.5)
                 };
-                let _ = writeln!(
-                    table,
-                    "p50 ratio (llama.cpp / tandem): in-line {:.2}, jumps {:.2}",
-                    p50(&theirs, false) / p50(&ours, false),
-                    p50(&theirs, true) / p50(&ours, true)
-                );
+                for (layout, ours) in &ours {
+                    let _ = writeln!(
+                        table,
+                        "p50 ratio (llama.cpp / tandem {layout}): in-line {:.2}, jumps {:.2}",
+                        p50(&theirs, false) / p50(ours, false),
+                        p50(&theirs, true) / p50(ours, true)
+                    );
+                }
             }
             Err(e) => {
                 let _ = writeln!(table, "llama.cpp peer not run: {e}");
@@ -443,7 +458,8 @@ mod tests {
         assert!(steps.iter().filter(|s| s.jump).count() >= 4);
         for s in &steps {
             assert!(!s.truth.is_empty());
-            assert!(s.input_suffix.starts_with(&s.truth));
+            assert!(s.input_suffix.starts_with('\n'));
+            assert!(!s.prompt.ends_with(&s.truth));
         }
         assert_eq!(score("abc\ndef", "abc"), (true, true));
         assert_eq!(score("abcdefgh_x", "abcdefgh_y"), (false, true));
