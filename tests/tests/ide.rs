@@ -88,6 +88,24 @@ async fn idle(engine: &Engine) {
     panic!("the engine stayed busy");
 }
 
+/// The prompt tokens `/infill` lays out (default `[ide]` budget, no repository context).
+fn fim_tokens(engine: &Engine, prefix: &str, suffix: &str) -> Vec<u32> {
+    let tok = engine.tokenizer();
+    let input = tandem_local_model::FimInput {
+        prefix,
+        suffix,
+        max_prefix_tokens: 1536,
+        max_suffix_tokens: 512,
+        max_extra_tokens: 2048,
+        ..Default::default()
+    };
+    let built = tok
+        .fim_template()
+        .unwrap()
+        .build(&input, None, |t| tok.encode_with(t, false, false));
+    built.tokens
+}
+
 /// A body of `n` lines of distinct code, as context that takes a while to compute.
 fn long_prefix(n: usize) -> String {
     (0..n)
@@ -110,23 +128,14 @@ async fn infill_and_fim_completions_match_llama_cpp_greedy() {
     let n = f["n_predict"].as_u64().unwrap();
 
     // The same prompt tokens as llama.cpp's layout.
-    let template = engine.tokenizer().fim_template().unwrap();
-    let ours: Vec<u64> = {
-        let tok = engine.tokenizer();
-        let built = template.build(
-            &tandem_local_model::FimInput {
-                prefix: f["input_prefix"].as_str().unwrap(),
-                suffix: f["input_suffix"].as_str().unwrap(),
-                max_prefix_tokens: 1536,
-                max_suffix_tokens: 512,
-                max_extra_tokens: 2048,
-                ..Default::default()
-            },
-            None,
-            |t| tok.encode_with(t, false, false),
-        );
-        built.tokens.iter().map(|&t| u64::from(t)).collect()
-    };
+    let ours: Vec<u64> = fim_tokens(
+        &engine,
+        f["input_prefix"].as_str().unwrap(),
+        f["input_suffix"].as_str().unwrap(),
+    )
+    .into_iter()
+    .map(u64::from)
+    .collect();
     let theirs: Vec<u64> = f["prompt_tokens"]
         .as_array()
         .unwrap()
@@ -205,25 +214,10 @@ async fn a_keystroke_computes_only_its_new_tokens_and_matches_a_cold_run() {
     // The next keystroke: the prompt up to the cursor is the same; only what follows is new.
     let typed = format!("{prefix}em");
     let (_, second) = post(&c, gw.url() + "/infill", body(&typed)).await;
-    let tok = engine.tokenizer();
-    let template = tok.fim_template().unwrap();
-    let tokens = |p: &str| {
-        template
-            .build(
-                &tandem_local_model::FimInput {
-                    prefix: p,
-                    suffix,
-                    max_prefix_tokens: 1536,
-                    max_suffix_tokens: 512,
-                    max_extra_tokens: 2048,
-                    ..Default::default()
-                },
-                None,
-                |t| tok.encode_with(t, false, false),
-            )
-            .tokens
-    };
-    let (a, b) = (tokens(&prefix), tokens(&typed));
+    let (a, b) = (
+        fim_tokens(&engine, &prefix, suffix),
+        fim_tokens(&engine, &typed, suffix),
+    );
     let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
     let computed = second["timings"]["prompt_n"].as_u64().unwrap() as usize;
     assert_eq!(
