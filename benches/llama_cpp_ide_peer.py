@@ -17,7 +17,7 @@ import json
 import sys
 import time
 
-import numpy as np
+import llama_cpp
 from llama_cpp import Llama
 
 
@@ -28,6 +28,11 @@ def main() -> None:
     args = ap.parse_args()
     llm = Llama(model_path=args.model, n_ctx=4096, n_batch=512, n_threads=args.threads,
                 n_threads_batch=args.threads, verbose=False)
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+
+    def is_eog(tok: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(vocab, tok))
+
 
     def special(text: str) -> int:
         ids = llm.tokenize(text.encode(), add_bos=False, special=True)
@@ -60,7 +65,7 @@ def main() -> None:
         out = []
         content = ""
         for tok in llm.generate(tokens, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, reset=True):
-            if llm._model.token_is_eog(tok):
+            if is_eog(tok):
                 break
             out.append(tok)
             content = llm.detokenize(out).decode("utf-8", errors="ignore")
