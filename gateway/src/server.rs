@@ -110,6 +110,7 @@ pub fn build_state(config: Config, options: &GatewayOptions) -> Result<Arc<AppSt
                 config.cache_dir.clone(),
                 matches!(load, LocalLoad::Offline),
                 options.quiet,
+                0,
             ),
         }
         model
@@ -133,6 +134,7 @@ pub fn build_state(config: Config, options: &GatewayOptions) -> Result<Arc<AppSt
                 config.cache_dir.clone(),
                 matches!(options.local, LocalLoad::Offline),
                 options.quiet,
+                ide_cfg.cache_reuse,
             ),
         }
         model
@@ -243,13 +245,15 @@ fn speculative_executor(
 }
 
 /// Fetches (unless offline) and loads the local model on a background task; the engine's own
-/// thread does the loading work.
+/// thread does the loading work. `cache_reuse` is the engine's shortest moved run (0 for the
+/// chat model, whose answers stay equal to a cold run's).
 fn spawn_local_load(
     model: Arc<LocalModel>,
     local: LocalConfig,
     cache_dir: Option<PathBuf>,
     offline: bool,
     quiet: bool,
+    cache_reuse: usize,
 ) {
     tokio::spawn(async move {
         let mut opts = FetchOptions::from_env(&FetchEnv);
@@ -284,7 +288,8 @@ fn spawn_local_load(
         let cfg = EngineConfig::new(path)
             .threads(local.threads)
             .kv_cache_tokens(local.kv_cache_tokens)
-            .weight_format(local.weights);
+            .weight_format(local.weights)
+            .cache_reuse(cache_reuse);
         match tokio::task::spawn_blocking(move || Engine::start(cfg)).await {
             Ok(Ok(engine)) => {
                 tracing::info!(model = %engine.info().name, "local model ready");

@@ -32,8 +32,8 @@ pub use error::{Error, Result};
 pub use matmul::{matmul, matvec, prefers_interleaved8};
 pub use ops::{
     RopeTable, argmax, axpy_f16, axpy_f32, dot_f32, dot_f32_f16, gelu_tanh_mul_inplace,
-    log_softmax_inplace, rms_norm, rms_norm_inplace, rope_inplace, silu_mul_inplace,
-    softmax_inplace, top_k, top_p,
+    log_softmax_inplace, rms_norm, rms_norm_inplace, rope_angles, rope_apply, rope_inplace,
+    silu_mul_inplace, softmax_inplace, top_k, top_p,
 };
 pub use pool::KernelPool;
 pub use quant::{Layout, QMatrix, QuantType, dequantize_row, quantize_row};

@@ -122,17 +122,25 @@ pub fn rope_inplace(
     theta: f32,
     neox: bool,
 ) {
-    let half = head_dim / 2;
-    let mut cs = Vec::with_capacity(half);
-    for i in 0..half {
-        let freq = (theta as f64).powf(-2.0 * i as f64 / head_dim as f64);
-        let a = pos as f64 * freq;
-        cs.push((a.cos() as f32, a.sin() as f32));
-    }
+    let cs = rope_angles(head_dim, pos as f64, theta);
     rope_apply(x, n_heads, head_dim, &cs, neox);
 }
 
-fn rope_apply(x: &mut [f32], n_heads: usize, head_dim: usize, cs: &[(f32, f32)], neox: bool) {
+/// The (cos, sin) of each rotary pair at position `pos` (negative: a rotation back), for
+/// [`rope_apply`].
+pub fn rope_angles(head_dim: usize, pos: f64, theta: f32) -> Vec<(f32, f32)> {
+    (0..head_dim / 2)
+        .map(|i| {
+            let freq = (theta as f64).powf(-2.0 * i as f64 / head_dim as f64);
+            let a = pos * freq;
+            (a.cos() as f32, a.sin() as f32)
+        })
+        .collect()
+}
+
+/// Rotates `n_heads` heads of `x` by the angles of [`rope_angles`]. Rotations compose, so a key
+/// already embedded at position `p` rotated by the angles of `d` is the key embedded at `p + d`.
+pub fn rope_apply(x: &mut [f32], n_heads: usize, head_dim: usize, cs: &[(f32, f32)], neox: bool) {
     let half = head_dim / 2;
     for h in x.chunks_exact_mut(head_dim).take(n_heads) {
         for (i, &(c, s)) in cs.iter().enumerate().take(half) {

@@ -143,6 +143,37 @@ fn rope_both_layouts() {
 }
 
 #[test]
+fn a_rotation_by_a_delta_moves_an_embedded_key_to_another_position() {
+    let mut rng = Rng(21);
+    for neox in [false, true] {
+        for (from, delta) in [(3usize, 5i64), (700, -690), (40, 0), (10, -10)] {
+            let x = rng.vec(2 * 64, 1.0);
+            let mut moved = x.clone();
+            ops::rope_inplace(&mut moved, 2, 64, from, 1_000_000.0, neox);
+            let cs = ops::rope_angles(64, delta as f64, 1_000_000.0);
+            ops::rope_apply(&mut moved, 2, 64, &cs, neox);
+            let mut want = x.clone();
+            rope_ref(
+                &mut want,
+                2,
+                64,
+                (from as i64 + delta) as usize,
+                1_000_000.0,
+                neox,
+            );
+            for i in 0..x.len() {
+                assert!(
+                    (moved[i] - want[i]).abs() < 1e-4,
+                    "neox={neox} from={from} delta={delta} i={i}: {} vs {}",
+                    moved[i],
+                    want[i]
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn softmax_and_log_softmax() {
     let mut rng = Rng(21);
     for n in [1usize, 7, 8, 33, 49152] {

@@ -88,9 +88,10 @@ enum BenchCommand {
         /// Source files to type through (default: two of this repository's and the sample).
         #[arg(long)]
         file: Vec<std::path::PathBuf>,
-        /// Tandem's prompt layouts to run (`psm`, `spm`).
-        #[arg(long, value_delimiter = ',', default_value = "psm,spm")]
-        layouts: Vec<String>,
+        /// Tandem's variants: `psm` (prefix cache only), `psm-reuse` (moved runs reused too),
+        /// `spm` (suffix first).
+        #[arg(long, value_delimiter = ',', default_value = "psm,psm-reuse,spm")]
+        variants: Vec<String>,
     },
     /// Routing decision latency.
     Router,
@@ -177,14 +178,14 @@ fn main() -> anyhow::Result<()> {
             points,
             keystrokes,
             file,
-            layouts,
+            variants,
         }) => {
             let mut args = tandem_lab::bench::IdeArgs {
                 model,
                 threads,
                 points,
                 keystrokes,
-                layouts,
+                variants,
                 ..Default::default()
             };
             if !file.is_empty() {

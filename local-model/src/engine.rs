@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::chat::{CHATML_TEMPLATE, ChatMessage, ChatTemplate, GEMMA_TEMPLATE};
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
-use crate::model::{Arch, BatchItem, Model, Scratch, SeqKv, WeightFormat};
+use crate::model::{Arch, BatchItem, KvRun, Model, Scratch, SeqKv, WeightFormat};
 use crate::sampling::{
     LogNorm, Sampler, SamplingParams, StopBuffer, TokenLogprob, TopLogprob, entropy, top_k_logits,
 };
@@ -48,6 +48,13 @@ pub struct EngineConfig {
     /// or f32, e.g. a higher-precision target run from a 4-bit file (costs load time and memory:
     /// about 1.06, 2 or 4 bytes per weight).
     pub weight_format: WeightFormat,
+    /// Reuse of cached runs at moved positions: a prompt that shares a run of at least this
+    /// many tokens with a cached sequence after their common prefix (an editor's suffix after
+    /// a keystroke, a window that scrolled) takes that run's KV moved to its new position
+    /// instead of computing it again, and computes only the tokens between runs (0 = off: only
+    /// the common prefix is reused, and every answer equals a cold run's). The moved run keeps
+    /// what it attended to before, so answers can differ slightly from a cold run's.
+    pub cache_reuse: usize,
 }
 
 impl Default for EngineConfig {
@@ -61,6 +68,7 @@ impl Default for EngineConfig {
             prefill_chunk: 256,
             small_step_rows: 4,
             weight_format: WeightFormat::AsStored,
+            cache_reuse: 0,
         }
     }
 }
@@ -83,6 +91,12 @@ impl EngineConfig {
     /// Sets the KV token budget.
     pub fn kv_cache_tokens(mut self, tokens: usize) -> Self {
         self.kv_cache_tokens = tokens;
+        self
+    }
+
+    /// Sets the shortest run reused at a moved position (0 = off).
+    pub fn cache_reuse(mut self, min_tokens: usize) -> Self {
+        self.cache_reuse = min_tokens;
         self
     }
 
@@ -557,6 +571,8 @@ struct Worker {
     next_session: SessionId,
     cache: Vec<CacheEntry>,
     clock: u64,
+    /// Shortest run reused at a moved position (0 = off).
+    reuse_min: usize,
 }
 
 fn pick_pool<'a>(
@@ -573,6 +589,39 @@ fn pick_pool<'a>(
 
 fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// Runs of at least `min` tokens that `new` shares with `old` after their first `from` tokens,
+/// in order in both: `(start in old, start in new, length)`. At each position of `new` the
+/// longest match at or after the previous run's end in `old` is taken, so a run can move either
+/// way (text inserted before it, or removed).
+fn shared_runs(old: &[u32], new: &[u32], from: usize, min: usize) -> Vec<(usize, usize, usize)> {
+    const KEY: usize = 4;
+    let key = min.clamp(1, KEY);
+    let mut at: HashMap<&[u32], Vec<usize>> = HashMap::new();
+    for c in from..old.len().saturating_sub(key - 1) {
+        at.entry(&old[c..c + key]).or_default().push(c);
+    }
+    let mut runs = Vec::new();
+    let (mut old_from, mut p) = (from, from);
+    while p + min <= new.len() && p + key <= new.len() {
+        let best = at
+            .get(&new[p..p + key])
+            .into_iter()
+            .flatten()
+            .filter(|&&c| c >= old_from)
+            .map(|&c| (c, common_prefix(&old[c..], &new[p..])))
+            .max_by_key(|&(_, n)| n);
+        match best {
+            Some((c, n)) if n >= min => {
+                runs.push((c, p, n));
+                old_from = c + n;
+                p += n;
+            }
+            _ => p += 1,
+        }
+    }
+    runs
 }
 
 impl Worker {
@@ -677,6 +726,7 @@ impl Worker {
             next_session: 1,
             cache: Vec::new(),
             clock: 0,
+            reuse_min: cfg.cache_reuse,
         };
         Ok((
             worker,
@@ -809,11 +859,47 @@ impl Worker {
         match best {
             Some((i, n)) if n > 0 => {
                 let mut e = self.cache.swap_remove(i);
+                if self.reuse_min > 0 {
+                    return self.reuse_runs(e, n, &tokens[..limit.min(tokens.len())]);
+                }
                 e.kv.truncate(n);
                 (e.kv, n)
             }
             _ => (SeqKv::new(&self.model.cfg), 0),
         }
+    }
+
+    /// Rebuilds cached sequence `e` for `tokens` (at most the taken limit): its first `prefix`
+    /// tokens as they are, then each later run it shares with `tokens` moved to its new position,
+    /// the tokens between runs computed. Returns the sequence (the caller computes what follows
+    /// it) and how many of its tokens came from the cache.
+    fn reuse_runs(&mut self, e: CacheEntry, prefix: usize, tokens: &[u32]) -> (SeqKv, usize) {
+        let runs = shared_runs(&e.tokens[..e.kv.len], tokens, prefix, self.reuse_min);
+        let cfg = &self.model.cfg;
+        // Copied out first: computing the tokens between runs overwrites the old positions.
+        let moved: Vec<(usize, KvRun)> = runs
+            .iter()
+            .map(|&(old, new, n)| {
+                let mut run = e.kv.copy_run(cfg, old, n);
+                self.model.shift_run(&mut run, new as i64 - old as i64);
+                (new, run)
+            })
+            .collect();
+        let mut kv = e.kv;
+        kv.truncate(prefix);
+        let mut cached = prefix;
+        for (at, run) in moved {
+            if at > kv.len {
+                let between = tokens[kv.len..at].to_vec();
+                if self.run_tokens(&mut kv, &between, between.len()).is_err() {
+                    // The caller computes the rest and reports the error there.
+                    break;
+                }
+            }
+            kv.append_run(&self.model.cfg, &run);
+            cached += run.len;
+        }
+        (kv, cached)
     }
 
     fn cache_insert(&mut self, mut tokens: Vec<u32>, mut kv: SeqKv) {
@@ -1283,5 +1369,40 @@ impl Worker {
             });
             self.cache_insert(r.tokens, r.kv);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shared_runs;
+
+    #[test]
+    fn a_run_after_inserted_tokens_is_found_moved_right() {
+        let old: Vec<u32> = (0..40).collect();
+        // Two tokens typed after position 10: the rest moved right by 2.
+        let mut new: Vec<u32> = (0..10).collect();
+        new.extend([100, 101]);
+        new.extend(10..40);
+        assert_eq!(shared_runs(&old, &new, 10, 8), vec![(10, 12, 30)]);
+    }
+
+    #[test]
+    fn a_run_after_removed_tokens_is_found_moved_left() {
+        let old: Vec<u32> = (0..40).collect();
+        let mut new: Vec<u32> = (0..10).collect();
+        new.extend(20..40);
+        assert_eq!(shared_runs(&old, &new, 10, 8), vec![(20, 10, 20)]);
+    }
+
+    #[test]
+    fn short_matches_and_out_of_order_runs_are_not_reused() {
+        let old: Vec<u32> = (0..40).collect();
+        // 30..40 comes before 10..20 in the new sequence: only the first found is kept.
+        let mut new: Vec<u32> = (0..10).collect();
+        new.extend(30..40);
+        new.extend(10..20);
+        new.extend([7, 8, 9]);
+        assert_eq!(shared_runs(&old, &new, 10, 8), vec![(30, 10, 10)]);
+        assert!(shared_runs(&old, &new, 10, 16).is_empty());
     }
 }

@@ -516,6 +516,22 @@ impl Model {
         &self.gguf
     }
 
+    /// Moves a run `delta` positions: its keys get the extra rotary rotation (rotations
+    /// compose, so a key embedded at `p` becomes the key embedded at `p + delta`); values carry
+    /// no position. What the run attended to when it was computed stays as it was.
+    pub fn shift_run(&self, run: &mut KvRun, delta: i64) {
+        if delta == 0 {
+            return;
+        }
+        let (hd, heads, kvd) = (self.cfg.head_dim, self.cfg.n_kv_heads, self.cfg.kv_dim());
+        for (layer, l) in self.layers.iter().zip(&mut run.layers) {
+            let cs = ops::rope_angles(hd, delta as f64, layer.rope_theta);
+            for key in l.k.chunks_exact_mut(kvd) {
+                ops::rope_apply(key, heads, hd, &cs, self.cfg.rope_neox);
+            }
+        }
+    }
+
     /// Runs the decoder over a batch of sequences' new tokens, appending their keys and values
     /// to each sequence's cache. Writes logits (vocab floats per row) into `logits` for each
     /// requested row (`tokens[logits_from..]` of each item), in batch order.
@@ -812,6 +828,35 @@ impl SeqKv {
         self.len = self.len.min(len);
     }
 
+    /// Copies the keys and values of positions `from..from + n` (clamped to what is held).
+    pub fn copy_run(&self, cfg: &Config, from: usize, n: usize) -> KvRun {
+        let kvd = cfg.kv_dim();
+        let n = n.min(self.len.saturating_sub(from));
+        let range = from * kvd..(from + n) * kvd;
+        KvRun {
+            layers: self
+                .layers
+                .iter()
+                .map(|l| LayerKv {
+                    k: l.k[range.clone()].to_vec(),
+                    v: l.v[range.clone()].to_vec(),
+                })
+                .collect(),
+            len: n,
+        }
+    }
+
+    /// Appends a run of keys and values after the held tokens.
+    pub fn append_run(&mut self, cfg: &Config, run: &KvRun) {
+        self.reserve(cfg, run.len);
+        let at = self.len * cfg.kv_dim();
+        for (l, r) in self.layers.iter_mut().zip(&run.layers) {
+            l.k[at..at + r.k.len()].copy_from_slice(&r.k);
+            l.v[at..at + r.v.len()].copy_from_slice(&r.v);
+        }
+        self.len += run.len;
+    }
+
     /// Tokens the storage can hold without growing.
     pub fn capacity_tokens(&self, cfg: &Config) -> usize {
         self.layers
@@ -831,6 +876,15 @@ impl SeqKv {
             }
         }
     }
+}
+
+/// Keys and values of consecutive positions taken out of a sequence's cache, to be put back
+/// at another position ([`Model::shift_run`], [`SeqKv::append_run`]).
+#[derive(Debug, Default, Clone)]
+pub struct KvRun {
+    layers: Vec<LayerKv>,
+    /// Positions held.
+    pub len: usize,
 }
 
 /// One entry of a forward batch.

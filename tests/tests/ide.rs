@@ -19,6 +19,11 @@ use tandem_tests::client;
 
 /// A gateway with `[ide]` serving the code model (it is the chat model too, to load it once).
 async fn start() -> Option<(Gateway, Engine)> {
+    start_with(0).await
+}
+
+/// The same, its engine reusing cached runs of at least `cache_reuse` tokens where they moved.
+async fn start_with(cache_reuse: usize) -> Option<(Gateway, Engine)> {
     let root = default_cache_root(&ProcessEnv);
     let Some(paths) = locate(&root, "qwen2.5-coder-0.5b") else {
         eprintln!(
@@ -29,7 +34,12 @@ async fn start() -> Option<(Gateway, Engine)> {
     };
     let path = paths.primary().to_path_buf();
     let engine = tokio::task::spawn_blocking(move || {
-        Engine::start(EngineConfig::new(path).threads(2).kv_cache_tokens(8192))
+        Engine::start(
+            EngineConfig::new(path)
+                .threads(2)
+                .kv_cache_tokens(8192)
+                .cache_reuse(cache_reuse),
+        )
     })
     .await
     .unwrap()
@@ -249,6 +259,55 @@ async fn a_keystroke_computes_only_its_new_tokens_and_matches_a_cold_run() {
     assert_eq!(logprobs(&warm), logprobs(&cold));
     assert_eq!(warm["choices"][0]["text"], cold["choices"][0]["text"]);
     assert_eq!(warm["choices"][0]["text"], second["content"]);
+}
+
+#[tokio::test]
+async fn a_keystroke_moves_the_cached_suffix_and_computes_only_its_typed_tokens() {
+    let Some((gw, engine)) = start_with(32).await else {
+        return;
+    };
+    let c = client();
+    let prefix = format!(
+        "{}def total(items):\n    s = 0\n    for it",
+        long_prefix(12)
+    );
+    // A suffix long enough to be a reused run (at least 32 tokens).
+    let suffix = format!("\n    return s\n\n{}", long_prefix(6));
+    let body = |prefix: &str| {
+        json!({"input_prefix": prefix, "input_suffix": suffix, "n_predict": 8,
+               "temperature": 0, "id_slot": 0})
+    };
+    let (_, first) = post(&c, gw.url() + "/infill", body(&prefix)).await;
+    assert_eq!(
+        first["timings"]["prompt_n"], first["tokens_evaluated"],
+        "{first}"
+    );
+
+    // Two characters typed: in the model's order they come before the suffix, which moves.
+    let typed = format!("{prefix}em");
+    let (_, second) = post(&c, gw.url() + "/infill", body(&typed)).await;
+    let (a, b) = (
+        fim_tokens(&engine, &prefix, &suffix),
+        fim_tokens(&engine, &typed, &suffix),
+    );
+    let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let fim_suffix = engine.tokenizer().token_id("<|fim_suffix|>").unwrap();
+    let suffix_at = b.iter().position(|&t| t == fim_suffix).unwrap();
+    // Computed: the typed tokens, and the last token again for its logits.
+    let computed = second["timings"]["prompt_n"].as_u64().unwrap() as usize;
+    assert_eq!(computed, suffix_at - common + 1, "{second}");
+    assert_eq!(
+        second["timings"]["cache_n"].as_u64().unwrap() as usize,
+        b.len() - computed
+    );
+    assert!(b.len() - suffix_at > 32, "the suffix is a long run");
+
+    // The moved suffix attended to the text before the keystroke; here the answer is still a
+    // cold run's.
+    engine.clear_cache().await.unwrap();
+    let (_, cold) = post(&c, gw.url() + "/infill", body(&typed)).await;
+    assert_eq!(cold["timings"]["prompt_n"], cold["tokens_evaluated"]);
+    assert_eq!(second["content"], cold["content"], "{second} {cold}");
 }
 
 #[tokio::test]

@@ -26,6 +26,10 @@ pub struct IdeConfig {
     /// Lay `/infill` prompts out suffix first, so a keystroke changes only the prompt's end
     /// (`layout = "spm"`); the model's own order otherwise (`"psm"` for most code models).
     pub suffix_first: bool,
+    /// Shortest run of cached tokens reused where a keystroke moved it (the suffix after the
+    /// typed text, a window that scrolled): its KV is moved instead of computed again, which
+    /// costs a little fidelity against a cold run (0 = off).
+    pub cache_reuse: usize,
 }
 
 impl Default for IdeConfig {
@@ -40,6 +44,7 @@ impl Default for IdeConfig {
             extra_tokens: 2048,
             aliases: vec![CODE_MODEL.into(), "ide".into()],
             suffix_first: false,
+            cache_reuse: 32,
         }
     }
 }
@@ -102,6 +107,16 @@ pub fn validate_ide(raw: RawIde) -> Result<IdeConfig, ConfigError> {
             ));
         }
     };
+    let cache_reuse = match raw.cache_reuse {
+        Some(n @ 1..4) => {
+            return Err(invalid(
+                "ide.cache_reuse",
+                format!("{n} tokens is too short a run to reuse; use 0 (off) or at least 4"),
+            ));
+        }
+        Some(n) => n as usize,
+        None => d.cache_reuse,
+    };
     let mut aliases: BTreeSet<String> = raw.aliases.into_iter().collect();
     aliases.insert("ide".into());
     if !model.ends_with(".gguf") {
@@ -115,6 +130,7 @@ pub fn validate_ide(raw: RawIde) -> Result<IdeConfig, ConfigError> {
         extra_tokens,
         aliases: aliases.into_iter().collect(),
         suffix_first,
+        cache_reuse,
     })
 }
 

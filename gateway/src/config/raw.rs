@@ -146,6 +146,8 @@ pub struct RawIde {
     pub extra_tokens: Option<u64>,
     /// `psm` (prefix, suffix, middle: the model's order) or `spm` (suffix first).
     pub layout: Option<String>,
+    /// Shortest cached run reused at a moved position (0 = off).
+    pub cache_reuse: Option<u64>,
     /// Extra model ids that name the code model.
     #[serde(default)]
     pub aliases: Vec<String>,

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 use tandem_artifacts::{FetchOptions, ProcessEnv as FetchEnv, resolve_model};
-use tandem_gateway::config::{Config, MapEnv};
+use tandem_gateway::config::{Config, IdeConfig, MapEnv};
 use tandem_gateway::{Gateway, GatewayOptions, LocalLoad};
 use tandem_kernels::SplitMix64;
 use tandem_local_model::{Engine, EngineConfig};
@@ -36,8 +36,9 @@ pub struct IdeArgs {
     pub n_predict: usize,
     /// Source files typed through (default: two of this repository's and the checked-in sample).
     pub files: Vec<PathBuf>,
-    /// Tandem's `[ide] layout`s to run (`psm`, `spm`).
-    pub layouts: Vec<String>,
+    /// Tandem's variants to run: `psm` (the model's layout, only the common prefix reused),
+    /// `psm-reuse` (and moved runs reused: `[ide] cache_reuse`), `spm` (suffix first).
+    pub variants: Vec<String>,
 }
 
 impl Default for IdeArgs {
@@ -54,7 +55,7 @@ impl Default for IdeArgs {
                 root.join("benches/llama_cpp_peer.py"),
                 root.join("benches/ide/sample.py"),
             ],
-            layouts: vec!["psm".into(), "spm".into()],
+            variants: vec!["psm".into(), "psm-reuse".into(), "spm".into()],
         }
     }
 }
@@ -148,14 +149,40 @@ fn request_body(step: &Step, n_predict: usize) -> Value {
            "temperature": 0, "cache_prompt": true})
 }
 
+/// A variant's `[ide] layout` and `cache_reuse`.
+fn variant(name: &str) -> anyhow::Result<(&'static str, usize)> {
+    match name {
+        "psm" => Ok(("psm", 0)),
+        "psm-reuse" => Ok(("psm", IdeConfig::default().cache_reuse)),
+        "spm" => Ok(("spm", 0)),
+        other => anyhow::bail!("unknown variant `{other}` (expected psm, psm-reuse or spm)"),
+    }
+}
+
 async fn run_tandem(
-    engine: &Engine,
+    path: &Path,
+    threads: usize,
     steps: &[Step],
     n_predict: usize,
-    layout: &str,
+    name: &str,
 ) -> anyhow::Result<Vec<Answer>> {
+    let (layout, cache_reuse) = variant(name)?;
+    let engine = {
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            Engine::start(
+                EngineConfig::new(path)
+                    .threads(threads)
+                    .kv_cache_tokens(8192)
+                    .cache_reuse(cache_reuse),
+            )
+        })
+        .await??
+    };
     let config = Config::from_toml_str(
-        &format!("[server]\nlisten = \"127.0.0.1:0\"\n[ide]\nlayout = \"{layout}\"\n"),
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[ide]\nlayout = \"{layout}\"\ncache_reuse = {cache_reuse}\n"
+        ),
         &MapEnv::default(),
     )?;
     let gateway = Gateway::start(
@@ -352,18 +379,9 @@ fn row(name: &str, steps: &[Step], answers: &[Answer]) -> String {
 pub async fn run_ide(args: &IdeArgs) -> anyhow::Result<String> {
     let opts = FetchOptions::from_env(&FetchEnv);
     let path = resolve_model(&opts, &args.model)?;
-    let engine = {
-        let path = path.clone();
-        let threads = args.threads;
-        tokio::task::spawn_blocking(move || {
-            Engine::start(
-                EngineConfig::new(path)
-                    .threads(threads)
-                    .kv_cache_tokens(8192),
-            )
-        })
-        .await??
-    };
+    for name in &args.variants {
+        variant(name)?;
+    }
     let mut table = String::new();
     let _ = writeln!(
         table,
@@ -400,8 +418,8 @@ pub async fn run_ide(args: &IdeArgs) -> anyhow::Result<String> {
             "first8"
         );
         let mut ours = Vec::new();
-        for layout in &args.layouts {
-            let answers = run_tandem(&engine, &steps, args.n_predict, layout).await?;
+        for layout in &args.variants {
+            let answers = run_tandem(&path, args.threads, &steps, args.n_predict, layout).await?;
             let _ = writeln!(
                 table,
                 "{}",
