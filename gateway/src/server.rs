@@ -110,7 +110,7 @@ pub fn build_state(config: Config, options: &GatewayOptions) -> Result<Arc<AppSt
                 config.cache_dir.clone(),
                 matches!(load, LocalLoad::Offline),
                 options.quiet,
-                0,
+                (0, 0),
             ),
         }
         model
@@ -134,7 +134,7 @@ pub fn build_state(config: Config, options: &GatewayOptions) -> Result<Arc<AppSt
                 config.cache_dir.clone(),
                 matches!(options.local, LocalLoad::Offline),
                 options.quiet,
-                ide_cfg.cache_reuse,
+                (ide_cfg.cache_reuse, ide_cfg.draft_tokens),
             ),
         }
         model
@@ -245,15 +245,16 @@ fn speculative_executor(
 }
 
 /// Fetches (unless offline) and loads the local model on a background task; the engine's own
-/// thread does the loading work. `cache_reuse` is the engine's shortest moved run (0 for the
-/// chat model, whose answers stay equal to a cold run's).
+/// thread does the loading work. `(cache_reuse, draft_tokens)` are the engine's shortest moved
+/// run and its prompt-lookup drafts (both 0 for the chat model, which has its own speculative
+/// paths and whose answers stay equal to a cold run's).
 fn spawn_local_load(
     model: Arc<LocalModel>,
     local: LocalConfig,
     cache_dir: Option<PathBuf>,
     offline: bool,
     quiet: bool,
-    cache_reuse: usize,
+    (cache_reuse, draft_tokens): (usize, usize),
 ) {
     tokio::spawn(async move {
         let mut opts = FetchOptions::from_env(&FetchEnv);
@@ -289,7 +290,8 @@ fn spawn_local_load(
             .threads(local.threads)
             .kv_cache_tokens(local.kv_cache_tokens)
             .weight_format(local.weights)
-            .cache_reuse(cache_reuse);
+            .cache_reuse(cache_reuse)
+            .draft_tokens(draft_tokens);
         match tokio::task::spawn_blocking(move || Engine::start(cfg)).await {
             Ok(Ok(engine)) => {
                 tracing::info!(model = %engine.info().name, "local model ready");

@@ -89,8 +89,8 @@ enum BenchCommand {
         #[arg(long)]
         file: Vec<std::path::PathBuf>,
         /// Tandem's variants: `psm` (prefix cache only), `psm-reuse` (moved runs reused too),
-        /// `spm` (suffix first).
-        #[arg(long, value_delimiter = ',', default_value = "psm,psm-reuse,spm")]
+        /// `default` (and prompt-lookup drafts: `[ide]`'s defaults), `spm` (suffix first).
+        #[arg(long, value_delimiter = ',', default_value = "psm,psm-reuse,default")]
         variants: Vec<String>,
     },
     /// Routing decision latency.

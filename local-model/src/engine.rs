@@ -55,6 +55,12 @@ pub struct EngineConfig {
     /// the common prefix is reused, and every answer equals a cold run's). The moved run keeps
     /// what it attended to before, so answers can differ slightly from a cold run's.
     pub cache_reuse: usize,
+    /// Prompt-lookup drafting for greedy generations: up to this many tokens that followed the
+    /// latest earlier occurrence of the sequence's last few tokens (in the prompt or the answer)
+    /// are checked in the same forward pass as the next token, and every one the model agrees
+    /// with is kept, so repeated text costs fewer steps; the output is the same as without
+    /// (0 = off).
+    pub draft_tokens: usize,
 }
 
 impl Default for EngineConfig {
@@ -69,6 +75,7 @@ impl Default for EngineConfig {
             small_step_rows: 4,
             weight_format: WeightFormat::AsStored,
             cache_reuse: 0,
+            draft_tokens: 0,
         }
     }
 }
@@ -97,6 +104,12 @@ impl EngineConfig {
     /// Sets the shortest run reused at a moved position (0 = off).
     pub fn cache_reuse(mut self, min_tokens: usize) -> Self {
         self.cache_reuse = min_tokens;
+        self
+    }
+
+    /// Sets the most prompt-lookup draft tokens per step (0 = off).
+    pub fn draft_tokens(mut self, n: usize) -> Self {
+        self.draft_tokens = n;
         self
     }
 
@@ -533,6 +546,8 @@ struct Running {
     tx: mpsc::Sender<GenerateEvent>,
     /// CPU time spent on this sequence so far (its share of each step it took part in), ns.
     cpu_ns: u64,
+    /// Draft tokens appended to `tokens` for this step, to be checked against its logits.
+    drafted: usize,
 }
 
 struct Session {
@@ -573,6 +588,8 @@ struct Worker {
     clock: u64,
     /// Shortest run reused at a moved position (0 = off).
     reuse_min: usize,
+    /// Most prompt-lookup draft tokens per step of a greedy generation (0 = off).
+    draft_max: usize,
 }
 
 fn pick_pool<'a>(
@@ -589,6 +606,25 @@ fn pick_pool<'a>(
 
 fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// Prompt-lookup draft: the tokens (at most `max`) that followed the latest earlier occurrence of
+/// the sequence's last 4, 3 or 2 tokens (the longest that occurred), or none.
+fn lookup_draft(tokens: &[u32], max: usize) -> &[u32] {
+    for n in (2..=4).rev() {
+        if tokens.len() <= n {
+            continue;
+        }
+        let tail = &tokens[tokens.len() - n..];
+        if let Some(start) = (0..tokens.len() - n)
+            .rev()
+            .find(|&s| &tokens[s..s + n] == tail)
+        {
+            let from = start + n;
+            return &tokens[from..(from + max).min(tokens.len())];
+        }
+    }
+    &[]
 }
 
 /// Runs of at least `min` tokens that `new` shares with `old` after their first `from` tokens,
@@ -727,6 +763,7 @@ impl Worker {
             cache: Vec::new(),
             clock: 0,
             reuse_min: cfg.cache_reuse,
+            draft_max: cfg.draft_tokens,
         };
         Ok((
             worker,
@@ -1215,6 +1252,7 @@ impl Worker {
                 sampler,
                 tx,
                 cpu_ns: 0,
+                drafted: 0,
             });
         }
     }
@@ -1251,10 +1289,20 @@ impl Worker {
             .count();
         let mut budget = self.chunk.saturating_sub(decoding).max(self.chunk / 4);
         let mut plan: Vec<(usize, usize)> = Vec::with_capacity(self.running.len());
-        for (i, r) in self.running.iter().enumerate() {
+        for (i, r) in self.running.iter_mut().enumerate() {
             let pending = r.tokens.len() - r.kv.len;
             if pending == 1 {
-                plan.push((i, 1));
+                // Never past the token limit or the context: a kept draft token is an answer's.
+                let room = (r.params.max_tokens.saturating_sub(r.completion + 1))
+                    .min(self.max_context.saturating_sub(r.tokens.len() + 1))
+                    .min(self.draft_max);
+                if room > 0 && r.params.is_greedy() {
+                    let draft = lookup_draft(&r.tokens, room).to_vec();
+                    r.drafted = draft.len();
+                    r.tokens.extend_from_slice(&draft);
+                    budget = budget.saturating_sub(draft.len());
+                }
+                plan.push((i, 1 + r.drafted));
             } else if budget > 0 {
                 let take = pending.min(budget);
                 budget -= take;
@@ -1271,10 +1319,16 @@ impl Worker {
                 if let Some(r) = by_index[i].take() {
                     let start = r.kv.len;
                     let done = start + take == r.tokens.len();
+                    // A drafted step needs the logits before each draft token too.
+                    let logits_from = match (done, r.drafted) {
+                        (false, _) => take,
+                        (true, 0) => take - 1,
+                        (true, _) => 0,
+                    };
                     items.push(BatchItem {
                         kv: &mut r.kv,
                         tokens: &r.tokens[start..start + take],
-                        logits_from: if done { take - 1 } else { take },
+                        logits_from,
                     });
                 }
             }
@@ -1285,6 +1339,7 @@ impl Worker {
         };
         if let Err(e) = result {
             for r in self.running.drain(..) {
+                // Nothing is kept of a failed step, drafts included.
                 let _ = r.tx.blocking_send(GenerateEvent::Error(e.to_string()));
             }
             return;
@@ -1297,52 +1352,65 @@ impl Worker {
             if kv_lens[i] + take < r.tokens.len() {
                 continue; // mid-prefill, no logits
             }
-            let logits = &self.logits[row * vocab..(row + 1) * vocab];
-            row += 1;
-            let choice = r.sampler.sample(logits);
-            let id = choice.id;
-            let logprob = r.params.logprobs.map(|n| {
-                let norm = LogNorm::of(logits);
-                let tok = &self.tok;
-                TokenLogprob {
-                    token: tok.token_text(id),
-                    logprob: norm.logprob(logits[id as usize]),
-                    bytes: tok.token_bytes(id).to_vec(),
-                    entropy: entropy(logits, &norm),
-                    top_logprobs: top_k_logits(logits, n)
-                        .into_iter()
-                        .map(|(t, l)| TopLogprob {
-                            id: t,
-                            token: tok.token_text(t),
-                            logprob: norm.logprob(l),
-                            bytes: tok.token_bytes(t).to_vec(),
-                        })
-                        .collect(),
+            let drafted = std::mem::take(&mut r.drafted);
+            let draft: Vec<u32> = r.tokens.drain(r.tokens.len() - drafted..).collect();
+            let first_row = row;
+            row += drafted + 1;
+            let mut reason = None;
+            for j in 0..=drafted {
+                let logits = &self.logits[(first_row + j) * vocab..(first_row + j + 1) * vocab];
+                let choice = r.sampler.sample(logits);
+                let id = choice.id;
+                let logprob = r.params.logprobs.map(|n| {
+                    let norm = LogNorm::of(logits);
+                    let tok = &self.tok;
+                    TokenLogprob {
+                        token: tok.token_text(id),
+                        logprob: norm.logprob(logits[id as usize]),
+                        bytes: tok.token_bytes(id).to_vec(),
+                        entropy: entropy(logits, &norm),
+                        top_logprobs: top_k_logits(logits, n)
+                            .into_iter()
+                            .map(|(t, l)| TopLogprob {
+                                id: t,
+                                token: tok.token_text(t),
+                                logprob: norm.logprob(l),
+                                bytes: tok.token_bytes(t).to_vec(),
+                            })
+                            .collect(),
+                    }
+                });
+                r.completion += 1;
+                r.tokens.push(id);
+                let is_eos = !r.params.ignore_eos
+                    && (self.eos.contains(&id) || r.params.stop_token_ids.contains(&id));
+                let (mut text, stop) = if is_eos {
+                    (r.stop.flush(), Some(StopReason::Stop))
+                } else if self.tok.is_control(id) {
+                    (String::new(), None)
+                } else {
+                    let st = r.stop.push(self.tok.token_bytes(id));
+                    (st.text, st.stopped.then_some(StopReason::Stop))
+                };
+                reason = stop;
+                if reason.is_none()
+                    && (r.completion >= r.params.max_tokens || r.tokens.len() >= self.max_context)
+                {
+                    text.push_str(&r.stop.flush());
+                    reason = Some(StopReason::Length);
                 }
-            });
-            r.completion += 1;
-            r.tokens.push(id);
-            let is_eos = !r.params.ignore_eos
-                && (self.eos.contains(&id) || r.params.stop_token_ids.contains(&id));
-            let (mut text, mut reason) = if is_eos {
-                (r.stop.flush(), Some(StopReason::Stop))
-            } else if self.tok.is_control(id) {
-                (String::new(), None)
-            } else {
-                let st = r.stop.push(self.tok.token_bytes(id));
-                (st.text, st.stopped.then_some(StopReason::Stop))
-            };
-            if reason.is_none()
-                && (r.completion >= r.params.max_tokens || r.tokens.len() >= self.max_context)
-            {
-                text.push_str(&r.stop.flush());
-                reason = Some(StopReason::Length);
+                let sent =
+                    r.tx.blocking_send(GenerateEvent::Token { id, text, logprob });
+                if sent.is_err() {
+                    reason = Some(StopReason::Cancelled);
+                }
+                // The next row holds only if the model chose the draft token it was computed after.
+                if reason.is_some() || draft.get(j) != Some(&id) {
+                    break;
+                }
             }
-            let sent =
-                r.tx.blocking_send(GenerateEvent::Token { id, text, logprob });
-            if sent.is_err() {
-                reason = Some(StopReason::Cancelled);
-            }
+            // The KV holds every kept token but the last, which the next step puts through.
+            r.kv.truncate(r.tokens.len() - 1);
             if let Some(reason) = reason {
                 finished.push((i, reason));
             }
@@ -1374,7 +1442,20 @@ impl Worker {
 
 #[cfg(test)]
 mod tests {
-    use super::shared_runs;
+    use super::{lookup_draft, shared_runs};
+
+    #[test]
+    fn a_draft_follows_the_latest_occurrence_of_the_longest_tail() {
+        // "1 2 3" occurred twice; the latest occurrence is followed by 9 9.
+        let t = [1, 2, 3, 4, 5, 1, 2, 3, 9, 9, 7, 2, 3];
+        assert_eq!(lookup_draft(&t, 8), &[9, 9, 7, 2, 3]);
+        assert_eq!(lookup_draft(&t, 2), &[9, 9]);
+        // A tail of 4 that occurred wins over a later tail of 2.
+        let t = [5, 6, 7, 8, 1, 6, 7, 0, 5, 6, 7, 8];
+        assert_eq!(lookup_draft(&t, 3), &[1, 6, 7]);
+        assert!(lookup_draft(&[1, 2, 3, 4], 4).is_empty());
+        assert!(lookup_draft(&[], 4).is_empty());
+    }
 
     #[test]
     fn a_run_after_inserted_tokens_is_found_moved_right() {

@@ -334,3 +334,43 @@ async fn seeded_sampling_reproduces() {
         "a different seed should (almost surely) differ"
     );
 }
+
+#[tokio::test]
+async fn prompt_lookup_drafts_keep_the_greedy_output() {
+    let Some(plain) = common::engine_with("smollm2-135m", |c| c.max_batch(4)) else {
+        return;
+    };
+    let Some(drafting) = common::engine_with("smollm2-135m", |c| c.max_batch(4).draft_tokens(6))
+    else {
+        return;
+    };
+    // Text the answer repeats from the prompt (drafts hold), and text it does not.
+    let prompts = [
+        chat(
+            &plain,
+            "Copy this line exactly: alpha beta gamma delta epsilon zeta eta theta iota kappa",
+        ),
+        chat(
+            &plain,
+            "Count from one to twelve in words, comma separated.",
+        ),
+        chat(&plain, "Name three colors."),
+    ];
+    for (n, p) in prompts.iter().enumerate() {
+        for max in [1, 5, 40] {
+            let a = run(&plain, p.clone(), SamplingParams::greedy(max)).await;
+            let b = run(&drafting, p.clone(), SamplingParams::greedy(max)).await;
+            assert_eq!(a.ids, b.ids, "prompt {n}, max_tokens {max}");
+            assert_eq!(a.text, b.text);
+            assert_eq!(a.reason, b.reason);
+        }
+    }
+    // Batched with drafts, each answer is still its own greedy one.
+    drafting.clear_cache().await.unwrap();
+    let batched = futures_join(&drafting, &prompts).await;
+    for (p, got) in prompts.iter().zip(&batched) {
+        plain.clear_cache().await.unwrap();
+        let want = run(&plain, p.clone(), SamplingParams::greedy(12)).await;
+        assert_eq!(got, &want.ids);
+    }
+}

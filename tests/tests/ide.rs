@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tandem_artifacts::{ProcessEnv, default_cache_root, locate};
-use tandem_gateway::config::{Config, MapEnv};
+use tandem_gateway::config::{Config, IdeConfig, MapEnv};
 use tandem_gateway::{Gateway, GatewayOptions, LocalLoad};
 use tandem_local_model::{Engine, EngineConfig};
 use tandem_tests::client;
@@ -22,7 +22,8 @@ async fn start() -> Option<(Gateway, Engine)> {
     start_with(0).await
 }
 
-/// The same, its engine reusing cached runs of at least `cache_reuse` tokens where they moved.
+/// The same, its engine reusing cached runs of at least `cache_reuse` tokens where they moved;
+/// both draft as `[ide]` does by default, so every greedy answer here is checked with drafts on.
 async fn start_with(cache_reuse: usize) -> Option<(Gateway, Engine)> {
     let root = default_cache_root(&ProcessEnv);
     let Some(paths) = locate(&root, "qwen2.5-coder-0.5b") else {
@@ -38,7 +39,8 @@ async fn start_with(cache_reuse: usize) -> Option<(Gateway, Engine)> {
             EngineConfig::new(path)
                 .threads(2)
                 .kv_cache_tokens(8192)
-                .cache_reuse(cache_reuse),
+                .cache_reuse(cache_reuse)
+                .draft_tokens(IdeConfig::default().draft_tokens),
         )
     })
     .await

@@ -30,6 +30,10 @@ pub struct IdeConfig {
     /// typed text, a window that scrolled): its KV is moved instead of computed again, which
     /// costs a little fidelity against a cold run (0 = off).
     pub cache_reuse: usize,
+    /// Most prompt-lookup draft tokens checked per decode step: code repeats itself, and a
+    /// drafted token the model agrees with costs no step of its own (0 = off; the output is the
+    /// same either way).
+    pub draft_tokens: usize,
 }
 
 impl Default for IdeConfig {
@@ -45,6 +49,7 @@ impl Default for IdeConfig {
             aliases: vec![CODE_MODEL.into(), "ide".into()],
             suffix_first: false,
             cache_reuse: 32,
+            draft_tokens: 6,
         }
     }
 }
@@ -117,6 +122,16 @@ pub fn validate_ide(raw: RawIde) -> Result<IdeConfig, ConfigError> {
         Some(n) => n as usize,
         None => d.cache_reuse,
     };
+    let draft_tokens = match raw.draft_tokens {
+        Some(n) if n > 32 => {
+            return Err(invalid(
+                "ide.draft_tokens",
+                format!("{n} is more than 32 draft tokens per step"),
+            ));
+        }
+        Some(n) => n as usize,
+        None => d.draft_tokens,
+    };
     let mut aliases: BTreeSet<String> = raw.aliases.into_iter().collect();
     aliases.insert("ide".into());
     if !model.ends_with(".gguf") {
@@ -131,6 +146,7 @@ pub fn validate_ide(raw: RawIde) -> Result<IdeConfig, ConfigError> {
         aliases: aliases.into_iter().collect(),
         suffix_first,
         cache_reuse,
+        draft_tokens,
     })
 }
 

@@ -148,6 +148,8 @@ pub struct RawIde {
     pub layout: Option<String>,
     /// Shortest cached run reused at a moved position (0 = off).
     pub cache_reuse: Option<u64>,
+    /// Most prompt-lookup draft tokens checked per step (0 = off).
+    pub draft_tokens: Option<u64>,
     /// Extra model ids that name the code model.
     #[serde(default)]
     pub aliases: Vec<String>,

@@ -37,7 +37,8 @@ pub struct IdeArgs {
     /// Source files typed through (default: two of this repository's and the checked-in sample).
     pub files: Vec<PathBuf>,
     /// Tandem's variants to run: `psm` (the model's layout, only the common prefix reused),
-    /// `psm-reuse` (and moved runs reused: `[ide] cache_reuse`), `spm` (suffix first).
+    /// `psm-reuse` (and moved runs reused: `[ide] cache_reuse`), `default` (and prompt-lookup
+    /// drafts: `[ide]`'s defaults), `spm` (suffix first).
     pub variants: Vec<String>,
 }
 
@@ -55,7 +56,7 @@ impl Default for IdeArgs {
                 root.join("benches/llama_cpp_peer.py"),
                 root.join("benches/ide/sample.py"),
             ],
-            variants: vec!["psm".into(), "psm-reuse".into(), "spm".into()],
+            variants: vec!["psm".into(), "psm-reuse".into(), "default".into()],
         }
     }
 }
@@ -149,13 +150,17 @@ fn request_body(step: &Step, n_predict: usize) -> Value {
            "temperature": 0, "cache_prompt": true})
 }
 
-/// A variant's `[ide] layout` and `cache_reuse`.
-fn variant(name: &str) -> anyhow::Result<(&'static str, usize)> {
+/// A variant's `[ide] layout`, `cache_reuse` and `draft_tokens`.
+fn variant(name: &str) -> anyhow::Result<(&'static str, usize, usize)> {
+    let d = IdeConfig::default();
     match name {
-        "psm" => Ok(("psm", 0)),
-        "psm-reuse" => Ok(("psm", IdeConfig::default().cache_reuse)),
-        "spm" => Ok(("spm", 0)),
-        other => anyhow::bail!("unknown variant `{other}` (expected psm, psm-reuse or spm)"),
+        "psm" => Ok(("psm", 0, 0)),
+        "psm-reuse" => Ok(("psm", d.cache_reuse, 0)),
+        "default" => Ok(("psm", d.cache_reuse, d.draft_tokens)),
+        "spm" => Ok(("spm", 0, 0)),
+        other => {
+            anyhow::bail!("unknown variant `{other}` (expected psm, psm-reuse, default or spm)")
+        }
     }
 }
 
@@ -166,7 +171,7 @@ async fn run_tandem(
     n_predict: usize,
     name: &str,
 ) -> anyhow::Result<Vec<Answer>> {
-    let (layout, cache_reuse) = variant(name)?;
+    let (layout, cache_reuse, draft_tokens) = variant(name)?;
     let engine = {
         let path = path.to_path_buf();
         tokio::task::spawn_blocking(move || {
@@ -174,14 +179,15 @@ async fn run_tandem(
                 EngineConfig::new(path)
                     .threads(threads)
                     .kv_cache_tokens(8192)
-                    .cache_reuse(cache_reuse),
+                    .cache_reuse(cache_reuse)
+                    .draft_tokens(draft_tokens),
             )
         })
         .await??
     };
     let config = Config::from_toml_str(
         &format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[ide]\nlayout = \"{layout}\"\ncache_reuse = {cache_reuse}\n"
+            "[server]\nlisten = \"127.0.0.1:0\"\n[ide]\nlayout = \"{layout}\"\ncache_reuse = {cache_reuse}\ndraft_tokens = {draft_tokens}\n"
         ),
         &MapEnv::default(),
     )?;
