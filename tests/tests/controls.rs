@@ -540,6 +540,82 @@ async fn budgets_charge_reported_usage_on_redis() {
     budgets_charge_reported_usage(Some(&url)).await;
 }
 
+/// OpenAI's own Responses API, passed through as it is, is charged like chat: the key's spend is
+/// the usage the upstream reported (cached tokens at their price), whole and streamed, and the
+/// stream goes on to the client unchanged.
+#[tokio::test]
+async fn responses_passed_through_to_openai_charge_the_reported_usage() {
+    let h = Harness::start_around(MockConfig::default(), |mock| {
+        format!(
+            r#"{}
+[backends.openai-own]
+kind = "openai"
+base_url = "{}"
+api_key_env = "MOCK_OPENAI_KEY"
+models = {{ "gpt-own" = "gpt-4.1" }}
+price = {{ input = 1.0, output = 2.0, cached_input = 0.5 }}
+"#,
+            admin_server(),
+            mock.base_url()
+        )
+    })
+    .await
+    .unwrap();
+    let (key, id) = create_key(&h, json!({})).await;
+    let ask = |stream: bool| {
+        h.client
+            .post(h.url("/v1/responses"))
+            .bearer_auth(&key)
+            .json(&json!({"model": "gpt-own", "input": "hi", "stream": stream}))
+            .send()
+    };
+    let r = ask(false).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let whole: Value = r.json().await.unwrap();
+    assert_eq!(
+        whole["usage"]["input_tokens_details"]["cached_tokens"],
+        1024
+    );
+    spend_when(&h, |r| {
+        r["spend"]["key"][&id]
+            .as_f64()
+            .is_some_and(|v| close(v, ANSWER_COST))
+    })
+    .await;
+    let r = ask(true).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("\"cached_tokens\":1024"), "{text}");
+    assert_eq!(
+        text.as_bytes(),
+        &Fixtures::builtin().openai_responses_stream.body()[..],
+        "passed on unchanged"
+    );
+    let report = spend_when(&h, |r| {
+        r["spend"]["key"][&id]
+            .as_f64()
+            .is_some_and(|v| close(v, 2.0 * ANSWER_COST))
+    })
+    .await;
+    assert!(
+        close(
+            report["spend"]["backend"]["openai-own"].as_f64().unwrap(),
+            2.0 * ANSWER_COST
+        ),
+        "{report}"
+    );
+    let metrics = h.metrics().await;
+    let cached = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("tandem_tokens_total{")
+                && l.contains("backend=\"openai-own\"")
+                && l.contains("kind=\"cached")
+        })
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(cached.ends_with(" 2048"), "{cached}");
+}
+
 #[tokio::test]
 async fn keys_spend_and_limits_survive_a_restart_on_the_embedded_store() {
     let dir = tempfile::tempdir().unwrap();

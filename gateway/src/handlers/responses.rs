@@ -14,10 +14,11 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tandem_cloud_adapters::openai::{
     ResponseHead, ResponsesEncoder, ResponsesRequest, decode_responses_request, encode_response,
+    usage_from_json,
 };
 use tandem_cloud_adapters::{ByteStream, Message, Usage, sse};
 
-use super::chat::{Encoder, ResponseHook, encoded_sse_body, record_usage};
+use super::chat::{Encoder, ResponseHook, StreamAccounting, encoded_sse_body, record_usage};
 use super::{
     finish_response, json_bytes_response, json_response, read_body, request_id, sse_response,
     wire_error,
@@ -153,7 +154,12 @@ async fn answer(
             json_bytes_response(body)
         }
         ResponsesOutput::Passed(Forwarded::Stream(bytes)) => {
-            sse_response(Body::from_stream(never_silent(bytes)))
+            let accounting = StreamAccounting::new(
+                state.clone(),
+                (model.to_owned(), route.backend.clone()),
+                (hints.meter.clone(), hints.ticket.clone(), None),
+            );
+            sse_response(Body::from_stream(never_silent(bytes, accounting)))
         }
     });
     (response, route)
@@ -258,35 +264,20 @@ fn in_responses_terms(e: Error) -> Error {
 /// The usage of a `response` object passed on from OpenAI.
 fn passed_usage(body: &[u8]) -> Usage {
     let v: Value = serde_json::from_slice(body).unwrap_or_default();
-    let n = |v: &Value| v.as_u64().unwrap_or(0);
-    let u = &v["usage"];
-    Usage {
-        prompt_tokens: n(&u["input_tokens"]),
-        completion_tokens: n(&u["output_tokens"]),
-        cached_prompt_tokens: n(&u["input_tokens_details"]["cached_tokens"]),
-        reasoning_tokens: n(&u["output_tokens_details"]["reasoning_tokens"]),
-        ..Usage::default()
-    }
+    usage_from_json(&v["usage"])
 }
 
-/// An upstream Responses stream passed on as it came; a cut (an error, or an end before a
-/// terminal event) ends with an `error` event.
-fn never_silent(bytes: ByteStream) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
-    struct Watch {
-        bytes: ByteStream,
-        tail: Vec<u8>,
-        ended: bool,
-        done: bool,
-    }
-    const TERMINAL: [&[u8]; 4] = [
-        b"response.completed",
-        b"response.failed",
-        b"response.incomplete",
-        b"event: error",
-    ];
-    let watch = Watch {
+/// An upstream Responses stream passed on as it came, read on the way for its accounting (the
+/// first text or arguments delta, and the usage of its final `response`, charged like any
+/// stream's); a cut (an error, or an end before a terminal event) ends with an `error` event.
+fn never_silent(
+    bytes: ByteStream,
+    accounting: StreamAccounting,
+) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
+    let watch = Passed {
         bytes,
-        tail: Vec::new(),
+        parser: sse::SseParser::new(),
+        accounting,
         ended: false,
         done: false,
     };
@@ -296,15 +287,9 @@ fn never_silent(bytes: ByteStream) -> impl futures::Stream<Item = Result<Bytes, 
         }
         match w.bytes.next().await {
             Some(Ok(chunk)) => {
-                // The chunk with the end of the last one, so a marker split between them counts.
-                let keep = w.tail.len().saturating_sub(32);
-                w.tail.drain(..keep);
-                w.tail.extend_from_slice(&chunk);
-                if TERMINAL
-                    .iter()
-                    .any(|t| w.tail.windows(t.len()).any(|win| win == *t))
-                {
-                    w.ended = true;
+                w.parser.push(&chunk);
+                while let Some(event) = w.parser.next_event() {
+                    w.read(&event);
                 }
                 Some((Ok(chunk), w))
             }
@@ -318,6 +303,50 @@ fn never_silent(bytes: ByteStream) -> impl futures::Stream<Item = Result<Bytes, 
             }
         }
     })
+}
+
+/// A passed-on Responses stream as it goes by.
+struct Passed {
+    bytes: ByteStream,
+    parser: sse::SseParser,
+    /// Charged when the stream ends or is dropped.
+    accounting: StreamAccounting,
+    /// A terminal event went by.
+    ended: bool,
+    done: bool,
+}
+
+impl Passed {
+    /// Notes what `event` means for the accounting and whether the stream has ended.
+    fn read(&mut self, event: &sse::SseEvent) {
+        let mut data = None;
+        let json = || -> Value { serde_json::from_str(&event.data).unwrap_or_default() };
+        // OpenAI names each event; its `type` says the same where a server does not.
+        let kind = match &event.event {
+            Some(kind) => kind.clone(),
+            None => {
+                let v = json();
+                let kind = v["type"].as_str().unwrap_or_default().to_owned();
+                data = Some(v);
+                kind
+            }
+        };
+        match kind.as_str() {
+            "response.output_text.delta" | "response.function_call_arguments.delta" => {
+                self.accounting.first_token();
+            }
+            "response.completed" | "response.failed" | "response.incomplete" => {
+                let v = data.unwrap_or_else(json);
+                let usage = &v["response"]["usage"];
+                if usage.is_object() {
+                    self.accounting.note_usage(usage_from_json(usage));
+                }
+                self.ended = true;
+            }
+            "error" => self.ended = true,
+            _ => {}
+        }
+    }
 }
 
 fn cut_event(message: &str) -> Bytes {
