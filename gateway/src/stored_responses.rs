@@ -1,8 +1,8 @@
 //! Stored Responses API answers, in the shared state store (Redis, or the embedded store in the
 //! cache directory) so any replica can read or continue them and they survive a restart. Each
 //! is kept for [`RESPONSE_TTL`] and only up to [`MAX_STORED_BYTES`] (a larger one is answered
-//! but not kept): the `response` object, its input items, and the conversation so far in
-//! normalized form, which `previous_response_id` continues.
+//! but not kept): the `response` object, the input items of its conversation, and the
+//! conversation so far in normalized form, which `previous_response_id` continues.
 
 use std::time::Duration;
 
@@ -26,7 +26,9 @@ pub const MAX_STORED_BYTES: usize = 4 << 20;
 pub struct StoredResponse {
     /// The `response` object as the client received it.
     pub response: Value,
-    /// Its input items (the Responses shape, with ids).
+    /// The input items of the conversation it ends, oldest first (the Responses shape, with
+    /// ids): those of the responses it continues, each followed by that response's output
+    /// items, then its own.
     pub input_items: Vec<Value>,
     /// The conversation up to and including this response's output, without instructions.
     pub conversation: Vec<Message>,

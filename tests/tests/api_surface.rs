@@ -833,6 +833,89 @@ async fn stored_responses_continue_a_function_call_round_trip_and_survive_a_rest
     again.shutdown().await.unwrap();
 }
 
+/// The input items of a response that continues others are those of the whole conversation:
+/// each earlier turn's input and output, then its own; newest first unless `order=asc`, paged
+/// with `limit` and `after`.
+#[tokio::test]
+async fn input_items_list_the_whole_conversation_over_a_three_turn_chain() {
+    let (h, _store) = responses_harness("items").await;
+    let mut previous: Option<String> = None;
+    let mut turns = Vec::new();
+    for text in ["one", "two", "three"] {
+        let mut body = json!({"model": "gpt", "input": text});
+        if let Some(p) = &previous {
+            body["previous_response_id"] = json!(p);
+        }
+        let (status, _, r) = post(h.url("/v1/responses"), &body).await;
+        assert_eq!(status, 200, "{r}");
+        previous = Some(r["id"].as_str().unwrap().to_owned());
+        turns.push(r);
+    }
+    let last = previous.unwrap();
+    let list = |query: &str| get(h.url(&format!("/v1/responses/{last}/input_items{query}")));
+    // Oldest first: one, its answer, two, its answer, three.
+    let (status, _, asc) = list("?order=asc").await;
+    assert_eq!(status, 200, "{asc}");
+    let data = asc["data"].as_array().unwrap();
+    assert_eq!(data.len(), 5, "{asc}");
+    let user_text = |item: &Value| -> String {
+        let content = &item["content"];
+        content
+            .as_str()
+            .map(str::to_owned)
+            .or_else(|| content[0]["text"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| panic!("{item}"))
+    };
+    for (i, text) in [(0, "one"), (2, "two"), (4, "three")] {
+        assert_eq!(data[i]["role"], "user", "{asc}");
+        assert_eq!(user_text(&data[i]), text, "{asc}");
+    }
+    assert_eq!(data[1], turns[0]["output"][0], "{asc}");
+    assert_eq!(data[3], turns[1]["output"][0], "{asc}");
+    let ids: Vec<&str> = data.iter().map(|i| i["id"].as_str().unwrap()).collect();
+    let unique: std::collections::BTreeSet<_> = ids.iter().collect();
+    assert_eq!(unique.len(), 5, "every item has its own id: {ids:?}");
+    assert_eq!(asc["first_id"], ids[0]);
+    assert_eq!(asc["last_id"], ids[4]);
+    assert_eq!(asc["has_more"], false);
+
+    // Newest first by default, in pages of two.
+    let mut seen = Vec::new();
+    let mut query = "?limit=2".to_owned();
+    loop {
+        let (status, _, page) = list(&query).await;
+        assert_eq!(status, 200, "{page}");
+        let items = page["data"].as_array().unwrap();
+        assert!(!items.is_empty() && items.len() <= 2, "{page}");
+        assert_eq!(page["first_id"], items[0]["id"], "{page}");
+        assert_eq!(page["last_id"], items[items.len() - 1]["id"], "{page}");
+        seen.extend(items.iter().map(|i| i["id"].as_str().unwrap().to_owned()));
+        if page["has_more"] == false {
+            break;
+        }
+        query = format!("?limit=2&after={}", page["last_id"].as_str().unwrap());
+    }
+    let newest_first: Vec<&str> = ids.iter().rev().copied().collect();
+    assert_eq!(seen, newest_first);
+    let (_, _, desc) = list("?order=desc&limit=1").await;
+    assert_eq!(user_text(&desc["data"][0]), "three", "{desc}");
+    assert_eq!(desc["has_more"], true);
+
+    // The first turn's own list is its own input alone; bad paging is a 400 naming the field.
+    let first = turns[0]["id"].as_str().unwrap();
+    let (_, _, own) = get(h.url(&format!("/v1/responses/{first}/input_items"))).await;
+    assert_eq!(own["data"].as_array().unwrap().len(), 1, "{own}");
+    for (query, param) in [
+        ("?limit=0", "limit"),
+        ("?order=up", "order"),
+        ("?after=nope", "after"),
+    ] {
+        let (status, _, body) = list(query).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert_eq!(body["error"]["param"], param, "{body}");
+    }
+}
+
 #[tokio::test]
 async fn what_only_openai_runs_passes_through_to_it_and_is_a_400_elsewhere() {
     let (h, _store) = responses_harness("builtin").await;

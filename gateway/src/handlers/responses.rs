@@ -85,7 +85,22 @@ async fn answer(
         },
     };
     let continues_ours = previous.is_some();
-    let mut conversation = previous.map(|p| p.conversation).unwrap_or_default();
+    // The items of the whole conversation: those of the responses it continues (their inputs
+    // and outputs), then this request's.
+    let mut input_items = Vec::new();
+    let mut conversation = Vec::new();
+    if let Some(p) = previous {
+        input_items = p.input_items;
+        input_items.extend(
+            p.response["output"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .cloned(),
+        );
+        conversation = p.conversation;
+    }
+    input_items.extend(request.input_items.iter().cloned());
     let chat = request.chat_request(&conversation);
     conversation.extend(request.chat.messages.iter().cloned());
     let native = NativeResponses {
@@ -97,7 +112,7 @@ async fn answer(
     let (result, route) = run_responses(state, chat, native, hints, deadline).await;
     let keep = request.store.then(|| Kept {
         state: state.clone(),
-        input_items: request.input_items.clone(),
+        input_items,
         conversation,
     });
     // A whole answer is stored before it is sent, so a follow-up can name it at once.
