@@ -916,6 +916,64 @@ async fn input_items_list_the_whole_conversation_over_a_three_turn_chain() {
     }
 }
 
+/// An Azure backend takes the Responses API on Azure's v1 path (`/openai/v1/responses`, no
+/// deployment in the path and no `api-version`), the deployment named as the body's `model`,
+/// with its `api-key` header; whole and streamed.
+#[tokio::test]
+async fn azure_takes_responses_on_its_v1_path_with_the_deployment_as_model() {
+    let store = scratch("azure").join("store.log");
+    let h = Harness::start_around(MockConfig::default(), |mock| {
+        format!(
+            r#"
+[backends.azure]
+kind = "azure"
+base_url = "http://{}"
+api_version = "2024-10-21"
+api_key_env = "MOCK_OPENAI_KEY"
+models = {{ "gpt-azure" = "prod-4o-mini" }}
+
+[store]
+path = "{}"
+"#,
+            mock.addr(),
+            store.display()
+        )
+    })
+    .await
+    .unwrap();
+    for stream in [false, true] {
+        let body = json!({"model": "gpt-azure", "input": "Say hello", "stream": stream});
+        let r = client()
+            .post(h.url("/v1/responses"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let text = r.text().await.unwrap();
+        assert!(text.contains("Hello! How can I help you today?"), "{text}");
+        let sent = h.mock.requests().last().unwrap().clone();
+        assert_eq!(sent.method, "POST");
+        assert_eq!(sent.path, "/openai/v1/responses", "stream {stream}");
+        assert_eq!(sent.header("api-key"), Some("sk-mock"));
+        assert_eq!(sent.header("authorization"), None);
+        let json = sent.json().unwrap();
+        assert_eq!(json["model"], "prod-4o-mini", "{json}");
+        assert_eq!(json["stream"], stream, "{json}");
+    }
+    // Embeddings stay on the deployment's path with the api-version.
+    let (status, _, body) = post(
+        h.url("/v1/embeddings"),
+        &json!({"model": "gpt-azure", "input": "hi"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        h.mock.requests().last().unwrap().path,
+        "/openai/deployments/prod-4o-mini/embeddings?api-version=2024-10-21"
+    );
+}
+
 #[tokio::test]
 async fn what_only_openai_runs_passes_through_to_it_and_is_a_400_elsewhere() {
     let (h, _store) = responses_harness("builtin").await;
