@@ -62,8 +62,18 @@ def main():
         assert second.output_text, second
         got = client.responses.retrieve(first.id)
         assert got.id == first.id and got.output_text == first.output_text, got
+        # The whole conversation, newest first: this turn, the first answer, the first turn.
         items = client.responses.input_items.list(second.id)
-        assert [i.type for i in items.data] == ["message"], items
+        assert [(i.type, i.role) for i in items.data] == [
+            ("message", "user"),
+            ("message", "assistant"),
+            ("message", "user"),
+        ], items
+        assert items.data[0].content[0].text == "And of Italy?", items
+        assert items.data[1].id == first.output[0].id, items
+        oldest = client.responses.input_items.list(second.id, order="asc", limit=1)
+        assert oldest.data[0].content[0].text == "What is the capital of France?", oldest
+        assert oldest.has_more, oldest
         client.responses.delete(second.id)
         try:
             client.responses.retrieve(second.id)
