@@ -450,7 +450,11 @@ async fn cloud_embeddings_pass_through_with_the_backends_key_and_usage() {
 
 #[tokio::test]
 async fn count_tokens_asks_anthropic_and_estimates_elsewhere_and_models_say_what_they_can() {
-    let h = Harness::start(&with_store("")).await.unwrap();
+    let h = Harness::start(&with_store(
+        "[routes.\"gpt-128k\"]\nbackends = [\"openai\", \"anthropic\"]\ncontext_length = 128000\n",
+    ))
+    .await
+    .unwrap();
     let ask = json!({"model": "claude", "messages": [{"role": "user", "content": "Hello there"}]});
     let r = client()
         .post(h.url("/v1/messages/count_tokens"))
@@ -519,6 +523,22 @@ async fn count_tokens_asks_anthropic_and_estimates_elsewhere_and_models_say_what
         .unwrap();
     assert_eq!(minilm["capabilities"]["embeddings"], true, "{minilm}");
     assert_eq!(minilm["dimensions"], 384, "{minilm}");
+    // Every model says who owns it, its context length (null where only the provider knows it)
+    // and what it can do.
+    for m in list["data"].as_array().unwrap() {
+        assert!(m["owned_by"].is_string(), "{m}");
+        assert!(m.get("context_length").is_some(), "{m}");
+        for c in ["chat", "tools", "vision", "fim", "embeddings"] {
+            assert!(m["capabilities"][c].is_boolean(), "{c}: {m}");
+        }
+    }
+    assert_eq!(gpt["context_length"], Value::Null, "{gpt}");
+    let (_, _, long) = get(h.url("/v1/models/gpt-128k")).await;
+    assert_eq!(long["context_length"], 128000, "{long}");
+    assert_eq!(long["owned_by"], "openai", "{long}");
+    assert_eq!(long["backends"], json!(["openai", "anthropic"]), "{long}");
+    assert_eq!(long["capabilities"]["tools"], true, "{long}");
+    assert_eq!(long["capabilities"]["fim"], false, "{long}");
 }
 
 async fn get(url: String) -> (u16, String, Value) {

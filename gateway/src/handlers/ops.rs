@@ -42,7 +42,8 @@ pub async fn model(State(state): State<Arc<AppState>>, Path(id): Path<String>) -
 }
 
 /// A model's entry: OpenAI's fields, then the route's backends, the context length where it is
-/// known (the local model's own; a cloud model's is the provider's to say) and its
+/// known (`routes.X.context_length`, else the local model's own on a route of it alone; a cloud
+/// model's is the provider's to say, so null unless configured) and its
 /// capabilities: chat, tools (a cloud backend calls them; the local model does not), vision,
 /// fill in the middle (the local model's `suffix`), embeddings.
 fn model_entry(state: &AppState, id: &str, created: u64) -> Option<Value> {
@@ -73,7 +74,8 @@ fn model_entry(state: &AppState, id: &str, created: u64) -> Option<Value> {
         )
     });
     let context_length = match (&state.local, local && !cloud) {
-        (Some(model), true) => model.engine().ok().map(|e| e.info().context_length),
+        _ if route.context_length.is_some() => route.context_length,
+        (Some(model), true) => model.engine().ok().map(|e| e.info().context_length as u64),
         _ => None,
     };
     Some(json!({
