@@ -1619,9 +1619,10 @@ pub struct NativeResponses<'a> {
     pub openai_only: Option<&'a (String, String)>,
 }
 
-/// Runs a Responses request like a chat request (the route's policy, cascade, speculative
-/// backends, placement, fallback, timings and decision log), each backend taking it in its own
-/// way: OpenAI's own Responses API as the client sent it, the others the normalized request.
+/// Runs a Responses request like a chat request (the privacy step, the route's policy, cascade,
+/// speculative backends, placement, fallback, timings and decision log), each backend taking it
+/// in its own way: OpenAI's own Responses API as the client sent it, the others the normalized
+/// request (a redacted request's copy included).
 pub async fn run_responses(
     state: &AppState,
     request: ChatRequest,
@@ -1631,7 +1632,9 @@ pub async fn run_responses(
 ) -> (Result<ResponsesOutput, Error>, RouteInfo) {
     let model = request.model.clone();
     let stream = request.stream;
-    let plan = match plan(state, &request, hints).await {
+    // The privacy step as for chat: a redacted request's off-host backends are wrapped, and a
+    // wrapped one takes the redacted copy as chat, never the client's body as it came.
+    let plan = match metered_plan(state, &request, hints, false).await {
         Ok(p) => p,
         Err((e, route)) => return (Err(e), route),
     };

@@ -250,6 +250,87 @@ async fn block_answers_400_naming_the_kinds_and_the_message_never_the_value() {
     );
 }
 
+/// The Responses API passes the same privacy step as chat: blocked with a 400 naming the input,
+/// redacted (OpenAI's own Responses API then gets the redacted copy as chat, never the client's
+/// body as it came) with the answer restored, whole and streamed, and kept local.
+#[tokio::test]
+async fn the_responses_api_passes_the_privacy_step() {
+    let h = Harness::start_around(MockConfig::default(), |mock| {
+        let own = format!(
+            r#"
+[backends.own]
+kind = "openai"
+base_url = "{}"
+api_key_env = "MOCK_OPENAI_KEY"
+models = {{ "own-echo" = "echo" }}
+
+[routes."own-echo"]
+backends = ["own"]
+privacy = "redact"
+"#,
+            mock.base_url()
+        );
+        privacy_config(&mock.base_url(), &own)
+    })
+    .await
+    .unwrap();
+    let card = "4111 1111 1111 1111";
+    let (status, _, body) = h
+        .post(
+            "/v1/responses",
+            &json!({"model": "gpt-block", "input": format!("charge {card}")}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "sensitive_data", "{body}");
+    assert_eq!(body["error"]["param"], "input", "{body}");
+    assert!(!body.to_string().contains(card), "{body}");
+    let (status, _, body) = h
+        .post(
+            "/v1/responses",
+            &json!({"model": "gpt-local", "input": "IBAN DE89 3704 0044 0532 0130 00"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "no_backend_allowed", "{body}");
+    assert_eq!(h.mock.request_count(), 0, "nothing went upstream");
+
+    let email = "jane.doe@example.com";
+    for model in ["gpt-echo", "own-echo"] {
+        for stream in [false, true] {
+            let ask =
+                json!({"model": model, "input": format!("write to {email}"), "stream": stream});
+            let answer = if stream {
+                let (status, _, text) = h.post_stream_text("/v1/responses", &ask).await.unwrap();
+                assert_eq!(status, 200, "{text}");
+                parse_sse(&text)
+                    .iter()
+                    .filter(|e| e.json()["type"] == "response.output_text.delta")
+                    .map(|e| e.json()["delta"].as_str().unwrap().to_owned())
+                    .collect::<String>()
+            } else {
+                let (status, _, v) = h.post("/v1/responses", &ask).await.unwrap();
+                assert_eq!(status, 200, "{v}");
+                v["output"][0]["content"][0]["text"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            };
+            assert!(answer.contains(email), "{model} {stream}: {answer}");
+            let sent = h.mock.requests().last().unwrap().clone();
+            assert!(
+                sent.path.ends_with("/chat/completions"),
+                "{model}: {}",
+                sent.path
+            );
+            let upstream = String::from_utf8_lossy(&sent.body).into_owned();
+            assert!(!upstream.contains(email), "{model}: {upstream}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn force_local_never_sends_upstream_and_says_so_without_a_local_model() {
     let h = start("").await;

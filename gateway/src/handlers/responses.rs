@@ -250,7 +250,8 @@ fn in_responses_terms(e: Error) -> Error {
         let renamed = match param {
             "response_format" => "text.format",
             "max_tokens" => "max_output_tokens",
-            "messages" => "input",
+            // A message's index counts instructions and earlier turns: the input is named.
+            p if p == "messages" || p.starts_with("messages[") => "input",
             _ => return None,
         };
         Some(renamed.to_owned())
@@ -267,10 +268,17 @@ fn in_responses_terms(e: Error) -> Error {
             message,
             param: Some(param),
             code,
-        } => Error::InvalidRequest {
-            param: Some(rename(&param).unwrap_or(param)),
-            message,
-            code,
+        } => match rename(&param) {
+            Some(p) => Error::InvalidRequest {
+                message: message.replace(&param, &p),
+                param: Some(p),
+                code,
+            },
+            None => Error::InvalidRequest {
+                message,
+                param: Some(param),
+                code,
+            },
         },
         other => other,
     }
