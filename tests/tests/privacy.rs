@@ -255,6 +255,8 @@ async fn block_answers_400_naming_the_kinds_and_the_message_never_the_value() {
 /// body as it came) with the answer restored, whole and streamed, and kept local.
 #[tokio::test]
 async fn the_responses_api_passes_the_privacy_step() {
+    let dir = tempfile_dir();
+    let log = dir.join("audit.jsonl");
     let h = Harness::start_around(MockConfig::default(), |mock| {
         let own = format!(
             r#"
@@ -267,8 +269,12 @@ models = {{ "own-echo" = "echo" }}
 [routes."own-echo"]
 backends = ["own"]
 privacy = "redact"
+
+[audit]
+path = "{}"
 "#,
-            mock.base_url()
+            mock.base_url(),
+            log.display()
         );
         privacy_config(&mock.base_url(), &own)
     })
@@ -328,6 +334,32 @@ privacy = "redact"
             let upstream = String::from_utf8_lossy(&sent.body).into_owned();
             assert!(!upstream.contains(email), "{model}: {upstream}");
         }
+    }
+
+    // Every request is audited: the refusals, and the answers with their tokens.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    drop(h);
+    let files = audit_files(&dir);
+    assert_eq!(verify(&files).unwrap().records, 6);
+    let all: String = files
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect();
+    assert!(
+        !all.contains(email) && !all.contains(card),
+        "a value in the audit log"
+    );
+    let records: Vec<Value> = all
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(records.iter().all(|r| r["endpoint"] == "/v1/responses"));
+    let refused: Vec<&Value> = records.iter().filter(|r| r["status"] == 400).collect();
+    assert_eq!(refused.len(), 2, "{records:?}");
+    assert_eq!(refused[0]["privacy"]["action"], "block", "{records:?}");
+    for r in records.iter().filter(|r| r["status"] == 200) {
+        assert_eq!(r["privacy"]["action"], "redact", "{r}");
+        assert!(r["tokens"]["output"].as_u64().unwrap() > 0, "{r}");
     }
 }
 

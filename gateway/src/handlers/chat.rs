@@ -179,7 +179,12 @@ fn validate(chat: ChatRequest) -> Result<ChatRequest, Error> {
 }
 
 /// Writes a request's audit record when the audit log is on.
-fn write_audit(state: &AppState, audit: &PendingAudit, usage: Option<&Usage>, cost: f64) {
+pub(crate) fn write_audit(
+    state: &AppState,
+    audit: &PendingAudit,
+    usage: Option<&Usage>,
+    cost: f64,
+) {
     if let Some(log) = &state.audit {
         audit.write(log, usage, cost);
     }
@@ -408,7 +413,7 @@ pub(crate) fn encoded_sse_body(
 }
 
 /// [`encoded_sse_body`], writing `audit` with the stream's tokens when it ends.
-fn sse_stream_body(
+pub(crate) fn sse_stream_body(
     state: Arc<AppState>,
     events: EventStream,
     encoder: Encoder,

@@ -18,11 +18,14 @@ use tandem_cloud_adapters::openai::{
 };
 use tandem_cloud_adapters::{ByteStream, Message, Usage, sse};
 
-use super::chat::{Encoder, ResponseHook, StreamAccounting, encoded_sse_body, record_usage};
+use super::chat::{
+    Encoder, ResponseHook, StreamAccounting, record_usage, sse_stream_body, write_audit,
+};
 use super::{
     finish_response, json_bytes_response, json_response, read_body, request_id, sse_response,
     wire_error,
 };
+use crate::audit::PendingAudit;
 use crate::context::FirstTokenDeadline;
 use crate::dispatch::{NativeResponses, ResponsesOutput, run_responses};
 use crate::error::{ApiFlavor, Error};
@@ -41,30 +44,45 @@ pub async fn create(State(state): State<Arc<AppState>>, request: Request) -> Res
     };
     let decoded = decoded
         .and_then(|r| RequestHints::from_parts(id.0.clone(), &parts).map(|hints| (r, hints)));
+    let mut audit = PendingAudit::arriving(&parts, id.0.clone(), "/v1/responses");
     let (request, hints) = match decoded {
         Ok(d) => d,
-        Err(e) => return e.into_response_for(ApiFlavor::OpenAi),
+        Err(e) => {
+            let response = e.into_response_for(ApiFlavor::OpenAi);
+            audit.status = response.status().as_u16();
+            write_audit(&state, &audit, None, 0.0);
+            return response;
+        }
     };
     let model = request.chat.model.clone();
+    audit.model = model.clone();
     let deadline = parts.extensions.get::<FirstTokenDeadline>().copied();
-    let (result, route) = answer(&state, request, &hints, deadline, &model).await;
+    let (result, route) = answer(&state, request, &hints, deadline, &audit).await;
     let mut response = match result {
         Ok(response) => response,
         Err(e) => in_responses_terms(e).into_response_for(ApiFlavor::OpenAi),
     };
     let answered = response.status().is_success();
+    // An answer's record is written with its tokens (a stream's when it ends); a refusal's here.
+    if !answered {
+        audit.status = response.status().as_u16();
+        audit.route = route.audited();
+        write_audit(&state, &audit, None, 0.0);
+    }
     finish_response(&state, &mut response, &id, &route, model, answered);
     response
 }
 
-/// Runs a decoded request: its previous response's conversation first, then dispatch.
+/// Runs a decoded request: its previous response's conversation first, then dispatch; an
+/// answer's audit record (`audit`, as it arrived) is written with its tokens.
 async fn answer(
     state: &Arc<AppState>,
     request: ResponsesRequest,
     hints: &RequestHints,
     deadline: Option<FirstTokenDeadline>,
-    model: &str,
+    audit: &PendingAudit,
 ) -> (Result<Response, Error>, crate::dispatch::RouteInfo) {
+    let model = audit.model.as_str();
     let no_route = |e: Error| {
         let route = crate::dispatch::RouteInfo::unrouted("no route");
         (Err(e), route)
@@ -110,6 +128,9 @@ async fn answer(
     };
     let head = ResponseHead::new(model, echo(&request));
     let (result, route) = run_responses(state, chat, native, hints, deadline).await;
+    let mut audit = audit.clone();
+    audit.status = 200;
+    audit.route = route.audited();
     let keep = request.store.then(|| Kept {
         state: state.clone(),
         input_items,
@@ -118,7 +139,7 @@ async fn answer(
     // A whole answer is stored before it is sent, so a follow-up can name it at once.
     let (result, keep) = match result {
         Ok(ResponsesOutput::Whole(answer)) => {
-            record_usage(
+            let cost = record_usage(
                 state,
                 model,
                 &route.backend,
@@ -126,6 +147,7 @@ async fn answer(
                 hints.meter.as_deref(),
                 hints.ticket.as_ref(),
             );
+            write_audit(state, &audit, Some(&answer.usage), cost);
             let value = encode_response(&head, &answer);
             if let Some(keep) = keep {
                 keep.save_now(value.clone()).await;
@@ -146,33 +168,33 @@ async fn answer(
                 }) as ResponseHook
             });
             let encoder = Encoder::Responses(ResponsesEncoder::new(head), hook);
-            let body = encoded_sse_body(
+            let body = sse_stream_body(
                 state.clone(),
                 events,
                 encoder,
-                model.to_owned(),
-                route.backend.clone(),
-                hints.meter.clone(),
-                hints.ticket.clone(),
+                (model.to_owned(), route.backend.clone()),
+                (hints.meter.clone(), hints.ticket.clone(), Some(audit)),
             );
             sse_response(body)
         }
         ResponsesOutput::Passed(Forwarded::Whole(body)) => {
-            record_usage(
+            let usage = passed_usage(&body);
+            let cost = record_usage(
                 state,
                 model,
                 &route.backend,
-                &passed_usage(&body),
+                &usage,
                 hints.meter.as_deref(),
                 hints.ticket.as_ref(),
             );
+            write_audit(state, &audit, Some(&usage), cost);
             json_bytes_response(body)
         }
         ResponsesOutput::Passed(Forwarded::Stream(bytes)) => {
             let accounting = StreamAccounting::new(
                 state.clone(),
                 (model.to_owned(), route.backend.clone()),
-                (hints.meter.clone(), hints.ticket.clone(), None),
+                (hints.meter.clone(), hints.ticket.clone(), Some(audit)),
             );
             sse_response(Body::from_stream(never_silent(bytes, accounting)))
         }
