@@ -63,6 +63,39 @@ pub async fn delete(store: &dyn Store, id: &str) -> Result<bool, Error> {
     store.delete(&key(id)).await
 }
 
+/// Where a response OpenAI's own Responses API keeps came from: the backend that answered it
+/// and the model id asked for, so `GET`/`DELETE /v1/responses/{id}` reach that API with that
+/// backend's key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldUpstream {
+    /// The backend's name.
+    pub backend: String,
+    /// The model id the client asked for (mapped to the upstream's by the backend).
+    pub model: String,
+}
+
+fn upstream_key(id: &str) -> String {
+    format!("resp-up:{id}")
+}
+
+/// Notes that the upstream behind `held` keeps response `id` (for as long as one kept here).
+pub async fn note_upstream(store: &dyn Store, id: &str, held: &HeldUpstream) -> Result<(), Error> {
+    let bytes = serde_json::to_vec(held).map_err(|e| Error::Internal(e.to_string()))?;
+    store
+        .set(&upstream_key(id), Bytes::from(bytes), Some(RESPONSE_TTL))
+        .await
+}
+
+/// The upstream that keeps response `id`, when one answered it through here.
+pub async fn upstream(store: &dyn Store, id: &str) -> Result<Option<HeldUpstream>, Error> {
+    crate::store::get_json(store, &upstream_key(id)).await
+}
+
+/// Forgets where response `id` is kept.
+pub async fn forget_upstream(store: &dyn Store, id: &str) -> Result<bool, Error> {
+    store.delete(&upstream_key(id)).await
+}
+
 /// The assistant turn a `response` object's output makes: its text and function calls.
 pub fn output_message(response: &Value) -> Option<Message> {
     let mut content = Vec::new();

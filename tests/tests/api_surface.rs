@@ -936,6 +936,83 @@ async fn input_items_list_the_whole_conversation_over_a_three_turn_chain() {
     }
 }
 
+/// A response OpenAI's own Responses API answered (and keeps) is read, listed and deleted
+/// through Tandem: the calls reach that API with the backend's key; one not stored there, or
+/// unknown, is a 404 that asks nobody.
+#[tokio::test]
+async fn responses_kept_by_openai_are_read_listed_and_deleted_through_it() {
+    let (h, _store) = responses_harness("held").await;
+    let (status, _, whole) = post(
+        h.url("/v1/responses"),
+        &json!({"model": "gpt-own", "input": "Say hello"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{whole}");
+    let id = whole["id"].as_str().unwrap().to_owned();
+    let (status, _, got) = get(h.url(&format!("/v1/responses/{id}"))).await;
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(got["id"], id.as_str());
+    let sent = h.mock.requests().last().unwrap().clone();
+    assert_eq!(
+        (sent.method.as_str(), sent.path.as_str()),
+        ("GET", format!("/v1/responses/{id}").as_str())
+    );
+    assert_eq!(sent.header("authorization"), Some("Bearer sk-mock"));
+    let (status, _, items) =
+        get(h.url(&format!("/v1/responses/{id}/input_items?order=asc&limit=5"))).await;
+    assert_eq!(status, 200, "{items}");
+    assert_eq!(items["data"][0]["id"], "msg_mock_input", "{items}");
+    assert_eq!(
+        h.mock.requests().last().unwrap().path,
+        format!("/v1/responses/{id}/input_items?order=asc&limit=5")
+    );
+    let r = client()
+        .delete(h.url(&format!("/v1/responses/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let deleted: Value = r.json().await.unwrap();
+    assert_eq!(deleted["deleted"], true, "{deleted}");
+    assert_eq!(h.mock.requests().last().unwrap().method, "DELETE");
+    let before = h.mock.request_count();
+    let (status, _, _) = get(h.url(&format!("/v1/responses/{id}"))).await;
+    assert_eq!(status, 404);
+    let (status, _, _) = get(h.url("/v1/responses/resp_unknown")).await;
+    assert_eq!(status, 404);
+    assert_eq!(h.mock.request_count(), before, "nobody else is asked");
+
+    // A streamed one, once response.created named it.
+    let (_, _, raw) = h
+        .post_stream(
+            "/v1/responses",
+            &json!({"model": "gpt-own", "input": "Say hello", "stream": true}),
+        )
+        .await
+        .unwrap();
+    let streamed = raw[0].json()["response"]["id"].as_str().unwrap().to_owned();
+    let mut found = false;
+    for _ in 0..50 {
+        if get(h.url(&format!("/v1/responses/{streamed}"))).await.0 == 200 {
+            found = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(found, "the streamed response is found upstream");
+    // One the client asked OpenAI not to store is not looked for there.
+    let (_, _, unstored) = post(
+        h.url("/v1/responses"),
+        &json!({"model": "gpt-own", "input": "Say hello", "store": false}),
+    )
+    .await;
+    assert_eq!(unstored["id"], id.as_str(), "the mock's fixture");
+    let before = h.mock.request_count();
+    let (status, _, _) = get(h.url(&format!("/v1/responses/{id}"))).await;
+    assert_eq!(status, 404);
+    assert_eq!(h.mock.request_count(), before);
+}
+
 /// An Azure backend takes the Responses API on Azure's v1 path (`/openai/v1/responses`, no
 /// deployment in the path and no `api-version`), the deployment named as the body's `model`,
 /// with its `api-key` header; whole and streamed.

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, Query, RawQuery, Request, State};
 use axum::response::Response;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -32,7 +32,7 @@ use crate::error::{ApiFlavor, Error};
 use crate::executor::Forwarded;
 use crate::routing::RequestHints;
 use crate::state::AppState;
-use crate::stored_responses::{self, StoredResponse, output_message};
+use crate::stored_responses::{self, HeldUpstream, StoredResponse, output_message};
 
 /// `POST /v1/responses`.
 pub async fn create(State(state): State<Arc<AppState>>, request: Request) -> Response {
@@ -136,7 +136,16 @@ async fn answer(
         input_items,
         conversation,
     });
-    // A whole answer is stored before it is sent, so a follow-up can name it at once.
+    // Where OpenAI's own Responses API keeps what it answers, for the stored-response calls.
+    let held = request.store.then(|| Held {
+        state: state.clone(),
+        upstream: HeldUpstream {
+            backend: route.backend.clone(),
+            model: model.to_owned(),
+        },
+    });
+    // A whole answer is stored (or where it is kept noted) before it is sent, so a follow-up
+    // can name it at once.
     let (result, keep) = match result {
         Ok(ResponsesOutput::Whole(answer)) => {
             let cost = record_usage(
@@ -154,11 +163,26 @@ async fn answer(
             }
             return (Ok(json_response(&value)), route);
         }
+        Ok(ResponsesOutput::Passed(Forwarded::Whole(body))) => {
+            let usage = passed_usage(&body);
+            let cost = record_usage(
+                state,
+                model,
+                &route.backend,
+                &usage,
+                hints.meter.as_deref(),
+                hints.ticket.as_ref(),
+            );
+            write_audit(state, &audit, Some(&usage), cost);
+            if let Some(held) = held {
+                held.note_now(&serde_json::from_slice(&body).unwrap_or_default())
+                    .await;
+            }
+            return (Ok(json_bytes_response(body)), route);
+        }
         other => (other, keep),
     };
     let response = result.map(|output| match output {
-        ResponsesOutput::Whole(_) => Error::Internal("a whole answer was answered above".into())
-            .into_response_for(ApiFlavor::OpenAi),
         ResponsesOutput::Events(events) => {
             let hook = keep.map(|keep| {
                 Box::new(move |encoder: &ResponsesEncoder| {
@@ -177,18 +201,9 @@ async fn answer(
             );
             sse_response(body)
         }
-        ResponsesOutput::Passed(Forwarded::Whole(body)) => {
-            let usage = passed_usage(&body);
-            let cost = record_usage(
-                state,
-                model,
-                &route.backend,
-                &usage,
-                hints.meter.as_deref(),
-                hints.ticket.as_ref(),
-            );
-            write_audit(state, &audit, Some(&usage), cost);
-            json_bytes_response(body)
+        ResponsesOutput::Whole(_) | ResponsesOutput::Passed(Forwarded::Whole(_)) => {
+            Error::Internal("a whole answer was answered above".into())
+                .into_response_for(ApiFlavor::OpenAi)
         }
         ResponsesOutput::Passed(Forwarded::Stream(bytes)) => {
             let accounting = StreamAccounting::new(
@@ -196,7 +211,7 @@ async fn answer(
                 (model.to_owned(), route.backend.clone()),
                 (hints.meter.clone(), hints.ticket.clone(), Some(audit)),
             );
-            sse_response(Body::from_stream(never_silent(bytes, accounting)))
+            sse_response(Body::from_stream(never_silent(bytes, accounting, held)))
         }
     });
     (response, route)
@@ -318,11 +333,13 @@ fn passed_usage(body: &[u8]) -> Usage {
 fn never_silent(
     bytes: ByteStream,
     accounting: StreamAccounting,
+    held: Option<Held>,
 ) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
     let watch = Passed {
         bytes,
         parser: sse::SseParser::new(),
         accounting,
+        held,
         ended: false,
         done: false,
     };
@@ -356,6 +373,8 @@ struct Passed {
     parser: sse::SseParser,
     /// Charged when the stream ends or is dropped.
     accounting: StreamAccounting,
+    /// Noted once `response.created` names the response.
+    held: Option<Held>,
     /// A terminal event went by.
     ended: bool,
     done: bool,
@@ -389,9 +408,69 @@ impl Passed {
                 self.ended = true;
             }
             "error" => self.ended = true,
+            "response.created" => {
+                if let Some(held) = self.held.take() {
+                    held.note(&data.unwrap_or_else(json)["response"]);
+                }
+            }
             _ => {}
         }
     }
+}
+
+/// The upstream that answered a passed-through request, to note for a response it keeps.
+struct Held {
+    state: Arc<AppState>,
+    upstream: HeldUpstream,
+}
+
+impl Held {
+    /// [`Held::note_now`] in the background (a stream goes on meanwhile).
+    fn note(self, response: &Value) {
+        let response = json!({"id": response["id"], "store": response["store"]});
+        tokio::spawn(async move { self.note_now(&response).await });
+    }
+
+    /// Notes where `response` is kept, unless the client asked OpenAI not to store it; a
+    /// failure is logged (the answer stands without it).
+    async fn note_now(self, response: &Value) {
+        let Some(id) = response["id"].as_str() else {
+            return;
+        };
+        if response["store"] == false {
+            return;
+        }
+        if let Err(e) =
+            stored_responses::note_upstream(&*self.state.store, id, &self.upstream).await
+        {
+            tracing::warn!(error = %e, "cannot note where a response is kept");
+        }
+    }
+}
+
+/// The answer of the upstream that keeps response `id` (OpenAI's own Responses API) to
+/// `method` on `path` under its Responses URL, as it came; None when no upstream keeps it.
+async fn from_upstream(
+    state: &AppState,
+    id: &str,
+    method: http::Method,
+    path: &str,
+) -> Result<Option<Response>, Error> {
+    let Some(held) = stored_responses::upstream(&*state.store, id).await? else {
+        return Ok(None);
+    };
+    let Some(executor) = state.executors.get(&held.backend) else {
+        return Ok(None);
+    };
+    let body = executor
+        .fetch(
+            tandem_cloud_adapters::Api::Responses,
+            &held.model,
+            method,
+            path,
+        )
+        .await?;
+    Ok(Some(json_bytes_response(body)))
 }
 
 fn cut_event(message: &str) -> Bytes {
@@ -399,24 +478,44 @@ fn cut_event(message: &str) -> Bytes {
     sse::encode_event(Some("error"), &data.to_string())
 }
 
-/// `GET /v1/responses/{id}`.
+/// `GET /v1/responses/{id}`: one kept here, or asked of OpenAI's own API that keeps it.
 pub async fn get(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    match stored(&state, &id).await {
-        Ok(s) => json_response(&s.response),
-        Err(e) => e.into_response_for(ApiFlavor::OpenAi),
-    }
+    let answer = async {
+        if let Some(s) = stored_responses::load(&*state.store, &id).await? {
+            return Ok(json_response(&s.response));
+        }
+        from_upstream(&state, &id, http::Method::GET, &format!("/{id}"))
+            .await?
+            .ok_or_else(|| not_found(&id))
+    };
+    answer
+        .await
+        .unwrap_or_else(|e| e.into_response_for(ApiFlavor::OpenAi))
 }
 
-/// `DELETE /v1/responses/{id}`.
+/// `DELETE /v1/responses/{id}`: here, or on OpenAI's own API that keeps it.
 pub async fn delete(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    match stored_responses::delete(&*state.store, &id).await {
-        Ok(true) => {
-            json_response(&json!({"id": id, "object": "response.deleted", "deleted": true}))
+    let answer = async {
+        if stored_responses::delete(&*state.store, &id).await? {
+            return Ok(json_response(
+                &json!({"id": id, "object": "response.deleted", "deleted": true}),
+            ));
         }
-        Ok(false) => {
-            Error::ResponseNotFound { id, param: None }.into_response_for(ApiFlavor::OpenAi)
-        }
-        Err(e) => e.into_response_for(ApiFlavor::OpenAi),
+        let deleted = from_upstream(&state, &id, http::Method::DELETE, &format!("/{id}"))
+            .await?
+            .ok_or_else(|| not_found(&id))?;
+        stored_responses::forget_upstream(&*state.store, &id).await?;
+        Ok::<_, Error>(deleted)
+    };
+    answer
+        .await
+        .unwrap_or_else(|e| e.into_response_for(ApiFlavor::OpenAi))
+}
+
+fn not_found(id: &str) -> Error {
+    Error::ResponseNotFound {
+        id: id.to_owned(),
+        param: None,
     }
 }
 
@@ -431,14 +530,22 @@ pub struct ItemsQuery {
     after: Option<String>,
 }
 
-/// `GET /v1/responses/{id}/input_items`.
+/// `GET /v1/responses/{id}/input_items` (of a response OpenAI's own API keeps: its page, the
+/// query passed on).
 pub async fn input_items(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
     Query(query): Query<ItemsQuery>,
+    RawQuery(raw): RawQuery,
 ) -> Response {
     let page = async {
-        let stored = stored(&state, &id).await?;
+        let Some(stored) = stored_responses::load(&*state.store, &id).await? else {
+            let query = raw.map(|q| format!("?{q}")).unwrap_or_default();
+            let path = format!("/{id}/input_items{query}");
+            return from_upstream(&state, &id, http::Method::GET, &path)
+                .await?
+                .ok_or_else(|| not_found(&id));
+        };
         let limit = query.limit.unwrap_or(20);
         if !(1..=100).contains(&limit) {
             return Err(Error::invalid(
@@ -466,23 +573,11 @@ pub async fn input_items(
         }
         let has_more = items.len() > limit;
         items.truncate(limit);
-        Ok(json!({"object": "list", "data": items,
+        Ok(json_response(&json!({"object": "list", "data": items,
                   "first_id": items.first().map(|i| i["id"].clone()),
                   "last_id": items.last().map(|i| i["id"].clone()),
-                  "has_more": has_more}))
+                  "has_more": has_more})))
     }
     .await;
-    match page {
-        Ok(v) => json_response(&v),
-        Err(e) => e.into_response_for(ApiFlavor::OpenAi),
-    }
-}
-
-async fn stored(state: &AppState, id: &str) -> Result<StoredResponse, Error> {
-    stored_responses::load(&*state.store, id)
-        .await?
-        .ok_or_else(|| Error::ResponseNotFound {
-            id: id.to_owned(),
-            param: None,
-        })
+    page.unwrap_or_else(|e| e.into_response_for(ApiFlavor::OpenAi))
 }
