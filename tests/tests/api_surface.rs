@@ -605,6 +605,18 @@ fn response_events(raw: &[tandem_tests::SseEvent]) -> Vec<Value> {
     events
 }
 
+/// Whether `GET path` answers 200 within a second (what a stream's end stores lands in the
+/// background).
+async fn answers_within_a_second(h: &Harness, path: &str) -> bool {
+    for _ in 0..50 {
+        if get(h.url(path)).await.0 == 200 {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    false
+}
+
 fn kinds(events: &[Value]) -> Vec<&str> {
     events.iter().map(|e| e["type"].as_str().unwrap()).collect()
 }
@@ -826,15 +838,10 @@ async fn stored_responses_continue_a_function_call_round_trip_and_survive_a_rest
         .await
         .unwrap();
     let streamed_id = raw[0].json()["response"]["id"].as_str().unwrap().to_owned();
-    let mut found = false;
-    for _ in 0..50 {
-        if get(h.url(&format!("/v1/responses/{streamed_id}"))).await.0 == 200 {
-            found = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert!(found, "the streamed response is stored");
+    assert!(
+        answers_within_a_second(&h, &format!("/v1/responses/{streamed_id}")).await,
+        "the streamed response is stored"
+    );
     let Harness { gateway, mock, .. } = h;
     gateway.shutdown().await.unwrap();
     let text = config_text(&mock.base_url(), &responses_extra(&mock, &store));
@@ -991,15 +998,10 @@ async fn responses_kept_by_openai_are_read_listed_and_deleted_through_it() {
         .await
         .unwrap();
     let streamed = raw[0].json()["response"]["id"].as_str().unwrap().to_owned();
-    let mut found = false;
-    for _ in 0..50 {
-        if get(h.url(&format!("/v1/responses/{streamed}"))).await.0 == 200 {
-            found = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert!(found, "the streamed response is found upstream");
+    assert!(
+        answers_within_a_second(&h, &format!("/v1/responses/{streamed}")).await,
+        "the streamed response is found upstream"
+    );
     // One the client asked OpenAI not to store is not looked for there.
     let (_, _, unstored) = post(
         h.url("/v1/responses"),
