@@ -3,7 +3,8 @@ round trip, previous_response_id, retrieve, input items, delete) and embeddings.
 
 Usage: openai_sdk.py '<json spec>' with keys base_url, model, and optionally tool_model (a model
 that answers with a function call), embedding_model, embedding_dims, stored (whether Tandem
-stores the responses: false for OpenAI's own API passed through). Exits non-zero on failure.
+stores the responses: false for OpenAI's own API passed through), kept_upstream (the upstream
+keeps them: retrieved, listed and deleted through Tandem). Exits non-zero on failure.
 """
 
 import json
@@ -77,6 +78,20 @@ def main():
         client.responses.delete(second.id)
         try:
             client.responses.retrieve(second.id)
+            raise AssertionError("a deleted response is still there")
+        except Exception as e:  # openai.NotFoundError
+            assert getattr(e, "status_code", None) == 404, e
+
+    if spec.get("kept_upstream"):
+        # OpenAI's own API keeps it: read, listed and deleted there through Tandem.
+        got = client.responses.retrieve(first.id)
+        assert got.id == first.id, got
+        items = client.responses.input_items.list(first.id)
+        assert items.data and items.data[0].type == "message", items
+        deleted = client.responses.delete(first.id)
+        assert deleted is None or getattr(deleted, "deleted", True), deleted
+        try:
+            client.responses.retrieve(first.id)
             raise AssertionError("a deleted response is still there")
         except Exception as e:  # openai.NotFoundError
             assert getattr(e, "status_code", None) == 404, e

@@ -1173,7 +1173,7 @@ async fn the_official_sdks_against_the_mock_in_each_wire_format() {
     // OpenAI's own Responses API (passed through; it keeps its own responses).
     python(
         "openai_sdk.py",
-        &json!({"base_url": base, "model": "gpt-own", "stored": false}),
+        &json!({"base_url": base, "model": "gpt-own", "stored": false, "kept_upstream": true}),
     )
     .await;
     // Token counting: Anthropic's own, an estimate elsewhere.
