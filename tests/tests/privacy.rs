@@ -363,6 +363,70 @@ path = "{}"
     }
 }
 
+/// Embeddings and token counts pass the privacy step too: their bodies go upstream as written,
+/// so `block` refuses, and `redact` and `force-local` keep them here (a 400 without a local
+/// model); a clean request goes through.
+#[tokio::test]
+async fn embeddings_and_token_counts_pass_the_privacy_step() {
+    let h = start("").await;
+    let card = "4111 1111 1111 1111";
+    let embed = |model: &str, text: &str| json!({"model": model, "input": ["hello", text]});
+    let (status, headers, body) = h
+        .post(
+            "/v1/embeddings",
+            &embed("gpt-block", &format!("card {card}")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "sensitive_data", "{body}");
+    assert_eq!(body["error"]["param"], "input", "{body}");
+    assert!(!body.to_string().contains(card), "{body}");
+    assert_eq!(
+        headers["x-tandem-route"].to_str().unwrap(),
+        "no backend; privacy=block (payment_card)"
+    );
+    for model in ["gpt-local", "gpt-echo"] {
+        let (status, _, body) = h
+            .post("/v1/embeddings", &embed(model, "mail jane.doe@example.com"))
+            .await
+            .unwrap();
+        assert_eq!(status, 400, "{model}: {body}");
+        assert_eq!(
+            body["error"]["code"], "no_backend_allowed",
+            "{model}: {body}"
+        );
+    }
+    let (status, _, body) = h
+        .post(
+            "/v1/messages/count_tokens",
+            &json!({"model": "claude-block",
+                    "messages": [{"role": "user", "content": "my SSN is 123-45-6789"}]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["type"], "error", "{body}");
+    assert!(!body.to_string().contains("123-45-6789"), "{body}");
+    assert_eq!(h.mock.request_count(), 0, "nothing went upstream");
+
+    // Clean requests on the same routes go through.
+    let (status, _, body) = h
+        .post("/v1/embeddings", &embed("gpt-block", "world"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let (status, _, body) = h
+        .post(
+            "/v1/messages/count_tokens",
+            &json!({"model": "claude-block", "messages": [{"role": "user", "content": "hello"}]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(h.mock.request_count(), 2);
+}
+
 #[tokio::test]
 async fn force_local_never_sends_upstream_and_says_so_without_a_local_model() {
     let h = start("").await;

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::response::Response;
 use tandem_cloud_adapters::openai::{
-    decode_embeddings_request, embeddings_prompt_tokens, encode_embeddings_response,
+    EmbeddingInput, EmbeddingsRequest, decode_embeddings_request, embeddings_prompt_tokens,
+    encode_embeddings_response,
 };
-use tandem_cloud_adapters::{Api, Usage};
+use tandem_cloud_adapters::{Api, ChatRequest, Message, Role, Usage};
 
 use super::chat::record_usage;
 use super::{finish_response, json_bytes_response, read_body, request_id, wire_error};
@@ -59,7 +60,7 @@ pub async fn embeddings(State(state): State<Arc<AppState>>, request: Request) ->
             let (result, route) = run_forward(
                 &state,
                 Api::Embeddings,
-                &model,
+                &text_view(&embeddings),
                 &embeddings.body,
                 false,
                 &hints,
@@ -76,6 +77,19 @@ pub async fn embeddings(State(state): State<Arc<AppState>>, request: Request) ->
             });
             (answer, route)
         };
+    // The privacy step names the inputs as the one message it reads them as.
+    let result = result.map_err(|e| match e {
+        Error::InvalidRequest {
+            message,
+            param: Some(param),
+            code,
+        } if param.starts_with("messages") => Error::InvalidRequest {
+            message: message.replace(&param, "input"),
+            param: Some("input".into()),
+            code,
+        },
+        other => other,
+    });
     let mut response = match result {
         Ok((body, prompt_tokens)) => {
             let usage = Usage {
@@ -97,4 +111,17 @@ pub async fn embeddings(State(state): State<Arc<AppState>>, request: Request) ->
     let answered = response.status().is_success();
     finish_response(&state, &mut response, &id, &route, model, answered);
     response
+}
+
+/// The inputs' text as one user turn, for the privacy step (token ids carry no text it reads).
+fn text_view(r: &EmbeddingsRequest) -> ChatRequest {
+    let text = match &r.input {
+        EmbeddingInput::Texts(texts) => texts.join("\n"),
+        EmbeddingInput::Tokens(_) => String::new(),
+    };
+    ChatRequest {
+        model: r.model.clone(),
+        messages: vec![Message::text(Role::User, text)],
+        ..ChatRequest::default()
+    }
 }
