@@ -368,7 +368,12 @@ path = "{}"
 /// model); a clean request goes through.
 #[tokio::test]
 async fn embeddings_and_token_counts_pass_the_privacy_step() {
-    let h = start("").await;
+    let dir = tempfile_dir();
+    let h = start(&format!(
+        "[audit]\npath = \"{}\"\n",
+        dir.join("audit.jsonl").display()
+    ))
+    .await;
     let card = "4111 1111 1111 1111";
     let embed = |model: &str, text: &str| json!({"model": model, "input": ["hello", text]});
     let (status, headers, body) = h
@@ -425,6 +430,39 @@ async fn embeddings_and_token_counts_pass_the_privacy_step() {
         .unwrap();
     assert_eq!(status, 200, "{body}");
     assert_eq!(h.mock.request_count(), 2);
+
+    // Each is audited, the embeddings with their tokens, and no value is written.
+    drop(h);
+    let files = audit_files(&dir);
+    assert_eq!(verify(&files).unwrap().records, 6);
+    let all: String = files
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect();
+    assert!(!all.contains(card) && !all.contains("123-45-6789"));
+    let records: Vec<Value> = all
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let at = |endpoint: &str, status: u64| {
+        records
+            .iter()
+            .filter(|r| r["endpoint"] == endpoint && r["status"] == status)
+            .count()
+    };
+    assert_eq!(at("/v1/embeddings", 400), 3, "{records:?}");
+    assert_eq!(at("/v1/embeddings", 200), 1, "{records:?}");
+    assert_eq!(at("/v1/messages/count_tokens", 400), 1, "{records:?}");
+    assert_eq!(at("/v1/messages/count_tokens", 200), 1, "{records:?}");
+    let embedded = records
+        .iter()
+        .find(|r| r["endpoint"] == "/v1/embeddings" && r["status"] == 200)
+        .unwrap();
+    assert!(
+        embedded["tokens"]["input"].as_u64().unwrap() > 0,
+        "{embedded}"
+    );
+    assert_eq!(embedded["backends"], json!(["echo"]), "{embedded}");
 }
 
 #[tokio::test]

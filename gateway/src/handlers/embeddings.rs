@@ -13,8 +13,9 @@ use tandem_cloud_adapters::openai::{
 };
 use tandem_cloud_adapters::{Api, ChatRequest, Message, Role, Usage};
 
-use super::chat::record_usage;
+use super::chat::{record_usage, write_audit};
 use super::{finish_response, json_bytes_response, read_body, request_id, wire_error};
+use crate::audit::PendingAudit;
 use crate::dispatch::{RouteInfo, run_forward};
 use crate::error::{ApiFlavor, Error};
 use crate::executor::Forwarded;
@@ -32,11 +33,18 @@ pub async fn embeddings(State(state): State<Arc<AppState>>, request: Request) ->
     };
     let decoded = decoded
         .and_then(|r| RequestHints::from_parts(id.0.clone(), &parts).map(|hints| (r, hints)));
+    let mut audit = PendingAudit::arriving(&parts, id.0.clone(), "/v1/embeddings");
     let (embeddings, hints) = match decoded {
         Ok(d) => d,
-        Err(e) => return e.into_response_for(ApiFlavor::OpenAi),
+        Err(e) => {
+            let response = e.into_response_for(ApiFlavor::OpenAi);
+            audit.status = response.status().as_u16();
+            write_audit(&state, &audit, None, 0.0);
+            return response;
+        }
     };
     let model = embeddings.model.clone();
+    audit.model = model.clone();
     // The local model answers its own id unless a route of that name says otherwise.
     let (result, route) =
         if model == LOCAL_EMBEDDING_MODEL && !state.config.routes.contains_key(&model) {
@@ -96,7 +104,7 @@ pub async fn embeddings(State(state): State<Arc<AppState>>, request: Request) ->
                 prompt_tokens,
                 ..Usage::default()
             };
-            record_usage(
+            let cost = record_usage(
                 &state,
                 &model,
                 &route.backend,
@@ -104,9 +112,19 @@ pub async fn embeddings(State(state): State<Arc<AppState>>, request: Request) ->
                 hints.meter.as_deref(),
                 hints.ticket.as_ref(),
             );
-            json_bytes_response(body)
+            let response = json_bytes_response(body);
+            audit.status = response.status().as_u16();
+            audit.route = route.audited();
+            write_audit(&state, &audit, Some(&usage), cost);
+            response
         }
-        Err(e) => e.into_response_for(ApiFlavor::OpenAi),
+        Err(e) => {
+            let response = e.into_response_for(ApiFlavor::OpenAi);
+            audit.status = response.status().as_u16();
+            audit.route = route.audited();
+            write_audit(&state, &audit, None, 0.0);
+            response
+        }
     };
     let answered = response.status().is_success();
     finish_response(&state, &mut response, &id, &route, model, answered);
