@@ -339,20 +339,11 @@ path = "{}"
     // Every request is audited: the refusals, and the answers with their tokens.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     drop(h);
-    let files = audit_files(&dir);
-    assert_eq!(verify(&files).unwrap().records, 6);
-    let all: String = files
-        .iter()
-        .map(|f| std::fs::read_to_string(f).unwrap())
-        .collect();
+    let (all, records) = audit_log(&dir, 6);
     assert!(
         !all.contains(email) && !all.contains(card),
         "a value in the audit log"
     );
-    let records: Vec<Value> = all
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
     assert!(records.iter().all(|r| r["endpoint"] == "/v1/responses"));
     let refused: Vec<&Value> = records.iter().filter(|r| r["status"] == 400).collect();
     assert_eq!(refused.len(), 2, "{records:?}");
@@ -433,17 +424,8 @@ async fn embeddings_and_token_counts_pass_the_privacy_step() {
 
     // Each is audited, the embeddings with their tokens, and no value is written.
     drop(h);
-    let files = audit_files(&dir);
-    assert_eq!(verify(&files).unwrap().records, 6);
-    let all: String = files
-        .iter()
-        .map(|f| std::fs::read_to_string(f).unwrap())
-        .collect();
+    let (all, records) = audit_log(&dir, 6);
     assert!(!all.contains(card) && !all.contains("123-45-6789"));
-    let records: Vec<Value> = all
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
     let at = |endpoint: &str, status: u64| {
         records
             .iter()
@@ -655,6 +637,23 @@ async fn the_audit_log_of_real_requests_verifies_and_names_each_kind_of_tamperin
 }
 
 /// A fresh directory under the system temp dir.
+/// The audit log under `dir`, checked intact with `count` records: its text, and its records in
+/// order.
+fn audit_log(dir: &Path, count: u64) -> (String, Vec<Value>) {
+    let files = audit_files(dir);
+    assert_eq!(verify(&files).unwrap().records, count);
+    let all: String = files
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect();
+    let mut records: Vec<Value> = all
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    records.sort_by_key(|r| r["seq"].as_u64());
+    (all, records)
+}
+
 fn tempfile_dir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "tandem-audit-{}-{}",
