@@ -1023,18 +1023,8 @@ async fn azure_takes_responses_on_its_v1_path_with_the_deployment_as_model() {
     let store = scratch("azure").join("store.log");
     let h = Harness::start_around(MockConfig::default(), |mock| {
         format!(
-            r#"
-[backends.azure]
-kind = "azure"
-base_url = "http://{}"
-api_version = "2024-10-21"
-api_key_env = "MOCK_OPENAI_KEY"
-models = {{ "gpt-azure" = "prod-4o-mini" }}
-
-[store]
-path = "{}"
-"#,
-            mock.addr(),
+            "{}\n[store]\npath = \"{}\"\n",
+            tandem_tests::azure_backend(mock),
             store.display()
         )
     })
