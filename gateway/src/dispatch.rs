@@ -20,7 +20,9 @@ use crate::config::{BackendKind, PrivacyAction, RoutePolicy, placement_allows};
 use crate::context::{FirstTokenDeadline, RouteSlot};
 use crate::error::Error;
 use crate::executor::cascade::{CascadeExecutor, CascadeOutcome};
+use crate::executor::infill::{self, InfillChunk, InfillOutcome, InfillRequest};
 use crate::executor::local::LocalExecutor;
+use crate::executor::local_completion;
 use crate::executor::redact::RedactingExecutor;
 use crate::executor::{CompletionCall, CompletionOutput, Executor, Forwarded, TokenCount};
 use crate::metrics::BackendLabels;
@@ -62,6 +64,22 @@ impl RouteInfo {
             cache: None,
             tried: Vec::new(),
             privacy: None,
+        }
+    }
+
+    /// Answered by an in-process model (`backend`) without a plan: the code model.
+    pub fn local(backend: impl Into<String>, explanation: impl Into<String>) -> Self {
+        let backend = backend.into();
+        Self {
+            tried: if backend.is_empty() {
+                Vec::new()
+            } else {
+                vec![backend.clone()]
+            },
+            backend,
+            explanation: explanation.into(),
+            mode: "local",
+            ..Self::unrouted("")
         }
     }
 
@@ -1498,6 +1516,13 @@ pub async fn run_completion(
     first_token: Option<FirstTokenDeadline>,
 ) -> (Result<CompletionOutput, Error>, RouteInfo) {
     let model = call.request.model.as_str();
+    if let Some(route) = code_model_route(state, call) {
+        let result = match code_engine(state) {
+            Ok(engine) => local_completion::complete(&engine, &call.request, &route.backend).await,
+            Err(e) => Err(e),
+        };
+        return (result, route);
+    }
     let view = call.policy_view();
     let plan = match metered_plan(state, &view, hints, true).await {
         Ok(p) => p,
@@ -1876,6 +1901,77 @@ async fn first_content(mut events: EventStream, backend: &str) -> Result<EventSt
         }
     }
     Ok(futures::stream::iter(head).chain(events).boxed())
+}
+
+/// Where `/v1/completions` goes to the code model (`[ide]`): a request that names it, or one with
+/// a `suffix` on a route served by the local model alone.
+fn code_model_route(state: &AppState, call: &CompletionCall) -> Option<RouteInfo> {
+    let ide = state.config.ide.as_ref()?;
+    let model = call.request.model.as_str();
+    let local_route = || {
+        state.config.routes.get(model).is_some_and(|r| {
+            r.backends.iter().all(|b| {
+                state
+                    .config
+                    .backends
+                    .get(b)
+                    .is_some_and(|b| b.kind == BackendKind::Local)
+            })
+        })
+    };
+    let why = if ide.is_named(model) {
+        "code model"
+    } else if call.request.suffix.is_some() && local_route() {
+        "fill in the middle on the code model"
+    } else {
+        return None;
+    };
+    Some(RouteInfo::local(
+        CODE_BACKEND,
+        format!("{CODE_BACKEND}; {why} ({})", ide.model),
+    ))
+}
+
+/// The backend name the code model answers as (`x-tandem-route`, metrics).
+pub const CODE_BACKEND: &str = "ide";
+
+/// The engine that fills in the middle: the `[ide]` code model, else the local model.
+fn code_engine(state: &AppState) -> Result<tandem_local_model::Engine, Error> {
+    match (&state.ide, &state.local) {
+        (Some(code), _) | (None, Some(code)) => code.engine(),
+        (None, None) => Err(Error::Unsupported {
+            message: "no local model is configured to fill in the middle; add [ide] or run `tandem serve --ide`".into(),
+            param: "input_prefix".into(),
+        }),
+    }
+}
+
+/// Runs an `/infill` request on the code model (a newer request of the same editor session
+/// stops the older); with `chunks` it streams.
+pub async fn run_infill(
+    state: &AppState,
+    request: &InfillRequest,
+    chunks: Option<tokio::sync::mpsc::Sender<InfillChunk>>,
+) -> (Result<InfillOutcome, Error>, RouteInfo) {
+    let (backend, model) = match (&state.config.ide, &state.config.local) {
+        (Some(ide), _) => (CODE_BACKEND, ide.model.as_str()),
+        (None, Some(local)) => ("local", local.model.as_str()),
+        (None, None) => ("", ""),
+    };
+    let route = RouteInfo::local(backend, format!("{backend}; infill ({model})"));
+    let engine = match code_engine(state) {
+        Ok(e) => e,
+        Err(e) => return (Err(e), route),
+    };
+    let result = infill::run(
+        &engine,
+        request,
+        state.config.ide.as_ref(),
+        &state.editors,
+        chunks,
+    )
+    .await;
+    (result, route)
 }
 
 #[cfg(test)]

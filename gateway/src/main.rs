@@ -125,6 +125,10 @@ struct ServeArgs {
     /// Listen address, overriding the config.
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
+    /// Also serve the code model for editor plugins (`/infill`, `/v1/completions` with `suffix`),
+    /// fetched like the chat model: the config's `[ide]`, or its defaults when it has none.
+    #[arg(long)]
+    ide: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -363,6 +367,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     if let Some(listen) = args.listen {
         config.listen = listen;
+    }
+    if args.ide && config.ide.is_none() {
+        config.ide = Some(tandem_gateway::config::IdeConfig::default());
     }
     let options = GatewayOptions {
         local: if args.offline {

@@ -24,7 +24,7 @@ use crate::executor::Executor;
 use crate::executor::cloud::CloudExecutor;
 use crate::executor::embeddings::LocalEmbedder;
 use crate::executor::local::{LocalExecutor, LocalModel, LocalState};
-use crate::handlers::{chat, completions, count_tokens, embeddings, ops, responses};
+use crate::handlers::{chat, completions, count_tokens, embeddings, infill, ops, responses};
 use crate::metrics::Metrics;
 use crate::middleware::{
     auth::AuthLayer, body_limit::BodyLimitLayer, concurrency::LoadShedLayer,
@@ -56,8 +56,10 @@ pub enum LocalLoad {
 /// What [`Gateway::start`] needs besides the config.
 #[derive(Clone, Default)]
 pub struct GatewayOptions {
-    /// How to load the local model.
+    /// How to load the local model (and, offline or not, the code model).
     pub local: LocalLoad,
+    /// A running engine to serve as the `[ide]` code model instead of loading one.
+    pub ide: Option<Engine>,
     /// No progress bars.
     pub quiet: bool,
     /// Providers to use instead of building them from config, by backend name.
@@ -107,6 +109,29 @@ pub fn build_state(config: Config, options: &GatewayOptions) -> Result<Arc<AppSt
                 local_cfg.clone(),
                 config.cache_dir.clone(),
                 matches!(load, LocalLoad::Offline),
+                options.quiet,
+            ),
+        }
+        model
+    });
+    // The code model loads beside the chat model, the same way (fetched unless offline).
+    let ide = config.ide.as_ref().map(|ide_cfg| {
+        let model = Arc::new(LocalModel::new(LocalState::Loading(format!(
+            "code model {}",
+            ide_cfg.model
+        ))));
+        match &options.ide {
+            Some(engine) => model.set(LocalState::Ready(engine.clone())),
+            None => spawn_local_load(
+                model.clone(),
+                LocalConfig {
+                    model: ide_cfg.model.clone(),
+                    threads: ide_cfg.threads,
+                    kv_cache_tokens: ide_cfg.kv_cache_tokens,
+                    ..LocalConfig::default()
+                },
+                config.cache_dir.clone(),
+                matches!(options.local, LocalLoad::Offline),
                 options.quiet,
             ),
         }
@@ -185,6 +210,8 @@ pub fn build_state(config: Config, options: &GatewayOptions) -> Result<Arc<AppSt
         config,
         executors,
         local,
+        ide,
+        editors: Arc::default(),
         metrics,
         requests: RequestLog::default(),
         feedback: options
@@ -298,6 +325,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/completions", post(completions::completions))
+        .route("/infill", post(infill::infill))
         .route("/v1/messages", post(chat::messages))
         .route("/v1/models", get(ops::models))
         .route("/v1/models/{id}", get(ops::model))

@@ -14,6 +14,7 @@ use crate::config::{BackendKind, Config};
 use crate::controls::Controls;
 use crate::executor::Executor;
 use crate::executor::embeddings::LocalEmbedder;
+use crate::executor::infill::EditorSessions;
 use crate::executor::local::LocalModel;
 use crate::metrics::Metrics;
 use crate::observe::Observer;
@@ -86,6 +87,10 @@ pub struct AppState {
     pub executors: BTreeMap<String, Arc<dyn Executor>>,
     /// The local model, when a local backend is configured.
     pub local: Option<Arc<LocalModel>>,
+    /// The code model (`[ide]`), served next to the chat model.
+    pub ide: Option<Arc<LocalModel>>,
+    /// The running code completions of each editor session (a newer one stops the older).
+    pub editors: Arc<EditorSessions>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Circuit breakers and the retry budget.

@@ -70,6 +70,28 @@ enum BenchCommand {
         #[arg(long, default_value_t = 2)]
         threads: usize,
     },
+    /// IDE code completion: a keystroke trace through source files on `/infill`, against
+    /// llama.cpp on the same GGUF (its prompt cache on).
+    Ide {
+        /// Code model name or .gguf path.
+        #[arg(long, default_value = "qwen2.5-coder-0.5b")]
+        model: String,
+        /// Threads (both sides).
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Jumps per file.
+        #[arg(long, default_value_t = 4)]
+        points: usize,
+        /// In-line keystroke requests after each jump.
+        #[arg(long, default_value_t = 3)]
+        keystrokes: usize,
+        /// Source files to type through (default: two of this repository's and the sample).
+        #[arg(long)]
+        file: Vec<std::path::PathBuf>,
+        /// Tandem's prompt layouts to run (`psm`, `spm`).
+        #[arg(long, value_delimiter = ',', default_value = "psm,spm")]
+        layouts: Vec<String>,
+    },
     /// Routing decision latency.
     Router,
     /// Embeddings throughput (`minilm`) against ONNX Runtime's Python package on the same model.
@@ -146,6 +168,29 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Bench(BenchCommand::Overhead(args)) => {
             let report = tandem_lab::bench::run_overhead(&args)?;
+            out(&report);
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Ide {
+            model,
+            threads,
+            points,
+            keystrokes,
+            file,
+            layouts,
+        }) => {
+            let mut args = tandem_lab::bench::IdeArgs {
+                model,
+                threads,
+                points,
+                keystrokes,
+                layouts,
+                ..Default::default()
+            };
+            if !file.is_empty() {
+                args.files = file;
+            }
+            let report = runtime()?.block_on(tandem_lab::bench::run_ide(&args))?;
             out(&report);
             Ok(())
         }

@@ -261,8 +261,11 @@ pub struct CacheStats {
 
 type Reply<T> = oneshot::Sender<Result<T>>;
 
+/// Told once a generation is admitted: how many prompt tokens came from the prefix cache.
+type Admitted = Option<oneshot::Sender<usize>>;
+
 enum Command {
-    Generate(GenerateRequest, mpsc::Sender<GenerateEvent>),
+    Generate(GenerateRequest, mpsc::Sender<GenerateEvent>, Admitted),
     Score {
         prefix: Vec<u32>,
         tokens: Vec<u32>,
@@ -423,8 +426,25 @@ impl Engine {
         }
         let cap = req.params.max_tokens.clamp(1, 1 << 16) + 4;
         let (tx, rx) = mpsc::channel(cap);
-        self.send(Command::Generate(req, tx))?;
+        self.send(Command::Generate(req, tx, None))?;
         Ok(rx)
+    }
+
+    /// Like [`Engine::generate`], and also tells, once the generation is admitted, how many
+    /// prompt tokens came from the prefix cache (so a caller that stops early still knows what
+    /// was computed).
+    pub fn generate_counted(
+        &self,
+        req: GenerateRequest,
+    ) -> Result<(mpsc::Receiver<GenerateEvent>, oneshot::Receiver<usize>)> {
+        if req.prompt.is_empty() {
+            return Err(Error::InvalidArgument("prompt is empty".into()));
+        }
+        let cap = req.params.max_tokens.clamp(1, 1 << 16) + 4;
+        let (tx, rx) = mpsc::channel(cap);
+        let (admitted, cached) = oneshot::channel();
+        self.send(Command::Generate(req, tx, Some(admitted)))?;
+        Ok((rx, cached))
     }
 
     /// Scores `tokens` after `prefix` in one forward pass over `tokens` (the prefix's KV comes
@@ -532,7 +552,7 @@ struct Worker {
     scratch: Scratch,
     logits: Vec<f32>,
     running: Vec<Running>,
-    waiting: VecDeque<(GenerateRequest, mpsc::Sender<GenerateEvent>)>,
+    waiting: VecDeque<(GenerateRequest, mpsc::Sender<GenerateEvent>, Admitted)>,
     sessions: HashMap<SessionId, Session>,
     next_session: SessionId,
     cache: Vec<CacheEntry>,
@@ -702,7 +722,7 @@ impl Worker {
     /// Handles one command; false on shutdown.
     fn handle(&mut self, cmd: Command) -> bool {
         match cmd {
-            Command::Generate(req, tx) => self.waiting.push_back((req, tx)),
+            Command::Generate(req, tx, admitted) => self.waiting.push_back((req, tx, admitted)),
             Command::Score {
                 prefix,
                 tokens,
@@ -1065,7 +1085,7 @@ impl Worker {
 
     fn admit(&mut self) {
         while self.running.len() < self.max_batch {
-            let Some((req, tx)) = self.waiting.pop_front() else {
+            let Some((req, tx, admitted)) = self.waiting.pop_front() else {
                 break;
             };
             if tx.is_closed() {
@@ -1089,11 +1109,14 @@ impl Worker {
             let reserve = (req.prompt.len() + req.params.max_tokens).min(self.max_context);
             if !self.running.is_empty() && self.active_tokens() + reserve > self.kv_budget {
                 // Wait for running generations to free KV space.
-                self.waiting.push_front((req, tx));
+                self.waiting.push_front((req, tx, admitted));
                 break;
             }
             self.evict(reserve);
             let (kv, cached) = self.cache_take(&req.prompt, req.prompt.len() - 1);
+            if let Some(admitted) = admitted {
+                let _ = admitted.send(cached);
+            }
             let sampler = Sampler::new(&req.params);
             self.running.push(Running {
                 prompt_len: req.prompt.len(),
@@ -1213,7 +1236,8 @@ impl Worker {
             });
             r.completion += 1;
             r.tokens.push(id);
-            let is_eos = !r.params.ignore_eos && self.eos.contains(&id);
+            let is_eos = !r.params.ignore_eos
+                && (self.eos.contains(&id) || r.params.stop_token_ids.contains(&id));
             let (mut text, mut reason) = if is_eos {
                 (r.stop.flush(), Some(StopReason::Stop))
             } else if self.tok.is_control(id) {

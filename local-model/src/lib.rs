@@ -26,6 +26,8 @@
 //!   with probabilities), [`Engine::append`] (feed tokens, get their scores), [`Engine::rollback`],
 //!   [`Engine::close_session`].
 //! - [`ModelInfo::vocab_hash`] identifies the tokenizer, to check a drafter matches a target.
+//! - [`FimTemplate`] is the fill-in-the-middle layout a vocabulary's tokens spell
+//!   ([`Tokenizer::fim_template`]); `params.stop_token_ids` end a completion like EOS.
 //! - [`TargetTokenizer`] reads only a model's text side (tokenizer, chat template, end tokens)
 //!   from its GGUF file, for a speculative target whose weights live elsewhere.
 //! - [`EngineConfig::weight_format`] converts the matrices at load ([`WeightFormat`]: Q8_0, f16
@@ -38,6 +40,7 @@ mod error;
 
 pub mod chat;
 pub mod engine;
+pub mod fim;
 pub mod gguf;
 pub mod model;
 pub mod sampling;
@@ -50,6 +53,7 @@ pub use engine::{
     PositionScores, Scores, SessionId, StopReason,
 };
 pub use error::{Error, Result};
+pub use fim::{ExtraFile, FimFamily, FimInput, FimPrompt, FimTemplate};
 pub use model::WeightFormat;
 pub use sampling::{SamplingParams, TokenLogprob, TopLogprob};
 pub use target::TargetTokenizer;

@@ -26,6 +26,8 @@ pub struct SamplingParams {
     pub logprobs: Option<usize>,
     /// Keep generating past end-of-sequence tokens.
     pub ignore_eos: bool,
+    /// More tokens that end generation as end-of-sequence does (a FIM template's file separator).
+    pub stop_token_ids: Vec<u32>,
 }
 
 impl Default for SamplingParams {
@@ -40,6 +42,7 @@ impl Default for SamplingParams {
             stop: Vec::new(),
             logprobs: None,
             ignore_eos: false,
+            stop_token_ids: Vec::new(),
         }
     }
 }

@@ -21,6 +21,13 @@ const TYPE_BYTE: i64 = 6;
 /// The GPT-2 pre-tokenizer pattern with its final `\s+(?!\S)` handled in code (no look-ahead here).
 const GPT2_PATTERN: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+";
 
+/// Qwen2's pre-tokenizer pattern (single digits; punctuation joins the letters after it and the
+/// line breaks after it), its `\s+(?!\S)` handled in code.
+const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+";
+
+/// Llama 3's: as Qwen2's with digits in runs of up to three.
+const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+";
+
 #[derive(Debug)]
 #[allow(clippy::large_enum_variant)] // one per tokenizer, built once
 enum Model {
@@ -32,6 +39,9 @@ enum Model {
         /// Split every digit into its own piece before the regex (`smollm`, `llama3`-like).
         split_digits: bool,
         pattern: Regex,
+        /// The pattern matches line breaks on their own (Qwen2, Llama 3): only a run of spaces
+        /// without one gives its last character to the next piece.
+        newline_runs: bool,
     },
     /// Sentencepiece-style: highest-scoring merge of adjacent symbols first, byte fallback.
     Spm {
@@ -182,7 +192,12 @@ impl Tokenizer {
                     .unwrap_or("default");
                 let split_digits =
                     matches!(pre, "smollm" | "starcoder" | "refact" | "deepseek-coder");
-                let pattern = Regex::new(GPT2_PATTERN)
+                let (source, newline_runs) = match pre {
+                    "qwen2" | "deepseek-r1-qwen" => (QWEN2_PATTERN, true),
+                    "llama3" | "llama-bpe" | "smaug-bpe" => (LLAMA3_PATTERN, true),
+                    _ => (GPT2_PATTERN, false),
+                };
+                let pattern = Regex::new(source)
                     .map_err(|e| Error::Tokenizer(format!("pre-tokenizer regex: {e}")))?;
                 (
                     Model::Bpe {
@@ -190,6 +205,7 @@ impl Tokenizer {
                         byte_ids,
                         split_digits,
                         pattern,
+                        newline_runs,
                     },
                     bytes,
                     false,
@@ -282,6 +298,11 @@ impl Tokenizer {
         self.eos
     }
 
+    /// The fill-in-the-middle template this vocabulary's special tokens spell, if any.
+    pub fn fim_template(&self) -> Option<crate::fim::FimTemplate> {
+        crate::fim::FimTemplate::detect(|t| self.token_id(t))
+    }
+
     /// Whether `encode(.., add_special = true)` prepends BOS.
     pub fn adds_bos(&self) -> bool {
         self.add_bos
@@ -367,10 +388,11 @@ impl Tokenizer {
                 byte_ids,
                 split_digits,
                 pattern,
+                newline_runs,
             } => {
                 let mut piece_start = 0;
                 let emit = |piece: &str, out: &mut Vec<u32>| {
-                    for word in gpt2_split(pattern, piece) {
+                    for word in gpt2_split(pattern, piece, *newline_runs) {
                         bpe_word(merges, byte_ids, word.as_bytes(), out);
                     }
                 };
@@ -537,7 +559,8 @@ impl Ord for OrdF32 {
 
 /// Splits text like the GPT-2 regex, including `\s+(?!\S)`: a whitespace run followed by
 /// non-space leaves its last character to the next piece.
-fn gpt2_split<'a>(pattern: &Regex, text: &'a str) -> Vec<&'a str> {
+/// With `newline_runs`, a run holding a line break was matched by its own branch and is whole.
+fn gpt2_split<'a>(pattern: &Regex, text: &'a str, newline_runs: bool) -> Vec<&'a str> {
     let mut pieces = Vec::new();
     let mut pos = 0;
     while pos < text.len() {
@@ -555,6 +578,7 @@ fn gpt2_split<'a>(pattern: &Regex, text: &'a str) -> Vec<&'a str> {
         if end < text.len()
             && s.chars().all(char::is_whitespace)
             && s.chars().count() > 1
+            && !(newline_runs && s.contains(['\r', '\n']))
             && let Some((last, _)) = s.char_indices().next_back()
         {
             end = pos + last;
@@ -596,12 +620,27 @@ mod tests {
     #[test]
     fn gpt2_split_keeps_last_space_for_next_word() {
         let re = Regex::new(GPT2_PATTERN).unwrap();
-        assert_eq!(gpt2_split(&re, "a   b"), vec!["a", "  ", " b"]);
+        assert_eq!(gpt2_split(&re, "a   b", false), vec!["a", "  ", " b"]);
         assert_eq!(
-            gpt2_split(&re, "a\n\nb  "),
+            gpt2_split(&re, "a\n\nb  ", false),
             vec!["a", "\n", "\n", "b", "  "]
         );
-        assert_eq!(gpt2_split(&re, "it's ok!"), vec!["it", "'s", " ok", "!"]);
+        assert_eq!(
+            gpt2_split(&re, "it's ok!", false),
+            vec!["it", "'s", " ok", "!"]
+        );
+    }
+
+    #[test]
+    fn qwen2_split_joins_punctuation_to_words_and_line_breaks() {
+        let re = Regex::new(QWEN2_PATTERN).unwrap();
+        assert_eq!(
+            gpt2_split(&re, "def f(n):\n    return n12\n\n  x", true),
+            vec![
+                "def", " f", "(n", "):\n", "   ", " return", " n", "1", "2", "\n\n", " ", " x"
+            ]
+        );
+        assert_eq!(gpt2_split(&re, "It'S", true), vec!["It", "'S"]);
     }
 
     #[test]

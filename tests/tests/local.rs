@@ -167,7 +167,7 @@ async fn local_model_end_to_end() {
         "suffix": "\n\nprint(add(1, 2))\n", "max_tokens": 4, "temperature": 0}),
     )
     .await;
-    let has_fim = engine.tokenizer().token_id("<fim_prefix>").is_some();
+    let has_fim = engine.tokenizer().fim_template().is_some();
     assert_eq!(status, if has_fim { 200 } else { 400 }, "{body}");
 
     // Streamed completion.

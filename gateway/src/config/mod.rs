@@ -2,6 +2,7 @@
 //! validated into the runtime [`Config`]. Every error names the path it is about.
 
 pub mod controls;
+pub mod ide;
 pub mod observability;
 pub mod privacy;
 pub mod raw;
@@ -26,6 +27,7 @@ pub use tandem_router_policy::Price;
 use crate::speculative::{DelayConfig, ScoringMode, VerifyProtocol};
 
 pub use controls::{AdminConfig, ControlsConfig, OnUnavailable, RouteLimits, StoreConfig};
+pub use ide::IdeConfig;
 pub use observability::{ObservabilityConfig, OtlpConfig};
 pub use privacy::{AuditSettings, PrivacyAction, PrivacySettings};
 use raw::{RawBackend, RawConfig};
@@ -357,6 +359,8 @@ pub struct Config {
     pub limits: Limits,
     /// The local model, when a `local` backend exists.
     pub local: Option<LocalConfig>,
+    /// The code model for editor plugins (`[ide]`), served next to the chat model.
+    pub ide: Option<IdeConfig>,
     /// Backends by name.
     pub backends: BTreeMap<String, BackendConfig>,
     /// Routes by model id.
@@ -723,12 +727,15 @@ impl Config {
             }
         }
         let observability = observability::validate_observability(raw.observability)?;
+        let ide = raw.ide.map(ide::validate_ide).transpose()?;
+
         Ok(Self {
             listen,
             tls,
             api_key_hashes,
             limits,
             local,
+            ide,
             backends,
             routes,
             router: router_settings,
@@ -785,6 +792,13 @@ impl Config {
                 local.weights.as_str()
             );
         }
+        if let Some(ide) = &self.ide {
+            let _ = writeln!(
+                s,
+                "ide code model: {} ({} threads, kv cache {} tokens, context {} + extra {} tokens)",
+                ide.model, ide.threads, ide.kv_cache_tokens, ide.context_tokens, ide.extra_tokens
+            );
+        }
         let _ = writeln!(s, "backends:");
         for b in self.backends.values() {
             let key = match (&b.api_key_env, &b.api_key) {
@@ -836,6 +850,7 @@ fn unreachable_default() -> Config {
         api_key_hashes: Vec::new(),
         limits: Limits::default(),
         local: Some(LocalConfig::default()),
+        ide: None,
         backends: BTreeMap::from([(LOCAL_MODEL_ID.to_owned(), local_backend(LOCAL_MODEL_ID))]),
         routes: BTreeMap::new(),
         router: RouterSettings::default(),

@@ -16,6 +16,8 @@ pub struct RawConfig {
     pub limits: RawLimits,
     /// `[local]`: the in-process model.
     pub local: Option<RawLocal>,
+    /// `[ide]`: the code model for editor plugins.
+    pub ide: Option<RawIde>,
     /// `[backends.NAME]`.
     #[serde(default)]
     pub backends: BTreeMap<String, RawBackend>,
@@ -126,6 +128,27 @@ pub struct RawLocal {
     pub emulate_rtt_ms: Option<u64>,
     /// Test beds: large-model step time emulated on the verify endpoints, ms.
     pub emulate_step_ms: Option<u64>,
+}
+
+/// `[ide]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIde {
+    /// A known code model name (`qwen2.5-coder-0.5b`) or a path to a `.gguf` file.
+    pub model: Option<String>,
+    /// Compute threads.
+    pub threads: Option<u64>,
+    /// KV cache size in tokens.
+    pub kv_cache_tokens: Option<u64>,
+    /// Most tokens of the current file's prefix and suffix in a completion's prompt.
+    pub context_tokens: Option<u64>,
+    /// Most tokens of repository context (`input_extra`) in a completion's prompt.
+    pub extra_tokens: Option<u64>,
+    /// `psm` (prefix, suffix, middle: the model's order) or `spm` (suffix first).
+    pub layout: Option<String>,
+    /// Extra model ids that name the code model.
+    #[serde(default)]
+    pub aliases: Vec<String>,
 }
 
 /// `[backends.NAME]`.

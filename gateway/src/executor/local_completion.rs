@@ -5,7 +5,7 @@
 use serde_json::{Map, Value, json};
 use tandem_cloud_adapters::openai::{CompletionRequest, Prompt};
 use tandem_cloud_adapters::{FinishReason, Usage};
-use tandem_local_model::{Engine, GenerateEvent, GenerateRequest, SamplingParams};
+use tandem_local_model::{Engine, FimInput, GenerateEvent, GenerateRequest, SamplingParams};
 
 use super::completion::{CompletionOutput, LegacyLogprobs, LocalCompletion, LocalStream};
 use super::engine::{engine_usage, finish_reason};
@@ -22,22 +22,20 @@ fn prompt_tokens(engine: &Engine, request: &CompletionRequest) -> Result<Vec<u32
     let mut tokens = match (&request.prompt, &request.suffix) {
         (Prompt::Text(text), None) => tok.encode(text, true),
         (Prompt::Text(text), Some(suffix)) => {
-            let (Some(pre), Some(suf), Some(mid)) = (
-                tok.token_id("<fim_prefix>"),
-                tok.token_id("<fim_suffix>"),
-                tok.token_id("<fim_middle>"),
-            ) else {
-                return Err(Error::Unsupported {
-                    message: "this local model has no fill-in-the-middle tokens".into(),
-                    param: "suffix".into(),
-                });
+            let template = super::infill::template(engine, "suffix")?;
+            let fim = FimInput {
+                prefix: text,
+                suffix,
+                max_prefix_tokens: usize::MAX,
+                max_suffix_tokens: usize::MAX,
+                max_extra_tokens: usize::MAX,
+                ..FimInput::default()
             };
-            let mut t = vec![pre];
-            t.extend(tok.encode_with(text, false, false));
-            t.push(suf);
-            t.extend(tok.encode_with(suffix, false, false));
-            t.push(mid);
-            t
+            template
+                .build(&fim, tok.adds_bos().then(|| tok.bos_id()).flatten(), |t| {
+                    tok.encode_with(t, false, false)
+                })
+                .tokens
         }
         (Prompt::Tokens(ids), None) => ids.clone(),
         (Prompt::Tokens(_), Some(_)) => {
@@ -140,6 +138,11 @@ pub async fn complete(
         max_tokens: request.max_tokens as usize,
         stop: request.stop.clone(),
         logprobs: request.logprobs.map(|k| k as usize),
+        // A code model that goes on to the next file or pads is done with the middle.
+        stop_token_ids: match request.suffix {
+            Some(_) => super::infill::template(engine, "suffix")?.stop_tokens,
+            None => Vec::new(),
+        },
         ..SamplingParams::default()
     };
     let echo_text = if request.echo {

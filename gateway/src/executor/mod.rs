@@ -7,6 +7,7 @@ pub mod cloud;
 pub mod completion;
 pub mod embeddings;
 pub mod engine;
+pub mod infill;
 pub mod local;
 pub mod local_completion;
 pub mod redact;

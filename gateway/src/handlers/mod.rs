@@ -4,6 +4,7 @@ pub mod chat;
 pub mod completions;
 pub mod count_tokens;
 pub mod embeddings;
+pub mod infill;
 pub mod ops;
 pub mod responses;
 

@@ -96,7 +96,11 @@ pub async fn healthz() -> Response {
 /// `GET /readyz`: the local model is loaded, or none is configured.
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let local = state.local.as_ref().map(|l| l.describe());
-    let body = json!({"ready": state.ready(), "local_model": local});
+    // The code model loads on its own; the chat model alone decides readiness.
+    let mut body = json!({"ready": state.ready(), "local_model": local});
+    if let Some(ide) = &state.ide {
+        body["ide_model"] = json!(ide.describe());
+    }
     let mut response = json_response(&body);
     if !state.ready() {
         *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;

@@ -4,6 +4,7 @@
 mod cpu;
 mod embeddings;
 pub mod engine;
+mod ide;
 mod local;
 mod nginx;
 mod overhead;
@@ -12,6 +13,7 @@ pub mod router;
 mod speculative;
 
 pub use embeddings::run_embeddings;
+pub use ide::{IdeArgs, run_ide};
 pub use local::run_local;
 pub use overhead::{OverheadArgs, Proxy, run_overhead};
 pub use speculative::{BenchArgs, BenchReport, bench_speculative};

@@ -1,0 +1,165 @@
+//! `[ide]`: the code model served next to the chat model for editor plugins (`/infill`, and
+//! `/v1/completions` with `suffix`), its threads, KV cache and the prompt budget of a completion.
+
+use std::collections::BTreeSet;
+
+use tandem_artifacts::CODE_MODEL;
+
+use super::raw::RawIde;
+use super::{ConfigError, invalid};
+
+/// The validated `[ide]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdeConfig {
+    /// Model name (`qwen2.5-coder-0.5b`) or `.gguf` path; it must have fill-in-the-middle tokens.
+    pub model: String,
+    /// Compute threads.
+    pub threads: usize,
+    /// KV cache size in tokens (prefix cache across keystrokes included).
+    pub kv_cache_tokens: usize,
+    /// Most tokens of the current file's prefix and suffix (3 : 1, as llama.cpp splits them).
+    pub context_tokens: usize,
+    /// Most tokens of repository context (`input_extra`).
+    pub extra_tokens: usize,
+    /// Model ids that name the code model on `/v1/completions` (its name, `ide`, and more).
+    pub aliases: Vec<String>,
+    /// Lay `/infill` prompts out suffix first, so a keystroke changes only the prompt's end
+    /// (`layout = "spm"`); the model's own order otherwise (`"psm"` for most code models).
+    pub suffix_first: bool,
+}
+
+impl Default for IdeConfig {
+    fn default() -> Self {
+        Self {
+            model: CODE_MODEL.into(),
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            kv_cache_tokens: 8192,
+            context_tokens: 2048,
+            extra_tokens: 2048,
+            aliases: vec![CODE_MODEL.into(), "ide".into()],
+            suffix_first: false,
+        }
+    }
+}
+
+impl IdeConfig {
+    /// Prefix tokens kept (the end of the prefix).
+    pub fn prefix_tokens(&self) -> usize {
+        self.context_tokens * 3 / 4
+    }
+
+    /// Suffix tokens kept (the start of the suffix).
+    pub fn suffix_tokens(&self) -> usize {
+        self.context_tokens - self.prefix_tokens()
+    }
+
+    /// Whether `model` names the code model.
+    pub fn is_named(&self, model: &str) -> bool {
+        self.aliases.iter().any(|a| a == model)
+    }
+}
+
+/// Validates `[ide]`; every error names its key.
+pub fn validate_ide(raw: RawIde) -> Result<IdeConfig, ConfigError> {
+    let d = IdeConfig::default();
+    let model = raw.model.unwrap_or(d.model);
+    if model.trim().is_empty() {
+        return Err(invalid("ide.model", "must be a model name or a .gguf path"));
+    }
+    let threads = match raw.threads {
+        Some(0) => return Err(invalid("ide.threads", "must be greater than 0")),
+        Some(t) => t as usize,
+        None => d.threads,
+    };
+    let kv_cache_tokens = match raw.kv_cache_tokens {
+        Some(t) if t < 256 => return Err(invalid("ide.kv_cache_tokens", "must be at least 256")),
+        Some(t) => t as usize,
+        None => d.kv_cache_tokens,
+    };
+    let context_tokens = match raw.context_tokens {
+        Some(t) if t < 16 => return Err(invalid("ide.context_tokens", "must be at least 16")),
+        Some(t) => t as usize,
+        None => d.context_tokens,
+    };
+    let extra_tokens = raw.extra_tokens.map_or(d.extra_tokens, |t| t as usize);
+    if context_tokens + extra_tokens > kv_cache_tokens {
+        return Err(invalid(
+            "ide.context_tokens",
+            format!(
+                "context_tokens ({context_tokens}) plus extra_tokens ({extra_tokens}) must fit kv_cache_tokens ({kv_cache_tokens})"
+            ),
+        ));
+    }
+    let suffix_first = match raw.layout.as_deref() {
+        None | Some("psm") => false,
+        Some("spm") => true,
+        Some(other) => {
+            return Err(invalid(
+                "ide.layout",
+                format!("unknown layout `{other}` (expected psm or spm)"),
+            ));
+        }
+    };
+    let mut aliases: BTreeSet<String> = raw.aliases.into_iter().collect();
+    aliases.insert("ide".into());
+    if !model.ends_with(".gguf") {
+        aliases.insert(model.clone());
+    }
+    Ok(IdeConfig {
+        model,
+        threads,
+        kv_cache_tokens,
+        context_tokens,
+        extra_tokens,
+        aliases: aliases.into_iter().collect(),
+        suffix_first,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, MapEnv};
+
+    #[test]
+    fn an_ide_section_serves_the_code_model_with_its_budget() {
+        let c = Config::from_toml_str(
+            "[ide]\nthreads = 1\ncontext_tokens = 1000\naliases = [\"code\"]\n",
+            &MapEnv::default(),
+        )
+        .unwrap();
+        let ide = c.ide.unwrap();
+        assert_eq!(ide.model, "qwen2.5-coder-0.5b");
+        assert_eq!(
+            (ide.threads, ide.prefix_tokens(), ide.suffix_tokens()),
+            (1, 750, 250)
+        );
+        assert!(ide.is_named("code") && ide.is_named("ide") && ide.is_named("qwen2.5-coder-0.5b"));
+        assert!(Config::default_local().ide.is_none());
+    }
+
+    #[test]
+    fn bad_ide_values_name_their_key() {
+        for (toml, key) in [
+            ("[ide]\nthreads = 0\n", "ide.threads"),
+            ("[ide]\nmodel = \" \"\n", "ide.model"),
+            ("[ide]\nkv_cache_tokens = 10\n", "ide.kv_cache_tokens"),
+            ("[ide]\ncontext_tokens = 9000\n", "ide.context_tokens"),
+            ("[ide]\nport = 1\n", "ide"),
+            ("[ide]\nlayout = \"x\"\n", "ide.layout"),
+        ] {
+            let e = Config::from_toml_str(toml, &MapEnv::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{toml}: {e}");
+        }
+    }
+
+    #[test]
+    fn env_overrides_reach_the_ide_section() {
+        let env = MapEnv::from_pairs([("TANDEM__IDE__THREADS", "3")]);
+        let c = Config::from_toml_str("[ide]\n", &env).unwrap();
+        assert_eq!(c.ide.unwrap().threads, 3);
+    }
+}

@@ -1,0 +1,476 @@
+//! Code completion on the code model (llama.cpp's `/infill`, and `/v1/completions` with a
+//! `suffix` when `[ide]` is set): the FIM prompt from the model's own template, the prefix cache
+//! across keystrokes (what was computed is counted), the editor's stop rules (`n_indent`, stop
+//! words, the time budgets), and supersede: a newer request from the same editor session stops
+//! the older one at once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tandem_local_model::{
+    Engine, ExtraFile, FimInput, FimTemplate, GenerateEvent, GenerateRequest, SamplingParams,
+    StopReason,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::IdeConfig;
+use crate::error::Error;
+
+/// A decoded completion request for the code model.
+#[derive(Debug, Clone, Default)]
+pub struct InfillRequest {
+    /// Text before the cursor.
+    pub input_prefix: String,
+    /// Text after the cursor.
+    pub input_suffix: String,
+    /// Text typed at the cursor, appended to the prefix.
+    pub prompt: String,
+    /// Repository context.
+    pub input_extra: Vec<ExtraFile>,
+    /// Most tokens to generate; none = until a stop (or the context is full).
+    pub n_predict: Option<u32>,
+    /// Budget for the prompt phase: past it, the answer is empty with `stop_type` `limit`.
+    pub t_max_prompt_ms: Option<u64>,
+    /// Budget for generation, from the first token: past it, what is ready is returned.
+    pub t_max_predict_ms: Option<u64>,
+    /// Multi-line: stop at a new line indented less than this many columns (0 = off).
+    pub n_indent: u32,
+    /// Sampling.
+    pub params: SamplingParams,
+    /// Whether the answer streams.
+    pub stream: bool,
+    /// The editor session whose newer request supersedes this one (`id_slot` or the
+    /// `x-tandem-editor-session` header).
+    pub session: Option<String>,
+}
+
+/// Why a completion ended, as llama.cpp's `stop_type` spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopType {
+    /// Not stopped by a rule (superseded, or the client went away).
+    None,
+    /// An end-of-sequence or FIM end token.
+    Eos,
+    /// A stop word.
+    Word,
+    /// `n_predict`, `n_indent` or a time budget.
+    Limit,
+}
+
+impl StopType {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Eos => "eos",
+            Self::Word => "word",
+            Self::Limit => "limit",
+        }
+    }
+}
+
+/// A finished (or stopped) completion with its counts and timings.
+#[derive(Debug, Clone, Default)]
+pub struct InfillOutcome {
+    /// The completion text.
+    pub content: String,
+    /// Tokens generated.
+    pub tokens_predicted: usize,
+    /// Prompt tokens in all.
+    pub prompt_tokens: usize,
+    /// Prompt tokens whose KV came from the prefix cache (not computed).
+    pub cached_tokens: usize,
+    /// Whether the prompt was shortened to fit the context budget.
+    pub truncated: bool,
+    /// Why it ended.
+    pub stop_type: Option<StopType>,
+    /// The stop word that ended it, if one did.
+    pub stopping_word: String,
+    /// Prompt phase, ms (request start to the first token).
+    pub prompt_ms: f64,
+    /// Generation phase, ms (first token to the end).
+    pub predicted_ms: f64,
+    /// A newer request of the same editor session stopped this one.
+    pub superseded: bool,
+}
+
+impl InfillOutcome {
+    /// Prompt tokens actually computed (not from the cache).
+    pub fn computed_tokens(&self) -> usize {
+        self.prompt_tokens.saturating_sub(self.cached_tokens)
+    }
+}
+
+/// One streamed piece of a completion.
+#[derive(Debug)]
+pub enum InfillChunk {
+    /// New text.
+    Text(String),
+    /// The end, with everything counted.
+    Done(InfillOutcome),
+    /// It failed after it started.
+    Failed(Error),
+}
+
+/// The running completions of each editor session, so that a newer one stops the older.
+#[derive(Debug, Default)]
+pub struct EditorSessions {
+    running: Mutex<HashMap<String, (u64, oneshot::Sender<()>)>>,
+    next: Mutex<u64>,
+}
+
+/// A completion's place in its session: its stop signal, and its entry, removed on drop.
+pub struct SessionTicket {
+    sessions: Arc<EditorSessions>,
+    key: Option<(String, u64)>,
+    /// Without a session nothing supersedes: the sender is kept so the signal never fires.
+    _unnamed: Option<oneshot::Sender<()>>,
+    /// Fires when a newer request of the session arrives.
+    pub superseded: oneshot::Receiver<()>,
+}
+
+impl EditorSessions {
+    /// Registers a completion of `session`, stopping the one it replaces.
+    pub fn enter(self: &Arc<Self>, session: Option<&str>) -> SessionTicket {
+        let (tx, rx) = oneshot::channel();
+        let Some(s) = session else {
+            return SessionTicket {
+                sessions: self.clone(),
+                key: None,
+                _unnamed: Some(tx),
+                superseded: rx,
+            };
+        };
+        let id = {
+            let mut n = self.next.lock();
+            *n += 1;
+            *n
+        };
+        if let Some((_, older)) = self.running.lock().insert(s.to_owned(), (id, tx)) {
+            let _ = older.send(());
+        }
+        let key = Some((s.to_owned(), id));
+        SessionTicket {
+            sessions: self.clone(),
+            key,
+            _unnamed: None,
+            superseded: rx,
+        }
+    }
+}
+
+impl Drop for SessionTicket {
+    fn drop(&mut self) {
+        if let Some((session, id)) = &self.key {
+            let mut running = self.sessions.running.lock();
+            if running.get(session).is_some_and(|(i, _)| i == id) {
+                running.remove(session);
+            }
+        }
+    }
+}
+
+/// The FIM template of the engine's model, or the 400 that says it has none.
+pub fn template(engine: &Engine, param: &str) -> Result<FimTemplate, Error> {
+    engine
+        .tokenizer()
+        .fim_template()
+        .ok_or_else(|| Error::Unsupported {
+            message: format!(
+                "this local model ({}) has no fill-in-the-middle tokens; serve a code model with [ide] or `tandem serve --ide`",
+                engine.info().name
+            ),
+            param: param.into(),
+        })
+}
+
+/// The prompt budget: the `[ide]` section's, or llama.cpp's default batch split.
+pub fn budget(ide: Option<&IdeConfig>) -> (usize, usize, usize) {
+    let d = IdeConfig::default();
+    let ide = ide.unwrap_or(&d);
+    (ide.prefix_tokens(), ide.suffix_tokens(), ide.extra_tokens)
+}
+
+/// The FIM prompt tokens of a request, and whether it was cut to fit.
+pub fn prompt(
+    engine: &Engine,
+    template: &FimTemplate,
+    request: &InfillRequest,
+    ide: Option<&IdeConfig>,
+) -> (Vec<u32>, bool) {
+    let tok = engine.tokenizer();
+    let (max_prefix_tokens, max_suffix_tokens, max_extra_tokens) = budget(ide);
+    let mut template = template.clone();
+    template.suffix_first |= ide.is_some_and(|i| i.suffix_first);
+    let built = template.build(
+        &FimInput {
+            prefix: &request.input_prefix,
+            suffix: &request.input_suffix,
+            prompt: &request.prompt,
+            extra: &request.input_extra,
+            max_prefix_tokens,
+            max_suffix_tokens,
+            max_extra_tokens,
+        },
+        tok.adds_bos().then(|| tok.bos_id()).flatten(),
+        |text| tok.encode_with(text, false, false),
+    );
+    (built.tokens, built.truncated)
+}
+
+/// Runs a completion; with `chunks`, text is sent as it is ready and the end as `Done`.
+/// `n_predict: 0` only warms the prefix cache: it answers at once while the prompt is computed
+/// in the background.
+pub async fn run(
+    engine: &Engine,
+    request: &InfillRequest,
+    ide: Option<&IdeConfig>,
+    sessions: &Arc<EditorSessions>,
+    chunks: Option<mpsc::Sender<InfillChunk>>,
+) -> Result<InfillOutcome, Error> {
+    let started = Instant::now();
+    let template = template(engine, "input_prefix")?;
+    let (tokens, truncated) = prompt(engine, &template, request, ide);
+    let context = engine.info().context_length;
+    if tokens.len() + 1 >= context {
+        return Err(Error::invalid(
+            format!(
+                "the prompt ({} tokens) leaves no room in the context of {context}",
+                tokens.len()
+            ),
+            Some("input_prefix"),
+        ));
+    }
+    let room = context - tokens.len();
+    let mut params = request.params.clone();
+    params.stop_token_ids.extend(&template.stop_tokens);
+    let prompt_tokens = tokens.len();
+
+    if request.n_predict == Some(0) {
+        params.max_tokens = 1;
+        let (mut rx, cached) = engine
+            .generate_counted(GenerateRequest {
+                prompt: tokens,
+                params,
+            })
+            .map_err(|e| Error::LocalModel(e.to_string()))?;
+        // The prompt is computed after the answer; the cache keeps it for the next request.
+        tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        let cached = tokio::time::timeout(Duration::from_millis(50), cached)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(0);
+        return Ok(InfillOutcome {
+            prompt_tokens,
+            cached_tokens: cached,
+            truncated,
+            stop_type: Some(StopType::Limit),
+            prompt_ms: ms(started.elapsed()),
+            ..InfillOutcome::default()
+        });
+    }
+
+    params.max_tokens = request
+        .n_predict
+        .map_or(room, |n| (n as usize).min(room))
+        .max(1);
+    let mut ticket = sessions.enter(request.session.as_deref());
+    let (mut rx, mut cached_rx) = engine
+        .generate_counted(GenerateRequest {
+            prompt: tokens,
+            params,
+        })
+        .map_err(|e| Error::LocalModel(e.to_string()))?;
+
+    let mut out = InfillOutcome {
+        prompt_tokens,
+        truncated,
+        ..InfillOutcome::default()
+    };
+    let mut cached: Option<usize> = None;
+    let mut indent = IndentRule::new(request.n_indent);
+    let prompt_deadline = request
+        .t_max_prompt_ms
+        .map(|ms| tokio::time::Instant::from_std(started) + Duration::from_millis(ms));
+    let mut deadline = prompt_deadline;
+    let mut first_token: Option<Instant> = None;
+    let mut last_id: Option<u32> = None;
+    let end_ids: Vec<u32> = engine
+        .info()
+        .eos_token_ids
+        .iter()
+        .chain(&template.stop_tokens)
+        .copied()
+        .collect();
+    let far = tokio::time::Instant::now() + Duration::from_secs(86_400);
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut ticket.superseded => {
+                out.superseded = true;
+                out.stop_type = Some(StopType::None);
+                break;
+            }
+            n = &mut cached_rx, if cached.is_none() => {
+                cached = Some(n.unwrap_or(0));
+            }
+            _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => {
+                out.stop_type = Some(StopType::Limit);
+                break;
+            }
+            event = rx.recv() => match event {
+                Some(GenerateEvent::Token { id, text, .. }) => {
+                    last_id = Some(id);
+                    if first_token.is_none() {
+                        first_token = Some(Instant::now());
+                        out.prompt_ms = ms(started.elapsed());
+                        deadline = request
+                            .t_max_predict_ms
+                            .map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
+                    }
+                    out.tokens_predicted += 1;
+                    let before = out.content.len();
+                    out.content.push_str(&text);
+                    if let Some(cut) = indent.check(&out.content) {
+                        out.content.truncate(cut);
+                        out.stop_type = Some(StopType::Limit);
+                    }
+                    if let Some(tx) = &chunks {
+                        let new = out.content.get(before..).unwrap_or("").to_owned();
+                        if !new.is_empty() && tx.send(InfillChunk::Text(new)).await.is_err() {
+                            out.stop_type = Some(StopType::None);
+                            break;
+                        }
+                    }
+                    if out.stop_type.is_some() {
+                        break;
+                    }
+                }
+                Some(GenerateEvent::Finished { reason, cached_prompt_tokens, .. }) => {
+                    cached = Some(cached_prompt_tokens);
+                    out.stop_type = Some(match reason {
+                        // An end token, or else a stop word (which never reaches the text).
+                        StopReason::Stop if last_id.is_some_and(|id| end_ids.contains(&id)) => {
+                            StopType::Eos
+                        }
+                        StopReason::Stop => StopType::Word,
+                        StopReason::Length => StopType::Limit,
+                        StopReason::Cancelled => StopType::None,
+                    });
+                    if out.stop_type == Some(StopType::Word) && request.params.stop.len() == 1 {
+                        out.stopping_word = request.params.stop[0].clone();
+                    }
+                    break;
+                }
+                Some(GenerateEvent::Error(e)) => return Err(Error::LocalModel(e)),
+                None => return Err(Error::LocalModel("the engine stopped mid-generation".into())),
+            }
+        }
+    }
+    drop(rx);
+    if cached.is_none() {
+        cached = cached_rx.try_recv().ok();
+    }
+    out.cached_tokens = cached.unwrap_or(0);
+    match first_token {
+        Some(t) => out.predicted_ms = ms(t.elapsed()),
+        None => out.prompt_ms = ms(started.elapsed()),
+    }
+    Ok(out)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// llama.cpp's `n_indent` rule: once a new line has started, a line whose first non-blank
+/// character is indented less than `n_indent` columns ends the completion (cut before that
+/// character).
+#[derive(Debug)]
+struct IndentRule {
+    n_indent: usize,
+    line_start: usize,
+}
+
+impl IndentRule {
+    fn new(n_indent: u32) -> Self {
+        Self {
+            n_indent: n_indent as usize,
+            line_start: 0,
+        }
+    }
+
+    /// Where to cut `text`, if the rule ends it now.
+    fn check(&mut self, text: &str) -> Option<usize> {
+        if self.n_indent == 0 {
+            return None;
+        }
+        let bytes = text.as_bytes();
+        loop {
+            if self.line_start > 0 {
+                let mut pos = self.line_start;
+                while pos < bytes.len() && (bytes[pos] == b' ' || bytes[pos] == b'\t') {
+                    pos += 1;
+                }
+                if pos < bytes.len() && bytes[pos] != b'\n' {
+                    if pos - self.line_start < self.n_indent {
+                        return Some(pos);
+                    }
+                } else {
+                    // The line's indentation is not known yet.
+                    if pos >= bytes.len() {
+                        return None;
+                    }
+                }
+            }
+            match text[self.line_start..].find('\n') {
+                Some(i) => self.line_start += i + 1,
+                None => return None,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indent_rule_cuts_at_a_line_less_indented() {
+        let mut r = IndentRule::new(4);
+        assert_eq!(r.check("x = 1"), None);
+        assert_eq!(r.check("x = 1\n    y = 2"), None);
+        assert_eq!(r.check("x = 1\n    y = 2\n  "), None);
+        let text = "x = 1\n    y = 2\n  z";
+        assert_eq!(r.check(text), Some(text.len() - 1));
+        let mut off = IndentRule::new(0);
+        assert_eq!(off.check("a\nb"), None);
+    }
+
+    #[test]
+    fn indent_rule_skips_blank_lines() {
+        let mut r = IndentRule::new(2);
+        assert_eq!(r.check("a\n\n  b"), None);
+        assert_eq!(r.check("a\n\n  b\nc"), Some(7));
+    }
+
+    #[tokio::test]
+    async fn a_newer_request_of_a_session_stops_the_older() {
+        let sessions = Arc::new(EditorSessions::default());
+        let mut old = sessions.enter(Some("editor-1"));
+        let other = sessions.enter(Some("editor-2"));
+        let new = sessions.enter(Some("editor-1"));
+        assert!((&mut old.superseded).await.is_ok());
+        drop(old);
+        // The newer one keeps its place when the older leaves.
+        assert_eq!(sessions.running.lock().len(), 2);
+        drop(new);
+        drop(other);
+        assert!(sessions.running.lock().is_empty());
+        let mut none = sessions.enter(None);
+        assert!(none.superseded.try_recv().is_err());
+    }
+}

@@ -1,0 +1,342 @@
+//! The IDE code-completion backend end to end on the real Qwen2.5-Coder-0.5B (skipped, with a
+//! message, when it is not in the cache): `/infill` and `/v1/completions` with `suffix` against
+//! llama.cpp's greedy answer, keystroke reuse of the prefix cache (counted, and equal to a cold
+//! run), supersede, `n_predict: 0` warm-up and the `t_max_predict_ms` budget.
+
+// A test skipped for want of a fetched model says so on stderr.
+#![allow(clippy::print_stderr)]
+// The helpers below are test code too.
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tandem_artifacts::{ProcessEnv, default_cache_root, locate};
+use tandem_gateway::config::{Config, MapEnv};
+use tandem_gateway::{Gateway, GatewayOptions, LocalLoad};
+use tandem_local_model::{Engine, EngineConfig};
+use tandem_tests::client;
+
+/// A gateway with `[ide]` serving the code model (it is the chat model too, to load it once).
+async fn start() -> Option<(Gateway, Engine)> {
+    let root = default_cache_root(&ProcessEnv);
+    let Some(paths) = locate(&root, "qwen2.5-coder-0.5b") else {
+        eprintln!(
+            "skipping: qwen2.5-coder-0.5b is not in the cache at {} (run `tandem models fetch qwen2.5-coder-0.5b`)",
+            root.display()
+        );
+        return None;
+    };
+    let path = paths.primary().to_path_buf();
+    let engine = tokio::task::spawn_blocking(move || {
+        Engine::start(EngineConfig::new(path).threads(2).kv_cache_tokens(8192))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let config = Config::from_toml_str(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[ide]\nthreads = 2\n",
+        &MapEnv::default(),
+    )
+    .unwrap();
+    let options = GatewayOptions {
+        local: LocalLoad::Engine(engine.clone()),
+        ide: Some(engine.clone()),
+        quiet: true,
+        ..GatewayOptions::default()
+    };
+    Some((Gateway::start(config, options).await.unwrap(), engine))
+}
+
+async fn post(c: &reqwest::Client, url: String, body: Value) -> (u16, Value) {
+    post_with(c, url, body, None).await
+}
+
+async fn post_with(
+    c: &reqwest::Client,
+    url: String,
+    body: Value,
+    session: Option<&str>,
+) -> (u16, Value) {
+    let mut r = c.post(url).json(&body);
+    if let Some(s) = session {
+        r = r.header("x-tandem-editor-session", s);
+    }
+    let r = r.send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+fn fixture() -> Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/ide/fim_greedy.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Waits until the engine runs nothing (a warm-up finished).
+async fn idle(engine: &Engine) {
+    for _ in 0..600 {
+        let s = engine.stats().await.unwrap();
+        if s.running == 0 && s.waiting == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the engine stayed busy");
+}
+
+/// The prompt tokens `/infill` lays out (default `[ide]` budget, no repository context).
+fn fim_tokens(engine: &Engine, prefix: &str, suffix: &str) -> Vec<u32> {
+    let tok = engine.tokenizer();
+    let input = tandem_local_model::FimInput {
+        prefix,
+        suffix,
+        max_prefix_tokens: 1536,
+        max_suffix_tokens: 512,
+        max_extra_tokens: 2048,
+        ..Default::default()
+    };
+    let built = tok
+        .fim_template()
+        .unwrap()
+        .build(&input, None, |t| tok.encode_with(t, false, false));
+    built.tokens
+}
+
+/// A body of `n` lines of distinct code, as context that takes a while to compute.
+fn long_prefix(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "def helper_{i}(x):\n    return x * {i} + {}\n\n",
+                i * 7 % 13
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn infill_and_fim_completions_match_llama_cpp_greedy() {
+    let Some((gw, engine)) = start().await else {
+        return;
+    };
+    let c = client();
+    let f = fixture();
+    let n = f["n_predict"].as_u64().unwrap();
+
+    // The same prompt tokens as llama.cpp's layout.
+    let ours: Vec<u64> = fim_tokens(
+        &engine,
+        f["input_prefix"].as_str().unwrap(),
+        f["input_suffix"].as_str().unwrap(),
+    )
+    .into_iter()
+    .map(u64::from)
+    .collect();
+    let theirs: Vec<u64> = f["prompt_tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        ours, theirs,
+        "prompt layout or tokenization differs from llama.cpp's"
+    );
+
+    let (status, v) = post(
+        &c,
+        gw.url() + "/infill",
+        json!({"input_prefix": f["input_prefix"], "input_suffix": f["input_suffix"],
+               "n_predict": n, "temperature": 0, "cache_prompt": true}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["content"], f["content"], "{v}");
+    assert_eq!(
+        v["tokens_evaluated"].as_u64().unwrap() as usize,
+        theirs.len()
+    );
+    assert_eq!(
+        v["tokens_predicted"].as_u64().unwrap() as usize,
+        f["completion_tokens"].as_array().unwrap().len() + usize::from(v["stop_type"] == "eos"),
+        "{v}"
+    );
+    for key in [
+        "prompt_n",
+        "prompt_ms",
+        "predicted_n",
+        "predicted_ms",
+        "cache_n",
+    ] {
+        assert!(v["timings"][key].is_number(), "{key}: {v}");
+    }
+
+    // OpenAI-style clients: prompt + suffix on /v1/completions, the same FIM path.
+    let (status, v) = post(
+        &c,
+        gw.url() + "/v1/completions",
+        json!({"model": "qwen2.5-coder-0.5b", "prompt": f["input_prefix"],
+               "suffix": f["input_suffix"], "max_tokens": n, "temperature": 0}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["choices"][0]["text"], f["content"], "{v}");
+
+    // A bad field is a 400 that names it.
+    let (status, v) = post(&c, gw.url() + "/infill", json!({"input_prefix": 1})).await;
+    assert_eq!(status, 400);
+    assert_eq!(v["error"]["param"], "input_prefix", "{v}");
+}
+
+#[tokio::test]
+async fn a_keystroke_computes_only_its_new_tokens_and_matches_a_cold_run() {
+    let Some((gw, engine)) = start().await else {
+        return;
+    };
+    let c = client();
+    let prefix = format!(
+        "{}def total(items):\n    s = 0\n    for it",
+        long_prefix(12)
+    );
+    let suffix = "\n    return s\n";
+    let body = |prefix: &str| {
+        json!({"input_prefix": prefix, "input_suffix": suffix, "n_predict": 8,
+               "temperature": 0, "id_slot": 0})
+    };
+    let (_, first) = post(&c, gw.url() + "/infill", body(&prefix)).await;
+    let prompt_first = first["tokens_evaluated"].as_u64().unwrap();
+    assert_eq!(first["timings"]["prompt_n"].as_u64().unwrap(), prompt_first);
+
+    // The next keystroke: the prompt up to the cursor is the same; only what follows is new.
+    let typed = format!("{prefix}em");
+    let (_, second) = post(&c, gw.url() + "/infill", body(&typed)).await;
+    let (a, b) = (
+        fim_tokens(&engine, &prefix, suffix),
+        fim_tokens(&engine, &typed, suffix),
+    );
+    let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let computed = second["timings"]["prompt_n"].as_u64().unwrap() as usize;
+    assert_eq!(
+        second["tokens_evaluated"].as_u64().unwrap() as usize,
+        b.len()
+    );
+    assert_eq!(computed, b.len() - common, "{second}");
+    assert_eq!(
+        second["timings"]["cache_n"].as_u64().unwrap() as usize,
+        common
+    );
+    assert!(computed < b.len() / 4, "{computed} of {}", b.len());
+
+    // The warm answer's log-probabilities equal a cold run's, bit for bit.
+    let logprobs = |v: &Value| v["choices"][0]["logprobs"]["token_logprobs"].clone();
+    let req = json!({"model": "ide", "prompt": typed, "suffix": suffix, "max_tokens": 8,
+                     "temperature": 0, "logprobs": 1});
+    let (_, warm) = post(&c, gw.url() + "/v1/completions", req.clone()).await;
+    assert!(
+        warm["usage"]["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "{warm}"
+    );
+    engine.clear_cache().await.unwrap();
+    let (_, cold) = post(&c, gw.url() + "/v1/completions", req).await;
+    assert!(cold["usage"]["prompt_tokens_details"].is_null(), "{cold}");
+    assert_eq!(logprobs(&warm), logprobs(&cold));
+    assert_eq!(warm["choices"][0]["text"], cold["choices"][0]["text"]);
+    assert_eq!(warm["choices"][0]["text"], second["content"]);
+}
+
+#[tokio::test]
+async fn a_newer_request_of_an_editor_session_supersedes_the_older() {
+    let Some((gw, _engine)) = start().await else {
+        return;
+    };
+    let c = client();
+    let older = {
+        let (c, url) = (c.clone(), gw.url() + "/infill");
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let r = post_with(
+                &c,
+                url,
+                json!({"input_prefix": long_prefix(40), "input_suffix": "", "n_predict": 256,
+                       "temperature": 0}),
+                Some("editor-1"),
+            )
+            .await;
+            (r, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let newer_sent = Instant::now();
+    let (status, newer) = post_with(
+        &c,
+        gw.url() + "/infill",
+        json!({"input_prefix": "x = ", "input_suffix": "\n", "n_predict": 4, "temperature": 0}),
+        Some("editor-1"),
+    )
+    .await;
+    assert_eq!(status, 200, "{newer}");
+    assert!(newer.get("superseded").is_none(), "{newer}");
+    let ((status, old), _) = older.await.unwrap();
+    assert_eq!(status, 200, "{old}");
+    assert_eq!(old["superseded"], true, "{old}");
+    assert_eq!(old["stop_type"], "none");
+    // It stopped when the newer one came, not after its 256 tokens.
+    assert!(old["tokens_predicted"].as_u64().unwrap() < 256, "{old}");
+    assert!(newer_sent.elapsed() < Duration::from_secs(60));
+}
+
+#[tokio::test]
+async fn n_predict_0_answers_at_once_and_warms_the_cache() {
+    let Some((gw, engine)) = start().await else {
+        return;
+    };
+    let c = client();
+    let body = |n: u32| {
+        json!({"input_prefix": long_prefix(30), "input_suffix": "\nprint(helper_3(2))\n",
+               "n_predict": n, "temperature": 0})
+    };
+    let started = Instant::now();
+    let (status, warm) = post(&c, gw.url() + "/infill", body(0)).await;
+    let answered = started.elapsed();
+    assert_eq!(status, 200, "{warm}");
+    assert_eq!(warm["content"], "");
+    assert_eq!(warm["tokens_predicted"], 0);
+    idle(&engine).await;
+    let computing = started.elapsed();
+    // The answer came well before the prompt was computed.
+    assert!(
+        answered * 3 < computing,
+        "answered after {answered:?}, computed after {computing:?}"
+    );
+    let (_, next) = post(&c, gw.url() + "/infill", body(4)).await;
+    assert_eq!(next["timings"]["prompt_n"], 1, "{next}");
+}
+
+#[tokio::test]
+async fn t_max_predict_ms_returns_what_is_ready() {
+    let Some((gw, _engine)) = start().await else {
+        return;
+    };
+    let c = client();
+    let (status, v) = post(
+        &c,
+        gw.url() + "/infill",
+        json!({"input_prefix": format!("{}def helper_40(x):\n", long_prefix(4)),
+               "input_suffix": "", "n_predict": 400, "temperature": 0,
+               "t_max_predict_ms": 150}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let predicted_ms = v["timings"]["predicted_ms"].as_f64().unwrap();
+    assert!(predicted_ms < 150.0 + 200.0, "{v}");
+    if v["stop_type"] == "limit" {
+        assert!(v["tokens_predicted"].as_u64().unwrap() < 400, "{v}");
+    }
+}
