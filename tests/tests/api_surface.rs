@@ -451,7 +451,8 @@ async fn cloud_embeddings_pass_through_with_the_backends_key_and_usage() {
 #[tokio::test]
 async fn count_tokens_asks_anthropic_and_estimates_elsewhere_and_models_say_what_they_can() {
     let h = Harness::start(&with_store(
-        "[routes.\"gpt-128k\"]\nbackends = [\"openai\", \"anthropic\"]\ncontext_length = 128000\n",
+        "[routes.\"gpt-128k\"]\nbackends = [\"openai\", \"anthropic\"]\ncontext_length = 128000\n\
+         [ide]\nmodel = \"/nonexistent/code-model.gguf\"\nthreads = 1\naliases = [\"code\"]\n",
     ))
     .await
     .unwrap();
@@ -539,6 +540,23 @@ async fn count_tokens_asks_anthropic_and_estimates_elsewhere_and_models_say_what
     assert_eq!(long["backends"], json!(["openai", "anthropic"]), "{long}");
     assert_eq!(long["capabilities"]["tools"], true, "{long}");
     assert_eq!(long["capabilities"]["fim"], false, "{long}");
+    // The code model's names (`[ide]`): fill in the middle, no chat.
+    for id in ["code", "ide"] {
+        let entry = list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} is not listed: {list}"));
+        assert_eq!(entry["owned_by"], "tandem", "{entry}");
+        assert_eq!(entry["backends"], json!(["ide"]), "{entry}");
+        assert_eq!(entry["capabilities"]["fim"], true, "{entry}");
+        assert_eq!(entry["capabilities"]["chat"], false, "{entry}");
+        let (status, _, one) = get(h.url(&format!("/v1/models/{id}"))).await;
+        assert_eq!(status, 200, "{one}");
+        assert_eq!(one["capabilities"], entry["capabilities"]);
+    }
 }
 
 async fn get(url: String) -> (u16, String, Value) {
