@@ -173,6 +173,21 @@ pub trait Provider: Send + Sync {
         Err(self.no_api(api))
     }
 
+    /// Reads or deletes (`method`) what the upstream's `api` keeps at `path` under that API's
+    /// URL (a stored response: `/resp_1`, `/resp_1/input_items?limit=2`), for `model`, and
+    /// returns the answer as it came. Providers without that API answer
+    /// [`ProviderErrorKind::Unsupported`].
+    async fn fetch(
+        &self,
+        api: Api,
+        model: &str,
+        method: ::http::Method,
+        path: &str,
+    ) -> Result<Bytes, ProviderError> {
+        let _ = (model, method, path);
+        Err(self.no_api(api))
+    }
+
     /// The error of a provider without `api`.
     fn no_api(&self, api: Api) -> ProviderError {
         ProviderError::new(

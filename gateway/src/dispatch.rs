@@ -16,7 +16,7 @@ use tandem_router_policy::{Choice, Feedback, Placement};
 use tokio::time::Instant;
 
 use crate::cache::{CACHE_BACKEND, CacheStatus, Fill, Hit, Lookup};
-use crate::config::{BackendKind, RoutePolicy, placement_allows};
+use crate::config::{BackendKind, PrivacyAction, RoutePolicy, placement_allows};
 use crate::context::{FirstTokenDeadline, RouteSlot};
 use crate::error::Error;
 use crate::executor::cascade::{CascadeExecutor, CascadeOutcome};
@@ -890,6 +890,17 @@ fn log_privacy(state: &AppState, hints: &RequestHints, model: &str, note: &Priva
     }
 }
 
+/// The refusal of a request the privacy step keeps on this host when no local model serves it.
+fn no_local_backend(model: &str) -> Error {
+    Error::InvalidRequest {
+        message: format!(
+            "the request holds sensitive data that must stay on this host, and no local model is configured to serve model `{model}`"
+        ),
+        param: None,
+        code: Some("no_backend_allowed"),
+    }
+}
+
 /// The plan of a request the privacy step keeps on this host: the local model alone, whatever
 /// the route's backends (a route without a local model still gets an answer that never left).
 fn local_plan(state: &AppState, model: &str) -> Result<Plan, Error> {
@@ -901,13 +912,7 @@ fn local_plan(state: &AppState, model: &str) -> Result<Plan, Error> {
         .values()
         .find(|e| e.kind() == BackendKind::Local)
         .cloned()
-        .ok_or_else(|| Error::InvalidRequest {
-            message: format!(
-                "the request holds sensitive data that must stay on this host, and no local model is configured to serve model `{model}`"
-            ),
-            param: None,
-            code: Some("no_backend_allowed"),
-        })?;
+        .ok_or_else(|| no_local_backend(model))?;
     Ok(Plan {
         executors: vec![local],
         fallback: false,
@@ -1544,12 +1549,12 @@ pub async fn run_completion(
 pub async fn run_forward(
     state: &AppState,
     api: Api,
-    model: &str,
+    view: &ChatRequest,
     body: &Map<String, Value>,
     stream: bool,
     hints: &RequestHints,
 ) -> (Result<Forwarded, Error>, RouteInfo) {
-    run_in_config_order(state, model, hints, |executor| async move {
+    run_in_config_order(state, view, hints, |executor| async move {
         executor.forward(api, body, stream).await
     })
     .await
@@ -1563,16 +1568,19 @@ pub async fn run_count_tokens(
     body: &Map<String, Value>,
     hints: &RequestHints,
 ) -> (Result<TokenCount, Error>, RouteInfo) {
-    run_in_config_order(state, &request.model, hints, |executor| async move {
+    run_in_config_order(state, request, hints, |executor| async move {
         executor.count_tokens(request, body).await
     })
     .await
 }
 
-/// Runs `attempt` on the route's backends in config order with its fallback rule.
+/// Runs `attempt` on the route's backends in config order with its fallback rule, after the
+/// privacy step over `view` (the request's text as the policy reads it). The body goes upstream
+/// as the client wrote it, so nothing is redacted: `block` refuses, and `redact` and
+/// `force-local` keep the request on this host (the local model, or a 400 without one).
 async fn run_in_config_order<T, F, Fut>(
     state: &AppState,
-    model: &str,
+    view: &ChatRequest,
     hints: &RequestHints,
     mut attempt: F,
 ) -> (Result<T, Error>, RouteInfo)
@@ -1580,10 +1588,43 @@ where
     F: FnMut(Arc<dyn Executor>) -> Fut,
     Fut: std::future::Future<Output = Result<T, Error>>,
 {
-    let (executors, fallback) = match route_for(state, model, hints) {
+    let model = view.model.as_str();
+    let (mut executors, fallback) = match route_for(state, model, hints) {
         Ok(r) => r,
         Err(e) => {
             let (e, route) = no_route(e);
+            return (Err(e), route);
+        }
+    };
+    let privacy = match crate::privacy::screen(&state.config, view, hints, false) {
+        Ok(mut screened) => {
+            // The body goes upstream as written: what would be redacted stays here instead.
+            if screened.redacted.take().is_some() {
+                screened.action = PrivacyAction::ForceLocal;
+            }
+            if screened.force_local() {
+                executors.retain(|e| e.kind() == BackendKind::Local);
+                if executors.is_empty() {
+                    let note = screened.note();
+                    let route = RouteInfo {
+                        explanation: note
+                            .as_ref()
+                            .map_or_else(String::new, |n| format!("no backend; {}", n.header())),
+                        privacy: note,
+                        ..RouteInfo::default()
+                    };
+                    return (Err(no_local_backend(model)), route);
+                }
+            }
+            screened.note()
+        }
+        Err((e, note)) => {
+            log_privacy(state, hints, model, &note);
+            let route = RouteInfo {
+                explanation: format!("no backend; {}", note.header()),
+                privacy: Some(note),
+                ..RouteInfo::default()
+            };
             return (Err(e), route);
         }
     };
@@ -1610,6 +1651,9 @@ where
     )
     .await;
     route.tried = tried;
+    if route.privacy.is_none() {
+        route.privacy = privacy;
+    }
     (result, route)
 }
 
@@ -1644,9 +1688,10 @@ pub struct NativeResponses<'a> {
     pub openai_only: Option<&'a (String, String)>,
 }
 
-/// Runs a Responses request like a chat request (the route's policy, cascade, speculative
-/// backends, placement, fallback, timings and decision log), each backend taking it in its own
-/// way: OpenAI's own Responses API as the client sent it, the others the normalized request.
+/// Runs a Responses request like a chat request (the privacy step, the route's policy, cascade,
+/// speculative backends, placement, fallback, timings and decision log), each backend taking it
+/// in its own way: OpenAI's own Responses API as the client sent it, the others the normalized
+/// request (a redacted request's copy included).
 pub async fn run_responses(
     state: &AppState,
     request: ChatRequest,
@@ -1656,7 +1701,9 @@ pub async fn run_responses(
 ) -> (Result<ResponsesOutput, Error>, RouteInfo) {
     let model = request.model.clone();
     let stream = request.stream;
-    let plan = match plan(state, &request, hints).await {
+    // The privacy step as for chat: a redacted request's off-host backends are wrapped, and a
+    // wrapped one takes the redacted copy as chat, never the client's body as it came.
+    let plan = match metered_plan(state, &request, hints, false).await {
         Ok(p) => p,
         Err((e, route)) => return (Err(e), route),
     };

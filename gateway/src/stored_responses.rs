@@ -1,8 +1,8 @@
 //! Stored Responses API answers, in the shared state store (Redis, or the embedded store in the
 //! cache directory) so any replica can read or continue them and they survive a restart. Each
 //! is kept for [`RESPONSE_TTL`] and only up to [`MAX_STORED_BYTES`] (a larger one is answered
-//! but not kept): the `response` object, its input items, and the conversation so far in
-//! normalized form, which `previous_response_id` continues.
+//! but not kept): the `response` object, the input items of its conversation, and the
+//! conversation so far in normalized form, which `previous_response_id` continues.
 
 use std::time::Duration;
 
@@ -26,7 +26,9 @@ pub const MAX_STORED_BYTES: usize = 4 << 20;
 pub struct StoredResponse {
     /// The `response` object as the client received it.
     pub response: Value,
-    /// Its input items (the Responses shape, with ids).
+    /// The input items of the conversation it ends, oldest first (the Responses shape, with
+    /// ids): those of the responses it continues, each followed by that response's output
+    /// items, then its own.
     pub input_items: Vec<Value>,
     /// The conversation up to and including this response's output, without instructions.
     pub conversation: Vec<Message>,
@@ -59,6 +61,39 @@ pub async fn save(store: &dyn Store, stored: &StoredResponse) -> Result<(), Erro
 /// Forgets the stored response `id`; whether it was kept.
 pub async fn delete(store: &dyn Store, id: &str) -> Result<bool, Error> {
     store.delete(&key(id)).await
+}
+
+/// Where a response OpenAI's own Responses API keeps came from: the backend that answered it
+/// and the model id asked for, so `GET`/`DELETE /v1/responses/{id}` reach that API with that
+/// backend's key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldUpstream {
+    /// The backend's name.
+    pub backend: String,
+    /// The model id the client asked for (mapped to the upstream's by the backend).
+    pub model: String,
+}
+
+fn upstream_key(id: &str) -> String {
+    format!("resp-up:{id}")
+}
+
+/// Notes that the upstream behind `held` keeps response `id` (for as long as one kept here).
+pub async fn note_upstream(store: &dyn Store, id: &str, held: &HeldUpstream) -> Result<(), Error> {
+    let bytes = serde_json::to_vec(held).map_err(|e| Error::Internal(e.to_string()))?;
+    store
+        .set(&upstream_key(id), Bytes::from(bytes), Some(RESPONSE_TTL))
+        .await
+}
+
+/// The upstream that keeps response `id`, when one answered it through here.
+pub async fn upstream(store: &dyn Store, id: &str) -> Result<Option<HeldUpstream>, Error> {
+    crate::store::get_json(store, &upstream_key(id)).await
+}
+
+/// Forgets where response `id` is kept.
+pub async fn forget_upstream(store: &dyn Store, id: &str) -> Result<bool, Error> {
+    store.delete(&upstream_key(id)).await
 }
 
 /// The assistant turn a `response` object's output makes: its text and function calls.

@@ -3,8 +3,10 @@
 //!
 //! Routes: `POST .../chat/completions`, `POST .../completions`, `POST .../messages`,
 //! `GET .../models`, `POST .../responses` (OpenAI's Responses API, whole or streamed; `cut`
-//! stops after the first text delta), `POST .../embeddings` (OpenAI's shape: one vector per input, float or
-//! base64, `dimensions` long or 8), `POST .../messages/count_tokens` (Anthropic's
+//! stops after the first text delta; `GET`/`DELETE .../responses/{id}` and
+//! `GET .../responses/{id}/input_items` answer as OpenAI's stored responses do),
+//! `POST .../embeddings` (OpenAI's shape: one vector per input, float or base64, `dimensions`
+//! long or 8), `POST .../messages/count_tokens` (Anthropic's
 //! `{"input_tokens"}`, a quarter of the body's length). The request's `model` picks the behaviour:
 //! `tool` (a tool-call answer), `cut` (a stream cut mid-way), `slow` (a pause before every
 //! frame), `stall` (frames stop coming after the first ones), `hang` (headers, then no frame at
@@ -419,6 +421,9 @@ async fn handle(
         });
     }
     let path = parts.uri.path();
+    if let Some((_, rest)) = path.split_once("/responses/") {
+        return Ok(stored_response(&state, &parts.method, rest));
+    }
     let route = if path.ends_with("/chat/completions") {
         Route::Chat
     } else if path.ends_with("/completions") {
@@ -737,6 +742,33 @@ enum Behaviour {
     Stall,
     Hang,
     CutBody,
+}
+
+/// OpenAI's stored responses: `GET .../responses/{id}` (the Responses fixture under that id),
+/// `DELETE .../responses/{id}`, `GET .../responses/{id}/input_items` (one user message).
+fn stored_response(state: &Arc<State>, method: &Method, rest: &str) -> Response<MockBody> {
+    let json = |v: serde_json::Value| plain(StatusCode::OK, Bytes::from(v.to_string()));
+    let (id, items) = match rest.strip_suffix("/input_items") {
+        Some(id) => (id, true),
+        None => (rest, false),
+    };
+    match (method, items) {
+        (&Method::GET, true) => json(serde_json::json!({
+            "object": "list",
+            "data": [{"id": "msg_mock_input", "type": "message", "role": "user",
+                      "content": [{"type": "input_text", "text": "Say hello"}]}],
+            "first_id": "msg_mock_input", "last_id": "msg_mock_input", "has_more": false})),
+        (&Method::GET, false) => {
+            let mut v: serde_json::Value =
+                serde_json::from_slice(&state.fixtures.openai_responses.body()).unwrap_or_default();
+            v["id"] = serde_json::Value::String(id.to_owned());
+            json(v)
+        }
+        (&Method::DELETE, false) => {
+            json(serde_json::json!({"id": id, "object": "response.deleted", "deleted": true}))
+        }
+        _ => plain(StatusCode::METHOD_NOT_ALLOWED, Bytes::new()),
+    }
 }
 
 fn plain(status: StatusCode, body: Bytes) -> Response<MockBody> {

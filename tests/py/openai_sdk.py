@@ -3,7 +3,8 @@ round trip, previous_response_id, retrieve, input items, delete) and embeddings.
 
 Usage: openai_sdk.py '<json spec>' with keys base_url, model, and optionally tool_model (a model
 that answers with a function call), embedding_model, embedding_dims, stored (whether Tandem
-stores the responses: false for OpenAI's own API passed through). Exits non-zero on failure.
+stores the responses: false for OpenAI's own API passed through), kept_upstream (the upstream
+keeps them: retrieved, listed and deleted through Tandem). Exits non-zero on failure.
 """
 
 import json
@@ -62,11 +63,35 @@ def main():
         assert second.output_text, second
         got = client.responses.retrieve(first.id)
         assert got.id == first.id and got.output_text == first.output_text, got
+        # The whole conversation, newest first: this turn, the first answer, the first turn.
         items = client.responses.input_items.list(second.id)
-        assert [i.type for i in items.data] == ["message"], items
+        assert [(i.type, i.role) for i in items.data] == [
+            ("message", "user"),
+            ("message", "assistant"),
+            ("message", "user"),
+        ], items
+        assert items.data[0].content[0].text == "And of Italy?", items
+        assert items.data[1].id == first.output[0].id, items
+        oldest = client.responses.input_items.list(second.id, order="asc", limit=1)
+        assert oldest.data[0].content[0].text == "What is the capital of France?", oldest
+        assert oldest.has_more, oldest
         client.responses.delete(second.id)
         try:
             client.responses.retrieve(second.id)
+            raise AssertionError("a deleted response is still there")
+        except Exception as e:  # openai.NotFoundError
+            assert getattr(e, "status_code", None) == 404, e
+
+    if spec.get("kept_upstream"):
+        # OpenAI's own API keeps it: read, listed and deleted there through Tandem.
+        got = client.responses.retrieve(first.id)
+        assert got.id == first.id, got
+        items = client.responses.input_items.list(first.id)
+        assert items.data and items.data[0].type == "message", items
+        deleted = client.responses.delete(first.id)
+        assert deleted is None or getattr(deleted, "deleted", True), deleted
+        try:
+            client.responses.retrieve(first.id)
             raise AssertionError("a deleted response is still there")
         except Exception as e:  # openai.NotFoundError
             assert getattr(e, "status_code", None) == 404, e

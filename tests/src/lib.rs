@@ -62,6 +62,22 @@ fallback = true
     )
 }
 
+/// An Azure backend `azure` on `mock` (the resource's root at the mock's address, `api-version`
+/// 2024-10-21, the mock's key): model `gpt-azure` on deployment `prod-4o-mini`.
+pub fn azure_backend(mock: &MockHandle) -> String {
+    format!(
+        r#"
+[backends.azure]
+kind = "azure"
+base_url = "http://{}"
+api_version = "2024-10-21"
+api_key_env = "MOCK_OPENAI_KEY"
+models = {{ "gpt-azure" = "prod-4o-mini" }}
+"#,
+        mock.addr()
+    )
+}
+
 /// The environment the tests' config reads (no process env is touched).
 pub fn test_env() -> MapEnv {
     MapEnv::from_pairs([

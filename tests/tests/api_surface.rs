@@ -450,7 +450,12 @@ async fn cloud_embeddings_pass_through_with_the_backends_key_and_usage() {
 
 #[tokio::test]
 async fn count_tokens_asks_anthropic_and_estimates_elsewhere_and_models_say_what_they_can() {
-    let h = Harness::start(&with_store("")).await.unwrap();
+    let h = Harness::start(&with_store(
+        "[routes.\"gpt-128k\"]\nbackends = [\"openai\", \"anthropic\"]\ncontext_length = 128000\n\
+         [ide]\nmodel = \"/nonexistent/code-model.gguf\"\nthreads = 1\naliases = [\"code\"]\n",
+    ))
+    .await
+    .unwrap();
     let ask = json!({"model": "claude", "messages": [{"role": "user", "content": "Hello there"}]});
     let r = client()
         .post(h.url("/v1/messages/count_tokens"))
@@ -519,6 +524,39 @@ async fn count_tokens_asks_anthropic_and_estimates_elsewhere_and_models_say_what
         .unwrap();
     assert_eq!(minilm["capabilities"]["embeddings"], true, "{minilm}");
     assert_eq!(minilm["dimensions"], 384, "{minilm}");
+    // Every model says who owns it, its context length (null where only the provider knows it)
+    // and what it can do.
+    for m in list["data"].as_array().unwrap() {
+        assert!(m["owned_by"].is_string(), "{m}");
+        assert!(m.get("context_length").is_some(), "{m}");
+        for c in ["chat", "tools", "vision", "fim", "embeddings"] {
+            assert!(m["capabilities"][c].is_boolean(), "{c}: {m}");
+        }
+    }
+    assert_eq!(gpt["context_length"], Value::Null, "{gpt}");
+    let (_, _, long) = get(h.url("/v1/models/gpt-128k")).await;
+    assert_eq!(long["context_length"], 128000, "{long}");
+    assert_eq!(long["owned_by"], "openai", "{long}");
+    assert_eq!(long["backends"], json!(["openai", "anthropic"]), "{long}");
+    assert_eq!(long["capabilities"]["tools"], true, "{long}");
+    assert_eq!(long["capabilities"]["fim"], false, "{long}");
+    // The code model's names (`[ide]`): fill in the middle, no chat.
+    for id in ["code", "ide"] {
+        let entry = list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} is not listed: {list}"));
+        assert_eq!(entry["owned_by"], "tandem", "{entry}");
+        assert_eq!(entry["backends"], json!(["ide"]), "{entry}");
+        assert_eq!(entry["capabilities"]["fim"], true, "{entry}");
+        assert_eq!(entry["capabilities"]["chat"], false, "{entry}");
+        let (status, _, one) = get(h.url(&format!("/v1/models/{id}"))).await;
+        assert_eq!(status, 200, "{one}");
+        assert_eq!(one["capabilities"], entry["capabilities"]);
+    }
 }
 
 async fn get(url: String) -> (u16, String, Value) {
@@ -583,6 +621,18 @@ fn response_events(raw: &[tandem_tests::SseEvent]) -> Vec<Value> {
     assert_eq!(events[0]["type"], "response.created", "{events:?}");
     assert_eq!(events[1]["type"], "response.in_progress", "{events:?}");
     events
+}
+
+/// Whether `GET path` answers 200 within a second (what a stream's end stores lands in the
+/// background).
+async fn answers_within_a_second(h: &Harness, path: &str) -> bool {
+    for _ in 0..50 {
+        if get(h.url(path)).await.0 == 200 {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    false
 }
 
 fn kinds(events: &[Value]) -> Vec<&str> {
@@ -806,15 +856,10 @@ async fn stored_responses_continue_a_function_call_round_trip_and_survive_a_rest
         .await
         .unwrap();
     let streamed_id = raw[0].json()["response"]["id"].as_str().unwrap().to_owned();
-    let mut found = false;
-    for _ in 0..50 {
-        if get(h.url(&format!("/v1/responses/{streamed_id}"))).await.0 == 200 {
-            found = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert!(found, "the streamed response is stored");
+    assert!(
+        answers_within_a_second(&h, &format!("/v1/responses/{streamed_id}")).await,
+        "the streamed response is stored"
+    );
     let Harness { gateway, mock, .. } = h;
     gateway.shutdown().await.unwrap();
     let text = config_text(&mock.base_url(), &responses_extra(&mock, &store));
@@ -831,6 +876,209 @@ async fn stored_responses_continue_a_function_call_round_trip_and_survive_a_rest
     let (status, _, got) = get(format!("{}/v1/responses/{streamed_id}", again.url())).await;
     assert_eq!(status, 200, "{got}");
     again.shutdown().await.unwrap();
+}
+
+/// The input items of a response that continues others are those of the whole conversation:
+/// each earlier turn's input and output, then its own; newest first unless `order=asc`, paged
+/// with `limit` and `after`.
+#[tokio::test]
+async fn input_items_list_the_whole_conversation_over_a_three_turn_chain() {
+    let (h, _store) = responses_harness("items").await;
+    let mut previous: Option<String> = None;
+    let mut turns = Vec::new();
+    for text in ["one", "two", "three"] {
+        let mut body = json!({"model": "gpt", "input": text});
+        if let Some(p) = &previous {
+            body["previous_response_id"] = json!(p);
+        }
+        let (status, _, r) = post(h.url("/v1/responses"), &body).await;
+        assert_eq!(status, 200, "{r}");
+        previous = Some(r["id"].as_str().unwrap().to_owned());
+        turns.push(r);
+    }
+    let last = previous.unwrap();
+    let list = |query: &str| get(h.url(&format!("/v1/responses/{last}/input_items{query}")));
+    // Oldest first: one, its answer, two, its answer, three.
+    let (status, _, asc) = list("?order=asc").await;
+    assert_eq!(status, 200, "{asc}");
+    let data = asc["data"].as_array().unwrap();
+    assert_eq!(data.len(), 5, "{asc}");
+    let user_text = |item: &Value| -> String {
+        let content = &item["content"];
+        content
+            .as_str()
+            .map(str::to_owned)
+            .or_else(|| content[0]["text"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| panic!("{item}"))
+    };
+    for (i, text) in [(0, "one"), (2, "two"), (4, "three")] {
+        assert_eq!(data[i]["role"], "user", "{asc}");
+        assert_eq!(user_text(&data[i]), text, "{asc}");
+    }
+    assert_eq!(data[1], turns[0]["output"][0], "{asc}");
+    assert_eq!(data[3], turns[1]["output"][0], "{asc}");
+    let ids: Vec<&str> = data.iter().map(|i| i["id"].as_str().unwrap()).collect();
+    let unique: std::collections::BTreeSet<_> = ids.iter().collect();
+    assert_eq!(unique.len(), 5, "every item has its own id: {ids:?}");
+    assert_eq!(asc["first_id"], ids[0]);
+    assert_eq!(asc["last_id"], ids[4]);
+    assert_eq!(asc["has_more"], false);
+
+    // Newest first by default, in pages of two.
+    let mut seen = Vec::new();
+    let mut query = "?limit=2".to_owned();
+    loop {
+        let (status, _, page) = list(&query).await;
+        assert_eq!(status, 200, "{page}");
+        let items = page["data"].as_array().unwrap();
+        assert!(!items.is_empty() && items.len() <= 2, "{page}");
+        assert_eq!(page["first_id"], items[0]["id"], "{page}");
+        assert_eq!(page["last_id"], items[items.len() - 1]["id"], "{page}");
+        seen.extend(items.iter().map(|i| i["id"].as_str().unwrap().to_owned()));
+        if page["has_more"] == false {
+            break;
+        }
+        query = format!("?limit=2&after={}", page["last_id"].as_str().unwrap());
+    }
+    let newest_first: Vec<&str> = ids.iter().rev().copied().collect();
+    assert_eq!(seen, newest_first);
+    let (_, _, desc) = list("?order=desc&limit=1").await;
+    assert_eq!(user_text(&desc["data"][0]), "three", "{desc}");
+    assert_eq!(desc["has_more"], true);
+
+    // The first turn's own list is its own input alone; bad paging is a 400 naming the field.
+    let first = turns[0]["id"].as_str().unwrap();
+    let (_, _, own) = get(h.url(&format!("/v1/responses/{first}/input_items"))).await;
+    assert_eq!(own["data"].as_array().unwrap().len(), 1, "{own}");
+    for (query, param) in [
+        ("?limit=0", "limit"),
+        ("?order=up", "order"),
+        ("?after=nope", "after"),
+    ] {
+        let (status, _, body) = list(query).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert_eq!(body["error"]["param"], param, "{body}");
+    }
+}
+
+/// A response OpenAI's own Responses API answered (and keeps) is read, listed and deleted
+/// through Tandem: the calls reach that API with the backend's key; one not stored there, or
+/// unknown, is a 404 that asks nobody.
+#[tokio::test]
+async fn responses_kept_by_openai_are_read_listed_and_deleted_through_it() {
+    let (h, _store) = responses_harness("held").await;
+    let (status, _, whole) = post(
+        h.url("/v1/responses"),
+        &json!({"model": "gpt-own", "input": "Say hello"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{whole}");
+    let id = whole["id"].as_str().unwrap().to_owned();
+    let (status, _, got) = get(h.url(&format!("/v1/responses/{id}"))).await;
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(got["id"], id.as_str());
+    let sent = h.mock.requests().last().unwrap().clone();
+    assert_eq!(
+        (sent.method.as_str(), sent.path.as_str()),
+        ("GET", format!("/v1/responses/{id}").as_str())
+    );
+    assert_eq!(sent.header("authorization"), Some("Bearer sk-mock"));
+    let (status, _, items) =
+        get(h.url(&format!("/v1/responses/{id}/input_items?order=asc&limit=5"))).await;
+    assert_eq!(status, 200, "{items}");
+    assert_eq!(items["data"][0]["id"], "msg_mock_input", "{items}");
+    assert_eq!(
+        h.mock.requests().last().unwrap().path,
+        format!("/v1/responses/{id}/input_items?order=asc&limit=5")
+    );
+    let r = client()
+        .delete(h.url(&format!("/v1/responses/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let deleted: Value = r.json().await.unwrap();
+    assert_eq!(deleted["deleted"], true, "{deleted}");
+    assert_eq!(h.mock.requests().last().unwrap().method, "DELETE");
+    let before = h.mock.request_count();
+    let (status, _, _) = get(h.url(&format!("/v1/responses/{id}"))).await;
+    assert_eq!(status, 404);
+    let (status, _, _) = get(h.url("/v1/responses/resp_unknown")).await;
+    assert_eq!(status, 404);
+    assert_eq!(h.mock.request_count(), before, "nobody else is asked");
+
+    // A streamed one, once response.created named it.
+    let (_, _, raw) = h
+        .post_stream(
+            "/v1/responses",
+            &json!({"model": "gpt-own", "input": "Say hello", "stream": true}),
+        )
+        .await
+        .unwrap();
+    let streamed = raw[0].json()["response"]["id"].as_str().unwrap().to_owned();
+    assert!(
+        answers_within_a_second(&h, &format!("/v1/responses/{streamed}")).await,
+        "the streamed response is found upstream"
+    );
+    // One the client asked OpenAI not to store is not looked for there.
+    let (_, _, unstored) = post(
+        h.url("/v1/responses"),
+        &json!({"model": "gpt-own", "input": "Say hello", "store": false}),
+    )
+    .await;
+    assert_eq!(unstored["id"], id.as_str(), "the mock's fixture");
+    let before = h.mock.request_count();
+    let (status, _, _) = get(h.url(&format!("/v1/responses/{id}"))).await;
+    assert_eq!(status, 404);
+    assert_eq!(h.mock.request_count(), before);
+}
+
+/// An Azure backend takes the Responses API on Azure's v1 path (`/openai/v1/responses`, no
+/// deployment in the path and no `api-version`), the deployment named as the body's `model`,
+/// with its `api-key` header; whole and streamed.
+#[tokio::test]
+async fn azure_takes_responses_on_its_v1_path_with_the_deployment_as_model() {
+    let store = scratch("azure").join("store.log");
+    let h = Harness::start_around(MockConfig::default(), |mock| {
+        format!(
+            "{}\n[store]\npath = \"{}\"\n",
+            tandem_tests::azure_backend(mock),
+            store.display()
+        )
+    })
+    .await
+    .unwrap();
+    for stream in [false, true] {
+        let body = json!({"model": "gpt-azure", "input": "Say hello", "stream": stream});
+        let r = client()
+            .post(h.url("/v1/responses"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let text = r.text().await.unwrap();
+        assert!(text.contains("Hello! How can I help you today?"), "{text}");
+        let sent = h.mock.requests().last().unwrap().clone();
+        assert_eq!(sent.method, "POST");
+        assert_eq!(sent.path, "/openai/v1/responses", "stream {stream}");
+        assert_eq!(sent.header("api-key"), Some("sk-mock"));
+        assert_eq!(sent.header("authorization"), None);
+        let json = sent.json().unwrap();
+        assert_eq!(json["model"], "prod-4o-mini", "{json}");
+        assert_eq!(json["stream"], stream, "{json}");
+    }
+    // Embeddings stay on the deployment's path with the api-version.
+    let (status, _, body) = post(
+        h.url("/v1/embeddings"),
+        &json!({"model": "gpt-azure", "input": "hi"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        h.mock.requests().last().unwrap().path,
+        "/openai/deployments/prod-4o-mini/embeddings?api-version=2024-10-21"
+    );
 }
 
 #[tokio::test]
@@ -933,7 +1181,7 @@ async fn the_official_sdks_against_the_mock_in_each_wire_format() {
     // OpenAI's own Responses API (passed through; it keeps its own responses).
     python(
         "openai_sdk.py",
-        &json!({"base_url": base, "model": "gpt-own", "stored": false}),
+        &json!({"base_url": base, "model": "gpt-own", "stored": false, "kept_upstream": true}),
     )
     .await;
     // Token counting: Anthropic's own, an estimate elsewhere.

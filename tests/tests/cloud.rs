@@ -59,22 +59,10 @@ async fn openai_chat_to_openai_backend() {
 /// the `api-key` header (no bearer token), and its answer reaches the client, whole or streamed.
 #[tokio::test]
 async fn azure_backend_is_called_on_its_deployment_path_with_api_key() {
-    let h = Harness::start_around(MockConfig::default(), |mock| {
-        // Azure's base URL is the resource's root; the deployment path goes under it.
-        format!(
-            r#"
-[backends.azure]
-kind = "azure"
-base_url = "http://{}"
-api_version = "2024-10-21"
-api_key_env = "MOCK_OPENAI_KEY"
-models = {{ "gpt-azure" = "prod-4o-mini" }}
-"#,
-            mock.addr()
-        )
-    })
-    .await
-    .unwrap();
+    // Azure's base URL is the resource's root; the deployment path goes under it.
+    let h = Harness::start_around(MockConfig::default(), tandem_tests::azure_backend)
+        .await
+        .unwrap();
     let expected_path = "/openai/deployments/prod-4o-mini/chat/completions?api-version=2024-10-21";
 
     let (status, headers, body) = h

@@ -343,6 +343,16 @@ async fn spend_when(h: &Harness, want: impl Fn(&Value) -> bool) -> Value {
     panic!("the spend report never got there: {last}");
 }
 
+/// Today's spend report once key `id` has spent `dollars`.
+async fn key_spend_reaches(h: &Harness, id: &str, dollars: f64) -> Value {
+    spend_when(h, |r| {
+        r["spend"]["key"][id]
+            .as_f64()
+            .is_some_and(|v| close(v, dollars))
+    })
+    .await
+}
+
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() < 1e-12
 }
@@ -472,12 +482,7 @@ async fn budgets_charge_reported_usage(redis: Option<&str>) {
     // Two answers fit under the budget; the third request finds it spent.
     let (key, id) = create_key(&h, json!({"budget_daily_usd": ANSWER_COST * 1.5})).await;
     assert_eq!(chat_with(&h, &key, &hello("gpt")).await.0, 200);
-    spend_when(&h, |r| {
-        r["spend"]["key"][&id]
-            .as_f64()
-            .is_some_and(|v| close(v, ANSWER_COST))
-    })
-    .await;
+    key_spend_reaches(&h, &id, ANSWER_COST).await;
     let mut stream = hello("gpt");
     stream["stream"] = json!(true);
     let r = h
@@ -490,12 +495,7 @@ async fn budgets_charge_reported_usage(redis: Option<&str>) {
         .unwrap();
     assert_eq!(r.status(), 200);
     let _ = r.text().await.unwrap();
-    let report = spend_when(&h, |r| {
-        r["spend"]["key"][&id]
-            .as_f64()
-            .is_some_and(|v| close(v, 2.0 * ANSWER_COST))
-    })
-    .await;
+    let report = key_spend_reaches(&h, &id, 2.0 * ANSWER_COST).await;
     assert!(
         close(
             report["spend"]["route"]["gpt"].as_f64().unwrap(),
@@ -540,6 +540,72 @@ async fn budgets_charge_reported_usage_on_redis() {
     budgets_charge_reported_usage(Some(&url)).await;
 }
 
+/// OpenAI's own Responses API, passed through as it is, is charged like chat: the key's spend is
+/// the usage the upstream reported (cached tokens at their price), whole and streamed, and the
+/// stream goes on to the client unchanged.
+#[tokio::test]
+async fn responses_passed_through_to_openai_charge_the_reported_usage() {
+    let h = Harness::start_around(MockConfig::default(), |mock| {
+        format!(
+            r#"{}
+[backends.openai-own]
+kind = "openai"
+base_url = "{}"
+api_key_env = "MOCK_OPENAI_KEY"
+models = {{ "gpt-own" = "gpt-4.1" }}
+price = {{ input = 1.0, output = 2.0, cached_input = 0.5 }}
+"#,
+            admin_server(),
+            mock.base_url()
+        )
+    })
+    .await
+    .unwrap();
+    let (key, id) = create_key(&h, json!({})).await;
+    let ask = |stream: bool| {
+        h.client
+            .post(h.url("/v1/responses"))
+            .bearer_auth(&key)
+            .json(&json!({"model": "gpt-own", "input": "hi", "stream": stream}))
+            .send()
+    };
+    let r = ask(false).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let whole: Value = r.json().await.unwrap();
+    assert_eq!(
+        whole["usage"]["input_tokens_details"]["cached_tokens"],
+        1024
+    );
+    key_spend_reaches(&h, &id, ANSWER_COST).await;
+    let r = ask(true).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("\"cached_tokens\":1024"), "{text}");
+    assert_eq!(
+        text.as_bytes(),
+        &Fixtures::builtin().openai_responses_stream.body()[..],
+        "passed on unchanged"
+    );
+    let report = key_spend_reaches(&h, &id, 2.0 * ANSWER_COST).await;
+    assert!(
+        close(
+            report["spend"]["backend"]["openai-own"].as_f64().unwrap(),
+            2.0 * ANSWER_COST
+        ),
+        "{report}"
+    );
+    let metrics = h.metrics().await;
+    let cached = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("tandem_tokens_total{")
+                && l.contains("backend=\"openai-own\"")
+                && l.contains("kind=\"cached")
+        })
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(cached.ends_with(" 2048"), "{cached}");
+}
+
 #[tokio::test]
 async fn keys_spend_and_limits_survive_a_restart_on_the_embedded_store() {
     let dir = tempfile::tempdir().unwrap();
@@ -555,12 +621,7 @@ async fn keys_spend_and_limits_survive_a_restart_on_the_embedded_store() {
     // The key works, a stranger is refused, and the day's spend is still there.
     assert_eq!(chat_with(&h, &key, &hello("gpt")).await.0, 200);
     assert_eq!(chat_with(&h, "stranger", &hello("gpt")).await.0, 401);
-    spend_when(&h, |r| {
-        r["spend"]["key"][&id]
-            .as_f64()
-            .is_some_and(|v| close(v, 2.0 * ANSWER_COST))
-    })
-    .await;
+    key_spend_reaches(&h, &id, 2.0 * ANSWER_COST).await;
 }
 
 /// A Redis of the test's own on a free port, to stop and start.

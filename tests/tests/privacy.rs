@@ -250,6 +250,203 @@ async fn block_answers_400_naming_the_kinds_and_the_message_never_the_value() {
     );
 }
 
+/// The Responses API passes the same privacy step as chat: blocked with a 400 naming the input,
+/// redacted (OpenAI's own Responses API then gets the redacted copy as chat, never the client's
+/// body as it came) with the answer restored, whole and streamed, and kept local.
+#[tokio::test]
+async fn the_responses_api_passes_the_privacy_step() {
+    let dir = tempfile_dir();
+    let log = dir.join("audit.jsonl");
+    let h = Harness::start_around(MockConfig::default(), |mock| {
+        let own = format!(
+            r#"
+[backends.own]
+kind = "openai"
+base_url = "{}"
+api_key_env = "MOCK_OPENAI_KEY"
+models = {{ "own-echo" = "echo" }}
+
+[routes."own-echo"]
+backends = ["own"]
+privacy = "redact"
+
+[audit]
+path = "{}"
+"#,
+            mock.base_url(),
+            log.display()
+        );
+        privacy_config(&mock.base_url(), &own)
+    })
+    .await
+    .unwrap();
+    let card = "4111 1111 1111 1111";
+    let (status, _, body) = h
+        .post(
+            "/v1/responses",
+            &json!({"model": "gpt-block", "input": format!("charge {card}")}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "sensitive_data", "{body}");
+    assert_eq!(body["error"]["param"], "input", "{body}");
+    assert!(!body.to_string().contains(card), "{body}");
+    let (status, _, body) = h
+        .post(
+            "/v1/responses",
+            &json!({"model": "gpt-local", "input": "IBAN DE89 3704 0044 0532 0130 00"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "no_backend_allowed", "{body}");
+    assert_eq!(h.mock.request_count(), 0, "nothing went upstream");
+
+    let email = "jane.doe@example.com";
+    for model in ["gpt-echo", "own-echo"] {
+        for stream in [false, true] {
+            let ask =
+                json!({"model": model, "input": format!("write to {email}"), "stream": stream});
+            let answer = if stream {
+                let (status, _, text) = h.post_stream_text("/v1/responses", &ask).await.unwrap();
+                assert_eq!(status, 200, "{text}");
+                parse_sse(&text)
+                    .iter()
+                    .filter(|e| e.json()["type"] == "response.output_text.delta")
+                    .map(|e| e.json()["delta"].as_str().unwrap().to_owned())
+                    .collect::<String>()
+            } else {
+                let (status, _, v) = h.post("/v1/responses", &ask).await.unwrap();
+                assert_eq!(status, 200, "{v}");
+                v["output"][0]["content"][0]["text"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            };
+            assert!(answer.contains(email), "{model} {stream}: {answer}");
+            let sent = h.mock.requests().last().unwrap().clone();
+            assert!(
+                sent.path.ends_with("/chat/completions"),
+                "{model}: {}",
+                sent.path
+            );
+            let upstream = String::from_utf8_lossy(&sent.body).into_owned();
+            assert!(!upstream.contains(email), "{model}: {upstream}");
+        }
+    }
+
+    // Every request is audited: the refusals, and the answers with their tokens.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    drop(h);
+    let (all, records) = audit_log(&dir, 6);
+    assert!(
+        !all.contains(email) && !all.contains(card),
+        "a value in the audit log"
+    );
+    assert!(records.iter().all(|r| r["endpoint"] == "/v1/responses"));
+    let refused: Vec<&Value> = records.iter().filter(|r| r["status"] == 400).collect();
+    assert_eq!(refused.len(), 2, "{records:?}");
+    assert_eq!(refused[0]["privacy"]["action"], "block", "{records:?}");
+    for r in records.iter().filter(|r| r["status"] == 200) {
+        assert_eq!(r["privacy"]["action"], "redact", "{r}");
+        assert!(r["tokens"]["output"].as_u64().unwrap() > 0, "{r}");
+    }
+}
+
+/// Embeddings and token counts pass the privacy step too: their bodies go upstream as written,
+/// so `block` refuses, and `redact` and `force-local` keep them here (a 400 without a local
+/// model); a clean request goes through.
+#[tokio::test]
+async fn embeddings_and_token_counts_pass_the_privacy_step() {
+    let dir = tempfile_dir();
+    let h = start(&format!(
+        "[audit]\npath = \"{}\"\n",
+        dir.join("audit.jsonl").display()
+    ))
+    .await;
+    let card = "4111 1111 1111 1111";
+    let embed = |model: &str, text: &str| json!({"model": model, "input": ["hello", text]});
+    let (status, headers, body) = h
+        .post(
+            "/v1/embeddings",
+            &embed("gpt-block", &format!("card {card}")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "sensitive_data", "{body}");
+    assert_eq!(body["error"]["param"], "input", "{body}");
+    assert!(!body.to_string().contains(card), "{body}");
+    assert_eq!(
+        headers["x-tandem-route"].to_str().unwrap(),
+        "no backend; privacy=block (payment_card)"
+    );
+    for model in ["gpt-local", "gpt-echo"] {
+        let (status, _, body) = h
+            .post("/v1/embeddings", &embed(model, "mail jane.doe@example.com"))
+            .await
+            .unwrap();
+        assert_eq!(status, 400, "{model}: {body}");
+        assert_eq!(
+            body["error"]["code"], "no_backend_allowed",
+            "{model}: {body}"
+        );
+    }
+    let (status, _, body) = h
+        .post(
+            "/v1/messages/count_tokens",
+            &json!({"model": "claude-block",
+                    "messages": [{"role": "user", "content": "my SSN is 123-45-6789"}]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["type"], "error", "{body}");
+    assert!(!body.to_string().contains("123-45-6789"), "{body}");
+    assert_eq!(h.mock.request_count(), 0, "nothing went upstream");
+
+    // Clean requests on the same routes go through.
+    let (status, _, body) = h
+        .post("/v1/embeddings", &embed("gpt-block", "world"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let (status, _, body) = h
+        .post(
+            "/v1/messages/count_tokens",
+            &json!({"model": "claude-block", "messages": [{"role": "user", "content": "hello"}]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(h.mock.request_count(), 2);
+
+    // Each is audited, the embeddings with their tokens, and no value is written.
+    drop(h);
+    let (all, records) = audit_log(&dir, 6);
+    assert!(!all.contains(card) && !all.contains("123-45-6789"));
+    let at = |endpoint: &str, status: u64| {
+        records
+            .iter()
+            .filter(|r| r["endpoint"] == endpoint && r["status"] == status)
+            .count()
+    };
+    assert_eq!(at("/v1/embeddings", 400), 3, "{records:?}");
+    assert_eq!(at("/v1/embeddings", 200), 1, "{records:?}");
+    assert_eq!(at("/v1/messages/count_tokens", 400), 1, "{records:?}");
+    assert_eq!(at("/v1/messages/count_tokens", 200), 1, "{records:?}");
+    let embedded = records
+        .iter()
+        .find(|r| r["endpoint"] == "/v1/embeddings" && r["status"] == 200)
+        .unwrap();
+    assert!(
+        embedded["tokens"]["input"].as_u64().unwrap() > 0,
+        "{embedded}"
+    );
+    assert_eq!(embedded["backends"], json!(["echo"]), "{embedded}");
+}
+
 #[tokio::test]
 async fn force_local_never_sends_upstream_and_says_so_without_a_local_model() {
     let h = start("").await;
@@ -440,6 +637,23 @@ async fn the_audit_log_of_real_requests_verifies_and_names_each_kind_of_tamperin
 }
 
 /// A fresh directory under the system temp dir.
+/// The audit log under `dir`, checked intact with `count` records: its text, and its records in
+/// order.
+fn audit_log(dir: &Path, count: u64) -> (String, Vec<Value>) {
+    let files = audit_files(dir);
+    assert_eq!(verify(&files).unwrap().records, count);
+    let all: String = files
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect();
+    let mut records: Vec<Value> = all
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    records.sort_by_key(|r| r["seq"].as_u64());
+    (all, records)
+}
+
 fn tempfile_dir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "tandem-audit-{}-{}",

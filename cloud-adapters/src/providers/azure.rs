@@ -149,4 +149,14 @@ impl Provider for Azure {
     ) -> Result<ByteStream, ProviderError> {
         self.pick(model)?.forward_stream(api, model, body).await
     }
+
+    async fn fetch(
+        &self,
+        api: Api,
+        model: &str,
+        method: ::http::Method,
+        path: &str,
+    ) -> Result<Bytes, ProviderError> {
+        self.pick(model)?.fetch(api, model, method, path).await
+    }
 }

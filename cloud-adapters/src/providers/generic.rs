@@ -167,6 +167,33 @@ impl<C: Codec> HttpProvider<C> {
         Ok(self.post(url, body, stream))
     }
 
+    /// The URL of `path` under `api`'s (its query after the API's own, as Azure's carries
+    /// `api-version`).
+    fn api_sub_url(&self, api: Api, path: &str) -> Result<Uri, ProviderError> {
+        let index = Api::ALL.iter().position(|a| *a == api).unwrap_or(0);
+        let url = self.api_urls[index]
+            .as_ref()
+            .ok_or_else(|| self.no_api(api))?;
+        let (path, query) = path.split_once('?').unwrap_or((path, ""));
+        let mut joined = format!(
+            "{}://{}{}{path}",
+            url.scheme_str().unwrap_or("http"),
+            url.authority().map_or("", |a| a.as_str()),
+            url.path()
+        );
+        let queries: Vec<&str> = [url.query().unwrap_or(""), query]
+            .into_iter()
+            .filter(|q| !q.is_empty())
+            .collect();
+        if !queries.is_empty() {
+            joined.push('?');
+            joined.push_str(&queries.join("&"));
+        }
+        endpoint(&self.name, joined).map_err(|e| {
+            ProviderError::new(ProviderErrorKind::Unsupported, &*self.name, e.to_string())
+        })
+    }
+
     /// Sends `request` and reads the whole answer's body.
     async fn answer(&self, request: RequestBuilder<'_>) -> Result<Bytes, ProviderError> {
         let response = http::send(request, &self.name, |status, body, provider| {
@@ -255,5 +282,17 @@ impl<C: Codec> Provider for HttpProvider<C> {
         })
         .await?;
         Ok(http::body_stream(response, &self.name))
+    }
+
+    async fn fetch(
+        &self,
+        api: Api,
+        _model: &str,
+        method: ::http::Method,
+        path: &str,
+    ) -> Result<Bytes, ProviderError> {
+        let url = self.api_sub_url(api, path)?;
+        self.answer(self.client.request(method, url).headers(&self.headers))
+            .await
     }
 }

@@ -21,7 +21,8 @@ pub enum Flavour {
     /// `{base_url}/chat/completions`, `Authorization: Bearer {key}`.
     #[default]
     OpenAi,
-    /// `{base_url}/openai/deployments/{deployment}/chat/completions?api-version={api_version}`,
+    /// `{base_url}/openai/deployments/{deployment}/chat/completions?api-version={api_version}`
+    /// (and the other APIs beside it, but the Responses API: `{base_url}/openai/v1/responses`),
     /// `api-key: {key}`.
     Azure {
         /// The deployment name.
@@ -113,7 +114,12 @@ impl Codec for OpenAiCodec {
     fn api_url(&self, base: &str, api: Api) -> Option<String> {
         match api {
             Api::Embeddings => Some(self.url(base, "embeddings")),
-            Api::Responses => Some(self.url(base, "responses")),
+            Api::Responses => Some(match &self.flavour {
+                Flavour::OpenAi => format!("{base}/responses"),
+                // Azure serves the Responses API only on its v1 API: no deployment in the path
+                // (the body's `model` names it) and no `api-version`.
+                Flavour::Azure { .. } => format!("{base}/openai/v1/responses"),
+            }),
             Api::CountTokens => None,
         }
     }

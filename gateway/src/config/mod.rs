@@ -229,6 +229,9 @@ pub struct RouteConfig {
     pub cache: Option<CacheRule>,
     /// What happens when the detectors find sensitive data; `[privacy] default` when None.
     pub privacy: Option<PrivacyAction>,
+    /// The model's context window as configured (`routes.X.context_length`); `/v1/models`
+    /// reports it, or the local model's own on a route of the local model alone.
+    pub context_length: Option<u64>,
 }
 
 /// How a route caches answers (`[routes."MODEL".cache]`).
@@ -263,6 +266,7 @@ impl RouteConfig {
             reference: None,
             cache: None,
             privacy: None,
+            context_length: None,
         }
     }
 }
@@ -641,6 +645,12 @@ impl Config {
                 .as_deref()
                 .map(|p| PrivacyAction::parse(p, &format!("routes.{model}.privacy")))
                 .transpose()?;
+            if r.context_length == Some(0) {
+                return Err(invalid(
+                    format!("routes.{model}.context_length"),
+                    "must be at least 1 token",
+                ));
+            }
             routes.insert(
                 model,
                 RouteConfig {
@@ -654,6 +664,7 @@ impl Config {
                     reference,
                     cache,
                     privacy,
+                    context_length: r.context_length,
                 },
             );
         }
@@ -1679,6 +1690,27 @@ mod tests {
         let env = MapEnv::from_pairs([("TANDEM__OBSERVABILITY__COST_HEADER", "true")]);
         let cfg = Config::default_local_with(&env).unwrap();
         assert!(cfg.observability.cost_header);
+    }
+
+    #[test]
+    fn a_route_context_length_is_read_and_checked() {
+        let route = |line: &str| {
+            format!(
+                "[backends.o]\nkind = \"openai\"\napi_key_env = \"K\"\n[routes.m]\nbackends = [\"o\"]\n{line}\n"
+            )
+        };
+        let env = MapEnv::from_pairs([("K", "k")]);
+        let c = Config::from_toml_str(&route("context_length = 128000"), &env).unwrap();
+        assert_eq!(c.routes["m"].context_length, Some(128000));
+        assert_eq!(
+            Config::from_toml_str(&route(""), &env).unwrap().routes["m"].context_length,
+            None
+        );
+        let e = Config::from_toml_str(&route("context_length = 0"), &env)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.starts_with("routes.m.context_length:"), "{e}");
     }
 
     #[test]

@@ -258,6 +258,9 @@ pub struct RawRoute {
     pub cache: Option<RawRouteCache>,
     /// `off`, `redact`, `block` or `force-local` when the detectors find sensitive data.
     pub privacy: Option<String>,
+    /// The model's context window in tokens, as `/v1/models` reports it (a cloud model's is
+    /// the provider's to know).
+    pub context_length: Option<u64>,
 }
 
 /// `[routes."MODEL".cache]`.

@@ -220,6 +220,20 @@ impl Executor for CloudExecutor {
         .map_err(|e| self.api_error(api, e))
     }
 
+    async fn fetch(
+        &self,
+        api: Api,
+        model: &str,
+        method: http::Method,
+        path: &str,
+    ) -> Result<Bytes, Error> {
+        let model = self.config.upstream_model(model);
+        self.provider
+            .fetch(api, model, method, path)
+            .await
+            .map_err(|e| self.api_error(api, e))
+    }
+
     fn passes_through(&self, api: Api) -> bool {
         api == Api::Responses && self.provider.capabilities().responses_api
     }

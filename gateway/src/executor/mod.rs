@@ -86,6 +86,21 @@ pub trait Executor: Send + Sync {
         Err(no_api(self.backend(), api))
     }
 
+    /// Reads or deletes (`method`) what this backend's upstream `api` keeps at `path` under
+    /// that API's URL (a response OpenAI stored: `/resp_1`, `/resp_1/input_items`), for model
+    /// `model` (the client's id): the answer as it came. Backends without that API answer
+    /// [`Error::Unsupported`].
+    async fn fetch(
+        &self,
+        api: Api,
+        model: &str,
+        method: http::Method,
+        path: &str,
+    ) -> Result<Bytes, Error> {
+        let _ = (model, method, path);
+        Err(no_api(self.backend(), api))
+    }
+
     /// Whether this backend takes a request for `api` in the client's own body, as it came
     /// (OpenAI's own Responses API), rather than translated to chat.
     fn passes_through(&self, api: Api) -> bool {

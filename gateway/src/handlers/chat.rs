@@ -179,7 +179,12 @@ fn validate(chat: ChatRequest) -> Result<ChatRequest, Error> {
 }
 
 /// Writes a request's audit record when the audit log is on.
-fn write_audit(state: &AppState, audit: &PendingAudit, usage: Option<&Usage>, cost: f64) {
+pub(crate) fn write_audit(
+    state: &AppState,
+    audit: &PendingAudit,
+    usage: Option<&Usage>,
+    cost: f64,
+) {
     if let Some(log) = &state.audit {
         audit.write(log, usage, cost);
     }
@@ -294,8 +299,9 @@ impl Encoder {
     }
 }
 
-/// Records a stream's usage when it ends or is dropped (client gone).
-struct StreamAccounting {
+/// Records a stream's usage when it ends or is dropped (client gone): the one accounting of
+/// every streamed answer, encoded here or passed on as an upstream sent it.
+pub(crate) struct StreamAccounting {
     state: Arc<AppState>,
     /// The model id the client asked for.
     route: String,
@@ -311,7 +317,36 @@ struct StreamAccounting {
 }
 
 impl StreamAccounting {
-    fn first_token(&mut self) {
+    /// The accounting of a stream from `backend` on route `route` (the model id asked for).
+    pub(crate) fn new(
+        state: Arc<AppState>,
+        (route, backend): (String, String),
+        (meter, ticket, audit): (
+            Option<Arc<RequestMeter>>,
+            Option<Ticket>,
+            Option<PendingAudit>,
+        ),
+    ) -> Self {
+        Self {
+            state,
+            route,
+            backend,
+            usage: None,
+            started: StdInstant::now(),
+            first_token_seen: false,
+            meter,
+            ticket,
+            audit,
+        }
+    }
+
+    /// The stream's usage as the backend reported it (the last report counts).
+    pub(crate) fn note_usage(&mut self, usage: Usage) {
+        self.usage = Some(usage);
+    }
+
+    /// Notes the first content (once): the first-token metric and the meter.
+    pub(crate) fn first_token(&mut self) {
         if !self.first_token_seen {
             self.first_token_seen = true;
             self.state
@@ -378,7 +413,7 @@ pub(crate) fn encoded_sse_body(
 }
 
 /// [`encoded_sse_body`], writing `audit` with the stream's tokens when it ends.
-fn sse_stream_body(
+pub(crate) fn sse_stream_body(
     state: Arc<AppState>,
     events: EventStream,
     encoder: Encoder,
@@ -396,17 +431,7 @@ fn sse_stream_body(
         held: BytesMut::new(),
         finished: false,
         done: false,
-        accounting: StreamAccounting {
-            state,
-            route,
-            backend,
-            usage: None,
-            started: StdInstant::now(),
-            first_token_seen: false,
-            meter,
-            ticket,
-            audit,
-        },
+        accounting: StreamAccounting::new(state, (route, backend), (meter, ticket, audit)),
     };
     let frames = futures::stream::unfold(stream, move |mut s| async move {
         loop {
@@ -422,7 +447,7 @@ fn sse_stream_body(
                 }
                 Some(event) => {
                     match &event {
-                        ChatEvent::Usage(u) => s.accounting.usage = Some(*u),
+                        ChatEvent::Usage(u) => s.accounting.note_usage(*u),
                         ChatEvent::Finish { .. } => s.finished = true,
                         ChatEvent::Error(_) => s.done = true,
                         ChatEvent::TextDelta { text, .. } => {

@@ -12,7 +12,9 @@ use http::HeaderValue;
 use serde_json::{Value, json};
 use tandem_cloud_adapters::anthropic;
 
+use super::chat::write_audit;
 use super::{finish_response, json_response, read_body, request_id, wire_error};
+use crate::audit::PendingAudit;
 use crate::dispatch::run_count_tokens;
 use crate::error::{ApiFlavor, Error};
 use crate::executor::CountSource;
@@ -51,10 +53,17 @@ pub async fn count_tokens(State(state): State<Arc<AppState>>, request: Request) 
     let decoded = decoded.and_then(|(r, body)| {
         RequestHints::from_parts(id.0.clone(), &parts).map(|hints| (r, body, hints))
     });
+    let mut audit = PendingAudit::arriving(&parts, id.0.clone(), "/v1/messages/count_tokens");
     let (chat, body, hints) = match decoded {
         Ok(d) => d,
-        Err(e) => return e.into_response_for(ApiFlavor::Anthropic),
+        Err(e) => {
+            let response = e.into_response_for(ApiFlavor::Anthropic);
+            audit.status = response.status().as_u16();
+            write_audit(&state, &audit, None, 0.0);
+            return response;
+        }
     };
+    audit.model = chat.model.clone();
     let (result, route) = run_count_tokens(&state, &chat, &body, &hints).await;
     let mut response = match result {
         Ok(count) => {
@@ -71,6 +80,10 @@ pub async fn count_tokens(State(state): State<Arc<AppState>>, request: Request) 
         }
         Err(e) => e.into_response_for(ApiFlavor::Anthropic),
     };
+    // Counting sends the messages upstream on an Anthropic route: audited like an answer.
+    audit.status = response.status().as_u16();
+    audit.route = route.audited();
+    write_audit(&state, &audit, None, 0.0);
     finish_response(&state, &mut response, &id, &route, chat.model, false);
     response
 }

@@ -8,12 +8,14 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::response::Response;
 use tandem_cloud_adapters::openai::{
-    decode_embeddings_request, embeddings_prompt_tokens, encode_embeddings_response,
+    EmbeddingInput, EmbeddingsRequest, decode_embeddings_request, embeddings_prompt_tokens,
+    encode_embeddings_response,
 };
-use tandem_cloud_adapters::{Api, Usage};
+use tandem_cloud_adapters::{Api, ChatRequest, Message, Role, Usage};
 
-use super::chat::record_usage;
+use super::chat::{record_usage, write_audit};
 use super::{finish_response, json_bytes_response, read_body, request_id, wire_error};
+use crate::audit::PendingAudit;
 use crate::dispatch::{RouteInfo, run_forward};
 use crate::error::{ApiFlavor, Error};
 use crate::executor::Forwarded;
@@ -31,11 +33,18 @@ pub async fn embeddings(State(state): State<Arc<AppState>>, request: Request) ->
     };
     let decoded = decoded
         .and_then(|r| RequestHints::from_parts(id.0.clone(), &parts).map(|hints| (r, hints)));
+    let mut audit = PendingAudit::arriving(&parts, id.0.clone(), "/v1/embeddings");
     let (embeddings, hints) = match decoded {
         Ok(d) => d,
-        Err(e) => return e.into_response_for(ApiFlavor::OpenAi),
+        Err(e) => {
+            let response = e.into_response_for(ApiFlavor::OpenAi);
+            audit.status = response.status().as_u16();
+            write_audit(&state, &audit, None, 0.0);
+            return response;
+        }
     };
     let model = embeddings.model.clone();
+    audit.model = model.clone();
     // The local model answers its own id unless a route of that name says otherwise.
     let (result, route) =
         if model == LOCAL_EMBEDDING_MODEL && !state.config.routes.contains_key(&model) {
@@ -59,7 +68,7 @@ pub async fn embeddings(State(state): State<Arc<AppState>>, request: Request) ->
             let (result, route) = run_forward(
                 &state,
                 Api::Embeddings,
-                &model,
+                &text_view(&embeddings),
                 &embeddings.body,
                 false,
                 &hints,
@@ -76,13 +85,26 @@ pub async fn embeddings(State(state): State<Arc<AppState>>, request: Request) ->
             });
             (answer, route)
         };
+    // The privacy step names the inputs as the one message it reads them as.
+    let result = result.map_err(|e| match e {
+        Error::InvalidRequest {
+            message,
+            param: Some(param),
+            code,
+        } if param.starts_with("messages") => Error::InvalidRequest {
+            message: message.replace(&param, "input"),
+            param: Some("input".into()),
+            code,
+        },
+        other => other,
+    });
     let mut response = match result {
         Ok((body, prompt_tokens)) => {
             let usage = Usage {
                 prompt_tokens,
                 ..Usage::default()
             };
-            record_usage(
+            let cost = record_usage(
                 &state,
                 &model,
                 &route.backend,
@@ -90,11 +112,34 @@ pub async fn embeddings(State(state): State<Arc<AppState>>, request: Request) ->
                 hints.meter.as_deref(),
                 hints.ticket.as_ref(),
             );
-            json_bytes_response(body)
+            let response = json_bytes_response(body);
+            audit.status = response.status().as_u16();
+            audit.route = route.audited();
+            write_audit(&state, &audit, Some(&usage), cost);
+            response
         }
-        Err(e) => e.into_response_for(ApiFlavor::OpenAi),
+        Err(e) => {
+            let response = e.into_response_for(ApiFlavor::OpenAi);
+            audit.status = response.status().as_u16();
+            audit.route = route.audited();
+            write_audit(&state, &audit, None, 0.0);
+            response
+        }
     };
     let answered = response.status().is_success();
     finish_response(&state, &mut response, &id, &route, model, answered);
     response
+}
+
+/// The inputs' text as one user turn, for the privacy step (token ids carry no text it reads).
+fn text_view(r: &EmbeddingsRequest) -> ChatRequest {
+    let text = match &r.input {
+        EmbeddingInput::Texts(texts) => texts.join("\n"),
+        EmbeddingInput::Tokens(_) => String::new(),
+    };
+    ChatRequest {
+        model: r.model.clone(),
+        messages: vec![Message::text(Role::User, text)],
+        ..ChatRequest::default()
+    }
 }

@@ -17,8 +17,9 @@ use crate::executor::embeddings::{
 use crate::state::AppState;
 use tandem_router_policy::Feedback;
 
-/// `GET /v1/models`: every routed model id and the local embeddings model, each with its owner
-/// (the route's first backend), its backends and what it can do.
+/// `GET /v1/models`: every routed model id, the local embeddings model and the code model's
+/// names (`[ide]`), each with its owner (the route's first backend), its backends and what it
+/// can do.
 pub async fn models(State(state): State<Arc<AppState>>) -> Response {
     let created = tandem_cloud_adapters::unix_now();
     let mut data: Vec<Value> = state
@@ -27,8 +28,17 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Response {
         .keys()
         .filter_map(|id| model_entry(&state, id, created))
         .collect();
-    if !state.config.routes.contains_key(LOCAL_EMBEDDING_MODEL) {
-        data.extend(model_entry(&state, LOCAL_EMBEDDING_MODEL, created));
+    let others = std::iter::once(LOCAL_EMBEDDING_MODEL).chain(
+        state
+            .config
+            .ide
+            .iter()
+            .flat_map(|ide| ide.aliases.iter().map(String::as_str)),
+    );
+    for id in others {
+        if !state.config.routes.contains_key(id) {
+            data.extend(model_entry(&state, id, created));
+        }
     }
     json_response(&json!({"object": "list", "data": data}))
 }
@@ -42,18 +52,36 @@ pub async fn model(State(state): State<Arc<AppState>>, Path(id): Path<String>) -
 }
 
 /// A model's entry: OpenAI's fields, then the route's backends, the context length where it is
-/// known (the local model's own; a cloud model's is the provider's to say) and its
+/// known (`routes.X.context_length`, else the local model's own on a route of it alone; a cloud
+/// model's is the provider's to say, so null unless configured) and its
 /// capabilities: chat, tools (a cloud backend calls them; the local model does not), vision,
 /// fill in the middle (the local model's `suffix`), embeddings.
 fn model_entry(state: &AppState, id: &str, created: u64) -> Option<Value> {
     let Some(route) = state.config.routes.get(id) else {
-        return (id == LOCAL_EMBEDDING_MODEL).then(|| {
+        if id == LOCAL_EMBEDDING_MODEL {
+            return Some(
+                json!({"id": id, "object": "model", "created": created, "owned_by": "tandem",
+                       "backends": [], "context_length": LOCAL_EMBEDDING_MAX_TOKENS,
+                       "dimensions": LOCAL_EMBEDDING_DIM,
+                       "capabilities": {"chat": false, "tools": false, "vision": false,
+                                        "fim": false, "embeddings": true}}),
+            );
+        }
+        // The code model: fill in the middle on `/v1/completions` and `/infill`, no chat; its
+        // context length once it has loaded.
+        state.config.ide.as_ref().filter(|ide| ide.is_named(id))?;
+        let context_length = state
+            .ide
+            .as_ref()
+            .and_then(|m| m.engine().ok())
+            .map(|e| e.info().context_length as u64);
+        return Some(
             json!({"id": id, "object": "model", "created": created, "owned_by": "tandem",
-                   "backends": [], "context_length": LOCAL_EMBEDDING_MAX_TOKENS,
-                   "dimensions": LOCAL_EMBEDDING_DIM,
-                   "capabilities": {"chat": false, "tools": false, "vision": false,
-                                    "fim": false, "embeddings": true}})
-        });
+                           "backends": [crate::dispatch::CODE_BACKEND],
+                           "context_length": context_length,
+                           "capabilities": {"chat": false, "tools": false, "vision": false,
+                                            "fim": true, "embeddings": false}}),
+        );
     };
     let kinds: Vec<BackendKind> = route
         .backends
@@ -73,7 +101,8 @@ fn model_entry(state: &AppState, id: &str, created: u64) -> Option<Value> {
         )
     });
     let context_length = match (&state.local, local && !cloud) {
-        (Some(model), true) => model.engine().ok().map(|e| e.info().context_length),
+        _ if route.context_length.is_some() => route.context_length,
+        (Some(model), true) => model.engine().ok().map(|e| e.info().context_length as u64),
         _ => None,
     };
     Some(json!({

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, Query, RawQuery, Request, State};
 use axum::response::Response;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -14,21 +14,25 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tandem_cloud_adapters::openai::{
     ResponseHead, ResponsesEncoder, ResponsesRequest, decode_responses_request, encode_response,
+    usage_from_json,
 };
 use tandem_cloud_adapters::{ByteStream, Message, Usage, sse};
 
-use super::chat::{Encoder, ResponseHook, encoded_sse_body, record_usage};
+use super::chat::{
+    Encoder, ResponseHook, StreamAccounting, record_usage, sse_stream_body, write_audit,
+};
 use super::{
     finish_response, json_bytes_response, json_response, read_body, request_id, sse_response,
     wire_error,
 };
+use crate::audit::PendingAudit;
 use crate::context::FirstTokenDeadline;
 use crate::dispatch::{NativeResponses, ResponsesOutput, run_responses};
 use crate::error::{ApiFlavor, Error};
 use crate::executor::Forwarded;
 use crate::routing::RequestHints;
 use crate::state::AppState;
-use crate::stored_responses::{self, StoredResponse, output_message};
+use crate::stored_responses::{self, HeldUpstream, StoredResponse, output_message};
 
 /// `POST /v1/responses`.
 pub async fn create(State(state): State<Arc<AppState>>, request: Request) -> Response {
@@ -40,30 +44,45 @@ pub async fn create(State(state): State<Arc<AppState>>, request: Request) -> Res
     };
     let decoded = decoded
         .and_then(|r| RequestHints::from_parts(id.0.clone(), &parts).map(|hints| (r, hints)));
+    let mut audit = PendingAudit::arriving(&parts, id.0.clone(), "/v1/responses");
     let (request, hints) = match decoded {
         Ok(d) => d,
-        Err(e) => return e.into_response_for(ApiFlavor::OpenAi),
+        Err(e) => {
+            let response = e.into_response_for(ApiFlavor::OpenAi);
+            audit.status = response.status().as_u16();
+            write_audit(&state, &audit, None, 0.0);
+            return response;
+        }
     };
     let model = request.chat.model.clone();
+    audit.model = model.clone();
     let deadline = parts.extensions.get::<FirstTokenDeadline>().copied();
-    let (result, route) = answer(&state, request, &hints, deadline, &model).await;
+    let (result, route) = answer(&state, request, &hints, deadline, &audit).await;
     let mut response = match result {
         Ok(response) => response,
         Err(e) => in_responses_terms(e).into_response_for(ApiFlavor::OpenAi),
     };
     let answered = response.status().is_success();
+    // An answer's record is written with its tokens (a stream's when it ends); a refusal's here.
+    if !answered {
+        audit.status = response.status().as_u16();
+        audit.route = route.audited();
+        write_audit(&state, &audit, None, 0.0);
+    }
     finish_response(&state, &mut response, &id, &route, model, answered);
     response
 }
 
-/// Runs a decoded request: its previous response's conversation first, then dispatch.
+/// Runs a decoded request: its previous response's conversation first, then dispatch; an
+/// answer's audit record (`audit`, as it arrived) is written with its tokens.
 async fn answer(
     state: &Arc<AppState>,
     request: ResponsesRequest,
     hints: &RequestHints,
     deadline: Option<FirstTokenDeadline>,
-    model: &str,
+    audit: &PendingAudit,
 ) -> (Result<Response, Error>, crate::dispatch::RouteInfo) {
+    let model = audit.model.as_str();
     let no_route = |e: Error| {
         let route = crate::dispatch::RouteInfo::unrouted("no route");
         (Err(e), route)
@@ -84,7 +103,22 @@ async fn answer(
         },
     };
     let continues_ours = previous.is_some();
-    let mut conversation = previous.map(|p| p.conversation).unwrap_or_default();
+    // The items of the whole conversation: those of the responses it continues (their inputs
+    // and outputs), then this request's.
+    let mut input_items = Vec::new();
+    let mut conversation = Vec::new();
+    if let Some(p) = previous {
+        input_items = p.input_items;
+        input_items.extend(
+            p.response["output"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .cloned(),
+        );
+        conversation = p.conversation;
+    }
+    input_items.extend(request.input_items.iter().cloned());
     let chat = request.chat_request(&conversation);
     conversation.extend(request.chat.messages.iter().cloned());
     let native = NativeResponses {
@@ -94,15 +128,27 @@ async fn answer(
     };
     let head = ResponseHead::new(model, echo(&request));
     let (result, route) = run_responses(state, chat, native, hints, deadline).await;
+    let mut audit = audit.clone();
+    audit.status = 200;
+    audit.route = route.audited();
     let keep = request.store.then(|| Kept {
         state: state.clone(),
-        input_items: request.input_items.clone(),
+        input_items,
         conversation,
     });
-    // A whole answer is stored before it is sent, so a follow-up can name it at once.
+    // Where OpenAI's own Responses API keeps what it answers, for the stored-response calls.
+    let held = request.store.then(|| Held {
+        state: state.clone(),
+        upstream: HeldUpstream {
+            backend: route.backend.clone(),
+            model: model.to_owned(),
+        },
+    });
+    // A whole answer is stored (or where it is kept noted) before it is sent, so a follow-up
+    // can name it at once.
     let (result, keep) = match result {
         Ok(ResponsesOutput::Whole(answer)) => {
-            record_usage(
+            let cost = record_usage(
                 state,
                 model,
                 &route.backend,
@@ -110,17 +156,33 @@ async fn answer(
                 hints.meter.as_deref(),
                 hints.ticket.as_ref(),
             );
+            write_audit(state, &audit, Some(&answer.usage), cost);
             let value = encode_response(&head, &answer);
             if let Some(keep) = keep {
                 keep.save_now(value.clone()).await;
             }
             return (Ok(json_response(&value)), route);
         }
+        Ok(ResponsesOutput::Passed(Forwarded::Whole(body))) => {
+            let usage = passed_usage(&body);
+            let cost = record_usage(
+                state,
+                model,
+                &route.backend,
+                &usage,
+                hints.meter.as_deref(),
+                hints.ticket.as_ref(),
+            );
+            write_audit(state, &audit, Some(&usage), cost);
+            if let Some(held) = held {
+                held.note_now(&serde_json::from_slice(&body).unwrap_or_default())
+                    .await;
+            }
+            return (Ok(json_bytes_response(body)), route);
+        }
         other => (other, keep),
     };
     let response = result.map(|output| match output {
-        ResponsesOutput::Whole(_) => Error::Internal("a whole answer was answered above".into())
-            .into_response_for(ApiFlavor::OpenAi),
         ResponsesOutput::Events(events) => {
             let hook = keep.map(|keep| {
                 Box::new(move |encoder: &ResponsesEncoder| {
@@ -130,30 +192,26 @@ async fn answer(
                 }) as ResponseHook
             });
             let encoder = Encoder::Responses(ResponsesEncoder::new(head), hook);
-            let body = encoded_sse_body(
+            let body = sse_stream_body(
                 state.clone(),
                 events,
                 encoder,
-                model.to_owned(),
-                route.backend.clone(),
-                hints.meter.clone(),
-                hints.ticket.clone(),
+                (model.to_owned(), route.backend.clone()),
+                (hints.meter.clone(), hints.ticket.clone(), Some(audit)),
             );
             sse_response(body)
         }
-        ResponsesOutput::Passed(Forwarded::Whole(body)) => {
-            record_usage(
-                state,
-                model,
-                &route.backend,
-                &passed_usage(&body),
-                hints.meter.as_deref(),
-                hints.ticket.as_ref(),
-            );
-            json_bytes_response(body)
+        ResponsesOutput::Whole(_) | ResponsesOutput::Passed(Forwarded::Whole(_)) => {
+            Error::Internal("a whole answer was answered above".into())
+                .into_response_for(ApiFlavor::OpenAi)
         }
         ResponsesOutput::Passed(Forwarded::Stream(bytes)) => {
-            sse_response(Body::from_stream(never_silent(bytes)))
+            let accounting = StreamAccounting::new(
+                state.clone(),
+                (model.to_owned(), route.backend.clone()),
+                (hints.meter.clone(), hints.ticket.clone(), Some(audit)),
+            );
+            sse_response(Body::from_stream(never_silent(bytes, accounting, held)))
         }
     });
     (response, route)
@@ -229,7 +287,8 @@ fn in_responses_terms(e: Error) -> Error {
         let renamed = match param {
             "response_format" => "text.format",
             "max_tokens" => "max_output_tokens",
-            "messages" => "input",
+            // A message's index counts instructions and earlier turns: the input is named.
+            p if p == "messages" || p.starts_with("messages[") => "input",
             _ => return None,
         };
         Some(renamed.to_owned())
@@ -246,10 +305,17 @@ fn in_responses_terms(e: Error) -> Error {
             message,
             param: Some(param),
             code,
-        } => Error::InvalidRequest {
-            param: Some(rename(&param).unwrap_or(param)),
-            message,
-            code,
+        } => match rename(&param) {
+            Some(p) => Error::InvalidRequest {
+                message: message.replace(&param, &p),
+                param: Some(p),
+                code,
+            },
+            None => Error::InvalidRequest {
+                message,
+                param: Some(param),
+                code,
+            },
         },
         other => other,
     }
@@ -258,35 +324,22 @@ fn in_responses_terms(e: Error) -> Error {
 /// The usage of a `response` object passed on from OpenAI.
 fn passed_usage(body: &[u8]) -> Usage {
     let v: Value = serde_json::from_slice(body).unwrap_or_default();
-    let n = |v: &Value| v.as_u64().unwrap_or(0);
-    let u = &v["usage"];
-    Usage {
-        prompt_tokens: n(&u["input_tokens"]),
-        completion_tokens: n(&u["output_tokens"]),
-        cached_prompt_tokens: n(&u["input_tokens_details"]["cached_tokens"]),
-        reasoning_tokens: n(&u["output_tokens_details"]["reasoning_tokens"]),
-        ..Usage::default()
-    }
+    usage_from_json(&v["usage"])
 }
 
-/// An upstream Responses stream passed on as it came; a cut (an error, or an end before a
-/// terminal event) ends with an `error` event.
-fn never_silent(bytes: ByteStream) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
-    struct Watch {
-        bytes: ByteStream,
-        tail: Vec<u8>,
-        ended: bool,
-        done: bool,
-    }
-    const TERMINAL: [&[u8]; 4] = [
-        b"response.completed",
-        b"response.failed",
-        b"response.incomplete",
-        b"event: error",
-    ];
-    let watch = Watch {
+/// An upstream Responses stream passed on as it came, read on the way for its accounting (the
+/// first text or arguments delta, and the usage of its final `response`, charged like any
+/// stream's); a cut (an error, or an end before a terminal event) ends with an `error` event.
+fn never_silent(
+    bytes: ByteStream,
+    accounting: StreamAccounting,
+    held: Option<Held>,
+) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
+    let watch = Passed {
         bytes,
-        tail: Vec::new(),
+        parser: sse::SseParser::new(),
+        accounting,
+        held,
         ended: false,
         done: false,
     };
@@ -296,15 +349,9 @@ fn never_silent(bytes: ByteStream) -> impl futures::Stream<Item = Result<Bytes, 
         }
         match w.bytes.next().await {
             Some(Ok(chunk)) => {
-                // The chunk with the end of the last one, so a marker split between them counts.
-                let keep = w.tail.len().saturating_sub(32);
-                w.tail.drain(..keep);
-                w.tail.extend_from_slice(&chunk);
-                if TERMINAL
-                    .iter()
-                    .any(|t| w.tail.windows(t.len()).any(|win| win == *t))
-                {
-                    w.ended = true;
+                w.parser.push(&chunk);
+                while let Some(event) = w.parser.next_event() {
+                    w.read(&event);
                 }
                 Some((Ok(chunk), w))
             }
@@ -320,29 +367,155 @@ fn never_silent(bytes: ByteStream) -> impl futures::Stream<Item = Result<Bytes, 
     })
 }
 
+/// A passed-on Responses stream as it goes by.
+struct Passed {
+    bytes: ByteStream,
+    parser: sse::SseParser,
+    /// Charged when the stream ends or is dropped.
+    accounting: StreamAccounting,
+    /// Noted once `response.created` names the response.
+    held: Option<Held>,
+    /// A terminal event went by.
+    ended: bool,
+    done: bool,
+}
+
+impl Passed {
+    /// Notes what `event` means for the accounting and whether the stream has ended.
+    fn read(&mut self, event: &sse::SseEvent) {
+        let mut data = None;
+        let json = || -> Value { serde_json::from_str(&event.data).unwrap_or_default() };
+        // OpenAI names each event; its `type` says the same where a server does not.
+        let kind = match &event.event {
+            Some(kind) => kind.clone(),
+            None => {
+                let v = json();
+                let kind = v["type"].as_str().unwrap_or_default().to_owned();
+                data = Some(v);
+                kind
+            }
+        };
+        match kind.as_str() {
+            "response.output_text.delta" | "response.function_call_arguments.delta" => {
+                self.accounting.first_token();
+            }
+            "response.completed" | "response.failed" | "response.incomplete" => {
+                let v = data.unwrap_or_else(json);
+                let usage = &v["response"]["usage"];
+                if usage.is_object() {
+                    self.accounting.note_usage(usage_from_json(usage));
+                }
+                self.ended = true;
+            }
+            "error" => self.ended = true,
+            "response.created" => {
+                if let Some(held) = self.held.take() {
+                    held.note(&data.unwrap_or_else(json)["response"]);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The upstream that answered a passed-through request, to note for a response it keeps.
+struct Held {
+    state: Arc<AppState>,
+    upstream: HeldUpstream,
+}
+
+impl Held {
+    /// [`Held::note_now`] in the background (a stream goes on meanwhile).
+    fn note(self, response: &Value) {
+        let response = json!({"id": response["id"], "store": response["store"]});
+        tokio::spawn(async move { self.note_now(&response).await });
+    }
+
+    /// Notes where `response` is kept, unless the client asked OpenAI not to store it; a
+    /// failure is logged (the answer stands without it).
+    async fn note_now(self, response: &Value) {
+        let Some(id) = response["id"].as_str() else {
+            return;
+        };
+        if response["store"] == false {
+            return;
+        }
+        if let Err(e) =
+            stored_responses::note_upstream(&*self.state.store, id, &self.upstream).await
+        {
+            tracing::warn!(error = %e, "cannot note where a response is kept");
+        }
+    }
+}
+
+/// The answer of the upstream that keeps response `id` (OpenAI's own Responses API) to
+/// `method` on `path` under its Responses URL, as it came; None when no upstream keeps it.
+async fn from_upstream(
+    state: &AppState,
+    id: &str,
+    method: http::Method,
+    path: &str,
+) -> Result<Option<Response>, Error> {
+    let Some(held) = stored_responses::upstream(&*state.store, id).await? else {
+        return Ok(None);
+    };
+    let Some(executor) = state.executors.get(&held.backend) else {
+        return Ok(None);
+    };
+    let body = executor
+        .fetch(
+            tandem_cloud_adapters::Api::Responses,
+            &held.model,
+            method,
+            path,
+        )
+        .await?;
+    Ok(Some(json_bytes_response(body)))
+}
+
 fn cut_event(message: &str) -> Bytes {
     let data = json!({"type": "error", "code": "stream_cut", "message": message, "param": null});
     sse::encode_event(Some("error"), &data.to_string())
 }
 
-/// `GET /v1/responses/{id}`.
+/// `GET /v1/responses/{id}`: one kept here, or asked of OpenAI's own API that keeps it.
 pub async fn get(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    match stored(&state, &id).await {
-        Ok(s) => json_response(&s.response),
-        Err(e) => e.into_response_for(ApiFlavor::OpenAi),
-    }
+    let answer = async {
+        if let Some(s) = stored_responses::load(&*state.store, &id).await? {
+            return Ok(json_response(&s.response));
+        }
+        from_upstream(&state, &id, http::Method::GET, &format!("/{id}"))
+            .await?
+            .ok_or_else(|| not_found(&id))
+    };
+    answer
+        .await
+        .unwrap_or_else(|e| e.into_response_for(ApiFlavor::OpenAi))
 }
 
-/// `DELETE /v1/responses/{id}`.
+/// `DELETE /v1/responses/{id}`: here, or on OpenAI's own API that keeps it.
 pub async fn delete(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    match stored_responses::delete(&*state.store, &id).await {
-        Ok(true) => {
-            json_response(&json!({"id": id, "object": "response.deleted", "deleted": true}))
+    let answer = async {
+        if stored_responses::delete(&*state.store, &id).await? {
+            return Ok(json_response(
+                &json!({"id": id, "object": "response.deleted", "deleted": true}),
+            ));
         }
-        Ok(false) => {
-            Error::ResponseNotFound { id, param: None }.into_response_for(ApiFlavor::OpenAi)
-        }
-        Err(e) => e.into_response_for(ApiFlavor::OpenAi),
+        let deleted = from_upstream(&state, &id, http::Method::DELETE, &format!("/{id}"))
+            .await?
+            .ok_or_else(|| not_found(&id))?;
+        stored_responses::forget_upstream(&*state.store, &id).await?;
+        Ok::<_, Error>(deleted)
+    };
+    answer
+        .await
+        .unwrap_or_else(|e| e.into_response_for(ApiFlavor::OpenAi))
+}
+
+fn not_found(id: &str) -> Error {
+    Error::ResponseNotFound {
+        id: id.to_owned(),
+        param: None,
     }
 }
 
@@ -357,14 +530,22 @@ pub struct ItemsQuery {
     after: Option<String>,
 }
 
-/// `GET /v1/responses/{id}/input_items`.
+/// `GET /v1/responses/{id}/input_items` (of a response OpenAI's own API keeps: its page, the
+/// query passed on).
 pub async fn input_items(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
     Query(query): Query<ItemsQuery>,
+    RawQuery(raw): RawQuery,
 ) -> Response {
     let page = async {
-        let stored = stored(&state, &id).await?;
+        let Some(stored) = stored_responses::load(&*state.store, &id).await? else {
+            let query = raw.map(|q| format!("?{q}")).unwrap_or_default();
+            let path = format!("/{id}/input_items{query}");
+            return from_upstream(&state, &id, http::Method::GET, &path)
+                .await?
+                .ok_or_else(|| not_found(&id));
+        };
         let limit = query.limit.unwrap_or(20);
         if !(1..=100).contains(&limit) {
             return Err(Error::invalid(
@@ -392,23 +573,11 @@ pub async fn input_items(
         }
         let has_more = items.len() > limit;
         items.truncate(limit);
-        Ok(json!({"object": "list", "data": items,
+        Ok(json_response(&json!({"object": "list", "data": items,
                   "first_id": items.first().map(|i| i["id"].clone()),
                   "last_id": items.last().map(|i| i["id"].clone()),
-                  "has_more": has_more}))
+                  "has_more": has_more})))
     }
     .await;
-    match page {
-        Ok(v) => json_response(&v),
-        Err(e) => e.into_response_for(ApiFlavor::OpenAi),
-    }
-}
-
-async fn stored(state: &AppState, id: &str) -> Result<StoredResponse, Error> {
-    stored_responses::load(&*state.store, id)
-        .await?
-        .ok_or_else(|| Error::ResponseNotFound {
-            id: id.to_owned(),
-            param: None,
-        })
+    page.unwrap_or_else(|e| e.into_response_for(ApiFlavor::OpenAi))
 }

@@ -33,7 +33,9 @@ pub use error::{error_body, error_body_bytes, parse_error_body};
 pub use ingress::decode_chat_request;
 pub use parse::{ChunkDecoder, parse_chat_response, parse_finish_reason, pass_chat_response};
 pub use responses::{ResponsesRequest, decode_responses_request, item_id};
-pub use responses_egress::{ResponseHead, ResponsesEncoder, encode_response, usage_json};
+pub use responses_egress::{
+    ResponseHead, ResponsesEncoder, encode_response, usage_from_json, usage_json,
+};
 pub use upstream::{
     ChatCompletionsRequest, StreamOptions, UpstreamContent, UpstreamFunction, UpstreamFunctionCall,
     UpstreamImage, UpstreamMessage, UpstreamPart, UpstreamTool, UpstreamToolCall,

@@ -68,6 +68,19 @@ pub fn usage_json(u: &Usage) -> Value {
     })
 }
 
+/// Usage read from a `response` object's `usage` (as [`usage_json`] writes it, and OpenAI's own
+/// Responses API sends it); missing counts are 0.
+pub fn usage_from_json(usage: &Value) -> Usage {
+    let n = |v: &Value| v.as_u64().unwrap_or(0);
+    Usage {
+        prompt_tokens: n(&usage["input_tokens"]),
+        completion_tokens: n(&usage["output_tokens"]),
+        cached_prompt_tokens: n(&usage["input_tokens_details"]["cached_tokens"]),
+        reasoning_tokens: n(&usage["output_tokens_details"]["reasoning_tokens"]),
+        ..Usage::default()
+    }
+}
+
 /// A response's status and `incomplete_details` for how generation stopped.
 fn status_for(reason: FinishReason) -> (&'static str, Value) {
     match reason {
@@ -488,5 +501,18 @@ mod tests {
         assert_eq!(last["response"]["status"], "failed");
         assert_eq!(all[all.len() - 2]["type"], "error");
         assert_eq!(enc.response().unwrap()["error"]["code"], "stream_cut");
+    }
+
+    #[test]
+    fn usage_reads_back_as_it_is_written() {
+        let u = Usage {
+            prompt_tokens: 1117,
+            completion_tokens: 10,
+            cached_prompt_tokens: 1024,
+            reasoning_tokens: 3,
+            ..Usage::default()
+        };
+        assert_eq!(usage_from_json(&usage_json(&u)), u);
+        assert_eq!(usage_from_json(&Value::Null), Usage::default());
     }
 }
