@@ -292,6 +292,7 @@ pub async fn run(
     };
     let mut cached: Option<usize> = None;
     let mut indent = IndentRule::new(request.n_indent);
+    let mut brackets = BracketRule::default();
     let prompt_deadline = request
         .t_max_prompt_ms
         .map(|ms| tokio::time::Instant::from_std(started) + Duration::from_millis(ms));
@@ -334,7 +335,11 @@ pub async fn run(
                     out.tokens_predicted += 1;
                     let before = out.content.len();
                     out.content.push_str(&text);
-                    if let Some(cut) = indent.check(&out.content) {
+                    let cut = [indent.check(&out.content), brackets.check(&out.content)]
+                        .into_iter()
+                        .flatten()
+                        .min();
+                    if let Some(cut) = cut {
                         out.content.truncate(cut);
                         out.stop_type = Some(StopType::Limit);
                     }
@@ -434,9 +439,73 @@ impl IndentRule {
     }
 }
 
+/// Bracket balance for multi-line completions: a new line of the completion that closes a
+/// bracket the completion's new lines did not open has left the block the cursor is in, whose
+/// end the suffix already holds; the completion ends before that line. The cursor's own line
+/// may close what the prefix opened. Brackets in quotes on a line do not count.
+#[derive(Debug, Default)]
+struct BracketRule {
+    /// Bytes of the text already read.
+    scanned: usize,
+    /// Where the current line starts, once past the cursor's line.
+    line_start: Option<usize>,
+    depth: i64,
+    quote: Option<u8>,
+}
+
+impl BracketRule {
+    /// Where to cut `text`, if the rule ends it now.
+    fn check(&mut self, text: &str) -> Option<usize> {
+        let bytes = text.as_bytes();
+        while self.scanned < bytes.len() {
+            let (at, b) = (self.scanned, bytes[self.scanned]);
+            self.scanned += 1;
+            if b == b'\n' {
+                self.line_start = Some(at + 1);
+                self.quote = None;
+                continue;
+            }
+            let Some(line_start) = self.line_start else {
+                continue;
+            };
+            match (self.quote, b) {
+                (Some(q), _) if b == q && bytes.get(at.wrapping_sub(1)) != Some(&b'\\') => {
+                    self.quote = None;
+                }
+                (Some(_), _) => {}
+                (None, b'"' | b'\'' | b'`') => self.quote = Some(b),
+                (None, b'(' | b'[' | b'{') => self.depth += 1,
+                (None, b')' | b']' | b'}') => {
+                    self.depth -= 1;
+                    if self.depth < 0 {
+                        // Cut the line break before it too: the suffix starts a line of its own.
+                        return Some(line_start - 1);
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bracket_rule_ends_before_a_line_that_leaves_the_block() {
+        let mut r = BracketRule::default();
+        // The cursor's line may close what the prefix opened.
+        assert_eq!(r.check("a, b)"), None);
+        assert_eq!(r.check("a, b)\n    x = f(1)"), None);
+        let text = "a, b)\n    x = f(1)\n}";
+        assert_eq!(r.check(text), Some(text.len() - 2));
+        // Brackets opened on the new lines may close there; quoted ones do not count.
+        let mut r = BracketRule::default();
+        let text = "\nif x {\n    s = \")}\";\n}\nreturn s\n}";
+        assert_eq!(r.check(text), Some(text.len() - 2));
+    }
 
     #[test]
     fn indent_rule_cuts_at_a_line_less_indented() {
