@@ -1,6 +1,7 @@
 //! `tandem-lab bench ...` (and `tandem bench ...`): benchmarks that print a table with their peer
 //! and the ratio. Not tests.
 
+mod controls;
 mod cpu;
 mod embeddings;
 pub mod engine;
@@ -11,6 +12,7 @@ mod privacy;
 pub mod router;
 mod speculative;
 
+pub use controls::{ControlsArgs, run_controls};
 pub use embeddings::run_embeddings;
 pub use local::run_local;
 pub use overhead::{OverheadArgs, Proxy, run_overhead};

@@ -88,34 +88,34 @@ const BODY: &str =
 
 /// One measured phase, or several pooled.
 #[derive(Default)]
-struct Phase {
-    latencies_us: Vec<u64>,
+pub(super) struct Phase {
+    pub(super) latencies_us: Vec<u64>,
     /// How many requests failed each way ("status 503", "transport: ...").
-    failures: std::collections::BTreeMap<String, u64>,
-    sent: u64,
-    elapsed: Duration,
-    proxy_cpu: Duration,
+    pub(super) failures: std::collections::BTreeMap<String, u64>,
+    pub(super) sent: u64,
+    pub(super) elapsed: Duration,
+    pub(super) proxy_cpu: Duration,
 }
 
 impl Phase {
-    fn percentile(&self, p: f64) -> f64 {
+    pub(super) fn percentile(&self, p: f64) -> f64 {
         percentile_ms(&self.latencies_us, p)
     }
 
-    fn errors(&self) -> u64 {
+    pub(super) fn errors(&self) -> u64 {
         self.failures.values().sum()
     }
 
-    fn rps(&self) -> f64 {
+    pub(super) fn rps(&self) -> f64 {
         self.latencies_us.len() as f64 / self.elapsed.as_secs_f64()
     }
 
-    fn cpu_us_per_request(&self) -> f64 {
+    pub(super) fn cpu_us_per_request(&self) -> f64 {
         self.proxy_cpu.as_secs_f64() * 1e6 / self.sent.max(1) as f64
     }
 
     /// Adds `other`'s samples and counts.
-    fn pool(&mut self, other: Phase) {
+    pub(super) fn pool(&mut self, other: Phase) {
         self.latencies_us.extend(other.latencies_us);
         self.latencies_us.sort_unstable();
         for (kind, n) in other.failures {
@@ -128,7 +128,7 @@ impl Phase {
 }
 
 /// The `p` quantile (0 to 1) of microseconds sorted ascending, in milliseconds; NaN when empty.
-fn percentile_ms(sorted_us: &[u64], p: f64) -> f64 {
+pub(super) fn percentile_ms(sorted_us: &[u64], p: f64) -> f64 {
     let i = ((sorted_us.len() as f64 - 1.0) * p).round() as usize;
     sorted_us.get(i).map_or(f64::NAN, |&us| us as f64 / 1000.0)
 }
@@ -139,17 +139,19 @@ fn median(mut values: Vec<f64>) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-/// Sends `rate` requests per second for `seconds` to `url`, open loop: requests leave on
+/// Sends `rate` requests per second for `seconds` to `url` (with `auth` as its `authorization`
+/// header when given), open loop: requests leave on
 /// schedule whether or not earlier ones have answered. Pacing and requests share one thread
 /// (`runtime` is a current-thread runtime), so sending a request wakes no other thread: on a
 /// 2-core machine a pacing thread handing each request to a worker cost more CPU than the mock
 /// upstream, CPU the proxies under test then lacked. Requests leave evenly spaced (200 µs apart
 /// at 5k RPS) rather than in the batches a millisecond timer would give.
-fn load(
+pub(super) fn load(
     runtime: &tokio::runtime::Runtime,
     client: &Client<HttpConnector, Full<Bytes>>,
     url: &str,
     body: &Bytes,
+    auth: Option<&http::HeaderValue>,
     rate: u32,
     seconds: f64,
 ) -> Phase {
@@ -163,9 +165,11 @@ fn load(
             pacer
                 .wait_until(start + interval.mul_f64(sent as f64))
                 .await;
-            let request = http::Request::post(url)
-                .header("content-type", "application/json")
-                .body(Full::new(body.clone()));
+            let mut request = http::Request::post(url).header("content-type", "application/json");
+            if let Some(auth) = auth {
+                request = request.header(http::header::AUTHORIZATION, auth.clone());
+            }
+            let request = request.body(Full::new(body.clone()));
             let client = client.clone();
             tasks.push(tokio::spawn(async move {
                 let request = request.map_err(|e| format!("request: {e}"))?;
@@ -209,6 +213,16 @@ fn load(
             proxy_cpu: Duration::ZERO,
         }
     })
+}
+
+/// The load generator's pooled client on `runtime` (no Nagle delay on its connections).
+pub(super) fn load_client(runtime: &tokio::runtime::Runtime) -> Client<HttpConnector, Full<Bytes>> {
+    let _guard = runtime.enter();
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(4096)
+        .build(connector)
 }
 
 /// Waits for instants finer than the runtime's millisecond timer: a `timerfd` on Linux, which
@@ -346,7 +360,7 @@ async fn start_bare_proxy(upstream: std::net::SocketAddr) -> std::io::Result<std
 
 /// CPU time used so far by this process's threads named `name`, so a phase can report what
 /// each request cost the proxy. Zero where procfs is absent.
-fn thread_cpu(name: &str) -> Duration {
+pub(super) fn thread_cpu(name: &str) -> Duration {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return Duration::ZERO;
     };
@@ -582,17 +596,18 @@ pub fn run_overhead(args: &OverheadArgs) -> anyhow::Result<String> {
     // Per rate: tracing's CPU per request and p99 against the untraced gateway.
     let mut tracing_costs = Vec::new();
     for &rate in &args.rates {
-        let client: Client<HttpConnector, Full<Bytes>> = {
-            let _guard = load_rt.enter();
-            let mut connector = HttpConnector::new();
-            connector.set_nodelay(true);
-            Client::builder(TokioExecutor::new())
-                .pool_max_idle_per_host(4096)
-                .build(connector)
-        };
+        let client = load_client(&load_rt);
         let run = |target: &Target, seconds: f64| {
             let cpu_before = target.cpu.as_ref().map(|cpu| cpu());
-            let mut phase = load(&load_rt, &client, &target.url, &target.body, rate, seconds);
+            let mut phase = load(
+                &load_rt,
+                &client,
+                &target.url,
+                &target.body,
+                None,
+                rate,
+                seconds,
+            );
             if let (Some(cpu), Some(before)) = (&target.cpu, cpu_before) {
                 phase.proxy_cpu = cpu().saturating_sub(before);
             }
