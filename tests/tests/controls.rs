@@ -16,7 +16,7 @@ use tandem_gateway::config::{Config, hash_api_key};
 use tandem_gateway::{Gateway, GatewayOptions, LocalLoad};
 use tandem_lab::mock::{Fixtures, MockConfig, MockUpstream};
 use tandem_lab::redis::RedisServer;
-use tandem_tests::{Harness, client, config_text, test_env};
+use tandem_tests::{Harness, client, config_text, metrics_of, test_env};
 
 /// What the mock reports for every plain answer (its fixtures): 1117 prompt tokens of which
 /// 1024 cached, 10 completion tokens; at the test config's `openai` prices (1, 2 and 0.5 dollars
@@ -766,16 +766,12 @@ impl Replica {
 
     /// Waits until its store reports Redis reachable (it connects in the background).
     async fn wait_for_redis(&self) {
+        let client = client();
         for _ in 0..250 {
-            let metrics = client()
-                .get(format!("{}/metrics", self.url))
-                .send()
+            if metrics_of(&client, &self.url)
                 .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            if metrics.contains("tandem_store_up 1") {
+                .contains("tandem_store_up 1")
+            {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -789,6 +785,16 @@ impl Drop for Replica {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The test Redis and the `tandem` binary, or None (saying which is missing).
+fn redis_and_bin() -> Option<(String, PathBuf)> {
+    let url = redis_url()?;
+    let Some(bin) = tandem_bin() else {
+        eprintln!("skipped: no tandem binary beside the tests (cargo build -p tandem-gateway)");
+        return None;
+    };
+    Some((url, bin))
 }
 
 /// Three `tandem serve` processes on one Redis under one prefix, in front of one mock, with
@@ -853,9 +859,7 @@ async fn spread(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn request_limits_hold_across_three_processes_sharing_one_redis() {
     const N: u64 = 30;
-    let Some(url) = redis_url() else { return };
-    let Some(bin) = tandem_bin() else {
-        eprintln!("skipped: no tandem binary beside the tests (cargo build -p tandem-gateway)");
+    let Some((url, bin)) = redis_and_bin() else {
         return;
     };
     let routes = format!("[routes.limited]\nbackends = [\"openai\"]\nrequests_per_minute = {N}\n");
@@ -909,9 +913,7 @@ async fn request_limits_hold_across_three_processes_sharing_one_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn token_limits_hold_across_three_processes_sharing_one_redis() {
     const ANSWERS: u64 = 10;
-    let Some(url) = redis_url() else { return };
-    let Some(bin) = tandem_bin() else {
-        eprintln!("skipped: no tandem binary beside the tests (cargo build -p tandem-gateway)");
+    let Some((url, bin)) = redis_and_bin() else {
         return;
     };
     let tpm = ANSWERS * ANSWER_TOKENS;

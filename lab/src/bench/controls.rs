@@ -18,8 +18,7 @@ use tandem_gateway::config::{Config, MapEnv};
 use tandem_gateway::controls::keys::KeySpec;
 use tandem_gateway::server::{Gateway, GatewayOptions};
 
-use super::overhead::{Phase, load, load_client, thread_cpu};
-use crate::mock::{Fixtures, MockConfig, MockUpstream};
+use super::overhead::{Phase, interleave, load, load_client, runtimes, start_mock, thread_cpu};
 use crate::redis::RedisServer;
 
 /// Options of `tandem bench controls`.
@@ -54,6 +53,9 @@ const CACHE_HIT_P99_TARGET_MS: f64 = 1.0;
 const BODY: &str =
     r#"{"model":"bench","messages":[{"role":"user","content":"Say hello."}],"max_tokens":16}"#;
 const CACHED_BODY: &str = r#"{"model":"cached","messages":[{"role":"user","content":"Say hello."}],"max_tokens":16,"temperature":0}"#;
+
+/// The width of the target column.
+const NAME_WIDTH: usize = 13;
 
 /// One thing the load is sent to.
 struct Target {
@@ -96,21 +98,7 @@ fn start_gateway(
 
 /// Runs the benchmark and returns the table.
 pub fn run_controls(args: &ControlsArgs) -> anyhow::Result<String> {
-    // As in the overhead bench: the mock, the gateways and the load generator on runtimes of
-    // their own.
-    let mock_rt = tokio::runtime::Builder::new_multi_thread()
-        .thread_name("bench-mock")
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
-    let gateway_rt = tokio::runtime::Builder::new_multi_thread()
-        .thread_name("gateway")
-        .worker_threads(args.gateway_threads.max(1))
-        .enable_all()
-        .build()?;
-    let load_rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let (mock_rt, gateway_rt, load_rt) = runtimes(args.gateway_threads)?;
 
     let own_redis = match &args.redis_url {
         Some(_) => None,
@@ -128,13 +116,7 @@ pub fn run_controls(args: &ControlsArgs) -> anyhow::Result<String> {
         (None, None) => anyhow::bail!("no Redis"),
     };
 
-    let (mock_addr, _mock) = mock_rt.block_on(MockUpstream::start_with(
-        Fixtures::builtin(),
-        MockConfig {
-            record: false,
-            ..MockConfig::default()
-        },
-    ))?;
+    let (mock_addr, _mock) = start_mock(&mock_rt)?;
     // `top`: lines before `[server]`; `limits`: the `bench` route's own.
     let config = |top: &str, limits: &str| {
         format!(
@@ -263,11 +245,7 @@ pub fn run_controls(args: &ControlsArgs) -> anyhow::Result<String> {
          ({} s per target and rate, in {rounds} interleaved rounds)",
         args.seconds
     );
-    let _ = writeln!(
-        table,
-        "{:>7} {:<13} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>14}",
-        "rate", "target", "p50 ms", "p90 ms", "p99 ms", "rps", "errors", "sent", "gateway µs/req"
-    );
+    let _ = writeln!(table, "{}", Phase::header(NAME_WIDTH));
     let mut overheads = String::new();
     let mut verdicts = String::new();
     let mut notes = Vec::new();
@@ -293,36 +271,17 @@ pub fn run_controls(args: &ControlsArgs) -> anyhow::Result<String> {
         for target in &targets {
             run(target, args.warmup);
         }
-        let mut pooled: Vec<Phase> = targets.iter().map(|_| Phase::default()).collect();
         // Per round, the checks' p99 over no controls.
         let mut round_check_p99 = Vec::with_capacity(rounds);
-        for _ in 0..rounds {
-            let phases: Vec<Phase> = targets
-                .iter()
-                .map(|target| run(target, args.seconds / rounds as f64))
-                .collect();
-            round_check_p99.push(phases[2].percentile(0.99) - phases[1].percentile(0.99));
-            for (total, phase) in pooled.iter_mut().zip(phases) {
-                total.pool(phase);
-            }
-        }
+        let pooled = interleave(
+            &targets,
+            rounds,
+            |target| run(target, args.seconds / rounds as f64),
+            |phases| round_check_p99.push(phases[2].percentile(0.99) - phases[1].percentile(0.99)),
+        );
         for (target, phase) in targets.iter().zip(&pooled) {
-            for (kind, n) in &phase.failures {
-                notes.push(format!("{rate:>7} {:<13} {n} × {kind}", target.name));
-            }
-            let _ = writeln!(
-                table,
-                "{:>7} {:<13} {:>8.3} {:>8.3} {:>8.3} {:>7.0} {:>7} {:>7} {:>14.1}",
-                rate,
-                target.name,
-                phase.percentile(0.5),
-                phase.percentile(0.9),
-                phase.percentile(0.99),
-                phase.rps(),
-                phase.errors(),
-                phase.sent,
-                phase.cpu_us_per_request()
-            );
+            notes.extend(phase.failure_notes(rate, target.name, NAME_WIDTH));
+            let _ = writeln!(table, "{}", phase.row(rate, target.name, NAME_WIDTH));
         }
         let direct = &pooled[0];
         for (target, phase) in targets.iter().zip(&pooled).skip(1) {
@@ -410,15 +369,11 @@ mod tests {
             gateway_threads: 1,
             redis_url: std::env::var("TANDEM_TEST_REDIS_URL").ok(),
         })?;
-        for target in ["direct", "tandem", "checks", "cache-hit", "cache+checks"] {
-            let row = table
-                .lines()
-                .find(|l| l.split_whitespace().nth(1) == Some(target))
-                .ok_or_else(|| anyhow::anyhow!("no {target} row in\n{table}"))?;
-            let columns: Vec<&str> = row.split_whitespace().collect();
-            assert_eq!(columns[6], "0", "{target} had errors:\n{table}");
-            assert_eq!(columns[7], "60", "{target} sent a wrong count:\n{table}");
-        }
+        super::super::overhead::assert_rows_clean(
+            &table,
+            &["direct", "tandem", "checks", "cache-hit", "cache+checks"],
+            60,
+        )?;
         assert!(table.contains("checks add"), "{table}");
         Ok(())
     }
