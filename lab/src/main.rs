@@ -61,6 +61,9 @@ enum BenchCommand {
     /// Gateway overhead against the mock upstream: direct, through a bare hyper proxy, through
     /// nginx where installed and through Tandem, open-loop load.
     Overhead(tandem_lab::bench::OverheadArgs),
+    /// What the production controls cost a request: no controls, a key's limits and budget
+    /// checked in Redis, and exact-cache hits, against the mock upstream direct.
+    Controls(tandem_lab::bench::ControlsArgs),
     /// Local model speed against llama.cpp on the same GGUF.
     Local {
         /// Model name or .gguf path.
@@ -165,6 +168,10 @@ fn main() -> anyhow::Result<()> {
                 ..Default::default()
             };
             out(&tandem_lab::router::eval(&args)?.to_string());
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Controls(args)) => {
+            out(&tandem_lab::bench::run_controls(&args)?);
             Ok(())
         }
         Command::Bench(BenchCommand::Overhead(args)) => {

@@ -86,6 +86,15 @@ pub fn test_env() -> MapEnv {
     ])
 }
 
+/// The `/metrics` text of the gateway at `base` (`http://127.0.0.1:PORT`), or why it could not
+/// be read.
+pub async fn metrics_of(client: &reqwest::Client, base: &str) -> String {
+    match client.get(format!("{base}/metrics")).send().await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(e) => format!("metrics unreachable: {e}"),
+    }
+}
+
 /// A client that keeps no connection pool surprises: plain HTTP on loopback.
 pub fn client() -> reqwest::Client {
     tandem_cloud_adapters::client::install_crypto_provider();
@@ -163,10 +172,7 @@ impl Harness {
 
     /// The gateway's `/metrics` text.
     pub async fn metrics(&self) -> String {
-        match self.client.get(self.url("/metrics")).send().await {
-            Ok(r) => r.text().await.unwrap_or_default(),
-            Err(e) => format!("metrics unreachable: {e}"),
-        }
+        metrics_of(&self.client, &self.gateway.url()).await
     }
 
     /// POSTs JSON and returns status, headers and the body as JSON (or a string value).

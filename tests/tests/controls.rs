@@ -1,5 +1,6 @@
 //! Production controls end to end, against the mock upstream: virtual keys through the admin API
-//! and the `tandem keys` CLI, rate limits, budgets and spend, and Redis faults. Tests that need
+//! and the `tandem keys` CLI, rate limits (in one process, and across three `tandem serve`
+//! processes sharing one Redis), budgets and spend, and Redis faults. Tests that need
 //! Redis read `TANDEM_TEST_REDIS_URL` (the test script starts one) and say so when it is unset;
 //! the same checks run on the embedded store.
 
@@ -14,7 +15,8 @@ use serde_json::{Value, json};
 use tandem_gateway::config::{Config, hash_api_key};
 use tandem_gateway::{Gateway, GatewayOptions, LocalLoad};
 use tandem_lab::mock::{Fixtures, MockConfig, MockUpstream};
-use tandem_tests::{Harness, client, config_text, test_env};
+use tandem_lab::redis::RedisServer;
+use tandem_tests::{Harness, client, config_text, metrics_of, test_env};
 
 /// What the mock reports for every plain answer (its fixtures): 1117 prompt tokens of which
 /// 1024 cached, 10 completion tokens; at the test config's `openai` prices (1, 2 and 0.5 dollars
@@ -624,80 +626,13 @@ async fn keys_spend_and_limits_survive_a_restart_on_the_embedded_store() {
     key_spend_reaches(&h, &id, 2.0 * ANSWER_COST).await;
 }
 
-/// A Redis of the test's own on a free port, to stop and start.
-struct OwnRedis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl OwnRedis {
-    fn start() -> Option<Self> {
-        if Command::new("redis-server")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
-            eprintln!("skipped: redis-server is not installed");
-            return None;
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut r = Self { port, child: None };
-        r.up();
-        Some(r)
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn up(&mut self) {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("redis-server did not start");
-    }
-
-    fn down(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.down();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_redis_outage_fails_open_and_state_resumes_when_it_returns() {
-    let Some(mut redis) = OwnRedis::start() else {
+    if !RedisServer::installed() {
+        eprintln!("skipped: redis-server is not installed");
         return;
-    };
+    }
+    let mut redis = RedisServer::start().unwrap();
     let h = start(
         &format!("redis_url = \"{}\"\n", redis.url()),
         &limited_route("requests_per_minute = 100000\n"),
@@ -752,7 +687,7 @@ async fn a_redis_outage_fails_open_and_state_resumes_when_it_returns() {
     let metrics = h.metrics().await;
     assert!(metrics.contains("tandem_store_up 0"), "{metrics}");
     // Redis returns, empty: the key is written back, limits count again.
-    redis.up();
+    redis.up().unwrap();
     let mut resumed = false;
     for _ in 0..100 {
         let (status, headers, _) = chat_with(&h, &key, &hello("limited")).await;
@@ -840,4 +775,244 @@ async fn a_revoked_key_is_refused_by_every_replica_within_a_second() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A `tandem serve` process of its own (the built binary), killed when dropped.
+struct Replica {
+    child: Child,
+    url: String,
+    /// Its cache directory (the mirror of the key records lives there).
+    _cache: tempfile::TempDir,
+}
+
+impl Replica {
+    /// Starts `bin` with the config file `config` and waits for the address it prints.
+    fn start(bin: &std::path::Path, config: &std::path::Path) -> Self {
+        use std::io::BufRead as _;
+        let cache = tempfile::tempdir().unwrap();
+        let mut child = Command::new(bin)
+            .args(["serve", "--offline", "--config"])
+            .arg(config)
+            .env("TANDEM_CACHE_DIR", cache.path())
+            .env("MOCK_OPENAI_KEY", "sk-mock")
+            .env("MOCK_ANTHROPIC_KEY", "ak-mock")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let url = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(url) = line.strip_prefix("listening on ") {
+                        break url.trim().to_owned();
+                    }
+                }
+                _ => {
+                    let status = child.wait().unwrap();
+                    panic!("tandem serve exited before listening: {status}");
+                }
+            }
+        };
+        // Keep reading its stdout so the process never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self {
+            child,
+            url,
+            _cache: cache,
+        }
+    }
+
+    /// Waits until its store reports Redis reachable (it connects in the background).
+    async fn wait_for_redis(&self) {
+        let client = client();
+        for _ in 0..250 {
+            if metrics_of(&client, &self.url)
+                .await
+                .contains("tandem_store_up 1")
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("{} never reached Redis", self.url);
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The test Redis and the `tandem` binary, or None (saying which is missing).
+fn redis_and_bin() -> Option<(String, PathBuf)> {
+    let url = redis_url()?;
+    let Some(bin) = tandem_bin() else {
+        eprintln!("skipped: no tandem binary beside the tests (cargo build -p tandem-gateway)");
+        return None;
+    };
+    Some((url, bin))
+}
+
+/// Three `tandem serve` processes on one Redis under one prefix, in front of one mock, with
+/// `routes` (TOML) added to the test config.
+async fn three_replicas(
+    bin: &std::path::Path,
+    redis: &str,
+    routes: &str,
+) -> (
+    Vec<Replica>,
+    tandem_lab::mock::MockHandle,
+    tempfile::TempDir,
+) {
+    let (_addr, mock) = MockUpstream::start_with(Fixtures::builtin(), MockConfig::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tandem.toml");
+    // A bound far above Redis's answer time even on a busy machine: a call past it would fail
+    // open and let a request through unchecked.
+    let store = store_lines(Some(redis)).replace("timeout_ms = 250", "timeout_ms = 3000");
+    let text = format!(
+        "{store}\n{}",
+        config_text(
+            &mock.base_url(),
+            &format!("\n[limits]\nmax_concurrency = 10000\n{routes}")
+        )
+    );
+    std::fs::write(&path, text).unwrap();
+    let replicas: Vec<Replica> =
+        tokio::task::block_in_place(|| (0..3).map(|_| Replica::start(bin, &path)).collect());
+    for r in &replicas {
+        r.wait_for_redis().await;
+    }
+    (replicas, mock, dir)
+}
+
+/// Sends `bodies` to `model` on the replicas in turn, all at once; each answer's replica,
+/// status, headers and body.
+async fn spread(
+    replicas: &[Replica],
+    bodies: Vec<Value>,
+) -> Vec<(usize, u16, reqwest::header::HeaderMap, Value)> {
+    let client = client();
+    let sends = bodies.into_iter().enumerate().map(|(i, body)| {
+        let url = format!("{}/v1/chat/completions", replicas[i % replicas.len()].url);
+        let client = client.clone();
+        async move {
+            let r = client.post(url).json(&body).send().await.unwrap();
+            let status = r.status().as_u16();
+            let headers = r.headers().clone();
+            let text = r.text().await.unwrap();
+            let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            (i % 3, status, headers, body)
+        }
+    });
+    futures::future::join_all(sends).await
+}
+
+/// The requests-per-minute limit of a route, shared by three `tandem serve` processes through one
+/// Redis: of 3N requests sent at once, spread evenly over the three, N are accepted (GCRA's
+/// burst is the whole minute's N), plus at most one more for each 60/N s the load took (the
+/// limiter refills one request per interval); every other request gets OpenAI's 429.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn request_limits_hold_across_three_processes_sharing_one_redis() {
+    const N: u64 = 30;
+    let Some((url, bin)) = redis_and_bin() else {
+        return;
+    };
+    let routes = format!("[routes.limited]\nbackends = [\"openai\"]\nrequests_per_minute = {N}\n");
+    let (replicas, mock, _dir) = three_replicas(&bin, &url, &routes).await;
+    let started = std::time::Instant::now();
+    let answers = spread(&replicas, vec![hello("limited"); 3 * N as usize]).await;
+    let took = started.elapsed();
+    // The stated tolerance: one more request per refill interval the load lasted.
+    let interval = Duration::from_secs(60) / N as u32;
+    let tolerance = (took.as_secs_f64() / interval.as_secs_f64()).ceil() as u64;
+    let mut accepted_by = [0u64; 3];
+    for (replica, status, headers, body) in &answers {
+        assert_eq!(
+            headers["x-ratelimit-limit-requests"],
+            N.to_string().as_str(),
+            "{body}"
+        );
+        if *status == 200 {
+            accepted_by[*replica] += 1;
+            continue;
+        }
+        assert_eq!(*status, 429, "{body}");
+        assert_eq!(body["error"]["code"], "rate_limit_exceeded", "{body}");
+        assert_eq!(body["error"]["type"], "requests", "{body}");
+        let wait: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!(
+            (1..=interval.as_secs()).contains(&wait),
+            "retry-after {wait}"
+        );
+    }
+    let accepted: u64 = accepted_by.iter().sum();
+    assert!(
+        (N..=N + tolerance).contains(&accepted),
+        "{accepted} accepted (per replica {accepted_by:?}), expected {N} to {} (the load took {took:?})",
+        N + tolerance
+    );
+    assert_eq!(
+        mock.request_count(),
+        accepted,
+        "refused requests reached the upstream"
+    );
+}
+
+/// The tokens-per-minute limit shared the same way: each request reserves its estimate (more
+/// than its real usage here, since `max_tokens` is set high) and is corrected to the usage the
+/// upstream reported. The real tokens of the accepted answers stay within the limit plus one
+/// answer's tokens (a correction landing while the last reservations are decided), and at least
+/// as many answers are accepted as their estimates fit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn token_limits_hold_across_three_processes_sharing_one_redis() {
+    const ANSWERS: u64 = 10;
+    let Some((url, bin)) = redis_and_bin() else {
+        return;
+    };
+    let tpm = ANSWERS * ANSWER_TOKENS;
+    let routes = format!("[routes.limited]\nbackends = [\"openai\"]\ntokens_per_minute = {tpm}\n");
+    let (replicas, _mock, _dir) = three_replicas(&bin, &url, &routes).await;
+    let mut body = hello("limited");
+    // Estimated at about 1220 tokens (prompt bytes / 4 + max_tokens), used 1127.
+    body["max_tokens"] = json!(1200);
+    let estimate = tandem_gateway::controls::limits::estimate_tokens(
+        serde_json::to_vec(&body).unwrap().len(),
+        Some(1200),
+    );
+    assert!(estimate > ANSWER_TOKENS);
+    let answers = spread(&replicas, vec![body; 3 * ANSWERS as usize]).await;
+    let mut accepted = 0u64;
+    for (_, status, headers, body) in &answers {
+        assert_eq!(
+            headers["x-ratelimit-limit-tokens"],
+            tpm.to_string().as_str(),
+            "{body}"
+        );
+        if *status == 200 {
+            accepted += 1;
+            assert_eq!(body["usage"]["total_tokens"], ANSWER_TOKENS, "{body}");
+            continue;
+        }
+        assert_eq!(*status, 429, "{body}");
+        assert_eq!(body["error"]["code"], "rate_limit_exceeded", "{body}");
+        assert_eq!(body["error"]["type"], "tokens", "{body}");
+        assert!(headers.contains_key("retry-after"));
+    }
+    assert!(
+        accepted * ANSWER_TOKENS <= tpm + ANSWER_TOKENS,
+        "{accepted} answers of {ANSWER_TOKENS} tokens under a limit of {tpm}"
+    );
+    assert!(
+        accepted >= tpm / estimate,
+        "only {accepted} accepted; {} estimates fit",
+        tpm / estimate
+    );
 }

@@ -13,7 +13,7 @@ use super::spend::{self, Charge};
 use crate::config::{Config, ControlsConfig, EnvSource, OnUnavailable};
 use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::store::{RateCheck, SharedStore};
+use crate::store::{Admission, BudgetCheck, RateCheck, SharedStore};
 
 /// Everything the controls need at run time.
 #[derive(Debug)]
@@ -111,13 +111,12 @@ impl Controls {
         tokens: u64,
     ) -> Result<Admitted, Refused> {
         let now = unix_now();
+        let mut budgets = Vec::new();
         if let Some(k) = key {
             if !k.allows_model(route) {
                 return Err(Error::ModelNotAllowed(route.to_owned()).into());
             }
-            if let Err(e) = spend::check_budget(&*self.store, k, now).await {
-                self.unavailable(e)?;
-            }
+            budgets = spend::budgets(k, now);
         }
         let limiters = limiters(
             key.map(|k| &**k),
@@ -127,10 +126,15 @@ impl Controls {
         );
         let mut reserved = Vec::new();
         let mut headers = RateHeaders::default();
-        if !limiters.is_empty() {
+        if !limiters.is_empty() || !budgets.is_empty() {
+            // The budgets and every limiter in one store call: one round trip to Redis.
+            let spent: Vec<BudgetCheck> = budgets.iter().map(|b| b.check.clone()).collect();
             let checks: Vec<RateCheck> = limiters.iter().map(|l| l.check.clone()).collect();
-            match self.store.rate(&checks, false).await {
-                Ok(outcome) => {
+            match self.store.admit(&spent, &checks).await {
+                Ok(Admission::OverBudget { index, spent }) => {
+                    return Err(spend::Budget::refused(&budgets, index, spent).into());
+                }
+                Ok(Admission::Rated(outcome)) => {
                     headers = RateHeaders::from_states(&limiters, &outcome.states);
                     if !outcome.allowed {
                         return Err(Refused {

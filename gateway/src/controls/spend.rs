@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::keys::VirtualKey;
 use crate::error::Error;
-use crate::store::{Store, counter_value};
+use crate::store::{BudgetCheck, Store, counter_value};
 
 /// How long counters are kept after their last charge (for reports).
 const COUNTER_TTL: Duration = Duration::from_secs(400 * 86_400);
@@ -78,38 +78,56 @@ pub async fn charge(store: &dyn Store, charge: &Charge, now_secs: u64) -> Result
     Ok(())
 }
 
-/// Refuses a key that spent its day's or month's budget.
-pub async fn check_budget(store: &dyn Store, key: &VirtualKey, now_secs: u64) -> Result<(), Error> {
+/// One of a key's budgets, as a store check.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    /// The spend counter and its limit.
+    pub check: BudgetCheck,
+    /// The key's id.
+    key: String,
+    /// `daily` or `monthly`.
+    span: &'static str,
+    /// `day 2026-12-07` or `month 2026-12`.
+    period: String,
+}
+
+impl Budget {
+    /// The 429 of a key that spent `spent` dollars of `budgets[index]`, as the store answered.
+    pub fn refused(budgets: &[Self], index: usize, spent: f64) -> Error {
+        Error::InsufficientQuota(match budgets.get(index) {
+            Some(b) => format!(
+                "key {} spent ${spent:.6} of its {} budget of ${:.2} (UTC {})",
+                b.key, b.span, b.check.limit, b.period
+            ),
+            None => format!("spent ${spent:.6}, over budget"),
+        })
+    }
+}
+
+/// The day's and month's budgets of `key` at Unix second `now_secs` (none where it has none).
+pub fn budgets(key: &VirtualKey, now_secs: u64) -> Vec<Budget> {
     let (daily, monthly) = (key.spec.budget_daily_usd, key.spec.budget_monthly_usd);
     if daily.is_none() && monthly.is_none() {
-        return Ok(());
+        return Vec::new();
     }
     let (day, month) = periods(now_secs);
-    let values = store
-        .get_many(&[
-            format!("spend:{day}:key:{}", key.id),
-            format!("spend:{month}:key:{}", key.id),
-        ])
-        .await?;
-    let spent_day = counter_value(values.first().and_then(Option::as_ref));
-    let spent_month = counter_value(values.get(1).and_then(Option::as_ref));
-    if let Some(budget) = daily
-        && spent_day >= budget
-    {
-        return Err(Error::InsufficientQuota(format!(
-            "key {} spent ${spent_day:.6} of its daily budget of ${budget:.2} (UTC day {day})",
-            key.id
-        )));
-    }
-    if let Some(budget) = monthly
-        && spent_month >= budget
-    {
-        return Err(Error::InsufficientQuota(format!(
-            "key {} spent ${spent_month:.6} of its monthly budget of ${budget:.2} (UTC month {month})",
-            key.id
-        )));
-    }
-    Ok(())
+    [
+        ("daily", "day", day, daily),
+        ("monthly", "month", month, monthly),
+    ]
+    .into_iter()
+    .filter_map(|(span, unit, period, limit)| {
+        limit.map(|limit| Budget {
+            check: BudgetCheck {
+                counter: format!("spend:{period}:key:{}", key.id),
+                limit,
+            },
+            key: key.id.clone(),
+            span,
+            period: format!("{unit} {period}"),
+        })
+    })
+    .collect()
 }
 
 /// One period's spend and savings, by dimension and name.
@@ -165,7 +183,21 @@ pub async fn report(store: &dyn Store, period: &str) -> Result<SpendReport, Erro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Admission;
     use crate::store::embedded::EmbeddedStore;
+
+    /// Refuses a key that spent its day's or month's budget.
+    async fn check_budget(store: &dyn Store, key: &VirtualKey, now_secs: u64) -> Result<(), Error> {
+        let budgets = budgets(key, now_secs);
+        if budgets.is_empty() {
+            return Ok(());
+        }
+        let checks: Vec<BudgetCheck> = budgets.iter().map(|b| b.check.clone()).collect();
+        match store.admit(&checks, &[]).await? {
+            Admission::OverBudget { index, spent } => Err(Budget::refused(&budgets, index, spent)),
+            Admission::Rated(_) => Ok(()),
+        }
+    }
 
     #[test]
     fn civil_dates() {

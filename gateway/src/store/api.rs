@@ -1,5 +1,6 @@
 //! The shared state store's contract: byte values with a time to live, listing by prefix, atomic
-//! float counters (spend) and atomic GCRA rate checks (limits), and the GCRA arithmetic both
+//! float counters (spend), atomic GCRA rate checks (limits) and a request's admission (its
+//! budgets and its limiters at once), and the GCRA arithmetic both
 //! backends share. A leaf: the backends and every user of the store name this file only.
 
 use std::fmt::Debug;
@@ -41,6 +42,30 @@ pub struct RateOutcome {
     pub allowed: bool,
     /// Each limiter's state, in the order of the checks.
     pub states: Vec<RateState>,
+}
+
+/// A spend counter a request may not reach: refused once the counter holds `limit` or more.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetCheck {
+    /// The counter's key (`spend:<period>:key:<id>`).
+    pub counter: String,
+    /// The most it may hold before requests are refused.
+    pub limit: f64,
+}
+
+/// What [`Store::admit`] decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Admission {
+    /// A budget is spent: the index of its check and what its counter holds. No limiter was
+    /// charged.
+    OverBudget {
+        /// Which of the budget checks.
+        index: usize,
+        /// Dollars its counter holds.
+        spent: f64,
+    },
+    /// Every budget has room: the rate check's outcome.
+    Rated(RateOutcome),
 }
 
 /// Shared state: one replica's view of what every replica sees. Keys are plain strings; the
@@ -88,6 +113,25 @@ pub trait Store: Send + Sync + Debug {
     /// Checks every limiter at once and charges them all only when all have room; with `force`,
     /// charges (or refunds) whatever the state.
     async fn rate(&self, checks: &[RateCheck], force: bool) -> Result<RateOutcome, Error>;
+    /// A request's admission: refused when any of `budgets` is spent (no limiter charged), else
+    /// [`Store::rate`] over `checks`. A remote store does it in one round trip.
+    async fn admit(
+        &self,
+        budgets: &[BudgetCheck],
+        checks: &[RateCheck],
+    ) -> Result<Admission, Error> {
+        if !budgets.is_empty() {
+            let counters: Vec<String> = budgets.iter().map(|b| b.counter.clone()).collect();
+            let values = self.get_many(&counters).await?;
+            for (index, (budget, value)) in budgets.iter().zip(&values).enumerate() {
+                let spent = counter_value(value.as_ref());
+                if spent >= budget.limit {
+                    return Ok(Admission::OverBudget { index, spent });
+                }
+            }
+        }
+        self.rate(checks, false).await.map(Admission::Rated)
+    }
 }
 
 /// Reads a counter written by [`Store::incr_many`] (0 when absent or unreadable).

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use api::{RateCheck, RateOutcome, RateState, Store, counter_value};
+pub use api::{Admission, BudgetCheck, RateCheck, RateOutcome, RateState, Store, counter_value};
 
 use crate::config::{Config, EnvSource};
 use crate::error::Error;

@@ -14,7 +14,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use redis::aio::ConnectionManager;
 
-use super::api::{RateCheck, RateOutcome, RateState, Store};
+use super::api::{Admission, BudgetCheck, RateCheck, RateOutcome, RateState, Store};
 use crate::error::Error;
 
 /// How often the probe pings while Redis is down.
@@ -22,21 +22,33 @@ const PROBE_EVERY: Duration = Duration::from_millis(200);
 /// The bound on listing (admin and background work, never the request path).
 const LIST_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The GCRA check over every limiter in one script, so replicas never interleave. KEYS are the
-/// limiters; ARGV[1] is `1` to charge whatever the state, then per limiter: per-minute limit
-/// and cost. Answers `allowed`, then per limiter `remaining`, `reset_ms`, `retry_after_ms`.
-/// The arithmetic is `api::gcra_step`'s, on Redis's clock so replicas agree.
-const GCRA_SCRIPT: &str = r"
+/// A request's admission in one script, so it costs one round trip and replicas never
+/// interleave: first its budgets, then the GCRA check over every limiter. KEYS are the budget
+/// counters, then the limiters; ARGV[1] is `1` to charge whatever the state, ARGV[2] the number
+/// of budget counters, then each counter's limit, then per limiter: per-minute limit and cost.
+/// Answers `2, index, micro-dollars spent` when a budget is spent (nothing charged), else
+/// `allowed`, then per limiter `remaining`, `reset_ms`, `retry_after_ms`. The arithmetic is
+/// `api::gcra_step`'s, on Redis's clock so replicas agree.
+const ADMIT_SCRIPT: &str = r"
+local nb = tonumber(ARGV[2])
+for b = 1, nb do
+  local spent = tonumber(redis.call('GET', KEYS[b]) or '0') or 0
+  if spent >= tonumber(ARGV[2 + b]) then
+    return {2, b - 1, math.floor(spent * 1000000)}
+  end
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local force = ARGV[1] == '1'
 local tolerance = 60000
 local tats, news, retries, intervals = {}, {}, {}, {}
 local allowed = true
-for i, key in ipairs(KEYS) do
-  local limit = math.max(tonumber(ARGV[2 * i]), 1)
+local n = #KEYS - nb
+for i = 1, n do
+  local key = KEYS[nb + i]
+  local limit = math.max(tonumber(ARGV[1 + nb + 2 * i]), 1)
   local interval = 60000 / limit
-  local cost = math.min(tonumber(ARGV[2 * i + 1]), limit)
+  local cost = math.min(tonumber(ARGV[2 + nb + 2 * i]), limit)
   local tat = tonumber(redis.call('GET', key) or now)
   if tat < now then tat = now end
   local new = math.max(tat + cost * interval, now)
@@ -50,7 +62,8 @@ for i, key in ipairs(KEYS) do
 end
 if force then allowed = true end
 local out = {allowed and 1 or 0}
-for i, key in ipairs(KEYS) do
+for i = 1, n do
+  local key = KEYS[nb + i]
   local kept = tats[i]
   if allowed then
     kept = news[i]
@@ -109,7 +122,7 @@ impl RedisStore {
             up: AtomicBool::new(false),
             up_tx: tokio::sync::watch::channel(false).0,
             probing: AtomicBool::new(false),
-            script: redis::Script::new(GCRA_SCRIPT),
+            script: redis::Script::new(ADMIT_SCRIPT),
             metrics,
         });
         store.clone().start_probe();
@@ -409,8 +422,41 @@ impl Store for RedisHandle {
                 states: Vec::new(),
             });
         }
+        match self.admit_once(&[], checks, force).await? {
+            Admission::Rated(outcome) => Ok(outcome),
+            Admission::OverBudget { .. } => Err(Error::Internal(
+                "redis: a budget answer to a rate check".into(),
+            )),
+        }
+    }
+
+    async fn admit(
+        &self,
+        budgets: &[BudgetCheck],
+        checks: &[RateCheck],
+    ) -> Result<Admission, Error> {
+        self.admit_once(budgets, checks, false).await
+    }
+}
+
+impl RedisHandle {
+    /// One run of [`ADMIT_SCRIPT`].
+    async fn admit_once(
+        &self,
+        budgets: &[BudgetCheck],
+        checks: &[RateCheck],
+        force: bool,
+    ) -> Result<Admission, Error> {
         let mut invocation = self.0.script.prepare_invoke();
-        invocation.arg(if force { "1" } else { "0" });
+        invocation
+            .arg(if force { "1" } else { "0" })
+            .arg(budgets.len());
+        for budget in budgets {
+            invocation.key(self.0.key(&budget.counter));
+        }
+        for budget in budgets {
+            invocation.arg(budget.limit);
+        }
         for check in checks {
             invocation
                 .key(self.0.key(&check.key))
@@ -422,6 +468,13 @@ impl Store for RedisHandle {
                 invocation.invoke_async(&mut c).await
             })
             .await?;
+        if reply.first() == Some(&2) {
+            let at = |i: usize| reply.get(i).copied().unwrap_or(0).max(0);
+            return Ok(Admission::OverBudget {
+                index: at(1) as usize,
+                spent: at(2) as f64 / 1e6,
+            });
+        }
         let allowed = reply.first() == Some(&1);
         let states = checks
             .iter()
@@ -436,7 +489,7 @@ impl Store for RedisHandle {
                 }
             })
             .collect();
-        Ok(RateOutcome { allowed, states })
+        Ok(Admission::Rated(RateOutcome { allowed, states }))
     }
 }
 

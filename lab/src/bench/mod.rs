@@ -1,6 +1,7 @@
 //! `tandem-lab bench ...` (and `tandem bench ...`): benchmarks that print a table with their peer
 //! and the ratio. Not tests.
 
+mod controls;
 mod cpu;
 mod embeddings;
 pub mod engine;
@@ -12,6 +13,7 @@ mod privacy;
 pub mod router;
 mod speculative;
 
+pub use controls::{ControlsArgs, run_controls};
 pub use embeddings::run_embeddings;
 pub use ide::{IdeArgs, run_ide};
 pub use local::run_local;

@@ -88,34 +88,66 @@ const BODY: &str =
 
 /// One measured phase, or several pooled.
 #[derive(Default)]
-struct Phase {
-    latencies_us: Vec<u64>,
+pub(super) struct Phase {
+    pub(super) latencies_us: Vec<u64>,
     /// How many requests failed each way ("status 503", "transport: ...").
-    failures: std::collections::BTreeMap<String, u64>,
-    sent: u64,
-    elapsed: Duration,
-    proxy_cpu: Duration,
+    pub(super) failures: std::collections::BTreeMap<String, u64>,
+    pub(super) sent: u64,
+    pub(super) elapsed: Duration,
+    pub(super) proxy_cpu: Duration,
 }
 
 impl Phase {
-    fn percentile(&self, p: f64) -> f64 {
+    pub(super) fn percentile(&self, p: f64) -> f64 {
         percentile_ms(&self.latencies_us, p)
     }
 
-    fn errors(&self) -> u64 {
+    pub(super) fn errors(&self) -> u64 {
         self.failures.values().sum()
     }
 
-    fn rps(&self) -> f64 {
+    pub(super) fn rps(&self) -> f64 {
         self.latencies_us.len() as f64 / self.elapsed.as_secs_f64()
     }
 
-    fn cpu_us_per_request(&self) -> f64 {
+    pub(super) fn cpu_us_per_request(&self) -> f64 {
         self.proxy_cpu.as_secs_f64() * 1e6 / self.sent.max(1) as f64
     }
 
+    /// The latency table's header, target names `width` wide.
+    pub(super) fn header(width: usize) -> String {
+        format!(
+            "{:>7} {:<width$} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>12}",
+            "rate", "target", "p50 ms", "p90 ms", "p99 ms", "rps", "errors", "sent", "proxy µs/req"
+        )
+    }
+
+    /// Its row of the latency table at `rate`, as target `name`.
+    pub(super) fn row(&self, rate: u32, name: &str, width: usize) -> String {
+        format!(
+            "{:>7} {:<width$} {:>9.3} {:>9.3} {:>9.3} {:>9.0} {:>8} {:>7} {:>12.1}",
+            rate,
+            name,
+            self.percentile(0.5),
+            self.percentile(0.9),
+            self.percentile(0.99),
+            self.rps(),
+            self.errors(),
+            self.sent,
+            self.cpu_us_per_request()
+        )
+    }
+
+    /// A note per kind of failed request, for the notes under the table.
+    pub(super) fn failure_notes(&self, rate: u32, name: &str, width: usize) -> Vec<String> {
+        self.failures
+            .iter()
+            .map(|(kind, n)| format!("{rate:>7} {name:<width$} {n} × {kind}"))
+            .collect()
+    }
+
     /// Adds `other`'s samples and counts.
-    fn pool(&mut self, other: Phase) {
+    pub(super) fn pool(&mut self, other: Phase) {
         self.latencies_us.extend(other.latencies_us);
         self.latencies_us.sort_unstable();
         for (kind, n) in other.failures {
@@ -127,8 +159,28 @@ impl Phase {
     }
 }
 
+/// Runs every target in turn with `run`, `rounds` times (so a stall of the machine lands on one
+/// round of one target rather than on a whole phase), hands each round's phases to `round`, and
+/// returns each target's phases pooled.
+pub(super) fn interleave<T>(
+    targets: &[T],
+    rounds: usize,
+    run: impl Fn(&T) -> Phase,
+    mut round: impl FnMut(&[Phase]),
+) -> Vec<Phase> {
+    let mut pooled: Vec<Phase> = targets.iter().map(|_| Phase::default()).collect();
+    for _ in 0..rounds {
+        let phases: Vec<Phase> = targets.iter().map(&run).collect();
+        round(&phases);
+        for (total, phase) in pooled.iter_mut().zip(phases) {
+            total.pool(phase);
+        }
+    }
+    pooled
+}
+
 /// The `p` quantile (0 to 1) of microseconds sorted ascending, in milliseconds; NaN when empty.
-fn percentile_ms(sorted_us: &[u64], p: f64) -> f64 {
+pub(super) fn percentile_ms(sorted_us: &[u64], p: f64) -> f64 {
     let i = ((sorted_us.len() as f64 - 1.0) * p).round() as usize;
     sorted_us.get(i).map_or(f64::NAN, |&us| us as f64 / 1000.0)
 }
@@ -139,17 +191,22 @@ fn median(mut values: Vec<f64>) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-/// Sends `rate` requests per second for `seconds` to `url`, open loop: requests leave on
+/// How long the load generator waits for one answer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Sends `rate` requests per second for `seconds` to `url` (with `auth` as its `authorization`
+/// header when given), open loop: requests leave on
 /// schedule whether or not earlier ones have answered. Pacing and requests share one thread
 /// (`runtime` is a current-thread runtime), so sending a request wakes no other thread: on a
 /// 2-core machine a pacing thread handing each request to a worker cost more CPU than the mock
 /// upstream, CPU the proxies under test then lacked. Requests leave evenly spaced (200 µs apart
 /// at 5k RPS) rather than in the batches a millisecond timer would give.
-fn load(
+pub(super) fn load(
     runtime: &tokio::runtime::Runtime,
     client: &Client<HttpConnector, Full<Bytes>>,
     url: &str,
     body: &Bytes,
+    auth: Option<&http::HeaderValue>,
     rate: u32,
     seconds: f64,
 ) -> Phase {
@@ -163,27 +220,35 @@ fn load(
             pacer
                 .wait_until(start + interval.mul_f64(sent as f64))
                 .await;
-            let request = http::Request::post(url)
-                .header("content-type", "application/json")
-                .body(Full::new(body.clone()));
+            let mut request = http::Request::post(url).header("content-type", "application/json");
+            if let Some(auth) = auth {
+                request = request.header(http::header::AUTHORIZATION, auth.clone());
+            }
+            let request = request.body(Full::new(body.clone()));
             let client = client.clone();
             tasks.push(tokio::spawn(async move {
                 let request = request.map_err(|e| format!("request: {e}"))?;
                 let t0 = Instant::now();
-                let response = client
-                    .request(request)
+                let exchange = async {
+                    let response = client
+                        .request(request)
+                        .await
+                        .map_err(|e| format!("transport: {e:?}"))?;
+                    let status = response.status();
+                    response
+                        .into_body()
+                        .collect()
+                        .await
+                        .map_err(|e| format!("body: {e}"))?;
+                    if !status.is_success() {
+                        return Err(format!("status {}", status.as_u16()));
+                    }
+                    Ok(t0.elapsed().as_micros() as u64)
+                };
+                // A saturated target fails its requests rather than hold the run forever.
+                tokio::time::timeout(REQUEST_TIMEOUT, exchange)
                     .await
-                    .map_err(|e| format!("transport: {e:?}"))?;
-                let status = response.status();
-                response
-                    .into_body()
-                    .collect()
-                    .await
-                    .map_err(|e| format!("body: {e}"))?;
-                if !status.is_success() {
-                    return Err(format!("status {}", status.as_u16()));
-                }
-                Ok(t0.elapsed().as_micros() as u64)
+                    .unwrap_or_else(|_| Err(format!("no answer within {REQUEST_TIMEOUT:?}")))
             }));
         }
         let mut latencies_us = Vec::with_capacity(tasks.len());
@@ -209,6 +274,16 @@ fn load(
             proxy_cpu: Duration::ZERO,
         }
     })
+}
+
+/// The load generator's pooled client on `runtime` (no Nagle delay on its connections).
+pub(super) fn load_client(runtime: &tokio::runtime::Runtime) -> Client<HttpConnector, Full<Bytes>> {
+    let _guard = runtime.enter();
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(4096)
+        .build(connector)
 }
 
 /// Waits for instants finer than the runtime's millisecond timer: a `timerfd` on Linux, which
@@ -346,7 +421,7 @@ async fn start_bare_proxy(upstream: std::net::SocketAddr) -> std::io::Result<std
 
 /// CPU time used so far by this process's threads named `name`, so a phase can report what
 /// each request cost the proxy. Zero where procfs is absent.
-fn thread_cpu(name: &str) -> Duration {
+pub(super) fn thread_cpu(name: &str) -> Duration {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return Duration::ZERO;
     };
@@ -394,6 +469,44 @@ impl Lateness {
     }
 }
 
+/// Three runtimes, so the mock (`bench-mock` threads), the gateway (`gateway` threads,
+/// `gateway_threads` of them) and the load generator (this thread) do not share workers.
+pub(super) fn runtimes(
+    gateway_threads: usize,
+) -> std::io::Result<(
+    tokio::runtime::Runtime,
+    tokio::runtime::Runtime,
+    tokio::runtime::Runtime,
+)> {
+    let mock = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("bench-mock")
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let gateway = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("gateway")
+        .worker_threads(gateway_threads.max(1))
+        .enable_all()
+        .build()?;
+    let load = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok((mock, gateway, load))
+}
+
+/// The mock upstream on `runtime`, answering the built-in fixtures without recording requests.
+pub(super) fn start_mock(
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<(std::net::SocketAddr, crate::mock::MockHandle)> {
+    Ok(runtime.block_on(MockUpstream::start_with(
+        Fixtures::builtin(),
+        MockConfig {
+            record: false,
+            ..MockConfig::default()
+        },
+    ))?)
+}
+
 /// One thing the load is sent to, and where its CPU time is read.
 struct Target<'a> {
     name: &'static str,
@@ -406,28 +519,9 @@ struct Target<'a> {
 
 /// Runs the benchmark and returns the table.
 pub fn run_overhead(args: &OverheadArgs) -> anyhow::Result<String> {
-    // Three runtimes, so the mock, the gateway and the load generator do not share workers.
-    let mock_rt = tokio::runtime::Builder::new_multi_thread()
-        .thread_name("bench-mock")
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
-    let gateway_rt = tokio::runtime::Builder::new_multi_thread()
-        .thread_name("gateway")
-        .worker_threads(args.gateway_threads.max(1))
-        .enable_all()
-        .build()?;
-    let load_rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let (mock_rt, gateway_rt, load_rt) = runtimes(args.gateway_threads)?;
 
-    let (mock_addr, _mock) = mock_rt.block_on(MockUpstream::start_with(
-        Fixtures::builtin(),
-        MockConfig {
-            record: false,
-            ..MockConfig::default()
-        },
-    ))?;
+    let (mock_addr, _mock) = start_mock(&mock_rt)?;
     let toml = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n[limits]\nmax_concurrency = 100000\n\
          [backends.mock]\nkind = \"openai-compatible\"\nbase_url = \"http://{mock_addr}/v1\"\n\
@@ -572,27 +666,24 @@ pub fn run_overhead(args: &OverheadArgs) -> anyhow::Result<String> {
          ({} s per target and rate, in {rounds} interleaved rounds)",
         args.seconds
     );
-    let _ = writeln!(
-        table,
-        "{:>7} {:<8} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>12}",
-        "rate", "target", "p50 ms", "p90 ms", "p99 ms", "rps", "errors", "sent", "proxy µs/req"
-    );
+    let _ = writeln!(table, "{}", Phase::header(8));
     let mut summary = Vec::new();
     let mut cpu_ratios = Vec::new();
     // Per rate: tracing's CPU per request and p99 against the untraced gateway.
     let mut tracing_costs = Vec::new();
     for &rate in &args.rates {
-        let client: Client<HttpConnector, Full<Bytes>> = {
-            let _guard = load_rt.enter();
-            let mut connector = HttpConnector::new();
-            connector.set_nodelay(true);
-            Client::builder(TokioExecutor::new())
-                .pool_max_idle_per_host(4096)
-                .build(connector)
-        };
+        let client = load_client(&load_rt);
         let run = |target: &Target, seconds: f64| {
             let cpu_before = target.cpu.as_ref().map(|cpu| cpu());
-            let mut phase = load(&load_rt, &client, &target.url, &target.body, rate, seconds);
+            let mut phase = load(
+                &load_rt,
+                &client,
+                &target.url,
+                &target.body,
+                None,
+                rate,
+                seconds,
+            );
             if let (Some(cpu), Some(before)) = (&target.cpu, cpu_before) {
                 phase.proxy_cpu = cpu().saturating_sub(before);
             }
@@ -601,38 +692,21 @@ pub fn run_overhead(args: &OverheadArgs) -> anyhow::Result<String> {
         for target in &targets {
             run(target, args.warmup);
         }
-        let mut pooled: Vec<Phase> = targets.iter().map(|_| Phase::default()).collect();
         // Per proxy (every target after direct), the p99 overhead of each round.
         let mut round_p99_overhead = vec![Vec::with_capacity(rounds); targets.len()];
-        for _ in 0..rounds {
-            let phases: Vec<Phase> = targets
-                .iter()
-                .map(|target| run(target, args.seconds / rounds as f64))
-                .collect();
-            for (i, phase) in phases.iter().enumerate().skip(1) {
-                round_p99_overhead[i].push(phase.percentile(0.99) - phases[0].percentile(0.99));
-            }
-            for (total, phase) in pooled.iter_mut().zip(phases) {
-                total.pool(phase);
-            }
-        }
+        let pooled = interleave(
+            &targets,
+            rounds,
+            |target| run(target, args.seconds / rounds as f64),
+            |phases| {
+                for (i, phase) in phases.iter().enumerate().skip(1) {
+                    round_p99_overhead[i].push(phase.percentile(0.99) - phases[0].percentile(0.99));
+                }
+            },
+        );
         for (target, phase) in targets.iter().zip(&pooled) {
-            for (kind, n) in &phase.failures {
-                notes.push(format!("{rate:>7} {:<8} {n} × {kind}", target.name));
-            }
-            let _ = writeln!(
-                table,
-                "{:>7} {:<8} {:>9.3} {:>9.3} {:>9.3} {:>9.0} {:>8} {:>7} {:>12.1}",
-                rate,
-                target.name,
-                phase.percentile(0.5),
-                phase.percentile(0.9),
-                phase.percentile(0.99),
-                phase.rps(),
-                phase.errors(),
-                phase.sent,
-                phase.cpu_us_per_request()
-            );
+            notes.extend(phase.failure_notes(rate, target.name, 8));
+            let _ = writeln!(table, "{}", phase.row(rate, target.name, 8));
         }
         let direct = &pooled[0];
         for ((target, phase), rounds) in targets.iter().zip(&pooled).zip(round_p99_overhead) {
@@ -772,6 +846,26 @@ struct OverheadRow {
     rps_ratio: f64,
 }
 
+/// Checks that the latency table has a row for each of `targets`, each without errors and with
+/// `sent` requests sent.
+#[cfg(test)]
+pub(super) fn assert_rows_clean(table: &str, targets: &[&str], sent: u64) -> anyhow::Result<()> {
+    for &target in targets {
+        let row = table
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(target))
+            .ok_or_else(|| anyhow::anyhow!("no {target} row in\n{table}"))?;
+        let columns: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(columns[6], "0", "{target} had errors:\n{table}");
+        assert_eq!(
+            columns[7],
+            sent.to_string(),
+            "{target} sent a wrong count:\n{table}"
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -851,15 +945,7 @@ mod tests {
                 "direct", "bare", "tandem", "tandem2k", "detect2k", "redact2k",
             ]
         };
-        for &target in targets {
-            let row = table
-                .lines()
-                .find(|l| l.split_whitespace().nth(1) == Some(target))
-                .ok_or_else(|| anyhow::anyhow!("no {target} row in\n{table}"))?;
-            let columns: Vec<&str> = row.split_whitespace().collect();
-            assert_eq!(columns[6], "0", "{target} had errors:\n{table}");
-            assert_eq!(columns[7], "100", "{target} sent a wrong count:\n{table}");
-        }
+        assert_rows_clean(&table, targets, 100)?;
         assert!(table.contains("overhead (proxy - direct)"), "{table}");
         assert!(table.starts_with("machine floor: of "), "{table}");
         assert!(table.contains("scan, clean prompt"), "{table}");
