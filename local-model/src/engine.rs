@@ -49,8 +49,8 @@ pub struct EngineConfig {
     /// about 1.06, 2 or 4 bytes per weight).
     pub weight_format: WeightFormat,
     /// Reuse of cached runs at moved positions: a prompt that shares a run of at least this
-    /// many tokens with a cached sequence after their common prefix (an editor's suffix after
-    /// a keystroke, a window that scrolled) takes that run's KV moved to its new position
+    /// many tokens with a cached sequence after their common prefix, moved by at most as many
+    /// (an editor's suffix after a keystroke), takes that run's KV moved to its new position
     /// instead of computing it again, and computes only the tokens between runs (0 = off: only
     /// the common prefix is reused, and every answer equals a cold run's). The moved run keeps
     /// what it attended to before, so answers can differ slightly from a cold run's.
@@ -630,7 +630,9 @@ fn lookup_draft(tokens: &[u32], max: usize) -> &[u32] {
 /// Runs of at least `min` tokens that `new` shares with `old` after their first `from` tokens,
 /// in order in both: `(start in old, start in new, length)`. At each position of `new` the
 /// longest match at or after the previous run's end in `old` is taken, so a run can move either
-/// way (text inserted before it, or removed).
+/// way (text inserted before it, or removed), by at most `min` tokens each way: a run whose
+/// surroundings changed more (a jump elsewhere in a file) attended to too different a context
+/// to stand in for a cold run.
 fn shared_runs(old: &[u32], new: &[u32], from: usize, min: usize) -> Vec<(usize, usize, usize)> {
     const KEY: usize = 4;
     let key = min.clamp(1, KEY);
@@ -639,13 +641,13 @@ fn shared_runs(old: &[u32], new: &[u32], from: usize, min: usize) -> Vec<(usize,
         at.entry(&old[c..c + key]).or_default().push(c);
     }
     let mut runs = Vec::new();
-    let (mut old_from, mut p) = (from, from);
-    while p + min <= new.len() && p + key <= new.len() {
+    let (mut old_from, mut new_from, mut p) = (from, from, from);
+    while p + min <= new.len() && p + key <= new.len() && p - new_from <= min {
         let best = at
             .get(&new[p..p + key])
             .into_iter()
             .flatten()
-            .filter(|&&c| c >= old_from)
+            .filter(|&&c| c >= old_from && c - old_from <= min)
             .map(|&c| (c, common_prefix(&old[c..], &new[p..])))
             .max_by_key(|&(_, n)| n);
         match best {
@@ -653,6 +655,7 @@ fn shared_runs(old: &[u32], new: &[u32], from: usize, min: usize) -> Vec<(usize,
                 runs.push((c, p, n));
                 old_from = c + n;
                 p += n;
+                new_from = p;
             }
             _ => p += 1,
         }
@@ -1471,19 +1474,28 @@ mod tests {
     fn a_run_after_removed_tokens_is_found_moved_left() {
         let old: Vec<u32> = (0..40).collect();
         let mut new: Vec<u32> = (0..10).collect();
+        new.extend(16..40);
+        assert_eq!(shared_runs(&old, &new, 10, 8), vec![(16, 10, 24)]);
+        // Ten removed is more than a run of 8 may move.
+        let mut new: Vec<u32> = (0..10).collect();
         new.extend(20..40);
-        assert_eq!(shared_runs(&old, &new, 10, 8), vec![(20, 10, 20)]);
+        assert!(shared_runs(&old, &new, 10, 8).is_empty());
+        // As are ten inserted.
+        let mut new: Vec<u32> = (0..10).collect();
+        new.extend(100..110);
+        new.extend(10..40);
+        assert!(shared_runs(&old, &new, 10, 8).is_empty());
     }
 
     #[test]
     fn short_matches_and_out_of_order_runs_are_not_reused() {
         let old: Vec<u32> = (0..40).collect();
-        // 30..40 comes before 10..20 in the new sequence: only the first found is kept.
+        // 16..24 comes before 10..16 in the new sequence: only the first found is kept.
         let mut new: Vec<u32> = (0..10).collect();
-        new.extend(30..40);
-        new.extend(10..20);
+        new.extend(16..24);
+        new.extend(10..16);
         new.extend([7, 8, 9]);
-        assert_eq!(shared_runs(&old, &new, 10, 8), vec![(30, 10, 10)]);
-        assert!(shared_runs(&old, &new, 10, 16).is_empty());
+        assert_eq!(shared_runs(&old, &new, 10, 6), vec![(16, 10, 8)]);
+        assert!(shared_runs(&old, &new, 10, 9).is_empty());
     }
 }

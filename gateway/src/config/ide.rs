@@ -26,9 +26,9 @@ pub struct IdeConfig {
     /// Lay `/infill` prompts out suffix first, so a keystroke changes only the prompt's end
     /// (`layout = "spm"`); the model's own order otherwise (`"psm"` for most code models).
     pub suffix_first: bool,
-    /// Shortest run of cached tokens reused where a keystroke moved it (the suffix after the
-    /// typed text, a window that scrolled): its KV is moved instead of computed again, which
-    /// costs a little fidelity against a cold run (0 = off).
+    /// Shortest run of cached tokens reused where a keystroke moved it by at most as many
+    /// tokens (the suffix after the typed text): its KV is moved instead of computed again,
+    /// which costs a little fidelity against a cold run (0 = off).
     pub cache_reuse: usize,
     /// Most prompt-lookup draft tokens checked per decode step: code repeats itself, and a
     /// drafted token the model agrees with costs no step of its own (0 = off; the output is the
