@@ -632,8 +632,16 @@ fn lookup_draft(tokens: &[u32], max: usize) -> &[u32] {
 /// longest match at or after the previous run's end in `old` is taken, so a run can move either
 /// way (text inserted before it, or removed), by at most `min` tokens each way: a run whose
 /// surroundings changed more (a jump elsewhere in a file) attended to too different a context
-/// to stand in for a cold run.
-fn shared_runs(old: &[u32], new: &[u32], from: usize, min: usize) -> Vec<(usize, usize, usize)> {
+/// to stand in for a cold run. A run starts at an `anchor` token (a template's control token,
+/// such as a fill-in-the-middle suffix marker): plain text that moved across such a marker
+/// changed its role, and its cached keys say the old one.
+fn shared_runs(
+    old: &[u32],
+    new: &[u32],
+    from: usize,
+    min: usize,
+    anchor: impl Fn(u32) -> bool,
+) -> Vec<(usize, usize, usize)> {
     const KEY: usize = 4;
     let key = min.clamp(1, KEY);
     let mut at: HashMap<&[u32], Vec<usize>> = HashMap::new();
@@ -643,6 +651,10 @@ fn shared_runs(old: &[u32], new: &[u32], from: usize, min: usize) -> Vec<(usize,
     let mut runs = Vec::new();
     let (mut old_from, mut new_from, mut p) = (from, from, from);
     while p + min <= new.len() && p + key <= new.len() && p - new_from <= min {
+        if !anchor(new[p]) {
+            p += 1;
+            continue;
+        }
         let best = at
             .get(&new[p..p + key])
             .into_iter()
@@ -914,7 +926,10 @@ impl Worker {
     /// the tokens between runs computed. Returns the sequence (the caller computes what follows
     /// it) and how many of its tokens came from the cache.
     fn reuse_runs(&mut self, e: CacheEntry, prefix: usize, tokens: &[u32]) -> (SeqKv, usize) {
-        let runs = shared_runs(&e.tokens[..e.kv.len], tokens, prefix, self.reuse_min);
+        let tok = &self.tok;
+        let runs = shared_runs(&e.tokens[..e.kv.len], tokens, prefix, self.reuse_min, |t| {
+            tok.is_control(t)
+        });
         let cfg = &self.model.cfg;
         // Copied out first: computing the tokens between runs overwrites the old positions.
         let moved: Vec<(usize, KvRun)> = runs
@@ -1460,14 +1475,21 @@ mod tests {
         assert!(lookup_draft(&[], 4).is_empty());
     }
 
+    /// Tokens 0 and 16 stand for control tokens, where runs may start.
+    fn anchor(t: u32) -> bool {
+        t == 0 || t == 10 || t == 16
+    }
+
     #[test]
     fn a_run_after_inserted_tokens_is_found_moved_right() {
         let old: Vec<u32> = (0..40).collect();
-        // Two tokens typed after position 10: the rest moved right by 2.
+        // Two tokens typed before position 10: the rest moved right by 2.
         let mut new: Vec<u32> = (0..10).collect();
         new.extend([100, 101]);
         new.extend(10..40);
-        assert_eq!(shared_runs(&old, &new, 10, 8), vec![(10, 12, 30)]);
+        assert_eq!(shared_runs(&old, &new, 10, 8, anchor), vec![(10, 12, 30)]);
+        // Not from a plain token.
+        assert!(shared_runs(&old, &new, 10, 8, |t| t == 45).is_empty());
     }
 
     #[test]
@@ -1475,16 +1497,16 @@ mod tests {
         let old: Vec<u32> = (0..40).collect();
         let mut new: Vec<u32> = (0..10).collect();
         new.extend(16..40);
-        assert_eq!(shared_runs(&old, &new, 10, 8), vec![(16, 10, 24)]);
+        assert_eq!(shared_runs(&old, &new, 10, 8, anchor), vec![(16, 10, 24)]);
         // Ten removed is more than a run of 8 may move.
         let mut new: Vec<u32> = (0..10).collect();
         new.extend(20..40);
-        assert!(shared_runs(&old, &new, 10, 8).is_empty());
+        assert!(shared_runs(&old, &new, 10, 8, |_| true).is_empty());
         // As are ten inserted.
         let mut new: Vec<u32> = (0..10).collect();
         new.extend(100..110);
         new.extend(10..40);
-        assert!(shared_runs(&old, &new, 10, 8).is_empty());
+        assert!(shared_runs(&old, &new, 10, 8, anchor).is_empty());
     }
 
     #[test]
@@ -1495,7 +1517,7 @@ mod tests {
         new.extend(16..24);
         new.extend(10..16);
         new.extend([7, 8, 9]);
-        assert_eq!(shared_runs(&old, &new, 10, 6), vec![(16, 10, 8)]);
-        assert!(shared_runs(&old, &new, 10, 9).is_empty());
+        assert_eq!(shared_runs(&old, &new, 10, 6, anchor), vec![(16, 10, 8)]);
+        assert!(shared_runs(&old, &new, 10, 9, anchor).is_empty());
     }
 }
