@@ -14,9 +14,10 @@ use serde_json::{Map, Value, json};
 use tandem_local_model::{ExtraFile, SamplingParams};
 
 use super::{finish_response, json_response, read_body, request_id, sse_response};
-use crate::dispatch::run_infill;
+use crate::dispatch::{RouteInfo, run_infill};
 use crate::error::{ApiFlavor, Error};
 use crate::executor::infill::{InfillChunk, InfillOutcome, InfillRequest};
+use crate::routing::RequestHints;
 use crate::state::AppState;
 
 /// The header that names an editor session: a newer request of the session stops the older.
@@ -360,10 +361,11 @@ pub async fn infill(State(state): State<Arc<AppState>>, request: Request) -> Res
         .map(|s| format!("header:{s}"));
     let decoded = async {
         let bytes = read_body(&parts, body).await?;
-        decode(&bytes, session)
+        let hints = RequestHints::from_parts(id.0.clone(), &parts)?;
+        decode(&bytes, session).map(|d| (d, hints))
     }
     .await;
-    let decoded = match decoded {
+    let (decoded, hints) = match decoded {
         Ok(d) => d,
         Err(e) => return e.into_response_for(ApiFlavor::OpenAi),
     };
@@ -374,10 +376,10 @@ pub async fn infill(State(state): State<Arc<AppState>>, request: Request) -> Res
         .map(|i| i.model.clone())
         .or_else(|| state.config.local.as_ref().map(|l| l.model.clone()))
         .unwrap_or_default();
-    let mut response = if decoded.request.stream {
-        stream(state.clone(), decoded, model.clone()).await
+    let (mut response, route) = if decoded.request.stream {
+        stream(state.clone(), decoded, hints, model.clone()).await
     } else {
-        let (result, route) = run_infill(&state, &decoded.request, None).await;
+        let (result, route) = run_infill(&state, &decoded.request, &hints, None, None).await;
         let answered = result.is_ok();
         let mut response = match result {
             Ok(outcome) => json_response(&only_fields(
@@ -389,20 +391,21 @@ pub async fn infill(State(state): State<Arc<AppState>>, request: Request) -> Res
         finish_response(&state, &mut response, &id, &route, model.clone(), answered);
         return response;
     };
-    let backend = if state.config.ide.is_some() {
-        crate::dispatch::CODE_BACKEND
-    } else {
-        "local"
-    };
-    let route = crate::dispatch::RouteInfo::local(backend, format!("infill ({model}), streamed"));
     finish_response(&state, &mut response, &id, &route, model, true);
     response
 }
 
 /// A streamed completion: one `data:` event per piece of text, then the whole answer with
-/// `stop: true`; an error after the start is an error event.
-async fn stream(state: Arc<AppState>, decoded: Decoded, model: String) -> Response {
+/// `stop: true`; an error after the start is an error event. The route is the one the run
+/// chose before its first chunk.
+async fn stream(
+    state: Arc<AppState>,
+    decoded: Decoded,
+    hints: RequestHints,
+    model: String,
+) -> (Response, RouteInfo) {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<InfillChunk>(64);
+    let (route_tx, mut route_rx) = tokio::sync::oneshot::channel();
     let Decoded {
         request,
         response_fields,
@@ -411,7 +414,8 @@ async fn stream(state: Arc<AppState>, decoded: Decoded, model: String) -> Respon
     let runner = tokio::spawn({
         let state = state.clone();
         async move {
-            let (result, _route) = run_infill(&state, &request, Some(tx.clone())).await;
+            let (result, _route) =
+                run_infill(&state, &request, &hints, Some(tx.clone()), Some(route_tx)).await;
             let _ = tx
                 .send(match result {
                     Ok(outcome) => InfillChunk::Done(outcome),
@@ -422,8 +426,11 @@ async fn stream(state: Arc<AppState>, decoded: Decoded, model: String) -> Respon
     });
     // An error before any text is an ordinary error answer.
     let first = rx.recv().await;
+    let route = route_rx
+        .try_recv()
+        .unwrap_or_else(|_| RouteInfo::local("", format!("infill ({model})")));
     if let Some(InfillChunk::Failed(e)) = first {
-        return e.into_response_for(ApiFlavor::OpenAi);
+        return (e.into_response_for(ApiFlavor::OpenAi), route);
     }
     let frame = |v: Value| Bytes::from(format!("data: {v}\n\n"));
     let frames = futures::stream::unfold(
@@ -468,7 +475,7 @@ async fn stream(state: Arc<AppState>, decoded: Decoded, model: String) -> Respon
             }
         },
     );
-    sse_response(Body::from_stream(frames))
+    (sse_response(Body::from_stream(frames)), route)
 }
 
 #[cfg(test)]
