@@ -1517,7 +1517,34 @@ pub async fn run_completion(
     first_token: Option<FirstTokenDeadline>,
 ) -> (Result<CompletionOutput, Error>, RouteInfo) {
     let model = call.request.model.as_str();
-    if let Some(route) = code_model_route(state, call) {
+    if let Some(mut route) = code_model_route(state, call) {
+        let cloud = state.config.ide.as_ref().and_then(|i| i.cloud.as_ref());
+        if let Some(cloud) = cloud.filter(|_| call.request.suffix.is_some()) {
+            let text_len = match &call.request.prompt {
+                openai::Prompt::Text(t) => t.len(),
+                openai::Prompt::Tokens(t) => 4 * t.len(),
+            } + call.request.suffix.as_ref().map_or(0, String::len);
+            let shape = IdeShape {
+                single_line: call.request.stop.iter().any(|s| s == "\n"),
+                n_predict: call.request.max_tokens,
+                prompt_tokens: prompt_tokens_estimate(state, text_len),
+                budget_ms: None,
+            };
+            match ide_decision(state, cloud, shape, &call.policy_view(), hints) {
+                IdeDecision::Cloud(why) => {
+                    let mut call = call.clone();
+                    call.request.model = cloud.model.clone();
+                    call.body.insert("model".into(), json!(cloud.model));
+                    match call_cloud(state, cloud, &call, None).await {
+                        Ok(output) => return (Ok(output), cloud_route(cloud, &why)),
+                        Err(e) => fell_back(&mut route, cloud, &e),
+                    }
+                }
+                IdeDecision::Local(why) => {
+                    route.explanation = format!("{}; {why}", route.explanation)
+                }
+            }
+        }
         let result = match code_engine(state) {
             Ok(engine) => local_completion::complete(&engine, &call.request, &route.backend).await,
             Err(e) => Err(e),
@@ -1970,16 +1997,11 @@ pub async fn run_infill(
     };
     let cloud = state.config.ide.as_ref().and_then(|i| i.cloud.as_ref());
     if let Some(cloud) = cloud {
-        match ide_decision(state, cloud, request, hints) {
+        let (shape, view) = infill_shape(state, request);
+        match ide_decision(state, cloud, shape, &view, hints) {
             IdeDecision::Cloud(why) => match cloud_infill(state, cloud, request).await {
                 Ok(outcome) => {
-                    let route = RouteInfo {
-                        backend: cloud.backend.clone(),
-                        explanation: format!("{IDE_CLOUD}; {}: {why}", cloud.backend),
-                        mode: "cloud",
-                        tried: vec![cloud.backend.clone()],
-                        ..RouteInfo::default()
-                    };
+                    let route = cloud_route(cloud, &why);
                     if let Some(tx) = route_ready {
                         let _ = tx.send(route.clone());
                     }
@@ -1990,16 +2012,7 @@ pub async fn run_infill(
                     }
                     return (Ok(outcome), route);
                 }
-                Err(e) => {
-                    route.explanation = format!(
-                        "{}; {IDE_CLOUD} {} failed ({}), fell back to the code model",
-                        route.explanation,
-                        cloud.backend,
-                        e.metric_label()
-                    );
-                    route.fallbacks = 1;
-                    route.tried.insert(0, cloud.backend.clone());
-                }
+                Err(e) => fell_back(&mut route, cloud, &e),
             },
             IdeDecision::Local(why) => route.explanation = format!("{}; {why}", route.explanation),
         }
@@ -2031,25 +2044,51 @@ pub async fn run_infill(
 /// The `x-tandem-route` word for a completion the cloud code model answered.
 pub const IDE_CLOUD: &str = "ide-cloud";
 
-/// The IDE policy's decision for `request`, with what bars the cloud: privacy (the route's or
-/// key's rule found something: the text stays here), then an open breaker.
-fn ide_decision(
-    state: &AppState,
-    cloud: &crate::config::IdeCloud,
-    request: &InfillRequest,
-    hints: &RequestHints,
-) -> IdeDecision {
-    let ide = state.config.ide.as_ref();
-    let text_len = request.input_prefix.len()
-        + request.prompt.len()
-        + request.input_suffix.len()
-        + request
-            .input_extra
-            .iter()
-            .map(|e| e.text.len())
-            .sum::<usize>();
-    // About 4 bytes a token, within the prompt budget.
-    let budget_tokens = ide.map_or(4096, |i| i.context_tokens + i.extra_tokens);
+/// The route of a completion the cloud code model answered.
+fn cloud_route(cloud: &crate::config::IdeCloud, why: &str) -> RouteInfo {
+    RouteInfo {
+        backend: cloud.backend.clone(),
+        explanation: format!("{IDE_CLOUD}; {}: {why}", cloud.backend),
+        mode: "cloud",
+        tried: vec![cloud.backend.clone()],
+        ..RouteInfo::default()
+    }
+}
+
+/// Notes on the code model's route that the cloud failed first.
+fn fell_back(route: &mut RouteInfo, cloud: &crate::config::IdeCloud, e: &Error) {
+    route.explanation = format!(
+        "{}; {IDE_CLOUD} {} failed ({}), fell back to the code model",
+        route.explanation,
+        cloud.backend,
+        e.metric_label()
+    );
+    route.fallbacks = 1;
+    route.tried.insert(0, cloud.backend.clone());
+}
+
+/// Prompt tokens the code model would compute for `text_len` bytes: about 4 bytes a token,
+/// within the `[ide]` prompt budget.
+fn prompt_tokens_estimate(state: &AppState, text_len: usize) -> usize {
+    let budget = state
+        .config
+        .ide
+        .as_ref()
+        .map_or(4096, |i| i.context_tokens + i.extra_tokens);
+    (text_len / 4).min(budget)
+}
+
+/// What the IDE policy reads of an `/infill` request, and its text for the privacy step.
+fn infill_shape(state: &AppState, request: &InfillRequest) -> (IdeShape, ChatRequest) {
+    let extra: String = request
+        .input_extra
+        .iter()
+        .map(|e| e.text.as_str())
+        .collect();
+    let text = format!(
+        "{extra}{}{}{}",
+        request.input_prefix, request.prompt, request.input_suffix
+    );
     let budget_ms = match (request.t_max_prompt_ms, request.t_max_predict_ms) {
         (None, None) => None,
         (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
@@ -2057,28 +2096,36 @@ fn ide_decision(
     let shape = IdeShape {
         single_line: infill::single_line(request),
         n_predict: request.n_predict.unwrap_or(TYPICAL_TOKENS),
-        prompt_tokens: (text_len / 4).min(budget_tokens),
+        prompt_tokens: prompt_tokens_estimate(state, text.len()),
         budget_ms,
     };
     let view = ChatRequest {
-        model: ide.map(|i| i.model.clone()).unwrap_or_default(),
+        model: state
+            .config
+            .ide
+            .as_ref()
+            .map(|i| i.model.clone())
+            .unwrap_or_default(),
         messages: vec![tandem_cloud_adapters::Message::text(
             tandem_cloud_adapters::Role::User,
-            format!(
-                "{}{}{}{}",
-                request
-                    .input_extra
-                    .iter()
-                    .map(|e| e.text.as_str())
-                    .collect::<String>(),
-                request.input_prefix,
-                request.prompt,
-                request.input_suffix
-            ),
+            text,
         )],
         ..ChatRequest::default()
     };
-    let private = match crate::privacy::screen(&state.config, &view, hints, true) {
+    (shape, view)
+}
+
+/// The IDE policy's decision for a request of `shape` whose text `view` holds, with what bars
+/// the cloud: privacy (the route's or key's rule found something: the text stays here), then
+/// an open breaker.
+fn ide_decision(
+    state: &AppState,
+    cloud: &crate::config::IdeCloud,
+    shape: IdeShape,
+    view: &ChatRequest,
+    hints: &RequestHints,
+) -> IdeDecision {
+    let private = match crate::privacy::screen(&state.config, view, hints, true) {
         Ok(screened) => screened.action != PrivacyAction::Off,
         Err(_) => true,
     };
@@ -2093,6 +2140,41 @@ fn ide_decision(
     }
 }
 
+/// `call` on the cloud FIM backend within `timeout_ms` (its `[ide] cloud_timeout_ms` when
+/// none), its outcome fed to the backend's breaker, and a whole answer's latency to the cloud's
+/// average.
+async fn call_cloud(
+    state: &AppState,
+    cloud: &crate::config::IdeCloud,
+    call: &CompletionCall,
+    timeout_ms: Option<u64>,
+) -> Result<CompletionOutput, Error> {
+    let executor = state
+        .executors
+        .get(&cloud.backend)
+        .ok_or_else(|| Error::Internal(format!("backend {} did not start", cloud.backend)))?;
+    let timeout = timeout_ms.unwrap_or(cloud.timeout_ms);
+    let started = StdInstant::now();
+    let result = match tokio::time::timeout(
+        std::time::Duration::from_millis(timeout),
+        executor.completion(call),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(Error::FirstTokenTimeout(timeout)),
+    };
+    state
+        .resilience
+        .record(&cloud.backend, Outcome::of(&result), &state.metrics);
+    if let Ok(CompletionOutput::Answer(_)) = &result {
+        state
+            .ide_rates
+            .cloud(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    result
+}
+
 /// One completion on the cloud FIM backend (`/v1/completions` with `suffix`), within its
 /// timeout (and the request's budget), the code model's stop rules applied to its text; how it
 /// went feeds the backend's breaker and, when it answered, the cloud's latency average.
@@ -2101,10 +2183,6 @@ async fn cloud_infill(
     cloud: &crate::config::IdeCloud,
     request: &InfillRequest,
 ) -> Result<InfillOutcome, Error> {
-    let executor = state
-        .executors
-        .get(&cloud.backend)
-        .ok_or_else(|| Error::Internal(format!("backend {} did not start", cloud.backend)))?;
     let mut body = Map::new();
     body.insert("model".into(), json!(cloud.model));
     body.insert(
@@ -2130,23 +2208,11 @@ async fn cloud_infill(
         request: decoded,
         body,
     };
-    let timeout = request.t_max_predict_ms.map_or(cloud.timeout_ms, |b| {
-        b.min(cloud.timeout_ms) + request.t_max_prompt_ms.unwrap_or(0)
-    });
+    let timeout = request
+        .t_max_predict_ms
+        .map(|b| b.min(cloud.timeout_ms) + request.t_max_prompt_ms.unwrap_or(0));
     let started = StdInstant::now();
-    let result = match tokio::time::timeout(
-        std::time::Duration::from_millis(timeout),
-        executor.completion(&call),
-    )
-    .await
-    {
-        Ok(r) => r,
-        Err(_) => Err(Error::FirstTokenTimeout(timeout)),
-    };
-    state
-        .resilience
-        .record(&cloud.backend, Outcome::of(&result), &state.metrics);
-    let answer = match result? {
+    let answer = match call_cloud(state, cloud, &call, timeout).await? {
         CompletionOutput::Answer(a) => a,
         other => {
             return Err(Error::Internal(format!(
@@ -2155,7 +2221,6 @@ async fn cloud_infill(
         }
     };
     let elapsed = started.elapsed().as_secs_f64() * 1000.0;
-    state.ide_rates.cloud(elapsed);
     let finished = answer.finish_reason == tandem_cloud_adapters::FinishReason::Stop;
     let (content, stop_type, stopping_word) = infill::stop_text(request, &answer.text, finished);
     Ok(InfillOutcome {

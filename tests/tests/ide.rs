@@ -510,6 +510,27 @@ async fn multi_line_completions_go_to_the_cloud_fim_backend_when_it_is_faster() 
         .map(|e| e["content"].as_str().unwrap())
         .collect();
     assert_eq!(streamed, last["content"].as_str().unwrap());
+
+    // `/v1/completions` with `suffix` on the code model goes the same way, in OpenAI's shape.
+    let r = client()
+        .post(gw.url() + "/v1/completions")
+        .json(
+            &json!({"model": "ide", "prompt": prefix, "suffix": "\n", "max_tokens": 64,
+                      "temperature": 0}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let route = r.headers()["x-tandem-route"].to_str().unwrap().to_owned();
+    assert!(route.starts_with("ide-cloud; fim: multi-line"), "{route}");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["choices"][0]["text"], tandem_lab::mock::FIM_TEXT, "{v}");
+    assert_eq!(v["usage"]["completion_tokens"], 17, "{v}");
+    let sent = mock.requests().into_iter().last().unwrap().json().unwrap();
+    assert_eq!(
+        (&sent["model"], &sent["suffix"]),
+        (&json!("codestral-latest"), &json!("\n"))
+    );
 }
 
 #[tokio::test]
