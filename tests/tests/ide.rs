@@ -531,6 +531,25 @@ async fn multi_line_completions_go_to_the_cloud_fim_backend_when_it_is_faster() 
         (&sent["model"], &sent["suffix"]),
         (&json!("codestral-latest"), &json!("\n"))
     );
+
+    // The cloud's tokens are counted as every cloud call's are: 17 for each of the 3 answers.
+    let metrics = client()
+        .get(gw.url() + "/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let completion: u64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("tandem_tokens_total{")
+                && l.contains(r#"backend="fim",kind="completion"}"#)
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(completion, 51, "{metrics}");
 }
 
 #[tokio::test]

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value, json};
 use tandem_local_model::{ExtraFile, SamplingParams};
 
+use super::chat::record_usage;
 use super::{finish_response, json_response, read_body, request_id, sse_response};
 use crate::dispatch::{RouteInfo, run_infill};
 use crate::error::{ApiFlavor, Error};
@@ -380,6 +381,7 @@ pub async fn infill(State(state): State<Arc<AppState>>, request: Request) -> Res
         stream(state.clone(), decoded, hints, model.clone()).await
     } else {
         let (result, route) = run_infill(&state, &decoded.request, &hints, None, None).await;
+        meter_cloud(&state, &hints, &model, &route, &result);
         let answered = result.is_ok();
         let mut response = match result {
             Ok(outcome) => json_response(&only_fields(
@@ -393,6 +395,32 @@ pub async fn infill(State(state): State<Arc<AppState>>, request: Request) -> Res
     };
     finish_response(&state, &mut response, &id, &route, model, true);
     response
+}
+
+/// Counts a cloud answer's tokens and cost as every cloud call's are (a local one costs
+/// nothing to meter here).
+fn meter_cloud(
+    state: &AppState,
+    hints: &RequestHints,
+    model: &str,
+    route: &RouteInfo,
+    result: &Result<InfillOutcome, Error>,
+) {
+    if let (Ok(o), "cloud") = (result, route.mode) {
+        let usage = tandem_cloud_adapters::Usage {
+            prompt_tokens: o.prompt_tokens as u64,
+            completion_tokens: o.tokens_predicted as u64,
+            ..Default::default()
+        };
+        record_usage(
+            state,
+            model,
+            &route.backend,
+            &usage,
+            hints.meter.as_deref(),
+            hints.ticket.as_ref(),
+        );
+    }
 }
 
 /// A streamed completion: one `data:` event per piece of text, then the whole answer with
@@ -413,9 +441,11 @@ async fn stream(
     } = decoded;
     let runner = tokio::spawn({
         let state = state.clone();
+        let model_name = model.clone();
         async move {
-            let (result, _route) =
+            let (result, route) =
                 run_infill(&state, &request, &hints, Some(tx.clone()), Some(route_tx)).await;
+            meter_cloud(&state, &hints, &model_name, &route, &result);
             let _ = tx
                 .send(match result {
                     Ok(outcome) => InfillChunk::Done(outcome),
