@@ -497,10 +497,9 @@ async fn multi_line_completions_go_to_the_cloud_fim_backend_when_it_is_faster() 
     let route = r.headers()["x-tandem-route"].to_str().unwrap().to_owned();
     assert!(route.starts_with("ide-cloud"), "{route}");
     let text = r.text().await.unwrap();
-    let events: Vec<Value> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .map(|d| serde_json::from_str(d).unwrap())
+    let events: Vec<Value> = tandem_tests::parse_sse(&text)
+        .iter()
+        .map(tandem_tests::SseEvent::json)
         .collect();
     let last = events.last().unwrap();
     assert_eq!(last["stop"], true, "{text}");
@@ -584,6 +583,43 @@ async fn a_failing_cloud_falls_back_to_the_code_model() {
     assert!(v["tokens_predicted"].as_u64().unwrap() > 0, "{v}");
     assert!(v["timings"]["predicted_n"].as_u64().unwrap() > 0, "{v}");
     assert_eq!(mock.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn a_cloud_past_its_budget_or_behind_an_open_breaker_leaves_completions_local() {
+    let Some((gw, _engine, mock)) = start_cloud(
+        "codestral-status-500",
+        "[resilience]\nbreaker_failures = 2\nbreaker_open_ms = 60000\n",
+    )
+    .await
+    else {
+        return;
+    };
+    for _ in 0..2 {
+        let (status, route, _) = infill_routed(&gw, multi_line("def add(a, b):\n")).await;
+        assert_eq!(status, 200);
+        assert!(route.contains("ide-cloud fim failed"), "{route}");
+    }
+    let (status, route, v) = infill_routed(&gw, multi_line("def add(a, b):\n")).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        route,
+        "ide; infill (qwen2.5-coder-0.5b); cloud breaker open"
+    );
+    assert_eq!(mock.requests().len(), 2);
+    drop(gw);
+
+    // A cloud that does not answer within the request's budget: the code model answers.
+    let Some((gw, _engine, _mock)) = start_cloud("codestral-hang", "").await else {
+        return;
+    };
+    let started = Instant::now();
+    let mut body = multi_line("def add(a, b):\n");
+    body["t_max_predict_ms"] = json!(300);
+    let (status, route, v) = infill_routed(&gw, body).await;
+    assert_eq!(status, 200, "{v}");
+    assert!(route.contains("ide-cloud fim failed ("), "{route}");
+    assert!(started.elapsed() < Duration::from_secs(3), "{route}");
 }
 
 #[tokio::test]
