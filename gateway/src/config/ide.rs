@@ -151,7 +151,19 @@ pub fn validate_ide(raw: RawIde) -> Result<IdeConfig, ConfigError> {
         None => d.draft_tokens,
     };
     let cloud = match raw.cloud {
-        None => None,
+        None => {
+            let orphan = [
+                ("ide.cloud_model", raw.cloud_model.is_some()),
+                ("ide.cloud_latency_ms", raw.cloud_latency_ms.is_some()),
+                ("ide.cloud_timeout_ms", raw.cloud_timeout_ms.is_some()),
+            ]
+            .into_iter()
+            .find(|(_, set)| *set);
+            if let Some((key, _)) = orphan {
+                return Err(invalid(key, "has no effect without ide.cloud"));
+            }
+            None
+        }
         Some(backend) => Some(IdeCloud {
             model: raw.cloud_model.unwrap_or_else(|| model.clone()),
             latency_ms: raw.cloud_latency_ms.unwrap_or(400),
@@ -204,6 +216,21 @@ mod tests {
     }
 
     #[test]
+    fn a_cloud_names_an_openai_api_backend() {
+        let c = Config::from_toml_str(
+            "[backends.fim]\nkind = \"openai-compatible\"\nbase_url = \"http://127.0.0.1:1/v1\"\n[ide]\ncloud = \"fim\"\n",
+            &MapEnv::default(),
+        )
+        .unwrap();
+        let cloud = c.ide.unwrap().cloud.unwrap();
+        assert_eq!(
+            (cloud.backend.as_str(), cloud.model.as_str()),
+            ("fim", "qwen2.5-coder-0.5b")
+        );
+        assert_eq!((cloud.latency_ms, cloud.timeout_ms), (400, 3000));
+    }
+
+    #[test]
     fn bad_ide_values_name_their_key() {
         for (toml, key) in [
             ("[ide]\nthreads = 0\n", "ide.threads"),
@@ -213,6 +240,11 @@ mod tests {
             ("[ide]\nport = 1\n", "ide"),
             ("[ide]\nlayout = \"x\"\n", "ide.layout"),
             ("[ide]\ncloud = \"nope\"\n", "ide.cloud"),
+            ("[ide]\ncloud_model = \"m\"\n", "ide.cloud_model"),
+            (
+                "[backends.a]\nkind = \"anthropic\"\nbase_url = \"http://127.0.0.1:1/v1\"\n[ide]\ncloud = \"a\"\n",
+                "ide.cloud",
+            ),
             (
                 "[backends.c]\nkind = \"openai-compatible\"\nbase_url = \"http://127.0.0.1:1/v1\"\n[ide]\ncloud = \"c\"\ncloud_timeout_ms = 0\n",
                 "ide.cloud_timeout_ms",
