@@ -30,6 +30,7 @@ use crate::observe::trace::LiveSpan;
 use crate::observe::{Bill, RequestMeter, SpanKind, bill};
 use crate::privacy::{PrivacyNote, Screened};
 use crate::resilience::{Admission, Outcome, Resilience};
+use crate::routing::ide::{Barred, IdeDecision, IdeShape, TYPICAL_TOKENS, decide};
 use crate::routing::{LiveBackend, Planned, RequestHints, placement_for};
 use crate::state::AppState;
 
@@ -1516,7 +1517,34 @@ pub async fn run_completion(
     first_token: Option<FirstTokenDeadline>,
 ) -> (Result<CompletionOutput, Error>, RouteInfo) {
     let model = call.request.model.as_str();
-    if let Some(route) = code_model_route(state, call) {
+    if let Some(mut route) = code_model_route(state, call) {
+        let cloud = state.config.ide.as_ref().and_then(|i| i.cloud.as_ref());
+        if let Some(cloud) = cloud.filter(|_| call.request.suffix.is_some()) {
+            let text_len = match &call.request.prompt {
+                openai::Prompt::Text(t) => t.len(),
+                openai::Prompt::Tokens(t) => 4 * t.len(),
+            } + call.request.suffix.as_ref().map_or(0, String::len);
+            let shape = IdeShape {
+                single_line: call.request.stop.iter().any(|s| s == "\n"),
+                n_predict: call.request.max_tokens,
+                prompt_tokens: prompt_tokens_estimate(state, text_len),
+                budget_ms: None,
+            };
+            match ide_decision(state, cloud, shape, &call.policy_view(), hints) {
+                IdeDecision::Cloud(why) => {
+                    let mut call = call.clone();
+                    call.request.model = cloud.model.clone();
+                    call.body.insert("model".into(), json!(cloud.model));
+                    match call_cloud(state, cloud, &call, None).await {
+                        Ok(output) => return (Ok(output), cloud_route(cloud, &why)),
+                        Err(e) => fell_back(&mut route, cloud, &e),
+                    }
+                }
+                IdeDecision::Local(why) => {
+                    route.explanation = format!("{}; {why}", route.explanation)
+                }
+            }
+        }
         let result = match code_engine(state) {
             Ok(engine) => local_completion::complete(&engine, &call.request, &route.backend).await,
             Err(e) => Err(e),
@@ -1946,23 +1974,52 @@ fn code_engine(state: &AppState) -> Result<tandem_local_model::Engine, Error> {
     }
 }
 
-/// Runs an `/infill` request on the code model (a newer request of the same editor session
-/// stops the older); with `chunks` it streams.
+/// Runs an `/infill` request: on the `[ide] cloud` FIM backend where the IDE policy
+/// ([`crate::routing::ide::decide`]) sends it, else (and whenever the cloud fails) on the code
+/// model, where a newer request of the same editor session stops the older. With `chunks` it
+/// streams; `route_ready` hears the route before the first chunk is sent.
 pub async fn run_infill(
     state: &AppState,
     request: &InfillRequest,
+    hints: &RequestHints,
     chunks: Option<tokio::sync::mpsc::Sender<InfillChunk>>,
+    route_ready: Option<tokio::sync::oneshot::Sender<RouteInfo>>,
 ) -> (Result<InfillOutcome, Error>, RouteInfo) {
     let (backend, model) = match (&state.config.ide, &state.config.local) {
         (Some(ide), _) => (CODE_BACKEND, ide.model.as_str()),
         (None, Some(local)) => ("local", local.model.as_str()),
         (None, None) => ("", ""),
     };
-    let route = RouteInfo::local(backend, format!("{backend}; infill ({model})"));
+    let mut route = RouteInfo::local(backend, format!("{backend}; infill ({model})"));
     let engine = match code_engine(state) {
         Ok(e) => e,
         Err(e) => return (Err(e), route),
     };
+    let cloud = state.config.ide.as_ref().and_then(|i| i.cloud.as_ref());
+    if let Some(cloud) = cloud {
+        let (shape, view) = infill_shape(state, request);
+        match ide_decision(state, cloud, shape, &view, hints) {
+            IdeDecision::Cloud(why) => match cloud_infill(state, cloud, request).await {
+                Ok(outcome) => {
+                    let route = cloud_route(cloud, &why);
+                    if let Some(tx) = route_ready {
+                        let _ = tx.send(route.clone());
+                    }
+                    if let Some(tx) = &chunks
+                        && !outcome.content.is_empty()
+                    {
+                        let _ = tx.send(InfillChunk::Text(outcome.content.clone())).await;
+                    }
+                    return (Ok(outcome), route);
+                }
+                Err(e) => fell_back(&mut route, cloud, &e),
+            },
+            IdeDecision::Local(why) => route.explanation = format!("{}; {why}", route.explanation),
+        }
+    }
+    if let Some(tx) = route_ready {
+        let _ = tx.send(route.clone());
+    }
     let result = infill::run(
         &engine,
         request,
@@ -1971,7 +2028,210 @@ pub async fn run_infill(
         chunks,
     )
     .await;
+    if let Ok(o) = &result
+        && !o.superseded
+    {
+        state.ide_rates.local(
+            o.tokens_predicted,
+            o.predicted_ms,
+            o.computed_tokens(),
+            o.prompt_ms,
+        );
+    }
     (result, route)
+}
+
+/// The `x-tandem-route` word for a completion the cloud code model answered.
+pub const IDE_CLOUD: &str = "ide-cloud";
+
+/// The route of a completion the cloud code model answered.
+fn cloud_route(cloud: &crate::config::IdeCloud, why: &str) -> RouteInfo {
+    RouteInfo {
+        backend: cloud.backend.clone(),
+        explanation: format!("{IDE_CLOUD}; {}: {why}", cloud.backend),
+        mode: "cloud",
+        tried: vec![cloud.backend.clone()],
+        ..RouteInfo::default()
+    }
+}
+
+/// Notes on the code model's route that the cloud failed first.
+fn fell_back(route: &mut RouteInfo, cloud: &crate::config::IdeCloud, e: &Error) {
+    route.explanation = format!(
+        "{}; {IDE_CLOUD} {} failed ({}), fell back to the code model",
+        route.explanation,
+        cloud.backend,
+        e.metric_label()
+    );
+    route.fallbacks = 1;
+    route.tried.insert(0, cloud.backend.clone());
+}
+
+/// Prompt tokens the code model would compute for `text_len` bytes: about 4 bytes a token,
+/// within the `[ide]` prompt budget.
+fn prompt_tokens_estimate(state: &AppState, text_len: usize) -> usize {
+    let budget = state
+        .config
+        .ide
+        .as_ref()
+        .map_or(4096, |i| i.context_tokens + i.extra_tokens);
+    (text_len / 4).min(budget)
+}
+
+/// What the IDE policy reads of an `/infill` request, and its text for the privacy step.
+fn infill_shape(state: &AppState, request: &InfillRequest) -> (IdeShape, ChatRequest) {
+    let extra: String = request
+        .input_extra
+        .iter()
+        .map(|e| e.text.as_str())
+        .collect();
+    let text = format!(
+        "{extra}{}{}{}",
+        request.input_prefix, request.prompt, request.input_suffix
+    );
+    let budget_ms = match (request.t_max_prompt_ms, request.t_max_predict_ms) {
+        (None, None) => None,
+        (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+    };
+    let shape = IdeShape {
+        single_line: infill::single_line(request),
+        n_predict: request.n_predict.unwrap_or(TYPICAL_TOKENS),
+        prompt_tokens: prompt_tokens_estimate(state, text.len()),
+        budget_ms,
+    };
+    let view = ChatRequest {
+        model: state
+            .config
+            .ide
+            .as_ref()
+            .map(|i| i.model.clone())
+            .unwrap_or_default(),
+        messages: vec![tandem_cloud_adapters::Message::text(
+            tandem_cloud_adapters::Role::User,
+            text,
+        )],
+        ..ChatRequest::default()
+    };
+    (shape, view)
+}
+
+/// The IDE policy's decision for a request of `shape` whose text `view` holds, with what bars
+/// the cloud: privacy (the route's or key's rule found something: the text stays here), then
+/// an open breaker.
+fn ide_decision(
+    state: &AppState,
+    cloud: &crate::config::IdeCloud,
+    shape: IdeShape,
+    view: &ChatRequest,
+    hints: &RequestHints,
+) -> IdeDecision {
+    let private = match crate::privacy::screen(&state.config, view, hints, true) {
+        Ok(screened) => screened.action != PrivacyAction::Off,
+        Err(_) => true,
+    };
+    let rates = state.ide_rates.get();
+    let barred = private.then_some(Barred::Privacy);
+    match decide(shape, rates, barred) {
+        IdeDecision::Cloud(why) => match state.resilience.admit(&cloud.backend) {
+            Admission::Refused(_) => decide(shape, rates, Some(Barred::BreakerOpen)),
+            _ => IdeDecision::Cloud(why),
+        },
+        local => local,
+    }
+}
+
+/// `call` on the cloud FIM backend within `timeout_ms` (its `[ide] cloud_timeout_ms` when
+/// none), its outcome fed to the backend's breaker, and a whole answer's latency to the cloud's
+/// average.
+async fn call_cloud(
+    state: &AppState,
+    cloud: &crate::config::IdeCloud,
+    call: &CompletionCall,
+    timeout_ms: Option<u64>,
+) -> Result<CompletionOutput, Error> {
+    let executor = state
+        .executors
+        .get(&cloud.backend)
+        .ok_or_else(|| Error::Internal(format!("backend {} did not start", cloud.backend)))?;
+    let timeout = timeout_ms.unwrap_or(cloud.timeout_ms);
+    let started = StdInstant::now();
+    let result = match tokio::time::timeout(
+        std::time::Duration::from_millis(timeout),
+        executor.completion(call),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(Error::FirstTokenTimeout(timeout)),
+    };
+    state
+        .resilience
+        .record(&cloud.backend, Outcome::of(&result), &state.metrics);
+    if let Ok(CompletionOutput::Answer(_)) = &result {
+        state
+            .ide_rates
+            .cloud(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    result
+}
+
+/// One completion on the cloud FIM backend (`/v1/completions` with `suffix`), within its
+/// timeout (and the request's budget), the code model's stop rules applied to its text; how it
+/// went feeds the backend's breaker and, when it answered, the cloud's latency average.
+async fn cloud_infill(
+    state: &AppState,
+    cloud: &crate::config::IdeCloud,
+    request: &InfillRequest,
+) -> Result<InfillOutcome, Error> {
+    let mut body = Map::new();
+    body.insert("model".into(), json!(cloud.model));
+    body.insert(
+        "prompt".into(),
+        json!(format!("{}{}", request.input_prefix, request.prompt)),
+    );
+    body.insert("suffix".into(), json!(request.input_suffix));
+    body.insert(
+        "max_tokens".into(),
+        json!(request.n_predict.unwrap_or(TYPICAL_TOKENS)),
+    );
+    body.insert("temperature".into(), json!(request.params.temperature));
+    body.insert("top_p".into(), json!(request.params.top_p));
+    if !request.params.stop.is_empty() {
+        // OpenAI's API takes at most 4; the rest are applied here.
+        let stop: Vec<&String> = request.params.stop.iter().take(4).collect();
+        body.insert("stop".into(), json!(stop));
+    }
+    let bytes = serde_json::to_vec(&body).map_err(|e| Error::Internal(e.to_string()))?;
+    let decoded = openai::decode_completion_request(&bytes)
+        .map_err(|e| Error::Internal(format!("the cloud FIM request: {e}")))?;
+    let call = CompletionCall {
+        request: decoded,
+        body,
+    };
+    let timeout = request
+        .t_max_predict_ms
+        .map(|b| b.min(cloud.timeout_ms) + request.t_max_prompt_ms.unwrap_or(0));
+    let started = StdInstant::now();
+    let answer = match call_cloud(state, cloud, &call, timeout).await? {
+        CompletionOutput::Answer(a) => a,
+        other => {
+            return Err(Error::Internal(format!(
+                "the cloud FIM backend answered {other:?}"
+            )));
+        }
+    };
+    let elapsed = started.elapsed().as_secs_f64() * 1000.0;
+    let finished = answer.finish_reason == tandem_cloud_adapters::FinishReason::Stop;
+    let (content, stop_type, stopping_word) = infill::stop_text(request, &answer.text, finished);
+    Ok(InfillOutcome {
+        content,
+        tokens_predicted: answer.usage.completion_tokens as usize,
+        prompt_tokens: answer.usage.prompt_tokens as usize,
+        stop_type: Some(stop_type),
+        stopping_word,
+        prompt_ms: elapsed,
+        ..InfillOutcome::default()
+    })
 }
 
 #[cfg(test)]

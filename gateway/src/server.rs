@@ -200,6 +200,13 @@ pub fn build_state(config: Config, options: &GatewayOptions) -> Result<Arc<AppSt
     let config = Arc::new(config);
     let observer = Observer::start(config.clone(), metrics.clone());
     crate::observe::replicas::spawn_publisher(observer.clone(), store.clone());
+    let ide_rates = crate::routing::ide::IdeRates::new(
+        config
+            .ide
+            .as_ref()
+            .and_then(|i| i.cloud.as_ref())
+            .map_or(400, |c| c.latency_ms),
+    );
     Ok(Arc::new(AppState {
         audit,
         store,
@@ -214,6 +221,7 @@ pub fn build_state(config: Config, options: &GatewayOptions) -> Result<Arc<AppSt
         local,
         ide,
         editors: Arc::default(),
+        ide_rates,
         metrics,
         requests: RequestLog::default(),
         feedback: options

@@ -91,6 +91,8 @@ pub struct AppState {
     pub ide: Option<Arc<LocalModel>>,
     /// The running code completions of each editor session (a newer one stops the older).
     pub editors: Arc<EditorSessions>,
+    /// The code model's and the IDE cloud's measured speeds, for the IDE routing policy.
+    pub ide_rates: crate::routing::ide::IdeRates,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Circuit breakers and the retry budget.

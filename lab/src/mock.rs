@@ -96,6 +96,10 @@ impl Fixture {
     }
 }
 
+/// The text of the mock's fill-in-the-middle answer: two lines of a function body, then a line
+/// back at the outer level (which the editor's `n_indent` rule cuts off).
+pub const FIM_TEXT: &str = "    total = a + b\n    return total\n\nprint(add(1, 2))\n";
+
 /// The answers the mock gives, one per route and behaviour.
 #[derive(Debug, Clone)]
 pub struct Fixtures {
@@ -117,6 +121,8 @@ pub struct Fixtures {
     pub completion_text: Fixture,
     /// Legacy completion, SSE.
     pub completion_stream: Fixture,
+    /// Legacy completion with `suffix` (fill in the middle), JSON: [`FIM_TEXT`].
+    pub completion_fim: Fixture,
     /// `/v1/models`.
     pub models: Fixture,
     /// OpenAI Responses API, text, JSON.
@@ -160,6 +166,18 @@ impl Fixtures {
             openai_rate_limit: Fixture::json(429, fixture_bytes!("openai/error_rate_limit.json")),
             openai_server_error: Fixture::json(500, fixture_bytes!("openai/error_server.json")),
             completion_text: Fixture::json(200, fixture_bytes!("openai/completion_text.json")),
+            completion_fim: Fixture::json(
+                200,
+                serde_json::json!({
+                    "id": "cmpl-fim-mock",
+                    "object": "text_completion",
+                    "created": 1_750_171_094,
+                    "model": "codestral-2501",
+                    "choices": [{"text": FIM_TEXT, "index": 0, "logprobs": null, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 21, "completion_tokens": 17, "total_tokens": 38},
+                })
+                .to_string(),
+            ),
             completion_stream: Fixture::sse(fixture_bytes!("openai/completion_stream.sse")),
             models: Fixture::json(200, fixture_bytes!("openai/models.json")),
             openai_responses: Fixture::json(200, fixture_bytes!("openai/responses_text.json")),
@@ -376,6 +394,9 @@ struct Probe<'a> {
     model: Option<std::borrow::Cow<'a, str>>,
     #[serde(default)]
     stream: bool,
+    /// A legacy completion's `suffix`: fill in the middle.
+    #[serde(default)]
+    suffix: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -565,6 +586,7 @@ async fn handle(
         (Route::Chat, true) if cut => &fx.openai_cut_stream,
         (Route::Chat, true) if tool => &fx.openai_tool_stream,
         (Route::Chat, true) => &fx.openai_text_stream,
+        (Route::Completions, false) if probe.suffix.is_some() => &fx.completion_fim,
         (Route::Completions, false) => &fx.completion_text,
         (Route::Completions, true) => &fx.completion_stream,
         (Route::Messages, false) if tool => &fx.anthropic_tool,

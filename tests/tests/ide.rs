@@ -1,7 +1,8 @@
 //! The IDE code-completion backend end to end on the real Qwen2.5-Coder-0.5B (skipped, with a
 //! message, when it is not in the cache): `/infill` and `/v1/completions` with `suffix` against
 //! llama.cpp's greedy answer, keystroke reuse of the prefix cache (counted, and equal to a cold
-//! run), supersede, `n_predict: 0` warm-up and the `t_max_predict_ms` budget.
+//! run), supersede, `n_predict: 0` warm-up and the `t_max_predict_ms` budget; and the routing of
+//! multi-line completions to a cloud FIM backend (the mock upstream), with its fallbacks.
 
 // A test skipped for want of a fetched model says so on stderr.
 #![allow(clippy::print_stderr)]
@@ -14,6 +15,7 @@ use serde_json::{Value, json};
 use tandem_artifacts::{ProcessEnv, default_cache_root, locate};
 use tandem_gateway::config::{Config, IdeConfig, MapEnv};
 use tandem_gateway::{Gateway, GatewayOptions, LocalLoad};
+use tandem_lab::mock::{Fixtures, MockConfig, MockHandle, MockUpstream};
 use tandem_local_model::{Engine, EngineConfig};
 use tandem_tests::client;
 
@@ -25,6 +27,11 @@ async fn start() -> Option<(Gateway, Engine)> {
 /// The same, its engine reusing cached runs of at least `cache_reuse` tokens where they moved;
 /// both draft as `[ide]` does by default, so every greedy answer here is checked with drafts on.
 async fn start_with(cache_reuse: usize) -> Option<(Gateway, Engine)> {
+    start_config(cache_reuse, "").await
+}
+
+/// The same with `extra` config after `[ide] threads = 2` (more `[ide]` keys, then sections).
+async fn start_config(cache_reuse: usize, extra: &str) -> Option<(Gateway, Engine)> {
     let root = default_cache_root(&ProcessEnv);
     let Some(paths) = locate(&root, "qwen2.5-coder-0.5b") else {
         eprintln!(
@@ -47,7 +54,7 @@ async fn start_with(cache_reuse: usize) -> Option<(Gateway, Engine)> {
     .unwrap()
     .unwrap();
     let config = Config::from_toml_str(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[ide]\nthreads = 2\n",
+        &format!("[server]\nlisten = \"127.0.0.1:0\"\n[ide]\nthreads = 2\n{extra}"),
         &MapEnv::default(),
     )
     .unwrap();
@@ -400,4 +407,240 @@ async fn t_max_predict_ms_returns_what_is_ready() {
     if v["stop_type"] == "limit" {
         assert!(v["tokens_predicted"].as_u64().unwrap() < 400, "{v}");
     }
+}
+
+/// A gateway whose `[ide] cloud` is the mock upstream answering as `cloud_model` (the mock's
+/// faults are named in the model), expected at 1 ms, so that multi-line work goes there;
+/// `sections` is more config.
+async fn start_cloud(cloud_model: &str, sections: &str) -> Option<(Gateway, Engine, MockHandle)> {
+    let (addr, mock) = MockUpstream::start_with(Fixtures::builtin(), MockConfig::default())
+        .await
+        .unwrap();
+    let extra = format!(
+        "cloud = \"fim\"\ncloud_model = \"{cloud_model}\"\ncloud_latency_ms = 1\ncloud_timeout_ms = 2000\n\
+         [backends.fim]\nkind = \"openai-compatible\"\nbase_url = \"http://{addr}/v1\"\n{sections}"
+    );
+    let (gw, engine) = start_config(0, &extra).await?;
+    Some((gw, engine, mock))
+}
+
+/// Posts to `/infill`; the status, the route header and the body.
+async fn infill_routed(gw: &Gateway, body: Value) -> (u16, String, Value) {
+    let r = client()
+        .post(gw.url() + "/infill")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let route = r
+        .headers()
+        .get("x-tandem-route")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (status, route, r.json().await.unwrap())
+}
+
+/// A multi-line request, as llama.vim sends one: indentation known, 64 tokens.
+fn multi_line(prefix: &str) -> Value {
+    json!({"input_prefix": prefix, "input_suffix": "\n", "n_predict": 64, "n_indent": 4,
+           "temperature": 0, "stop": ["\n\n\n"]})
+}
+
+#[tokio::test]
+async fn multi_line_completions_go_to_the_cloud_fim_backend_when_it_is_faster() {
+    let Some((gw, _engine, mock)) = start_cloud("codestral-latest", "").await else {
+        return;
+    };
+    let prefix = "def add(a, b):\n";
+    let (status, route, v) = infill_routed(&gw, multi_line(prefix)).await;
+    assert_eq!(status, 200, "{v}");
+    assert!(route.starts_with("ide-cloud; fim: multi-line"), "{route}");
+    // The editor's n_indent rule cut the line back at the outer level.
+    assert_eq!(
+        v["content"], "    total = a + b\n    return total\n\n",
+        "{v}"
+    );
+    assert_eq!(v["stop_type"], "limit", "{v}");
+    assert_eq!(v["tokens_predicted"], 17, "{v}");
+    assert!(v["timings"]["prompt_ms"].as_f64().unwrap() > 0.0, "{v}");
+    // The cloud got OpenAI's FIM request.
+    let sent = mock.requests().into_iter().last().unwrap();
+    assert_eq!(sent.path, "/v1/completions");
+    let body = sent.json().unwrap();
+    assert_eq!(
+        (
+            &body["model"],
+            &body["prompt"],
+            &body["suffix"],
+            &body["max_tokens"]
+        ),
+        (
+            &json!("codestral-latest"),
+            &json!(prefix),
+            &json!("\n"),
+            &json!(64)
+        )
+    );
+
+    // Streamed: the same text in the same shape, the route in the header.
+    let r = client()
+        .post(gw.url() + "/infill")
+        .json(&{
+            let mut b = multi_line(prefix);
+            b["stream"] = json!(true);
+            b
+        })
+        .send()
+        .await
+        .unwrap();
+    let route = r.headers()["x-tandem-route"].to_str().unwrap().to_owned();
+    assert!(route.starts_with("ide-cloud"), "{route}");
+    let text = r.text().await.unwrap();
+    let events: Vec<Value> = tandem_tests::parse_sse(&text)
+        .iter()
+        .map(tandem_tests::SseEvent::json)
+        .collect();
+    let last = events.last().unwrap();
+    assert_eq!(last["stop"], true, "{text}");
+    assert_eq!(last["content"], "    total = a + b\n    return total\n\n");
+    let streamed: String = events[..events.len() - 1]
+        .iter()
+        .map(|e| e["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(streamed, last["content"].as_str().unwrap());
+
+    // `/v1/completions` with `suffix` on the code model goes the same way, in OpenAI's shape.
+    let r = client()
+        .post(gw.url() + "/v1/completions")
+        .json(
+            &json!({"model": "ide", "prompt": prefix, "suffix": "\n", "max_tokens": 64,
+                      "temperature": 0}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let route = r.headers()["x-tandem-route"].to_str().unwrap().to_owned();
+    assert!(route.starts_with("ide-cloud; fim: multi-line"), "{route}");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["choices"][0]["text"], tandem_lab::mock::FIM_TEXT, "{v}");
+    assert_eq!(v["usage"]["completion_tokens"], 17, "{v}");
+    let sent = mock.requests().into_iter().last().unwrap().json().unwrap();
+    assert_eq!(
+        (&sent["model"], &sent["suffix"]),
+        (&json!("codestral-latest"), &json!("\n"))
+    );
+
+    // The cloud's tokens are counted as every cloud call's are: 17 for each of the 3 answers.
+    let metrics = client()
+        .get(gw.url() + "/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let completion: u64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("tandem_tokens_total{")
+                && l.contains(r#"backend="fim",kind="completion"}"#)
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(completion, 51, "{metrics}");
+}
+
+#[tokio::test]
+async fn single_line_completions_stay_on_the_code_model() {
+    let Some((gw, _engine, mock)) = start_cloud("codestral-latest", "").await else {
+        return;
+    };
+    let (status, route, v) = infill_routed(
+        &gw,
+        json!({"input_prefix": "def add(a, b):\n    return ", "input_suffix": "\n",
+               "n_predict": 64, "temperature": 0, "stop": ["\n"]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(route, "ide; infill (qwen2.5-coder-0.5b); single line");
+    assert!(!v["content"].as_str().unwrap().contains('\n'), "{v}");
+    assert!(mock.requests().is_empty());
+}
+
+#[tokio::test]
+async fn a_failing_cloud_falls_back_to_the_code_model() {
+    let Some((gw, _engine, mock)) = start_cloud("codestral-status-503", "").await else {
+        return;
+    };
+    let (status, route, v) = infill_routed(&gw, multi_line("def add(a, b):\n")).await;
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        route.starts_with("ide; infill (qwen2.5-coder-0.5b); ide-cloud fim failed ("),
+        "{route}"
+    );
+    assert!(route.ends_with("fell back to the code model"), "{route}");
+    assert!(v["tokens_predicted"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["timings"]["predicted_n"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(mock.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn a_cloud_past_its_budget_or_behind_an_open_breaker_leaves_completions_local() {
+    let Some((gw, _engine, mock)) = start_cloud(
+        "codestral-status-500",
+        "[resilience]\nbreaker_failures = 2\nbreaker_open_ms = 60000\n",
+    )
+    .await
+    else {
+        return;
+    };
+    for _ in 0..2 {
+        let (status, route, _) = infill_routed(&gw, multi_line("def add(a, b):\n")).await;
+        assert_eq!(status, 200);
+        assert!(route.contains("ide-cloud fim failed"), "{route}");
+    }
+    let (status, route, v) = infill_routed(&gw, multi_line("def add(a, b):\n")).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        route,
+        "ide; infill (qwen2.5-coder-0.5b); cloud breaker open"
+    );
+    assert_eq!(mock.requests().len(), 2);
+    drop(gw);
+
+    // A cloud that does not answer within the request's budget: the code model answers.
+    let Some((gw, _engine, _mock)) = start_cloud("codestral-hang", "").await else {
+        return;
+    };
+    let started = Instant::now();
+    let mut body = multi_line("def add(a, b):\n");
+    body["t_max_predict_ms"] = json!(300);
+    let (status, route, v) = infill_routed(&gw, body).await;
+    assert_eq!(status, 200, "{v}");
+    assert!(route.contains("ide-cloud fim failed ("), "{route}");
+    assert!(started.elapsed() < Duration::from_secs(3), "{route}");
+}
+
+#[tokio::test]
+async fn a_force_local_privacy_rule_keeps_completions_local() {
+    let Some((gw, _engine, mock)) =
+        start_cloud("codestral-latest", "[privacy]\ndefault = \"force-local\"\n").await
+    else {
+        return;
+    };
+    let (status, route, v) = infill_routed(
+        &gw,
+        multi_line("# maintainer: jane.doe@example.com\ndef add(a, b):\n"),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        route,
+        "ide; infill (qwen2.5-coder-0.5b); privacy keeps it local"
+    );
+    assert!(mock.requests().is_empty());
+    // Text without anything sensitive may still go.
+    let (_, route, _) = infill_routed(&gw, multi_line("def add(a, b):\n")).await;
+    assert!(route.starts_with("ide-cloud"), "{route}");
 }

@@ -34,6 +34,23 @@ pub struct IdeConfig {
     /// drafted token the model agrees with costs no step of its own (0 = off; the output is the
     /// same either way).
     pub draft_tokens: usize,
+    /// The cloud code model multi-line completions may go to, when the routing policy
+    /// predicts it answers sooner (see [`crate::routing::ide`]).
+    pub cloud: Option<IdeCloud>,
+}
+
+/// `[ide] cloud`: a backend serving OpenAI's `/v1/completions` with `suffix` (Codestral's or
+/// DeepSeek's FIM, a vLLM or llama.cpp server).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdeCloud {
+    /// The `[backends.NAME]` it is.
+    pub backend: String,
+    /// The model id sent (mapped through the backend's `models`).
+    pub model: String,
+    /// Its expected latency until one is measured, ms.
+    pub latency_ms: u64,
+    /// Longest wait for its answer before the local model answers instead, ms.
+    pub timeout_ms: u64,
 }
 
 impl Default for IdeConfig {
@@ -50,6 +67,7 @@ impl Default for IdeConfig {
             suffix_first: false,
             cache_reuse: 32,
             draft_tokens: 6,
+            cloud: None,
         }
     }
 }
@@ -132,6 +150,31 @@ pub fn validate_ide(raw: RawIde) -> Result<IdeConfig, ConfigError> {
         Some(n) => n as usize,
         None => d.draft_tokens,
     };
+    let cloud = match raw.cloud {
+        None => {
+            let orphan = [
+                ("ide.cloud_model", raw.cloud_model.is_some()),
+                ("ide.cloud_latency_ms", raw.cloud_latency_ms.is_some()),
+                ("ide.cloud_timeout_ms", raw.cloud_timeout_ms.is_some()),
+            ]
+            .into_iter()
+            .find(|(_, set)| *set);
+            if let Some((key, _)) = orphan {
+                return Err(invalid(key, "has no effect without ide.cloud"));
+            }
+            None
+        }
+        Some(backend) => Some(IdeCloud {
+            model: raw.cloud_model.unwrap_or_else(|| model.clone()),
+            latency_ms: raw.cloud_latency_ms.unwrap_or(400),
+            timeout_ms: match raw.cloud_timeout_ms {
+                Some(0) => return Err(invalid("ide.cloud_timeout_ms", "must be greater than 0")),
+                Some(ms) => ms,
+                None => 3000,
+            },
+            backend,
+        }),
+    };
     let mut aliases: BTreeSet<String> = raw.aliases.into_iter().collect();
     aliases.insert("ide".into());
     if !model.ends_with(".gguf") {
@@ -147,6 +190,7 @@ pub fn validate_ide(raw: RawIde) -> Result<IdeConfig, ConfigError> {
         suffix_first,
         cache_reuse,
         draft_tokens,
+        cloud,
     })
 }
 
@@ -172,6 +216,21 @@ mod tests {
     }
 
     #[test]
+    fn a_cloud_names_an_openai_api_backend() {
+        let c = Config::from_toml_str(
+            "[backends.fim]\nkind = \"openai-compatible\"\nbase_url = \"http://127.0.0.1:1/v1\"\n[ide]\ncloud = \"fim\"\n",
+            &MapEnv::default(),
+        )
+        .unwrap();
+        let cloud = c.ide.unwrap().cloud.unwrap();
+        assert_eq!(
+            (cloud.backend.as_str(), cloud.model.as_str()),
+            ("fim", "qwen2.5-coder-0.5b")
+        );
+        assert_eq!((cloud.latency_ms, cloud.timeout_ms), (400, 3000));
+    }
+
+    #[test]
     fn bad_ide_values_name_their_key() {
         for (toml, key) in [
             ("[ide]\nthreads = 0\n", "ide.threads"),
@@ -180,6 +239,16 @@ mod tests {
             ("[ide]\ncontext_tokens = 9000\n", "ide.context_tokens"),
             ("[ide]\nport = 1\n", "ide"),
             ("[ide]\nlayout = \"x\"\n", "ide.layout"),
+            ("[ide]\ncloud = \"nope\"\n", "ide.cloud"),
+            ("[ide]\ncloud_model = \"m\"\n", "ide.cloud_model"),
+            (
+                "[backends.a]\nkind = \"anthropic\"\nbase_url = \"http://127.0.0.1:1/v1\"\n[ide]\ncloud = \"a\"\n",
+                "ide.cloud",
+            ),
+            (
+                "[backends.c]\nkind = \"openai-compatible\"\nbase_url = \"http://127.0.0.1:1/v1\"\n[ide]\ncloud = \"c\"\ncloud_timeout_ms = 0\n",
+                "ide.cloud_timeout_ms",
+            ),
         ] {
             let e = Config::from_toml_str(toml, &MapEnv::default())
                 .unwrap_err()

@@ -27,7 +27,7 @@ pub use tandem_router_policy::Price;
 use crate::speculative::{DelayConfig, ScoringMode, VerifyProtocol};
 
 pub use controls::{AdminConfig, ControlsConfig, OnUnavailable, RouteLimits, StoreConfig};
-pub use ide::IdeConfig;
+pub use ide::{IdeCloud, IdeConfig};
 pub use observability::{ObservabilityConfig, OtlpConfig};
 pub use privacy::{AuditSettings, PrivacyAction, PrivacySettings};
 use raw::{RawBackend, RawConfig};
@@ -728,6 +728,26 @@ impl Config {
         }
         let observability = observability::validate_observability(raw.observability)?;
         let ide = raw.ide.map(ide::validate_ide).transpose()?;
+        if let Some(cloud) = ide.as_ref().and_then(|i| i.cloud.as_ref()) {
+            match backends.get(&cloud.backend).map(|b| b.kind) {
+                Some(BackendKind::OpenAi | BackendKind::OpenAiCompatible | BackendKind::Azure) => {}
+                Some(_) => {
+                    return Err(invalid(
+                        "ide.cloud",
+                        format!(
+                            "backend `{}` does not speak OpenAI's /v1/completions (use kind openai-compatible, openai or azure)",
+                            cloud.backend
+                        ),
+                    ));
+                }
+                None => {
+                    return Err(invalid(
+                        "ide.cloud",
+                        format!("no backend named `{}` in [backends]", cloud.backend),
+                    ));
+                }
+            }
+        }
 
         Ok(Self {
             listen,

@@ -153,6 +153,15 @@ pub struct RawIde {
     /// Extra model ids that name the code model.
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// A `[backends.NAME]` (OpenAI-compatible FIM on `/v1/completions`) that multi-line
+    /// completions may go to.
+    pub cloud: Option<String>,
+    /// The model id sent to `cloud` (else the code model's name, through the backend's map).
+    pub cloud_model: Option<String>,
+    /// The cloud's expected latency before any is measured, ms.
+    pub cloud_latency_ms: Option<u64>,
+    /// Longest wait for the cloud before the local model answers instead, ms.
+    pub cloud_timeout_ms: Option<u64>,
 }
 
 /// `[backends.NAME]`.

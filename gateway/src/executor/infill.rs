@@ -387,6 +387,53 @@ pub async fn run(
     Ok(out)
 }
 
+/// Whether the client asked for one line: a stop word that is a line break.
+pub fn single_line(request: &InfillRequest) -> bool {
+    request.params.stop.iter().any(|s| s == "\n")
+}
+
+/// Applies the local model's stop rules (`n_indent`, bracket balance, stop words) to text
+/// another model wrote whole; `finished` says whether that model ended on its own (else it hit
+/// its length). Returns the outcome's text, `stop_type` and stopping word.
+pub fn stop_text(
+    request: &InfillRequest,
+    text: &str,
+    finished: bool,
+) -> (String, StopType, String) {
+    let mut out = text.to_owned();
+    let mut stop = if finished {
+        StopType::Eos
+    } else {
+        StopType::Limit
+    };
+    let mut word = String::new();
+    if let Some((at, w)) = request
+        .params
+        .stop
+        .iter()
+        .filter(|w| !w.is_empty())
+        .filter_map(|w| out.find(w.as_str()).map(|at| (at, w)))
+        .min_by_key(|(at, _)| *at)
+    {
+        word = w.clone();
+        out.truncate(at);
+        stop = StopType::Word;
+    }
+    let cut = [
+        IndentRule::new(request.n_indent).check(&out),
+        BracketRule::default().check(&out),
+    ]
+    .into_iter()
+    .flatten()
+    .min();
+    if let Some(cut) = cut {
+        out.truncate(cut);
+        stop = StopType::Limit;
+        word.clear();
+    }
+    (out, stop, word)
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -517,6 +564,38 @@ mod tests {
         assert_eq!(r.check(text), Some(text.len() - 1));
         let mut off = IndentRule::new(0);
         assert_eq!(off.check("a\nb"), None);
+    }
+
+    #[test]
+    fn another_model_s_text_gets_the_same_stop_rules() {
+        let request = InfillRequest {
+            n_indent: 4,
+            params: SamplingParams {
+                stop: vec!["<END>".into()],
+                ..SamplingParams::default()
+            },
+            ..InfillRequest::default()
+        };
+        let (text, stop, word) = stop_text(&request, "a = 1\n    b = 2\nc = 3", true);
+        assert_eq!(
+            (text.as_str(), stop),
+            ("a = 1\n    b = 2\n", StopType::Limit)
+        );
+        assert!(word.is_empty());
+        let (text, stop, word) = stop_text(&request, "a<END>b", false);
+        assert_eq!(
+            (text.as_str(), stop, word.as_str()),
+            ("a", StopType::Word, "<END>")
+        );
+        let (_, stop, _) = stop_text(&request, "a", false);
+        assert_eq!(stop, StopType::Limit);
+        assert!(single_line(&InfillRequest {
+            params: SamplingParams {
+                stop: vec!["\n".into()],
+                ..SamplingParams::default()
+            },
+            ..InfillRequest::default()
+        }));
     }
 
     #[test]

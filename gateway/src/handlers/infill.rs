@@ -13,10 +13,12 @@ use bytes::Bytes;
 use serde_json::{Map, Value, json};
 use tandem_local_model::{ExtraFile, SamplingParams};
 
+use super::chat::record_usage;
 use super::{finish_response, json_response, read_body, request_id, sse_response};
-use crate::dispatch::run_infill;
+use crate::dispatch::{RouteInfo, run_infill};
 use crate::error::{ApiFlavor, Error};
 use crate::executor::infill::{InfillChunk, InfillOutcome, InfillRequest};
+use crate::routing::RequestHints;
 use crate::state::AppState;
 
 /// The header that names an editor session: a newer request of the session stops the older.
@@ -360,10 +362,11 @@ pub async fn infill(State(state): State<Arc<AppState>>, request: Request) -> Res
         .map(|s| format!("header:{s}"));
     let decoded = async {
         let bytes = read_body(&parts, body).await?;
-        decode(&bytes, session)
+        let hints = RequestHints::from_parts(id.0.clone(), &parts)?;
+        decode(&bytes, session).map(|d| (d, hints))
     }
     .await;
-    let decoded = match decoded {
+    let (decoded, hints) = match decoded {
         Ok(d) => d,
         Err(e) => return e.into_response_for(ApiFlavor::OpenAi),
     };
@@ -374,10 +377,11 @@ pub async fn infill(State(state): State<Arc<AppState>>, request: Request) -> Res
         .map(|i| i.model.clone())
         .or_else(|| state.config.local.as_ref().map(|l| l.model.clone()))
         .unwrap_or_default();
-    let mut response = if decoded.request.stream {
-        stream(state.clone(), decoded, model.clone()).await
+    let (mut response, route) = if decoded.request.stream {
+        stream(state.clone(), decoded, hints, model.clone()).await
     } else {
-        let (result, route) = run_infill(&state, &decoded.request, None).await;
+        let (result, route) = run_infill(&state, &decoded.request, &hints, None, None).await;
+        meter_cloud(&state, &hints, &model, &route, &result);
         let answered = result.is_ok();
         let mut response = match result {
             Ok(outcome) => json_response(&only_fields(
@@ -389,20 +393,47 @@ pub async fn infill(State(state): State<Arc<AppState>>, request: Request) -> Res
         finish_response(&state, &mut response, &id, &route, model.clone(), answered);
         return response;
     };
-    let backend = if state.config.ide.is_some() {
-        crate::dispatch::CODE_BACKEND
-    } else {
-        "local"
-    };
-    let route = crate::dispatch::RouteInfo::local(backend, format!("infill ({model}), streamed"));
     finish_response(&state, &mut response, &id, &route, model, true);
     response
 }
 
+/// Counts a cloud answer's tokens and cost as every cloud call's are (a local one costs
+/// nothing to meter here).
+fn meter_cloud(
+    state: &AppState,
+    hints: &RequestHints,
+    model: &str,
+    route: &RouteInfo,
+    result: &Result<InfillOutcome, Error>,
+) {
+    if let (Ok(o), "cloud") = (result, route.mode) {
+        let usage = tandem_cloud_adapters::Usage {
+            prompt_tokens: o.prompt_tokens as u64,
+            completion_tokens: o.tokens_predicted as u64,
+            ..Default::default()
+        };
+        record_usage(
+            state,
+            model,
+            &route.backend,
+            &usage,
+            hints.meter.as_deref(),
+            hints.ticket.as_ref(),
+        );
+    }
+}
+
 /// A streamed completion: one `data:` event per piece of text, then the whole answer with
-/// `stop: true`; an error after the start is an error event.
-async fn stream(state: Arc<AppState>, decoded: Decoded, model: String) -> Response {
+/// `stop: true`; an error after the start is an error event. The route is the one the run
+/// chose before its first chunk.
+async fn stream(
+    state: Arc<AppState>,
+    decoded: Decoded,
+    hints: RequestHints,
+    model: String,
+) -> (Response, RouteInfo) {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<InfillChunk>(64);
+    let (route_tx, mut route_rx) = tokio::sync::oneshot::channel();
     let Decoded {
         request,
         response_fields,
@@ -410,8 +441,11 @@ async fn stream(state: Arc<AppState>, decoded: Decoded, model: String) -> Respon
     } = decoded;
     let runner = tokio::spawn({
         let state = state.clone();
+        let model_name = model.clone();
         async move {
-            let (result, _route) = run_infill(&state, &request, Some(tx.clone())).await;
+            let (result, route) =
+                run_infill(&state, &request, &hints, Some(tx.clone()), Some(route_tx)).await;
+            meter_cloud(&state, &hints, &model_name, &route, &result);
             let _ = tx
                 .send(match result {
                     Ok(outcome) => InfillChunk::Done(outcome),
@@ -422,8 +456,11 @@ async fn stream(state: Arc<AppState>, decoded: Decoded, model: String) -> Respon
     });
     // An error before any text is an ordinary error answer.
     let first = rx.recv().await;
+    let route = route_rx
+        .try_recv()
+        .unwrap_or_else(|_| RouteInfo::local("", format!("infill ({model})")));
     if let Some(InfillChunk::Failed(e)) = first {
-        return e.into_response_for(ApiFlavor::OpenAi);
+        return (e.into_response_for(ApiFlavor::OpenAi), route);
     }
     let frame = |v: Value| Bytes::from(format!("data: {v}\n\n"));
     let frames = futures::stream::unfold(
@@ -468,7 +505,7 @@ async fn stream(state: Arc<AppState>, decoded: Decoded, model: String) -> Respon
             }
         },
     );
-    sse_response(Body::from_stream(frames))
+    (sse_response(Body::from_stream(frames)), route)
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! plus the prompt embedding when the encoder is loaded), live backend state, the decision, its
 //! log, feedback and the bandit state's persistence.
 
+pub mod ide;
 pub mod log;
 pub mod prompt;
 
