@@ -171,6 +171,12 @@ pub struct FimInput<'a> {
     pub max_suffix_tokens: usize,
     /// Most repository-context tokens kept (the files nearest the current one are kept).
     pub max_extra_tokens: usize,
+    /// Write the cursor's line up to the cursor (the prefix's last, unfinished line and the
+    /// typed `prompt`) after the middle token, as the start of the middle, instead of at the
+    /// end of the prefix. Everything before the middle token then stays the same while the user
+    /// types on a line, so a keystroke computes only its own tokens and the answer is still a
+    /// cold run's. Prefix-suffix-middle families only.
+    pub typed_in_middle: bool,
 }
 
 /// A built prompt and what was cut to fit.
@@ -230,15 +236,27 @@ impl FimTemplate {
         encode: impl Fn(&str) -> Vec<u32>,
     ) -> FimPrompt {
         let mut truncated = false;
-        let mut prefix = encode(input.prefix);
+        let in_middle = input.typed_in_middle && !self.suffix_first && self.middle.is_some();
+        let (head, line) = match input.prefix.rfind('\n') {
+            Some(i) if in_middle => input.prefix.split_at(i + 1),
+            None if in_middle => ("", input.prefix),
+            _ => (input.prefix, ""),
+        };
+        let mut prefix = encode(head);
         if prefix.len() > input.max_prefix_tokens {
             prefix.drain(..prefix.len() - input.max_prefix_tokens);
             truncated = true;
         }
-        let typed = encode(input.prompt);
+        let typed = if line.is_empty() {
+            encode(input.prompt)
+        } else {
+            encode(&format!("{line}{}", input.prompt))
+        };
         let mut suffix = encode(input.suffix);
-        // As llama.cpp: the suffix's share also holds the two FIM tokens and the typed text.
-        let suffix_room = input.max_suffix_tokens.saturating_sub(2 + typed.len());
+        // As llama.cpp: the suffix's share also holds the two FIM tokens and the typed text
+        // (unless that follows the middle token: then the suffix stays put while typing).
+        let held = if in_middle { 0 } else { typed.len() };
+        let suffix_room = input.max_suffix_tokens.saturating_sub(2 + held);
         if suffix.len() > suffix_room {
             suffix.truncate(suffix_room);
             truncated = true;
@@ -275,7 +293,9 @@ impl FimTemplate {
         tokens.extend(bos);
         let mut pre = vec![self.prefix];
         pre.extend(prefix);
-        pre.extend(typed);
+        if !in_middle {
+            pre.extend(&typed);
+        }
         let mut suf = vec![self.suffix];
         suf.extend(suffix);
         if self.suffix_first {
@@ -286,6 +306,9 @@ impl FimTemplate {
             tokens.extend(suf);
         }
         tokens.extend(self.middle);
+        if in_middle {
+            tokens.extend(typed);
+        }
         FimPrompt { tokens, truncated }
     }
 }
@@ -334,6 +357,7 @@ mod tests {
             max_prefix_tokens: 1000,
             max_suffix_tokens: 1000,
             max_extra_tokens: 1000,
+            typed_in_middle: false,
         }
     }
 
@@ -364,6 +388,50 @@ mod tests {
              <|fim_prefix|>def f(x<|fim_suffix|>)\n<|fim_middle|>"
         );
         assert!(!p.truncated);
+    }
+
+    #[test]
+    fn the_cursor_line_can_start_the_middle_so_typing_only_appends() {
+        let v = vocab(QWEN);
+        let t = detect(&v).unwrap();
+        let layout = |prefix: &str, prompt: &str| {
+            let input = FimInput {
+                prefix,
+                prompt,
+                suffix: "\n    return y\n",
+                max_prefix_tokens: 1000,
+                max_suffix_tokens: 1000,
+                max_extra_tokens: 1000,
+                typed_in_middle: true,
+                ..FimInput::default()
+            };
+            show(&v, &t.build(&input, None, enc).tokens)
+        };
+        let before = "<|repo_name|>myproject\n<|file_sep|>filename\n<|fim_prefix|>def f(x):\n<|fim_suffix|>\n    return y\n<|fim_middle|>";
+        // llama.vim's fields, and the same text all in the prefix, lay out alike.
+        assert_eq!(
+            layout("def f(x):\n", "    y = "),
+            format!("{before}    y = ")
+        );
+        assert_eq!(
+            layout("def f(x):\n    y = ", ""),
+            format!("{before}    y = ")
+        );
+        assert_eq!(
+            layout("def f(x):\n    y = x", ""),
+            format!("{before}    y = x")
+        );
+        // A suffix-first family keeps its order.
+        let mut spm = t.clone();
+        spm.suffix_first = true;
+        let input = FimInput {
+            typed_in_middle: true,
+            ..input(&[])
+        };
+        assert_eq!(
+            show(&v, &spm.build(&input, None, enc).tokens),
+            "<|repo_name|>myproject\n<|file_sep|>filename\n<|fim_suffix|>)\n<|fim_prefix|>def f(x<|fim_middle|>"
+        );
     }
 
     #[test]
@@ -478,6 +546,7 @@ mod tests {
                 max_prefix_tokens: 3,
                 max_suffix_tokens: 4,
                 max_extra_tokens: 10,
+                typed_in_middle: false,
             },
             None,
             enc,

@@ -26,8 +26,9 @@ async fn start() -> Option<(Gateway, Engine)> {
 
 /// The same, its engine reusing cached runs of at least `cache_reuse` tokens where they moved;
 /// both draft as `[ide]` does by default, so every greedy answer here is checked with drafts on.
+/// They lay prompts out as llama.cpp's server does (`layout = "psm"`), to compare with it.
 async fn start_with(cache_reuse: usize) -> Option<(Gateway, Engine)> {
-    start_config(cache_reuse, "").await
+    start_config(cache_reuse, "layout = \"psm\"\n").await
 }
 
 /// The same with `extra` config after `[ide] threads = 2` (more `[ide]` keys, then sections).
@@ -317,6 +318,36 @@ async fn a_keystroke_moves_the_cached_suffix_and_computes_only_its_typed_tokens(
     let (_, cold) = post(&c, gw.url() + "/infill", body(&typed)).await;
     assert_eq!(cold["timings"]["prompt_n"], cold["tokens_evaluated"]);
     assert_eq!(second["content"], cold["content"], "{second} {cold}");
+}
+
+#[tokio::test]
+async fn typing_on_a_line_computes_only_the_typed_tokens_and_answers_as_a_cold_run() {
+    // `[ide]`'s default layout: the cursor's line starts the middle.
+    let Some((gw, engine)) = start_config(0, "").await else {
+        return;
+    };
+    let c = client();
+    let prefix = format!("{}def total(items):\n    s = 0\n", long_prefix(12));
+    let suffix = format!("\n    return s\n\n{}", long_prefix(6));
+    let body = |typed: &str| {
+        json!({"input_prefix": prefix, "prompt": typed, "input_suffix": suffix,
+               "n_predict": 8, "temperature": 0, "id_slot": 0})
+    };
+    let (_, first) = post(&c, gw.url() + "/infill", body("    for it")).await;
+    let n_first = first["tokens_evaluated"].as_u64().unwrap();
+    assert_eq!(first["timings"]["prompt_n"].as_u64().unwrap(), n_first);
+    for typed in ["    for item", "    for item in", "    for item in it"] {
+        let (_, warm) = post(&c, gw.url() + "/infill", body(typed)).await;
+        let n = warm["tokens_evaluated"].as_u64().unwrap();
+        let computed = warm["timings"]["prompt_n"].as_u64().unwrap();
+        // Only the line's last tokens: everything before the middle token stays cached.
+        assert!(computed <= 4, "{computed} of {n}: {warm}");
+        assert_eq!(warm["timings"]["cache_n"].as_u64().unwrap(), n - computed);
+        engine.clear_cache().await.unwrap();
+        let (_, cold) = post(&c, gw.url() + "/infill", body(typed)).await;
+        assert_eq!(cold["timings"]["prompt_n"].as_u64().unwrap(), n);
+        assert_eq!(warm["content"], cold["content"], "{typed:?}");
+    }
 }
 
 #[tokio::test]

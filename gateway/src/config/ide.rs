@@ -26,9 +26,16 @@ pub struct IdeConfig {
     /// Lay `/infill` prompts out suffix first, so a keystroke changes only the prompt's end
     /// (`layout = "spm"`); the model's own order otherwise (`"psm"` for most code models).
     pub suffix_first: bool,
+    /// Write the cursor's line up to the cursor after the middle token, as the start of the
+    /// middle (`layout = "line-in-middle"`, the default): typing on a line then only appends to
+    /// the prompt, so a keystroke computes its own tokens and the answer is a cold run's.
+    /// `"psm"` writes it at the end of the prefix, as llama.cpp's server does.
+    pub typed_in_middle: bool,
     /// Shortest run of cached tokens reused where a keystroke moved it by at most as many
-    /// tokens (the suffix after the typed text): its KV is moved instead of computed again,
-    /// which costs a little fidelity against a cold run (0 = off).
+    /// tokens (the suffix after text typed at the end of the prefix, in the `psm` layout): its
+    /// KV is moved instead of computed again. The moved run attended to the text before the
+    /// keystroke, and measurably follows it rather than what was typed, so it is off by
+    /// default (0); `line-in-middle` makes keystrokes cheap without it.
     pub cache_reuse: usize,
     /// Most prompt-lookup draft tokens checked per decode step: code repeats itself, and a
     /// drafted token the model agrees with costs no step of its own (0 = off; the output is the
@@ -65,7 +72,8 @@ impl Default for IdeConfig {
             extra_tokens: 2048,
             aliases: vec![CODE_MODEL.into(), "ide".into()],
             suffix_first: false,
-            cache_reuse: 32,
+            typed_in_middle: true,
+            cache_reuse: 0,
             draft_tokens: 6,
             cloud: None,
         }
@@ -120,13 +128,14 @@ pub fn validate_ide(raw: RawIde) -> Result<IdeConfig, ConfigError> {
             ),
         ));
     }
-    let suffix_first = match raw.layout.as_deref() {
-        None | Some("psm") => false,
-        Some("spm") => true,
+    let (suffix_first, typed_in_middle) = match raw.layout.as_deref() {
+        None | Some("line-in-middle") => (false, true),
+        Some("psm") => (false, false),
+        Some("spm") => (true, false),
         Some(other) => {
             return Err(invalid(
                 "ide.layout",
-                format!("unknown layout `{other}` (expected psm or spm)"),
+                format!("unknown layout `{other}` (expected line-in-middle, psm or spm)"),
             ));
         }
     };
@@ -188,6 +197,7 @@ pub fn validate_ide(raw: RawIde) -> Result<IdeConfig, ConfigError> {
         extra_tokens,
         aliases: aliases.into_iter().collect(),
         suffix_first,
+        typed_in_middle,
         cache_reuse,
         draft_tokens,
         cloud,

@@ -213,6 +213,8 @@ pub fn prompt(
             max_prefix_tokens,
             max_suffix_tokens,
             max_extra_tokens,
+            typed_in_middle: ide
+                .map_or(IdeConfig::default().typed_in_middle, |i| i.typed_in_middle),
         },
         tok.adds_bos().then(|| tok.bos_id()).flatten(),
         |text| tok.encode_with(text, false, false),

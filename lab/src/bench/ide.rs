@@ -36,9 +36,10 @@ pub struct IdeArgs {
     pub n_predict: usize,
     /// Source files typed through (default: two of this repository's and the checked-in sample).
     pub files: Vec<PathBuf>,
-    /// Tandem's variants to run: `psm` (the model's layout, only the common prefix reused),
-    /// `psm-reuse` (and moved runs reused: `[ide] cache_reuse`), `default` (and prompt-lookup
-    /// drafts: `[ide]`'s defaults), `spm` (suffix first).
+    /// Tandem's variants to run: `psm` (llama.cpp's layout, only the common prefix reused),
+    /// `psm-reuse` (and moved runs reused: `[ide] cache_reuse = 32`), `default` (`[ide]`'s
+    /// defaults: the cursor's line starts the middle, prompt-lookup drafts), `spm` (suffix
+    /// first).
     pub variants: Vec<String>,
 }
 
@@ -56,7 +57,7 @@ impl Default for IdeArgs {
                 root.join("benches/llama_cpp_peer.py"),
                 root.join("benches/ide/sample.py"),
             ],
-            variants: vec!["psm".into(), "psm-reuse".into(), "default".into()],
+            variants: vec!["psm".into(), "default".into()],
         }
     }
 }
@@ -155,8 +156,8 @@ fn variant(name: &str) -> anyhow::Result<(&'static str, usize, usize)> {
     let d = IdeConfig::default();
     match name {
         "psm" => Ok(("psm", 0, 0)),
-        "psm-reuse" => Ok(("psm", d.cache_reuse, 0)),
-        "default" => Ok(("psm", d.cache_reuse, d.draft_tokens)),
+        "psm-reuse" => Ok(("psm", 32, 0)),
+        "default" => Ok(("line-in-middle", d.cache_reuse, d.draft_tokens)),
         "spm" => Ok(("spm", 0, 0)),
         other => {
             anyhow::bail!("unknown variant `{other}` (expected psm, psm-reuse, default or spm)")
