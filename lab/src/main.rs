@@ -91,10 +91,10 @@ enum BenchCommand {
         /// Source files to type through (default: two of this repository's and the sample).
         #[arg(long)]
         file: Vec<std::path::PathBuf>,
-        /// Tandem's variants: `psm` (llama.cpp's layout, prefix cache only), `psm-reuse` (moved
-        /// runs reused too), `default` (`[ide]`'s defaults: the cursor's line starts the middle,
-        /// prompt-lookup drafts), `spm` (suffix first).
-        #[arg(long, value_delimiter = ',', default_value = "psm,default")]
+        /// Tandem's variants: `psm` (llama.cpp's layout, prefix cache only), `psm-draft` (and
+        /// prompt-lookup drafts), `psm-reuse` (moved runs reused), `line` (the cursor's line
+        /// starts the middle), `line-draft` (and drafts), `default` (`[ide]`'s defaults), `spm`.
+        #[arg(long, value_delimiter = ',', default_value = "default,line-draft")]
         variants: Vec<String>,
     },
     /// Routing decision latency.

@@ -26,9 +26,9 @@ async fn start() -> Option<(Gateway, Engine)> {
 
 /// The same, its engine reusing cached runs of at least `cache_reuse` tokens where they moved;
 /// both draft as `[ide]` does by default, so every greedy answer here is checked with drafts on.
-/// They lay prompts out as llama.cpp's server does (`layout = "psm"`), to compare with it.
+/// They lay prompts out as llama.cpp's server does (`layout = "psm"`, the default).
 async fn start_with(cache_reuse: usize) -> Option<(Gateway, Engine)> {
-    start_config(cache_reuse, "layout = \"psm\"\n").await
+    start_config(cache_reuse, "").await
 }
 
 /// The same with `extra` config after `[ide] threads = 2` (more `[ide]` keys, then sections).
@@ -322,8 +322,8 @@ async fn a_keystroke_moves_the_cached_suffix_and_computes_only_its_typed_tokens(
 
 #[tokio::test]
 async fn typing_on_a_line_computes_only_the_typed_tokens_and_answers_as_a_cold_run() {
-    // `[ide]`'s default layout: the cursor's line starts the middle.
-    let Some((gw, engine)) = start_config(0, "").await else {
+    // The cursor's line starts the middle.
+    let Some((gw, engine)) = start_config(0, "layout = \"line-in-middle\"\n").await else {
         return;
     };
     let c = client();

@@ -27,15 +27,16 @@ pub struct IdeConfig {
     /// (`layout = "spm"`); the model's own order otherwise (`"psm"` for most code models).
     pub suffix_first: bool,
     /// Write the cursor's line up to the cursor after the middle token, as the start of the
-    /// middle (`layout = "line-in-middle"`, the default): typing on a line then only appends to
-    /// the prompt, so a keystroke computes its own tokens and the answer is a cold run's.
-    /// `"psm"` writes it at the end of the prefix, as llama.cpp's server does.
+    /// middle (`layout = "line-in-middle"`): typing on a line then only appends to the prompt,
+    /// so a keystroke computes its own tokens and its answer is exactly that prompt's. Off by
+    /// default (`"psm"`, the typed text ending the prefix as llama.cpp's server writes it):
+    /// Qwen2.5-Coder completes lines less well laid out this way.
     pub typed_in_middle: bool,
     /// Shortest run of cached tokens reused where a keystroke moved it by at most as many
     /// tokens (the suffix after text typed at the end of the prefix, in the `psm` layout): its
     /// KV is moved instead of computed again. The moved run attended to the text before the
     /// keystroke, and measurably follows it rather than what was typed, so it is off by
-    /// default (0); `line-in-middle` makes keystrokes cheap without it.
+    /// default (0).
     pub cache_reuse: usize,
     /// Most prompt-lookup draft tokens checked per decode step: code repeats itself, and a
     /// drafted token the model agrees with costs no step of its own (0 = off; the output is the
@@ -72,7 +73,7 @@ impl Default for IdeConfig {
             extra_tokens: 2048,
             aliases: vec![CODE_MODEL.into(), "ide".into()],
             suffix_first: false,
-            typed_in_middle: true,
+            typed_in_middle: false,
             cache_reuse: 0,
             draft_tokens: 6,
             cloud: None,
@@ -129,13 +130,13 @@ pub fn validate_ide(raw: RawIde) -> Result<IdeConfig, ConfigError> {
         ));
     }
     let (suffix_first, typed_in_middle) = match raw.layout.as_deref() {
-        None | Some("line-in-middle") => (false, true),
-        Some("psm") => (false, false),
+        None | Some("psm") => (false, false),
+        Some("line-in-middle") => (false, true),
         Some("spm") => (true, false),
         Some(other) => {
             return Err(invalid(
                 "ide.layout",
-                format!("unknown layout `{other}` (expected line-in-middle, psm or spm)"),
+                format!("unknown layout `{other}` (expected psm, line-in-middle or spm)"),
             ));
         }
     };

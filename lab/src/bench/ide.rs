@@ -37,9 +37,9 @@ pub struct IdeArgs {
     /// Source files typed through (default: two of this repository's and the checked-in sample).
     pub files: Vec<PathBuf>,
     /// Tandem's variants to run: `psm` (llama.cpp's layout, only the common prefix reused),
-    /// `psm-reuse` (and moved runs reused: `[ide] cache_reuse = 32`), `default` (`[ide]`'s
-    /// defaults: the cursor's line starts the middle, prompt-lookup drafts), `spm` (suffix
-    /// first).
+    /// `psm-draft` (and prompt-lookup drafts), `psm-reuse` (moved runs reused:
+    /// `[ide] cache_reuse = 32`), `line` (`layout = "line-in-middle"`), `line-draft` (and
+    /// drafts), `default` (`[ide]`'s defaults), `spm` (suffix first).
     pub variants: Vec<String>,
 }
 
@@ -57,7 +57,7 @@ impl Default for IdeArgs {
                 root.join("benches/llama_cpp_peer.py"),
                 root.join("benches/ide/sample.py"),
             ],
-            variants: vec!["psm".into(), "default".into()],
+            variants: vec!["default".into(), "line-draft".into()],
         }
     }
 }
@@ -157,10 +157,15 @@ fn variant(name: &str) -> anyhow::Result<(&'static str, usize, usize)> {
     match name {
         "psm" => Ok(("psm", 0, 0)),
         "psm-reuse" => Ok(("psm", 32, 0)),
-        "default" => Ok(("line-in-middle", d.cache_reuse, d.draft_tokens)),
+        "default" => Ok(("psm", d.cache_reuse, d.draft_tokens)),
+        "line-draft" => Ok(("line-in-middle", 0, d.draft_tokens)),
+        "line" => Ok(("line-in-middle", 0, 0)),
+        "psm-draft" => Ok(("psm", 0, d.draft_tokens)),
         "spm" => Ok(("spm", 0, 0)),
         other => {
-            anyhow::bail!("unknown variant `{other}` (expected psm, psm-reuse, default or spm)")
+            anyhow::bail!(
+                "unknown variant `{other}` (expected psm, psm-draft, psm-reuse, line, line-draft, default or spm)"
+            )
         }
     }
 }
