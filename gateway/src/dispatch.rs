@@ -1195,6 +1195,27 @@ fn finish_plan<T>(
     })
 }
 
+/// A stream whose plan's decision log line (if it has one) is written when it ends, with its
+/// usage.
+fn log_at_stream_end(
+    state: &AppState,
+    hints: &RequestHints,
+    (model, route): (&str, &RouteInfo),
+    log: Option<PendingLog>,
+    events: EventStream,
+) -> EventStream {
+    match log {
+        Some(log) => logged_at_end(
+            events,
+            log,
+            state.config.clone(),
+            (model.to_owned(), route.backend.clone()),
+            hints.meter.clone(),
+        ),
+        None => events,
+    }
+}
+
 /// Writes a stream's decision log line when the stream ends: `ok` after its finish event,
 /// `error` after an error event, `cancelled` when the client left before either.
 fn logged_at_end(
@@ -1784,17 +1805,15 @@ pub async fn run_responses(
         .await;
     let log = finish_plan(state, &plan, hints, &model, &result, &mut route);
     note_route(hints, &model, &route);
-    let result = match (result, log) {
-        (Ok(ResponsesOutput::Events(events)), Some(log)) => {
-            Ok(ResponsesOutput::Events(logged_at_end(
-                events,
-                log,
-                state.config.clone(),
-                (model.clone(), route.backend.clone()),
-                hints.meter.clone(),
-            )))
-        }
-        (other, log) => {
+    let result = match result {
+        Ok(ResponsesOutput::Events(events)) => Ok(ResponsesOutput::Events(log_at_stream_end(
+            state,
+            hints,
+            (&model, &route),
+            log,
+            events,
+        ))),
+        other => {
             if let Some(log) = log {
                 log.write();
             }
@@ -1832,19 +1851,19 @@ pub async fn run_stream(
         .await;
     let log = finish_plan(state, &plan, hints, &model, &result, &mut route);
     note_route(hints, &model, &route);
-    let result = match (result, log) {
-        (Ok(events), Some(log)) => Ok(logged_at_end(
-            events,
+    let result = match result {
+        Ok(events) => Ok(log_at_stream_end(
+            state,
+            hints,
+            (&model, &route),
             log,
-            state.config.clone(),
-            (model.clone(), route.backend.clone()),
-            hints.meter.clone(),
+            events,
         )),
-        (result, log) => {
+        Err(e) => {
             if let Some(log) = log {
                 log.write();
             }
-            result
+            Err(e)
         }
     };
     route.cache = status;

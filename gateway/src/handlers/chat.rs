@@ -70,12 +70,7 @@ async fn handle(state: Arc<AppState>, request: Request, format: WireFormat) -> R
         .and_then(|c| RequestHints::from_parts(id.0.clone(), &parts).map(|h| (c, h)));
     let (chat, hints) = match hints {
         Ok(c) => c,
-        Err(e) => {
-            let response = e.into_response_for(flavor);
-            audit.status = response.status().as_u16();
-            write_audit(&state, &audit, None, 0.0);
-            return response;
-        }
+        Err(e) => return refuse_audited(&state, audit, e, flavor),
     };
     let model = chat.model.clone();
     let meter = hints.meter.clone();
@@ -188,6 +183,20 @@ pub(crate) fn write_audit(
     if let Some(log) = &state.audit {
         audit.write(log, usage, cost);
     }
+}
+
+/// Answers a request refused before dispatch (unreadable, undecodable, bad hints) in `flavor`'s
+/// error shape, and audits it with the status it got.
+pub(crate) fn refuse_audited(
+    state: &AppState,
+    mut audit: PendingAudit,
+    error: Error,
+    flavor: ApiFlavor,
+) -> Response {
+    let response = error.into_response_for(flavor);
+    audit.status = response.status().as_u16();
+    write_audit(state, &audit, None, 0.0);
+    response
 }
 
 /// Counts tokens, cost and reference cost from what `backend` reported, on `route` (the model

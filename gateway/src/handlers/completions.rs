@@ -17,7 +17,7 @@ use tandem_cloud_adapters::openai::{
 use tandem_cloud_adapters::unix_now;
 use tandem_local_model::GenerateEvent;
 
-use super::chat::{Encoder, encoded_sse_body, record_usage};
+use super::chat::{Encoder, encoded_sse_body, record_usage, refuse_audited};
 use super::{
     finish_response, json_bytes_response, json_response, read_body, request_id, sse_response,
     wire_error,
@@ -68,14 +68,7 @@ pub async fn completions(State(state): State<Arc<AppState>>, request: Request) -
     let mut audit = PendingAudit::arriving(&parts, id.0.clone(), "/v1/completions");
     let (call, hints) = match call {
         Ok(c) => c,
-        Err(e) => {
-            let response = e.into_response_for(ApiFlavor::OpenAi);
-            if let Some(log) = &state.audit {
-                audit.status = response.status().as_u16();
-                audit.write(log, None, 0.0);
-            }
-            return response;
-        }
+        Err(e) => return refuse_audited(&state, audit, e, ApiFlavor::OpenAi),
     };
     let ticket = parts.extensions.get::<Ticket>().cloned();
     let (result, route) = run_completion(&state, &call, &hints, deadline).await;

@@ -12,7 +12,7 @@ use http::HeaderValue;
 use serde_json::{Value, json};
 use tandem_cloud_adapters::anthropic;
 
-use super::chat::write_audit;
+use super::chat::{refuse_audited, write_audit};
 use super::{finish_response, json_response, read_body, request_id, wire_error};
 use crate::audit::PendingAudit;
 use crate::dispatch::run_count_tokens;
@@ -56,12 +56,7 @@ pub async fn count_tokens(State(state): State<Arc<AppState>>, request: Request) 
     let mut audit = PendingAudit::arriving(&parts, id.0.clone(), "/v1/messages/count_tokens");
     let (chat, body, hints) = match decoded {
         Ok(d) => d,
-        Err(e) => {
-            let response = e.into_response_for(ApiFlavor::Anthropic);
-            audit.status = response.status().as_u16();
-            write_audit(&state, &audit, None, 0.0);
-            return response;
-        }
+        Err(e) => return refuse_audited(&state, audit, e, ApiFlavor::Anthropic),
     };
     audit.model = chat.model.clone();
     let (result, route) = run_count_tokens(&state, &chat, &body, &hints).await;

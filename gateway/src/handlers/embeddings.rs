@@ -13,7 +13,7 @@ use tandem_cloud_adapters::openai::{
 };
 use tandem_cloud_adapters::{Api, ChatRequest, Message, Role, Usage};
 
-use super::chat::{record_usage, write_audit};
+use super::chat::{record_usage, refuse_audited, write_audit};
 use super::{finish_response, json_bytes_response, read_body, request_id, wire_error};
 use crate::audit::PendingAudit;
 use crate::dispatch::{RouteInfo, run_forward};
@@ -36,12 +36,7 @@ pub async fn embeddings(State(state): State<Arc<AppState>>, request: Request) ->
     let mut audit = PendingAudit::arriving(&parts, id.0.clone(), "/v1/embeddings");
     let (embeddings, hints) = match decoded {
         Ok(d) => d,
-        Err(e) => {
-            let response = e.into_response_for(ApiFlavor::OpenAi);
-            audit.status = response.status().as_u16();
-            write_audit(&state, &audit, None, 0.0);
-            return response;
-        }
+        Err(e) => return refuse_audited(&state, audit, e, ApiFlavor::OpenAi),
     };
     let model = embeddings.model.clone();
     audit.model = model.clone();

@@ -19,7 +19,8 @@ use tandem_cloud_adapters::openai::{
 use tandem_cloud_adapters::{ByteStream, Message, Usage, sse};
 
 use super::chat::{
-    Encoder, ResponseHook, StreamAccounting, record_usage, sse_stream_body, write_audit,
+    Encoder, ResponseHook, StreamAccounting, record_usage, refuse_audited, sse_stream_body,
+    write_audit,
 };
 use super::{
     finish_response, json_bytes_response, json_response, read_body, request_id, sse_response,
@@ -47,12 +48,7 @@ pub async fn create(State(state): State<Arc<AppState>>, request: Request) -> Res
     let mut audit = PendingAudit::arriving(&parts, id.0.clone(), "/v1/responses");
     let (request, hints) = match decoded {
         Ok(d) => d,
-        Err(e) => {
-            let response = e.into_response_for(ApiFlavor::OpenAi);
-            audit.status = response.status().as_u16();
-            write_audit(&state, &audit, None, 0.0);
-            return response;
-        }
+        Err(e) => return refuse_audited(&state, audit, e, ApiFlavor::OpenAi),
     };
     let model = request.chat.model.clone();
     audit.model = model.clone();
