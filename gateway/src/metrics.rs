@@ -191,6 +191,8 @@ pub struct Metrics {
     pub store_up: Gauge,
     /// Shared state store operations that failed or timed out.
     pub store_errors: Counter,
+    /// Requests let through before the shared store answered (far from every limit).
+    pub pre_admitted: Counter,
     /// The handles of each route and backend pair seen so far, by route, then backend.
     pairs: RwLock<PairMap<PairMap<Arc<PairMetrics>>>>,
 }
@@ -499,11 +501,18 @@ impl Metrics {
             "Shared state store operations that failed or timed out",
             store_errors.clone(),
         );
+        let pre_admitted = Counter::default();
+        registry.register(
+            "controls_pre_admitted",
+            "Requests let through before the shared store answered, far from every limit",
+            pre_admitted.clone(),
+        );
         Self {
             key_spend,
             savings,
             store_up,
             store_errors,
+            pre_admitted,
             route_decisions,
             reference_cost,
             local_cpu,

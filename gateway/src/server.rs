@@ -516,7 +516,7 @@ impl Gateway {
                 Ok(())
             }
         };
-        self.state.controls.stop();
+        self.state.controls.stop().await;
         self.state.store.close();
         // The bandit's last lessons survive a restart.
         if let Some(policy) = self.state.policy.clone() {

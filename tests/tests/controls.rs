@@ -966,6 +966,65 @@ async fn request_limits_hold_across_three_processes_sharing_one_redis() {
     );
 }
 
+/// A limit large enough for pre-admission (1 % of it is six requests): the replicas let
+/// requests through before Redis answers while their last answers leave room, and still pass
+/// the limit by at most 1 % each (plus the refill tolerance above); Redis counts every request,
+/// and near the limit every request waits for its decision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pre_admission_passes_a_large_limit_by_at_most_one_percent_per_replica() {
+    const N: u64 = 600;
+    const WAVE: usize = 30;
+    let Some((url, bin)) = redis_and_bin() else {
+        return;
+    };
+    let routes = format!("[routes.limited]\nbackends = [\"openai\"]\nrequests_per_minute = {N}\n");
+    let (replicas, mock, _dir) = three_replicas(&bin, &url, &routes).await;
+    let started = std::time::Instant::now();
+    // Waves of requests, so each replica's view of the limiter stays fresh between them.
+    let mut answers = Vec::new();
+    while answers.len() < 2 * N as usize {
+        answers.extend(spread(&replicas, vec![hello("limited"); WAVE]).await);
+    }
+    let took = started.elapsed();
+    let interval = Duration::from_secs(60) / N as u32;
+    let refill = (took.as_secs_f64() / interval.as_secs_f64()).ceil() as u64;
+    let tolerance = refill + 3 * N / 100;
+    let mut accepted = 0u64;
+    for (_, status, headers, body) in &answers {
+        assert_eq!(
+            headers["x-ratelimit-limit-requests"],
+            N.to_string().as_str()
+        );
+        match status {
+            200 => accepted += 1,
+            429 => assert_eq!(body["error"]["code"], "rate_limit_exceeded", "{body}"),
+            other => panic!("status {other}: {body}"),
+        }
+    }
+    assert!(
+        (N..=N + tolerance).contains(&accepted),
+        "{accepted} accepted, expected {N} to {} (the load took {took:?})",
+        N + tolerance
+    );
+    assert_eq!(
+        mock.request_count(),
+        accepted,
+        "refused requests reached the upstream"
+    );
+    let client = client();
+    let mut pre_admitted = 0u64;
+    for r in &replicas {
+        let text = metrics_of(&client, &r.url).await;
+        pre_admitted += text
+            .lines()
+            .find_map(|l| l.strip_prefix("tandem_controls_pre_admitted_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0) as u64;
+    }
+    assert!(pre_admitted > 0, "no request went on before Redis answered");
+    assert!(pre_admitted < accepted, "{pre_admitted} of {accepted}");
+}
+
 /// The tokens-per-minute limit shared the same way: each request reserves its estimate (more
 /// than its real usage here, since `max_tokens` is set high) and is corrected to the usage the
 /// upstream reported. The real tokens of the accepted answers stay within the limit plus one

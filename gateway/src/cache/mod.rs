@@ -13,11 +13,17 @@
 //! semantic entry's prompt embedding under `cache-vec:<hash>`. A store that fails or is slow
 //! (past `store.timeout_ms`) turns the cache step into a bypass, never an error; the store's
 //! own metric and log line say when it goes and comes back.
+//!
+//! Each replica also keeps the answers it read or wrote in the last [`NEAR_HOLD`] in memory, so
+//! a hot entry costs the store one read per second rather than one per request. Entries are
+//! keyed by content and never change before they expire, so the copy is the store's answer;
+//! the one thing another replica can do to it, store a fresh answer for a `no-cache` request,
+//! reaches this replica within [`NEAR_HOLD`].
 
 pub mod semantic;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -39,6 +45,10 @@ use semantic::Index;
 pub const SEMANTIC_CAPACITY: usize = 10_000;
 /// The backend name an answer from the cache carries (metrics, feedback records).
 pub const CACHE_BACKEND: &str = "cache";
+/// How long a replica answers from its in-memory copy of an entry before reading the store.
+pub const NEAR_HOLD: Duration = Duration::from_secs(1);
+/// Entries the in-memory copy keeps.
+const NEAR_CAPACITY: usize = 4096;
 
 /// What the cache did for a request, as sent in `x-tandem-cache`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,7 +235,7 @@ impl Fill {
     /// Stores a whole answer; done before the answer goes out, so the next identical request
     /// finds it (bounded by the store's timeout).
     pub async fn whole(self, answer: &ChatResponse) {
-        self.put(CachedAnswer::from(answer)).await;
+        self.put(answer).await;
     }
 
     /// Passes a stream through and stores its answer when it ends complete (a finish and no
@@ -272,11 +282,17 @@ impl Fill {
 
     /// Writes the answer (and a semantic entry's embedding) with the route's TTL; a store that
     /// fails leaves the answer uncached.
-    async fn put(self, answer: CachedAnswer) {
+    async fn put(self, answer: &ChatResponse) {
         let expires_ms = now_ms() + self.ttl.as_millis() as u64;
-        let Ok(value) = serde_json::to_vec(&Entry { answer, expires_ms }) else {
+        let entry = Entry {
+            answer: CachedAnswer::from(answer),
+            expires_ms,
+        };
+        let Ok(value) = serde_json::to_vec(&entry) else {
             return;
         };
+        // What a read of the store would give, kept in memory.
+        let kept: ChatResponse = entry.answer.into();
         let store = &self.shared.store;
         if let Err(e) = store
             .set(&entry_key(&self.key), Bytes::from(value), Some(self.ttl))
@@ -285,6 +301,7 @@ impl Fill {
             tracing::debug!(error = %e, "the cache could not store an answer");
             return;
         }
+        self.shared.near.keep(&self.key, kept, expires_ms);
         let Some((context, vector)) = self.semantic else {
             return;
         };
@@ -312,11 +329,27 @@ impl Fill {
 #[derive(Debug)]
 struct Shared {
     store: SharedStore,
+    /// This replica's copies of recent entries.
+    near: Near,
     index: Index,
     metrics: Arc<Metrics>,
 }
 
 impl Shared {
+    /// The live answer under `key`: this replica's copy while it holds, else the store's.
+    async fn read(&self, key: &str) -> Result<Option<ChatResponse>, crate::error::Error> {
+        if let Some(answer) = self.near.get(key) {
+            return Ok(Some(answer));
+        }
+        let found = self.store.get(&entry_key(key)).await?;
+        let Some(entry) = found.as_deref().and_then(decode_entry) else {
+            return Ok(None);
+        };
+        let answer: ChatResponse = entry.answer.into();
+        self.near.keep(key, answer.clone(), entry.expires_ms);
+        Ok(Some(answer))
+    }
+
     fn count(&self, route: &str, result: &'static str) {
         self.metrics
             .cache
@@ -349,6 +382,7 @@ impl ResponseCache {
         let semantic = rules.iter().any(|r| r.semantic.is_some());
         let shared = Arc::new(Shared {
             store,
+            near: Near::default(),
             index: Index::new(SEMANTIC_CAPACITY),
             metrics,
         });
@@ -404,7 +438,7 @@ impl ResponseCache {
                 fill: Some(fill),
             };
         }
-        let found = match shared.store.get(&entry_key(&key)).await {
+        let found = match shared.read(&key).await {
             Ok(found) => found,
             Err(e) => {
                 tracing::debug!(error = %e, "cache bypassed: the store did not answer");
@@ -412,7 +446,7 @@ impl ResponseCache {
                 return Lookup::bypass();
             }
         };
-        if let Some(answer) = found.as_deref().and_then(decode_answer) {
+        if let Some(answer) = found {
             shared.count(route, "exact_hit");
             return Lookup::Hit(Hit {
                 answer,
@@ -422,15 +456,13 @@ impl ResponseCache {
         if let Some((context, vector, min)) = &semantic
             && let Some((near, similarity)) = shared.index.nearest(context, vector, *min)
         {
-            match shared.store.get(&entry_key(&near)).await {
-                Ok(Some(bytes)) => {
-                    if let Some(answer) = decode_answer(&bytes) {
-                        shared.count(route, "semantic_hit");
-                        return Lookup::Hit(Hit {
-                            answer,
-                            similarity: Some(similarity),
-                        });
-                    }
+            match shared.read(&near).await {
+                Ok(Some(answer)) => {
+                    shared.count(route, "semantic_hit");
+                    return Lookup::Hit(Hit {
+                        answer,
+                        similarity: Some(similarity),
+                    });
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -448,9 +480,41 @@ impl ResponseCache {
     }
 }
 
-fn decode_answer(bytes: &[u8]) -> Option<ChatResponse> {
+/// A stored entry, when it is readable and not expired.
+fn decode_entry(bytes: &[u8]) -> Option<Entry> {
     let entry: Entry = serde_json::from_slice(bytes).ok()?;
-    (entry.expires_ms > now_ms()).then(|| entry.answer.into())
+    (entry.expires_ms > now_ms()).then_some(entry)
+}
+
+/// A replica's in-memory copies of entries it read or wrote, each held for [`NEAR_HOLD`] at
+/// most and never past the entry's expiry.
+#[derive(Debug, Default)]
+struct Near {
+    entries: parking_lot::Mutex<std::collections::HashMap<String, (Instant, ChatResponse)>>,
+}
+
+impl Near {
+    /// The copy under `key` while it holds.
+    fn get(&self, key: &str) -> Option<ChatResponse> {
+        let entries = self.entries.lock();
+        let (until, answer) = entries.get(key)?;
+        (Instant::now() < *until).then(|| answer.clone())
+    }
+
+    /// Keeps `answer`, which expires at Unix millisecond `expires_ms`.
+    fn keep(&self, key: &str, answer: ChatResponse, expires_ms: u64) {
+        let now = Instant::now();
+        let left = Duration::from_millis(expires_ms.saturating_sub(now_ms()));
+        let until = now + left.min(NEAR_HOLD);
+        let mut entries = self.entries.lock();
+        if entries.len() >= NEAR_CAPACITY && !entries.contains_key(key) {
+            entries.retain(|_, (u, _)| *u > now);
+            if entries.len() >= NEAR_CAPACITY {
+                entries.clear();
+            }
+        }
+        entries.insert(key.to_owned(), (until, answer));
+    }
 }
 
 /// Loads the prompt embeddings of the store into the index (the newest [`SEMANTIC_CAPACITY`]).
@@ -570,6 +634,8 @@ pub fn request_hash(request: &ChatRequest, without: Option<usize>) -> [u8; 32] {
 mod tests {
     use tandem_cloud_adapters::{Message, Role, WireFormat};
 
+    use crate::store::Store;
+
     use super::*;
 
     fn request(text: &str) -> ChatRequest {
@@ -582,6 +648,43 @@ mod tests {
             temperature: Some(0.0),
             ..ChatRequest::default()
         }
+    }
+
+    #[tokio::test]
+    async fn a_hot_entry_is_read_from_the_store_once_per_hold_and_never_past_its_expiry() {
+        let store = crate::store::embedded::EmbeddedStore::in_memory();
+        let shared = Shared {
+            store: store.clone(),
+            near: Near::default(),
+            index: Index::new(4),
+            metrics: Arc::new(Metrics::new()),
+        };
+        let answer = ChatResponse {
+            id: "a".into(),
+            model: "m".into(),
+            created: 0,
+            text: "cached".into(),
+            tool_calls: Vec::new(),
+            finish_reason: FinishReason::Stop,
+            logprobs: None,
+            usage: Usage::default(),
+        };
+        let entry = Entry {
+            answer: CachedAnswer::from(&answer),
+            expires_ms: now_ms() + 60_000,
+        };
+        let value = Bytes::from(serde_json::to_vec(&entry).unwrap());
+        store.set(&entry_key("k"), value, None).await.unwrap();
+        assert_eq!(shared.read("k").await.unwrap().unwrap().text, "cached");
+        // Gone from the store, the copy still answers while it holds.
+        store.delete(&entry_key("k")).await.unwrap();
+        assert_eq!(shared.read("k").await.unwrap().unwrap().text, "cached");
+        // An entry that expires sooner than the hold is kept only until it expires.
+        shared.near.keep("soon", answer.clone(), now_ms() + 30);
+        assert!(shared.near.get("soon").is_some());
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(shared.near.get("soon").is_none());
+        assert!(shared.read("soon").await.unwrap().is_none());
     }
 
     #[test]

@@ -3,12 +3,15 @@
 //! call (the key's models, its budget, every rate limiter at once) and hands out a [`Ticket`]
 //! that corrects the token limiters with the real usage when it is known, or gives the
 //! reservation back when the request failed. [`Controls::record`] charges an answer's spend.
+//! Both post-answer writes go through the [`Settler`], which writes them with other answers'.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::headroom::Headroom;
 use super::keys::{KeyRegistry, VirtualKey, spawn_refresh, unix_now};
 use super::limits::{Limiter, RateHeaders, Unit, limiters};
+use super::settle::Settler;
 use super::spend::{self, Charge};
 use crate::config::{Config, ControlsConfig, EnvSource, OnUnavailable};
 use crate::error::Error;
@@ -25,6 +28,9 @@ pub struct Controls {
     /// The settings.
     pub config: ControlsConfig,
     metrics: Arc<Metrics>,
+    settler: Arc<Settler>,
+    /// Pre-admission, on a remote store.
+    headroom: Option<Arc<Headroom>>,
     refresh: parking_lot::Mutex<Option<tokio::task::AbortHandle>>,
 }
 
@@ -73,8 +79,12 @@ impl Controls {
             .map(|_| crate::store::embedded_path(config, env).with_file_name("keys.json"));
         let keys = Arc::new(KeyRegistry::new(store.clone(), mirror));
         let refresh = spawn_refresh(keys.clone());
+        let headroom = store.remote().then(|| Arc::new(Headroom::default()));
+        let settler = Settler::new(store.clone(), Some(spend::COUNTER_TTL), headroom.clone());
         Arc::new(Self {
             store,
+            settler,
+            headroom,
             keys,
             config: config.controls.clone(),
             metrics,
@@ -82,11 +92,12 @@ impl Controls {
         })
     }
 
-    /// Stops the background work (at shutdown).
-    pub fn stop(&self) {
+    /// Stops the background work and writes the answers' pending settlements (at shutdown).
+    pub async fn stop(&self) {
         if let Some(task) = self.refresh.lock().take() {
             task.abort();
         }
+        self.settler.flush().await;
     }
 
     /// Whether a request without a virtual key needs checking at all (a route has limits).
@@ -130,11 +141,26 @@ impl Controls {
             // The budgets and every limiter in one store call: one round trip to Redis.
             let spent: Vec<BudgetCheck> = budgets.iter().map(|b| b.check.clone()).collect();
             let checks: Vec<RateCheck> = limiters.iter().map(|l| l.check.clone()).collect();
-            match self.store.admit(&spent, &checks).await {
+            if let Some(headroom) = &self.headroom
+                && self.store.is_up()
+                && let Some(states) = headroom.pre_admit(&spent, &checks)
+            {
+                // Far from every limit: on at once; the script charges it all the same.
+                self.metrics.pre_admitted.inc();
+                self.settler.confirm(spent, checks);
+                return Ok(self.admitted(key, tokens, &limiters, &states));
+            }
+            match self.store.admit(&spent, &checks, false).await {
                 Ok(Admission::OverBudget { index, spent }) => {
                     return Err(spend::Budget::refused(&budgets, index, spent).into());
                 }
-                Ok(Admission::Rated(outcome)) => {
+                Ok(Admission::Rated {
+                    outcome,
+                    spent: dollars,
+                }) => {
+                    if let Some(headroom) = &self.headroom {
+                        headroom.note(&spent, &dollars, &checks, &outcome.states, &[]);
+                    }
                     headers = RateHeaders::from_states(&limiters, &outcome.states);
                     if !outcome.allowed {
                         return Err(Refused {
@@ -163,7 +189,33 @@ impl Controls {
         })
     }
 
-    /// Charges an answer's spend (in the background: the answer does not wait for the store).
+    /// The admission of a request let through before the store answered, with `states` for its
+    /// headers.
+    fn admitted(
+        self: &Arc<Self>,
+        key: Option<&Arc<VirtualKey>>,
+        tokens: u64,
+        limiters: &[Limiter],
+        states: &[crate::store::RateState],
+    ) -> Admitted {
+        Admitted {
+            ticket: Ticket(Arc::new(TicketInner {
+                controls: self.clone(),
+                key: key.map(|k| k.id.clone()),
+                estimate: tokens,
+                reserved: limiters
+                    .iter()
+                    .filter(|l| l.unit == Unit::Tokens)
+                    .map(|l| l.check.clone())
+                    .collect(),
+                settled: AtomicBool::new(false),
+            })),
+            headers: RateHeaders::from_states(limiters, states),
+        }
+    }
+
+    /// Charges an answer's spend (in the background, with other answers': the answer does not
+    /// wait for the store).
     pub fn record(self: &Arc<Self>, charge: Charge) {
         if let Some(key) = &charge.key
             && charge.cost > 0.0
@@ -174,15 +226,11 @@ impl Controls {
             self.metrics
                 .record_savings(&charge.route, &charge.backend, charge.savings);
         }
-        if charge.cost <= 0.0 && charge.savings <= 0.0 {
-            return;
+        let deltas = spend::deltas(&charge, unix_now());
+        if let Some(headroom) = &self.headroom {
+            headroom.charged(&deltas);
         }
-        let controls = self.clone();
-        spawn(async move {
-            if let Err(e) = spend::charge(&*controls.store, &charge, unix_now()).await {
-                tracing::debug!(error = %e, "a charge did not reach the store");
-            }
-        });
+        self.settler.push(deltas, Vec::new());
     }
 }
 
@@ -210,12 +258,6 @@ fn rate_limited(limiters: &[Limiter], states: &[crate::store::RateState]) -> Err
             limit: "requests",
             retry_after_secs: 1,
         },
-    }
-}
-
-fn spawn(f: impl std::future::Future<Output = ()> + Send + 'static) {
-    if let Ok(handle) = tokio::runtime::Handle::try_current() {
-        handle.spawn(f);
     }
 }
 
@@ -262,12 +304,7 @@ impl TicketInner {
                 ..c.clone()
             })
             .collect();
-        let store = self.controls.store.clone();
-        spawn(async move {
-            if let Err(e) = store.rate(&checks, true).await {
-                tracing::debug!(error = %e, "a token correction did not reach the store");
-            }
-        });
+        self.controls.settler.push(Vec::new(), checks);
     }
 }
 

@@ -13,7 +13,7 @@ use crate::error::Error;
 use crate::store::{BudgetCheck, Store, counter_value};
 
 /// How long counters are kept after their last charge (for reports).
-const COUNTER_TTL: Duration = Duration::from_secs(400 * 86_400);
+pub const COUNTER_TTL: Duration = Duration::from_secs(400 * 86_400);
 
 /// The UTC date of Unix second `secs`: (year, month, day).
 pub fn civil_date(secs: u64) -> (i64, u32, u32) {
@@ -51,13 +51,13 @@ pub struct Charge {
     pub savings: f64,
 }
 
-/// Adds `charge` to every counter it belongs to, all at once.
-pub async fn charge(store: &dyn Store, charge: &Charge, now_secs: u64) -> Result<(), Error> {
+/// The counters `charge` adds to at Unix second `now_secs`, with the amount each gets.
+pub fn deltas(charge: &Charge, now_secs: u64) -> Vec<(String, f64)> {
+    let mut deltas = Vec::new();
     if charge.cost <= 0.0 && charge.savings <= 0.0 {
-        return Ok(());
+        return deltas;
     }
     let (day, month) = periods(now_secs);
-    let mut deltas = Vec::with_capacity(12);
     for (family, amount) in [("spend", charge.cost), ("savings", charge.savings)] {
         if amount <= 0.0 {
             continue;
@@ -74,8 +74,7 @@ pub async fn charge(store: &dyn Store, charge: &Charge, now_secs: u64) -> Result
             }
         }
     }
-    store.incr_many(&deltas, Some(COUNTER_TTL)).await?;
-    Ok(())
+    deltas
 }
 
 /// One of a key's budgets, as a store check.
@@ -193,9 +192,9 @@ mod tests {
             return Ok(());
         }
         let checks: Vec<BudgetCheck> = budgets.iter().map(|b| b.check.clone()).collect();
-        match store.admit(&checks, &[]).await? {
+        match store.admit(&checks, &[], false).await? {
             Admission::OverBudget { index, spent } => Err(Budget::refused(&budgets, index, spent)),
-            Admission::Rated(_) => Ok(()),
+            Admission::Rated { .. } => Ok(()),
         }
     }
 
@@ -224,9 +223,9 @@ mod tests {
             cost: 0.006,
             savings: 0.0,
         };
-        charge(&*store, &c, now).await.unwrap();
+        store.incr_many(&deltas(&c, now), None).await.unwrap();
         check_budget(&*store, &key, now).await.unwrap();
-        charge(&*store, &c, now).await.unwrap();
+        store.incr_many(&deltas(&c, now), None).await.unwrap();
         let e = check_budget(&*store, &key, now).await.unwrap_err();
         assert!(matches!(e, Error::InsufficientQuota(_)), "{e}");
         let local = Charge {
@@ -236,7 +235,7 @@ mod tests {
             cost: 0.0,
             savings: 0.5,
         };
-        charge(&*store, &local, now).await.unwrap();
+        store.incr_many(&deltas(&local, now), None).await.unwrap();
         let r = report(&*store, "2026-12-07").await.unwrap();
         assert!((r.total_usd - 0.012).abs() < 1e-12);
         assert!((r.spend["key"]["vk_a"] - 0.012).abs() < 1e-12);

@@ -1,6 +1,7 @@
 //! The shared state store's contract: byte values with a time to live, listing by prefix, atomic
-//! float counters (spend), atomic GCRA rate checks (limits) and a request's admission (its
-//! budgets and its limiters at once), and the GCRA arithmetic both
+//! float counters (spend), atomic GCRA rate checks (limits), a request's admission (its
+//! budgets and its limiters at once) and answers' settlement (their spend and their token
+//! corrections at once), and the GCRA arithmetic both
 //! backends share. A leaf: the backends and every user of the store name this file only.
 
 use std::fmt::Debug;
@@ -64,8 +65,14 @@ pub enum Admission {
         /// Dollars its counter holds.
         spent: f64,
     },
-    /// Every budget has room: the rate check's outcome.
-    Rated(RateOutcome),
+    /// Every budget has room (or was only read): the rate check's outcome and the dollars each
+    /// budget's counter holds, in the order of the budgets.
+    Rated {
+        /// The rate check.
+        outcome: RateOutcome,
+        /// Each budget counter's dollars.
+        spent: Vec<f64>,
+    },
 }
 
 /// Shared state: one replica's view of what every replica sees. Keys are plain strings; the
@@ -77,6 +84,11 @@ pub trait Store: Send + Sync + Debug {
     fn backend(&self) -> &'static str;
     /// Whether the last operations reached the store.
     fn is_up(&self) -> bool;
+    /// Whether the store is across a network (each operation a round trip), not in this
+    /// process.
+    fn remote(&self) -> bool {
+        false
+    }
     /// Makes what was written durable now, where the backend buffers.
     fn flush(&self) {}
     /// Makes everything durable and lets another process open the store (at shutdown).
@@ -113,24 +125,49 @@ pub trait Store: Send + Sync + Debug {
     /// Checks every limiter at once and charges them all only when all have room; with `force`,
     /// charges (or refunds) whatever the state.
     async fn rate(&self, checks: &[RateCheck], force: bool) -> Result<RateOutcome, Error>;
+    /// Settles requests after the fact, all at once: adds `deltas` to their counters as
+    /// [`Store::incr_many`] does, then charges (or refunds) `charges` whatever the state and
+    /// reads `budgets`, as [`Store::admit`] with `force` does, answering the same. A remote
+    /// store does it in one round trip.
+    async fn settle(
+        &self,
+        deltas: &[(String, f64)],
+        ttl: Option<Duration>,
+        budgets: &[BudgetCheck],
+        charges: &[RateCheck],
+    ) -> Result<Admission, Error> {
+        if !deltas.is_empty() {
+            self.incr_many(deltas, ttl).await?;
+        }
+        self.admit(budgets, charges, true).await
+    }
     /// A request's admission: refused when any of `budgets` is spent (no limiter charged), else
-    /// [`Store::rate`] over `checks`. A remote store does it in one round trip.
+    /// [`Store::rate`] over `checks`. With `force` (a request already let through), the budgets
+    /// are only read and the limiters charged whatever their state. A remote store does it in
+    /// one round trip.
     async fn admit(
         &self,
         budgets: &[BudgetCheck],
         checks: &[RateCheck],
+        force: bool,
     ) -> Result<Admission, Error> {
+        let mut spent = Vec::with_capacity(budgets.len());
         if !budgets.is_empty() {
             let counters: Vec<String> = budgets.iter().map(|b| b.counter.clone()).collect();
             let values = self.get_many(&counters).await?;
             for (index, (budget, value)) in budgets.iter().zip(&values).enumerate() {
-                let spent = counter_value(value.as_ref());
-                if spent >= budget.limit {
-                    return Ok(Admission::OverBudget { index, spent });
+                let dollars = counter_value(value.as_ref());
+                if dollars >= budget.limit && !force {
+                    return Ok(Admission::OverBudget {
+                        index,
+                        spent: dollars,
+                    });
                 }
+                spent.push(dollars);
             }
         }
-        self.rate(checks, false).await.map(Admission::Rated)
+        let outcome = self.rate(checks, force).await?;
+        Ok(Admission::Rated { outcome, spent })
     }
 }
 

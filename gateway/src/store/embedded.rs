@@ -1,7 +1,7 @@
 //! The embedded store: the shared state of one process, kept in memory and made durable by an
 //! append-only log in the cache directory (`state/store.log`). The log is replayed and compacted
-//! at start, written through a buffer and flushed every 100 ms and at drop, and rewritten when
-//! it grows past twice the live data. Rate limiters live in memory only: like a Redis restarted
+//! at start, written through a buffer and flushed every 100 ms and at drop, and rewritten by the
+//! flush thread (off the request path) when it grows past twice the live data. Rate limiters live in memory only: like a Redis restarted
 //! empty, a restart starts them afresh. One process owns a log at a time (an advisory lock on
 //! `store.lock` beside it); [`EmbeddedStore::open`] fails with [`Error::StoreUnavailable`] when
 //! another holds it, and [`EmbeddedStore::in_memory`] is the fallback that keeps nothing.
@@ -189,30 +189,62 @@ impl EmbeddedStore {
         self.note(inner, r);
         inner.lines += 1;
         inner.dirty = true;
-        if inner.lines > 2 * inner.map.len() + COMPACT_SLACK {
-            self.compact(inner);
-        }
     }
 
-    /// Rewrites the log as the live entries alone.
-    fn compact(&self, inner: &mut Inner) {
-        let now = now_u64();
-        inner.map.retain(|_, e| e.live(now));
-        if let Some(log) = inner.log.as_mut() {
-            let _ = log.flush();
-        }
-        let r = write_snapshot(&self.path, &inner.map).and_then(|()| {
-            OpenOptions::new()
-                .append(true)
-                .open(&self.path)
-                .map_err(|e| io_error(&self.path, e))
-        });
-        match r {
-            Ok(file) => {
-                inner.log = Some(BufWriter::new(file));
-                inner.lines = inner.map.len();
+    /// Rewrites the log as the live entries alone once it has grown past twice them (on the
+    /// flush thread). The snapshot is written and synced without the lock, so requests never
+    /// wait on the disk; the lines logged meanwhile are carried over before it takes the
+    /// log's place.
+    fn compact_if_grown(&self) {
+        let (snapshot, mark) = {
+            let mut inner = self.inner.lock();
+            if inner.lines <= 2 * inner.map.len() + COMPACT_SLACK {
+                return;
             }
-            Err(e) => tracing::error!(error = %e, "embedded store: compaction failed"),
+            let now = now_u64();
+            inner.map.retain(|_, e| e.live(now));
+            let Some(log) = inner.log.as_mut() else {
+                return;
+            };
+            let mark = log
+                .flush()
+                .and_then(|()| log.get_ref().metadata())
+                .map(|m| m.len());
+            let Ok(mark) = mark else {
+                return;
+            };
+            (inner.map.clone(), mark)
+        };
+        let tmp = self.path.with_extension("log.tmp");
+        if let Err(e) = write_log(&tmp, &snapshot) {
+            tracing::error!(error = %e, "embedded store: compaction failed");
+            return;
+        }
+        let mut inner = self.inner.lock();
+        let r = (|| -> std::io::Result<(File, usize)> {
+            if let Some(log) = inner.log.as_mut() {
+                log.flush()?;
+            }
+            // The lines logged since the snapshot, carried over.
+            let mut since = File::open(&self.path)?;
+            std::io::Seek::seek(&mut since, std::io::SeekFrom::Start(mark))?;
+            let mut tail = Vec::new();
+            std::io::Read::read_to_end(&mut since, &mut tail)?;
+            let mut out = OpenOptions::new().append(true).open(&tmp)?;
+            out.write_all(&tail)?;
+            std::fs::rename(&tmp, &self.path)?;
+            let carried = tail.iter().filter(|b| **b == b'\n').count();
+            Ok((OpenOptions::new().append(true).open(&self.path)?, carried))
+        })();
+        match r {
+            Ok((file, carried)) => {
+                inner.log = Some(BufWriter::new(file));
+                inner.lines = snapshot.len() + carried;
+            }
+            Err(e) => {
+                let e = io_error(&self.path, e);
+                tracing::error!(error = %e, "embedded store: compaction failed");
+            }
         }
     }
 
@@ -252,7 +284,10 @@ fn spawn_flusher(store: Weak<EmbeddedStore>) {
             loop {
                 std::thread::sleep(FLUSH_EVERY);
                 match store.upgrade() {
-                    Some(s) => s.flush_log(),
+                    Some(s) => {
+                        s.flush_log();
+                        s.compact_if_grown();
+                    }
                     None => return,
                 }
             }
@@ -307,21 +342,24 @@ fn replay(path: &Path) -> Result<HashMap<String, Entry>, Error> {
 /// Writes `map` as a fresh log next to `path` and moves it into place.
 fn write_snapshot(path: &Path, map: &HashMap<String, Entry>) -> Result<(), Error> {
     let tmp = path.with_extension("log.tmp");
-    let write = || -> std::io::Result<()> {
-        let mut out = BufWriter::new(File::create(&tmp)?);
-        for (k, e) in map {
-            let line = LogLine::Set {
-                k: k.clone(),
-                v: hex::encode(&e.value),
-                e: e.expires,
-            };
-            serde_json::to_writer(&mut out, &line)?;
-            out.write_all(b"\n")?;
-        }
-        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().map_err(|e| io_error(path, e))
+    write_log(&tmp, map)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| io_error(path, e))
+}
+
+/// Writes `map` as a log at `path`, synced to the disk.
+fn write_log(path: &Path, map: &HashMap<String, Entry>) -> std::io::Result<()> {
+    let mut out = BufWriter::new(File::create(path)?);
+    for (k, e) in map {
+        let line = LogLine::Set {
+            k: k.clone(),
+            v: hex::encode(&e.value),
+            e: e.expires,
+        };
+        serde_json::to_writer(&mut out, &line)?;
+        out.write_all(b"\n")?;
+    }
+    out.into_inner().map_err(|e| e.into_error())?.sync_all()
 }
 
 #[async_trait]
@@ -508,6 +546,32 @@ mod tests {
         assert_eq!(store.get("tmp").await.unwrap(), None);
         let spend = store.get("spend").await.unwrap();
         assert_eq!(super::super::api::counter_value(spend.as_ref()), 0.75);
+    }
+
+    #[tokio::test]
+    async fn a_grown_log_is_rewritten_off_the_request_path_and_keeps_every_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.log");
+        {
+            let store = EmbeddedStore::open(&path).unwrap();
+            for _ in 0..(COMPACT_SLACK + 10) {
+                store.incr_many(&[("n".into(), 1.0)], None).await.unwrap();
+            }
+            // The flush thread may have got there first; either way it is done once.
+            store.compact_if_grown();
+            // Writes after the rewrite land in the new log.
+            store.incr_many(&[("n".into(), 1.0)], None).await.unwrap();
+            store.flush_log();
+            let after = std::fs::read_to_string(&path).unwrap().lines().count();
+            assert!(after <= 3, "{after} lines");
+            store.close();
+        }
+        let store = EmbeddedStore::open(&path).unwrap();
+        let n = store.get("n").await.unwrap();
+        assert_eq!(
+            super::super::api::counter_value(n.as_ref()),
+            (COMPACT_SLACK + 11) as f64
+        );
     }
 
     #[tokio::test]

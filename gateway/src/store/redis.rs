@@ -22,33 +22,46 @@ const PROBE_EVERY: Duration = Duration::from_millis(200);
 /// The bound on listing (admin and background work, never the request path).
 const LIST_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A request's admission in one script, so it costs one round trip and replicas never
-/// interleave: first its budgets, then the GCRA check over every limiter. KEYS are the budget
-/// counters, then the limiters; ARGV[1] is `1` to charge whatever the state, ARGV[2] the number
-/// of budget counters, then each counter's limit, then per limiter: per-minute limit and cost.
-/// Answers `2, index, micro-dollars spent` when a budget is spent (nothing charged), else
-/// `allowed`, then per limiter `remaining`, `reset_ms`, `retry_after_ms`. The arithmetic is
-/// `api::gcra_step`'s, on Redis's clock so replicas agree.
-const ADMIT_SCRIPT: &str = r"
-local nb = tonumber(ARGV[2])
+/// One script for both ends of a request, so each costs one round trip and replicas never
+/// interleave: settling answers (adding to spend counters) and admitting a request (its
+/// budgets, then the GCRA check over every limiter). KEYS are the counters to add to, the budget
+/// counters, then the limiters. ARGV[1] is `1` to charge the limiters whatever their state,
+/// ARGV[2] the number of counters to add to, ARGV[3] their time to live in ms (0: none),
+/// ARGV[4] the number of budget counters; then each added counter's delta, each budget's
+/// limit, and per limiter its per-minute limit and cost. Answers `2, index, micro-dollars
+/// spent` when a budget is spent (no limiter charged; never when charging whatever the
+/// state), else `allowed`, then per limiter `remaining`, `reset_ms`, `retry_after_ms`, then
+/// each budget's micro-dollars spent. The arithmetic is `api::gcra_step`'s, on Redis's
+/// clock so replicas agree.
+const STEP_SCRIPT: &str = r"
+local force = ARGV[1] == '1'
+local nc = tonumber(ARGV[2])
+local ttl = tonumber(ARGV[3])
+local nb = tonumber(ARGV[4])
+for c = 1, nc do
+  redis.call('INCRBYFLOAT', KEYS[c], ARGV[4 + c])
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[c], ttl) end
+end
+local spent = {}
 for b = 1, nb do
-  local spent = tonumber(redis.call('GET', KEYS[b]) or '0') or 0
-  if spent >= tonumber(ARGV[2 + b]) then
-    return {2, b - 1, math.floor(spent * 1000000)}
+  local s = tonumber(redis.call('GET', KEYS[nc + b]) or '0') or 0
+  if s >= tonumber(ARGV[4 + nc + b]) and not force then
+    return {2, b - 1, math.floor(s * 1000000)}
   end
+  spent[b] = math.floor(s * 1000000)
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-local force = ARGV[1] == '1'
 local tolerance = 60000
+local base = 4 + nc + nb
 local tats, news, retries, intervals = {}, {}, {}, {}
 local allowed = true
-local n = #KEYS - nb
+local n = #KEYS - nc - nb
 for i = 1, n do
-  local key = KEYS[nb + i]
-  local limit = math.max(tonumber(ARGV[1 + nb + 2 * i]), 1)
+  local key = KEYS[nc + nb + i]
+  local limit = math.max(tonumber(ARGV[base + 2 * i - 1]), 1)
   local interval = 60000 / limit
-  local cost = math.min(tonumber(ARGV[2 + nb + 2 * i]), limit)
+  local cost = math.min(tonumber(ARGV[base + 2 * i]), limit)
   local tat = tonumber(redis.call('GET', key) or now)
   if tat < now then tat = now end
   local new = math.max(tat + cost * interval, now)
@@ -63,7 +76,7 @@ end
 if force then allowed = true end
 local out = {allowed and 1 or 0}
 for i = 1, n do
-  local key = KEYS[nb + i]
+  local key = KEYS[nc + nb + i]
   local kept = tats[i]
   if allowed then
     kept = news[i]
@@ -76,6 +89,9 @@ for i = 1, n do
   out[#out + 1] = remaining
   out[#out + 1] = math.max(math.ceil(used), 0)
   out[#out + 1] = allowed and 0 or math.ceil(retries[i])
+end
+for b = 1, nb do
+  out[#out + 1] = spent[b]
 end
 return out
 ";
@@ -122,7 +138,7 @@ impl RedisStore {
             up: AtomicBool::new(false),
             up_tx: tokio::sync::watch::channel(false).0,
             probing: AtomicBool::new(false),
-            script: redis::Script::new(ADMIT_SCRIPT),
+            script: redis::Script::new(STEP_SCRIPT),
             metrics,
         });
         store.clone().start_probe();
@@ -281,6 +297,10 @@ impl Store for RedisHandle {
         self.0.up.load(Ordering::Acquire)
     }
 
+    fn remote(&self) -> bool {
+        true
+    }
+
     fn watch_up(&self) -> tokio::sync::watch::Receiver<bool> {
         self.0.up_tx.subscribe()
     }
@@ -422,27 +442,40 @@ impl Store for RedisHandle {
                 states: Vec::new(),
             });
         }
-        match self.admit_once(&[], checks, force).await? {
-            Admission::Rated(outcome) => Ok(outcome),
+        match self.step(&[], None, &[], checks, force).await? {
+            Admission::Rated { outcome, .. } => Ok(outcome),
             Admission::OverBudget { .. } => Err(Error::Internal(
                 "redis: a budget answer to a rate check".into(),
             )),
         }
     }
 
+    async fn settle(
+        &self,
+        deltas: &[(String, f64)],
+        ttl: Option<Duration>,
+        budgets: &[BudgetCheck],
+        charges: &[RateCheck],
+    ) -> Result<Admission, Error> {
+        self.step(deltas, ttl, budgets, charges, true).await
+    }
+
     async fn admit(
         &self,
         budgets: &[BudgetCheck],
         checks: &[RateCheck],
+        force: bool,
     ) -> Result<Admission, Error> {
-        self.admit_once(budgets, checks, false).await
+        self.step(&[], None, budgets, checks, force).await
     }
 }
 
 impl RedisHandle {
-    /// One run of [`ADMIT_SCRIPT`].
-    async fn admit_once(
+    /// One run of [`STEP_SCRIPT`].
+    async fn step(
         &self,
+        deltas: &[(String, f64)],
+        ttl: Option<Duration>,
         budgets: &[BudgetCheck],
         checks: &[RateCheck],
         force: bool,
@@ -450,12 +483,16 @@ impl RedisHandle {
         let mut invocation = self.0.script.prepare_invoke();
         invocation
             .arg(if force { "1" } else { "0" })
+            .arg(deltas.len())
+            .arg(ttl.map_or(0, |t| t.as_millis() as u64))
             .arg(budgets.len());
-        for budget in budgets {
-            invocation.key(self.0.key(&budget.counter));
+        for (counter, delta) in deltas {
+            invocation.key(self.0.key(counter)).arg(*delta);
         }
         for budget in budgets {
-            invocation.arg(budget.limit);
+            invocation
+                .key(self.0.key(&budget.counter))
+                .arg(budget.limit);
         }
         for check in checks {
             invocation
@@ -489,7 +526,20 @@ impl RedisHandle {
                 }
             })
             .collect();
-        Ok(Admission::Rated(RateOutcome { allowed, states }))
+        let spent = (0..budgets.len())
+            .map(|b| {
+                reply
+                    .get(1 + 3 * checks.len() + b)
+                    .copied()
+                    .unwrap_or(0)
+                    .max(0) as f64
+                    / 1e6
+            })
+            .collect();
+        Ok(Admission::Rated {
+            outcome: RateOutcome { allowed, states },
+            spent,
+        })
     }
 }
 
