@@ -49,6 +49,8 @@ pub const CACHE_BACKEND: &str = "cache";
 pub const NEAR_HOLD: Duration = Duration::from_secs(1);
 /// Entries the in-memory copy keeps.
 const NEAR_CAPACITY: usize = 4096;
+/// Stored bytes the in-memory copy keeps (entries measured as stored).
+const NEAR_BYTES: usize = 64 << 20;
 
 /// What the cache did for a request, as sent in `x-tandem-cache`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -293,6 +295,7 @@ impl Fill {
         };
         // What a read of the store would give, kept in memory.
         let kept: ChatResponse = entry.answer.into();
+        let size = value.len();
         let store = &self.shared.store;
         if let Err(e) = store
             .set(&entry_key(&self.key), Bytes::from(value), Some(self.ttl))
@@ -301,7 +304,7 @@ impl Fill {
             tracing::debug!(error = %e, "the cache could not store an answer");
             return;
         }
-        self.shared.near.keep(&self.key, kept, expires_ms);
+        self.shared.near.keep(&self.key, kept, size, expires_ms);
         let Some((context, vector)) = self.semantic else {
             return;
         };
@@ -342,11 +345,15 @@ impl Shared {
             return Ok(Some(answer));
         }
         let found = self.store.get(&entry_key(key)).await?;
-        let Some(entry) = found.as_deref().and_then(decode_entry) else {
+        let Some(bytes) = found else {
+            return Ok(None);
+        };
+        let Some(entry) = decode_entry(&bytes) else {
             return Ok(None);
         };
         let answer: ChatResponse = entry.answer.into();
-        self.near.keep(key, answer.clone(), entry.expires_ms);
+        self.near
+            .keep(key, answer.clone(), bytes.len(), entry.expires_ms);
         Ok(Some(answer))
     }
 
@@ -490,30 +497,45 @@ fn decode_entry(bytes: &[u8]) -> Option<Entry> {
 /// most and never past the entry's expiry.
 #[derive(Debug, Default)]
 struct Near {
-    entries: parking_lot::Mutex<std::collections::HashMap<String, (Instant, ChatResponse)>>,
+    entries: parking_lot::Mutex<NearEntries>,
+}
+
+/// The copies, each with when it stops holding and its stored size, and their sizes' sum.
+#[derive(Debug, Default)]
+struct NearEntries {
+    map: std::collections::HashMap<String, (Instant, usize, ChatResponse)>,
+    bytes: usize,
 }
 
 impl Near {
     /// The copy under `key` while it holds.
     fn get(&self, key: &str) -> Option<ChatResponse> {
         let entries = self.entries.lock();
-        let (until, answer) = entries.get(key)?;
+        let (until, _, answer) = entries.map.get(key)?;
         (Instant::now() < *until).then(|| answer.clone())
     }
 
-    /// Keeps `answer`, which expires at Unix millisecond `expires_ms`.
-    fn keep(&self, key: &str, answer: ChatResponse, expires_ms: u64) {
+    /// Keeps `answer`, stored as `size` bytes, which expires at Unix millisecond `expires_ms`.
+    fn keep(&self, key: &str, answer: ChatResponse, size: usize, expires_ms: u64) {
         let now = Instant::now();
         let left = Duration::from_millis(expires_ms.saturating_sub(now_ms()));
         let until = now + left.min(NEAR_HOLD);
         let mut entries = self.entries.lock();
-        if entries.len() >= NEAR_CAPACITY && !entries.contains_key(key) {
-            entries.retain(|_, (u, _)| *u > now);
-            if entries.len() >= NEAR_CAPACITY {
-                entries.clear();
+        if let Some((_, old, _)) = entries.map.remove(key) {
+            entries.bytes -= old;
+        }
+        if entries.map.len() >= NEAR_CAPACITY || entries.bytes + size > NEAR_BYTES {
+            entries.map.retain(|_, (u, _, _)| *u > now);
+            entries.bytes = entries.map.values().map(|(_, s, _)| s).sum();
+            if entries.map.len() >= NEAR_CAPACITY || entries.bytes + size > NEAR_BYTES {
+                entries.map.clear();
+                entries.bytes = 0;
             }
         }
-        entries.insert(key.to_owned(), (until, answer));
+        if size <= NEAR_BYTES {
+            entries.bytes += size;
+            entries.map.insert(key.to_owned(), (until, size, answer));
+        }
     }
 }
 
@@ -680,11 +702,18 @@ mod tests {
         store.delete(&entry_key("k")).await.unwrap();
         assert_eq!(shared.read("k").await.unwrap().unwrap().text, "cached");
         // An entry that expires sooner than the hold is kept only until it expires.
-        shared.near.keep("soon", answer.clone(), now_ms() + 30);
+        shared.near.keep("soon", answer.clone(), 10, now_ms() + 30);
         assert!(shared.near.get("soon").is_some());
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert!(shared.near.get("soon").is_none());
         assert!(shared.read("soon").await.unwrap().is_none());
+        // The copies stay within their bytes: a new one that does not fit makes room.
+        let later = now_ms() + 60_000;
+        shared.near.keep("big", answer.clone(), NEAR_BYTES - 10, later);
+        shared.near.keep("small", answer.clone(), 20, later);
+        assert!(shared.near.get("big").is_none());
+        assert!(shared.near.get("small").is_some());
+        assert_eq!(shared.near.entries.lock().bytes, 20);
     }
 
     #[test]
