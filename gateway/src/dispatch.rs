@@ -2204,9 +2204,15 @@ async fn cloud_infill(
 ) -> Result<InfillOutcome, Error> {
     let mut body = Map::new();
     body.insert("model".into(), json!(cloud.model));
+    // The editor's other files go before the prefix: the API has no field for them.
     body.insert(
         "prompt".into(),
-        json!(format!("{}{}", request.input_prefix, request.prompt)),
+        json!(format!(
+            "{}{}{}",
+            infill::extra_as_text(&request.input_extra),
+            request.input_prefix,
+            request.prompt
+        )),
     );
     body.insert("suffix".into(), json!(request.input_suffix));
     body.insert(

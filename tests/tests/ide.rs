@@ -513,6 +513,17 @@ async fn multi_line_completions_go_to_the_cloud_fim_backend_when_it_is_faster() 
             &json!(64)
         )
     );
+    // The editor's other files go before the prefix, each under a comment naming its path.
+    let mut with_extra = multi_line(prefix);
+    with_extra["input_extra"] = json!([{"filename": "util.py", "text": "TOTAL = 0\n"}]);
+    let (status, route, v) = infill_routed(&gw, with_extra).await;
+    assert_eq!(status, 200, "{v}");
+    assert!(route.starts_with("ide-cloud"), "{route}");
+    let body = mock.requests().into_iter().last().unwrap().json().unwrap();
+    assert_eq!(
+        body["prompt"],
+        json!(format!("# Path: util.py\nTOTAL = 0\n\n{prefix}"))
+    );
 
     // Streamed: the same text in the same shape, the route in the header.
     let r = client()
@@ -562,7 +573,7 @@ async fn multi_line_completions_go_to_the_cloud_fim_backend_when_it_is_faster() 
         (&json!("codestral-latest"), &json!("\n"))
     );
 
-    // The cloud's tokens are counted as every cloud call's are: 17 for each of the 3 answers.
+    // The cloud's tokens are counted as every cloud call's are: 17 for each of the 4 answers.
     let metrics = client()
         .get(gw.url() + "/metrics")
         .send()
@@ -579,7 +590,7 @@ async fn multi_line_completions_go_to_the_cloud_fim_backend_when_it_is_faster() 
         })
         .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
         .sum();
-    assert_eq!(completion, 51, "{metrics}");
+    assert_eq!(completion, 68, "{metrics}");
 }
 
 #[tokio::test]

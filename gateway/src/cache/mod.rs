@@ -709,7 +709,9 @@ mod tests {
         assert!(shared.read("soon").await.unwrap().is_none());
         // The copies stay within their bytes: a new one that does not fit makes room.
         let later = now_ms() + 60_000;
-        shared.near.keep("big", answer.clone(), NEAR_BYTES - 10, later);
+        shared
+            .near
+            .keep("big", answer.clone(), NEAR_BYTES - 10, later);
         shared.near.keep("small", answer.clone(), 20, later);
         assert!(shared.near.get("big").is_none());
         assert!(shared.near.get("small").is_some());

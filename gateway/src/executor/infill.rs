@@ -389,6 +389,31 @@ pub async fn run(
     Ok(out)
 }
 
+/// `input_extra` as text to put before the prefix, for a FIM API that takes only a prompt and a
+/// suffix (a cloud FIM endpoint): each file under a comment naming its path, in the comment
+/// syntax its extension suggests, as repository context appears in code models' training text.
+pub fn extra_as_text(extra: &[ExtraFile]) -> String {
+    let mut out = String::new();
+    for file in extra {
+        let extension = file.filename.rsplit_once('.').map_or("", |(_, e)| e);
+        let comment = match extension {
+            "rs" | "c" | "h" | "cc" | "cpp" | "hpp" | "js" | "jsx" | "ts" | "tsx" | "go"
+            | "java" | "kt" | "swift" | "cs" | "scala" | "dart" | "php" | "zig" => "//",
+            "lua" | "sql" | "hs" | "elm" | "ada" => "--",
+            "lisp" | "clj" | "el" | "scm" => ";;",
+            "vim" => "\"",
+            _ => "#",
+        };
+        out.push_str(&format!("{comment} Path: {}\n", file.filename));
+        out.push_str(&file.text);
+        if !file.text.ends_with('\n') {
+            out.push('\n');
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// Whether the client asked for one line: a stop word that is a line break.
 pub fn single_line(request: &InfillRequest) -> bool {
     request.params.stop.iter().any(|s| s == "\n")
@@ -541,6 +566,25 @@ impl BracketRule {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extra_files_become_path_comments_in_their_own_syntax() {
+        let extra = [
+            ExtraFile {
+                filename: "src/util.rs".into(),
+                text: "pub const A: u32 = 1;".into(),
+            },
+            ExtraFile {
+                filename: "lib/helpers.py".into(),
+                text: "B = 2\n".into(),
+            },
+        ];
+        assert_eq!(
+            extra_as_text(&extra),
+            "// Path: src/util.rs\npub const A: u32 = 1;\n\n# Path: lib/helpers.py\nB = 2\n\n"
+        );
+        assert_eq!(extra_as_text(&[]), "");
+    }
 
     #[test]
     fn bracket_rule_ends_before_a_line_that_leaves_the_block() {
