@@ -307,7 +307,14 @@ fn interleaved_matrices_match_rows_on_every_path() {
     let mut rng = Rng(0x1A7E);
     let pool = KernelPool::new(2).unwrap();
     for ty in tandem_kernels::pack::FORMATS {
-        for cols in [32usize, 576, 1536] {
+        // Model widths: 576 (18 blocks of 32), 1536, and for the K-quants 4864 (Qwen2.5's
+        // ffn_down, 19 super-blocks); the smallest width of each format.
+        let widths = [ty.block_elems(), 576, 1536, 4864];
+        for cols in widths
+            .into_iter()
+            .filter(|c| c.is_multiple_of(ty.block_elems()))
+        {
+            // 5 groups, so the pool splits an odd number of groups.
             let rows = 40;
             let mut data = random_matrix(&mut rng, ty, rows, cols, 0.2);
             zero_some_blocks(ty, &mut data);

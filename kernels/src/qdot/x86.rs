@@ -721,6 +721,171 @@ macro_rules! x86_path {
                 }
             }
 
+            /// [`interleaved_group`] for the K-quants (super-blocks of 256, group-block offsets
+            /// as laid out by [`crate::pack`]): per super-block the 8 rows' scales of every
+            /// sub-block are unpacked once into float vectors, then each activation block of 32
+            /// is a sub-block (Q6_K: two halves of 16 with their own scales). As there, a lane's
+            /// float operations do not depend on `T`.
+            #[inline]
+            #[target_feature(enable = $feat)]
+            unsafe fn interleaved_group_k<const F: u8, const T: usize>(
+                w: &QMatrix,
+                acts: &QActs,
+                row0: usize,
+                t0: usize,
+                y: *mut f32,
+            ) {
+                let (nb, cols) = (acts.nb(), acts.cols);
+                let nsb = nb / 8;
+                let gb = GROUP * w.ty.block_bytes();
+                let ones = _mm256_set1_epi16(1);
+                let low = _mm256_set1_epi8(0x0F);
+                let mut acc = [_mm256_setzero_ps(); T];
+                // SAFETY: the caller passes a whole group inside `w` and tokens inside `acts`;
+                // every pointer below stays inside one group block or one activation block.
+                unsafe {
+                    let group = w.data.as_ptr().add(row0 / GROUP * nsb * gb);
+                    for sb in 0..nsb {
+                        let b = group.add(sb * gb);
+                        // Q4_K/Q5_K: scale and offset (minus the minimum) of each sub-block of 32;
+                        // Q6_K: the scale of each 16 (its offset is -32 times it).
+                        let mut scale = [_mm256_setzero_ps(); 16];
+                        let mut off = [_mm256_setzero_ps(); 8];
+                        if F == Q6K {
+                            let d = _mm256_cvtph_ps(_mm_loadu_si128(b.add(1664) as *const __m128i));
+                            for c in 0..4 {
+                                let v = _mm256_loadu_si256(b.add(1536 + 32 * c) as *const __m256i);
+                                for i in 0..4 {
+                                    let up = _mm256_sllv_epi32(v, _mm256_set1_epi32(24 - 8 * i as i32));
+                                    let sc = _mm256_cvtepi32_ps(_mm256_srai_epi32(up, 24));
+                                    scale[4 * c + i] = _mm256_mul_ps(d, sc);
+                                }
+                            }
+                        } else {
+                            // Bytes 0-3: scales 0-3 (6 bits) and the top bits of scales 4-7;
+                            // 4-7: the same for the minimums; 8-11: low 4 bits of 4-7 of both.
+                            let d = _mm256_cvtph_ps(_mm_loadu_si128(b as *const __m128i));
+                            let dmin = _mm256_cvtph_ps(_mm_loadu_si128(b.add(16) as *const __m128i));
+                            let nmin = _mm256_mul_ps(dmin, _mm256_set1_ps(-1.0));
+                            let c0 = _mm256_loadu_si256(b.add(32) as *const __m256i);
+                            let c1 = _mm256_loadu_si256(b.add(64) as *const __m256i);
+                            let c2 = _mm256_loadu_si256(b.add(96) as *const __m256i);
+                            let six = _mm256_set1_epi8(0x3F);
+                            let top = _mm256_set1_epi8(0x03);
+                            let s03 = _mm256_and_si256(c0, six);
+                            let m03 = _mm256_and_si256(c1, six);
+                            let hi = |c: __m256i| _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(c, 6), top), 4);
+                            let s47 = _mm256_or_si256(_mm256_and_si256(c2, low), hi(c0));
+                            let m47 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(c2, 4), low), hi(c1));
+                            let byte = _mm256_set1_epi32(0xFF);
+                            for i in 0..4 {
+                                let sh = _mm256_set1_epi32(8 * i as i32);
+                                let at = |v: __m256i| _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srlv_epi32(v, sh), byte));
+                                scale[i] = _mm256_mul_ps(d, at(s03));
+                                scale[i + 4] = _mm256_mul_ps(d, at(s47));
+                                off[i] = _mm256_mul_ps(nmin, at(m03));
+                                off[i + 4] = _mm256_mul_ps(nmin, at(m47));
+                            }
+                        }
+                        for j in 0..8 {
+                            let k = sb * 8 + j;
+                            let mut a = [std::ptr::null::<i8>(); T];
+                            for t in 0..T {
+                                a[t] = acts.qs.as_ptr().add((t0 + t) * cols + k * QK);
+                            }
+                            let chunk = |t: usize, c: usize| {
+                                _mm256_set1_epi32(std::ptr::read_unaligned(a[t].add(4 * c) as *const i32))
+                            };
+                            if F == Q6K {
+                                let (half, jj) = (j / 4, j % 4);
+                                let ql = b.add(32 * (16 * half + 8 * (jj % 2)));
+                                let qh = b.add(1024 + 32 * 8 * half);
+                                for e in 0..2 {
+                                    let mut isum = [_mm256_setzero_si256(); T];
+                                    for c in 4 * e..4 * e + 4 {
+                                        let p = _mm256_loadu_si256(ql.add(32 * c) as *const __m256i);
+                                        let lo = if jj < 2 { p } else { _mm256_srli_epi16(p, 4) };
+                                        let h = _mm256_loadu_si256(qh.add(32 * c) as *const __m256i);
+                                        // Bits 2jj, 2jj+1 of each byte to bits 4, 5.
+                                        let h = match jj {
+                                            0 => _mm256_slli_epi16(h, 4),
+                                            1 => _mm256_slli_epi16(h, 2),
+                                            2 => h,
+                                            _ => _mm256_srli_epi16(h, 2),
+                                        };
+                                        let v = _mm256_or_si256(
+                                            _mm256_and_si256(lo, low),
+                                            _mm256_and_si256(h, _mm256_set1_epi8(0x30)),
+                                        );
+                                        for t in 0..T {
+                                            isum[t] = _mm256_add_epi32(isum[t], dot_u8i8(v, chunk(t, c)));
+                                        }
+                                    }
+                                    let sc = scale[2 * j + e];
+                                    let o = _mm256_mul_ps(sc, _mm256_set1_ps(-32.0));
+                                    for t in 0..T {
+                                        let tok = t0 + t;
+                                        let da = *acts.d.get_unchecked(tok * nb + k);
+                                        let df = _mm256_mul_ps(sc, _mm256_set1_ps(da));
+                                        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), df, acc[t]);
+                                        let sum = *acts.s.get_unchecked((tok * nb + k) * 2 + e);
+                                        acc[t] = _mm256_fmadd_ps(o, _mm256_set1_ps(sum), acc[t]);
+                                    }
+                                }
+                            } else {
+                                let qs_at = if F == Q4K { 128 } else { 384 };
+                                let qs = b.add(qs_at + 32 * 8 * (j / 2));
+                                let bit = _mm256_set1_epi8((1u8 << j) as i8);
+                                let value = |c: usize| {
+                                    let p = _mm256_loadu_si256(qs.add(32 * c) as *const __m256i);
+                                    let p = if j % 2 == 0 { p } else { _mm256_srli_epi16(p, 4) };
+                                    let v = _mm256_and_si256(p, low);
+                                    if F == Q5K {
+                                        let h = _mm256_loadu_si256(b.add(128 + 32 * c) as *const __m256i);
+                                        let set = _mm256_cmpeq_epi8(_mm256_and_si256(h, bit), bit);
+                                        _mm256_or_si256(v, _mm256_and_si256(set, _mm256_set1_epi8(0x10)))
+                                    } else {
+                                        v
+                                    }
+                                };
+                                let mut isum = [_mm256_setzero_si256(); T];
+                                if SUM16 && F == Q4K {
+                                    // 8 products of at most 2 × 15 × 127 fit a 16-bit lane.
+                                    let mut s16 = [_mm256_setzero_si256(); T];
+                                    for c in 0..8 {
+                                        let v = value(c);
+                                        for t in 0..T {
+                                            s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(v, chunk(t, c)));
+                                        }
+                                    }
+                                    for t in 0..T {
+                                        isum[t] = _mm256_madd_epi16(s16[t], ones);
+                                    }
+                                } else {
+                                    for c in 0..8 {
+                                        let v = value(c);
+                                        for t in 0..T {
+                                            isum[t] = _mm256_add_epi32(isum[t], dot_u8i8(v, chunk(t, c)));
+                                        }
+                                    }
+                                }
+                                for t in 0..T {
+                                    let tok = t0 + t;
+                                    let da = *acts.d.get_unchecked(tok * nb + k);
+                                    let df = _mm256_mul_ps(scale[j], _mm256_set1_ps(da));
+                                    acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), df, acc[t]);
+                                    let sum = *acts.sb.get_unchecked(tok * nb + k);
+                                    acc[t] = _mm256_fmadd_ps(off[j], _mm256_set1_ps(sum), acc[t]);
+                                }
+                            }
+                        }
+                    }
+                    for t in 0..T {
+                        _mm256_storeu_ps(y.add((t0 + t) * w.rows + row0), acc[t]);
+                    }
+                }
+            }
+
             /// Rows `r0..r1` (whole groups) of an interleaved matrix times every token.
             #[target_feature(enable = $feat)]
             unsafe fn interleaved_rows<const F: u8>(
@@ -737,11 +902,19 @@ macro_rules! x86_path {
                     // caller owns these rows of every token in `y`.
                     unsafe {
                         while t + INTERLEAVED_T <= acts.n {
-                            interleaved_group::<F, INTERLEAVED_T>(w, acts, row0, t, y);
+                            if F >= Q4K {
+                                interleaved_group_k::<F, INTERLEAVED_T>(w, acts, row0, t, y);
+                            } else {
+                                interleaved_group::<F, INTERLEAVED_T>(w, acts, row0, t, y);
+                            }
                             t += INTERLEAVED_T;
                         }
                         while t < acts.n {
-                            interleaved_group::<F, 1>(w, acts, row0, t, y);
+                            if F >= Q4K {
+                                interleaved_group_k::<F, 1>(w, acts, row0, t, y);
+                            } else {
+                                interleaved_group::<F, 1>(w, acts, row0, t, y);
+                            }
                             t += 1;
                         }
                     }
@@ -766,7 +939,10 @@ macro_rules! x86_path {
                         QuantType::Q5_0 => interleaved_rows::<Q5_0>(w, acts, r0, r1, y),
                         QuantType::Q5_1 => interleaved_rows::<Q5_1>(w, acts, r0, r1, y),
                         QuantType::Q8_0 => interleaved_rows::<Q8_0>(w, acts, r0, r1, y),
-                        _ => {}
+                        QuantType::Q4K => interleaved_rows::<Q4K>(w, acts, r0, r1, y),
+                        QuantType::Q5K => interleaved_rows::<Q5K>(w, acts, r0, r1, y),
+                        QuantType::Q6K => interleaved_rows::<Q6K>(w, acts, r0, r1, y),
+                        QuantType::F32 | QuantType::F16 => {}
                     }
                 }
             }
