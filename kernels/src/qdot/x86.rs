@@ -93,7 +93,7 @@ fn hsum_i32(v: __m256i) -> i32 {
 
 macro_rules! x86_path {
     ($name:ident, $feat:literal, tile = ($tr:literal, $tt:literal), interleaved_tokens = $it:literal,
-     dot = |$w:ident, $a:ident| $dot:block, sum16 = $sum16:literal) => {
+     dot = |$acc:ident, $w:ident, $a:ident| $dot:block, sum16 = $sum16:literal) => {
         /// Kernels compiled for one x86 feature set.
         #[allow(clippy::needless_range_loop)] // const-size register tiles read clearer indexed
         pub(crate) mod $name {
@@ -118,7 +118,14 @@ macro_rules! x86_path {
             /// Σ over 4-byte groups of unsigned `w` times signed `a`, as 8 int32 lanes.
             #[inline]
             #[target_feature(enable = $feat)]
-            fn dot_u8i8($w: __m256i, $a: __m256i) -> __m256i $dot
+            fn dot_u8i8(w: __m256i, a: __m256i) -> __m256i {
+                dot_acc(_mm256_setzero_si256(), w, a)
+            }
+
+            /// `acc` plus [`dot_u8i8`]: one instruction where the path has a 4-byte dot.
+            #[inline]
+            #[target_feature(enable = $feat)]
+            fn dot_acc($acc: __m256i, $w: __m256i, $a: __m256i) -> __m256i $dot
 
             /// Σ over 4-byte groups of signed `w` times signed `a` (|a| ≤ 127).
             #[inline]
@@ -669,8 +676,7 @@ macro_rules! x86_path {
                                 let wq = _mm256_loadu_si256(qs.add(32 * c) as *const __m256i);
                                 let wa = _mm256_abs_epi8(wq);
                                 for t in 0..T {
-                                    let p = dot_u8i8(wa, _mm256_sign_epi8(chunk(t, c), wq));
-                                    isum[t] = _mm256_add_epi32(isum[t], p);
+                                    isum[t] = dot_acc(isum[t], wa, _mm256_sign_epi8(chunk(t, c), wq));
                                 }
                             }
                         } else if SUM16 && !five {
@@ -699,8 +705,8 @@ macro_rules! x86_path {
                                     hi = _mm256_or_si256(hi, high_bits8(qh, c + 4));
                                 }
                                 for t in 0..T {
-                                    isum[t] = _mm256_add_epi32(isum[t], dot_u8i8(lo, chunk(t, c)));
-                                    isum[t] = _mm256_add_epi32(isum[t], dot_u8i8(hi, chunk(t, c + 4)));
+                                    isum[t] = dot_acc(isum[t], lo, chunk(t, c));
+                                    isum[t] = dot_acc(isum[t], hi, chunk(t, c + 4));
                                 }
                             }
                         }
@@ -800,25 +806,21 @@ macro_rules! x86_path {
                                 let (half, jj) = (j / 4, j % 4);
                                 let ql = b.add(32 * (16 * half + 8 * (jj % 2)));
                                 let qh = b.add(1024 + 32 * 8 * half);
+                                // Shift counts, not branches, so the loop keeps its registers:
+                                // the nibble (low for jj < 2) and bits 2jj, 2jj+1 of the pair byte.
+                                let nib = _mm_cvtsi32_si128(4 * (jj / 2) as i32);
+                                let pair = _mm_cvtsi32_si128(2 * jj as i32);
+                                let three = _mm256_set1_epi8(0x03);
                                 for e in 0..2 {
                                     let mut isum = [_mm256_setzero_si256(); T];
                                     for c in 4 * e..4 * e + 4 {
                                         let p = _mm256_loadu_si256(ql.add(32 * c) as *const __m256i);
-                                        let lo = if jj < 2 { p } else { _mm256_srli_epi16(p, 4) };
+                                        let lo = _mm256_and_si256(_mm256_srl_epi16(p, nib), low);
                                         let h = _mm256_loadu_si256(qh.add(32 * c) as *const __m256i);
-                                        // Bits 2jj, 2jj+1 of each byte to bits 4, 5.
-                                        let h = match jj {
-                                            0 => _mm256_slli_epi16(h, 4),
-                                            1 => _mm256_slli_epi16(h, 2),
-                                            2 => h,
-                                            _ => _mm256_srli_epi16(h, 2),
-                                        };
-                                        let v = _mm256_or_si256(
-                                            _mm256_and_si256(lo, low),
-                                            _mm256_and_si256(h, _mm256_set1_epi8(0x30)),
-                                        );
+                                        let h = _mm256_and_si256(_mm256_srl_epi16(h, pair), three);
+                                        let v = _mm256_or_si256(lo, _mm256_slli_epi16(h, 4));
                                         for t in 0..T {
-                                            isum[t] = _mm256_add_epi32(isum[t], dot_u8i8(v, chunk(t, c)));
+                                            isum[t] = dot_acc(isum[t], v, chunk(t, c));
                                         }
                                     }
                                     let sc = scale[2 * j + e];
@@ -865,7 +867,7 @@ macro_rules! x86_path {
                                     for c in 0..8 {
                                         let v = value(c);
                                         for t in 0..T {
-                                            isum[t] = _mm256_add_epi32(isum[t], dot_u8i8(v, chunk(t, c)));
+                                            isum[t] = dot_acc(isum[t], v, chunk(t, c));
                                         }
                                     }
                                 }
@@ -1004,7 +1006,12 @@ x86_path!(
     "avx2,fma,f16c",
     tile = (4, 2),
     interleaved_tokens = 4,
-    dot = |w, a| { _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1)) },
+    dot = |acc, w, a| {
+        _mm256_add_epi32(
+            acc,
+            _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1)),
+        )
+    },
     sum16 = true
 );
 x86_path!(
@@ -1012,7 +1019,7 @@ x86_path!(
     "avx2,fma,f16c,avxvnni",
     tile = (4, 2),
     interleaved_tokens = 4,
-    dot = |w, a| { _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), w, a) },
+    dot = |acc, w, a| { _mm256_dpbusd_avx_epi32(acc, w, a) },
     sum16 = false
 );
 x86_path!(
@@ -1020,7 +1027,12 @@ x86_path!(
     "avx2,fma,f16c,avx512f,avx512bw,avx512vl",
     tile = (4, 4),
     interleaved_tokens = 8,
-    dot = |w, a| { _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1)) },
+    dot = |acc, w, a| {
+        _mm256_add_epi32(
+            acc,
+            _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1)),
+        )
+    },
     sum16 = true
 );
 x86_path!(
@@ -1028,6 +1040,6 @@ x86_path!(
     "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
     tile = (4, 4),
     interleaved_tokens = 8,
-    dot = |w, a| { _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, a) },
+    dot = |acc, w, a| { _mm256_dpbusd_epi32(acc, w, a) },
     sum16 = false
 );
