@@ -618,6 +618,71 @@ macro_rules! x86_path {
                 _mm256_and_si256(_mm256_cmpeq_epi8(b, mask), _mm256_set1_epi8(0x10))
             }
 
+            /// Activation block `k` of tokens `t0..t0 + T`, as the interleaved kernels read it.
+            struct TokenBlocks<const T: usize> {
+                /// Token `t0`'s 32 int8 values; the next token's are `cols` further.
+                qs: *const i8,
+                cols: usize,
+                /// Token `t0`'s block scale; the next token's is `nb` further.
+                d: *const f32,
+                nb: usize,
+                t0: usize,
+            }
+
+            impl<const T: usize> TokenBlocks<T> {
+                /// # Safety
+                /// Tokens `t0..t0 + T` and block `k` must be inside `acts`.
+                #[inline]
+                unsafe fn new(acts: &QActs, t0: usize, k: usize) -> Self {
+                    let (nb, cols) = (acts.nb(), acts.cols);
+                    // SAFETY: passed on from the caller.
+                    unsafe {
+                        Self {
+                            qs: acts.qs.as_ptr().add(t0 * cols + k * QK),
+                            cols,
+                            d: acts.d.as_ptr().add(t0 * nb + k),
+                            nb,
+                            t0,
+                        }
+                    }
+                }
+
+                /// Token `t`'s 4 values of chunk `c` (< 8) in every 32-bit lane.
+                #[inline]
+                #[target_feature(enable = $feat)]
+                unsafe fn chunk(&self, t: usize, c: usize) -> __m256i {
+                    // SAFETY: a block holds 32 bytes; c < 8.
+                    _mm256_set1_epi32(unsafe { std::ptr::read_unaligned(self.qs.add(t * self.cols + 4 * c) as *const i32) })
+                }
+
+                /// `acc[t] += isum[t] · scale · d[t]`, then `+ off · sums[t]` where `offset` is
+                /// `(off, token t0's sum, the stride between tokens' sums)`.
+                ///
+                /// # Safety
+                /// The sums pointer must reach every token of the block.
+                #[inline]
+                #[target_feature(enable = $feat)]
+                unsafe fn fold(
+                    &self,
+                    acc: &mut [__m256; T],
+                    isum: &[__m256i; T],
+                    scale: __m256,
+                    offset: Option<(__m256, *const f32, usize)>,
+                ) {
+                    for t in 0..T {
+                        // SAFETY: t < T tokens of the block (see `new`).
+                        let da = unsafe { *self.d.add(t * self.nb) };
+                        let df = _mm256_mul_ps(scale, _mm256_set1_ps(da));
+                        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), df, acc[t]);
+                        if let Some((off, sums, stride)) = offset {
+                            // SAFETY: passed on from the caller.
+                            let sum = unsafe { *sums.add((self.t0 + t) * stride) };
+                            acc[t] = _mm256_fmadd_ps(off, _mm256_set1_ps(sum), acc[t]);
+                        }
+                    }
+                }
+            }
+
             /// One group of 8 interleaved rows times tokens `t0..t0 + T`: lane `j` of each
             /// accumulator is row `row0 + j`. Per lane and block the float operations are the
             /// same whatever `T` is (the integer dot is exact), so a row's result does not depend
@@ -631,128 +696,23 @@ macro_rules! x86_path {
                 t0: usize,
                 y: *mut f32,
             ) {
-                let (nb, cols) = (acts.nb(), acts.cols);
+                let nb = acts.nb();
                 let gb = GROUP * w.ty.block_bytes();
+                let blocks = w.cols / w.ty.block_elems();
                 let ones = _mm256_set1_epi16(1);
                 let low = _mm256_set1_epi8(0x0F);
                 let mut acc = [_mm256_setzero_ps(); T];
                 // SAFETY: the caller passes a whole group inside `w` and tokens inside `acts`;
                 // every pointer below stays inside one group block or one activation block.
                 unsafe {
-                    let group = w.data.as_ptr().add(row0 / GROUP * nb * gb);
-                    for k in 0..nb {
-                        let b = group.add(k * gb);
-                        let dw = _mm256_cvtph_ps(_mm_loadu_si128(b as *const __m128i));
-                        let off = match F {
-                            Q4_1 | Q5_1 => _mm256_cvtph_ps(_mm_loadu_si128(b.add(16) as *const __m128i)),
-                            Q4_0 => _mm256_mul_ps(dw, _mm256_set1_ps(-8.0)),
-                            Q5_0 => _mm256_mul_ps(dw, _mm256_set1_ps(-16.0)),
-                            _ => _mm256_setzero_ps(),
-                        };
-                        // Header: scales (16 bytes), minimums (16), high-bit words (32).
-                        let (qh_at, qs_at) = match F {
-                            Q4_1 => (0, 32),
-                            Q5_0 => (16, 48),
-                            Q5_1 => (32, 64),
-                            _ => (0, 16),
-                        };
-                        let five = F == Q5_0 || F == Q5_1;
-                        let qh = if five {
-                            _mm256_loadu_si256(b.add(qh_at) as *const __m256i)
-                        } else {
-                            _mm256_setzero_si256()
-                        };
-                        let qs = b.add(qs_at);
-                        let mut a = [std::ptr::null::<i8>(); T];
-                        for t in 0..T {
-                            a[t] = acts.qs.as_ptr().add((t0 + t) * cols + k * QK);
-                        }
-                        let chunk = |t: usize, c: usize| {
-                            _mm256_set1_epi32(std::ptr::read_unaligned(a[t].add(4 * c) as *const i32))
-                        };
-                        let mut isum = [_mm256_setzero_si256(); T];
-                        if F == Q8_0 {
-                            for c in 0..8 {
-                                let wq = _mm256_loadu_si256(qs.add(32 * c) as *const __m256i);
-                                let wa = _mm256_abs_epi8(wq);
-                                for t in 0..T {
-                                    isum[t] = dot_acc(isum[t], wa, _mm256_sign_epi8(chunk(t, c), wq));
-                                }
-                            }
-                        } else if SUM16 && !five {
-                            let mut s16 = [_mm256_setzero_si256(); T];
-                            for c in 0..4 {
-                                let p = _mm256_loadu_si256(qs.add(32 * c) as *const __m256i);
-                                let lo = _mm256_and_si256(p, low);
-                                let hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), low);
-                                for t in 0..T {
-                                    s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(lo, chunk(t, c)));
-                                    s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(hi, chunk(t, c + 4)));
-                                }
-                            }
-                            for t in 0..T {
-                                isum[t] = _mm256_madd_epi16(s16[t], ones);
-                            }
-                        } else {
-                            // 5-bit values (their products overflow 16-bit sums), or a path with
-                            // a 4-byte dot instruction.
-                            for c in 0..4 {
-                                let p = _mm256_loadu_si256(qs.add(32 * c) as *const __m256i);
-                                let mut lo = _mm256_and_si256(p, low);
-                                let mut hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), low);
-                                if five {
-                                    lo = _mm256_or_si256(lo, high_bits8(qh, c));
-                                    hi = _mm256_or_si256(hi, high_bits8(qh, c + 4));
-                                }
-                                for t in 0..T {
-                                    isum[t] = dot_acc(isum[t], lo, chunk(t, c));
-                                    isum[t] = dot_acc(isum[t], hi, chunk(t, c + 4));
-                                }
-                            }
-                        }
-                        for t in 0..T {
-                            let tok = t0 + t;
-                            let da = *acts.d.get_unchecked(tok * nb + k);
-                            let df = _mm256_mul_ps(dw, _mm256_set1_ps(da));
-                            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), df, acc[t]);
-                            if F != Q8_0 {
-                                let sum = *acts.sb.get_unchecked(tok * nb + k);
-                                acc[t] = _mm256_fmadd_ps(off, _mm256_set1_ps(sum), acc[t]);
-                            }
-                        }
-                    }
-                    for t in 0..T {
-                        _mm256_storeu_ps(y.add((t0 + t) * w.rows + row0), acc[t]);
-                    }
-                }
-            }
-
-            /// [`interleaved_group`] for the K-quants (super-blocks of 256, group-block offsets
-            /// as laid out by [`crate::pack`]): per super-block the 8 rows' scales of every
-            /// sub-block are unpacked once into float vectors, then each activation block of 32
-            /// is a sub-block (Q6_K: two halves of 16 with their own scales). As there, a lane's
-            /// float operations do not depend on `T`.
-            #[inline]
-            #[target_feature(enable = $feat)]
-            unsafe fn interleaved_group_k<const F: u8, const T: usize>(
-                w: &QMatrix,
-                acts: &QActs,
-                row0: usize,
-                t0: usize,
-                y: *mut f32,
-            ) {
-                let (nb, cols) = (acts.nb(), acts.cols);
-                let nsb = nb / 8;
-                let gb = GROUP * w.ty.block_bytes();
-                let ones = _mm256_set1_epi16(1);
-                let low = _mm256_set1_epi8(0x0F);
-                let mut acc = [_mm256_setzero_ps(); T];
-                // SAFETY: the caller passes a whole group inside `w` and tokens inside `acts`;
-                // every pointer below stays inside one group block or one activation block.
-                unsafe {
-                    let group = w.data.as_ptr().add(row0 / GROUP * nsb * gb);
-                    for sb in 0..nsb {
-                        let b = group.add(sb * gb);
+                    let group = w.data.as_ptr().add(row0 / GROUP * blocks * gb);
+                    for u in 0..blocks {
+                        let b = group.add(u * gb);
+                        if F >= Q4K {
+                            // A K-quant super-block: the 8 rows' scales of every sub-block are
+                            // unpacked once into float vectors, then each activation block of 32
+                            // is a sub-block (Q6_K: two halves of 16 with their own scales).
+                            let sb = u;
                         // Q4_K/Q5_K: scale and offset (minus the minimum) of each sub-block of 32;
                         // Q6_K: the scale of each 16 (its offset is -32 times it).
                         let mut scale = [_mm256_setzero_ps(); 16];
@@ -795,13 +755,7 @@ macro_rules! x86_path {
                         }
                         for j in 0..8 {
                             let k = sb * 8 + j;
-                            let mut a = [std::ptr::null::<i8>(); T];
-                            for t in 0..T {
-                                a[t] = acts.qs.as_ptr().add((t0 + t) * cols + k * QK);
-                            }
-                            let chunk = |t: usize, c: usize| {
-                                _mm256_set1_epi32(std::ptr::read_unaligned(a[t].add(4 * c) as *const i32))
-                            };
+                            let blk = TokenBlocks::<T>::new(acts, t0, k);
                             if F == Q6K {
                                 let (half, jj) = (j / 4, j % 4);
                                 let ql = b.add(32 * (16 * half + 8 * (jj % 2)));
@@ -820,19 +774,12 @@ macro_rules! x86_path {
                                         let h = _mm256_and_si256(_mm256_srl_epi16(h, pair), three);
                                         let v = _mm256_or_si256(lo, _mm256_slli_epi16(h, 4));
                                         for t in 0..T {
-                                            isum[t] = dot_acc(isum[t], v, chunk(t, c));
+                                            isum[t] = dot_acc(isum[t], v, blk.chunk(t, c));
                                         }
                                     }
                                     let sc = scale[2 * j + e];
                                     let o = _mm256_mul_ps(sc, _mm256_set1_ps(-32.0));
-                                    for t in 0..T {
-                                        let tok = t0 + t;
-                                        let da = *acts.d.get_unchecked(tok * nb + k);
-                                        let df = _mm256_mul_ps(sc, _mm256_set1_ps(da));
-                                        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), df, acc[t]);
-                                        let sum = *acts.s.get_unchecked((tok * nb + k) * 2 + e);
-                                        acc[t] = _mm256_fmadd_ps(o, _mm256_set1_ps(sum), acc[t]);
-                                    }
+                                    blk.fold(&mut acc, &isum, sc, Some((o, acts.s.as_ptr().add(2 * k + e), 2 * nb)));
                                 }
                             } else {
                                 let qs_at = if F == Q4K { 128 } else { 384 };
@@ -857,7 +804,7 @@ macro_rules! x86_path {
                                     for c in 0..8 {
                                         let v = value(c);
                                         for t in 0..T {
-                                            s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(v, chunk(t, c)));
+                                            s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(v, blk.chunk(t, c)));
                                         }
                                     }
                                     for t in 0..T {
@@ -867,19 +814,79 @@ macro_rules! x86_path {
                                     for c in 0..8 {
                                         let v = value(c);
                                         for t in 0..T {
-                                            isum[t] = dot_acc(isum[t], v, chunk(t, c));
+                                            isum[t] = dot_acc(isum[t], v, blk.chunk(t, c));
                                         }
                                     }
                                 }
+                                blk.fold(&mut acc, &isum, scale[j], Some((off[j], acts.sb.as_ptr().add(k), nb)));
+                            }
+                        }
+                        } else {
+                            let k = u;
+                        let dw = _mm256_cvtph_ps(_mm_loadu_si128(b as *const __m128i));
+                        let off = match F {
+                            Q4_1 | Q5_1 => _mm256_cvtph_ps(_mm_loadu_si128(b.add(16) as *const __m128i)),
+                            Q4_0 => _mm256_mul_ps(dw, _mm256_set1_ps(-8.0)),
+                            Q5_0 => _mm256_mul_ps(dw, _mm256_set1_ps(-16.0)),
+                            _ => _mm256_setzero_ps(),
+                        };
+                        // Header: scales (16 bytes), minimums (16), high-bit words (32).
+                        let (qh_at, qs_at) = match F {
+                            Q4_1 => (0, 32),
+                            Q5_0 => (16, 48),
+                            Q5_1 => (32, 64),
+                            _ => (0, 16),
+                        };
+                        let five = F == Q5_0 || F == Q5_1;
+                        let qh = if five {
+                            _mm256_loadu_si256(b.add(qh_at) as *const __m256i)
+                        } else {
+                            _mm256_setzero_si256()
+                        };
+                        let qs = b.add(qs_at);
+                        let blk = TokenBlocks::<T>::new(acts, t0, k);
+                        let mut isum = [_mm256_setzero_si256(); T];
+                        if F == Q8_0 {
+                            for c in 0..8 {
+                                let wq = _mm256_loadu_si256(qs.add(32 * c) as *const __m256i);
+                                let wa = _mm256_abs_epi8(wq);
                                 for t in 0..T {
-                                    let tok = t0 + t;
-                                    let da = *acts.d.get_unchecked(tok * nb + k);
-                                    let df = _mm256_mul_ps(scale[j], _mm256_set1_ps(da));
-                                    acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), df, acc[t]);
-                                    let sum = *acts.sb.get_unchecked(tok * nb + k);
-                                    acc[t] = _mm256_fmadd_ps(off[j], _mm256_set1_ps(sum), acc[t]);
+                                    isum[t] = dot_acc(isum[t], wa, _mm256_sign_epi8(blk.chunk(t, c), wq));
                                 }
                             }
+                        } else if SUM16 && !five {
+                            let mut s16 = [_mm256_setzero_si256(); T];
+                            for c in 0..4 {
+                                let p = _mm256_loadu_si256(qs.add(32 * c) as *const __m256i);
+                                let lo = _mm256_and_si256(p, low);
+                                let hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), low);
+                                for t in 0..T {
+                                    s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(lo, blk.chunk(t, c)));
+                                    s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(hi, blk.chunk(t, c + 4)));
+                                }
+                            }
+                            for t in 0..T {
+                                isum[t] = _mm256_madd_epi16(s16[t], ones);
+                            }
+                        } else {
+                            // 5-bit values (their products overflow 16-bit sums), or a path with
+                            // a 4-byte dot instruction.
+                            for c in 0..4 {
+                                let p = _mm256_loadu_si256(qs.add(32 * c) as *const __m256i);
+                                let mut lo = _mm256_and_si256(p, low);
+                                let mut hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), low);
+                                if five {
+                                    lo = _mm256_or_si256(lo, high_bits8(qh, c));
+                                    hi = _mm256_or_si256(hi, high_bits8(qh, c + 4));
+                                }
+                                for t in 0..T {
+                                    isum[t] = dot_acc(isum[t], lo, blk.chunk(t, c));
+                                    isum[t] = dot_acc(isum[t], hi, blk.chunk(t, c + 4));
+                                }
+                            }
+                        }
+                        let offset = (F != Q8_0).then(|| (off, acts.sb.as_ptr().add(k), nb));
+                        blk.fold(&mut acc, &isum, dw, offset);
                         }
                     }
                     for t in 0..T {
@@ -904,19 +911,11 @@ macro_rules! x86_path {
                     // caller owns these rows of every token in `y`.
                     unsafe {
                         while t + INTERLEAVED_T <= acts.n {
-                            if F >= Q4K {
-                                interleaved_group_k::<F, INTERLEAVED_T>(w, acts, row0, t, y);
-                            } else {
-                                interleaved_group::<F, INTERLEAVED_T>(w, acts, row0, t, y);
-                            }
+                            interleaved_group::<F, INTERLEAVED_T>(w, acts, row0, t, y);
                             t += INTERLEAVED_T;
                         }
                         while t < acts.n {
-                            if F >= Q4K {
-                                interleaved_group_k::<F, 1>(w, acts, row0, t, y);
-                            } else {
-                                interleaved_group::<F, 1>(w, acts, row0, t, y);
-                            }
+                            interleaved_group::<F, 1>(w, acts, row0, t, y);
                             t += 1;
                         }
                     }
