@@ -1,6 +1,7 @@
 //! Kernel benchmarks: quantized matvec per format at the SmolLM2 shapes, matmul for n = 1..256,
-//! pooled (2-thread) variants and the float ops, plus a measurement of this machine's DRAM
-//! bandwidth and FMA peak so the summary table shows each kernel as a share of the limit.
+//! row-major against interleaved layouts, pooled (2-thread) variants and the float ops, plus a
+//! measurement of this machine's DRAM bandwidth and FMA peak so the summary table shows each
+//! kernel as a share of the limit.
 #![allow(
     missing_docs,
     clippy::unwrap_used,
@@ -197,7 +198,7 @@ fn summary(limits: &Limits, pool1: &KernelPool, pool2: &KernelPool) {
         limits.peak_gflops
     );
     let sections =
-        std::env::var("KERNELS_SUMMARY").unwrap_or_else(|_| "matvec,matmul,model".into());
+        std::env::var("KERNELS_SUMMARY").unwrap_or_else(|_| "matvec,matmul,layout,model".into());
     if sections.contains("matvec") {
         println!("matvec (best of runs; weights streamed once per call)");
         println!(
@@ -241,6 +242,9 @@ fn summary(limits: &Limits, pool1: &KernelPool, pool2: &KernelPool) {
     }
     if sections.contains("matmul") {
         matmul_table(limits, pool2);
+    }
+    if sections.contains("layout") {
+        layout_table(pool1);
     }
     if sections.contains("model") {
         model_step_table(limits, pool1, pool2);
@@ -344,6 +348,48 @@ fn model_step_table(limits: &Limits, pool1: &KernelPool, pool2: &KernelPool) {
                 gf,
                 100.0 * gf / limits.peak_gflops,
                 bytes as f64 / s / 1e9
+            );
+        }
+    }
+    println!();
+}
+
+/// Row-major against interleaved on Qwen2.5-0.5B's ffn_down (896 × 4864, its Q4_K and Q6_K
+/// matrices) and a Q5_0 matrix of the same shape for scale: 1-thread µs per call for n tokens.
+fn layout_table(pool1: &KernelPool) {
+    let (rows, cols) = (896, 4864);
+    println!();
+    println!("layouts on a {rows}x{cols} matrix: 1-thread µs per call, rows vs interleaved");
+    println!(
+        "{:<6} {:>4} {:>10} {:>10} {:>8}",
+        "format", "n", "rows", "i8", "speedup"
+    );
+    for ty in [
+        QuantType::Q4K,
+        QuantType::Q5K,
+        QuantType::Q6K,
+        QuantType::Q5_0,
+    ] {
+        if !prefers_interleaved8(ty, rows) {
+            continue;
+        }
+        let rowwise = random_matrix(ty, rows, cols);
+        let packed = in_layout(ty, rows, cols, &rowwise, Layout::Interleaved8);
+        let wr = QMatrix::new(ty, rows, cols, &rowwise).unwrap();
+        let wi = QMatrix::with_layout(ty, rows, cols, &packed, Layout::Interleaved8).unwrap();
+        for n in [1usize, 8, 64] {
+            let budget = Duration::from_millis(if n >= 64 { 600 } else { 300 });
+            let x: Vec<f32> = (0..n * cols).map(|i| (i as f32 * 0.37).sin()).collect();
+            let mut y = vec![0.0; n * rows];
+            let r = time_it(|| pool1.matmul(&wr, &x, n, &mut y).unwrap(), budget);
+            let i = time_it(|| pool1.matmul(&wi, &x, n, &mut y).unwrap(), budget);
+            println!(
+                "{:<6} {:>4} {:>10.1} {:>10.1} {:>7.2}x",
+                format!("{ty:?}"),
+                n,
+                r * 1e6,
+                i * 1e6,
+                r / i
             );
         }
     }

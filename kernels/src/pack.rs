@@ -1,41 +1,50 @@
 //! The [`Layout::Interleaved8`] weight layout: rows in groups of 8, blocks in order within a
 //! group, and each block of the 8 rows stored field by field.
 //!
-//! A ggml block of Q4_0, Q4_1, Q5_0, Q5_1 or Q8_0 is a header (the f16 scale; for Q4_1 and Q5_1
-//! the f16 minimum; for Q5_0 and Q5_1 the 32 high bits as one u32) followed by its values. In a
-//! group, block `k` of the 8 rows is stored as each header field of the 8 rows (8 scales in 16
-//! bytes, so one load converts them; 8 high-bit words in one vector), then the values in 4-byte
-//! chunks: chunk `c` of the 8 rows is 32 bytes, one vector whose lane `j` is row `j`'s chunk. A
-//! kernel broadcasts the matching 4 activation bytes and gets the 8 rows' partial dots in the 8
-//! lanes, with no horizontal sums. Nothing is added or dropped: the bytes are the same as in
+//! A ggml block is a sequence of fields (see `interleave_fields`): f16 scalars (a scale, a
+//! minimum) and byte arrays (high-bit words, 6-bit scales, values). In a group, block `k` of the
+//! 8 rows is stored field by field, each field cut into pieces (a whole f16, or 4 bytes) and
+//! piece `c` of the 8 rows stored side by side: 8 scales in 16 bytes, so one load converts them;
+//! 4-byte chunks in 32 bytes, one vector whose lane `j` is row `j`'s chunk. A kernel broadcasts
+//! the matching 4 activation bytes and gets the 8 rows' partial dots in the 8 lanes, with no
+//! horizontal sums. For a Q4_0 block that is the 8 scales, then 4 vectors of nibbles; for a Q4_K
+//! super-block the 8 d, the 8 dmin, 3 vectors of packed 6-bit scales and minimums, then 32
+//! vectors of nibbles; for Q6_K 32 vectors of low nibbles, 16 of high bit pairs, 4 of int8
+//! scales, then the 8 d. Nothing is added or dropped: the bytes are the same as in
 //! [`Layout::Rows`], in another order.
 
 use crate::error::{Error, Result};
 pub use crate::quant::{GROUP, can_interleave8};
-use crate::quant::{Layout, QMatrix, QuantType, header_fields};
+use crate::quant::{Layout, QMatrix, QuantType, interleave_fields};
 
 /// The formats that can be interleaved.
-pub const FORMATS: [QuantType; 5] = [
+pub const FORMATS: [QuantType; 8] = [
     QuantType::Q4_0,
     QuantType::Q4_1,
     QuantType::Q5_0,
     QuantType::Q5_1,
     QuantType::Q8_0,
+    QuantType::Q4K,
+    QuantType::Q5K,
+    QuantType::Q6K,
 ];
 
 /// Where the bytes of row `j` (of 8) of a block land in its interleaved group block: calls
 /// `f(src, dst, len)` for each piece, `src` counted in the ggml block and `dst` in the group block.
 fn pieces(ty: QuantType, j: usize, mut f: impl FnMut(usize, usize, usize)) {
-    let Some(fields) = header_fields(ty) else {
+    let Some(fields) = interleave_fields(ty) else {
         return;
     };
     let mut at = 0;
-    for &size in fields {
-        f(at, at * GROUP + size * j, size);
+    for &(size, unit) in fields {
+        for c in 0..size / unit {
+            f(
+                at + unit * c,
+                at * GROUP + c * unit * GROUP + unit * j,
+                unit,
+            );
+        }
         at += size;
-    }
-    for c in 0..(ty.block_bytes() - at) / 4 {
-        f(at + 4 * c, at * GROUP + c * 4 * GROUP + 4 * j, 4);
     }
 }
 
@@ -107,7 +116,7 @@ mod tests {
     #[test]
     fn round_trips_every_row_and_moves_the_scales_together() {
         for ty in FORMATS {
-            let (rows, cols) = (16, 64);
+            let (rows, cols) = (16, 2 * ty.block_elems());
             let len = rows * ty.row_bytes(cols).unwrap_or(0);
             let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 13) as u8).collect();
             let w = QMatrix::new(ty, rows, cols, &data).unwrap();
@@ -119,10 +128,28 @@ mod tests {
                 row_of_interleaved8(&p, r, &mut row).unwrap();
                 assert_eq!(row, w.row(r), "{ty:?} row {r}");
             }
-            // The first 16 bytes of a group block are the 8 rows' scales.
+            // The first 16 bytes of a group block are the 8 rows' scales (Q6_K: its last 16).
+            let at = if ty == QuantType::Q6K { 208 } else { 0 };
             for j in 0..GROUP {
-                assert_eq!(&packed[2 * j..2 * j + 2], &data[j * w.row_bytes()..][..2]);
+                let want = &data[j * w.row_bytes() + at..][..2];
+                assert_eq!(&packed[GROUP * at + 2 * j..][..2], want, "{ty:?}");
             }
+        }
+    }
+
+    #[test]
+    fn every_byte_of_a_group_block_is_written_once() {
+        for ty in FORMATS {
+            let fields = interleave_fields(ty).unwrap();
+            let sum: usize = fields.iter().map(|&(size, _)| size).sum();
+            assert_eq!(sum, ty.block_bytes(), "{ty:?}");
+            let mut hits = vec![0u8; GROUP * ty.block_bytes()];
+            for j in 0..GROUP {
+                pieces(ty, j, |_, d, len| {
+                    hits[d..d + len].iter_mut().for_each(|h| *h += 1)
+                });
+            }
+            assert!(hits.iter().all(|&h| h == 1), "{ty:?}");
         }
     }
 
@@ -137,8 +164,8 @@ mod tests {
 
     #[test]
     fn other_formats_and_row_counts_are_refused() {
-        let data = vec![0u8; 8 * 144];
-        let w = QMatrix::new(QuantType::Q4K, 8, 256, &data).unwrap();
+        let data = vec![0u8; 8 * 2 * 32];
+        let w = QMatrix::new(QuantType::F16, 8, 32, &data).unwrap();
         assert!(interleave8(&w).is_err());
         let data = vec![0u8; 4 * 18];
         let w = QMatrix::new(QuantType::Q4_0, 4, 32, &data).unwrap();

@@ -111,8 +111,8 @@ pub enum Layout {
     #[default]
     Rows,
     /// Groups of 8 rows with the blocks of the 8 rows interleaved (see [`crate::pack`]): the
-    /// SIMD kernels then hold 8 rows in the 8 lanes of a vector. Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0
-    /// only; the same number of bytes as [`Layout::Rows`].
+    /// SIMD kernels then hold 8 rows in the 8 lanes of a vector. Every block-quantized format;
+    /// the same number of bytes as [`Layout::Rows`].
     Interleaved8,
 }
 
@@ -138,20 +138,28 @@ pub struct QMatrix<'a> {
 /// Rows in one interleaved group.
 pub const GROUP: usize = 8;
 
-/// The sizes of a block's header fields, in order, for the formats that can be interleaved.
-pub(crate) fn header_fields(ty: QuantType) -> Option<&'static [usize]> {
+/// A block's fields for [`Layout::Interleaved8`], in block order, as `(bytes, unit)`: the field is
+/// moved in pieces of `unit` bytes, piece `c` of the 8 rows side by side (see [`crate::pack`]).
+/// f16 scalars move whole (unit 2); everything else in 4-byte chunks, one int8 dot's width.
+pub(crate) fn interleave_fields(ty: QuantType) -> Option<&'static [(usize, usize)]> {
     match ty {
-        QuantType::Q4_0 | QuantType::Q8_0 => Some(&[2]),
-        QuantType::Q4_1 => Some(&[2, 2]),
-        QuantType::Q5_0 => Some(&[2, 4]),
-        QuantType::Q5_1 => Some(&[2, 2, 4]),
-        _ => None,
+        QuantType::Q4_0 => Some(&[(2, 2), (16, 4)]),
+        QuantType::Q4_1 => Some(&[(2, 2), (2, 2), (16, 4)]),
+        QuantType::Q5_0 => Some(&[(2, 2), (4, 4), (16, 4)]),
+        QuantType::Q5_1 => Some(&[(2, 2), (2, 2), (4, 4), (16, 4)]),
+        QuantType::Q8_0 => Some(&[(2, 2), (32, 4)]),
+        // d, dmin, the 12 bytes of 6-bit scales and minimums, (Q5_K: the high bits), the nibbles.
+        QuantType::Q4K => Some(&[(2, 2), (2, 2), (12, 4), (128, 4)]),
+        QuantType::Q5K => Some(&[(2, 2), (2, 2), (12, 4), (32, 4), (128, 4)]),
+        // Low nibbles, high 2-bit pairs, 16 int8 scales, d.
+        QuantType::Q6K => Some(&[(128, 4), (64, 4), (16, 4), (2, 2)]),
+        QuantType::F32 | QuantType::F16 => None,
     }
 }
 
 /// Whether a `ty` matrix of `rows` rows can be held as [`Layout::Interleaved8`].
 pub fn can_interleave8(ty: QuantType, rows: usize) -> bool {
-    header_fields(ty).is_some() && rows.is_multiple_of(GROUP)
+    interleave_fields(ty).is_some() && rows.is_multiple_of(GROUP)
 }
 
 impl<'a> QMatrix<'a> {

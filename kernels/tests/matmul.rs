@@ -307,33 +307,42 @@ fn interleaved_matrices_match_rows_on_every_path() {
     let mut rng = Rng(0x1A7E);
     let pool = KernelPool::new(2).unwrap();
     for ty in tandem_kernels::pack::FORMATS {
-        for cols in [32usize, 576, 1536] {
-            let rows = 40;
-            let mut data = random_matrix(&mut rng, ty, rows, cols, 0.2);
-            zero_some_blocks(ty, &mut data);
-            let w = QMatrix::new(ty, rows, cols, &data).unwrap();
-            let packed = interleave8(&w).unwrap();
-            let p = QMatrix::with_layout(ty, rows, cols, &packed, Layout::Interleaved8).unwrap();
-            let x = rng.vec(17 * cols, 1.5);
-            let wf = dequant(&w);
-            for n in [1usize, 2, 3, 4, 5, 8, 9, 17] {
-                let x = &x[..n * cols];
-                let mag = magnitude(&wf, x, rows, cols, n);
-                let mut want = vec![0.0; n * rows];
-                matmul_on_path("scalar", &w, x, n, &mut want).unwrap();
-                for path in available_paths() {
-                    let mut got = vec![0.0; n * rows];
-                    matmul_on_path(path, &p, x, n, &mut got).unwrap();
-                    let what = format!("interleaved {ty:?} {path} cols={cols} n={n}");
-                    check_close(&what, &got, &want, &mag, PATH_TOL);
-                    assert_rows_match_matvec(path, &p, x, n, &got, &what);
+        // Model widths: 576 (18 blocks of 32), 1536, and for the K-quants 4864 (Qwen2.5's
+        // ffn_down, 19 super-blocks); the smallest width of each format.
+        let widths = [ty.block_elems(), 576, 1536, 4864];
+        for cols in widths
+            .into_iter()
+            .filter(|c| c.is_multiple_of(ty.block_elems()))
+        {
+            // One group, and 5 so the pool splits an odd number of groups.
+            for rows in [8usize, 40] {
+                let mut data = random_matrix(&mut rng, ty, rows, cols, 0.2);
+                zero_some_blocks(ty, &mut data);
+                let w = QMatrix::new(ty, rows, cols, &data).unwrap();
+                let packed = interleave8(&w).unwrap();
+                let p =
+                    QMatrix::with_layout(ty, rows, cols, &packed, Layout::Interleaved8).unwrap();
+                let x = rng.vec(17 * cols, 1.5);
+                let wf = dequant(&w);
+                for n in [1usize, 2, 3, 4, 5, 8, 9, 17] {
+                    let x = &x[..n * cols];
+                    let mag = magnitude(&wf, x, rows, cols, n);
+                    let mut want = vec![0.0; n * rows];
+                    matmul_on_path("scalar", &w, x, n, &mut want).unwrap();
+                    for path in available_paths() {
+                        let mut got = vec![0.0; n * rows];
+                        matmul_on_path(path, &p, x, n, &mut got).unwrap();
+                        let what = format!("interleaved {ty:?} {path} {rows}x{cols} n={n}");
+                        check_close(&what, &got, &want, &mag, PATH_TOL);
+                        assert_rows_match_matvec(path, &p, x, n, &got, &what);
+                    }
+                    let mut a = vec![0.0; n * rows];
+                    pool.matmul(&p, x, n, &mut a).unwrap();
+                    let mut b = vec![0.0; n * rows];
+                    matmul(&p, x, n, &mut b).unwrap();
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&a), bits(&b), "interleaved {ty:?} pool n={n}");
                 }
-                let mut a = vec![0.0; n * rows];
-                pool.matmul(&p, x, n, &mut a).unwrap();
-                let mut b = vec![0.0; n * rows];
-                matmul(&p, x, n, &mut b).unwrap();
-                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&a), bits(&b), "interleaved {ty:?} pool n={n}");
             }
         }
     }

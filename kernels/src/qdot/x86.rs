@@ -93,7 +93,7 @@ fn hsum_i32(v: __m256i) -> i32 {
 
 macro_rules! x86_path {
     ($name:ident, $feat:literal, tile = ($tr:literal, $tt:literal), interleaved_tokens = $it:literal,
-     dot = |$w:ident, $a:ident| $dot:block, sum16 = $sum16:literal) => {
+     dot = |$acc:ident, $w:ident, $a:ident| $dot:block, sum16 = $sum16:literal) => {
         /// Kernels compiled for one x86 feature set.
         #[allow(clippy::needless_range_loop)] // const-size register tiles read clearer indexed
         pub(crate) mod $name {
@@ -118,7 +118,14 @@ macro_rules! x86_path {
             /// Σ over 4-byte groups of unsigned `w` times signed `a`, as 8 int32 lanes.
             #[inline]
             #[target_feature(enable = $feat)]
-            fn dot_u8i8($w: __m256i, $a: __m256i) -> __m256i $dot
+            fn dot_u8i8(w: __m256i, a: __m256i) -> __m256i {
+                dot_acc(_mm256_setzero_si256(), w, a)
+            }
+
+            /// `acc` plus [`dot_u8i8`]: one instruction where the path has a 4-byte dot.
+            #[inline]
+            #[target_feature(enable = $feat)]
+            fn dot_acc($acc: __m256i, $w: __m256i, $a: __m256i) -> __m256i $dot
 
             /// Σ over 4-byte groups of signed `w` times signed `a` (|a| ≤ 127).
             #[inline]
@@ -611,6 +618,71 @@ macro_rules! x86_path {
                 _mm256_and_si256(_mm256_cmpeq_epi8(b, mask), _mm256_set1_epi8(0x10))
             }
 
+            /// Activation block `k` of tokens `t0..t0 + T`, as the interleaved kernels read it.
+            struct TokenBlocks<const T: usize> {
+                /// Token `t0`'s 32 int8 values; the next token's are `cols` further.
+                qs: *const i8,
+                cols: usize,
+                /// Token `t0`'s block scale; the next token's is `nb` further.
+                d: *const f32,
+                nb: usize,
+                t0: usize,
+            }
+
+            impl<const T: usize> TokenBlocks<T> {
+                /// # Safety
+                /// Tokens `t0..t0 + T` and block `k` must be inside `acts`.
+                #[inline]
+                unsafe fn new(acts: &QActs, t0: usize, k: usize) -> Self {
+                    let (nb, cols) = (acts.nb(), acts.cols);
+                    // SAFETY: passed on from the caller.
+                    unsafe {
+                        Self {
+                            qs: acts.qs.as_ptr().add(t0 * cols + k * QK),
+                            cols,
+                            d: acts.d.as_ptr().add(t0 * nb + k),
+                            nb,
+                            t0,
+                        }
+                    }
+                }
+
+                /// Token `t`'s 4 values of chunk `c` (< 8) in every 32-bit lane.
+                #[inline]
+                #[target_feature(enable = $feat)]
+                unsafe fn chunk(&self, t: usize, c: usize) -> __m256i {
+                    // SAFETY: a block holds 32 bytes; c < 8.
+                    _mm256_set1_epi32(unsafe { std::ptr::read_unaligned(self.qs.add(t * self.cols + 4 * c) as *const i32) })
+                }
+
+                /// `acc[t] += isum[t] · scale · d[t]`, then `+ off · sums[t]` where `offset` is
+                /// `(off, token t0's sum, the stride between tokens' sums)`.
+                ///
+                /// # Safety
+                /// The sums pointer must reach every token of the block.
+                #[inline]
+                #[target_feature(enable = $feat)]
+                unsafe fn fold(
+                    &self,
+                    acc: &mut [__m256; T],
+                    isum: &[__m256i; T],
+                    scale: __m256,
+                    offset: Option<(__m256, *const f32, usize)>,
+                ) {
+                    for t in 0..T {
+                        // SAFETY: t < T tokens of the block (see `new`).
+                        let da = unsafe { *self.d.add(t * self.nb) };
+                        let df = _mm256_mul_ps(scale, _mm256_set1_ps(da));
+                        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), df, acc[t]);
+                        if let Some((off, sums, stride)) = offset {
+                            // SAFETY: passed on from the caller.
+                            let sum = unsafe { *sums.add((self.t0 + t) * stride) };
+                            acc[t] = _mm256_fmadd_ps(off, _mm256_set1_ps(sum), acc[t]);
+                        }
+                    }
+                }
+            }
+
             /// One group of 8 interleaved rows times tokens `t0..t0 + T`: lane `j` of each
             /// accumulator is row `row0 + j`. Per lane and block the float operations are the
             /// same whatever `T` is (the integer dot is exact), so a row's result does not depend
@@ -624,17 +696,133 @@ macro_rules! x86_path {
                 t0: usize,
                 y: *mut f32,
             ) {
-                let (nb, cols) = (acts.nb(), acts.cols);
+                let nb = acts.nb();
                 let gb = GROUP * w.ty.block_bytes();
+                let blocks = w.cols / w.ty.block_elems();
                 let ones = _mm256_set1_epi16(1);
                 let low = _mm256_set1_epi8(0x0F);
                 let mut acc = [_mm256_setzero_ps(); T];
                 // SAFETY: the caller passes a whole group inside `w` and tokens inside `acts`;
                 // every pointer below stays inside one group block or one activation block.
                 unsafe {
-                    let group = w.data.as_ptr().add(row0 / GROUP * nb * gb);
-                    for k in 0..nb {
-                        let b = group.add(k * gb);
+                    let group = w.data.as_ptr().add(row0 / GROUP * blocks * gb);
+                    for u in 0..blocks {
+                        let b = group.add(u * gb);
+                        if F >= Q4K {
+                            // A K-quant super-block: the 8 rows' scales of every sub-block are
+                            // unpacked once into float vectors, then each activation block of 32
+                            // is a sub-block (Q6_K: two halves of 16 with their own scales).
+                            let sb = u;
+                        // Q4_K/Q5_K: scale and offset (minus the minimum) of each sub-block of 32;
+                        // Q6_K: the scale of each 16 (its offset is -32 times it).
+                        let mut scale = [_mm256_setzero_ps(); 16];
+                        let mut off = [_mm256_setzero_ps(); 8];
+                        if F == Q6K {
+                            let d = _mm256_cvtph_ps(_mm_loadu_si128(b.add(1664) as *const __m128i));
+                            for c in 0..4 {
+                                let v = _mm256_loadu_si256(b.add(1536 + 32 * c) as *const __m256i);
+                                for i in 0..4 {
+                                    let up = _mm256_sllv_epi32(v, _mm256_set1_epi32(24 - 8 * i as i32));
+                                    let sc = _mm256_cvtepi32_ps(_mm256_srai_epi32(up, 24));
+                                    scale[4 * c + i] = _mm256_mul_ps(d, sc);
+                                }
+                            }
+                        } else {
+                            // Bytes 0-3: scales 0-3 (6 bits) and the top bits of scales 4-7;
+                            // 4-7: the same for the minimums; 8-11: low 4 bits of 4-7 of both.
+                            let d = _mm256_cvtph_ps(_mm_loadu_si128(b as *const __m128i));
+                            let dmin = _mm256_cvtph_ps(_mm_loadu_si128(b.add(16) as *const __m128i));
+                            let nmin = _mm256_mul_ps(dmin, _mm256_set1_ps(-1.0));
+                            let c0 = _mm256_loadu_si256(b.add(32) as *const __m256i);
+                            let c1 = _mm256_loadu_si256(b.add(64) as *const __m256i);
+                            let c2 = _mm256_loadu_si256(b.add(96) as *const __m256i);
+                            let six = _mm256_set1_epi8(0x3F);
+                            let top = _mm256_set1_epi8(0x03);
+                            let s03 = _mm256_and_si256(c0, six);
+                            let m03 = _mm256_and_si256(c1, six);
+                            let hi = |c: __m256i| _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(c, 6), top), 4);
+                            let s47 = _mm256_or_si256(_mm256_and_si256(c2, low), hi(c0));
+                            let m47 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(c2, 4), low), hi(c1));
+                            let byte = _mm256_set1_epi32(0xFF);
+                            for i in 0..4 {
+                                let sh = _mm256_set1_epi32(8 * i as i32);
+                                let at = |v: __m256i| _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srlv_epi32(v, sh), byte));
+                                scale[i] = _mm256_mul_ps(d, at(s03));
+                                scale[i + 4] = _mm256_mul_ps(d, at(s47));
+                                off[i] = _mm256_mul_ps(nmin, at(m03));
+                                off[i + 4] = _mm256_mul_ps(nmin, at(m47));
+                            }
+                        }
+                        for j in 0..8 {
+                            let k = sb * 8 + j;
+                            let blk = TokenBlocks::<T>::new(acts, t0, k);
+                            if F == Q6K {
+                                let (half, jj) = (j / 4, j % 4);
+                                let ql = b.add(32 * (16 * half + 8 * (jj % 2)));
+                                let qh = b.add(1024 + 32 * 8 * half);
+                                // Shift counts, not branches, so the loop keeps its registers:
+                                // the nibble (low for jj < 2) and bits 2jj, 2jj+1 of the pair byte.
+                                let nib = _mm_cvtsi32_si128(4 * (jj / 2) as i32);
+                                let pair = _mm_cvtsi32_si128(2 * jj as i32);
+                                let three = _mm256_set1_epi8(0x03);
+                                for e in 0..2 {
+                                    let mut isum = [_mm256_setzero_si256(); T];
+                                    for c in 4 * e..4 * e + 4 {
+                                        let p = _mm256_loadu_si256(ql.add(32 * c) as *const __m256i);
+                                        let lo = _mm256_and_si256(_mm256_srl_epi16(p, nib), low);
+                                        let h = _mm256_loadu_si256(qh.add(32 * c) as *const __m256i);
+                                        let h = _mm256_and_si256(_mm256_srl_epi16(h, pair), three);
+                                        let v = _mm256_or_si256(lo, _mm256_slli_epi16(h, 4));
+                                        for t in 0..T {
+                                            isum[t] = dot_acc(isum[t], v, blk.chunk(t, c));
+                                        }
+                                    }
+                                    let sc = scale[2 * j + e];
+                                    let o = _mm256_mul_ps(sc, _mm256_set1_ps(-32.0));
+                                    blk.fold(&mut acc, &isum, sc, Some((o, acts.s.as_ptr().add(2 * k + e), 2 * nb)));
+                                }
+                            } else {
+                                let qs_at = if F == Q4K { 128 } else { 384 };
+                                let qs = b.add(qs_at + 32 * 8 * (j / 2));
+                                let bit = _mm256_set1_epi8((1u8 << j) as i8);
+                                let value = |c: usize| {
+                                    let p = _mm256_loadu_si256(qs.add(32 * c) as *const __m256i);
+                                    let p = if j % 2 == 0 { p } else { _mm256_srli_epi16(p, 4) };
+                                    let v = _mm256_and_si256(p, low);
+                                    if F == Q5K {
+                                        let h = _mm256_loadu_si256(b.add(128 + 32 * c) as *const __m256i);
+                                        let set = _mm256_cmpeq_epi8(_mm256_and_si256(h, bit), bit);
+                                        _mm256_or_si256(v, _mm256_and_si256(set, _mm256_set1_epi8(0x10)))
+                                    } else {
+                                        v
+                                    }
+                                };
+                                let mut isum = [_mm256_setzero_si256(); T];
+                                if SUM16 && F == Q4K {
+                                    // 8 products of at most 2 × 15 × 127 fit a 16-bit lane.
+                                    let mut s16 = [_mm256_setzero_si256(); T];
+                                    for c in 0..8 {
+                                        let v = value(c);
+                                        for t in 0..T {
+                                            s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(v, blk.chunk(t, c)));
+                                        }
+                                    }
+                                    for t in 0..T {
+                                        isum[t] = _mm256_madd_epi16(s16[t], ones);
+                                    }
+                                } else {
+                                    for c in 0..8 {
+                                        let v = value(c);
+                                        for t in 0..T {
+                                            isum[t] = dot_acc(isum[t], v, blk.chunk(t, c));
+                                        }
+                                    }
+                                }
+                                blk.fold(&mut acc, &isum, scale[j], Some((off[j], acts.sb.as_ptr().add(k), nb)));
+                            }
+                        }
+                        } else {
+                            let k = u;
                         let dw = _mm256_cvtph_ps(_mm_loadu_si128(b as *const __m128i));
                         let off = match F {
                             Q4_1 | Q5_1 => _mm256_cvtph_ps(_mm_loadu_si128(b.add(16) as *const __m128i)),
@@ -656,21 +844,14 @@ macro_rules! x86_path {
                             _mm256_setzero_si256()
                         };
                         let qs = b.add(qs_at);
-                        let mut a = [std::ptr::null::<i8>(); T];
-                        for t in 0..T {
-                            a[t] = acts.qs.as_ptr().add((t0 + t) * cols + k * QK);
-                        }
-                        let chunk = |t: usize, c: usize| {
-                            _mm256_set1_epi32(std::ptr::read_unaligned(a[t].add(4 * c) as *const i32))
-                        };
+                        let blk = TokenBlocks::<T>::new(acts, t0, k);
                         let mut isum = [_mm256_setzero_si256(); T];
                         if F == Q8_0 {
                             for c in 0..8 {
                                 let wq = _mm256_loadu_si256(qs.add(32 * c) as *const __m256i);
                                 let wa = _mm256_abs_epi8(wq);
                                 for t in 0..T {
-                                    let p = dot_u8i8(wa, _mm256_sign_epi8(chunk(t, c), wq));
-                                    isum[t] = _mm256_add_epi32(isum[t], p);
+                                    isum[t] = dot_acc(isum[t], wa, _mm256_sign_epi8(blk.chunk(t, c), wq));
                                 }
                             }
                         } else if SUM16 && !five {
@@ -680,8 +861,8 @@ macro_rules! x86_path {
                                 let lo = _mm256_and_si256(p, low);
                                 let hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), low);
                                 for t in 0..T {
-                                    s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(lo, chunk(t, c)));
-                                    s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(hi, chunk(t, c + 4)));
+                                    s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(lo, blk.chunk(t, c)));
+                                    s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(hi, blk.chunk(t, c + 4)));
                                 }
                             }
                             for t in 0..T {
@@ -699,20 +880,13 @@ macro_rules! x86_path {
                                     hi = _mm256_or_si256(hi, high_bits8(qh, c + 4));
                                 }
                                 for t in 0..T {
-                                    isum[t] = _mm256_add_epi32(isum[t], dot_u8i8(lo, chunk(t, c)));
-                                    isum[t] = _mm256_add_epi32(isum[t], dot_u8i8(hi, chunk(t, c + 4)));
+                                    isum[t] = dot_acc(isum[t], lo, blk.chunk(t, c));
+                                    isum[t] = dot_acc(isum[t], hi, blk.chunk(t, c + 4));
                                 }
                             }
                         }
-                        for t in 0..T {
-                            let tok = t0 + t;
-                            let da = *acts.d.get_unchecked(tok * nb + k);
-                            let df = _mm256_mul_ps(dw, _mm256_set1_ps(da));
-                            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), df, acc[t]);
-                            if F != Q8_0 {
-                                let sum = *acts.sb.get_unchecked(tok * nb + k);
-                                acc[t] = _mm256_fmadd_ps(off, _mm256_set1_ps(sum), acc[t]);
-                            }
+                        let offset = (F != Q8_0).then(|| (off, acts.sb.as_ptr().add(k), nb));
+                        blk.fold(&mut acc, &isum, dw, offset);
                         }
                     }
                     for t in 0..T {
@@ -766,7 +940,10 @@ macro_rules! x86_path {
                         QuantType::Q5_0 => interleaved_rows::<Q5_0>(w, acts, r0, r1, y),
                         QuantType::Q5_1 => interleaved_rows::<Q5_1>(w, acts, r0, r1, y),
                         QuantType::Q8_0 => interleaved_rows::<Q8_0>(w, acts, r0, r1, y),
-                        _ => {}
+                        QuantType::Q4K => interleaved_rows::<Q4K>(w, acts, r0, r1, y),
+                        QuantType::Q5K => interleaved_rows::<Q5K>(w, acts, r0, r1, y),
+                        QuantType::Q6K => interleaved_rows::<Q6K>(w, acts, r0, r1, y),
+                        QuantType::F32 | QuantType::F16 => {}
                     }
                 }
             }
@@ -828,7 +1005,12 @@ x86_path!(
     "avx2,fma,f16c",
     tile = (4, 2),
     interleaved_tokens = 4,
-    dot = |w, a| { _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1)) },
+    dot = |acc, w, a| {
+        _mm256_add_epi32(
+            acc,
+            _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1)),
+        )
+    },
     sum16 = true
 );
 x86_path!(
@@ -836,7 +1018,7 @@ x86_path!(
     "avx2,fma,f16c,avxvnni",
     tile = (4, 2),
     interleaved_tokens = 4,
-    dot = |w, a| { _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), w, a) },
+    dot = |acc, w, a| { _mm256_dpbusd_avx_epi32(acc, w, a) },
     sum16 = false
 );
 x86_path!(
@@ -844,7 +1026,12 @@ x86_path!(
     "avx2,fma,f16c,avx512f,avx512bw,avx512vl",
     tile = (4, 4),
     interleaved_tokens = 8,
-    dot = |w, a| { _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1)) },
+    dot = |acc, w, a| {
+        _mm256_add_epi32(
+            acc,
+            _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1)),
+        )
+    },
     sum16 = true
 );
 x86_path!(
@@ -852,6 +1039,6 @@ x86_path!(
     "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
     tile = (4, 4),
     interleaved_tokens = 8,
-    dot = |w, a| { _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, a) },
+    dot = |acc, w, a| { _mm256_dpbusd_epi32(acc, w, a) },
     sum16 = false
 );
