@@ -37,7 +37,8 @@ pub struct IdeArgs {
     /// Source files typed through (default: two of this repository's and the checked-in sample).
     pub files: Vec<PathBuf>,
     /// Tandem's variants to run: `psm` (llama.cpp's layout, only the common prefix reused),
-    /// `psm-draft` (and prompt-lookup drafts), `psm-reuse` (moved runs reused:
+    /// `psm-draft` (and prompt-lookup drafts), `short` (the default with a quarter of its
+    /// context tokens), `psm-reuse` (moved runs reused:
     /// `[ide] cache_reuse = 32`), `line` (`layout = "line-in-middle"`), `line-draft` (and
     /// drafts), `default` (`[ide]`'s defaults), `spm` (suffix first).
     pub variants: Vec<String>,
@@ -151,20 +152,23 @@ fn request_body(step: &Step, n_predict: usize) -> Value {
            "temperature": 0, "cache_prompt": true})
 }
 
-/// A variant's `[ide] layout`, `cache_reuse` and `draft_tokens`.
-fn variant(name: &str) -> anyhow::Result<(&'static str, usize, usize)> {
+/// A variant's `[ide] layout`, `cache_reuse`, `draft_tokens` and `context_tokens`.
+fn variant(name: &str) -> anyhow::Result<(&'static str, usize, usize, usize)> {
     let d = IdeConfig::default();
+    let context = d.context_tokens;
     match name {
-        "psm" => Ok(("psm", 0, 0)),
-        "psm-reuse" => Ok(("psm", 32, 0)),
-        "default" => Ok(("psm", d.cache_reuse, d.draft_tokens)),
-        "line-draft" => Ok(("line-in-middle", 0, d.draft_tokens)),
-        "line" => Ok(("line-in-middle", 0, 0)),
-        "psm-draft" => Ok(("psm", 0, d.draft_tokens)),
-        "spm" => Ok(("spm", 0, 0)),
+        "psm" => Ok(("psm", 0, 0, context)),
+        "psm-reuse" => Ok(("psm", 32, 0, context)),
+        "default" => Ok(("psm", d.cache_reuse, d.draft_tokens, context)),
+        // The default with a quarter of its context: 384 prefix and 128 suffix tokens.
+        "short" => Ok(("psm", d.cache_reuse, d.draft_tokens, context / 4)),
+        "line-draft" => Ok(("line-in-middle", 0, d.draft_tokens, context)),
+        "line" => Ok(("line-in-middle", 0, 0, context)),
+        "psm-draft" => Ok(("psm", 0, d.draft_tokens, context)),
+        "spm" => Ok(("spm", 0, 0, context)),
         other => {
             anyhow::bail!(
-                "unknown variant `{other}` (expected psm, psm-draft, psm-reuse, line, line-draft, default or spm)"
+                "unknown variant `{other}` (expected psm, psm-draft, psm-reuse, line, line-draft, default, short or spm)"
             )
         }
     }
@@ -177,7 +181,7 @@ async fn run_tandem(
     n_predict: usize,
     name: &str,
 ) -> anyhow::Result<Vec<Answer>> {
-    let (layout, cache_reuse, draft_tokens) = variant(name)?;
+    let (layout, cache_reuse, draft_tokens, context_tokens) = variant(name)?;
     let engine = {
         let path = path.to_path_buf();
         tokio::task::spawn_blocking(move || {
@@ -193,7 +197,7 @@ async fn run_tandem(
     };
     let config = Config::from_toml_str(
         &format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[ide]\nlayout = \"{layout}\"\ncache_reuse = {cache_reuse}\ndraft_tokens = {draft_tokens}\n"
+            "[server]\nlisten = \"127.0.0.1:0\"\n[ide]\nlayout = \"{layout}\"\ncache_reuse = {cache_reuse}\ndraft_tokens = {draft_tokens}\ncontext_tokens = {context_tokens}\n"
         ),
         &MapEnv::default(),
     )?;
