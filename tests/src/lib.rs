@@ -95,6 +95,16 @@ pub async fn metrics_of(client: &reqwest::Client, base: &str) -> String {
     }
 }
 
+/// An answer's `x-tandem-route` (empty when it has none).
+pub fn route_of(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get("x-tandem-route")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// A client that keeps no connection pool surprises: plain HTTP on loopback.
 pub fn client() -> reqwest::Client {
     tandem_cloud_adapters::client::install_crypto_provider();

@@ -87,11 +87,7 @@ async fn start_local(extra: &str) -> Option<(Gateway, tandem_lab::mock::MockHand
 async fn post(url: String, body: &Value) -> (u16, String, Value) {
     let r = client().post(url).json(body).send().await.unwrap();
     let status = r.status().as_u16();
-    let route = r
-        .headers()
-        .get("x-tandem-route")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
+    let route = tandem_tests::route_of(&r);
     let text = r.text().await.unwrap();
     (
         status,

@@ -464,11 +464,7 @@ async fn infill_routed(gw: &Gateway, body: Value) -> (u16, String, Value) {
         .await
         .unwrap();
     let status = r.status().as_u16();
-    let route = r
-        .headers()
-        .get("x-tandem-route")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
+    let route = tandem_tests::route_of(&r);
     (status, route, r.json().await.unwrap())
 }
 
@@ -574,14 +570,7 @@ async fn multi_line_completions_go_to_the_cloud_fim_backend_when_it_is_faster() 
     );
 
     // The cloud's tokens are counted as every cloud call's are: 17 for each of the 4 answers.
-    let metrics = client()
-        .get(gw.url() + "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = tandem_tests::metrics_of(&client(), &gw.url()).await;
     let completion: u64 = metrics
         .lines()
         .filter(|l| {

@@ -448,11 +448,7 @@ async fn chaos_every_request_gets_a_complete_answer_or_a_clear_error() {
                 .await
                 .unwrap();
             let status = r.status().as_u16();
-            let route = r
-                .headers()
-                .get("x-tandem-route")
-                .map(|v| v.to_str().unwrap().to_owned())
-                .unwrap_or_default();
+            let route = tandem_tests::route_of(&r);
             let is_sse = r
                 .headers()
                 .get("content-type")

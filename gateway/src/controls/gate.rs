@@ -135,49 +135,59 @@ impl Controls {
             self.config.route_limits.get(route),
             tokens,
         );
-        let mut reserved = Vec::new();
-        let mut headers = RateHeaders::default();
-        if !limiters.is_empty() || !budgets.is_empty() {
-            // The budgets and every limiter in one store call: one round trip to Redis.
-            let spent: Vec<BudgetCheck> = budgets.iter().map(|b| b.check.clone()).collect();
-            let checks: Vec<RateCheck> = limiters.iter().map(|l| l.check.clone()).collect();
-            if let Some(headroom) = &self.headroom
-                && self.store.is_up()
-                && let Some(states) = headroom.pre_admit(&spent, &checks)
-            {
-                // Far from every limit: on at once; the script charges it all the same.
-                self.metrics.pre_admitted.inc();
-                self.settler.confirm(spent, checks);
-                return Ok(self.admitted(key, tokens, &limiters, &states));
+        if limiters.is_empty() && budgets.is_empty() {
+            return Ok(self.admitted(key, tokens, Vec::new(), RateHeaders::default()));
+        }
+        // The budgets and every limiter in one store call: one round trip to Redis.
+        let spent: Vec<BudgetCheck> = budgets.iter().map(|b| b.check.clone()).collect();
+        let checks: Vec<RateCheck> = limiters.iter().map(|l| l.check.clone()).collect();
+        if let Some(headroom) = &self.headroom
+            && self.store.is_up()
+            && let Some(states) = headroom.pre_admit(&spent, &checks)
+        {
+            // Far from every limit: on at once; the script charges it all the same.
+            self.metrics.pre_admitted.inc();
+            self.settler.confirm(spent, checks);
+            let headers = RateHeaders::from_states(&limiters, &states);
+            return Ok(self.admitted(key, tokens, token_checks(&limiters), headers));
+        }
+        match self.store.admit(&spent, &checks, false).await {
+            Ok(Admission::OverBudget { index, spent }) => {
+                Err(spend::Budget::refused(&budgets, index, spent).into())
             }
-            match self.store.admit(&spent, &checks, false).await {
-                Ok(Admission::OverBudget { index, spent }) => {
-                    return Err(spend::Budget::refused(&budgets, index, spent).into());
+            Ok(Admission::Rated {
+                outcome,
+                spent: dollars,
+            }) => {
+                if let Some(headroom) = &self.headroom {
+                    headroom.note(&spent, &dollars, &checks, &outcome.states, &[]);
                 }
-                Ok(Admission::Rated {
-                    outcome,
-                    spent: dollars,
-                }) => {
-                    if let Some(headroom) = &self.headroom {
-                        headroom.note(&spent, &dollars, &checks, &outcome.states, &[]);
-                    }
-                    headers = RateHeaders::from_states(&limiters, &outcome.states);
-                    if !outcome.allowed {
-                        return Err(Refused {
-                            error: rate_limited(&limiters, &outcome.states),
-                            headers,
-                        });
-                    }
-                    reserved = limiters
-                        .into_iter()
-                        .filter(|l| l.unit == Unit::Tokens)
-                        .map(|l| l.check)
-                        .collect();
+                let headers = RateHeaders::from_states(&limiters, &outcome.states);
+                if !outcome.allowed {
+                    return Err(Refused {
+                        error: rate_limited(&limiters, &outcome.states),
+                        headers,
+                    });
                 }
-                Err(e) => self.unavailable(e)?,
+                Ok(self.admitted(key, tokens, token_checks(&limiters), headers))
+            }
+            Err(e) => {
+                // Failing open: let through unchecked, nothing reserved.
+                self.unavailable(e)?;
+                Ok(self.admitted(key, tokens, Vec::new(), RateHeaders::default()))
             }
         }
-        Ok(Admitted {
+    }
+
+    /// A request let through, holding `reserved` token limiters at its estimate of `tokens`.
+    fn admitted(
+        self: &Arc<Self>,
+        key: Option<&Arc<VirtualKey>>,
+        tokens: u64,
+        reserved: Vec<RateCheck>,
+        headers: RateHeaders,
+    ) -> Admitted {
+        Admitted {
             ticket: Ticket(Arc::new(TicketInner {
                 controls: self.clone(),
                 key: key.map(|k| k.id.clone()),
@@ -186,31 +196,6 @@ impl Controls {
                 settled: AtomicBool::new(false),
             })),
             headers,
-        })
-    }
-
-    /// The admission of a request let through before the store answered, with `states` for its
-    /// headers.
-    fn admitted(
-        self: &Arc<Self>,
-        key: Option<&Arc<VirtualKey>>,
-        tokens: u64,
-        limiters: &[Limiter],
-        states: &[crate::store::RateState],
-    ) -> Admitted {
-        Admitted {
-            ticket: Ticket(Arc::new(TicketInner {
-                controls: self.clone(),
-                key: key.map(|k| k.id.clone()),
-                estimate: tokens,
-                reserved: limiters
-                    .iter()
-                    .filter(|l| l.unit == Unit::Tokens)
-                    .map(|l| l.check.clone())
-                    .collect(),
-                settled: AtomicBool::new(false),
-            })),
-            headers: RateHeaders::from_states(limiters, states),
         }
     }
 
@@ -232,6 +217,15 @@ impl Controls {
         }
         self.settler.push(deltas, Vec::new());
     }
+}
+
+/// The token limiters' checks: what a ticket corrects once the usage is known.
+fn token_checks(limiters: &[Limiter]) -> Vec<RateCheck> {
+    limiters
+        .iter()
+        .filter(|l| l.unit == Unit::Tokens)
+        .map(|l| l.check.clone())
+        .collect()
 }
 
 /// The 429 for the limiter that refused, with the longest wait of those that did.

@@ -129,28 +129,34 @@ impl Headroom {
         {
             let mut views = self.budgets.lock();
             for (b, dollars) in budgets.iter().zip(spent) {
-                views.insert(
-                    b.counter.clone(),
-                    Spent {
-                        dollars: *dollars,
-                        at: now,
-                    },
-                );
+                let view = Spent {
+                    dollars: *dollars,
+                    at: now,
+                };
+                // Most answers refresh a known view: no key to copy.
+                match views.get_mut(&b.counter) {
+                    Some(v) => *v = view,
+                    None => {
+                        views.insert(b.counter.clone(), view);
+                    }
+                }
             }
         }
         let mut limits = self.limits.lock();
         for (i, (c, s)) in checks.iter().zip(states).enumerate() {
-            let unconfirmed = limits.get(&c.key).map_or(0.0, |v| v.unconfirmed);
-            let unconfirmed = (unconfirmed - released.get(i).copied().unwrap_or(0.0)).max(0.0);
-            limits.insert(
-                c.key.clone(),
-                Limit {
-                    remaining: s.remaining as f64,
-                    reset_ms: s.reset_ms,
-                    at: now,
-                    unconfirmed,
-                },
-            );
+            let released = released.get(i).copied().unwrap_or(0.0);
+            let view = |unconfirmed: f64| Limit {
+                remaining: s.remaining as f64,
+                reset_ms: s.reset_ms,
+                at: now,
+                unconfirmed: (unconfirmed - released).max(0.0),
+            };
+            match limits.get_mut(&c.key) {
+                Some(v) => *v = view(v.unconfirmed),
+                None => {
+                    limits.insert(c.key.clone(), view(0.0));
+                }
+            }
         }
         // Limiters idle for a minute are full again: forget them.
         if limits.len() > 100_000 {

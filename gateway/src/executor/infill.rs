@@ -5,6 +5,7 @@
 //! the older one at once.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -404,7 +405,7 @@ pub fn extra_as_text(extra: &[ExtraFile]) -> String {
             "vim" => "\"",
             _ => "#",
         };
-        out.push_str(&format!("{comment} Path: {}\n", file.filename));
+        let _ = writeln!(out, "{comment} Path: {}", file.filename);
         out.push_str(&file.text);
         if !file.text.ends_with('\n') {
             out.push('\n');
