@@ -91,11 +91,15 @@ enum BenchCommand {
         /// Source files to type through (default: two of this repository's and the sample).
         #[arg(long)]
         file: Vec<std::path::PathBuf>,
-        /// Tandem's variants: `psm` (llama.cpp's layout, prefix cache only), `psm-draft` (and
-        /// prompt-lookup drafts), `psm-reuse` (moved runs reused), `line` (the cursor's line
-        /// starts the middle), `line-draft` (and drafts), `default` (`[ide]`'s defaults), `spm`.
-        #[arg(long, value_delimiter = ',', default_value = "default,line-draft")]
+        /// Tandem's variants: `default` (`[ide]`'s defaults: the cursor's line starts the
+        /// middle, drafts), `psm` (llama.cpp's layout, prefix cache only), `psm-draft` (and
+        /// prompt-lookup drafts), `psm-reuse` (moved runs reused), `line` (the default without
+        /// drafts), `short` (a quarter of the context), `spm`.
+        #[arg(long, value_delimiter = ',', default_value = "default,psm")]
         variants: Vec<String>,
+        /// Context sizes, prefix and suffix lines (`256x64`).
+        #[arg(long, value_delimiter = ',', default_value = "256x64,64x16")]
+        contexts: Vec<String>,
     },
     /// Routing decision latency.
     Router,
@@ -187,13 +191,24 @@ fn main() -> anyhow::Result<()> {
             keystrokes,
             file,
             variants,
+            contexts,
         }) => {
+            let contexts = contexts
+                .iter()
+                .map(|c| {
+                    let (p, s) = c
+                        .split_once('x')
+                        .ok_or_else(|| anyhow::anyhow!("--contexts: `{c}` is not PREFIXxSUFFIX"))?;
+                    Ok((p.parse()?, s.parse()?))
+                })
+                .collect::<anyhow::Result<Vec<(usize, usize)>>>()?;
             let mut args = tandem_lab::bench::IdeArgs {
                 model,
                 threads,
                 points,
                 keystrokes,
                 variants,
+                contexts,
                 ..Default::default()
             };
             if !file.is_empty() {

@@ -22,6 +22,7 @@ use crate::model::{Arch, BatchItem, KvRun, Model, Scratch, SeqKv, WeightFormat};
 use crate::sampling::{
     LogNorm, Sampler, SamplingParams, StopBuffer, TokenLogprob, TopLogprob, entropy, top_k_logits,
 };
+use crate::spell::Spelling;
 use crate::tokenizer::Tokenizer;
 
 /// Engine settings. `EngineConfig::new(path)` gives defaults; the builder methods adjust them.
@@ -548,6 +549,12 @@ struct Running {
     cpu_ns: u64,
     /// Draft tokens appended to `tokens` for this step, to be checked against its logits.
     drafted: usize,
+    /// Bytes of `params.forced_prefix` not yet spelled by a chosen token.
+    forced: Vec<u8>,
+    /// Tokens that followed this sequence's tokens in a cached run (an earlier answer to a
+    /// prompt this one extends): greedy decoding very likely takes them again, so they are the
+    /// next steps' drafts.
+    follow: Vec<u32>,
 }
 
 struct Session {
@@ -559,6 +566,7 @@ struct Session {
 }
 
 struct CacheEntry {
+    /// The sequence's tokens: those in `kv`, then the answer's last token (not put through).
     tokens: Vec<u32>,
     kv: SeqKv,
     last_used: u64,
@@ -590,6 +598,8 @@ struct Worker {
     reuse_min: usize,
     /// Most prompt-lookup draft tokens per step of a greedy generation (0 = off).
     draft_max: usize,
+    /// Masks for answers that must begin with a forced text.
+    spelling: Spelling,
 }
 
 fn pick_pool<'a>(
@@ -607,6 +617,10 @@ fn pick_pool<'a>(
 fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
+
+/// Most tokens of an earlier answer checked as drafts in one step: it is the likely answer
+/// itself, so more of it is worth checking at once than of a prompt-lookup guess.
+const FOLLOW_DRAFT: usize = 16;
 
 /// Prompt-lookup draft: the tokens (at most `max`) that followed the latest earlier occurrence of
 /// the sequence's last 4, 3 or 2 tokens (the longest that occurred), or none.
@@ -779,6 +793,7 @@ impl Worker {
             clock: 0,
             reuse_min: cfg.cache_reuse,
             draft_max: cfg.draft_tokens,
+            spelling: Spelling::default(),
         };
         Ok((
             worker,
@@ -900,8 +915,9 @@ impl Worker {
     // ----- prefix cache -----
 
     /// Takes the cached sequence sharing the longest prefix with `tokens`, truncated to at most
-    /// `limit` tokens; a fresh sequence if none shares anything.
-    fn cache_take(&mut self, tokens: &[u32], limit: usize) -> (SeqKv, usize) {
+    /// `limit` tokens; a fresh sequence if none shares anything. Also returns the tokens that
+    /// followed all of `tokens` in the cached sequence, if it held them all.
+    fn cache_take(&mut self, tokens: &[u32], limit: usize) -> (SeqKv, usize, Vec<u32>) {
         let best = self
             .cache
             .iter()
@@ -911,13 +927,18 @@ impl Worker {
         match best {
             Some((i, n)) if n > 0 => {
                 let mut e = self.cache.swap_remove(i);
+                let follow = match e.tokens.get(..tokens.len()) {
+                    Some(head) if head == tokens => e.tokens[tokens.len()..].to_vec(),
+                    _ => Vec::new(),
+                };
                 if self.reuse_min > 0 {
-                    return self.reuse_runs(e, n, &tokens[..limit.min(tokens.len())]);
+                    let (kv, cached) = self.reuse_runs(e, n, &tokens[..limit.min(tokens.len())]);
+                    return (kv, cached, follow);
                 }
                 e.kv.truncate(n);
-                (e.kv, n)
+                (e.kv, n, follow)
             }
-            _ => (SeqKv::new(&self.model.cfg), 0),
+            _ => (SeqKv::new(&self.model.cfg), 0, Vec::new()),
         }
     }
 
@@ -958,13 +979,15 @@ impl Worker {
     }
 
     fn cache_insert(&mut self, mut tokens: Vec<u32>, mut kv: SeqKv) {
-        tokens.truncate(kv.len);
-        if tokens.is_empty() {
+        // The token after the KV is kept: it is where the next prompt's drafts begin.
+        tokens.truncate(kv.len + 1);
+        if kv.len == 0 {
             return;
         }
         // A cached sequence that is a prefix of this one is redundant, and vice versa.
-        self.cache
-            .retain(|e| common_prefix(&e.tokens, &tokens) < e.tokens.len().min(tokens.len()));
+        self.cache.retain(|e| {
+            common_prefix(&e.tokens[..e.kv.len], &tokens[..kv.len]) < e.kv.len.min(kv.len)
+        });
         kv.shrink(&self.model.cfg);
         self.clock += 1;
         self.cache.push(CacheEntry {
@@ -1086,7 +1109,7 @@ impl Worker {
         full.extend_from_slice(tokens);
         self.evict(full.len());
         // Keep the last prefix token to recompute: its row predicts tokens[0].
-        let (mut kv, cached) = self.cache_take(&full, prefix.len() - 1);
+        let (mut kv, cached, _) = self.cache_take(&full, prefix.len() - 1);
         let feed = &full[kv.len..];
         let from = prefix.len() - 1 - kv.len;
         let rows = self.run_tokens(&mut kv, feed, from);
@@ -1108,7 +1131,7 @@ impl Worker {
         }
         self.check_tokens(&prompt)?;
         self.evict(prompt.len());
-        let (mut kv, _) = self.cache_take(&prompt, prompt.len() - 1);
+        let (mut kv, _, _) = self.cache_take(&prompt, prompt.len() - 1);
         let feed = prompt[kv.len..].to_vec();
         let logits = match self.run_tokens(&mut kv, &feed, feed.len() - 1) {
             Ok(l) => l,
@@ -1254,11 +1277,12 @@ impl Worker {
                 break;
             }
             self.evict(reserve);
-            let (kv, cached) = self.cache_take(&req.prompt, req.prompt.len() - 1);
+            let (kv, cached, follow) = self.cache_take(&req.prompt, req.prompt.len() - 1);
             if let Some(admitted) = admitted {
                 let _ = admitted.send(cached);
             }
             let sampler = Sampler::new(&req.params);
+            let forced = req.params.forced_prefix.as_bytes().to_vec();
             self.running.push(Running {
                 prompt_len: req.prompt.len(),
                 tokens: req.prompt,
@@ -1271,6 +1295,8 @@ impl Worker {
                 tx,
                 cpu_ns: 0,
                 drafted: 0,
+                forced,
+                follow,
             });
         }
     }
@@ -1314,7 +1340,18 @@ impl Worker {
                 let room = (r.params.max_tokens.saturating_sub(r.completion + 1))
                     .min(self.max_context.saturating_sub(r.tokens.len() + 1))
                     .min(self.draft_max);
-                if room > 0 && r.params.is_greedy() {
+                let follow_room = room.max(
+                    FOLLOW_DRAFT.min(
+                        (r.params.max_tokens.saturating_sub(r.completion + 1))
+                            .min(self.max_context.saturating_sub(r.tokens.len() + 1)),
+                    ),
+                );
+                if r.params.is_greedy() && !r.follow.is_empty() && follow_room > 0 {
+                    let draft = r.follow[..r.follow.len().min(follow_room)].to_vec();
+                    r.drafted = draft.len();
+                    r.tokens.extend_from_slice(&draft);
+                    budget = budget.saturating_sub(draft.len());
+                } else if room > 0 && r.params.is_greedy() {
                     let draft = lookup_draft(&r.tokens, room).to_vec();
                     r.drafted = draft.len();
                     r.tokens.extend_from_slice(&draft);
@@ -1372,12 +1409,22 @@ impl Worker {
             }
             let drafted = std::mem::take(&mut r.drafted);
             let draft: Vec<u32> = r.tokens.drain(r.tokens.len() - drafted..).collect();
+            let kept_from = r.tokens.len();
             let first_row = row;
             row += drafted + 1;
             let mut reason = None;
             for j in 0..=drafted {
                 let logits = &self.logits[(first_row + j) * vocab..(first_row + j + 1) * vocab];
-                let choice = r.sampler.sample(logits);
+                let choice = if r.forced.is_empty() {
+                    r.sampler.sample(logits)
+                } else {
+                    let spelled = self.spelling.mask(&self.tok, &r.forced, logits);
+                    if spelled.is_none() {
+                        // No token spells on (never so with byte tokens): the model goes free.
+                        r.forced.clear();
+                    }
+                    r.sampler.sample(spelled.unwrap_or(logits))
+                };
                 let id = choice.id;
                 let logprob = r.params.logprobs.map(|n| {
                     let norm = LogNorm::of(logits);
@@ -1407,7 +1454,11 @@ impl Worker {
                 } else if self.tok.is_control(id) {
                     (String::new(), None)
                 } else {
-                    let st = r.stop.push(self.tok.token_bytes(id));
+                    let bytes = self.tok.token_bytes(id);
+                    // The forced text was the prompt's: it is not the answer's.
+                    let spelled = bytes.len().min(r.forced.len());
+                    r.forced.drain(..spelled);
+                    let st = r.stop.push(&bytes[spelled..]);
                     (st.text, st.stopped.then_some(StopReason::Stop))
                 };
                 reason = stop;
@@ -1426,6 +1477,13 @@ impl Worker {
                 if reason.is_some() || draft.get(j) != Some(&id) {
                     break;
                 }
+            }
+            // The earlier answer is followed while the model keeps choosing it.
+            let kept = &r.tokens[kept_from..];
+            if r.follow.starts_with(kept) {
+                r.follow.drain(..kept.len());
+            } else {
+                r.follow.clear();
             }
             // The KV holds every kept token but the last, which the next step puts through.
             r.kv.truncate(r.tokens.len() - 1);

@@ -186,6 +186,10 @@ pub struct FimPrompt {
     pub tokens: Vec<u32>,
     /// Whether the prefix, suffix or repository context was shortened to fit its budget.
     pub truncated: bool,
+    /// The text the answer must begin with (not reported: it was typed): the cursor line's last
+    /// token, given back when the line follows the middle token, so the model chooses the
+    /// tokens across the cursor as it would across any text. Empty otherwise.
+    pub forced: String,
 }
 
 /// The repository name written after `repo_name` (llama.cpp writes the same placeholder).
@@ -247,11 +251,13 @@ impl FimTemplate {
             prefix.drain(..prefix.len() - input.max_prefix_tokens);
             truncated = true;
         }
-        let typed = if line.is_empty() {
-            encode(input.prompt)
-        } else {
-            encode(&format!("{line}{}", input.prompt))
-        };
+        let line = format!("{line}{}", input.prompt);
+        let mut typed = encode(&line);
+        let mut forced = String::new();
+        if in_middle && let Some(cut) = last_token_start(&line, &typed, &encode) {
+            typed.pop();
+            forced = line[cut..].to_owned();
+        }
         let mut suffix = encode(input.suffix);
         // As llama.cpp: the suffix's share also holds the two FIM tokens and the typed text
         // (unless that follows the middle token: then the suffix stays put while typing).
@@ -309,8 +315,29 @@ impl FimTemplate {
         if in_middle {
             tokens.extend(typed);
         }
-        FimPrompt { tokens, truncated }
+        FimPrompt {
+            tokens,
+            truncated,
+            forced,
+        }
     }
+}
+
+/// Where the last of `tokens` (the encoding of `text`) begins in `text`: the char boundary
+/// whose text before encodes to all the other tokens. `None` for no tokens, or when the last
+/// token is not a whole piece of text within a few bytes of the end.
+fn last_token_start(
+    text: &str,
+    tokens: &[u32],
+    encode: impl Fn(&str) -> Vec<u32>,
+) -> Option<usize> {
+    /// Longer than any token a line ends in, short enough to search per keystroke.
+    const LONGEST: usize = 48;
+    let (_, head) = tokens.split_last()?;
+    (text.len().saturating_sub(LONGEST)..text.len())
+        .rev()
+        .filter(|&k| text.is_char_boundary(k))
+        .find(|&k| encode(&text[..k]) == head)
 }
 
 #[cfg(test)]
@@ -405,21 +432,23 @@ mod tests {
                 typed_in_middle: true,
                 ..FimInput::default()
             };
-            show(&v, &t.build(&input, None, enc).tokens)
+            let built = t.build(&input, None, enc);
+            (show(&v, &built.tokens), built.forced)
         };
         let before = "<|repo_name|>myproject\n<|file_sep|>filename\n<|fim_prefix|>def f(x):\n<|fim_suffix|>\n    return y\n<|fim_middle|>";
-        // llama.vim's fields, and the same text all in the prefix, lay out alike.
+        // llama.vim's fields, and the same text all in the prefix, lay out alike; the line's
+        // last token is left for the answer to spell (one byte per token here).
         assert_eq!(
             layout("def f(x):\n", "    y = "),
-            format!("{before}    y = ")
+            (format!("{before}    y ="), " ".to_owned())
         );
         assert_eq!(
             layout("def f(x):\n    y = ", ""),
-            format!("{before}    y = ")
+            (format!("{before}    y ="), " ".to_owned())
         );
         assert_eq!(
             layout("def f(x):\n    y = x", ""),
-            format!("{before}    y = x")
+            (format!("{before}    y = "), "x".to_owned())
         );
         // A suffix-first family keeps its order.
         let mut spm = t.clone();

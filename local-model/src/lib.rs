@@ -44,6 +44,7 @@ pub mod fim;
 pub mod gguf;
 pub mod model;
 pub mod sampling;
+mod spell;
 pub mod target;
 pub mod tokenizer;
 

@@ -28,6 +28,10 @@ pub struct SamplingParams {
     pub ignore_eos: bool,
     /// More tokens that end generation as end-of-sequence does (a FIM template's file separator).
     pub stop_token_ids: Vec<u32>,
+    /// Text the answer must begin with, which is not reported: the end of a prompt's text
+    /// handed back to the model, so it picks its own tokens across where the prompt was cut
+    /// (a word cut by the cursor tokenizes unlike the word it becomes).
+    pub forced_prefix: String,
 }
 
 impl Default for SamplingParams {
@@ -43,6 +47,7 @@ impl Default for SamplingParams {
             logprobs: None,
             ignore_eos: false,
             stop_token_ids: Vec::new(),
+            forced_prefix: String::new(),
         }
     }
 }

@@ -374,3 +374,69 @@ async fn prompt_lookup_drafts_keep_the_greedy_output() {
         assert_eq!(got, &want.ids);
     }
 }
+
+#[tokio::test]
+async fn an_earlier_answer_is_checked_as_drafts_and_the_output_stays_greedy() {
+    let Some(engine) = common::engine_with("smollm2-135m", |c| c.max_batch(4)) else {
+        return;
+    };
+    let p = chat(
+        &engine,
+        "Count from one to twelve in words, comma separated.",
+    );
+    let whole = run(&engine, p.clone(), SamplingParams::greedy(24)).await;
+    for typed in [1, 5, 11] {
+        // The next prompt is the last one plus the start of its answer, as when the user types
+        // what was suggested: the rest of the answer follows, and the cache holds the prompt.
+        let mut next = p.clone();
+        next.extend_from_slice(&whole.ids[..typed]);
+        let warm = run(&engine, next.clone(), SamplingParams::greedy(24 - typed)).await;
+        assert_eq!(warm.ids, whole.ids[typed..], "typed {typed}");
+        assert_eq!(warm.cached, next.len() - 1);
+        engine.clear_cache().await.unwrap();
+        let cold = run(&engine, next, SamplingParams::greedy(24 - typed)).await;
+        assert_eq!(cold.ids, warm.ids);
+        assert_eq!(cold.text, warm.text);
+        // Put the whole answer back for the next round.
+        run(&engine, p.clone(), SamplingParams::greedy(24)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_forced_prefix_is_spelled_by_the_model_and_left_out_of_the_answer() {
+    let Some(engine) = common::engine_with("smollm2-135m", |c| c.max_batch(4).draft_tokens(6))
+    else {
+        return;
+    };
+    let mut p = chat(&engine, "Name three colors.");
+    let answer = run(&engine, p.clone(), SamplingParams::greedy(24)).await;
+    // Start where the answer has a token of several letters, so a cut can fall inside it.
+    let tok = engine.tokenizer();
+    let at = (0..answer.ids.len())
+        .find(|&i| tok.decode(&answer.ids[i..=i]).trim().len() >= 3)
+        .expect("a longer token");
+    p.extend_from_slice(&answer.ids[..at]);
+    let whole = run(&engine, p.clone(), SamplingParams::greedy(16)).await;
+    let first = tok.decode(&whole.ids[..1]);
+    // Cut inside the first token, at its end, and past it: the model spells on from the cut
+    // and the answer is the greedy one without the forced text.
+    let two = tok.decode(&whole.ids[..2]);
+    for forced in [&first[..1], first.as_str(), two.as_str()] {
+        let params = SamplingParams {
+            forced_prefix: forced.to_owned(),
+            ..SamplingParams::greedy(16)
+        };
+        let got = run(&engine, p.clone(), params).await;
+        assert_eq!(got.ids, whole.ids, "forced {forced:?}");
+        assert_eq!(got.text, whole.text[forced.len()..], "forced {forced:?}");
+    }
+    // Text the model would not write is still spelled, then it answers freely.
+    let params = SamplingParams {
+        forced_prefix: "Zq".into(),
+        ..SamplingParams::greedy(8)
+    };
+    let got = run(&engine, p, params).await;
+    let spelled = tok.decode(&got.ids);
+    assert!(spelled.starts_with("Zq"), "{spelled:?}");
+    assert_eq!(got.text, spelled["Zq".len()..]);
+}

@@ -26,9 +26,9 @@ async fn start() -> Option<(Gateway, Engine)> {
 
 /// The same, its engine reusing cached runs of at least `cache_reuse` tokens where they moved;
 /// both draft as `[ide]` does by default, so every greedy answer here is checked with drafts on.
-/// They lay prompts out as llama.cpp's server does (`layout = "psm"`, the default).
+/// They lay prompts out as llama.cpp's server does (`layout = "psm"`).
 async fn start_with(cache_reuse: usize) -> Option<(Gateway, Engine)> {
-    start_config(cache_reuse, "").await
+    start_config(cache_reuse, "layout = \"psm\"\n").await
 }
 
 /// The same with `extra` config after `[ide] threads = 2` (more `[ide]` keys, then sections).
@@ -347,6 +347,46 @@ async fn typing_on_a_line_computes_only_the_typed_tokens_and_answers_as_a_cold_r
         let (_, cold) = post(&c, gw.url() + "/infill", body(typed)).await;
         assert_eq!(cold["timings"]["prompt_n"].as_u64().unwrap(), n);
         assert_eq!(warm["content"], cold["content"], "{typed:?}");
+    }
+}
+
+#[tokio::test]
+async fn typing_the_suggestion_answers_its_rest_from_the_cache_as_a_cold_run_does() {
+    // `[ide]`'s defaults: the cursor's line starts the middle, its last token left for the
+    // model to spell, drafts on.
+    let Some((gw, engine)) = start_config(0, "").await else {
+        return;
+    };
+    let c = client();
+    let prefix = format!("{}def total(items):\n    s = 0\n", long_prefix(12));
+    let suffix = format!("\n    return s\n\n{}", long_prefix(6));
+    let body = |typed: &str| {
+        json!({"input_prefix": prefix, "prompt": typed, "input_suffix": suffix,
+               "n_predict": 32, "stop": ["\n"], "temperature": 0, "id_slot": 0})
+    };
+    let (_, first) = post(&c, gw.url() + "/infill", body("    for it")).await;
+    let suggestion = first["content"].as_str().unwrap().to_owned();
+    assert!(suggestion.len() >= 4, "{first}");
+    assert_eq!(first["stop_type"], "word", "{first}");
+    for n in [1, 3] {
+        // The user types the suggestion's first characters: its rest is the answer, and only
+        // the prompt's last token is computed again (the cut word is the model's to spell).
+        let typed = format!("    for it{}", &suggestion[..n]);
+        let (_, warm) = post(&c, gw.url() + "/infill", body(&typed)).await;
+        assert_eq!(warm["content"], suggestion[n..], "{typed:?}: {warm}");
+        let evaluated = warm["tokens_evaluated"].as_u64().unwrap();
+        let computed = warm["timings"]["prompt_n"].as_u64().unwrap();
+        assert!(computed <= 2, "{computed} of {evaluated}: {warm}");
+        assert_eq!(
+            warm["timings"]["cache_n"].as_u64().unwrap(),
+            evaluated - computed
+        );
+        engine.clear_cache().await.unwrap();
+        let (_, cold) = post(&c, gw.url() + "/infill", body(&typed)).await;
+        assert_eq!(cold["timings"]["prompt_n"].as_u64().unwrap(), evaluated);
+        assert_eq!(warm["content"], cold["content"], "{typed:?}");
+        // The first suggestion again, for the next round.
+        post(&c, gw.url() + "/infill", body("    for it")).await;
     }
 }
 

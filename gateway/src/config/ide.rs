@@ -24,13 +24,15 @@ pub struct IdeConfig {
     /// Model ids that name the code model on `/v1/completions` (its name, `ide`, and more).
     pub aliases: Vec<String>,
     /// Lay `/infill` prompts out suffix first, so a keystroke changes only the prompt's end
-    /// (`layout = "spm"`); the model's own order otherwise (`"psm"` for most code models).
+    /// (`layout = "spm"`); the model's own order otherwise.
     pub suffix_first: bool,
     /// Write the cursor's line up to the cursor after the middle token, as the start of the
-    /// middle (`layout = "line-in-middle"`): typing on a line then only appends to the prompt,
-    /// so a keystroke computes its own tokens and its answer is exactly that prompt's. Off by
-    /// default (`"psm"`, the typed text ending the prefix as llama.cpp's server writes it):
-    /// Qwen2.5-Coder completes lines less well laid out this way.
+    /// middle (`layout = "line-in-middle"`, the default): typing on a line then only appends to
+    /// the prompt, so a keystroke computes its own tokens and its answer is exactly that
+    /// prompt's. The line's last token is given back to the model to spell, so the word the
+    /// cursor cuts is tokenized as the model would write it. `"psm"` ends the prefix with the
+    /// typed text, as llama.cpp's server writes it, and computes the suffix again at every
+    /// keystroke.
     pub typed_in_middle: bool,
     /// Shortest run of cached tokens reused where a keystroke moved it by at most as many
     /// tokens (the suffix after text typed at the end of the prefix, in the `psm` layout): its
@@ -73,7 +75,7 @@ impl Default for IdeConfig {
             extra_tokens: 2048,
             aliases: vec![CODE_MODEL.into(), "ide".into()],
             suffix_first: false,
-            typed_in_middle: false,
+            typed_in_middle: true,
             cache_reuse: 0,
             draft_tokens: 6,
             cloud: None,
@@ -130,8 +132,8 @@ pub fn validate_ide(raw: RawIde) -> Result<IdeConfig, ConfigError> {
         ));
     }
     let (suffix_first, typed_in_middle) = match raw.layout.as_deref() {
-        None | Some("psm") => (false, false),
-        Some("line-in-middle") => (false, true),
+        Some("psm") => (false, false),
+        None | Some("line-in-middle") => (false, true),
         Some("spm") => (true, false),
         Some(other) => {
             return Err(invalid(

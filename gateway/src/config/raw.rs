@@ -144,7 +144,8 @@ pub struct RawIde {
     pub context_tokens: Option<u64>,
     /// Most tokens of repository context (`input_extra`) in a completion's prompt.
     pub extra_tokens: Option<u64>,
-    /// `psm` (prefix, suffix, middle: the model's order) or `spm` (suffix first).
+    /// `line-in-middle` (the default: the cursor's line starts the middle), `psm` (prefix, suffix,
+    /// middle, the typed text ending the prefix) or `spm` (suffix first).
     pub layout: Option<String>,
     /// Shortest cached run reused at a moved position (0 = off).
     pub cache_reuse: Option<u64>,

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tandem_local_model::{
-    Engine, ExtraFile, FimInput, FimTemplate, GenerateEvent, GenerateRequest, SamplingParams,
-    StopReason,
+    Engine, ExtraFile, FimInput, FimPrompt, FimTemplate, GenerateEvent, GenerateRequest,
+    SamplingParams, StopReason,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -194,18 +194,19 @@ pub fn budget(ide: Option<&IdeConfig>) -> (usize, usize, usize) {
     (ide.prefix_tokens(), ide.suffix_tokens(), ide.extra_tokens)
 }
 
-/// The FIM prompt tokens of a request, and whether it was cut to fit.
+/// The FIM prompt of a request: its tokens, whether it was cut to fit, and the text the answer
+/// must begin with.
 pub fn prompt(
     engine: &Engine,
     template: &FimTemplate,
     request: &InfillRequest,
     ide: Option<&IdeConfig>,
-) -> (Vec<u32>, bool) {
+) -> FimPrompt {
     let tok = engine.tokenizer();
     let (max_prefix_tokens, max_suffix_tokens, max_extra_tokens) = budget(ide);
     let mut template = template.clone();
     template.suffix_first |= ide.is_some_and(|i| i.suffix_first);
-    let built = template.build(
+    template.build(
         &FimInput {
             prefix: &request.input_prefix,
             suffix: &request.input_suffix,
@@ -219,8 +220,7 @@ pub fn prompt(
         },
         tok.adds_bos().then(|| tok.bos_id()).flatten(),
         |text| tok.encode_with(text, false, false),
-    );
-    (built.tokens, built.truncated)
+    )
 }
 
 /// Runs a completion; with `chunks`, text is sent as it is ready and the end as `Done`.
@@ -235,7 +235,11 @@ pub async fn run(
 ) -> Result<InfillOutcome, Error> {
     let started = Instant::now();
     let template = template(engine, "input_prefix")?;
-    let (tokens, truncated) = prompt(engine, &template, request, ide);
+    let FimPrompt {
+        tokens,
+        truncated,
+        forced,
+    } = prompt(engine, &template, request, ide);
     let context = engine.info().context_length;
     if tokens.len() + 1 >= context {
         return Err(Error::invalid(
@@ -249,6 +253,7 @@ pub async fn run(
     let room = context - tokens.len();
     let mut params = request.params.clone();
     params.stop_token_ids.extend(&template.stop_tokens);
+    params.forced_prefix = forced;
     let prompt_tokens = tokens.len();
 
     if request.n_predict == Some(0) {

@@ -36,12 +36,14 @@ pub struct IdeArgs {
     pub n_predict: usize,
     /// Source files typed through (default: two of this repository's and the checked-in sample).
     pub files: Vec<PathBuf>,
-    /// Tandem's variants to run: `psm` (llama.cpp's layout, only the common prefix reused),
-    /// `psm-draft` (and prompt-lookup drafts), `short` (the default with a quarter of its
-    /// context tokens), `psm-reuse` (moved runs reused:
-    /// `[ide] cache_reuse = 32`), `line` (`layout = "line-in-middle"`), `line-draft` (and
-    /// drafts), `default` (`[ide]`'s defaults), `spm` (suffix first).
+    /// Tandem's variants to run: `default` (`[ide]`'s defaults: the cursor's line starts the
+    /// middle, drafts), `psm` (llama.cpp's layout, only the common prefix reused), `psm-draft`
+    /// (and prompt-lookup drafts), `psm-reuse` (moved runs reused: `[ide] cache_reuse = 32`),
+    /// `line` (the default without drafts), `short` (the default with a quarter of its context
+    /// tokens), `spm` (suffix first).
     pub variants: Vec<String>,
+    /// Context sizes: lines of prefix and of suffix.
+    pub contexts: Vec<(usize, usize)>,
 }
 
 impl Default for IdeArgs {
@@ -58,7 +60,8 @@ impl Default for IdeArgs {
                 root.join("benches/llama_cpp_peer.py"),
                 root.join("benches/ide/sample.py"),
             ],
-            variants: vec!["default".into(), "line-draft".into()],
+            variants: vec!["default".into(), "psm".into()],
+            contexts: vec![(256, 64), (64, 16)],
         }
     }
 }
@@ -159,16 +162,15 @@ fn variant(name: &str) -> anyhow::Result<(&'static str, usize, usize, usize)> {
     match name {
         "psm" => Ok(("psm", 0, 0, context)),
         "psm-reuse" => Ok(("psm", 32, 0, context)),
-        "default" => Ok(("psm", d.cache_reuse, d.draft_tokens, context)),
+        "default" => Ok(("line-in-middle", d.cache_reuse, d.draft_tokens, context)),
         // The default with a quarter of its context: 384 prefix and 128 suffix tokens.
-        "short" => Ok(("psm", d.cache_reuse, d.draft_tokens, context / 4)),
-        "line-draft" => Ok(("line-in-middle", 0, d.draft_tokens, context)),
+        "short" => Ok(("line-in-middle", d.cache_reuse, d.draft_tokens, context / 4)),
         "line" => Ok(("line-in-middle", 0, 0, context)),
         "psm-draft" => Ok(("psm", 0, d.draft_tokens, context)),
         "spm" => Ok(("spm", 0, 0, context)),
         other => {
             anyhow::bail!(
-                "unknown variant `{other}` (expected psm, psm-draft, psm-reuse, line, line-draft, default, short or spm)"
+                "unknown variant `{other}` (expected default, psm, psm-draft, psm-reuse, line, short or spm)"
             )
         }
     }
@@ -409,7 +411,7 @@ pub async fn run_ide(args: &IdeArgs) -> anyhow::Result<String> {
         args.keystrokes,
         args.n_predict
     );
-    for (prefix_lines, suffix_lines) in [(256, 64), (64, 16)] {
+    for &(prefix_lines, suffix_lines) in &args.contexts {
         let steps = trace(args, prefix_lines, suffix_lines)?;
         let _ = writeln!(
             table,
