@@ -1561,7 +1561,7 @@ pub async fn run_completion(
                         Err(e) => fell_back(&mut route, cloud, &e),
                     }
                 }
-                IdeDecision::Local(why) => {
+                IdeDecision::Local(why) | IdeDecision::LocalFirst(why) => {
                     route.explanation = format!("{}; {why}", route.explanation)
                 }
             }
@@ -2015,6 +2015,9 @@ pub async fn run_infill(
         Err(e) => return (Err(e), route),
     };
     let cloud = state.config.ide.as_ref().and_then(|i| i.cloud.as_ref());
+    // Where the local model starts multi-line work the cloud may take: the confidence under
+    // which it does (whole answers only: a stream's first words are already out).
+    let mut unsure_below = 0.0;
     if let Some(cloud) = cloud {
         let (shape, view) = infill_shape(state, request);
         match ide_decision(state, cloud, shape, &view, hints) {
@@ -2034,19 +2037,47 @@ pub async fn run_infill(
                 Err(e) => fell_back(&mut route, cloud, &e),
             },
             IdeDecision::Local(why) => route.explanation = format!("{}; {why}", route.explanation),
+            IdeDecision::LocalFirst(why) => {
+                route.explanation = format!("{}; {why}", route.explanation);
+                if chunks.is_none() {
+                    unsure_below = cloud.confidence;
+                }
+            }
         }
     }
     if let Some(tx) = route_ready {
         let _ = tx.send(route.clone());
     }
-    let result = infill::run(
-        &engine,
-        request,
-        state.config.ide.as_ref(),
-        &state.editors,
-        chunks,
-    )
-    .await;
+    let ide = state.config.ide.as_ref();
+    let mut result = infill::run(&engine, request, ide, &state.editors, chunks, unsure_below).await;
+    if let (
+        Some(cloud),
+        Ok(InfillOutcome {
+            unsure: Some(confidence),
+            ..
+        }),
+    ) = (cloud, &result)
+    {
+        let why = format!(
+            "local unsure (confidence {confidence:.2} < {:.2})",
+            cloud.confidence
+        );
+        let asked = match state.resilience.admit(&cloud.backend) {
+            Admission::Refused(wait) => Err(Error::CircuitOpen {
+                backend: cloud.backend.clone(),
+                retry_after_secs: wait.as_secs().max(1),
+            }),
+            _ => cloud_infill(state, cloud, request).await,
+        };
+        match asked {
+            Ok(outcome) => return (Ok(outcome), cloud_route(cloud, &why)),
+            Err(e) => {
+                fell_back(&mut route, cloud, &e);
+                // The prompt is cached: the local answer costs its tokens again, not the prompt.
+                result = infill::run(&engine, request, ide, &state.editors, None, 0.0).await;
+            }
+        }
+    }
     if let Ok(o) = &result
         && !o.superseded
     {

@@ -484,11 +484,20 @@ async fn t_max_predict_ms_returns_what_is_ready() {
 /// faults are named in the model), expected at 1 ms, so that multi-line work goes there;
 /// `sections` is more config.
 async fn start_cloud(cloud_model: &str, sections: &str) -> Option<(Gateway, Engine, MockHandle)> {
+    start_cloud_keys(cloud_model, "cloud_latency_ms = 1\n", sections).await
+}
+
+/// The same with more `[ide]` keys (`keys`) in place of the expected latency.
+async fn start_cloud_keys(
+    cloud_model: &str,
+    keys: &str,
+    sections: &str,
+) -> Option<(Gateway, Engine, MockHandle)> {
     let (addr, mock) = MockUpstream::start_with(Fixtures::builtin(), MockConfig::default())
         .await
         .unwrap();
     let extra = format!(
-        "cloud = \"fim\"\ncloud_model = \"{cloud_model}\"\ncloud_latency_ms = 1\ncloud_timeout_ms = 2000\n\
+        "cloud = \"fim\"\ncloud_model = \"{cloud_model}\"\n{keys}cloud_timeout_ms = 2000\n\
          [backends.fim]\nkind = \"openai-compatible\"\nbase_url = \"http://{addr}/v1\"\n{sections}"
     );
     let (gw, engine) = start_config(0, &extra).await?;
@@ -637,6 +646,60 @@ async fn single_line_completions_stay_on_the_code_model() {
     assert_eq!(route, "ide; infill (qwen2.5-coder-0.5b); single line");
     assert!(!v["content"].as_str().unwrap().contains('\n'), "{v}");
     assert!(mock.requests().is_empty());
+}
+
+#[tokio::test]
+async fn an_unsure_multi_line_completion_goes_to_the_cloud_and_a_sure_one_stays_local() {
+    // The cloud is expected at 60 s, so the code model is predicted sooner and starts; the
+    // confidence of its first tokens against `cloud_confidence` decides.
+    let keys = |c: f64| format!("cloud_latency_ms = 60000\ncloud_confidence = {c}\n");
+    let prefix = "def add(a, b):\n";
+
+    // Every answer is less than certain of itself: the cloud answers.
+    let Some((gw, _engine, mock)) = start_cloud_keys("codestral-latest", &keys(1.0), "").await
+    else {
+        return;
+    };
+    let (status, route, v) = infill_routed(&gw, multi_line(prefix)).await;
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        route.starts_with("ide-cloud; fim: local unsure (confidence 0."),
+        "{route}"
+    );
+    assert!(route.ends_with("< 1.00)"), "{route}");
+    assert_eq!(
+        v["content"], "    total = a + b\n    return total\n\n",
+        "{v}"
+    );
+    assert_eq!(mock.requests().len(), 1);
+    drop(gw);
+
+    // A threshold no answer is under: the code model's answer stands, the cloud never asked.
+    let Some((gw, _engine, mock)) =
+        start_cloud_keys("codestral-latest", &keys(0.000_001), "").await
+    else {
+        return;
+    };
+    let (status, route, local) = infill_routed(&gw, multi_line(prefix)).await;
+    assert_eq!(status, 200, "{local}");
+    assert!(
+        route.starts_with("ide; infill (qwen2.5-coder-0.5b); multi-line, local ~"),
+        "{route}"
+    );
+    assert!(local["tokens_predicted"].as_u64().unwrap() > 0, "{local}");
+    assert!(mock.requests().is_empty());
+    drop(gw);
+
+    // Unsure, and the cloud fails: the code model answers as it would have.
+    let Some((gw, _engine, mock)) = start_cloud_keys("codestral-status-503", &keys(1.0), "").await
+    else {
+        return;
+    };
+    let (status, route, v) = infill_routed(&gw, multi_line(prefix)).await;
+    assert_eq!(status, 200, "{v}");
+    assert!(route.ends_with("fell back to the code model"), "{route}");
+    assert_eq!(v["content"], local["content"], "{v}");
+    assert_eq!(mock.requests().len(), 1);
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use super::raw::RawIde;
 use super::{ConfigError, invalid};
 
 /// The validated `[ide]` section.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct IdeConfig {
     /// Model name (`qwen2.5-coder-0.5b`) or `.gguf` path; it must have fill-in-the-middle tokens.
     pub model: String,
@@ -51,7 +51,7 @@ pub struct IdeConfig {
 
 /// `[ide] cloud`: a backend serving OpenAI's `/v1/completions` with `suffix` (Codestral's or
 /// DeepSeek's FIM, a vLLM or llama.cpp server).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct IdeCloud {
     /// The `[backends.NAME]` it is.
     pub backend: String,
@@ -61,6 +61,9 @@ pub struct IdeCloud {
     pub latency_ms: u64,
     /// Longest wait for its answer before the local model answers instead, ms.
     pub timeout_ms: u64,
+    /// A multi-line completion the local model starts goes to the cloud when the confidence
+    /// of its first tokens is under this (0 = never; see `tandem_router_policy::CascadePolicy`).
+    pub confidence: f32,
 }
 
 impl Default for IdeConfig {
@@ -168,6 +171,7 @@ pub fn validate_ide(raw: RawIde) -> Result<IdeConfig, ConfigError> {
                 ("ide.cloud_model", raw.cloud_model.is_some()),
                 ("ide.cloud_latency_ms", raw.cloud_latency_ms.is_some()),
                 ("ide.cloud_timeout_ms", raw.cloud_timeout_ms.is_some()),
+                ("ide.cloud_confidence", raw.cloud_confidence.is_some()),
             ]
             .into_iter()
             .find(|(_, set)| *set);
@@ -183,6 +187,16 @@ pub fn validate_ide(raw: RawIde) -> Result<IdeConfig, ConfigError> {
                 Some(0) => return Err(invalid("ide.cloud_timeout_ms", "must be greater than 0")),
                 Some(ms) => ms,
                 None => 3000,
+            },
+            confidence: match raw.cloud_confidence {
+                Some(c) if !(0.0..=1.0).contains(&c) => {
+                    return Err(invalid(
+                        "ide.cloud_confidence",
+                        format!("{c} is not between 0 and 1"),
+                    ));
+                }
+                Some(c) => c as f32,
+                None => 0.0,
             },
             backend,
         }),
@@ -262,6 +276,11 @@ mod tests {
                 "[backends.c]\nkind = \"openai-compatible\"\nbase_url = \"http://127.0.0.1:1/v1\"\n[ide]\ncloud = \"c\"\ncloud_timeout_ms = 0\n",
                 "ide.cloud_timeout_ms",
             ),
+            (
+                "[backends.c]\nkind = \"openai-compatible\"\nbase_url = \"http://127.0.0.1:1/v1\"\n[ide]\ncloud = \"c\"\ncloud_confidence = 1.5\n",
+                "ide.cloud_confidence",
+            ),
+            ("[ide]\ncloud_confidence = 0.4\n", "ide.cloud_confidence"),
         ] {
             let e = Config::from_toml_str(toml, &MapEnv::default())
                 .unwrap_err()

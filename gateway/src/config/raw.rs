@@ -163,6 +163,8 @@ pub struct RawIde {
     pub cloud_latency_ms: Option<u64>,
     /// Longest wait for the cloud before the local model answers instead, ms.
     pub cloud_timeout_ms: Option<u64>,
+    /// First-token confidence under which a multi-line completion goes to the cloud (0 = off).
+    pub cloud_confidence: Option<f64>,
 }
 
 /// `[backends.NAME]`.

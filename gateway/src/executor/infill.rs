@@ -14,6 +14,7 @@ use tandem_local_model::{
     Engine, ExtraFile, FimInput, FimPrompt, FimTemplate, GenerateEvent, GenerateRequest,
     SamplingParams, StopReason,
 };
+use tandem_router_policy::{CascadeAction, CascadePolicy, LocalConfidence};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::IdeConfig;
@@ -95,6 +96,9 @@ pub struct InfillOutcome {
     pub predicted_ms: f64,
     /// A newer request of the same editor session stopped this one.
     pub superseded: bool,
+    /// The confidence of the first tokens, when it was under the caller's threshold: the
+    /// completion stopped there, for the cloud to answer instead.
+    pub unsure: Option<f32>,
 }
 
 impl InfillOutcome {
@@ -223,15 +227,20 @@ pub fn prompt(
     )
 }
 
+/// Tokens whose confidence judges a completion the cloud may take (as the chat cascade's).
+pub const CONFIDENCE_TOKENS: usize = 4;
+
 /// Runs a completion; with `chunks`, text is sent as it is ready and the end as `Done`.
 /// `n_predict: 0` only warms the prefix cache: it answers at once while the prompt is computed
-/// in the background.
+/// in the background. With `unsure_below` over 0 (whole answers only), a completion whose first
+/// [`CONFIDENCE_TOKENS`] tokens' confidence is under it stops there, marked `unsure`.
 pub async fn run(
     engine: &Engine,
     request: &InfillRequest,
     ide: Option<&IdeConfig>,
     sessions: &Arc<EditorSessions>,
     chunks: Option<mpsc::Sender<InfillChunk>>,
+    unsure_below: f32,
 ) -> Result<InfillOutcome, Error> {
     let started = Instant::now();
     let template = template(engine, "input_prefix")?;
@@ -285,6 +294,10 @@ pub async fn run(
         .n_predict
         .map_or(room, |n| (n as usize).min(room))
         .max(1);
+    let mut judge = (unsure_below > 0.0 && chunks.is_none()).then(|| {
+        params.logprobs = Some(params.logprobs.unwrap_or(0));
+        (Vec::new(), Vec::new())
+    });
     let mut ticket = sessions.enter(request.session.as_deref());
     let (mut rx, mut cached_rx) = engine
         .generate_counted(GenerateRequest {
@@ -331,8 +344,12 @@ pub async fn run(
                 break;
             }
             event = rx.recv() => match event {
-                Some(GenerateEvent::Token { id, text, .. }) => {
+                Some(GenerateEvent::Token { id, text, logprob }) => {
                     last_id = Some(id);
+                    if let (Some((logprobs, entropies)), Some(lp)) = (&mut judge, &logprob) {
+                        logprobs.push(lp.logprob);
+                        entropies.push(lp.entropy);
+                    }
                     if first_token.is_none() {
                         first_token = Some(Instant::now());
                         out.prompt_ms = ms(started.elapsed());
@@ -358,12 +375,17 @@ pub async fn run(
                             break;
                         }
                     }
-                    if out.stop_type.is_some() {
+                    if judge.as_ref().is_some_and(|(l, _)| l.len() >= CONFIDENCE_TOKENS) {
+                        out.unsure = judged(judge.take(), unsure_below);
+                    }
+                    if out.stop_type.is_some() || out.unsure.is_some() {
                         break;
                     }
                 }
                 Some(GenerateEvent::Finished { reason, cached_prompt_tokens, .. }) => {
                     cached = Some(cached_prompt_tokens);
+                    // A short answer is judged on the tokens it has.
+                    out.unsure = judged(judge.take(), unsure_below);
                     out.stop_type = Some(match reason {
                         // An end token, or else a stop word (which never reaches the text).
                         StopReason::Stop if last_id.is_some_and(|id| end_ids.contains(&id)) => {
@@ -393,6 +415,14 @@ pub async fn run(
         None => out.prompt_ms = ms(started.elapsed()),
     }
     Ok(out)
+}
+
+/// The first tokens' confidence when it is under `threshold` (and there were tokens).
+fn judged(judge: Option<(Vec<f32>, Vec<f32>)>, threshold: f32) -> Option<f32> {
+    let (logprobs, entropies) = judge?;
+    let confidence = LocalConfidence::from_tokens(&logprobs, &entropies)?;
+    (CascadePolicy { threshold }.decide(&confidence) == CascadeAction::Escalate)
+        .then(|| confidence.score())
 }
 
 /// `input_extra` as text to put before the prefix, for a FIM API that takes only a prompt and a

@@ -1,6 +1,7 @@
 //! Where a code completion runs: the local code model, or the `[ide] cloud` FIM backend when it
-//! is predicted to answer a multi-line completion sooner within the request's budget. One pure
-//! decision ([`decide`]) over the request's shape and the rates measured so far ([`IdeRates`]).
+//! is predicted to answer a multi-line completion sooner within the request's budget (or, where
+//! the local model is sooner, when it turns out unsure of its first tokens). One pure decision
+//! ([`decide`]) over the request's shape and the rates measured so far ([`IdeRates`]).
 
 use parking_lot::Mutex;
 
@@ -33,6 +34,9 @@ pub enum Barred {
 pub enum IdeDecision {
     /// The local code model.
     Local(String),
+    /// The local code model, predicted sooner; the cloud may still take multi-line work within
+    /// the budget, when the local model is unsure of its first tokens (`[ide] cloud_confidence`).
+    LocalFirst(String),
     /// The cloud FIM backend.
     Cloud(String),
 }
@@ -74,7 +78,7 @@ pub fn decide(shape: IdeShape, rates: Rates, barred: Option<Barred>) -> IdeDecis
             "multi-line, local ~{local_ms:.0} ms > cloud ~{cloud_ms:.0} ms"
         ))
     } else {
-        IdeDecision::Local(format!(
+        IdeDecision::LocalFirst(format!(
             "multi-line, local ~{local_ms:.0} ms <= cloud ~{cloud_ms:.0} ms"
         ))
     }
@@ -182,7 +186,10 @@ mod tests {
             prefill_tps: 20_000.0,
             ..RATES
         };
-        assert!(!is_cloud(&decide(shape(128), fast, None)));
+        assert!(matches!(
+            decide(shape(128), fast, None),
+            IdeDecision::LocalFirst(_)
+        ));
     }
 
     #[test]
