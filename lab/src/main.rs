@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use tandem_lab::bench::BenchArgs;
 
 /// The allocator `tandem` itself runs with, so a benchmark's in-process gateway allocates as it
-/// does when served (with glibc's malloc the gateway spent a third more CPU per request).
+/// does when served.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
