@@ -394,6 +394,11 @@ fn serve(
     let stop = async move {
         let _ = stop.wait_for(|s| *s).await;
     };
+    // Every handler and its middleware stack become services once, here. Served as a plain
+    // `Router`, axum redoes that for each accepted connection (the lazily layered fallbacks
+    // rebuilt, the route tables copied): CPU spent most when a stalled gateway's clients
+    // open a burst of new connections.
+    let app = app.with_state(()).into_make_service();
     Ok(match tls {
         Some(tls) => {
             let listener = TlsListener::new(no_delay(listener), tls)?;

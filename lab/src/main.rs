@@ -7,6 +7,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use tandem_lab::bench::BenchArgs;
 
+/// The allocator `tandem` itself runs with, so a benchmark's in-process gateway allocates as it
+/// does when served.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Tandem's tooling: benchmarks and the router's training and evaluation.
 #[derive(Debug, Parser)]
 #[command(name = "tandem-lab", version, about)]

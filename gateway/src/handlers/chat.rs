@@ -79,7 +79,9 @@ async fn handle(state: Arc<AppState>, request: Request, format: WireFormat) -> R
     let (mut response, route) = if chat.stream {
         let deadline = parts.extensions.get::<FirstTokenDeadline>().copied();
         let include_usage = chat.include_usage;
-        let (result, route) = run_stream(&state, chat, &hints, deadline).await;
+        // Boxed: the streaming dispatch's state is the largest of any, and unboxed it would
+        // size (and so be copied with) every request's future, whole answers' included.
+        let (result, route) = Box::pin(run_stream(&state, chat, &hints, deadline)).await;
         match result {
             Ok(events) => {
                 audit.status = 200;
@@ -494,4 +496,29 @@ pub(crate) fn sse_stream_body(
         }
     });
     Body::from_stream(frames)
+}
+
+#[cfg(test)]
+mod future_size {
+    use super::*;
+
+    /// The size of the future `f` returns.
+    fn size_of_future<A, B, C, F: Future>(_: impl Fn(A, B, C) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    #[test]
+    fn a_request_future_does_not_carry_the_streaming_dispatch_inline() {
+        // Every request's future is moved into its box whole, so its size is copied per request.
+        let handler = size_of_future(handle);
+        let streaming = size_of_future(
+            |state: &'static Arc<AppState>, chat: ChatRequest, hints: &'static RequestHints| {
+                run_stream(state, chat, hints, None)
+            },
+        );
+        assert!(
+            handler < streaming / 2,
+            "handler future {handler} bytes, streaming dispatch {streaming}"
+        );
+    }
 }

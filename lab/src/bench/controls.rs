@@ -18,7 +18,8 @@ use tandem_gateway::config::{Config, MapEnv};
 use tandem_gateway::controls::keys::KeySpec;
 use tandem_gateway::server::{Gateway, GatewayOptions};
 
-use super::overhead::{Phase, interleave, load, load_client, runtimes, start_mock, thread_cpu};
+use super::http1::LoadClient;
+use super::overhead::{Phase, hyper_client, interleave, load, runtimes, start_mock, thread_cpu};
 use crate::redis::RedisServer;
 
 /// Options of `tandem bench controls`.
@@ -198,8 +199,8 @@ pub fn run_controls(args: &ControlsArgs) -> anyhow::Result<String> {
             proxied: true,
         },
     ];
-    let client = load_client(&load_rt);
     // Each target answers as it should before any load: the checks and the cache at work.
+    let check_client = hyper_client(&load_rt);
     for target in &targets {
         for attempt in 0..2 {
             let mut request =
@@ -208,7 +209,7 @@ pub fn run_controls(args: &ControlsArgs) -> anyhow::Result<String> {
                 request = request.header(http::header::AUTHORIZATION, auth.clone());
             }
             let request = request.body(Full::new(target.body.clone()))?;
-            let response = load_rt.block_on(client.request(request))?;
+            let response = load_rt.block_on(check_client.request(request))?;
             let (parts, body) = response.into_parts();
             let body = load_rt.block_on(body.collect())?.to_bytes();
             anyhow::ensure!(
@@ -237,6 +238,7 @@ pub fn run_controls(args: &ControlsArgs) -> anyhow::Result<String> {
         }
     }
 
+    let client = LoadClient::default();
     let rounds = args.rounds.max(1);
     let mut table = String::new();
     let _ = writeln!(

@@ -5,6 +5,7 @@ mod controls;
 mod cpu;
 mod embeddings;
 pub mod engine;
+mod http1;
 mod ide;
 mod local;
 mod nginx;

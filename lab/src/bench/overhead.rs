@@ -26,6 +26,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use super::cpu::{stat_cpu_ticks, ticks_to_duration};
+use super::http1::{Encoded, LoadClient};
 use super::nginx::Nginx;
 use tandem_gateway::config::{Config, MapEnv};
 use tandem_gateway::server::{Gateway, GatewayOptions};
@@ -203,7 +204,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 /// at 5k RPS) rather than in the batches a millisecond timer would give.
 pub(super) fn load(
     runtime: &tokio::runtime::Runtime,
-    client: &Client<HttpConnector, Full<Bytes>>,
+    client: &LoadClient,
     url: &str,
     body: &Bytes,
     auth: Option<&http::HeaderValue>,
@@ -212,6 +213,7 @@ pub(super) fn load(
 ) -> Phase {
     let total = (rate as f64 * seconds) as u64;
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let request = Encoded::post(url, body, auth).map_err(|e| format!("request: {e}"));
     runtime.block_on(async {
         let mut pacer = Pacer::new();
         let start = Instant::now();
@@ -220,28 +222,15 @@ pub(super) fn load(
             pacer
                 .wait_until(start + interval.mul_f64(sent as f64))
                 .await;
-            let mut request = http::Request::post(url).header("content-type", "application/json");
-            if let Some(auth) = auth {
-                request = request.header(http::header::AUTHORIZATION, auth.clone());
-            }
-            let request = request.body(Full::new(body.clone()));
+            let request = request.clone();
             let client = client.clone();
             tasks.push(tokio::spawn(async move {
-                let request = request.map_err(|e| format!("request: {e}"))?;
+                let request = request?;
                 let t0 = Instant::now();
                 let exchange = async {
-                    let response = client
-                        .request(request)
-                        .await
-                        .map_err(|e| format!("transport: {e:?}"))?;
-                    let status = response.status();
-                    response
-                        .into_body()
-                        .collect()
-                        .await
-                        .map_err(|e| format!("body: {e}"))?;
-                    if !status.is_success() {
-                        return Err(format!("status {}", status.as_u16()));
+                    let status = client.send(&request).await?;
+                    if !(200..300).contains(&status) {
+                        return Err(format!("status {status}"));
                     }
                     Ok(t0.elapsed().as_micros() as u64)
                 };
@@ -276,14 +265,15 @@ pub(super) fn load(
     })
 }
 
-/// The load generator's pooled client on `runtime` (no Nagle delay on its connections).
-pub(super) fn load_client(runtime: &tokio::runtime::Runtime) -> Client<HttpConnector, Full<Bytes>> {
+/// A pooled hyper client on `runtime` (no Nagle delay on its connections), for looking at
+/// single answers' headers before the load.
+pub(super) fn hyper_client(
+    runtime: &tokio::runtime::Runtime,
+) -> Client<HttpConnector, Full<Bytes>> {
     let _guard = runtime.enter();
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(4096)
-        .build(connector)
+    Client::builder(TokioExecutor::new()).build(connector)
 }
 
 /// Waits for instants finer than the runtime's millisecond timer: a `timerfd` on Linux, which
@@ -672,7 +662,7 @@ pub fn run_overhead(args: &OverheadArgs) -> anyhow::Result<String> {
     // Per rate: tracing's CPU per request and p99 against the untraced gateway.
     let mut tracing_costs = Vec::new();
     for &rate in &args.rates {
-        let client = load_client(&load_rt);
+        let client = LoadClient::default();
         let run = |target: &Target, seconds: f64| {
             let cpu_before = target.cpu.as_ref().map(|cpu| cpu());
             let mut phase = load(
