@@ -320,6 +320,30 @@ async fn a_keystroke_moves_the_cached_suffix_and_computes_only_its_typed_tokens(
     assert_eq!(second["content"], cold["content"], "{second} {cold}");
 }
 
+/// The `/infill` body of a keystroke on a loop's line, `typed` being the line so far.
+fn loop_line(typed: &str, n_predict: u32, stop: &[&str]) -> Value {
+    json!({"input_prefix": format!("{}def total(items):\n    s = 0\n", long_prefix(12)),
+           "prompt": typed,
+           "input_suffix": format!("\n    return s\n\n{}", long_prefix(6)),
+           "n_predict": n_predict, "stop": stop, "temperature": 0, "id_slot": 0})
+}
+
+/// Posts `body` on a warm cache and checks that at most `most` prompt tokens were computed (the
+/// rest came from the cache), then again on an empty cache: the same answer. The warm answer.
+async fn warm_as_cold(gw: &Gateway, engine: &Engine, body: Value, most: u64) -> Value {
+    let c = client();
+    let (_, warm) = post(&c, gw.url() + "/infill", body.clone()).await;
+    let n = warm["tokens_evaluated"].as_u64().unwrap();
+    let computed = warm["timings"]["prompt_n"].as_u64().unwrap();
+    assert!(computed <= most, "{computed} of {n}: {warm}");
+    assert_eq!(warm["timings"]["cache_n"].as_u64().unwrap(), n - computed);
+    engine.clear_cache().await.unwrap();
+    let (_, cold) = post(&c, gw.url() + "/infill", body).await;
+    assert_eq!(cold["timings"]["prompt_n"].as_u64().unwrap(), n);
+    assert_eq!(warm["content"], cold["content"], "{warm} {cold}");
+    warm
+}
+
 #[tokio::test]
 async fn typing_on_a_line_computes_only_the_typed_tokens_and_answers_as_a_cold_run() {
     // The cursor's line starts the middle.
@@ -327,26 +351,12 @@ async fn typing_on_a_line_computes_only_the_typed_tokens_and_answers_as_a_cold_r
         return;
     };
     let c = client();
-    let prefix = format!("{}def total(items):\n    s = 0\n", long_prefix(12));
-    let suffix = format!("\n    return s\n\n{}", long_prefix(6));
-    let body = |typed: &str| {
-        json!({"input_prefix": prefix, "prompt": typed, "input_suffix": suffix,
-               "n_predict": 8, "temperature": 0, "id_slot": 0})
-    };
-    let (_, first) = post(&c, gw.url() + "/infill", body("    for it")).await;
+    let (_, first) = post(&c, gw.url() + "/infill", loop_line("    for it", 8, &[])).await;
     let n_first = first["tokens_evaluated"].as_u64().unwrap();
     assert_eq!(first["timings"]["prompt_n"].as_u64().unwrap(), n_first);
     for typed in ["    for item", "    for item in", "    for item in it"] {
-        let (_, warm) = post(&c, gw.url() + "/infill", body(typed)).await;
-        let n = warm["tokens_evaluated"].as_u64().unwrap();
-        let computed = warm["timings"]["prompt_n"].as_u64().unwrap();
         // Only the line's last tokens: everything before the middle token stays cached.
-        assert!(computed <= 4, "{computed} of {n}: {warm}");
-        assert_eq!(warm["timings"]["cache_n"].as_u64().unwrap(), n - computed);
-        engine.clear_cache().await.unwrap();
-        let (_, cold) = post(&c, gw.url() + "/infill", body(typed)).await;
-        assert_eq!(cold["timings"]["prompt_n"].as_u64().unwrap(), n);
-        assert_eq!(warm["content"], cold["content"], "{typed:?}");
+        warm_as_cold(&gw, &engine, loop_line(typed, 8, &[]), 4).await;
     }
 }
 
@@ -358,13 +368,8 @@ async fn typing_the_suggestion_answers_its_rest_from_the_cache_as_a_cold_run_doe
         return;
     };
     let c = client();
-    let prefix = format!("{}def total(items):\n    s = 0\n", long_prefix(12));
-    let suffix = format!("\n    return s\n\n{}", long_prefix(6));
-    let body = |typed: &str| {
-        json!({"input_prefix": prefix, "prompt": typed, "input_suffix": suffix,
-               "n_predict": 32, "stop": ["\n"], "temperature": 0, "id_slot": 0})
-    };
-    let (_, first) = post(&c, gw.url() + "/infill", body("    for it")).await;
+    let first_line = || loop_line("    for it", 32, &["\n"]);
+    let (_, first) = post(&c, gw.url() + "/infill", first_line()).await;
     let suggestion = first["content"].as_str().unwrap().to_owned();
     assert!(suggestion.len() >= 4, "{first}");
     assert_eq!(first["stop_type"], "word", "{first}");
@@ -372,21 +377,10 @@ async fn typing_the_suggestion_answers_its_rest_from_the_cache_as_a_cold_run_doe
         // The user types the suggestion's first characters: its rest is the answer, and only
         // the prompt's last token is computed again (the cut word is the model's to spell).
         let typed = format!("    for it{}", &suggestion[..n]);
-        let (_, warm) = post(&c, gw.url() + "/infill", body(&typed)).await;
+        let warm = warm_as_cold(&gw, &engine, loop_line(&typed, 32, &["\n"]), 2).await;
         assert_eq!(warm["content"], suggestion[n..], "{typed:?}: {warm}");
-        let evaluated = warm["tokens_evaluated"].as_u64().unwrap();
-        let computed = warm["timings"]["prompt_n"].as_u64().unwrap();
-        assert!(computed <= 2, "{computed} of {evaluated}: {warm}");
-        assert_eq!(
-            warm["timings"]["cache_n"].as_u64().unwrap(),
-            evaluated - computed
-        );
-        engine.clear_cache().await.unwrap();
-        let (_, cold) = post(&c, gw.url() + "/infill", body(&typed)).await;
-        assert_eq!(cold["timings"]["prompt_n"].as_u64().unwrap(), evaluated);
-        assert_eq!(warm["content"], cold["content"], "{typed:?}");
         // The first suggestion again, for the next round.
-        post(&c, gw.url() + "/infill", body("    for it")).await;
+        post(&c, gw.url() + "/infill", first_line()).await;
     }
 }
 
