@@ -551,10 +551,14 @@ struct Running {
     drafted: usize,
     /// Bytes of `params.forced_prefix` not yet spelled by a chosen token.
     forced: Vec<u8>,
-    /// Tokens that followed this sequence's tokens in a cached run (an earlier answer to a
-    /// prompt this one extends): greedy decoding very likely takes them again, so they are the
-    /// next steps' drafts.
-    follow: Vec<u32>,
+    /// The end of the cached run this sequence's prompt was taken from, past where they part:
+    /// an earlier answer (and the text it answered) that greedy decoding is likely to write
+    /// again in whole or in part.
+    earlier: Vec<u32>,
+    /// Whether `earlier` continues this sequence exactly (the prompt extended the cached run and
+    /// the model has chosen its tokens so far): then it is the next step's draft as it stands;
+    /// otherwise drafts are looked up in it.
+    on_track: bool,
 }
 
 struct Session {
@@ -618,9 +622,20 @@ fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
+/// A cached run's end past where a new prompt parts from it (see `Running::earlier`).
+#[derive(Default)]
+struct Earlier {
+    tokens: Vec<u32>,
+    on_track: bool,
+}
+
 /// Most tokens of an earlier answer checked as drafts in one step: it is the likely answer
 /// itself, so more of it is worth checking at once than of a prompt-lookup guess.
 const FOLLOW_DRAFT: usize = 16;
+
+/// Most tokens of a cached run's parted end kept to look drafts up in: the earlier answer and
+/// the line it answered, not the whole earlier prompt.
+const EARLIER_CORPUS: usize = 64;
 
 /// Prompt-lookup draft: the tokens (at most `max`) that followed the latest earlier occurrence of
 /// the sequence's last 4, 3 or 2 tokens (the longest that occurred), or none.
@@ -639,6 +654,26 @@ fn lookup_draft(tokens: &[u32], max: usize) -> &[u32] {
         }
     }
     &[]
+}
+
+/// The tokens (at most `max`) after the latest occurrence of `tail` in another sequence,
+/// `corpus`, or none (nor where nothing follows it there).
+fn lookup_in<'a>(corpus: &'a [u32], tail: &[u32], max: usize) -> Option<&'a [u32]> {
+    let n = tail.len();
+    let start = (0..=corpus.len().checked_sub(n)?)
+        .rev()
+        .find(|&s| &corpus[s..s + n] == tail)?;
+    let from = start + n;
+    Some(&corpus[from..(from + max).min(corpus.len())]).filter(|d| !d.is_empty())
+}
+
+/// A draft from an earlier answer's tokens: what followed the sequence's last 3 or 2 tokens
+/// there, or none.
+fn earlier_draft<'a>(tokens: &[u32], earlier: &'a [u32], max: usize) -> Option<&'a [u32]> {
+    (2..=3).rev().find_map(|n| {
+        let tail = tokens.get(tokens.len().checked_sub(n)?..)?;
+        lookup_in(earlier, tail, max)
+    })
 }
 
 /// Runs of at least `min` tokens that `new` shares with `old` after their first `from` tokens,
@@ -915,9 +950,9 @@ impl Worker {
     // ----- prefix cache -----
 
     /// Takes the cached sequence sharing the longest prefix with `tokens`, truncated to at most
-    /// `limit` tokens; a fresh sequence if none shares anything. Also returns the tokens that
-    /// followed all of `tokens` in the cached sequence, if it held them all.
-    fn cache_take(&mut self, tokens: &[u32], limit: usize) -> (SeqKv, usize, Vec<u32>) {
+    /// `limit` tokens; a fresh sequence if none shares anything. Also returns the cached
+    /// sequence's end past where it parts from `tokens`.
+    fn cache_take(&mut self, tokens: &[u32], limit: usize) -> (SeqKv, usize, Earlier) {
         let best = self
             .cache
             .iter()
@@ -927,18 +962,24 @@ impl Worker {
         match best {
             Some((i, n)) if n > 0 => {
                 let mut e = self.cache.swap_remove(i);
-                let follow = match e.tokens.get(..tokens.len()) {
-                    Some(head) if head == tokens => e.tokens[tokens.len()..].to_vec(),
-                    _ => Vec::new(),
+                let parted = common_prefix(&e.tokens, tokens);
+                let earlier = e.tokens[parted..].to_vec();
+                let parted_end = Earlier {
+                    on_track: parted == tokens.len(),
+                    tokens: if parted == tokens.len() {
+                        earlier
+                    } else {
+                        earlier[earlier.len().saturating_sub(EARLIER_CORPUS)..].to_vec()
+                    },
                 };
                 if self.reuse_min > 0 {
                     let (kv, cached) = self.reuse_runs(e, n, &tokens[..limit.min(tokens.len())]);
-                    return (kv, cached, follow);
+                    return (kv, cached, parted_end);
                 }
                 e.kv.truncate(n);
-                (e.kv, n, follow)
+                (e.kv, n, parted_end)
             }
-            _ => (SeqKv::new(&self.model.cfg), 0, Vec::new()),
+            _ => (SeqKv::new(&self.model.cfg), 0, Earlier::default()),
         }
     }
 
@@ -1277,7 +1318,7 @@ impl Worker {
                 break;
             }
             self.evict(reserve);
-            let (kv, cached, follow) = self.cache_take(&req.prompt, req.prompt.len() - 1);
+            let (kv, cached, earlier) = self.cache_take(&req.prompt, req.prompt.len() - 1);
             if let Some(admitted) = admitted {
                 let _ = admitted.send(cached);
             }
@@ -1296,7 +1337,8 @@ impl Worker {
                 cpu_ns: 0,
                 drafted: 0,
                 forced,
-                follow,
+                earlier: earlier.tokens,
+                on_track: earlier.on_track,
             });
         }
     }
@@ -1346,17 +1388,20 @@ impl Worker {
                             .min(self.max_context.saturating_sub(r.tokens.len() + 1)),
                     ),
                 );
-                if r.params.is_greedy() && !r.follow.is_empty() && follow_room > 0 {
-                    let draft = r.follow[..r.follow.len().min(follow_room)].to_vec();
-                    r.drafted = draft.len();
-                    r.tokens.extend_from_slice(&draft);
-                    budget = budget.saturating_sub(draft.len());
-                } else if room > 0 && r.params.is_greedy() {
-                    let draft = lookup_draft(&r.tokens, room).to_vec();
-                    r.drafted = draft.len();
-                    r.tokens.extend_from_slice(&draft);
-                    budget = budget.saturating_sub(draft.len());
-                }
+                let draft = if !r.params.is_greedy() {
+                    Vec::new()
+                } else if r.on_track {
+                    r.earlier[..r.earlier.len().min(follow_room)].to_vec()
+                } else if room > 0 {
+                    earlier_draft(&r.tokens, &r.earlier, room)
+                        .unwrap_or_else(|| lookup_draft(&r.tokens, room))
+                        .to_vec()
+                } else {
+                    Vec::new()
+                };
+                r.drafted = draft.len();
+                r.tokens.extend_from_slice(&draft);
+                budget = budget.saturating_sub(draft.len());
                 plan.push((i, 1 + r.drafted));
             } else if budget > 0 {
                 let take = pending.min(budget);
@@ -1480,10 +1525,10 @@ impl Worker {
             }
             // The earlier answer is followed while the model keeps choosing it.
             let kept = &r.tokens[kept_from..];
-            if r.follow.starts_with(kept) {
-                r.follow.drain(..kept.len());
+            if r.on_track && r.earlier.starts_with(kept) {
+                r.earlier.drain(..kept.len());
             } else {
-                r.follow.clear();
+                r.on_track = false;
             }
             // The KV holds every kept token but the last, which the next step puts through.
             r.kv.truncate(r.tokens.len() - 1);
@@ -1518,7 +1563,19 @@ impl Worker {
 
 #[cfg(test)]
 mod tests {
-    use super::{lookup_draft, shared_runs};
+    use super::{earlier_draft, lookup_draft, shared_runs};
+
+    #[test]
+    fn an_earlier_answer_drafts_what_followed_the_tail_there() {
+        let earlier = [5, 6, 7, 8, 9, 6, 7, 10, 11];
+        // The latest "6 7" is followed by 10 11; "1 6 7" occurs nowhere, "6 7" does.
+        assert_eq!(earlier_draft(&[1, 6, 7], &earlier, 4), Some(&[10, 11][..]));
+        assert_eq!(earlier_draft(&[5, 6, 7], &earlier, 1), Some(&[8][..]));
+        // Nothing follows the corpus's end, and an unseen tail drafts nothing.
+        assert_eq!(earlier_draft(&[1, 10, 11], &earlier, 4), None);
+        assert_eq!(earlier_draft(&[1, 2, 3], &earlier, 4), None);
+        assert_eq!(earlier_draft(&[7], &earlier, 4), None);
+    }
 
     #[test]
     fn a_draft_follows_the_latest_occurrence_of_the_longest_tail() {

@@ -400,6 +400,15 @@ async fn an_earlier_answer_is_checked_as_drafts_and_the_output_stays_greedy() {
         // Put the whole answer back for the next round.
         run(&engine, p.clone(), SamplingParams::greedy(24)).await;
     }
+    // A prompt that parts from the earlier answer (another word typed) looks its drafts up in
+    // that answer: still its own greedy output.
+    let mut parted = p.clone();
+    parted.extend_from_slice(&whole.ids[..3]);
+    parted.extend(chat(&engine, "and then")[..1].iter().copied());
+    let warm = run(&engine, parted.clone(), SamplingParams::greedy(20)).await;
+    engine.clear_cache().await.unwrap();
+    let cold = run(&engine, parted, SamplingParams::greedy(20)).await;
+    assert_eq!(warm.ids, cold.ids);
 }
 
 #[tokio::test]
