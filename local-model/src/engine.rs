@@ -640,27 +640,26 @@ const EARLIER_CORPUS: usize = 64;
 /// Prompt-lookup draft: the tokens (at most `max`) that followed the latest earlier occurrence of
 /// the sequence's last 4, 3 or 2 tokens (the longest that occurred), or none.
 fn lookup_draft(tokens: &[u32], max: usize) -> &[u32] {
-    for n in (2..=4).rev() {
-        if tokens.len() <= n {
-            continue;
-        }
-        let tail = &tokens[tokens.len() - n..];
-        if let Some(start) = (0..tokens.len() - n)
-            .rev()
-            .find(|&s| &tokens[s..s + n] == tail)
-        {
-            let from = start + n;
-            return &tokens[from..(from + max).min(tokens.len())];
-        }
-    }
-    &[]
+    (2..=4)
+        .rev()
+        .find_map(|n| {
+            let cut = tokens.len().checked_sub(n).filter(|&c| c > 0)?;
+            lookup_in(tokens, &tokens[cut..], cut, max)
+        })
+        .unwrap_or(&[])
 }
 
-/// The tokens (at most `max`) after the latest occurrence of `tail` in another sequence,
-/// `corpus`, or none (nor where nothing follows it there).
-fn lookup_in<'a>(corpus: &'a [u32], tail: &[u32], max: usize) -> Option<&'a [u32]> {
+/// The tokens (at most `max`) after the latest occurrence of `tail` in `corpus` that starts
+/// before `starts_before`, or none (nor where nothing follows it there).
+fn lookup_in<'a>(
+    corpus: &'a [u32],
+    tail: &[u32],
+    starts_before: usize,
+    max: usize,
+) -> Option<&'a [u32]> {
     let n = tail.len();
-    let start = (0..=corpus.len().checked_sub(n)?)
+    let last_start = (corpus.len() + 1).saturating_sub(n);
+    let start = (0..starts_before.min(last_start))
         .rev()
         .find(|&s| &corpus[s..s + n] == tail)?;
     let from = start + n;
@@ -672,7 +671,7 @@ fn lookup_in<'a>(corpus: &'a [u32], tail: &[u32], max: usize) -> Option<&'a [u32
 fn earlier_draft<'a>(tokens: &[u32], earlier: &'a [u32], max: usize) -> Option<&'a [u32]> {
     (2..=3).rev().find_map(|n| {
         let tail = tokens.get(tokens.len().checked_sub(n)?..)?;
-        lookup_in(earlier, tail, max)
+        lookup_in(earlier, tail, usize::MAX, max)
     })
 }
 
@@ -963,14 +962,16 @@ impl Worker {
             Some((i, n)) if n > 0 => {
                 let mut e = self.cache.swap_remove(i);
                 let parted = common_prefix(&e.tokens, tokens);
-                let earlier = e.tokens[parted..].to_vec();
+                let on_track = parted == tokens.len();
+                // Parted: only the end, where the earlier answer is.
+                let from = if on_track {
+                    parted
+                } else {
+                    parted.max(e.tokens.len().saturating_sub(EARLIER_CORPUS))
+                };
                 let parted_end = Earlier {
-                    on_track: parted == tokens.len(),
-                    tokens: if parted == tokens.len() {
-                        earlier
-                    } else {
-                        earlier[earlier.len().saturating_sub(EARLIER_CORPUS)..].to_vec()
-                    },
+                    tokens: e.tokens[from..].to_vec(),
+                    on_track,
                 };
                 if self.reuse_min > 0 {
                     let (kv, cached) = self.reuse_runs(e, n, &tokens[..limit.min(tokens.len())]);
@@ -1379,19 +1380,14 @@ impl Worker {
             let pending = r.tokens.len() - r.kv.len;
             if pending == 1 {
                 // Never past the token limit or the context: a kept draft token is an answer's.
-                let room = (r.params.max_tokens.saturating_sub(r.completion + 1))
-                    .min(self.max_context.saturating_sub(r.tokens.len() + 1))
-                    .min(self.draft_max);
-                let follow_room = room.max(
-                    FOLLOW_DRAFT.min(
-                        (r.params.max_tokens.saturating_sub(r.completion + 1))
-                            .min(self.max_context.saturating_sub(r.tokens.len() + 1)),
-                    ),
-                );
+                let left = (r.params.max_tokens.saturating_sub(r.completion + 1))
+                    .min(self.max_context.saturating_sub(r.tokens.len() + 1));
+                let room = left.min(self.draft_max);
                 let draft = if !r.params.is_greedy() {
                     Vec::new()
                 } else if r.on_track {
-                    r.earlier[..r.earlier.len().min(follow_room)].to_vec()
+                    let follow = left.min(FOLLOW_DRAFT.max(self.draft_max));
+                    r.earlier[..r.earlier.len().min(follow)].to_vec()
                 } else if room > 0 {
                     earlier_draft(&r.tokens, &r.earlier, room)
                         .unwrap_or_else(|| lookup_draft(&r.tokens, room))

@@ -575,7 +575,7 @@ async fn multi_line_completions_go_to_the_cloud_fim_backend_when_it_is_faster() 
         .send()
         .await
         .unwrap();
-    let route = r.headers()["x-tandem-route"].to_str().unwrap().to_owned();
+    let route = tandem_tests::route_of(&r);
     assert!(route.starts_with("ide-cloud"), "{route}");
     let text = r.text().await.unwrap();
     let events: Vec<Value> = tandem_tests::parse_sse(&text)
@@ -601,7 +601,7 @@ async fn multi_line_completions_go_to_the_cloud_fim_backend_when_it_is_faster() 
         .send()
         .await
         .unwrap();
-    let route = r.headers()["x-tandem-route"].to_str().unwrap().to_owned();
+    let route = tandem_tests::route_of(&r);
     assert!(route.starts_with("ide-cloud; fim: multi-line"), "{route}");
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["choices"][0]["text"], tandem_lab::mock::FIM_TEXT, "{v}");

@@ -85,33 +85,23 @@ impl Headroom {
                 return None;
             }
         }
-        let states = checks
+        // Every view was found above, under the same lock.
+        checks
             .iter()
             .map(|c| {
-                let view = limits.get_mut(&c.key);
+                let view = limits.get_mut(&c.key)?;
                 let limit = c.per_minute.max(1);
                 let interval_ms = 60_000.0 / limit as f64;
-                match view {
-                    Some(view) => {
-                        view.unconfirmed += c.cost.max(0.0);
-                        let left = (view.remaining - view.unconfirmed).max(0.0);
-                        RateState {
-                            limit,
-                            remaining: left.floor() as u64,
-                            reset_ms: view.reset_ms + (c.cost.max(0.0) * interval_ms).ceil() as u64,
-                            retry_after_ms: 0,
-                        }
-                    }
-                    None => RateState {
-                        limit,
-                        remaining: 0,
-                        reset_ms: 0,
-                        retry_after_ms: 0,
-                    },
-                }
+                view.unconfirmed += c.cost.max(0.0);
+                let left = (view.remaining - view.unconfirmed).max(0.0);
+                Some(RateState {
+                    limit,
+                    remaining: left.floor() as u64,
+                    reset_ms: view.reset_ms + (c.cost.max(0.0) * interval_ms).ceil() as u64,
+                    retry_after_ms: 0,
+                })
             })
-            .collect();
-        Some(states)
+            .collect()
     }
 
     /// Notes what the store answered for `checks` (their states) and `budgets` (their spend);
@@ -129,34 +119,21 @@ impl Headroom {
         {
             let mut views = self.budgets.lock();
             for (b, dollars) in budgets.iter().zip(spent) {
-                let view = Spent {
+                refresh(&mut views, &b.counter, |_| Spent {
                     dollars: *dollars,
                     at: now,
-                };
-                // Most answers refresh a known view: no key to copy.
-                match views.get_mut(&b.counter) {
-                    Some(v) => *v = view,
-                    None => {
-                        views.insert(b.counter.clone(), view);
-                    }
-                }
+                });
             }
         }
         let mut limits = self.limits.lock();
         for (i, (c, s)) in checks.iter().zip(states).enumerate() {
             let released = released.get(i).copied().unwrap_or(0.0);
-            let view = |unconfirmed: f64| Limit {
+            refresh(&mut limits, &c.key, |old| Limit {
                 remaining: s.remaining as f64,
                 reset_ms: s.reset_ms,
                 at: now,
-                unconfirmed: (unconfirmed - released).max(0.0),
-            };
-            match limits.get_mut(&c.key) {
-                Some(v) => *v = view(v.unconfirmed),
-                None => {
-                    limits.insert(c.key.clone(), view(0.0));
-                }
-            }
+                unconfirmed: (old.map_or(0.0, |v| v.unconfirmed) - released).max(0.0),
+            });
         }
         // Limiters idle for a minute are full again: forget them.
         if limits.len() > 100_000 {
@@ -181,6 +158,17 @@ impl Headroom {
         let mut limits = self.limits.lock();
         for c in checks {
             limits.remove(&c.key);
+        }
+    }
+}
+
+/// Sets the view under `key` to `view` of the one it replaces; most answers refresh a known
+/// view, so the key is copied only for a new one.
+fn refresh<V>(views: &mut HashMap<String, V>, key: &str, view: impl FnOnce(Option<&V>) -> V) {
+    match views.get_mut(key) {
+        Some(v) => *v = view(Some(v)),
+        None => {
+            views.insert(key.to_owned(), view(None));
         }
     }
 }

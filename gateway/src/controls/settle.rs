@@ -155,21 +155,18 @@ impl Settler {
             .store
             .settle(&deltas, self.ttl, &budgets, &checks)
             .await;
+        if let Err(e) = &answer {
+            tracing::debug!(error = %e, "requests' spend and limiter charges did not reach the store");
+        }
         let Some(headroom) = &self.headroom else {
-            if let Err(e) = answer {
-                tracing::debug!(error = %e, "requests' spend and limiter charges did not reach the store");
-            }
             return;
         };
         match answer {
             Ok(Admission::Rated { outcome, spent }) => {
                 headroom.note(&budgets, &spent, &checks, &outcome.states, &released);
             }
-            Ok(Admission::OverBudget { .. }) => headroom.forget(&checks),
-            Err(e) => {
-                tracing::debug!(error = %e, "requests' spend and limiter charges did not reach the store");
-                headroom.forget(&checks);
-            }
+            // Not taken as asked: the next requests ask the store.
+            _ => headroom.forget(&checks),
         }
     }
 }
