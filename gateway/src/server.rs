@@ -110,7 +110,9 @@ pub fn build_state(config: Config, options: &GatewayOptions) -> Result<Arc<AppSt
                 config.cache_dir.clone(),
                 matches!(load, LocalLoad::Offline),
                 options.quiet,
-                (0, 0),
+                // The chat model has its own speculative paths, and its answers stay a cold
+                // run's.
+                |cfg| cfg,
             ),
         }
         model
@@ -134,7 +136,10 @@ pub fn build_state(config: Config, options: &GatewayOptions) -> Result<Arc<AppSt
                 config.cache_dir.clone(),
                 matches!(options.local, LocalLoad::Offline),
                 options.quiet,
-                (ide_cfg.cache_reuse, ide_cfg.draft_tokens),
+                {
+                    let ide_cfg = ide_cfg.clone();
+                    move |cfg| ide_cfg.tune(cfg)
+                },
             ),
         }
         model
@@ -253,16 +258,15 @@ fn speculative_executor(
 }
 
 /// Fetches (unless offline) and loads the local model on a background task; the engine's own
-/// thread does the loading work. `(cache_reuse, draft_tokens)` are the engine's shortest moved
-/// run and its prompt-lookup drafts (both 0 for the chat model, which has its own speculative
-/// paths and whose answers stay equal to a cold run's).
+/// thread does the loading work. `tune` adds the model's own engine settings (the code model's
+/// moved runs and drafts).
 fn spawn_local_load(
     model: Arc<LocalModel>,
     local: LocalConfig,
     cache_dir: Option<PathBuf>,
     offline: bool,
     quiet: bool,
-    (cache_reuse, draft_tokens): (usize, usize),
+    tune: impl FnOnce(EngineConfig) -> EngineConfig + Send + 'static,
 ) {
     tokio::spawn(async move {
         let mut opts = FetchOptions::from_env(&FetchEnv);
@@ -294,12 +298,12 @@ fn spawn_local_load(
             }
         };
         model.set(LocalState::Loading(format!("loading {}", path.display())));
-        let cfg = EngineConfig::new(path)
-            .threads(local.threads)
-            .kv_cache_tokens(local.kv_cache_tokens)
-            .weight_format(local.weights)
-            .cache_reuse(cache_reuse)
-            .draft_tokens(draft_tokens);
+        let cfg = tune(
+            EngineConfig::new(path)
+                .threads(local.threads)
+                .kv_cache_tokens(local.kv_cache_tokens)
+                .weight_format(local.weights),
+        );
         match tokio::task::spawn_blocking(move || Engine::start(cfg)).await {
             Ok(Ok(engine)) => {
                 tracing::info!(model = %engine.info().name, "local model ready");

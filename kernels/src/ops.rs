@@ -50,6 +50,47 @@ pub fn dot_f32_scalar(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// Scores of a query against consecutive cached keys: `out[i] = dot_f32(q, row i) · scale`, row
+/// `i` being `rows[i * stride..][..q.len()]`. Each is computed exactly as [`dot_f32`] computes
+/// it, so a score does not depend on how keys or queries are grouped; only the calls are saved.
+pub fn dot_rows_f32(q: &[f32], rows: &[f32], stride: usize, scale: f32, out: &mut [f32]) {
+    let n = q.len();
+    let Some(last) = out.len().checked_sub(1) else {
+        return;
+    };
+    let rows = &rows[..last * stride + n];
+    #[cfg(target_arch = "x86_64")]
+    if simd() {
+        // SAFETY: non-scalar x86 paths are selected only with AVX2 and FMA; every row is in
+        // bounds (checked by the slice above).
+        return unsafe { x86::dot_rows(q, rows, stride, scale, out) };
+    }
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = dot_f32_scalar(q, &rows[i * stride..i * stride + n]) * scale;
+    }
+}
+
+/// `y += Σ weights[i] · row i` in row order, row `i` being `rows[i * stride..][..y.len()]`: a
+/// query's attention output from its weights and the cached values. Each element sums exactly
+/// as repeated [`axpy_f32`] calls would, with `y` held in registers between rows.
+pub fn axpy_rows_f32(weights: &[f32], rows: &[f32], stride: usize, y: &mut [f32]) {
+    let n = y.len();
+    let Some(last) = weights.len().checked_sub(1) else {
+        return;
+    };
+    let rows = &rows[..last * stride + n];
+    #[cfg(target_arch = "x86_64")]
+    if simd() {
+        // SAFETY: as in `dot_rows_f32`; every row is in bounds (checked by the slice above).
+        return unsafe { x86::axpy_rows(weights, rows, stride, y) };
+    }
+    for (i, &w) in weights.iter().enumerate() {
+        for (yi, xi) in y.iter_mut().zip(&rows[i * stride..i * stride + n]) {
+            *yi += w * xi;
+        }
+    }
+}
+
 /// `Σ a[i]·b[i]` with `b` in IEEE half bits (an f16 KV cache).
 pub fn dot_f32_f16(a: &[f32], b: &[u16]) -> f32 {
     let n = a.len().min(b.len());
@@ -426,6 +467,7 @@ mod x86 {
         _mm_cvtss_f32(s)
     }
 
+    #[inline]
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::needless_range_loop)]
     pub(super) unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -509,6 +551,59 @@ mod x86 {
         }
     }
 
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot_rows(
+        q: &[f32],
+        rows: &[f32],
+        stride: usize,
+        scale: f32,
+        out: &mut [f32],
+    ) {
+        let n = q.len();
+        for (i, o) in out.iter_mut().enumerate() {
+            // SAFETY: the caller checked that every row is within `rows`; AVX2 + FMA as here.
+            *o = unsafe { dot(q, &rows[i * stride..i * stride + n]) } * scale;
+        }
+    }
+
+    /// Columns held in registers at once: 8 vectors of 8.
+    const SLAB: usize = 64;
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn axpy_rows(weights: &[f32], rows: &[f32], stride: usize, y: &mut [f32]) {
+        let n = y.len();
+        let vec_n = n / 8 * 8;
+        let mut c = 0;
+        // SAFETY: column c + 8k < vec_n <= n, and every row i holds n columns from i * stride
+        // (checked by the caller).
+        unsafe {
+            while c < vec_n {
+                let w = (vec_n - c).min(SLAB) / 8;
+                let mut acc = [_mm256_setzero_ps(); SLAB / 8];
+                for (k, a) in acc.iter_mut().enumerate().take(w) {
+                    *a = _mm256_loadu_ps(y.as_ptr().add(c + 8 * k));
+                }
+                for (i, &wt) in weights.iter().enumerate() {
+                    let av = _mm256_set1_ps(wt);
+                    let row = rows.as_ptr().add(i * stride + c);
+                    for (k, a) in acc.iter_mut().enumerate().take(w) {
+                        *a = _mm256_fmadd_ps(av, _mm256_loadu_ps(row.add(8 * k)), *a);
+                    }
+                }
+                for (k, a) in acc.iter().enumerate().take(w) {
+                    _mm256_storeu_ps(y.as_mut_ptr().add(c + 8 * k), *a);
+                }
+                c += 8 * w;
+            }
+        }
+        // The columns past the last full vector, as `axpy`'s tail.
+        for (i, &wt) in weights.iter().enumerate() {
+            for j in vec_n..n {
+                y[j] += wt * rows[i * stride + j];
+            }
+        }
+    }
+
     /// Vector form of [`super::exp_approx`].
     #[inline]
     #[target_feature(enable = "avx2,fma")]
@@ -560,5 +655,42 @@ mod x86 {
             i += 1;
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 1000) as f32 / 500.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn row_kernels_equal_their_one_row_calls_bit_for_bit() {
+        for (n, stride, count) in [(64, 128, 37), (70, 80, 9), (5, 5, 3), (136, 140, 4)] {
+            let q = values(n, 1);
+            let rows = values((count - 1) * stride + n, 2);
+            let w = values(count, 3);
+            let mut scores = vec![0.0; count];
+            dot_rows_f32(&q, &rows, stride, 0.125, &mut scores);
+            let mut y = values(n, 4);
+            let mut want = y.clone();
+            axpy_rows_f32(&w, &rows, stride, &mut y);
+            for i in 0..count {
+                let row = &rows[i * stride..i * stride + n];
+                assert_eq!(scores[i].to_bits(), (dot_f32(&q, row) * 0.125).to_bits());
+                axpy_f32(w[i], row, &mut want);
+            }
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&y), bits(&want), "n {n}");
+        }
+        // No rows: nothing to do.
+        dot_rows_f32(&[1.0], &[], 1, 1.0, &mut []);
+        axpy_rows_f32(&[], &[], 1, &mut [0.0]);
     }
 }

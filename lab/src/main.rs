@@ -98,13 +98,17 @@ enum BenchCommand {
         file: Vec<std::path::PathBuf>,
         /// Tandem's variants: `default` (`[ide]`'s defaults: the cursor's line starts the
         /// middle, drafts), `psm` (llama.cpp's layout, prefix cache only), `psm-draft` (and
-        /// prompt-lookup drafts), `psm-reuse` (moved runs reused), `line` (the default without
-        /// drafts), `short` (a quarter of the context), `spm`.
+        /// prompt-lookup drafts), `psm-reuse` (moved runs reused), `jump` (the default with runs
+        /// reused after jumps), `line` (the default without drafts), `short` (a quarter of the
+        /// context), `spm`.
         #[arg(long, value_delimiter = ',', default_value = "default,psm")]
         variants: Vec<String>,
         /// Context sizes, prefix and suffix lines (`256x64`).
         #[arg(long, value_delimiter = ',', default_value = "256x64,64x16")]
         contexts: Vec<String>,
+        /// List every request after the table (jump or not, latency, tokens computed, answer).
+        #[arg(long)]
+        steps: bool,
     },
     /// Routing decision latency.
     Router,
@@ -197,6 +201,7 @@ fn main() -> anyhow::Result<()> {
             file,
             variants,
             contexts,
+            steps,
         }) => {
             let contexts = contexts
                 .iter()
@@ -214,6 +219,7 @@ fn main() -> anyhow::Result<()> {
                 keystrokes,
                 variants,
                 contexts,
+                steps,
                 ..Default::default()
             };
             if !file.is_empty() {

@@ -56,6 +56,11 @@ pub struct EngineConfig {
     /// the common prefix is reused, and every answer equals a cold run's). The moved run keeps
     /// what it attended to before, so answers can differ slightly from a cold run's.
     pub cache_reuse: usize,
+    /// Reuse runs wherever they moved, from any token (an editor's jump: the lines both windows
+    /// show, at new positions), not only runs a marker starts that moved by at most
+    /// `cache_reuse` tokens. A run then also keeps the role it had (prefix or suffix text), so
+    /// answers differ from a cold run's more often.
+    pub cache_reuse_anywhere: bool,
     /// Prompt-lookup drafting for greedy generations: up to this many tokens that followed the
     /// latest earlier occurrence of the sequence's last few tokens (in the prompt or the answer)
     /// are checked in the same forward pass as the next token, and every one the model agrees
@@ -76,6 +81,7 @@ impl Default for EngineConfig {
             small_step_rows: 4,
             weight_format: WeightFormat::AsStored,
             cache_reuse: 0,
+            cache_reuse_anywhere: false,
             draft_tokens: 0,
         }
     }
@@ -105,6 +111,12 @@ impl EngineConfig {
     /// Sets the shortest run reused at a moved position (0 = off).
     pub fn cache_reuse(mut self, min_tokens: usize) -> Self {
         self.cache_reuse = min_tokens;
+        self
+    }
+
+    /// Sets whether moved runs are reused wherever they moved (see the field).
+    pub fn cache_reuse_anywhere(mut self, anywhere: bool) -> Self {
+        self.cache_reuse_anywhere = anywhere;
         self
     }
 
@@ -600,6 +612,8 @@ struct Worker {
     clock: u64,
     /// Shortest run reused at a moved position (0 = off).
     reuse_min: usize,
+    /// Runs are reused wherever they moved, from any token.
+    reuse_anywhere: bool,
     /// Most prompt-lookup draft tokens per step of a greedy generation (0 = off).
     draft_max: usize,
     /// Masks for answers that must begin with a forced text.
@@ -678,16 +692,19 @@ fn earlier_draft<'a>(tokens: &[u32], earlier: &'a [u32], max: usize) -> Option<&
 /// Runs of at least `min` tokens that `new` shares with `old` after their first `from` tokens,
 /// in order in both: `(start in old, start in new, length)`. At each position of `new` the
 /// longest match at or after the previous run's end in `old` is taken, so a run can move either
-/// way (text inserted before it, or removed), by at most `min` tokens each way: a run whose
-/// surroundings changed more (a jump elsewhere in a file) attended to too different a context
-/// to stand in for a cold run. A run starts at an `anchor` token (a template's control token,
-/// such as a fill-in-the-middle suffix marker): plain text that moved across such a marker
-/// changed its role, and its cached keys say the old one.
+/// way (text inserted before it, or removed), by at most `reach` tokens each way, and the
+/// search gives up after `reach` new tokens without a run. With `reach` = `min`, a run whose
+/// surroundings changed more (a jump elsewhere in a file) is not taken: it attended to too
+/// different a context to stand in for a cold run. A run starts at an `anchor` token (a
+/// template's control token, such as a fill-in-the-middle suffix marker): plain text that moved
+/// across such a marker changed its role, and its cached keys say the old one. Reuse after a
+/// jump (`reach` unbounded, any token an anchor) accepts both, and says what it costs.
 fn shared_runs(
     old: &[u32],
     new: &[u32],
     from: usize,
     min: usize,
+    reach: usize,
     anchor: impl Fn(u32) -> bool,
 ) -> Vec<(usize, usize, usize)> {
     const KEY: usize = 4;
@@ -698,7 +715,7 @@ fn shared_runs(
     }
     let mut runs = Vec::new();
     let (mut old_from, mut new_from, mut p) = (from, from, from);
-    while p + min <= new.len() && p + key <= new.len() && p - new_from <= min {
+    while p + min <= new.len() && p + key <= new.len() && p - new_from <= reach {
         if !anchor(new[p]) {
             p += 1;
             continue;
@@ -707,7 +724,7 @@ fn shared_runs(
             .get(&new[p..p + key])
             .into_iter()
             .flatten()
-            .filter(|&&c| c >= old_from && c - old_from <= min)
+            .filter(|&&c| c >= old_from && c - old_from <= reach)
             .map(|&c| (c, common_prefix(&old[c..], &new[p..])))
             .max_by_key(|&(_, n)| n);
         match best {
@@ -826,6 +843,7 @@ impl Worker {
             cache: Vec::new(),
             clock: 0,
             reuse_min: cfg.cache_reuse,
+            reuse_anywhere: cfg.cache_reuse_anywhere,
             draft_max: cfg.draft_tokens,
             spelling: Spelling::default(),
         };
@@ -956,10 +974,14 @@ impl Worker {
             .cache
             .iter()
             .enumerate()
-            .map(|(i, e)| (i, common_prefix(&e.tokens[..e.kv.len], tokens).min(limit)))
-            .max_by_key(|&(_, n)| n);
+            .map(|(i, e)| {
+                let n = common_prefix(&e.tokens[..e.kv.len], tokens).min(limit);
+                (i, n, e.last_used)
+            })
+            // Of equals, the latest: after a jump it is the likeliest to hold the new window.
+            .max_by_key(|&(_, n, used)| (n, used));
         match best {
-            Some((i, n)) if n > 0 => {
+            Some((i, n, _)) if n > 0 => {
                 let mut e = self.cache.swap_remove(i);
                 let parted = common_prefix(&e.tokens, tokens);
                 let on_track = parted == tokens.len();
@@ -990,9 +1012,16 @@ impl Worker {
     /// it) and how many of its tokens came from the cache.
     fn reuse_runs(&mut self, e: CacheEntry, prefix: usize, tokens: &[u32]) -> (SeqKv, usize) {
         let tok = &self.tok;
-        let runs = shared_runs(&e.tokens[..e.kv.len], tokens, prefix, self.reuse_min, |t| {
-            tok.is_control(t)
-        });
+        let anywhere = self.reuse_anywhere;
+        let reach = if anywhere { usize::MAX } else { self.reuse_min };
+        let runs = shared_runs(
+            &e.tokens[..e.kv.len],
+            tokens,
+            prefix,
+            self.reuse_min,
+            reach,
+            |t| anywhere || tok.is_control(t),
+        );
         let cfg = &self.model.cfg;
         // Copied out first: computing the tokens between runs overwrites the old positions.
         let moved: Vec<(usize, KvRun)> = runs
@@ -1598,9 +1627,12 @@ mod tests {
         let mut new: Vec<u32> = (0..10).collect();
         new.extend([100, 101]);
         new.extend(10..40);
-        assert_eq!(shared_runs(&old, &new, 10, 8, anchor), vec![(10, 12, 30)]);
+        assert_eq!(
+            shared_runs(&old, &new, 10, 8, 8, anchor),
+            vec![(10, 12, 30)]
+        );
         // Not from a plain token.
-        assert!(shared_runs(&old, &new, 10, 8, |t| t == 45).is_empty());
+        assert!(shared_runs(&old, &new, 10, 8, 8, |t| t == 45).is_empty());
     }
 
     #[test]
@@ -1608,16 +1640,42 @@ mod tests {
         let old: Vec<u32> = (0..40).collect();
         let mut new: Vec<u32> = (0..10).collect();
         new.extend(16..40);
-        assert_eq!(shared_runs(&old, &new, 10, 8, anchor), vec![(16, 10, 24)]);
+        assert_eq!(
+            shared_runs(&old, &new, 10, 8, 8, anchor),
+            vec![(16, 10, 24)]
+        );
         // Ten removed is more than a run of 8 may move.
         let mut new: Vec<u32> = (0..10).collect();
         new.extend(20..40);
-        assert!(shared_runs(&old, &new, 10, 8, |_| true).is_empty());
+        assert!(shared_runs(&old, &new, 10, 8, 8, |_| true).is_empty());
         // As are ten inserted.
         let mut new: Vec<u32> = (0..10).collect();
         new.extend(100..110);
         new.extend(10..40);
-        assert!(shared_runs(&old, &new, 10, 8, anchor).is_empty());
+        assert!(shared_runs(&old, &new, 10, 8, 8, anchor).is_empty());
+    }
+
+    #[test]
+    fn after_a_jump_runs_are_found_anywhere_in_order() {
+        // The window moved down by 20: its first 20 tokens are gone, 20 new ones follow.
+        let old: Vec<u32> = (0..100).collect();
+        let mut new: Vec<u32> = vec![0, 1];
+        new.extend(22..100);
+        new.extend(200..220);
+        assert!(shared_runs(&old, &new, 2, 8, 8, anchor).is_empty());
+        assert_eq!(
+            shared_runs(&old, &new, 2, 8, usize::MAX, |_| true),
+            vec![(22, 2, 78)]
+        );
+        // A marker and a new line between two old runs: both taken, the gap computed.
+        let mut new: Vec<u32> = vec![0, 1];
+        new.extend(50..70);
+        new.extend([300, 301, 302]);
+        new.extend(80..95);
+        assert_eq!(
+            shared_runs(&old, &new, 2, 8, usize::MAX, |_| true),
+            vec![(50, 2, 20), (80, 25, 15)]
+        );
     }
 
     #[test]
@@ -1628,7 +1686,7 @@ mod tests {
         new.extend(16..24);
         new.extend(10..16);
         new.extend([7, 8, 9]);
-        assert_eq!(shared_runs(&old, &new, 10, 6, anchor), vec![(16, 10, 8)]);
-        assert!(shared_runs(&old, &new, 10, 9, anchor).is_empty());
+        assert_eq!(shared_runs(&old, &new, 10, 6, 6, anchor), vec![(16, 10, 8)]);
+        assert!(shared_runs(&old, &new, 10, 9, 9, anchor).is_empty());
     }
 }

@@ -259,8 +259,12 @@ struct Layer {
 /// the engine thread alone: waking the pool costs more than small decode steps save.
 const PARALLEL_ATTENTION_WORK: usize = 1 << 18;
 
+/// Most consecutive tokens of one sequence whose attention one task computes: their query heads
+/// read the same keys and values, so fewer tasks stream them from memory.
+const ATTENTION_BLOCK_ROWS: usize = 4;
+
 thread_local! {
-    /// Attention scores of one (token, head) task on this thread.
+    /// Attention scores of one query on this thread.
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -640,45 +644,59 @@ impl Model {
                     r += 1;
                 }
             }
-            // Attention of each new token over its own sequence's cache (causal, windowed): one
-            // task per (token, head), spread over the pool when there is enough of it.
+            // Attention of each new token over its own sequence's cache (causal, windowed). One
+            // task per block of a sequence's consecutive tokens and KV head, so the block's query
+            // heads read the same keys and values while they are in cache; each query's scores
+            // and output are one kernel call over its rows, which long contexts were bound by
+            // when it was one call per row. Each (token, head) sums in its own order, whatever
+            // the block: the output does not depend on how tokens are batched.
             let group = cfg.n_heads / cfg.n_kv_heads;
             s.spans.clear();
+            s.blocks.clear();
             for (ii, it) in items.iter().enumerate() {
                 for j in 0..it.tokens.len() {
                     let pos = it.kv.len + j;
                     let start = layer.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+                    let r = s.spans.len();
+                    if j % ATTENTION_BLOCK_ROWS == 0 {
+                        s.blocks.push((r, r + 1));
+                    } else if let Some(last) = s.blocks.last_mut() {
+                        last.1 = r + 1;
+                    }
                     s.spans.push((ii, pos, start));
                 }
             }
             let out = RowsOut(s.attn.as_mut_ptr());
-            let (q_all, batch, rows) = (&s.q, &*items, &s.spans);
+            let (q_all, batch, rows, blocks) = (&s.q, &*items, &s.spans, &s.blocks);
             let task = |t: usize| {
-                let (r, head) = (t / cfg.n_heads, t % cfg.n_heads);
-                let (ii, pos, start) = rows[r];
-                let lkv = &batch[ii].kv.layers[li];
-                let kvh = head / group;
-                let q = &q_all[r * qd + head * hd..r * qd + (head + 1) * hd];
-                // SAFETY: each task writes only its own head of its own row of `s.attn`, which
-                // holds n rows of qd floats and is not read until every task is done.
-                let o = unsafe { std::slice::from_raw_parts_mut(out.at(r * qd + head * hd), hd) };
-                o.fill(0.0);
+                let (b, kvh) = (t / cfg.n_kv_heads, t % cfg.n_kv_heads);
+                let (r0, r1) = blocks[b];
+                let lkv = &batch[rows[r0].0].kv.layers[li];
                 SCORES.with(|cell| {
                     let mut scores = cell.borrow_mut();
-                    scores.clear();
-                    scores.extend((start..=pos).map(|p| {
-                        let kr = &lkv.k[p * kvd + kvh * hd..p * kvd + (kvh + 1) * hd];
-                        ops::dot_f32(q, kr) * cfg.attn_scale
-                    }));
-                    ops::softmax_inplace(&mut scores);
-                    for (t, &w) in scores.iter().enumerate() {
-                        let p = start + t;
-                        let vr = &lkv.v[p * kvd + kvh * hd..p * kvd + (kvh + 1) * hd];
-                        ops::axpy_f32(w, vr, o);
+                    for (r, &(_, pos, start)) in rows.iter().enumerate().take(r1).skip(r0) {
+                        let width = pos + 1 - start;
+                        // This head's keys and values from `start` on, a row every kvd floats.
+                        let from = start * kvd + kvh * hd;
+                        let (keys, values) = (&lkv.k[from..], &lkv.v[from..]);
+                        scores.resize(width, 0.0);
+                        for head in kvh * group..(kvh + 1) * group {
+                            let q = &q_all[r * qd + head * hd..r * qd + (head + 1) * hd];
+                            ops::dot_rows_f32(q, keys, kvd, cfg.attn_scale, &mut scores);
+                            ops::softmax_inplace(&mut scores);
+                            // SAFETY: each task writes only its own heads of its own rows of
+                            // `s.attn`, which holds n rows of qd floats and is not read until
+                            // every task is done.
+                            let o = unsafe {
+                                std::slice::from_raw_parts_mut(out.at(r * qd + head * hd), hd)
+                            };
+                            o.fill(0.0);
+                            ops::axpy_rows_f32(&scores, values, kvd, o);
+                        }
                     }
                 });
             };
-            let tasks = n * cfg.n_heads;
+            let tasks = blocks.len() * cfg.n_kv_heads;
             let work: usize = rows.iter().map(|&(_, pos, start)| pos + 1 - start).sum();
             if pool.threads() > 1 && work * cfg.n_heads * hd >= PARALLEL_ATTENTION_WORK {
                 pool.for_each(tasks, &task).map_err(kerr)?;
@@ -912,6 +930,8 @@ pub struct Scratch {
     up: Vec<f32>,
     /// The step's tokens for attention: (batch item, position, first position attended).
     spans: Vec<(usize, usize, usize)>,
+    /// Row ranges of `spans` whose attention one task computes.
+    blocks: Vec<(usize, usize)>,
 }
 
 impl Scratch {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tandem_artifacts::{ProcessEnv, default_cache_root, locate};
-use tandem_gateway::config::{Config, IdeConfig, MapEnv};
+use tandem_gateway::config::{Config, MapEnv};
 use tandem_gateway::{Gateway, GatewayOptions, LocalLoad};
 use tandem_lab::mock::{Fixtures, MockConfig, MockHandle, MockUpstream};
 use tandem_local_model::{Engine, EngineConfig};
@@ -28,11 +28,12 @@ async fn start() -> Option<(Gateway, Engine)> {
 /// both draft as `[ide]` does by default, so every greedy answer here is checked with drafts on.
 /// They lay prompts out as llama.cpp's server does (`layout = "psm"`).
 async fn start_with(cache_reuse: usize) -> Option<(Gateway, Engine)> {
-    start_config(cache_reuse, "layout = \"psm\"\n").await
+    start_config(&format!("layout = \"psm\"\ncache_reuse = {cache_reuse}\n")).await
 }
 
-/// The same with `extra` config after `[ide] threads = 2` (more `[ide]` keys, then sections).
-async fn start_config(cache_reuse: usize, extra: &str) -> Option<(Gateway, Engine)> {
+/// The same with `extra` config after `[ide] threads = 2` (more `[ide]` keys, then sections);
+/// the engine is tuned as `[ide]` says.
+async fn start_config(extra: &str) -> Option<(Gateway, Engine)> {
     let root = default_cache_root(&ProcessEnv);
     let Some(paths) = locate(&root, "qwen2.5-coder-0.5b") else {
         eprintln!(
@@ -41,24 +42,20 @@ async fn start_config(cache_reuse: usize, extra: &str) -> Option<(Gateway, Engin
         );
         return None;
     };
-    let path = paths.primary().to_path_buf();
-    let engine = tokio::task::spawn_blocking(move || {
-        Engine::start(
-            EngineConfig::new(path)
-                .threads(2)
-                .kv_cache_tokens(8192)
-                .cache_reuse(cache_reuse)
-                .draft_tokens(IdeConfig::default().draft_tokens),
-        )
-    })
-    .await
-    .unwrap()
-    .unwrap();
     let config = Config::from_toml_str(
         &format!("[server]\nlisten = \"127.0.0.1:0\"\n[ide]\nthreads = 2\n{extra}"),
         &MapEnv::default(),
     )
     .unwrap();
+    let cfg = config.ide.as_ref().unwrap().tune(
+        EngineConfig::new(paths.primary())
+            .threads(2)
+            .kv_cache_tokens(8192),
+    );
+    let engine = tokio::task::spawn_blocking(move || Engine::start(cfg))
+        .await
+        .unwrap()
+        .unwrap();
     let options = GatewayOptions {
         local: LocalLoad::Engine(engine.clone()),
         ide: Some(engine.clone()),
@@ -347,7 +344,7 @@ async fn warm_as_cold(gw: &Gateway, engine: &Engine, body: Value, most: u64) -> 
 #[tokio::test]
 async fn typing_on_a_line_computes_only_the_typed_tokens_and_answers_as_a_cold_run() {
     // The cursor's line starts the middle.
-    let Some((gw, engine)) = start_config(0, "layout = \"line-in-middle\"\n").await else {
+    let Some((gw, engine)) = start_config("layout = \"line-in-middle\"\n").await else {
         return;
     };
     let c = client();
@@ -364,7 +361,7 @@ async fn typing_on_a_line_computes_only_the_typed_tokens_and_answers_as_a_cold_r
 async fn typing_the_suggestion_answers_its_rest_from_the_cache_as_a_cold_run_does() {
     // `[ide]`'s defaults: the cursor's line starts the middle, its last token left for the
     // model to spell, drafts on.
-    let Some((gw, engine)) = start_config(0, "").await else {
+    let Some((gw, engine)) = start_config("").await else {
         return;
     };
     let c = client();
@@ -381,6 +378,68 @@ async fn typing_the_suggestion_answers_its_rest_from_the_cache_as_a_cold_run_doe
         assert_eq!(warm["content"], suggestion[n..], "{typed:?}: {warm}");
         // The first suggestion again, for the next round.
         post(&c, gw.url() + "/infill", first_line()).await;
+    }
+}
+
+/// The `/infill` body of a completion on line `at` of `file`, after `typed` on that line, with
+/// `after` lines of suffix.
+fn at_line(file: &str, at: usize, typed: &str, after: usize) -> Value {
+    let lines: Vec<&str> = file.lines().collect();
+    json!({"input_prefix": format!("{}\n", lines[..at].join("\n")), "prompt": typed,
+           "input_suffix": format!("\n{}", lines[at + 1..(at + 1 + after).min(lines.len())].join("\n")),
+           "n_predict": 8, "stop": ["\n"], "temperature": 0, "id_slot": 0})
+}
+
+#[tokio::test]
+async fn after_a_jump_jump_reuse_moves_the_lines_both_windows_show() {
+    let file = long_prefix(40);
+    // Line 91 returns from helper_30, line 61 from helper_20: both windows show lines 62..100.
+    let (from, to) = (91, 61);
+    let jump = || at_line(&file, to, "    return x", 40);
+    for (extra, moved) in [("", false), ("jump_reuse = 32\n", true)] {
+        let Some((gw, engine)) = start_config(extra).await else {
+            return;
+        };
+        let c = client();
+        let (_, first) = post(
+            &c,
+            gw.url() + "/infill",
+            at_line(&file, from, "    return x", 40),
+        )
+        .await;
+        assert_eq!(
+            first["timings"]["prompt_n"], first["tokens_evaluated"],
+            "{first}"
+        );
+        let (status, warm) = post(&c, gw.url() + "/infill", jump()).await;
+        assert_eq!(status, 200, "{warm}");
+        let n = warm["tokens_evaluated"].as_u64().unwrap();
+        let computed = warm["timings"]["prompt_n"].as_u64().unwrap();
+        assert_eq!(warm["timings"]["cache_n"].as_u64().unwrap(), n - computed);
+        engine.clear_cache().await.unwrap();
+        let (_, cold) = post(&c, gw.url() + "/infill", jump()).await;
+        if moved {
+            // The shared lines are moved, not computed: the jump computes its cursor's line,
+            // the line the earlier cursor was on, and the markers.
+            assert!(computed * 10 < n, "{computed} of {n}: {warm}");
+            // The moved lines attended to the earlier window, so the answer may differ from a
+            // cold run's (`tandem bench ide` measures by how much); it still completes the line
+            // as the cold run does.
+            let head = |v: &Value| {
+                v["content"]
+                    .as_str()
+                    .unwrap()
+                    .chars()
+                    .take(3)
+                    .collect::<String>()
+            };
+            assert_eq!(head(&warm), " * ", "{warm}");
+            assert_eq!(head(&warm), head(&cold), "{warm} {cold}");
+        } else {
+            // Without it, everything after the lines before the new cursor is computed.
+            assert!(computed * 3 > n, "{computed} of {n}: {warm}");
+            assert_eq!(warm["content"], cold["content"], "{warm} {cold}");
+        }
     }
 }
 
@@ -494,7 +553,7 @@ async fn start_cloud_keys(
         "cloud = \"fim\"\ncloud_model = \"{cloud_model}\"\n{keys}cloud_timeout_ms = 2000\n\
          [backends.fim]\nkind = \"openai-compatible\"\nbase_url = \"http://{addr}/v1\"\n{sections}"
     );
-    let (gw, engine) = start_config(0, &extra).await?;
+    let (gw, engine) = start_config(&extra).await?;
     Some((gw, engine, mock))
 }
 

@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 
 use tandem_artifacts::CODE_MODEL;
+use tandem_local_model::EngineConfig;
 
 use super::raw::RawIde;
 use super::{ConfigError, invalid};
@@ -40,6 +41,13 @@ pub struct IdeConfig {
     /// keystroke, and measurably follows it rather than what was typed, so it is off by
     /// default (0).
     pub cache_reuse: usize,
+    /// Shortest run of cached tokens reused wherever it moved (0 = off, the default): after a
+    /// jump, the lines the new window shares with a cached one (both show them, at other
+    /// positions, or as prefix where they were suffix) are moved, not computed, as llama.cpp's
+    /// `cache_reuse` does. A jump then computes only the lines it had not shown. The moved
+    /// lines keep what they attended to before, so some answers differ from a cold run's
+    /// (measured in `docs/BENCHMARKS.md`). Replaces `cache_reuse`.
+    pub jump_reuse: usize,
     /// Most prompt-lookup draft tokens checked per decode step: code repeats itself, and a
     /// drafted token the model agrees with costs no step of its own (0 = off; the output is the
     /// same either way).
@@ -80,6 +88,7 @@ impl Default for IdeConfig {
             suffix_first: false,
             typed_in_middle: true,
             cache_reuse: 0,
+            jump_reuse: 0,
             draft_tokens: 6,
             cloud: None,
         }
@@ -95,6 +104,16 @@ impl IdeConfig {
     /// Suffix tokens kept (the start of the suffix).
     pub fn suffix_tokens(&self) -> usize {
         self.context_tokens - self.prefix_tokens()
+    }
+
+    /// The code model's engine settings on top of `cfg`: moved runs and prompt-lookup drafts.
+    pub fn tune(&self, cfg: EngineConfig) -> EngineConfig {
+        let cfg = if self.jump_reuse > 0 {
+            cfg.cache_reuse(self.jump_reuse).cache_reuse_anywhere(true)
+        } else {
+            cfg.cache_reuse(self.cache_reuse)
+        };
+        cfg.draft_tokens(self.draft_tokens)
     }
 
     /// Whether `model` names the code model.
@@ -154,6 +173,22 @@ pub fn validate_ide(raw: RawIde) -> Result<IdeConfig, ConfigError> {
         }
         Some(n) => n as usize,
         None => d.cache_reuse,
+    };
+    let jump_reuse = match raw.jump_reuse {
+        Some(n @ 1..4) => {
+            return Err(invalid(
+                "ide.jump_reuse",
+                format!("{n} tokens is too short a run to reuse; use 0 (off) or at least 4"),
+            ));
+        }
+        Some(n) if n > 0 && cache_reuse > 0 => {
+            return Err(invalid(
+                "ide.jump_reuse",
+                "reuses every run cache_reuse would; set one of them",
+            ));
+        }
+        Some(n) => n as usize,
+        None => d.jump_reuse,
     };
     let draft_tokens = match raw.draft_tokens {
         Some(n) if n > 32 => {
@@ -216,6 +251,7 @@ pub fn validate_ide(raw: RawIde) -> Result<IdeConfig, ConfigError> {
         suffix_first,
         typed_in_middle,
         cache_reuse,
+        jump_reuse,
         draft_tokens,
         cloud,
     })
@@ -240,6 +276,28 @@ mod tests {
         );
         assert!(ide.is_named("code") && ide.is_named("ide") && ide.is_named("qwen2.5-coder-0.5b"));
         assert!(Config::default_local().ide.is_none());
+    }
+
+    #[test]
+    fn jump_reuse_moves_runs_anywhere_and_cache_reuse_only_near() {
+        let ide = |toml: &str| {
+            let c = Config::from_toml_str(toml, &MapEnv::default()).unwrap();
+            c.ide
+                .unwrap()
+                .tune(tandem_local_model::EngineConfig::new("m.gguf"))
+        };
+        let e = ide("[ide]\njump_reuse = 32\n");
+        assert_eq!(
+            (e.cache_reuse, e.cache_reuse_anywhere, e.draft_tokens),
+            (32, true, 6)
+        );
+        let e = ide("[ide]\ncache_reuse = 16\ndraft_tokens = 0\n");
+        assert_eq!(
+            (e.cache_reuse, e.cache_reuse_anywhere, e.draft_tokens),
+            (16, false, 0)
+        );
+        let e = ide("[ide]\n");
+        assert_eq!((e.cache_reuse, e.cache_reuse_anywhere), (0, false));
     }
 
     #[test]
@@ -281,6 +339,11 @@ mod tests {
                 "ide.cloud_confidence",
             ),
             ("[ide]\ncloud_confidence = 0.4\n", "ide.cloud_confidence"),
+            ("[ide]\njump_reuse = 2\n", "ide.jump_reuse"),
+            (
+                "[ide]\ncache_reuse = 32\njump_reuse = 32\n",
+                "ide.jump_reuse",
+            ),
         ] {
             let e = Config::from_toml_str(toml, &MapEnv::default())
                 .unwrap_err()

@@ -149,6 +149,8 @@ pub struct RawIde {
     pub layout: Option<String>,
     /// Shortest cached run reused at a moved position (0 = off).
     pub cache_reuse: Option<u64>,
+    /// Shortest cached run reused wherever a jump moved it (0 = off).
+    pub jump_reuse: Option<u64>,
     /// Most prompt-lookup draft tokens checked per step (0 = off).
     pub draft_tokens: Option<u64>,
     /// Extra model ids that name the code model.

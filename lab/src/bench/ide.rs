@@ -39,11 +39,14 @@ pub struct IdeArgs {
     /// Tandem's variants to run: `default` (`[ide]`'s defaults: the cursor's line starts the
     /// middle, drafts), `psm` (llama.cpp's layout, only the common prefix reused), `psm-draft`
     /// (and prompt-lookup drafts), `psm-reuse` (moved runs reused: `[ide] cache_reuse = 32`),
-    /// `line` (the default without drafts), `short` (the default with a quarter of its context
+    /// `jump` (the default with runs reused wherever a jump moved them: `[ide] jump_reuse =
+    /// 32`), `line` (the default without drafts), `short` (the default with a quarter of its context
     /// tokens), `spm` (suffix first).
     pub variants: Vec<String>,
     /// Context sizes: lines of prefix and of suffix.
     pub contexts: Vec<(usize, usize)>,
+    /// List every request after the table.
+    pub steps: bool,
 }
 
 impl Default for IdeArgs {
@@ -62,6 +65,7 @@ impl Default for IdeArgs {
             ],
             variants: vec!["default".into(), "psm".into()],
             contexts: vec![(256, 64), (64, 16)],
+            steps: false,
         }
     }
 }
@@ -155,25 +159,25 @@ fn request_body(step: &Step, n_predict: usize) -> Value {
            "temperature": 0, "cache_prompt": true})
 }
 
-/// A variant's `[ide] layout`, `cache_reuse`, `draft_tokens` and `context_tokens`.
-fn variant(name: &str) -> anyhow::Result<(&'static str, usize, usize, usize)> {
-    let d = IdeConfig::default();
-    let context = d.context_tokens;
-    match name {
-        "psm" => Ok(("psm", 0, 0, context)),
-        "psm-reuse" => Ok(("psm", 32, 0, context)),
-        "default" => Ok(("line-in-middle", d.cache_reuse, d.draft_tokens, context)),
-        // The default with a quarter of its context: 384 prefix and 128 suffix tokens.
-        "short" => Ok(("line-in-middle", d.cache_reuse, d.draft_tokens, context / 4)),
-        "line" => Ok(("line-in-middle", 0, 0, context)),
-        "psm-draft" => Ok(("psm", 0, d.draft_tokens, context)),
-        "spm" => Ok(("spm", 0, 0, context)),
+/// A variant's `[ide]` settings.
+fn variant(name: &str) -> anyhow::Result<String> {
+    let quarter = IdeConfig::default().context_tokens / 4;
+    Ok(match name {
+        "default" => String::new(),
+        "psm" => "layout = \"psm\"\ndraft_tokens = 0\n".into(),
+        "psm-reuse" => "layout = \"psm\"\ncache_reuse = 32\ndraft_tokens = 0\n".into(),
+        "psm-draft" => "layout = \"psm\"\n".into(),
+        "jump" => "jump_reuse = 32\n".into(),
+        // A quarter of the default's context: 384 prefix and 128 suffix tokens.
+        "short" => format!("context_tokens = {quarter}\n"),
+        "line" => "draft_tokens = 0\n".into(),
+        "spm" => "layout = \"spm\"\ndraft_tokens = 0\n".into(),
         other => {
             anyhow::bail!(
-                "unknown variant `{other}` (expected default, psm, psm-draft, psm-reuse, line, short or spm)"
+                "unknown variant `{other}` (expected default, psm, psm-draft, psm-reuse, jump, line, short or spm)"
             )
         }
-    }
+    })
 }
 
 async fn run_tandem(
@@ -182,27 +186,27 @@ async fn run_tandem(
     steps: &[Step],
     n_predict: usize,
     name: &str,
+    mut log: Option<&mut String>,
 ) -> anyhow::Result<Vec<Answer>> {
-    let (layout, cache_reuse, draft_tokens, context_tokens) = variant(name)?;
-    let engine = {
-        let path = path.to_path_buf();
-        tokio::task::spawn_blocking(move || {
-            Engine::start(
-                EngineConfig::new(path)
-                    .threads(threads)
-                    .kv_cache_tokens(8192)
-                    .cache_reuse(cache_reuse)
-                    .draft_tokens(draft_tokens),
-            )
-        })
-        .await??
-    };
     let config = Config::from_toml_str(
         &format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[ide]\nlayout = \"{layout}\"\ncache_reuse = {cache_reuse}\ndraft_tokens = {draft_tokens}\ncontext_tokens = {context_tokens}\n"
+            "[server]\nlisten = \"127.0.0.1:0\"\n[ide]\n{}",
+            variant(name)?
         ),
         &MapEnv::default(),
     )?;
+    let ide = config
+        .ide
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("no [ide] section"))?;
+    let engine = {
+        let cfg = ide.tune(
+            EngineConfig::new(path)
+                .threads(threads)
+                .kv_cache_tokens(8192),
+        );
+        tokio::task::spawn_blocking(move || Engine::start(cfg)).await??
+    };
     let gateway = Gateway::start(
         config,
         GatewayOptions {
@@ -225,6 +229,13 @@ async fn run_tandem(
         let v: Value = serde_json::from_str(&text)?;
         let content = v["content"].as_str().unwrap_or("");
         let (exact, first8) = score(content, &step.truth);
+        if let Some(log) = log.as_deref_mut() {
+            let _ = writeln!(
+                log,
+                "{name} jump={} ms={ms:.0} prompt={} computed={} truth={:?} answer={content:?}",
+                step.jump, v["tokens_evaluated"], v["timings"]["prompt_n"], step.truth
+            );
+        }
         out.push(Answer {
             ms,
             prompt_tokens: v["tokens_evaluated"].as_f64().unwrap_or(0.0),
@@ -411,6 +422,7 @@ pub async fn run_ide(args: &IdeArgs) -> anyhow::Result<String> {
         args.keystrokes,
         args.n_predict
     );
+    let mut log = String::new();
     for &(prefix_lines, suffix_lines) in &args.contexts {
         let steps = trace(args, prefix_lines, suffix_lines)?;
         let _ = writeln!(
@@ -437,7 +449,15 @@ pub async fn run_ide(args: &IdeArgs) -> anyhow::Result<String> {
         );
         let mut ours = Vec::new();
         for layout in &args.variants {
-            let answers = run_tandem(&path, args.threads, &steps, args.n_predict, layout).await?;
+            let answers = run_tandem(
+                &path,
+                args.threads,
+                &steps,
+                args.n_predict,
+                layout,
+                args.steps.then_some(&mut log),
+            )
+            .await?;
             let _ = writeln!(
                 table,
                 "{}",
@@ -476,6 +496,9 @@ pub async fn run_ide(args: &IdeArgs) -> anyhow::Result<String> {
         table,
         "\n(ms end to end; tandem over HTTP, llama.cpp in its own process through a pipe; prompt = mean prompt tokens, comp. = mean computed)"
     );
+    if args.steps {
+        let _ = write!(table, "\nrequests, in order:\n{log}");
+    }
     Ok(table)
 }
 
