@@ -2014,12 +2014,20 @@ pub async fn run_infill(
         Ok(e) => e,
         Err(e) => return (Err(e), route),
     };
-    let cloud = state.config.ide.as_ref().and_then(|i| i.cloud.as_ref());
+    let ide = state.config.ide.as_ref();
+    let prepared = match infill::Prepared::new(&engine, request, ide) {
+        Ok(p) => p,
+        Err(e) => return (Err(e), route),
+    };
+    let cloud = ide.and_then(|i| i.cloud.as_ref());
     // Where the local model starts multi-line work the cloud may take: the confidence under
     // which it does (whole answers only: a stream's first words are already out).
     let mut unsure_below = 0.0;
     if let Some(cloud) = cloud {
-        let (shape, view) = infill_shape(state, request);
+        // The prompt's tokens the code model would compute: those its prefix cache lacks.
+        let tokens = &prepared.prompt.tokens;
+        let computed = tokens.len() - engine.cached_prefix(tokens).min(tokens.len());
+        let (shape, view) = infill_shape(state, request, computed);
         match ide_decision(state, cloud, shape, &view, hints) {
             IdeDecision::Cloud(why) => match cloud_infill(state, cloud, request).await {
                 Ok(outcome) => {
@@ -2048,8 +2056,15 @@ pub async fn run_infill(
     if let Some(tx) = route_ready {
         let _ = tx.send(route.clone());
     }
-    let ide = state.config.ide.as_ref();
-    let mut result = infill::run(&engine, request, ide, &state.editors, chunks, unsure_below).await;
+    let mut result = infill::run(
+        &engine,
+        request,
+        &prepared,
+        &state.editors,
+        chunks,
+        unsure_below,
+    )
+    .await;
     if let (
         Some(cloud),
         Ok(InfillOutcome {
@@ -2074,12 +2089,14 @@ pub async fn run_infill(
             Err(e) => {
                 fell_back(&mut route, cloud, &e);
                 // The prompt is cached: the local answer costs its tokens again, not the prompt.
-                result = infill::run(&engine, request, ide, &state.editors, None, 0.0).await;
+                result = infill::run(&engine, request, &prepared, &state.editors, None, 0.0).await;
             }
         }
     }
+    // A warm-up (`n_predict: 0`) answers before its prompt is computed: nothing to time.
     if let Ok(o) = &result
         && !o.superseded
+        && request.n_predict != Some(0)
     {
         state.ide_rates.local(
             o.tokens_predicted,
@@ -2128,8 +2145,13 @@ fn prompt_tokens_estimate(state: &AppState, text_len: usize) -> usize {
     (text_len / 4).min(budget)
 }
 
-/// What the IDE policy reads of an `/infill` request, and its text for the privacy step.
-fn infill_shape(state: &AppState, request: &InfillRequest) -> (IdeShape, ChatRequest) {
+/// What the IDE policy reads of an `/infill` request whose prompt leaves `computed` tokens to
+/// compute, and its text for the privacy step.
+fn infill_shape(
+    state: &AppState,
+    request: &InfillRequest,
+    computed: usize,
+) -> (IdeShape, ChatRequest) {
     let extra: String = request
         .input_extra
         .iter()
@@ -2146,7 +2168,7 @@ fn infill_shape(state: &AppState, request: &InfillRequest) -> (IdeShape, ChatReq
     let shape = IdeShape {
         single_line: infill::single_line(request),
         n_predict: request.n_predict.unwrap_or(TYPICAL_TOKENS),
-        prompt_tokens: prompt_tokens_estimate(state, text.len()),
+        prompt_tokens: computed,
         budget_ms,
     };
     let view = ChatRequest {

@@ -328,7 +328,13 @@ struct Inner {
     tokenizer: Arc<Tokenizer>,
     template: ChatTemplate,
     thread: parking_lot::Mutex<Option<JoinHandle<()>>>,
+    /// What the prefix cache holds, as the worker last published it.
+    cached: CachedPrefixes,
 }
+
+/// The token sequences the prefix cache holds, published by the worker after each change so
+/// that callers can ask what a prompt would reuse without waiting for the engine thread.
+type CachedPrefixes = Arc<parking_lot::Mutex<Vec<Arc<[u32]>>>>;
 
 impl Drop for Inner {
     fn drop(&mut self) {
@@ -357,6 +363,7 @@ struct Ready {
     info: ModelInfo,
     tokenizer: Arc<Tokenizer>,
     template_src: String,
+    cached: CachedPrefixes,
 }
 
 impl Engine {
@@ -407,6 +414,7 @@ impl Engine {
                 tokenizer: ready.tokenizer,
                 template,
                 thread: parking_lot::Mutex::new(Some(thread)),
+                cached: ready.cached,
             }),
         })
     }
@@ -414,6 +422,18 @@ impl Engine {
     /// What the model is.
     pub fn info(&self) -> &ModelInfo {
         &self.inner.info
+    }
+
+    /// How many of `prompt`'s first tokens the prefix cache holds (as of its last change): what
+    /// a generation of it would not compute, for predicting its time before it starts.
+    pub fn cached_prefix(&self, prompt: &[u32]) -> usize {
+        self.inner
+            .cached
+            .lock()
+            .iter()
+            .map(|seq| common_prefix(seq, prompt))
+            .max()
+            .unwrap_or(0)
     }
 
     /// The model's tokenizer.
@@ -618,6 +638,8 @@ struct Worker {
     draft_max: usize,
     /// Masks for answers that must begin with a forced text.
     spelling: Spelling,
+    /// Where the cache's sequences are published for [`Engine::cached_prefix`].
+    published: CachedPrefixes,
 }
 
 fn pick_pool<'a>(
@@ -846,13 +868,16 @@ impl Worker {
             reuse_anywhere: cfg.cache_reuse_anywhere,
             draft_max: cfg.draft_tokens,
             spelling: Spelling::default(),
+            published: CachedPrefixes::default(),
         };
+        let cached = worker.published.clone();
         Ok((
             worker,
             Ready {
                 info,
                 tokenizer: tok,
                 template_src,
+                cached,
             },
         ))
     }
@@ -934,6 +959,7 @@ impl Worker {
             }
             Command::ClearCache(reply) => {
                 self.cache.clear();
+                self.publish();
                 let _ = reply.send(Ok(()));
             }
             Command::Stats(reply) => {
@@ -1066,12 +1092,16 @@ impl Worker {
             kv,
             last_used: self.clock,
         });
-        self.evict(0);
+        if !self.evict(0) {
+            self.publish();
+        }
     }
 
     /// Evicts least recently used entries until `extra` more tokens fit the budget.
-    fn evict(&mut self, extra: usize) {
+    /// Returns whether any was evicted (and the cache published again).
+    fn evict(&mut self, extra: usize) -> bool {
         let active = self.active_tokens();
+        let mut evicted = false;
         loop {
             let cached: usize = self.cache.iter().map(|e| e.kv.len).sum();
             if active + cached + extra <= self.kv_budget || self.cache.is_empty() {
@@ -1084,8 +1114,24 @@ impl Worker {
                 .min_by_key(|(_, e)| e.last_used)
             {
                 self.cache.swap_remove(i);
+                evicted = true;
             }
         }
+        if evicted {
+            self.publish();
+        }
+        evicted
+    }
+
+    /// Publishes the cache's sequences for [`Engine::cached_prefix`]. A sequence taken by a
+    /// running generation stays listed until the next change: it comes back extended.
+    fn publish(&self) {
+        let seqs = self
+            .cache
+            .iter()
+            .map(|e| Arc::from(&e.tokens[..e.kv.len]))
+            .collect();
+        *self.published.lock() = seqs;
     }
 
     // ----- forward helpers -----

@@ -449,3 +449,25 @@ async fn a_forced_prefix_is_spelled_by_the_model_and_left_out_of_the_answer() {
     assert!(spelled.starts_with("Zq"), "{spelled:?}");
     assert_eq!(got.text, spelled["Zq".len()..]);
 }
+
+#[tokio::test]
+async fn the_cached_prefix_of_a_prompt_is_known_before_it_runs() {
+    let Some(engine) = common::engine_with("smollm2-135m", |c| c) else {
+        return;
+    };
+    let p = chat(&engine, "Name three colors.");
+    assert_eq!(engine.cached_prefix(&p), 0);
+    let answer = run(&engine, p.clone(), SamplingParams::greedy(8)).await;
+    // The prompt and the answer (but its last token, whose KV was never computed) are cached.
+    let mut longer = p.clone();
+    longer.extend_from_slice(&answer.ids);
+    longer.push(7);
+    let held = engine.cached_prefix(&longer);
+    assert_eq!(held, p.len() + answer.ids.len() - 1);
+    // A prompt that parts from it early shares only its start.
+    let other = chat(&engine, "Name three animals.");
+    let shared = other.iter().zip(&p).take_while(|(a, b)| a == b).count();
+    assert_eq!(engine.cached_prefix(&other), shared);
+    engine.clear_cache().await.unwrap();
+    assert_eq!(engine.cached_prefix(&longer), 0);
+}

@@ -685,6 +685,32 @@ async fn multi_line_completions_go_to_the_cloud_fim_backend_when_it_is_faster() 
 }
 
 #[tokio::test]
+async fn a_multi_line_completion_whose_prompt_is_cached_stays_on_the_code_model() {
+    // The cloud is expected in 3 s: sooner than the code model computing a long prompt, later
+    // than its answer from the prefix cache (64 tokens at about 50 a second).
+    let Some((gw, engine, _mock)) =
+        start_cloud_keys("codestral-latest", "cloud_latency_ms = 3000\n", "").await
+    else {
+        return;
+    };
+    let prefix = format!("{}def helper_99(x):\n", long_prefix(98));
+    let (status, route, v) = infill_routed(&gw, multi_line(&prefix)).await;
+    assert_eq!(status, 200, "{v}");
+    assert!(route.starts_with("ide-cloud; fim: multi-line"), "{route}");
+    // The editor warms the same context (`n_predict: 0`): then only the code model's answer
+    // is left to predict.
+    let mut warm = multi_line(&prefix);
+    warm["n_predict"] = json!(0);
+    assert_eq!(infill_routed(&gw, warm).await.0, 200);
+    idle(&engine).await;
+    let (status, route, v) = infill_routed(&gw, multi_line(&prefix)).await;
+    assert_eq!(status, 200, "{v}");
+    assert!(route.starts_with("ide; "), "{route}");
+    assert!(route.contains("<= cloud"), "{route}");
+    assert!(v["timings"]["cache_n"].as_u64().unwrap() > 1000, "{v}");
+}
+
+#[tokio::test]
 async fn single_line_completions_stay_on_the_code_model() {
     let Some((gw, _engine, mock)) = start_cloud("codestral-latest", "").await else {
         return;

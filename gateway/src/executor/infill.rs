@@ -227,6 +227,29 @@ pub fn prompt(
     )
 }
 
+/// A request's FIM template and prompt, built once for the routing decision and the run.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The engine model's template.
+    pub template: FimTemplate,
+    /// The request's prompt.
+    pub prompt: FimPrompt,
+}
+
+impl Prepared {
+    /// Builds the prompt of `request` for `engine`'s model, or the 400 for a model without
+    /// fill-in-the-middle tokens.
+    pub fn new(
+        engine: &Engine,
+        request: &InfillRequest,
+        ide: Option<&IdeConfig>,
+    ) -> Result<Self, Error> {
+        let template = template(engine, "input_prefix")?;
+        let prompt = prompt(engine, &template, request, ide);
+        Ok(Self { template, prompt })
+    }
+}
+
 /// Tokens whose confidence judges a completion the cloud may take (as the chat cascade's).
 pub const CONFIDENCE_TOKENS: usize = 4;
 
@@ -237,18 +260,18 @@ pub const CONFIDENCE_TOKENS: usize = 4;
 pub async fn run(
     engine: &Engine,
     request: &InfillRequest,
-    ide: Option<&IdeConfig>,
+    prepared: &Prepared,
     sessions: &Arc<EditorSessions>,
     chunks: Option<mpsc::Sender<InfillChunk>>,
     unsure_below: f32,
 ) -> Result<InfillOutcome, Error> {
     let started = Instant::now();
-    let template = template(engine, "input_prefix")?;
+    let Prepared { template, prompt } = prepared;
     let FimPrompt {
         tokens,
         truncated,
         forced,
-    } = prompt(engine, &template, request, ide);
+    } = prompt.clone();
     let context = engine.info().context_length;
     if tokens.len() + 1 >= context {
         return Err(Error::invalid(
