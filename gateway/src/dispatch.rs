@@ -1541,14 +1541,16 @@ pub async fn run_completion(
     if let Some(mut route) = code_model_route(state, call) {
         let cloud = state.config.ide.as_ref().and_then(|i| i.cloud.as_ref());
         if let Some(cloud) = cloud.filter(|_| call.request.suffix.is_some()) {
-            let text_len = match &call.request.prompt {
-                openai::Prompt::Text(t) => t.len(),
-                openai::Prompt::Tokens(t) => 4 * t.len(),
-            } + call.request.suffix.as_ref().map_or(0, String::len);
+            // The prompt's tokens the code model would compute: those its prefix cache lacks
+            // (a prompt it would refuse is refused there, whoever answers).
+            let computed = code_engine(state).map_or(0, |engine| {
+                local_completion::prompt_tokens(&engine, &call.request)
+                    .map_or(0, |t| t.len() - engine.cached_prefix(&t).min(t.len()))
+            });
             let shape = IdeShape {
                 single_line: call.request.stop.iter().any(|s| s == "\n"),
                 n_predict: call.request.max_tokens,
-                prompt_tokens: prompt_tokens_estimate(state, text_len),
+                prompt_tokens: computed,
                 budget_ms: None,
             };
             match ide_decision(state, cloud, shape, &call.policy_view(), hints) {
@@ -2132,17 +2134,6 @@ fn fell_back(route: &mut RouteInfo, cloud: &crate::config::IdeCloud, e: &Error) 
     );
     route.fallbacks = 1;
     route.tried.insert(0, cloud.backend.clone());
-}
-
-/// Prompt tokens the code model would compute for `text_len` bytes: about 4 bytes a token,
-/// within the `[ide]` prompt budget.
-fn prompt_tokens_estimate(state: &AppState, text_len: usize) -> usize {
-    let budget = state
-        .config
-        .ide
-        .as_ref()
-        .map_or(4096, |i| i.context_tokens + i.extra_tokens);
-    (text_len / 4).min(budget)
 }
 
 /// What the IDE policy reads of an `/infill` request whose prompt leaves `computed` tokens to

@@ -708,6 +708,28 @@ async fn a_multi_line_completion_whose_prompt_is_cached_stays_on_the_code_model(
     assert!(route.starts_with("ide; "), "{route}");
     assert!(route.contains("<= cloud"), "{route}");
     assert!(v["timings"]["cache_n"].as_u64().unwrap() > 1000, "{v}");
+
+    // The same on `/v1/completions` with `suffix`: cold, multi-line work goes to the cloud;
+    // after a single-line completion of the same prompt (local, so now cached), it stays.
+    let completion = |stop: Value| {
+        let c = client();
+        let url = gw.url() + "/v1/completions";
+        let body = json!({"model": "ide", "prompt": prefix, "suffix": "\n", "max_tokens": 64,
+                          "temperature": 0, "stop": stop});
+        async move {
+            let r = c.post(url).json(&body).send().await.unwrap();
+            (r.status().as_u16(), tandem_tests::route_of(&r))
+        }
+    };
+    let (status, route) = completion(json!([])).await;
+    assert_eq!(status, 200);
+    assert!(route.starts_with("ide-cloud; fim: multi-line"), "{route}");
+    let (status, route) = completion(json!(["\n"])).await;
+    assert_eq!(status, 200);
+    assert!(route.contains("single line"), "{route}");
+    let (status, route) = completion(json!([])).await;
+    assert_eq!(status, 200);
+    assert!(route.contains("<= cloud"), "{route}");
 }
 
 #[tokio::test]

@@ -16,7 +16,7 @@ fn bad(message: impl Into<String>, param: &str) -> Error {
 }
 
 /// The prompt as token ids, with fill-in-the-middle tokens when there is a suffix.
-fn prompt_tokens(engine: &Engine, request: &CompletionRequest) -> Result<Vec<u32>, Error> {
+pub fn prompt_tokens(engine: &Engine, request: &CompletionRequest) -> Result<Vec<u32>, Error> {
     let tok = engine.tokenizer();
     let vocab = tok.vocab_size() as u32;
     let mut tokens = match (&request.prompt, &request.suffix) {
