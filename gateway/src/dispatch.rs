@@ -2006,6 +2006,10 @@ pub async fn run_infill(
     chunks: Option<tokio::sync::mpsc::Sender<InfillChunk>>,
     route_ready: Option<tokio::sync::oneshot::Sender<RouteInfo>>,
 ) -> (Result<InfillOutcome, Error>, RouteInfo) {
+    let mut sink = InfillSink {
+        route_ready,
+        chunks,
+    };
     let (backend, model) = match (&state.config.ide, &state.config.local) {
         (Some(ide), _) => (CODE_BACKEND, ide.model.as_str()),
         (None, Some(local)) => ("local", local.model.as_str()),
@@ -2023,7 +2027,7 @@ pub async fn run_infill(
     };
     let cloud = ide.and_then(|i| i.cloud.as_ref());
     // Where the local model starts multi-line work the cloud may take: the confidence under
-    // which it does (whole answers only: a stream's first words are already out).
+    // which it does.
     let mut unsure_below = 0.0;
     if let Some(cloud) = cloud {
         // The prompt's tokens the code model would compute: those its prefix cache lacks.
@@ -2032,41 +2036,63 @@ pub async fn run_infill(
         let (shape, view) = infill_shape(state, request, computed);
         match ide_decision(state, cloud, shape, &view, hints) {
             IdeDecision::Cloud(why) => match cloud_infill(state, cloud, request).await {
-                Ok(outcome) => {
-                    let route = cloud_route(cloud, &why);
-                    if let Some(tx) = route_ready {
-                        let _ = tx.send(route.clone());
-                    }
-                    if let Some(tx) = &chunks
-                        && !outcome.content.is_empty()
-                    {
-                        let _ = tx.send(InfillChunk::Text(outcome.content.clone())).await;
-                    }
-                    return (Ok(outcome), route);
-                }
+                Ok(outcome) => return sink.cloud(outcome, cloud_route(cloud, &why)).await,
                 Err(e) => fell_back(&mut route, cloud, &e),
             },
             IdeDecision::Local(why) => route.explanation = format!("{}; {why}", route.explanation),
             IdeDecision::LocalFirst(why) => {
                 route.explanation = format!("{}; {why}", route.explanation);
-                if chunks.is_none() {
-                    unsure_below = cloud.confidence;
-                }
+                unsure_below = cloud.confidence;
             }
         }
     }
-    if let Some(tx) = route_ready {
-        let _ = tx.send(route.clone());
+    let mut unsure = None;
+    if sink.chunks.is_some() && unsure_below > 0.0 {
+        // A stream shows its first words as they come, so its first tokens are judged in a
+        // probe before anything is sent; the run that follows takes the probe's prompt and
+        // tokens from the cache (its answer as drafts), so a sure stream costs about one pass.
+        let probe = InfillRequest {
+            n_predict: Some(infill::CONFIDENCE_TOKENS as u32),
+            ..request.clone()
+        };
+        match infill::run(
+            &engine,
+            &probe,
+            &prepared,
+            &state.editors,
+            None,
+            unsure_below,
+        )
+        .await
+        {
+            Ok(o) => unsure = o.unsure,
+            Err(e) => return (Err(e), route),
+        }
     }
-    let mut result = infill::run(
-        &engine,
-        request,
-        &prepared,
-        &state.editors,
-        chunks,
-        unsure_below,
-    )
-    .await;
+    let mut result = match unsure {
+        Some(confidence) => Ok(InfillOutcome {
+            unsure: Some(confidence),
+            ..InfillOutcome::default()
+        }),
+        None => {
+            sink.route(&route);
+            // A stream was judged above (or is not judged): it is not stopped midway.
+            let below = if sink.chunks.is_some() {
+                0.0
+            } else {
+                unsure_below
+            };
+            infill::run(
+                &engine,
+                request,
+                &prepared,
+                &state.editors,
+                sink.chunks.clone(),
+                below,
+            )
+            .await
+        }
+    };
     if let (
         Some(cloud),
         Ok(InfillOutcome {
@@ -2087,11 +2113,20 @@ pub async fn run_infill(
             _ => cloud_infill(state, cloud, request).await,
         };
         match asked {
-            Ok(outcome) => return (Ok(outcome), cloud_route(cloud, &why)),
+            Ok(outcome) => return sink.cloud(outcome, cloud_route(cloud, &why)).await,
             Err(e) => {
                 fell_back(&mut route, cloud, &e);
+                sink.route(&route);
                 // The prompt is cached: the local answer costs its tokens again, not the prompt.
-                result = infill::run(&engine, request, &prepared, &state.editors, None, 0.0).await;
+                result = infill::run(
+                    &engine,
+                    request,
+                    &prepared,
+                    &state.editors,
+                    sink.chunks.clone(),
+                    0.0,
+                )
+                .await;
             }
         }
     }
@@ -2108,6 +2143,37 @@ pub async fn run_infill(
         );
     }
     (result, route)
+}
+
+/// Where an `/infill` answer goes besides its return value: the route, heard once before the
+/// first chunk, and the chunks of a stream.
+struct InfillSink {
+    route_ready: Option<tokio::sync::oneshot::Sender<RouteInfo>>,
+    chunks: Option<tokio::sync::mpsc::Sender<InfillChunk>>,
+}
+
+impl InfillSink {
+    /// Tells the route, the first time only.
+    fn route(&mut self, route: &RouteInfo) {
+        if let Some(tx) = self.route_ready.take() {
+            let _ = tx.send(route.clone());
+        }
+    }
+
+    /// Hands on a cloud answer: its route, then (streaming) its text as one chunk.
+    async fn cloud(
+        &mut self,
+        outcome: InfillOutcome,
+        route: RouteInfo,
+    ) -> (Result<InfillOutcome, Error>, RouteInfo) {
+        self.route(&route);
+        if let Some(tx) = &self.chunks
+            && !outcome.content.is_empty()
+        {
+            let _ = tx.send(InfillChunk::Text(outcome.content.clone())).await;
+        }
+        (Ok(outcome), route)
+    }
 }
 
 /// The `x-tandem-route` word for a completion the cloud code model answered.
