@@ -557,14 +557,19 @@ async fn start_cloud_keys(
     Some((gw, engine, mock))
 }
 
-/// Posts to `/infill`; the status, the route header and the body.
-async fn infill_routed(gw: &Gateway, body: Value) -> (u16, String, Value) {
-    let r = client()
+/// Posts `body` to `/infill`.
+async fn post_infill(gw: &Gateway, body: &Value) -> reqwest::Response {
+    client()
         .post(gw.url() + "/infill")
-        .json(&body)
+        .json(body)
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Posts to `/infill`; the status, the route header and the body.
+async fn infill_routed(gw: &Gateway, body: Value) -> (u16, String, Value) {
+    let r = post_infill(gw, &body).await;
     let status = r.status().as_u16();
     let route = tandem_tests::route_of(&r);
     (status, route, r.json().await.unwrap())
@@ -624,30 +629,9 @@ async fn multi_line_completions_go_to_the_cloud_fim_backend_when_it_is_faster() 
     );
 
     // Streamed: the same text in the same shape, the route in the header.
-    let r = client()
-        .post(gw.url() + "/infill")
-        .json(&{
-            let mut b = multi_line(prefix);
-            b["stream"] = json!(true);
-            b
-        })
-        .send()
-        .await
-        .unwrap();
-    let route = tandem_tests::route_of(&r);
+    let (route, streamed, last) = infill_streamed(&gw, multi_line(prefix)).await;
     assert!(route.starts_with("ide-cloud"), "{route}");
-    let text = r.text().await.unwrap();
-    let events: Vec<Value> = tandem_tests::parse_sse(&text)
-        .iter()
-        .map(tandem_tests::SseEvent::json)
-        .collect();
-    let last = events.last().unwrap();
-    assert_eq!(last["stop"], true, "{text}");
     assert_eq!(last["content"], "    total = a + b\n    return total\n\n");
-    let streamed: String = events[..events.len() - 1]
-        .iter()
-        .map(|e| e["content"].as_str().unwrap())
-        .collect();
     assert_eq!(streamed, last["content"].as_str().unwrap());
 
     // `/v1/completions` with `suffix` on the code model goes the same way, in OpenAI's shape.
@@ -831,12 +815,7 @@ async fn an_unsure_multi_line_completion_goes_to_the_cloud_and_a_sure_one_stays_
 /// last event (the whole answer, `stop: true`).
 async fn infill_streamed(gw: &Gateway, mut body: Value) -> (String, String, Value) {
     body["stream"] = json!(true);
-    let r = client()
-        .post(gw.url() + "/infill")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = post_infill(gw, &body).await;
     assert_eq!(r.status(), 200);
     let route = tandem_tests::route_of(&r);
     let text = r.text().await.unwrap();
