@@ -467,6 +467,27 @@ mod x86 {
         _mm_cvtss_f32(s)
     }
 
+    /// `dot`'s four partial sums over `n` (a multiple of 32) floats, combined as `dot` combines
+    /// them before its horizontal sum.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dot_parts(pa: *const f32, pb: *const f32, n: usize) -> __m256 {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        // SAFETY: the caller passes n floats behind each pointer.
+        unsafe {
+            while i + 32 <= n {
+                for (j, a) in acc.iter_mut().enumerate() {
+                    let o = i + 8 * j;
+                    *a =
+                        _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(o)), _mm256_loadu_ps(pb.add(o)), *a);
+                }
+                i += 32;
+            }
+        }
+        _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]))
+    }
+
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::needless_range_loop)]
@@ -560,7 +581,49 @@ mod x86 {
         out: &mut [f32],
     ) {
         let n = q.len();
-        for (i, o) in out.iter_mut().enumerate() {
+        let mut first = 0;
+        if n > 0 && n.is_multiple_of(32) {
+            // Eight keys at a time: each key's sums are `dot`'s, added in `dot`'s order, with
+            // the eight final reductions done together across registers.
+            let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+            let sv = _mm256_set1_ps(scale);
+            while first + 8 <= out.len() {
+                let mut v = [_mm256_setzero_ps(); 8];
+                for (k, vk) in v.iter_mut().enumerate() {
+                    // SAFETY: row first + k is within `rows` (checked by the caller).
+                    *vk = unsafe {
+                        dot_parts(q.as_ptr(), rows.as_ptr().add((first + k) * stride), n)
+                    };
+                }
+                // `hsum`'s three steps for eight vectors: low + high half (two keys a
+                // register), then lanes 0 + 2 and 1 + 3, then those two.
+                let halves = |a: __m256, b: __m256| {
+                    _mm256_add_ps(
+                        _mm256_permute2f128_ps(a, b, 0x20),
+                        _mm256_permute2f128_ps(a, b, 0x31),
+                    )
+                };
+                let pairs = |a: __m256, b: __m256| {
+                    let (a, b) = (_mm256_castps_pd(a), _mm256_castps_pd(b));
+                    _mm256_add_ps(
+                        _mm256_castpd_ps(_mm256_unpacklo_pd(a, b)),
+                        _mm256_castpd_ps(_mm256_unpackhi_pd(a, b)),
+                    )
+                };
+                let x = pairs(halves(v[0], v[1]), halves(v[2], v[3]));
+                let y = pairs(halves(v[4], v[5]), halves(v[6], v[7]));
+                let sums = _mm256_add_ps(
+                    _mm256_shuffle_ps(x, y, 0b10_00_10_00),
+                    _mm256_shuffle_ps(x, y, 0b11_01_11_01),
+                );
+                // Lanes hold keys 0 2 4 6 | 1 3 5 7.
+                let scores = _mm256_permutevar8x32_ps(_mm256_mul_ps(sums, sv), order);
+                // SAFETY: first + 8 <= out.len().
+                unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(first), scores) };
+                first += 8;
+            }
+        }
+        for (i, o) in out.iter_mut().enumerate().skip(first) {
             // SAFETY: the caller checked that every row is within `rows`; AVX2 + FMA as here.
             *o = unsafe { dot(q, &rows[i * stride..i * stride + n]) } * scale;
         }
@@ -672,7 +735,14 @@ mod tests {
 
     #[test]
     fn row_kernels_equal_their_one_row_calls_bit_for_bit() {
-        for (n, stride, count) in [(64, 128, 37), (70, 80, 9), (5, 5, 3), (136, 140, 4)] {
+        for (n, stride, count) in [
+            (64, 128, 37),
+            (70, 80, 9),
+            (5, 5, 3),
+            (136, 140, 4),
+            (128, 128, 17),
+            (32, 40, 8),
+        ] {
             let q = values(n, 1);
             let rows = values((count - 1) * stride + n, 2);
             let w = values(count, 3);

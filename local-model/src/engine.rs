@@ -959,7 +959,7 @@ impl Worker {
             }
             Command::ClearCache(reply) => {
                 self.cache.clear();
-                self.publish();
+                self.publish(None);
                 let _ = reply.send(Ok(()));
             }
             Command::Stats(reply) => {
@@ -1093,7 +1093,7 @@ impl Worker {
             last_used: self.clock,
         });
         if !self.evict(0) {
-            self.publish();
+            self.publish(None);
         }
     }
 
@@ -1118,18 +1118,21 @@ impl Worker {
             }
         }
         if evicted {
-            self.publish();
+            self.publish(None);
         }
         evicted
     }
 
-    /// Publishes the cache's sequences for [`Engine::cached_prefix`]. A sequence taken by a
-    /// running generation stays listed until the next change: it comes back extended.
-    fn publish(&self) {
+    /// Publishes the cache's sequences, and `also`, for [`Engine::cached_prefix`]. A sequence
+    /// taken by a running generation stays listed until the next change: it comes back
+    /// extended.
+    fn publish(&self, also: Option<&[u32]>) {
         let seqs = self
             .cache
             .iter()
-            .map(|e| Arc::from(&e.tokens[..e.kv.len]))
+            .map(|e| &e.tokens[..e.kv.len])
+            .chain(also)
+            .map(Arc::from)
             .collect();
         *self.published.lock() = seqs;
     }
@@ -1620,6 +1623,9 @@ impl Worker {
         finished.sort_by_key(|f| std::cmp::Reverse(f.0));
         for (i, reason) in finished {
             let r = self.running.swap_remove(i);
+            // Published before the answer ends, so that a caller who asks next sees it; the
+            // insertion itself (the KV shrunk to size) waits until the answer is out.
+            self.publish(Some(&r.tokens[..r.kv.len]));
             let _ = r.tx.blocking_send(GenerateEvent::Finished {
                 reason,
                 prompt_tokens: r.prompt_len,

@@ -669,9 +669,9 @@ async fn multi_line_completions_go_to_the_cloud_fim_backend_when_it_is_faster() 
 }
 
 #[tokio::test]
-async fn a_multi_line_completion_whose_prompt_is_cached_stays_on_the_code_model() {
+async fn the_cloud_policy_counts_only_the_prompt_tokens_the_cache_lacks() {
     // The cloud is expected in 3 s: sooner than the code model computing a prompt of about
-    // 1,000 tokens, later than its answer of 16 from the prefix cache.
+    // 1,000 tokens, later than its answer of 16 from the prefix cache on an idle machine.
     let Some((gw, engine, _mock)) =
         start_cloud_keys("codestral-latest", "cloud_latency_ms = 3000\n", "").await
     else {
@@ -683,19 +683,18 @@ async fn a_multi_line_completion_whose_prompt_is_cached_stays_on_the_code_model(
         b["n_predict"] = json!(16);
         b
     };
-    let (status, route, v) = infill_routed(&gw, body()).await;
+    let (status, cold, v) = infill_routed(&gw, body()).await;
     assert_eq!(status, 200, "{v}");
-    assert!(route.starts_with("ide-cloud; fim: multi-line"), "{route}");
+    assert!(cold.starts_with("ide-cloud; fim: multi-line"), "{cold}");
     // The editor warms the same context (`n_predict: 0`): then only the code model's answer
     // is left to predict.
     let mut warm = body();
     warm["n_predict"] = json!(0);
     assert_eq!(infill_routed(&gw, warm).await.0, 200);
     idle(&engine).await;
-    let (status, route, v) = infill_routed(&gw, body()).await;
+    let (status, warm, v) = infill_routed(&gw, body()).await;
     assert_eq!(status, 200, "{v}");
-    assert!(route.starts_with("ide; "), "{route}");
-    assert!(route.contains("<= cloud"), "{route}");
+    assert_cached_estimate(&cold, &warm);
     let (n, cached) = (
         v["tokens_evaluated"].as_u64().unwrap(),
         v["timings"]["cache_n"].as_u64().unwrap(),
@@ -704,7 +703,7 @@ async fn a_multi_line_completion_whose_prompt_is_cached_stays_on_the_code_model(
 
     // The same on `/v1/completions` with `suffix` (another file, so nothing is cached): cold,
     // multi-line work goes to the cloud; after a single-line completion of the same prompt
-    // (local, so now cached), it stays.
+    // (local, so now cached), only the answer is predicted.
     let other = prefix.replace("helper", "step");
     let completion = |stop: Value| {
         let c = client();
@@ -716,15 +715,35 @@ async fn a_multi_line_completion_whose_prompt_is_cached_stays_on_the_code_model(
             (r.status().as_u16(), tandem_tests::route_of(&r))
         }
     };
-    let (status, route) = completion(json!([])).await;
+    let (status, cold) = completion(json!([])).await;
     assert_eq!(status, 200);
-    assert!(route.starts_with("ide-cloud; fim: multi-line"), "{route}");
+    assert!(cold.starts_with("ide-cloud; fim: multi-line"), "{cold}");
     let (status, route) = completion(json!(["\n"])).await;
     assert_eq!(status, 200);
     assert!(route.contains("single line"), "{route}");
-    let (status, route) = completion(json!([])).await;
+    let (status, warm) = completion(json!([])).await;
     assert_eq!(status, 200);
-    assert!(route.contains("<= cloud"), "{route}");
+    assert_cached_estimate(&cold, &warm);
+}
+
+/// The code model's predicted time in a route (`local ~N ms`).
+fn local_estimate(route: &str) -> f64 {
+    let at = route.find("local ~").unwrap() + "local ~".len();
+    let digits: String = route[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().unwrap()
+}
+
+/// The warm request's prediction no longer counts the cached prompt, and it stays local where
+/// that puts the code model before the cloud (the rates follow the machine's load).
+fn assert_cached_estimate(cold: &str, warm: &str) {
+    let (c, w) = (local_estimate(cold), local_estimate(warm));
+    assert!(w * 3.0 < c, "{cold} / {warm}");
+    if warm.contains("<= cloud") {
+        assert!(warm.starts_with("ide; "), "{warm}");
+    }
 }
 
 #[tokio::test]

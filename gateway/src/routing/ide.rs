@@ -98,6 +98,9 @@ pub struct Rates {
 /// Weight of a new measurement in each moving average.
 const SMOOTHING: f64 = 0.2;
 
+/// Most a decode sample may exceed the average by (see [`IdeRates::local`]).
+const BURST: f64 = 2.0;
+
 /// Moving averages of the code model's speeds and the cloud's latency, seeded from what the
 /// code model does on 2 cores and from `[ide] cloud_latency_ms`.
 #[derive(Debug)]
@@ -120,10 +123,13 @@ impl IdeRates {
 
     /// A local completion's counts: decode from `predicted` tokens over `predicted_ms`, prefill
     /// from `computed` prompt tokens over `prompt_ms` (each only when there was enough to time).
+    /// A decode sample counts for at most [`BURST`] times the average: an answer the cache
+    /// drafted (the earlier answer again) comes out in a pass or two, not at the model's pace.
     pub fn local(&self, predicted: usize, predicted_ms: f64, computed: usize, prompt_ms: f64) {
         let mut r = self.0.lock();
         if predicted >= 4 && predicted_ms > 0.0 {
-            r.decode_tps = ewma(r.decode_tps, 1000.0 * predicted as f64 / predicted_ms);
+            let sample = (1000.0 * predicted as f64 / predicted_ms).min(BURST * r.decode_tps);
+            r.decode_tps = ewma(r.decode_tps, sample);
         }
         if computed >= 32 && prompt_ms > 0.0 {
             r.prefill_tps = ewma(r.prefill_tps, 1000.0 * computed as f64 / prompt_ms);
@@ -219,5 +225,8 @@ mod tests {
         assert_eq!(r.decode_tps, 60.0);
         // Too few prompt tokens to time.
         assert_eq!(r.prefill_tps, 250.0);
+        // 16 drafted tokens in 5 ms count as twice the average, not 3,200 a second.
+        rates.local(16, 5.0, 0, 0.0);
+        assert_eq!(rates.get().decode_tps, 72.0);
     }
 }
