@@ -93,7 +93,7 @@ enum BenchCommand {
         /// In-line keystroke requests after each jump.
         #[arg(long, default_value_t = 3)]
         keystrokes: usize,
-        /// Source files to type through (default: two of this repository's and the sample).
+        /// Source files to type through (default: the three in `benches/ide/`).
         #[arg(long)]
         file: Vec<std::path::PathBuf>,
         /// Tandem's variants: `default` (`[ide]`'s defaults: the cursor's line starts the

@@ -34,7 +34,8 @@ pub struct IdeArgs {
     pub keystrokes: usize,
     /// Tokens asked for per completion (it also ends at the end of the line).
     pub n_predict: usize,
-    /// Source files typed through (default: two of this repository's and the checked-in sample).
+    /// Source files typed through (default: frozen copies of two of this repository's files and
+    /// a sample, in `benches/ide/`).
     pub files: Vec<PathBuf>,
     /// Tandem's variants to run: `default` (`[ide]`'s defaults: the cursor's line starts the
     /// middle, drafts), `psm` (llama.cpp's layout, only the common prefix reused), `psm-draft`
@@ -58,9 +59,11 @@ impl Default for IdeArgs {
             points: 4,
             keystrokes: 3,
             n_predict: 16,
+            // Frozen copies of two of this repository's files (as of the 2026-12-08 table) and
+            // a sample: the trace stays the same while the code it was taken from changes.
             files: vec![
-                root.join("gateway/src/executor/infill.rs"),
-                root.join("benches/llama_cpp_peer.py"),
+                root.join("benches/ide/sample.rs.txt"),
+                root.join("benches/ide/sample_peer.py.txt"),
                 root.join("benches/ide/sample.py"),
             ],
             variants: vec!["default".into(), "psm".into()],
