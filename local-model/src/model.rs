@@ -259,8 +259,8 @@ struct Layer {
 /// the engine thread alone: waking the pool costs more than small decode steps save.
 const PARALLEL_ATTENTION_WORK: usize = 1 << 18;
 
-/// Most consecutive tokens of one sequence whose attention one task computes: their query heads
-/// read the same keys and values, so fewer tasks stream them from memory.
+/// Most consecutive tokens of one sequence whose attention (for one query head) one task
+/// computes: they read the same keys and values, and a prefill step has fewer, larger tasks.
 const ATTENTION_BLOCK_ROWS: usize = 4;
 
 thread_local! {
@@ -645,10 +645,9 @@ impl Model {
                 }
             }
             // Attention of each new token over its own sequence's cache (causal, windowed). One
-            // task per block of a sequence's consecutive tokens and KV head, so the block's query
-            // heads read the same keys and values while they are in cache; each query's scores
-            // and output are one kernel call over its rows, which long contexts were bound by
-            // when it was one call per row. Each (token, head) sums in its own order, whatever
+            // task per block of a sequence's consecutive tokens and query head; each query's
+            // scores and output are one kernel call over its rows, which long contexts were bound
+            // by when it was one call per row. Each (token, head) sums in its own order, whatever
             // the block: the output does not depend on how tokens are batched.
             let group = cfg.n_heads / cfg.n_kv_heads;
             s.spans.clear();
@@ -669,34 +668,33 @@ impl Model {
             let out = RowsOut(s.attn.as_mut_ptr());
             let (q_all, batch, rows, blocks) = (&s.q, &*items, &s.spans, &s.blocks);
             let task = |t: usize| {
-                let (b, kvh) = (t / cfg.n_kv_heads, t % cfg.n_kv_heads);
+                let (b, head) = (t / cfg.n_heads, t % cfg.n_heads);
+                let kvh = head / group;
                 let (r0, r1) = blocks[b];
                 let lkv = &batch[rows[r0].0].kv.layers[li];
                 SCORES.with(|cell| {
                     let mut scores = cell.borrow_mut();
                     for (r, &(_, pos, start)) in rows.iter().enumerate().take(r1).skip(r0) {
-                        let width = pos + 1 - start;
                         // This head's keys and values from `start` on, a row every kvd floats.
                         let from = start * kvd + kvh * hd;
-                        let (keys, values) = (&lkv.k[from..], &lkv.v[from..]);
-                        scores.resize(width, 0.0);
-                        for head in kvh * group..(kvh + 1) * group {
-                            let q = &q_all[r * qd + head * hd..r * qd + (head + 1) * hd];
-                            ops::dot_rows_f32(q, keys, kvd, cfg.attn_scale, &mut scores);
-                            ops::softmax_inplace(&mut scores);
-                            // SAFETY: each task writes only its own heads of its own rows of
-                            // `s.attn`, which holds n rows of qd floats and is not read until
-                            // every task is done.
-                            let o = unsafe {
-                                std::slice::from_raw_parts_mut(out.at(r * qd + head * hd), hd)
-                            };
-                            o.fill(0.0);
-                            ops::axpy_rows_f32(&scores, values, kvd, o);
-                        }
+                        scores.resize(pos + 1 - start, 0.0);
+                        let q = &q_all[r * qd + head * hd..r * qd + (head + 1) * hd];
+                        ops::dot_rows_f32(q, &lkv.k[from..], kvd, cfg.attn_scale, &mut scores);
+                        ops::softmax_inplace(&mut scores);
+                        // SAFETY: each task writes only its own head of its own rows of
+                        // `s.attn`, which holds n rows of qd floats and is not read until every
+                        // task is done.
+                        let o = unsafe {
+                            std::slice::from_raw_parts_mut(out.at(r * qd + head * hd), hd)
+                        };
+                        o.fill(0.0);
+                        ops::axpy_rows_f32(&scores, &lkv.v[from..], kvd, o);
                     }
                 });
             };
-            let tasks = blocks.len() * cfg.n_kv_heads;
+            // As many tasks per block as query heads, so a single sequence's decode step still
+            // spreads over many cores.
+            let tasks = blocks.len() * cfg.n_heads;
             let work: usize = rows.iter().map(|&(_, pos, start)| pos + 1 - start).sum();
             if pool.threads() > 1 && work * cfg.n_heads * hd >= PARALLEL_ATTENTION_WORK {
                 pool.for_each(tasks, &task).map_err(kerr)?;
