@@ -1540,13 +1540,17 @@ pub async fn run_completion(
     let model = call.request.model.as_str();
     if let Some(mut route) = code_model_route(state, call) {
         let cloud = state.config.ide.as_ref().and_then(|i| i.cloud.as_ref());
+        // The prompt as the code model computes it, built once for the policy and the run.
+        let local = code_engine(state).and_then(|engine| {
+            let tokens = local_completion::prompt_tokens(&engine, &call.request)?;
+            Ok((engine, tokens))
+        });
         if let Some(cloud) = cloud.filter(|_| call.request.suffix.is_some()) {
-            // The prompt's tokens the code model would compute: those its prefix cache lacks
-            // (a prompt it would refuse is refused there, whoever answers).
-            let computed = code_engine(state).map_or(0, |engine| {
-                local_completion::prompt_tokens(&engine, &call.request)
-                    .map_or(0, |t| t.len() - engine.cached_prefix(&t).min(t.len()))
-            });
+            // The prompt's tokens the code model would compute: those its prefix cache lacks;
+            // a prompt it cannot take at all (longer than its context) is the cloud's to answer.
+            let computed = local
+                .as_ref()
+                .map_or(UNFIT_TOKENS, |(engine, tokens)| uncached(engine, tokens));
             let shape = IdeShape {
                 single_line: call.request.stop.iter().any(|s| s == "\n"),
                 n_predict: call.request.max_tokens,
@@ -1568,8 +1572,11 @@ pub async fn run_completion(
                 }
             }
         }
-        let result = match code_engine(state) {
-            Ok(engine) => local_completion::complete(&engine, &call.request, &route.backend).await,
+        let result = match local {
+            Ok((engine, tokens)) => {
+                local_completion::complete_prompt(&engine, &call.request, tokens, &route.backend)
+                    .await
+            }
             Err(e) => Err(e),
         };
         return (result, route);
@@ -2030,9 +2037,7 @@ pub async fn run_infill(
     // which it does.
     let mut unsure_below = 0.0;
     if let Some(cloud) = cloud {
-        // The prompt's tokens the code model would compute: those its prefix cache lacks.
-        let tokens = &prepared.prompt.tokens;
-        let computed = tokens.len() - engine.cached_prefix(tokens).min(tokens.len());
+        let computed = uncached(&engine, &prepared.prompt.tokens);
         let (shape, view) = infill_shape(state, request, computed);
         match ide_decision(state, cloud, shape, &view, hints) {
             IdeDecision::Cloud(why) => match cloud_infill(state, cloud, request).await {
@@ -2046,25 +2051,28 @@ pub async fn run_infill(
             }
         }
     }
+    let run = async |request: &InfillRequest, chunks, unsure_below| {
+        infill::run(
+            &engine,
+            request,
+            &prepared,
+            &state.editors,
+            chunks,
+            unsure_below,
+        )
+        .await
+    };
     let mut unsure = None;
     if sink.chunks.is_some() && unsure_below > 0.0 {
-        // A stream shows its first words as they come, so its first tokens are judged in a
-        // probe before anything is sent; the run that follows takes the probe's prompt and
-        // tokens from the cache (its answer as drafts), so a sure stream costs about one pass.
+        // A stream shows its first words as they come (and is not stopped midway), so its
+        // first tokens are judged in a probe before anything is sent; the run that follows
+        // takes the probe's prompt and tokens from the cache (its answer as drafts), so a sure
+        // stream costs about one pass more.
         let probe = InfillRequest {
             n_predict: Some(infill::CONFIDENCE_TOKENS as u32),
             ..request.clone()
         };
-        match infill::run(
-            &engine,
-            &probe,
-            &prepared,
-            &state.editors,
-            None,
-            unsure_below,
-        )
-        .await
-        {
+        match run(&probe, None, unsure_below).await {
             Ok(o) => unsure = o.unsure,
             Err(e) => return (Err(e), route),
         }
@@ -2076,21 +2084,7 @@ pub async fn run_infill(
         }),
         None => {
             sink.route(&route);
-            // A stream was judged above (or is not judged): it is not stopped midway.
-            let below = if sink.chunks.is_some() {
-                0.0
-            } else {
-                unsure_below
-            };
-            infill::run(
-                &engine,
-                request,
-                &prepared,
-                &state.editors,
-                sink.chunks.clone(),
-                below,
-            )
-            .await
+            run(request, sink.chunks.clone(), unsure_below).await
         }
     };
     if let (
@@ -2118,15 +2112,7 @@ pub async fn run_infill(
                 fell_back(&mut route, cloud, &e);
                 sink.route(&route);
                 // The prompt is cached: the local answer costs its tokens again, not the prompt.
-                result = infill::run(
-                    &engine,
-                    request,
-                    &prepared,
-                    &state.editors,
-                    sink.chunks.clone(),
-                    0.0,
-                )
-                .await;
+                result = run(request, sink.chunks.clone(), 0.0).await;
             }
         }
     }
@@ -2201,6 +2187,15 @@ fn fell_back(route: &mut RouteInfo, cloud: &crate::config::IdeCloud, e: &Error) 
     route.fallbacks = 1;
     route.tried.insert(0, cloud.backend.clone());
 }
+
+/// The prompt's tokens the code model would compute: those its prefix cache lacks.
+fn uncached(engine: &tandem_local_model::Engine, tokens: &[u32]) -> usize {
+    tokens.len() - engine.cached_prefix(tokens).min(tokens.len())
+}
+
+/// Prompt tokens the IDE policy counts for a prompt the code model cannot take: more than any
+/// context, so a cloud that is up answers it.
+const UNFIT_TOKENS: usize = 1 << 20;
 
 /// What the IDE policy reads of an `/infill` request whose prompt leaves `computed` tokens to
 /// compute, and its text for the privacy step.

@@ -726,6 +726,29 @@ async fn the_cloud_policy_counts_only_the_prompt_tokens_the_cache_lacks() {
     assert_cached_estimate(&cold, &warm);
 }
 
+#[tokio::test]
+async fn a_prompt_longer_than_the_code_models_context_goes_to_the_cloud() {
+    // The cloud is expected in a minute, later than any completion the code model can do.
+    let Some((gw, _engine, mock)) =
+        start_cloud_keys("codestral-latest", "cloud_latency_ms = 60000\n", "").await
+    else {
+        return;
+    };
+    let r = client()
+        .post(gw.url() + "/v1/completions")
+        .json(
+            &json!({"model": "ide", "prompt": long_prefix(700), "suffix": "\n",
+                      "max_tokens": 64, "temperature": 0}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let route = tandem_tests::route_of(&r);
+    assert_eq!(r.status(), 200);
+    assert!(route.starts_with("ide-cloud; fim: multi-line"), "{route}");
+    assert_eq!(mock.requests().len(), 1);
+}
+
 /// The code model's predicted time in a route (`local ~N ms`).
 fn local_estimate(route: &str) -> f64 {
     let at = route.find("local ~").unwrap() + "local ~".len();

@@ -119,6 +119,16 @@ pub async fn complete(
     backend: &str,
 ) -> Result<CompletionOutput, Error> {
     let tokens = prompt_tokens(engine, request)?;
+    complete_prompt(engine, request, tokens, backend).await
+}
+
+/// [`complete`] with the prompt already laid out as tokens ([`prompt_tokens`]).
+pub async fn complete_prompt(
+    engine: &Engine,
+    request: &CompletionRequest,
+    tokens: Vec<u32>,
+    backend: &str,
+) -> Result<CompletionOutput, Error> {
     let tok = engine.tokenizer().clone();
 
     let wants_prompt_scores =
