@@ -467,6 +467,24 @@ mod x86 {
         _mm_cvtss_f32(s)
     }
 
+    /// [`dot_parts`] for 64 floats (a head of 64) with `a` already in registers: the same
+    /// operations in the same order, without reloading the query for every key.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dot_parts64(a: &[__m256; 8], pb: *const f32) -> __m256 {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        // SAFETY: the caller passes 64 floats behind `pb`.
+        unsafe {
+            for half in 0..2 {
+                for (j, s) in acc.iter_mut().enumerate() {
+                    let o = 32 * half + 8 * j;
+                    *s = _mm256_fmadd_ps(a[4 * half + j], _mm256_loadu_ps(pb.add(o)), *s);
+                }
+            }
+        }
+        _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]))
+    }
+
     /// `dot`'s four partial sums over `n` (a multiple of 32) floats, combined as `dot` combines
     /// them before its horizontal sum.
     #[inline]
@@ -587,12 +605,25 @@ mod x86 {
             // the eight final reductions done together across registers.
             let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
             let sv = _mm256_set1_ps(scale);
+            // A head of 64 (the common size) keeps the query in registers across keys.
+            let mut q64 = [_mm256_setzero_ps(); 8];
+            if n == 64 {
+                for (i, r) in q64.iter_mut().enumerate() {
+                    // SAFETY: q holds 64 floats.
+                    *r = unsafe { _mm256_loadu_ps(q.as_ptr().add(8 * i)) };
+                }
+            }
             while first + 8 <= out.len() {
                 let mut v = [_mm256_setzero_ps(); 8];
                 for (k, vk) in v.iter_mut().enumerate() {
+                    let row = rows.as_ptr().wrapping_add((first + k) * stride);
                     // SAFETY: row first + k is within `rows` (checked by the caller).
                     *vk = unsafe {
-                        dot_parts(q.as_ptr(), rows.as_ptr().add((first + k) * stride), n)
+                        if n == 64 {
+                            dot_parts64(&q64, row)
+                        } else {
+                            dot_parts(q.as_ptr(), row, n)
+                        }
                     };
                 }
                 // `hsum`'s three steps for eight vectors: low + high half (two keys a

@@ -733,11 +733,7 @@ impl Model {
                 &mut [&mut s.gate[..n * f], &mut s.up[..n * f]],
             )
             .map_err(kerr)?;
-            if cfg.gelu {
-                ops::gelu_tanh_mul_inplace(&mut s.gate[..n * f], &s.up[..n * f]);
-            } else {
-                silu_mul(&mut s.gate[..n * f], &s.up[..n * f]);
-            }
+            activate(pool, cfg.gelu, &mut s.gate[..n * f], &s.up[..n * f], n).map_err(kerr)?;
             pool.matmul(
                 &layer.down.matrix(map),
                 &s.gate[..n * f],
@@ -782,6 +778,42 @@ impl Model {
         Ok(())
     }
 }
+
+/// The MLP's activation of `n` rows, `gate = act(gate) * up`, with the rows split over the pool
+/// when there are several: an `exp` or `tanh` per element is a prefill's largest serial step.
+/// Each element is computed as on one thread.
+fn activate(
+    pool: &KernelPool,
+    gelu: bool,
+    gate: &mut [f32],
+    up: &[f32],
+    n: usize,
+) -> std::result::Result<(), tandem_kernels::Error> {
+    let run = |g: &mut [f32], u: &[f32]| {
+        if gelu {
+            ops::gelu_tanh_mul_inplace(g, u);
+        } else {
+            silu_mul(g, u);
+        }
+    };
+    let width = gate.len() / n.max(1);
+    if pool.threads() == 1 || n < PARALLEL_ACTIVATION_ROWS {
+        run(gate, up);
+        return Ok(());
+    }
+    let tasks = n.div_ceil(PARALLEL_ACTIVATION_ROWS);
+    let out = RowsOut(gate.as_mut_ptr());
+    pool.for_each(tasks, &|t| {
+        let r0 = t * PARALLEL_ACTIVATION_ROWS;
+        let r1 = (r0 + PARALLEL_ACTIVATION_ROWS).min(n);
+        // SAFETY: task `t` alone writes rows r0..r1 of `gate`, which holds n rows of `width`.
+        let g = unsafe { std::slice::from_raw_parts_mut(out.at(r0 * width), (r1 - r0) * width) };
+        run(g, &up[r0 * width..r1 * width]);
+    })
+}
+
+/// Rows per task of the parallel MLP activation.
+const PARALLEL_ACTIVATION_ROWS: usize = 8;
 
 /// `gate = silu(gate) * up`, written without `mul_add` so a portable build does not fall back
 /// to a software fma per element.
