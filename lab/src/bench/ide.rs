@@ -42,7 +42,8 @@ pub struct IdeArgs {
     /// (and prompt-lookup drafts), `psm-reuse` (moved runs reused: `[ide] cache_reuse = 32`),
     /// `jump` (the default with runs reused wherever a jump moved them: `[ide] jump_reuse =
     /// 32`), `line` (the default without drafts), `short` (the default with a quarter of its context
-    /// tokens), `spm` (suffix first).
+    /// tokens), `short-jump` (both `short` and `jump`), `spm` (suffix first), or `[ide]` settings
+    /// written `key=value+key=value`.
     pub variants: Vec<String>,
     /// Context sizes: lines of prefix and of suffix.
     pub contexts: Vec<(usize, usize)>,
@@ -173,11 +174,15 @@ fn variant(name: &str) -> anyhow::Result<String> {
         "jump" => "jump_reuse = 32\n".into(),
         // A quarter of the default's context: 384 prefix and 128 suffix tokens.
         "short" => format!("context_tokens = {quarter}\n"),
+        // Both: a jump computes only the unseen lines of a quarter of the context.
+        "short-jump" => format!("context_tokens = {quarter}\njump_reuse = 32\n"),
         "line" => "draft_tokens = 0\n".into(),
         "spm" => "layout = \"spm\"\ndraft_tokens = 0\n".into(),
+        // Any other settings, written `key=value+key=value`.
+        other if other.contains('=') => other.split('+').map(|kv| format!("{kv}\n")).collect(),
         other => {
             anyhow::bail!(
-                "unknown variant `{other}` (expected default, psm, psm-draft, psm-reuse, jump, line, short or spm)"
+                "unknown variant `{other}` (expected default, psm, psm-draft, psm-reuse, jump, line, short, short-jump or spm)"
             )
         }
     })
